@@ -1,0 +1,100 @@
+"""What the reconciler needs from the cluster, as frozen dataclasses.
+
+Only the fields render uses are kept: the model must stay small at 5,000 Services and
+50,000 endpoints, and equal inputs must compare equal so that render can skip unchanged work.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+OPT_IN_ANNOTATION = "loadbalancer.k8s.io/p4kube"
+SERVICE_NAME_LABEL = "kubernetes.io/service-name"
+
+
+@dataclass(frozen=True)
+class ServicePort:
+    name: str  # "" for a Service's single unnamed port
+    port: int
+    protocol: str  # "TCP" | "UDP" | "SCTP"
+    target_port: int | str | None = None  # int, or a named container port
+    node_port: int | None = None
+
+
+@dataclass(frozen=True)
+class Service:
+    namespace: str
+    name: str
+    type: str  # ClusterIP | NodePort | LoadBalancer | ExternalName
+    ports: tuple[ServicePort, ...]
+    annotations: tuple[tuple[str, str], ...] = ()  # sorted
+    labels: tuple[tuple[str, str], ...] = ()  # sorted
+    load_balancer_ip: str | None = None  # spec.loadBalancerIP (requested VIP)
+    load_balancer_class: str | None = None
+    ingress_ips: tuple[str, ...] = ()  # status.loadBalancer.ingress[].ip
+    external_ips: tuple[str, ...] = ()
+    resource_version: str = ""
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+    def annotation(self, name: str) -> str | None:
+        for k, v in self.annotations:
+            if k == name:
+                return v
+        return None
+
+    @property
+    def opt_in(self) -> str | None:
+        """The value of the opt-in annotation: "enabled", "disabled", other, or None."""
+        return self.annotation(OPT_IN_ANNOTATION)
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """One ready, non-terminating endpoint of a Service (others are dropped when read)."""
+
+    address: str
+    node: str
+    # Port numbers by EndpointSlice port name (the Service port's name), for podIP mode.
+    ports: tuple[tuple[str, int], ...] = ()
+    pod: str | None = None
+
+
+@dataclass(frozen=True)
+class Node:
+    name: str
+    internal_ip: str | None
+    ready: bool = True
+    unschedulable: bool = False
+
+
+@dataclass(frozen=True)
+class ClusterIssue:
+    """Something in the cluster state that render cannot use, reported rather than guessed."""
+
+    object: str  # e.g. "EndpointSlice payments/ledger-abc"
+    message: str
+    service: str | None = None  # "namespace/name" it affects, when known
+
+
+@dataclass(frozen=True)
+class ClusterState:
+    """A consistent view of the cluster, keyed for render.
+
+    `endpoints` maps a Service key ("namespace/name") to its ready endpoints in a stable order
+    (sorted by address), merged over all of that Service's EndpointSlices.
+    """
+
+    services: dict[str, Service] = field(default_factory=dict)
+    endpoints: dict[str, tuple[Endpoint, ...]] = field(default_factory=dict)
+    nodes: dict[str, Node] = field(default_factory=dict)
+    resource_version: str | None = None
+    issues: tuple[ClusterIssue, ...] = ()
+
+    def ready_replicas_per_node(self, service_key: str) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for ep in self.endpoints.get(service_key, ()):
+            counts[ep.node] = counts.get(ep.node, 0) + 1
+        return dict(sorted(counts.items()))

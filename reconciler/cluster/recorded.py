@@ -1,0 +1,362 @@
+"""Cluster state from a recorded file, for CI and the demo.
+
+Reads what `kubectl get services,endpointslices,nodes -A -o yaml` prints (a `kind: List`), a
+multi-document YAML of the same objects or Lists, or the JSON equivalent (`-o json`, or an API
+list response such as ServiceList, whose items carry no `kind`).
+
+Big files are the common case (50k endpoints is tens of MB), so the file is parsed once with the
+safe loader, which keeps no positions; only when something is wrong is it composed a second time
+to turn the object paths of the errors into line and column.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from ruamel.yaml import YAML
+from ruamel.yaml.error import MarkedYAMLError, YAMLError
+from ruamel.yaml.events import (
+    DocumentEndEvent,
+    MappingEndEvent,
+    MappingStartEvent,
+    ScalarEvent,
+    SequenceEndEvent,
+    SequenceStartEvent,
+    StreamEndEvent,
+)
+from ruamel.yaml.nodes import MappingNode, ScalarNode, SequenceNode
+from ruamel.yaml.nodes import Node as YamlNode
+from ruamel.yaml.parser import Parser as PurePythonParser
+from ruamel.yaml.resolver import VersionedResolver
+
+from reconciler.cluster.convert import (
+    ConversionError,
+    Path,
+    assemble_state,
+    endpoint_slice_from_dict,
+    format_path,
+    node_from_dict,
+    object_name,
+    service_from_dict,
+)
+from reconciler.cluster.model import ClusterIssue, ClusterState, Node, Service
+from reconciler.diagnostics import Diagnostic, InputError
+
+KINDS = ("Service", "EndpointSlice", "Node")
+_NOT_A_LIST = (
+    "not a List of Services, EndpointSlices and Nodes "
+    "(expected the output of `kubectl get services,endpointslices,nodes -A -o yaml`)"
+)
+
+
+def load_cluster_file(path: str | os.PathLike[str]) -> ClusterState:
+    """Read a recorded cluster; raise InputError with file:line:column for anything malformed."""
+    file = os.fspath(path)
+    try:
+        with open(file, "rb") as f:
+            raw = f.read()
+    except OSError as e:
+        raise InputError([Diagnostic(file, 1, 1, f"cannot read the file: {e.strerror or e}")]) from e
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        col = e.start - (raw.rfind(b"\n", 0, e.start) + 1) + 1
+        raise InputError([Diagnostic(file, line, col, "the file is not UTF-8 text")]) from e
+    return load_cluster_text(text, file)
+
+
+def load_cluster_text(text: str, file: str = "<string>") -> ClusterState:
+    """As load_cluster_file, for text already in memory; `file` names it in messages."""
+    docs = _parse(text, file)
+    reader = _Reader()
+    for i, doc in enumerate(docs):
+        reader.read_document(i, doc)
+    if reader.errors:
+        raise InputError(_locate(text, file, reader.errors))
+    rvs = {rv for rv in reader.list_versions if rv}
+    return assemble_state(
+        reader.services,
+        reader.slices,
+        reader.nodes,
+        resource_version=rvs.pop() if len(rvs) == 1 else None,
+        issues=reader.issues,
+    )
+
+
+# --- parsing ------------------------------------------------------------------------------------
+
+
+def _is_json(text: str) -> bool:
+    stripped = text.lstrip()
+    return stripped.startswith("{") or stripped.startswith("[")
+
+
+def _parse(text: str, file: str) -> list[Any]:
+    if _is_json(text):
+        # The json module is an order of magnitude faster than a YAML parser on big lists.
+        try:
+            return [json.loads(text)]
+        except json.JSONDecodeError as e:
+            raise InputError([Diagnostic(file, e.lineno, e.colno, f"JSON syntax error: {e.msg}")]) from e
+    try:
+        return _load_yaml(text)
+    except MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        line, col = (mark.line + 1, mark.column + 1) if mark is not None else (1, 1)
+        what = " ".join(p for p in (e.context, e.problem) if p) or "invalid YAML"
+        raise InputError([Diagnostic(file, line, col, f"invalid YAML: {what}")]) from e
+    except YAMLError as e:  # unmarked errors (e.g. a bad character in the reader)
+        raise InputError([Diagnostic(file, 1, 1, f"YAML error: {e}")]) from e
+
+
+def _load_yaml(text: str) -> list[Any]:
+    """All documents, as ruamel.yaml's safe loader builds them.
+
+    With libyaml's parser (ruamel.yaml.clib) the objects are built straight from the parser's
+    events, which is 7 to 8 times faster than the safe loader's composer and constructor at 50k
+    endpoints. Anything beyond plain data (tags, anchors, aliases, merge keys, duplicate or
+    complex keys) makes it hand the text to the safe loader, which then decides.
+    """
+    if YAML(typ="safe", pure=False).Parser is not PurePythonParser:
+        try:
+            return _EventBuilder().documents(text)
+        except _NotPlainData:
+            pass
+    return list(YAML(typ="safe", pure=False).load_all(text))
+
+
+class _NotPlainData(Exception):
+    """The fast path met a YAML feature it leaves to the full safe loader."""
+
+
+class _FixedVersionResolver(VersionedResolver):
+    # The stock property looks the version up through a chain of attribute errors on every
+    # scalar; we only read YAML 1.2 (ruamel's default, also what kubectl's output is).
+    @property
+    def processing_version(self) -> Any:
+        return (1, 2)
+
+
+class _EventBuilder:
+    def __init__(self) -> None:
+        self._yaml = YAML(typ="safe", pure=False)
+        self._yaml.Resolver = _FixedVersionResolver
+        self._cache: dict[str, Any] = {}
+
+    def _plain(self, value: str) -> Any:
+        """A plain (unquoted) scalar, resolved and constructed by ruamel itself, once per value."""
+        try:
+            return self._cache[value]
+        except KeyError:
+            pass
+        tag = str(self._yaml.resolver.resolve(ScalarNode, value, (True, False)))
+        if tag == _STR_TAG:
+            out: Any = value
+        elif tag == _MERGE_TAG:
+            raise _NotPlainData("merge key")
+        else:
+            out = self._yaml.constructor.construct_object(ScalarNode(tag, value), deep=True)
+        self._cache[value] = out
+        return out
+
+    def documents(self, text: str) -> list[Any]:
+        parser = self._yaml.Parser(text)
+        get = parser.get_event
+        docs: list[Any] = []
+        get()  # StreamStartEvent
+        while True:
+            ev = get()
+            if type(ev) is StreamEndEvent:
+                return docs
+            if getattr(ev, "version", None) is not None:
+                raise _NotPlainData("%YAML directive")
+            docs.append(self._document(get))
+
+    def _document(self, get: Any) -> Any:
+        stack: list[Any] = []  # open containers
+        keys: list[Any] = []  # per open mapping: the pending key, or _NO_KEY
+        root: Any = None
+        while True:
+            ev = get()
+            cls = type(ev)
+            if cls is ScalarEvent:
+                if ev.anchor is not None or ev.tag is not None:
+                    raise _NotPlainData("tag or anchor")
+                value = self._plain(ev.value) if ev.implicit[0] else ev.value
+            elif cls is MappingStartEvent or cls is SequenceStartEvent:
+                if ev.anchor is not None or ev.tag is not None:
+                    raise _NotPlainData("tag or anchor")
+                stack.append({} if cls is MappingStartEvent else [])
+                keys.append(_NO_KEY)
+                continue
+            elif cls is MappingEndEvent or cls is SequenceEndEvent:
+                value = stack.pop()
+                keys.pop()
+            elif cls is DocumentEndEvent:
+                return root
+            else:  # AliasEvent
+                raise _NotPlainData(cls.__name__)
+            if not stack:
+                root = value
+                continue
+            top = stack[-1]
+            if type(top) is list:
+                top.append(value)
+            elif keys[-1] is _NO_KEY:
+                if isinstance(value, dict | list):
+                    raise _NotPlainData("complex key")
+                keys[-1] = value
+            else:
+                if keys[-1] in top:
+                    raise _NotPlainData("duplicate key")  # the safe loader reports it, with its line
+                top[keys[-1]] = value
+                keys[-1] = _NO_KEY
+
+
+_NO_KEY = object()
+_STR_TAG = "tag:yaml.org,2002:str"
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
+# --- walking documents -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Error:
+    doc: int
+    path: Path
+    message: str
+    field: str = ""
+
+
+class _Reader:
+    """Sorts the objects of every document by kind and converts them, collecting all errors."""
+
+    def __init__(self) -> None:
+        self.services: list[Service] = []
+        self.slices: list[Any] = []
+        self.nodes: list[Node] = []
+        self.issues: list[ClusterIssue] = []
+        self.errors: list[_Error] = []
+        self.list_versions: list[str] = []
+        self._seen: dict[tuple[str, str, str], tuple[int, Path]] = {}
+
+    def read_document(self, doc_index: int, doc: Any) -> None:
+        if doc is None:  # an empty document, e.g. after a trailing `---`
+            return
+        if not isinstance(doc, Mapping):
+            self.errors.append(_Error(doc_index, (), f"{_NOT_A_LIST}; found a {type(doc).__name__}"))
+            return
+        kind = doc.get("kind")
+        if kind in KINDS:
+            self._read_object(doc_index, (), doc, kind)
+            return
+        if not isinstance(kind, str) or not kind.endswith("List"):
+            found = f"kind {kind!r}" if kind is not None else "no kind"
+            self.errors.append(_Error(doc_index, (), f"{_NOT_A_LIST}; found {found}"))
+            return
+        # kubectl prints `kind: List` with kinds on the items; the API's typed lists
+        # (ServiceList, ...) leave the items' kind out.
+        implied = kind[: -len("List")] or None
+        meta = doc.get("metadata")
+        if isinstance(meta, Mapping) and isinstance(meta.get("resourceVersion"), str):
+            self.list_versions.append(meta["resourceVersion"])
+        items = doc.get("items")
+        if items is None:
+            return
+        if not isinstance(items, list):
+            self.errors.append(_Error(doc_index, ("items",), "expected a list of objects", "items"))
+            return
+        for i, item in enumerate(items):
+            at: Path = ("items", i)
+            if not isinstance(item, Mapping):
+                self.errors.append(_Error(doc_index, at, "expected an object (a mapping)", format_path(at)))
+                continue
+            item_kind = item.get("kind") or implied
+            if item_kind is None:
+                self.errors.append(_Error(doc_index, at + ("kind",), "is required", format_path(at + ("kind",))))
+            elif item_kind in KINDS:
+                self._read_object(doc_index, at, item, item_kind)
+            else:
+                self.issues.append(_ignored_kind(item_kind, item))
+
+    def _read_object(self, doc_index: int, at: Path, obj: Mapping[str, Any], kind: str) -> None:
+        try:
+            namespace, name = object_name(obj, namespaced=kind != "Node")
+            key = (kind, namespace, name)
+            if key in self._seen:
+                first_doc, first_at = self._seen[key]
+                where = format_path(first_at) or "the document"
+                if first_doc != doc_index:
+                    where += f" of document {first_doc + 1}"
+                label = f"{namespace}/{name}" if namespace else name
+                self.errors.append(
+                    _Error(doc_index, at, f"duplicate {kind} {label} (first at {where})", format_path(at))
+                )
+                return
+            self._seen[key] = (doc_index, at)
+            if kind == "Service":
+                self.services.append(service_from_dict(obj))
+            elif kind == "EndpointSlice":
+                self.slices.append(endpoint_slice_from_dict(obj))
+            else:
+                self.nodes.append(node_from_dict(obj))
+        except ConversionError as e:
+            full = at + e.path
+            label = _describe(kind, obj)
+            self.errors.append(_Error(doc_index, full, f"{e.message} ({label})", format_path(full)))
+
+
+def _describe(kind: str, obj: Mapping[str, Any]) -> str:
+    meta = obj.get("metadata")
+    name = meta.get("name") if isinstance(meta, Mapping) else None
+    ns = meta.get("namespace") if isinstance(meta, Mapping) else None
+    if isinstance(name, str) and name:
+        return f"{kind} {ns}/{name}" if isinstance(ns, str) and ns else f"{kind} {name}"
+    return f"a {kind} without a name"
+
+
+def _ignored_kind(kind: object, obj: Mapping[str, Any]) -> ClusterIssue:
+    meta = obj.get("metadata")
+    name = meta.get("name") if isinstance(meta, Mapping) else None
+    ns = meta.get("namespace") if isinstance(meta, Mapping) else None
+    label = "/".join(str(p) for p in (ns, name) if p) or "(unnamed)"
+    return ClusterIssue(f"{kind} {label}", f"kind {kind} is not read (only {', '.join(KINDS)}); ignored")
+
+
+# --- positions for errors ----------------------------------------------------------------------
+
+
+def _locate(text: str, file: str, errors: list[_Error]) -> list[Diagnostic]:
+    """Turn object paths into line:column by composing the text again (error path only)."""
+    try:
+        roots: list[YamlNode | None] = list(YAML(typ="safe", pure=False).compose_all(text))
+    except YAMLError:  # JSON that YAML cannot read (rare): fall back to the file's start
+        roots = []
+    out = []
+    for err in errors:
+        line, col = 1, 1
+        if err.doc < len(roots) and roots[err.doc] is not None:
+            node = _walk(roots[err.doc], err.path)
+            line, col = node.start_mark.line + 1, node.start_mark.column + 1
+        out.append(Diagnostic(file, line, col, err.message, err.field))
+    return out
+
+
+def _walk(node: YamlNode, path: Path) -> YamlNode:
+    """The node at path, or the deepest existing ancestor (for a missing field: its parent)."""
+    for part in path:
+        child = None
+        if isinstance(node, MappingNode) and isinstance(part, str):
+            child = next((v for k, v in node.value if k.value == part), None)
+        elif isinstance(node, SequenceNode) and isinstance(part, int) and part < len(node.value):
+            child = node.value[part]
+        if child is None:
+            return node
+        node = child
+    return node

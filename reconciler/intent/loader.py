@@ -1,0 +1,283 @@
+"""Loading LoadBalancerConfig intent from files and directories: the public entry point.
+
+    load_intent(paths) -> IntentSet       raises InputError carrying every problem found
+    validate_paths(paths) -> [Diagnostic] the same checks, for `p4kube validate`; never raises
+                                           for problems in the input
+
+Stages, each reported with file:line:column and the field at fault:
+read (size, UTF-8, YAML, duplicate keys, alias bombs) -> which documents are ours ->
+JSON Schema -> defaults from the schema -> semantic checks -> checks across all configs ->
+the frozen model. Later stages do not repeat a complaint about a field an earlier one made.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from reconciler.diagnostics import Diagnostic, InputError
+from reconciler.intent.gitinfo import git_state
+from reconciler.intent.model import (
+    API_VERSION,
+    KIND,
+    AuditConfig,
+    HealthCheck,
+    IntentSet,
+    LoadBalancerConfig,
+    Route,
+    ServiceSelector,
+    SourceRef,
+    SwitchConfig,
+    SwitchSpec,
+    TLSConfig,
+    VipPool,
+)
+from reconciler.intent.schema import apply_defaults, validate_document
+from reconciler.intent.semantic import DocumentFacts, check_across, check_document, parse_duration, parse_vip_entry
+from reconciler.intent.yamlsafe import DEFAULT_MAX_FILE_BYTES, YamlDocument, read_yaml_file
+
+YAML_SUFFIXES = (".yaml", ".yml")
+GROUP, _, VERSION = API_VERSION.rpartition("/")
+
+
+@dataclass(frozen=True)
+class _Candidate:
+    """A document that is a LoadBalancerConfig, ready to be checked."""
+
+    doc: YamlDocument
+    base_dir: Path
+
+
+@dataclass
+class _Result:
+    configs: list[LoadBalancerConfig] = field(default_factory=list)
+    diagnostics: list[Diagnostic] = field(default_factory=list)
+
+
+def load_intent(paths: Sequence[str | Path], *, max_file_bytes: int = DEFAULT_MAX_FILE_BYTES) -> IntentSet:
+    """Load and validate every LoadBalancerConfig under `paths` (files, or directories walked
+    recursively for *.yaml and *.yml, hidden entries skipped). Raises InputError with all
+    diagnostics when anything is invalid. When the first path is inside a Git repository,
+    the result carries HEAD's SHA and whether the intent files differ from it."""
+    result = _load(paths, max_file_bytes)
+    if result.diagnostics:
+        raise InputError(result.diagnostics)
+    state = git_state(list(paths), is_intent_file)
+    return IntentSet(tuple(result.configs), commit=state.commit, dirty=state.dirty, root=_root(paths))
+
+
+def validate_paths(paths: Sequence[str | Path], *, max_file_bytes: int = DEFAULT_MAX_FILE_BYTES) -> list[Diagnostic]:
+    """Every problem in the intent under `paths`, sorted by file, line and column; [] when valid."""
+    return sorted(_load(paths, max_file_bytes).diagnostics)
+
+
+def is_intent_file(given: str, file: str) -> bool:
+    """Whether the loader reads `file` when given `given` (both normalized paths)."""
+    if given == file:
+        return True
+    if not file.startswith(given.rstrip(os.sep) + os.sep):
+        return False
+    rel = Path(os.path.relpath(file, given))
+    return file.endswith(YAML_SUFFIXES) and not any(part.startswith(".") for part in rel.parts)
+
+
+def _root(paths: Sequence[str | Path]) -> str:
+    texts = [os.fspath(p) for p in paths]
+    if len(texts) == 1:
+        return texts[0]
+    try:
+        return os.path.commonpath(texts)
+    except ValueError:  # absolute and relative paths mixed
+        return ""
+
+
+def _discover(paths: Sequence[str | Path]) -> tuple[list[tuple[Path, str]], list[Diagnostic]]:
+    """(real path, path to show) of every file to read, in a stable order, without repeats."""
+    files: list[tuple[Path, str]] = []
+    diags: list[Diagnostic] = []
+    seen: set[str] = set()
+    if not paths:
+        diags.append(Diagnostic("<none>", 1, 1, "no intent paths given"))
+    for given in paths:
+        text = os.fspath(given)
+        path = Path(text)
+        if path.is_dir():
+            found = _walk(path)
+            if not found:
+                diags.append(Diagnostic(text, 1, 1, "no YAML files (*.yaml, *.yml) in this directory"))
+            listed = [(f, os.path.normpath(os.path.join(text, rel))) for f, rel in found]
+        elif path.exists():
+            listed = [(path, text)]
+        else:
+            diags.append(Diagnostic(text, 1, 1, "no such file or directory"))
+            continue
+        for real, shown in listed:
+            key = os.path.realpath(real)
+            if key not in seen:
+                seen.add(key)
+                files.append((real, shown))
+    return files, diags
+
+
+def _walk(top: Path) -> list[tuple[Path, str]]:
+    found: list[tuple[tuple[str, ...], Path, str]] = []
+    for dirpath, dirnames, filenames in os.walk(top):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]  # .git, .github, ...
+        for name in filenames:
+            if name.startswith(".") or not name.endswith(YAML_SUFFIXES):
+                continue
+            full = Path(dirpath) / name
+            rel = full.relative_to(top)
+            found.append((rel.parts, full, rel.as_posix()))
+    found.sort()
+    return [(full, rel) for _, full, rel in found]
+
+
+def _classify(doc: YamlDocument) -> Diagnostic | bool:
+    """True for a LoadBalancerConfig, False for another group's object (skipped), or the
+    diagnostic for a document that is not an object or is of our group but not one we know."""
+    data = doc.data
+    if not isinstance(data, dict):
+        kind = "a list" if isinstance(data, list) else f"the scalar {json.dumps(data)}"
+        return Diagnostic(doc.file, doc.start.line, doc.start.column, f"expected a mapping (a Kubernetes object), got {kind}")
+    api = data.get("apiVersion")
+    if not isinstance(api, str) or not api:
+        at = doc.locate(("apiVersion",))
+        what = "missing apiVersion" if api is None else f"apiVersion must be a string, got {json.dumps(api)}"
+        return Diagnostic(doc.file, at.line, at.column, f"{what}: every document must be a Kubernetes object (LoadBalancerConfig uses {API_VERSION})", "apiVersion")
+    group, _, version = api.rpartition("/")
+    if group != GROUP:
+        return False
+    if version != VERSION:
+        at = doc.locate(("apiVersion",))
+        return Diagnostic(doc.file, at.line, at.column, f'unsupported version "{version}" of {GROUP}: use {API_VERSION}', "apiVersion")
+    kind = data.get("kind")
+    if kind != KIND:
+        at = doc.locate(("kind",))
+        got = "missing kind" if kind is None else f"unknown kind {json.dumps(kind)}"
+        return Diagnostic(doc.file, at.line, at.column, f"{got} in {GROUP}: expected {KIND}", "kind")
+    return True
+
+
+def _new_only(diags: list[Diagnostic], seen_fields: set[tuple[str, str]]) -> list[Diagnostic]:
+    """Diagnostics for fields not already reported on (per file), recording the new ones."""
+    out = []
+    for d in diags:
+        key = (d.file, d.field)
+        if d.field and key in seen_fields:
+            continue
+        seen_fields.add(key)
+        out.append(d)
+    return out
+
+
+def _load(paths: Sequence[str | Path], max_file_bytes: int) -> _Result:
+    result = _Result()
+    files, diags = _discover(paths)
+    result.diagnostics.extend(diags)
+
+    candidates: list[_Candidate] = []
+    for real, shown in files:
+        read = read_yaml_file(real, shown, max_bytes=max_file_bytes)
+        result.diagnostics.extend(read.diagnostics)
+        for doc in read.documents:
+            result.diagnostics.extend(doc.diagnostics)  # YAML-level problems, whatever the kind
+            if doc.data is None:
+                continue  # an explicit null document (`--- ~`) holds nothing
+            verdict = _classify(doc)
+            if isinstance(verdict, Diagnostic):
+                result.diagnostics.append(verdict)
+            elif verdict:
+                candidates.append(_Candidate(doc, real.parent))
+
+    facts: list[DocumentFacts] = []
+    defaulted: list[Any] = []
+    for cand in candidates:
+        doc = cand.doc
+        seen = {(d.file, d.field) for d in doc.diagnostics if d.field}
+        result.diagnostics.extend(_new_only(validate_document(doc), seen))
+        data = apply_defaults(doc.data)
+        problems, doc_facts = check_document(doc, data, cand.base_dir)
+        result.diagnostics.extend(_new_only(problems, seen))
+        facts.append(doc_facts)
+        defaulted.append(data)
+    result.diagnostics.extend(check_across(facts))
+
+    if not candidates and not result.diagnostics:
+        shown = ", ".join(os.fspath(p) for p in paths)
+        where = os.fspath(paths[0]) if paths else "<none>"
+        result.diagnostics.append(Diagnostic(where, 1, 1, f"no {KIND} ({API_VERSION}) found in {shown}"))
+    if not result.diagnostics:
+        result.configs = [_build(c.doc, d) for c, d in zip(candidates, defaulted)]
+    return result
+
+
+def _build(doc: YamlDocument, d: dict[str, Any]) -> LoadBalancerConfig:
+    """The model of a document that passed every check (`d` has the schema's defaults)."""
+    meta, spec = d["metadata"], d["spec"]
+    hc, sc, audit = spec["healthCheck"], spec["switchConfig"], spec["audit"]
+    selector = spec.get("serviceSelector", {})
+    tls = sc.get("tls")
+    optional: dict[str, Any] = {}
+    if "generation" in meta:
+        optional["generation"] = meta["generation"]
+    return LoadBalancerConfig(
+        namespace=meta["namespace"],
+        name=meta["name"],
+        algorithm=spec["algorithm"],
+        update_interval_s=_seconds(spec["updateInterval"]),
+        buckets_per_service=spec["bucketsPerService"],
+        backend_mode=spec["backendMode"],
+        health_check=HealthCheck(
+            enabled=hc["enabled"],
+            interval_s=_seconds(hc["interval"]),
+            timeout_s=_seconds(hc["timeout"]),
+            failure_threshold=hc["failureThreshold"],
+            success_threshold=hc["successThreshold"],
+        ),
+        switch_config=SwitchConfig(
+            p4_program=sc["p4Program"],
+            switch_type=sc["switchType"],
+            p4info=sc.get("p4Info"),
+            device_config=sc.get("deviceConfig"),
+            switches=tuple(SwitchSpec(s["name"], s["role"], s["address"], s["deviceId"]) for s in sc["switches"]),
+            routes=tuple(
+                Route(ipaddress.IPv4Network(r["prefix"]), r["port"], r["nextHopMac"].lower()) for r in sc.get("routes", ())
+            ),
+            tls=None
+            if tls is None
+            else TLSConfig(tls.get("caFile"), tls.get("certFile"), tls.get("keyFile"), tls.get("serverName")),
+            batch_size=sc["batchSize"],
+            standby_unreachable=sc["standbyUnreachable"],
+        ),
+        vip_pools=tuple(
+            VipPool(p["name"], tuple(_vip_range(a) for a in p["addresses"]), p["autoAssign"]) for p in spec.get("vipPools", ())
+        ),
+        service_selector=ServiceSelector(
+            namespaces=tuple(selector.get("namespaces", ())),
+            match_labels=tuple(sorted(selector.get("matchLabels", {}).items())),
+            load_balancer_classes=tuple(selector.get("loadBalancerClasses", ())),
+        ),
+        audit=AuditConfig(repository=audit.get("repository"), branch=audit["branch"]),
+        source=SourceRef(doc.file, doc.start.line, doc.start.column),
+        **optional,
+    )
+
+
+def _seconds(text: str) -> float:
+    value = parse_duration(text)
+    if value is None:  # unreachable after validation; a bug if it happens
+        raise ValueError(f"unvalidated duration {text!r}")
+    return value
+
+
+def _vip_range(text: str) -> tuple[ipaddress.IPv4Address, ipaddress.IPv4Address]:
+    parsed = parse_vip_entry(text)
+    if isinstance(parsed, str):  # unreachable after validation; a bug if it happens
+        raise ValueError(parsed)
+    return parsed

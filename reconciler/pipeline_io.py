@@ -1,0 +1,107 @@
+"""The I/O edge of validate/render/plan: read intent, cluster state and inputs, then call the
+pure render and diff. Kept apart so render stays free of I/O and the CLI stays thin."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Mapping, Sequence
+
+from .cluster.model import ClusterState
+from .cluster.recorded import load_cluster_file
+from .diff import diff_snapshots
+from .intent.loader import load_intent
+from .intent.model import IntentSet, LoadBalancerConfig
+from .p4info import load_p4info, p4info_digest
+from .paths import P4INFO_PATH
+from .plan import ConfigPlan
+from .render import Renderer, RenderResult
+from .snapshot import Snapshot
+
+
+class InputFileError(Exception):
+    """An input file that cannot be read or parsed; the message names it."""
+
+
+def load_inputs(
+    intent_path: str, cluster_path: str, connections_path: str | None = None
+) -> tuple[IntentSet, ClusterState, dict[str, dict[str, int]] | None]:
+    intent = load_intent([intent_path])
+    cluster = load_cluster_file(cluster_path)
+    connections = load_connections(connections_path) if connections_path else None
+    return intent, cluster, connections
+
+
+def load_connections(path: str) -> dict[str, dict[str, int]]:
+    """least-connections input: {"ns/svc[:port]": {"backend": activeConnections}}."""
+    from .cli import CommandError
+
+    try:
+        doc = json.loads(Path(path).read_text())
+    except OSError as e:
+        raise CommandError(f"{path}: cannot read: {e.strerror}") from e
+    except json.JSONDecodeError as e:
+        raise CommandError(f"{path}:{e.lineno}:{e.colno}: not JSON: {e.msg}") from e
+    if not isinstance(doc, dict) or not all(
+        isinstance(v, dict) and all(isinstance(c, int) and c >= 0 for c in v.values()) for v in doc.values()
+    ):
+        raise CommandError(f'{path}: expected {{"namespace/service": {{"backend": non-negative integer}}}}')
+    return doc
+
+
+def p4info_path(config: LoadBalancerConfig) -> Path:
+    """The config's P4Info (relative paths are relative to the intent file), or the project's."""
+    p = config.switch_config.p4info
+    if not p:
+        return P4INFO_PATH
+    path = Path(p)
+    if not path.is_absolute() and config.source is not None:
+        path = Path(config.source.file).parent / path
+    return path
+
+
+def config_p4info_digest(config: LoadBalancerConfig) -> str:
+    return p4info_digest(load_p4info(p4info_path(config)))
+
+
+def render_one(
+    intent: IntentSet,
+    config: LoadBalancerConfig,
+    cluster: ClusterState,
+    previous: Snapshot | None,
+    connections: Mapping[str, Mapping[str, int]] | None = None,
+    renderer: Renderer | None = None,
+) -> RenderResult:
+    return (renderer or Renderer()).render(
+        config,
+        cluster,
+        previous,
+        p4info_digest=config_p4info_digest(config),
+        intent_commit=intent.commit,
+        connections=connections,
+    )
+
+
+def make_plans(
+    intent: IntentSet,
+    configs: Sequence[LoadBalancerConfig],
+    cluster: ClusterState,
+    previous: Mapping[str, Snapshot],
+    connections: Mapping[str, Mapping[str, int]] | None = None,
+) -> list[ConfigPlan]:
+    plans = []
+    for config in configs:
+        old = previous.get(config.key)
+        result = render_one(intent, config, cluster, old, connections)
+        plans.append(
+            ConfigPlan(
+                config=config.key,
+                old=old,
+                new=result.snapshot,
+                diff=diff_snapshots(old, result.snapshot),
+                issues=result.issues,
+                intent_commit=intent.commit,
+                intent_dirty=intent.dirty,
+            )
+        )
+    return plans

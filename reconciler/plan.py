@@ -1,0 +1,272 @@
+"""`p4kube plan`: what applying the intent would change, like a terraform plan.
+
+Pure: takes rendered results and diffs, returns text. Three forms: text for a terminal,
+markdown for a pull-request comment, JSON for scripts.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, Literal, Sequence
+
+from .diff import ServiceChange, SnapshotDiff
+from .render import RenderIssue
+from .snapshot import ServiceSnapshot, Snapshot, backend_key
+
+# Exit codes, as terraform plan -detailed-exitcode: scripts and CI tell the three apart.
+EXIT_NO_CHANGES = 0
+EXIT_ERROR = 1
+EXIT_CHANGES = 2
+
+Format = Literal["text", "json", "markdown"]
+MARKDOWN_MARKER = "<!-- p4kube-plan -->"  # lets a CI job find and update its own comment
+
+
+@dataclass(frozen=True)
+class ConfigPlan:
+    config: str
+    old: Snapshot | None
+    new: Snapshot
+    diff: SnapshotDiff
+    issues: tuple[RenderIssue, ...]
+    intent_commit: str | None = None
+    intent_dirty: bool = False
+
+    @property
+    def changed(self) -> bool:
+        return not self.diff.empty
+
+
+@dataclass(frozen=True)
+class ShareRow:
+    backend: str  # node, or node/address in podIP mode
+    replicas_before: int | None
+    replicas_after: int | None
+    buckets_before: int | None
+    buckets_after: int | None
+    bucket_count_after: int | None
+
+
+def share_rows(change: ServiceChange) -> list[ShareRow]:
+    """Each backend's replicas and bucket share before and after."""
+
+    def index(s: ServiceSnapshot | None) -> dict[str, tuple[int, int]]:
+        if s is None:
+            return {}
+        return {_label(s, b.node, backend_key(b, s.backend_mode)): (b.replicas, b.buckets) for b in s.backends}
+
+    before, after = index(change.old), index(change.new)
+    rows = []
+    for label in sorted(before.keys() | after.keys()):
+        b, a = before.get(label), after.get(label)
+        rows.append(
+            ShareRow(
+                label,
+                b[0] if b else None,
+                a[0] if a else None,
+                b[1] if b else None,
+                a[1] if a else None,
+                change.new.bucket_count if change.new else None,
+            )
+        )
+    return rows
+
+
+def _label(s: ServiceSnapshot, node: str, key: str) -> str:
+    return node if s.backend_mode == "nodePort" else f"{node}/{key}"
+
+
+def summary_counts(plans: Sequence[ConfigPlan]) -> dict[str, int]:
+    out = {"added": 0, "changed": 0, "removed": 0, "writes": 0}
+    for p in plans:
+        for c in p.diff.services:
+            out[c.change] += 1
+        out["writes"] += len(p.diff)
+    return out
+
+
+def exit_code(plans: Sequence[ConfigPlan]) -> int:
+    return EXIT_CHANGES if any(p.changed for p in plans) else EXIT_NO_CHANGES
+
+
+# --- text ---------------------------------------------------------------------------------------
+
+_SIGN = {"added": "+", "removed": "-", "changed": "~"}
+
+
+def _endpoint(s: ServiceSnapshot) -> str:
+    return f"{s.vip}:{s.port}/{s.protocol}"
+
+
+def _fmt(v: int | None) -> str:
+    return "-" if v is None else str(v)
+
+
+def _pct(buckets: int | None, total: int | None) -> str:
+    if buckets is None or not total:
+        return ""
+    return f" ({100.0 * buckets / total:.1f}%)"
+
+
+def _version_line(p: ConfigPlan) -> str:
+    old = p.old.version if p.old else None
+    if not p.changed:
+        return f"version {p.new.version}, no changes"
+    return f"version {old} -> {p.new.version}" if old is not None else f"new, version {p.new.version}"
+
+
+def _source_line(p: ConfigPlan) -> str:
+    commit = p.intent_commit[:12] if p.intent_commit else "none (not a Git checkout)"
+    dirty = " + uncommitted changes" if p.intent_dirty else ""
+    rv = p.new.cluster_resource_version or "none (recording)"
+    return f"intent commit {commit}{dirty}; cluster resourceVersion {rv}"
+
+
+def _change_head(c: ServiceChange) -> str:
+    s = c.new or c.old
+    assert s is not None
+    if c.change == "changed" and c.old is not None and c.new is not None and _endpoint(c.old) != _endpoint(c.new):
+        where = f"{_endpoint(c.old)} -> {_endpoint(c.new)}"
+    else:
+        where = _endpoint(s)
+    return f"{_SIGN[c.change]} {c.name}  {where}  id {s.service_id}  {s.algorithm}, {s.bucket_count} buckets"
+
+
+def format_text(plans: Sequence[ConfigPlan]) -> str:
+    lines: list[str] = []
+    for p in plans:
+        lines.append(f"LoadBalancerConfig {p.config}: {_version_line(p)}")
+        lines.append(f"  {_source_line(p)}")
+        for c in p.diff.services:
+            lines.append("  " + _change_head(c))
+            for r in share_rows(c):
+                reps = f"{_fmt(r.replicas_before)} -> {_fmt(r.replicas_after)}" if c.change == "changed" else _fmt(
+                    r.replicas_after if c.change == "added" else r.replicas_before
+                )
+                if c.change == "changed":
+                    share = (
+                        f"{_fmt(r.buckets_before)}{_pct(r.buckets_before, c.old.bucket_count if c.old else None)}"
+                        f" -> {_fmt(r.buckets_after)}{_pct(r.buckets_after, r.bucket_count_after)}"
+                    )
+                elif c.change == "added":
+                    share = f"{_fmt(r.buckets_after)}{_pct(r.buckets_after, r.bucket_count_after)}"
+                else:
+                    share = f"{_fmt(r.buckets_before)}"
+                lines.append(f"      {r.backend:<24} replicas {reps:<10} buckets {share}")
+        counts = p.diff.counts()
+        if counts:
+            lines.append("  table writes:")
+            for table, per in counts.items():
+                lines.append(
+                    f"      {table:<28} +{per.get('INSERT', 0)} ~{per.get('MODIFY', 0)} -{per.get('DELETE', 0)}"
+                )
+        for i in p.issues:
+            mark = "!" if i.severity == "error" else "?"
+            lines.append(f"  {mark} {i}")
+        lines.append("")
+    c = summary_counts(plans)
+    lines.append(
+        f"Plan: {c['added']} to add, {c['changed']} to change, {c['removed']} to remove; {c['writes']} table writes."
+        if any(p.changed for p in plans)
+        else "No changes. The switches already hold what the intent and cluster describe."
+    )
+    return "\n".join(lines) + "\n"
+
+
+# --- markdown -----------------------------------------------------------------------------------
+
+
+def format_markdown(plans: Sequence[ConfigPlan]) -> str:
+    c = summary_counts(plans)
+    out = [MARKDOWN_MARKER, "### p4kube plan", ""]
+    if any(p.changed for p in plans):
+        out.append(
+            f"**{c['added']} to add, {c['changed']} to change, {c['removed']} to remove** ({c['writes']} table writes)"
+        )
+    else:
+        out.append("**No changes.**")
+    for p in plans:
+        out += ["", f"#### `{p.config}`: {_version_line(p)}", "", f"_{_source_line(p)}_", ""]
+        if p.diff.services:
+            out += ["| | Service | VIP | backend | replicas | buckets |", "|---|---|---|---|---|---|"]
+            for ch in p.diff.services:
+                s = ch.new or ch.old
+                assert s is not None
+                first = True
+                for r in share_rows(ch):
+                    sign = _SIGN[ch.change] if first else ""
+                    name = f"`{ch.name}`" if first else ""
+                    vip = _endpoint(s) if first else ""
+                    reps = (
+                        f"{_fmt(r.replicas_before)} → {_fmt(r.replicas_after)}" if ch.change == "changed"
+                        else _fmt(r.replicas_after if ch.change == "added" else r.replicas_before)
+                    )
+                    bk = (
+                        f"{_fmt(r.buckets_before)} → {_fmt(r.buckets_after)}" if ch.change == "changed"
+                        else _fmt(r.buckets_after if ch.change == "added" else r.buckets_before)
+                    )
+                    out.append(f"| {sign} | {name} | {vip} | {r.backend} | {reps} | {bk} |")
+                    first = False
+                if first:  # no backends at all
+                    out.append(f"| {_SIGN[ch.change]} | `{ch.name}` | {_endpoint(s)} | _no ready backends_ | | |")
+        counts = p.diff.counts()
+        if counts:
+            out += ["", "<details><summary>Table writes</summary>", "", "| table | insert | modify | delete |", "|---|---|---|---|"]
+            for table, per in counts.items():
+                out.append(f"| `{table}` | {per.get('INSERT', 0)} | {per.get('MODIFY', 0)} | {per.get('DELETE', 0)} |")
+            out += ["", "</details>"]
+        if p.issues:
+            out += ["", "**Issues**", ""]
+            out += [f"- {'❌' if i.severity == 'error' else '⚠️'} `{i.service}`: {i.message}" for i in p.issues]
+    return "\n".join(out) + "\n"
+
+
+# --- json ---------------------------------------------------------------------------------------
+
+
+def plan_to_json(plans: Sequence[ConfigPlan]) -> dict[str, Any]:
+    configs = []
+    for p in plans:
+        configs.append(
+            {
+                "config": p.config,
+                "changed": p.changed,
+                "fromVersion": p.old.version if p.old else None,
+                "toVersion": p.new.version,
+                "digest": p.new.digest,
+                "intentCommit": p.intent_commit,
+                "intentDirty": p.intent_dirty,
+                "services": [
+                    {
+                        "name": c.name,
+                        "change": c.change,
+                        "vip": (c.new or c.old).vip,  # type: ignore[union-attr]
+                        "port": (c.new or c.old).port,  # type: ignore[union-attr]
+                        "protocol": (c.new or c.old).protocol,  # type: ignore[union-attr]
+                        "backends": [
+                            {
+                                "backend": r.backend,
+                                "replicasBefore": r.replicas_before,
+                                "replicasAfter": r.replicas_after,
+                                "bucketsBefore": r.buckets_before,
+                                "bucketsAfter": r.buckets_after,
+                            }
+                            for r in share_rows(c)
+                        ],
+                    }
+                    for c in p.diff.services
+                ],
+                "writes": p.diff.counts(),
+                "issues": [{"service": i.service, "severity": i.severity, "message": i.message} for i in p.issues],
+            }
+        )
+    return {"changed": any(p.changed for p in plans), "summary": summary_counts(plans), "configs": configs}
+
+
+def format_plan(plans: Sequence[ConfigPlan], fmt: Format) -> str:
+    if fmt == "json":
+        return json.dumps(plan_to_json(plans), indent=2, sort_keys=True) + "\n"
+    if fmt == "markdown":
+        return format_markdown(plans)
+    return format_text(plans)

@@ -1,0 +1,187 @@
+"""Sticky allocation of VIPs, service ids and backend ids.
+
+Rule shared by all three: a value keeps its owner from the previous snapshot, and a value
+released during a render is not handed to another owner in that same render (quarantine):
+otherwise the diff could repoint live traffic of the old owner at the new one before the old
+owner's VIP is withdrawn. New owners take the lowest free value, in the order the caller asks
+(sorted names), so the output is deterministic and does not depend on render history.
+
+Lowest-free is kept with a heap of freed indices below a high-water mark, so allocating costs
+O(log n) per value instead of a scan over every value in use.
+"""
+
+from __future__ import annotations
+
+import bisect
+import heapq
+import ipaddress
+from dataclasses import dataclass
+from typing import Generic, Hashable, TypeVar
+
+from ..intent.model import VipPool
+
+V = TypeVar("V", bound=Hashable)
+
+
+class Exhausted(Exception):
+    """No free value is left."""
+
+
+class Space(Generic[V]):
+    """An ordered space of candidate values."""
+
+    size: int
+
+    def value_at(self, i: int) -> V:
+        raise NotImplementedError
+
+    def index_of(self, v: V) -> int | None:
+        raise NotImplementedError
+
+    def describe_full(self) -> str:
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class IntSpace(Space[int]):
+    lo: int
+    hi: int
+    what: str
+
+    @property
+    def size(self) -> int:  # type: ignore[override]
+        return self.hi - self.lo + 1
+
+    def value_at(self, i: int) -> int:
+        return self.lo + i
+
+    def index_of(self, v: int) -> int | None:
+        return v - self.lo if self.lo <= v <= self.hi else None
+
+    def describe_full(self) -> str:
+        return f"all {self.size} {self.what} are in use"
+
+
+class VipSpace(Space[str]):
+    """The auto-assign pools' addresses, in pool order, then range order."""
+
+    def __init__(self, pools: tuple[VipPool, ...]) -> None:
+        self.pools = pools
+        self._ranges: list[tuple[int, int]] = []
+        self._starts: list[int] = []
+        total = 0
+        for pool in pools:
+            if not pool.auto_assign:
+                continue
+            for lo, hi in pool.ranges:
+                self._starts.append(total)
+                self._ranges.append((int(lo), int(hi)))
+                total += int(hi) - int(lo) + 1
+        self.size = total
+
+    def value_at(self, i: int) -> str:
+        r = bisect.bisect_right(self._starts, i) - 1
+        return str(ipaddress.IPv4Address(self._ranges[r][0] + i - self._starts[r]))
+
+    def index_of(self, v: str) -> int | None:
+        a = int(ipaddress.IPv4Address(v))
+        for start, (lo, hi) in zip(self._starts, self._ranges):
+            if lo <= a <= hi:
+                return start + a - lo
+        return None
+
+    def in_any_pool(self, v: str) -> bool:
+        try:
+            a = ipaddress.IPv4Address(v)
+        except ValueError:
+            return False
+        return any(p.contains(a) for p in self.pools)
+
+    def describe_full(self) -> str:
+        names = ", ".join(p.name for p in self.pools if p.auto_assign) or "none"
+        return f"no free address left in the auto-assign VIP pools ({names})"
+
+
+class Pool(Generic[V]):
+    """Owner <-> value, with lowest-free allocation and per-render quarantine."""
+
+    def __init__(self, space: Space[V]) -> None:
+        self.space = space
+        self.owner_of: dict[V, Hashable] = {}
+        self.value_of: dict[Hashable, V] = {}
+        self._quarantine: set[V] = set()
+        self._heap: list[int] = []
+        self._hwm = 0
+
+    def seed(self, owner: Hashable, value: V) -> None:
+        """Record a value held in the previous snapshot; call finish_seed() after the last one."""
+        self.owner_of[value] = owner
+        self.value_of[owner] = value
+
+    def finish_seed(self) -> None:
+        indices = [i for v in self.owner_of if (i := self.space.index_of(v)) is not None]
+        self._hwm = max(indices) + 1 if indices else 0
+        owned = set(indices)
+        self._heap = [i for i in range(self._hwm) if i not in owned]
+        heapq.heapify(self._heap)
+
+    def begin_render(self) -> None:
+        self._quarantine.clear()
+
+    def end_render(self) -> None:
+        """Values released in this render become free for the next one."""
+        for v in self._quarantine:
+            if v not in self.owner_of:
+                i = self.space.index_of(v)
+                if i is not None and i < self._hwm:
+                    heapq.heappush(self._heap, i)
+        self._quarantine.clear()
+
+    def holds(self, owner: Hashable) -> V | None:
+        return self.value_of.get(owner)
+
+    def release(self, owner: Hashable) -> None:
+        v = self.value_of.pop(owner, None)
+        if v is not None:
+            del self.owner_of[v]
+            self._quarantine.add(v)
+
+    def is_free_for(self, owner: Hashable, value: V) -> bool:
+        holder = self.owner_of.get(value)
+        if holder is not None:
+            return holder == owner
+        return value not in self._quarantine
+
+    def take(self, owner: Hashable, value: V) -> bool:
+        """Give `value` to `owner` if it is free for it (releasing what it held); else False."""
+        if not self.is_free_for(owner, value):
+            return False
+        if self.value_of.get(owner) not in (None, value):
+            self.release(owner)
+        self.owner_of[value] = owner
+        self.value_of[owner] = value
+        return True
+
+    def allocate(self, owner: Hashable) -> V:
+        """The owner's value if it holds one, else the lowest free value of the space."""
+        held = self.value_of.get(owner)
+        if held is not None:
+            return held
+        while self._heap and self._heap[0] < self._hwm:
+            v = self.space.value_at(self._heap[0])
+            if v in self.owner_of or v in self._quarantine:
+                heapq.heappop(self._heap)  # owned: pushed again on release; quarantined: at end_render
+                continue
+            heapq.heappop(self._heap)
+            return self._give(owner, v)
+        while self._hwm < self.space.size:
+            v = self.space.value_at(self._hwm)
+            self._hwm += 1
+            if v not in self.owner_of and v not in self._quarantine:
+                return self._give(owner, v)
+        raise Exhausted(self.space.describe_full())
+
+    def _give(self, owner: Hashable, v: V) -> V:
+        self.owner_of[v] = owner
+        self.value_of[owner] = v
+        return v

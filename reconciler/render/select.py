@@ -1,0 +1,65 @@
+"""Which Services a LoadBalancerConfig serves, and how each Service port maps to backends."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..cluster.model import ClusterState, Endpoint, Service, ServicePort
+from ..intent.model import LoadBalancerConfig
+
+
+@dataclass(frozen=True)
+class Skip:
+    """A Service (or port) left out of the snapshot, and why; reported, never silent."""
+
+    reason: str
+    severity: str = "warning"
+
+
+def selection(config: LoadBalancerConfig, svc: Service) -> Skip | None:
+    """None when the config serves `svc`, else why not (None severity means: not ours at all)."""
+    if svc.opt_in != "enabled":
+        return Skip("not opted in", severity="")
+    sel = config.service_selector
+    if sel.namespaces and svc.namespace not in sel.namespaces:
+        return Skip("outside the config's serviceSelector.namespaces", severity="")
+    labels = dict(svc.labels)
+    if any(labels.get(k) != v for k, v in sel.match_labels):
+        return Skip("does not match the config's serviceSelector.matchLabels", severity="")
+    if svc.load_balancer_class is not None and svc.load_balancer_class not in sel.load_balancer_classes:
+        return Skip(f"spec.loadBalancerClass {svc.load_balancer_class!r} is not claimed by this config", severity="")
+    if svc.type == "ExternalName":
+        return Skip("type ExternalName has no endpoints to balance")
+    if svc.type != "LoadBalancer" and not svc.external_ips:
+        return Skip(f"type {svc.type} without spec.externalIPs has no address for the switch to match")
+    return None
+
+
+def entry_name(svc: Service, port: ServicePort) -> str:
+    """Snapshot service name: namespace/name, plus :portName when the Service has several ports."""
+    if len(svc.ports) == 1:
+        return svc.key
+    return f"{svc.key}:{port.name}"
+
+
+def target_port(port: ServicePort, endpoint: Endpoint) -> int | None:
+    """The endpoint's port for a Service port (podIP mode), by the EndpointSlice port name."""
+    for name, number in endpoint.ports:
+        if name == port.name:
+            return number
+    if isinstance(port.target_port, int):
+        return port.target_port
+    return None
+
+
+def node_backends(cluster: ClusterState, svc: Service) -> tuple[dict[str, int], list[str]]:
+    """Ready replicas per node for nodePort mode, and the nodes that cannot be used (no address)."""
+    counts: dict[str, int] = {}
+    for ep in cluster.endpoints.get(svc.key, ()):
+        counts[ep.node] = counts.get(ep.node, 0) + 1
+    unusable = sorted(
+        node for node in counts if (n := cluster.nodes.get(node)) is None or not n.internal_ip
+    )
+    for node in unusable:
+        del counts[node]
+    return dict(sorted(counts.items())), unusable

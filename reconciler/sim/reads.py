@@ -1,0 +1,284 @@
+"""Answer the entities of a ReadRequest from a pipeline, always in canonical form.
+
+Wildcard table reads (table_id 0 or one table) never include default entries; those are read
+with is_default_action (surprise 32). Tables are visited in P4Info order and entries in handle
+order, as BMv2 does.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from finsy.proto import p4r
+
+from reconciler.sim.behavior import (
+    INCORRECT_ENTITY,
+    INVALID_ARGUMENT,
+    INVALID_P4_ID,
+    NOT_FOUND,
+    OUT_OF_RANGE,
+    UNIMPLEMENTED,
+    UNKNOWN,
+    Behavior,
+)
+from reconciler.sim.bytestrings import encode
+from reconciler.sim.parse import DEFAULT_KEY, UpdateError, match_key
+from reconciler.sim.schema import (
+    EXACT,
+    LPM,
+    OPTIONAL,
+    RANGE,
+    TERNARY,
+    UNIT_BYTES,
+    UNIT_PACKETS,
+    P4Schema,
+)
+from reconciler.sim.tables import CounterState, DefaultEntry, Entry, PipelineState, TableState
+
+
+@dataclass
+class ReadOutcome:
+    """Entities found, plus one (code, message) per request entity (None where it succeeded)."""
+
+    entities: list[p4r.Entity] = field(default_factory=list)
+    errors: list[tuple[int, str] | None] = field(default_factory=list)
+
+    @property
+    def failed(self) -> bool:
+        return any(e is not None for e in self.errors)
+
+
+def read_entities(
+    state: PipelineState, behavior: Behavior, requests: list[p4r.Entity]
+) -> ReadOutcome:
+    """Spec mode tries every request (one error per request); BMv2 stops at the first error,
+    keeping what it collected so far (surprise 30)."""
+    reader = _Reader(state, behavior)
+    outcome = ReadOutcome()
+    for request in requests:
+        try:
+            reader.read(request, outcome.entities)
+        except UpdateError as exc:
+            outcome.errors.append((exc.code, exc.message))
+            if behavior.bmv2:
+                break
+        else:
+            outcome.errors.append(None)
+    return outcome
+
+
+class _Reader:
+    __slots__ = ("state", "schema", "behavior")
+
+    def __init__(self, state: PipelineState, behavior: Behavior) -> None:
+        self.state = state
+        self.schema = state.schema
+        self.behavior = behavior
+
+    def read(self, entity: p4r.Entity, out: list[p4r.Entity]) -> None:
+        which = entity.WhichOneof("entity")
+        if which == "table_entry":
+            self.read_tables(entity.table_entry, out)
+        elif which == "counter_entry":
+            self.read_counters(entity.counter_entry, out)
+        elif which == "direct_counter_entry":
+            self.read_direct_counters(entity.direct_counter_entry, out)
+        elif which is None:
+            code = UNKNOWN if self.behavior.bmv2 else INVALID_ARGUMENT
+            raise UpdateError(code, INCORRECT_ENTITY)
+        else:
+            raise UpdateError(UNIMPLEMENTED, f"{which} reads are not supported by this switch")
+
+    # -- table entries ---------------------------------------------------------------------
+
+    def read_tables(self, te: p4r.TableEntry, out: list[p4r.Entity]) -> None:
+        if te.table_id == 0:
+            if not self.behavior.bmv2 and len(te.match):
+                raise UpdateError(INVALID_ARGUMENT, "A match key needs a table_id")
+            for table in self.state.tables.values():
+                self.read_table(table, te, out)
+            return
+        table = self.state.tables.get(te.table_id)
+        if table is None:
+            raise UpdateError(INVALID_ARGUMENT, INVALID_P4_ID)
+        self.read_table(table, te, out)
+
+    def read_table(self, table: TableState, te: p4r.TableEntry, out: list[p4r.Entity]) -> None:
+        if te.is_default_action:
+            if te.HasField("time_since_last_hit"):
+                raise UpdateError(
+                    INVALID_ARGUMENT,
+                    "Default table entries do not support entry ageing, do not set "
+                    "'time_since_last_hit' in your ReadRequest",
+                )
+            out.append(default_entry_entity(self.schema, table))
+            return
+        if te.HasField("time_since_last_hit") and not table.info.idle_timeout:
+            raise UpdateError(
+                INVALID_ARGUMENT,
+                "Do not set time_since_last_hit for a ReadRequest if the table does not support "
+                "idle timeout; yes, that includes wildcard reads",
+            )
+        if len(te.match):
+            key = match_key(table.info, te, self.behavior)
+            hit = table.entries.get(key)
+            # a missing entry read by full key is OK and empty (surprise 31)
+            selected = [hit] if hit is not None else []
+        else:
+            selected = table.in_handle_order()
+            if not self.behavior.bmv2 and te.priority:
+                selected = [e for e in selected if e.priority == te.priority]
+        if self.behavior.read_action_filter and te.HasField("action"):
+            wanted = te.action.action.action_id
+            selected = [e for e in selected if e.action_id == wanted]
+        if not self.behavior.bmv2:
+            if te.controller_metadata:
+                selected = [e for e in selected if e.controller_metadata == te.controller_metadata]
+            if te.metadata:
+                selected = [e for e in selected if e.metadata == te.metadata]
+        with_counters = te.HasField("counter_data") and bool(table.info.direct_counter_id)
+        for entry in selected:
+            out.append(table_entry_entity(self.schema, table, entry, with_counters))
+
+    # -- counters --------------------------------------------------------------------------
+
+    def read_counters(self, ce: p4r.CounterEntry, out: list[p4r.Entity]) -> None:
+        if ce.counter_id == 0:
+            for counter in self.state.counters.values():
+                self.read_counter(counter, ce, out)
+            return
+        counter = self.state.counters.get(ce.counter_id)
+        if counter is None:
+            if ce.counter_id in self.schema.direct_counter_ids:
+                raise UpdateError(
+                    INVALID_ARGUMENT, "Cannot use CounterEntry with a direct counter"
+                )
+            raise UpdateError(INVALID_ARGUMENT, INVALID_P4_ID)
+        self.read_counter(counter, ce, out)
+
+    def read_counter(self, counter: CounterState, ce: p4r.CounterEntry, out: list) -> None:
+        if ce.HasField("index"):
+            index = ce.index.index
+            if index < 0:
+                raise UpdateError(
+                    INVALID_ARGUMENT, "A negative number is not a valid index value"
+                )
+            if index >= counter.info.size:
+                if self.behavior.bmv2:
+                    # BMv2 has already added the entity (without data) when the read fails
+                    partial = p4r.Entity()
+                    partial.counter_entry.counter_id = counter.info.id
+                    partial.counter_entry.index.index = index
+                    out.append(partial)
+                    raise UpdateError(UNKNOWN, "Error when reading counter from target")
+                raise UpdateError(
+                    OUT_OF_RANGE, f"Index {index} is out of range (size {counter.info.size})"
+                )
+            out.append(self.counter_entity(counter, index))
+            return
+        for index in range(counter.info.size):
+            out.append(self.counter_entity(counter, index))
+
+    @staticmethod
+    def counter_entity(counter: CounterState, index: int) -> p4r.Entity:
+        entity = p4r.Entity()
+        ce = entity.counter_entry
+        ce.counter_id = counter.info.id
+        ce.index.index = index
+        unit = counter.info.unit
+        data = ce.data
+        data.SetInParent()  # zero counts still come back as an empty `data {}`
+        if unit != UNIT_BYTES:
+            data.packet_count = counter.packets[index]
+        if unit != UNIT_PACKETS:
+            data.byte_count = counter.bytes[index]
+        return entity
+
+    def read_direct_counters(self, dce: p4r.DirectCounterEntry, out: list) -> None:
+        te = dce.table_entry
+        table = self.state.tables.get(te.table_id)
+        if table is None:
+            raise UpdateError(INVALID_ARGUMENT, INVALID_P4_ID)
+        if not table.info.direct_counter_id:
+            raise UpdateError(INVALID_ARGUMENT, "Table has no direct counters")
+        if len(te.match):
+            key = match_key(table.info, te, self.behavior)
+            entry = table.entries.get(key) if key is not DEFAULT_KEY else None
+            if entry is None:
+                raise UpdateError(NOT_FOUND, "Cannot find match entry")
+            entries = [entry]
+        else:
+            entries = table.in_handle_order()
+        for entry in entries:
+            entity = p4r.Entity()
+            entity.direct_counter_entry.table_entry.CopyFrom(
+                table_entry_entity(self.schema, table, entry).table_entry
+            )
+            packets, nbytes = table.direct_counts.get(entry.key, (0, 0))
+            entity.direct_counter_entry.data.packet_count = packets
+            entity.direct_counter_entry.data.byte_count = nbytes
+            out.append(entity)
+
+
+def table_entry_entity(
+    schema: P4Schema, table: TableState, entry: Entry, with_counters: bool = False
+) -> p4r.Entity:
+    """An Entity holding `entry` in canonical form (shortest bytestrings, don't-cares omitted)."""
+    entity = p4r.Entity()
+    te = entity.table_entry
+    info = table.info
+    te.table_id = info.id
+    for f, value in zip(info.fields, entry.key):
+        if value is None:
+            continue  # a don't-care field is omitted
+        m = te.match.add()
+        m.field_id = f.id
+        kind = f.match_type
+        if kind == EXACT:
+            m.exact.value = encode(value)
+        elif kind == LPM:
+            m.lpm.value = encode(value[0])
+            m.lpm.prefix_len = value[1]
+        elif kind == TERNARY:
+            m.ternary.value = encode(value[0])
+            m.ternary.mask = encode(value[1])
+        elif kind == RANGE:
+            m.range.low = encode(value[0])
+            m.range.high = encode(value[1])
+        elif kind == OPTIONAL:
+            m.optional.value = encode(value)
+    _fill_action(schema, te.action.action, entry.action_id, entry.params)
+    te.priority = entry.priority
+    te.controller_metadata = entry.controller_metadata
+    te.metadata = entry.metadata
+    te.idle_timeout_ns = entry.idle_timeout_ns
+    if with_counters:
+        packets, nbytes = table.direct_counts.get(entry.key, (0, 0))
+        te.counter_data.packet_count = packets
+        te.counter_data.byte_count = nbytes
+    return entity
+
+
+def default_entry_entity(schema: P4Schema, table: TableState) -> p4r.Entity:
+    """An Entity holding the table's current default entry."""
+    entity = p4r.Entity()
+    te = entity.table_entry
+    te.table_id = table.info.id
+    default: DefaultEntry = table.default
+    if default.action_id:
+        _fill_action(schema, te.action.action, default.action_id, default.params)
+    te.is_default_action = True
+    te.controller_metadata = default.controller_metadata
+    te.metadata = default.metadata
+    return entity
+
+
+def _fill_action(
+    schema: P4Schema, action: p4r.Action, action_id: int, params: tuple[int, ...]
+) -> None:
+    action.action_id = action_id
+    info = schema.actions_by_id[action_id]
+    for p, value in zip(info.params, params):
+        param = action.params.add()
+        param.param_id = p.id
+        param.value = encode(value)

@@ -1,0 +1,575 @@
+"""The switch snapshot: its types, table entries, canonical JSON, digest and schema check.
+
+A snapshot's table entries are a pure function of its services (and the config's routes), so
+they are generated on demand instead of being stored: a 5,000-Service snapshot holds 330,000
+entries, and keeping only services makes an incremental render and a diff cost in proportion
+to what changed. The public document (``to_document``) still lists every entry, as DESIGN.md 4
+requires, and ``from_document`` checks that a document's tables agree with its services.
+
+The digest covers what the switches hold and why (config, pipeline, services, tables), not the
+render's metadata (version, sources): step 1 of the transaction compares digests to decide
+whether anything is to be done, which a digest over the version number could never allow.
+See docs/snapshot.md for the exact algorithm.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import json
+from dataclasses import dataclass, field
+from functools import cached_property, lru_cache
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Mapping, Sequence
+
+import jsonschema
+
+from . import p4names as n
+from .paths import SNAPSHOT_SCHEMA_PATH
+
+API_VERSION = "snapshot.p4kube.io/v1"
+KIND = "SwitchSnapshot"
+
+Value = int | str  # IPv4 as dotted quad, LPM as "a.b.c.d/len", MAC as "aa:bb:..", others int
+
+
+class SnapshotError(ValueError):
+    """A snapshot document that cannot be used: names the snapshot and the field."""
+
+
+def canonical_json(obj: Any) -> bytes:
+    """Sorted keys, no insignificant whitespace, UTF-8: the digest input form."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def pretty_json(obj: Any) -> str:
+    """The form written to files for people: still deterministic (sorted keys, fixed indent)."""
+    return json.dumps(obj, sort_keys=True, indent=2, ensure_ascii=False) + "\n"
+
+
+def _sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+# --- table layouts ----------------------------------------------------------------------------
+
+TABLE_FIELDS: dict[str, tuple[str, ...]] = {
+    n.VIP_TABLE: tuple(f for f, _ in n.VIP_MATCH),
+    n.BACKEND_TABLE: tuple(f for f, _ in n.BACKEND_MATCH),
+    n.REVERSE_NAT: tuple(f for f, _ in n.REVERSE_NAT_MATCH),
+    n.IPV4_LPM: tuple(f for f, _ in n.IPV4_LPM_MATCH),
+}
+ACTION_PARAMS: dict[str, tuple[str, ...]] = {
+    n.SET_SERVICE: tuple(p for p, _ in n.SET_SERVICE_PARAMS),
+    n.DNAT: tuple(p for p, _ in n.DNAT_PARAMS),
+    n.SNAT: tuple(p for p, _ in n.SNAT_PARAMS),
+    n.FWD: tuple(p for p, _ in n.FWD_PARAMS),
+    n.DROP: (),
+    n.NO_ACTION: (),
+}
+
+
+_TEMPLATES: dict[tuple[str, str], tuple[tuple[int, ...], tuple[int, ...], str]] = {}
+
+
+def _template(table: str, action: str) -> tuple[tuple[int, ...], tuple[int, ...], str]:
+    """Value orders and a format string giving an entry's canonical JSON minus its closing brace."""
+    t = _TEMPLATES.get((table, action))
+    if t is None:
+        fields, params = TABLE_FIELDS[table], ACTION_PARAMS[action]
+        key_order = tuple(sorted(range(len(fields)), key=lambda i: fields[i]))
+        arg_order = tuple(sorted(range(len(params)), key=lambda i: params[i]))
+        match = ",".join(json.dumps(fields[i]).replace("{", "{{").replace("}", "}}") + ":{}" for i in key_order)
+        par = ",".join(json.dumps(params[i]).replace("{", "{{").replace("}", "}}") + ":{}" for i in arg_order)
+        act = json.dumps(action).replace("{", "{{").replace("}", "}}")
+        t = _TEMPLATES[(table, action)] = (key_order, arg_order, f'{{{{"action":{act},"match":{{{{{match}}}}},"params":{{{{{par}}}}}')
+    return t
+
+
+@lru_cache(maxsize=1 << 17)
+def _enc_str(v: str) -> str:
+    return json.dumps(v, ensure_ascii=False)
+
+
+def _enc(v: Value) -> str:
+    return str(v) if v.__class__ is int else _enc_str(v)  # type: ignore[arg-type]
+
+
+def _sort_value(v: Value) -> tuple[int, int]:
+    """Order IPv4 strings numerically, prefixes by (address, length), ints as themselves."""
+    if isinstance(v, int):
+        return (v, 0)
+    if "/" in v:
+        net = ipaddress.IPv4Network(v)
+        return (int(net.network_address), net.prefixlen)
+    if ":" in v:  # MAC
+        return (int(v.replace(":", ""), 16), 0)
+    return (int(ipaddress.IPv4Address(v)), 0)
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One table entry. Values are in the table's match-field order and the action's param order."""
+
+    table: str
+    key: tuple[Value, ...]
+    action: str
+    args: tuple[Value, ...]
+    service: str | None = None
+
+    def sort_key(self) -> tuple[tuple[int, int], ...]:
+        return tuple(_sort_value(v) for v in self.key)
+
+    def canonical(self) -> str:
+        """canonical_json(self.to_json()) as text, built from a per-(table, action) template:
+        this is the hot path of the digest and of writing snapshots (330,000 entries at 5,000
+        Services); tests check it equals canonical_json."""
+        key_order, arg_order, fmt = _template(self.table, self.action)
+        key, args = self.key, self.args
+        vals = [_enc(key[i]) for i in key_order]
+        vals += [_enc(args[i]) for i in arg_order]
+        if self.service is not None:
+            return fmt.format(*vals) + f',"service":{_enc(self.service)}}}'
+        return fmt.format(*vals) + "}"
+
+    def to_json(self) -> dict[str, Any]:
+        doc: dict[str, Any] = {
+            "match": dict(zip(TABLE_FIELDS[self.table], self.key)),
+            "action": self.action,
+            "params": dict(zip(ACTION_PARAMS[self.action], self.args)),
+        }
+        if self.service is not None:
+            doc["service"] = self.service
+        return doc
+
+    @classmethod
+    def from_json(cls, table: str, doc: Mapping[str, Any], where: str) -> "Entry":
+        fields = TABLE_FIELDS.get(table)
+        if fields is None:
+            raise SnapshotError(f"{where}: table {table!r} is not in the load_balancer.p4 pipeline")
+        match = doc["match"]
+        if set(match) != set(fields):
+            raise SnapshotError(f"{where}.match: expected fields {list(fields)}, got {sorted(match)}")
+        action = doc["action"]
+        params_names = ACTION_PARAMS.get(action)
+        if params_names is None:
+            raise SnapshotError(f"{where}.action: unknown action {action!r}")
+        params = doc["params"]
+        if set(params) != set(params_names):
+            raise SnapshotError(f"{where}.params: {action} takes {list(params_names)}, got {sorted(params)}")
+        return cls(
+            table,
+            tuple(match[f] for f in fields),
+            action,
+            tuple(params[p] for p in params_names),
+            doc.get("service"),
+        )
+
+
+# --- services ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Backend:
+    node: str
+    address: str
+    port: int
+    replicas: int
+    buckets: int
+    backend_id: int
+    active_connections: int | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        doc: dict[str, Any] = {
+            "node": self.node,
+            "address": self.address,
+            "port": self.port,
+            "replicas": self.replicas,
+            "buckets": self.buckets,
+            "backendId": self.backend_id,
+        }
+        if self.active_connections is not None:
+            doc["activeConnections"] = self.active_connections
+        return doc
+
+
+def backend_key(backend: Backend, backend_mode: str) -> str:
+    """What a bucket points at: the node in nodePort mode, the pod address in podIP mode."""
+    return backend.address if backend_mode == "podIP" else backend.node
+
+
+@dataclass(frozen=True)
+class ServiceSnapshot:
+    """One Service port as the switches serve it.
+
+    `assignment[b]` is the backend key bucket b points at (None only when there are no
+    backends, in which case the Service has no entries and its VIP is routed to the nodes).
+    """
+
+    name: str
+    service_id: int
+    vip: str
+    port: int
+    protocol: str
+    algorithm: str
+    bucket_count: int
+    backend_mode: str
+    backends: tuple[Backend, ...]
+    assignment: tuple[str | None, ...]
+
+    @property
+    def service_key(self) -> str:
+        """namespace/name of the Kubernetes Service (without the :port suffix)."""
+        return self.name.split(":", 1)[0]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "serviceId": self.service_id,
+            "vip": self.vip,
+            "port": self.port,
+            "protocol": self.protocol,
+            "algorithm": self.algorithm,
+            "bucketCount": self.bucket_count,
+            "backendMode": self.backend_mode,
+            "backends": [b.to_json() for b in self.backends],
+        }
+
+    def entries(self) -> dict[str, list[Entry]]:
+        """This Service's entries per table, each list in key order."""
+        if not self.backends or self.assignment[0] is None:
+            return {}
+        proto = n.IP_PROTOCOLS[self.protocol]
+        by_key = {backend_key(b, self.backend_mode): b for b in self.backends}
+        backend_entries = []
+        for bucket, key in enumerate(self.assignment):
+            b = by_key[key]  # type: ignore[index]
+            backend_entries.append(
+                Entry(n.BACKEND_TABLE, (self.service_id, bucket), n.DNAT, (b.address, b.port, b.backend_id), self.name)
+            )
+        reverse = sorted(
+            (
+                Entry(n.REVERSE_NAT, (b.address, b.port, proto), n.SNAT, (self.vip, self.port), self.name)
+                for b in self.backends
+            ),
+            key=Entry.sort_key,
+        )
+        vip = Entry(n.VIP_TABLE, (self.vip, self.port, proto), n.SET_SERVICE, (self.service_id, self.bucket_count - 1), self.name)
+        return {n.VIP_TABLE: [vip], n.BACKEND_TABLE: backend_entries, n.REVERSE_NAT: reverse}
+
+    @cached_property
+    def fragment_digest(self) -> str:
+        """sha256 hex of this Service's fragment (its JSON object and its entries)."""
+        return _sha256_hex(self.fragment_text().encode())
+
+    def fragment_text(self) -> str:
+        """Canonical JSON of this Service's fragment: _fragment_text(self.to_json(), self.entries()).
+
+        Specialised for speed (one format per bucket, backends encoded once); tests check it
+        is byte-identical to the generic form."""
+        entries = self.entries()
+        if not entries:
+            return _fragment_text(self.to_json(), entries)
+        name = _enc(self.name)
+        fields, params = TABLE_FIELDS[n.BACKEND_TABLE], ACTION_PARAMS[n.DNAT]
+        key_order = sorted(range(len(fields)), key=lambda i: fields[i])
+        match_fmt = ",".join(json.dumps(fields[i]) + ":%d" for i in key_order)
+        swap = key_order != [0, 1]
+        head = '{"action":' + _enc(n.DNAT) + ',"match":{'
+        tails: dict[str | None, str] = {}
+        for b in self.backends:
+            args = dict(zip(params, (b.address, b.port, b.backend_id)))
+            par = ",".join(f"{json.dumps(p)}:{_enc(args[p])}" for p in sorted(params))
+            tails[backend_key(b, self.backend_mode)] = '},"params":{' + par + '},"service":' + name + "}"
+        sid = self.service_id
+        rows = [
+            head + (match_fmt % ((bucket, sid) if swap else (sid, bucket))) + tails[k]
+            for bucket, k in enumerate(self.assignment)
+        ]
+        others = {t: es for t, es in entries.items() if t != n.BACKEND_TABLE}
+        tables = [(n.BACKEND_TABLE, ",".join(rows))]
+        tables += [(t, ",".join(e.canonical() for e in es)) for t, es in others.items() if es]
+        body = ",".join(f"{json.dumps(t)}:[{text}]" for t, text in sorted(tables))
+        return f'{{"entries":{{{body}}},"service":{canonical_json(self.to_json()).decode()}}}'
+
+
+def _fragment_text(service: dict[str, Any] | None, entries: Mapping[str, list[Entry]]) -> str:
+    """canonical_json({"entries": {table: [entry...]}, "service": service}), built from the
+    entries' canonical text (tests check it equals canonical_json of the same object)."""
+    tables = ",".join(
+        f"{json.dumps(t)}:[{','.join(e.canonical() for e in es)}]" for t, es in sorted(entries.items()) if es
+    )
+    return f'{{"entries":{{{tables}}},"service":{canonical_json(service).decode()}}}'
+
+
+def route_entries(routes: Iterable[tuple[str, int, str]]) -> tuple[Entry, ...]:
+    """ipv4_lpm entries from (prefix, port, next-hop MAC) triples, in key order."""
+    return tuple(sorted((Entry(n.IPV4_LPM, (p,), n.FWD, (port, mac)) for p, port, mac in routes), key=Entry.sort_key))
+
+
+# --- the snapshot -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    config: str
+    version: int
+    intent_commit: str | None
+    cluster_resource_version: str | None
+    program: str
+    p4info_digest: str
+    services: tuple[ServiceSnapshot, ...]  # sorted by name
+    global_entries: tuple[Entry, ...] = ()  # entries owned by the config (routes), key order
+    extra: Mapping[str, Any] = field(default_factory=dict, compare=False)
+
+    @cached_property
+    def digest(self) -> str:
+        return compute_digest(self.config, self.program, self.p4info_digest, self.services, self.global_entries)
+
+    @cached_property
+    def by_name(self) -> dict[str, ServiceSnapshot]:
+        return {s.name: s for s in self.services}
+
+    def tables(self) -> dict[str, list[Entry]]:
+        """Every entry per table, each table in key order."""
+        out: dict[str, list[Entry]] = {t: [] for t in n.TABLE_ORDER}
+        for svc in self.services:
+            for table, entries in svc.entries().items():
+                out[table].extend(entries)
+        for e in self.global_entries:
+            out[e.table].append(e)
+        for table in (n.VIP_TABLE, n.REVERSE_NAT, n.IPV4_LPM):
+            out[table].sort(key=Entry.sort_key)
+        # backend_table: services are not in service-id order, so sort by (id, bucket) too.
+        out[n.BACKEND_TABLE].sort(key=lambda e: e.key)
+        return out
+
+    def entry_count(self) -> int:
+        return sum(len(es) for es in self.tables().values())
+
+    def to_document(self) -> dict[str, Any]:
+        doc: dict[str, Any] = dict(self.extra)
+        doc.update(
+            {
+                "apiVersion": API_VERSION,
+                "kind": KIND,
+                "config": self.config,
+                "version": self.version,
+                "sources": {"intentCommit": self.intent_commit, "clusterResourceVersion": self.cluster_resource_version},
+                "pipeline": {"program": self.program, "p4infoDigest": self.p4info_digest},
+                "services": [s.to_json() for s in self.services],
+                "tables": {t: [e.to_json() for e in es] for t, es in self.tables().items()},
+                "digest": self.digest,
+            }
+        )
+        return doc
+
+    def to_json_text(self) -> str:
+        """The file form: indented JSON with sorted keys, one table entry per line, so that a
+        change to one bucket is a one-line diff in review. Deterministic, like canonical JSON."""
+        return snapshot_text(self)
+
+    def with_version(self, version: int) -> "Snapshot":
+        return Snapshot(
+            self.config,
+            version,
+            self.intent_commit,
+            self.cluster_resource_version,
+            self.program,
+            self.p4info_digest,
+            self.services,
+            self.global_entries,
+            self.extra,
+        )
+
+
+def compute_digest(
+    config: str,
+    program: str,
+    p4info_digest: str,
+    services: Sequence[ServiceSnapshot],
+    global_entries: Sequence[Entry],
+) -> str:
+    """sha256 over the header, then one line per Service fragment digest, then the global fragment.
+
+    Per-Service fragment digests are cached on the (immutable) services, so re-digesting a
+    5,000-Service snapshot after one change hashes one fragment and 5,000 short lines.
+    """
+    h = hashlib.sha256()
+    h.update(canonical_json({"config": config, "pipeline": {"program": program, "p4infoDigest": p4info_digest}}))
+    h.update(b"\n")
+    h.update("".join([s.fragment_digest + "\n" for s in services]).encode())
+    globals_by_table: dict[str, list[Entry]] = {}
+    for e in global_entries:
+        globals_by_table.setdefault(e.table, []).append(e)
+    h.update(_sha256_hex(_fragment_text(None, globals_by_table).encode()).encode())
+    return "sha256:" + h.hexdigest()
+
+
+# --- schema check and parsing -----------------------------------------------------------------
+
+
+_VALIDATOR: jsonschema.protocols.Validator | None = None
+
+
+def schema_validator() -> jsonschema.protocols.Validator:
+    global _VALIDATOR
+    if _VALIDATOR is None:
+        schema = json.loads(SNAPSHOT_SCHEMA_PATH.read_text())
+        cls = jsonschema.validators.validator_for(schema)
+        cls.check_schema(schema)
+        _VALIDATOR = cls(schema, format_checker=cls.FORMAT_CHECKER)
+    return _VALIDATOR
+
+
+def schema_errors(doc: Any, *, subschema: str | None = None) -> list[str]:
+    """Schema violations as "path: message" strings (empty when valid).
+
+    `subschema` names a $defs entry ("service", "entry") to check a part on its own.
+    """
+    validator = schema_validator()
+    if subschema is not None:
+        validator = validator.evolve(schema={"$ref": f"#/$defs/{subschema}", "$defs": validator.schema["$defs"]})
+    errors = sorted(validator.iter_errors(doc), key=lambda e: list(map(str, e.absolute_path)))
+    return [f"{_json_path(e.absolute_path)}: {e.message}" for e in errors]
+
+
+def _json_path(path: Iterable[Any]) -> str:
+    out = ""
+    for p in path:
+        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
+    return out or "(document)"
+
+
+def from_document(doc: Mapping[str, Any], *, source: str = "snapshot") -> Snapshot:
+    """Parse and check a snapshot document: schema, table/service agreement, and digest."""
+    errors = schema_errors(doc)
+    if errors:
+        raise SnapshotError(f"{source}: not a valid snapshot:\n  " + "\n  ".join(errors[:20]))
+    tables: dict[str, list[Entry]] = {
+        t: [Entry.from_json(t, e, f"{source}: tables.{t}[{i}]") for i, e in enumerate(es)]
+        for t, es in doc["tables"].items()
+    }
+    owned: dict[str, list[Entry]] = {}
+    global_entries: list[Entry] = []
+    for es in tables.values():
+        for e in es:
+            (owned.setdefault(e.service, []) if e.service else global_entries).append(e)
+    services = []
+    for i, s in enumerate(doc["services"]):
+        services.append(_service_from_json(s, owned.get(s["name"], []), f"{source}: services[{i}]"))
+    names = [s.name for s in services]
+    if names != sorted(names) or len(set(names)) != len(names):
+        raise SnapshotError(f"{source}: services must be unique and sorted by name")
+    unknown = set(owned) - set(names)
+    if unknown:
+        raise SnapshotError(f"{source}: entries name services that are not listed: {sorted(unknown)}")
+    snap = Snapshot(
+        config=doc["config"],
+        version=doc["version"],
+        intent_commit=doc["sources"]["intentCommit"],
+        cluster_resource_version=doc["sources"]["clusterResourceVersion"],
+        program=doc["pipeline"]["program"],
+        p4info_digest=doc["pipeline"]["p4infoDigest"],
+        services=tuple(services),
+        global_entries=tuple(sorted(global_entries, key=Entry.sort_key)),
+    )
+    # Entries are regenerated from services: they must be exactly what the document lists.
+    regenerated = {(e.table, e.key, e.action, e.args, e.service) for es in snap.tables().values() for e in es}
+    listed = {(e.table, e.key, e.action, e.args, e.service) for es in tables.values() for e in es}
+    if regenerated != listed:
+        extra = sorted(map(str, listed - regenerated))[:3]
+        missing = sorted(map(str, regenerated - listed))[:3]
+        raise SnapshotError(
+            f"{source}: tables disagree with services (entries not implied by services: {extra}; "
+            f"implied but missing: {missing})"
+        )
+    if snap.digest != doc["digest"]:
+        raise SnapshotError(f"{source}: digest mismatch: document says {doc['digest']}, content hashes to {snap.digest}")
+    return snap
+
+
+def _service_from_json(s: Mapping[str, Any], entries: list[Entry], where: str) -> ServiceSnapshot:
+    mode = s.get("backendMode", "nodePort")
+    backends = tuple(
+        Backend(
+            node=b["node"],
+            address=b["address"],
+            port=b["port"],
+            replicas=b["replicas"],
+            buckets=b["buckets"],
+            backend_id=b.get("backendId", 0),
+            active_connections=b.get("activeConnections"),
+        )
+        for b in s["backends"]
+    )
+    by_target = {(b.address, b.port, b.backend_id): backend_key(b, mode) for b in backends}
+    assignment: list[str | None] = [None] * s["bucketCount"]
+    for e in entries:
+        if e.table != n.BACKEND_TABLE:
+            continue
+        _, bucket = e.key
+        if not isinstance(bucket, int) or bucket >= s["bucketCount"]:
+            raise SnapshotError(f"{where}: backend_table bucket {bucket} outside bucketCount {s['bucketCount']}")
+        target = by_target.get(tuple(e.args))  # type: ignore[arg-type]
+        if target is None:
+            raise SnapshotError(f"{where}: backend_table entry for bucket {bucket} points at {e.args}, not a listed backend")
+        assignment[bucket] = target
+    if backends and None in assignment:
+        raise SnapshotError(f"{where}: bucket {assignment.index(None)} has no backend_table entry")
+    return ServiceSnapshot(
+        name=s["name"],
+        service_id=s["serviceId"],
+        vip=s["vip"],
+        port=s["port"],
+        protocol=s["protocol"],
+        algorithm=s["algorithm"],
+        bucket_count=s["bucketCount"],
+        backend_mode=mode,
+        backends=backends,
+        assignment=tuple(assignment),
+    )
+
+
+def load_snapshot(path: str | Path) -> Snapshot:
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except OSError as e:
+        raise SnapshotError(f"{p}: cannot read snapshot: {e.strerror}") from e
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise SnapshotError(f"{p}:{e.lineno}:{e.colno}: not JSON: {e.msg}") from e
+    return from_document(doc, source=str(p))
+
+
+def iter_entries(tables: Mapping[str, Sequence[Entry]]) -> Iterator[Entry]:
+    for es in tables.values():
+        yield from es
+
+
+def snapshot_text(snap: Snapshot) -> str:
+    head = {
+        "apiVersion": API_VERSION,
+        "config": snap.config,
+        "digest": snap.digest,
+        "kind": KIND,
+        "pipeline": {"program": snap.program, "p4infoDigest": snap.p4info_digest},
+        "sources": {"intentCommit": snap.intent_commit, "clusterResourceVersion": snap.cluster_resource_version},
+        "version": snap.version,
+    }
+    head.update(snap.extra)
+    parts = ["{"]
+    items: list[tuple[str, str]] = [(k, json.dumps(v, sort_keys=True, ensure_ascii=False)) for k, v in head.items()]
+    services = ",\n".join("    " + canonical_json(s.to_json()).decode() for s in snap.services)
+    items.append(("services", f"[\n{services}\n  ]" if snap.services else "[]"))
+    tables = []
+    for t, es in sorted(snap.tables().items()):
+        body = ",\n".join("      " + e.canonical() for e in es)
+        tables.append(f"    {json.dumps(t)}: [\n{body}\n    ]" if es else f"    {json.dumps(t)}: []")
+    items.append(("tables", "{\n" + ",\n".join(tables) + "\n  }"))
+    items.sort()
+    parts.append(",\n".join(f"  {json.dumps(k)}: {v}" for k, v in items))
+    parts.append("}\n")
+    return "\n".join(parts)
