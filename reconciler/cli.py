@@ -116,6 +116,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_plan)
 
     p = sub.add_parser(
+        "check",
+        help="pull-request check for intent repositories: validate, then plan",
+        description="What an intent repository's CI runs: validate the intent (errors also as GitHub "
+        "::error annotations), then plan against the recorded cluster. Writes plan.md (the PR comment), "
+        "plan.json and plan.txt to --out-dir and appends the plan to $GITHUB_STEP_SUMMARY when set. "
+        "Exit 0: valid, no changes; 2: valid, changes; 1: invalid or error.",
+    )
+    _add_render_inputs(p)
+    p.add_argument("--previous", metavar="SNAPSHOT", action="append", default=[], help="what the switches hold now")
+    p.add_argument("--out-dir", metavar="DIR", default="p4kube-out", help="where to write plan.md/json/txt (default: %(default)s)")
+    p.set_defaults(func=cmd_check)
+
+    p = sub.add_parser(
         "demo",
         help="run the main job on the embedded example (no set-up needed)",
         description="Validate the shipped intent examples, render the multi-service example against its "
@@ -209,6 +222,40 @@ def cmd_plan(args: argparse.Namespace) -> int:
     sys.stdout.write(text)
     if args.out:
         _write_atomic(Path(args.out), text)
+    return exit_code(plans)
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    import os
+
+    from .intent.loader import validate_paths
+    from .pipeline_io import load_inputs, make_plans
+    from .plan import exit_code, format_plan
+
+    diags = validate_paths([args.intent])
+    errors = [d for d in diags if d.severity == "error"]
+    for d in diags:
+        print(d)
+    if errors:
+        if os.environ.get("GITHUB_ACTIONS") == "true":
+            for d in errors:  # shown as annotations on the pull request's files
+                print(f"::error file={d.file},line={d.line},col={d.column}::{d.field}: {d.message}")
+        print(f"p4kube check: {len(errors)} error(s) in {args.intent}; no plan", file=sys.stderr)
+        return EXIT_ERROR
+    intent, cluster, connections = load_inputs(args.intent, args.cluster, args.connections)
+    configs = [_pick_config(intent, args.config)] if args.config else list(intent.configs)
+    previous = _load_previous(args.previous, {c.key for c in configs})
+    plans = make_plans(intent, configs, cluster, previous, connections)
+    out = Path(args.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for fmt, name in (("markdown", "plan.md"), ("json", "plan.json"), ("text", "plan.txt")):
+        _write_atomic(out / name, format_plan(plans, fmt))  # type: ignore[arg-type]
+    sys.stdout.write(format_plan(plans, "text"))
+    summary = os.environ.get("GITHUB_STEP_SUMMARY")
+    if summary:
+        with open(summary, "a") as f:
+            f.write(format_plan(plans, "markdown"))
+    print(f"p4kube check: valid; plan written to {out}/plan.md, plan.json, plan.txt", file=sys.stderr)
     return exit_code(plans)
 
 

@@ -39,7 +39,8 @@ BACKEND_FIN = "MyIngress.backend_fin"
 
 TABLE_ORDER = (VIP_TABLE, BACKEND_TABLE, REVERSE_NAT, IPV4_LPM)
 
-IP_PROTOCOLS = {"TCP": 6, "UDP": 17, "SCTP": 132}
+# load_balancer.p4 parses TCP and UDP ports only; SCTP Services stay with kube-proxy.
+IP_PROTOCOLS = {"TCP": 6, "UDP": 17}
 
 # Table sizes declared in the program (entries).
 TABLE_SIZES = {VIP_TABLE: 16384, BACKEND_TABLE: 524288, REVERSE_NAT: 65536, IPV4_LPM: 1024}

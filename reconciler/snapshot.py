@@ -370,7 +370,8 @@ class Snapshot:
         return snapshot_text(self)
 
     def with_version(self, version: int) -> "Snapshot":
-        return Snapshot(
+        """The same content at another version; the digest (which excludes the version) is kept."""
+        snap = Snapshot(
             self.config,
             version,
             self.intent_commit,
@@ -381,6 +382,9 @@ class Snapshot:
             self.global_entries,
             self.extra,
         )
+        if "digest" in self.__dict__:
+            snap.__dict__["digest"] = self.__dict__["digest"]
+        return snap
 
 
 def compute_digest(
@@ -398,7 +402,7 @@ def compute_digest(
     h = hashlib.sha256()
     h.update(canonical_json({"config": config, "pipeline": {"program": program, "p4infoDigest": p4info_digest}}))
     h.update(b"\n")
-    h.update("".join([s.fragment_digest + "\n" for s in services]).encode())
+    h.update(("\n".join([s.fragment_digest for s in services]) + "\n" if services else "").encode())
     globals_by_table: dict[str, list[Entry]] = {}
     for e in global_entries:
         globals_by_table.setdefault(e.table, []).append(e)

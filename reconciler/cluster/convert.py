@@ -294,9 +294,7 @@ def endpoint_slice_from_dict(obj: Mapping[str, Any]) -> SliceEndpoints:
         return SliceEndpoints(
             what,
             None,
-            issues=(
-                ClusterIssue(what, f"has no {SERVICE_NAME_LABEL} label; its endpoints are ignored"),
-            ),
+            issues=(ClusterIssue(what, f"has no {SERVICE_NAME_LABEL} label; its endpoints are ignored"),),
         )
     service = f"{namespace}/{svc_name}"
     address_type = _str(obj, "addressType", ())
@@ -429,12 +427,12 @@ def assemble_state(
             continue
         endpoints[key] = merged
         missing = sorted({ep.node for ep in merged if ep.node not in node_map})
-        for node in missing:
-            count = sum(1 for ep in merged if ep.node == node)
+        for name in missing:
+            count = sum(1 for ep in merged if ep.node == name)
             found.append(
                 ClusterIssue(
                     f"Service {key}",
-                    f"{count} ready endpoint(s) on node {node}, which is not in the node list; "
+                    f"{count} ready endpoint(s) on node {name}, which is not in the node list; "
                     "kept, but the node's address is unknown",
                     key,
                 )

@@ -212,7 +212,13 @@ def _service_dict(svc: Service) -> dict[str, Any]:
     if svc.external_ips:
         spec["externalIPs"] = list(svc.external_ips)
     lb: dict[str, Any] = {"ingress": [{"ip": ip} for ip in svc.ingress_ips]} if svc.ingress_ips else {}
-    return {"apiVersion": "v1", "kind": "Service", "metadata": meta, "spec": spec, "status": {"loadBalancer": lb}}
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": meta,
+        "spec": spec,
+        "status": {"loadBalancer": lb},
+    }
 
 
 def _slice_dicts(svc: Service, endpoints: tuple[Endpoint, ...]) -> list[dict[str, Any]]:
@@ -220,14 +226,16 @@ def _slice_dicts(svc: Service, endpoints: tuple[Endpoint, ...]) -> list[dict[str
     groups: dict[tuple[tuple[str, int], ...], list[Endpoint]] = {}
     for ep in endpoints:
         groups.setdefault(ep.ports, []).append(ep)
-    out = []
+    out: list[dict[str, Any]] = []
     for ports, eps in sorted(groups.items()):
         for start in range(0, len(eps), MAX_ENDPOINTS_PER_SLICE):
             out.append(
                 {
                     "addressType": "IPv4",
                     "apiVersion": "discovery.k8s.io/v1",
-                    "endpoints": [_endpoint_dict(svc, ep) for ep in eps[start : start + MAX_ENDPOINTS_PER_SLICE]],
+                    "endpoints": [
+                        _endpoint_dict(svc, ep) for ep in eps[start : start + MAX_ENDPOINTS_PER_SLICE]
+                    ],
                     "kind": "EndpointSlice",
                     "metadata": {
                         "labels": {SERVICE_NAME_LABEL: svc.name},
@@ -260,7 +268,12 @@ def _node_dict(node: Node) -> dict[str, Any]:
     }
     if node.internal_ip is not None:
         status["addresses"] = [{"address": node.internal_ip, "type": "InternalIP"}]
-    out: dict[str, Any] = {"apiVersion": "v1", "kind": "Node", "metadata": {"name": node.name}, "status": status}
+    out: dict[str, Any] = {
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {"name": node.name},
+        "status": status,
+    }
     if node.unschedulable:
         out["spec"] = {"unschedulable": True}
     return out

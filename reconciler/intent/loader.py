@@ -57,6 +57,7 @@ class _Candidate:
 class _Result:
     configs: list[LoadBalancerConfig] = field(default_factory=list)
     diagnostics: list[Diagnostic] = field(default_factory=list)
+    files: list[Path] = field(default_factory=list)  # every file read
 
 
 def load_intent(paths: Sequence[str | Path], *, max_file_bytes: int = DEFAULT_MAX_FILE_BYTES) -> IntentSet:
@@ -67,7 +68,7 @@ def load_intent(paths: Sequence[str | Path], *, max_file_bytes: int = DEFAULT_MA
     result = _load(paths, max_file_bytes)
     if result.diagnostics:
         raise InputError(result.diagnostics)
-    state = git_state(list(paths), is_intent_file)
+    state = git_state(list(paths), result.files, is_intent_file)
     return IntentSet(tuple(result.configs), commit=state.commit, dirty=state.dirty, root=_root(paths))
 
 
@@ -180,6 +181,7 @@ def _load(paths: Sequence[str | Path], max_file_bytes: int) -> _Result:
     result = _Result()
     files, diags = _discover(paths)
     result.diagnostics.extend(diags)
+    result.files = [real for real, _ in files]
 
     candidates: list[_Candidate] = []
     for real, shown in files:

@@ -159,6 +159,9 @@ def parse_yaml_text(text: str, file: str, *, max_nodes: int = DEFAULT_MAX_NODES)
     """Parse every document of `text`. Documents before a syntax error are kept."""
     if text.startswith("\ufeff"):
         text = text[1:]
+    too_deep = _flow_too_deep(text, file)
+    if too_deep is not None:
+        return YamlFile(file, diagnostics=(too_deep,))
     yaml = YAML(typ="safe", pure=True)
     documents: list[YamlDocument] = []
     diags: list[Diagnostic] = []
@@ -182,8 +185,29 @@ def parse_yaml_text(text: str, file: str, *, max_nodes: int = DEFAULT_MAX_NODES)
     except YAMLError as e:
         diags.append(Diagnostic(file, 1, 1, f"YAML error: {e}"))
     except RecursionError:
-        diags.append(Diagnostic(file, 1, 1, f"document nests too deeply (the limit is {MAX_DEPTH} levels)"))
+        diags.append(Diagnostic(file, 1, 1, "document nests too deeply to parse"))
     return YamlFile(file, tuple(documents), tuple(diags))
+
+
+def _flow_too_deep(text: str, file: str) -> Diagnostic | None:
+    """Refuse deeply nested flow collections ([[[[...) before ruamel sees them: its scanner
+    takes time quadratic in the flow depth (about 1 s at depth 1000). Counting brackets
+    outside comments over-counts only for brackets inside strings, which a real config
+    never nests 64 deep."""
+    depth = 0
+    for number, line in enumerate(text.splitlines(), 1):
+        if not any(c in line for c in "[]{}"):
+            continue
+        for column, char in enumerate(line, 1):
+            if char == "#" and (column == 1 or line[column - 2] in " \t"):
+                break
+            if char in "[{":
+                depth += 1
+                if depth > MAX_DEPTH:
+                    return Diagnostic(file, number, column, f"document nests deeper than {MAX_DEPTH} levels")
+            elif char in "]}" and depth:
+                depth -= 1
+    return None
 
 
 def _is_empty(node: Node | None) -> bool:
@@ -228,20 +252,17 @@ def _pos(node: Node) -> Pos:
     return Pos(node.start_mark.line + 1, node.start_mark.column + 1)
 
 
-def _children(node: Node) -> list[tuple[Node | None, Node]]:
-    """(key node or None, child) pairs; key nodes count as children themselves too."""
+def _children(node: Node, path: PathKey, site: Pos) -> list[tuple[Node, PathKey, Pos]]:
+    """A node's children (mapping keys included), each with its path and the position that
+    best shows where it is used: a mapping value's key, else the enclosing site."""
+    out: list[tuple[Node, PathKey, Pos]] = []
     if isinstance(node, MappingNode):
-        out: list[tuple[Node | None, Node]] = []
         for k, v in node.value:
-            out += [(None, k), (k, v)]
-        return out
-    if isinstance(node, SequenceNode):
-        return [(None, item) for item in node.value]
-    return []
-
-
-def _key_text(key: Node | None, index: int) -> str | int:
-    return str(key.value) if isinstance(key, ScalarNode) else index
+            name = str(k.value) if isinstance(k, ScalarNode) else "?"
+            out += [(k, path, site), (v, (*path, name), _pos(k))]
+    elif isinstance(node, SequenceNode):
+        out = [(item, (*path, i), site) for i, item in enumerate(node.value)]
+    return out
 
 
 @dataclass
@@ -265,9 +286,8 @@ class _Expansion:
             raise _Abort(Diagnostic(self.file, site.line, site.column, f"document nests deeper than {MAX_DEPTH} levels", format_path(path)))
         self.active.add(ident)
         total = 1
-        for i, (key, child) in enumerate(_children(node)):
-            child_path = path if key is None and isinstance(node, MappingNode) else (*path, _key_text(key, i // 2 if key else i))
-            total += self.size(child, child_path, _pos(key) if key is not None else site, depth + 1)
+        for child, child_path, child_site in _children(node, path, site):
+            total += self.size(child, child_path, child_site, depth + 1)
         self.active.discard(ident)
         self.sizes[ident] = total
         return total
@@ -278,15 +298,16 @@ class _Expansion:
             return
         # Point at the innermost entry written in place (not reached through an alias)
         # that alone expands past the limit: that is where the laughs multiply.
-        node, path, site = root, (), _pos(root)
+        node: Node = root
+        path: PathKey = ()
+        site = _pos(root)
         while True:
-            for i, (key, child) in enumerate(_children(node)):
+            for child, child_path, child_site in _children(node, path, site):
                 inside = node.start_mark.index <= child.start_mark.index < node.end_mark.index
-                if key is not None and inside and self.sizes[id(child)] > max_nodes:
-                    node, path, site = child, (*path, _key_text(key, i // 2)), _pos(key)
-                    break
-                if key is None and isinstance(node, SequenceNode) and inside and self.sizes[id(child)] > max_nodes:
-                    node, path, site = child, (*path, i), _pos(child)
+                if inside and self.sizes[id(child)] > max_nodes:
+                    if isinstance(node, SequenceNode):
+                        child_site = _pos(child)
+                    node, path, site = child, child_path, child_site
                     break
             else:
                 break

@@ -14,6 +14,7 @@ from typing import Iterable, Mapping
 
 from ..cluster.model import ClusterState, Service, ServicePort
 from ..intent.model import LoadBalancerConfig
+from ..p4names import IP_PROTOCOLS, REVERSE_NAT
 from ..snapshot import Backend, ServiceSnapshot, Snapshot, backend_key, route_entries
 from . import buckets
 from .allocate import Exhausted, IntSpace, Pool, VipSpace
@@ -67,6 +68,14 @@ class _State:
     keys: dict[str, _KeyState] = field(default_factory=dict)  # by Service key
     reverse_owner: dict[tuple, str] = field(default_factory=dict)  # reverse_nat key -> name
     order: list[str] = field(default_factory=list)  # sorted snapshot names
+    ordered: list[ServiceSnapshot] = field(default_factory=list)  # services in `order`
+    position: dict[str, int] = field(default_factory=dict)  # name -> index in `order`
+    issue_keys: set[str] = field(default_factory=set)  # Service keys that have issues
+
+    def reorder(self) -> None:
+        self.order = sorted(self.services)
+        self.position = {name: i for i, name in enumerate(self.order)}
+        self.ordered = [self.services[name] for name in self.order]
 
 
 class Renderer:
@@ -103,13 +112,17 @@ class Renderer:
         assert st is not None
         for pool in (st.vips, st.service_ids, st.backend_ids):
             pool.begin_render()
-        names_before = set(st.services)
+        count_before = len(st.services)
+        touched: list[str] = []
         for key in sorted(todo):
-            _render_key(st, config, cluster, key, connections)
+            touched.extend(_render_key(st, config, cluster, key, connections))
         for pool in (st.vips, st.service_ids, st.backend_ids):
             pool.end_render()
-        if set(st.services) != names_before:
-            st.order = sorted(st.services)
+        if len(st.services) != count_before or any(name not in st.position for name in touched):
+            st.reorder()
+        else:  # same names: swap the new objects in place instead of re-sorting 5,000 names
+            for name in touched:
+                st.ordered[st.position[name]] = st.services[name]
         snap = Snapshot(
             config=config.key,
             version=1,
@@ -117,7 +130,7 @@ class Renderer:
             cluster_resource_version=cluster.resource_version,
             program=config.switch_config.p4_program,
             p4info_digest=p4info_digest,
-            services=tuple(st.services[name] for name in st.order),
+            services=tuple(st.ordered),
             global_entries=route_entries(
                 (str(r.prefix), r.port, r.next_hop_mac) for r in config.switch_config.routes
             ),
@@ -129,7 +142,7 @@ class Renderer:
             else:
                 snap = snap.with_version(previous.version + 1)
         st.base = snap
-        issues = tuple(i for k in sorted(st.keys) for i in st.keys[k].issues)
+        issues = tuple(i for k in sorted(st.issue_keys) for i in st.keys[k].issues)
         return RenderResult(snap, issues, frozenset(todo), is_changed)
 
 
@@ -167,11 +180,11 @@ def _fresh_state(config: LoadBalancerConfig, p4info_digest: str, previous: Snaps
             st.service_ids.seed(svc.name, svc.service_id)
             for b in svc.backends:
                 st.backend_ids.seed((svc.name, backend_key(b, svc.backend_mode)), b.backend_id)
-            for e in svc.entries().get("MyIngress.reverse_nat", ()):
+            for e in svc.entries().get(REVERSE_NAT, ()):
                 st.reverse_owner[e.key] = svc.name
             ks = st.keys.setdefault(svc.service_key, _KeyState(None, (), ()))
             ks.names = ks.names + (svc.name,)
-        st.order = sorted(st.services)
+        st.reorder()
     for pool in (st.vips, st.service_ids, st.backend_ids):
         pool.finish_seed()
     return st
@@ -207,21 +220,33 @@ def _drop_key(st: _State, key: str, keep: set[str]) -> None:
         if old is not None:
             for b in old.backends:
                 st.backend_ids.release((name, backend_key(b, old.backend_mode)))
-            for e in old.entries().get("MyIngress.reverse_nat", ()):
+            for e in old.entries().get(REVERSE_NAT, ()):
                 if st.reverse_owner.get(e.key) == name:
                     del st.reverse_owner[e.key]
     if not keep:
         st.vips.release(key)
 
 
+def _set_key(st: _State, key: str, ks: _KeyState | None) -> None:
+    if ks is None:
+        st.keys.pop(key, None)
+    else:
+        st.keys[key] = ks
+    if ks is not None and ks.issues:
+        st.issue_keys.add(key)
+    else:
+        st.issue_keys.discard(key)
+
+
 def _render_key(
     st: _State, config: LoadBalancerConfig, cluster: ClusterState, key: str, connections: Connections | None
-) -> None:
+) -> list[str]:
+    """Re-render one Service; returns the snapshot names it now produces."""
     svc = cluster.services.get(key)
     if svc is None:
         _drop_key(st, key, keep=set())
-        st.keys.pop(key, None)
-        return
+        _set_key(st, key, None)
+        return []
     issues: list[RenderIssue] = []
     fingerprint = _fingerprint(cluster, key, connections)
     skip = selection(config, svc)
@@ -229,8 +254,8 @@ def _render_key(
         _drop_key(st, key, keep=set())
         if skip.severity:
             issues.append(RenderIssue(key, skip.reason, skip.severity))
-        st.keys[key] = _KeyState(fingerprint, (), tuple(issues))
-        return
+        _set_key(st, key, _KeyState(fingerprint, (), tuple(issues)))
+        return []
 
     vip = _choose_vip(st, svc, issues)
     produced: dict[str, ServiceSnapshot] = {}
@@ -250,7 +275,8 @@ def _render_key(
                 if k not in now or old.backend_mode != s.backend_mode:
                     st.backend_ids.release((name, k))
         st.services[name] = s
-    st.keys[key] = _KeyState(fingerprint, tuple(sorted(produced)), tuple(issues))
+    _set_key(st, key, _KeyState(fingerprint, tuple(sorted(produced)), tuple(issues)))
+    return list(produced)
 
 
 def _choose_vip(st: _State, svc: Service, issues: list[RenderIssue]) -> str | None:
@@ -297,8 +323,10 @@ def _render_port(
 ) -> ServiceSnapshot | None:
     name = entry_name(svc, port)
     mode = config.backend_mode
-    if port.protocol not in ("TCP", "UDP", "SCTP"):
-        issues.append(RenderIssue(name, f"protocol {port.protocol} is not supported", "error"))
+    if port.protocol not in IP_PROTOCOLS:
+        issues.append(
+            RenderIssue(name, f"protocol {port.protocol}: load_balancer.p4 balances TCP and UDP only; left to kube-proxy", "error")
+        )
         return None
     # Backends: key -> (node, address, port, replicas)
     targets: dict[str, tuple[str, str, int, int]] = {}
@@ -324,7 +352,7 @@ def _render_port(
     except Exhausted as e:
         issues.append(RenderIssue(name, str(e), "error"))
         return None
-    proto = {"TCP": 6, "UDP": 17, "SCTP": 132}[port.protocol]
+    proto = IP_PROTOCOLS[port.protocol]
     # reverse_nat keys are shared by all Services: the first holder keeps a contested key.
     for k, (_, address, tport, _) in list(targets.items()):
         owner = st.reverse_owner.get((address, tport, proto))
@@ -368,7 +396,7 @@ def _render_port(
     if not targets:
         issues.append(RenderIssue(name, "no ready endpoints: VIP left to kube-proxy until replicas are ready"))
     if old is not None:
-        for e in old.entries().get("MyIngress.reverse_nat", ()):
+        for e in old.entries().get(REVERSE_NAT, ()):
             if st.reverse_owner.get(e.key) == name:
                 del st.reverse_owner[e.key]
     for _, address, tport, _ in targets.values():

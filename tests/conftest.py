@@ -1,0 +1,41 @@
+"""Shared fixtures: the multi-service intent example with its recorded cluster, rendered once."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from reconciler.cluster.model import ClusterState
+from reconciler.cluster.recorded import load_cluster_file
+from reconciler.intent.loader import load_intent
+from reconciler.intent.model import LoadBalancerConfig
+from reconciler.render import RenderResult
+
+REPO = Path(__file__).resolve().parents[1]
+MULTI = REPO / "intent-examples" / "multi-service"
+_FIXTURES = REPO.parent / "shared" / "fixtures" / "recorded-cluster"
+RECORDED_DIR = _FIXTURES if _FIXTURES.is_dir() else Path("/work/shared/fixtures/recorded-cluster")
+
+
+@pytest.fixture(scope="session")
+def multi_config() -> LoadBalancerConfig:
+    return load_intent([MULTI / "lbconfig.yaml"]).config()
+
+
+@pytest.fixture(scope="session")
+def recorded_cluster() -> ClusterState:
+    return load_cluster_file(MULTI / "cluster.yaml")
+
+
+@pytest.fixture(scope="session")
+def expected_replicas() -> dict[str, dict[str, int]]:
+    return json.loads((RECORDED_DIR / "expected-replicas.json").read_text())
+
+
+@pytest.fixture(scope="session")
+def multi_render(multi_config: LoadBalancerConfig, recorded_cluster: ClusterState) -> RenderResult:
+    from helpers_render import do_render
+
+    return do_render(multi_config, recorded_cluster)

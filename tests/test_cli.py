@@ -1,0 +1,149 @@
+"""The `p4kube` command through its real entry point: exit codes, outputs, error messages."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from reconciler.cli import main
+from reconciler.demo import run_demo
+from reconciler.snapshot import load_snapshot, schema_errors
+
+ROOT = Path(__file__).resolve().parents[1]
+EX = ROOT / "intent-examples"
+MULTI = EX / "multi-service"
+CLUSTER = MULTI / "cluster.yaml"
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_validate_valid_examples(capsys):
+    for name in ("minimal", "production", "multi-service"):
+        code, out, err = run(capsys, "validate", str(EX / name))
+        assert code == 0, out + err
+        assert out == ""
+        assert "valid" in err
+
+
+def test_validate_invalid_prints_file_line_col(capsys):
+    case = EX / "invalid" / "overlapping-vip-pools"
+    code, out, err = run(capsys, "validate", str(case.relative_to(ROOT)))
+    assert code == 1
+    expected = (case / "expected-error.txt").read_text().strip().splitlines()
+    assert out.strip().splitlines() == expected
+    assert "error(s)" in err
+
+
+def test_validate_json_format(capsys):
+    code, out, _ = run(capsys, "validate", "--format", "json", str(EX / "invalid" / "bad-ip"))
+    assert code == 1
+    doc = json.loads(out)
+    assert doc["valid"] is False
+    assert {"file", "line", "column", "field", "message"} <= set(doc["diagnostics"][0])
+
+
+def test_render_is_deterministic_and_schema_valid(capsys, tmp_path):
+    code, out1, _ = run(capsys, "render", "--intent", str(MULTI), "--cluster", str(CLUSTER))
+    assert code == 0
+    code, out2, _ = run(capsys, "render", "--intent", str(MULTI), "--cluster", str(CLUSTER))
+    assert out1 == out2
+    doc = json.loads(out1)
+    assert schema_errors(doc) == []
+    assert [s["name"] for s in doc["services"]] == ["payments/dns-cache", "payments/ledger", "web/api", "web/frontend"]
+
+
+def test_render_out_and_previous_keeps_version(capsys, tmp_path):
+    first = tmp_path / "v1.json"
+    code, _, err = run(capsys, "render", "--intent", str(MULTI), "--cluster", str(CLUSTER), "--out", str(first))
+    assert code == 0 and "version 1" in err
+    second = tmp_path / "v2.json"
+    code, _, _ = run(
+        capsys, "render", "--intent", str(MULTI), "--cluster", str(CLUSTER), "--previous", str(first), "--out", str(second)
+    )
+    assert code == 0
+    a, b = load_snapshot(first), load_snapshot(second)
+    assert (a.version, a.digest) == (b.version, b.digest)
+    assert first.read_text() == second.read_text()
+
+
+def test_plan_exit_codes(capsys, tmp_path):
+    code, out, _ = run(capsys, "plan", "--intent", str(MULTI), "--cluster", str(CLUSTER))
+    assert code == 2
+    assert "Plan: 4 to add, 0 to change, 0 to remove" in out
+    snap = tmp_path / "s.json"
+    run(capsys, "render", "--intent", str(MULTI), "--cluster", str(CLUSTER), "--out", str(snap))
+    code, out, _ = run(capsys, "plan", "--intent", str(MULTI), "--cluster", str(CLUSTER), "--previous", str(snap))
+    assert code == 0
+    assert "No changes" in out
+    code, _, err = run(capsys, "plan", "--intent", str(EX / "invalid" / "bad-ip"), "--cluster", str(CLUSTER))
+    assert code == 1
+    assert "bad-ip/lbconfig.yaml:10:11" in err
+
+
+def test_plan_formats(capsys, tmp_path):
+    code, md, _ = run(capsys, "plan", "--intent", str(MULTI), "--cluster", str(CLUSTER), "--format", "markdown")
+    assert code == 2 and md.startswith("<!-- p4kube-plan -->")
+    assert "| + | `web/frontend` |" in md
+    out = tmp_path / "plan.json"
+    code, js, _ = run(capsys, "plan", "--intent", str(MULTI), "--cluster", str(CLUSTER), "--format", "json", "--out", str(out))
+    doc = json.loads(js)
+    assert doc["changed"] is True and doc["summary"]["added"] == 4
+    assert json.loads(out.read_text()) == doc
+
+
+def test_missing_and_corrupt_inputs_name_the_file(capsys, tmp_path):
+    code, _, err = run(capsys, "plan", "--intent", str(MULTI), "--cluster", str(tmp_path / "nope.yaml"))
+    assert code == 1 and "nope.yaml" in err
+    snap = tmp_path / "s.json"
+    run(capsys, "render", "--intent", str(MULTI), "--cluster", str(CLUSTER), "--out", str(snap))
+    doc = json.loads(snap.read_text())
+    doc["tables"]["MyIngress.backend_table"][0]["params"]["node_port"] = 1  # tampered
+    snap.write_text(json.dumps(doc))
+    code, _, err = run(capsys, "plan", "--intent", str(MULTI), "--cluster", str(CLUSTER), "--previous", str(snap))
+    assert code == 1
+    assert "s.json" in err and "bucket 0" in err and "not a listed backend" in err
+
+
+def test_previous_for_another_config_is_refused(capsys, tmp_path):
+    snap = tmp_path / "s.json"
+    run(capsys, "render", "--intent", str(MULTI), "--cluster", str(CLUSTER), "--out", str(snap))
+    code, _, err = run(capsys, "plan", "--intent", str(EX / "production"), "--cluster", str(CLUSTER), "--previous", str(snap))
+    assert code == 1 and "snapshot is for config p4kube-system/p4kube-config" in err
+
+
+def test_several_configs_need_config_for_render(capsys):
+    code, _, err = run(capsys, "render", "--intent", str(EX / "production"), "--cluster", str(CLUSTER))
+    assert code == 1 and "--config" in err
+
+
+def test_usage_error_exit_64(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["plan", "--intent", "x"])
+    assert e.value.code == 64
+
+
+def test_console_script_help():
+    exe = Path(sys.executable).with_name("p4kube")
+    if not exe.exists():
+        pytest.skip("console script not installed in this environment")
+    r = subprocess.run([str(exe), "--help"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0
+    assert "exit codes" in r.stdout and "plan" in r.stdout
+
+
+def test_demo_runs_and_summarises(tmp_path):
+    out = io.StringIO()
+    assert run_demo(workdir=str(tmp_path), out=out) == 0
+    text = out.getvalue()
+    assert "Summary" in text and "steady state: 0 writes" in text
+    assert load_snapshot(tmp_path / "snapshot-v2.json").version == 2

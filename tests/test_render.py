@@ -1,0 +1,460 @@
+"""render(config, cluster, previous): selection, shares, stickiness, quarantine and issues."""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+from collections import Counter
+
+import pytest
+from helpers_render import (
+    P4INFO_DIGEST,
+    do_render,
+    make_cluster,
+    make_config,
+    make_service,
+    with_service,
+    without_service,
+)
+
+from reconciler import p4names as n
+from reconciler.cluster.model import ClusterState, Node
+from reconciler.intent.model import LoadBalancerConfig
+from reconciler.render import Renderer, RenderIssue, RenderResult
+from reconciler.snapshot import Snapshot, schema_errors
+
+
+def issues_of(result: RenderResult, service: str) -> list[RenderIssue]:
+    return [i for i in result.issues if i.service == service]
+
+
+def ids(snap: Snapshot) -> dict[str, tuple[int, str, dict[str, int]]]:
+    """name -> (service id, VIP, backend key -> backend id)."""
+    return {
+        s.name: (s.service_id, s.vip, {b.address if s.backend_mode == "podIP" else b.node: b.backend_id for b in s.backends})
+        for s in s.services
+    }
+
+
+# --- the multi-service example against the recorded cluster ---------------------------------------
+
+
+def test_example_serves_the_four_opted_in_services(multi_render: RenderResult) -> None:
+    snap = multi_render.snapshot
+    assert [s.name for s in snap.services] == ["payments/dns-cache", "payments/ledger", "web/api", "web/frontend"]
+    assert multi_render.issues == ()
+    assert {s.name: s.protocol for s in snap.services}["payments/dns-cache"] == "UDP"
+    assert schema_errors(snap.to_document()) == []
+
+
+def test_example_replicas_match_recording(multi_render: RenderResult, expected_replicas: dict) -> None:
+    got = {s.name: {b.node: b.replicas for b in s.backends} for s in multi_render.snapshot.services}
+    assert got == expected_replicas
+
+
+def test_example_backends_are_node_internal_ips_and_node_ports(
+    multi_render: RenderResult, recorded_cluster: ClusterState
+) -> None:
+    for s in multi_render.snapshot.services:
+        svc = recorded_cluster.services[s.name]
+        (port,) = svc.ports
+        for b in s.backends:
+            assert b.address == recorded_cluster.nodes[b.node].internal_ip
+            assert b.port == port.node_port
+
+
+def test_example_bucket_shares(multi_render: RenderResult) -> None:
+    for s in multi_render.snapshot.services:
+        assert s.bucket_count == 64
+        assert sum(b.buckets for b in s.backends) == 64
+        counted = Counter(s.assignment)
+        total = sum(b.replicas for b in s.backends)
+        for b in s.backends:
+            assert counted[b.node] == b.buckets, (s.name, b.node)
+            exact = 64 * b.replicas / total
+            assert abs(b.buckets - exact) < 1, f"{s.name} {b.node}: {b.buckets} buckets vs exact share {exact:.2f}"
+
+
+def test_example_tables(multi_render: RenderResult) -> None:
+    snap = multi_render.snapshot
+    tables = snap.tables()
+    assert len(tables[n.VIP_TABLE]) == 4
+    assert len(tables[n.BACKEND_TABLE]) == 4 * 64
+    assert len(tables[n.REVERSE_NAT]) == sum(len(s.backends) for s in snap.services)
+    assert [e.key for e in tables[n.IPV4_LPM]] == [("172.20.0.0/24",)]
+    for s in snap.services:
+        (vip,) = s.entries()[n.VIP_TABLE]
+        assert vip.key == (s.vip, s.port, n.IP_PROTOCOLS[s.protocol])
+        assert vip.args == (s.service_id, 63)
+
+
+def test_example_vips_come_from_the_pool_in_order(multi_render: RenderResult, multi_config: LoadBalancerConfig) -> None:
+    (pool,) = multi_config.vip_pools
+    ((lo, _),) = pool.ranges
+    snap = multi_render.snapshot
+    assert [s.vip for s in snap.services] == [str(lo + i) for i in range(4)]
+    assert sorted(s.service_id for s in snap.services) == [1, 2, 3, 4]
+    backend_ids = [b.backend_id for s in snap.services for b in s.backends]
+    assert len(set(backend_ids)) == len(backend_ids)
+
+
+def test_render_is_deterministic(multi_config: LoadBalancerConfig, recorded_cluster: ClusterState) -> None:
+    a = do_render(multi_config, recorded_cluster).snapshot.to_json_text()
+    b = do_render(multi_config, recorded_cluster).snapshot.to_json_text()
+    assert a == b
+    # Insertion order of the cluster's dicts must not matter either.
+    shuffled = dataclasses.replace(
+        recorded_cluster,
+        services=dict(reversed(list(recorded_cluster.services.items()))),
+        endpoints=dict(reversed(list(recorded_cluster.endpoints.items()))),
+        nodes=dict(reversed(list(recorded_cluster.nodes.items()))),
+    )
+    assert do_render(multi_config, shuffled).snapshot.to_json_text() == a
+
+
+def test_sources_recorded(multi_config: LoadBalancerConfig, recorded_cluster: ClusterState) -> None:
+    cluster = dataclasses.replace(recorded_cluster, resource_version="4242")
+    snap = do_render(multi_config, cluster, intent_commit="ab" * 20).snapshot
+    assert snap.intent_commit == "ab" * 20 and snap.cluster_resource_version == "4242"
+    assert snap.p4info_digest == P4INFO_DIGEST and snap.program == "load_balancer.p4"
+    assert snap.config == "p4kube-system/p4kube-config" and snap.version == 1
+
+
+# --- stickiness ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def three() -> tuple[LoadBalancerConfig, ClusterState]:
+    svcs = {
+        make_service("b-svc", node_port_base=30010): {"node-0": 2, "node-1": 1},
+        make_service("c-svc", node_port_base=30020): {"node-1": 1, "node-2": 3},
+        make_service("d-svc", node_port_base=30030): {"node-0": 1, "node-3": 1},
+    }
+    return make_config(), make_cluster(svcs)
+
+
+def test_previous_keeps_ids_vips_and_backend_ids(three: tuple[LoadBalancerConfig, ClusterState]) -> None:
+    config, cluster = three
+    first = do_render(config, cluster).snapshot
+    # A Service sorting first, and a new node for an existing Service: neither may shift anything.
+    grown = with_service(cluster, make_service("a-svc", node_port_base=30040), {"node-2": 1}, ip_base=9000)
+    grown = with_service(grown, grown.services["default/c-svc"], {"node-0": 2, "node-1": 1, "node-2": 3}, ip_base=9100)
+    second = do_render(config, grown, first).snapshot
+    before, after = ids(first), ids(second)
+    for name, (sid, vip, bids) in before.items():
+        assert after[name][0] == sid and after[name][1] == vip, name
+        for key, bid in bids.items():
+            assert after[name][2][key] == bid, (name, key)
+    new_sid, new_vip, new_bids = after["default/a-svc"]
+    assert new_sid == 4 and new_vip == "203.0.113.13"
+    used = {bid for _, _, bids in before.values() for bid in bids.values()}
+    assert not (set(new_bids.values()) | {after["default/c-svc"][2]["node-0"]}) & used
+    assert second.version == first.version + 1
+    # Without previous, the same cluster gives a-svc the first address and id instead.
+    fresh = ids(do_render(config, grown).snapshot)
+    assert fresh["default/a-svc"][:2] == (1, "203.0.113.10")
+
+
+def test_unchanged_content_keeps_digest_and_version(three: tuple[LoadBalancerConfig, ClusterState]) -> None:
+    config, cluster = three
+    first = do_render(config, cluster).snapshot.with_version(7)
+    again = do_render(config, dataclasses.replace(cluster, resource_version="99"), first)
+    assert again.changed is False
+    assert again.snapshot.digest == first.digest
+    assert again.snapshot.version == 7
+
+
+def test_changed_content_bumps_version(three: tuple[LoadBalancerConfig, ClusterState]) -> None:
+    config, cluster = three
+    first = do_render(config, cluster).snapshot.with_version(7)
+    scaled = with_service(cluster, cluster.services["default/b-svc"], {"node-0": 2, "node-1": 2}, ip_base=9200)
+    result = do_render(config, scaled, first)
+    assert result.changed is True
+    assert result.snapshot.version == 8
+    assert result.snapshot.digest != first.digest
+
+
+def test_removed_service_values_are_quarantined_for_one_render(three: tuple[LoadBalancerConfig, ClusterState]) -> None:
+    config, cluster = three
+    v1 = do_render(config, cluster).snapshot
+    gone_sid, gone_vip, gone_bids = ids(v1)["default/b-svc"]
+    assert (gone_sid, gone_vip) == (1, "203.0.113.10")
+    swapped = with_service(
+        without_service(cluster, "default/b-svc"), make_service("e-svc", node_port_base=30050), {"node-0": 1, "node-1": 1}, 9300
+    )
+    v2 = do_render(config, swapped, v1).snapshot
+    e_sid, e_vip, e_bids = ids(v2)["default/e-svc"]
+    assert e_sid != gone_sid, "a removed Service's id was reused in the same render"
+    assert e_vip != gone_vip, "a removed Service's VIP was reused in the same render"
+    assert not set(e_bids.values()) & set(gone_bids.values()), "backend ids (counters) reused in the same render"
+    # One render later the freed values are the lowest free ones again.
+    later = with_service(swapped, make_service("f-svc", node_port_base=30060), {"node-3": 1}, 9400)
+    v3 = do_render(config, later, v2).snapshot
+    f_sid, f_vip, _ = ids(v3)["default/f-svc"]
+    assert (f_sid, f_vip) == (gone_sid, gone_vip)
+
+
+def test_quarantine_holds_in_the_incremental_renderer(three: tuple[LoadBalancerConfig, ClusterState]) -> None:
+    config, cluster = three
+    r = Renderer()
+    v1 = r.render(config, cluster, None, p4info_digest=P4INFO_DIGEST).snapshot
+    gone_sid, gone_vip, _ = ids(v1)["default/b-svc"]
+    swapped = with_service(
+        without_service(cluster, "default/b-svc"), make_service("e-svc", node_port_base=30050), {"node-0": 1}, 9300
+    )
+    v2 = r.render(config, swapped, v1, p4info_digest=P4INFO_DIGEST, changed={"default/b-svc", "default/e-svc"}).snapshot
+    assert ids(v2)["default/e-svc"][:2] != (gone_sid, gone_vip)
+    assert ids(v2)["default/e-svc"][0] != gone_sid and ids(v2)["default/e-svc"][1] != gone_vip
+    later = with_service(swapped, make_service("f-svc", node_port_base=30060), {"node-3": 1}, 9400)
+    v3 = r.render(config, later, v2, p4info_digest=P4INFO_DIGEST, changed={"default/f-svc"}).snapshot
+    assert ids(v3)["default/f-svc"][:2] == (gone_sid, gone_vip)
+    assert v3.to_json_text() == do_render(config, later, v2).snapshot.to_json_text()
+
+
+# --- requested VIPs ------------------------------------------------------------------------------------
+
+
+def test_requested_ip_in_pool_is_honoured() -> None:
+    svc = make_service("web", load_balancer_ip="203.0.113.20")
+    other = make_service("aaa", node_port_base=30100)
+    result = do_render(make_config(pool_size=16), make_cluster({svc: {"node-0": 1}, other: {"node-1": 1}}))
+    snap = result.snapshot
+    assert snap.by_name["default/web"].vip == "203.0.113.20"
+    assert snap.by_name["default/aaa"].vip == "203.0.113.10"
+    assert result.issues == ()
+
+
+def test_requested_ip_outside_pool_is_an_error() -> None:
+    svc = make_service("web", load_balancer_ip="192.0.2.50")
+    result = do_render(make_config(), make_cluster({svc: {"node-0": 1}}))
+    assert "default/web" not in result.snapshot.by_name
+    (issue,) = issues_of(result, "default/web")
+    assert issue.severity == "error"
+    assert "192.0.2.50" in issue.message and "outside" in issue.message
+
+
+def test_requested_ip_taken_is_an_error() -> None:
+    config = make_config()
+    holder = make_service("holder")
+    v1 = do_render(config, make_cluster({holder: {"node-0": 1}})).snapshot
+    assert v1.by_name["default/holder"].vip == "203.0.113.10"
+    # "aaa" sorts first and asks for the holder's address: the holder keeps it.
+    thief = make_service("aaa", load_balancer_ip="203.0.113.10", node_port_base=30100)
+    result = do_render(config, make_cluster({holder: {"node-0": 1}, thief: {"node-1": 1}}), v1)
+    assert result.snapshot.by_name["default/holder"].vip == "203.0.113.10"
+    assert "default/aaa" not in result.snapshot.by_name
+    (issue,) = issues_of(result, "default/aaa")
+    assert issue.severity == "error"
+    assert "203.0.113.10" in issue.message and "default/holder" in issue.message
+
+
+def test_two_new_services_requesting_one_ip() -> None:
+    a = make_service("a", load_balancer_ip="203.0.113.15")
+    b = make_service("b", load_balancer_ip="203.0.113.15", node_port_base=30100)
+    result = do_render(make_config(), make_cluster({a: {"node-0": 1}, b: {"node-1": 1}}))
+    assert result.snapshot.by_name["default/a"].vip == "203.0.113.15"
+    assert "default/b" not in result.snapshot.by_name
+    assert [i.severity for i in issues_of(result, "default/b")] == ["error"]
+
+
+def test_requested_ip_of_service_removed_in_same_render() -> None:
+    config = make_config()
+    old = make_service("old")
+    v1 = do_render(config, make_cluster({old: {"node-0": 1}})).snapshot
+    new = make_service("new", load_balancer_ip=v1.by_name["default/old"].vip)
+    result = do_render(config, make_cluster({new: {"node-0": 1}}), v1)
+    assert "default/new" not in result.snapshot.by_name
+    (issue,) = issues_of(result, "default/new")
+    assert issue.severity == "error" and "next version" in issue.message
+    # The next render hands it over.
+    v3 = do_render(config, make_cluster({new: {"node-0": 1}}), result.snapshot)
+    assert v3.snapshot.by_name["default/new"].vip == v1.by_name["default/old"].vip
+    assert issues_of(v3, "default/new") == []
+
+
+def test_pool_exhausted_is_an_error() -> None:
+    svcs = {make_service(f"s{i}", node_port_base=30000 + 10 * i): {"node-0": 1} for i in range(3)}
+    result = do_render(make_config(pool_size=2), make_cluster(svcs))
+    assert [s.name for s in result.snapshot.services] == ["default/s0", "default/s1"]
+    (issue,) = issues_of(result, "default/s2")
+    assert issue.severity == "error" and "no free address" in issue.message
+
+
+# --- selection --------------------------------------------------------------------------------------------
+
+
+def test_services_not_selected_are_absent() -> None:
+    served = make_service("served", namespace="apps")
+    plain = make_service("plain", namespace="apps", opt_in=None, node_port_base=30100)
+    disabled = make_service("disabled", namespace="apps", opt_in="disabled", node_port_base=30200)
+    elsewhere = make_service("elsewhere", namespace="other", node_port_base=30300)
+    cluster = make_cluster({s: {"node-0": 1} for s in (served, plain, disabled, elsewhere)})
+    result = do_render(make_config(namespaces=["apps"]), cluster)
+    assert [s.name for s in result.snapshot.services] == ["apps/served"]
+    assert result.issues == ()
+    # Without the namespace selector, "elsewhere" is served too; plain and disabled still are not.
+    names = [s.name for s in do_render(make_config(), cluster).snapshot.services]
+    assert names == ["apps/served", "other/elsewhere"]
+
+
+def test_cluster_ip_without_external_ips_is_an_issue() -> None:
+    svc = make_service("internal", type="ClusterIP")
+    result = do_render(make_config(), make_cluster({svc: {"node-0": 1}}))
+    assert result.snapshot.services == ()
+    (issue,) = issues_of(result, "default/internal")
+    assert "externalIPs" in issue.message and "ClusterIP" in issue.message
+
+
+def test_cluster_ip_with_external_ip_is_served_there() -> None:
+    svc = make_service("ext", type="ClusterIP", external_ips=["192.0.2.7"])
+    result = do_render(make_config(), make_cluster({svc: {"node-0": 1}}))
+    assert result.snapshot.by_name["default/ext"].vip == "192.0.2.7"
+    assert result.issues == ()
+
+
+def test_sctp_port_is_an_issue() -> None:
+    svc = make_service("mixed", ports=(("data", 9000, "TCP"), ("sig", 3868, "SCTP")))
+    result = do_render(make_config(), make_cluster({svc: {"node-0": 1}}))
+    assert [s.name for s in result.snapshot.services] == ["default/mixed:data"]
+    (issue,) = issues_of(result, "default/mixed:sig")
+    assert issue.severity == "error" and "SCTP" in issue.message
+
+
+def test_multi_port_service_names_and_shared_vip() -> None:
+    svc = make_service("web", ports=(("http", 80, "TCP"), ("https", 443, "TCP"), ("quic", 443, "UDP")))
+    snap = do_render(make_config(), make_cluster({svc: {"node-0": 2, "node-1": 1}})).snapshot
+    assert [s.name for s in snap.services] == ["default/web:http", "default/web:https", "default/web:quic"]
+    assert len({s.vip for s in snap.services}) == 1
+    assert len({s.service_id for s in snap.services}) == 3
+    assert [(s.port, s.protocol) for s in snap.services] == [(80, "TCP"), (443, "TCP"), (443, "UDP")]
+    ports = {s.name: {b.port for b in s.backends} for s in snap.services}
+    assert ports == {"default/web:http": {30000}, "default/web:https": {30001}, "default/web:quic": {30002}}
+    assert len(snap.tables()[n.VIP_TABLE]) == 3
+
+
+def test_no_ready_endpoints() -> None:
+    svc = make_service("idle")
+    result = do_render(make_config(), make_cluster({svc: {}}))
+    s = result.snapshot.by_name["default/idle"]
+    assert s.backends == () and s.entries() == {}
+    assert s.vip == "203.0.113.10"  # keeps its address for when replicas become ready
+    assert all(not es for es in result.snapshot.tables().values() if es is not result.snapshot.tables()[n.IPV4_LPM])
+    (issue,) = issues_of(result, "default/idle")
+    assert "no ready endpoints" in issue.message
+
+
+def test_node_without_internal_ip_is_left_out() -> None:
+    nodes = {"node-0": Node("node-0", "10.1.0.1"), "node-1": Node("node-1", None)}
+    svc = make_service("web")
+    result = do_render(make_config(), make_cluster({svc: {"node-0": 1, "node-1": 2}}, nodes=nodes))
+    s = result.snapshot.by_name["default/web"]
+    assert [b.node for b in s.backends] == ["node-0"]
+    assert s.backends[0].buckets == 64
+    (issue,) = issues_of(result, "default/web")
+    assert "node-1" in issue.message and "InternalIP" in issue.message
+
+
+def test_missing_node_is_left_out() -> None:
+    svc = make_service("web")
+    cluster = make_cluster({svc: {"node-0": 1, "node-9": 1}}, nodes=2)
+    result = do_render(make_config(), cluster)
+    assert [b.node for b in result.snapshot.by_name["default/web"].backends] == ["node-0"]
+    assert any("node-9" in i.message for i in issues_of(result, "default/web"))
+
+
+# --- backend modes and algorithms -------------------------------------------------------------------------
+
+
+def test_pod_ip_mode_backends_per_pod() -> None:
+    svc = make_service("api", ports=(("grpc", 9000, "TCP"), ("metrics", 9100, "TCP")))
+    cluster = make_cluster({svc: {"node-0": 2, "node-1": 1}}, nodes=2)
+    # Endpoint port numbers differ from the Service ports: podIP mode must use the endpoints'.
+    eps = tuple(dataclasses.replace(e, ports=(("grpc", 50051), ("metrics", 9464))) for e in cluster.endpoints["default/api"])
+    cluster = dataclasses.replace(cluster, endpoints={"default/api": eps})
+    result = do_render(make_config(backend_mode="podIP", buckets=32), cluster)
+    snap = result.snapshot
+    assert result.issues == ()
+    for name, port in (("default/api:grpc", 50051), ("default/api:metrics", 9464)):
+        s = snap.by_name[name]
+        assert s.backend_mode == "podIP"
+        assert sorted(b.address for b in s.backends) == sorted(e.address for e in eps)
+        assert {b.port for b in s.backends} == {port}
+        assert {b.node for b in s.backends} == {"node-0", "node-1"}
+        assert all(b.replicas == 1 for b in s.backends)
+        assert sorted(b.buckets for b in s.backends) in ([10, 11, 11],)
+        assert set(s.assignment) == {b.address for b in s.backends}
+        targets = {(e.args[0], e.args[1]) for e in s.entries()[n.BACKEND_TABLE]}
+        assert targets == {(b.address, port) for b in s.backends}
+        assert {e.key[:2] for e in s.entries()[n.REVERSE_NAT]} == targets
+    assert schema_errors(snap.to_document()) == []
+
+
+def test_pod_ip_mode_endpoint_without_named_port() -> None:
+    svc = make_service("api", ports=(("grpc", 9000, "TCP"), ("metrics", 9100, "TCP")))
+    svc = dataclasses.replace(svc, ports=tuple(dataclasses.replace(p, target_port="named") for p in svc.ports))
+    cluster = make_cluster({svc: {"node-0": 2}}, nodes=1)
+    first, second = cluster.endpoints["default/api"]
+    eps = (dataclasses.replace(first, ports=(("grpc", 50051), ("metrics", 9464))), dataclasses.replace(second, ports=(("grpc", 50051),)))
+    cluster = dataclasses.replace(cluster, endpoints={"default/api": eps})
+    result = do_render(make_config(backend_mode="podIP"), cluster)
+    metrics = result.snapshot.by_name["default/api:metrics"]
+    assert [b.address for b in metrics.backends] == [first.address]
+    assert any(second.address in i.message for i in issues_of(result, "default/api:metrics"))
+    assert len(result.snapshot.by_name["default/api:grpc"].backends) == 2
+
+
+def test_least_connections_shifts_buckets_away_from_loaded_node() -> None:
+    svc = make_service("web")
+    cluster = make_cluster({svc: {"node-0": 2, "node-1": 2}})
+    config = make_config(algorithm="least-connections")
+    idle = do_render(config, cluster).snapshot.by_name["default/web"]
+    assert {b.node: b.buckets for b in idle.backends} == {"node-0": 32, "node-1": 32}
+    busy = do_render(config, cluster, connections={"default/web": {"node-0": 30, "node-1": 0}}).snapshot
+    s = busy.by_name["default/web"]
+    share = {b.node: b.buckets for b in s.backends}
+    assert share["node-0"] < 32 < share["node-1"] and sum(share.values()) == 64
+    assert {b.node: b.active_connections for b in s.backends} == {"node-0": 30, "node-1": 0}
+    assert schema_errors(busy.to_document()) == []
+    # Load on the other node shifts the other way.
+    other = do_render(config, cluster, connections={"default/web": {"node-1": 30}}).snapshot.by_name["default/web"]
+    assert {b.node: b.buckets for b in other.backends} == {"node-0": share["node-1"], "node-1": share["node-0"]}
+
+
+def test_connections_ignored_by_replica_weighted() -> None:
+    svc = make_service("web")
+    cluster = make_cluster({svc: {"node-0": 2, "node-1": 2}})
+    plain = do_render(make_config(), cluster).snapshot
+    loaded = do_render(make_config(), cluster, connections={"default/web": {"node-0": 30}}).snapshot
+    assert loaded.to_json_text() == plain.to_json_text()
+
+
+def test_round_robin_exact_shares_and_striping() -> None:
+    svc = make_service("web")
+    cluster = make_cluster({svc: {"node-0": 1, "node-1": 2, "node-2": 1}})
+    s = do_render(make_config(algorithm="round-robin", buckets=64), cluster).snapshot.by_name["default/web"]
+    assert {b.node: b.buckets for b in s.backends} == {"node-0": 16, "node-1": 32, "node-2": 16}
+    assert s.algorithm == "round-robin"
+    # Striped: every aligned block of 4 buckets holds each node in proportion (1, 2, 1).
+    for start in range(0, 64, 4):
+        block = Counter(s.assignment[start : start + 4])
+        assert block == Counter({"node-0": 1, "node-1": 2, "node-2": 1}), (start, s.assignment[start : start + 4])
+
+
+def test_bucket_count_from_config() -> None:
+    svc = make_service("web")
+    cluster = make_cluster({svc: {"node-0": 3, "node-1": 1}})
+    s = do_render(make_config(buckets=8), cluster).snapshot.by_name["default/web"]
+    assert s.bucket_count == 8 and len(s.assignment) == 8
+    assert {b.node: b.buckets for b in s.backends} == {"node-0": 6, "node-1": 2}
+    (vip,) = s.entries()[n.VIP_TABLE]
+    assert vip.args == (s.service_id, 7)
+
+
+def test_vips_follow_multiple_pools_in_order() -> None:
+    from helpers_render import pool
+
+    config = make_config(vip_pools=(pool("198.51.100.250", 2, "first"), pool("203.0.113.1", 4, "second")))
+    svcs = {make_service(f"s{i}", node_port_base=30000 + 10 * i): {"node-0": 1} for i in range(4)}
+    snap = do_render(config, make_cluster(svcs)).snapshot
+    assert [s.vip for s in snap.services] == ["198.51.100.250", "198.51.100.251", "203.0.113.1", "203.0.113.2"]
+    assert all(ipaddress.IPv4Address(s.vip) for s in snap.services)
