@@ -269,7 +269,7 @@ def _step(target: Message, a: Message, b: Message, z: Message, i: int, n: int) -
     for fd, va in a.ListFields():
         vb = getattr(b, fd.name)
         vz = getattr(z, fd.name)
-        if fd.label == fd.LABEL_REPEATED:
+        if fd.is_repeated:
             if fd.message_type is not None:
                 for k, item in enumerate(va):
                     _step(getattr(target, fd.name)[k], item, vb[k], vz[k], i, n)
@@ -658,3 +658,111 @@ def prepare(event: Exchange) -> bool:
             if m:
                 event.request = expand_linear(request, int(m.group(1)))
     return True
+
+
+# -- building requests by P4Info names ----------------------------------------------------------
+
+
+def _bytes(value: int | bytes, bitwidth: int) -> bytes:
+    if isinstance(value, bytes):
+        return value
+    return value.to_bytes(max(1, (bitwidth + 7) // 8), "big")  # full width, as many clients do
+
+
+class Program:
+    """Build P4Runtime messages from P4Info names (values are ints, or raw bytes as given)."""
+
+    def __init__(self, p4info: p4i.P4Info) -> None:
+        self.p4info = p4info
+        self.tables = {t.preamble.name: t for t in p4info.tables}
+        self.actions = {a.preamble.name: a for a in p4info.actions}
+        self.counters = {c.preamble.name: c for c in p4info.counters}
+
+    def table_id(self, table: str) -> int:
+        return self.tables[table].preamble.id
+
+    def action_id(self, action: str) -> int:
+        return self.actions[action].preamble.id
+
+    def counter_id(self, counter: str) -> int:
+        return self.counters[counter].preamble.id
+
+    def action(self, name: str, **params: int | bytes) -> p4r.Action:
+        info = self.actions[name]
+        action = p4r.Action(action_id=info.preamble.id)
+        for p in info.params:
+            if p.name in params:
+                action.params.add(param_id=p.id, value=_bytes(params[p.name], p.bitwidth))
+        return action
+
+    def entry(self, table: str, match: dict | None = None, action: str | None = None,
+              params: dict | None = None, priority: int = 0, default: bool = False
+              ) -> p4r.TableEntry:
+        info = self.tables[table]
+        entry = p4r.TableEntry(table_id=info.preamble.id, priority=priority,
+                               is_default_action=default)
+        fields = {f.name: f for f in info.match_fields}
+        for name, value in (match or {}).items():
+            f = fields[name]
+            m = entry.match.add(field_id=f.id)
+            if f.match_type == p4i.MatchField.LPM:
+                m.lpm.value = _bytes(value[0], f.bitwidth)
+                m.lpm.prefix_len = value[1]
+            elif f.match_type == p4i.MatchField.TERNARY:
+                m.ternary.value = _bytes(value[0], f.bitwidth)
+                m.ternary.mask = _bytes(value[1], f.bitwidth)
+            else:
+                m.exact.value = _bytes(value, f.bitwidth)
+        if action is not None:
+            entry.action.action.CopyFrom(self.action(action, **(params or {})))
+        return entry
+
+    def update(self, kind: str, table: str, match: dict | None = None, action: str | None = None,
+               params: dict | None = None, **kw) -> p4r.Update:
+        update = p4r.Update(type=p4r.Update.Type.Value(kind))
+        update.entity.table_entry.CopyFrom(self.entry(table, match, action, params, **kw))
+        return update
+
+
+def write_request(updates, election_id: int | None = 10, device_id: int = 1,
+                  role: str = "", atomicity: int = 0) -> p4r.WriteRequest:
+    request = p4r.WriteRequest(device_id=device_id, role=role, atomicity=atomicity)
+    if election_id is not None:
+        request.election_id.high = election_id >> 64
+        request.election_id.low = election_id & (2**64 - 1)
+    request.updates.extend(updates)
+    return request
+
+
+def pipeline_request(p4info: p4i.P4Info | None, action: str = "VERIFY_AND_COMMIT",
+                     election_id: int | None = 10, device_id: int = 1,
+                     cookie: int | None = None, device_config: bytes = b"{}"
+                     ) -> p4r.SetForwardingPipelineConfigRequest:
+    request = p4r.SetForwardingPipelineConfigRequest(
+        device_id=device_id, action=p4r.SetForwardingPipelineConfigRequest.Action.Value(action)
+    )
+    if election_id is not None:
+        request.election_id.low = election_id
+    if p4info is not None:
+        request.config.p4info.CopyFrom(p4info)
+        request.config.p4_device_config = device_config
+        if cookie is not None:
+            request.config.cookie.cookie = cookie
+    return request
+
+
+def read_request(*entities: p4r.Entity | p4r.TableEntry | p4r.CounterEntry,
+                 device_id: int = 1) -> p4r.ReadRequest:
+    request = p4r.ReadRequest(device_id=device_id)
+    for item in entities:
+        if isinstance(item, p4r.TableEntry):
+            request.entities.add().table_entry.CopyFrom(item)
+        elif isinstance(item, p4r.CounterEntry):
+            request.entities.add().counter_entry.CopyFrom(item)
+        else:
+            request.entities.add().CopyFrom(item)
+    return request
+
+
+def read_entities(outcome: Outcome) -> list[p4r.Entity]:
+    return [e for response in outcome.responses for e in response.entities]

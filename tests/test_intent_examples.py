@@ -26,7 +26,8 @@ from reconciler.paths import REPO_ROOT
 
 EXAMPLES = REPO_ROOT / "intent-examples"
 INVALID = sorted(p.name for p in (EXAMPLES / "invalid").iterdir() if p.is_dir())
-RECORDED_CLUSTER = Path("/work/shared/fixtures/recorded-cluster/cluster.yaml")
+# The lead's copy of the recorded cluster (shared/fixtures/recorded-cluster) beside the intent.
+RECORDED_CLUSTER = EXAMPLES / "multi-service" / "cluster.yaml"
 
 
 @pytest.fixture(autouse=True)
@@ -124,6 +125,8 @@ def test_multi_service_fits_the_recorded_cluster() -> None:
     assert [r.prefix for r in config.switch_config.routes] == [node_net]
     assert not any(lo in node_net or hi in node_net for p in config.vip_pools for lo, hi in p.ranges)
     assert [s.role for s in config.switch_config.switches] == ["primary", "standby"]
+    assert config.vip_pools == (VipPool("demo", ((ip("198.51.100.10"), ip("198.51.100.19")),), True),)
+    assert [s.address for s in config.switch_config.switches] == ["127.0.0.1:9559", "127.0.0.1:9560"]
 
 
 @pytest.mark.parametrize("case", INVALID)

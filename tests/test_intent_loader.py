@@ -295,3 +295,14 @@ def test_validate_paths_never_raises_for_input(tmp_path: Path) -> None:
         ("y.yaml", "expected a mapping (a Kubernetes object), got a list"),
         ("z.yaml", 'expected a mapping (a Kubernetes object), got the scalar "just a string"'),
     ]
+
+
+def test_a_config_with_a_mistyped_group_does_not_vanish(tmp_path: Path) -> None:
+    write(tmp_path / "a.yaml", config_text())
+    write(tmp_path / "b.yaml", config_text("b", "s2", "10.0.0.2:1").replace("networking.p4kube.io/", ""))
+    (diag,) = validate_paths([tmp_path])
+    assert (Path(diag.file).name, diag.field, diag.message) == (
+        "b.yaml",
+        "apiVersion",
+        'no API group in "v1alpha1" for a LoadBalancerConfig: use networking.p4kube.io/v1alpha1',
+    )

@@ -38,7 +38,7 @@ junk = st.recursive(
 )
 
 
-@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.lists(st.tuples(st.sampled_from(PATHS), junk), min_size=1, max_size=3))
 def test_junk_values_give_diagnostics_not_crashes(tmp_path: Path, edits: list[tuple[tuple[Any, ...], Any]]) -> None:
     data = copy.deepcopy(BASE)

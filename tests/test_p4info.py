@@ -520,7 +520,14 @@ def _bad(table, path, value):
     return entry
 
 
-_DELETE = object()
+class _Delete:
+    """Sentinel: remove the key. A stable repr keeps test ids equal across xdist workers."""
+
+    def __repr__(self) -> str:
+        return "DELETE"
+
+
+_DELETE = _Delete()
 
 BAD_CASES = [
     # (table, path in the entry, new value, what the problem must say)

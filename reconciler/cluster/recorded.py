@@ -4,9 +4,10 @@ Reads what `kubectl get services,endpointslices,nodes -A -o yaml` prints (a `kin
 multi-document YAML of the same objects or Lists, or the JSON equivalent (`-o json`, or an API
 list response such as ServiceList, whose items carry no `kind`).
 
-Big files are the common case (50k endpoints is tens of MB), so the file is parsed once with the
-safe loader, which keeps no positions; only when something is wrong is it composed a second time
-to turn the object paths of the errors into line and column.
+Files can be big (50k endpoints are about 14 MB of YAML), so the text is parsed once straight into
+plain data (_EventBuilder), keeping no positions; only when something in the objects is wrong is
+it composed a second time to turn the object paths of the errors into line and column. Measured at
+50k endpoints: about 2.8 s for YAML with ruamel.yaml.clib (26 s without), 0.6 s for JSON.
 """
 
 from __future__ import annotations

@@ -153,6 +153,10 @@ def _classify(doc: YamlDocument) -> Diagnostic | bool:
         return Diagnostic(doc.file, at.line, at.column, f"{what}: every document must be a Kubernetes object (LoadBalancerConfig uses {API_VERSION})", "apiVersion")
     group, _, version = api.rpartition("/")
     if group != GROUP:
+        if data.get("kind") == KIND:  # a typo in the group must not make a config vanish
+            at = doc.locate(("apiVersion",))
+            problem = f'wrong API group "{group}"' if group else f'no API group in "{api}"'
+            return Diagnostic(doc.file, at.line, at.column, f"{problem} for a {KIND}: use {API_VERSION}", "apiVersion")
         return False
     if version != VERSION:
         at = doc.locate(("apiVersion",))

@@ -69,24 +69,6 @@ def apply_defaults(data: Any, schema: dict[str, Any] | None = None) -> Any:
     return out
 
 
-def schema_at(path: PathKey, schema: dict[str, Any] | None = None) -> dict[str, Any] | None:
-    """The subschema describing the value at `path`, or None when the path is not in it."""
-    node: dict[str, Any] | None = schema if schema is not None else load_schema()
-    for part in path:
-        if node is None:
-            return None
-        if isinstance(part, int):
-            node = node.get("items")
-        else:
-            props = node.get("properties", {})
-            if part in props:
-                node = props[part]
-            else:
-                extra = node.get("additionalProperties")
-                node = extra if isinstance(extra, dict) else None
-    return node
-
-
 def _fill(value: Any, schema: dict[str, Any]) -> None:
     if isinstance(value, dict):
         props = schema.get("properties", {})

@@ -71,6 +71,10 @@ class _State:
     ordered: list[ServiceSnapshot] = field(default_factory=list)  # services in `order`
     position: dict[str, int] = field(default_factory=dict)  # name -> index in `order`
     issue_keys: set[str] = field(default_factory=set)  # Service keys that have issues
+    # Services refused with an error (a VIP in quarantine, a pool or id space full, a contested
+    # backend) are retried on every render: what blocked them may be free now, though their
+    # own inputs did not change.
+    retry_keys: set[str] = field(default_factory=set)
 
     def reorder(self) -> None:
         self.order = sorted(self.services)
@@ -106,16 +110,25 @@ class Renderer:
             st = self._state = _fresh_state(config, p4info_digest, previous)
             todo = set(st.keys) | {k for k, s in cluster.services.items() if s.opt_in is not None}
         elif changed is not None:
-            todo = set(changed)
+            todo = set(changed) | st.retry_keys
         else:
             todo = {k for k in st.keys.keys() | cluster.services.keys() if _fingerprint(cluster, k, connections) != _cached_fp(st, k)}
+            todo |= st.retry_keys
         assert st is not None
         for pool in (st.vips, st.service_ids, st.backend_ids):
             pool.begin_render()
         count_before = len(st.services)
         touched: list[str] = []
+        # Services that left go first, so what they held is quarantined before anyone asks for
+        # it: the outcome and its message must not depend on how names sort.
         for key in sorted(todo):
-            touched.extend(_render_key(st, config, cluster, key, connections))
+            svc = cluster.services.get(key)
+            if svc is None or selection(config, svc) is not None:
+                touched.extend(_render_key(st, config, cluster, key, connections))
+        for key in sorted(todo):
+            svc = cluster.services.get(key)
+            if svc is not None and selection(config, svc) is None:
+                touched.extend(_render_key(st, config, cluster, key, connections))
         for pool in (st.vips, st.service_ids, st.backend_ids):
             pool.end_render()
         if len(st.services) != count_before or any(name not in st.position for name in touched):
@@ -236,6 +249,10 @@ def _set_key(st: _State, key: str, ks: _KeyState | None) -> None:
         st.issue_keys.add(key)
     else:
         st.issue_keys.discard(key)
+    if ks is not None and any(i.severity == "error" for i in ks.issues):
+        st.retry_keys.add(key)
+    else:
+        st.retry_keys.discard(key)
 
 
 def _render_key(
@@ -363,7 +380,9 @@ def _render_port(
     bucket_count = config.buckets_per_service
     previous_assignment = old.assignment if old is not None and old.bucket_count == bucket_count else None
     replicas = {k: t[3] for k, t in sorted(targets.items())}
-    conns = dict(connections.get(name, {})) if connections and config.algorithm == "least-connections" else None
+    # least-connections always records its input (0 when the switch reported nothing), so a
+    # Service's output never depends on whether other Services had connection counts.
+    conns = dict((connections or {}).get(name, {})) if config.algorithm == "least-connections" else None
     try:
         assignment = buckets.assign(config.algorithm, bucket_count, replicas, previous_assignment, conns)
     except ValueError as e:

@@ -67,6 +67,12 @@ def match_key(table: TableInfo, entry: p4r.TableEntry, behavior: Behavior) -> tu
         return DEFAULT_KEY
     matches = entry.match
     fields = table.fields
+    if table.exact_only and len(matches) == len(fields):
+        fast = _exact_in_order(fields, matches, behavior.empty_bytestring_is_zero)
+        if fast is not None:
+            if entry.priority > 0:
+                raise UpdateError(INVALID_ARGUMENT, "Non-zero priority for non-ternary match")
+            return fast
     if len(matches) > len(fields):
         raise UpdateError(INVALID_ARGUMENT, "Too many fields in match key")
     given: dict[int, p4r.FieldMatch] = {}
@@ -116,6 +122,21 @@ def match_key(table: TableInfo, entry: p4r.TableEntry, behavior: Behavior) -> tu
     if priority == 0:
         raise UpdateError(INVALID_ARGUMENT, "Zero priority for ternary match")
     values.append(priority)
+    return tuple(values)
+
+
+def _exact_in_order(fields, matches, allow_empty: bool) -> tuple | None:
+    """The hot path: exact fields given in P4Info order with valid values. None means "not
+    that simple", and the general path then finds the right error (or the same key)."""
+    values = []
+    for f, m in zip(fields, matches):
+        if m.field_id != f.id or not m.HasField("exact"):
+            return None
+        raw = m.exact.value
+        value = int.from_bytes(raw, "big")
+        if value >> f.bitwidth or not (raw or allow_empty):
+            return None
+        values.append(value)
     return tuple(values)
 
 
@@ -210,6 +231,15 @@ def action_params(action: ActionInfo, proto: p4r.Action, behavior: Behavior) -> 
     expected = action.params
     if len(params) != len(expected):
         raise UpdateError(INVALID_ARGUMENT, "Unexpected number of action parameters")
+    fast = []
+    for info, p in zip(expected, params):  # the hot path: parameters in P4Info order
+        raw = p.value
+        value = int.from_bytes(raw, "big")
+        if p.param_id != info.id or value >> info.bitwidth or not raw:
+            break
+        fast.append(value)
+    else:
+        return tuple(fast)
     values = [0] * len(expected)
     by_id = action.params_by_id
     seen = 0

@@ -12,7 +12,7 @@ handle order (fixtures surprise 34), so read-backs compare equal to BMv2's.
 from __future__ import annotations
 
 import heapq
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Iterator
 
 from reconciler.sim.schema import UNIT_BYTES, UNIT_PACKETS, CounterInfo, P4Schema, TableInfo
@@ -65,10 +65,13 @@ class TableState:
     def full(self) -> bool:
         return len(self.entries) >= self.size
 
-    def insert(self, entry: Entry) -> Entry:
+    def insert(self, key: tuple, priority: int, action_id: int, params: tuple[int, ...],
+               controller_metadata: int = 0, metadata: bytes = b"", idle_timeout_ns: int = 0
+               ) -> Entry:
         handle = heapq.heappop(self._free) if self._free else self._take_next()
-        stored = replace(entry, handle=handle)
-        self.entries[entry.key] = stored
+        stored = Entry(key, priority, action_id, params, controller_metadata, metadata,
+                       idle_timeout_ns, handle)
+        self.entries[key] = stored
         if self.info.direct_counter_id:
             self.direct_counts[entry.key] = [0, 0]
         if self._lpm is not None:
@@ -80,8 +83,11 @@ class TableState:
         self._next += 1
         return handle
 
-    def modify(self, old: Entry, new: Entry) -> None:
-        stored = replace(new, handle=old.handle)
+    def modify(self, old: Entry, action_id: int, params: tuple[int, ...],
+               controller_metadata: int = 0, metadata: bytes = b"", idle_timeout_ns: int = 0
+               ) -> None:
+        stored = Entry(old.key, old.priority, action_id, params, controller_metadata, metadata,
+                       idle_timeout_ns, old.handle)
         self.entries[old.key] = stored
         if self._lpm is not None:
             self._lpm_add(stored)

@@ -30,7 +30,7 @@ from reconciler.sim.parse import (
     check_action_choice,
     match_key,
 )
-from reconciler.sim.tables import DefaultEntry, Entry, PipelineState, TableState
+from reconciler.sim.tables import DefaultEntry, PipelineState, TableState
 
 INSERT = p4r.Update.INSERT
 MODIFY = p4r.Update.MODIFY
@@ -148,10 +148,8 @@ class _Writer:
             raise UpdateError(self.behavior.const_table_write_code, self._const_message())
         if table.full():
             raise UpdateError(self.behavior.table_full_code, self.behavior.table_full_message)
-        stored = table.insert(
-            Entry(key, te.priority, action_id, params, te.controller_metadata, te.metadata,
-                  te.idle_timeout_ns)
-        )
+        stored = table.insert(key, te.priority, action_id, params, te.controller_metadata,
+                              te.metadata, te.idle_timeout_ns)
         if te.HasField("counter_data"):
             self._set_direct(table, stored.key, te.counter_data)
 
@@ -187,11 +185,8 @@ class _Writer:
             raise UpdateError(NOT_FOUND, "Cannot find match entry")
         if not has_action:  # spec: an action-less MODIFY keeps the action
             action_id, params = old.action_id, old.params
-        table.modify(
-            old,
-            Entry(key, old.priority, action_id, params, te.controller_metadata, te.metadata,
-                  te.idle_timeout_ns),
-        )
+        table.modify(old, action_id, params, te.controller_metadata, te.metadata,
+                     te.idle_timeout_ns)
         if te.HasField("counter_data"):
             self._set_direct(table, key, te.counter_data)
 

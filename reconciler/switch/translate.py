@@ -31,6 +31,7 @@ from reconciler.snapshot import Entry, Value
 __all__ = [
     "TranslationError",
     "election_id_proto",
+    "describe_update",
     "entry_to_proto",
     "proto_to_entry",
     "updates_to_requests",
@@ -326,6 +327,27 @@ def proto_to_entry(info: PipelineInfo, te: p4r.TableEntry) -> Entry:
         raise TranslationError(f"read-back entry has table id {te.table_id}, which is not in the P4Info")
     if te.is_default_action:
         raise TranslationError(f"{table.name}: a default entry is not a snapshot entry")
+    key = _decode_key(table, te)
+    if te.action.WhichOneof("type") != "action":
+        raise TranslationError(f"{table.name}: read-back entry has no direct action")
+    act = te.action.action
+    action = table.actions_by_id.get(act.action_id)
+    if action is None:
+        raise TranslationError(f"{table.name}: read-back entry has action id {act.action_id}, not one of the table's")
+    args: list[Value | None] = [None] * len(action.params)
+    for p in act.params:
+        hit = action.decoders.get(p.param_id)
+        if hit is None or args[hit[0]] is not None:
+            raise TranslationError(f"{table.name}: action {action.name}: unexpected parameter id {p.param_id}")
+        index, bitwidth, decode = hit
+        args[index] = decode(_fit(p.value, bitwidth, table.name, f"{action.name}.{action.params[index]}"))
+    missing = [action.params[i] for i, a in enumerate(args) if a is None]
+    if missing:
+        raise TranslationError(f"{table.name}: action {action.name} lacks parameter(s) {', '.join(missing)}")
+    return Entry(table.name, key, action.name, tuple(args))  # type: ignore[arg-type]
+
+
+def _decode_key(table: _TableCodec, te: p4r.TableEntry) -> tuple[Value, ...]:
     key: list[Value | None] = [None] * len(table.fields)
     for fm in te.match:
         hit = table.decoders.get(fm.field_id)
@@ -350,23 +372,24 @@ def proto_to_entry(info: PipelineInfo, te: p4r.TableEntry) -> Entry:
             if kind != _LPM:
                 raise TranslationError(f"{table.name}: read-back entry lacks match field {table.fields[index]!r}")
             key[index] = "0.0.0.0/0"  # an omitted LPM field is the /0 wildcard
-    if te.action.WhichOneof("type") != "action":
-        raise TranslationError(f"{table.name}: read-back entry has no direct action")
-    act = te.action.action
-    action = table.actions_by_id.get(act.action_id)
-    if action is None:
-        raise TranslationError(f"{table.name}: read-back entry has action id {act.action_id}, not one of the table's")
-    args: list[Value | None] = [None] * len(action.params)
-    for p in act.params:
-        hit = action.decoders.get(p.param_id)
-        if hit is None or args[hit[0]] is not None:
-            raise TranslationError(f"{table.name}: action {action.name}: unexpected parameter id {p.param_id}")
-        index, bitwidth, decode = hit
-        args[index] = decode(_fit(p.value, bitwidth, table.name, f"{action.name}.{action.params[index]}"))
-    missing = [action.params[i] for i, a in enumerate(args) if a is None]
-    if missing:
-        raise TranslationError(f"{table.name}: action {action.name} lacks parameter(s) {', '.join(missing)}")
-    return Entry(table.name, tuple(key), action.name, tuple(args))  # type: ignore[arg-type]
+    return tuple(key)  # type: ignore[arg-type]
+
+
+def describe_update(info: PipelineInfo, update: p4r.Update) -> str:
+    """ "INSERT MyIngress.vip_table ('203.0.113.10', 80, 6)": an update for error messages."""
+    kind = _UPDATE_NAMES.get(update.type, str(update.type))
+    which = update.entity.WhichOneof("entity")
+    if which != "table_entry":
+        return f"{kind} {which}"
+    te = update.entity.table_entry
+    table = _codec(info).tables_by_id.get(te.table_id)
+    if table is None:
+        return f"{kind} table id {te.table_id}"
+    try:
+        key = _decode_key(table, te)
+    except TranslationError as exc:
+        return f"{kind} {table.name} (undecodable key: {exc})"
+    return f"{kind} {table.name} {key!r}"
 
 
 def _fit(data: bytes, bitwidth: int, table: str, what: str) -> int:

@@ -1,0 +1,80 @@
+"""TLS settings of a P4Runtime connection: the CA that signs the switch's certificate, our client
+certificate and key for mutual TLS, and the name to check the switch's certificate against.
+
+Files are read once, when the settings are made, so that a missing or unreadable file is
+reported with its name before any connection is attempted.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+
+__all__ = ["TlsError", "TlsSettings"]
+
+
+class TlsError(ValueError):
+    """TLS settings that cannot work (missing file, certificate without key, not PEM)."""
+
+
+def _read_pem(path: str | Path, what: str, marker: bytes) -> bytes:
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise TlsError(f"cannot read the {what} file {path}: {exc.strerror or exc}") from exc
+    if marker not in data:
+        raise TlsError(f"the {what} file {path} holds no PEM block ({marker.decode()}...)")
+    return data
+
+
+@dataclass(frozen=True)
+class TlsSettings:
+    """PEM bytes; `ca` None means the system's trusted roots. `certificate` and `private_key`
+    go together (mutual TLS). `server_name` overrides the name checked in the switch's
+    certificate (the address is often an IP or a name the certificate does not carry)."""
+
+    ca: bytes | None = field(default=None, repr=False)
+    certificate: bytes | None = field(default=None, repr=False)
+    private_key: bytes | None = field(default=None, repr=False)
+    server_name: str | None = None
+    source: str = ""  # where the settings came from, for error messages (e.g. the CA file)
+
+    def __post_init__(self) -> None:
+        if (self.certificate is None) != (self.private_key is None):
+            raise TlsError("a client certificate needs its private key, and a key its certificate")
+
+    @classmethod
+    def from_files(
+        cls,
+        ca_file: str | Path | None = None,
+        cert_file: str | Path | None = None,
+        key_file: str | Path | None = None,
+        server_name: str | None = None,
+    ) -> "TlsSettings":
+        if (cert_file is None) != (key_file is None):
+            raise TlsError(
+                f"certFile and keyFile go together (got certFile={cert_file}, keyFile={key_file})"
+            )
+        return cls(
+            ca=_read_pem(ca_file, "CA certificate", b"-----BEGIN") if ca_file is not None else None,
+            certificate=_read_pem(cert_file, "client certificate", b"-----BEGIN") if cert_file else None,
+            private_key=_read_pem(key_file, "client private key", b"-----BEGIN") if key_file else None,
+            server_name=server_name or None,
+            source=f"CA {ca_file}" if ca_file is not None else "system CA roots",
+        )
+
+    @property
+    def mutual(self) -> bool:
+        return self.certificate is not None
+
+    def channel_credentials(self) -> grpc.ChannelCredentials:
+        return grpc.ssl_channel_credentials(
+            root_certificates=self.ca, private_key=self.private_key, certificate_chain=self.certificate
+        )
+
+    def channel_options(self) -> list[tuple[str, str]]:
+        if self.server_name:
+            return [("grpc.ssl_target_name_override", self.server_name)]
+        return []
