@@ -68,8 +68,18 @@ def _keyed(entries: Iterable[Entry]) -> dict[tuple[str, tuple], Entry]:
     return {(e.table, e.key): e for e in entries}
 
 
+def diff_entries(before: Iterable[Entry], after: Iterable[Entry]) -> SnapshotDiff:
+    """Entry-level diff between any two sets of entries, e.g. what a switch was read back to
+    hold -> what a snapshot says it must hold (drift repair, rollback). Entries are compared by
+    table, key, action and parameters; which Service owns them plays no part."""
+    return SnapshotDiff(_phases(_keyed(before), _keyed(after)))
+
+
 def diff_snapshots(old: Snapshot | None, new: Snapshot) -> SnapshotDiff:
-    """The writes that turn a switch holding `old` (None: empty tables) into one holding `new`."""
+    """The writes that turn a switch holding `old` (None: empty tables) into one holding `new`.
+
+    Work is proportional to the Services that changed: unchanged Services (the same objects,
+    or equal ones) are skipped without generating their entries."""
     old_services = old.by_name if old is not None else {}
     new_services = new.by_name
     changes: list[ServiceChange] = []
@@ -93,14 +103,16 @@ def diff_snapshots(old: Snapshot | None, new: Snapshot) -> SnapshotDiff:
     if tuple(old_globals) != tuple(new.global_entries):
         before.extend(old_globals)
         after.extend(new.global_entries)
+    return SnapshotDiff(_phases(_keyed(before), _keyed(after)), tuple(changes))
 
-    b, a = _keyed(before), _keyed(after)
+
+def _phases(b: dict[tuple[str, tuple], Entry], a: dict[tuple[str, tuple], Entry]) -> tuple[tuple[Update, ...], ...]:
     phases: list[list[Update]] = [[] for _ in PHASE_NAMES]
-
-    # Service ids whose owner changes: the old owner's VIP must stop pointing at them first.
-    old_owner = {s.service_id: s.name for s in old_services.values()}
-    taken_over = {s.service_id for s in new_services.values() if old_owner.get(s.service_id, s.name) != s.name}
-
+    # A service id whose VIP entry changes hands (another VIP now points at it): the old VIP
+    # must stop pointing at that id before its buckets are rewritten for the new owner.
+    old_vip = {e.args[0]: k for k, e in b.items() if e.table == n.VIP_TABLE}
+    new_vip = {e.args[0]: k for k, e in a.items() if e.table == n.VIP_TABLE}
+    taken_over = {sid for sid, k in new_vip.items() if sid in old_vip and old_vip[sid] != k}
     for k, e in a.items():
         prev = b.get(k)
         if prev is None:
@@ -121,6 +133,7 @@ def diff_snapshots(old: Snapshot | None, new: Snapshot) -> SnapshotDiff:
             phases[0 if e.args[0] in taken_over else 3].append(Update("DELETE", e))
         else:
             phases[4].append(Update("DELETE", e))
+    order = {t: i for i, t in enumerate(n.TABLE_ORDER)}
     for p in phases:
-        p.sort(key=lambda u: (n.TABLE_ORDER.index(u.entry.table) if u.entry.table in n.TABLE_ORDER else 99, u.entry.sort_key()))
-    return SnapshotDiff(tuple(tuple(p) for p in phases), tuple(changes))
+        p.sort(key=lambda u: (order.get(u.entry.table, 99), u.entry.sort_key()))
+    return tuple(tuple(p) for p in phases)

@@ -13,7 +13,7 @@ from reconciler.diff import PHASE_NAMES, SnapshotDiff
 from reconciler.intent.model import LoadBalancerConfig, ServiceSelector, VipPool
 from reconciler.p4info import load_p4info, p4info_digest
 from reconciler.render import RenderResult, render
-from reconciler.snapshot import Entry, Snapshot
+from reconciler.snapshot import Snapshot
 
 P4INFO_DIGEST = p4info_digest(load_p4info())
 POOL_FIRST = "203.0.113.10"
@@ -146,66 +146,109 @@ def do_render(
     return render(config, cluster, previous, p4info_digest=P4INFO_DIGEST, **kw)  # type: ignore[arg-type]
 
 
-def entry_set(snap: Snapshot | None) -> set[tuple]:
-    if snap is None:
-        return set()
-    return {(e.table, e.key, e.action, e.args) for es in snap.tables().values() for e in es}
+Content = tuple  # (action, args): what a switch holds at a key; `service` is snapshot metadata
 
 
-def entries_by_key(snap: Snapshot | None) -> dict[tuple, Entry]:
+def switch_of(snap: Snapshot | None) -> dict[tuple, Content]:
+    """What a switch holding `snap` holds: (table, key) -> (action, args)."""
     if snap is None:
         return {}
-    return {(e.table, e.key): e for es in snap.tables().values() for e in es}
+    return {(e.table, e.key): (e.action, e.args) for es in snap.tables().values() for e in es}
 
 
-def apply_diff(start: Mapping[tuple, Entry], diff: SnapshotDiff, *, check_consistency: bool = True) -> dict[tuple, Entry]:
-    """Apply a diff phase by phase to a simulated switch keyed by (table, key), as P4Runtime would.
+def apply_diff(old: Snapshot | None, new: Snapshot, diff: SnapshotDiff) -> dict[tuple, Content]:
+    """Apply `diff` phase by phase to a simulated switch that holds `old`; returns what it holds.
 
-    Raises AssertionError on an INSERT of an existing key, a MODIFY/DELETE of a missing one, a
-    DELETE whose entry differs from what the switch holds, or (check_consistency) when after any
-    phase a vip_table entry points at buckets that are missing or belong to another Service.
+    Fails on an INSERT of a key the switch holds, a MODIFY or DELETE of one it does not, a DELETE
+    of other content, a key written twice in one phase, and on any VIP that, in any state a phase
+    can pass through (P4Runtime applies a phase's updates in any order), points at a missing
+    bucket or at buckets of two Services (see `vip_problems`).
     """
     assert len(diff.phases) == len(PHASE_NAMES)
-    switch = dict(start)
+    switch = switch_of(old)
+    owners = _Owners(old, new)
     for phase_no, phase in enumerate(diff.phases):
+        where = f"phase {phase_no} ({PHASE_NAMES[phase_no]})"
         keys = [(u.entry.table, u.entry.key) for u in phase]
-        assert len(keys) == len(set(keys)), f"phase {PHASE_NAMES[phase_no]} writes one key twice"
+        assert len(keys) == len(set(keys)), f"{where} writes one key twice"
+        before = dict(switch)
         for u in phase:
             k = (u.entry.table, u.entry.key)
+            content = (u.entry.action, u.entry.args)
             if u.kind == "INSERT":
-                assert k not in switch, f"INSERT of existing {k} in phase {PHASE_NAMES[phase_no]}"
-                switch[k] = u.entry
+                assert k not in switch, f"{where}: INSERT of {k}, which the switch holds"
+                switch[k] = content
             elif u.kind == "MODIFY":
-                assert k in switch, f"MODIFY of missing {k} in phase {PHASE_NAMES[phase_no]}"
-                switch[k] = u.entry
+                assert k in switch, f"{where}: MODIFY of {k}, which the switch does not hold"
+                switch[k] = content
             else:
-                assert switch.get(k) == u.entry, f"DELETE of {k}: switch holds {switch.get(k)}, diff says {u.entry}"
+                assert switch.get(k) == content, f"{where}: DELETE of {k}: switch holds {switch.get(k)}, diff says {content}"
                 del switch[k]
-        if check_consistency:
-            problems = vip_consistency(switch)
-            assert not problems, f"after phase {phase_no} ({PHASE_NAMES[phase_no]}): " + "; ".join(problems[:5])
+        problems = vip_problems(before, switch, set(keys), owners)
+        assert not problems, f"{where}: " + "; ".join(problems[:4])
     return switch
 
 
-def vip_consistency(switch: Mapping[tuple, Entry]) -> list[str]:
-    """Every vip_table entry's buckets (0..mask) exist and belong to the same Service."""
+class _Owners:
+    """Which Service an entry's content belongs to, in the old or the new snapshot."""
+
+    def __init__(self, old: Snapshot | None, new: Snapshot) -> None:
+        self.by_content: dict[tuple, set[str]] = {}
+        self.allowed: dict[tuple[str, tuple], set[Content]] = {}  # (service, key) -> contents
+        for snap in (old, new):
+            if snap is None:
+                continue
+            for es in snap.tables().values():
+                for e in es:
+                    k = (e.table, e.key)
+                    if e.service is None:
+                        continue
+                    self.by_content.setdefault((k, (e.action, e.args)), set()).add(e.service)
+                    self.allowed.setdefault((e.service, k), set()).add((e.action, e.args))
+
+    def of(self, key: tuple, content: Content) -> set[str]:
+        return self.by_content.get((key, content), set())
+
+    def belongs(self, service: str, key: tuple, content: Content) -> bool:
+        return content in self.allowed.get((service, key), set())
+
+
+def vip_problems(
+    before: Mapping[tuple, Content], after: Mapping[tuple, Content], written: set[tuple], owners: _Owners
+) -> list[str]:
+    """Problems with the VIPs during one phase that took the switch from `before` to `after`.
+
+    A VIP written in the phase may take effect before any other write of the phase, so the
+    buckets it points at must not be written in the same phase. A VIP live during the phase
+    must, in every state it is live in, see all its buckets, each holding content of one and
+    the same Service (that Service's old or new content: a changing Service may mix the two).
+    """
     problems = []
-    for (table, key), e in switch.items():
-        if table != n.VIP_TABLE:
-            continue
-        sid, mask = e.args
-        for bucket in range(int(mask) + 1):
-            b = switch.get((n.BACKEND_TABLE, (sid, bucket)))
-            if b is None:
-                problems.append(f"VIP {key} of {e.service} -> service id {sid} bucket {bucket}: no backend entry")
-                break
-            if b.service != e.service:
+    vip_keys = {k for k in before.keys() | after.keys() if k[0] == n.VIP_TABLE}
+    for k in sorted(vip_keys, key=str):
+        states = [(name, st[k]) for name, st in (("before", before), ("after", after)) if k in st]
+        vip_written = k in written
+        for content in {c for _, c in states}:
+            live_in = [st for name, st in (("before", before), ("after", after)) if st.get(k) == content]
+            sid, mask = content[1]
+            candidates = owners.of(k, content)
+            bucket_contents: dict[tuple, set[Content | None]] = {}
+            for bucket in range(int(mask) + 1):
+                bk = (n.BACKEND_TABLE, (sid, bucket))
+                seen = {st.get(bk) for st in live_in}
+                if vip_written and bk in written:
+                    problems.append(f"VIP {k[1]} is written in the same phase as its bucket {bk[1]}")
+                    break
+                bucket_contents[bk] = seen
+            if any(None in seen for seen in bucket_contents.values()):
+                missing = next(bk for bk, seen in bucket_contents.items() if None in seen)
+                problems.append(f"VIP {k[1]} -> service id {sid}: bucket {missing[1][1]} missing")
+                continue
+            if not any(
+                all(owners.belongs(x, bk, c) for bk, seen in bucket_contents.items() for c in seen) for x in candidates
+            ):
+                held = sorted({x for bk, seen in bucket_contents.items() for c in seen for x in owners.of(bk, c)})
                 problems.append(
-                    f"VIP {key} of {e.service} -> service id {sid} bucket {bucket} holds {b.service}'s backend"
+                    f"VIP {k[1]} of {sorted(candidates)} -> service id {sid}: its buckets hold the content of {held}"
                 )
-                break
     return problems
-
-
-def as_switch(entries: Iterable[Entry]) -> dict[tuple, Entry]:
-    return {(e.table, e.key): e for e in entries}

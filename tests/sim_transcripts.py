@@ -21,6 +21,8 @@ from google.protobuf import text_encoding, text_format
 from google.protobuf.message import Message
 from finsy.proto import p4i, p4r, p4r_grpc, rpc_status
 
+from reconciler.sim import SoftwareSwitch
+
 FIXTURES = Path("/work/shared/fixtures/p4runtime-bmv2")
 STATUS_DETAILS_KEY = "grpc-status-details-bin"
 BIG_METADATA = 16 * 1024 * 1024
@@ -766,3 +768,54 @@ def read_request(*entities: p4r.Entity | p4r.TableEntry | p4r.CounterEntry,
 
 def read_entities(outcome: Outcome) -> list[p4r.Entity]:
     return [e for response in outcome.responses for e in response.entities]
+
+
+# -- a ready session on the transcript program (shared by the sim tests) -----------------------
+
+VIP = "MyIngress.vip_table"
+BACKEND = "MyIngress.backend_table"
+LPM = "MyIngress.ipv4_lpm"
+PROGRAM = Program(load_p4info())
+
+
+def vip_match(ip: int = 0x0A000001, port: int = 80, proto: int = 6) -> dict:
+    return {"h.ipv4.dstAddr": ip, "h.tcp.dstPort": port, "h.ipv4.protocol": proto}
+
+
+def vip(kind: str = "INSERT", ip: int = 0x0A000001, service: int = 1, **kw) -> p4r.Update:
+    return PROGRAM.update(kind, VIP, vip_match(ip), "MyIngress.set_service",
+                          {"service_id": service, "bucket_mask": 0xFF}, **kw)
+
+
+class Session:
+    """A switch with a primary (election id 10) and the transcript program committed."""
+
+    def __init__(self, bmv2: bool, p4info=None) -> None:
+        self.switch = SoftwareSwitch(bmv2=bmv2)
+        self.switch.start()
+        self.client = Client(f"127.0.0.1:{self.switch.port}")
+        self.stream, _ = self.client.arbitrate(10)
+        outcome = self.client.unary("SetForwardingPipelineConfig",
+                                    pipeline_request(p4info or load_p4info()))
+        assert outcome.ok, outcome
+
+    def write(self, *updates: p4r.Update, **kw):
+        return self.client.unary("Write", write_request(updates, **kw))
+
+    def codes(self, *updates: p4r.Update) -> list[tuple[int, str]]:
+        outcome = self.write(*updates)
+        if outcome.ok:
+            return [(0, "")] * len(updates)
+        assert outcome.code == grpc.StatusCode.UNKNOWN, outcome
+        return [(e.canonical_code, e.message) for e in outcome.errors()]
+
+    def read_table(self, table: str) -> list[p4r.TableEntry]:
+        outcome = self.client.read(read_request(p4r.TableEntry(table_id=PROGRAM.table_id(table))))
+        assert outcome.ok, outcome
+        return [e.table_entry for e in read_entities(outcome)]
+
+    def close(self) -> None:
+        self.client.close()
+        self.switch.stop(0)
+
+

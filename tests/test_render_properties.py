@@ -9,6 +9,7 @@ replica-weighted assignments must move only the buckets the new shares force to 
 
 from __future__ import annotations
 
+import copy
 from collections import Counter
 from dataclasses import dataclass, field, replace
 
@@ -23,7 +24,7 @@ from helpers_render import (
     make_service,
     node_ip,
 )
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from reconciler.cluster.model import ClusterState, Node
@@ -36,13 +37,15 @@ from reconciler.snapshot import Snapshot, iter_entries
 props = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 replicas_st = st.dictionaries(st.integers(0, 5), st.integers(0, 3), max_size=4)  # node index -> replicas
-op_st = st.one_of(
+topology_ops = [
     st.tuples(st.just("scale"), st.integers(0, 20), st.integers(0, 20), st.integers(0, 4)),
     st.tuples(st.just("add_service"), replicas_st),
     st.tuples(st.just("remove_service"), st.integers(0, 20)),
     st.tuples(st.just("add_node"), st.integers(0, 20), st.integers(1, 3)),
     st.tuples(st.just("remove_node"), st.integers(0, 20)),
-    st.tuples(st.just("connections"), st.integers(0, 20), st.dictionaries(st.integers(0, 5), st.integers(0, 40), max_size=3)),
+]
+connections_op = st.tuples(
+    st.just("connections"), st.integers(0, 20), st.dictionaries(st.integers(0, 5), st.integers(0, 40), max_size=3)
 )
 
 
@@ -129,16 +132,22 @@ class Model:
 
 
 @st.composite
-def scenarios(draw: st.DrawFn, pool_size: int = 64) -> tuple[LoadBalancerConfig, Model, list[tuple]]:
-    algorithm = draw(st.sampled_from(["replica-weighted", "least-connections", "round-robin"]))
+def scenarios(
+    draw: st.DrawFn, pool_size: int = 64, connections: bool = False
+) -> tuple[LoadBalancerConfig, Model, list[tuple]]:
+    if connections:
+        algorithm, mode = "least-connections", "nodePort"
+    else:
+        algorithm = draw(st.sampled_from(["replica-weighted", "least-connections", "round-robin"]))
+        mode = draw(st.sampled_from(["nodePort", "podIP"]))
     buckets = draw(st.sampled_from([1, 4, 8, 16]))
-    mode = draw(st.sampled_from(["nodePort", "podIP"]))
     config = make_config(algorithm=algorithm, buckets=buckets, backend_mode=mode, pool_size=pool_size)
     model = Model(nodes=[], services={}, backend_mode=mode)
     for _ in range(draw(st.integers(1, 5))):
         model.add_node()
     for per_node in draw(st.lists(replicas_st, max_size=5)):
         model.add_service(per_node)
+    op_st = st.one_of(*topology_ops, *([connections_op] * 3 if connections else []))
     ops = draw(st.lists(op_st, min_size=1, max_size=7))
     return config, model, ops
 
@@ -164,6 +173,7 @@ def moved_buckets(old: Snapshot, new: Snapshot) -> list[tuple[str, int, int]]:
 
 
 def check_sequence(config: LoadBalancerConfig, model: Model, ops: list[tuple]) -> None:
+    model = copy.deepcopy(model)  # explicit @examples are shared objects
     told, guessing = Renderer(), Renderer()
     cluster = model.state(1)
     conns = _conns(model, config.backend_mode)
@@ -201,8 +211,27 @@ def test_incremental_render_equals_full_render(scenario: tuple[LoadBalancerConfi
     check_sequence(*scenario)
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+def _model(services: dict[str, dict[str, int]], nodes: int) -> Model:
+    return Model(
+        nodes=[f"node-{i}" for i in range(nodes)], services=services, next_node=nodes, next_service=len(services)
+    )
+
+
+@props
+@given(scenarios(connections=True))
+# Connection counts appear for one Service only: the other Service's inputs did not change.
+@example((make_config(algorithm="least-connections", buckets=4), _model({"svc-0": {"node-0": 1}, "svc-1": {"node-0": 1}}, 1), [("connections", 0, {0: 5})]))
+def test_incremental_render_equals_full_render_with_connection_counts(
+    scenario: tuple[LoadBalancerConfig, Model, list[tuple]],
+) -> None:
+    # least-connections with per-Service connection estimates that come and go.
+    check_sequence(*scenario)
+
+
+@props
 @given(scenarios(pool_size=3))
+# Four Services for three VIPs; one is removed; the next change touches another Service only.
+@example((make_config(pool_size=3, buckets=4), _model({f"svc-{i}": {"node-0": 1} for i in range(4)}, 1), [("remove_service", 0), ("scale", 0, 0, 2)]))
 def test_incremental_render_equals_full_render_with_a_scarce_vip_pool(
     scenario: tuple[LoadBalancerConfig, Model, list[tuple]],
 ) -> None:

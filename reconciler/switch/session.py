@@ -238,6 +238,7 @@ class SwitchSession:
         self._stub: p4r_grpc.P4RuntimeStub | None = None
         self._stream: Any = None  # grpc.aio.StreamStreamCall
         self._reader: asyncio.Task[None] | None = None
+        self._lost_event: asyncio.Event | None = None
         self._eid = election_id_proto(election_id)
 
     # -- state -------------------------------------------------------------------------------
@@ -279,6 +280,7 @@ class SwitchSession:
             self._channel = grpc.aio.insecure_channel(self.address, options=options)
         self._stub = p4r_grpc.P4RuntimeStub(self._channel)
         self._lost = None
+        self._lost_event = asyncio.Event()
         try:
             await self._connect()
             await self._arbitrate()
@@ -292,10 +294,8 @@ class SwitchSession:
         anything else happens), then the channel. Safe to call more than once."""
         stream, self._stream = self._stream, None
         if stream is not None:
-            stream.cancel()  # synchronous: the RST goes out without waiting for the loop
-        self._primary = False
-        if self._lost is None:
-            self._lost = "the session was closed"
+            stream.cancel()  # synchronous: cancelled before anything else is awaited
+        self._lose("the session was closed", quiet=True)
         reader, self._reader = self._reader, None
         if reader is not None and reader is not asyncio.current_task():
             reader.cancel()
@@ -324,43 +324,24 @@ class SwitchSession:
     def _connect_error(self, exc: grpc.aio.AioRpcError) -> SwitchError:
         code, details = exc.code(), exc.details() or ""
         lower = details.lower()
-        if self.tls is not None and any(w in lower for w in ("ssl", "tls", "handshake", "certificate", "x509")):
-            return SwitchTlsError(self._tls_reason(details), switch=self.name, code=code)
+        if self.tls is not None:
+            why = _tls_failure(lower, self.tls, self.address)
+            if why is not None:
+                return SwitchTlsError(
+                    f"{self._where()}: TLS failure: {why}. gRPC said: {details}", switch=self.name, code=code
+                )
         if code == grpc.StatusCode.DEADLINE_EXCEEDED:
-            hint = " (is the TLS setting right? a TLS server does not answer plaintext)" if self.tls is None else ""
             return SwitchUnreachable(
-                f"{self._where()}: no answer within {self.connect_timeout:g}s{hint}: {details}",
-                switch=self.name, code=code,
+                f"{self._where()}: no answer within {self.connect_timeout:g}s: {details}", switch=self.name, code=code
             )
         if code == grpc.StatusCode.UNAVAILABLE:
-            return SwitchUnreachable(f"{self._where()} is unreachable: {details}", switch=self.name, code=code)
+            hint = ""
+            if self.tls is None and "socket closed" in lower:
+                hint = " (the switch closed the connection: does it require TLS?)"
+            return SwitchUnreachable(f"{self._where()} is unreachable{hint}: {details}", switch=self.name, code=code)
         return SwitchUnreachable(
             f"{self._where()}: Capabilities failed with {code.name}: {details}", switch=self.name, code=code
         )
-
-    def _tls_reason(self, details: str) -> str:
-        assert self.tls is not None
-        lower = details.lower()
-        if "certificate_verify_failed" in lower or "verify" in lower and "certificate" in lower:
-            if "hostname" in lower or "name" in lower and "mismatch" in lower:
-                why = (
-                    f"the switch's certificate does not name {self.tls.server_name or self.address!r}; "
-                    "set serverName to a name in its certificate"
-                )
-            else:
-                why = (
-                    f"the switch's certificate is not signed by the configured CA ({self.tls.source}): "
-                    "wrong CA file, or the switch serves another certificate"
-                )
-        elif "certificate_required" in lower or "alert" in lower or "peer did not return a certificate" in lower:
-            why = (
-                "the switch refused our client certificate (it requires mutual TLS with a certificate "
-                "signed by its client CA)" if self.tls.mutual else
-                "the switch requires a client certificate (mutual TLS): set certFile and keyFile"
-            )
-        else:
-            why = "the TLS handshake failed"
-        return f"{self._where()}: TLS failure: {why}. gRPC said: {details}"
 
     async def _arbitrate(self) -> None:
         assert self._stub is not None
@@ -408,7 +389,7 @@ class SwitchSession:
                     f"the highest it has seen ({holder})" if holder is not None else "the switch has no primary"
                 )
             else:
-                why = f"another controller holds a higher election id ({holder} > ours, {self.election_id})"
+                why = f"another controller holds a higher election id ({holder}; ours is {self.election_id})"
             raise NotPrimaryError(
                 f"{self._where()}: not primary for device {self.device_id}: {why} "
                 f"[{status.message or status.code}]", switch=self.name, primary_election_id=holder,
@@ -426,8 +407,10 @@ class SwitchSession:
         self._primary = arb.status.code == 0
         self.primary_election_id = U128.decode(arb.election_id) if arb.HasField("election_id") else None
         if was and not self._primary:
-            log.warning("%s: no longer primary (primary election id now %s)", self._where(), self.primary_election_id)
-        elif self._primary and not was:
+            # Sticky: BMv2 re-promotes us when the new primary's stream ends, but a session that
+            # was deposed once must not write again (the new leader may still be at work).
+            self._lose(f"deposed: the primary's election id is now {self.primary_election_id}, ours {self.election_id}")
+        elif self._primary and not was and self._lost is None:
             log.info("%s: primary with election id %d", self._where(), self.election_id)
 
     async def _read_stream(self) -> None:
@@ -443,6 +426,10 @@ class SwitchSession:
                 which = msg.WhichOneof("update")
                 if which == "arbitration":
                     self._on_arbitration(msg.arbitration)
+                    if self._lost is not None:
+                        # deposed: leave at once, so that BMv2 cannot re-promote this stream
+                        stream.cancel()
+                        return
                 elif which == "error":
                     log.warning("%s: stream error: %s", self._where(), msg.error)
                 else:
@@ -453,14 +440,29 @@ class SwitchSession:
             if exc.code() != grpc.StatusCode.CANCELLED or self._stream is not None:
                 self._lose(f"the StreamChannel failed: {exc.code().name} {exc.details() or ''}".rstrip())
         except Exception as exc:  # keep the reason: a silent reader death would look like primacy
+            log.exception("%s: StreamChannel reader failed", self._where())
             self._lose(f"the StreamChannel reader failed: {exc!r}")
-            raise
 
-    def _lose(self, reason: str) -> None:
+    def _lose(self, reason: str, quiet: bool = False) -> None:
         if self._lost is None:
             self._lost = reason
-            log.warning("%s: %s; the session can no longer write", self._where(), reason)
+            (log.debug if quiet else log.warning)("%s: %s; the session can no longer write", self._where(), reason)
         self._primary = False
+        if self._lost_event is not None:
+            self._lost_event.set()
+
+    async def wait_lost(self) -> str:
+        """Wait until the session can no longer write (deposed, stream ended, closed); returns
+        why. For watchdogs: a transaction in progress on a lost session must stop."""
+        if self._lost_event is None:
+            raise RuntimeError(f"the session with {self._where()} was never opened")
+        await self._lost_event.wait()
+        return self._lost or "lost"
+
+    @property
+    def lost_reason(self) -> str | None:
+        """Why the session can no longer write, or None while it can."""
+        return self._lost
 
     def _require_primary(self, what: str) -> None:
         if self._stub is None:
@@ -714,6 +716,39 @@ def _status_details(exc: grpc.aio.AioRpcError) -> rpc_status.Status | None:
 def _status_text(exc: grpc.aio.AioRpcError) -> str:
     details = exc.details() or ""
     return f"{exc.code().name} {details}".rstrip() if details else exc.code().name
+
+
+def _tls_failure(lower: str, tls: TlsSettings, address: str) -> str | None:
+    """What a failed TLS connection means, from gRPC's (lower-cased) error text; None when the
+    failure does not look like TLS."""
+    if "hostname verification" in lower or "no match found for server name" in lower:
+        return (
+            f"the switch's certificate does not name {tls.server_name or address.rsplit(':', 1)[0]!r}; "
+            "set serverName to a name its certificate carries"
+        )
+    if "certificate_verify_failed" in lower or "unable to get local issuer" in lower or "self signed" in lower:
+        ca = tls.source or ("the configured CA" if tls.ca is not None else "the system CA roots")
+        return (
+            f"the switch's certificate is not signed by the CA we trust ({ca}): wrong CA file, "
+            "or the switch serves a certificate from another CA"
+        )
+    if "peer_did_not_return_a_certificate" in lower or "certificate_required" in lower or (
+        "socket closed" in lower or "connection reset" in lower
+    ):
+        # with TLS 1.3 the client finishes its handshake first; a server that rejects our
+        # certificate (or its absence) then just closes the connection
+        if tls.mutual:
+            return (
+                "the switch closed the connection during the handshake: it most likely does not "
+                "accept our client certificate (not signed by the CA it trusts for clients)"
+            )
+        return (
+            "the switch closed the connection during the handshake: it most likely requires a client "
+            "certificate (mutual TLS): set certFile and keyFile"
+        )
+    if any(w in lower for w in ("ssl", "tls", "handshake", "certificate", "x509")):
+        return "the TLS handshake failed"
+    return None
 
 
 def _code_name(code: int) -> str:

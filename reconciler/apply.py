@@ -1,0 +1,379 @@
+"""The two-switch transaction and its rollback (DESIGN.md 6).
+
+Real targets accept only CONTINUE_ON_ERROR, so atomicity is ours: the standby is written
+first, then the primary, each in dependency order and read back; any failure (a refused
+update, a lost stream, a read-back mismatch, a failed probe) restores every switch that was
+touched to the last good snapshot with compensating writes, confirmed by a full read-back.
+Once a transaction ends, both switches hold exactly the old or exactly the new snapshot, or
+the result says loudly which switch could not be restored.
+
+What a switch holds is taken from a full read-back whenever it is not known for certain
+(first contact, after any error, after a reconnect), and from the last snapshot it verifiably
+took otherwise; that keeps a one-Service change to a handful of writes and key reads, while
+drift (entries changed by anyone else) is found and repaired on every full read-back.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Awaitable, Callable, Iterable, Literal, Mapping
+
+from finsy.proto import p4i
+
+from .diff import SnapshotDiff, diff_entries, diff_snapshots
+from .intent.model import LoadBalancerConfig, SwitchSpec
+from .p4info import PipelineInfo
+from .snapshot import Entry, Snapshot
+from .switch.session import SwitchError, SwitchSession, WriteOutcome, pipeline_cookie
+from .switch.translate import updates_to_requests, write_counts
+
+log = logging.getLogger("reconciler.apply")
+
+Outcome = Literal["applied", "unchanged", "rolled-back", "degraded", "failed"]
+SwitchState = Literal["applied", "unchanged", "rolled-back", "unreachable", "failed", "not-touched"]
+
+# A probe gets the snapshot just applied; it returns None when healthy, else the reason.
+Probe = Callable[[Snapshot], Awaitable[str | None]]
+SessionFactory = Callable[[SwitchSpec, int], SwitchSession]  # (switch, election id) -> session
+
+
+@dataclass(frozen=True)
+class SwitchReport:
+    name: str
+    role: str
+    state: SwitchState
+    writes: Mapping[str, Mapping[str, int]] = field(default_factory=dict)  # table -> kind -> count
+    reason: str = ""
+    drift: tuple[str, ...] = ()  # entries found different from what the switch should hold
+    pipeline_pushed: bool = False
+    seconds: float = 0.0
+
+    def describe(self) -> str:
+        total = sum(sum(k.values()) for k in self.writes.values())
+        parts = [f"{self.name} ({self.role}): {self.state}", f"{total} writes"]
+        if self.pipeline_pushed:
+            parts.append("pipeline pushed")
+        if self.drift:
+            parts.append(f"{len(self.drift)} drifted entries repaired")
+        if self.reason:
+            parts.append(self.reason)
+        return ", ".join(parts)
+
+
+@dataclass(frozen=True)
+class ApplyResult:
+    outcome: Outcome
+    version: int
+    digest: str
+    switches: tuple[SwitchReport, ...]
+    reason: str = ""
+
+    @property
+    def ok(self) -> bool:
+        """The switches hold the target snapshot (possibly without the standby)."""
+        return self.outcome in ("applied", "unchanged", "degraded")
+
+    def writes(self) -> dict[str, dict[str, int]]:
+        total: dict[str, dict[str, int]] = {}
+        for r in self.switches:
+            for table, kinds in r.writes.items():
+                for kind, count in kinds.items():
+                    total.setdefault(table, {}).setdefault(kind, 0)
+                    total[table][kind] += count
+        return total
+
+    def describe(self) -> str:
+        head = f"snapshot v{self.version} {self.outcome}" + (f": {self.reason}" if self.reason else "")
+        return "\n".join([head] + [f"  {r.describe()}" for r in self.switches])
+
+
+class TransactionFailed(Exception):
+    def __init__(self, switch: str, reason: str) -> None:
+        super().__init__(f"{switch}: {reason}")
+        self.switch = switch
+        self.reason = reason
+
+
+def compare_entries(actual: Iterable[Entry], expected: Iterable[Entry], limit: int = 20) -> list[str]:
+    """What differs between entries read back and the entries expected, readable, at most `limit`."""
+    have = {(e.table, e.key): e for e in actual}
+    want = {(e.table, e.key): e for e in expected}
+    out: list[str] = []
+    for k in sorted(want.keys() - have.keys(), key=_key_order):
+        out.append(f"missing {k[0]} {k[1]}")
+    for k in sorted(have.keys() - want.keys(), key=_key_order):
+        out.append(f"unexpected {k[0]} {k[1]} -> {have[k].action}{have[k].args}")
+    for k in sorted(have.keys() & want.keys(), key=_key_order):
+        h, w = have[k], want[k]
+        if (h.action, h.args) != (w.action, w.args):
+            out.append(f"changed {k[0]} {k[1]}: {h.action}{h.args}, should be {w.action}{w.args}")
+    if len(out) > limit:
+        return out[:limit] + [f"... and {len(out) - limit} more"]
+    return out
+
+
+def _key_order(k: tuple[str, tuple]) -> tuple[str, str]:
+    return (k[0], repr(k[1]))
+
+
+def _entries(snap: Snapshot | None) -> list[Entry]:
+    if snap is None:
+        return []
+    return [e for es in snap.tables().values() for e in es]
+
+
+def _strip_service(entries: Iterable[Entry]) -> list[Entry]:
+    return [Entry(e.table, e.key, e.action, e.args) for e in entries]
+
+
+class TwoSwitchApplier:
+    """Applies snapshots of one LoadBalancerConfig to its standby and primary switch.
+
+    Keeps the sessions open between transactions (arbitration and pipeline checks are done
+    once per connection) and what each switch verifiably holds. One instance per config; not
+    safe for concurrent apply() calls (the controller serialises them).
+    """
+
+    def __init__(
+        self,
+        config: LoadBalancerConfig,
+        *,
+        p4info: p4i.P4Info,
+        info: PipelineInfo,
+        device_config: bytes,
+        election_id: int,
+        session_factory: SessionFactory,
+        batch_size: int | None = None,
+        standby_unreachable: str | None = None,
+    ) -> None:
+        switches = config.switch_config.switches
+        self.config = config
+        self.p4info = p4info
+        self.info = info
+        self.device_config = device_config
+        self.cookie = pipeline_cookie(p4info, device_config)
+        self.election_id = election_id
+        self.factory = session_factory
+        self.batch_size = batch_size or config.switch_config.batch_size
+        self.policy = standby_unreachable or config.switch_config.standby_unreachable
+        # Standby first, then the primary (DESIGN.md 6, step 3).
+        self.order: tuple[SwitchSpec, ...] = tuple(s for s in switches if s.role == "standby") + tuple(
+            s for s in switches if s.role == "primary"
+        )
+        self._sessions: dict[str, SwitchSession] = {}
+        self._held: dict[str, Snapshot | None] = {}  # switch -> snapshot it verifiably holds
+        self._held_known: set[str] = set()
+
+    # -- sessions --------------------------------------------------------------------------------
+
+    async def _session(self, sw: SwitchSpec) -> tuple[SwitchSession, bool]:
+        """An open primary session to `sw`, and whether the pipeline had to be pushed."""
+        s = self._sessions.get(sw.name)
+        if s is not None and s.is_open and s.is_primary:
+            return s, False
+        if s is not None:
+            await s.close()
+            self._forget(sw.name)
+        s = self.factory(sw, self.election_id)
+        try:
+            await s.open()
+            pushed = await s.ensure_pipeline(self.p4info, self.device_config, self.cookie)
+        except BaseException:
+            await s.close()
+            raise
+        self._sessions[sw.name] = s
+        self._forget(sw.name)  # a new connection: read back before trusting anything
+        if pushed:
+            self._held[sw.name] = None  # a pushed pipeline starts with empty tables
+            self._held_known.add(sw.name)
+        return s, pushed
+
+    def _forget(self, name: str) -> None:
+        self._held.pop(name, None)
+        self._held_known.discard(name)
+
+    async def close(self) -> None:
+        """Close every stream at once (also what a deposed leader must do: fencing)."""
+        sessions, self._sessions = list(self._sessions.values()), {}
+        for s in sessions:
+            await s.close()
+        self._held.clear()
+        self._held_known.clear()
+
+    # -- the transaction -------------------------------------------------------------------------
+
+    async def apply(self, target: Snapshot, last_good: Snapshot | None, probe: Probe | None = None) -> ApplyResult:
+        """Put `target` on both switches, or leave both on `last_good`."""
+        reports: dict[str, SwitchReport] = {}
+        reachable: list[tuple[SwitchSpec, SwitchSession, bool]] = []
+        degraded_reason = ""
+        # Connect to every switch before writing anything: a primary that cannot be reached
+        # must not leave the standby alone on the new snapshot.
+        for sw in self.order:
+            t0 = time.perf_counter()
+            try:
+                session, pushed = await self._session(sw)
+                reachable.append((sw, session, pushed))
+            except SwitchError as e:
+                reports[sw.name] = SwitchReport(sw.name, sw.role, "unreachable", reason=str(e), seconds=time.perf_counter() - t0)
+                if sw.role == "standby" and self.policy == "apply-primary":
+                    degraded_reason = f"standby {sw.name} unreachable ({e}); applied to the primary only, re-synced when it returns"
+                    log.warning("%s", degraded_reason)
+                    continue
+                why = "primary" if sw.role == "primary" else "standby (policy: abort)"
+                return self._finish(target, reports, "failed", f"{why} {sw.name} unreachable: nothing was written: {e}")
+        if not reachable:
+            return self._finish(target, reports, "failed", "no switch reachable: nothing was written")
+
+        touched: list[SwitchSpec] = []
+        failure: TransactionFailed | None = None
+        for sw, session, pushed in reachable:
+            touched.append(sw)
+            t0 = time.perf_counter()
+            try:
+                writes, drift = await self._put(sw, session, target, expected_now=last_good)
+                reports[sw.name] = SwitchReport(
+                    sw.name, sw.role, "applied" if writes else "unchanged", writes, drift=tuple(drift),
+                    pipeline_pushed=pushed, seconds=time.perf_counter() - t0,
+                )
+            except (SwitchError, TransactionFailed) as e:
+                self._forget(sw.name)
+                failure = e if isinstance(e, TransactionFailed) else TransactionFailed(sw.name, str(e))
+                reports[sw.name] = SwitchReport(sw.name, sw.role, "failed", reason=failure.reason, seconds=time.perf_counter() - t0)
+                break
+        if failure is None and probe is not None:
+            reason = await probe(target)
+            if reason:
+                failure = TransactionFailed("probe", reason)
+        if failure is None:
+            changed = any(r.state == "applied" for r in reports.values())
+            if degraded_reason:
+                return self._finish(target, reports, "degraded", degraded_reason)
+            return self._finish(target, reports, "applied" if changed else "unchanged")
+
+        # Roll back every switch that was touched, and confirm by read-back.
+        log.error("transaction for v%d failed (%s): rolling back to %s", target.version, failure,
+                  f"v{last_good.version}" if last_good else "empty tables")
+        restore_failed: list[str] = []
+        for sw in touched:
+            t0 = time.perf_counter()
+            prior = reports.get(sw.name)
+            try:
+                session, _ = await self._session(sw)
+                writes, _ = await self._put(sw, session, last_good, expected_now=None, full=True, report_drift=False)
+                reports[sw.name] = SwitchReport(
+                    sw.name, sw.role, "rolled-back", writes,
+                    reason=prior.reason if prior and prior.state == "failed" else "",
+                    seconds=time.perf_counter() - t0,
+                )
+            except (SwitchError, TransactionFailed) as e:
+                self._forget(sw.name)
+                restore_failed.append(f"{sw.name}: {e}")
+                reports[sw.name] = SwitchReport(
+                    sw.name, sw.role, "failed", reason=f"ROLLBACK FAILED, state unknown: {e}", seconds=time.perf_counter() - t0
+                )
+        if restore_failed:
+            return self._finish(
+                target, reports, "failed",
+                f"{failure}; rollback failed on {'; '.join(restore_failed)}: re-sync needed (next apply reads back and repairs)",
+            )
+        return self._finish(target, reports, "rolled-back", str(failure))
+
+    async def _put(
+        self,
+        sw: SwitchSpec,
+        session: SwitchSession,
+        target: Snapshot | None,
+        *,
+        expected_now: Snapshot | None,
+        full: bool = False,
+        report_drift: bool = True,
+    ) -> tuple[dict[str, dict[str, int]], list[str]]:
+        """Make `sw` hold `target`; returns the writes per table and the drift found."""
+        drift: list[str] = []
+        known = sw.name in self._held_known and not full
+        if known:
+            held = self._held.get(sw.name)
+            diff: SnapshotDiff = (
+                diff_snapshots(held, target) if target is not None else diff_entries(_entries(held), [])
+            )
+        else:
+            actual = await session.read_entries()
+            diff = diff_entries(actual, _strip_service(_entries(target)))
+            if report_drift:
+                # What the switch holds beyond the last good snapshot was changed by someone
+                # else (or left by an interrupted transaction); the same writes repair it.
+                drift = compare_entries(actual, _strip_service(_entries(expected_now)))
+        writes = await self._write(sw, session, diff)
+        await self._verify(sw, session, target, diff, full=not known)
+        self._held[sw.name] = target
+        self._held_known.add(sw.name)
+        return writes, drift
+
+    async def _write(self, sw: SwitchSpec, session: SwitchSession, diff: SnapshotDiff) -> dict[str, dict[str, int]]:
+        if diff.empty:
+            return {}
+        phases = updates_to_requests(
+            self.info, diff.phases, device_id=sw.device_id, election_id=self.election_id, batch_size=self.batch_size
+        )
+        for requests in phases:  # each phase completes before the next starts (DESIGN.md 5)
+            if not requests:
+                continue
+            outcome: WriteOutcome = await session.write(requests)
+            if not outcome.ok:
+                raise TransactionFailed(sw.name, f"write refused: {outcome.summary()}")
+        return diff.counts()
+
+    async def _verify(self, sw: SwitchSpec, session: SwitchSession, target: Snapshot | None, diff: SnapshotDiff, *, full: bool) -> None:
+        """Read back and compare: everything after a full read-back, else the keys just written."""
+        want_all = _strip_service(_entries(target))
+        if full:
+            actual = await session.read_entries()
+            problems = compare_entries(actual, want_all)
+        else:
+            keys = {(u.entry.table, u.entry.key) for u in diff.updates()}
+            if not keys:
+                return
+            written = [e for e in want_all if (e.table, e.key) in keys]
+            deleted = [u.entry for u in diff.updates() if u.kind == "DELETE"]
+            actual = await session.read_keys(_strip_service(written) + _strip_service(deleted))
+            problems = compare_entries(actual, written)
+        if problems:
+            raise TransactionFailed(sw.name, "read-back differs from the snapshot: " + "; ".join(problems[:5]))
+
+    def _finish(self, target: Snapshot, reports: Mapping[str, SwitchReport], outcome: Outcome, reason: str = "") -> ApplyResult:
+        ordered = tuple(
+            reports.get(sw.name, SwitchReport(sw.name, sw.role, "not-touched")) for sw in self.order
+        )
+        result = ApplyResult(outcome, target.version, target.digest, ordered, reason)
+        (log.info if result.ok else log.error)("%s", result.describe())
+        return result
+
+
+async def apply_once(applier: TwoSwitchApplier, target: Snapshot, last_good: Snapshot | None, probe: Probe | None = None) -> ApplyResult:
+    try:
+        return await applier.apply(target, last_good, probe)
+    finally:
+        await applier.close()
+
+
+def default_session_factory(config: LoadBalancerConfig, info: PipelineInfo, tls=None, **kwargs) -> SessionFactory:  # type: ignore[no-untyped-def]
+    def make(sw: SwitchSpec, election_id: int) -> SwitchSession:
+        return SwitchSession(sw.address, device_id=sw.device_id, election_id=election_id, info=info, tls=tls, name=sw.name, **kwargs)
+
+    return make
+
+
+__all__ = [
+    "ApplyResult",
+    "Probe",
+    "SwitchReport",
+    "TransactionFailed",
+    "TwoSwitchApplier",
+    "apply_once",
+    "compare_entries",
+    "default_session_factory",
+]
+

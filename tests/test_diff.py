@@ -1,0 +1,251 @@
+"""diff_snapshots: minimal writes in dependency order (DESIGN.md 5), checked on a simulated switch."""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+from collections import Counter
+
+import pytest
+from helpers_render import (
+    apply_diff,
+    as_switch,
+    do_render,
+    entries_by_key,
+    make_cluster,
+    make_config,
+    make_service,
+    with_service,
+    without_service,
+)
+
+from reconciler import p4names as n
+from reconciler.cluster.model import ClusterState
+from reconciler.diff import PHASE_NAMES, SnapshotDiff, diff_snapshots
+from reconciler.intent.model import LoadBalancerConfig, Route, SwitchConfig
+from reconciler.render import RenderResult
+from reconciler.snapshot import Snapshot, iter_entries
+
+WITHDRAW, PREPARE, PUBLISH, RETRACT, CLEANUP = range(5)
+
+
+def phase_of(diff: SnapshotDiff) -> dict[tuple[str, str], set[int]]:
+    """(table, kind) -> the phases it appears in."""
+    out: dict[tuple[str, str], set[int]] = {}
+    for i, phase in enumerate(diff.phases):
+        for u in phase:
+            out.setdefault((u.entry.table, u.kind), set()).add(i)
+    return out
+
+
+def reaches(old: Snapshot | None, new: Snapshot) -> SnapshotDiff:
+    """The diff, after checking that it turns old's tables into new's with every phase consistent."""
+    diff = diff_snapshots(old, new)
+    start = as_switch(iter_entries(old.tables())) if old is not None else {}
+    assert apply_diff(start, diff) == entries_by_key(new)
+    return diff
+
+
+@pytest.fixture(scope="module")
+def base() -> tuple[LoadBalancerConfig, ClusterState, Snapshot]:
+    svcs = {
+        make_service("alpha", node_port_base=30010): {"node-0": 2, "node-1": 1},
+        make_service("beta", node_port_base=30020): {"node-1": 1, "node-2": 3},
+        make_service("gamma", node_port_base=30030): {"node-0": 1, "node-3": 1},
+    }
+    config, cluster = make_config(), make_cluster(svcs)
+    return config, cluster, do_render(config, cluster).snapshot
+
+
+def test_phase_names() -> None:
+    assert PHASE_NAMES == ("withdraw", "prepare", "publish", "retract", "cleanup")
+
+
+def test_fresh_install_is_all_inserts_vips_last(multi_render: RenderResult) -> None:
+    snap = multi_render.snapshot
+    diff = reaches(None, snap)
+    assert {u.kind for u in diff.updates()} == {"INSERT"}
+    assert len(diff) == snap.entry_count()
+    assert phase_of(diff) == {
+        (n.BACKEND_TABLE, "INSERT"): {PREPARE},
+        (n.REVERSE_NAT, "INSERT"): {PREPARE},
+        (n.IPV4_LPM, "INSERT"): {PREPARE},
+        (n.VIP_TABLE, "INSERT"): {PUBLISH},
+    }
+    assert diff.counts() == {t: {"INSERT": len(es)} for t, es in sorted(snap.tables().items()) if es}
+    assert [(c.name, c.change) for c in diff.services] == [(s.name, "added") for s in snap.services]
+
+
+def test_unchanged_is_empty(base: tuple[LoadBalancerConfig, ClusterState, Snapshot]) -> None:
+    config, cluster, v1 = base
+    again = do_render(config, cluster, v1).snapshot
+    diff = diff_snapshots(v1, again)
+    assert diff.empty and len(diff) == 0 and diff.services == () and diff.counts() == {}
+
+
+def test_removal_retracts_vip_before_cleanup(base: tuple[LoadBalancerConfig, ClusterState, Snapshot]) -> None:
+    config, cluster, v1 = base
+    v2 = do_render(config, without_service(cluster, "default/beta"), v1).snapshot
+    diff = reaches(v1, v2)
+    assert {u.kind for u in diff.updates()} == {"DELETE"}
+    assert phase_of(diff) == {
+        (n.VIP_TABLE, "DELETE"): {RETRACT},
+        (n.BACKEND_TABLE, "DELETE"): {CLEANUP},
+        (n.REVERSE_NAT, "DELETE"): {CLEANUP},
+    }
+    beta = v1.by_name["default/beta"]
+    assert {u.entry.service for u in diff.updates()} == {"default/beta"}
+    assert diff.counts() == {
+        n.BACKEND_TABLE: {"DELETE": 64},
+        n.REVERSE_NAT: {"DELETE": len(beta.backends)},
+        n.VIP_TABLE: {"DELETE": 1},
+    }
+    assert [(c.name, c.change) for c in diff.services] == [("default/beta", "removed")]
+
+
+def test_scaled_service_rewrites_only_its_moved_buckets(base: tuple[LoadBalancerConfig, ClusterState, Snapshot]) -> None:
+    config, cluster, v1 = base
+    alpha = cluster.services["default/alpha"]
+    scaled = with_service(cluster, alpha, {"node-0": 2, "node-1": 3}, ip_base=5000)  # 2:1 -> 2:3
+    v2 = do_render(config, scaled, v1).snapshot
+    diff = reaches(v1, v2)
+    old, new = v1.by_name["default/alpha"], v2.by_name["default/alpha"]
+    changed_buckets = [b for b in range(64) if old.assignment[b] != new.assignment[b]]
+    assert changed_buckets, "the scale-up must move some buckets"
+    assert {u.kind for u in diff.updates()} == {"MODIFY"}
+    assert all(u.entry.table == n.BACKEND_TABLE for u in diff.updates())
+    assert sorted(u.entry.key[1] for u in diff.updates()) == changed_buckets
+    assert {u.entry.key[0] for u in diff.updates()} == {new.service_id}
+    assert all(i == PREPARE or not p for i, p in enumerate(diff.phases))
+    # Exactly the moves the new shares force: node-1 goes from 1/3 to 3/5 of the buckets.
+    before, after = Counter(old.assignment), Counter(new.assignment)
+    assert len(changed_buckets) == after["node-1"] - before["node-1"] == before["node-0"] - after["node-0"]
+    for u in diff.updates():
+        assert u.old is not None and u.old.args != u.entry.args
+    assert [(c.name, c.change) for c in diff.services] == [("default/alpha", "changed")]
+
+
+def test_scale_onto_a_new_node_prepares_its_reverse_nat(base: tuple[LoadBalancerConfig, ClusterState, Snapshot]) -> None:
+    config, cluster, v1 = base
+    gamma = cluster.services["default/gamma"]
+    v2 = do_render(config, with_service(cluster, gamma, {"node-0": 1, "node-3": 1, "node-2": 2}, ip_base=6000), v1).snapshot
+    diff = reaches(v1, v2)
+    assert phase_of(diff) == {(n.BACKEND_TABLE, "MODIFY"): {PREPARE}, (n.REVERSE_NAT, "INSERT"): {PREPARE}}
+    (rev,) = [u for u in diff.updates() if u.entry.table == n.REVERSE_NAT]
+    assert rev.entry.key == ("10.1.0.3", 30030, 6)
+    assert diff.counts()[n.BACKEND_TABLE]["MODIFY"] == 32  # node-2 takes half of the buckets
+
+
+def test_bucket_count_shrink(base: tuple[LoadBalancerConfig, ClusterState, Snapshot]) -> None:
+    config, cluster, v1 = base
+    v2 = do_render(dataclasses.replace(config, buckets_per_service=32), cluster, v1).snapshot
+    assert {s.bucket_count for s in v2.services} == {32}
+    assert [s.service_id for s in v2.services] == [s.service_id for s in v1.services]
+    diff = reaches(v1, v2)
+    phases = phase_of(diff)
+    assert phases[(n.VIP_TABLE, "MODIFY")] == {PUBLISH}
+    assert phases[(n.BACKEND_TABLE, "DELETE")] == {CLEANUP}
+    assert set(phases) <= {(n.VIP_TABLE, "MODIFY"), (n.BACKEND_TABLE, "DELETE"), (n.BACKEND_TABLE, "MODIFY")}
+    vips = [u for u in diff.updates() if u.entry.table == n.VIP_TABLE]
+    assert sorted((u.old.args[1], u.entry.args[1]) for u in vips) == [(63, 31)] * 3  # type: ignore[union-attr]
+    deleted = sorted(u.entry.key for u in diff.updates() if u.kind == "DELETE")
+    assert deleted == sorted((s.service_id, b) for s in v1.services for b in range(32, 64))
+    assert all(u.entry.key[1] < 32 for u in diff.updates() if u.kind == "MODIFY" and u.entry.table == n.BACKEND_TABLE)
+    counts = diff.counts()
+    assert counts[n.VIP_TABLE] == {"MODIFY": 3} and counts[n.BACKEND_TABLE]["DELETE"] == 96
+
+
+def test_bucket_count_grow(base: tuple[LoadBalancerConfig, ClusterState, Snapshot]) -> None:
+    config, cluster, v1 = base
+    v2 = do_render(dataclasses.replace(config, buckets_per_service=128), cluster, v1).snapshot
+    diff = reaches(v1, v2)
+    phases = phase_of(diff)
+    assert phases[(n.BACKEND_TABLE, "INSERT")] == {PREPARE}
+    assert phases[(n.VIP_TABLE, "MODIFY")] == {PUBLISH}
+    assert diff.counts()[n.BACKEND_TABLE]["INSERT"] == 3 * 64
+
+
+def _only(name: str, port: int = 80) -> tuple[LoadBalancerConfig, Snapshot]:
+    config = make_config()
+    svc = make_service(name, ports=(("", port, "TCP"),))
+    return config, do_render(config, make_cluster({svc: {"node-0": 1, "node-1": 1}})).snapshot
+
+
+@pytest.mark.parametrize("port", [80, 8080], ids=["same-vip-key", "other-port"])
+def test_service_id_takeover_withdraws_old_vip_first(port: int) -> None:
+    # Two unrelated snapshots (e.g. a rollback target rendered from other history): both give
+    # their only Service id 1 and the first VIP.
+    _, old = _only("old-svc")
+    _, new = _only("new-svc", port)
+    (o,), (nw,) = old.services, new.services
+    assert o.service_id == nw.service_id == 1 and o.vip == nw.vip
+    diff = reaches(old, new)  # checks no VIP ever points at another Service's buckets
+    withdrawn = [u for u in diff.phases[WITHDRAW]]
+    assert withdrawn, "the old owner's VIP must be withdrawn in phase 0"
+    assert all(u.entry.table == n.VIP_TABLE for u in withdrawn)
+    assert any(u.kind == "DELETE" and u.entry.service == "default/old-svc" for u in withdrawn) or any(
+        u.old is not None and u.old.service == "default/old-svc" for u in withdrawn
+    )
+    # The new Service becomes reachable only after its buckets are written.
+    published = [u for u in diff.updates() if u.entry.table == n.VIP_TABLE and u.entry.service == "default/new-svc"]
+    assert published and all(u in diff.phases[PUBLISH] for u in published)
+
+
+def test_takeover_between_multi_service_snapshots() -> None:
+    # Old: a=1, b=2. New (unrelated): b=1, c=2. Service id 1 changes owner from a to b and 2 from b to c.
+    config = make_config()
+    a, b, c = (make_service(x, node_port_base=30000 + 10 * i) for i, x in enumerate("abc"))
+    old = do_render(config, make_cluster({a: {"node-0": 1}, b: {"node-1": 1}})).snapshot
+    new = do_render(config, make_cluster({b: {"node-1": 2}, c: {"node-2": 1}})).snapshot
+    assert {s.name: s.service_id for s in old.services} == {"default/a": 1, "default/b": 2}
+    assert {s.name: s.service_id for s in new.services} == {"default/b": 1, "default/c": 2}
+    diff = reaches(old, new)
+    assert diff.phases[WITHDRAW]
+    assert all(u.entry.table == n.VIP_TABLE for u in diff.phases[WITHDRAW])
+
+
+def test_route_change(base: tuple[LoadBalancerConfig, ClusterState, Snapshot]) -> None:
+    config, cluster, _ = base
+
+    def with_routes(*routes: tuple[str, int, str]) -> LoadBalancerConfig:
+        rs = tuple(Route(ipaddress.IPv4Network(p), port, mac) for p, port, mac in routes)
+        return dataclasses.replace(config, switch_config=SwitchConfig(routes=rs))
+
+    v1 = do_render(with_routes(("10.1.0.0/24", 1, "02:00:00:00:00:01"), ("10.2.0.0/16", 2, "02:00:00:00:00:02")), cluster).snapshot
+    cfg2 = with_routes(("10.1.0.0/24", 3, "02:00:00:00:00:01"), ("10.3.0.0/16", 2, "02:00:00:00:00:03"))
+    v2 = do_render(cfg2, cluster, v1).snapshot
+    diff = reaches(v1, v2)
+    assert diff.counts() == {n.IPV4_LPM: {"DELETE": 1, "INSERT": 1, "MODIFY": 1}}
+    assert phase_of(diff) == {
+        (n.IPV4_LPM, "MODIFY"): {PREPARE},
+        (n.IPV4_LPM, "INSERT"): {PREPARE},
+        (n.IPV4_LPM, "DELETE"): {CLEANUP},
+    }
+    assert diff.services == ()
+
+
+def test_counts_per_table_and_kind(base: tuple[LoadBalancerConfig, ClusterState, Snapshot]) -> None:
+    config, cluster, v1 = base
+    changed = with_service(
+        without_service(cluster, "default/beta"), make_service("delta", node_port_base=30040), {"node-2": 1}, ip_base=7000
+    )
+    changed = with_service(changed, changed.services["default/alpha"], {"node-0": 1, "node-1": 1}, ip_base=7100)
+    v2 = do_render(config, changed, v1).snapshot
+    diff = reaches(v1, v2)
+    expected: dict[str, dict[str, int]] = {}
+    for u in diff.updates():
+        expected.setdefault(u.entry.table, Counter())[u.kind] += 1  # type: ignore[index]
+    assert diff.counts() == {t: dict(c) for t, c in sorted(expected.items())}
+    assert list(diff.counts()) == sorted(diff.counts())
+    assert {(c.name, c.change) for c in diff.services} == {
+        ("default/alpha", "changed"),
+        ("default/beta", "removed"),
+        ("default/delta", "added"),
+    }
+    counts = diff.counts()
+    assert counts[n.VIP_TABLE] == {"DELETE": 1, "INSERT": 1}
+    assert counts[n.BACKEND_TABLE]["INSERT"] == 64 and counts[n.BACKEND_TABLE]["DELETE"] == 64
+    # Within a phase, updates come in table order, then key order.
+    for phase in diff.phases:
+        keys = [(n.TABLE_ORDER.index(u.entry.table), u.entry.sort_key()) for u in phase]
+        assert keys == sorted(keys)
