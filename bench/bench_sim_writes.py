@@ -7,6 +7,10 @@ requests are built before the clock starts (as in fixtures/p4runtime-bmv2/09-bat
 where BMv2 takes ~7-8 ms per 1000-INSERT batch).
 
     .venv/bin/python bench/bench_sim_writes.py [--rounds 20] [--batch 1000] [--bmv2]
+
+Measured on the 2-core sandbox (grpcio 1.85, Python 3.11), spec and BMv2 mode alike:
+about 8.5-9 ms per 1000-INSERT batch, 8 ms per MODIFY batch, 4 ms per DELETE batch, i.e.
+110k-120k INSERTs/s and 130k-140k updates/s overall (the target is >= 20k/s).
 """
 
 from __future__ import annotations
@@ -16,13 +20,12 @@ import multiprocessing
 import queue
 import statistics
 import sys
-import threading
 import time
 from pathlib import Path
 
 import grpc
+from finsy.proto import p4r, p4r_grpc
 from google.protobuf import text_format
-from finsy.proto import p4i, p4r, p4r_grpc
 
 P4INFO = Path("/work/shared/fixtures/p4runtime-bmv2/transcript-program.p4info.txtpb")
 BACKEND_TABLE = 38914537

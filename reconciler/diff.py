@@ -72,7 +72,11 @@ def diff_entries(before: Iterable[Entry], after: Iterable[Entry]) -> SnapshotDif
     """Entry-level diff between any two sets of entries, e.g. what a switch was read back to
     hold -> what a snapshot says it must hold (drift repair, rollback). Entries are compared by
     table, key, action and parameters; which Service owns them plays no part."""
-    return SnapshotDiff(_phases(_keyed(before), _keyed(after)))
+    b, a = _keyed(before), _keyed(after)
+    old_vip = {e.args[0]: k for k, e in b.items() if e.table == n.VIP_TABLE}
+    new_vip = {e.args[0]: k for k, e in a.items() if e.table == n.VIP_TABLE}
+    taken_over = {sid for sid, k in new_vip.items() if sid in old_vip and old_vip[sid] != k}
+    return SnapshotDiff(_phases(b, a, taken_over))
 
 
 def diff_snapshots(old: Snapshot | None, new: Snapshot) -> SnapshotDiff:
@@ -103,37 +107,65 @@ def diff_snapshots(old: Snapshot | None, new: Snapshot) -> SnapshotDiff:
     if tuple(old_globals) != tuple(new.global_entries):
         before.extend(old_globals)
         after.extend(new.global_entries)
-    return SnapshotDiff(_phases(_keyed(before), _keyed(after)), tuple(changes))
+    # A service id that changes hands (unrelated snapshots, e.g. a rollback to other history):
+    # only changed Services can give or take one, so only they are looked at.
+    old_owner = {c.old.service_id: c.name for c in changes if c.old is not None}
+    new_owner = {c.new.service_id: c.name for c in changes if c.new is not None}
+    taken_over = {sid for sid, name in new_owner.items() if old_owner.get(sid, name) != name}
+    return SnapshotDiff(_phases(_keyed(before), _keyed(after), taken_over), tuple(changes))
 
 
-def _phases(b: dict[tuple[str, tuple], Entry], a: dict[tuple[str, tuple], Entry]) -> tuple[tuple[Update, ...], ...]:
+def _phases(
+    b: dict[tuple[str, tuple], Entry], a: dict[tuple[str, tuple], Entry], taken_over: set[int]
+) -> tuple[tuple[Update, ...], ...]:
+    """Order the writes turning entries `b` into `a` (see the module docstring).
+
+    `taken_over`: service ids whose owner changes. Every VIP pointing at one of them is
+    withdrawn in phase 0, before its buckets are rewritten for the new owner, and published
+    again (as an INSERT, even when its bytes are unchanged) in phase 2 once they are."""
     phases: list[list[Update]] = [[] for _ in PHASE_NAMES]
-    # A service id whose VIP entry changes hands (another VIP now points at it): the old VIP
-    # must stop pointing at that id before its buckets are rewritten for the new owner.
-    old_vip = {e.args[0]: k for k, e in b.items() if e.table == n.VIP_TABLE}
-    new_vip = {e.args[0]: k for k, e in a.items() if e.table == n.VIP_TABLE}
-    taken_over = {sid for sid, k in new_vip.items() if sid in old_vip and old_vip[sid] != k}
+    if taken_over:
+        taken_over = taken_over & _sids_with_changes(b, a)  # identical bytes: nothing to protect
+    withdrawn: set[tuple[str, tuple]] = set()
+    for k, e in b.items():
+        if e.table == n.VIP_TABLE and e.args[0] in taken_over:
+            phases[0].append(Update("DELETE", e))
+            withdrawn.add(k)
     for k, e in a.items():
-        prev = b.get(k)
+        prev = None if k in withdrawn else b.get(k)
+        if e.table == n.VIP_TABLE and prev is not None and e.args[0] in taken_over:
+            phases[0].append(Update("DELETE", prev))
+            withdrawn.add(k)
+            prev = None
         if prev is None:
             kind: UpdateKind = "INSERT"
         elif (prev.action, prev.args) != (e.action, e.args):
             kind = "MODIFY"
         else:
             continue
-        if e.table == n.VIP_TABLE:
-            early = prev is not None and prev.args[0] in taken_over
-            phases[0 if early else 2].append(Update(kind, e, prev))
-        else:
-            phases[1].append(Update(kind, e, prev))
+        phases[2 if e.table == n.VIP_TABLE else 1].append(Update(kind, e, prev))
     for k, e in b.items():
-        if k in a:
+        if k in a or k in withdrawn:
             continue
-        if e.table == n.VIP_TABLE:
-            phases[0 if e.args[0] in taken_over else 3].append(Update("DELETE", e))
-        else:
-            phases[4].append(Update("DELETE", e))
+        phases[3 if e.table == n.VIP_TABLE else 4].append(Update("DELETE", e))
     order = {t: i for i, t in enumerate(n.TABLE_ORDER)}
     for p in phases:
         p.sort(key=lambda u: (order.get(u.entry.table, 99), u.entry.sort_key()))
     return tuple(tuple(p) for p in phases)
+
+
+def _sids_with_changes(b: dict[tuple[str, tuple], Entry], a: dict[tuple[str, tuple], Entry]) -> set[int]:
+    """Service ids whose VIP or bucket entries differ between `b` and `a`."""
+    out: set[int] = set()
+    for k in b.keys() | a.keys():
+        x, y = b.get(k), a.get(k)
+        if x is not None and y is not None and (x.action, x.args) == (y.action, y.args):
+            continue
+        for e in (x, y):
+            if e is None:
+                continue
+            if e.table == n.VIP_TABLE:
+                out.add(e.args[0])  # type: ignore[arg-type]
+            elif e.table == n.BACKEND_TABLE:
+                out.add(e.key[0])  # type: ignore[arg-type]
+    return out

@@ -35,7 +35,9 @@ class ConfigPlan:
 
     @property
     def changed(self) -> bool:
-        return not self.diff.empty
+        """A new version: table writes, or a change the switches do not see (replica counts,
+        a Service with no ready endpoints yet) that still makes a new snapshot to record."""
+        return self.old is None or self.old.digest != self.new.digest or not self.diff.empty
 
 
 @dataclass(frozen=True)

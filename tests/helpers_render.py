@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import replace
-from typing import Iterable, Mapping, Sequence
+from typing import Mapping, Sequence
 
 from reconciler import p4names as n
 from reconciler.cluster.model import OPT_IN_ANNOTATION, ClusterState, Endpoint, Node, Service, ServicePort
@@ -249,6 +249,7 @@ def vip_problems(
             ):
                 held = sorted({x for bk, seen in bucket_contents.items() for c in seen for x in owners.of(bk, c)})
                 problems.append(
-                    f"VIP {k[1]} of {sorted(candidates)} -> service id {sid}: its buckets hold the content of {held}"
+                    f"VIP {k[1]} (owned by {sorted(candidates)} in old/new) -> service id {sid}: in this phase its "
+                    f"buckets hold a mix of {held}'s content"
                 )
     return problems

@@ -12,14 +12,14 @@ from __future__ import annotations
 import queue
 import re
 import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
 
 import grpc
+from finsy.proto import p4i, p4r, p4r_grpc, rpc_status
 from google.protobuf import text_encoding, text_format
 from google.protobuf.message import Message
-from finsy.proto import p4i, p4r, p4r_grpc, rpc_status
 
 from reconciler.sim import SoftwareSwitch
 
@@ -489,6 +489,9 @@ class Replayer:
 
     `wait_streams(n)` must block until the server has exactly n open StreamChannels (the
     switch's inspection hook), so that a client's cancel is processed before the next step.
+    "Nothing received" is checked at the end of the segment (each client's messages must be
+    exactly the recorded ones), not by waiting a second per client as the recording did: a
+    stray message still in flight at that moment would go unnoticed, never fail falsely.
     """
 
     def __init__(self, address: str, wait_streams: Callable[[int], bool],

@@ -7,14 +7,15 @@ import ipaddress
 from collections import Counter
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from helpers_render import (
     apply_diff,
-    as_switch,
     do_render,
-    entries_by_key,
     make_cluster,
     make_config,
     make_service,
+    switch_of,
     with_service,
     without_service,
 )
@@ -24,7 +25,7 @@ from reconciler.cluster.model import ClusterState
 from reconciler.diff import PHASE_NAMES, SnapshotDiff, diff_snapshots
 from reconciler.intent.model import LoadBalancerConfig, Route, SwitchConfig
 from reconciler.render import RenderResult
-from reconciler.snapshot import Snapshot, iter_entries
+from reconciler.snapshot import Snapshot
 
 WITHDRAW, PREPARE, PUBLISH, RETRACT, CLEANUP = range(5)
 
@@ -41,8 +42,7 @@ def phase_of(diff: SnapshotDiff) -> dict[tuple[str, str], set[int]]:
 def reaches(old: Snapshot | None, new: Snapshot) -> SnapshotDiff:
     """The diff, after checking that it turns old's tables into new's with every phase consistent."""
     diff = diff_snapshots(old, new)
-    start = as_switch(iter_entries(old.tables())) if old is not None else {}
-    assert apply_diff(start, diff) == entries_by_key(new)
+    assert apply_diff(old, new, diff) == switch_of(new)
     return diff
 
 
@@ -165,43 +165,66 @@ def test_bucket_count_grow(base: tuple[LoadBalancerConfig, ClusterState, Snapsho
     assert diff.counts()[n.BACKEND_TABLE]["INSERT"] == 3 * 64
 
 
-def _only(name: str, port: int = 80) -> tuple[LoadBalancerConfig, Snapshot]:
+def _only(name: str, port: int = 80, node_port_base: int = 30000, **kw: object) -> Snapshot:
     config = make_config()
-    svc = make_service(name, ports=(("", port, "TCP"),))
-    return config, do_render(config, make_cluster({svc: {"node-0": 1, "node-1": 1}})).snapshot
+    svc = make_service(name, ports=(("", port, "TCP"),), node_port_base=node_port_base, **kw)  # type: ignore[arg-type]
+    return do_render(config, make_cluster({svc: {"node-0": 1, "node-1": 1}})).snapshot
 
 
-@pytest.mark.parametrize("port", [80, 8080], ids=["same-vip-key", "other-port"])
+def _withdrawn_first(diff: SnapshotDiff, old_name: str, new_name: str) -> None:
+    assert diff.phases[WITHDRAW], "the old owner's VIP must be withdrawn in phase 0"
+    assert all(u.entry.table == n.VIP_TABLE and u.kind == "DELETE" for u in diff.phases[WITHDRAW]), (
+        f"phase 0 may only withdraw VIPs; it holds {[(u.kind, u.entry.key, u.entry.args) for u in diff.phases[WITHDRAW]]}"
+    )
+    assert {u.entry.service for u in diff.phases[WITHDRAW]} == {old_name}
+    published = [u for u in diff.updates() if u.entry.table == n.VIP_TABLE and u.entry.service == new_name and u.kind != "DELETE"]
+    assert published and all(u in diff.phases[PUBLISH] for u in published), "new VIP published before its buckets"
+
+
+@pytest.mark.parametrize("port", [80, 8080], ids=["same-vip-key", "other-vip-key"])
 def test_service_id_takeover_withdraws_old_vip_first(port: int) -> None:
-    # Two unrelated snapshots (e.g. a rollback target rendered from other history): both give
-    # their only Service id 1 and the first VIP.
-    _, old = _only("old-svc")
-    _, new = _only("new-svc", port)
+    # Two unrelated snapshots (e.g. a rollback target from other history): both give their
+    # only Service id 1 and the first VIP, with different backends behind it.
+    old = _only("old-svc")
+    new = _only("new-svc", port, node_port_base=31000)
     (o,), (nw,) = old.services, new.services
     assert o.service_id == nw.service_id == 1 and o.vip == nw.vip
-    diff = reaches(old, new)  # checks no VIP ever points at another Service's buckets
-    withdrawn = [u for u in diff.phases[WITHDRAW]]
-    assert withdrawn, "the old owner's VIP must be withdrawn in phase 0"
-    assert all(u.entry.table == n.VIP_TABLE for u in withdrawn)
-    assert any(u.kind == "DELETE" and u.entry.service == "default/old-svc" for u in withdrawn) or any(
-        u.old is not None and u.old.service == "default/old-svc" for u in withdrawn
-    )
-    # The new Service becomes reachable only after its buckets are written.
-    published = [u for u in diff.updates() if u.entry.table == n.VIP_TABLE and u.entry.service == "default/new-svc"]
-    assert published and all(u in diff.phases[PUBLISH] for u in published)
+    diff = reaches(old, new)  # no VIP may see another Service's buckets between phases
+    _withdrawn_first(diff, "default/old-svc", "default/new-svc")
+
+
+def test_takeover_of_a_vip_key_by_another_service_id() -> None:
+    # Old: "old-svc" id 1 on 203.0.113.10:80. New, unrelated: "a-first" takes id 1 and
+    # "new-svc" (id 2) asks for 203.0.113.10: the VIP key stays, its service id changes.
+    config = make_config()
+    old = _only("old-svc")
+    first = make_service("a-first", node_port_base=32000, load_balancer_ip="203.0.113.12")
+    wanted = make_service("new-svc", node_port_base=31000, load_balancer_ip="203.0.113.10")
+    new = do_render(config, make_cluster({first: {"node-2": 1}, wanted: {"node-0": 1}})).snapshot
+    assert new.by_name["default/new-svc"].service_id == 2 and new.by_name["default/a-first"].service_id == 1
+    diff = reaches(old, new)
+    _withdrawn_first(diff, "default/old-svc", "default/new-svc")
 
 
 def test_takeover_between_multi_service_snapshots() -> None:
-    # Old: a=1, b=2. New (unrelated): b=1, c=2. Service id 1 changes owner from a to b and 2 from b to c.
+    # Old: a=1 (.10), b=2 (.11). New (unrelated): b=1 (.10), c=2 (.11): each VIP key and service
+    # id changes owner, so each old VIP is withdrawn before its buckets are rewritten.
     config = make_config()
     a, b, c = (make_service(x, node_port_base=30000 + 10 * i) for i, x in enumerate("abc"))
     old = do_render(config, make_cluster({a: {"node-0": 1}, b: {"node-1": 1}})).snapshot
     new = do_render(config, make_cluster({b: {"node-1": 2}, c: {"node-2": 1}})).snapshot
-    assert {s.name: s.service_id for s in old.services} == {"default/a": 1, "default/b": 2}
-    assert {s.name: s.service_id for s in new.services} == {"default/b": 1, "default/c": 2}
+    assert {s.name: (s.service_id, s.vip) for s in old.services} == {"default/a": (1, "203.0.113.10"), "default/b": (2, "203.0.113.11")}
+    assert {s.name: (s.service_id, s.vip) for s in new.services} == {"default/b": (1, "203.0.113.10"), "default/c": (2, "203.0.113.11")}
     diff = reaches(old, new)
-    assert diff.phases[WITHDRAW]
-    assert all(u.entry.table == n.VIP_TABLE for u in diff.phases[WITHDRAW])
+    assert {(u.kind, u.entry.service) for u in diff.phases[WITHDRAW]} == {("DELETE", "default/a"), ("DELETE", "default/b")}
+
+
+def test_identical_content_under_another_name_needs_no_writes() -> None:
+    # Same VIP, id, nodes and nodePort under another name: the switch already holds the bytes.
+    old, new = _only("old-svc"), _only("new-svc")
+    diff = reaches(old, new)
+    assert diff.empty
+    assert {(c.name, c.change) for c in diff.services} == {("default/old-svc", "removed"), ("default/new-svc", "added")}
 
 
 def test_route_change(base: tuple[LoadBalancerConfig, ClusterState, Snapshot]) -> None:
@@ -249,3 +272,32 @@ def test_counts_per_table_and_kind(base: tuple[LoadBalancerConfig, ClusterState,
     for phase in diff.phases:
         keys = [(n.TABLE_ORDER.index(u.entry.table), u.entry.sort_key()) for u in phase]
         assert keys == sorted(keys)
+
+
+# --- unrelated snapshots (rollback to a last good snapshot from other history) -----------------------
+
+_cluster_st = st.dictionaries(
+    st.sampled_from(["a", "b", "c", "d", "e"]),
+    st.tuples(
+        st.sampled_from([80, 443]),  # service port
+        st.integers(0, 2),  # nodePort variant
+        st.dictionaries(st.sampled_from(["node-0", "node-1", "node-2"]), st.integers(1, 3), max_size=3),
+    ),
+    max_size=4,
+)
+
+
+def _snapshot_of(spec: dict, buckets: int) -> Snapshot:
+    services = {
+        make_service(name, ports=(("", port, "TCP"),), node_port_base=30000 + 10 * variant): per_node
+        for name, (port, variant, per_node) in spec.items()
+    }
+    return do_render(make_config(buckets=buckets), make_cluster(services, nodes=3)).snapshot
+
+
+@settings(max_examples=80, deadline=None)
+@given(_cluster_st, _cluster_st, st.sampled_from([4, 8]), st.sampled_from([4, 8]))
+def test_diff_between_unrelated_snapshots_is_consistent(old_spec: dict, new_spec: dict, b_old: int, b_new: int) -> None:
+    # Each snapshot rendered from scratch, so ids and VIPs change owners freely between them.
+    old, new = _snapshot_of(old_spec, b_old), _snapshot_of(new_spec, b_new)
+    reaches(old, new)

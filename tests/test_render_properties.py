@@ -16,13 +16,12 @@ from dataclasses import dataclass, field, replace
 from helpers_render import (
     P4INFO_DIGEST,
     apply_diff,
-    as_switch,
     do_render,
     endpoints_for,
-    entries_by_key,
     make_config,
     make_service,
     node_ip,
+    switch_of,
 )
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
@@ -31,7 +30,7 @@ from reconciler.cluster.model import ClusterState, Node
 from reconciler.diff import diff_snapshots
 from reconciler.intent.model import LoadBalancerConfig
 from reconciler.render import Renderer
-from reconciler.snapshot import Snapshot, iter_entries
+from reconciler.snapshot import Snapshot, from_document, schema_errors
 
 # Examples take milliseconds; no deadline so a loaded CI machine cannot flake them.
 props = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -172,7 +171,23 @@ def moved_buckets(old: Snapshot, new: Snapshot) -> list[tuple[str, int, int]]:
     return out
 
 
-def check_sequence(config: LoadBalancerConfig, model: Model, ops: list[tuple]) -> None:
+def check_snapshot(snap: Snapshot, *, document: bool = False) -> None:
+    """Each backend's share is within one bucket of its weight; with `document`, also
+    schema-valid and round-tripping (costly, so once per sequence)."""
+    if document:
+        assert schema_errors(snap.to_document()) == []
+        assert from_document(snap.to_document()).digest == snap.digest
+    for s in snap.services:
+        assert sum(b.buckets for b in s.backends) == (s.bucket_count if s.backends else 0)
+        total = sum(b.replicas for b in s.backends)
+        if s.algorithm == "least-connections" or not total:
+            continue
+        for b in s.backends:
+            exact = s.bucket_count * b.replicas / total
+            assert abs(b.buckets - exact) < 1, f"{s.name} {b.node}: {b.buckets} buckets, exact share {exact:.2f}"
+
+
+def check_sequence(config: LoadBalancerConfig, model: Model, ops: list[tuple], *, documents: bool = False) -> None:
     model = copy.deepcopy(model)  # explicit @examples are shared objects
     told, guessing = Renderer(), Renderer()
     cluster = model.state(1)
@@ -180,8 +195,7 @@ def check_sequence(config: LoadBalancerConfig, model: Model, ops: list[tuple]) -
     previous = told.render(config, cluster, None, p4info_digest=P4INFO_DIGEST, connections=conns).snapshot
     assert guessing.render(config, cluster, None, p4info_digest=P4INFO_DIGEST, connections=conns).snapshot.to_json_text() == previous.to_json_text()
     assert do_render(config, cluster, None, connections=conns).snapshot.to_json_text() == previous.to_json_text()
-    start = apply_diff({}, diff_snapshots(None, previous))
-    assert start == entries_by_key(previous)
+    assert apply_diff(None, previous, diff_snapshots(None, previous)) == switch_of(previous)
     for step, op in enumerate(ops, start=2):
         touched = model.apply(op)
         cluster = model.state(step)
@@ -197,9 +211,10 @@ def check_sequence(config: LoadBalancerConfig, model: Model, ops: list[tuple]) -
         assert new.version == previous.version + (1 if new.digest != previous.digest else 0)
         # The diff turns the previous entry set into the new one exactly, phase by phase.
         diff = diff_snapshots(previous, new)
-        held = apply_diff(as_switch(iter_entries(previous.tables())), diff)
-        assert held == entries_by_key(new), f"step {step} {op}: diff does not reach the new snapshot"
-        assert diff.empty == (held == entries_by_key(previous))
+        held = apply_diff(previous, new, diff)
+        assert held == switch_of(new), f"step {step} {op}: diff does not reach the new snapshot"
+        assert diff.empty == (held == switch_of(previous))
+        check_snapshot(new, document=documents and step == len(ops) + 1)
         for name, moved, minimum in moved_buckets(previous, new):
             assert moved == minimum, f"step {step} {op}: {name} moved {moved} buckets, the minimum is {minimum}"
         previous = inc.snapshot
@@ -208,7 +223,7 @@ def check_sequence(config: LoadBalancerConfig, model: Model, ops: list[tuple]) -
 @props
 @given(scenarios())
 def test_incremental_render_equals_full_render(scenario: tuple[LoadBalancerConfig, Model, list[tuple]]) -> None:
-    check_sequence(*scenario)
+    check_sequence(*scenario, documents=True)
 
 
 def _model(services: dict[str, dict[str, int]], nodes: int) -> Model:

@@ -9,8 +9,6 @@ from __future__ import annotations
 import grpc
 import pytest
 from finsy.proto import p4r
-
-from reconciler.sim import SoftwareSwitch
 from sim_transcripts import (
     Client,
     arbitration,
@@ -19,6 +17,8 @@ from sim_transcripts import (
     read_request,
     write_request,
 )
+
+from reconciler.sim import SoftwareSwitch
 
 ALREADY_EXISTS, NOT_FOUND = 6, 5
 

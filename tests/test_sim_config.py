@@ -5,8 +5,6 @@ from __future__ import annotations
 import grpc
 import pytest
 from finsy.proto import p4i, p4r
-
-from reconciler.sim import SoftwareSwitch
 from sim_transcripts import (
     LPM,
     PROGRAM,
@@ -19,6 +17,8 @@ from sim_transcripts import (
     vip,
     write_request,
 )
+
+from reconciler.sim import SoftwareSwitch
 
 GET = p4r.GetForwardingPipelineConfigRequest
 

@@ -6,11 +6,8 @@ import threading
 from pathlib import Path
 
 import pytest
-from google.protobuf import text_format
 from finsy.proto import p4i, p4r
-
-from reconciler.sim import TableLookup
-from reconciler.sim.device import Device
+from google.protobuf import text_format
 from sim_transcripts import (
     BACKEND,
     LPM,
@@ -23,6 +20,9 @@ from sim_transcripts import (
     vip,
     write_request,
 )
+
+from reconciler.sim import TableLookup
+from reconciler.sim.device import Device
 
 REPO = Path(__file__).resolve().parents[1]
 COUNTER = "MyIngress.backend_packets"

@@ -5,9 +5,6 @@ from __future__ import annotations
 import grpc
 import pytest
 from finsy.proto import p4r
-
-from reconciler.sim import SoftwareSwitch
-from reconciler.sim import server as sim_server
 from sim_transcripts import (
     BACKEND,
     LPM,
@@ -21,6 +18,9 @@ from sim_transcripts import (
     vip,
     vip_match,
 )
+
+from reconciler.sim import SoftwareSwitch
+from reconciler.sim import server as sim_server
 
 OK, UNKNOWN, INVALID_ARGUMENT, OUT_OF_RANGE = 0, 2, 3, 11
 COUNTER = "MyIngress.backend_packets"
@@ -262,8 +262,8 @@ def test_project_program_reads(tmp_path) -> None:
     p4info_path = Path(__file__).resolve().parents[1] / "p4" / "load_balancer.p4info.txtpb"
     if not p4info_path.exists():
         pytest.skip("p4/load_balancer.p4info.txtpb is not there yet")
-    from google.protobuf import text_format
     from finsy.proto import p4i
+    from google.protobuf import text_format
 
     p4info = text_format.Parse(p4info_path.read_text(), p4i.P4Info())
     session = Session(bmv2=False, p4info=p4info)

@@ -13,8 +13,6 @@ from pathlib import Path
 import grpc
 import pytest
 from finsy.proto import p4r
-
-from reconciler.sim import SoftwareSwitch, TlsConfig
 from sim_transcripts import (
     VIP,
     Client,
@@ -24,6 +22,8 @@ from sim_transcripts import (
     vip,
     write_request,
 )
+
+from reconciler.sim import SoftwareSwitch, TlsConfig
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -157,11 +157,11 @@ def test_refuse_writes(session) -> None:
 
 
 def test_delay_applies_to_writes_and_reads(session) -> None:
-    session.switch.set_delay(0.2)
+    session.switch.set_delay(0.1)
     start = time.monotonic()
     assert session.write(vip()).ok
     assert session.client.read(p4r.ReadRequest(device_id=1)).ok
-    assert time.monotonic() - start >= 0.4
+    assert time.monotonic() - start >= 0.2
     session.switch.set_delay(0)
 
 
@@ -200,6 +200,17 @@ def test_crash_mid_batch_and_restart(session) -> None:
         assert client.unary("SetForwardingPipelineConfig",
                             pipeline_request(load_p4info())).ok
         assert client.unary("Write", write_request([vip()])).ok
+
+
+def test_streams_beyond_the_worker_budget_are_refused() -> None:
+    with SoftwareSwitch(max_workers=10) as switch, Client(f"127.0.0.1:{switch.port}") as c:
+        c.arbitrate(1)
+        c.arbitrate(2)  # the budget is max_workers - 8 = 2 streams
+        extra = c.stream()
+        end = extra.wait_end()
+        assert (end.code, end.details) == (grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                           "Too many connections")
+        assert capabilities(c).ok  # unary RPCs still have workers
 
 
 def test_fault_arguments_are_checked(session) -> None:

@@ -10,9 +10,9 @@ garbage JSON, crashes), 07's const entries (they come from the JSON).
 from __future__ import annotations
 
 import pytest
+from sim_transcripts import FIXTURES, Exchange, Replayer, Segment, parse_transcript, prepare
 
 from reconciler.sim import SoftwareSwitch
-from sim_transcripts import FIXTURES, Exchange, Replayer, Segment, parse_transcript, prepare
 
 # (file, segment index, sections to leave out, clients whose later notifications were not polled)
 CASES = [

@@ -9,10 +9,7 @@ from __future__ import annotations
 import grpc
 import pytest
 from finsy.proto import p4r
-
-from reconciler.sim import SoftwareSwitch
 from sim_transcripts import (
-    BACKEND,
     LPM,
     PROGRAM,
     VIP,
@@ -25,6 +22,8 @@ from sim_transcripts import (
     vip_match,
     write_request,
 )
+
+from reconciler.sim import SoftwareSwitch
 
 OK, UNKNOWN, INVALID_ARGUMENT, NOT_FOUND, ALREADY_EXISTS = 0, 2, 3, 5, 6
 PERMISSION_DENIED, RESOURCE_EXHAUSTED, OUT_OF_RANGE, UNIMPLEMENTED = 7, 8, 11, 12

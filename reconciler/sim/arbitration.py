@@ -14,9 +14,10 @@ is held, so every stream sees arbitration changes in the order they happened.
 from __future__ import annotations
 
 import itertools
+import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from finsy.proto import U128, p4r
 
@@ -33,6 +34,7 @@ from reconciler.sim.behavior import (
 )
 
 _ids = itertools.count(1)
+log = logging.getLogger("reconciler.sim")
 
 
 class ArbitrationError(Exception):
@@ -86,7 +88,7 @@ class Arbitrator:
     def _election_id(self, present: bool, value: int) -> int | None:
         if self.behavior.bmv2:
             return value  # unset counts as 0 (surprise 9)
-        return value if present and value else None
+        return value if present else None  # a set Uint128, even 0, is an id (message presence)
 
     def _primary(self, group: _Group) -> Controller | None:
         if not self.behavior.bmv2:
@@ -241,6 +243,12 @@ class Arbitrator:
     # -- notifications --------------------------------------------------------------------------
 
     def _notify_all(self, group: _Group) -> None:
+        primary = self._primary(group)
+        if group.controllers:
+            first = group.controllers[0]
+            log.info("device %d role %r: %s", first.device_id, first.role,
+                     f"primary is election id {primary.election_id}" if primary
+                     else "no primary")
         for controller in group.controllers:
             self._notify(group, controller)
 

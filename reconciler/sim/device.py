@@ -11,9 +11,10 @@ specification requires.
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Mapping, Protocol
+from typing import Protocol
 
 from finsy.proto import p4r
 
@@ -81,13 +82,6 @@ class EntryView:
     metadata: bytes = b""
 
 
-@dataclass
-class _Config:
-    """The ForwardingPipelineConfig as it was sent, for GetForwardingPipelineConfig."""
-
-    proto: p4r.ForwardingPipelineConfig = field(default_factory=p4r.ForwardingPipelineConfig)
-
-
 class Device:
     """One P4Runtime device. Thread-safe."""
 
@@ -106,7 +100,8 @@ class Device:
         with self.lock:
             self.state: PipelineState | None = None
             self.dataplane: PipelineState | None = None
-            self._config: _Config | None = None
+            # the ForwardingPipelineConfig as sent, for GetForwardingPipelineConfig
+            self._config: p4r.ForwardingPipelineConfig | None = None
             self._pending_commit = False  # VERIFY_AND_SAVE done, COMMIT not yet
             self._touched = False  # BMv2: any SetForwardingPipelineConfig creates the manager
 
@@ -156,7 +151,7 @@ class Device:
         else:
             new = self._fresh(schema)
         self.state = new
-        self._config = _Config(_copy(config))
+        self._config = _copy(config)
         if action == SetAction.VERIFY_AND_SAVE:
             self._pending_commit = True  # packets keep using the old pipeline until COMMIT
             return
@@ -216,7 +211,7 @@ class Device:
             raise RpcError(UNKNOWN, "Error in first phase of device update", trailer=True)
         old = self.state
         self.state = self._fresh(schema)
-        self._config = _Config(_copy(config))
+        self._config = _copy(config)
         if action == SetAction.VERIFY_AND_SAVE:
             self._pending_commit = True
             return
@@ -248,7 +243,7 @@ class Device:
                 )
             if self._config is None:
                 return response  # spec: no config known -> `config` unset
-            sent = self._config.proto
+            sent = self._config
             out = response.config
             if response_type in (GetType.ALL, GetType.P4INFO_AND_COOKIE):
                 out.p4info.CopyFrom(sent.p4info)

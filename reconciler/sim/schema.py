@@ -7,8 +7,8 @@ default actions, indirect counters and which tables have direct counters.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Mapping
 
 from finsy.proto import p4i
 

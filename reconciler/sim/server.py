@@ -14,10 +14,10 @@ import queue
 import signal
 import threading
 import time
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
 
 import grpc
 from finsy.proto import U128, p4r, p4r_grpc
@@ -26,7 +26,6 @@ from reconciler.sim.arbitration import ArbitrationError, Arbitrator, Controller
 from reconciler.sim.behavior import (
     CANCELLED,
     ERROR_SPACE,
-    NOT_FOUND,
     OK,
     UNAVAILABLE,
     UNKNOWN,
@@ -101,6 +100,8 @@ class SoftwareSwitch:
         self._server: grpc.Server | None = None
         self._streams: set[_StreamSession] = set()
         self._streams_lock = threading.Condition()
+        # each open StreamChannel holds a worker thread: keep some for unary RPCs
+        self._stream_budget = max(1, max_workers - 8)
         self.port: int | None = None
         self.died = threading.Event()  # set once a crash fault has stopped the server
 
@@ -241,10 +242,13 @@ class SoftwareSwitch:
 
         threading.Thread(target=stop, name="p4rt-die", daemon=True).start()
 
-    def _add_stream(self, session: "_StreamSession") -> None:
+    def _add_stream(self, session: "_StreamSession") -> bool:
         with self._streams_lock:
+            if len(self._streams) >= self._stream_budget:
+                return False
             self._streams.add(session)
             self._streams_lock.notify_all()
+            return True
 
     def _remove_stream(self, session: "_StreamSession") -> None:
         with self._streams_lock:
@@ -399,13 +403,11 @@ class _P4RuntimeService(p4r_grpc.P4RuntimeServicer):
         except RpcError as exc:
             _fail(context, exc)
             return
-        entities = outcome.entities
-        if self.behavior.single_read_response:
-            response = p4r.ReadResponse()
-            response.entities.extend(entities)
-            yield response  # one message, also before an error (surprise 30)
+        entities = outcome.response.entities
+        if self.behavior.single_read_response or len(entities) <= READ_CHUNK:
+            yield outcome.response  # BMv2: one message, also before an error (surprise 30)
         else:
-            for start in range(0, max(len(entities), 1), READ_CHUNK):
+            for start in range(0, len(entities), READ_CHUNK):
                 response = p4r.ReadResponse()
                 response.entities.extend(entities[start:start + READ_CHUNK])
                 yield response
@@ -447,7 +449,9 @@ class _P4RuntimeService(p4r_grpc.P4RuntimeServicer):
 
     def StreamChannel(self, request_iterator, context):
         session = _StreamSession()
-        self.switch._add_stream(session)
+        if not self.switch._add_stream(session):
+            log.warning("refusing a StreamChannel: %d are open", self.switch.stream_count())
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "Too many connections")
         # fires when the RPC ends for any reason (client cancel, server stop)
         context.add_callback(lambda: session.close(CANCELLED, "stream ended"))
         reader = threading.Thread(

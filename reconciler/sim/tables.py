@@ -12,8 +12,8 @@ handle order (fixtures surprise 34), so read-backs compare equal to BMv2's.
 from __future__ import annotations
 
 import heapq
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 from reconciler.sim.schema import UNIT_BYTES, UNIT_PACKETS, CounterInfo, P4Schema, TableInfo
 
@@ -73,7 +73,7 @@ class TableState:
                        idle_timeout_ns, handle)
         self.entries[key] = stored
         if self.info.direct_counter_id:
-            self.direct_counts[entry.key] = [0, 0]
+            self.direct_counts[key] = [0, 0]
         if self._lpm is not None:
             self._lpm_add(stored)
         return stored
@@ -153,9 +153,8 @@ class CounterState:
 
     def add(self, index: int, packets: int, nbytes: int) -> None:
         if not 0 <= index < self.info.size:
-            raise IndexError(
-                f"counter {self.info.name} has {self.info.size} cells; index {index} is out of range"
-            )
+            raise IndexError(f"counter {self.info.name} has {self.info.size} cells; "
+                             f"index {index} is out of range")
         unit = self.info.unit
         if unit != UNIT_BYTES:
             self.packets[index] += packets

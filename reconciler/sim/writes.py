@@ -6,7 +6,7 @@ per update, which the server turns into the grpc-status-details-bin trailer.
 
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 from finsy.proto import p4r
 

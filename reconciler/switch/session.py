@@ -569,6 +569,7 @@ class SwitchSession:
         `outcome.errors`, and with `stop_on_error` no request is sent after one that had any.
         Raises WriteError (with `.outcome` so far) when a whole request fails, NotPrimaryError
         (also a WriteError) when the switch or our stream says we are not primary."""
+        self._require_open("write")
         total = len(requests)
         sent = updates = 0
         errors: list[UpdateError] = []

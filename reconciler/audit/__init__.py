@@ -1,0 +1,47 @@
+"""The audit repository (DESIGN.md 6, docs/audit.md): snapshots and transaction outcomes as Git
+commits, with history, show, diff and verify; signing; intent verification.
+
+    layout.py       snapshot <-> the files of a config directory
+    trees.py        incremental Git trees, per-config merge
+    message.py      commit messages and trailers, AuditEntry
+    repo.py         AuditRepo: record, last_applied, history, snapshot_at
+    push.py         remote: credentials, push with retry, non-fast-forward resolution
+    signing.py      SSH/GPG signing and verification
+    verify.py       audit verify; intent commit verification
+    maintenance.py  packing loose objects
+"""
+
+from .errors import AuditError, PushError, SignatureError
+from .layout import files_to_document, files_to_snapshot, read_files, snapshot_to_files
+from .message import APPLIED_OUTCOMES, OUTCOMES, AuditEntry
+from .push import Credentials, PushResult, RetryPolicy
+from .repo import AuditRepo, Identity
+from .signing import GpgSigner, GpgVerifier, SignatureCheck, SshSigner, SshVerifier, TrustedKeys
+from .verify import VerifyReport, verify_history, verify_intent_commit
+
+__all__ = [
+    "APPLIED_OUTCOMES",
+    "OUTCOMES",
+    "AuditEntry",
+    "AuditError",
+    "AuditRepo",
+    "Credentials",
+    "GpgSigner",
+    "GpgVerifier",
+    "Identity",
+    "PushError",
+    "PushResult",
+    "RetryPolicy",
+    "SignatureCheck",
+    "SignatureError",
+    "SshSigner",
+    "SshVerifier",
+    "TrustedKeys",
+    "VerifyReport",
+    "files_to_document",
+    "files_to_snapshot",
+    "read_files",
+    "snapshot_to_files",
+    "verify_history",
+    "verify_intent_commit",
+]

@@ -1,0 +1,572 @@
+"""The audit repository: every snapshot and transaction outcome as a commit (DESIGN.md 6).
+
+One branch (default "main") in a local repository, or in a bare clone of a remote that each
+record is pushed to. Each commit holds, for the config it names, the snapshot its trailers name
+(see layout.py for the files, message.py for the trailers):
+
+    record(snap, "pending")                  the tree change: the snapshot about to be applied
+    record(snap, "applied" | "degraded")     same tree, the outcome
+    record(snap, "rolled-back", reason=...)  same tree (the refused snapshot), the outcome; the
+                                             switches are back on last_applied(config)
+
+`last_applied(config)` is what the switches hold: the snapshot of the newest commit for the
+config whose outcome is applied or degraded. A restarted reconciler renders against it, so
+it does not rewrite tables that are already right.
+
+Versions are unique per config: record() refuses a snapshot whose version was already
+recorded with another digest (`audit show 12` and `rollback --to 12` must mean one thing);
+`next_version(config)` gives the version a new snapshot should carry.
+
+pygit2 blocks; callers on the asyncio loop use asyncio.to_thread. A lock serialises records
+within the process; the branch is updated compare-and-swap, so a second process writing the
+same local repository makes one of the two fail instead of losing a commit.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable, Iterable, Iterator, Sequence
+
+import pygit2
+
+from ..snapshot import ServiceSnapshot, Snapshot, SnapshotError, schema_errors
+from .errors import AuditError, PushError
+from .layout import MANIFEST, SERVICES_DIR, assemble, config_dir, parse_manifest, parse_service_file
+from .maintenance import pack_loose_objects
+from .message import (
+    APPLIED_OUTCOMES,
+    AuditEntry,
+    ChangeSummary,
+    build_message,
+    check_extra_trailers,
+    check_outcome,
+    entry_from_commit,
+)
+from .push import Credentials, PushResult, RemoteSync, RetryPolicy, looks_like_url, redact_url
+from .signing import Signer
+from .trees import BLOB, TREE, ConfigIndex, config_paths, entry_id, index_config_tree, merge_by_config, replace_path, write_config_tree
+
+log = logging.getLogger("p4kube.audit")
+
+README = """\
+# p4kube audit repository
+
+Written by the p4kube reconciler: every switch snapshot it rendered and the outcome of applying
+it, one commit each. `configs/<namespace>/<name>/manifest.json` holds a snapshot's header and
+routes, `services/<namespace>/<service>.json` one file per Service (one table entry per line).
+The commit trailers (`git log --format='%h %(trailers:only,unfold)'`) name the config, the
+snapshot version and digest, the intent commit, the cluster resourceVersion and the outcome.
+`p4kube audit log|show|diff|verify --repo <this repository>` reads it.
+"""
+
+
+@dataclass(frozen=True)
+class Identity:
+    name: str = "p4kube-reconciler"
+    email: str = "p4kube-reconciler@localhost"
+
+    def __str__(self) -> str:
+        return f"{self.name} <{self.email}>"
+
+
+def default_workdir(url: str) -> Path:
+    """Where a remote's clone lives when no work directory is given: the user's cache."""
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "p4kube" / "audit" / hashlib.sha256(url.encode()).hexdigest()[:16]
+
+
+_SERVICE_CACHE_LIMIT = 200_000  # parsed service files kept by blob id (~5 KB each)
+_SNAPSHOT_CACHE = 4
+
+
+class AuditRepo:
+    def __init__(
+        self,
+        repo: pygit2.Repository,
+        *,
+        branch: str = "main",
+        author: Identity = Identity(),
+        committer: Identity | None = None,
+        signer: Signer | None = None,
+        remote: RemoteSync | None = None,
+        clock: Callable[[], float] = time.time,
+        strict_push: bool = False,
+        pack_every: int = 256,
+        location: str | None = None,
+    ) -> None:
+        if not pygit2.reference_is_valid_name(f"refs/heads/{branch}"):
+            raise AuditError(f"{branch!r} is not a valid branch name")
+        self.repo = repo
+        self.branch = branch
+        self.author = author
+        self.committer = committer or author
+        self.signer = signer
+        self.remote = remote
+        self.clock = clock
+        self.strict_push = strict_push
+        self.pack_every = pack_every
+        self.location = location or repo.path
+        self.last_push_error: str | None = None
+        self._lock = threading.RLock()
+        self._indexes: dict[str, ConfigIndex] = {}
+        self._services: dict[pygit2.Oid, ServiceSnapshot] = {}  # blob id -> parsed, checked service
+        self._snapshots: dict[pygit2.Oid, Snapshot] = {}  # config tree id -> snapshot
+        self._entries: list[AuditEntry] = []  # the branch's commits, newest first
+        self._entries_tip: pygit2.Oid | None = None
+        self._versions: dict[tuple[str, int], AuditEntry] = {}
+        self._commits_since_pack = 0
+
+    # --- opening ------------------------------------------------------------------------------
+
+    @classmethod
+    def open_or_init(
+        cls,
+        path_or_url: str | os.PathLike[str],
+        branch: str = "main",
+        author: Identity = Identity(),
+        committer: Identity | None = None,
+        signer: Signer | None = None,
+        workdir: str | os.PathLike[str] | None = None,
+        *,
+        credentials: Credentials | None = None,
+        retry: RetryPolicy = RetryPolicy(),
+        sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.time,
+        create: bool = True,
+        strict_push: bool = False,
+        pack_every: int = 256,
+    ) -> "AuditRepo":
+        """A local repository (created when missing, bare), or with `workdir` (or a URL) a bare
+        clone of a remote in `workdir` (created when missing), brought up to date with it.
+
+        create=False: a local repository must already exist (for read-only commands)."""
+        location = str(path_or_url)
+        kwargs = dict(
+            branch=branch, author=author, committer=committer, signer=signer, clock=clock,
+            strict_push=strict_push, pack_every=pack_every,
+        )
+        if workdir is None and not looks_like_url(location):
+            path = Path(location)
+            found = pygit2.discover_repository(str(path)) if path.exists() else None
+            if found is not None and Path(found).resolve() in (path.resolve(), (path / ".git").resolve()):
+                return cls(pygit2.Repository(found), location=location, **kwargs)  # type: ignore[arg-type]
+            if not create:
+                raise AuditError(f"no audit repository at {path}")
+            if path.exists() and any(path.iterdir()):
+                raise AuditError(f"{path} exists, is not empty, and is not a Git repository")
+            repo = pygit2.init_repository(str(path), bare=True, initial_head=branch)
+            log.info("created audit repository %s (branch %s)", path, branch)
+            return cls(repo, location=location, **kwargs)  # type: ignore[arg-type]
+
+        wd = Path(workdir) if workdir is not None else default_workdir(location)
+        if (wd / "HEAD").exists() or (wd / ".git").exists():
+            repo = pygit2.Repository(str(wd))
+        else:
+            if wd.exists() and any(wd.iterdir()):
+                raise AuditError(f"work directory {wd} exists, is not empty, and is not a Git repository")
+            repo = pygit2.init_repository(str(wd), bare=True, initial_head=branch)
+        remote = RemoteSync(repo, location, branch, credentials, retry, sleep)
+        audit = cls(repo, remote=remote, location=redact_url(location), **kwargs)  # type: ignore[arg-type]
+        audit._sync_from_remote()
+        return audit
+
+    def _sync_from_remote(self) -> None:
+        """Bring the local branch up to date with the remote: fast-forward, or merge when both
+        moved; local commits not yet pushed are pushed."""
+        assert self.remote is not None
+        theirs = self.remote.fetch()
+        ours = self._tip()
+        if theirs is None or theirs == ours:
+            pass
+        elif ours is None or self.repo.descendant_of(theirs, ours):
+            self._set_tip(theirs, ours, "fast-forward from remote")
+        elif not self.repo.descendant_of(ours, theirs):
+            self._merge(theirs)
+        if self._tip() is not None and self._tip() != self.remote_tip():
+            self._push()
+
+    def remote_tip(self) -> pygit2.Oid | None:
+        if self.remote is None:
+            return None
+        ref = self.repo.references.get(self.remote.tracking_ref)
+        return ref.target if ref is not None else None  # type: ignore[return-value]
+
+    # --- the branch ---------------------------------------------------------------------------
+
+    @property
+    def ref(self) -> str:
+        return f"refs/heads/{self.branch}"
+
+    def _tip(self) -> pygit2.Oid | None:
+        ref = self.repo.references.get(self.ref)
+        return ref.target if ref is not None else None  # type: ignore[return-value]
+
+    @property
+    def head(self) -> str | None:
+        """The branch's newest commit id, or None before the first record."""
+        tip = self._tip()
+        return str(tip) if tip is not None else None
+
+    def _set_tip(self, new: pygit2.Oid, expected: pygit2.Oid | None, why: str) -> None:
+        """Move the branch compare-and-swap: fails if another writer moved it meanwhile."""
+        try:
+            if expected is None:
+                self.repo.references.create(self.ref, new, force=False)
+            else:
+                ref = self.repo.references[self.ref]
+                if ref.target != expected:
+                    raise pygit2.GitError("reference moved")
+                ref.set_target(new, why)
+        except (pygit2.GitError, pygit2.AlreadyExistsError) as e:
+            raise AuditError(f"{self.location}: branch {self.branch} was moved by another writer during {why}; nothing recorded ({e})") from e
+
+    def _signature(self, who: Identity, when: int) -> pygit2.Signature:
+        return pygit2.Signature(who.name, who.email, when, 0)
+
+    def _commit(self, tree: pygit2.Oid, parents: Sequence[pygit2.Oid], message: str) -> pygit2.Oid:
+        when = int(self.clock())
+        author, committer = self._signature(self.author, when), self._signature(self.committer, when)
+        if self.signer is None:
+            return self.repo.create_commit(None, author, committer, message, tree, list(parents))
+        content = self.repo.create_commit_string(author, committer, message, tree, list(parents))
+        signature = self.signer.sign(content.encode())
+        return self.repo.create_commit_with_signature(content, signature)
+
+    # --- recording ----------------------------------------------------------------------------
+
+    def record(
+        self,
+        snapshot: Snapshot,
+        outcome: str,
+        reason: str = "",
+        extra_trailers: Iterable[tuple[str, str]] = (),
+    ) -> str:
+        """Commit the snapshot (its config's directory) with the outcome; returns the commit id.
+
+        Only changed Services' files are written. The commit is pushed when there is a remote;
+        a push that fails after every retry leaves the commit local (pushed with the next
+        record, or by push()), logs a warning and sets last_push_error, or with strict_push
+        raises PushError carrying the commit id."""
+        check_outcome(outcome)
+        extra = check_extra_trailers(extra_trailers)
+        with self._lock:
+            tip = self._tip()
+            self._check_version(snapshot)
+            root = self.repo[tip].tree_id if tip is not None else None  # type: ignore[attr-defined]
+            path = config_dir(snapshot.config)
+            old_tree = entry_id(self.repo, root, path)
+            index = self._index(snapshot.config, old_tree)
+            new_tree, new_index, change = write_config_tree(self.repo, index, snapshot)
+            self._check_schema(snapshot, change)
+            new_root = root if (new_tree == old_tree and root is not None) else replace_path(self.repo, root, path, new_tree)
+            if tip is None:
+                new_root = self._with_readme(new_root)
+            message = build_message(snapshot, outcome, reason, extra, change)
+            oid = self._commit(new_root, [tip] if tip is not None else [], message)
+            self._set_tip(oid, tip, f"record {snapshot.config} v{snapshot.version} {outcome}")
+            self._indexes[snapshot.config] = new_index
+            by_name = snapshot.by_name
+            for name in change.added + change.changed:
+                self._remember_service(new_index.blobs[name], by_name[name])
+            self._snapshots[new_tree] = snapshot
+            self._trim_snapshots()
+            self._note_commit(oid, tip)
+            log.info(
+                "audit %s: %s v%d %s (%d service files written)",
+                str(oid)[:12], snapshot.config, snapshot.version, outcome, change.blobs_written,
+            )
+            self._after_commit(oid)
+            return str(oid)
+
+    record_outcome = record  # the name the apply engine uses for outcome commits: same operation
+
+    def _with_readme(self, root: pygit2.Oid) -> pygit2.Oid:
+        tb = self.repo.TreeBuilder(self.repo[root])
+        if tb.get("README.md") is None:
+            tb.insert("README.md", self.repo.create_blob(README.encode()), BLOB)
+        return tb.write()
+
+    def _after_commit(self, oid: pygit2.Oid) -> None:
+        self._commits_since_pack += 1
+        if self.pack_every and self._commits_since_pack >= self.pack_every:
+            self.compact()
+        if self.remote is not None:
+            try:
+                self._push()
+            except PushError as e:
+                self.last_push_error = str(e)
+                if self.strict_push:
+                    e.commit = str(oid)
+                    raise
+                log.warning("audit commit %s is recorded locally but not pushed yet: %s", str(oid)[:12], e)
+
+    def _check_version(self, snap: Snapshot) -> None:
+        if not isinstance(snap.version, int) or snap.version < 1:
+            raise SnapshotError(f"{snap.config}: version {snap.version!r} must be an integer >= 1")
+        self._history_entries()
+        e = self._versions.get((snap.config, snap.version))
+        if e is not None and e.digest != snap.digest:
+            raise AuditError(
+                f"{snap.config} version {snap.version} was already recorded with digest {e.digest} "
+                f"(commit {e.commit[:12]}); this snapshot's digest is {snap.digest}. A new snapshot needs "
+                f"a new version: next_version() = {self.next_version(snap.config)}"
+            )
+
+    def _check_schema(self, snap: Snapshot, change: ChangeSummary) -> None:
+        """The snapshot schema, checked for what this commit adds: the header and routes, and
+        each added or changed Service object (entries are generated from the objects)."""
+        header = {
+            "apiVersion": "snapshot.p4kube.io/v1",
+            "kind": "SwitchSnapshot",
+            "config": snap.config,
+            "version": snap.version,
+            "sources": {"intentCommit": snap.intent_commit, "clusterResourceVersion": snap.cluster_resource_version},
+            "pipeline": {"program": snap.program, "p4infoDigest": snap.p4info_digest},
+            "services": [],
+            "tables": {e.table: [] for e in snap.global_entries},
+            "digest": snap.digest,
+        }
+        for e in snap.global_entries:
+            header["tables"][e.table].append(e.to_json())
+        errors = schema_errors(header)
+        by_name = snap.by_name
+        for name in change.added + change.changed:
+            errors += [f"service {name}: {m}" for m in schema_errors(by_name[name].to_json(), subschema="service")]
+        if errors:
+            raise SnapshotError(f"{snap.config} v{snap.version}: not recorded, the snapshot fails its schema:\n  " + "\n  ".join(errors[:20]))
+
+    def _index(self, config: str, tree_id: pygit2.Oid | None) -> ConfigIndex:
+        index = self._indexes.get(config)
+        if index is not None and index.tree_id == tree_id:
+            return index
+        known = {blob: svc.fragment_digest for blob, svc in self._services.items()}
+        index = index_config_tree(self.repo, tree_id, known)
+        self._indexes[config] = index
+        return index
+
+    def _remember_service(self, blob: pygit2.Oid, svc: ServiceSnapshot) -> None:
+        if len(self._services) >= _SERVICE_CACHE_LIMIT:
+            self._services.clear()
+        self._services[blob] = svc
+
+    def _trim_snapshots(self) -> None:
+        while len(self._snapshots) > _SNAPSHOT_CACHE:
+            del self._snapshots[next(iter(self._snapshots))]
+
+    # --- pushing and merging ------------------------------------------------------------------
+
+    def push(self) -> PushResult | None:
+        """Push commits not yet on the remote (None without a remote); raises PushError."""
+        with self._lock:
+            if self.remote is None:
+                return None
+            return self._push()
+
+    def _push(self) -> PushResult:
+        assert self.remote is not None
+        result = self.remote.push(self._tip, self._merge)
+        self.last_push_error = None
+        return result
+
+    def _merge(self, theirs: pygit2.Oid) -> None:
+        """Merge the remote's commits into the branch: a merge commit with both tips as parents;
+        each config directory is taken whole from the side that changed it (ours when both did)."""
+        ours = self._tip()
+        if ours is None:
+            self._set_tip(theirs, None, "adopt the remote branch")
+            self._entries_tip = None
+            return
+        base = self.repo.merge_base(ours, theirs)
+        base_tree = self.repo[base].tree_id if base is not None else None  # type: ignore[attr-defined]
+        tree, conflicts = merge_by_config(self.repo, base_tree, self.repo[ours].tree_id, self.repo[theirs].tree_id)  # type: ignore[attr-defined]
+        lines = [f"Merge {self.branch} from {self.remote.where if self.remote else 'the remote'}", ""]
+        lines.append(f"Another writer committed to {self.branch} since this reconciler last fetched; both histories are kept.")
+        if conflicts:
+            lines += ["", "Both sides changed these; this side's version is in the tree, the other's in its commits:"]
+            lines += [f"  {c}" for c in conflicts]
+            log.warning("audit merge: both sides changed %s; kept ours", ", ".join(conflicts))
+        oid = self._commit(tree, [ours, theirs], "\n".join(lines) + "\n")
+        self._set_tip(oid, ours, "merge remote audit history")
+        self._entries_tip = None  # history order changed: walk again when next asked
+
+    # --- reading ------------------------------------------------------------------------------
+
+    def _history_entries(self) -> list[AuditEntry]:
+        tip = self._tip()
+        if tip != self._entries_tip:
+            self._entries = [entry_from_commit(c) for c in self._walk(tip)]
+            self._entries_tip = tip
+            self._versions = {}
+            for e in reversed(self._entries):  # oldest first: the newest record of a version wins
+                self._note_version(e)
+        return self._entries
+
+    def _note_version(self, e: AuditEntry) -> None:
+        if e.is_record and e.version is not None:
+            self._versions[(e.config, e.version)] = e  # type: ignore[index]
+
+    def _note_commit(self, oid: pygit2.Oid, parent: pygit2.Oid | None) -> None:
+        if self._entries_tip == parent:
+            entry = entry_from_commit(self.repo[oid])
+            self._entries.insert(0, entry)
+            self._note_version(entry)
+            self._entries_tip = oid
+
+    def _walk(self, tip: pygit2.Oid | None) -> Iterator[pygit2.Commit]:
+        if tip is None:
+            return iter(())
+        return iter(self.repo.walk(tip, pygit2.enums.SortMode.TOPOLOGICAL | pygit2.enums.SortMode.TIME))
+
+    def commits(self) -> Iterator[tuple[pygit2.Commit, AuditEntry]]:
+        """Every commit of the branch with its entry, newest first."""
+        with self._lock:
+            entries = list(self._history_entries())
+        for e in entries:
+            yield self.repo[e.commit], e  # type: ignore[misc]
+
+    def history(
+        self,
+        config: str | None = None,
+        outcome: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+    ) -> list[AuditEntry]:
+        """Record commits, newest first, filtered by config, outcome and committer time
+        (since and until inclusive; give timezone-aware datetimes)."""
+        if outcome is not None:
+            check_outcome(outcome)
+        since, until = _aware(since), _aware(until)
+        with self._lock:
+            entries = self._history_entries()
+        out = []
+        for e in entries:
+            if not e.is_record:
+                continue
+            if (config is not None and e.config != config) or (outcome is not None and e.outcome != outcome):
+                continue
+            if (since is not None and e.time < since) or (until is not None and e.time > until):
+                continue
+            out.append(e)
+        return out
+
+    def configs(self) -> list[str]:
+        """The configs the branch's newest tree holds."""
+        tip = self._tip()
+        root = self.repo[tip].tree_id if tip is not None else None  # type: ignore[attr-defined]
+        return sorted(config_paths(self.repo, root))
+
+    def next_version(self, config: str) -> int:
+        """One more than the highest version recorded for the config (1 when none)."""
+        with self._lock:
+            self._history_entries()
+            return max((v for c, v in self._versions if c == config), default=0) + 1
+
+    def last_applied_entry(self, config: str) -> AuditEntry | None:
+        for e in self.history(config=config):
+            if e.outcome in APPLIED_OUTCOMES:
+                return e
+        return None
+
+    def last_applied(self, config: str) -> Snapshot | None:
+        """The snapshot the switches hold: that of the newest applied or degraded record of
+        the config; None when nothing was applied yet."""
+        e = self.last_applied_entry(config)
+        return self.snapshot_of(e) if e is not None else None
+
+    def snapshot_at(self, version: int, config: str | None = None) -> Snapshot:
+        """The snapshot recorded as `version` of the config (the only config when None)."""
+        config = config or self._only_config()
+        for e in self.history(config=config):
+            if e.version == version:
+                return self.snapshot_of(e)
+        known = sorted({e.version for e in self.history(config=config) if e.version is not None})
+        shown = ", ".join(map(str, known[-10:])) or "none"
+        raise AuditError(f"{self.location}: no version {version} of {config} (recorded versions: {shown})")
+
+    def _only_config(self) -> str:
+        configs = sorted({e.config for e in self.history() if e.config})
+        if len(configs) == 1:
+            return configs[0]
+        if not configs:
+            raise AuditError(f"{self.location}: the audit branch {self.branch} has no records yet")
+        raise AuditError(f"{self.location} holds several configs; name one with --config: {', '.join(configs)}")
+
+    def snapshot_of(self, entry: AuditEntry) -> Snapshot:
+        """The snapshot a record commit holds, checked against its trailers."""
+        if entry.config is None:
+            raise AuditError(f"commit {entry.commit[:12]} is not an audit record (no Config trailer)")
+        commit = self.repo[entry.commit]
+        snap = self.read_config(commit.tree_id, entry.config, f"commit {entry.commit[:12]}")  # type: ignore[attr-defined]
+        if snap.version != entry.version or snap.digest != entry.digest:
+            raise SnapshotError(
+                f"commit {entry.commit[:12]}: trailers name {entry.config} v{entry.version} {entry.digest}, "
+                f"its tree holds v{snap.version} {snap.digest}"
+            )
+        return snap
+
+    def read_config(self, root: pygit2.Oid, config: str, where: str) -> Snapshot:
+        """The snapshot of one config directory in a root tree; every file checked (and each
+        file checked once per process: cached by blob id)."""
+        path = config_dir(config)
+        tree_id = entry_id(self.repo, root, path)
+        if tree_id is None:
+            raise SnapshotError(f"{where}: no {path}/ in the tree")
+        return self.read_config_tree(tree_id, config, f"{where}: {path}")
+
+    def read_config_tree(self, tree_id: pygit2.Oid, config: str, where: str) -> Snapshot:
+        cached = self._snapshots.get(tree_id)
+        if cached is not None:
+            return cached
+        tree = self.repo[tree_id]
+        manifest_id = entry_id(self.repo, tree_id, MANIFEST)
+        if manifest_id is None:
+            raise SnapshotError(f"{where}: no {MANIFEST}")
+        manifest = parse_manifest(self.repo[manifest_id].data, f"{where}/{MANIFEST}")  # type: ignore[attr-defined]
+        if manifest.config != config:
+            raise SnapshotError(f"{where}/{MANIFEST}: holds config {manifest.config!r}, not {config!r}")
+        services = []
+        for entry in tree:  # type: ignore[attr-defined]
+            if entry.name not in (MANIFEST, SERVICES_DIR):
+                raise SnapshotError(f"{where}/{entry.name}: unexpected file in a config directory")
+        services_tree = entry_id(self.repo, tree_id, SERVICES_DIR)
+        if services_tree is not None:
+            for ns in self.repo[services_tree]:  # type: ignore[attr-defined]
+                if ns.filemode != TREE:
+                    raise SnapshotError(f"{where}/{SERVICES_DIR}/{ns.name}: expected a namespace directory")
+                for f in self.repo[ns.id]:  # type: ignore[attr-defined]
+                    file_where = f"{where}/{SERVICES_DIR}/{ns.name}/{f.name}"
+                    if f.filemode != BLOB or not f.name.endswith(".json"):
+                        raise SnapshotError(f"{file_where}: expected a service .json file")
+                    name = f"{ns.name}/{f.name[:-5]}"
+                    svc = self._services.get(f.id)
+                    if svc is None:
+                        svc = parse_service_file(self.repo[f.id].data, file_where, name)  # type: ignore[attr-defined]
+                        self._remember_service(f.id, svc)
+                    elif svc.name != name:
+                        raise SnapshotError(f"{file_where}: the file holds service {svc.name!r}, not {name!r}")
+                    services.append(svc)
+        snap = assemble(manifest, services, where)
+        self._snapshots[tree_id] = snap
+        self._trim_snapshots()
+        return snap
+
+    # --- maintenance --------------------------------------------------------------------------
+
+    def compact(self) -> int:
+        """Pack loose objects (see maintenance.py); returns how many were packed."""
+        with self._lock:
+            n = pack_loose_objects(self.repo)
+            self._commits_since_pack = 0
+            return n
+
+
+def _aware(t: datetime | None) -> datetime | None:
+    """Naive datetimes are taken as UTC, so they compare with commit times."""
+    return t.replace(tzinfo=timezone.utc) if t is not None and t.tzinfo is None else t

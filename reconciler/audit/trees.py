@@ -1,0 +1,237 @@
+"""Git trees for the audit layout, built incrementally, and merged per config directory.
+
+A commit rewrites only the trees on the paths to what changed: the blobs of changed Services,
+their namespace directories, `services/`, the manifest, the config directory and its parents.
+Everything else is reused by id, so a one-Service change costs the same at 50 or 50,000
+Services (apart from the size of the one namespace tree that holds it).
+
+Whether a Service changed is decided without rendering its file: `ConfigIndex` remembers, for
+the config directory a commit holds, each Service's blob id and (where known) its fragment
+digest; the renderer's unchanged Services keep their cached fragment digests, so comparing
+5,000 of them is 5,000 string comparisons. A Service whose digest is not known (an index built
+from a tree read cold) has its file rendered and hashed, without writing, and compared by blob id.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Mapping
+
+import pygit2
+
+from ..snapshot import Snapshot
+from .layout import CONFIGS_DIR, MANIFEST, SERVICES_DIR, manifest_bytes, service_file_bytes, service_path
+from .message import ChangeSummary
+
+BLOB = pygit2.enums.FileMode.BLOB
+TREE = pygit2.enums.FileMode.TREE
+
+
+@dataclass
+class ConfigIndex:
+    """What one config directory tree holds, for comparing the next snapshot against it."""
+
+    tree_id: pygit2.Oid | None = None  # the config directory's tree (None: not in the tree yet)
+    services_tree: pygit2.Oid | None = None
+    ns_trees: dict[str, pygit2.Oid] = field(default_factory=dict)  # namespace -> tree id
+    blobs: dict[str, pygit2.Oid] = field(default_factory=dict)  # service name -> blob id
+    digests: dict[str, str] = field(default_factory=dict)  # service name -> fragment digest, where known
+    manifest: pygit2.Oid | None = None
+
+
+def entry_id(repo: pygit2.Repository, tree_id: pygit2.Oid | None, path: str) -> pygit2.Oid | None:
+    """The id of the object at `path` under a tree, or None."""
+    if tree_id is None:
+        return None
+    try:
+        return repo[tree_id][path].id  # type: ignore[index]
+    except KeyError:
+        return None
+
+
+def index_config_tree(
+    repo: pygit2.Repository, tree_id: pygit2.Oid | None, known: Mapping[pygit2.Oid, str] = {}
+) -> ConfigIndex:
+    """Index a config directory tree: list it (no blob is read). `known`: blob id -> digest."""
+    index = ConfigIndex(tree_id=tree_id)
+    if tree_id is None:
+        return index
+    tree = repo[tree_id]
+    index.manifest = entry_id(repo, tree_id, MANIFEST)
+    index.services_tree = entry_id(repo, tree_id, SERVICES_DIR)
+    if index.services_tree is None:
+        return index
+    for ns_entry in repo[index.services_tree]:  # type: ignore[attr-defined]
+        if ns_entry.filemode != TREE:
+            continue
+        index.ns_trees[ns_entry.name] = ns_entry.id
+        for f in repo[ns_entry.id]:  # type: ignore[attr-defined]
+            if f.filemode == BLOB and f.name.endswith(".json"):
+                name = f"{ns_entry.name}/{f.name[:-5]}"
+                index.blobs[name] = f.id
+                digest = known.get(f.id)
+                if digest is not None:
+                    index.digests[name] = digest
+    del tree
+    return index
+
+
+def write_config_tree(
+    repo: pygit2.Repository, index: ConfigIndex, snap: Snapshot
+) -> tuple[pygit2.Oid, ConfigIndex, ChangeSummary]:
+    """Write the snapshot's config directory, reusing every unchanged blob and tree by id."""
+    blobs, digests = dict(index.blobs), dict(index.digests)
+    per_ns: dict[str, dict[str, pygit2.Oid | None]] = {}
+    added: list[str] = []
+    changed: list[str] = []
+    written = 0
+    for svc in snap.services:
+        name = svc.name
+        old = blobs.get(name)
+        digest = svc.fragment_digest
+        if old is not None and digests.get(name) == digest:
+            continue
+        data = service_file_bytes(svc)
+        if old is not None and name not in digests and pygit2.hash(data) == old:
+            digests[name] = digest  # indexed cold: same file, now known
+            continue
+        oid = repo.create_blob(data)
+        written += 1
+        blobs[name] = oid
+        digests[name] = digest
+        (changed if old is not None else added).append(name)
+        service_path(name)  # checks the name can be a path
+        ns, _, file = _split(name)
+        per_ns.setdefault(ns, {})[file] = oid
+    removed: list[str] = []
+    if len(blobs) != len(snap.services):  # only then can a Service have gone
+        present = snap.by_name
+        removed = sorted(n for n in blobs if n not in present)
+        for name in removed:
+            del blobs[name]
+            digests.pop(name, None)
+            ns, _, file = _split(name)
+            per_ns.setdefault(ns, {})[file] = None
+
+    ns_trees = dict(index.ns_trees)
+    services_tree = index.services_tree
+    if per_ns:
+        sb = repo.TreeBuilder(repo[services_tree]) if services_tree is not None else repo.TreeBuilder()
+        for ns, files in sorted(per_ns.items()):
+            nb = repo.TreeBuilder(repo[ns_trees[ns]]) if ns in ns_trees else repo.TreeBuilder()
+            for file, oid in files.items():
+                if oid is None:
+                    nb.remove(file)
+                else:
+                    nb.insert(file, oid, BLOB)
+            if len(nb):
+                ns_trees[ns] = nb.write()
+                sb.insert(ns, ns_trees[ns], TREE)
+            else:
+                del ns_trees[ns]
+                sb.remove(ns)
+        services_tree = sb.write() if len(sb) else None
+
+    manifest = repo.create_blob(manifest_bytes(snap))
+    if manifest == index.manifest and services_tree == index.services_tree and index.tree_id is not None:
+        tree_id = index.tree_id
+    else:
+        cb = repo.TreeBuilder(repo[index.tree_id]) if index.tree_id is not None else repo.TreeBuilder()
+        cb.insert(MANIFEST, manifest, BLOB)
+        if services_tree is not None:
+            cb.insert(SERVICES_DIR, services_tree, TREE)
+        elif cb.get(SERVICES_DIR) is not None:
+            cb.remove(SERVICES_DIR)
+        tree_id = cb.write()
+    new_index = ConfigIndex(tree_id, services_tree, ns_trees, blobs, digests, manifest)
+    return tree_id, new_index, ChangeSummary(tuple(added), tuple(changed), tuple(removed), written)
+
+
+def _split(name: str) -> tuple[str, str, str]:
+    """("namespace", "/", "<service>[:port].json") of a service name."""
+    ns, _, rest = name.partition("/")
+    return ns, "/", rest + ".json"
+
+
+def replace_path(
+    repo: pygit2.Repository, root_id: pygit2.Oid | None, path: str, new_id: pygit2.Oid | None
+) -> pygit2.Oid:
+    """A root tree like `root_id` with the tree at `path` replaced (None: removed); rewrites
+    only the trees on the path. Empty directories disappear, as Git has none."""
+    parts = path.split("/")
+
+    def rebuild(tree_id: pygit2.Oid | None, depth: int) -> pygit2.Oid | None:
+        tb = repo.TreeBuilder(repo[tree_id]) if tree_id is not None else repo.TreeBuilder()
+        name = parts[depth]
+        if depth == len(parts) - 1:
+            child = new_id
+        else:
+            current = tb.get(name)
+            child = rebuild(current.id if current is not None and current.filemode == TREE else None, depth + 1)
+        if child is None:
+            if tb.get(name) is not None:
+                tb.remove(name)
+        else:
+            tb.insert(name, child, TREE)
+        return tb.write() if len(tb) or depth == 0 else None
+
+    out = rebuild(root_id, 0)
+    assert out is not None
+    return out
+
+
+def config_paths(repo: pygit2.Repository, root_id: pygit2.Oid | None) -> dict[str, pygit2.Oid]:
+    """Every config directory in a root tree: "namespace/name" -> tree id."""
+    out: dict[str, pygit2.Oid] = {}
+    configs = entry_id(repo, root_id, CONFIGS_DIR)
+    if configs is None:
+        return out
+    for ns in repo[configs]:  # type: ignore[attr-defined]
+        if ns.filemode != TREE:
+            continue
+        for name in repo[ns.id]:  # type: ignore[attr-defined]
+            if name.filemode == TREE:
+                out[f"{ns.name}/{name.name}"] = name.id
+    return out
+
+
+def merge_by_config(
+    repo: pygit2.Repository, base: pygit2.Oid | None, ours: pygit2.Oid, theirs: pygit2.Oid
+) -> tuple[pygit2.Oid, list[str]]:
+    """Three-way merge of root trees in which each config directory (and each other top-level
+    entry) is one unit: a side's change to a config is taken whole, never mixed with the other
+    side's, since a config directory is one snapshot. When both sides changed the same unit
+    differently, ours is kept and the path is returned as a conflict (the other side's commits
+    still hold theirs)."""
+    conflicts: list[str] = []
+
+    def entries(tree_id: pygit2.Oid | None) -> dict[str, tuple[pygit2.Oid, int]]:
+        if tree_id is None:
+            return {}
+        return {e.name: (e.id, e.filemode) for e in repo[tree_id]}  # type: ignore[attr-defined]
+
+    def merge(path: str, depth: int, b, o, t):  # type: ignore[no-untyped-def]
+        if o == t:
+            return o
+        if o == b:
+            return t
+        if t == b:
+            return o
+        atomic = depth >= 3 or (depth >= 1 and path.split("/")[0] != CONFIGS_DIR)
+        both_trees = o is not None and t is not None and o[1] == TREE and t[1] == TREE
+        if atomic or not both_trees:
+            conflicts.append(path)
+            return o
+        be = entries(b[0]) if b is not None and b[1] == TREE else {}
+        oe, te = entries(o[0]), entries(t[0])
+        tb = repo.TreeBuilder()
+        for name in sorted(oe.keys() | te.keys()):
+            sub = merge(f"{path}/{name}" if path else name, depth + 1, be.get(name), oe.get(name), te.get(name))
+            if sub is not None:
+                tb.insert(name, sub[0], sub[1])
+        return (tb.write(), TREE) if len(tb) or depth == 0 else None
+
+    base_entry = (base, TREE) if base is not None else None
+    out = merge("", 0, base_entry, (ours, TREE), (theirs, TREE))
+    assert out is not None
+    return out[0], conflicts

@@ -1,0 +1,163 @@
+"""Checking the audit history (`p4kube audit verify`) and intent commits (like Flux's spec.verify).
+
+verify_history walks every commit of the audit branch and checks:
+  - each config directory in its tree parses and matches the schema and its digest (each
+    distinct directory, file and blob checked once: unchanged ones are shared by id);
+  - a record commit's trailers name a known outcome and the version and digest its tree holds;
+  - a commit changes only the config its trailers name (a merge only what its parents held),
+    so a snapshot cannot be slipped into the history under another record;
+  - with trusted keys: every commit carries a good signature by one of them.
+
+verify_intent_commit is the gate before apply: only intent whose HEAD commit is signed by a
+trusted key passes; the caller records the refusal (its reason is one line, for the Reason
+trailer).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pygit2
+
+from ..snapshot import SnapshotError
+from .errors import AuditError
+from .message import OUTCOMES
+from .repo import AuditRepo
+from .signing import SignatureCheck, TrustedKeys, commit_signature
+from .trees import config_paths
+
+
+@dataclass(frozen=True)
+class VerifyFailure:
+    commit: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.commit[:12]}: {self.message}"
+
+
+@dataclass(frozen=True)
+class VerifyReport:
+    commits: int = 0
+    records: int = 0
+    snapshots: int = 0  # distinct config directories checked
+    signatures: int = 0  # good signatures (when keys were given)
+    failures: tuple[VerifyFailure, ...] = field(default=())
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures
+
+    def format(self) -> str:
+        head = (
+            f"{self.commits} commits ({self.records} records), {self.snapshots} distinct snapshots checked"
+            + (f", {self.signatures} good signatures" if self.signatures else "")
+        )
+        if self.ok:
+            return f"audit history OK: {head}\n"
+        lines = [f"audit history FAILED: {len(self.failures)} problem(s) in {head}"]
+        lines += [f"  {f}" for f in self.failures]
+        return "\n".join(lines) + "\n"
+
+
+def verify_history(audit: AuditRepo, trusted: TrustedKeys | None = None) -> VerifyReport:
+    failures: list[VerifyFailure] = []
+    # config tree id -> (version, digest, intent commit, cluster rv), or the error it fails with
+    checked: dict[pygit2.Oid, tuple[int, str, str | None, str | None] | str] = {}
+    commits = records = signatures = 0
+    repo = audit.repo
+    for commit, entry in audit.commits():
+        commits += 1
+        cid = entry.commit
+
+        def fail(msg: str) -> None:
+            failures.append(VerifyFailure(cid, msg))
+
+        configs = config_paths(repo, commit.tree_id)
+        for config, tree_id in sorted(configs.items()):
+            if tree_id in checked:
+                continue  # reported (if broken) at the newest commit holding it
+            try:
+                snap = audit.read_config_tree(tree_id, config, f"configs/{config}")
+                checked[tree_id] = (snap.version, snap.digest, snap.intent_commit, snap.cluster_resource_version)
+            except (SnapshotError, AuditError) as e:
+                checked[tree_id] = str(e)
+                fail(str(e))
+
+        parents = [config_paths(repo, p.tree_id) for p in commit.parents]
+        every = set(configs).union(*(p.keys() for p in parents))
+        # A config "changed" here when the commit holds it differently from every parent.
+        changed = sorted(c for c in every if not parents or all(p.get(c) != configs.get(c) for p in parents))
+        if entry.is_record:
+            records += 1
+            if entry.outcome not in OUTCOMES:
+                fail(f"Outcome {entry.outcome!r} is not one of {', '.join(OUTCOMES)}")
+            held = checked.get(configs[entry.config]) if entry.config in configs else None  # type: ignore[index]
+            if entry.config not in configs:
+                fail(f"trailers name config {entry.config}, which is not in the tree")
+            elif isinstance(held, tuple):
+                version, digest, intent, rv = held
+                if (version, digest) != (entry.version, entry.digest):
+                    fail(
+                        f"trailers name {entry.config} v{entry.trailers.get('Snapshot-Version')} {entry.digest}; "
+                        f"the tree holds v{version} {digest}"
+                    )
+                elif (intent, rv) != (entry.intent_commit, entry.cluster_resource_version):
+                    fail("Intent-Commit/Cluster-Resource-Version trailers differ from the snapshot's sources")
+            others = [c for c in changed if c != entry.config]
+            if others:
+                fail(f"record of {entry.config} also changes {', '.join(others)}")
+        elif changed:
+            what = "merge holds a version of" if len(commit.parents) > 1 else "changes"
+            fail(f"{what} {', '.join(changed)} that no record commit wrote (no Config/Outcome trailers)")
+
+        if trusted is not None:
+            check = check_commit(commit, trusted)
+            if check.ok:
+                signatures += 1
+            else:
+                fail(f"signature: {check.reason}")
+    return VerifyReport(commits, records, len(checked), signatures, tuple(failures))
+
+
+def check_commit(commit: pygit2.Commit, trusted: TrustedKeys) -> SignatureCheck:
+    sig = commit_signature(commit)
+    if sig is None:
+        return SignatureCheck(False, None, "not signed")
+    signature, payload = sig
+    return trusted.verify(payload, signature)
+
+
+def verify_intent_commit(repo_path: str | os.PathLike[str], trusted: TrustedKeys, ref: str = "HEAD") -> tuple[bool, str]:
+    """(True, who signed it) when the intent checkout's `ref` commit is signed by a trusted
+    key, else (False, why not). Tool failures (ssh-keygen or gpg missing) raise SignatureError:
+    they are not the intent's fault."""
+    found = pygit2.discover_repository(str(repo_path))
+    if found is None:
+        return False, f"{repo_path} is not a Git checkout: intent verification needs the commit it came from"
+    repo = pygit2.Repository(found)
+    try:
+        commit = repo.revparse_single(ref).peel(pygit2.Commit)
+    except (KeyError, pygit2.GitError, ValueError) as e:
+        return False, f"{repo_path}: no commit at {ref} ({e})"
+    short = str(commit.id)[:12]
+    summary = commit.message.split("\n", 1)[0][:60]
+    sig = commit_signature(commit)
+    if sig is None:
+        return False, (
+            f"intent commit {short} ({summary!r} by {commit.author.name} <{commit.author.email}>) is not signed; "
+            f"only commits signed by a trusted key are applied"
+        )
+    check = trusted.verify(sig[1], sig[0])
+    if check.ok:
+        return True, check.signer or check.reason
+    return False, f"intent commit {short} ({summary!r}) refused: {check.reason}"
+
+
+def trusted_keys(allowed_signers: str | Path | None, gpg_home: str | Path | None) -> TrustedKeys | None:
+    """TrustedKeys from optional CLI/config values; None when neither is given."""
+    if allowed_signers is None and gpg_home is None:
+        return None
+    return TrustedKeys(Path(allowed_signers) if allowed_signers else None, Path(gpg_home) if gpg_home else None)

@@ -1,0 +1,72 @@
+"""`p4kube crd`: print (or write, or check) the LoadBalancerConfig CRD generated from schemas/.
+
+reconciler/cli.py calls `register(subparsers)`; the command has no other home, so that
+deploy/crd.yaml is always produced the same way: `p4kube crd --out deploy/crd.yaml`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Add the `crd` command to the `p4kube` subcommands."""
+    p = subparsers.add_parser(
+        "crd",
+        help="print the LoadBalancerConfig CustomResourceDefinition generated from schemas/",
+        description="Generate the LoadBalancerConfig CRD (apiextensions.k8s.io/v1) from "
+        "schemas/loadbalancerconfig.schema.json: the structural openAPIV3Schema, the status "
+        "subresource and printer columns. Prints YAML to stdout unless --out or --check is given. "
+        "deploy/crd.yaml is this output.",
+    )
+    p.add_argument("--out", metavar="FILE", help="write the YAML here instead of stdout")
+    p.add_argument(
+        "--check",
+        metavar="FILE",
+        help="exit 1 if FILE differs from the generated CRD (for CI: is deploy/crd.yaml current?)",
+    )
+    p.set_defaults(func=cmd_crd)
+
+
+def cmd_crd(args: argparse.Namespace) -> int:
+    from .crd import CRDGenerationError, crd_yaml
+
+    try:
+        text = crd_yaml()
+    except (CRDGenerationError, OSError, ValueError) as e:
+        print(f"p4kube crd: error: cannot generate the CRD: {e}", file=sys.stderr)
+        return EXIT_ERROR
+    if args.check:
+        path = Path(args.check)
+        try:
+            current = path.read_text(encoding="utf-8")
+        except OSError as e:
+            print(f"p4kube crd: error: cannot read {path}: {e.strerror or e}", file=sys.stderr)
+            return EXIT_ERROR
+        if current != text:
+            print(
+                f"p4kube crd: {path} is not the CRD generated from the schema; "
+                f"regenerate it with `p4kube crd --out {path}`",
+                file=sys.stderr,
+            )
+            return EXIT_ERROR
+        print(f"p4kube crd: {path} is current", file=sys.stderr)
+        return EXIT_OK
+    if args.out:
+        path = Path(args.out)
+        tmp = path.with_name(f".{path.name}.tmp")
+        try:
+            tmp.write_text(text, encoding="utf-8")
+            tmp.replace(path)  # never leave half a CRD behind
+        except OSError as e:
+            print(f"p4kube crd: error: cannot write {path}: {e.strerror or e}", file=sys.stderr)
+            return EXIT_ERROR
+        print(f"wrote {path}", file=sys.stderr)
+        return EXIT_OK
+    sys.stdout.write(text)
+    return EXIT_OK

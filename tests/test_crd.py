@@ -1,0 +1,522 @@
+"""The LoadBalancerConfig CRD generated from schemas/: current in deploy/, structural (what the
+API server accepts, fixture 10 and surprise 22), and enforcing what the JSON Schema enforces,
+except the differences the CRD form forces (reconciler/crd.py lists them)."""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+from ruamel.yaml import YAML
+
+from reconciler import crd
+from reconciler.crd_cli import register
+from reconciler.intent.yamlsafe import read_yaml_file
+from reconciler.paths import LBCONFIG_SCHEMA_PATH, REPO_ROOT
+
+DEPLOY_CRD = REPO_ROOT / "deploy" / "crd.yaml"
+EXAMPLES = REPO_ROOT / "intent-examples"
+FIXTURE_CRD = REPO_ROOT.parent / "shared" / "fixtures" / "kube-api" / "10-crd-loadbalancerconfig.json"
+
+# Integers are integers (not 1.0, not True), as both Kubernetes and the intent validator see it.
+_CHECKER = jsonschema.Draft202012Validator.TYPE_CHECKER.redefine(
+    "integer", lambda _c, x: isinstance(x, int) and not isinstance(x, bool)
+).redefine("number", lambda _c, x: isinstance(x, (int, float)) and not isinstance(x, bool))
+Strict = jsonschema.validators.extend(jsonschema.Draft202012Validator, type_checker=_CHECKER)
+
+# What apiextensions.k8s.io/v1 JSONSchemaProps can hold (minus $ref/definitions, which CRDs forbid).
+JSON_SCHEMA_PROPS = {
+    "type", "format", "title", "description", "default", "maximum", "exclusiveMaximum", "minimum",
+    "exclusiveMinimum", "maxLength", "minLength", "pattern", "maxItems", "minItems", "uniqueItems",
+    "multipleOf", "enum", "maxProperties", "minProperties", "required", "items", "allOf", "oneOf",
+    "anyOf", "not", "properties", "additionalProperties", "nullable", "example", "externalDocs",
+    "x-kubernetes-preserve-unknown-fields", "x-kubernetes-embedded-resource", "x-kubernetes-int-or-string",
+    "x-kubernetes-list-map-keys", "x-kubernetes-list-type", "x-kubernetes-map-type", "x-kubernetes-validations",
+}  # fmt: skip
+PY_TYPES = {"string": str, "integer": int, "boolean": bool, "object": dict, "array": list, "number": (int, float)}
+
+
+@pytest.fixture(scope="module")
+def source_schema() -> dict[str, Any]:
+    return json.loads(LBCONFIG_SCHEMA_PATH.read_text(encoding="utf-8"))
+
+
+@pytest.fixture(scope="module")
+def generated() -> dict[str, Any]:
+    return crd.generate_crd()
+
+
+@pytest.fixture(scope="module")
+def openapi(generated: dict[str, Any]) -> dict[str, Any]:
+    return generated["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+
+
+def nodes(schema: dict[str, Any], path: tuple[str, ...] = ()) -> Iterator[tuple[tuple[str, ...], dict[str, Any]]]:
+    """Every schema node with its path (property names, "[]" for items, "*" for map values)."""
+    yield path, schema
+    for name, sub in schema.get("properties", {}).items():
+        yield from nodes(sub, (*path, name))
+    if isinstance(schema.get("items"), dict):
+        yield from nodes(schema["items"], (*path, "[]"))
+    if isinstance(schema.get("additionalProperties"), dict):
+        yield from nodes(schema["additionalProperties"], (*path, "*"))
+
+
+# --- the generated file ----------------------------------------------------------------------
+
+
+def test_deploy_crd_yaml_is_the_generated_crd() -> None:
+    assert DEPLOY_CRD.read_text(encoding="utf-8") == crd.crd_yaml(), (
+        "deploy/crd.yaml is stale: regenerate it with `p4kube crd --out deploy/crd.yaml`"
+    )
+
+
+def test_yaml_round_trips_to_the_generated_object(generated: dict[str, Any]) -> None:
+    loaded = YAML(typ="safe", pure=True).load(crd.crd_yaml())
+    assert loaded == generated
+    assert "&" not in crd.crd_yaml().split("apiVersion:", 1)[1].replace("&&", "")  # no YAML anchors
+
+
+def test_generation_is_deterministic_and_pure(source_schema: dict[str, Any]) -> None:
+    before = copy.deepcopy(source_schema)
+    assert crd.crd_yaml(source_schema) == crd.crd_yaml(copy.deepcopy(source_schema)) == crd.crd_yaml()
+    assert source_schema == before  # the source is not mutated
+
+
+def test_header_says_what_the_crd_form_changed() -> None:
+    header = [line for line in crd.crd_yaml().splitlines() if line.startswith("#")]
+    assert any("do not edit" in line for line in header)
+    (clamp,) = [line for line in header if "deviceId" in line]
+    assert "18446744073709551615" in clamp and str(2**63 - 1) in clamp
+
+
+# --- names, version, subresources, columns (mirroring fixture 10) ----------------------------
+
+
+def test_names_scope_and_version(generated: dict[str, Any]) -> None:
+    assert generated["apiVersion"] == "apiextensions.k8s.io/v1"
+    assert generated["kind"] == "CustomResourceDefinition"
+    assert generated["metadata"]["name"] == "loadbalancerconfigs.networking.p4kube.io"
+    spec = generated["spec"]
+    assert spec["group"] == "networking.p4kube.io"
+    assert spec["scope"] == "Namespaced"
+    assert spec["names"] == {
+        "kind": "LoadBalancerConfig",
+        "listKind": "LoadBalancerConfigList",
+        "plural": "loadbalancerconfigs",
+        "singular": "loadbalancerconfig",
+        "shortNames": ["lbc"],
+    }
+    (version,) = spec["versions"]
+    assert (version["name"], version["served"], version["storage"]) == ("v1alpha1", True, True)
+    assert version["subresources"] == {"status": {}}
+
+
+def test_same_shape_as_the_crd_a_real_api_server_accepted(generated: dict[str, Any]) -> None:
+    """Fixture 10's 201 for the same CRD (under group tx.networking.p4kube.io): same names,
+    same version layout, same condition schema for the kstatus conditions."""
+    if not FIXTURE_CRD.exists():
+        pytest.skip(f"fixture not found: {FIXTURE_CRD}")
+    exchanges = json.loads(FIXTURE_CRD.read_text())["exchanges"]
+    created = next(e for e in exchanges if e["request"]["method"] == "POST" and e["response"]["status"] == 201)
+    real = created["request"]["body"]["spec"]
+    ours = generated["spec"]
+    assert ours["names"] == real["names"]
+    assert ours["scope"] == real["scope"]
+    assert set(ours["versions"][0]) >= set(real["versions"][0])
+    real_cond = real["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["status"]["properties"]["conditions"]
+    our_cond = ours["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["status"]["properties"]["conditions"]
+    for key in ("type", "x-kubernetes-list-type", "x-kubernetes-list-map-keys"):
+        assert our_cond[key] == real_cond[key]
+    assert our_cond["items"]["required"] == real_cond["items"]["required"]
+    for name, prop in real_cond["items"]["properties"].items():
+        ours_prop = our_cond["items"]["properties"][name]
+        for key, value in prop.items():
+            assert ours_prop[key] == value, f"conditions[].{name}.{key}"
+    real_columns = {c["name"]: c for c in real["versions"][0]["additionalPrinterColumns"]}
+    our_columns = {c["name"]: c for c in ours["versions"][0]["additionalPrinterColumns"]}
+    for name, column in real_columns.items():
+        assert our_columns[name] == column
+
+
+def test_printer_columns(generated: dict[str, Any], openapi: dict[str, Any]) -> None:
+    columns = generated["spec"]["versions"][0]["additionalPrinterColumns"]
+    by_name = {c["name"]: c for c in columns}
+    assert [c["name"] for c in columns if c.get("priority", 0) == 0] == ["Algorithm", "Ready", "Version", "Age"]
+    assert by_name["Ready"]["jsonPath"] == '.status.conditions[?(@.type=="Ready")].status'
+    assert by_name["Version"] == {**by_name["Version"], "type": "integer", "jsonPath": ".status.appliedVersion"}
+    assert by_name["Age"]["type"] == "date" and by_name["Age"]["jsonPath"] == ".metadata.creationTimestamp"
+    for column in columns:
+        assert column["type"] in {"integer", "number", "string", "boolean", "date"}
+        # Every column points at a field the schema has (a typo would show an empty column).
+        path = column["jsonPath"].split("[", 1)[0].lstrip(".").split(".")
+        if path[0] == "metadata":
+            continue
+        node = openapi
+        for part in path:
+            node = node["properties"][part]
+        if "[" not in column["jsonPath"]:
+            assert {"integer": "integer", "string": "string", "date": "string"}[column["type"]] == node["type"]
+
+
+def test_status_schema(openapi: dict[str, Any]) -> None:
+    status = openapi["properties"]["status"]
+    props = status["properties"]
+    assert set(props) == {"observedGeneration", "conditions", "appliedVersion", "appliedDigest", "switches"}
+    assert props["observedGeneration"]["type"] == "integer"
+    conditions = props["conditions"]
+    assert conditions["x-kubernetes-list-type"] == "map" and conditions["x-kubernetes-list-map-keys"] == ["type"]
+    cond = conditions["items"]
+    assert set(cond["properties"]) == {"type", "status", "reason", "message", "lastTransitionTime", "observedGeneration"}
+    assert cond["properties"]["status"]["enum"] == ["True", "False", "Unknown"]
+    switches = props["switches"]
+    assert switches["x-kubernetes-list-map-keys"] == ["name"] and switches["items"]["required"] == ["name"]
+    assert set(switches["items"]["properties"]) == {"name", "role", "state", "message", "lastWriteTime"}
+    # A status as the reconciler writes it validates; a bad one does not (422 on a real server).
+    good = {
+        "observedGeneration": 3,
+        "appliedVersion": 12,
+        "appliedDigest": "sha256:" + "ab" * 32,
+        "conditions": [
+            {"type": "Ready", "status": "True", "reason": "Applied", "message": "version 12 applied",
+             "lastTransitionTime": "2026-11-22T10:00:00Z", "observedGeneration": 3},
+            {"type": "Stalled", "status": "False", "reason": "Applied", "message": "",
+             "lastTransitionTime": "2026-11-22T10:00:00Z"},
+        ],
+        "switches": [{"name": "leaf-1", "role": "primary", "state": "InSync", "lastWriteTime": "2026-11-22T10:00:00Z"}],
+    }  # fmt: skip
+    assert list(Strict(status).iter_errors(good)) == []
+    for bad in (
+        {"conditions": [{**good["conditions"][0], "status": "Yes"}]},
+        {"conditions": [{"type": "Ready", "status": "True"}]},
+        {"conditions": [{**good["conditions"][0], "reason": "not a word"}]},
+        {"appliedDigest": "sha256:xyz"},
+        {"appliedVersion": -1},
+        {"switches": [{"role": "primary"}]},
+        {"switches": [{"name": "leaf-1", "role": "master"}]},
+    ):
+        assert list(Strict(status).iter_errors(bad)), bad
+
+
+# --- structural: what the API server accepts -------------------------------------------------
+
+
+def test_schema_is_structural(openapi: dict[str, Any]) -> None:
+    for path, node in nodes(openapi):
+        where = ".".join(path) or "(root)"
+        assert set(node) <= JSON_SCHEMA_PROPS, f"{where}: {sorted(set(node) - JSON_SCHEMA_PROPS)}"
+        # Surprise 22: an explicit false is rejected ("must be true or undefined").
+        assert node.get("x-kubernetes-preserve-unknown-fields", True) is True, where
+        assert isinstance(node.get("type"), str), f"{where}: every node needs a type"
+        assert not ("properties" in node and "additionalProperties" in node), where
+        assert node.get("uniqueItems") is not True, f"{where}: uniqueItems: true is forbidden"
+        for key in ("allOf", "oneOf", "anyOf", "not"):
+            assert key not in node, f"{where}: {key} needs care in structural schemas; none expected"
+        if node["type"] == "array":
+            assert isinstance(node.get("items"), dict), where
+        if node["type"] == "object" and "required" in node:
+            assert set(node["required"]) <= set(node.get("properties", {})), where
+
+
+def test_root_metadata_and_type_fields(openapi: dict[str, Any]) -> None:
+    assert not {"$schema", "$id", "title"} & set(openapi)
+    props = openapi["properties"]
+    # Only {type: object}: the API server forbids anything else under metadata.
+    assert props["metadata"] == {"type": "object"}
+    assert props["apiVersion"]["type"] == "string" and props["kind"]["type"] == "string"
+    assert openapi["required"] == ["spec"]
+    for path, node in nodes(openapi):
+        if path[:1] == ("metadata",) and path != ("metadata",):
+            pytest.fail(f"{'.'.join(path)}: nothing may be declared under metadata")
+
+
+def test_defaults_validate_against_their_own_schema(openapi: dict[str, Any]) -> None:
+    """The API server rejects a CRD whose defaults do not validate (or would be pruned)."""
+    checked = 0
+    for path, node in nodes(openapi):
+        if "default" in node:
+            errors = [e.message for e in Strict(node).iter_errors(node["default"])]
+            assert errors == [], f"{'.'.join(path)}: {errors}"
+            checked += 1
+    assert checked >= 10
+
+
+def test_patterns_are_re2_compatible(openapi: dict[str, Any]) -> None:
+    patterns = [(p, n["pattern"]) for p, n in nodes(openapi) if "pattern" in n]
+    assert len(patterns) >= 8
+    for path, pattern in patterns:
+        # Go's RE2 has no \u escapes, lookarounds or back-references.
+        assert "\\u" not in pattern, path
+        assert not re.search(r"\(\?<?[=!]|\\[1-9]", pattern), path
+        re.compile(pattern)
+    duration = openapi["properties"]["spec"]["properties"]["updateInterval"]["pattern"]
+    assert re.fullmatch(duration, "5\u00b5s") and re.fullmatch(duration, "5\u03bcs")  # both micro signs
+
+
+def test_integer_bounds_fit_int64(openapi: dict[str, Any]) -> None:
+    for path, node in nodes(openapi):
+        for key in ("minimum", "maximum", "default"):
+            if node.get("type") == "integer" and isinstance(node.get(key), int):
+                assert -(2**63) <= node[key] <= 2**63 - 1, f"{'.'.join(path)}.{key}"
+    device = openapi["properties"]["spec"]["properties"]["switchConfig"]["properties"]["switches"]["items"][
+        "properties"
+    ]["deviceId"]
+    assert device["maximum"] == 2**63 - 1
+    assert "int64" in device["description"]
+
+
+def test_enum_values_have_their_node_type(openapi: dict[str, Any]) -> None:
+    for path, node in nodes(openapi):
+        for value in node.get("enum", []):
+            assert isinstance(value, PY_TYPES[node["type"]]) and not (
+                node["type"] == "integer" and isinstance(value, bool)
+            ), f"{'.'.join(path)}: {value!r}"
+
+
+def test_formats_are_known_to_kubernetes(openapi: dict[str, Any]) -> None:
+    formats = {n["format"] for _, n in nodes(openapi) if "format" in n}
+    assert formats and formats <= crd.K8S_FORMATS
+
+
+def test_list_map_keys_are_required_scalars(openapi: dict[str, Any]) -> None:
+    found = []
+    for path, node in nodes(openapi):
+        if node.get("x-kubernetes-list-type") == "map":
+            items = node["items"]
+            for key in node["x-kubernetes-list-map-keys"]:
+                assert items["properties"][key]["type"] in {"string", "integer", "boolean", "number"}
+                assert key in items.get("required", []) or "default" in items["properties"][key]
+            found.append(".".join(path))
+    assert sorted(found) == sorted(
+        ["spec.vipPools", "spec.switchConfig.switches", "spec.switchConfig.routes", "status.conditions", "status.switches"]
+    )
+
+
+# --- the JSON Schema's keywords carried over -------------------------------------------------
+
+
+def test_descriptions_defaults_and_constraints_come_from_the_json_schema(
+    source_schema: dict[str, Any], openapi: dict[str, Any]
+) -> None:
+    ours = dict(nodes(openapi))
+    compared = 0
+    for path, src in nodes(source_schema):
+        if not path or path[0] == "metadata":
+            continue
+        node = ours[path]
+        assert node["type"] == src["type"], path
+        for key in ("default", "minLength", "maxLength", "minItems", "maxItems", "format", "required"):
+            assert node.get(key) == src.get(key), f"{'.'.join(path)}.{key}"
+        if path not in (("apiVersion",), ("kind",)):  # the API server routes on these
+            assert node.get("enum") == src.get("enum"), path
+        if "pattern" in src:
+            decoded = re.sub(r"\\u([0-9a-fA-F]{4})", lambda m: chr(int(m.group(1), 16)), src["pattern"])
+            assert node["pattern"] == decoded, path
+        if "description" in src:
+            assert node["description"].startswith(src["description"]), path
+        if node.get("maximum") != src.get("maximum"):
+            assert src["maximum"] > 2**63 - 1 and node["maximum"] == 2**63 - 1, path
+        assert node.get("minimum") == src.get("minimum"), path
+        compared += 1
+    assert compared >= 40
+    # And nothing in spec that the JSON Schema does not have.
+    spec_paths = {p for p in ours if p[:1] == ("spec",)}
+    assert spec_paths == {p for p, _ in nodes(source_schema) if p[:1] == ("spec",)}
+
+
+def test_untranslatable_keywords_are_errors(source_schema: dict[str, Any]) -> None:
+    def with_spec_change(**change: Any) -> dict[str, Any]:
+        s = copy.deepcopy(source_schema)
+        s["properties"]["spec"]["properties"]["algorithm"].update(change)
+        return s
+
+    cases = {
+        "const": with_spec_change(const="x"),
+        "type": with_spec_change(type=["string", "null"]),
+        "format": with_spec_change(format="semver"),
+        "lookahead": with_spec_change(pattern="^(?=a)a$"),
+    }
+    for what, schema in cases.items():
+        with pytest.raises(crd.CRDGenerationError, match=r"spec\.algorithm") as info:
+            crd.generate_crd(schema)
+        assert what in str(info.value) or what in ("type", "lookahead"), str(info.value)
+    s = copy.deepcopy(source_schema)
+    s["properties"]["status"] = {"type": "object"}
+    with pytest.raises(crd.CRDGenerationError, match="status"):
+        crd.generate_crd(s)
+    s = copy.deepcopy(source_schema)
+    del s["properties"]["spec"]["properties"]["vipPools"]
+    with pytest.raises(crd.CRDGenerationError, match="spec.vipPools"):
+        crd.generate_crd(s)  # a list-map overlay for a property that is gone
+
+
+# --- examples validate against the CRD as they do against the JSON Schema ---------------------
+
+
+def lbc_documents(root: Path) -> list[tuple[str, dict[str, Any]]]:
+    """LoadBalancerConfig documents under `root`, read with the intent loader's safe reader
+    (so the alias bomb and the other unreadable examples are refused, not expanded)."""
+    out = []
+    for path in sorted(root.rglob("*.y*ml")):
+        for doc in read_yaml_file(path).documents:
+            data = doc.data
+            if isinstance(data, dict) and data.get("kind") == "LoadBalancerConfig":
+                out.append((f"{path.relative_to(EXAMPLES)}#{doc.index}", data))
+    return out
+
+
+def source_errors_the_crd_must_share(schema: dict[str, Any], data: dict[str, Any]) -> list[str]:
+    """The JSON Schema's errors for `data`, less the ones a CRD does not (and cannot) raise:
+    unknown fields (pruned), metadata (the API server's own rules), apiVersion/kind (routing)."""
+    out = []
+    for e in Strict(schema).iter_errors(data):
+        path = tuple(e.absolute_path)
+        if e.validator == "additionalProperties" or path[:1] in (("metadata",), ("apiVersion",), ("kind",)):
+            continue
+        out.append(f"{'.'.join(map(str, path))}: {e.message}")
+    return out
+
+
+def test_valid_examples_validate_against_the_crd(openapi: dict[str, Any]) -> None:
+    docs = [d for name in ("minimal", "multi-service", "production") for d in lbc_documents(EXAMPLES / name)]
+    assert len(docs) >= 4
+    for name, data in docs:
+        errors = [f"{list(e.absolute_path)}: {e.message}" for e in Strict(openapi).iter_errors(data)]
+        assert errors == [], name
+
+
+def test_invalid_examples_fail_the_crd_exactly_where_the_schema_does(
+    source_schema: dict[str, Any], openapi: dict[str, Any]
+) -> None:
+    rejected = set()
+    for name, data in lbc_documents(EXAMPLES / "invalid"):
+        expected = source_errors_the_crd_must_share(source_schema, data)
+        got = [e.message for e in Strict(openapi).iter_errors(data)]
+        assert bool(got) == bool(expected), f"{name}: schema says {expected}, CRD says {got}"
+        if got:
+            rejected.add(name.split("/", 2)[1])
+    # The schema-violation examples are among them (not a vacuous comparison).
+    assert {"bad-duration", "bad-enum", "bad-pattern", "missing-required", "switch-roles", "wrong-type"} <= rejected
+
+
+def _violations(schema: dict[str, Any], value: Any) -> Iterator[tuple[str, Any]]:
+    """Values that break one keyword of `schema`, each with the keyword's name."""
+    t = schema.get("type")
+    swap = {"string": 7, "integer": "7", "boolean": "yes", "object": [], "array": {}, "number": "7"}
+    if t in swap:
+        yield "type", swap[t]
+    if "enum" in schema:
+        yield "enum", "not-in-enum" if t == "string" else 3
+    if "pattern" in schema:
+        yield "pattern", "!! bad !!"
+    if "minimum" in schema:
+        yield "minimum", schema["minimum"] - 1
+    if "maximum" in schema:
+        yield "maximum", schema["maximum"] + 1
+    if schema.get("minLength", 0) >= 1:
+        yield "minLength", ""
+    if "maxLength" in schema:
+        yield "maxLength", "a" * (schema["maxLength"] + 1)
+    if schema.get("minItems", 0) >= 1:
+        yield "minItems", []
+    if "maxItems" in schema and isinstance(value, list) and value:
+        yield "maxItems", value + [value[0]] * (schema["maxItems"] + 1 - len(value))
+    if isinstance(value, dict):
+        for key in schema.get("required", []):
+            if key in value:
+                yield "required", {k: v for k, v in value.items() if k != key}
+
+
+def _walk_values(schema: dict[str, Any], value: Any, path: tuple[Any, ...] = ()) -> Iterator[tuple[tuple[Any, ...], dict[str, Any], Any]]:
+    yield path, schema, value
+    if isinstance(value, dict):
+        for key, sub in value.items():
+            if key in schema.get("properties", {}):
+                yield from _walk_values(schema["properties"][key], sub, (*path, key))
+            elif isinstance(schema.get("additionalProperties"), dict):
+                yield from _walk_values(schema["additionalProperties"], sub, (*path, key))
+    elif isinstance(value, list) and isinstance(schema.get("items"), dict):
+        for i, sub in enumerate(value):
+            yield from _walk_values(schema["items"], sub, (*path, i))
+
+
+def _replace(data: Any, path: tuple[Any, ...], value: Any) -> Any:
+    out = copy.deepcopy(data)
+    if not path:
+        return value
+    node = out
+    for part in path[:-1]:
+        node = node[part]
+    node[path[-1]] = value
+    return out
+
+
+def test_every_constraint_of_the_schema_is_enforced_by_the_crd(
+    source_schema: dict[str, Any], openapi: dict[str, Any]
+) -> None:
+    """Break each constraint of each field of the richest example, one at a time: the CRD
+    rejects the document exactly when the JSON Schema does (less the known differences)."""
+    (_, base), *_ = [d for d in lbc_documents(EXAMPLES / "production") if d[1]["metadata"]["name"] == "edge"]
+    assert list(Strict(openapi).iter_errors(base)) == []
+    tried = 0
+    for path, schema, value in _walk_values(source_schema, base):
+        if path[:1] in (("metadata",), ("apiVersion",), ("kind",)):
+            continue
+        for keyword, bad in _violations(schema, value):
+            doc = _replace(base, path, bad)
+            expected = source_errors_the_crd_must_share(source_schema, doc)
+            got = [e.message for e in Strict(openapi).iter_errors(doc)]
+            assert bool(got) == bool(expected), f"{path} {keyword}={bad!r}: schema {expected}, CRD {got}"
+            tried += 1
+    assert tried >= 100
+
+
+def test_known_differences(source_schema: dict[str, Any], openapi: dict[str, Any]) -> None:
+    (_, base), *_ = lbc_documents(EXAMPLES / "minimal")
+    # Unknown fields: the JSON Schema refuses them, the API server prunes them.
+    unknown = copy.deepcopy(base)
+    unknown["spec"]["healtCheck"] = {}
+    assert list(Strict(source_schema).iter_errors(unknown))
+    assert not list(Strict(openapi).iter_errors(unknown))
+    # deviceId: uint64 in Git, int64 in a custom resource.
+    big = copy.deepcopy(base)
+    big["spec"]["switchConfig"]["switches"][0]["deviceId"] = 2**64 - 1
+    assert not list(Strict(source_schema).iter_errors(big))
+    assert [e.validator for e in Strict(openapi).iter_errors(big)] == ["maximum"]
+    big["spec"]["switchConfig"]["switches"][0]["deviceId"] = 2**63 - 1
+    assert not list(Strict(openapi).iter_errors(big))
+
+
+# --- `p4kube crd` ------------------------------------------------------------------------------
+
+
+def run_crd(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="p4kube")
+    register(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["crd", *argv])
+    return args.func(args)
+
+
+def test_cli_prints_the_crd(capsys: pytest.CaptureFixture[str]) -> None:
+    assert run_crd([]) == 0
+    assert capsys.readouterr().out == crd.crd_yaml()
+
+
+def test_cli_writes_and_checks(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "crd.yaml"
+    assert run_crd(["--out", str(out)]) == 0
+    assert out.read_text(encoding="utf-8") == crd.crd_yaml()
+    assert run_crd(["--check", str(out)]) == 0
+    out.write_text(out.read_text().replace("maxItems: 2", "maxItems: 3"))
+    capsys.readouterr()
+    assert run_crd(["--check", str(out)]) == 1
+    assert "p4kube crd --out" in capsys.readouterr().err
+    assert run_crd(["--check", str(tmp_path / "missing.yaml")]) == 1
+    assert "cannot read" in capsys.readouterr().err
