@@ -81,7 +81,7 @@ def test_deploy_crd_yaml_is_the_generated_crd() -> None:
 def test_yaml_round_trips_to_the_generated_object(generated: dict[str, Any]) -> None:
     loaded = YAML(typ="safe", pure=True).load(crd.crd_yaml())
     assert loaded == generated
-    assert "&" not in crd.crd_yaml().split("apiVersion:", 1)[1].replace("&&", "")  # no YAML anchors
+    assert not re.search(r"[&*]id\d+", crd.crd_yaml())  # shared sub-schemas are not YAML anchors
 
 
 def test_generation_is_deterministic_and_pure(source_schema: dict[str, Any]) -> None:
@@ -346,7 +346,7 @@ def test_untranslatable_keywords_are_errors(source_schema: dict[str, Any]) -> No
     for what, schema in cases.items():
         with pytest.raises(crd.CRDGenerationError, match=r"spec\.algorithm") as info:
             crd.generate_crd(schema)
-        assert what in str(info.value) or what in ("type", "lookahead"), str(info.value)
+        assert what in str(info.value), str(info.value)
     s = copy.deepcopy(source_schema)
     s["properties"]["status"] = {"type": "object"}
     with pytest.raises(crd.CRDGenerationError, match="status"):
@@ -374,12 +374,17 @@ def lbc_documents(root: Path) -> list[tuple[str, dict[str, Any]]]:
 
 def source_errors_the_crd_must_share(schema: dict[str, Any], data: dict[str, Any]) -> list[str]:
     """The JSON Schema's errors for `data`, less the ones a CRD does not (and cannot) raise:
-    unknown fields (pruned), metadata (the API server's own rules), apiVersion/kind (routing)."""
+    unknown fields (pruned), metadata (the API server's own rules), apiVersion/kind (routing;
+    the API server fills them in)."""
     out = []
     for e in Strict(schema).iter_errors(data):
         path = tuple(e.absolute_path)
         if e.validator == "additionalProperties" or path[:1] in (("metadata",), ("apiVersion",), ("kind",)):
             continue
+        if e.validator == "required" and not path:
+            missing = {k for k in e.validator_value if k not in e.instance}
+            if missing <= {"apiVersion", "kind", "metadata"}:  # always there on a stored object
+                continue
         out.append(f"{'.'.join(map(str, path))}: {e.message}")
     return out
 
@@ -475,7 +480,7 @@ def test_every_constraint_of_the_schema_is_enforced_by_the_crd(
             got = [e.message for e in Strict(openapi).iter_errors(doc)]
             assert bool(got) == bool(expected), f"{path} {keyword}={bad!r}: schema {expected}, CRD {got}"
             tried += 1
-    assert tried >= 100
+    assert tried >= 100, tried
 
 
 def test_known_differences(source_schema: dict[str, Any], openapi: dict[str, Any]) -> None:

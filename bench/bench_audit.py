@@ -1,0 +1,183 @@
+#!/usr/bin/env python3
+"""Audit repository benchmark (issue 5): a 5,000-Service snapshot committed once, then 1,000
+transactions that each change one Service (a pending commit with the tree change, then an
+applied commit with the same tree).
+
+Measures the time per pending commit and per applied commit, the growth of .git/objects per
+transaction (loose objects: apparent bytes, and disk blocks, since each loose object is a file
+of at least one block), the same after packing, `audit log` over the whole history (the CLI
+command, in process), a restarted reconciler's last_applied() (reads every service file) and
+`audit verify` of the whole history. Targets: commit < 50 ms, growth < 20 KB per commit,
+`audit log` of 1,000 commits < 1 s.
+
+    .venv/bin/python bench/bench_audit.py [--services N] [--commits N] [--record]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import ipaddress
+import os
+import platform
+import random
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from reconciler.audit import AuditRepo, verify_history
+from reconciler.cluster.synthetic import synthetic_cluster, with_scaled_service
+from reconciler.intent.model import LoadBalancerConfig, VipPool
+from reconciler.render import Renderer
+
+DIGEST = "sha256:" + "0" * 64
+
+
+def disk_usage(path: Path) -> tuple[int, int, int]:
+    """(apparent bytes, bytes in allocated blocks, files) under path."""
+    size = blocks = files = 0
+    for root, _, names in os.walk(path):
+        for n in names:
+            st = os.stat(os.path.join(root, n))
+            size += st.st_size
+            blocks += st.st_blocks * 512
+            files += 1
+    return size, blocks, files
+
+
+def ms(xs: list[float], q: float) -> float:
+    xs = sorted(xs)
+    return 1000 * xs[min(len(xs) - 1, int(q * len(xs)))]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--services", type=int, default=5000)
+    ap.add_argument("--nodes", type=int, default=1000)
+    ap.add_argument("--endpoints", type=int, default=50000)
+    ap.add_argument("--commits", type=int, default=1000, help="one-Service transactions (pending + applied)")
+    ap.add_argument("--dir", help="keep the repository here (default: a temporary directory)")
+    ap.add_argument("--record", action="store_true", help="write the results to bench/RESULTS-audit.md")
+    a = ap.parse_args()
+
+    cluster = synthetic_cluster(services=a.services, nodes=a.nodes, endpoints=a.endpoints, seed=1)
+    config = LoadBalancerConfig(
+        namespace="p4kube-system",
+        name="bench",
+        buckets_per_service=64,
+        vip_pools=(VipPool("bench", ((ipaddress.IPv4Address("198.18.0.1"), ipaddress.IPv4Address("198.19.255.254")),)),),
+    )
+    renderer = Renderer()
+    snap = renderer.render(config, cluster, None, p4info_digest=DIGEST).snapshot
+
+    with contextlib.ExitStack() as stack:
+        base = Path(a.dir) if a.dir else Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="p4kube-bench-audit-")))
+        path = base / "audit.git"
+        clock = iter(range(1_700_000_000, 1_800_000_000, 30))
+        audit = AuditRepo.open_or_init(path, clock=lambda: next(clock), pack_every=0)
+        t0 = time.perf_counter()
+        audit.record(snap, "pending")
+        t_first = time.perf_counter() - t0
+        audit.record(snap, "applied")
+        objects = path / "objects"
+        start = disk_usage(objects)
+
+        rng = random.Random(7)
+        keys = sorted(k for k in cluster.services if cluster.endpoints.get(k))
+        node_names = sorted(cluster.nodes)
+        pending, applied, render_t = [], [], []
+        for _ in range(a.commits):
+            key = rng.choice(keys)
+            eps = cluster.endpoints[key]
+            node = rng.choice(eps).node if eps and rng.random() < 0.5 else rng.choice(node_names)
+            delta = -1 if any(e.node == node for e in eps) and rng.random() < 0.5 else 1
+            cluster = with_scaled_service(cluster, key, node, delta)
+            t0 = time.perf_counter()
+            snap = renderer.render(config, cluster, snap, p4info_digest=DIGEST, changed=[key]).snapshot.with_version(snap.version + 1)
+            render_t.append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            audit.record(snap, "pending")
+            pending.append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            audit.record(snap, "applied")
+            applied.append(time.perf_counter() - t0)
+        end = disk_usage(objects)
+        n = a.commits
+        loose_apparent = (end[0] - start[0]) / n
+        loose_blocks = (end[1] - start[1]) / n
+        loose_files = (end[2] - start[2]) / n
+
+        packed_objects = audit.compact()
+        packed = disk_usage(objects)
+
+        # `p4kube audit log` in a fresh process state: open, walk, format every commit.
+        from reconciler.audit_cli import cmd_log
+
+        t0 = time.perf_counter()
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            cmd_log(argparse.Namespace(repo=str(path), branch="main", workdir=None, config=None, outcome=None,
+                                       since=None, until=None, format="text", limit=None))
+        t_log = time.perf_counter() - t0
+        log_lines = out.getvalue().count("\n")
+        t0 = time.perf_counter()
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            cmd_log(argparse.Namespace(repo=str(path), branch="main", workdir=None, config=None, outcome=None,
+                                       since=None, until=None, format="json", limit=None))
+        t_log_json = time.perf_counter() - t0
+
+        # A restarted reconciler: last_applied reads and checks every service file once ...
+        t0 = time.perf_counter()
+        fresh = AuditRepo.open_or_init(path, create=False, clock=lambda: next(clock), pack_every=0)
+        last = fresh.last_applied(snap.config)
+        t_restart = time.perf_counter() - t0
+        assert last is not None and last.digest == snap.digest
+        # ... and its first commit after that reuses what it read.
+        key = rng.choice(keys)
+        cluster = with_scaled_service(cluster, key, cluster.endpoints[key][0].node, 1)
+        nxt = renderer.render(config, cluster, last, p4info_digest=DIGEST, changed=[key]).snapshot.with_version(snap.version + 1)
+        t0 = time.perf_counter()
+        fresh.record(nxt, "pending")
+        t_first_after_restart = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        report = verify_history(AuditRepo.open_or_init(path, create=False))
+        t_verify = time.perf_counter() - t0
+        assert report.ok, report.format()
+
+    entries = snap.entry_count()
+    lines = [
+        f"### Audit repository: {a.services} Services ({entries} table entries), {n} one-Service transactions "
+        f"({time.strftime('%Y-%m-%d')}, {platform.python_implementation()} {platform.python_version()}, {platform.machine()})",
+        "",
+        "| measure | result | target |",
+        "|---|---|---|",
+        f"| pending commit (tree change): median / p99 / max | {ms(pending, .5):.1f} / {ms(pending, .99):.1f} / {1000 * max(pending):.1f} ms | < 50 ms |",
+        f"| applied commit (same tree): median / p99 | {ms(applied, .5):.1f} / {ms(applied, .99):.1f} ms | - |",
+        f"| .git/objects growth per transaction, loose, apparent size | {loose_apparent / 1024:.1f} KB ({loose_files:.1f} files) | < 20 KB per commit |",
+        f"| .git/objects growth per transaction, loose, disk blocks | {loose_blocks / 1024:.1f} KB | - |",
+        f"| .git/objects after packing ({packed_objects} objects), per transaction | "
+        f"{(packed[1] - start[1]) / n / 1024:.2f} KB | - |",
+        f"| `audit log` of {log_lines} commits (text / json) | {t_log * 1000:.0f} / {t_log_json * 1000:.0f} ms | < 1 s |",
+        f"| restart: open + last_applied() (reads and checks {a.services} service files) | {t_restart:.2f} s | - |",
+        f"| first commit after restart | {t_first_after_restart * 1000:.1f} ms | - |",
+        f"| `audit verify` of the whole history ({report.commits} commits) | {t_verify:.2f} s | - |",
+        f"| first commit of the full snapshot ({a.services} service files) | {t_first:.2f} s | - |",
+        f"| (render of the one changed Service, not audit) | {ms(render_t, .5):.1f} ms | - |",
+        "",
+    ]
+    text = "\n".join(lines)
+    print(text)
+    if a.record:
+        out_path = Path(__file__).with_name("RESULTS-audit.md")
+        out_path.write_text("# Audit benchmark results\n\n`.venv/bin/python bench/bench_audit.py --record`\n\n" + text + "\n")
+        print(f"wrote {out_path}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
