@@ -352,6 +352,26 @@ def test_default_route_and_macs_read_back(switch: SoftwareSwitch) -> None:
     run(go())
 
 
+def test_read_keys(switch: SoftwareSwitch) -> None:
+    default_route = Entry(n.IPV4_LPM, ("0.0.0.0/0",), n.FWD, (0, "02:00:c0:00:02:01"))
+    route = Entry(n.IPV4_LPM, ("10.20.0.0/16",), n.FWD, (1, "02:00:0a:14:00:01"))
+    held = backends(5) + [route, default_route]
+
+    async def go() -> None:
+        async with session(switch, 10) as s:
+            await s.ensure_pipeline(P4INFO, DEVICE_CONFIG)
+            assert (await s.write(requests(s, held))).ok
+            absent = backends(2, start=100) + [Entry(n.IPV4_LPM, ("10.30.0.0/16",), n.FWD, (1, "02:00:0a:14:00:01"))]
+            # the actions asked with are not what is compared: the switch's are returned
+            changed = Entry(n.BACKEND_TABLE, (1, 3), n.DNAT, ("192.0.2.1", 1, 1))
+            got = await s.read_keys(backends(2, start=1) + [changed, default_route] + absent)
+            assert ordered(got) == ordered(backends(3, start=1) + [default_route])
+            assert await s.read_keys([]) == []
+            assert ordered(await s.read_keys([route])) == [route]
+
+    run(go())
+
+
 def test_failing_batch_of_500_in_bmv2_mode(bmv2_switch: SoftwareSwitch) -> None:
     """BMv2: UNKNOWN with an empty message and one p4.v1.Error per update in the trailer,
     which for 500 failed updates is far beyond gRPC's default 16 KiB metadata limit."""

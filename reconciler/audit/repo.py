@@ -100,6 +100,7 @@ class AuditRepo:
         strict_push: bool = False,
         pack_every: int = 256,
         location: str | None = None,
+        read_only: bool = False,
     ) -> None:
         if not pygit2.reference_is_valid_name(f"refs/heads/{branch}"):
             raise AuditError(f"{branch!r} is not a valid branch name")
@@ -113,6 +114,7 @@ class AuditRepo:
         self.strict_push = strict_push
         self.pack_every = pack_every
         self.location = location or repo.path
+        self.read_only = read_only
         self.last_push_error: str | None = None
         self._lock = threading.RLock()
         self._indexes: dict[str, ConfigIndex] = {}
@@ -139,25 +141,26 @@ class AuditRepo:
         retry: RetryPolicy = RetryPolicy(),
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.time,
-        create: bool = True,
         strict_push: bool = False,
         pack_every: int = 256,
+        read_only: bool = False,
     ) -> "AuditRepo":
         """A local repository (created when missing, bare), or with `workdir` (or a URL) a bare
         clone of a remote in `workdir` (created when missing), brought up to date with it.
 
-        create=False: a local repository must already exist (for read-only commands)."""
+        read_only: for the audit commands: a local repository must exist, a clone follows the
+        remote exactly, and record() is refused."""
         location = str(path_or_url)
         kwargs = dict(
             branch=branch, author=author, committer=committer, signer=signer, clock=clock,
-            strict_push=strict_push, pack_every=pack_every,
+            strict_push=strict_push, pack_every=pack_every, read_only=read_only,
         )
         if workdir is None and not looks_like_url(location):
             path = Path(location)
             found = pygit2.discover_repository(str(path)) if path.exists() else None
             if found is not None and Path(found).resolve() in (path.resolve(), (path / ".git").resolve()):
                 return cls(pygit2.Repository(found), location=location, **kwargs)  # type: ignore[arg-type]
-            if not create:
+            if read_only:
                 raise AuditError(f"no audit repository at {path}")
             if path.exists() and any(path.iterdir()):
                 raise AuditError(f"{path} exists, is not empty, and is not a Git repository")
@@ -183,6 +186,11 @@ class AuditRepo:
         assert self.remote is not None
         theirs = self.remote.fetch()
         ours = self._tip()
+        if self.read_only:  # a reading clone is a cache of the remote: follow it exactly
+            if theirs is None:
+                raise AuditError(f"{self.location} has no branch {self.branch}")
+            self.repo.references.create(self.ref, theirs, force=True)
+            return
         if theirs is None or theirs == ours:
             pass
         elif ours is None or self.repo.descendant_of(theirs, ours):
@@ -256,6 +264,8 @@ class AuditRepo:
         raises PushError carrying the commit id."""
         check_outcome(outcome)
         extra = check_extra_trailers(extra_trailers)
+        if self.read_only:
+            raise AuditError(f"{self.location} was opened read-only")
         with self._lock:
             tip = self._tip()
             self._check_version(snapshot)

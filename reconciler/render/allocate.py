@@ -128,6 +128,13 @@ class Pool(Generic[V]):
     def begin_render(self) -> None:
         self._quarantine.clear()
 
+    @property
+    def released_this_render(self) -> bool:
+        return bool(self._quarantine)
+
+    def released_values(self) -> frozenset[V]:
+        return frozenset(self._quarantine)
+
     def end_render(self) -> None:
         """Values released in this render become free for the next one."""
         for v in self._quarantine:

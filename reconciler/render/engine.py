@@ -71,10 +71,14 @@ class _State:
     ordered: list[ServiceSnapshot] = field(default_factory=list)  # services in `order`
     position: dict[str, int] = field(default_factory=dict)  # name -> index in `order`
     issue_keys: set[str] = field(default_factory=set)  # Service keys that have issues
-    # Services refused with an error (a VIP in quarantine, a pool or id space full, a contested
-    # backend) are retried on every render: what blocked them may be free now, though their
-    # own inputs did not change.
-    retry_keys: set[str] = field(default_factory=set)
+    # Services refused because a value they need is held (a VIP, a service or backend id, a
+    # reverse_nat key), by kind of value. They are retried when a render released values of
+    # that kind: what blocked them may be free now, though their own inputs did not change.
+    retry_keys: dict[str, frozenset[tuple]] = field(default_factory=dict)  # key -> {(kind, value|None)}
+    freed: frozenset[tuple] = frozenset()  # (kind, value) and (kind, None) released by the last render
+    # reverse_nat keys released in this render -> their previous owner (quarantine, as for ids)
+    reverse_released: dict[tuple, str] = field(default_factory=dict)
+    blocked: dict[str, set[tuple]] = field(default_factory=dict)  # this render: key -> {(kind, value)}
 
     def reorder(self) -> None:
         self.order = sorted(self.services)
@@ -110,13 +114,16 @@ class Renderer:
             st = self._state = _fresh_state(config, p4info_digest, previous)
             todo = set(st.keys) | {k for k, s in cluster.services.items() if s.opt_in is not None}
         elif changed is not None:
-            todo = set(changed) | st.retry_keys
+            todo = set(changed)
         else:
             todo = {k for k in st.keys.keys() | cluster.services.keys() if _fingerprint(cluster, k, connections) != _cached_fp(st, k)}
-            todo |= st.retry_keys
         assert st is not None
+        if st.freed:
+            todo |= {k for k, wants in st.retry_keys.items() if wants & st.freed}
         for pool in (st.vips, st.service_ids, st.backend_ids):
             pool.begin_render()
+        st.reverse_released.clear()
+        st.blocked.clear()
         count_before = len(st.services)
         touched: list[str] = []
         # Services that left go first, so what they held is quarantined before anyone asks for
@@ -129,6 +136,14 @@ class Renderer:
             svc = cluster.services.get(key)
             if svc is not None and selection(config, svc) is None:
                 touched.extend(_render_key(st, config, cluster, key, connections))
+        # What this render released: each reverse_nat key and VIP by value (a Service waits for
+        # one particular value), and each kind as a whole (a Service waits for a full space).
+        freed: set[tuple] = {("reverse", k) for k in st.reverse_released}
+        freed |= {("vip", v) for v in st.vips.released_values()}
+        for kind, pool in (("vip", st.vips), ("service-id", st.service_ids), ("backend-id", st.backend_ids)):
+            if pool.released_this_render:
+                freed.add((kind, None))
+        st.freed = frozenset(freed)
         for pool in (st.vips, st.service_ids, st.backend_ids):
             pool.end_render()
         if len(st.services) != count_before or any(name not in st.position for name in touched):
@@ -234,8 +249,7 @@ def _drop_key(st: _State, key: str, keep: set[str]) -> None:
             for b in old.backends:
                 st.backend_ids.release((name, backend_key(b, old.backend_mode)))
             for e in old.entries().get(REVERSE_NAT, ()):
-                if st.reverse_owner.get(e.key) == name:
-                    del st.reverse_owner[e.key]
+                _release_reverse(st, e.key, name)
     if not keep:
         st.vips.release(key)
 
@@ -249,10 +263,22 @@ def _set_key(st: _State, key: str, ks: _KeyState | None) -> None:
         st.issue_keys.add(key)
     else:
         st.issue_keys.discard(key)
-    if ks is not None and any(i.severity == "error" for i in ks.issues):
-        st.retry_keys.add(key)
+    kinds = st.blocked.get(key)
+    if ks is not None and kinds:
+        st.retry_keys[key] = frozenset(kinds)
     else:
-        st.retry_keys.discard(key)
+        st.retry_keys.pop(key, None)
+
+
+def _block(st: _State, key: str, kind: str, value: object = None) -> None:
+    """Record that Service `key` was refused because `value` (None: every value) of `kind` is held."""
+    st.blocked.setdefault(key, set()).add((kind, value))
+
+
+def _release_reverse(st: _State, rkey: tuple, name: str) -> None:
+    if st.reverse_owner.get(rkey) == name:
+        del st.reverse_owner[rkey]
+        st.reverse_released.setdefault(rkey, name)
 
 
 def _render_key(
@@ -310,6 +336,7 @@ def _choose_vip(st: _State, svc: Service, issues: list[RenderIssue]) -> str | No
             holder = st.vips.owner_of.get(requested)
             who = f"Service {holder}" if holder else "a Service removed in this same change (free from the next version)"
             issues.append(RenderIssue(key, f"requested IP {requested} is already in use by {who}", "error"))
+            _block(st, key, "vip", requested)
             st.vips.release(key)
             return None
         return requested
@@ -325,6 +352,7 @@ def _choose_vip(st: _State, svc: Service, issues: list[RenderIssue]) -> str | No
         return st.vips.allocate(key)
     except Exhausted as e:
         issues.append(RenderIssue(key, str(e), "error"))
+        _block(st, key, "vip")
         return None
 
 
@@ -368,13 +396,18 @@ def _render_port(
         service_id = st.service_ids.allocate(name)
     except Exhausted as e:
         issues.append(RenderIssue(name, str(e), "error"))
+        _block(st, svc.key, "service-id")
         return None
     proto = IP_PROTOCOLS[port.protocol]
     # reverse_nat keys are shared by all Services: the first holder keeps a contested key.
     for k, (_, address, tport, _) in list(targets.items()):
-        owner = st.reverse_owner.get((address, tport, proto))
+        rkey = (address, tport, proto)
+        owner = st.reverse_owner.get(rkey)
+        if owner is None and st.reverse_released.get(rkey, name) != name:
+            owner = f"{st.reverse_released[rkey]} until the next version"
         if owner is not None and owner != name:
             issues.append(RenderIssue(name, f"backend {address}:{tport}/{port.protocol} already serves {owner}; left out", "error"))
+            _block(st, svc.key, "reverse", rkey)
             del targets[k]
     old = st.services.get(name)
     bucket_count = config.buckets_per_service
@@ -400,6 +433,7 @@ def _render_port(
             bid = st.backend_ids.allocate((name, k))
         except Exhausted as e:
             issues.append(RenderIssue(name, str(e), "error"))
+            _block(st, svc.key, "backend-id")
             return None
         backends.append(
             Backend(
@@ -414,12 +448,13 @@ def _render_port(
         )
     if not targets:
         issues.append(RenderIssue(name, "no ready endpoints: VIP left to kube-proxy until replicas are ready"))
+    now = {(address, tport, proto) for _, address, tport, _ in targets.values()}
     if old is not None:
         for e in old.entries().get(REVERSE_NAT, ()):
-            if st.reverse_owner.get(e.key) == name:
-                del st.reverse_owner[e.key]
-    for _, address, tport, _ in targets.values():
-        st.reverse_owner[(address, tport, proto)] = name
+            if e.key not in now:
+                _release_reverse(st, e.key, name)
+    for k in now:
+        st.reverse_owner[k] = name
     return ServiceSnapshot(
         name=name,
         service_id=service_id,

@@ -35,6 +35,7 @@ from reconciler.switch.translate import (
     TranslationError,
     describe_update,
     election_id_proto,
+    entry_to_proto,
     proto_to_entry,
 )
 
@@ -62,6 +63,7 @@ STATUS_DETAILS_KEY = "grpc-status-details-bin"
 # 16 KiB hard limit). 8 MiB covers batches of 200,000 updates.
 DEFAULT_MAX_METADATA = 8 << 20
 _ERROR_TYPE = "p4.v1.Error"
+_READ_KEYS_CHUNK = 5000  # entities per ReadRequest when reading by key
 
 
 # --- errors -----------------------------------------------------------------------------------
@@ -217,7 +219,7 @@ class SwitchSession:
         rpc_timeout: float = 60.0,
         max_metadata_size: int = DEFAULT_MAX_METADATA,
     ) -> None:
-        election_id_proto(election_id)  # validates: 1 .. 2**128-1
+        self._eid = election_id_proto(election_id)  # validates: 1 .. 2**128-1
         if not 0 <= device_id < 1 << 64:
             raise ValueError(f"device id {device_id} does not fit in 64 bits")
         self.address = address
@@ -239,7 +241,6 @@ class SwitchSession:
         self._stream: Any = None  # grpc.aio.StreamStreamCall
         self._reader: asyncio.Task[None] | None = None
         self._lost_event: asyncio.Event | None = None
-        self._eid = election_id_proto(election_id)
 
     # -- state -------------------------------------------------------------------------------
 
@@ -655,10 +656,14 @@ class SwitchSession:
         """Every (non-default) entry of `tables` (default: all tables of the P4Info), one
         wildcard read per table in one request. Values come back canonical."""
         names = list(self.info.tables) if tables is None else list(tables)
+        if not names:
+            return []
         request = p4r.ReadRequest(device_id=self.device_id)
         for name in names:
             request.entities.add().table_entry.table_id = self.info.table(name).id
-        entities = await self._read(request, f"table entries of {', '.join(names)}")
+        return self._decode_entries(await self._read(request, f"table entries of {', '.join(names)}"))
+
+    def _decode_entries(self, entities: Iterable[p4r.Entity]) -> list[Entry]:
         out: list[Entry] = []
         for entity in entities:
             if entity.WhichOneof("entity") != "table_entry" or entity.table_entry.is_default_action:
@@ -669,6 +674,39 @@ class SwitchSession:
                 raise ReadError(f"{self._where()}: read-back entry does not fit the P4Info: {exc}",
                                 switch=self.name) from None
         return out
+
+    async def read_keys(self, entries: Iterable[Entry]) -> list[Entry]:
+        """The switch's entries at the keys of `entries` (their actions are not compared here);
+        keys the switch does not hold are simply absent from the result.
+
+        A key whose encoding has no match field at all (an LPM /0, the field being omitted)
+        would be a wildcard read, so such tables are read whole and filtered."""
+        wanted: set[tuple[str, tuple]] = set()
+        whole: set[str] = set()
+        keyed: list[p4r.TableEntry] = []
+        for e in entries:
+            if (e.table, e.key) in wanted:
+                continue
+            wanted.add((e.table, e.key))
+            try:
+                te = entry_to_proto(self.info, e, key_only=True)
+            except TranslationError as exc:
+                raise ReadError(f"{self._where()}: cannot read {e.table} {e.key!r}: {exc}", switch=self.name) from None
+            if len(te.match) == 0 and self.info.table(e.table).match_fields:
+                whole.add(e.table)
+            else:
+                keyed.append(te)
+        found: dict[tuple[str, tuple], Entry] = {}
+        for start in range(0, len(keyed), _READ_KEYS_CHUNK):
+            request = p4r.ReadRequest(device_id=self.device_id)
+            for te in keyed[start : start + _READ_KEYS_CHUNK]:
+                request.entities.add().table_entry.CopyFrom(te)
+            for entry in self._decode_entries(await self._read(request, f"{len(request.entities)} entries by key")):
+                found[(entry.table, entry.key)] = entry
+        if whole:
+            for entry in await self.read_entries(sorted(whole)):
+                found[(entry.table, entry.key)] = entry
+        return [e for k, e in found.items() if k in wanted]
 
     async def read_counters(self, name: str, indexes: Iterable[int] | None = None) -> list[CounterCell]:
         """Cells of the indirect counter `name` (all of them, or `indexes`), sorted by index."""
@@ -733,11 +771,11 @@ def _tls_failure(lower: str, tls: TlsSettings, address: str) -> str | None:
             f"the switch's certificate is not signed by the CA we trust ({ca}): wrong CA file, "
             "or the switch serves a certificate from another CA"
         )
-    if "peer_did_not_return_a_certificate" in lower or "certificate_required" in lower or (
-        "socket closed" in lower or "connection reset" in lower
-    ):
-        # with TLS 1.3 the client finishes its handshake first; a server that rejects our
-        # certificate (or its absence) then just closes the connection
+    if any(w in lower for w in ("peer_did_not_return_a_certificate", "certificate_required", "alert",
+                                 "socket closed", "connection reset", "end of file")):
+        # Our side checks the server's certificate (CERTIFICATE_VERIFY_FAILED above); a TLS alert
+        # or a closed connection comes from the server rejecting ours. With TLS 1.3 the client
+        # finishes its handshake first, so the rejection often shows as "Socket closed".
         if tls.mutual:
             return (
                 "the switch closed the connection during the handshake: it most likely does not "

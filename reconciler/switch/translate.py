@@ -242,10 +242,11 @@ def _codec(info: PipelineInfo) -> _Codec:
 # --- entry -> proto ---------------------------------------------------------------------------
 
 
-def entry_to_proto(info: PipelineInfo, e: Entry) -> p4r.TableEntry:
-    """The P4Runtime TableEntry for a snapshot entry (ids from the P4Info, canonical bytes)."""
+def entry_to_proto(info: PipelineInfo, e: Entry, *, key_only: bool = False) -> p4r.TableEntry:
+    """The P4Runtime TableEntry for a snapshot entry (ids from the P4Info, canonical bytes);
+    with `key_only`, without the action (for DELETE and for reads by key)."""
     te = p4r.TableEntry()
-    _fill(_codec(info), te, e, with_action=True)
+    _fill(_codec(info), te, e, with_action=not key_only)
     return te
 
 
