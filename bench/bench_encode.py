@@ -9,11 +9,22 @@ Measures, on the same entries (all INSERTs, as on a first apply or a full restor
 - finsy: P4TableEntry(...).encode_entry(P4Schema) on a sample of the entries (finsy needs its
   own P4TableEntry objects; building them from our entries is included, as it would be in use).
 The requirement is >= 50,000 entries/s.
+
+Measured (2 cores, Python 3.11.7, protobuf 6.33 upb, finsy 0.30; 348,139 entries):
+    ours   updates_to_requests:              222,519 entries/s
+    ours   updates_to_requests+serialize:    213,658 entries/s
+    ours   entry_to_proto:                   282,276 entries/s
+    finsy  P4TableEntry.encode_entry:         64,809 entries/s (20,000 sampled entries)
+finsy passes the bar, but by 30%, and 3.4x slower than ours on the same entries: a full
+5,000-Service (re)apply spends ~5.4 s encoding with finsy against ~1.6 s. Ours also checks the
+snapshot spelling (canonical dotted quads, lowercase MACs, no host bits) that finsy accepts
+loosely, and its read-back decoding gives snapshot values directly.
 """
 
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import platform
 import sys
 import time
@@ -29,7 +40,6 @@ from reconciler.render import render  # noqa: E402
 from reconciler.snapshot import Entry  # noqa: E402
 from reconciler.switch.translate import entry_to_proto, updates_to_requests  # noqa: E402
 
-import ipaddress  # noqa: E402
 
 
 def snapshot_entries(services: int) -> list[Entry]:

@@ -46,7 +46,40 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--intent", required=True, metavar="DIR")
     p.add_argument("--cluster", required=True, metavar="FILE", help="kubectl get services,endpointslices,nodes -A -o yaml")
     _common(p)
+    _audit_options(p)
+    p.add_argument(
+        "--verify-intent-signers",
+        metavar="FILE",
+        help="apply only intent whose HEAD commit is signed by a key in this SSH allowed-signers file "
+        "(like Flux's spec.verify); anything else is refused and recorded",
+    )
+    p.add_argument("--verify-intent-gpg-home", metavar="DIR", help="like --verify-intent-signers, trusting this GPG home's keys")
     p.set_defaults(func=cmd_reconcile)
+
+    p = sub.add_parser(
+        "rollback",
+        help="re-apply a snapshot recorded in the audit repository",
+        description="Take the snapshot recorded as VERSION in the audit repository and apply it through "
+        "the normal transaction, recording it as a new version (trailer Rollback-To). The next reconcile "
+        "renders the intent again: revert the intent in Git for the rollback to stay. Exit codes as apply.",
+    )
+    p.add_argument("--to", required=True, type=int, metavar="VERSION", help="the recorded version to go back to")
+    p.add_argument("--intent", required=True, metavar="DIR", help="intent directory holding the config (for its switches)")
+    _common(p)
+    _audit_options(p, required=True)
+    p.set_defaults(func=cmd_rollback)
+
+
+def _audit_options(p: argparse.ArgumentParser, required: bool = False) -> None:
+    p.add_argument(
+        "--audit-repo",
+        required=required,
+        metavar="DIR_OR_URL",
+        help="audit repository: every snapshot and its outcome is committed there, and the last applied "
+        "snapshot is read from it (replaces --state)",
+    )
+    p.add_argument("--audit-branch", metavar="BRANCH", help="audit branch (default: the config's audit.branch, else main)")
+    p.add_argument("--audit-workdir", metavar="DIR", help="where to clone a remote audit repository")
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -145,19 +178,84 @@ def cmd_apply(args: argparse.Namespace) -> int:
     return _exit(result)
 
 
+def _open_audit(config: LoadBalancerConfig, args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from .audit.repo import AuditRepo
+
+    branch = args.audit_branch or config.audit.branch or "main"
+    return AuditRepo.open_or_init(args.audit_repo, branch=branch, workdir=args.audit_workdir)
+
+
+# What each transaction outcome is recorded as; the audit outcomes are fixed (docs/audit.md).
+# "failed" means nothing changed, or the rollback itself failed: the reason says which.
+_AUDIT_OUTCOME = {"applied": "applied", "unchanged": "applied", "degraded": "degraded", "rolled-back": "rolled-back", "failed": "rolled-back"}
+
+
+async def _apply_recorded(
+    config: LoadBalancerConfig, args: argparse.Namespace, target: Snapshot, audit, extra: tuple = ()  # type: ignore[no-untyped-def]
+) -> ApplyResult:
+    """The transaction of DESIGN.md 6 with the audit repository: pending, apply, outcome."""
+    last_good = audit.last_applied(config.key)
+    audit.record(target, "pending", extra_trailers=extra)
+    applier = build_applier(config, args)
+    try:
+        result = await applier.apply(target, last_good)
+    finally:
+        await applier.close()
+    reason = result.reason if result.outcome != "failed" else f"failed: {result.reason}"
+    audit.record(target, _AUDIT_OUTCOME[result.outcome], reason=reason, extra_trailers=extra)
+    return result
+
+
 def cmd_reconcile(args: argparse.Namespace) -> int:
+    from .cli import CommandError
     from .pipeline_io import load_inputs, render_one
 
     intent, cluster, _ = load_inputs(args.intent, args.cluster)
     config = _pick(intent, args.config)
+    audit = _open_audit(config, args) if args.audit_repo else None
     state = StateDir(args.state)
-    previous = state.last_applied(config.key)
+    previous = audit.last_applied(config.key) if audit is not None else state.last_applied(config.key)
+    if args.verify_intent_signers or args.verify_intent_gpg_home:
+        from .audit.verify import trusted_keys, verify_intent_commit
+
+        trusted = trusted_keys(args.verify_intent_signers, args.verify_intent_gpg_home)
+        ok, detail = verify_intent_commit(args.intent, trusted)  # type: ignore[arg-type]
+        if not ok:
+            message = f"intent at {args.intent} refused: {detail}"
+            if audit is not None and previous is not None:
+                # Recorded against what the switches keep holding: nothing is rendered or applied.
+                audit.record(previous, "rolled-back", reason=message, extra_trailers=(("Refused-Intent-Commit", intent.commit or "none"),))
+            raise CommandError(message)
     rendered = render_one(intent, config, cluster, previous)
     for issue in rendered.issues:
         print(f"{config.key}: {issue.severity}: {issue}", file=sys.stderr)
     if not rendered.changed:
         print(f"{config.key}: up to date at v{rendered.snapshot.version} ({rendered.snapshot.digest}); nothing to apply")
         return 0
-    result = asyncio.run(_apply(config, args, rendered.snapshot, state))
+    if audit is None:
+        result = asyncio.run(_apply(config, args, rendered.snapshot, state))
+    else:
+        # Versions stay unique per config in the audit history, also after a rollback.
+        target = rendered.snapshot.with_version(audit.next_version(config.key))
+        result = asyncio.run(_apply_recorded(config, args, target, audit))
+    print(result.describe())
+    return _exit(result)
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    from .audit.errors import AuditError
+    from .cli import CommandError
+    from .intent.loader import load_intent
+
+    intent = load_intent([args.intent])
+    config = _pick(intent, args.config)
+    audit = _open_audit(config, args)
+    try:
+        old = audit.snapshot_at(args.to, config.key)
+    except (AuditError, LookupError, KeyError) as e:
+        raise CommandError(f"no recorded version {args.to} of {config.key} in {args.audit_repo}: {e}") from e
+    target = old.with_version(audit.next_version(config.key))
+    print(f"{config.key}: rolling back to the content of v{args.to} ({old.digest}) as v{target.version}")
+    result = asyncio.run(_apply_recorded(config, args, target, audit, extra=(("Rollback-To", str(args.to)),)))
     print(result.describe())
     return _exit(result)

@@ -461,7 +461,7 @@ def from_document(doc: Mapping[str, Any], *, source: str = "snapshot") -> Snapsh
             (owned.setdefault(e.service, []) if e.service else global_entries).append(e)
     services = []
     for i, s in enumerate(doc["services"]):
-        services.append(_service_from_json(s, owned.get(s["name"], []), f"{source}: services[{i}]"))
+        services.append(service_from_json(s, owned.get(s["name"], []), f"{source}: services[{i}]"))
     names = [s.name for s in services]
     if names != sorted(names) or len(set(names)) != len(names):
         raise SnapshotError(f"{source}: services must be unique and sorted by name")
@@ -493,7 +493,7 @@ def from_document(doc: Mapping[str, Any], *, source: str = "snapshot") -> Snapsh
     return snap
 
 
-def _service_from_json(s: Mapping[str, Any], entries: list[Entry], where: str) -> ServiceSnapshot:
+def service_from_json(s: Mapping[str, Any], entries: list[Entry], where: str) -> ServiceSnapshot:
     mode = s.get("backendMode", "nodePort")
     backends = tuple(
         Backend(

@@ -275,14 +275,15 @@ def test_higher_election_id_elsewhere_is_refused_cleanly(world):
 
 def test_entries_tampered_out_of_band_are_detected_and_repaired(world):
     assert run(apply(world, world.v1, None)).ok
-    # Another controller (while we are not connected) rewrites one bucket and deletes a VIP.
+    # Another controller (while we are not connected, with a higher election id, as the spec
+    # requires to become primary) rewrites one bucket and deletes a VIP.
     bucket = next(e for e in world.v1.tables()[n.BACKEND_TABLE])
     vip = world.v1.tables()[n.VIP_TABLE][0]
     with grpc.insecure_channel(f"127.0.0.1:{world.primary.port}") as ch:
         stub = p4r_grpc.P4RuntimeStub(ch)
         stream_req = p4r.StreamMessageRequest()
         stream_req.arbitration.device_id = 1
-        stream_req.arbitration.election_id.CopyFrom(election_id_proto(5))
+        stream_req.arbitration.election_id.CopyFrom(election_id_proto(50))
         q: list = [stream_req]
         done = __import__("threading").Event()
 
@@ -293,7 +294,7 @@ def test_entries_tampered_out_of_band_are_detected_and_repaired(world):
         stream = stub.StreamChannel(requests())
         next(stream)  # arbitration answer: primary
         tampered = Entry(bucket.table, bucket.key, bucket.action, ("10.9.9.9", 1, 0))
-        w = p4r.WriteRequest(device_id=1, election_id=election_id_proto(5))
+        w = p4r.WriteRequest(device_id=1, election_id=election_id_proto(50))
         u = w.updates.add()
         u.type = p4r.Update.MODIFY
         u.entity.table_entry.CopyFrom(entry_to_proto(INFO, tampered))
@@ -305,7 +306,7 @@ def test_entries_tampered_out_of_band_are_detected_and_repaired(world):
         stream.cancel()
     world.primary.wait_for_streams(0)
     assert read_back(world.primary) != entries_of(world.v1)
-    r = run(apply(world, world.v1, world.v1))
+    r = run(apply(world, world.v1, world.v1, election_id=100))
     assert r.outcome == "applied", r.describe()
     primary = r.switches[1]
     assert len(primary.drift) == 2, primary.drift

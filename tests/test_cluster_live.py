@@ -255,3 +255,356 @@ def test_backoff_grows_is_capped_jittered_and_resets() -> None:
     assert low.next() == pytest.approx(0.75) and high.next() == pytest.approx(1.25, rel=1e-5)
     with pytest.raises(ValueError):
         Backoff(initial_s=0)
+
+
+# --- the reflector's protocol, against a scripted API (no server, no sleeping) -----------------------
+
+import json  # noqa: E402
+import threading  # noqa: E402
+
+from kubernetes.client.exceptions import ApiException  # noqa: E402
+from urllib3.exceptions import ProtocolError  # noqa: E402
+
+from reconciler.cluster.live import Bookmark, Collection, Problem, Reflector, Relisted, WatchEvent  # noqa: E402
+
+
+class _Resp:
+    """Stands in for the urllib3 response the generated API methods return unread."""
+
+    def __init__(self, body: Any = None, lines: tuple[Any, ...] = (), error: BaseException | None = None, block: threading.Event | None = None) -> None:
+        self._body, self._lines, self._error, self._block = body, lines, error, block
+
+    @property
+    def data(self) -> bytes:
+        return json.dumps(self._body).encode()
+
+    def stream(self, amt: Any = None, decode_content: bool = False) -> Any:
+        for line in self._lines:
+            yield (json.dumps(line) + "\n").encode()
+        if self._block is not None:
+            self._block.wait(10)
+            raise ProtocolError("connection shut down")
+        if self._error is not None:
+            raise self._error
+
+    def shutdown(self) -> None:
+        if self._block is not None:
+            self._block.set()
+
+    def close(self) -> None:
+        pass
+
+    def release_conn(self) -> None:
+        pass
+
+
+def _api_error(code: int, reason: str, message: str) -> ApiException:
+    e = ApiException(status=code, reason=reason)
+    e.body = json.dumps({"kind": "Status", "apiVersion": "v1", "status": "Failure", "message": message, "reason": reason, "code": code})
+    return e
+
+
+class _Script:
+    """Answers list and watch calls from a script; records every call's arguments."""
+
+    def __init__(self, steps: list[Any]) -> None:
+        self.steps = steps
+        self.calls: list[dict[str, Any]] = []
+        self.block = threading.Event()
+
+    def __call__(self, **kwargs: Any) -> Any:
+        self.calls.append(kwargs)
+        if not self.steps:  # the end of the script: a watch that hangs until stopped
+            return _Resp(block=self.block)
+        step = self.steps.pop(0)
+        if isinstance(step, BaseException):
+            raise step
+        return step
+
+
+def _svc_event(etype: str, name: str, rv: str) -> dict[str, Any]:
+    return {"type": etype, "object": _service("a", name, rv=rv)}
+
+
+def _run_reflector(script: _Script, until: int) -> tuple[list[Any], list[float]]:
+    items: list[Any] = []
+    waits: list[float] = []
+    cond = threading.Condition()
+
+    def deliver(item: Any) -> None:
+        with cond:
+            items.append(item)
+            cond.notify_all()
+
+    r = Reflector(
+        Collection(SERVICE, script),
+        deliver,
+        page_size=2,
+        watch_timeout_s=100,
+        wait=waits.append,  # records the backoff instead of sleeping
+        backoff=Backoff(initial_s=1, maximum_s=4, factor=2, jitter=0.0),
+        clock=lambda: 0.0,  # every stream "ends at once": only delivered items count as progress
+        rng=lambda: 0.5,
+    )
+    r.start()
+    try:
+        with cond:
+            assert cond.wait_for(lambda: len(items) >= until, timeout=10), items
+    finally:
+        r.stop()
+        assert r.join(10)
+    return items, waits
+
+
+def test_reflector_pages_watches_from_the_list_rv_and_resumes_after_a_timeout() -> None:
+    script = _Script(
+        [
+            _Resp({"metadata": {"resourceVersion": "10", "continue": "tok"}, "items": [_service("a", "x")]}),
+            _Resp({"metadata": {"resourceVersion": "10"}, "items": [_service("a", "y")]}),
+            _Resp(lines=(_svc_event("MODIFIED", "x", "11"), {"type": "BOOKMARK", "object": {"kind": "Service", "metadata": {"resourceVersion": "15"}}})),
+            _Resp(lines=(_svc_event("DELETED", "y", "16"),)),
+        ]
+    )
+    items, waits = _run_reflector(script, until=4)
+    assert isinstance(items[0], Relisted) and [o["metadata"]["name"] for o in items[0].objects] == ["x", "y"]
+    assert items[0].resource_version == "10"
+    assert isinstance(items[1], WatchEvent) and items[1].type == "MODIFIED"
+    assert items[2] == Bookmark(SERVICE, "15")
+    assert isinstance(items[3], WatchEvent) and items[3].type == "DELETED"
+    assert script.calls[1]["_continue"] == "tok"
+    first_watch, second_watch = script.calls[2], script.calls[3]
+    assert first_watch["watch"] and first_watch["allow_watch_bookmarks"] and first_watch["resource_version"] == "10"
+    assert first_watch["timeout_seconds"] == 150  # 100 * (1 + 0.5): randomized server-side timeout
+    assert first_watch["_request_timeout"][1] > first_watch["timeout_seconds"]
+    assert second_watch["resource_version"] == "15"  # resumed from the bookmark, not relisted
+    assert waits == []
+
+
+def test_reflector_relists_on_expired_error_event_and_backs_off_on_other_errors() -> None:
+    gone = {"type": "ERROR", "object": {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "message": "too old resource version: 10 (20)", "reason": "Expired", "code": 410}}
+    busy = {"type": "ERROR", "object": {"kind": "Status", "status": "Failure", "message": "Timeout: Too large resource version", "reason": "Timeout", "details": {"retryAfterSeconds": 3}, "code": 504}}
+    script = _Script(
+        [
+            _Resp({"metadata": {"resourceVersion": "10"}, "items": []}),
+            _Resp(lines=(gone,)),
+            _Resp({"metadata": {"resourceVersion": "30"}, "items": [_service("a", "x", rv="25")]}),
+            _Resp(lines=(busy,)),
+            _Resp(error=ProtocolError("connection reset")),
+            _api_error(503, "ServiceUnavailable", "apiserver is shutting down"),
+            _Resp(lines=(_svc_event("ADDED", "z", "31"),)),
+        ]
+    )
+    items, waits = _run_reflector(script, until=7)
+    kinds = [type(i).__name__ for i in items]
+    assert kinds == ["Relisted", "Problem", "Relisted", "Problem", "Problem", "Problem", "WatchEvent"]
+    assert "410" in str(items[1].error) and items[1].action == "relist"
+    assert items[2].resource_version == "30"
+    # After the relist every watch resumes from the new list's RV; never without one.
+    watch_rvs = [c["resource_version"] for c in script.calls if c.get("watch")]
+    assert watch_rvs[:5] == ["10", "30", "30", "30", "30"]
+    # Backoff grows 1, 2, 4 (capped), and the 504's retryAfterSeconds (3) wins over 1.
+    assert waits == [3.0, 2.0, 4.0]
+    assert isinstance(items[-1], WatchEvent) and items[-1].object["metadata"]["name"] == "z"
+
+
+def test_reflector_restarts_a_list_whose_continue_token_expired() -> None:
+    script = _Script(
+        [
+            _Resp({"metadata": {"resourceVersion": "10", "continue": "old"}, "items": [_service("a", "x")]}),
+            _api_error(410, "Expired", "The provided continue parameter is too old to display a consistent list result."),
+            _Resp({"metadata": {"resourceVersion": "12"}, "items": [_service("a", "x"), _service("a", "y")]}),
+        ]
+    )
+    items, _ = _run_reflector(script, until=2)
+    assert isinstance(items[0], Problem) and items[0].action == "restart the list"
+    assert isinstance(items[1], Relisted) and items[1].resource_version == "12" and len(items[1].objects) == 2
+    assert "_continue" not in script.calls[2]  # the fresh list starts over, consistent
+
+
+# --- against the test API server, with the official client -------------------------------------------
+
+import asyncio  # noqa: E402
+from collections.abc import Iterator  # noqa: E402
+
+from kubeapi.server import KubeApiServer  # noqa: E402
+from kubernetes import client as k8s  # noqa: E402
+
+from reconciler.cluster.live import LiveClusterSource  # noqa: E402
+from reconciler.kube.client import build_api_client  # noqa: E402
+
+MERGE = "application/merge-patch+json"
+
+
+class Gate:
+    """The reflectors' backoff wait, held shut by the test: reconnects happen when the test says
+    so, and no test sleeps."""
+
+    def __init__(self) -> None:
+        self.cond = threading.Condition()
+        self.waiting = 0
+        self.delays: list[float] = []
+        self.is_open = True
+
+    def wait(self, delay: float) -> None:
+        with self.cond:
+            self.delays.append(delay)
+            self.waiting += 1
+            self.cond.notify_all()
+            self.cond.wait_for(lambda: self.is_open, timeout=10)
+            self.waiting -= 1
+
+    def close(self) -> None:
+        with self.cond:
+            self.is_open = False
+
+    def open(self) -> None:
+        with self.cond:
+            self.is_open = True
+            self.cond.notify_all()
+
+    def wait_for_waiters(self, n: int, timeout: float = 10) -> None:
+        with self.cond:
+            assert self.cond.wait_for(lambda: self.waiting >= n, timeout=timeout), f"{self.waiting} of {n} reflectors waiting"
+
+
+@pytest.fixture
+def server() -> Iterator[KubeApiServer]:
+    with KubeApiServer() as srv:
+        srv.load(_recorded_items())
+        yield srv
+
+
+@pytest.fixture
+def api(server: KubeApiServer) -> Iterator[k8s.ApiClient]:
+    client = build_api_client(configuration=server.client_configuration())
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+def _run(coro: Any, timeout: float = 30) -> Any:
+    return asyncio.run(asyncio.wait_for(coro, timeout))
+
+
+async def _next(changes: Any, timeout: float = 10) -> frozenset[str]:
+    return await asyncio.wait_for(changes.__anext__(), timeout)
+
+
+def _patch_slice_ready(api: k8s.ApiClient, ns: str, name: str, ready: bool) -> dict[str, Any]:
+    disc = k8s.DiscoveryV1Api(api)
+    sl = disc.read_namespaced_endpoint_slice(name, ns, _preload_content=False)
+    body = json.loads(sl.data)
+    body["endpoints"][0]["conditions"] = {"ready": ready}
+    return json.loads(
+        disc.patch_namespaced_endpoint_slice(name, ns, {"endpoints": body["endpoints"]}, _content_type=MERGE, _preload_content=False).data
+    )
+
+
+def _slice_of(server: KubeApiServer, service: str) -> tuple[str, str]:
+    ns, name = service.split("/")
+    for item in _recorded_items():
+        if item["kind"] == "EndpointSlice" and item["metadata"]["namespace"] == ns and item["metadata"]["labels"].get("kubernetes.io/service-name") == name:
+            return ns, item["metadata"]["name"]
+    raise AssertionError(f"no slice for {service}")
+
+
+def test_watch_events_update_the_state_and_report_the_changed_service(server: KubeApiServer, api: k8s.ApiClient) -> None:
+    ns, name = _slice_of(server, "web/frontend")
+
+    async def go() -> None:
+        async with LiveClusterSource(api) as source:
+            await source.wait_synced(timeout=10)
+            changes = source.changes().__aiter__()
+            first = await _next(changes)
+            assert first == set(source.snapshot().services)  # everything, once, after the lists
+            before = len(source.snapshot().endpoints["web/frontend"])
+            await asyncio.to_thread(_patch_slice_ready, api, ns, name, False)
+            assert await _next(changes) == {"web/frontend"}
+            assert len(source.snapshot().endpoints.get("web/frontend", ())) == before - 1
+            # A Service edit, and a deletion.
+            core = k8s.CoreV1Api(api)
+            await asyncio.to_thread(core.patch_namespaced_service, "api", "web", {"metadata": {"labels": {"tier": "gold"}}}, _content_type=MERGE)
+            assert await _next(changes) == {"web/api"}
+            assert dict(source.snapshot().services["web/api"].labels)["tier"] == "gold"
+            await asyncio.to_thread(core.delete_namespaced_service, "ledger", "payments")
+            assert await _next(changes) == {"payments/ledger"}
+            assert "payments/ledger" not in source.snapshot().services
+            assert source.stats.relists == 0
+            assert server.active_watches == 3  # one open watch per kind
+
+    _run(go())
+
+
+def test_expired_error_mid_stream_relists_without_losing_the_change(server: KubeApiServer, api: k8s.ApiClient) -> None:
+    """The watch cache forgets history while a change is pending for an open watch: the stream
+    gets ERROR 410 Expired (in an HTTP 200) instead of the event; the relist must bring it."""
+    ns, name = _slice_of(server, "payments/ledger")
+    slice_rt = server.api.lookup("discovery.k8s.io", "v1", "endpointslices")
+    assert slice_rt is not None
+
+    async def go() -> None:
+        async with LiveClusterSource(api) as source:
+            await source.wait_synced(timeout=10)
+            changes = source.changes().__aiter__()
+            await _next(changes)
+            before = len(source.snapshot().endpoints["payments/ledger"])
+            stored = server.api.get(slice_rt, ns, name).body
+            stored["endpoints"] = stored["endpoints"][1:]  # one replica gone
+            with server.store.lock:  # commit and forget atomically: the watcher never sees the event
+                server.load([stored])
+                server.expire_watch_cache(["discovery.k8s.io/endpointslices"])
+            assert await _next(changes) == {"payments/ledger"}
+            assert len(source.snapshot().endpoints["payments/ledger"]) == before - 1
+            assert source.stats.relists == 1
+            assert any("410" in p and "Expired" in p for p in source.stats.problems)
+
+    _run(go())
+
+
+def test_server_restart_reconnects_and_resumes_from_the_last_resource_version(server: KubeApiServer, api: k8s.ApiClient) -> None:
+    gate = Gate()
+    ns, name = _slice_of(server, "web/api")
+    slice_rt = server.api.lookup("discovery.k8s.io", "v1", "endpointslices")
+    assert slice_rt is not None
+
+    async def go() -> None:
+        source = LiveClusterSource(api, reflector_options={"wait": gate.wait})
+        await source.start()
+        try:
+            await source.wait_synced(timeout=10)
+            changes = source.changes().__aiter__()
+            await _next(changes)
+            before = len(source.snapshot().endpoints["web/api"])
+            gate.close()
+            await asyncio.to_thread(server.stop)
+            await asyncio.to_thread(gate.wait_for_waiters, 3)  # every reflector lost its stream
+            stored = server.api.get(slice_rt, ns, name).body
+            stored["endpoints"] = stored["endpoints"][1:]
+            server.load([stored])  # changed while the server was down
+            await asyncio.to_thread(server.start)
+            gate.open()
+            assert await _next(changes) == {"web/api"}
+            assert len(source.snapshot().endpoints["web/api"]) == before - 1
+            assert source.stats.relists == 0  # resumed from its resourceVersion: no relist needed
+            assert all(d > 0 for d in gate.delays)
+        finally:
+            gate.open()
+            await source.aclose()
+
+    _run(go())
+
+
+def test_close_ends_the_watch_threads_promptly(server: KubeApiServer, api: k8s.ApiClient) -> None:
+    async def go() -> None:
+        source = LiveClusterSource(api)
+        await source.start()
+        await source.wait_synced(timeout=10)
+        changes = source.changes().__aiter__()
+        await _next(changes)
+        await source.aclose(timeout_s=5)
+        assert all(not r._thread.is_alive() for r in source.reflectors)  # type: ignore[union-attr]
+        with pytest.raises(StopAsyncIteration):
+            await _next(changes)
+
+    _run(go())

@@ -92,3 +92,138 @@ def test_proxy_label_take_and_release() -> None:
     assert take_patch(svc({OPT_IN: "enabled"}, {PROXY_NAME_LABEL: "cilium"})) is None
     assert apply_merge(taken, release_patch(taken))["metadata"]["labels"] == {}
     assert release_patch(svc({OPT_IN: "enabled"}, {PROXY_NAME_LABEL: "cilium"})) is None
+
+
+# --- against the test API server, with the official client -------------------------------------------
+
+import asyncio  # noqa: E402
+import json  # noqa: E402
+from collections.abc import Iterator  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+from kubeapi.server import KubeApiServer  # noqa: E402
+from kubernetes import client as k8s  # noqa: E402
+from ruamel.yaml import YAML  # noqa: E402
+
+from reconciler.fallback import Fallback  # noqa: E402
+from reconciler.kube.client import build_api_client  # noqa: E402
+from reconciler.kube.events import EventRecorder  # noqa: E402
+
+CLUSTER = Path(__file__).resolve().parents[1] / "intent-examples" / "multi-service" / "cluster.yaml"
+MERGE = "application/merge-patch+json"
+
+
+@pytest.fixture
+def server() -> Iterator[KubeApiServer]:
+    with KubeApiServer() as srv:
+        srv.load(YAML(typ="safe").load(CLUSTER.read_text())["items"])
+        yield srv
+
+
+@pytest.fixture
+def api(server: KubeApiServer) -> Iterator[k8s.ApiClient]:
+    client = build_api_client(configuration=server.client_configuration())
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+@pytest.fixture
+def fallback(api: k8s.ApiClient) -> Fallback:
+    return Fallback(api, EventRecorder(api, instance="test"), now=lambda: NOW)
+
+
+def run(coro: Any) -> Any:
+    return asyncio.run(asyncio.wait_for(coro, 30))
+
+
+def get(api: k8s.ApiClient, ns: str, name: str) -> dict[str, Any]:
+    return json.loads(k8s.CoreV1Api(api).read_namespaced_service(name, ns, _preload_content=False).data)
+
+
+def patch(api: k8s.ApiClient, ns: str, name: str, body: dict[str, Any], manager: str = "kubectl-edit") -> None:
+    k8s.CoreV1Api(api).patch_namespaced_service(name, ns, body, field_manager=manager, _content_type=MERGE)
+
+
+def events(api: k8s.ApiClient, ns: str, name: str) -> list[dict[str, Any]]:
+    raw = k8s.EventsV1Api(api).list_namespaced_event(ns, field_selector=f"regarding.name={name}", _preload_content=False)
+    return json.loads(raw.data)["items"]
+
+
+def writes(server: KubeApiServer, name: str) -> list[str]:
+    return [r.verb for r in server.requests if r.resource == "services" and r.name == name and r.verb == "patch"]
+
+
+def test_fall_back_and_recover_on_a_live_service(server: KubeApiServer, api: k8s.ApiClient, fallback: Fallback) -> None:
+    patch(api, "web", "frontend", {"metadata": {"labels": {PROXY_NAME_LABEL: "p4kube"}}}, manager="p4kube")
+    out = run(fallback.fall_back("web/frontend", "rolled back: standby read-back differs"))
+    assert out.action == "fell-back" and out.changed
+    obj = get(api, "web", "frontend")
+    ann, labels = obj["metadata"]["annotations"], obj["metadata"].get("labels") or {}
+    assert ann[OPT_IN] == "disabled" and ann[FALLBACK_BY_ANNOTATION] == "p4kube"
+    assert ann[FALLBACK_REASON_ANNOTATION] == "rolled back: standby read-back differs"
+    assert ann[FALLBACK_TIME_ANNOTATION] == "2026-11-22T10:23:48Z"
+    assert PROXY_NAME_LABEL not in labels
+    assert is_auto_fallback(obj)
+    assert any(m["manager"] == "p4kube" and m["operation"] == "Update" for m in obj["metadata"]["managedFields"])
+    # Falling back again changes nothing and writes nothing.
+    assert run(fallback.fall_back("web/frontend", "again")).action == "unchanged"
+    assert writes(server, "frontend").count("patch") == 2  # the label set above, the fallback
+
+    back = run(fallback.recover("web/frontend"))
+    assert back.action == "recovered" and "rolled back" in back.detail
+    ann = get(api, "web", "frontend")["metadata"]["annotations"]
+    assert ann[OPT_IN] == "enabled"
+    assert not {FALLBACK_BY_ANNOTATION, FALLBACK_REASON_ANNOTATION, FALLBACK_TIME_ANNOTATION} & set(ann)
+    reasons = [(e["type"], e["reason"]) for e in events(api, "web", "frontend")]
+    assert ("Warning", "FellBackToKubeProxy") in reasons and ("Normal", "RecoveredFromFallback") in reasons
+
+
+def test_a_persons_disabled_is_never_touched(server: KubeApiServer, api: k8s.ApiClient, fallback: Fallback) -> None:
+    patch(api, "web", "api", {"metadata": {"annotations": {OPT_IN: "disabled"}}})
+    before = get(api, "web", "api")
+    assert run(fallback.fall_back("web/api", "probe failed")).detail == "disabled by a person: left alone"
+    assert run(fallback.recover("web/api")).action == "unchanged"
+    after = get(api, "web", "api")
+    assert after["metadata"]["resourceVersion"] == before["metadata"]["resourceVersion"]
+    assert writes(server, "api") == ["patch"]  # only the person's own
+    assert events(api, "web", "api") == []
+
+
+def test_a_person_disabling_at_the_same_moment_wins(server: KubeApiServer, api: k8s.ApiClient, fallback: Fallback) -> None:
+    """The decision is made on a read; a concurrent edit makes the write 409 (the patch carries
+    the resourceVersion read) and the decision is taken again on the new object."""
+    core = fallback._core
+    real_read = core.read_namespaced_service
+    raced = []
+
+    def read_then_person_edits(name: str, ns: str, **kw: Any) -> Any:
+        resp = real_read(name, ns, **kw)
+        if not raced:
+            raced.append(True)
+            patch(api, ns, name, {"metadata": {"annotations": {OPT_IN: "disabled"}}})
+        return resp
+
+    core.read_namespaced_service = read_then_person_edits  # type: ignore[method-assign]
+    out = run(fallback.fall_back("payments/ledger", "probe failed"))
+    assert out.action == "unchanged" and "person" in out.detail
+    ann = get(api, "payments", "ledger")["metadata"]["annotations"]
+    assert ann[OPT_IN] == "disabled" and FALLBACK_BY_ANNOTATION not in ann
+    codes = [r.code for r in server.requests if r.resource == "services" and r.name == "ledger" and r.verb == "patch"]
+    assert codes == [200, 409]  # the person's edit, then ours refused
+
+
+def test_proxy_label_is_managed_only_where_p4kube_owns_it(server: KubeApiServer, api: k8s.ApiClient, fallback: Fallback) -> None:
+    assert run(fallback.take_from_kube_proxy("web/api")).action == "took-from-kube-proxy"
+    assert get(api, "web", "api")["metadata"]["labels"][PROXY_NAME_LABEL] == "p4kube"
+    assert run(fallback.return_to_kube_proxy("web/api")).action == "returned-to-kube-proxy"
+    assert PROXY_NAME_LABEL not in (get(api, "web", "api")["metadata"].get("labels") or {})
+    # Another proxy's label, and a Service that does not opt in, are left alone.
+    patch(api, "web", "frontend", {"metadata": {"labels": {PROXY_NAME_LABEL: "cilium"}}})
+    assert "another service proxy" in run(fallback.take_from_kube_proxy("web/frontend")).detail
+    assert run(fallback.return_to_kube_proxy("web/frontend")).action == "unchanged"
+    assert get(api, "web", "frontend")["metadata"]["labels"][PROXY_NAME_LABEL] == "cilium"
+    assert run(fallback.take_from_kube_proxy("web/admin")).action == "unchanged"
+    assert run(fallback.fall_back("web/gone", "x")).action == "gone"

@@ -1,5 +1,5 @@
-"""LoadBalancerConfig status (kstatus conditions), built purely; written via the test API server
-in test_kube_api.py."""
+"""LoadBalancerConfig status (kstatus conditions), built purely; written through the test API
+server in test_kube_intent_source.py."""
 
 from __future__ import annotations
 

@@ -92,3 +92,118 @@ def test_relative_pipeline_paths_resolve_against_base_dir(tmp_path: Path) -> Non
     assert result.intent.configs[0].switch_config.p4info == str(tmp_path / "custom.p4info.txtpb")
     missing = intent_from_objects([cr], base_dir=tmp_path / "nowhere")
     assert any("file not found: custom.p4info.txtpb" in d.message for d in missing.diagnostics)
+
+
+# --- against the test API server: the generated CRD, live CRs, and their status ------------------------
+
+import asyncio  # noqa: E402
+import json  # noqa: E402
+from collections.abc import Iterator  # noqa: E402
+
+import pytest  # noqa: E402
+from kubeapi.server import KubeApiServer  # noqa: E402
+from kubernetes import client as k8s  # noqa: E402
+
+from reconciler.crd import generate_crd  # noqa: E402
+from reconciler.kube.client import build_api_client  # noqa: E402
+from reconciler.kube.crstatus import READY, STALLED, ConfigStatusWriter, Outcome, SwitchState, condition  # noqa: E402
+from reconciler.kube.intent_source import GROUP, PLURAL, VERSION, CRIntentSource  # noqa: E402
+
+NS = "p4kube-system"
+MERGE = "application/merge-patch+json"
+
+
+@pytest.fixture
+def server() -> Iterator[KubeApiServer]:
+    with KubeApiServer() as srv:
+        srv.load([{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS}}])
+        api = build_api_client(configuration=srv.client_configuration())
+        try:
+            k8s.ApiextensionsV1Api(api).create_custom_resource_definition(generate_crd(), _preload_content=False)
+        finally:
+            api.close()
+        yield srv
+
+
+@pytest.fixture
+def api(server: KubeApiServer) -> Iterator[k8s.ApiClient]:
+    client = build_api_client(configuration=server.client_configuration())
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+def _cr(name: str, switch: str, port: int, **spec: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "LoadBalancerConfig",
+        "metadata": {"name": name, "namespace": NS},
+        "spec": {"switchConfig": {"switches": [{"name": switch, "role": "primary", "address": f"10.0.0.1:{port}"}]}, **spec},
+    }
+
+
+def _get_cr(api: k8s.ApiClient, name: str) -> dict[str, Any]:
+    raw = k8s.CustomObjectsApi(api).get_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, name, _preload_content=False)
+    return json.loads(raw.data)
+
+
+def test_live_crs_become_intent_and_an_invalid_one_is_stalled(server: KubeApiServer, api: k8s.ApiClient) -> None:
+    custom = k8s.CustomObjectsApi(api)
+    custom.create_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, _cr("edge", "leaf-1", 9559))
+    # Valid for the CRD's schema, invalid for the semantic checks: the API server accepts it.
+    custom.create_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, _cr("broken", "leaf-2", 9560, healthCheck={"interval": "2s", "timeout": "5s"}))
+    digest = "sha256:" + "ab" * 32
+
+    async def go() -> None:
+        source = CRIntentSource(api)
+        writer = ConfigStatusWriter(api)
+        await source.start()
+        try:
+            crs = await source.wait_synced(timeout=10)
+            assert [c.key for c in crs.intent.configs] == [f"{NS}/edge"]
+            (bad,) = crs.invalid
+            assert bad.key == f"{NS}/broken" and bad.generation == 1
+            (diag,) = bad.diagnostics
+            assert diag.file == f"LoadBalancerConfig {NS}/broken" and diag.field == "spec.healthCheck.timeout"
+            problems = [describe(d) for d in bad.diagnostics]
+            assert await writer.report(NS, "broken", bad.generation, Outcome.invalid(problems), bad.status)
+            good = crs.resources[f"{NS}/edge"]
+            applied = Outcome("applied", "snapshot 1 applied", applied_version=1, applied_digest=digest,
+                              switches=(SwitchState("leaf-1", "primary", "InSync"),))
+            assert await writer.report(NS, "edge", good.generation, applied, good.status)
+
+            # The watch brings the status writes back; the same status is then not written again.
+            changes = source.changes().__aiter__()
+            while True:
+                crs = await asyncio.wait_for(changes.__anext__(), 10)
+                if crs.resources[f"{NS}/broken"].status and crs.resources[f"{NS}/edge"].status:
+                    break
+            bad = crs.resources[f"{NS}/broken"]
+            assert not await writer.report(NS, "broken", bad.generation, Outcome.invalid(problems), bad.status)
+
+            # Fixing the spec bumps the generation; the CR becomes intent.
+            await asyncio.to_thread(
+                custom.patch_namespaced_custom_object, GROUP, VERSION, NS, PLURAL, "broken",
+                {"spec": {"healthCheck": {"timeout": "1s"}}}, _content_type=MERGE,
+            )
+            while True:
+                crs = await asyncio.wait_for(changes.__anext__(), 10)
+                if crs.resources[f"{NS}/broken"].valid:
+                    break
+            assert crs.resources[f"{NS}/broken"].generation == 2
+            assert sorted(c.name for c in crs.intent.configs) == ["broken", "edge"]
+        finally:
+            await source.aclose()
+        assert writer.writes == 2
+
+    asyncio.run(asyncio.wait_for(go(), 30))
+    stalled = _get_cr(api, "broken")["status"]
+    assert condition(stalled, STALLED)["status"] == "True" and condition(stalled, STALLED)["reason"] == "InvalidSpec"
+    assert "spec.healthCheck.timeout: timeout 5s must be shorter than interval 2s" in condition(stalled, STALLED)["message"]
+    assert condition(stalled, READY)["status"] == "False" and stalled["observedGeneration"] == 1
+    ready = _get_cr(api, "edge")["status"]
+    assert condition(ready, READY)["status"] == "True" and ready["appliedVersion"] == 1 and ready["appliedDigest"] == digest
+    assert ready["switches"] == [{"name": "leaf-1", "role": "primary", "state": "InSync"}]
+    patches = [r for r in server.requests if r.resource == PLURAL and r.verb == "patch"]
+    assert {(r.subresource, r.code) for r in patches} == {("status", 200), ("", 200)}

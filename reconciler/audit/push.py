@@ -189,6 +189,9 @@ class RemoteSync:
         self.retry = retry
         self.sleep = sleep
         self.where = redact_url(url)
+        if re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://[^/@]*:[^/@]*@", url):
+            log.warning("the audit remote URL %s carries a password, which Git stores in %s/config; "
+                        "prefer P4KUBE_AUDIT_PASSWORD_FILE", self.where, repo.path.rstrip("/"))
         names = list(repo.remotes.names())
         if ORIGIN not in names:
             repo.remotes.create(ORIGIN, url)

@@ -36,14 +36,13 @@ from typing import Callable, Iterable, Iterator, Sequence
 
 import pygit2
 
-from ..snapshot import ServiceSnapshot, Snapshot, SnapshotError, schema_errors
+from ..snapshot import API_VERSION, KIND, ServiceSnapshot, Snapshot, SnapshotError, schema_errors
 from .errors import AuditError, PushError
-from .layout import MANIFEST, SERVICES_DIR, assemble, config_dir, parse_manifest, parse_service_file
-from .maintenance import pack_loose_objects
+from .layout import MANIFEST, SERVICES_DIR, assemble, config_dir, parse_manifest, parse_service_file, service_schema_errors
+from .maintenance import pack_loose_objects, roll_up_packs
 from .message import (
     APPLIED_OUTCOMES,
     AuditEntry,
-    ChangeSummary,
     build_message,
     check_extra_trailers,
     check_outcome,
@@ -84,6 +83,7 @@ def default_workdir(url: str) -> Path:
 
 _SERVICE_CACHE_LIMIT = 200_000  # parsed service files kept by blob id (~5 KB each)
 _SNAPSHOT_CACHE = 4
+_NAMESPACE_CACHE_LIMIT = 20_000
 
 
 class AuditRepo:
@@ -120,6 +120,7 @@ class AuditRepo:
         self._indexes: dict[str, ConfigIndex] = {}
         self._services: dict[pygit2.Oid, ServiceSnapshot] = {}  # blob id -> parsed, checked service
         self._snapshots: dict[pygit2.Oid, Snapshot] = {}  # config tree id -> snapshot
+        self._namespaces: dict[pygit2.Oid, tuple[ServiceSnapshot, ...]] = {}  # namespace tree id -> services
         self._entries: list[AuditEntry] = []  # the branch's commits, newest first
         self._entries_tip: pygit2.Oid | None = None
         self._versions: dict[tuple[str, int], AuditEntry] = {}
@@ -197,8 +198,9 @@ class AuditRepo:
             self._set_tip(theirs, ours, "fast-forward from remote")
         elif not self.repo.descendant_of(ours, theirs):
             self._merge(theirs)
-        if self._tip() is not None and self._tip() != self.remote_tip():
-            self._push()
+        tip = self._tip()
+        if tip is not None and tip != self.remote_tip():
+            self._push_or_warn(tip)
 
     def remote_tip(self) -> pygit2.Oid | None:
         if self.remote is None:
@@ -273,8 +275,8 @@ class AuditRepo:
             path = config_dir(snapshot.config)
             old_tree = entry_id(self.repo, root, path)
             index = self._index(snapshot.config, old_tree)
-            new_tree, new_index, change = write_config_tree(self.repo, index, snapshot)
-            self._check_schema(snapshot, change)
+            new_tree, new_index, change, written = write_config_tree(self.repo, index, snapshot)
+            self._check_schema(snapshot, [svc for svc, _ in written], new_index.manifest != index.manifest)
             new_root = root if (new_tree == old_tree and root is not None) else replace_path(self.repo, root, path, new_tree)
             if tip is None:
                 new_root = self._with_readme(new_root)
@@ -282,9 +284,8 @@ class AuditRepo:
             oid = self._commit(new_root, [tip] if tip is not None else [], message)
             self._set_tip(oid, tip, f"record {snapshot.config} v{snapshot.version} {outcome}")
             self._indexes[snapshot.config] = new_index
-            by_name = snapshot.by_name
-            for name in change.added + change.changed:
-                self._remember_service(new_index.blobs[name], by_name[name])
+            for svc, blob in written:
+                self._remember_service(blob, svc)
             self._snapshots[new_tree] = snapshot
             self._trim_snapshots()
             self._note_commit(oid, tip)
@@ -308,14 +309,18 @@ class AuditRepo:
         if self.pack_every and self._commits_since_pack >= self.pack_every:
             self.compact()
         if self.remote is not None:
-            try:
-                self._push()
-            except PushError as e:
-                self.last_push_error = str(e)
-                if self.strict_push:
-                    e.commit = str(oid)
-                    raise
-                log.warning("audit commit %s is recorded locally but not pushed yet: %s", str(oid)[:12], e)
+            self._push_or_warn(oid)
+
+    def _push_or_warn(self, oid: pygit2.Oid) -> None:
+        """Push; on failure keep the commit local and warn (or raise, with strict_push)."""
+        try:
+            self._push()
+        except PushError as e:
+            self.last_push_error = str(e)
+            if self.strict_push:
+                e.commit = str(oid)
+                raise
+            log.warning("audit commit %s is recorded locally but not pushed yet: %s", str(oid)[:12], e)
 
     def _check_version(self, snap: Snapshot) -> None:
         if not isinstance(snap.version, int) or snap.version < 1:
@@ -329,26 +334,29 @@ class AuditRepo:
                 f"a new version: next_version() = {self.next_version(snap.config)}"
             )
 
-    def _check_schema(self, snap: Snapshot, change: ChangeSummary) -> None:
-        """The snapshot schema, checked for what this commit adds: the header and routes, and
-        each added or changed Service object (entries are generated from the objects)."""
-        header = {
-            "apiVersion": "snapshot.p4kube.io/v1",
-            "kind": "SwitchSnapshot",
-            "config": snap.config,
-            "version": snap.version,
-            "sources": {"intentCommit": snap.intent_commit, "clusterResourceVersion": snap.cluster_resource_version},
-            "pipeline": {"program": snap.program, "p4infoDigest": snap.p4info_digest},
-            "services": [],
-            "tables": {e.table: [] for e in snap.global_entries},
-            "digest": snap.digest,
-        }
-        for e in snap.global_entries:
-            header["tables"][e.table].append(e.to_json())
-        errors = schema_errors(header)
-        by_name = snap.by_name
-        for name in change.added + change.changed:
-            errors += [f"service {name}: {m}" for m in schema_errors(by_name[name].to_json(), subschema="service")]
+    def _check_schema(self, snap: Snapshot, written: Sequence[ServiceSnapshot], new_manifest: bool) -> None:
+        """The snapshot schema, checked for what this commit adds: the header and routes (when
+        the manifest changed) and each Service object written (entries are generated from the
+        objects, and the render's encodings are tested against the schema)."""
+        errors: list[str] = []
+        if new_manifest:
+            tables: dict[str, list[object]] = {}
+            for e in snap.global_entries:
+                tables.setdefault(e.table, []).append(e.to_json())
+            header = {
+                "apiVersion": API_VERSION,
+                "kind": KIND,
+                "config": snap.config,
+                "version": snap.version,
+                "sources": {"intentCommit": snap.intent_commit, "clusterResourceVersion": snap.cluster_resource_version},
+                "pipeline": {"program": snap.program, "p4infoDigest": snap.p4info_digest},
+                "services": [],
+                "tables": tables,
+                "digest": snap.digest,
+            }
+            errors += schema_errors(header)
+        for svc in written:
+            errors += [f"service {svc.name}: {m}" for m in service_schema_errors(svc.to_json())]
         if errors:
             raise SnapshotError(f"{snap.config} v{snap.version}: not recorded, the snapshot fails its schema:\n  " + "\n  ".join(errors[:20]))
 
@@ -358,6 +366,9 @@ class AuditRepo:
             return index
         known = {blob: svc.fragment_digest for blob, svc in self._services.items()}
         index = index_config_tree(self.repo, tree_id, known)
+        read = self._snapshots.get(tree_id) if tree_id is not None else None
+        if read is not None:  # read by last_applied() after a restart: its objects are the renderer's
+            index.services, index.digest = read.services, read.digest
         self._indexes[config] = index
         return index
 
@@ -550,30 +561,49 @@ class AuditRepo:
             for ns in self.repo[services_tree]:  # type: ignore[attr-defined]
                 if ns.filemode != TREE:
                     raise SnapshotError(f"{where}/{SERVICES_DIR}/{ns.name}: expected a namespace directory")
-                for f in self.repo[ns.id]:  # type: ignore[attr-defined]
-                    file_where = f"{where}/{SERVICES_DIR}/{ns.name}/{f.name}"
-                    if f.filemode != BLOB or not f.name.endswith(".json"):
-                        raise SnapshotError(f"{file_where}: expected a service .json file")
-                    name = f"{ns.name}/{f.name[:-5]}"
-                    svc = self._services.get(f.id)
-                    if svc is None:
-                        svc = parse_service_file(self.repo[f.id].data, file_where, name)  # type: ignore[attr-defined]
-                        self._remember_service(f.id, svc)
-                    elif svc.name != name:
-                        raise SnapshotError(f"{file_where}: the file holds service {svc.name!r}, not {name!r}")
-                    services.append(svc)
+                services.extend(self._read_namespace(ns.id, ns.name, f"{where}/{SERVICES_DIR}/{ns.name}"))
         snap = assemble(manifest, services, where)
         self._snapshots[tree_id] = snap
         self._trim_snapshots()
         return snap
 
+    def _read_namespace(self, tree_id: pygit2.Oid, ns: str, where: str) -> tuple[ServiceSnapshot, ...]:
+        """The services of one namespace directory, cached by its tree id: consecutive
+        snapshots share all but the namespaces that changed."""
+        cached = self._namespaces.get(tree_id)
+        if cached is not None:
+            return cached
+        out = []
+        for f in self.repo[tree_id]:  # type: ignore[attr-defined]
+            file_where = f"{where}/{f.name}"
+            if f.filemode != BLOB or not f.name.endswith(".json"):
+                raise SnapshotError(f"{file_where}: expected a service .json file")
+            name = f"{ns}/{f.name[:-5]}"
+            svc = self._services.get(f.id)
+            if svc is None:
+                svc = parse_service_file(self.repo[f.id].data, file_where, name)  # type: ignore[attr-defined]
+                self._remember_service(f.id, svc)
+            elif svc.name != name:
+                raise SnapshotError(f"{file_where}: the file holds service {svc.name!r}, not {name!r}")
+            out.append(svc)
+        if len(self._namespaces) >= _NAMESPACE_CACHE_LIMIT:
+            self._namespaces.clear()
+        self._namespaces[tree_id] = result = tuple(out)
+        return result
+
     # --- maintenance --------------------------------------------------------------------------
 
-    def compact(self) -> int:
-        """Pack loose objects (see maintenance.py); returns how many were packed."""
+    def compact(self, max_packs: int = 32) -> int:
+        """Pack loose objects, and roll small packs up past max_packs (see maintenance.py);
+        returns how many objects were packed."""
         with self._lock:
             n = pack_loose_objects(self.repo)
             self._commits_since_pack = 0
+            if roll_up_packs(self.repo, max_packs):
+                # packs were deleted: a fresh handle so libgit2 does not keep looking in them
+                self.repo = pygit2.Repository(self.repo.path)
+                if self.remote is not None:
+                    self.remote.repo = self.repo
             return n
 
 

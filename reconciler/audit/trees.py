@@ -15,11 +15,11 @@ from a tree read cold) has its file rendered and hashed, without writing, and co
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Mapping
+from typing import Mapping, Sequence
 
 import pygit2
 
-from ..snapshot import Snapshot
+from ..snapshot import ServiceSnapshot, Snapshot
 from .layout import CONFIGS_DIR, MANIFEST, SERVICES_DIR, manifest_bytes, service_file_bytes, service_path
 from .message import ChangeSummary
 
@@ -37,6 +37,11 @@ class ConfigIndex:
     blobs: dict[str, pygit2.Oid] = field(default_factory=dict)  # service name -> blob id
     digests: dict[str, str] = field(default_factory=dict)  # service name -> fragment digest, where known
     manifest: pygit2.Oid | None = None
+    # The Services the tree holds as objects, when known (written or read by this process):
+    # the renderer hands unchanged Services over as the same objects, so most are skipped by
+    # an identity check, without even a dictionary lookup.
+    services: tuple[ServiceSnapshot, ...] | None = None
+    digest: str | None = None  # the snapshot digest of the services (and routes) it holds
 
 
 def entry_id(repo: pygit2.Repository, tree_id: pygit2.Oid | None, path: str) -> pygit2.Oid | None:
@@ -56,7 +61,6 @@ def index_config_tree(
     index = ConfigIndex(tree_id=tree_id)
     if tree_id is None:
         return index
-    tree = repo[tree_id]
     index.manifest = entry_id(repo, tree_id, MANIFEST)
     index.services_tree = entry_id(repo, tree_id, SERVICES_DIR)
     if index.services_tree is None:
@@ -72,50 +76,71 @@ def index_config_tree(
                 digest = known.get(f.id)
                 if digest is not None:
                     index.digests[name] = digest
-    del tree
     return index
+
+
+def _candidates(index: ConfigIndex, snap: Snapshot) -> tuple[Sequence[ServiceSnapshot], bool]:
+    """The Services that may differ from the tree, and whether some may have been removed."""
+    if index.digest == snap.digest and index.tree_id is not None:
+        return (), False  # the digest covers every Service: same content (an outcome commit)
+    prev, services = index.services, snap.services
+    if prev is not None and len(prev) == len(services):
+        # indices, not pairs: no container per Service, so no garbage-collector pass is
+        # triggered by this loop in a process holding millions of objects
+        differ = [i for i, p in enumerate(prev) if p is not services[i]]
+        if all(prev[i].name == services[i].name for i in differ):
+            return [services[i] for i in differ], False
+    return services, len(index.blobs) > 0
 
 
 def write_config_tree(
     repo: pygit2.Repository, index: ConfigIndex, snap: Snapshot
-) -> tuple[pygit2.Oid, ConfigIndex, ChangeSummary]:
-    """Write the snapshot's config directory, reusing every unchanged blob and tree by id."""
-    blobs, digests = dict(index.blobs), dict(index.digests)
+) -> tuple[pygit2.Oid, ConfigIndex, ChangeSummary, list[tuple[ServiceSnapshot, pygit2.Oid]]]:
+    """Write the snapshot's config directory, reusing every unchanged blob and tree by id.
+    Also returns the Services whose files were written, with their blob ids."""
+    candidates, maybe_removed = _candidates(index, snap)
+    blobs, digests = index.blobs, index.digests
+    copied = False
     per_ns: dict[str, dict[str, pygit2.Oid | None]] = {}
     added: list[str] = []
     changed: list[str] = []
-    written = 0
-    for svc in snap.services:
+    written: list[tuple[ServiceSnapshot, pygit2.Oid]] = []
+    for svc in candidates:
         name = svc.name
         old = blobs.get(name)
         digest = svc.fragment_digest
         if old is not None and digests.get(name) == digest:
             continue
+        if not copied:
+            blobs, digests, copied = dict(blobs), dict(digests), True
         data = service_file_bytes(svc)
         if old is not None and name not in digests and pygit2.hash(data) == old:
             digests[name] = digest  # indexed cold: same file, now known
             continue
+        service_path(name)  # checks the name can be a path
         oid = repo.create_blob(data)
-        written += 1
+        written.append((svc, oid))
         blobs[name] = oid
         digests[name] = digest
         (changed if old is not None else added).append(name)
-        service_path(name)  # checks the name can be a path
         ns, _, file = _split(name)
         per_ns.setdefault(ns, {})[file] = oid
     removed: list[str] = []
-    if len(blobs) != len(snap.services):  # only then can a Service have gone
-        present = snap.by_name
+    if maybe_removed and len(blobs) != len(snap.services):
+        present = {s.name for s in snap.services}
         removed = sorted(n for n in blobs if n not in present)
+        if not copied:
+            blobs, digests, copied = dict(blobs), dict(digests), True
         for name in removed:
             del blobs[name]
             digests.pop(name, None)
             ns, _, file = _split(name)
             per_ns.setdefault(ns, {})[file] = None
 
-    ns_trees = dict(index.ns_trees)
+    ns_trees = index.ns_trees
     services_tree = index.services_tree
     if per_ns:
+        ns_trees = dict(ns_trees)
         sb = repo.TreeBuilder(repo[services_tree]) if services_tree is not None else repo.TreeBuilder()
         for ns, files in sorted(per_ns.items()):
             nb = repo.TreeBuilder(repo[ns_trees[ns]]) if ns in ns_trees else repo.TreeBuilder()
@@ -143,8 +168,8 @@ def write_config_tree(
         elif cb.get(SERVICES_DIR) is not None:
             cb.remove(SERVICES_DIR)
         tree_id = cb.write()
-    new_index = ConfigIndex(tree_id, services_tree, ns_trees, blobs, digests, manifest)
-    return tree_id, new_index, ChangeSummary(tuple(added), tuple(changed), tuple(removed), written)
+    new_index = ConfigIndex(tree_id, services_tree, ns_trees, blobs, digests, manifest, snap.services, snap.digest)
+    return tree_id, new_index, ChangeSummary(tuple(added), tuple(changed), tuple(removed), len(written)), written
 
 
 def _split(name: str) -> tuple[str, str, str]:

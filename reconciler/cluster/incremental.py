@@ -155,7 +155,8 @@ class IncrementalState:
         Services that differ from what was held: objects gone are deleted, the others applied
         (and reported only when they really changed)."""
         namespaced = kind != NODE
-        objs = list(objects)
+        # An object without a name cannot be held (the API never sends one): left out.
+        objs = [o for o in objects if object_key(o, namespaced=namespaced) is not None]
         fresh = {object_key(o, namespaced=namespaced) for o in objs}
         changed: set[str] = set()
         for gone in self.keys(kind) - fresh:

@@ -42,6 +42,7 @@ class ApiError(Exception):
     status_metadata: dict[str, Any] = field(default_factory=dict)
     headers: Sequence[tuple[str, str]] = ()
     text_body: str | None = None  # plain-text answers (unknown group/version 404)
+    warnings: Sequence[str] = ()  # Warning headers still sent with the error (fixture 10/7)
 
     def __post_init__(self) -> None:
         super().__init__(f"{self.code} {self.reason}: {self.message}")

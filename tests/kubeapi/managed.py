@@ -63,11 +63,24 @@ def children(value: Any, node: Node) -> Iterator[tuple[str, Any, Node, bool]]:
                 yield "v:" + _json(item), item, node.item, True
 
 
+class _Missing:
+    """An absent field (a present field can hold null, which counts as present)."""
+
+    def __repr__(self) -> str:
+        return "MISSING"
+
+
+MISSING: Any = _Missing()
+
+
 def _leaf(node: Node, old: Any, new: Any) -> bool:
-    sample = new if new is not None else old
+    sample = new if new is not MISSING and new is not None else old
+    if sample is MISSING or sample is None:
+        return is_leaf(node, None)
     if is_leaf(node, sample):
         return True
-    if old is not None and new is not None and type(old) is not type(new):
+    present = [x for x in (old, new) if x is not MISSING and x is not None]
+    if len(present) == 2 and type(present[0]) is not type(present[1]):
         return True
     return isinstance(node, Deduced) and isinstance(sample, list)
 
@@ -93,26 +106,26 @@ def compare(old: Any, new: Any, node: Node) -> Comparison:
 
 
 def _compare(old: Any, new: Any, node: Node, path: Path, out: Comparison) -> None:
-    if old is None and new is None:
+    if old is MISSING and new is MISSING:
         return
     if _leaf(node, old, new):
-        if old is None:
+        if old is MISSING:
             out.added.add(path)
-        elif new is None:
+        elif new is MISSING:
             out.removed.add(path)
         elif old != new:
             out.modified.add(path)
         return
-    old_children = {e: (v, n) for e, v, n, _ in children(old, node)} if old is not None else {}
-    new_children = {e: (v, n) for e, v, n, _ in children(new, node)} if new is not None else {}
+    old_children = {e: (v, n) for e, v, n, _ in children(old, node)} if old is not MISSING else {}
+    new_children = {e: (v, n) for e, v, n, _ in children(new, node)} if new is not MISSING else {}
     for elem in old_children.keys() | new_children.keys():
-        ov, on = old_children.get(elem, (None, None))
-        nv, nn = new_children.get(elem, (None, None))
+        ov, on = old_children.get(elem, (MISSING, None))
+        nv, nn = new_children.get(elem, (MISSING, None))
         _compare(ov, nv, nn or on or ANY, path + (elem,), out)
     if path:
-        if old is None:
+        if old is MISSING:
             out.added.add(path)
-        elif new is None:
+        elif new is MISSING:
             out.removed.add(path)
 
 
@@ -124,7 +137,7 @@ def to_field_set(value: Any, node: Node) -> set[Path]:
 
 
 def _to_field_set(value: Any, node: Node, path: Path, out: set[Path]) -> None:
-    if _leaf(node, None, value):
+    if _leaf(node, MISSING, value):
         out.add(path)
         return
     for elem, v, sub, is_item in children(value, node):

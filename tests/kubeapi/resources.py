@@ -107,6 +107,11 @@ class ResourceType:
         return (self.group, self.version)
 
     @property
+    def error_group(self) -> str:
+        """The group errors name: events.k8s.io Events share core Event storage, so errors say `events`."""
+        return str(self.extra.get("errorGroup", self.group))
+
+    @property
     def list_kind(self) -> str:
         return str(self.extra.get("listKind") or f"{self.kind}List")
 

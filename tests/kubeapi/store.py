@@ -73,6 +73,10 @@ class Store:
     def watch_floor(self, key: str) -> int:
         return max(self._trimmed_upto.get(key, 0), self._watch_expired.get(key, 0))
 
+    def trimmed_upto(self, key: str) -> int:
+        """Highest revision dropped from the type's history by the capacity limit."""
+        return self._trimmed_upto.get(key, 0)
+
     def list_floor(self, key: str) -> int:
         return max(self._trimmed_upto.get(key, 0), self._compacted)
 

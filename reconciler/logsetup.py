@@ -1,0 +1,101 @@
+"""Logging setup for the `p4kube` command: readable text, or JSON with one object per line.
+
+Context travels as `extra=` fields (`log.info("applied", extra={"config": key, "version": 12})`):
+the JSON form carries them as keys next to time, level, logger and message; the text form
+appends them as key=value, so what a log line is about is searchable in both.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from datetime import UTC, datetime
+from typing import Any, TextIO
+
+__all__ = ["FORMATS", "JsonFormatter", "TextFormatter", "setup_logging"]
+
+FORMATS = ("text", "json")
+_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR,
+           "critical": logging.CRITICAL}
+# Attributes every LogRecord has: anything else on a record came from `extra=`.
+_STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime", "taskName"}
+_MARK = "_p4kube_handler"
+
+
+def _extras(record: logging.LogRecord) -> dict[str, Any]:
+    return {k: v for k, v in vars(record).items() if k not in _STANDARD and not k.startswith("_")}
+
+
+def _time(record: logging.LogRecord) -> str:
+    """RFC 3339 in UTC with milliseconds: sortable, and the same on every machine."""
+    return datetime.fromtimestamp(record.created, UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{int(record.msecs):03d}Z"
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message, then the record's extra fields
+    (values JSON cannot hold are written as their str()), exception and stack when present."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        doc: dict[str, Any] = {
+            "time": _time(record),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for key, value in _extras(record).items():
+            doc.setdefault(key, value)  # an extra cannot overwrite the four fields above
+        if record.exc_info:
+            doc["exception"] = self.formatException(record.exc_info)
+        if record.stack_info:
+            doc["stack"] = self.formatStack(record.stack_info)
+        return json.dumps(doc, default=str, ensure_ascii=False)
+
+
+class TextFormatter(logging.Formatter):
+    """`2026-01-02T03:04:05.678Z INFO reconciler.apply: message key=value ...`"""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = f"{_time(record)} {record.levelname} {record.name}: {record.getMessage()}"
+        extras = _extras(record)
+        if extras:
+            line += " " + " ".join(f"{k}={_text_value(v)}" for k, v in extras.items())
+        if record.exc_info:
+            line += "\n" + self.formatException(record.exc_info)
+        if record.stack_info:
+            line += "\n" + self.formatStack(record.stack_info)
+        return line
+
+
+def _text_value(value: Any) -> str:
+    text = str(value)
+    return json.dumps(text, ensure_ascii=False) if (not text or any(c.isspace() or c in '"=' for c in text)) else text
+
+
+def _level(level: str | int) -> int:
+    if isinstance(level, int):
+        return level
+    found = _LEVELS.get(level.lower())
+    if found is None:
+        raise ValueError(f"unknown log level {level!r}: use one of {', '.join(_LEVELS)}")
+    return found
+
+
+def setup_logging(level: str | int = "info", fmt: str = "text", stream: TextIO | None = None) -> logging.Handler:
+    """Log to `stream` (default stderr) at `level` in `fmt` ("text" or "json").
+
+    Replaces the handler a previous call installed (and only that one: handlers others added,
+    such as pytest's capture, stay); returns the new handler."""
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown log format {fmt!r}: use one of {', '.join(FORMATS)}")
+    lvl = _level(level)
+    handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
+    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    setattr(handler, _MARK, True)
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if getattr(h, _MARK, False)]:
+        root.removeHandler(old)
+        old.close()
+    root.addHandler(handler)
+    root.setLevel(lvl)
+    return handler

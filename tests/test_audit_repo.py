@@ -1,0 +1,276 @@
+"""AuditRepo on real repositories: record, last_applied, history, incremental trees."""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timezone
+
+import pygit2
+import pytest
+from test_audit_support import HAVE_GIT, Clock, git, loose_objects, series
+
+from reconciler.audit import AuditError, AuditRepo, Identity
+from reconciler.audit.layout import MANIFEST, config_dir, snapshot_to_files
+from reconciler.snapshot import SnapshotError
+
+
+@pytest.fixture
+def audit(tmp_path):
+    return AuditRepo.open_or_init(tmp_path / "audit", clock=Clock(), pack_every=0)
+
+
+def _tree_files(repo: pygit2.Repository, commit: str, config: str) -> dict[str, bytes]:
+    tree = repo[commit].tree[config_dir(config)]
+    out = {}
+    for e in tree:
+        if e.name == MANIFEST:
+            out[MANIFEST] = repo[e.id].data
+        else:
+            for ns in repo[e.id]:
+                for f in repo[ns.id]:
+                    out[f"services/{ns.name}/{f.name}"] = repo[f.id].data
+    return out
+
+
+def test_record_and_last_applied_round_trip_across_a_restart(tmp_path) -> None:
+    s = series()
+    audit = AuditRepo.open_or_init(tmp_path / "audit", clock=Clock())
+    assert audit.last_applied(s.snap.config) is None
+    v1 = s.snap
+    audit.record(v1, "pending")
+    audit.record(v1, "applied")
+    v2 = s.scale()
+    audit.record(v2, "pending")
+    audit.record(v2, "rolled-back", reason="standby leaf-2: read-back differs\nin 3 entries")
+    assert audit.last_applied(v1.config) == v1  # v2 was rolled back: the switches hold v1
+
+    restarted = AuditRepo.open_or_init(tmp_path / "audit")
+    got = restarted.last_applied(v1.config)
+    assert got == v1 and got.digest == v1.digest and got.version == 1
+    assert restarted.last_applied("p4kube-system/other") is None
+    # the files in the commit are exactly the layout of the snapshot
+    assert _tree_files(restarted.repo, restarted.head, v2.config) == snapshot_to_files(v2)
+
+
+def test_trailers_and_messages(audit) -> None:
+    s = series()
+    audit.record(s.snap, "pending")
+    cid = audit.record(s.snap, "degraded", reason="standby leaf-2 unreachable:\n  connection refused", extra_trailers=[("Standby", "leaf-2")])
+    e = audit.history()[0]
+    assert e.commit == cid
+    assert e.trailers == {
+        "Config": s.snap.config,
+        "Snapshot-Version": "1",
+        "Snapshot-Digest": s.snap.digest,
+        "Intent-Commit": "none",
+        "Cluster-Resource-Version": str(s.snap.cluster_resource_version),
+        "Outcome": "degraded",
+        "Reason": "standby leaf-2 unreachable: connection refused",
+        "Standby": "leaf-2",
+    }
+    assert e.summary == f"{s.snap.config} v1 degraded"
+    assert audit.history()[1].summary == f"{s.snap.config} v1 pending: 12 added"
+    assert e.author == "p4kube-reconciler <p4kube-reconciler@localhost>"
+    with pytest.raises(AuditError, match="outcome 'done' is not one of"):
+        audit.record(s.snap, "done")
+    with pytest.raises(AuditError, match="written by record"):
+        audit.record(s.snap, "applied", extra_trailers=[("Outcome", "x")])
+    with pytest.raises(AuditError, match="trailer key"):
+        audit.record(s.snap, "applied", extra_trailers=[("Bad Key", "x")])
+
+
+@pytest.mark.skipif(not HAVE_GIT, reason="git CLI not installed")
+def test_git_interpret_trailers_reads_them(audit) -> None:
+    s = series()
+    audit.record(s.snap, "rolled-back", reason="probe failed: VIP 203.0.113.10:80 timed out")
+    message = git("log", "-1", "--format=%B", "main", cwd=audit.repo.path)
+    parsed = git("interpret-trailers", "--parse", cwd=audit.repo.path, input=message)
+    assert parsed.splitlines() == [
+        f"Config: {s.snap.config}",
+        "Snapshot-Version: 1",
+        f"Snapshot-Digest: {s.snap.digest}",
+        "Intent-Commit: none",
+        f"Cluster-Resource-Version: {s.snap.cluster_resource_version}",
+        "Outcome: rolled-back",
+        "Reason: probe failed: VIP 203.0.113.10:80 timed out",
+    ]
+
+
+def test_identity_is_configurable(tmp_path) -> None:
+    audit = AuditRepo.open_or_init(
+        tmp_path / "a", author=Identity("Ops Bot", "ops@example.com"), committer=Identity("CI", "ci@example.com"), clock=Clock()
+    )
+    cid = audit.record(series().snap, "pending")
+    c = audit.repo[cid]
+    assert (c.author.name, c.author.email, c.committer.name, c.committer.email) == ("Ops Bot", "ops@example.com", "CI", "ci@example.com")
+
+
+def test_only_changed_service_blobs_are_written(tmp_path) -> None:
+    s = series(services=12)
+    audit = AuditRepo.open_or_init(tmp_path / "audit", clock=Clock(), pack_every=0)
+    audit.record(s.snap, "pending")
+    audit.record(s.snap, "applied")
+    key = s.keys[4]
+    before = loose_objects(tmp_path / "audit")
+    cid = audit.record(s.scale(key), "pending")
+    new = loose_objects(tmp_path / "audit") - before
+    repo = audit.repo
+    kinds = sorted(repo[o].type_str for o in new)
+    # 1 service file + its namespace tree, services/, the manifest, the config tree,
+    # configs/<ns>/, configs/, the root tree, and the commit
+    assert kinds == ["blob", "blob", "commit", "tree", "tree", "tree", "tree", "tree", "tree"]
+    blobs = {repo[o].data for o in new if repo[o].type_str == "blob"}
+    files = snapshot_to_files(s.snap)
+    assert blobs == {files[MANIFEST], files[f"services/{key}.json"]}
+    # every other subtree is the parent's, by id
+    parent = repo[cid].parents[0]
+    old_services = parent.tree[f"{config_dir(s.snap.config)}/services"]
+    new_services = repo[cid].tree[f"{config_dir(s.snap.config)}/services"]
+    same = [e.name for e in new_services if old_services[e.name].id == e.id]
+    assert sorted(same) == sorted({k.split("/")[0] for k in s.keys} - {key.split("/")[0]})
+
+    before = loose_objects(tmp_path / "audit")
+    audit.record(s.snap, "applied")  # an outcome: same tree, one new object (the commit)
+    assert [repo[o].type_str for o in loose_objects(tmp_path / "audit") - before] == ["commit"]
+
+
+def test_a_restarted_repo_still_writes_only_what_changed(tmp_path) -> None:
+    s = series(services=12)
+    AuditRepo.open_or_init(tmp_path / "audit", clock=Clock()).record(s.snap, "applied")
+    restarted = AuditRepo.open_or_init(tmp_path / "audit", clock=Clock(), pack_every=0)
+    # cold: no last_applied() read first, so the index knows blob ids but not digests
+    before = loose_objects(tmp_path / "audit")
+    restarted.record(s.scale(s.keys[0]), "pending")
+    new = loose_objects(tmp_path / "audit") - before
+    assert sum(1 for o in new if restarted.repo[o].type_str == "blob") == 2  # the service file and the manifest
+
+
+def test_removed_service_and_empty_namespace_disappear(tmp_path, audit) -> None:
+    s = series(services=12)
+    audit.record(s.snap, "applied")
+    key = s.keys[3]
+    snap = s.remove(key)
+    cid = audit.record(snap, "pending")
+    e = audit.history()[0]
+    assert e.summary.endswith("1 removed")
+    services = audit.repo[cid].tree[f"{config_dir(snap.config)}/services"]
+    assert key.split("/")[0] not in [t.name for t in services]  # its namespace had only it
+    assert audit.snapshot_at(snap.version) == snap
+
+
+def test_history_filters(audit) -> None:
+    a, b = series(name="lb-a"), series(name="lb-b", seed=4)
+    audit.record(a.snap, "pending")
+    audit.record(a.snap, "applied")
+    audit.record(b.snap, "pending")
+    audit.record(b.snap, "rolled-back", reason="x")
+    audit.record(a.scale(), "pending")
+    audit.record(a.snap, "applied")
+    assert [e.outcome for e in audit.history()] == ["applied", "pending", "rolled-back", "pending", "applied", "pending"]
+    assert [e.version for e in audit.history(config=a.snap.config)] == [2, 2, 1, 1]
+    assert [e.config for e in audit.history(outcome="rolled-back")] == [b.snap.config]
+    times = [e.time for e in audit.history()]
+    assert times == sorted(times, reverse=True) and all(t.tzinfo is not None for t in times)
+    middle = audit.history(since=times[4], until=times[1])
+    assert [e.time for e in middle] == times[1:5]
+    naive = datetime.fromtimestamp(times[2].timestamp(), tz=timezone.utc).replace(tzinfo=None)
+    assert len(audit.history(since=naive)) == 3  # naive times are UTC
+    assert audit.configs() == sorted([a.snap.config, b.snap.config])
+    with pytest.raises(AuditError, match="outcome"):
+        audit.history(outcome="bogus")
+
+
+def test_snapshot_at_and_versions(audit) -> None:
+    s = series()
+    v1 = s.snap
+    audit.record(v1, "applied")
+    v2 = s.scale()
+    audit.record(v2, "pending")
+    assert audit.snapshot_at(1) == v1 and audit.snapshot_at(2, v2.config) == v2
+    assert audit.next_version(v1.config) == 3
+    with pytest.raises(AuditError, match=r"no version 7 of .*recorded versions: 1, 2"):
+        audit.snapshot_at(7)
+    # a different snapshot under an already recorded version is refused: versions must mean one thing
+    other = s.scale(s.keys[1]).with_version(2)
+    with pytest.raises(AuditError, match=r"version 2 was already recorded .* next_version\(\) = 3"):
+        audit.record(other, "pending")
+    audit.record(other.with_version(3), "pending")
+    b = series(name="lb-b")
+    audit.record(b.snap, "pending")
+    with pytest.raises(AuditError, match="several configs"):
+        audit.snapshot_at(1)
+
+
+def test_schema_is_checked_before_commit(audit, caplog) -> None:
+    s = series()
+    bad = s.snap.with_version(0)
+    with pytest.raises(SnapshotError, match="version 0"):
+        audit.record(bad, "pending")
+    from dataclasses import replace
+
+    svc = replace(s.snap.services[0], algorithm="")
+    broken = replace(s.snap, services=(svc,) + s.snap.services[1:])
+    with pytest.raises(SnapshotError, match=r"fails its schema:\n  service ns-00/svc-00: algorithm"):
+        audit.record(broken, "pending")
+    assert audit.head is None  # nothing was committed
+
+
+def test_read_only_and_missing(tmp_path) -> None:
+    with pytest.raises(AuditError, match="no audit repository"):
+        AuditRepo.open_or_init(tmp_path / "nothing", read_only=True)
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "x").write_text("x")
+    with pytest.raises(AuditError, match="not empty, and is not a Git repository"):
+        AuditRepo.open_or_init(tmp_path / "full")
+    AuditRepo.open_or_init(tmp_path / "r").record(series().snap, "pending")
+    ro = AuditRepo.open_or_init(tmp_path / "r", read_only=True)
+    with pytest.raises(AuditError, match="read-only"):
+        ro.record(series().snap, "applied")
+
+
+def test_compare_and_swap_refuses_a_moved_branch(tmp_path) -> None:
+    s = series()
+    one = AuditRepo.open_or_init(tmp_path / "a", clock=Clock())
+    two = AuditRepo.open_or_init(tmp_path / "a", clock=Clock())
+    one.record(s.snap, "pending")
+    two.record(s.snap, "applied")  # reads the tip when it records: fine
+    tip = two.head
+    # a writer that read the tip before another moved it fails instead of losing a commit
+    stale = one.repo.references[one.ref].target
+    one._set_tip(one.repo[tip].parents[0].id, stale, "test")  # type: ignore[attr-defined] # moves back: allowed (CAS matches)
+    with pytest.raises(AuditError, match="moved by another writer"):
+        two._set_tip(pygit2.Oid(hex=tip), pygit2.Oid(hex=tip), "test")  # type: ignore[attr-defined]
+
+
+def test_compact_packs_and_everything_still_reads(tmp_path, caplog) -> None:
+    s = series()
+    audit = AuditRepo.open_or_init(tmp_path / "a", clock=Clock(), pack_every=3)
+    with caplog.at_level(logging.INFO, logger="p4kube.audit"):
+        for _ in range(4):
+            audit.record(s.snap, "pending")
+            audit.record(s.snap, "applied")
+            s.scale()
+    assert "packed" in caplog.text
+    assert len(list((tmp_path / "a" / "objects" / "pack").glob("*.pack"))) == 2
+    fresh = AuditRepo.open_or_init(tmp_path / "a", read_only=True)
+    assert [fresh.snapshot_at(v).version for v in (1, 2, 3, 4)] == [1, 2, 3, 4]
+    from reconciler.audit import verify_history
+
+    assert verify_history(fresh).ok
+
+
+def test_small_packs_are_rolled_up(tmp_path) -> None:
+    s = series()
+    audit = AuditRepo.open_or_init(tmp_path / "a", clock=Clock(), pack_every=0)
+    pack_dir = tmp_path / "a" / "objects" / "pack"
+    for _ in range(5):
+        audit.record(s.scale(), "pending")
+        audit.compact(max_packs=10)
+    assert len(list(pack_dir.glob("*.pack"))) == 5
+    audit.record(s.scale(), "pending")
+    audit.compact(max_packs=3)  # 6 packs: the 5 small ones rolled into one, the largest kept
+    assert len(list(pack_dir.glob("*.pack"))) == 2
+    assert not list((tmp_path / "a" / "objects").glob("??/*"))
+    assert audit.snapshot_at(s.snap.version) == s.snap
+    fresh = AuditRepo.open_or_init(tmp_path / "a", read_only=True)
+    assert [fresh.snapshot_at(v).version for v in range(2, s.snap.version + 1)] == list(range(2, s.snap.version + 1))
