@@ -18,11 +18,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from kubernetes import client, watch
-from kubernetes.client.exceptions import ApiException
-
 from kubeapi import KubeApiServer, WatchOptions
 from kubeapi.fixtures import kube_api, load_list_yaml  # noqa: F401 - the fixture
+from kubernetes import client, watch
+from kubernetes.client.exceptions import ApiException
 
 REPO = Path(__file__).resolve().parents[1]
 MERGE = "application/merge-patch+json"
@@ -42,9 +41,12 @@ def _ns(api: client.ApiClient, name: str = "tx") -> None:
 
 def _service(name: str, *, lb: bool = False, port: int = 80) -> client.V1Service:
     return client.V1Service(
-        metadata=client.V1ObjectMeta(name=name, labels={"app": name}, annotations={"loadbalancer.k8s.io/p4kube": "enabled"}),
+        metadata=client.V1ObjectMeta(
+            name=name, labels={"app": name}, annotations={"loadbalancer.k8s.io/p4kube": "enabled"}
+        ),
         spec=client.V1ServiceSpec(
-            type="LoadBalancer" if lb else None, selector={"app": name},
+            type="LoadBalancer" if lb else None,
+            selector={"app": name},
             ports=[client.V1ServicePort(name="http", port=port, target_port=8080)],
         ),
     )
@@ -89,7 +91,9 @@ def test_watch_sees_live_changes_with_label_selector(kube_api: KubeApiServer, ap
 
     def consume() -> None:
         w = watch.Watch()
-        for ev in w.stream(v1.list_namespaced_service, "tx", resource_version=rv, label_selector="tier=edge", timeout_seconds=10):
+        for ev in w.stream(
+            v1.list_namespaced_service, "tx", resource_version=rv, label_selector="tier=edge", timeout_seconds=10
+        ):
             events.put((ev["type"], ev["object"].metadata.name))
             if ev["type"] == "DELETED":
                 w.stop()
@@ -123,7 +127,9 @@ def test_watch_from_expired_rv_raises_410_and_relist_recovers(kube_api: KubeApiS
     assert [s.metadata.name for s in listed.items] == ["web"]
     v1.delete_namespaced_service("web", "tx")
     w = watch.Watch()
-    for ev in w.stream(v1.list_namespaced_service, "tx", resource_version=listed.metadata.resource_version, timeout_seconds=5):
+    for ev in w.stream(
+        v1.list_namespaced_service, "tx", resource_version=listed.metadata.resource_version, timeout_seconds=5
+    ):
         assert (ev["type"], ev["object"].metadata.name) == ("DELETED", "web")
         w.stop()
 
@@ -172,15 +178,23 @@ def test_bookmarks_only_when_asked_and_newer_than_start() -> None:
             v1.create_namespaced_service("tx", _service("web"))
         base = "/api/v1/namespaces/tx/services?watch=1&timeoutSeconds=1&resourceVersion="
         fresh = str(server.resource_version)
-        with_bm, without, idle = _raw_watches(server, [
-            base + rv + "&allowWatchBookmarks=true",
-            base + rv,  # bookmarks never come unasked
-            base + fresh + "&allowWatchBookmarks=true",  # nothing newer than the start: no bookmark at all
-        ])
+        with_bm, without, idle = _raw_watches(
+            server,
+            [
+                base + rv + "&allowWatchBookmarks=true",
+                base + rv,  # bookmarks never come unasked
+                base + fresh + "&allowWatchBookmarks=true",  # nothing newer than the start: no bookmark at all
+            ],
+        )
         assert [e["type"] for e in with_bm] == ["ADDED", "BOOKMARK"]
         bookmark = with_bm[1]["object"]
-        assert bookmark == {"kind": "Service", "apiVersion": "v1", "metadata": {"resourceVersion": with_bm[0]["object"]["metadata"]["resourceVersion"]},
-                            "spec": {}, "status": {"loadBalancer": {}}}
+        assert bookmark == {
+            "kind": "Service",
+            "apiVersion": "v1",
+            "metadata": {"resourceVersion": with_bm[0]["object"]["metadata"]["resourceVersion"]},
+            "spec": {},
+            "status": {"loadBalancer": {}},
+        }
         assert [e["type"] for e in without] == ["ADDED"]
         assert idle == []
 
@@ -190,13 +204,22 @@ def test_watchlist_initial_events_end_with_annotated_bookmark(kube_api: KubeApiS
     v1 = client.CoreV1Api(api)
     for name in ("a", "b"):
         v1.create_namespaced_service("tx", _service(name))
-    events, legacy = _raw_watches(kube_api, [
-        "/api/v1/namespaces/tx/services?watch=1&sendInitialEvents=true&resourceVersionMatch=NotOlderThan"
-        "&allowWatchBookmarks=true&timeoutSeconds=1",
-        # a legacy watch without resourceVersion is served the same way (kube-apiserver >= 1.32), minus the bookmark
-        "/api/v1/namespaces/tx/services?watch=1&timeoutSeconds=1",
-    ])
-    assert [(e["type"], e["object"]["metadata"].get("name")) for e in events] == [("ADDED", "a"), ("ADDED", "b"), ("BOOKMARK", None)]
+    events, legacy = _raw_watches(
+        kube_api,
+        [
+            (
+                "/api/v1/namespaces/tx/services?watch=1&sendInitialEvents=true&resourceVersionMatch=NotOlderThan"
+                "&allowWatchBookmarks=true&timeoutSeconds=1"
+            ),
+            # a legacy watch without resourceVersion is served the same way (kube-apiserver >= 1.32), minus the bookmark
+            "/api/v1/namespaces/tx/services?watch=1&timeoutSeconds=1",
+        ],
+    )
+    assert [(e["type"], e["object"]["metadata"].get("name")) for e in events] == [
+        ("ADDED", "a"),
+        ("ADDED", "b"),
+        ("BOOKMARK", None),
+    ]
     assert events[2]["object"]["metadata"]["annotations"] == {"k8s.io/initial-events-end": "true"}
     assert [e["type"] for e in legacy] == ["ADDED", "ADDED"]
     with pytest.raises(ApiException) as exc:  # sendInitialEvents needs resourceVersionMatch=NotOlderThan
@@ -226,7 +249,9 @@ def test_paging_and_expired_continue_token(kube_api: KubeApiServer, api: client.
     rest = v1.list_namespaced_service("tx", limit=10, _continue=status["metadata"]["continue"])
     assert [s.metadata.name for s in rest.items] == ["s4", "s5"]  # an inconsistent but complete remainder
     with pytest.raises(ApiException) as exc:
-        v1.list_namespaced_service("tx", resource_version=first.metadata.resource_version, resource_version_match="Exact")
+        v1.list_namespaced_service(
+            "tx", resource_version=first.metadata.resource_version, resource_version_match="Exact"
+        )
     assert exc.value.status == 410
 
 
@@ -249,7 +274,9 @@ def test_service_status_patch_and_no_op_writes(api: client.ApiClient) -> None:
     assert ignored.status.load_balancer.ingress[0].ip == "203.0.113.10"  # status via the main resource: dropped
     assert ignored.metadata.resource_version == patched.metadata.resource_version
     with pytest.raises(ApiException) as exc:
-        v1.patch_namespaced_service_status("web", "tx", {"status": {"loadBalancer": {"ingress": [{"hostname": "x.example", "ipMode": "VIP"}]}}})
+        v1.patch_namespaced_service_status(
+            "web", "tx", {"status": {"loadBalancer": {"ingress": [{"hostname": "x.example", "ipMode": "VIP"}]}}}
+        )
     assert exc.value.status == 422
     assert _error(exc.value)["details"]["causes"][0]["field"] == "status.loadBalancer.ingress[0].ipMode"
 
@@ -258,14 +285,18 @@ def test_server_side_apply_conflict_force_and_removal(api: client.ApiClient) -> 
     v1 = client.CoreV1Api(api)
     _ns(api)
     v1.create_namespaced_service("tx", _service("web"))
-    v1.patch_namespaced_service("web", "tx", {"metadata": {"annotations": {"p4kube.io/vip": "a"}}}, field_manager="other",
-                                _content_type=MERGE)
+    v1.patch_namespaced_service(
+        "web", "tx", {"metadata": {"annotations": {"p4kube.io/vip": "a"}}}, field_manager="other", _content_type=MERGE
+    )
     config = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web", "annotations": {"p4kube.io/vip": "b"}}}
     with pytest.raises(ApiException) as exc:
         v1.patch_namespaced_service("web", "tx", config, field_manager="p4kube", _content_type=APPLY)
     status = _error(exc.value)
     assert exc.value.status == 409 and status["details"]["causes"][0]["reason"] == "FieldManagerConflict"
-    assert status["message"] == 'Apply failed with 1 conflict: conflict with "other" using v1: .metadata.annotations.p4kube.io/vip'
+    assert (
+        status["message"]
+        == 'Apply failed with 1 conflict: conflict with "other" using v1: .metadata.annotations.p4kube.io/vip'
+    )
     applied = v1.patch_namespaced_service("web", "tx", config, field_manager="p4kube", force=True, _content_type=APPLY)
     assert applied.metadata.annotations["p4kube.io/vip"] == "b"
     assert {(m.manager, m.operation) for m in applied.metadata.managed_fields} >= {("p4kube", "Apply")}
@@ -278,31 +309,60 @@ def test_server_side_apply_conflict_force_and_removal(api: client.ApiClient) -> 
 def test_events_through_both_apis_and_microtime(api: client.ApiClient) -> None:
     _ns(api)
     core, events = client.CoreV1Api(api), client.EventsV1Api(api)
-    core.create_namespaced_event("tx", client.CoreV1Event(
-        metadata=client.V1ObjectMeta(name="web.legacy"), involved_object=client.V1ObjectReference(kind="Service", namespace="tx", name="web"),
-    ))
-    when = dt.datetime(2026, 11, 22, 10, 23, 48, 980934, tzinfo=dt.timezone.utc)
-    new = events.create_namespaced_event("tx", client.EventsV1Event(
-        metadata=client.V1ObjectMeta(name="web.new"), event_time=when, type="Normal", reason="Programmed",
-        action="ProgramVIP", note="VIP programmed", reporting_controller="p4kube.io/controller",
-        reporting_instance="p4kube-0", regarding=client.V1ObjectReference(kind="Service", namespace="tx", name="web"),
-    ))
+    core.create_namespaced_event(
+        "tx",
+        client.CoreV1Event(
+            metadata=client.V1ObjectMeta(name="web.legacy"),
+            involved_object=client.V1ObjectReference(kind="Service", namespace="tx", name="web"),
+        ),
+    )
+    when = dt.datetime(2026, 11, 22, 10, 23, 48, 980934, tzinfo=dt.UTC)
+    new = events.create_namespaced_event(
+        "tx",
+        client.EventsV1Event(
+            metadata=client.V1ObjectMeta(name="web.new"),
+            event_time=when,
+            type="Normal",
+            reason="Programmed",
+            action="ProgramVIP",
+            note="VIP programmed",
+            reporting_controller="p4kube.io/controller",
+            reporting_instance="p4kube-0",
+            regarding=client.V1ObjectReference(kind="Service", namespace="tx", name="web"),
+        ),
+    )
     assert new.event_time == when
     as_core = core.read_namespaced_event("web.new", "tx")
-    assert (as_core.message, as_core.reporting_component, as_core.involved_object.name) == ("VIP programmed", "p4kube.io/controller", "web")
-    patched = events.patch_namespaced_event("web.new", "tx", {"series": {"count": 2, "lastObservedTime": "2026-11-22T10:23:49.000001Z"}},
-                                            _content_type=MERGE)
+    assert (as_core.message, as_core.reporting_component, as_core.involved_object.name) == (
+        "VIP programmed",
+        "p4kube.io/controller",
+        "web",
+    )
+    patched = events.patch_namespaced_event(
+        "web.new",
+        "tx",
+        {"series": {"count": 2, "lastObservedTime": "2026-11-22T10:23:49.000001Z"}},
+        _content_type=MERGE,
+    )
     assert patched.series.count == 2
     with pytest.raises(ApiException) as exc:
         events.patch_namespaced_event("web.new", "tx", {"note": "changed"}, _content_type=MERGE)
     assert exc.value.status == 422 and _error(exc.value)["details"]["causes"][0]["field"] == "message"
     whole_second = when.replace(microsecond=0)  # datetime.isoformat() drops the fraction: the server refuses it
     with pytest.raises(ApiException) as exc:
-        events.create_namespaced_event("tx", client.EventsV1Event(
-            metadata=client.V1ObjectMeta(name="web.bad"), event_time=whole_second, type="Normal", reason="R",
-            action="A", reporting_controller="p4kube.io/c", reporting_instance="i",
-            regarding=client.V1ObjectReference(kind="Service", namespace="tx", name="web"),
-        ))
+        events.create_namespaced_event(
+            "tx",
+            client.EventsV1Event(
+                metadata=client.V1ObjectMeta(name="web.bad"),
+                event_time=whole_second,
+                type="Normal",
+                reason="R",
+                action="A",
+                reporting_controller="p4kube.io/c",
+                reporting_instance="i",
+                regarding=client.V1ObjectReference(kind="Service", namespace="tx", name="web"),
+            ),
+        )
     assert exc.value.status == 400 and 'cannot parse "+00:00" as ".000000"' in _error(exc.value)["message"]
     listed = core.list_namespaced_event("tx", field_selector="involvedObject.name=web")
     assert sorted(e.metadata.name for e in listed.items) == ["web.legacy", "web.new"]
@@ -311,18 +371,30 @@ def test_events_through_both_apis_and_microtime(api: client.ApiClient) -> None:
 def test_lease_create_renew_takeover_and_stale_update(api: client.ApiClient) -> None:
     _ns(api)
     coord = client.CoordinationV1Api(api)
-    t0 = dt.datetime(2026, 11, 22, 10, 0, 0, 123456, tzinfo=dt.timezone.utc)
-    lease = coord.create_namespaced_lease("tx", client.V1Lease(
-        metadata=client.V1ObjectMeta(name="p4kube-leader"),
-        spec=client.V1LeaseSpec(holder_identity="a", lease_duration_seconds=15, acquire_time=t0, renew_time=t0, lease_transitions=0),
-    ))
+    t0 = dt.datetime(2026, 11, 22, 10, 0, 0, 123456, tzinfo=dt.UTC)
+    lease = coord.create_namespaced_lease(
+        "tx",
+        client.V1Lease(
+            metadata=client.V1ObjectMeta(name="p4kube-leader"),
+            spec=client.V1LeaseSpec(
+                holder_identity="a", lease_duration_seconds=15, acquire_time=t0, renew_time=t0, lease_transitions=0
+            ),
+        ),
+    )
     assert lease.metadata.generation is None and lease.spec.renew_time == t0
     lease.spec.renew_time = t0 + dt.timedelta(seconds=5)
     renewed = coord.replace_namespaced_lease("p4kube-leader", "tx", lease)
     assert int(renewed.metadata.resource_version) > int(lease.metadata.resource_version)
-    taken = client.V1Lease(metadata=renewed.metadata, spec=client.V1LeaseSpec(
-        holder_identity="b", lease_duration_seconds=15, acquire_time=t0 + dt.timedelta(seconds=20),
-        renew_time=t0 + dt.timedelta(seconds=20), lease_transitions=1))
+    taken = client.V1Lease(
+        metadata=renewed.metadata,
+        spec=client.V1LeaseSpec(
+            holder_identity="b",
+            lease_duration_seconds=15,
+            acquire_time=t0 + dt.timedelta(seconds=20),
+            renew_time=t0 + dt.timedelta(seconds=20),
+            lease_transitions=1,
+        ),
+    )
     taken = coord.replace_namespaced_lease("p4kube-leader", "tx", taken)
     assert (taken.spec.holder_identity, taken.spec.lease_transitions) == ("b", 1)
     renewed.spec.renew_time = t0 + dt.timedelta(seconds=21)  # the deposed leader still holds the old RV
@@ -330,28 +402,70 @@ def test_lease_create_renew_takeover_and_stale_update(api: client.ApiClient) -> 
         coord.replace_namespaced_lease("p4kube-leader", "tx", renewed)
     assert exc.value.status == 409 and _error(exc.value)["reason"] == "Conflict"
     with pytest.raises(ApiException) as exc:
-        coord.patch_namespaced_lease("p4kube-leader", "tx", {"spec": {"renewTime": "2026-11-22T10:30:00Z"}}, _content_type=MERGE)
+        coord.patch_namespaced_lease(
+            "p4kube-leader", "tx", {"spec": {"renewTime": "2026-11-22T10:30:00Z"}}, _content_type=MERGE
+        )
     assert exc.value.status == 422 and 'cannot parse "Z" as ".000000"' in _error(exc.value)["message"]
 
 
 CRD = {
-    "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+    "apiVersion": "apiextensions.k8s.io/v1",
+    "kind": "CustomResourceDefinition",
     "metadata": {"name": "loadbalancerconfigs.networking.p4kube.io"},
     "spec": {
-        "group": "networking.p4kube.io", "scope": "Namespaced",
-        "names": {"kind": "LoadBalancerConfig", "plural": "loadbalancerconfigs", "singular": "loadbalancerconfig", "shortNames": ["lbc"]},
-        "versions": [{
-            "name": "v1alpha1", "served": True, "storage": True, "subresources": {"status": {}},
-            "schema": {"openAPIV3Schema": {"type": "object", "properties": {
-                "spec": {"type": "object", "required": ["algorithm"], "properties": {
-                    "algorithm": {"type": "string", "enum": ["replica-weighted", "least-connections", "round-robin"]},
-                    "updateInterval": {"type": "string", "default": "1s"}}},
-                "status": {"type": "object", "properties": {
-                    "observedGeneration": {"type": "integer"},
-                    "conditions": {"type": "array", "x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"],
-                                   "items": {"type": "object", "required": ["type", "status"], "properties": {
-                                       "type": {"type": "string"}, "status": {"type": "string", "enum": ["True", "False", "Unknown"]}}}}}}}}},
-        }],
+        "group": "networking.p4kube.io",
+        "scope": "Namespaced",
+        "names": {
+            "kind": "LoadBalancerConfig",
+            "plural": "loadbalancerconfigs",
+            "singular": "loadbalancerconfig",
+            "shortNames": ["lbc"],
+        },
+        "versions": [
+            {
+                "name": "v1alpha1",
+                "served": True,
+                "storage": True,
+                "subresources": {"status": {}},
+                "schema": {
+                    "openAPIV3Schema": {
+                        "type": "object",
+                        "properties": {
+                            "spec": {
+                                "type": "object",
+                                "required": ["algorithm"],
+                                "properties": {
+                                    "algorithm": {
+                                        "type": "string",
+                                        "enum": ["replica-weighted", "least-connections", "round-robin"],
+                                    },
+                                    "updateInterval": {"type": "string", "default": "1s"},
+                                },
+                            },
+                            "status": {
+                                "type": "object",
+                                "properties": {
+                                    "observedGeneration": {"type": "integer"},
+                                    "conditions": {
+                                        "type": "array",
+                                        "x-kubernetes-list-type": "map",
+                                        "x-kubernetes-list-map-keys": ["type"],
+                                        "items": {
+                                            "type": "object",
+                                            "required": ["type", "status"],
+                                            "properties": {
+                                                "type": {"type": "string"},
+                                                "status": {"type": "string", "enum": ["True", "False", "Unknown"]},
+                                            },
+                                        },
+                                    },
+                                },
+                            },
+                        },
+                    }
+                },
+            }
+        ],
     },
 }
 
@@ -363,32 +477,59 @@ def test_crd_custom_resource_and_status(kube_api: KubeApiServer, api: client.Api
     crd = ext.read_custom_resource_definition(CRD["metadata"]["name"])
     assert {c.type: c.status for c in crd.status.conditions}["Established"] == "True"
     args = ("networking.p4kube.io", "v1alpha1", "tx", "loadbalancerconfigs")
-    body = {"apiVersion": "networking.p4kube.io/v1alpha1", "kind": "LoadBalancerConfig", "metadata": {"name": "lbc"},
-            "spec": {"algorithm": "replica-weighted", "bogus": 1}, "status": {"observedGeneration": 9}}
+    body = {
+        "apiVersion": "networking.p4kube.io/v1alpha1",
+        "kind": "LoadBalancerConfig",
+        "metadata": {"name": "lbc"},
+        "spec": {"algorithm": "replica-weighted", "bogus": 1},
+        "status": {"observedGeneration": 9},
+    }
     created = co.create_namespaced_custom_object(*args, body)
     assert created["spec"] == {"algorithm": "replica-weighted", "updateInterval": "1s"}  # pruned and defaulted
     assert "status" not in created and created["metadata"]["generation"] == 1
     with pytest.raises(ApiException) as exc:
-        co.create_namespaced_custom_object(*args, {**body, "metadata": {"name": "bad"}, "spec": {"algorithm": "maglev"}})
+        co.create_namespaced_custom_object(
+            *args, {**body, "metadata": {"name": "bad"}, "spec": {"algorithm": "maglev"}}
+        )
     assert exc.value.status == 422
     assert _error(exc.value)["details"]["causes"][0]["reason"] == "FieldValueNotSupported"
-    status = {"status": {"observedGeneration": 1, "conditions": [{"type": "Ready", "status": "True"}, {"type": "Stalled", "status": "False"}]}}
+    status = {
+        "status": {
+            "observedGeneration": 1,
+            "conditions": [{"type": "Ready", "status": "True"}, {"type": "Stalled", "status": "False"}],
+        }
+    }
     with_status = co.patch_namespaced_custom_object_status(*args[:3], args[3], "lbc", status)
     assert with_status["metadata"]["generation"] == 1 and with_status["status"]["conditions"][0]["type"] == "Ready"
     spec_change = co.patch_namespaced_custom_object(*args[:3], args[3], "lbc", {"spec": {"algorithm": "round-robin"}})
     assert spec_change["metadata"]["generation"] == 2 and spec_change["status"]["observedGeneration"] == 1
     applied = co.patch_namespaced_custom_object_status(
-        *args[:3], args[3], "lbc",
-        {"apiVersion": "networking.p4kube.io/v1alpha1", "kind": "LoadBalancerConfig", "metadata": {"name": "lbc"},
-         "status": {"conditions": [{"type": "Ready", "status": "False"}]}},
-        field_manager="p4kube", force=True, _content_type=APPLY,
+        *args[:3],
+        args[3],
+        "lbc",
+        {
+            "apiVersion": "networking.p4kube.io/v1alpha1",
+            "kind": "LoadBalancerConfig",
+            "metadata": {"name": "lbc"},
+            "status": {"conditions": [{"type": "Ready", "status": "False"}]},
+        },
+        field_manager="p4kube",
+        force=True,
+        _content_type=APPLY,
     )
-    assert [(c["type"], c["status"]) for c in applied["status"]["conditions"]] == [("Ready", "False"), ("Stalled", "False")]
+    assert [(c["type"], c["status"]) for c in applied["status"]["conditions"]] == [
+        ("Ready", "False"),
+        ("Stalled", "False"),
+    ]
     items = co.list_namespaced_custom_object(*args)["items"]
     assert [(i["kind"], i["metadata"]["name"]) for i in items] == [("LoadBalancerConfig", "lbc")]
     conn = http.client.HTTPConnection(kube_api.host, kube_api.port, timeout=5)
-    conn.request("PATCH", "/apis/networking.p4kube.io/v1alpha1/namespaces/tx/loadbalancerconfigs/lbc", b"{}",
-                 {"Authorization": "Bearer test-token", "Content-Type": "application/strategic-merge-patch+json"})
+    conn.request(
+        "PATCH",
+        "/apis/networking.p4kube.io/v1alpha1/namespaces/tx/loadbalancerconfigs/lbc",
+        b"{}",
+        {"Authorization": "Bearer test-token", "Content-Type": "application/strategic-merge-patch+json"},
+    )
     assert conn.getresponse().status == 415
     conn.close()
     ext.delete_custom_resource_definition(CRD["metadata"]["name"])
@@ -400,18 +541,34 @@ def test_crd_custom_resource_and_status(kube_api: KubeApiServer, api: client.Api
 # ---- access control, transport, lifecycle -------------------------------------------------------
 
 RBAC = [
-    {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole", "metadata": {"name": "p4kube"},
-     "rules": [{"apiGroups": [""], "resources": ["services"], "verbs": ["get", "list", "watch", "patch"]},
-               {"apiGroups": [""], "resources": ["services/status"], "verbs": ["patch"]}]},
-    {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding", "metadata": {"name": "p4kube"},
-     "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "p4kube"},
-     "subjects": [{"kind": "ServiceAccount", "name": "p4kube", "namespace": "p4kube-system"}]},
+    {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "ClusterRole",
+        "metadata": {"name": "p4kube"},
+        "rules": [
+            {"apiGroups": [""], "resources": ["services"], "verbs": ["get", "list", "watch", "patch"]},
+            {"apiGroups": [""], "resources": ["services/status"], "verbs": ["patch"]},
+        ],
+    },
+    {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "ClusterRoleBinding",
+        "metadata": {"name": "p4kube"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "p4kube"},
+        "subjects": [{"kind": "ServiceAccount", "name": "p4kube", "namespace": "p4kube-system"}],
+    },
 ]
 
 
-def test_rbac_denies_what_roles_do_not_grant_and_logs_every_request() -> None:
+def test_rbac_denies_what_roles_do_not_grant_and_logs_every_request(tmp_path: Path) -> None:
     tokens = {"admin-token": ("admin", ["system:masters"]), "sa-token": "system:serviceaccount:p4kube-system:p4kube"}
-    with KubeApiServer(tokens=tokens, rbac=RBAC) as server:
+    rbac_file = tmp_path / "rbac.yaml"  # RBAC can come from the manifests as shipped
+    rbac_file.write_text("---\n".join(json.dumps(o) for o in RBAC))
+    with KubeApiServer(tokens=tokens, rbac=[rbac_file]) as server:
+        sa_user = "system:serviceaccount:p4kube-system:p4kube"
+        assert server.can(sa_user, "patch", "services/status", namespace="tx")
+        assert not server.can(sa_user, "update", "services/status", namespace="tx")
+        assert not server.can("someone-else", "list", "services")
         with client.ApiClient(server.client_configuration("admin-token")) as admin:
             _ns(admin)
             client.CoreV1Api(admin).create_namespaced_service("tx", _service("web"))
@@ -419,7 +576,9 @@ def test_rbac_denies_what_roles_do_not_grant_and_logs_every_request() -> None:
         with client.ApiClient(server.client_configuration("sa-token")) as sa:
             v1 = client.CoreV1Api(sa)
             assert [s.metadata.name for s in v1.list_service_for_all_namespaces().items] == ["kubernetes", "web"]
-            v1.patch_namespaced_service_status("web", "tx", {"status": {"loadBalancer": {"ingress": [{"ip": "203.0.113.1"}]}}})
+            v1.patch_namespaced_service_status(
+                "web", "tx", {"status": {"loadBalancer": {"ingress": [{"ip": "203.0.113.1"}]}}}
+            )
             with pytest.raises(ApiException) as exc:
                 v1.delete_namespaced_service("web", "tx")
             assert exc.value.status == 403
@@ -442,17 +601,15 @@ def test_rbac_denies_what_roles_do_not_grant_and_logs_every_request() -> None:
 
 
 def test_unknown_token_is_401(kube_api: KubeApiServer) -> None:  # noqa: F811
-    with client.ApiClient(kube_api.client_configuration("wrong")) as c:
-        with pytest.raises(ApiException) as exc:
-            client.CoreV1Api(c).list_namespace()
+    with client.ApiClient(kube_api.client_configuration("wrong")) as c, pytest.raises(ApiException) as exc:
+        client.CoreV1Api(c).list_namespace()
     assert exc.value.status == 401 and _error(exc.value)["message"] == "Unauthorized"
 
 
 def test_tls(tmp_path: Path) -> None:
-    with KubeApiServer(tls=True, tls_dir=tmp_path) as server:
+    with KubeApiServer(tls=True, tls_dir=tmp_path) as server, client.ApiClient(server.client_configuration()) as c:
         assert server.url.startswith("https://127.0.0.1:")
-        with client.ApiClient(server.client_configuration()) as c:
-            assert "default" in [n.metadata.name for n in client.CoreV1Api(c).list_namespace().items]
+        assert "default" in [n.metadata.name for n in client.CoreV1Api(c).list_namespace().items]
 
 
 def test_restart_keeps_state_and_ends_open_watches() -> None:
@@ -468,7 +625,9 @@ def test_restart_keeps_state_and_ends_open_watches() -> None:
 
             def long_watch() -> None:
                 try:
-                    for _ in watch.Watch().stream(v1.list_namespaced_service, "tx", resource_version=rv, timeout_seconds=60):
+                    for _ in watch.Watch().stream(
+                        v1.list_namespaced_service, "tx", resource_version=rv, timeout_seconds=60
+                    ):
                         pass
                     outcome.append(None)
                 except Exception as e:  # noqa: BLE001 - the dropped stream is what we look at
@@ -521,7 +680,13 @@ def test_load_recorded_cluster_list(kube_api: KubeApiServer, api: client.ApiClie
     services = {f"{s.metadata.namespace}/{s.metadata.name}": s for s in v1.list_service_for_all_namespaces().items}
     assert len(services) == sum(1 for o in loaded if o["kind"] == "Service")
     dns = services["payments/dns-cache"]
-    assert (dns.spec.cluster_ip, dns.spec.ports[0].node_port, dns.spec.health_check_node_port) == ("10.108.25.40", 31003, 30549)
-    assert len(disc.list_endpoint_slice_for_all_namespaces().items) == sum(1 for o in loaded if o["kind"] == "EndpointSlice")
+    assert (dns.spec.cluster_ip, dns.spec.ports[0].node_port, dns.spec.health_check_node_port) == (
+        "10.108.25.40",
+        31003,
+        30549,
+    )
+    assert len(disc.list_endpoint_slice_for_all_namespaces().items) == sum(
+        1 for o in loaded if o["kind"] == "EndpointSlice"
+    )
     nodes = v1.list_node().items
     assert len(nodes) == sum(1 for o in loaded if o["kind"] == "Node") and all(n.status.addresses for n in nodes)

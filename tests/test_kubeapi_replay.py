@@ -24,7 +24,6 @@ from typing import Any
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit
 
 import pytest
-
 from kubeapi import KubeApiServer, WatchOptions
 
 REPO = Path(__file__).resolve().parents[1]
@@ -37,7 +36,7 @@ TOKENS = {"<token>": ("tx-admin", ["system:masters"]), "<dev-user-token>": "dev-
 # Exchanges whose recorded answer depends on things this server does not model, with the reason.
 SKIPPED = {
     "04/7": "etcd 3.4.23 lacks RequestWatchProgress, so WatchList failed (500); the server implements the "
-            "documented WatchList behaviour instead (test_kubeapi_client checks it)",
+    "documented WatchList behaviour instead (test_kubeapi_client checks it)",
     "04/8": "etcd 3.4.23 artifact: 504 ResourceVersionTooLarge for an RV-less watch on a quiet type",
     "04/10": "etcd 3.4.23 artifact: 504 ResourceVersionTooLarge for an RV-less watch on a quiet type",
     "04/12": "etcd 3.4.23 lacks RequestWatchProgress (500); documented WatchList behaviour served instead",
@@ -68,8 +67,16 @@ class Answer:
     closed_after: float = 0.0
 
 
-def send(server: KubeApiServer, method: str, path: str, headers: dict[str, str], body: bytes | None,
-         *, watch: bool = False, on_headers: Any = None) -> Answer:
+def send(
+    server: KubeApiServer,
+    method: str,
+    path: str,
+    headers: dict[str, str],
+    body: bytes | None,
+    *,
+    watch: bool = False,
+    on_headers: Any = None,
+) -> Answer:
     conn = http.client.HTTPConnection(server.host, server.port, timeout=30)
     try:
         hdrs = dict(headers)
@@ -176,8 +183,9 @@ class Replay:
         return text
 
     # -- responses --
-    def compare(self, exp: Any, act: Any, where: str, out: list[str], *, list_meta: bool = False,
-                bookmark: bool = False) -> None:
+    def compare(
+        self, exp: Any, act: Any, where: str, out: list[str], *, list_meta: bool = False, bookmark: bool = False
+    ) -> None:
         if isinstance(exp, dict):
             if not isinstance(act, dict):
                 out.append(f"{where}: expected an object, got {act!r:.200}")
@@ -192,14 +200,22 @@ class Replay:
                 if k not in act:
                     continue
                 weak = list_meta or bookmark or (k == "metadata" and ("items" in exp or exp.get("kind") == "Status"))
-                self.compare_key(k, exp[k], act[k], f"{where}.{k}", out, exp, list_meta=weak,
-                                 bookmark=bookmark or exp.get("type") == "BOOKMARK")
+                self.compare_key(
+                    k,
+                    exp[k],
+                    act[k],
+                    f"{where}.{k}",
+                    out,
+                    exp,
+                    list_meta=weak,
+                    bookmark=bookmark or exp.get("type") == "BOOKMARK",
+                )
             return
         if isinstance(exp, list):
             if not isinstance(act, list) or len(exp) != len(act):
                 out.append(f"{where}: expected a list of {len(exp)}, got {act!r:.300}")
                 return
-            for i, (e, a) in enumerate(zip(exp, act)):
+            for i, (e, a) in enumerate(zip(exp, act, strict=True)):
                 self.compare(e, a, f"{where}[{i}]", out, bookmark=bookmark)
             return
         if isinstance(exp, str):
@@ -207,8 +223,18 @@ class Replay:
         if exp != act:
             out.append(f"{where}: expected {exp!r:.300}, got {act!r:.300}")
 
-    def compare_key(self, k: str, exp: Any, act: Any, where: str, out: list[str], parent: dict[str, Any],
-                    *, list_meta: bool, bookmark: bool) -> None:
+    def compare_key(
+        self,
+        k: str,
+        exp: Any,
+        act: Any,
+        where: str,
+        out: list[str],
+        parent: dict[str, Any],
+        *,
+        list_meta: bool,
+        bookmark: bool,
+    ) -> None:
         if k in VOLATILE:
             if not isinstance(act, type(exp)):
                 out.append(f"{where}: expected a {type(exp).__name__}, got {act!r}")
@@ -225,7 +251,7 @@ class Replay:
                 self.values[f"continue:{exp}"] = act
             return
         if k in ("clusterIP", "clusterIPs"):
-            for e, a in zip(exp if isinstance(exp, list) else [exp], act if isinstance(act, list) else [act]):
+            for e, a in zip(exp if isinstance(exp, list) else [exp], act if isinstance(act, list) else [act], strict=False):
                 if e == "None" or e == a:
                     continue
                 try:
@@ -243,14 +269,22 @@ class Replay:
             def order(item: Any) -> tuple[str, str]:
                 meta = item.get("metadata", {}) if isinstance(item, dict) else {}
                 return (meta.get("namespace", ""), self.values.get(f"name:{meta.get('name')}", meta.get("name", "")))
+
             if any(f"name:{(e.get('metadata') or {}).get('name')}" in self.values for e in exp if isinstance(e, dict)):
                 exp = sorted(exp, key=order)
         if k == "managedFields" and isinstance(exp, list):
             self.managed[json.dumps(exp, sort_keys=True)] = act
-        if k == "conditions" and parent.get("acceptedNames") is not None and isinstance(exp, list) and isinstance(act, list):
+        if (
+            k == "conditions"
+            and parent.get("acceptedNames") is not None
+            and isinstance(exp, list)
+            and isinstance(act, list)
+        ):
             # CRD status conditions are written by the server: their times are its own
-            exp = [{**e, "lastTransitionTime": a.get("lastTransitionTime")} if isinstance(a, dict) else e
-                   for e, a in zip(exp, act)] + exp[len(act):]
+            exp = [
+                {**e, "lastTransitionTime": a.get("lastTransitionTime")} if isinstance(a, dict) else e
+                for e, a in zip(exp, act, strict=False)
+            ] + exp[len(act) :]
         if k == "message" and isinstance(exp, str) and isinstance(act, str) and parent.get("kind") == "Status":
             if self.substitute(exp) != act:
                 out.append(f"{where}: expected {self.substitute(exp)!r:.400}, got {act!r:.400}")
@@ -267,7 +301,7 @@ def _status_msg_prefix_suffix(exp: dict[str, Any], act: dict[str, Any], out: lis
     head, tail = e.split('Invalid value: "', 1)[0], e.rsplit('\\"}}": ', 1)[-1]
     if not a.startswith(head + 'Invalid value: "') or not a.endswith('": ' + tail):
         out.append(f"{where}: message {a[:200]!r}... does not frame the patched object like {head!r}...{tail!r}")
-    embedded = json.loads(json.loads(a[len(head) + len("Invalid value: "):-len(tail) - 2]))
+    embedded = json.loads(json.loads(a[len(head) + len("Invalid value: ") : -len(tail) - 2]))
     if embedded.get("spec", {}).get("renewTime") != "2026-11-22T10:30:00.123456789Z":
         out.append(f"{where}: embedded object lacks the bad renewTime: {embedded}")
     for k in ("kind", "apiVersion", "status", "reason", "code"):
@@ -279,8 +313,10 @@ def _status_msg_prefix_suffix(exp: dict[str, Any], act: dict[str, Any], out: lis
 
 def _crd_invalid(exp: dict[str, Any], act: dict[str, Any], out: list[str], where: str) -> None:
     """10/1: the same causes; their order follows Go map iteration on the real server."""
+
     def key(c: dict[str, Any]) -> str:
         return json.dumps(c, sort_keys=True)
+
     if sorted(map(key, exp["details"]["causes"])) != sorted(map(key, act.get("details", {}).get("causes", []))):
         out.append(f"{where}: causes differ: {act.get('details')}")
     head = exp["message"].split("[", 1)[0]
@@ -294,7 +330,9 @@ def _crd_invalid(exp: dict[str, Any], act: dict[str, Any], out: list[str], where
 def _too_old(exp: dict[str, Any], act: dict[str, Any], sent_rv: str, out: list[str], where: str) -> None:
     m = re.fullmatch(r"too old resource version: (\d+) \((\d+)\)", act.get("message", ""))
     if not m or m.group(1) != sent_rv or int(m.group(2)) < int(sent_rv):
-        out.append(f"{where}: message {act.get('message')!r} is not 'too old resource version: {sent_rv} (>= {sent_rv})'")
+        out.append(
+            f"{where}: message {act.get('message')!r} is not 'too old resource version: {sent_rv} (>= {sent_rv})'"
+        )
     for k in ("kind", "apiVersion", "status", "reason", "code", "metadata"):
         if exp.get(k) != act.get(k):
             out.append(f"{where}.{k}: expected {exp.get(k)!r}, got {act.get(k)!r}")
@@ -313,7 +351,9 @@ def _filter_discovery(key: str, exp: Any, served: set[str]) -> Any:
                 ver["resources"] = [r for r in ver["resources"] if r["resource"] in served]
                 for r in ver["resources"]:
                     if "subresources" in r:
-                        r["subresources"] = [s for s in r["subresources"] if f"{r['resource']}/{s['subresource']}" in served]
+                        r["subresources"] = [
+                            s for s in r["subresources"] if f"{r['resource']}/{s['subresource']}" in served
+                        ]
     return exp
 
 
@@ -332,12 +372,20 @@ def setup_cluster(rp: Replay) -> None:
     s = rp.server
     _ok(send(s, "POST", "/api/v1/namespaces", ADMIN, json.dumps({"metadata": {"name": "tx"}}).encode()), "namespace tx")
     shared = load("10")["exchanges"][0]["response"]["body"]
-    body = {"apiVersion": shared["apiVersion"], "kind": shared["kind"], "metadata": {"name": shared["metadata"]["name"]},
-            "spec": {k: val for k, val in shared["spec"].items() if k != "conversion"}}
+    body = {
+        "apiVersion": shared["apiVersion"],
+        "kind": shared["kind"],
+        "metadata": {"name": shared["metadata"]["name"]},
+        "spec": {k: val for k, val in shared["spec"].items() if k != "conversion"},
+    }
     conn_headers = dict(ADMIN)
     conn = http.client.HTTPConnection(s.host, s.port, timeout=10)
-    conn.request("POST", "/apis/apiextensions.k8s.io/v1/customresourcedefinitions", json.dumps(body).encode(),
-                 {**conn_headers, "User-Agent": "OpenAPI-Generator/37.0.2/python"})
+    conn.request(
+        "POST",
+        "/apis/apiextensions.k8s.io/v1/customresourcedefinitions",
+        json.dumps(body).encode(),
+        {**conn_headers, "User-Agent": "OpenAPI-Generator/37.0.2/python"},
+    )
     resp = conn.getresponse()
     assert resp.status == 201, resp.read()
     conn.close()
@@ -347,15 +395,24 @@ def before_file(rp: Replay, prefix: str) -> None:
     s = rp.server
     if prefix == "01":
         for i in (1, 2, 3):
-            body = {"metadata": {"name": f"tx-page-{i}"}, "spec": {"selector": {"app": "tx-page"}, "ports": [{"port": 8000 + i}]}}
+            body = {
+                "metadata": {"name": f"tx-page-{i}"},
+                "spec": {"selector": {"app": "tx-page"}, "ports": [{"port": 8000 + i}]},
+            }
             _ok(send(s, "POST", "/api/v1/namespaces/tx/services", ADMIN, json.dumps(body).encode()), "tx-page")
     if prefix == "03":
         for i in (1, 2, 3):
             _ok(send(s, "DELETE", f"/api/v1/namespaces/tx/services/tx-page-{i}", ADMIN, None), "delete tx-page")
     if prefix == "04":  # the recorder recreated the slice (fixture 05/8 shows DELETED 1022, ADDED 1023)
-        _ok(send(s, "DELETE", "/apis/discovery.k8s.io/v1/namespaces/tx/endpointslices/tx-web-abc12", ADMIN, None), "delete slice")
+        _ok(
+            send(s, "DELETE", "/apis/discovery.k8s.io/v1/namespaces/tx/endpointslices/tx-web-abc12", ADMIN, None),
+            "delete slice",
+        )
         body = load("03")["exchanges"][0]["request"]["body"]
-        _ok(send(s, "POST", "/apis/discovery.k8s.io/v1/namespaces/tx/endpointslices", ADMIN, json.dumps(body).encode()), "slice")
+        _ok(
+            send(s, "POST", "/apis/discovery.k8s.io/v1/namespaces/tx/endpointslices", ADMIN, json.dumps(body).encode()),
+            "slice",
+        )
 
 
 def before_exchange(rp: Replay, key: str, state: dict[str, Any]) -> None:
@@ -420,9 +477,18 @@ def compare_exchange(rp: Replay, key: str, ex: dict[str, Any], ans: Answer, out:
     elif key == "05/8":  # the recording also replays earlier runs' events: compare this run's tail
         tail = [e for e in exp if int(e["object"]["metadata"]["resourceVersion"]) >= 1014]
         rp.compare([e["type"] for e in tail], [e.get("type") for e in ans.body], "event types", out)
-        rp.compare([e["object"]["metadata"]["name"] for e in tail], [e["object"]["metadata"]["name"] for e in ans.body], "event names", out)
-        rp.compare([rp.values.get(f"uid:{e['object']['metadata']['uid']}") for e in tail],
-                   [e["object"]["metadata"]["uid"] for e in ans.body], "event uids", out)
+        rp.compare(
+            [e["object"]["metadata"]["name"] for e in tail],
+            [e["object"]["metadata"]["name"] for e in ans.body],
+            "event names",
+            out,
+        )
+        rp.compare(
+            [rp.values.get(f"uid:{e['object']['metadata']['uid']}") for e in tail],
+            [e["object"]["metadata"]["uid"] for e in ans.body],
+            "event uids",
+            out,
+        )
     elif key == "12/3":
         if sorted(exp) != sorted(ans.body) or (exp["major"], exp["minor"]) != (ans.body["major"], ans.body["minor"]):
             out.append(f"body: {ans.body}")
@@ -478,8 +544,9 @@ def _concurrent_watch(rp: Replay, prefix: str, exchanges: list[dict[str, Any]], 
 
     def run() -> None:
         try:
-            result["answer"] = send(rp.server, "GET", path, ex["request"]["headers"], None, watch=True,
-                                    on_headers=headers_in.set)
+            result["answer"] = send(
+                rp.server, "GET", path, ex["request"]["headers"], None, watch=True, on_headers=headers_in.set
+            )
         except Exception as e:  # noqa: BLE001 - reported as a replay problem below
             result["error"] = e
             headers_in.set()
@@ -506,8 +573,9 @@ def _concurrent_watch(rp: Replay, prefix: str, exchanges: list[dict[str, Any]], 
     return i + 5
 
 
-def _concurrent_reads(rp: Replay, prefix: str, exchanges: list[dict[str, Any]], group: tuple[str, ...],
-                      state: dict[str, Any]) -> int:
+def _concurrent_reads(
+    rp: Replay, prefix: str, exchanges: list[dict[str, Any]], group: tuple[str, ...], state: dict[str, Any]
+) -> int:
     answers: dict[str, Any] = {}
     threads = []
     for key in group:
@@ -536,8 +604,13 @@ def _concurrent_reads(rp: Replay, prefix: str, exchanges: list[dict[str, Any]], 
 
 @pytest.fixture(scope="module")
 def replay() -> Any:
-    server = KubeApiServer(tokens=TOKENS, rbac=[], allow_all=False, initial_resource_version=1000,
-                           watch_options=WatchOptions(bookmark_lead=1.0))
+    server = KubeApiServer(
+        tokens=TOKENS,
+        rbac=[],
+        allow_all=False,
+        initial_resource_version=1000,
+        watch_options=WatchOptions(bookmark_lead=1.0),
+    )
     server.start()
     try:
         rp = Replay(server)

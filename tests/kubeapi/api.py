@@ -12,7 +12,6 @@ import base64
 import copy
 import json
 import random
-import string
 import uuid
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -28,7 +27,13 @@ from . import validation as v
 from .builtins import builtin_types
 from .crd import CRDBehavior, custom_resource_types, established_status, is_established
 from .errors import ApiError, Cause
-from .patch import PatchError, PatchFormatError, json_patch, merge_patch, strategic_merge
+from .patch import (
+    PatchError,
+    PatchFormatError,
+    json_patch,
+    merge_patch,
+    strategic_merge,
+)
 from .resources import ResourceType, WriteContext
 from .selectors import parse_field_selector, parse_label_selector
 from .store import Store
@@ -38,15 +43,36 @@ JSON_PATCH = "application/json-patch+json"
 SMP = "application/strategic-merge-patch+json"
 APPLY = "application/apply-patch+yaml"
 _META_ORDER = (
-    "name", "generateName", "namespace", "selfLink", "uid", "resourceVersion", "generation", "creationTimestamp",
-    "deletionTimestamp", "deletionGracePeriodSeconds", "labels", "annotations", "ownerReferences", "finalizers",
+    "name",
+    "generateName",
+    "namespace",
+    "selfLink",
+    "uid",
+    "resourceVersion",
+    "generation",
+    "creationTimestamp",
+    "deletionTimestamp",
+    "deletionGracePeriodSeconds",
+    "labels",
+    "annotations",
+    "ownerReferences",
+    "finalizers",
     "managedFields",
 )
 _NAME_CHARS = "bcdfghjklmnpqrstvwxz2456789"
 
 CRD_TYPE = ResourceType(
-    "apiextensions.k8s.io", "v1", "customresourcedefinitions", "CustomResourceDefinition", False, sc.CRD,
-    CRDBehavior(), "customresourcedefinition", ("crd", "crds"), ("api-extensions",), ("status",),
+    "apiextensions.k8s.io",
+    "v1",
+    "customresourcedefinitions",
+    "CustomResourceDefinition",
+    False,
+    sc.CRD,
+    CRDBehavior(),
+    "customresourcedefinition",
+    ("crd", "crds"),
+    ("api-extensions",),
+    ("status",),
 )
 
 
@@ -113,14 +139,20 @@ class Api:
     # ---- registry ------------------------------------------------------------------------------
 
     def register(self, rt: ResourceType) -> None:
-        self.types[(rt.group, rt.version, rt.resource)] = rt
+        # Copy-on-write: request threads iterate `types` without the lock.
+        self.types = {**self.types, (rt.group, rt.version, rt.resource): rt}
+
+    def _unregister(self, group: str, plural: str) -> None:
+        self.types = {
+            k: rt for k, rt in self.types.items() if not (rt.custom and rt.group == group and rt.resource == plural)
+        }
 
     def lookup(self, group: str, version: str, resource: str) -> ResourceType | None:
         return self.types.get((group, version, resource))
 
     def group_versions(self) -> dict[str, list[str]]:
         out: dict[str, list[str]] = {}
-        for (g, ver, _r) in self.types:
+        for g, ver, _r in self.types:
             if ver not in out.setdefault(g, []):
                 out[g].append(ver)
         return out
@@ -135,12 +167,13 @@ class Api:
         if not is_established(crd):
             name = crd["metadata"]["name"]
             status = established_status(crd, gotime.now_time())
-            self.internal_write(CRD_TYPE, "", name, lambda o: o.__setitem__("status", status), "status", "kube-apiserver")
+            self.internal_write(
+                CRD_TYPE, "", name, lambda o: o.__setitem__("status", status), "status", "kube-apiserver"
+            )
             crd = self.store.get(CRD_TYPE.storage_key, "", name) or crd
         group = crd["spec"]["group"]
         plural = crd["spec"]["names"]["plural"]
-        for key in [k for k, rt in self.types.items() if rt.custom and rt.group == group and rt.resource == plural]:
-            del self.types[key]
+        self._unregister(group, plural)
         for rt in custom_resource_types(crd):
             self.register(rt)
 
@@ -150,8 +183,7 @@ class Api:
         key = f"{group}/{plural}"
         for obj in self.store.items(key):
             self.store.commit(key, None, delete=(obj["metadata"].get("namespace", ""), obj["metadata"]["name"]))
-        for k in [k for k, rt in self.types.items() if rt.custom and rt.group == group and rt.resource == plural]:
-            del self.types[k]
+        self._unregister(group, plural)
 
     def _bootstrap(self) -> None:
         ns_type = self.lookup("", "v1", "namespaces")
@@ -162,11 +194,19 @@ class Api:
                 self.create(ns_type, "", json.dumps({"metadata": {"name": ns}}).encode(), {}, "kube-apiserver/v1.36.2")
         if self.store.get(svc_type.storage_key, "default", "kubernetes") is None:
             body = {
-                "metadata": {"name": "kubernetes", "namespace": "default",
-                             "labels": {"component": "apiserver", "provider": "kubernetes"}},
-                "spec": {"ports": [{"name": "https", "protocol": "TCP", "port": 443, "targetPort": 6443}],
-                         "clusterIP": "10.96.0.1", "sessionAffinity": "None", "type": "ClusterIP",
-                         "ipFamilyPolicy": "SingleStack", "internalTrafficPolicy": "Cluster"},
+                "metadata": {
+                    "name": "kubernetes",
+                    "namespace": "default",
+                    "labels": {"component": "apiserver", "provider": "kubernetes"},
+                },
+                "spec": {
+                    "ports": [{"name": "https", "protocol": "TCP", "port": 443, "targetPort": 6443}],
+                    "clusterIP": "10.96.0.1",
+                    "sessionAffinity": "None",
+                    "type": "ClusterIP",
+                    "ipFamilyPolicy": "SingleStack",
+                    "internalTrafficPolicy": "Cluster",
+                },
             }
             self.create(svc_type, "default", json.dumps(body).encode(), {}, "kube-apiserver/v1.36.2")
 
@@ -212,7 +252,7 @@ class Api:
             raise E.bad_request(
                 f"the object provided is unrecognized (must be of type {rt.kind}): couldn't get version/kind; "
                 f"json parse error: json: cannot unmarshal {type(obj).__name__} into Go value of type struct "
-                f"{{ APIVersion string \"json:\\\"apiVersion,omitempty\\\"\"; Kind string \"json:\\\"kind,omitempty\\\"\" }} "
+                f'{{ APIVersion string "json:\\"apiVersion,omitempty\\""; Kind string "json:\\"kind,omitempty\\"" }} '
                 f"({_summary(raw)})"
             )
         kind, api_version = obj.get("kind"), obj.get("apiVersion")
@@ -221,7 +261,11 @@ class Api:
         if kind and kind != rt.kind:
             version = (api_version or "").split("/")[-1] or rt.version
             other = self.type_for_kind(api_version or "", kind)
-            source = f"{(other.group + '.') if other and other.group else ''}{version}.{kind}" if other else f"{version}.{kind}"
+            source = (
+                f"{(other.group + '.') if other and other.group else ''}{version}.{kind}"
+                if other
+                else f"{version}.{kind}"
+            )
             raise E.bad_request(
                 f'{kind} in version "{version}" cannot be handled as a {rt.kind}: converting ({source}) to '
                 f"({rt.group.split('.')[0] if rt.group else 'core'}.{rt.kind}): unknown conversion"
@@ -233,8 +277,15 @@ class Api:
         obj["kind"], obj["apiVersion"] = rt.kind, rt.api_version
         return obj
 
-    def _decode(self, rt: ResourceType, obj: dict[str, Any], query: Mapping[str, str], *, in_patch: bool = False,
-                patched_json: str = "") -> tuple[dict[str, Any], list[str]]:
+    def _decode(
+        self,
+        rt: ResourceType,
+        obj: dict[str, Any],
+        query: Mapping[str, str],
+        *,
+        in_patch: bool = False,
+        patched_json: str = "",
+    ) -> tuple[dict[str, Any], list[str]]:
         """Type-check, normalize and prune against the schema; return (object, warnings)."""
         try:
             if rt.custom:
@@ -252,7 +303,9 @@ class Api:
         value = sc.drop_nulls(result.value) if not rt.custom else result.value
         if result.unknown and mode == "Strict":
             listed = ", ".join(f'unknown field "{p}"' for p in sorted(result.unknown))
-            raise E.bad_request(f'{rt.kind} in version "{rt.version}" cannot be handled as a {rt.kind}: strict decoding error: {listed}')
+            raise E.bad_request(
+                f'{rt.kind} in version "{rt.version}" cannot be handled as a {rt.kind}: strict decoding error: {listed}'
+            )
         warnings = sc.unknown_field_warnings(result.unknown) if mode == "Warn" else []
         return value, warnings
 
@@ -285,11 +338,27 @@ class Api:
             raise E.bad_request(f"limit: invalid value {query.get('limit')!r}") from None
         token, rv, rvm = query.get("continue"), query.get("resourceVersion"), query.get("resourceVersionMatch")
         if rvm and rvm not in ("Exact", "NotOlderThan"):
-            raise E.invalid_options("ListOptions", [v.not_supported("resourceVersionMatch", rvm, ["Exact", "NotOlderThan", ""])])
+            raise E.invalid_options(
+                "ListOptions", [v.not_supported("resourceVersionMatch", rvm, ["Exact", "NotOlderThan", ""])]
+            )
         if rvm and not rv:
-            raise E.invalid_options("ListOptions", [v.forbidden("resourceVersionMatch", "resourceVersionMatch is forbidden unless resourceVersion is provided")])
+            raise E.invalid_options(
+                "ListOptions",
+                [
+                    v.forbidden(
+                        "resourceVersionMatch", "resourceVersionMatch is forbidden unless resourceVersion is provided"
+                    )
+                ],
+            )
         if rvm == "Exact" and rv == "0":
-            raise E.invalid_options("ListOptions", [v.forbidden("resourceVersionMatch", 'resourceVersionMatch "exact" is forbidden for resourceVersion "0"')])
+            raise E.invalid_options(
+                "ListOptions",
+                [
+                    v.forbidden(
+                        "resourceVersionMatch", 'resourceVersionMatch "exact" is forbidden for resourceVersion "0"'
+                    )
+                ],
+            )
         if token and rv:
             raise E.bad_request("specifying resource version is not allowed when using continue")
         key = rt.storage_key
@@ -361,7 +430,9 @@ class Api:
         if not rt.has_status:
             return []
         if subresource == "status":
-            paths: list[managed.Path] = [("f:" + k,) for k in rt.schema.fields if k not in ("status", "metadata", "apiVersion", "kind")]
+            paths: list[managed.Path] = [
+                ("f:" + k,) for k in rt.schema.fields if k not in ("status", "metadata", "apiVersion", "kind")
+            ]
             if rt.behavior.status_resets_metadata:
                 paths.append(("f:metadata",))
             if rt.custom:
@@ -378,7 +449,9 @@ class Api:
         meta = obj.setdefault("metadata", {})
         if rt.namespaced:
             if meta.get("namespace") and meta["namespace"] != ns:
-                raise E.bad_request("the namespace of the provided object does not match the namespace sent on the request")
+                raise E.bad_request(
+                    "the namespace of the provided object does not match the namespace sent on the request"
+                )
             meta["namespace"] = ns
         else:
             meta.pop("namespace", None)
@@ -389,14 +462,22 @@ class Api:
             rt.behavior.default(obj)
             obj = rt.behavior.shape(obj)
             entries = managed.update(
-                [], _strip_mf(rt.zero_object()), _strip_mf(obj), rt.schema, manager=manager_name(query, user_agent),
-                api_version=rt.api_version, subresource="", reset=self._reset_paths(rt, ""), now=gotime.now_time(),
+                [],
+                _strip_mf(rt.zero_object()),
+                _strip_mf(obj),
+                rt.schema,
+                manager=manager_name(query, user_agent),
+                api_version=rt.api_version,
+                subresource="",
+                reset=self._reset_paths(rt, ""),
+                now=gotime.now_time(),
             )
             result = self._store_new(rt, ns, obj, entries, ctx)
         return Result(201, result, warnings, custom=rt.custom)
 
-    def _store_new(self, rt: ResourceType, ns: str, obj: dict[str, Any], entries: list[managed.Entry],
-                   ctx: WriteContext) -> dict[str, Any]:
+    def _store_new(
+        self, rt: ResourceType, ns: str, obj: dict[str, Any], entries: list[managed.Entry], ctx: WriteContext
+    ) -> dict[str, Any]:
         """Registry part of a create (lock held): name generation, status reset, allocation,
         validation, existence check, storage."""
         meta = obj.setdefault("metadata", {})
@@ -431,9 +512,17 @@ class Api:
         rt.behavior.after_commit(stored, self)
         return self.render(rt, stored)
 
-    def _finish_update(self, rt: ResourceType, ns: str, name: str, live_stored: dict[str, Any],
-                       new: dict[str, Any], entries: list[managed.Entry], subresource: str,
-                       ctx: WriteContext) -> dict[str, Any]:
+    def _finish_update(
+        self,
+        rt: ResourceType,
+        ns: str,
+        name: str,
+        live_stored: dict[str, Any],
+        new: dict[str, Any],
+        entries: list[managed.Entry],
+        subresource: str,
+        ctx: WriteContext,
+    ) -> dict[str, Any]:
         """Registry part of an update (lock held): subresource rules, allocation, generation,
         validation, no-op detection, storage. `new` is in the request's API version."""
         live = rt.behavior.shape(rt.behavior.from_storage(copy.deepcopy(live_stored)))
@@ -453,7 +542,15 @@ class Api:
                 new.pop("status", None)
         meta = new.setdefault("metadata", {})
         live_meta = live.get("metadata") or {}
-        for k in ("uid", "creationTimestamp", "name", "namespace", "generation", "deletionTimestamp", "resourceVersion"):
+        for k in (
+            "uid",
+            "creationTimestamp",
+            "name",
+            "namespace",
+            "generation",
+            "deletionTimestamp",
+            "resourceVersion",
+        ):
             if k in live_meta:
                 meta[k] = live_meta[k]
             else:
@@ -477,16 +574,28 @@ class Api:
         rt.behavior.after_commit(stored, self)
         return self.render(rt, stored)
 
-    def update(self, rt: ResourceType, ns: str, name: str, subresource: str, raw: bytes,
-               query: Mapping[str, str], user_agent: str) -> Result:
+    def update(
+        self,
+        rt: ResourceType,
+        ns: str,
+        name: str,
+        subresource: str,
+        raw: bytes,
+        query: Mapping[str, str],
+        user_agent: str,
+    ) -> Result:
         obj = self._check_kind(rt, self._parse_json(rt, raw), raw)
         obj, warnings = self._decode(rt, obj, query)
         meta = obj.setdefault("metadata", {})
         if meta.get("name") != name:
-            raise E.bad_request(f"the name of the object ({meta.get('name', '')}) does not match the name on the URL ({name})")
+            raise E.bad_request(
+                f"the name of the object ({meta.get('name', '')}) does not match the name on the URL ({name})"
+            )
         if rt.namespaced:
             if meta.get("namespace") and meta["namespace"] != ns:
-                raise E.bad_request("the namespace of the provided object does not match the namespace sent on the request")
+                raise E.bad_request(
+                    "the namespace of the provided object does not match the namespace sent on the request"
+                )
             meta["namespace"] = ns
         ctx = self._ctx(query, subresource)
         with _carry(warnings), self.store.lock:
@@ -501,19 +610,36 @@ class Api:
                     raise E.conflict_modified(rt.resource, rt.error_group, name)
             elif not rt.behavior.allow_unconditional_update:
                 raise E.ApiError(
-                    422, "Invalid",
-                    f'{rt.kind}.{rt.group} "{name}" is invalid: metadata.resourceVersion: Invalid value: 0x0: must be specified for an update',
-                    {"name": name, "group": rt.group, "kind": rt.kind,
-                     "causes": [{"reason": "FieldValueInvalid", "message": "Invalid value: 0x0: must be specified for an update",
-                                 "field": "metadata.resourceVersion"}]},
+                    422,
+                    "Invalid",
+                    f'{rt.kind}.{rt.group} "{name}" is invalid: metadata.resourceVersion: Invalid value: 0x0: '
+                    "must be specified for an update",
+                    {
+                        "name": name,
+                        "group": rt.group,
+                        "kind": rt.kind,
+                        "causes": [
+                            {
+                                "reason": "FieldValueInvalid",
+                                "message": "Invalid value: 0x0: must be specified for an update",
+                                "field": "metadata.resourceVersion",
+                            }
+                        ],
+                    },
                 )
             live = rt.behavior.shape(rt.behavior.from_storage(copy.deepcopy(live_stored)))
             rt.behavior.default(obj)
             obj = rt.behavior.shape(obj)
             entries = self._base_entries(obj, live, subresource)
             entries = managed.update(
-                entries, _strip_mf(live), _strip_mf(obj), rt.schema, manager=manager_name(query, user_agent),
-                api_version=rt.api_version, subresource=subresource, reset=self._reset_paths(rt, subresource),
+                entries,
+                _strip_mf(live),
+                _strip_mf(obj),
+                rt.schema,
+                manager=manager_name(query, user_agent),
+                api_version=rt.api_version,
+                subresource=subresource,
+                reset=self._reset_paths(rt, subresource),
                 now=gotime.now_time(),
             )
             body = self._finish_update(rt, ns, name, live_stored, obj, entries, subresource, ctx)
@@ -527,8 +653,17 @@ class Api:
             return managed.decode_managed(sent)
         return managed.decode_managed((live.get("metadata") or {}).get("managedFields"))
 
-    def patch(self, rt: ResourceType, ns: str, name: str, subresource: str, raw: bytes, content_type: str,
-              query: Mapping[str, str], user_agent: str) -> Result:
+    def patch(
+        self,
+        rt: ResourceType,
+        ns: str,
+        name: str,
+        subresource: str,
+        raw: bytes,
+        content_type: str,
+        query: Mapping[str, str],
+        user_agent: str,
+    ) -> Result:
         ct = content_type.split(";")[0].strip().lower()
         if ct == APPLY:
             return self.apply(rt, ns, name, subresource, raw, query)
@@ -558,7 +693,9 @@ class Api:
             except PatchFormatError as e:
                 raise E.bad_request(str(e)) from None
             except PatchError:
-                raise ApiError(422, "Invalid", "the server rejected our request due to an error in our request", {}) from None
+                raise ApiError(
+                    422, "Invalid", "the server rejected our request due to an error in our request", {}
+                ) from None
             if not isinstance(patched, dict):
                 raise self._patch_decode_error(json.dumps(patched), "json: cannot unmarshal into object")
             sent_rv = (patched.get("metadata") or {}).get("resourceVersion")
@@ -575,15 +712,22 @@ class Api:
             obj = rt.behavior.shape(obj)
             entries = self._base_entries(obj, live, subresource)
             entries = managed.update(
-                entries, _strip_mf(live), _strip_mf(obj), rt.schema, manager=manager_name(query, user_agent),
-                api_version=rt.api_version, subresource=subresource, reset=self._reset_paths(rt, subresource),
+                entries,
+                _strip_mf(live),
+                _strip_mf(obj),
+                rt.schema,
+                manager=manager_name(query, user_agent),
+                api_version=rt.api_version,
+                subresource=subresource,
+                reset=self._reset_paths(rt, subresource),
                 now=gotime.now_time(),
             )
             body = self._finish_update(rt, ns, name, live_stored, obj, entries, subresource, ctx)
         return Result(200, body, warnings, custom=rt.custom)
 
-    def apply(self, rt: ResourceType, ns: str, name: str, subresource: str, raw: bytes,
-              query: Mapping[str, str]) -> Result:
+    def apply(
+        self, rt: ResourceType, ns: str, name: str, subresource: str, raw: bytes, query: Mapping[str, str]
+    ) -> Result:
         manager = query.get("fieldManager")
         if not manager:
             raise E.invalid_options("PatchOptions", [v.required("fieldManager", "is required for apply patch")])
@@ -618,8 +762,16 @@ class Api:
                 live = rt.behavior.shape(rt.behavior.from_storage(copy.deepcopy(live_stored)))
                 base = managed.decode_managed((live.get("metadata") or {}).get("managedFields"))
             merged, entries, _changed = managed.apply(
-                base, _strip_mf(live), _strip_mf(config), rt.schema, manager=manager, api_version=rt.api_version,
-                subresource=subresource, reset=self._reset_paths(rt, subresource), force=force, now=gotime.now_time(),
+                base,
+                _strip_mf(live),
+                _strip_mf(config),
+                rt.schema,
+                manager=manager,
+                api_version=rt.api_version,
+                subresource=subresource,
+                reset=self._reset_paths(rt, subresource),
+                force=force,
+                now=gotime.now_time(),
             )
             merged.setdefault("metadata", {})["name"] = name
             if rt.namespaced:
@@ -643,9 +795,15 @@ class Api:
             new = copy.deepcopy(live)
             mutate(new)
             entries = managed.update(
-                managed.decode_managed((live.get("metadata") or {}).get("managedFields")), _strip_mf(live),
-                _strip_mf(new), rt.schema, manager=manager, api_version=rt.api_version, subresource=subresource,
-                reset=self._reset_paths(rt, subresource), now=gotime.now_time(),
+                managed.decode_managed((live.get("metadata") or {}).get("managedFields")),
+                _strip_mf(live),
+                _strip_mf(new),
+                rt.schema,
+                manager=manager,
+                api_version=rt.api_version,
+                subresource=subresource,
+                reset=self._reset_paths(rt, subresource),
+                now=gotime.now_time(),
             )
             self._finish_update(rt, ns, name, live_stored, new, entries, subresource, WriteContext(self.store))
 
@@ -667,7 +825,9 @@ class Api:
             if pre.get("uid") and pre["uid"] != uid:
                 raise E.conflict_uid(rt.kind, rt.error_group, name, pre["uid"], uid)
             if pre.get("resourceVersion") and pre["resourceVersion"] != live["metadata"].get("resourceVersion"):
-                raise E.conflict_rv_precondition(rt.kind, rt.error_group, name, pre["resourceVersion"], live["metadata"].get("resourceVersion", ""))
+                raise E.conflict_rv_precondition(
+                    rt.kind, rt.error_group, name, pre["resourceVersion"], live["metadata"].get("resourceVersion", "")
+                )
             if ctx.dry_run:
                 stored = live
             else:
@@ -685,7 +845,9 @@ class Api:
             details["group"] = rt.error_group
         details["kind"] = rt.resource
         details["uid"] = uid
-        return Result(200, {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "details": details})
+        return Result(
+            200, {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "details": details}
+        )
 
     def _empty_namespace(self, ns: str) -> None:
         for rt in list(self.types.values()):
@@ -703,7 +865,12 @@ class Api:
                 if self.store.get(rt.storage_key, meta.get("namespace", ""), meta["name"]) is not None:
                     stored = self.store.commit(rt.storage_key, None, delete=(meta.get("namespace", ""), meta["name"]))
                     deleted.append(self.render(rt, stored, in_list=True))
-        body = {"kind": rt.list_kind, "apiVersion": rt.api_version, "metadata": {"resourceVersion": str(self.store.rv)}, "items": deleted}
+        body = {
+            "kind": rt.list_kind,
+            "apiVersion": rt.api_version,
+            "metadata": {"resourceVersion": str(self.store.rv)},
+            "items": deleted,
+        }
         return Result(200, body, custom=rt.custom)
 
     # ---- seeding (tests) -----------------------------------------------------------------------
@@ -735,8 +902,15 @@ class Api:
                 vmeta.setdefault("generation", 1)
             if not vmeta.get("managedFields"):
                 entries = managed.update(
-                    [], _strip_mf(rt.zero_object()), _strip_mf(value), rt.schema, manager=manager,
-                    api_version=rt.api_version, subresource="", reset=[], now=gotime.now_time(),
+                    [],
+                    _strip_mf(rt.zero_object()),
+                    _strip_mf(value),
+                    rt.schema,
+                    manager=manager,
+                    api_version=rt.api_version,
+                    subresource="",
+                    reset=[],
+                    now=gotime.now_time(),
                 )
                 vmeta["managedFields"] = managed.encode_managed(entries)
             stored = self.store.commit(rt.storage_key, rt.behavior.to_storage(value))
@@ -784,7 +958,10 @@ def _generation_changes(rt: ResourceType, new: dict[str, Any], old: dict[str, An
             o["metadata"].pop("resourceVersion", None)
             o["metadata"].pop("generation", None)
         return not _same(a, b)
-    strip = lambda o: {k: val for k, val in o.items() if k not in ignore}  # noqa: E731
+
+    def strip(o: dict[str, Any]) -> dict[str, Any]:
+        return {k: val for k, val in o.items() if k not in ignore}
+
     return not _same(strip(new), strip(old))
 
 

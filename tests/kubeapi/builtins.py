@@ -9,13 +9,14 @@ from __future__ import annotations
 import copy
 import ipaddress
 import random
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
 from . import schema as sc
 from . import validation as v
 from .errors import Cause
 from .resources import Behavior, ResourceType, WriteContext
-from .selectors import META_FIELDS, dig
+from .selectors import META_FIELDS, FieldGetter, dig
 
 SERVICE_CIDR = ipaddress.ip_network("10.96.0.0/12")
 NODE_PORT_RANGE = (30000, 32767)
@@ -40,11 +41,15 @@ def _needs_health_port(spec: dict[str, Any]) -> bool:
 
 
 class ServiceBehavior(Behavior):
-    zero = {"metadata": {}, "spec": {}, "status": {"loadBalancer": {}}}
+    zero: ClassVar[Mapping[str, Any]] = {"metadata": {}, "spec": {}, "status": {"loadBalancer": {}}}
     delete_returns_object = True
     allow_create_on_update = True
     name_rule = staticmethod(v.dns_label_errors)  # 1.36 relaxed Service names to RFC 1123 labels (08/15)
-    field_selectors = {**META_FIELDS, "spec.clusterIP": dig("spec", "clusterIP"), "spec.type": dig("spec", "type")}
+    field_selectors: ClassVar[Mapping[str, FieldGetter]] = {
+        **META_FIELDS,
+        "spec.clusterIP": dig("spec", "clusterIP"),
+        "spec.type": dig("spec", "type"),
+    }
 
     def shape(self, obj: dict[str, Any]) -> dict[str, Any]:
         obj.setdefault("spec", {})
@@ -103,13 +108,18 @@ class ServiceBehavior(Behavior):
                 if not v.is_ip(ip) or ipaddress.ip_address(ip) not in SERVICE_CIDR:
                     causes.append(
                         v.invalid(
-                            "spec.clusterIPs", [ip],
+                            "spec.clusterIPs",
+                            [ip],
                             f"failed to allocate IP {ip}: the provided IP ({ip}) is not in the valid range. "
                             f"The range of valid IPs is {SERVICE_CIDR}",
                         )
                     )
                 elif ip in used_ips:
-                    causes.append(v.invalid("spec.clusterIPs", [ip], f"failed to allocate IP {ip}: provided IP is already allocated"))
+                    causes.append(
+                        v.invalid(
+                            "spec.clusterIPs", [ip], f"failed to allocate IP {ip}: provided IP is already allocated"
+                        )
+                    )
             spec["clusterIP"] = ip
             spec.setdefault("clusterIPs", [ip])
             if ip != "None" or spec.get("selector"):
@@ -145,7 +155,11 @@ class ServiceBehavior(Behavior):
     def _check_port(port: Any, field: str, used: set[int]) -> list[Cause]:
         lo, hi = NODE_PORT_RANGE
         if not isinstance(port, int) or not lo <= port <= hi:
-            return [v.invalid(field, port, f"provided port is not in the valid range. The range of valid ports is {lo}-{hi}")]
+            return [
+                v.invalid(
+                    field, port, f"provided port is not in the valid range. The range of valid ports is {lo}-{hi}"
+                )
+            ]
         if port in used:
             return [v.invalid(field, port, "provided port is already allocated")]
         return []
@@ -178,7 +192,9 @@ class ServiceBehavior(Behavior):
         if not _needs_node_ports(spec):
             old_np = {(p.get("port"), p.get("protocol")): p.get("nodePort") for p in old_spec.get("ports") or []}
             for port in spec.get("ports") or []:
-                if port.get("nodePort") is not None and port.get("nodePort") == old_np.get((port.get("port"), port.get("protocol"))):
+                if port.get("nodePort") is not None and port.get("nodePort") == old_np.get(
+                    (port.get("port"), port.get("protocol"))
+                ):
                     del port["nodePort"]
         if not _needs_health_port(spec) and spec.get("healthCheckNodePort") == old_spec.get("healthCheckNodePort"):
             spec.pop("healthCheckNodePort", None)
@@ -186,7 +202,9 @@ class ServiceBehavior(Behavior):
             for key in ("allocateLoadBalancerNodePorts", "loadBalancerClass"):
                 if spec.get(key) == old_spec.get(key):
                     spec.pop(key, None)
-        if spec.get("type") not in ("NodePort", "LoadBalancer") and spec.get("externalTrafficPolicy") == old_spec.get("externalTrafficPolicy"):
+        if spec.get("type") not in ("NodePort", "LoadBalancer") and spec.get("externalTrafficPolicy") == old_spec.get(
+            "externalTrafficPolicy"
+        ):
             spec.pop("externalTrafficPolicy", None)
         if spec.get("type") == "ExternalName":
             for key in ("clusterIP", "clusterIPs", "ipFamilies", "ipFamilyPolicy"):
@@ -233,7 +251,11 @@ class ServiceBehavior(Behavior):
         etp = spec.get("externalTrafficPolicy")
         if etp is not None:
             if t not in ("NodePort", "LoadBalancer"):
-                causes.append(v.invalid("spec.externalTrafficPolicy", etp, "may only be set when `type` is 'NodePort' or 'LoadBalancer'"))
+                causes.append(
+                    v.invalid(
+                        "spec.externalTrafficPolicy", etp, "may only be set when `type` is 'NodePort' or 'LoadBalancer'"
+                    )
+                )
             elif etp not in ("Cluster", "Local"):
                 causes.append(v.not_supported("spec.externalTrafficPolicy", etp, ["Cluster", "Local"]))
         itp = spec.get("internalTrafficPolicy")
@@ -275,10 +297,10 @@ class ServiceBehavior(Behavior):
 
 
 class EndpointSliceBehavior(Behavior):
-    zero = {"metadata": {}, "addressType": "", "endpoints": None, "ports": None}
+    zero: ClassVar[Mapping[str, Any]] = {"metadata": {}, "addressType": "", "endpoints": None, "ports": None}
     generation = "always"
     allow_create_on_update = True
-    field_selectors = {**META_FIELDS, "addressType": dig("addressType")}
+    field_selectors: ClassVar[Mapping[str, FieldGetter]] = {**META_FIELDS, "addressType": dig("addressType")}
 
     def shape(self, obj: dict[str, Any]) -> dict[str, Any]:
         obj.setdefault("addressType", "")
@@ -306,7 +328,9 @@ class EndpointSliceBehavior(Behavior):
             causes.append(v.immutable("addressType", at))
         endpoints = obj.get("endpoints") or []
         if len(endpoints) > 1000:
-            causes.append(Cause("FieldValueTooMany", f"Too many: {len(endpoints)}: must have at most 1000 items", "endpoints"))
+            causes.append(
+                Cause("FieldValueTooMany", f"Too many: {len(endpoints)}: must have at most 1000 items", "endpoints")
+            )
         for i, ep in enumerate(endpoints):
             addrs = ep.get("addresses") or []
             if not addrs:
@@ -318,7 +342,10 @@ class EndpointSliceBehavior(Behavior):
                 elif at == "IPv6" and not (v.is_ip(addr) and ipaddress.ip_address(addr).version == 6):
                     causes.append(v.invalid(field, addr, "must be a valid IPv6 address"))
             if ep.get("nodeName"):
-                causes += [v.invalid(f"endpoints[{i}].nodeName", ep["nodeName"], m) for m in v.dns_subdomain_errors(ep["nodeName"])]
+                causes += [
+                    v.invalid(f"endpoints[{i}].nodeName", ep["nodeName"], m)
+                    for m in v.dns_subdomain_errors(ep["nodeName"])
+                ]
         for i, port in enumerate(obj.get("ports") or []):
             p = port.get("port")
             if p is not None and (not isinstance(p, int) or not 1 <= p <= 65535):
@@ -333,21 +360,33 @@ class EndpointSliceBehavior(Behavior):
 # ---- Node -----------------------------------------------------------------------------------
 
 _NODE_INFO = {
-    k: "" for k in (
-        "machineID", "systemUUID", "bootID", "kernelVersion", "osImage", "containerRuntimeVersion",
-        "kubeletVersion", "kubeProxyVersion", "operatingSystem", "architecture",
+    k: ""
+    for k in (
+        "machineID",
+        "systemUUID",
+        "bootID",
+        "kernelVersion",
+        "osImage",
+        "containerRuntimeVersion",
+        "kubeletVersion",
+        "kubeProxyVersion",
+        "operatingSystem",
+        "architecture",
     )
 }
 
 
 class NodeBehavior(Behavior):
-    zero = {
+    zero: ClassVar[Mapping[str, Any]] = {
         "metadata": {},
         "spec": {},
         "status": {"daemonEndpoints": {"kubeletEndpoint": {"Port": 0}}, "nodeInfo": dict(_NODE_INFO)},
     }
     keeps_status_on_create = True
-    field_selectors = {**META_FIELDS, "spec.unschedulable": lambda o: bool((o.get("spec") or {}).get("unschedulable"))}
+    field_selectors: ClassVar[Mapping[str, FieldGetter]] = {
+        **META_FIELDS,
+        "spec.unschedulable": lambda o: bool((o.get("spec") or {}).get("unschedulable")),
+    }
 
     def shape(self, obj: dict[str, Any]) -> dict[str, Any]:
         obj.setdefault("spec", {})
@@ -369,7 +408,11 @@ class NodeBehavior(Behavior):
         causes = super().validate(obj, old, ctx)
         for i, taint in enumerate((obj.get("spec") or {}).get("taints") or []):
             if taint.get("effect") not in ("NoSchedule", "PreferNoSchedule", "NoExecute"):
-                causes.append(v.not_supported(f"spec.taints[{i}].effect", taint.get("effect"), ["NoExecute", "NoSchedule", "PreferNoSchedule"]))
+                causes.append(
+                    v.not_supported(
+                        f"spec.taints[{i}].effect", taint.get("effect"), ["NoExecute", "NoSchedule", "PreferNoSchedule"]
+                    )
+                )
             if not taint.get("key"):
                 causes.append(v.required(f"spec.taints[{i}].key"))
         return causes
@@ -379,7 +422,7 @@ class NodeBehavior(Behavior):
 
 
 class LeaseBehavior(Behavior):
-    zero = {"metadata": {}, "spec": {}}
+    zero: ClassVar[Mapping[str, Any]] = {"metadata": {}, "spec": {}}
     allow_create_on_update = True
 
     def shape(self, obj: dict[str, Any]) -> dict[str, Any]:
@@ -389,10 +432,18 @@ class LeaseBehavior(Behavior):
     def validate(self, obj: dict[str, Any], old: dict[str, Any] | None, ctx: WriteContext) -> list[Cause]:
         causes = super().validate(obj, old, ctx)
         spec = obj.get("spec") or {}
-        if "leaseDurationSeconds" in spec and spec["leaseDurationSeconds"] is not None and spec["leaseDurationSeconds"] <= 0:
-            causes.append(v.invalid("spec.leaseDurationSeconds", spec["leaseDurationSeconds"], "must be greater than 0"))
+        if (
+            "leaseDurationSeconds" in spec
+            and spec["leaseDurationSeconds"] is not None
+            and spec["leaseDurationSeconds"] <= 0
+        ):
+            causes.append(
+                v.invalid("spec.leaseDurationSeconds", spec["leaseDurationSeconds"], "must be greater than 0")
+            )
         if "leaseTransitions" in spec and spec["leaseTransitions"] is not None and spec["leaseTransitions"] < 0:
-            causes.append(v.invalid("spec.leaseTransitions", spec["leaseTransitions"], "must be greater than or equal to 0"))
+            causes.append(
+                v.invalid("spec.leaseTransitions", spec["leaseTransitions"], "must be greater than or equal to 0")
+            )
         if spec.get("strategy") not in (None, "", "OldestEmulationVersion"):
             causes.append(v.not_supported("spec.strategy", spec["strategy"], ["OldestEmulationVersion"]))
         return causes
@@ -401,23 +452,63 @@ class LeaseBehavior(Behavior):
 # ---- Events ---------------------------------------------------------------------------------
 
 _V1_TO_CORE = {
-    "regarding": "involvedObject", "note": "message", "reportingController": "reportingComponent",
-    "deprecatedSource": "source", "deprecatedFirstTimestamp": "firstTimestamp",
-    "deprecatedLastTimestamp": "lastTimestamp", "deprecatedCount": "count",
+    "regarding": "involvedObject",
+    "note": "message",
+    "reportingController": "reportingComponent",
+    "deprecatedSource": "source",
+    "deprecatedFirstTimestamp": "firstTimestamp",
+    "deprecatedLastTimestamp": "lastTimestamp",
+    "deprecatedCount": "count",
 }
 _CORE_TO_V1 = {b: a for a, b in _V1_TO_CORE.items()}
 _CORE_ORDER = (
-    "involvedObject", "reason", "message", "source", "firstTimestamp", "lastTimestamp", "count", "type",
-    "eventTime", "series", "action", "related", "reportingComponent", "reportingInstance",
+    "involvedObject",
+    "reason",
+    "message",
+    "source",
+    "firstTimestamp",
+    "lastTimestamp",
+    "count",
+    "type",
+    "eventTime",
+    "series",
+    "action",
+    "related",
+    "reportingComponent",
+    "reportingInstance",
 )
 _V1_ORDER = (
-    "eventTime", "series", "reportingController", "reportingInstance", "action", "reason", "regarding", "related",
-    "note", "type", "deprecatedSource", "deprecatedFirstTimestamp", "deprecatedLastTimestamp", "deprecatedCount",
+    "eventTime",
+    "series",
+    "reportingController",
+    "reportingInstance",
+    "action",
+    "reason",
+    "regarding",
+    "related",
+    "note",
+    "type",
+    "deprecatedSource",
+    "deprecatedFirstTimestamp",
+    "deprecatedLastTimestamp",
+    "deprecatedCount",
 )
-_CORE_ALWAYS = {"involvedObject": {}, "source": {}, "firstTimestamp": None, "lastTimestamp": None, "eventTime": None,
-                "reportingComponent": "", "reportingInstance": ""}
-_V1_ALWAYS = {"eventTime": None, "regarding": {}, "deprecatedSource": {}, "deprecatedFirstTimestamp": None,
-              "deprecatedLastTimestamp": None}
+_CORE_ALWAYS = {
+    "involvedObject": {},
+    "source": {},
+    "firstTimestamp": None,
+    "lastTimestamp": None,
+    "eventTime": None,
+    "reportingComponent": "",
+    "reportingInstance": "",
+}
+_V1_ALWAYS = {
+    "eventTime": None,
+    "regarding": {},
+    "deprecatedSource": {},
+    "deprecatedFirstTimestamp": None,
+    "deprecatedLastTimestamp": None,
+}
 
 
 def _ordered(obj: dict[str, Any], order: tuple[str, ...], always: dict[str, Any]) -> dict[str, Any]:
@@ -455,13 +546,18 @@ def event_core_to_v1(obj: dict[str, Any]) -> dict[str, Any]:
 class EventBehavior(Behavior):
     """core/v1 Event (storage form). Validation follows ValidateEventCreate/Update."""
 
-    zero = {"metadata": {}, **_CORE_ALWAYS}
+    zero: ClassVar[Mapping[str, Any]] = {"metadata": {}, **_CORE_ALWAYS}
     allow_create_on_update = True
     api = "core"
-    field_selectors = {
+    field_selectors: ClassVar[Mapping[str, FieldGetter]] = {
         **META_FIELDS,
-        **{f"involvedObject.{k}": dig("involvedObject", k) for k in ("kind", "namespace", "name", "uid", "apiVersion", "resourceVersion", "fieldPath")},
-        "reason": dig("reason"), "reportingComponent": dig("reportingComponent"), "source": dig("source", "component"),
+        **{
+            f"involvedObject.{k}": dig("involvedObject", k)
+            for k in ("kind", "namespace", "name", "uid", "apiVersion", "resourceVersion", "fieldPath")
+        },
+        "reason": dig("reason"),
+        "reportingComponent": dig("reportingComponent"),
+        "source": dig("source", "component"),
         "type": dig("type"),
     }
 
@@ -491,8 +587,21 @@ class EventBehavior(Behavior):
         old_core = old if self.api == "core" else event_v1_to_core(old)
         if core.get("series") != old_core.get("series"):
             causes += self._series(core)
-        for fld in ("involvedObject", "reason", "message", "source", "firstTimestamp", "lastTimestamp", "count",
-                    "type", "eventTime", "action", "related", "reportingComponent", "reportingInstance"):
+        for fld in (
+            "involvedObject",
+            "reason",
+            "message",
+            "source",
+            "firstTimestamp",
+            "lastTimestamp",
+            "count",
+            "type",
+            "eventTime",
+            "action",
+            "related",
+            "reportingComponent",
+            "reportingInstance",
+        ):
             if core.get(fld) != old_core.get(fld):
                 label = "reportingController" if fld == "reportingComponent" else fld
                 causes.append(v.immutable(label, core.get(fld)))
@@ -552,12 +661,17 @@ class EventBehavior(Behavior):
 class EventV1Behavior(EventBehavior):
     """events.k8s.io/v1 Event: same storage, converted on the way in and out."""
 
-    zero = {"metadata": {}, **_V1_ALWAYS}
+    zero: ClassVar[Mapping[str, Any]] = {"metadata": {}, **_V1_ALWAYS}
     api = "events.k8s.io"
-    field_selectors = {
+    field_selectors: ClassVar[Mapping[str, FieldGetter]] = {
         **META_FIELDS,
-        **{f"regarding.{k}": dig("regarding", k) for k in ("kind", "namespace", "name", "uid", "apiVersion", "resourceVersion", "fieldPath")},
-        "reason": dig("reason"), "reportingController": dig("reportingController"), "type": dig("type"),
+        **{
+            f"regarding.{k}": dig("regarding", k)
+            for k in ("kind", "namespace", "name", "uid", "apiVersion", "resourceVersion", "fieldPath")
+        },
+        "reason": dig("reason"),
+        "reportingController": dig("reportingController"),
+        "type": dig("type"),
     }
 
     def to_storage(self, obj: dict[str, Any]) -> dict[str, Any]:
@@ -574,10 +688,10 @@ class EventV1Behavior(EventBehavior):
 
 
 class NamespaceBehavior(Behavior):
-    zero = {"metadata": {}, "spec": {}, "status": {}}
+    zero: ClassVar[Mapping[str, Any]] = {"metadata": {}, "spec": {}, "status": {}}
     delete_returns_object = True
     name_rule = staticmethod(v.dns_label_errors)
-    field_selectors = {**META_FIELDS, "status.phase": dig("status", "phase")}
+    field_selectors: ClassVar[Mapping[str, FieldGetter]] = {**META_FIELDS, "status.phase": dig("status", "phase")}
 
     def default(self, obj: dict[str, Any]) -> None:
         # SetDefaults_Namespace: the label is defaulted, so the creator's manager owns it.
@@ -598,18 +712,84 @@ class NamespaceBehavior(Behavior):
 def builtin_types() -> list[ResourceType]:
     core_event = EventBehavior()
     return [
-        ResourceType("", "v1", "services", "Service", True, sc.SERVICE, ServiceBehavior(), "service", ("svc",),
-                     ("all",), ("status",), extra={"storageGVK": "/v1/Service"}),
-        ResourceType("", "v1", "nodes", "Node", False, sc.NODE, NodeBehavior(), "node", ("no",), (), ("status",),
-                     extra={"storageGVK": "/v1/Node"}),
-        ResourceType("", "v1", "events", "Event", True, sc.EVENT_CORE, core_event, "event", ("ev",),
-                     storage="core/events", extra={"storageGVK": "/v1/Event"}),
-        ResourceType("", "v1", "namespaces", "Namespace", False, sc.NAMESPACE, NamespaceBehavior(), "namespace",
-                     ("ns",), (), ("status",), verbs=("create", "delete", "get", "list", "patch", "update", "watch"),
-                     extra={"storageGVK": "/v1/Namespace"}),
-        ResourceType("discovery.k8s.io", "v1", "endpointslices", "EndpointSlice", True, sc.ENDPOINT_SLICE,
-                     EndpointSliceBehavior(), "endpointslice"),
+        ResourceType(
+            "",
+            "v1",
+            "services",
+            "Service",
+            True,
+            sc.SERVICE,
+            ServiceBehavior(),
+            "service",
+            ("svc",),
+            ("all",),
+            ("status",),
+            extra={"storageGVK": "/v1/Service"},
+        ),
+        ResourceType(
+            "",
+            "v1",
+            "nodes",
+            "Node",
+            False,
+            sc.NODE,
+            NodeBehavior(),
+            "node",
+            ("no",),
+            (),
+            ("status",),
+            extra={"storageGVK": "/v1/Node"},
+        ),
+        ResourceType(
+            "",
+            "v1",
+            "events",
+            "Event",
+            True,
+            sc.EVENT_CORE,
+            core_event,
+            "event",
+            ("ev",),
+            storage="core/events",
+            extra={"storageGVK": "/v1/Event"},
+        ),
+        ResourceType(
+            "",
+            "v1",
+            "namespaces",
+            "Namespace",
+            False,
+            sc.NAMESPACE,
+            NamespaceBehavior(),
+            "namespace",
+            ("ns",),
+            (),
+            ("status",),
+            verbs=("create", "delete", "get", "list", "patch", "update", "watch"),
+            extra={"storageGVK": "/v1/Namespace"},
+        ),
+        ResourceType(
+            "discovery.k8s.io",
+            "v1",
+            "endpointslices",
+            "EndpointSlice",
+            True,
+            sc.ENDPOINT_SLICE,
+            EndpointSliceBehavior(),
+            "endpointslice",
+        ),
         ResourceType("coordination.k8s.io", "v1", "leases", "Lease", True, sc.LEASE, LeaseBehavior(), "lease"),
-        ResourceType("events.k8s.io", "v1", "events", "Event", True, sc.EVENT_V1, EventV1Behavior(), "event",
-                     ("ev",), storage="core/events", extra={"storageGVK": "/v1/Event", "errorGroup": ""}),
+        ResourceType(
+            "events.k8s.io",
+            "v1",
+            "events",
+            "Event",
+            True,
+            sc.EVENT_V1,
+            EventV1Behavior(),
+            "event",
+            ("ev",),
+            storage="core/events",
+            extra={"storageGVK": "/v1/Event", "errorGroup": ""},
+        ),
     ]

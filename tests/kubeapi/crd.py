@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import ast
 import copy
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Iterator, Mapping
+from typing import Any, ClassVar
 
 import jsonschema
 
@@ -54,7 +54,7 @@ def _walk_props(props: Any, path: str) -> Iterator[tuple[str, dict[str, Any]]]:
 
 
 class CRDBehavior(Behavior):
-    zero = {
+    zero: ClassVar[Mapping[str, Any]] = {
         "metadata": {},
         "spec": {"group": "", "names": {"plural": "", "kind": ""}, "scope": "", "versions": None},
         "status": {"conditions": None, "acceptedNames": {"plural": "", "kind": ""}, "storedVersions": None},
@@ -114,10 +114,10 @@ class CRDBehavior(Behavior):
         if not kind:
             causes.append(v.required("spec.names.kind"))
         versions = spec.get("versions") or []
-        if not versions:
-            causes.append(v.invalid("spec.versions", versions, "must have exactly one version marked as storage version"))
-        elif sum(1 for ver in versions if ver.get("storage")) != 1:
-            causes.append(v.invalid("spec.versions", versions, "must have exactly one version marked as storage version"))
+        if not versions or sum(1 for ver in versions if ver.get("storage")) != 1:
+            causes.append(
+                v.invalid("spec.versions", versions, "must have exactly one version marked as storage version")
+            )
         schemas = [(ver.get("schema") or {}).get("openAPIV3Schema") for ver in versions]
         shared = len(versions) == 1 or all(s == schemas[0] for s in schemas)
         for i, props in enumerate(schemas):
@@ -128,7 +128,9 @@ class CRDBehavior(Behavior):
             base = "spec.validation.openAPIV3Schema" if shared else f"spec.versions[{i}].schema.openAPIV3Schema"
             for path, node in _walk_props(props, base):
                 if node.get("x-kubernetes-preserve-unknown-fields") is False:
-                    causes.append(v.invalid(f"{path}.x-kubernetes-preserve-unknown-fields", False, "must be true or undefined"))
+                    causes.append(
+                        v.invalid(f"{path}.x-kubernetes-preserve-unknown-fields", False, "must be true or undefined")
+                    )
             if props.get("type") not in (None, "object"):
                 causes.append(v.invalid(f"{base}.type", props.get("type"), "must be object at the root"))
         return causes
@@ -144,10 +146,20 @@ def established_status(crd: dict[str, Any], now: str) -> dict[str, Any]:
     names = copy.deepcopy((crd.get("spec") or {}).get("names") or {})
     status = copy.deepcopy(crd.get("status") or {})
     status["conditions"] = [
-        {"type": "NamesAccepted", "status": "True", "lastTransitionTime": now, "reason": "NoConflicts",
-         "message": "no conflicts found"},
-        {"type": "Established", "status": "True", "lastTransitionTime": now, "reason": "InitialNamesAccepted",
-         "message": "the initial names have been accepted"},
+        {
+            "type": "NamesAccepted",
+            "status": "True",
+            "lastTransitionTime": now,
+            "reason": "NoConflicts",
+            "message": "no conflicts found",
+        },
+        {
+            "type": "Established",
+            "status": "True",
+            "lastTransitionTime": now,
+            "reason": "InitialNamesAccepted",
+            "message": "the initial names have been accepted",
+        },
     ]
     status["acceptedNames"] = names
     return status
@@ -242,7 +254,15 @@ def _is_datetime(value: object) -> bool:
     return True
 
 
-_GO_TYPE_NAMES = {str: "string", bool: "boolean", int: "integer", float: "number", dict: "object", list: "array", type(None): "null"}
+_GO_TYPE_NAMES = {
+    str: "string",
+    bool: "boolean",
+    int: "integer",
+    float: "number",
+    dict: "object",
+    list: "array",
+    type(None): "null",
+}
 
 
 def _field(path: Iterator[Any] | Any) -> str:
@@ -268,7 +288,13 @@ def schema_causes(obj: dict[str, Any], props: Any) -> list[Cause]:
         elif kw == "type":
             actual = _GO_TYPE_NAMES.get(type(inst), "unknown")
             want = val if isinstance(val, str) else ",".join(val)
-            causes.append(Cause("FieldValueTypeInvalid", f'Invalid value: "{actual}": {path} in body must be of type {want}: "{actual}"', path))
+            causes.append(
+                Cause(
+                    "FieldValueTypeInvalid",
+                    f'Invalid value: "{actual}": {path} in body must be of type {want}: "{actual}"',
+                    path,
+                )
+            )
         elif kw == "maximum":
             rel = "less than" if (err.schema.get("exclusiveMaximum") is True) else "less than or equal to"
             causes.append(v.invalid(path, inst, f"{path} in body should be {rel} {val}"))
@@ -319,7 +345,7 @@ def _list_map_duplicates(obj: Any, props: Any, path: str) -> list[Cause]:
 
 
 class CustomResourceBehavior(Behavior):
-    zero: dict[str, Any] = {}
+    zero: ClassVar[Mapping[str, Any]] = {}
     generation = "spec"
     allow_unconditional_update = False
     status_resets_metadata = True
@@ -348,12 +374,24 @@ def custom_resource_types(crd: dict[str, Any]) -> list[ResourceType]:
         subresources = tuple(k for k in ("status", "scale") if k in (ver.get("subresources") or {}))
         out.append(
             ResourceType(
-                group, ver["name"], names.get("plural", ""), names.get("kind", ""), spec.get("scope") == "Namespaced",
-                root_node(props), CustomResourceBehavior(props), names.get("singular") or str(names.get("kind", "")).lower(),
-                tuple(names.get("shortNames") or ()), tuple(names.get("categories") or ()), subresources,
-                storage=f"{group}/{names.get('plural', '')}", custom=True, discovery_verbs=CR_VERBS,
-                extra={"listKind": names.get("listKind") or f"{names.get('kind', '')}List",
-                       "storageGVK": f"{group}/{storage}/{names.get('kind', '')}"},
+                group,
+                ver["name"],
+                names.get("plural", ""),
+                names.get("kind", ""),
+                spec.get("scope") == "Namespaced",
+                root_node(props),
+                CustomResourceBehavior(props),
+                names.get("singular") or str(names.get("kind", "")).lower(),
+                tuple(names.get("shortNames") or ()),
+                tuple(names.get("categories") or ()),
+                subresources,
+                storage=f"{group}/{names.get('plural', '')}",
+                custom=True,
+                discovery_verbs=CR_VERBS,
+                extra={
+                    "listKind": names.get("listKind") or f"{names.get('kind', '')}List",
+                    "storageGVK": f"{group}/{storage}/{names.get('kind', '')}",
+                },
             )
         )
     return out

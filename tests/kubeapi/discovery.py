@@ -14,9 +14,18 @@ from .resources import ResourceType
 AGGREGATED = "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList"
 STATUS_VERBS = ["get", "patch", "update"]
 VERSION_INFO = {
-    "major": "1", "minor": "36", "emulationMajor": "1", "emulationMinor": "36", "minCompatibilityMajor": "1",
-    "minCompatibilityMinor": "35", "gitVersion": "v1.36.2", "gitCommit": "0000000000000000000000000000000000000000",
-    "gitTreeState": "clean", "buildDate": "2026-11-22T09:38:40Z", "goVersion": "go1.26.4", "compiler": "gc",
+    "major": "1",
+    "minor": "36",
+    "emulationMajor": "1",
+    "emulationMinor": "36",
+    "minCompatibilityMajor": "1",
+    "minCompatibilityMinor": "35",
+    "gitVersion": "v1.36.2",
+    "gitCommit": "0000000000000000000000000000000000000000",
+    "gitTreeState": "clean",
+    "buildDate": "2026-11-22T09:38:40Z",
+    "goVersion": "go1.26.4",
+    "compiler": "gc",
     "platform": "linux/amd64",
 }
 # Preferred order of the legacy group list (kube-apiserver lists built-in groups first).
@@ -34,8 +43,13 @@ def _verbs(rt: ResourceType) -> list[str]:
 def resource_list(types: Iterable[ResourceType], group: str, version: str) -> dict[str, Any]:
     entries = []
     for rt in sorted(types, key=lambda t: t.resource):
-        entry: dict[str, Any] = {"name": rt.resource, "singularName": rt.singular, "namespaced": rt.namespaced,
-                                 "kind": rt.kind, "verbs": _verbs(rt)}
+        entry: dict[str, Any] = {
+            "name": rt.resource,
+            "singularName": rt.singular,
+            "namespaced": rt.namespaced,
+            "kind": rt.kind,
+            "verbs": _verbs(rt),
+        }
         if rt.short_names:
             entry["shortNames"] = list(rt.short_names)
         if rt.categories:
@@ -44,8 +58,15 @@ def resource_list(types: Iterable[ResourceType], group: str, version: str) -> di
         entries.append(entry)
         for sub in rt.subresources:
             if sub == "status":
-                entries.append({"name": f"{rt.resource}/status", "singularName": "", "namespaced": rt.namespaced,
-                                "kind": rt.kind, "verbs": list(STATUS_VERBS)})
+                entries.append(
+                    {
+                        "name": f"{rt.resource}/status",
+                        "singularName": "",
+                        "namespaced": rt.namespaced,
+                        "kind": rt.kind,
+                        "verbs": list(STATUS_VERBS),
+                    }
+                )
     out: dict[str, Any] = {"kind": "APIResourceList"}
     if group:
         out["apiVersion"] = "v1"
@@ -55,8 +76,11 @@ def resource_list(types: Iterable[ResourceType], group: str, version: str) -> di
 
 
 def api_versions(server_address: str) -> dict[str, Any]:
-    return {"kind": "APIVersions", "versions": ["v1"],
-            "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": server_address}]}
+    return {
+        "kind": "APIVersions",
+        "versions": ["v1"],
+        "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": server_address}],
+    }
 
 
 def _ordered_groups(groups: dict[str, list[str]]) -> list[str]:
@@ -70,7 +94,11 @@ def _group_entry(name: str, versions: list[str]) -> dict[str, Any]:
 
 
 def group_list(groups: dict[str, list[str]]) -> dict[str, Any]:
-    return {"kind": "APIGroupList", "apiVersion": "v1", "groups": [_group_entry(g, groups[g]) for g in _ordered_groups(groups)]}
+    return {
+        "kind": "APIGroupList",
+        "apiVersion": "v1",
+        "groups": [_group_entry(g, groups[g]) for g in _ordered_groups(groups)],
+    }
 
 
 def group(name: str, versions: list[str]) -> dict[str, Any]:
@@ -79,15 +107,21 @@ def group(name: str, versions: list[str]) -> dict[str, Any]:
 
 def _aggregated_resource(rt: ResourceType) -> dict[str, Any]:
     kind = {"group": rt.group if rt.custom else "", "version": rt.version if rt.custom else "", "kind": rt.kind}
-    entry: dict[str, Any] = {"resource": rt.resource, "responseKind": kind,
-                             "scope": "Namespaced" if rt.namespaced else "Cluster",
-                             "singularResource": rt.singular, "verbs": _verbs(rt)}
+    entry: dict[str, Any] = {
+        "resource": rt.resource,
+        "responseKind": kind,
+        "scope": "Namespaced" if rt.namespaced else "Cluster",
+        "singularResource": rt.singular,
+        "verbs": _verbs(rt),
+    }
     if rt.short_names:
         entry["shortNames"] = list(rt.short_names)
     if rt.categories:
         entry["categories"] = list(rt.categories)
     if rt.subresources:
-        entry["subresources"] = [{"subresource": s, "responseKind": dict(kind), "verbs": list(STATUS_VERBS)} for s in rt.subresources]
+        entry["subresources"] = [
+            {"subresource": s, "responseKind": dict(kind), "verbs": list(STATUS_VERBS)} for s in rt.subresources
+        ]
     return entry
 
 
@@ -99,9 +133,13 @@ def aggregated(types: Iterable[ResourceType], groups: dict[str, list[str]], core
     items = []
     for g in names:
         versions = [
-            {"version": ver,
-             "resources": [_aggregated_resource(rt) for rt in sorted(by_gv.get((g, ver), []), key=lambda t: t.resource)],
-             "freshness": "Current"}
+            {
+                "version": ver,
+                "resources": [
+                    _aggregated_resource(rt) for rt in sorted(by_gv.get((g, ver), []), key=lambda t: t.resource)
+                ],
+                "freshness": "Current",
+            }
             for ver in groups.get(g, [])
         ]
         items.append({"metadata": {"name": g} if g else {}, "versions": versions})

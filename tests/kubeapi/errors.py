@@ -79,11 +79,15 @@ def qualified(resource: str, group: str) -> str:
 
 
 def not_found(resource: str, group: str, name: str) -> ApiError:
-    return ApiError(404, "NotFound", f'{qualified(resource, group)} "{name}" not found', _details(name, group, resource))
+    return ApiError(
+        404, "NotFound", f'{qualified(resource, group)} "{name}" not found', _details(name, group, resource)
+    )
 
 
 def already_exists(resource: str, group: str, name: str) -> ApiError:
-    return ApiError(409, "AlreadyExists", f'{qualified(resource, group)} "{name}" already exists', _details(name, group, resource))
+    return ApiError(
+        409, "AlreadyExists", f'{qualified(resource, group)} "{name}" already exists', _details(name, group, resource)
+    )
 
 
 def conflict_modified(resource: str, group: str, name: str) -> ApiError:
@@ -182,7 +186,10 @@ def resource_not_found() -> ApiError:
 def page_not_found() -> ApiError:
     """Unknown group/version: plain text, not a Status (fixture 08/27)."""
     return ApiError(
-        404, "NotFound", "404 page not found", text_body="404 page not found\n",
+        404,
+        "NotFound",
+        "404 page not found",
+        text_body="404 page not found\n",
         headers=(("X-Content-Type-Options", "nosniff"),),
     )
 
@@ -208,7 +215,10 @@ def too_large_resource_version(requested: int, current: int) -> ApiError:
         504,
         "Timeout",
         f"Timeout: Too large resource version: {requested}, current: {current}",
-        {"causes": [{"reason": "ResourceVersionTooLarge", "message": "Too large resource version"}], "retryAfterSeconds": 1},
+        {
+            "causes": [{"reason": "ResourceVersionTooLarge", "message": "Too large resource version"}],
+            "retryAfterSeconds": 1,
+        },
     )
 
 

@@ -17,12 +17,32 @@ MICRO_LAYOUT = "2006-01-02T15:04:05.000000Z07:00"
 # The layout elements of the two layouts above: (text, kind); kind None marks literal text.
 _ELEMENTS: dict[str, list[tuple[str, str | None]]] = {
     RFC3339: [
-        ("2006", "year"), ("-", None), ("01", "month"), ("-", None), ("02", "day"), ("T", None),
-        ("15", "hour"), (":", None), ("04", "minute"), (":", None), ("05", "second"), ("Z07:00", "zone"),
+        ("2006", "year"),
+        ("-", None),
+        ("01", "month"),
+        ("-", None),
+        ("02", "day"),
+        ("T", None),
+        ("15", "hour"),
+        (":", None),
+        ("04", "minute"),
+        (":", None),
+        ("05", "second"),
+        ("Z07:00", "zone"),
     ],
     MICRO_LAYOUT: [
-        ("2006", "year"), ("-", None), ("01", "month"), ("-", None), ("02", "day"), ("T", None),
-        ("15", "hour"), (":", None), ("04", "minute"), (":", None), ("05", "second"), (".000000", "frac6"),
+        ("2006", "year"),
+        ("-", None),
+        ("01", "month"),
+        ("-", None),
+        ("02", "day"),
+        ("T", None),
+        ("15", "hour"),
+        (":", None),
+        ("04", "minute"),
+        (":", None),
+        ("05", "second"),
+        (".000000", "frac6"),
         ("Z07:00", "zone"),
     ],
 }
@@ -61,7 +81,7 @@ def go_parse(value: str, layout: str) -> dt.datetime:
         if pending:
             if not rest.startswith(pending):
                 raise fail(pending, rest)
-            rest = rest[len(pending):]
+            rest = rest[len(pending) :]
             pending = ""
         if kind in ("year",):
             n = _digits(rest, 4)
@@ -108,25 +128,27 @@ def go_parse(value: str, layout: str) -> dt.datetime:
         if not low <= parts[name] <= high:
             raise TimeParseError(f"parsing time {_q(value)}: {name} out of range")
     try:
-        naive = dt.datetime(parts["year"], parts["month"], parts["day"], parts["hour"], parts["minute"], parts["second"])
+        naive = dt.datetime(
+            parts["year"], parts["month"], parts["day"], parts["hour"], parts["minute"], parts["second"]
+        )
     except ValueError:
         raise TimeParseError(f"parsing time {_q(value)}: day out of range") from None
     aware = naive.replace(tzinfo=dt.timezone(dt.timedelta(seconds=offset)))
-    return (aware + dt.timedelta(microseconds=nanos // 1000)).astimezone(dt.timezone.utc)
+    return (aware + dt.timedelta(microseconds=nanos // 1000)).astimezone(dt.UTC)
 
 
 def format_time(t: dt.datetime) -> str:
     """metav1.Time: UTC, whole seconds."""
-    return t.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return t.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def format_micro(t: dt.datetime) -> str:
     """metav1.MicroTime: UTC, six fractional digits."""
-    return t.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return t.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def now() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
+    return dt.datetime.now(dt.UTC)
 
 
 def now_time() -> str:

@@ -33,8 +33,15 @@ STRIPPED: frozenset[Path] = frozenset(
     + [
         ("f:metadata", f"f:{name}")
         for name in (
-            "name", "namespace", "creationTimestamp", "selfLink", "uid", "clusterName", "generation",
-            "managedFields", "resourceVersion",
+            "name",
+            "namespace",
+            "creationTimestamp",
+            "selfLink",
+            "uid",
+            "clusterName",
+            "generation",
+            "managedFields",
+            "resourceVersion",
         )
     ]
 )
@@ -91,7 +98,7 @@ class Comparison:
     modified: set[Path] = field(default_factory=set)
     removed: set[Path] = field(default_factory=set)
 
-    def filtered(self, drop: "PathFilter") -> "Comparison":
+    def filtered(self, drop: PathFilter) -> Comparison:
         return Comparison(
             {p for p in self.added if not drop(p)},
             {p for p in self.modified if not drop(p)},
@@ -146,11 +153,7 @@ def _to_field_set(value: Any, node: Node, path: Path, out: set[Path]) -> None:
             out.add(p)
             continue
         _to_field_set(v, sub, p, out)
-        if is_item:
-            out.add(p)
-        elif isinstance(v, dict) and not v:
-            out.add(p)
-        elif not isinstance(node, Struct) or elem[2:] not in node.fields:
+        if is_item or isinstance(v, dict) and not v or not isinstance(node, Struct) or elem[2:] not in node.fields:
             out.add(p)
 
 
@@ -164,6 +167,7 @@ def encode_fields(paths: Iterable[Path]) -> dict[str, Any]:
         node = trie
         for elem in p:
             node = node.setdefault(elem, {})
+
     def mark(node: dict[str, Any], prefix: Path) -> dict[str, Any]:
         out: dict[str, Any] = {}
         if node and prefix in members:
@@ -171,6 +175,7 @@ def encode_fields(paths: Iterable[Path]) -> dict[str, Any]:
         for k in sorted(node):
             out[k] = mark(node[k], prefix + (k,))
         return out
+
     return mark(trie, ())
 
 
@@ -262,6 +267,7 @@ def decode_managed(entries: Any) -> list[Entry]:
 def encode_managed(entries: Iterable[Entry]) -> list[dict[str, Any]]:
     def order(e: Entry) -> tuple[str, str, str, str, str]:
         return (e.operation, e.time or "", e.manager, e.api_version, e.subresource)
+
     return [e.to_dict() for e in sorted((e for e in entries if e.fields), key=order)]
 
 
@@ -271,16 +277,26 @@ PathFilter = Any  # Callable[[Path], bool]
 def make_filter(reset_prefixes: Sequence[Path]) -> PathFilter:
     """A predicate for paths the operation must not track: stripped metadata and reset fields
     (status on the main resource, spec on /status, ...)."""
+
     def drop(path: Path) -> bool:
         if path in STRIPPED:
             return True
         return any(path[: len(p)] == p for p in reset_prefixes)
+
     return drop
 
 
 def update(
-    entries: list[Entry], old: Any, new: Any, node: Node, *, manager: str, api_version: str,
-    subresource: str, reset: Sequence[Path], now: str,
+    entries: list[Entry],
+    old: Any,
+    new: Any,
+    node: Node,
+    *,
+    manager: str,
+    api_version: str,
+    subresource: str,
+    reset: Sequence[Path],
+    now: str,
 ) -> list[Entry]:
     """Ownership after an Update-operation write (create, PUT, non-apply PATCH)."""
     entries = [copy.copy(e) for e in entries]
@@ -320,8 +336,17 @@ def conflict_error(conflicts: list[tuple[Entry, Path]]) -> ApiError:
 
 
 def apply(
-    entries: list[Entry], live: Any, config: Any, node: Node, *, manager: str, api_version: str,
-    subresource: str, reset: Sequence[Path], force: bool, now: str,
+    entries: list[Entry],
+    live: Any,
+    config: Any,
+    node: Node,
+    *,
+    manager: str,
+    api_version: str,
+    subresource: str,
+    reset: Sequence[Path],
+    force: bool,
+    now: str,
 ) -> tuple[Any, list[Entry], bool]:
     """Server-side apply of `config` onto `live`. Returns (new object, entries, changed)."""
     drop = make_filter(reset)
@@ -392,9 +417,7 @@ def _item_elem(item: Any, node: ListOf) -> str:
 def prune(obj: Any, candidates: set[Path], keep: set[Path], node: Node) -> Any:
     """Remove the paths in `candidates` that no other manager owns (nor owns anything under)."""
     obj = copy.deepcopy(obj)
-    removable = sorted(
-        (p for p in candidates if p not in keep and not any(k[: len(p)] == p for k in keep)), key=len
-    )
+    removable = sorted((p for p in candidates if p not in keep and not any(k[: len(p)] == p for k in keep)), key=len)
     removed: list[Path] = []
     for p in removable:
         if any(p[: len(r)] == r for r in removed):

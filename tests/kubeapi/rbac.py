@@ -65,8 +65,21 @@ class RequestRecord:
         return (self.group, res, self.verb)
 
 
-_PUBLIC_PATHS = ("/api", "/api/*", "/apis", "/apis/*", "/version", "/version/", "/healthz", "/healthz/*",
-                 "/livez", "/livez/*", "/readyz", "/readyz/*", "/openapi/*")
+_PUBLIC_PATHS = (
+    "/api",
+    "/api/*",
+    "/apis",
+    "/apis/*",
+    "/version",
+    "/version/",
+    "/healthz",
+    "/healthz/*",
+    "/livez",
+    "/livez/*",
+    "/readyz",
+    "/readyz/*",
+    "/openapi/*",
+)
 
 
 def _path_matches(patterns: Iterable[str], path: str) -> bool:
@@ -137,7 +150,10 @@ class Authorizer:
                 return True
             if kind == "Group" and name in user.groups:
                 return True
-            if kind == "ServiceAccount" and user.name == f"system:serviceaccount:{s.get('namespace') or binding_ns}:{name}":
+            if (
+                kind == "ServiceAccount"
+                and user.name == f"system:serviceaccount:{s.get('namespace') or binding_ns}:{name}"
+            ):
                 return True
         return False
 
@@ -153,9 +169,10 @@ class Authorizer:
             return True
         with self._lock:
             for b in self.cluster_bindings:
-                if self._subject_matches(b.get("subjects"), attrs.user, ""):
-                    if any(_rule_matches(r, attrs) for r in self._rules_of(b.get("roleRef") or {}, "")):
-                        return True
+                if self._subject_matches(b.get("subjects"), attrs.user, "") and any(
+                    _rule_matches(r, attrs) for r in self._rules_of(b.get("roleRef") or {}, "")
+                ):
+                    return True
             if attrs.resource_request and attrs.namespace:
                 for b in self.bindings:
                     ns = (b.get("metadata") or {}).get("namespace", "default")

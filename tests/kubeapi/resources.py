@@ -13,7 +13,7 @@ import copy
 import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from . import validation as v
 from .errors import Cause
@@ -30,7 +30,7 @@ DEFAULT_VERBS = ("create", "delete", "deletecollection", "get", "list", "patch",
 class WriteContext:
     """What a behavior may look at while preparing a write."""
 
-    store: "Store"
+    store: Store
     dry_run: bool = False
     subresource: str = ""
 
@@ -38,7 +38,7 @@ class WriteContext:
 class Behavior:
     """Registry strategy of one kind. Subclasses override what differs."""
 
-    zero: Mapping[str, Any] = {"metadata": {}}  # the empty object (managedFields baseline, bookmarks)
+    zero: ClassVar[Mapping[str, Any]] = {"metadata": {}}  # the empty object (managedFields baseline, bookmarks)
     delete_returns_object = False
     allow_create_on_update = False
     allow_unconditional_update = True
@@ -46,7 +46,7 @@ class Behavior:
     keeps_status_on_create = False
     status_resets_metadata = False
     name_rule = staticmethod(v.dns_subdomain_errors)
-    field_selectors: Mapping[str, FieldGetter] = META_FIELDS
+    field_selectors: ClassVar[Mapping[str, FieldGetter]] = META_FIELDS
 
     # Versions: the API form of the request vs the stored form.
     def to_storage(self, obj: dict[str, Any]) -> dict[str, Any]:

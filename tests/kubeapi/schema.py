@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any
 
 from . import gotime
 
@@ -28,7 +28,7 @@ class Scalar:
 class Struct:
     """An object with known fields. `atomic`: replaced as a whole by apply (structType=atomic)."""
 
-    fields: Mapping[str, "Node"]
+    fields: Mapping[str, Node]
     atomic: bool = False
     preserve_unknown: bool = False  # x-kubernetes-preserve-unknown-fields: keep (and deduce) unknown keys
 
@@ -37,7 +37,7 @@ class Struct:
 class MapOf:
     """A string-keyed map (labels, annotations, selector)."""
 
-    values: "Node"
+    values: Node
     atomic: bool = False
 
 
@@ -45,7 +45,7 @@ class MapOf:
 class ListOf:
     """A list. kind: atomic | map (keyed by `keys`) | set. `smp_key`: strategic-merge patchMergeKey."""
 
-    item: "Node"
+    item: Node
     kind: str = "atomic"
     keys: tuple[str, ...] = ()
     smp_key: str | None = None
@@ -57,7 +57,7 @@ class Deduced:
     """Free-form JSON (RawExtension, preserve-unknown-fields): maps granular, lists atomic."""
 
 
-Node = Union[Scalar, Struct, MapOf, ListOf, Deduced]
+Node = Scalar | Struct | MapOf | ListOf | Deduced
 
 S = Scalar("string")
 I = Scalar("integer")
@@ -102,13 +102,20 @@ def is_leaf(node: Node, value: Any) -> bool:
 # ---- ObjectMeta and the built-in kinds --------------------------------------------------------
 
 OWNER_REFERENCE = obj(apiVersion=S, kind=S, name=S, uid=S, controller=B, blockOwnerDeletion=B)
-OBJECT_REFERENCE = obj(
-    atomic=True, kind=S, namespace=S, name=S, uid=S, apiVersion=S, resourceVersion=S, fieldPath=S
-)
+OBJECT_REFERENCE = obj(atomic=True, kind=S, namespace=S, name=S, uid=S, apiVersion=S, resourceVersion=S, fieldPath=S)
 OBJECT_META = obj(
-    name=S, generateName=S, namespace=S, selfLink=S, uid=S, resourceVersion=S, generation=I,
-    creationTimestamp=T, deletionTimestamp=T, deletionGracePeriodSeconds=I,
-    labels=MapOf(S), annotations=MapOf(S),
+    name=S,
+    generateName=S,
+    namespace=S,
+    selfLink=S,
+    uid=S,
+    resourceVersion=S,
+    generation=I,
+    creationTimestamp=T,
+    deletionTimestamp=T,
+    deletionGracePeriodSeconds=I,
+    labels=MapOf(S),
+    annotations=MapOf(S),
     ownerReferences=ListOf(OWNER_REFERENCE, "map", ("uid",), smp_key="uid"),
     finalizers=ListOf(S, "set", smp_merge_primitives=True),
     managedFields=ListOf(ANY),
@@ -126,12 +133,24 @@ SERVICE = root(
     spec=obj(
         ports=ListOf(SERVICE_PORT, "map", ("port", "protocol"), smp_key="port"),
         selector=MapOf(S, atomic=True),
-        clusterIP=S, clusterIPs=ListOf(S), type=S, externalIPs=ListOf(S), sessionAffinity=S,
-        loadBalancerIP=S, loadBalancerSourceRanges=ListOf(S), externalName=S, externalTrafficPolicy=S,
-        healthCheckNodePort=I, publishNotReadyAddresses=B,
+        clusterIP=S,
+        clusterIPs=ListOf(S),
+        type=S,
+        externalIPs=ListOf(S),
+        sessionAffinity=S,
+        loadBalancerIP=S,
+        loadBalancerSourceRanges=ListOf(S),
+        externalName=S,
+        externalTrafficPolicy=S,
+        healthCheckNodePort=I,
+        publishNotReadyAddresses=B,
         sessionAffinityConfig=obj(clientIP=obj(timeoutSeconds=I)),
-        ipFamilies=ListOf(S), ipFamilyPolicy=S, allocateLoadBalancerNodePorts=B, loadBalancerClass=S,
-        internalTrafficPolicy=S, trafficDistribution=S,
+        ipFamilies=ListOf(S),
+        ipFamilyPolicy=S,
+        allocateLoadBalancerNodePorts=B,
+        loadBalancerClass=S,
+        internalTrafficPolicy=S,
+        trafficDistribution=S,
     ),
     status=obj(
         loadBalancer=obj(
@@ -142,8 +161,12 @@ SERVICE = root(
 )
 
 ENDPOINT = obj(
-    addresses=ListOf(S, "set"), conditions=obj(ready=B, serving=B, terminating=B), hostname=S,
-    targetRef=OBJECT_REFERENCE, nodeName=S, zone=S,
+    addresses=ListOf(S, "set"),
+    conditions=obj(ready=B, serving=B, terminating=B),
+    hostname=S,
+    targetRef=OBJECT_REFERENCE,
+    nodeName=S,
+    zone=S,
     hints=obj(forZones=ListOf(obj(name=S)), forNodes=ListOf(obj(name=S))),
     deprecatedTopology=MapOf(S),
 )
@@ -156,41 +179,89 @@ ENDPOINT_SLICE = root(
 NODE_CONDITION = obj(type=S, status=S, lastHeartbeatTime=T, lastTransitionTime=T, reason=S, message=S)
 NODE = root(
     spec=obj(
-        podCIDR=S, podCIDRs=ListOf(S, "set", smp_merge_primitives=True), providerID=S, unschedulable=B,
-        taints=ListOf(obj(key=S, value=S, effect=S, timeAdded=T)), configSource=ANY, externalID=S,
+        podCIDR=S,
+        podCIDRs=ListOf(S, "set", smp_merge_primitives=True),
+        providerID=S,
+        unschedulable=B,
+        taints=ListOf(obj(key=S, value=S, effect=S, timeAdded=T)),
+        configSource=ANY,
+        externalID=S,
     ),
     status=obj(
-        capacity=MapOf(Q), allocatable=MapOf(Q), phase=S,
+        capacity=MapOf(Q),
+        allocatable=MapOf(Q),
+        phase=S,
         conditions=ListOf(NODE_CONDITION, "map", ("type",), smp_key="type"),
         addresses=ListOf(obj(type=S, address=S), "map", ("type",), smp_key="type"),
         daemonEndpoints=obj(kubeletEndpoint=obj(Port=I)),
         nodeInfo=obj(
-            machineID=S, systemUUID=S, bootID=S, kernelVersion=S, osImage=S, containerRuntimeVersion=S,
-            kubeletVersion=S, kubeProxyVersion=S, operatingSystem=S, architecture=S, swap=ANY,
+            machineID=S,
+            systemUUID=S,
+            bootID=S,
+            kernelVersion=S,
+            osImage=S,
+            containerRuntimeVersion=S,
+            kubeletVersion=S,
+            kubeProxyVersion=S,
+            operatingSystem=S,
+            architecture=S,
+            swap=ANY,
         ),
-        images=ListOf(ANY), volumesInUse=ListOf(S), volumesAttached=ListOf(ANY), config=ANY,
-        runtimeHandlers=ListOf(ANY), features=ANY, declaredFeatures=ListOf(S),
+        images=ListOf(ANY),
+        volumesInUse=ListOf(S),
+        volumesAttached=ListOf(ANY),
+        config=ANY,
+        runtimeHandlers=ListOf(ANY),
+        features=ANY,
+        declaredFeatures=ListOf(S),
     ),
 )
 
 LEASE = root(
     spec=obj(
-        holderIdentity=S, leaseDurationSeconds=I, acquireTime=MT, renewTime=MT, leaseTransitions=I,
-        strategy=S, preferredHolder=S,
+        holderIdentity=S,
+        leaseDurationSeconds=I,
+        acquireTime=MT,
+        renewTime=MT,
+        leaseTransitions=I,
+        strategy=S,
+        preferredHolder=S,
     )
 )
 
 EVENT_SOURCE = obj(component=S, host=S)
 EVENT_SERIES = obj(count=I, lastObservedTime=MT)
 EVENT_CORE = root(
-    involvedObject=OBJECT_REFERENCE, reason=S, message=S, source=EVENT_SOURCE, firstTimestamp=T,
-    lastTimestamp=T, count=I, type=S, eventTime=MT, series=EVENT_SERIES, action=S,
-    related=OBJECT_REFERENCE, reportingComponent=S, reportingInstance=S,
+    involvedObject=OBJECT_REFERENCE,
+    reason=S,
+    message=S,
+    source=EVENT_SOURCE,
+    firstTimestamp=T,
+    lastTimestamp=T,
+    count=I,
+    type=S,
+    eventTime=MT,
+    series=EVENT_SERIES,
+    action=S,
+    related=OBJECT_REFERENCE,
+    reportingComponent=S,
+    reportingInstance=S,
 )
 EVENT_V1 = root(
-    eventTime=MT, series=EVENT_SERIES, reportingController=S, reportingInstance=S, action=S, reason=S,
-    regarding=OBJECT_REFERENCE, related=OBJECT_REFERENCE, note=S, type=S, deprecatedSource=EVENT_SOURCE,
-    deprecatedFirstTimestamp=T, deprecatedLastTimestamp=T, deprecatedCount=I,
+    eventTime=MT,
+    series=EVENT_SERIES,
+    reportingController=S,
+    reportingInstance=S,
+    action=S,
+    reason=S,
+    regarding=OBJECT_REFERENCE,
+    related=OBJECT_REFERENCE,
+    note=S,
+    type=S,
+    deprecatedSource=EVENT_SOURCE,
+    deprecatedFirstTimestamp=T,
+    deprecatedLastTimestamp=T,
+    deprecatedCount=I,
 )
 
 NAMESPACE = root(
@@ -201,12 +272,17 @@ NAMESPACE = root(
 CRD_NAMES = obj(plural=S, singular=S, shortNames=ListOf(S), kind=S, listKind=S, categories=ListOf(S))
 CRD = root(
     spec=obj(
-        group=S, names=CRD_NAMES, scope=S, versions=ListOf(ANY),
-        conversion=obj(strategy=S, webhook=ANY), preserveUnknownFields=B,
+        group=S,
+        names=CRD_NAMES,
+        scope=S,
+        versions=ListOf(ANY),
+        conversion=obj(strategy=S, webhook=ANY),
+        preserveUnknownFields=B,
     ),
     status=obj(
         conditions=ListOf(CONDITION, "map", ("type",), smp_key="type"),
-        acceptedNames=CRD_NAMES, storedVersions=ListOf(S),
+        acceptedNames=CRD_NAMES,
+        storedVersions=ListOf(S),
     ),
 )
 

@@ -127,18 +127,20 @@ def parse_field_selector(text: str | None, getters: Mapping[str, FieldGetter]) -
         for op, norm in (("!=", "!="), ("==", "="), ("=", "=")):
             if op in part:
                 fld, value = part.split(op, 1)
+                op = norm
                 break
         else:
             raise bad_request(f"invalid selector: '{text}'; can't understand '{part}'")
         fld = fld.strip()
         if fld not in getters:
             raise bad_request(f"field label not supported: {fld}")
-        terms.append((fld, norm, value.strip()))
+        terms.append((fld, op, value.strip()))
     return FieldSelector(tuple(terms))
 
 
 def dig(*path: str) -> FieldGetter:
     """A getter for a dotted field path of an object."""
+
     def get(obj: dict[str, Any]) -> Any:
         cur: Any = obj
         for p in path:
@@ -146,6 +148,7 @@ def dig(*path: str) -> FieldGetter:
                 return None
             cur = cur.get(p)
         return cur
+
     return get
 
 
@@ -153,4 +156,3 @@ META_FIELDS: dict[str, FieldGetter] = {
     "metadata.name": dig("metadata", "name"),
     "metadata.namespace": dig("metadata", "namespace"),
 }
-

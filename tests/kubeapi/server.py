@@ -18,8 +18,10 @@ import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 from urllib.parse import parse_qsl, urlsplit
+
+import yaml
 
 from . import discovery
 from . import errors as E
@@ -43,6 +45,31 @@ def go_json(obj: Any, *, sort_keys: bool = False) -> bytes:
 
 def warning_header(text: str) -> str:
     return "299 - " + json.dumps(text, ensure_ascii=False)
+
+
+def _json_body(raw: bytes, content_type: str) -> bytes:
+    """Create/update bodies may be JSON or YAML (kubectl sends either); anything else is 415."""
+    ct = content_type.split(";")[0].strip().lower()
+    if not ct or ct in ("application/json", "*/*"):
+        return raw
+    if ct in ("application/yaml", "text/yaml", "application/x-yaml"):
+        try:
+            return json.dumps(yaml.safe_load(raw.decode("utf-8"))).encode()
+        except (yaml.YAMLError, UnicodeDecodeError) as e:
+            raise E.bad_request(f"error converting YAML to JSON: {e}") from None
+    raise E.unsupported_media_type()
+
+
+def _rbac_objects(items: Iterable[Any]) -> list[Mapping[str, Any]]:
+    """RBAC objects given as dicts, or as paths of YAML files (e.g. the shipped deploy/rbac.yaml)."""
+    out: list[Mapping[str, Any]] = []
+    for item in items:
+        if isinstance(item, (str, Path)):
+            with open(item, encoding="utf-8") as fh:
+                out += [doc for doc in yaml.safe_load_all(fh) if isinstance(doc, Mapping)]
+        else:
+            out.append(item)
+    return out
 
 
 class _Route:
@@ -94,15 +121,27 @@ class _Route:
         if self.method == "GET":
             return "get" if self.name else ("watch" if watch else "list")
         return {
-            "POST": "create", "PUT": "update", "PATCH": "patch",
+            "POST": "create",
+            "PUT": "update",
+            "PATCH": "patch",
             "DELETE": "delete" if self.name else "deletecollection",
         }.get(self.method, self.method.lower())
 
     def attributes(self, user: User) -> Attributes:
         if self.kind != "resource":
             return Attributes(user, self.verb, False, path=self.path)
-        return Attributes(user, self.verb, True, self.group, self.version, self.resource, self.subresource,
-                          self.namespace, self.name, self.path)
+        return Attributes(
+            user,
+            self.verb,
+            True,
+            self.group,
+            self.version,
+            self.resource,
+            self.subresource,
+            self.namespace,
+            self.name,
+            self.path,
+        )
 
 
 class _HTTPServer(ThreadingHTTPServer):
@@ -110,7 +149,7 @@ class _HTTPServer(ThreadingHTTPServer):
     block_on_close = True
     allow_reuse_address = True
 
-    def __init__(self, address: tuple[str, int], owner: "KubeApiServer") -> None:
+    def __init__(self, address: tuple[str, int], owner: KubeApiServer) -> None:
         self.owner = owner
         self.connections: set[socket.socket] = set()
         self.conn_lock = threading.Lock()
@@ -143,7 +182,7 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server: _HTTPServer
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - quiet: tests read the request log
+    def log_message(self, format: str, *args: Any) -> None:
         return
 
     def setup(self) -> None:
@@ -179,8 +218,9 @@ class _Handler(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         return self.rfile.read(length) if length else b""
 
-    def _send(self, code: int, payload: bytes, content_type: str = "application/json",
-              headers: Sequence[tuple[str, str]] = ()) -> None:
+    def _send(
+        self, code: int, payload: bytes, content_type: str = "application/json", headers: Sequence[tuple[str, str]] = ()
+    ) -> None:
         self.send_response(code)
         self.send_header("Audit-Id", str(uuid.uuid4()))
         self.send_header("Cache-Control", "no-cache, private")
@@ -223,7 +263,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_error(err)
         except (ConnectionError, ssl.SSLError):
             self.close_connection = True
-        except Exception as e:  # a bug in this server: answer 500 and keep the traceback for the test
+        except Exception as e:  # noqa: BLE001 - a bug in this server: answer 500 and keep the traceback for the test
             owner.internal_errors.append(traceback.format_exc())
             if self._route is not None:
                 self._send_error(E.internal_error(f"{type(e).__name__}: {e}"))
@@ -262,6 +302,10 @@ class _Handler(BaseHTTPRequestHandler):
         if route.subresource and route.subresource not in rt.subresources:
             raise E.resource_not_found()
         verb = route.verb
+        if rt.namespaced and not ns and route.resource != "namespaces" and verb in ("create", "deletecollection"):
+            raise E.method_not_allowed()  # the all-namespaces path only lists and watches
+        if verb in ("create", "update"):
+            raw = _json_body(raw, self.headers.get("Content-Type", ""))
         if verb == "watch":
             return self._watch(rt, ns, query)
         if verb == "get":
@@ -279,8 +323,16 @@ class _Handler(BaseHTTPRequestHandler):
         elif verb == "patch":
             if not route.name:
                 raise E.method_not_allowed()
-            res = api.patch(rt, ns, route.name, route.subresource, raw, self.headers.get("Content-Type", ""), query,
-                            self.headers.get("User-Agent", ""))
+            res = api.patch(
+                rt,
+                ns,
+                route.name,
+                route.subresource,
+                raw,
+                self.headers.get("Content-Type", ""),
+                query,
+                self.headers.get("User-Agent", ""),
+            )
         elif verb == "delete":
             res = api.delete(rt, ns, route.name, raw, query)
         elif verb == "deletecollection":
@@ -317,7 +369,9 @@ class _Handler(BaseHTTPRequestHandler):
         elif len(parts) == 2 and parts[0] == "api":
             if parts[1] not in groups.get("", []):
                 raise E.page_not_found()
-            body = discovery.resource_list([t for t in api.types.values() if t.group == "" and t.version == parts[1]], "", parts[1])
+            body = discovery.resource_list(
+                [t for t in api.types.values() if t.group == "" and t.version == parts[1]], "", parts[1]
+            )
         elif len(parts) == 2 and parts[0] == "apis":
             if parts[1] not in groups:
                 raise E.page_not_found()
@@ -391,7 +445,7 @@ class KubeApiServer:
         self.store = Store(initial_resource_version=initial_resource_version, watch_cache_size=watch_cache_size)
         self.api = Api(self.store, bootstrap=bootstrap)
         self.authenticator = Authenticator(DEFAULT_TOKENS if tokens is None else tokens, anonymous=anonymous)
-        rbac_objects = list(rbac or [])
+        rbac_objects = _rbac_objects(rbac or [])
         self.authorizer = Authorizer(rbac_objects, allow_all=(not rbac_objects) if allow_all is None else allow_all)
         self.watch_options = watch_options or WatchOptions()
         self.ca_cert: str | None = None
@@ -427,15 +481,16 @@ class KubeApiServer:
         scheme = "https" if self._tls_context else "http"
         return f"{scheme}://{self.host}:{self.port}"
 
-    def start(self) -> "KubeApiServer":
+    def start(self) -> Self:
         if self._httpd is not None:
             return self
         self._stopping.clear()
         httpd = _HTTPServer((self.host, self.port), self)
         self.port = httpd.server_address[1]
         self._httpd = httpd
-        self._thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05},
-                                        name=f"kubeapi-{self.port}", daemon=True)
+        self._thread = threading.Thread(
+            target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, name=f"kubeapi-{self.port}", daemon=True
+        )
         self._thread.start()
         return self
 
@@ -466,7 +521,7 @@ class KubeApiServer:
                     raise
                 threading.Event().wait(0.05)
 
-    def __enter__(self) -> "KubeApiServer":
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
@@ -501,12 +556,45 @@ class KubeApiServer:
             cfg.verify_ssl = False
         return cfg
 
+    def can(
+        self,
+        user: str | User,
+        verb: str,
+        resource: str,
+        *,
+        group: str = "",
+        namespace: str = "",
+        name: str = "",
+        groups: Sequence[str] = (),
+    ) -> bool:
+        """Whether the RBAC rules allow it, without a request (`resource` may be "services/status";
+        a plain user name is taken as a service account's groups when it is one)."""
+        if isinstance(user, str):
+            extra = (
+                ("system:serviceaccounts", f"system:serviceaccounts:{user.split(':')[2]}")
+                if user.startswith("system:serviceaccount:")
+                else ()
+            )
+            user = User(user, tuple(groups) + extra + ("system:authenticated",))
+        res, _, sub = resource.partition("/")
+        return self.authorizer.allowed(Attributes(user, verb, True, group, "", res, sub, namespace, name))
+
     # ---- request log ---------------------------------------------------------------------------
 
     def _record(self, route: _Route, user: User | None, code: int, allowed: bool) -> None:
         rec = RequestRecord(
-            route.method, route.path, user.name if user else "", route.verb, route.group, route.version,
-            route.resource, route.subresource, route.namespace, route.name, code, allowed,
+            route.method,
+            route.path,
+            user.name if user else "",
+            route.verb,
+            route.group,
+            route.version,
+            route.resource,
+            route.subresource,
+            route.namespace,
+            route.name,
+            code,
+            allowed,
         )
         with self._log_lock:
             self._log.append(rec)

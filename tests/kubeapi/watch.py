@@ -25,7 +25,12 @@ from . import errors as E
 from . import validation as v
 from .api import Api
 from .resources import ResourceType
-from .selectors import FieldSelector, LabelSelector, parse_field_selector, parse_label_selector
+from .selectors import (
+    FieldSelector,
+    LabelSelector,
+    parse_field_selector,
+    parse_label_selector,
+)
 
 
 @dataclass(frozen=True)
@@ -59,12 +64,21 @@ def parse_watch(rt: ResourceType, ns: str, query: Mapping[str, str], opts: Watch
     if send_initial is not None and rvm != "NotOlderThan":
         raise E.invalid_options(
             "ListOptions",
-            [v.forbidden("resourceVersionMatch", "sendInitialEvents requires setting resourceVersionMatch to NotOlderThan")],
+            [
+                v.forbidden(
+                    "resourceVersionMatch", "sendInitialEvents requires setting resourceVersionMatch to NotOlderThan"
+                )
+            ],
         )
     if rvm and send_initial is None:
         raise E.invalid_options(
             "ListOptions",
-            [v.forbidden("resourceVersionMatch", "resourceVersionMatch is forbidden for watch unless sendInitialEvents is provided")],
+            [
+                v.forbidden(
+                    "resourceVersionMatch",
+                    "resourceVersionMatch is forbidden for watch unless sendInitialEvents is provided",
+                )
+            ],
         )
     if send_initial is None and rv in ("", "0"):
         send_initial = True  # kube-apiserver >= 1.32 defaulting of legacy watches
@@ -111,8 +125,7 @@ class WatchStream:
     def _next_bookmark(self, now: float) -> float | None:
         when = now + self.opts.bookmark_interval
         pre = self.deadline - self.opts.bookmark_lead
-        if pre < when:
-            when = pre
+        when = min(when, pre)
         return when if when >= now else None
 
     def open(self) -> None:
