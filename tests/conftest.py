@@ -15,8 +15,7 @@ from reconciler.render import RenderResult
 
 REPO = Path(__file__).resolve().parents[1]
 MULTI = REPO / "intent-examples" / "multi-service"
-_FIXTURES = REPO.parent / "shared" / "fixtures" / "recorded-cluster"
-RECORDED_DIR = _FIXTURES if _FIXTURES.is_dir() else Path("/work/shared/fixtures/recorded-cluster")
+from shared_fixtures import RECORDED_CLUSTER as RECORDED_DIR
 
 
 @pytest.fixture(scope="session")

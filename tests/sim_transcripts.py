@@ -23,7 +23,7 @@ from google.protobuf.message import Message
 
 from reconciler.sim import SoftwareSwitch
 
-FIXTURES = Path("/work/shared/fixtures/p4runtime-bmv2")
+from shared_fixtures import P4RUNTIME_BMV2 as FIXTURES
 STATUS_DETAILS_KEY = "grpc-status-details-bin"
 BIG_METADATA = 16 * 1024 * 1024
 RAISED_LIMITS = (

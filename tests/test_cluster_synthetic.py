@@ -20,7 +20,9 @@ from reconciler.cluster.synthetic import (
 )
 
 # The recorded fixture lives beside the repository (DESIGN.md 7).
-RECORDED = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "recorded-cluster" / "cluster.yaml"
+from shared_fixtures import RECORDED_CLUSTER
+
+RECORDED = RECORDED_CLUSTER / "cluster.yaml"
 
 
 @pytest.fixture(scope="module")

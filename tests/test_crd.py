@@ -23,7 +23,9 @@ from reconciler.paths import LBCONFIG_SCHEMA_PATH, REPO_ROOT
 
 DEPLOY_CRD = REPO_ROOT / "deploy" / "crd.yaml"
 EXAMPLES = REPO_ROOT / "intent-examples"
-FIXTURE_CRD = REPO_ROOT.parent / "shared" / "fixtures" / "kube-api" / "10-crd-loadbalancerconfig.json"
+from shared_fixtures import KUBE_API
+
+FIXTURE_CRD = KUBE_API / "10-crd-loadbalancerconfig.json"
 
 # Integers are integers (not 1.0, not True), as both Kubernetes and the intent validator see it.
 _CHECKER = jsonschema.Draft202012Validator.TYPE_CHECKER.redefine(

@@ -563,7 +563,7 @@ RBAC = [
 def test_rbac_denies_what_roles_do_not_grant_and_logs_every_request(tmp_path: Path) -> None:
     tokens = {"admin-token": ("admin", ["system:masters"]), "sa-token": "system:serviceaccount:p4kube-system:p4kube"}
     rbac_file = tmp_path / "rbac.yaml"  # RBAC can come from the manifests as shipped
-    rbac_file.write_text("---\n".join(json.dumps(o) for o in RBAC))
+    rbac_file.write_text("\n---\n".join(json.dumps(o) for o in RBAC))
     with KubeApiServer(tokens=tokens, rbac=[rbac_file]) as server:
         sa_user = "system:serviceaccount:p4kube-system:p4kube"
         assert server.can(sa_user, "patch", "services/status", namespace="tx")

@@ -27,8 +27,7 @@ import pytest
 from kubeapi import KubeApiServer, WatchOptions
 
 REPO = Path(__file__).resolve().parents[1]
-_FX = REPO.parent / "shared" / "fixtures" / "kube-api"
-FIXTURES = _FX if _FX.is_dir() else Path("/work/shared/fixtures/kube-api")
+from shared_fixtures import KUBE_API as FIXTURES
 ORDER = ["02", "01", "03", "04", "05", "06", "07", "08", "09", "10", "11", "12"]
 USER_AGENT = "tx-recorder/1.0 (linux/amd64) python-requests"
 TOKENS = {"<token>": ("tx-admin", ["system:masters"]), "<dev-user-token>": "dev-user"}

@@ -30,7 +30,7 @@ from reconciler.p4info import (
 
 P4_SOURCE = paths.P4_DIR / "load_balancer.p4"
 P4_README = paths.P4_DIR / "README.md"
-FIXTURES = paths.REPO_ROOT.parent / "shared" / "fixtures" / "p4runtime-bmv2"
+from shared_fixtures import P4RUNTIME_BMV2 as FIXTURES
 FIXTURE_P4INFOS = sorted(FIXTURES.glob("*.p4info.txtpb")) if FIXTURES.is_dir() else []
 
 
