@@ -314,3 +314,26 @@ def test_entries_tampered_out_of_band_are_detected_and_repaired(world):
     assert any(d.startswith("missing MyIngress.vip_table") for d in primary.drift)
     assert r.switches[0].drift == ()
     assert_invariant(world, world.v1)
+
+
+def test_a_different_pipeline_on_the_switch_is_replaced(world):
+    # Someone pushed another device config (so another cookie) and an entry: ours replaces it.
+    async def other_pipeline():
+        s = SwitchSession(f"127.0.0.1:{world.primary.port}", device_id=1, election_id=5, info=INFO, name="other")
+        await s.open()
+        try:
+            assert await s.ensure_pipeline(P4INFO, b"another device config")
+            bucket = world.v1.tables()[n.BACKEND_TABLE][0]
+            req = p4r.WriteRequest(device_id=1, election_id=election_id_proto(5))
+            u = req.updates.add()
+            u.type = p4r.Update.INSERT
+            u.entity.table_entry.CopyFrom(entry_to_proto(INFO, Entry(bucket.table, bucket.key, bucket.action, ("10.1.1.1", 1, 1))))
+            assert (await s.write([req])).ok
+        finally:
+            await s.close()
+
+    run(other_pipeline())
+    r = run(apply(world, world.v1, None, election_id=10))
+    assert r.outcome == "applied", r.describe()
+    assert [s.pipeline_pushed for s in r.switches] == [True, True]
+    assert_invariant(world, world.v1)

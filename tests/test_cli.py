@@ -147,3 +147,15 @@ def test_demo_runs_and_summarises(tmp_path):
     text = out.getvalue()
     assert "Summary" in text and "steady state: 0 writes" in text
     assert load_snapshot(tmp_path / "snapshot-v2.json").version == 2
+
+
+def test_invalid_intent_changes_nothing(capsys, tmp_path):
+    out = tmp_path / "snap.json"
+    prev = tmp_path / "prev.json"
+    run(capsys, "render", "--intent", str(MULTI), "--cluster", str(CLUSTER), "--out", str(prev))
+    before = prev.read_bytes()
+    for case in sorted((EX / "invalid").iterdir()):
+        code, _, err = run(capsys, "render", "--intent", str(case), "--cluster", str(CLUSTER), "--previous", str(prev), "--out", str(out))
+        assert code == 1, case.name
+        assert not out.exists(), f"{case.name}: an invalid intent wrote a snapshot"
+    assert prev.read_bytes() == before

@@ -659,6 +659,11 @@ def test_stop_ends_watches_and_joins_threads() -> None:
     conn.request("GET", "/api/v1/services?watch=1&timeoutSeconds=300", headers={"Authorization": "Bearer test-token"})
     resp = conn.getresponse()
     assert resp.status == 200 and server.wait_for_watches(1)
+    abandoned = http.client.HTTPConnection(server.host, server.port, timeout=10)
+    abandoned.request("GET", "/api/v1/nodes?watch=1&timeoutSeconds=300", headers={"Authorization": "Bearer test-token"})
+    assert abandoned.getresponse().status == 200 and server.wait_for_watches(2)
+    abandoned.close()  # the server notices the client went away and ends that stream
+    assert server.wait_for_watches(1)
     idle = http.client.HTTPConnection(server.host, server.port, timeout=10)  # an idle keep-alive connection
     idle.request("GET", "/healthz", headers={"Authorization": "Bearer test-token"})
     assert idle.getresponse().read() == b"ok"

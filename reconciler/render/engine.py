@@ -15,7 +15,7 @@ from typing import Iterable, Mapping
 from ..cluster.model import ClusterState, Service, ServicePort
 from ..intent.model import LoadBalancerConfig
 from ..p4names import IP_PROTOCOLS, REVERSE_NAT
-from ..snapshot import Backend, ServiceSnapshot, Snapshot, backend_key, route_entries
+from ..snapshot import Backend, ServiceSnapshot, Snapshot, backend_key, check_service_schema, route_entries
 from . import buckets
 from .allocate import Exhausted, IntSpace, Pool, VipSpace
 from .select import entry_name, node_backends, selection, target_port
@@ -311,6 +311,8 @@ def _render_key(
     _drop_key(st, key, keep=set(produced))
     for name, s in produced.items():
         old = st.services.get(name)
+        if s != old:
+            check_service_schema(s)
         if old is not None:
             now = {backend_key(b, s.backend_mode) for b in s.backends}
             for b in old.backends:

@@ -9,6 +9,7 @@ joins every thread.
 from __future__ import annotations
 
 import json
+import select
 import socket
 import ssl
 import threading
@@ -387,10 +388,23 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(200, go_json(body))
         return 200
 
+    def _client_gone(self) -> bool:
+        """Whether the client closed its end (kube-apiserver ends a watch when its request context does)."""
+        sock = self.connection
+        if isinstance(sock, ssl.SSLSocket):
+            return False  # cannot peek under TLS; the stream ends at its timeout or at the next write
+        try:
+            readable, _, _ = select.select([sock], [], [], 0)
+            return bool(readable) and sock.recv(1, socket.MSG_PEEK) == b""
+        except (OSError, ValueError):
+            return True
+
     def _watch(self, rt: ResourceType, ns: str, query: dict[str, str]) -> int:
         owner = self.server.owner
         req = parse_watch(rt, ns, query, owner.watch_options)
-        stream = WatchStream(owner.api, req, owner.watch_options, owner._stopping.is_set)
+        stream = WatchStream(
+            owner.api, req, owner.watch_options, lambda: owner._stopping.is_set() or self._client_gone()
+        )
         stream.open()
         self.send_response(200)
         self.send_header("Audit-Id", str(uuid.uuid4()))

@@ -32,6 +32,8 @@ from .selectors import (
     parse_label_selector,
 )
 
+_POLL = 0.25  # seconds between checks whether the client closed the stream
+
 
 @dataclass(frozen=True)
 class WatchOptions:
@@ -39,6 +41,10 @@ class WatchOptions:
     bookmark_interval: float = 60.0
     default_timeout: float = 1800.0
     too_large_wait: float = 3.0
+    # False reproduces the recorded cluster (etcd 3.4, no RequestWatchProgress): watches that ask for
+    # initial events with bookmarks fail at once (ERROR 500); RV-less ones fail after too_large_wait
+    # (ERROR 504 ResourceVersionTooLarge) unless the type's last write is the newest revision.
+    watch_list: bool = True
 
 
 @dataclass(frozen=True)
@@ -48,6 +54,7 @@ class WatchRequest:
     labels: LabelSelector
     fields: FieldSelector
     start_rv: int | None  # None: start from the current state (initial events)
+    rv_unset: bool
     send_initial: bool
     bookmarks: bool
     timeout: float
@@ -91,7 +98,7 @@ def parse_watch(rt: ResourceType, ns: str, query: Mapping[str, str], opts: Watch
     except ValueError:
         raise E.bad_request(f"timeoutSeconds: invalid value {query.get('timeoutSeconds')!r}") from None
     bookmarks = (query.get("allowWatchBookmarks") or "").lower() in ("true", "1")
-    return WatchRequest(rt, ns, labels, fields, start, bool(send_initial), bookmarks, timeout)
+    return WatchRequest(rt, ns, labels, fields, start, rv == "", bool(send_initial), bookmarks, timeout)
 
 
 def _status_event(err: E.ApiError) -> dict[str, Any]:
@@ -136,6 +143,8 @@ class WatchStream:
         self._head: list[dict[str, Any]] = []
         self._failed = False
         with store.lock:
+            if not self.opts.watch_list and req.send_initial and not self._legacy_storage_ok():
+                return
             if req.start_rv is not None:
                 floor = store.watch_floor(key)
                 if req.start_rv < floor:
@@ -163,6 +172,31 @@ class WatchStream:
             )
         self._cursor = cursor
 
+    def _legacy_storage_ok(self) -> bool:
+        """etcd 3.4 mode (lock held): what the recorded kube-apiserver could not do (fixture 04/7-12)."""
+        store, key = self.api.store, self.req.rt.storage_key
+        if self.req.bookmarks:
+            self._fail(
+                E.ApiError(
+                    500,
+                    "InternalError",
+                    "a watch stream was requested by the client but the required "
+                    "storage feature RequestWatchProgress is disabled",
+                )
+            )
+            return False
+        if not self.req.rv_unset:
+            return True  # resourceVersion=0: served from the watch cache as it is
+        wanted = store.rv  # a consistent start: the cache must reach the current revision
+        limit = time.monotonic() + self.opts.too_large_wait
+        while store.latest_rv(key) < wanted and not self.stopped():
+            remaining = limit - time.monotonic()
+            if remaining <= 0:
+                self._fail(E.too_large_resource_version(wanted, store.latest_rv(key)))
+                return False
+            store.cond.wait(min(remaining, _POLL))
+        return True
+
     def _fail(self, err: E.ApiError) -> None:
         self._head = [_status_event(err)]
         self._failed = True
@@ -187,7 +221,8 @@ class WatchStream:
                     if pending or now >= self.deadline or (next_bookmark is not None and now >= next_bookmark):
                         break
                     wake = self.deadline if next_bookmark is None else min(self.deadline, next_bookmark)
-                    store.cond.wait(max(0.001, wake - now))
+                    # wake up now and then to notice a client that went away
+                    store.cond.wait(min(max(0.001, wake - now), _POLL))
                 lost = store.trimmed_upto(key)
                 bookmark_rv = store.latest_rv(key)
             if cursor < lost:  # the watcher fell behind the watch cache window
