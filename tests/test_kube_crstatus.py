@@ -50,10 +50,10 @@ def test_last_transition_time_moves_only_when_the_status_changes() -> None:
 
 
 def test_applied_version_and_switches_carry_over_an_invalid_spec() -> None:
-    switches = (SwitchState("leaf-1", "primary", "Synced", last_write_time=T0), SwitchState("leaf-2", "standby", "Unreachable", "connection refused"))
+    switches = (SwitchState("leaf-1", "primary", "InSync", last_write_time=T0), SwitchState("leaf-2", "standby", "Unreachable", "connection refused"))
     applied = build_status(1, Outcome("degraded", "standby unreachable", applied_version=7, applied_digest="sha256:ee", switches=switches), None, T0)
     assert applied["switches"] == [
-        {"name": "leaf-1", "role": "primary", "state": "Synced", "lastWriteTime": "2026-11-22T10:00:00Z"},
+        {"name": "leaf-1", "role": "primary", "state": "InSync", "lastWriteTime": "2026-11-22T10:00:00Z"},
         {"name": "leaf-2", "role": "standby", "state": "Unreachable", "message": "connection refused"},
     ]
     invalid = build_status(2, Outcome.invalid(["spec.algorithm: unsupported value"]), applied, T0)

@@ -19,14 +19,11 @@ import re
 import threading
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit
 
 import pytest
 from kubeapi import KubeApiServer, WatchOptions
-
-REPO = Path(__file__).resolve().parents[1]
 from shared_fixtures import KUBE_API as FIXTURES
 
 ORDER = ["02", "01", "03", "04", "05", "06", "07", "08", "09", "10", "11", "12"]

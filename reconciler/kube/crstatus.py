@@ -12,7 +12,7 @@ status schema declares; deploy/ has the Argo CD health check that reads it):
         - {type: Stalled, status: "False", ...}
       appliedVersion: 12               # the snapshot the switches hold
       appliedDigest: sha256:...
-      switches: [{name: leaf-1, role: primary, state: Synced, message: ..., lastWriteTime: ...}]
+      switches: [{name: leaf-1, role: primary, state: InSync, message: ..., lastWriteTime: ...}]
 
 kstatus semantics: Reconciling=True while the reconciler works towards the spec; Stalled=True
 when it cannot make progress without a change (invalid spec, an apply that failed and was
@@ -53,7 +53,7 @@ Phase = Literal["invalid", "reconciling", "applied", "degraded", "failed"]
 class SwitchState:
     name: str
     role: str  # primary | standby
-    state: str  # Synced | Unreachable | Failed | RolledBack | Pending
+    state: str  # one CamelCase word, as the CRD describes: InSync | Degraded | RolledBack | Unreachable | Fenced
     message: str = ""
     last_write_time: datetime | None = None
 

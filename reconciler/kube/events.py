@@ -16,6 +16,7 @@ import asyncio
 import logging
 import os
 import socket
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -115,6 +116,7 @@ class EventRecorder:
         self._series: dict[tuple[ObjectRef, str, str, str, str], tuple[str, int, float]] = {}
         self.recorded: list[RecordedEvent] = []  # the last few, for inspection
         self.failures = 0
+        self._lock = threading.Lock()  # emit_blocking runs in worker threads
 
     async def emit(self, regarding: ObjectRef, type: EventType, reason: str, action: str, note: str) -> RecordedEvent | None:
         """Record one Event about `regarding` (in its namespace)."""
@@ -123,6 +125,10 @@ class EventRecorder:
     def emit_blocking(self, regarding: ObjectRef, type: EventType, reason: str, action: str, note: str) -> RecordedEvent | None:
         if type not in ("Normal", "Warning"):
             raise ValueError(f"Event type must be Normal or Warning, got {type!r}")
+        with self._lock:  # one series decision at a time (Events are few; the lock is cheap)
+            return self._emit(regarding, type, reason, action, note)
+
+    def _emit(self, regarding: ObjectRef, type: EventType, reason: str, action: str, note: str) -> RecordedEvent | None:
         note = _truncate(note)
         key = (regarding, type, reason, action, note)
         now_wall = self._now()
@@ -159,7 +165,7 @@ class EventRecorder:
         except KubeError as e:
             if seen is not None and e.code == 404:  # the Event expired (TTL): start a new one
                 del self._series[key]
-                return self.emit_blocking(regarding, type, reason, action, note)
+                return self._emit(regarding, type, reason, action, note)
             self.failures += 1
             log.warning("could not record %s Event %s on %s (%s): %s", type, reason, regarding, note, e)
             return None

@@ -60,7 +60,7 @@ class Deduced:
 Node = Scalar | Struct | MapOf | ListOf | Deduced
 
 S = Scalar("string")
-I = Scalar("integer")
+I = Scalar("integer")  # noqa: E741 - S, I, B mirror the schema type names
 B = Scalar("boolean")
 NUM = Scalar("number")
 IOS = Scalar("int-or-string")

@@ -1,0 +1,193 @@
+"""The reconcile loop end to end: a scripted cluster, two software switches over gRPC, real TCP
+listeners on 127.0.0.x standing in for nodes, and a real audit repository."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import ipaddress
+import socket
+from contextlib import ExitStack
+
+import pytest
+
+from reconciler.apply import TwoSwitchApplier, default_session_factory
+from reconciler.audit.repo import AuditRepo
+from reconciler.cluster.model import OPT_IN_ANNOTATION, ClusterState, Endpoint, Node, Service, ServicePort
+from reconciler.cluster.scripted import ScriptedCluster
+from reconciler.cluster.synthetic import with_scaled_service
+from reconciler.controller import ConfigWorker, Controller
+from reconciler.health import make_post_apply_probe
+from reconciler.intent.model import HealthCheck, IntentSet, LoadBalancerConfig, SwitchConfig, SwitchSpec, VipPool
+from reconciler.intent.watch import StaticIntent
+from reconciler.p4info import load_p4info, p4info_digest, pipeline_info_from_message
+from reconciler.sim.server import SoftwareSwitch
+
+P4INFO = load_p4info()
+INFO = pipeline_info_from_message(P4INFO)
+NODES = {"node-a": "127.0.0.2", "node-b": "127.0.0.3", "node-c": "127.0.0.4"}
+
+
+def free_port_on_all(ips) -> int:
+    """A port free on every one of `ips` (so each node can listen on the same nodePort)."""
+    for _ in range(50):
+        with socket.socket() as s:
+            s.bind((ips[0], 0))
+            port = s.getsockname()[1]
+        ok = True
+        for ip in ips[1:]:
+            with socket.socket() as t:
+                try:
+                    t.bind((ip, port))
+                except OSError:
+                    ok = False
+        if ok:
+            return port
+    raise RuntimeError("no common free port")
+
+
+class Backends:
+    """Listening sockets (accepting in the kernel backlog) for (ip, port) pairs; close to fail."""
+
+    def __init__(self) -> None:
+        self.socks: dict[tuple[str, int], socket.socket] = {}
+
+    def up(self, ip: str, port: int) -> None:
+        s = socket.socket()
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind((ip, port))
+        s.listen(64)
+        self.socks[(ip, port)] = s
+
+    def down(self, ip: str, port: int) -> None:
+        self.socks.pop((ip, port)).close()
+
+    def close(self) -> None:
+        for s in self.socks.values():
+            s.close()
+
+
+def service(name: str, node_port: int) -> Service:
+    return Service(
+        namespace="apps", name=name, type="LoadBalancer",
+        ports=(ServicePort("", 80, "TCP", 8080, node_port),),
+        annotations=((OPT_IN_ANNOTATION, "enabled"),),
+    )
+
+
+def endpoints(name: str, per_node: dict[str, int]) -> tuple[Endpoint, ...]:
+    out, i = [], 0
+    for node, n in per_node.items():
+        for _ in range(n):
+            i += 1
+            out.append(Endpoint(f"10.244.{hash(name) % 200}.{i}", node, (("", 8080),)))
+    return tuple(sorted(out, key=lambda e: e.address))
+
+
+@pytest.fixture
+def setup(tmp_path):
+    with ExitStack() as stack:
+        sws = [SoftwareSwitch(), SoftwareSwitch()]
+        for sw in sws:
+            sw.start()
+            stack.callback(sw.stop, 0)
+        backends = Backends()
+        stack.callback(backends.close)
+        ports = {"web": free_port_on_all(list(NODES.values())), "api": None}
+        ports["api"] = free_port_on_all(list(NODES.values()))
+        for name, port in ports.items():
+            for ip in NODES.values():
+                backends.up(ip, port)
+        config = LoadBalancerConfig(
+            namespace="p4kube-system", name="loop", update_interval_s=0.0,
+            health_check=HealthCheck(interval_s=0.05, timeout_s=0.5, failure_threshold=1, success_threshold=1),
+            vip_pools=(VipPool("p", ((ipaddress.IPv4Address("203.0.113.10"), ipaddress.IPv4Address("203.0.113.20")),)),),
+            switch_config=SwitchConfig(switches=(
+                SwitchSpec("standby", "standby", f"127.0.0.1:{sws[0].port}"),
+                SwitchSpec("primary", "primary", f"127.0.0.1:{sws[1].port}"),
+            )),
+        )
+        state = ClusterState(
+            services={f"apps/{n}": service(n, p) for n, p in ports.items()},
+            endpoints={"apps/web": endpoints("web", {"node-a": 2, "node-b": 1}), "apps/api": endpoints("api", {"node-b": 1, "node-c": 3})},
+            nodes={n: Node(n, ip) for n, ip in NODES.items()},
+        )
+        yield sws, backends, ports, config, state, tmp_path
+
+
+def make_controller(config, cluster, audit_dir):
+    audit = AuditRepo.open_or_init(audit_dir)
+    digest = p4info_digest(P4INFO)
+
+    def make_worker(cfg):
+        applier = TwoSwitchApplier(cfg, p4info=P4INFO, info=INFO, device_config=b"", election_id=7,
+                                   session_factory=default_session_factory(cfg, INFO, connect_timeout=2.0))
+        probe = make_post_apply_probe(cfg.health_check, retry_delay=0.01)
+        return ConfigWorker(cfg, applier, digest, audit=audit, probe=probe, fallback=cluster)
+
+    return Controller(StaticIntent(IntentSet((config,))), cluster, make_worker=make_worker), audit
+
+
+def entries(sw) -> int:
+    return sum(len(sw.entries(1, t)) for t in ("MyIngress.vip_table", "MyIngress.backend_table", "MyIngress.reverse_nat"))
+
+
+def test_loop_applies_rolls_back_falls_back_recovers_and_restarts_quietly(setup):
+    sws, backends, ports, config, state, tmp = setup
+    cluster = ScriptedCluster(state)
+
+    async def scenario():
+        ctl, audit = make_controller(config, cluster, tmp / "audit.git")
+        stop = asyncio.Event()
+        task = asyncio.create_task(ctl.run(stop))
+        try:
+            await ctl.wait_until(lambda: any(r.outcome == "applied" for r in ctl.history))
+            v1 = audit.last_applied("p4kube-system/loop")
+            assert {s.name for s in v1.services} == {"apps/web", "apps/api"}
+            assert entries(sws[0]) == entries(sws[1]) == 2 * (1 + 64) + 4  # 2 VIPs, 128 buckets, 2 nodes each
+
+            # Scaling one Service changes only its buckets.
+            n = len(ctl.history)
+            cluster.replace(with_scaled_service(cluster.snapshot(), "apps/web", "node-c", +3))
+            await ctl.wait_until(lambda: any(r.outcome == "applied" for r in ctl.history[n:]))
+            rec = next(r for r in ctl.history[n:] if r.outcome == "applied")
+            assert 0 < rec.writes < 2 * 64
+
+            # api's backends die; the next change to api is rolled back and api falls back.
+            for ip in NODES.values():
+                backends.down(ip, ports["api"])
+            n = len(ctl.history)
+            cluster.replace(with_scaled_service(cluster.snapshot(), "apps/api", "node-a", +1))
+            await ctl.wait_until(lambda: any(r.fell_back for r in ctl.history[n:]))
+            rolled = next(r for r in ctl.history[n:] if r.fell_back)
+            assert rolled.outcome == "rolled-back" and rolled.fell_back == ("apps/api",)
+            assert cluster.snapshot().services["apps/api"].opt_in == "disabled"
+            # ...and the following pass takes api off the switches (its VIP goes to kube-proxy).
+            await ctl.wait_until(lambda: audit.last_applied("p4kube-system/loop").by_name.keys() == {"apps/web"})
+            assert len(sws[1].entries(1, "MyIngress.vip_table")) == 1
+            outcomes = [e.trailers.get("Outcome") for e in audit.history(config="p4kube-system/loop")]
+            assert "rolled-back" in outcomes
+
+            # Backends return: the fallback is lifted and api is served again.
+            for ip in NODES.values():
+                backends.up(ip, ports["api"])
+            await ctl.wait_until(lambda: "apps/api" in audit.last_applied("p4kube-system/loop").by_name, timeout=15)
+            assert cluster.snapshot().services["apps/api"].opt_in == "enabled"
+            assert len(sws[0].entries(1, "MyIngress.vip_table")) == len(sws[1].entries(1, "MyIngress.vip_table")) == 2
+        finally:
+            stop.set()
+            await asyncio.wait_for(task, 10)
+
+        # A restarted reconciler reads the audit repository and the switches: no table writes.
+        ctl2, _ = make_controller(config, cluster, tmp / "audit.git")
+        stop2 = asyncio.Event()
+        task2 = asyncio.create_task(ctl2.run(stop2))
+        try:
+            await ctl2.wait_passes(1)
+            assert ctl2.history[0].outcome == "resynced" and ctl2.history[0].writes == 0
+            assert all(r.writes == 0 for r in ctl2.history)
+        finally:
+            stop2.set()
+            await asyncio.wait_for(task2, 10)
+
+    asyncio.run(scenario())
