@@ -96,7 +96,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS", help="connect and arbitration timeout")
 
 
-def build_applier(config: LoadBalancerConfig, args: argparse.Namespace) -> TwoSwitchApplier:
+def build_applier(config: LoadBalancerConfig, args: argparse.Namespace, election_id: int | None = None) -> TwoSwitchApplier:
     from .cli import CommandError
     from .switch.tls import TlsSettings
 
@@ -132,7 +132,7 @@ def build_applier(config: LoadBalancerConfig, args: argparse.Namespace) -> TwoSw
         p4info=p4info,
         info=info,
         device_config=device_config,
-        election_id=args.election_id,
+        election_id=election_id if election_id is not None else args.election_id,
         session_factory=factory,
         batch_size=args.batch_size,
     )

@@ -128,8 +128,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out-dir", metavar="DIR", default="p4kube-out", help="where to write plan.md/json/txt (default: %(default)s)")
     p.set_defaults(func=cmd_check)
 
-    from . import apply_cli, audit_cli, crd_cli
+    from . import apply_cli, audit_cli, crd_cli, run_cli
 
+    run_cli.register(sub)
     apply_cli.register(sub)
     audit_cli.register(sub)
     crd_cli.register(sub)

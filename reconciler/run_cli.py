@@ -1,0 +1,300 @@
+"""`p4kube run`: the reconciler as a long-running process (DESIGN.md 2, 6).
+
+Wires the sources, the loop and the sinks:
+
+    intent   --intent DIR (a Git checkout, followed with watchdog) or --intent-from-cluster (CRs)
+    cluster  the Kubernetes API (kubeconfig or in-cluster; list+watch), or --cluster FILE (a
+             recording, followed on disk: for trials without a cluster)
+    audit    --audit-repo DIR_OR_URL (else --state DIR keeps the last applied snapshot)
+    sinks    Service status (VIPs) and kube-proxy fallback through the API, Events, the CR's
+             status, Prometheus metrics and /healthz /readyz on --metrics-address
+    fencing  --leader-elect: a Lease; the P4Runtime election id is the Lease's transitions + 1,
+             and losing the Lease cancels the loop and closes every P4Runtime stream at once
+
+SIGTERM/SIGINT finish the transaction in flight (it is never cut in half) and exit 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import logging
+import signal
+from pathlib import Path
+from typing import Any, AsyncIterator
+
+from .apply import ApplyResult, TwoSwitchApplier
+from .changes import Broadcast
+from .cluster.recorded import load_cluster_file
+from .cluster.scripted import ScriptedCluster
+from .controller import ConfigWorker, Controller, TransactionRecord
+from .intent.model import IntentSet, LoadBalancerConfig
+from .snapshot import Snapshot
+
+log = logging.getLogger("reconciler.run")
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser(
+        "run",
+        help="run the reconciler: follow intent and the cluster, apply, probe, fall back",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--intent", metavar="DIR", help="intent directory (a Git checkout), followed for changes")
+    src.add_argument("--intent-from-cluster", action="store_true", help="LoadBalancerConfig custom resources (the Argo CD / Flux path)")
+    p.add_argument("--cluster", metavar="FILE", help="a kubectl recording, followed on disk, instead of the Kubernetes API")
+    p.add_argument("--kubeconfig", metavar="FILE", help="kubeconfig (default: in-cluster, then $KUBECONFIG or ~/.kube/config)")
+    p.add_argument("--audit-repo", metavar="DIR_OR_URL", help="audit repository (every snapshot and outcome is committed there)")
+    p.add_argument("--audit-workdir", metavar="DIR", help="where to clone a remote audit repository")
+    p.add_argument("--state", metavar="DIR", default=".p4kube-state", help="last applied snapshots, without --audit-repo (default: %(default)s)")
+    p.add_argument("--metrics-address", metavar="HOST:PORT", help="serve /metrics, /healthz, /readyz here (e.g. 127.0.0.1:9100)")
+    p.add_argument("--election-id", type=int, default=1, metavar="N", help="P4Runtime election id without --leader-elect (default: %(default)s)")
+    p.add_argument("--leader-elect", action="store_true", help="run as one of several replicas: only the Lease holder writes")
+    p.add_argument("--leader-elect-namespace", default="p4kube-system", metavar="NS")
+    p.add_argument("--leader-elect-lease-name", default="p4kube-reconciler", metavar="NAME")
+    p.add_argument("--leader-elect-identity", metavar="ID", help="this replica's name (default: hostname + pid)")
+    p.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS", help="switch connect and arbitration timeout")
+    p.add_argument("--batch-size", type=int, metavar="N", help="updates per WriteRequest (default: the config's batchSize)")
+    p.set_defaults(func=cmd_run)
+
+
+class FileCluster(ScriptedCluster):
+    """A recording on disk, re-read when it changes (watchdog); changed Service keys are emitted."""
+
+    def __init__(self, path: str) -> None:
+        self.path = Path(path)
+        super().__init__(load_cluster_file(self.path))
+        self._observer: Any = None
+
+    def start(self) -> None:
+        from watchdog.events import FileSystemEventHandler
+        from watchdog.observers import Observer
+
+        loop = asyncio.get_running_loop()
+        me = self
+
+        class Handler(FileSystemEventHandler):
+            def on_any_event(self, event: Any) -> None:
+                # An atomic replace (write a temp file, rename it) names the file as dest_path.
+                names = {Path(str(event.src_path)).name, Path(str(getattr(event, "dest_path", "") or "")).name}
+                if me.path.name in names and event.event_type not in ("opened", "closed_no_write"):
+                    loop.call_soon_threadsafe(me.reload)
+
+        self._observer = Observer()
+        self._observer.schedule(Handler(), str(self.path.parent), recursive=False)
+        self._observer.daemon = True
+        self._observer.start()
+
+    def reload(self) -> None:
+        from .diagnostics import InputError
+
+        try:
+            self.replace(load_cluster_file(self.path))
+        except InputError as e:
+            log.error("cluster recording %s is invalid; keeping the last state:\n%s", self.path, e)
+
+    def stop(self) -> None:
+        if self._observer is not None:
+            self._observer.stop()
+            self._observer.join(timeout=5)
+
+
+class CRIntentProvider:
+    """reconciler.kube.intent_source as an IntentProvider (valid configs only; invalid CRs are
+    reported through their status by the source's owner)."""
+
+    def __init__(self, source: Any) -> None:
+        self.source = source
+        self._bus: Broadcast[IntentSet] = Broadcast()
+
+    def current(self) -> IntentSet:
+        return self.source.current().intent
+
+    def changes(self) -> AsyncIterator[IntentSet]:
+        return self._map()
+
+    async def _map(self) -> AsyncIterator[IntentSet]:
+        async for cr in self.source.changes():
+            yield cr.intent
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    return asyncio.run(run_main(args))
+
+
+async def run_main(args: argparse.Namespace) -> int:
+    from .apply_cli import build_applier
+    from .health import make_post_apply_probe
+    from .httpserver import Heartbeat, HttpEndpoint, decide_ready
+    from .intent.watch import DirectoryIntent
+    from .metrics import Metrics
+    from .pipeline_io import config_p4info_digest
+    from .state import StateDir
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+
+    metrics = Metrics()
+    heartbeat = Heartbeat(max_age=300.0)
+    status = {"started": False, "leader": not args.leader_elect, "connected": False}
+    endpoint = None
+    if args.metrics_address:
+        from .httpserver import parse_listen_address
+
+        host, port = parse_listen_address(args.metrics_address)
+        endpoint = HttpEndpoint(
+            metrics.registry, heartbeat=heartbeat, host=host, port=port,
+            readiness=lambda: decide_ready(started=status["started"], leader=status["leader"], switches_connected=status["connected"]),
+        )
+        await endpoint.start()
+
+    api = None
+    if not args.cluster or args.intent_from_cluster or args.leader_elect:
+        from .kube.client import build_api_client
+
+        api = build_api_client(args.kubeconfig)
+
+    # -- sources -----------------------------------------------------------------------------
+    closers: list[Any] = []
+    if args.intent:
+        intent_provider: Any = DirectoryIntent(args.intent)
+        intent_provider.start()
+        closers.append(intent_provider.stop)
+    else:
+        from .kube.intent_source import CRIntentSource
+
+        cr_source = CRIntentSource(api)
+        await cr_source.start()
+        await cr_source.wait_synced(timeout=60)
+        closers.append(cr_source.aclose)
+        intent_provider = CRIntentProvider(cr_source)
+
+    fallback: Any = None
+    status_writer: Any = None
+    if args.cluster:
+        cluster: Any = FileCluster(args.cluster)
+        cluster.start()
+        closers.append(cluster.stop)
+        fallback = cluster
+    else:
+        from .cluster.live import LiveClusterSource
+        from .fallback import Fallback
+        from .kube.events import EventRecorder
+        from .kube.status import ServiceStatusWriter
+
+        cluster = LiveClusterSource(api)
+        await cluster.start()
+        await cluster.wait_synced(timeout=120)
+        closers.append(cluster.aclose)
+        events = EventRecorder(api)
+        fallback = Fallback(api, events)
+        status_writer = ServiceStatusWriter(api, events, status_managers=cluster.state.status_managers)
+
+    audit = None
+    if args.audit_repo:
+        from .audit.repo import AuditRepo
+
+        audit = AuditRepo.open_or_init(args.audit_repo, workdir=args.audit_workdir)
+    state_dir = StateDir(args.state)
+    current: dict[str, Controller] = {}  # the running loop (a new one each leadership term)
+
+    async def on_result(record: TransactionRecord, result: ApplyResult | None, snap: Snapshot | None) -> None:
+        heartbeat.beat()
+        metrics.observe_reconcile(record.config, record.seconds)
+        metrics.set_render_issues(record.config, record.issues)
+        if result is not None:
+            metrics.record_apply(result, record.config)
+            for r in result.switches:
+                metrics.set_switch_connected(r.name, r.role, r.state not in ("unreachable", "failed"))
+            status["connected"] = all(r.state not in ("unreachable", "failed") for r in result.switches)
+            if result.ok and snap is not None:
+                metrics.set_snapshot_version(record.config, snap.version)
+                if audit is None:
+                    state_dir.record_applied(snap)
+        if record.fell_back:
+            metrics.record_fallback(record.config, "probe-failed", len(record.fell_back))
+        ctl = current.get("controller")
+        if status_writer is not None and snap is not None and ctl is not None:
+            worker = ctl.workers.get(record.config)
+            held = worker.last if worker is not None else None
+            if held is not None:
+                await status_writer.sync(cluster.snapshot(), held, record.issues)
+
+    def make_worker_for(election_id: int):  # type: ignore[no-untyped-def]
+        def make_worker(config: LoadBalancerConfig) -> ConfigWorker:
+            applier: TwoSwitchApplier = build_applier(config, args, election_id)
+            worker = ConfigWorker(
+                config, applier, config_p4info_digest(config), audit=audit,
+                probe=make_post_apply_probe(config.health_check) if config.health_check.enabled else None,
+                fallback=fallback, on_result=on_result,
+            )
+            if audit is None:
+                worker.last = state_dir.last_applied(config.key)
+            return worker
+
+        return make_worker
+
+    try:
+        gc.collect()
+        gc.freeze()  # the loaded state is long-lived: keep it out of the cyclic collector's scans
+        if not args.leader_elect:
+            current["controller"] = Controller(intent_provider, cluster, make_worker=make_worker_for(args.election_id))
+            status["started"] = True
+            await current["controller"].run(stop)
+        else:
+            await _run_as_leader(args, api, intent_provider, cluster, make_worker_for, stop, status, metrics, current)
+    finally:
+        for close in reversed(closers):
+            r = close()
+            if asyncio.iscoroutine(r):
+                await r
+        if endpoint is not None:
+            await endpoint.stop()
+    log.info("stopped")
+    return 0
+
+
+async def _run_as_leader(args, api, intent_provider, cluster, make_worker_for, stop, status, metrics, current) -> None:  # type: ignore[no-untyped-def]
+    """Hold the Lease, run the loop while holding it, and stop writing the moment it is lost."""
+    from .kube.leader import LeaderElector
+
+    elector = LeaderElector(
+        api, namespace=args.leader_elect_namespace, name=args.leader_elect_lease_name, identity=args.leader_elect_identity
+    )
+    election = asyncio.create_task(elector.run())
+    status["started"] = True
+    try:
+        while not stop.is_set():
+            acquired = asyncio.create_task(elector.acquired())
+            stopping = asyncio.create_task(stop.wait())
+            await asyncio.wait({acquired, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            stopping.cancel()
+            if stop.is_set():
+                acquired.cancel()
+                break
+            term = acquired.result()
+            log.info("leading as %s (election id %d)", term.identity, term.election_id)
+            status["leader"] = True
+            metrics.set_leader(True)
+            controller = current["controller"] = Controller(intent_provider, cluster, make_worker=make_worker_for(term.election_id))
+            run = asyncio.create_task(controller.run(stop))
+            lost = asyncio.create_task(term.lost.wait())
+            await asyncio.wait({run, lost}, return_when=asyncio.FIRST_COMPLETED)
+            if lost.done() and not run.done():
+                # Fencing: cancel at once; run()'s finally closes every P4Runtime stream.
+                log.error("lost the Lease (%s): stopping all switch writes now", term.lost_reason)
+                run.cancel()
+            await asyncio.gather(run, return_exceptions=True)
+            lost.cancel()
+            status["leader"] = False
+            metrics.set_leader(False)
+    finally:
+        elector.stop()
+        await elector.release()
+        election.cancel()
+        await asyncio.gather(election, return_exceptions=True)
