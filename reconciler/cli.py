@@ -153,11 +153,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "demo",
-        help="run the main job on the embedded example (no set-up needed)",
-        description="Validate the shipped intent examples, render the multi-service example against its "
-        "recorded cluster, show the plan, then scale a Service and show the incremental plan.",
+        help="run the reconciler end to end on the embedded example (no set-up needed)",
+        description="Run the reconciler end to end on two local software switches, a Git intent repository "
+        "and a recorded cluster: render, audit commits, apply, probe, churn, an intent commit, an injected "
+        "failure with rollback and kube-proxy fallback, and the recovery. Narrated, with a summary; the "
+        "audit repository is left for `p4kube audit log`.",
     )
-    p.add_argument("--workdir", metavar="DIR", help="where to write the demo's snapshots (default: a temporary directory)")
+    p.add_argument(
+        "--workdir",
+        metavar="DIR",
+        help="where to put the intent and audit repositories (default: a new /tmp/p4kube-demo-* directory, kept)",
+    )
     p.set_defaults(func=cmd_demo)
 
     return parser

@@ -253,18 +253,19 @@ class Controller:
 
     # -- the loop ---------------------------------------------------------------------------------
 
-    def _sync_workers(self, intent: IntentSet) -> list[ConfigWorker]:
-        """One worker per config; a changed config gets a new worker (new renderer, sessions)."""
+    async def _sync_workers(self, intent: IntentSet) -> list[ConfigWorker]:
+        """One worker per config. A changed config gets a new worker (renderer, sessions), but
+        only after the old one's streams are closed: the new sessions arbitrate with the same
+        election id, which a switch refuses while the old stream still holds it."""
         started = []
         wanted = {c.key: c for c in intent.configs}
         for key in list(self.workers):
             if key not in wanted or self.workers[key].config != wanted[key]:
                 old = self.workers.pop(key)
-                last = old.last
-                asyncio.ensure_future(old.applier.close())
+                await old.applier.close()
                 if key in wanted:
                     w = self.make_worker(wanted[key])
-                    w.last, w.fallen_back = last, old.fallen_back
+                    w.last, w.fallen_back = old.last, old.fallen_back
                     self.workers[key] = w
         for key, config in wanted.items():
             if key not in self.workers:
@@ -277,7 +278,7 @@ class Controller:
         self._intent = self.intent.current()
         followers = [asyncio.create_task(self._follow_cluster()), asyncio.create_task(self._follow_intent())]
         try:
-            for w in self._sync_workers(self._intent):
+            for w in await self._sync_workers(self._intent):
                 w.adopt_fallbacks(self.cluster.snapshot())
                 self._note(await w.start(self._intent.commit))
             while not stop.is_set():
@@ -305,7 +306,7 @@ class Controller:
                 keys, self._pending_keys = frozenset(self._pending_keys), set()
                 full, self._full = self._full, False
                 assert self._intent is not None
-                for w in self._sync_workers(self._intent):
+                for w in await self._sync_workers(self._intent):
                     self._note(await w.start(self._intent.commit))
                 state = self.cluster.snapshot()
                 for w in list(self.workers.values()):

@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import errno
 import ipaddress
+import itertools
 import logging
 import os
 import shlex
@@ -32,7 +34,8 @@ import textwrap
 import time
 from collections import Counter
 from contextlib import AsyncExitStack, contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from io import StringIO
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence, TextIO
 
@@ -40,6 +43,7 @@ import pygit2
 from ruamel.yaml import YAML
 
 from .apply import ApplyResult, TwoSwitchApplier, default_session_factory
+from .audit.errors import AuditError
 from .audit.message import AuditEntry
 from .audit.repo import AuditRepo
 from .cluster.model import ClusterState, Node
@@ -49,7 +53,7 @@ from .cluster.synthetic import with_scaled_service
 from .controller import ConfigWorker, Controller, TransactionRecord
 from .diagnostics import InputError
 from .diff import diff_snapshots
-from .health import ProbeReport, backend_endpoints, make_post_apply_probe
+from .health import ProbeReport, make_post_apply_probe
 from .intent.loader import validate_paths
 from .intent.model import LoadBalancerConfig
 from .intent.watch import DirectoryIntent
@@ -150,10 +154,10 @@ def run_demo(
     with _held_logs() as logs:
         try:
             report = asyncio.run(_play(work, narrator))
-        except (DemoFailed, InputError) as e:
+        except (DemoFailed, InputError, AuditError, OSError) as e:
             print(f"\np4kube demo FAILED: {e}", file=err)
             for line in logs:
-                print(f"  log: {line}", file=err)
+                print("  log: " + line.replace("\n", "\n       "), file=err)
             print(f"  what it wrote so far is in {work}", file=err)
             return 1
     if on_report is not None:
@@ -170,7 +174,10 @@ def _prepare_workdir(workdir: str | None) -> Path:
             raise DemoFailed(
                 f"{work / name} already exists (an earlier demo?): pass an empty or new --workdir, or remove it"
             )
-    work.mkdir(parents=True, exist_ok=True)
+    try:
+        work.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise DemoFailed(f"cannot create --workdir {work}: {e.strerror or e}") from e
     return work
 
 
@@ -252,7 +259,7 @@ class _NodeListeners:
             self.servers[(host, port)] = await asyncio.start_server(answer, host, port, reuse_address=True)
         except OSError as e:
             hint = ""
-            if e.errno == 99:  # EADDRNOTAVAIL: only 127.0.0.1 exists on this loopback (macOS)
+            if e.errno == errno.EADDRNOTAVAIL:  # only 127.0.0.1 exists on this loopback (macOS)
                 hint = f" (this system needs a loopback alias for {host}, e.g. `sudo ifconfig lo0 alias {host} up`)"
             raise DemoFailed(f"cannot listen on {host}:{port}: {e.strerror or e}{hint}") from e
 
@@ -354,8 +361,6 @@ def _with_buckets(text: str, buckets: int) -> str:
 
 
 def _dump(y: YAML, doc: Any) -> str:
-    from io import StringIO
-
     buf = StringIO()
     y.dump(doc, buf)
     return buf.getvalue()
@@ -486,7 +491,7 @@ class _Demo:
         for spec in _yaml().load(text)["spec"]["switchConfig"]["switches"]:
             sw = SoftwareSwitch()
             port = sw.start("127.0.0.1:0")
-            self.stack.callback(sw.stop, 0)
+            self.stack.callback(sw.stop, 1.0)  # a grace period: no GOAWAY errors for closing clients
             self.switches[spec["name"]] = sw
             addresses[spec["name"]] = f"127.0.0.1:{port}"
         n.item("switches", ", ".join(f"{k} on {v}" for k, v in addresses.items())
@@ -555,9 +560,13 @@ class _Demo:
         info = pipeline_info_from_message(p4info)
         self.tables = sorted(info.tables)
         digest = config_p4info_digest(self.config)
+        # Each worker arbitrates with a higher election id: the loop closes a replaced worker's
+        # streams without waiting, and a new stream with the same id would be refused
+        # (INVALID_ARGUMENT) while the old one is still open on the switch.
+        election_ids = itertools.count(1)
 
         def make_worker(cfg: LoadBalancerConfig) -> ConfigWorker:
-            applier = TwoSwitchApplier(cfg, p4info=p4info, info=info, device_config=b"", election_id=1,
+            applier = TwoSwitchApplier(cfg, p4info=p4info, info=info, device_config=b"", election_id=next(election_ids),
                                        session_factory=default_session_factory(cfg, info, connect_timeout=5.0))
             probe = make_post_apply_probe(cfg.health_check, retry_delay=0.05)
 
@@ -593,8 +602,10 @@ class _Demo:
         ]
         for title, change in changes:
             keys = self.cluster.replace(change(self.cluster.snapshot()))
-            n.say(f"* {title} (changed: {', '.join(sorted(keys))})")
-            seen = await self.transaction("applied", title)
+            if not keys:
+                raise DemoFailed(f"{title}: the cluster did not change")
+            n.item("*", f"{title} (changed: {', '.join(sorted(keys))})", width=1)
+            seen = await self.transaction("applied", f"the transaction after: {title}")
             n.say(_plan_lines(seen, self.config.key), indent=4)
             self.narrate(seen)
         assert self.held is not None
@@ -621,17 +632,16 @@ class _Demo:
         self.commits.append(commit)
         n.item("commit", f"{commit[:12]} \"{message}\" lands on main")
 
-        def applied() -> bool:
-            return any(s.record.outcome == "applied" for s in self.seen[mark:])
+        def wrote() -> bool:
+            return any(s.result is not None for s in self.seen[mark:])
 
         try:
-            await self.wait(applied, "watchdog to report the commit", timeout=WAIT_S / 2)
+            await self.wait(wrote, "watchdog to report the commit", timeout=WAIT_S / 2)
         except DemoFailed:
             # Watchdog missed it (an overloaded machine): read the checkout as it would have.
             n.item("reload", "watchdog did not report the change in time; the checkout is read again explicitly")
             self.intent.reload()
-            await self.wait(applied, "the intent change to be applied")
-        seen = self.consume(next(s for s in self.seen[mark:] if s.record.outcome == "applied"))
+        seen = await self.transaction("applied", "the intent change to be applied")
         assert seen.snapshot is not None
         if seen.snapshot.intent_commit != commit:
             raise DemoFailed(f"v{seen.snapshot.version} names intent commit {seen.snapshot.intent_commit}, not {commit}")
@@ -639,7 +649,7 @@ class _Demo:
         if counts != {new}:
             raise DemoFailed(f"after the change the Services have {sorted(counts)} buckets, not {new}")
         n.item("render", f"v{seen.snapshot.version}: {len(seen.snapshot.services)} Services with {new} buckets each, "
-               f"rendered for intent commit {commit[:12]}; shares unchanged, each old bucket's node kept")
+               f"rendered for intent commit {commit[:12]}")
         self.narrate(seen)
         self.check(seen.snapshot)
 
@@ -663,7 +673,7 @@ class _Demo:
         n.item("failure", f"listeners on {', '.join(f'{self.node_ip[x]}:{port}' for x in nodes)} "
                f"({', '.join(nodes)}) closed")
         self.cluster.replace(with_scaled_service(self.cluster.snapshot(), FAILING, nodes[0], +1))
-        n.say(f"* {FAILING} scales up: 1 more ready replica on {nodes[0]}")
+        n.item("*", f"{FAILING} scales up: 1 more ready replica on {nodes[0]}", width=1)
         seen = await self.transaction("rolled-back", f"the change to {FAILING} to be rolled back")
         assert seen.result is not None and seen.snapshot is not None
         v = seen.snapshot.version
@@ -745,7 +755,7 @@ class _Demo:
                f"switch, {final.digest[:19]}", width=14)
         n.item("read-backs", f"{len(self.checks)}: each time both switches held exactly their snapshot", width=14)
         n.item("audit", f"{self.audit_dir}: {len(records)} records; inspect them with", width=14)
-        n.say(f"p4kube audit log --repo {audit}", indent=16)
+        n.say(f"p4kube audit log --repo {audit}", indent=17)
         n.item("intent", f"{self.intent_dir}: {len(self.commits)} commits", width=14)
         n.item("kept", f"{self.work} (remove it with: rm -rf {shlex.quote(str(self.work))})", width=14)
         n.item("took", f"{elapsed:.1f} s", width=14)

@@ -141,12 +141,14 @@ def test_console_script_help():
     assert "exit codes" in r.stdout and "plan" in r.stdout
 
 
-def test_demo_runs_and_summarises(tmp_path):
-    out = io.StringIO()
-    assert run_demo(workdir=str(tmp_path), out=out) == 0
-    text = out.getvalue()
-    assert "Summary" in text and "steady state: 0 writes" in text
-    assert load_snapshot(tmp_path / "snapshot-v2.json").version == 2
+def test_demo_refuses_a_workdir_holding_an_earlier_demo(capsys, tmp_path):
+    # The demo itself runs in tests/test_demo.py; here: the command's wiring and its refusal.
+    (tmp_path / "intent").mkdir()
+    code, out, err = run(capsys, "demo", "--workdir", str(tmp_path))
+    assert code == 1 and out == ""
+    assert f"{tmp_path / 'intent'} already exists" in err and "--workdir" in err
+    assert run_demo(workdir=str(tmp_path), out=io.StringIO(), err=io.StringIO()) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["intent"]
 
 
 def test_invalid_intent_changes_nothing(capsys, tmp_path):
