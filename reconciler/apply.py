@@ -190,6 +190,18 @@ class TwoSwitchApplier:
             self._held_known.add(sw.name)
         return s, pushed
 
+    def session_for(self, name: str) -> SwitchSession | None:
+        """The open session to switch `name`, if any (health checks use it)."""
+        s = self._sessions.get(name)
+        return s if s is not None and s.is_open else None
+
+    def forget(self, name: str | None = None) -> None:
+        """Stop trusting what `name` (None: every switch) holds: the next apply reads it back in
+        full and repairs any difference (drift)."""
+        for sw in self.order:
+            if name is None or sw.name == name:
+                self._forget(sw.name)
+
     def _forget(self, name: str) -> None:
         self._held.pop(name, None)
         self._held_known.discard(name)

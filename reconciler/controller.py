@@ -97,7 +97,12 @@ class ConfigWorker:
     renderer: Renderer = field(default_factory=Renderer)
     last: Snapshot | None = None  # what the switches hold (the last applied snapshot)
     fallen_back: dict[str, str] = field(default_factory=dict)  # Service key -> reason (ours)
+    drift_every: int = 12  # health rounds between full read-backs of the switches
     _successes: dict[str, int] = field(default_factory=dict)  # recovery probes passed in a row
+    _switch_failures: dict[str, int] = field(default_factory=dict)
+    _backend_failures: dict[str, int] = field(default_factory=dict)
+    unhealthy_switches: set[str] = field(default_factory=set)
+    _rounds: int = 0
 
     async def start(self, intent_commit: str | None) -> TransactionRecord:
         """On (re)start: read the switches back and converge them on the last applied snapshot
@@ -147,7 +152,7 @@ class ConfigWorker:
         elif self.probe is not None and result.outcome == "rolled-back":
             report = getattr(self.probe, "last_report", None)
             failing = tuple(getattr(report, "failing_services", ()) or ())
-            fell_back = await self._fall_back(failing, result.reason)
+            fell_back = await self._fall_back(failing, f"health probe failed after applying v{target.version}: {result.reason}")
         record = TransactionRecord(
             self.config.key, target.version, result.outcome, result.reason, writes, fell_back,
             seconds=time.perf_counter() - t0, issues=rendered.issues,
@@ -162,12 +167,84 @@ class ConfigWorker:
         done = []
         for key in services:
             try:
-                await self.fallback.fall_back(key, f"health probe failed after applying: {reason}"[:500])
+                await self.fallback.fall_back(key, reason[:500])
                 self.fallen_back[key] = reason
                 done.append(key)
             except Exception as e:  # noqa: BLE001 - one Service's patch failing must not stop the others
                 log.error("%s: fallback of %s failed: %s", self.config.key, key, e)
         return tuple(done)
+
+    async def health_round(self, cluster: ClusterState) -> list[TransactionRecord]:
+        """Periodic health (DESIGN.md 6): switch liveness, drift read-back and repair, and the
+        backends of every served Service. A primary unhealthy `failureThreshold` rounds in a
+        row falls back every Service it carries; a Service whose backends are all down as long
+        falls back alone. Returns the records of what it changed."""
+        from .health import Endpoint, check_drift, check_switch, probe_endpoints
+
+        check = self.config.health_check
+        records: list[TransactionRecord] = []
+        if not check.enabled or self.last is None:
+            return records
+        self._rounds += 1
+        for sw in self.applier.order:
+            session = self.applier.session_for(sw.name)
+            live = await check_switch(session, timeout=check.timeout_s, expected_cookie=self.applier.cookie) if session else None
+            if live is not None and live.alive:
+                self._switch_failures[sw.name] = 0
+                if sw.name in self.unhealthy_switches:
+                    log.warning("%s: switch %s is healthy again; reading it back in full", self.config.key, sw.name)
+                    self.unhealthy_switches.discard(sw.name)
+                    self.applier.forget(sw.name)
+                continue
+            n = self._switch_failures[sw.name] = self._switch_failures.get(sw.name, 0) + 1
+            if n >= check.failure_threshold and sw.name not in self.unhealthy_switches:
+                self.unhealthy_switches.add(sw.name)
+                why = live.reason if live is not None else "no open P4Runtime session"
+                log.error("%s: switch %s (%s) unhealthy: %s", self.config.key, sw.name, sw.role, why)
+                self.applier.forget(sw.name)
+                if sw.role == "primary":
+                    served = tuple(sorted({s.service_key for s in self.last.services if s.backends}))
+                    done = await self._fall_back(served, f"switch {sw.name} unhealthy: {why}")
+                    records.append(TransactionRecord(self.config.key, self.last.version, "fell-back", why, fell_back=done))
+        if self._rounds % self.drift_every == 0 and not self.unhealthy_switches:
+            for sw in self.applier.order:
+                session = self.applier.session_for(sw.name)
+                if session is None:
+                    continue
+                report = await check_drift(session, self.last, defaults=False)
+                if not report.ok:
+                    log.warning("%s: drift on %s: %s", self.config.key, sw.name, "; ".join(report.differences[:5]))
+                    self.applier.forget(sw.name)
+            if any(sw.name not in self.applier._held_known for sw in self.applier.order):
+                result = await self.applier.apply(self.last, self.last)
+                writes = sum(sum(k.values()) for k in result.writes().values())
+                reason = "drift repaired: " + "; ".join(d for r in result.switches for d in r.drift[:3])
+                if self.audit is not None and writes:
+                    self.audit.record(self.last, AUDIT_OUTCOME[result.outcome], reason=reason[:500])
+                records.append(TransactionRecord(self.config.key, self.last.version, result.outcome, reason, writes))
+        # Backends of the Services on the switches: all down for failureThreshold rounds -> fall back.
+        by_service: dict[str, set[tuple[str, int]]] = {}
+        for s in self.last.services:
+            if s.protocol == "TCP" and s.backends:
+                by_service.setdefault(s.service_key, set()).update((b.address, b.port) for b in s.backends if b.buckets)
+        targets = {Endpoint(a, p) for eps in by_service.values() for a, p in eps}
+        results = await probe_endpoints(sorted(targets, key=str), check.timeout_s) if targets else {}
+        dead = []
+        for key, eps in by_service.items():
+            if key in self.fallen_back:
+                continue
+            if eps and all(results.get(Endpoint(a, p)) is not None for a, p in eps):
+                n = self._backend_failures[key] = self._backend_failures.get(key, 0) + 1
+                if n >= check.failure_threshold:
+                    dead.append(key)
+            else:
+                self._backend_failures.pop(key, None)
+        if dead:
+            done = await self._fall_back(tuple(dead), "every backend failed its TCP probe")
+            for key in done:
+                self._backend_failures.pop(key, None)
+            records.append(TransactionRecord(self.config.key, self.last.version, "fell-back", "backends down", fell_back=done))
+        return records
 
     def adopt_fallbacks(self, cluster: ClusterState) -> None:
         """After a restart: Services this reconciler had fallen back are still ours to recover."""
@@ -184,6 +261,8 @@ class ConfigWorker:
 
         if self.fallback is None or not self.fallen_back:
             return ()
+        if any(sw.role == "primary" and sw.name in self.unhealthy_switches for sw in self.applier.order):
+            return ()  # nothing can be served from the switches before the primary is back
         check = self.config.health_check
         recovered = []
         for key in sorted(self.fallen_back):
@@ -226,6 +305,7 @@ class Controller:
         self.workers: dict[str, ConfigWorker] = {}
         self.history: list[TransactionRecord] = []
         self.passes = 0
+        self.health_rounds = 0
         self._pending_keys: set[str] = set()
         self._full = True  # the next pass renders everything (start, intent change)
         self._wake = asyncio.Event()
@@ -286,17 +366,14 @@ class Controller:
                     # Sleep until a trigger; while Services are fallen back, wake every health
                     # interval to see whether their backends are back.
                     tick = min(
-                        (w.config.health_check.interval_s for w in self.workers.values() if w.fallen_back),
+                        (w.config.health_check.interval_s for w in self.workers.values() if w.config.health_check.enabled),
                         default=None,
                     )
                     await _wait_any(self._wake, stop, timeout=tick)
                     if stop.is_set():
                         break
                     if not self._wake.is_set():
-                        state = self.cluster.snapshot()
-                        for w in list(self.workers.values()):
-                            for key in await w.check_recovery(state):
-                                log.info("%s: %s recovered: backends answer again", w.config.key, key)
+                        await self._health_tick()
                         continue
                 # Coalesce: let the burst finish for the shortest updateInterval of the configs.
                 window = min((self.update_interval(w.config) for w in self.workers.values()), default=0.0)
@@ -320,6 +397,20 @@ class Controller:
             await asyncio.gather(*followers, return_exceptions=True)
             for w in self.workers.values():
                 await w.applier.close()
+
+    async def _health_tick(self) -> None:
+        state = self.cluster.snapshot()
+        for w in list(self.workers.values()):
+            try:
+                for record in await w.health_round(state):
+                    self._note(record)
+                for key in await w.check_recovery(state):
+                    log.info("%s: %s: backends answer again, automatic fallback lifted", w.config.key, key)
+            except Exception as e:  # noqa: BLE001 - a failed health round is reported, the loop goes on
+                log.error("%s: health round failed: %s", w.config.key, e)
+        async with self._pass_done:
+            self.health_rounds += 1
+            self._pass_done.notify_all()
 
     def _note(self, record: TransactionRecord) -> None:
         self.history.append(record)

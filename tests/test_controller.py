@@ -191,3 +191,48 @@ def test_loop_applies_rolls_back_falls_back_recovers_and_restarts_quietly(setup)
             await asyncio.wait_for(task2, 10)
 
     asyncio.run(scenario())
+
+
+def test_periodic_health_falls_back_dead_backends_and_repairs_drift(setup):
+    from finsy.proto import p4r
+
+    from reconciler import p4names as n
+    from reconciler.snapshot import Entry
+    from reconciler.switch.translate import entry_to_proto
+
+    sws, backends, ports, config, state, tmp = setup
+    cluster = ScriptedCluster(state)
+
+    async def scenario():
+        ctl, audit = make_controller(config, cluster, tmp / "audit.git")
+        stop = asyncio.Event()
+        task = asyncio.create_task(ctl.run(stop))
+        try:
+            await ctl.wait_until(lambda: any(r.outcome == "applied" for r in ctl.history))
+            worker = ctl.workers["p4kube-system/loop"]
+            worker.drift_every = 2
+            # Someone changes a bucket on the primary behind our back: a full read-back finds it
+            # and the same transaction machinery repairs it.
+            v1 = worker.last
+            bucket = v1.tables()[n.BACKEND_TABLE][0]
+            req = p4r.WriteRequest(device_id=1)
+            u = req.updates.add()
+            u.type = p4r.Update.MODIFY
+            u.entity.table_entry.CopyFrom(entry_to_proto(INFO, Entry(bucket.table, bucket.key, bucket.action, ("10.9.9.9", 1, 1))))
+            sws[1].device(1).write(req)
+            await ctl.wait_until(lambda: any("drift repaired" in r.reason and r.writes == 1 for r in ctl.history), timeout=15)
+            held = {(e.key, e.action, tuple(e.params.values())) for e in sws[1].entries(1, n.BACKEND_TABLE)}
+            ip, port, bid = bucket.args
+            assert (bucket.key, bucket.action, (int(ipaddress.IPv4Address(ip)), port, bid)) in held
+
+            # api's backends die with no change in the cluster: the periodic probes fall it back.
+            for ip in NODES.values():
+                backends.down(ip, ports["api"])
+            await ctl.wait_until(lambda: any(r.outcome == "fell-back" and r.fell_back == ("apps/api",) for r in ctl.history), timeout=15)
+            await ctl.wait_until(lambda: "apps/api" not in worker.last.by_name, timeout=15)
+            assert len(sws[0].entries(1, n.VIP_TABLE)) == len(sws[1].entries(1, n.VIP_TABLE)) == 1
+        finally:
+            stop.set()
+            await asyncio.wait_for(task, 10)
+
+    asyncio.run(scenario())
