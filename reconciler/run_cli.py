@@ -22,7 +22,8 @@ import gc
 import logging
 import signal
 from pathlib import Path
-from typing import Any, AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any, AsyncIterator, Callable
 
 from .apply import ApplyResult, TwoSwitchApplier
 from .changes import Broadcast
@@ -125,41 +126,46 @@ def cmd_run(args: argparse.Namespace) -> int:
     return asyncio.run(run_main(args))
 
 
-async def run_main(args: argparse.Namespace) -> int:
+@dataclass
+class Runtime:
+    """Everything `p4kube run` wires together, apart from the loop itself."""
+
+    intent: Any
+    cluster: Any
+    make_worker_for: Callable[[int], Callable[[LoadBalancerConfig], ConfigWorker]]
+    metrics: Any
+    heartbeat: Any
+    status: dict[str, bool]
+    current: dict[str, Controller]
+    api: Any = None
+    audit: Any = None
+    closers: list[Any] = field(default_factory=list)
+
+    async def aclose(self) -> None:
+        for close in reversed(self.closers):
+            r = close()
+            if asyncio.iscoroutine(r):
+                await r
+
+
+async def build_runtime(args: argparse.Namespace, api: Any = None) -> Runtime:
+    """Sources, sinks and the worker factory from the command line (`api`: a ready ApiClient,
+    for tests against a test API server)."""
     from .apply_cli import build_applier
     from .health import make_post_apply_probe
-    from .httpserver import Heartbeat, HttpEndpoint, decide_ready
+    from .httpserver import Heartbeat
     from .intent.watch import DirectoryIntent
     from .metrics import Metrics
     from .pipeline_io import config_p4info_digest
     from .state import StateDir
 
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-
     metrics = Metrics()
     heartbeat = Heartbeat(max_age=300.0)
     status = {"started": False, "leader": not args.leader_elect, "connected": False}
-    endpoint = None
-    if args.metrics_address:
-        from .httpserver import parse_listen_address
-
-        host, port = parse_listen_address(args.metrics_address)
-        endpoint = HttpEndpoint(
-            metrics.registry, heartbeat=heartbeat, host=host, port=port,
-            readiness=lambda: decide_ready(started=status["started"], leader=status["leader"], switches_connected=status["connected"]),
-        )
-        await endpoint.start()
-
-    api = None
-    if not args.cluster or args.intent_from_cluster or args.leader_elect:
+    if api is None and (not args.cluster or args.intent_from_cluster or args.leader_elect):
         from .kube.client import build_api_client
 
         api = build_api_client(args.kubeconfig)
-
-    # -- sources -----------------------------------------------------------------------------
     closers: list[Any] = []
     if args.intent:
         intent_provider: Any = DirectoryIntent(args.intent)
@@ -170,8 +176,8 @@ async def run_main(args: argparse.Namespace) -> int:
 
         cr_source = CRIntentSource(api)
         await cr_source.start()
-        await cr_source.wait_synced(timeout=60)
         closers.append(cr_source.aclose)
+        await cr_source.wait_synced(timeout=60)
         intent_provider = CRIntentProvider(cr_source)
 
     fallback: Any = None
@@ -189,8 +195,8 @@ async def run_main(args: argparse.Namespace) -> int:
 
         cluster = LiveClusterSource(api)
         await cluster.start()
-        await cluster.wait_synced(timeout=120)
         closers.append(cluster.aclose)
+        await cluster.wait_synced(timeout=120)
         events = EventRecorder(api)
         fallback = Fallback(api, events)
         status_writer = ServiceStatusWriter(api, events, status_managers=cluster.state.status_managers)
@@ -219,13 +225,13 @@ async def run_main(args: argparse.Namespace) -> int:
         if record.fell_back:
             metrics.record_fallback(record.config, "probe-failed", len(record.fell_back))
         ctl = current.get("controller")
-        if status_writer is not None and snap is not None and ctl is not None:
+        if status_writer is not None and ctl is not None:
             worker = ctl.workers.get(record.config)
-            held = worker.last if worker is not None else None
-            if held is not None:
-                await status_writer.sync(cluster.snapshot(), held, record.issues)
+            if worker is not None and worker.last is not None:
+                # VIPs of the Services the switches serve, written to status.loadBalancer.ingress
+                await status_writer.sync(cluster.snapshot(), worker.last, record.issues)
 
-    def make_worker_for(election_id: int):  # type: ignore[no-untyped-def]
+    def make_worker_for(election_id: int) -> Callable[[LoadBalancerConfig], ConfigWorker]:
         def make_worker(config: LoadBalancerConfig) -> ConfigWorker:
             applier: TwoSwitchApplier = build_applier(config, args, election_id)
             worker = ConfigWorker(
@@ -239,20 +245,38 @@ async def run_main(args: argparse.Namespace) -> int:
 
         return make_worker
 
+    return Runtime(intent_provider, cluster, make_worker_for, metrics, heartbeat, status, current, api, audit, closers)
+
+
+async def run_main(args: argparse.Namespace) -> int:
+    from .httpserver import HttpEndpoint, decide_ready, parse_listen_address
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    rt = await build_runtime(args)
+    endpoint = None
     try:
+        if args.metrics_address:
+            host, port = parse_listen_address(args.metrics_address)
+            endpoint = HttpEndpoint(
+                rt.metrics.registry, heartbeat=rt.heartbeat, host=host, port=port,
+                readiness=lambda: decide_ready(
+                    started=rt.status["started"], leader=rt.status["leader"], switches_connected=rt.status["connected"]
+                ),
+            )
+            await endpoint.start()
         gc.collect()
         gc.freeze()  # the loaded state is long-lived: keep it out of the cyclic collector's scans
         if not args.leader_elect:
-            current["controller"] = Controller(intent_provider, cluster, make_worker=make_worker_for(args.election_id))
-            status["started"] = True
-            await current["controller"].run(stop)
+            rt.current["controller"] = Controller(rt.intent, rt.cluster, make_worker=rt.make_worker_for(args.election_id))
+            rt.status["started"] = True
+            await rt.current["controller"].run(stop)
         else:
-            await _run_as_leader(args, api, intent_provider, cluster, make_worker_for, stop, status, metrics, current)
+            await _run_as_leader(args, rt.api, rt.intent, rt.cluster, rt.make_worker_for, stop, rt.status, rt.metrics, rt.current)
     finally:
-        for close in reversed(closers):
-            r = close()
-            if asyncio.iscoroutine(r):
-                await r
+        await rt.aclose()
         if endpoint is not None:
             await endpoint.stop()
     log.info("stopped")
