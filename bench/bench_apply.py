@@ -18,12 +18,11 @@ import asyncio
 import gc
 import ipaddress
 import random
-import re
-import subprocess
 import sys
 import time
 from pathlib import Path
 
+from benchlib import pct, switch_processes
 from reconciler.apply import TwoSwitchApplier, default_session_factory
 from reconciler.cluster.synthetic import synthetic_cluster, with_scaled_service
 from reconciler.intent.model import LoadBalancerConfig, SwitchConfig, SwitchSpec, VipPool
@@ -31,31 +30,11 @@ from reconciler.p4info import load_p4info, p4info_digest, pipeline_info_from_mes
 from reconciler.render import Renderer
 
 
-def start_switch() -> tuple[subprocess.Popen, int]:
-    exe = Path(sys.executable).with_name("p4kube")
-    proc = subprocess.Popen(
-        [str(exe), "switch", "--listen", "127.0.0.1:0"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        m = re.search(r"\(port (\d+)\)", line)
-        if m:
-            return proc, int(m.group(1))
-    raise RuntimeError("software switch did not start")
-
-
-def pct(xs: list[float], q: float) -> float:
-    xs = sorted(xs)
-    return xs[min(len(xs) - 1, int(q * len(xs)))]
-
-
 async def main_async(a: argparse.Namespace) -> str:
     p4info = load_p4info()
     info = pipeline_info_from_message(p4info)
     digest = p4info_digest(p4info)
-    procs = [start_switch(), start_switch()]
-    try:
-        (_, standby_port), (_, primary_port) = procs
+    with switch_processes(2) as (standby_port, primary_port):
         config = LoadBalancerConfig(
             namespace="p4kube-system",
             name="bench",
@@ -101,12 +80,6 @@ async def main_async(a: argparse.Namespace) -> str:
                 print(result.describe(), file=sys.stderr)
             snap = new
         await applier.close()
-    finally:
-        for proc, _ in procs:
-            proc.terminate()
-            proc.wait(timeout=10)
-            if proc.stdout:
-                proc.stdout.close()
     ms = [t * 1000 for t in times]
     return "\n".join(
         [

@@ -18,13 +18,12 @@ import asyncio
 import gc
 import ipaddress
 import random
-import re
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from benchlib import pct, switch_processes
 from reconciler.apply import TwoSwitchApplier, default_session_factory
 from reconciler.audit.repo import AuditRepo
 from reconciler.cluster.scripted import ScriptedCluster
@@ -35,35 +34,18 @@ from reconciler.intent.watch import StaticIntent
 from reconciler.p4info import load_p4info, p4info_digest, pipeline_info_from_message
 
 
-def start_switch() -> tuple[subprocess.Popen, int]:
-    exe = Path(sys.executable).with_name("p4kube")
-    proc = subprocess.Popen([str(exe), "switch", "--listen", "127.0.0.1:0"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        m = re.search(r"\(port (\d+)\)", line)
-        if m:
-            return proc, int(m.group(1))
-    raise RuntimeError("software switch did not start")
-
-
-def pct(xs: list[float], q: float) -> float:
-    xs = sorted(xs)
-    return xs[min(len(xs) - 1, int(q * len(xs)))]
-
-
 async def run(a: argparse.Namespace, workdir: Path) -> str:
     p4info = load_p4info()
     info = pipeline_info_from_message(p4info)
     digest = p4info_digest(p4info)
-    procs = [start_switch(), start_switch()]
-    try:
+    with switch_processes(2) as ports:
         config = LoadBalancerConfig(
             namespace="p4kube-system", name="bench", update_interval_s=0.0,
             health_check=HealthCheck(enabled=False),  # synthetic node IPs are not reachable here
             vip_pools=(VipPool("bench", ((ipaddress.IPv4Address("198.18.0.1"), ipaddress.IPv4Address("198.19.255.254")),)),),
             switch_config=SwitchConfig(switches=(
-                SwitchSpec("standby", "standby", f"127.0.0.1:{procs[0][1]}"),
-                SwitchSpec("primary", "primary", f"127.0.0.1:{procs[1][1]}"),
+                SwitchSpec("standby", "standby", f"127.0.0.1:{ports[0]}"),
+                SwitchSpec("primary", "primary", f"127.0.0.1:{ports[1]}"),
             )),
         )
         state = synthetic_cluster(services=a.services, nodes=a.nodes, endpoints=a.endpoints)
@@ -101,12 +83,6 @@ async def run(a: argparse.Namespace, workdir: Path) -> str:
         stop.set()
         await asyncio.wait_for(task, 60)
         versions = len(audit.history(config=config.key))
-    finally:
-        for proc, _ in procs:
-            proc.terminate()
-            proc.wait(timeout=10)
-            if proc.stdout:
-                proc.stdout.close()
     ms = [t * 1000 for t in times]
     return "\n".join([
         f"### Convergence: {a.services} Services, updateInterval 0, two switch processes, real audit repository ({time.strftime('%Y-%m-%d')})",

@@ -38,3 +38,18 @@ def multi_render(multi_config: LoadBalancerConfig, recorded_cluster: ClusterStat
     from helpers_render import do_render
 
     return do_render(multi_config, recorded_cluster)
+
+
+@pytest.fixture
+def switch_pair():
+    """Two software switches (standby, primary) on loopback ephemeral ports, stopped afterwards."""
+    from reconciler.sim.server import SoftwareSwitch
+
+    sws = [SoftwareSwitch(), SoftwareSwitch()]
+    try:
+        for sw in sws:
+            sw.start()
+        yield sws
+    finally:
+        for sw in sws:
+            sw.stop(0)

@@ -27,18 +27,6 @@ INFO = pipeline_info()
 CONFIG = "p4kube-system/p4kube-config"
 
 
-@pytest.fixture
-def pair():
-    sws = [SoftwareSwitch(), SoftwareSwitch()]
-    for sw in sws:
-        sw.start()
-    try:
-        yield sws
-    finally:
-        for sw in sws:
-            sw.stop(0)
-
-
 def intent_repo(path: Path, ports: tuple[int, int]) -> Path:
     """The multi-service intent in a real Git repository, pointed at the switches, committed."""
     path.mkdir(parents=True)
@@ -70,8 +58,8 @@ def entries_of(snap) -> set[tuple]:
     return {(e.table, e.key, e.action, e.args) for es in snap.tables().values() for e in es}
 
 
-def test_reconcile_records_restarts_and_rolls_back(tmp_path, pair, capsys):
-    standby, primary = pair
+def test_reconcile_records_restarts_and_rolls_back(tmp_path, switch_pair, capsys):
+    standby, primary = switch_pair
     intent = intent_repo(tmp_path / "intent", (standby.port, primary.port))
     audit_dir = tmp_path / "audit.git"
     cluster1 = MULTI / "cluster.yaml"
@@ -104,10 +92,10 @@ def test_reconcile_records_restarts_and_rolls_back(tmp_path, pair, capsys):
     assert main(["audit", "verify", "--repo", str(audit_dir)]) == 0
 
 
-def test_unsigned_intent_is_refused_and_recorded(tmp_path, pair, capsys):
+def test_unsigned_intent_is_refused_and_recorded(tmp_path, switch_pair, capsys):
     if shutil.which("ssh-keygen") is None:
         pytest.skip("ssh-keygen not installed")
-    standby, primary = pair
+    standby, primary = switch_pair
     intent = intent_repo(tmp_path / "intent", (standby.port, primary.port))
     audit_dir = tmp_path / "audit.git"
     base = ["--intent", str(intent), "--audit-repo", str(audit_dir), "--cluster", str(MULTI / "cluster.yaml")]

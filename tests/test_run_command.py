@@ -53,23 +53,11 @@ class Lines:
                 return m
 
 
-@pytest.fixture
-def pair():
-    sws = [SoftwareSwitch(), SoftwareSwitch()]
-    for sw in sws:
-        sw.start()
-    try:
-        yield sws
-    finally:
-        for sw in sws:
-            sw.stop(0)
-
-
-def test_run_follows_the_recording_records_and_stops_on_sigterm(tmp_path, pair):
+def test_run_follows_the_recording_records_and_stops_on_sigterm(tmp_path, switch_pair):
     exe = Path(sys.executable).with_name("p4kube")
     if not exe.exists():
         pytest.skip("console script not installed")
-    standby, primary = pair
+    standby, primary = switch_pair
     intent = tmp_path / "intent"
     intent.mkdir()
     text = (MULTI / "lbconfig.yaml").read_text()

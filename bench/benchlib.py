@@ -1,0 +1,43 @@
+"""Shared by the benchmarks: software switches in their own processes, percentiles."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+
+def start_switch() -> tuple[subprocess.Popen, int]:
+    """`p4kube switch` on an ephemeral loopback port, in its own process; returns it and the port."""
+    exe = Path(sys.executable).with_name("p4kube")
+    proc = subprocess.Popen([str(exe), "switch", "--listen", "127.0.0.1:0"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        m = re.search(r"\(port (\d+)\)", line)
+        if m:
+            return proc, int(m.group(1))
+    raise RuntimeError("software switch did not start")
+
+
+@contextmanager
+def switch_processes(n: int = 2) -> Iterator[list[int]]:
+    """`n` switch processes; yields their ports and stops them afterwards."""
+    procs = []
+    try:
+        for _ in range(n):
+            procs.append(start_switch())
+        yield [port for _, port in procs]
+    finally:
+        for proc, _ in procs:
+            proc.terminate()
+            proc.wait(timeout=10)
+            if proc.stdout:
+                proc.stdout.close()
+
+
+def pct(xs: list[float], q: float) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(q * len(xs)))]
