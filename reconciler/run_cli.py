@@ -122,6 +122,61 @@ class CRIntentProvider:
             yield cr.intent
 
 
+# Transaction outcome -> the CR's phase, and a switch report's state -> the CRD's switch state.
+_PHASE = {"applied": "applied", "unchanged": "applied", "resynced": "applied", "up-to-date": "applied",
+          "degraded": "degraded", "rolled-back": "failed", "failed": "failed", "fell-back": "degraded"}
+_SWITCH_STATE = {"applied": "InSync", "unchanged": "InSync", "rolled-back": "RolledBack", "unreachable": "Unreachable",
+                 "failed": "Degraded", "not-touched": "InSync"}
+
+
+class CRStatus:
+    """Writes LoadBalancerConfig status (kstatus: Ready / Reconciling / Stalled with
+    observedGeneration, applied version and digest, each switch's state) for CR intent."""
+
+    def __init__(self, source: Any, writer: Any) -> None:
+        self.source, self.writer = source, writer
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._follow())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    async def _follow(self) -> None:
+        from .kube.crstatus import Outcome
+        from .kube.intent_source import describe
+
+        async def stall_invalid(cr: Any) -> None:
+            for res in cr.invalid:  # refused specs: Stalled, naming every field at fault
+                await self.writer.report(res.namespace, res.name, res.generation,
+                                         Outcome.invalid([describe(d) for d in res.diagnostics]), res.status)
+
+        await stall_invalid(self.source.current())
+        async for cr in self.source.changes():
+            await stall_invalid(cr)
+
+    async def report(self, record: TransactionRecord, result: ApplyResult | None, held: Snapshot | None) -> None:
+        from .kube.crstatus import Outcome, SwitchState
+
+        res = self.source.current().resources.get(record.config)
+        if res is None or not res.valid:
+            return
+        switches = None
+        if result is not None:
+            switches = tuple(SwitchState(r.name, r.role, _SWITCH_STATE.get(r.state, "Degraded"), r.reason[:1000]) for r in result.switches)
+        message = f"v{record.version} {record.outcome}" + (f": {record.reason}" if record.reason else "")
+        outcome = Outcome(
+            _PHASE.get(record.outcome, "reconciling"), message[:32000],
+            applied_version=held.version if held is not None else None,
+            applied_digest=held.digest if held is not None else None,
+            switches=switches,
+        )
+        await self.writer.report(res.namespace, res.name, res.generation, outcome, res.status)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     return asyncio.run(run_main(args))
 
@@ -162,6 +217,7 @@ async def build_runtime(args: argparse.Namespace, api: Any = None) -> Runtime:
     metrics = Metrics()
     heartbeat = Heartbeat(max_age=300.0)
     status = {"started": False, "leader": not args.leader_elect, "connected": False}
+    cr_status: CRStatus | None = None
     if api is None and (not args.cluster or args.intent_from_cluster or args.leader_elect):
         from .kube.client import build_api_client
 
@@ -172,6 +228,7 @@ async def build_runtime(args: argparse.Namespace, api: Any = None) -> Runtime:
         intent_provider.start()
         closers.append(intent_provider.stop)
     else:
+        from .kube.crstatus import ConfigStatusWriter
         from .kube.intent_source import CRIntentSource
 
         cr_source = CRIntentSource(api)
@@ -179,6 +236,9 @@ async def build_runtime(args: argparse.Namespace, api: Any = None) -> Runtime:
         closers.append(cr_source.aclose)
         await cr_source.wait_synced(timeout=60)
         intent_provider = CRIntentProvider(cr_source)
+        cr_status = CRStatus(cr_source, ConfigStatusWriter(api))
+        cr_status.start()
+        closers.append(cr_status.stop)
 
     fallback: Any = None
     status_writer: Any = None
@@ -225,6 +285,9 @@ async def build_runtime(args: argparse.Namespace, api: Any = None) -> Runtime:
         if record.fell_back:
             metrics.record_fallback(record.config, "probe-failed", len(record.fell_back))
         ctl = current.get("controller")
+        if cr_status is not None:
+            worker = ctl.workers.get(record.config) if ctl is not None else None
+            await cr_status.report(record, result, worker.last if worker is not None else None)
         if status_writer is not None and ctl is not None:
             worker = ctl.workers.get(record.config)
             if worker is not None and worker.last is not None:

@@ -250,3 +250,80 @@ def test_reconciler_against_the_api_server(world):
     assert refused == [], f"deploy/rbac.yaml does not allow: {refused}"
     used = {(r.group, r.resource + (f"/{r.subresource}" if r.subresource else ""), r.verb) for r in ours}
     assert ("", "services/status", "patch") in used and ("events.k8s.io", "events", "create") in used
+
+
+def test_intent_from_custom_resources_with_status(world):
+    from reconciler.crd import generate_crd
+
+    server, sws, port, listeners, intent, tmp = world
+    admin = build_api_client(configuration=server.client_configuration("admin-token"))
+    k8s.ApiextensionsV1Api(admin).create_custom_resource_definition(generate_crd())
+    try:
+        k8s.CoreV1Api(admin).create_namespace({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "p4kube-system"}})
+    except k8s.ApiException as e:
+        assert e.status == 409
+    custom = k8s.CustomObjectsApi(admin)
+
+    def cr(name: str, **spec_extra) -> dict:
+        spec = {
+            "updateInterval": "100ms",
+            "healthCheck": {"interval": "300ms", "timeout": "250ms", "failureThreshold": 1},
+            "vipPools": [{"name": "test", "addresses": ["203.0.113.10-203.0.113.20"]}],
+            "switchConfig": {"switches": [
+                {"name": "sw-standby", "role": "standby", "address": f"127.0.0.1:{sws[0].port}", "deviceId": 1},
+                {"name": "sw-primary", "role": "primary", "address": f"127.0.0.1:{sws[1].port}", "deviceId": 1},
+            ]},
+        }
+        spec.update(spec_extra)
+        return {"apiVersion": "networking.p4kube.io/v1alpha1", "kind": "LoadBalancerConfig",
+                "metadata": {"name": name, "namespace": "p4kube-system"}, "spec": spec}
+
+    custom.create_namespaced_custom_object("networking.p4kube.io", "v1alpha1", "p4kube-system", "loadbalancerconfigs", cr("edge"))
+    # Valid for the CRD's schema, refused by the semantic checks (timeout not below interval).
+    custom.create_namespaced_custom_object(
+        "networking.p4kube.io", "v1alpha1", "p4kube-system", "loadbalancerconfigs",
+        cr("broken", healthCheck={"interval": "1s", "timeout": "2s"},
+           vipPools=[{"name": "other", "addresses": ["198.51.100.0/28"]}], switchConfig={"switches": [
+            {"name": "other", "role": "primary", "address": "127.0.0.1:1", "deviceId": 9}]}),
+    )
+
+    def status_of(name: str) -> dict:
+        obj = custom.get_namespaced_custom_object("networking.p4kube.io", "v1alpha1", "p4kube-system", "loadbalancerconfigs", name)
+        return obj.get("status") or {}
+
+    def condition(st: dict, kind: str) -> str | None:
+        return next((c["status"] for c in st.get("conditions", []) if c["type"] == kind), None)
+
+    async def scenario() -> None:
+        args = args_for(intent, tmp / "audit.git")
+        args.intent, args.intent_from_cluster = None, True
+        rt = await build_runtime(args, api=build_api_client(configuration=server.client_configuration("sa-token")))
+        ctl = rt.current["controller"] = Controller(rt.intent, rt.cluster, make_worker=rt.make_worker_for(9))
+        stop = asyncio.Event()
+        task = asyncio.create_task(ctl.run(stop))
+        loop = asyncio.get_running_loop()
+        try:
+            try:
+                await ctl.wait_until(lambda: any(r.outcome == "applied" for r in ctl.history), timeout=20)
+            except TimeoutError:
+                raise AssertionError(f"no transaction: intent {rt.intent.current()}, cr {rt.intent.source.current()}, history {ctl.history}, edge status {status_of('edge')}") from None
+            # The CR's status is written within the pass (on_result), before it counts as done.
+            st = await loop.run_in_executor(None, status_of, "edge")
+            assert condition(st, "Ready") == "True" and st["appliedVersion"] == 1
+            assert st["observedGeneration"] == 1 and {s["state"] for s in st["switches"]} == {"InSync"}
+            broken = await loop.run_in_executor(None, status_of, "broken")
+            assert condition(broken, "Stalled") == "True" and "spec.healthCheck.timeout" in json_text(broken)
+        finally:
+            stop.set()
+            await asyncio.wait_for(task, 20)
+            await rt.aclose()
+
+    asyncio.run(scenario())
+    refused = sorted({(r.verb, r.group, r.resource, r.subresource) for r in server.requests if r.user == SA and not r.allowed})
+    assert refused == [], f"deploy/rbac.yaml does not allow: {refused}"
+
+
+def json_text(obj: dict) -> str:
+    import json
+
+    return json.dumps(obj)
