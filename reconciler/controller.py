@@ -94,6 +94,8 @@ class ConfigWorker:
     probe: Any = None
     fallback: FallbackWriter | None = None
     on_result: Callable[[TransactionRecord, ApplyResult | None, Snapshot | None], Awaitable[None]] | None = None
+    # Called after each periodic health round (e.g. to read the switches' counters for metrics).
+    on_health: Callable[["ConfigWorker"], Awaitable[None]] | None = None
     renderer: Renderer = field(default_factory=Renderer)
     last: Snapshot | None = None  # what the switches hold (the last applied snapshot)
     fallen_back: dict[str, str] = field(default_factory=dict)  # Service key -> reason (ours)
@@ -406,6 +408,8 @@ class Controller:
                     self._note(record)
                 for key in await w.check_recovery(state):
                     log.info("%s: %s: backends answer again, automatic fallback lifted", w.config.key, key)
+                if w.on_health is not None:
+                    await w.on_health(w)
             except Exception as e:  # noqa: BLE001 - a failed health round is reported, the loop goes on
                 log.error("%s: health round failed: %s", w.config.key, e)
         async with self._pass_done:

@@ -294,13 +294,24 @@ async def build_runtime(args: argparse.Namespace, api: Any = None) -> Runtime:
                 # VIPs of the Services the switches serve, written to status.loadBalancer.ingress
                 await status_writer.sync(cluster.snapshot(), worker.last, record.issues)
 
+    async def on_health(worker: ConfigWorker) -> None:
+        """Per-backend packet counters, read from the switches each health round."""
+        from .metrics import read_backend_packets
+
+        sessions = [s for sw in worker.applier.order if (s := worker.applier.session_for(sw.name)) is not None]
+        if worker.last is not None and sessions:
+            try:
+                metrics.set_backend_packets(worker.config.key, await read_backend_packets(sessions, worker.last))
+            except Exception as e:  # noqa: BLE001 - metrics must never stop the loop
+                log.warning("%s: reading backend counters failed: %s", worker.config.key, e)
+
     def make_worker_for(election_id: int) -> Callable[[LoadBalancerConfig], ConfigWorker]:
         def make_worker(config: LoadBalancerConfig) -> ConfigWorker:
             applier: TwoSwitchApplier = build_applier(config, args, election_id)
             worker = ConfigWorker(
                 config, applier, config_p4info_digest(config), audit=audit,
                 probe=make_post_apply_probe(config.health_check) if config.health_check.enabled else None,
-                fallback=fallback, on_result=on_result,
+                fallback=fallback, on_result=on_result, on_health=on_health,
             )
             if audit is None:
                 worker.last = state_dir.last_applied(config.key)

@@ -187,6 +187,18 @@ def test_reconciler_against_the_api_server(world):
             svc = await loop.run_in_executor(None, core.read_namespaced_service_status, "web", "apps")
             assert svc.status.load_balancer.ingress[0].ip == "203.0.113.10"
 
+            # Traffic through the primary shows up in the per-backend counters of /metrics.
+            from reconciler.sim.packet import SYN, build_tcp
+
+            for i in range(10):
+                sws[1].inject(1, 2, build_tcp(f"10.200.0.{i + 1}", "203.0.113.10", 40000 + i, 80, SYN))
+            rounds = ctl.health_rounds
+            await ctl.wait_until(lambda: ctl.health_rounds > rounds, timeout=20)
+            exposition = rt.metrics.exposition().decode()
+            counted = sum(float(line.rsplit(" ", 1)[1]) for line in exposition.splitlines()
+                          if line.startswith("p4kube_backend_packets") and 'service="apps/web"' in line)
+            assert counted == 10, [line for line in exposition.splitlines() if line.startswith("p4kube_backend_packets")]
+
             # One EndpointSlice scaled: only that Service's buckets are rewritten.
             n = len(ctl.history)
             await loop.run_in_executor(None, lambda: discovery.patch_namespaced_endpoint_slice(
