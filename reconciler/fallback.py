@@ -30,16 +30,14 @@ from typing import Any
 
 from kubernetes import client as k8s
 
-from reconciler.cluster.model import OPT_IN_ANNOTATION, Service
+from reconciler.cluster.model import FALLBACK_BY_ANNOTATION, FALLBACK_MARKER, OPT_IN_ANNOTATION, Service
 from reconciler.kube.client import FIELD_MANAGER, MERGE_PATCH, TIME_FORMAT, KubeError, call_json
 from reconciler.kube.events import EventRecorder, ObjectRef
 
 log = logging.getLogger(__name__)
 
-FALLBACK_BY_ANNOTATION = "loadbalancer.k8s.io/p4kube-fallback-by"
 FALLBACK_REASON_ANNOTATION = "loadbalancer.k8s.io/p4kube-fallback-reason"
 FALLBACK_TIME_ANNOTATION = "loadbalancer.k8s.io/p4kube-fallback-time"
-FALLBACK_MARKER = "p4kube"
 PROXY_NAME_LABEL = "service.kubernetes.io/service-proxy-name"
 PROXY_NAME = "p4kube"
 ENABLED, DISABLED = "enabled", "disabled"

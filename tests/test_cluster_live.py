@@ -536,28 +536,82 @@ def test_watch_events_update_the_state_and_report_the_changed_service(server: Ku
     _run(go())
 
 
-def test_expired_error_mid_stream_relists_without_losing_the_change(server: KubeApiServer, api: k8s.ApiClient) -> None:
-    """The watch cache forgets history while a change is pending for an open watch: the stream
-    gets ERROR 410 Expired (in an HTTP 200) instead of the event; the relist must bring it."""
-    ns, name = _slice_of(server, "payments/ledger")
+def test_expired_error_mid_stream_relists_without_losing_the_change() -> None:
+    """A burst of writes overflows the watch cache (4 events per type here) before the open
+    watch has sent them: the stream gets ERROR 410 Expired (inside the HTTP 200) instead of the
+    events, as kube-apiserver does for a watcher that fell behind; the relist must bring the
+    change."""
+    with KubeApiServer(watch_cache_size=4) as server:
+        server.load(_recorded_items())
+        api = build_api_client(configuration=server.client_configuration())
+        slice_rt = server.api.lookup("discovery.k8s.io", "v1", "endpointslices")
+        assert slice_rt is not None
+        ns, name = _slice_of(server, "payments/ledger")
+        others = [(i["metadata"]["namespace"], i["metadata"]["name"]) for i in _recorded_items() if i["kind"] == "EndpointSlice"]
+
+        async def go() -> None:
+            async with LiveClusterSource(api) as source:
+                await source.wait_synced(timeout=10)
+                changes = source.changes().__aiter__()
+                await _next(changes)
+                before = len(source.snapshot().endpoints["payments/ledger"])
+                stored = server.api.get(slice_rt, ns, name).body
+                stored["endpoints"] = stored["endpoints"][1:]  # one replica gone
+                with server.store.lock:  # the whole burst lands before the watcher can send any of it
+                    server.load([stored])
+                    for i in range(5):
+                        o_ns, o_name = others[i % len(others)]
+                        other = server.api.get(slice_rt, o_ns, o_name).body
+                        other["metadata"].setdefault("labels", {})["burst"] = str(i)  # no endpoint change
+                        server.load([other])
+                assert await _next(changes) == {"payments/ledger"}  # label-only slices: no change
+                assert len(source.snapshot().endpoints["payments/ledger"]) == before - 1
+                assert source.stats.relists == 1
+                assert any("410" in p and "Expired" in p and "relist" in p for p in source.stats.problems)
+
+        try:
+            _run(go())
+        finally:
+            api.close()
+
+
+def test_reconnect_after_the_history_was_lost_relists(server: KubeApiServer, api: k8s.ApiClient) -> None:
+    """The server comes back without the history the reflector would resume from: the new
+    watch is answered with ERROR 410 at once, and the relist brings what changed meanwhile,
+    including a deletion."""
+    gate = Gate()
+    ns, name = _slice_of(server, "web/api")
     slice_rt = server.api.lookup("discovery.k8s.io", "v1", "endpointslices")
-    assert slice_rt is not None
+    svc_rt = server.api.lookup("", "v1", "services")
+    assert slice_rt is not None and svc_rt is not None
 
     async def go() -> None:
-        async with LiveClusterSource(api) as source:
+        source = LiveClusterSource(api, reflector_options={"wait": gate.wait})
+        await source.start()
+        try:
             await source.wait_synced(timeout=10)
             changes = source.changes().__aiter__()
             await _next(changes)
-            before = len(source.snapshot().endpoints["payments/ledger"])
+            before = len(source.snapshot().endpoints["web/api"])
+            gate.close()
+            await asyncio.to_thread(server.stop)
+            await asyncio.to_thread(gate.wait_for_waiters, 3)
             stored = server.api.get(slice_rt, ns, name).body
-            stored["endpoints"] = stored["endpoints"][1:]  # one replica gone
-            with server.store.lock:  # commit and forget atomically: the watcher never sees the event
-                server.load([stored])
-                server.expire_watch_cache(["discovery.k8s.io/endpointslices"])
-            assert await _next(changes) == {"payments/ledger"}
-            assert len(source.snapshot().endpoints["payments/ledger"]) == before - 1
-            assert source.stats.relists == 1
-            assert any("410" in p and "Expired" in p for p in source.stats.problems)
+            stored["endpoints"] = stored["endpoints"][1:]
+            server.load([stored])
+            server.api.delete(svc_rt, "payments", "dns-cache", b"", {})
+            server.expire_watch_cache()
+            await asyncio.to_thread(server.start)
+            gate.open()
+            seen: set[str] = set()
+            while not {"web/api", "payments/dns-cache"} <= seen:
+                seen |= await _next(changes)
+            assert len(source.snapshot().endpoints["web/api"]) == before - 1
+            assert "payments/dns-cache" not in source.snapshot().services
+            assert source.stats.relists >= 2  # at least Services and EndpointSlices
+        finally:
+            gate.open()
+            await source.aclose()
 
     _run(go())
 

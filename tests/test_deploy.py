@@ -22,15 +22,16 @@ NAMESPACE = "p4kube-system"
 IMAGE = "p4kube/reconciler"
 
 # The complete, minimal list the brief fixes: (apiGroup, resource, verb).
+# Exactly the calls the code makes (reconciler/kube/client.py REQUIRED_PERMISSIONS, checked
+# against real traffic as the service account in tests/test_e2e_kube.py).
 CLUSTER_RULES = {
     *(("", "services", v) for v in ("get", "list", "watch", "patch")),
-    *(("", "services/status", v) for v in ("patch", "update")),
-    *(("discovery.k8s.io", "endpointslices", v) for v in ("get", "list", "watch")),
-    *(("", "nodes", v) for v in ("get", "list", "watch")),
-    *(("", "events", v) for v in ("create", "patch")),
+    ("", "services/status", "patch"),
+    *(("discovery.k8s.io", "endpointslices", v) for v in ("list", "watch")),
+    *(("", "nodes", v) for v in ("list", "watch")),
     *(("events.k8s.io", "events", v) for v in ("create", "patch")),
-    *((crd.GROUP, crd.PLURAL, v) for v in ("get", "list", "watch")),
-    *((crd.GROUP, f"{crd.PLURAL}/status", v) for v in ("patch", "update")),
+    *((crd.GROUP, crd.PLURAL, v) for v in ("list", "watch")),
+    (crd.GROUP, f"{crd.PLURAL}/status", "patch"),
 }
 LEASE_RULES = {("coordination.k8s.io", "leases", v) for v in ("get", "create", "update")}
 
@@ -148,6 +149,17 @@ def test_rbac_covers_the_permissions_the_kube_code_declares() -> None:
         for verb in p.verbs:
             where = namespaced if p.namespaced_to_release else granted
             assert (p.group, p.resource, verb) in where, f"{p.group}/{p.resource} {verb} is not granted"
+
+
+def test_rbac_grants_nothing_the_code_does_not_use() -> None:
+    """Least privilege: every verb the shipped roles grant is one the code declares it calls
+    (tests/test_e2e_kube.py runs the product as the service account to keep that list honest)."""
+    from reconciler.kube.client import REQUIRED_PERMISSIONS
+
+    needed = {(p.group, p.resource, v) for p in REQUIRED_PERMISSIONS if not p.namespaced_to_release for v in p.verbs}
+    needed_ns = {(p.group, p.resource, v) for p in REQUIRED_PERMISSIONS if p.namespaced_to_release for v in p.verbs}
+    assert set(rule_triples(one("ClusterRole")["rules"])) == needed
+    assert set(rule_triples(one("Role")["rules"])) == needed_ns
 
 
 # --- the Deployment ------------------------------------------------------------------------

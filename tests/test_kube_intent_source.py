@@ -84,6 +84,21 @@ def test_conflicts_between_crs_blame_the_newer_one() -> None:
     assert any("overlaps" in d.message and "internal" in d.message for d in invalid.diagnostics)
 
 
+def test_an_invalid_cr_holds_no_claims_against_a_valid_one() -> None:
+    """Same second (creationTimestamp ties, names decide), same pool and switch: the broken CR,
+    invalid on its own, must not keep the valid one out."""
+    edge = as_cr(REPO / "intent-examples" / "minimal" / "lbconfig.yaml")
+    edge["metadata"]["name"] = "edge"
+    edge["spec"]["vipPools"] = [{"name": "test", "addresses": ["203.0.113.10-203.0.113.20"]}]
+    broken = copy.deepcopy(edge)
+    broken["metadata"]["name"] = "broken"  # sorts first
+    broken["spec"]["healthCheck"] = {"interval": "1s", "timeout": "2s"}
+    result = intent_from_objects([edge, broken])
+    assert [c.name for c in result.intent.configs] == ["edge"]
+    (invalid,) = result.invalid
+    assert invalid.name == "broken" and [d.field for d in invalid.diagnostics] == ["spec.healthCheck.timeout"]
+
+
 def test_relative_pipeline_paths_resolve_against_base_dir(tmp_path: Path) -> None:
     (tmp_path / "custom.p4info.txtpb").write_text("")
     cr = as_cr(REPO / "intent-examples" / "minimal" / "lbconfig.yaml")

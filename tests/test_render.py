@@ -509,3 +509,33 @@ def test_backend_of_removed_service_is_taken_over_on_the_next_render(name: str) 
         f"incremental Renderer keeps default/{name} without its backend (contested with the removed "
         f"default/old in the previous render): backends {again.by_name[f'default/{name}'].backends}"
     )
+
+
+def test_a_service_in_automatic_fallback_keeps_its_vip() -> None:
+    import dataclasses
+
+    from reconciler.cluster.model import FALLBACK_BY_ANNOTATION, OPT_IN_ANNOTATION
+
+    config = make_config()
+    web = make_service("web")
+    v1 = do_render(config, make_cluster({web: {"node-0": 1}})).snapshot
+    vip = v1.by_name["default/web"].vip
+    fallen = dataclasses.replace(
+        web, annotations=((FALLBACK_BY_ANNOTATION, "p4kube"), (OPT_IN_ANNOTATION, "disabled")), ingress_ips=(vip,)
+    )
+    newcomer = make_service("aaa-new", node_port_base=31000)
+    cluster2 = make_cluster({fallen: {"node-0": 1}, newcomer: {"node-1": 1}})
+    v2 = do_render(config, cluster2, v1).snapshot
+    assert "default/web" not in v2.by_name
+    assert v2.by_name["default/aaa-new"].vip != vip
+    # From scratch too (a restart): the status ingress IP is held for the fallen-back Service.
+    assert do_render(config, cluster2).snapshot.by_name["default/aaa-new"].vip != vip
+    # Recovered: back on the same address.
+    v3 = do_render(config, make_cluster({web: {"node-0": 1}, newcomer: {"node-1": 1}}), v2).snapshot
+    assert v3.by_name["default/web"].vip == vip
+    # A person's "disabled" (no p4kube marker) releases it, as before.
+    person = dataclasses.replace(web, annotations=((OPT_IN_ANNOTATION, "disabled"),), ingress_ips=(vip,))
+    late = make_service("late", node_port_base=32000)
+    v4 = do_render(config, make_cluster({person: {"node-0": 1}, newcomer: {"node-1": 1}}), v3).snapshot
+    v5 = do_render(config, make_cluster({person: {"node-0": 1}, newcomer: {"node-1": 1}, late: {"node-1": 1}}), v4).snapshot
+    assert v5.by_name["default/late"].vip == vip

@@ -26,6 +26,7 @@ locks are needed around it. How each reflector behaves, and why (the fixture num
 from __future__ import annotations
 
 import asyncio
+import copy
 import json
 import logging
 import random
@@ -240,9 +241,13 @@ class Reflector:
                     self._wait(delay)
         except _Stopped:
             pass
-        except Exception:  # a bug: say so loudly, the source reports the dead reflector
+        except Exception as e:  # a bug: say so loudly, and tell the source the reflector is dead
             log.exception("reflector for %s stopped by an unexpected error", self.kind)
-            self.stats.last_error = "crashed (see log)"
+            self.stats.last_error = f"crashed: {e!r}"
+            try:
+                self._deliver(Problem(self.kind, KubeError(f"reflector for {self.kind}", None, "Crashed", repr(e)), "stopped"))
+            except Exception:
+                log.exception("could not report the crash of the %s reflector", self.kind)
             raise
 
     def _problem(self, error: KubeError, delay: float, *, action: str | None = None) -> None:
@@ -470,7 +475,10 @@ class LiveClusterSource:
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         for coll in self._collections:
-            r = Reflector(coll, self._from_thread, **self._options)
+            opts = dict(self._options)
+            if isinstance(opts.get("backoff"), Backoff):  # each reflector backs off on its own
+                opts["backoff"] = copy.copy(opts["backoff"])
+            r = Reflector(coll, self._from_thread, **opts)
             self._reflectors.append(r)
             r.start()
 

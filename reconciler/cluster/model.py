@@ -9,6 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 OPT_IN_ANNOTATION = "loadbalancer.k8s.io/p4kube"
+# Set by p4kube's automatic fallback (with "disabled" above); a person's "disabled" lacks it.
+FALLBACK_BY_ANNOTATION = "loadbalancer.k8s.io/p4kube-fallback-by"
+FALLBACK_MARKER = "p4kube"
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 
 
@@ -44,6 +47,11 @@ class Service:
             if k == name:
                 return v
         return None
+
+    @property
+    def auto_fallback(self) -> bool:
+        """Handed to kube-proxy by p4kube itself (not by a person): still p4kube's Service."""
+        return self.opt_in == "disabled" and self.annotation(FALLBACK_BY_ANNOTATION) == FALLBACK_MARKER
 
     @property
     def opt_in(self) -> str | None:

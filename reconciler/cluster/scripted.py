@@ -14,8 +14,7 @@ from .model import ClusterState, Service
 
 log = logging.getLogger("reconciler.cluster")
 
-from ..fallback import FALLBACK_BY_ANNOTATION as FALLBACK_BY  # noqa: E402 - one definition of the markers
-from ..fallback import fallback_patch, recover_patch  # noqa: E402
+from ..fallback import fallback_patch, recover_patch  # noqa: E402 - the same patches as on a live cluster
 
 
 def changed_keys(old: ClusterState, new: ClusterState) -> frozenset[str]:
@@ -94,4 +93,4 @@ class ScriptedCluster:
 
 
 def is_auto_fallback(svc: Service) -> bool:
-    return svc.opt_in == "disabled" and svc.annotation(FALLBACK_BY) == "p4kube"
+    return svc.auto_fallback

@@ -13,7 +13,8 @@ refused here. What differs from files:
   column 0: an object read from the API has no lines; the field path says where.
 - One invalid CR does not hide the others: valid CRs form the IntentSet, invalid ones are
   reported (and their status gets Stalled). In conflicts between CRs (overlapping VIP pools,
-  a switch claimed twice) the older CR (creationTimestamp, then name) keeps its claim.
+  a switch claimed twice) the older CR (creationTimestamp, then namespace/name: the timestamp
+  has 1-second resolution) keeps its claim; only CRs valid on their own hold claims.
 - Relative p4Info/deviceConfig paths are resolved against `base_dir` (where the reconciler's
   image keeps pipeline files), and stored absolute in the model.
 """
@@ -143,8 +144,10 @@ def intent_from_objects(
         per_doc.append(diags)
         facts.append(doc_facts)
         defaulted.append(data)
+    # Claims across CRs (VIP ranges, switches) count only for CRs valid on their own: a broken
+    # CR must not keep a valid one out by holding the same pool.
     by_file = {doc.file: i for i, doc in enumerate(docs)}
-    for d in check_across(facts):
+    for d in check_across([f for f, diags in zip(facts, per_doc) if not diags]):
         if d.file in by_file:
             per_doc[by_file[d.file]].append(d)
     resources: dict[str, ConfigResource] = {}

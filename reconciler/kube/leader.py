@@ -315,7 +315,8 @@ class LeaderElector:
         term.lost_reason = reason
         term.lost.set()
         self._became_leader.clear()
-        log.warning("%s lost leadership (election id %d): %s", self.identity, term.election_id, reason)
+        level = logging.INFO if reason == "released" else logging.WARNING
+        log.log(level, "%s lost leadership (election id %d): %s", self.identity, term.election_id, reason)
         for cb in self._callbacks:
             try:
                 cb(term)

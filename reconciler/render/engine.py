@@ -235,7 +235,17 @@ def _cached_fp(st: _State, key: str) -> object:
     return ks.fingerprint if ks is not None else None
 
 
-def _drop_key(st: _State, key: str, keep: set[str]) -> None:
+def _reserve_vip(st: _State, svc: Service) -> None:
+    """Hold the VIP of a fallen-back Service: the one it holds, else its status ingress IP."""
+    if st.vips.holds(svc.key) is not None:
+        return
+    pools: VipSpace = st.vips.space  # type: ignore[assignment]
+    for ip in svc.ingress_ips:
+        if pools.in_any_pool(ip) and st.vips.take(svc.key, ip):
+            return
+
+
+def _drop_key(st: _State, key: str, keep: set[str], keep_vip: bool = False) -> None:
     """Forget the snapshot services of `key` not in `keep`, releasing what they held."""
     ks = st.keys.get(key)
     if ks is None:
@@ -250,7 +260,7 @@ def _drop_key(st: _State, key: str, keep: set[str]) -> None:
                 st.backend_ids.release((name, backend_key(b, old.backend_mode)))
             for e in old.entries().get(REVERSE_NAT, ()):
                 _release_reverse(st, e.key, name)
-    if not keep:
+    if not keep and not keep_vip:
         st.vips.release(key)
 
 
@@ -294,7 +304,11 @@ def _render_key(
     fingerprint = _fingerprint(cluster, key, connections)
     skip = selection(config, svc)
     if skip is not None:
-        _drop_key(st, key, keep=set())
+        # A Service in p4kube's automatic fallback keeps its VIP: kube-proxy serves it from the
+        # Service's status meanwhile, and it comes back to the switches on the same address.
+        _drop_key(st, key, keep=set(), keep_vip=svc.auto_fallback)
+        if svc.auto_fallback:
+            _reserve_vip(st, svc)
         if skip.severity:
             issues.append(RenderIssue(key, skip.reason, skip.severity))
         _set_key(st, key, _KeyState(fingerprint, (), tuple(issues)))
