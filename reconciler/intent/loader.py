@@ -219,11 +219,11 @@ def _load(paths: Sequence[str | Path], max_file_bytes: int) -> _Result:
         where = os.fspath(paths[0]) if paths else "<none>"
         result.diagnostics.append(Diagnostic(where, 1, 1, f"no {KIND} ({API_VERSION}) found in {shown}"))
     if not result.diagnostics:
-        result.configs = [_build(c.doc, d) for c, d in zip(candidates, defaulted)]
+        result.configs = [build_config(c.doc, d) for c, d in zip(candidates, defaulted)]
     return result
 
 
-def _build(doc: YamlDocument, d: dict[str, Any]) -> LoadBalancerConfig:
+def build_config(doc: YamlDocument, d: dict[str, Any]) -> LoadBalancerConfig:
     """The model of a document that passed every check (`d` has the schema's defaults)."""
     meta, spec = d["metadata"], d["spec"]
     hc, sc, audit = spec["healthCheck"], spec["switchConfig"], spec["audit"]

@@ -32,7 +32,7 @@ from kubernetes import client as k8s
 
 from reconciler.cluster.live import Bookmark, Collection, Item, Problem, Reflector, Relisted, WatchEvent
 from reconciler.diagnostics import Diagnostic
-from reconciler.intent.loader import _build as build_config  # the model builder shared with files
+from reconciler.intent.loader import build_config  # the model builder shared with files
 from reconciler.intent.model import API_VERSION, KIND, IntentSet, LoadBalancerConfig
 from reconciler.intent.schema import apply_defaults, validate_document
 from reconciler.intent.semantic import DocumentFacts, check_across, check_document
