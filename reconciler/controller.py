@@ -105,6 +105,7 @@ class ConfigWorker:
     _backend_failures: dict[str, int] = field(default_factory=dict)
     unhealthy_switches: set[str] = field(default_factory=set)
     _rounds: int = 0
+    _connections: dict[str, dict[str, int]] | None = None
 
     async def start(self, intent_commit: str | None) -> TransactionRecord:
         """On (re)start: read the switches back and converge them on the last applied snapshot
@@ -124,13 +125,40 @@ class ConfigWorker:
             await self.on_result(record, result, self.last)
         return record
 
+    async def connections(self) -> dict[str, dict[str, int]] | None:
+        """least-connections input: per snapshot Service and backend, SYN minus FIN from the
+        primary's counters (clamped at 0: retransmitted SYNs and RSTs make the estimate drift)."""
+        if self.config.algorithm != "least-connections" or self.last is None:
+            return None
+        primary = next((sw for sw in self.applier.order if sw.role == "primary"), None)
+        session = self.applier.session_for(primary.name) if primary is not None else None
+        if session is None:
+            return self._connections
+        from . import p4names as n
+        from .snapshot import backend_key
+
+        owner = {b.backend_id: (s.name, backend_key(b, s.backend_mode)) for s in self.last.services for b in s.backends}
+        if not owner:
+            return {}
+        ids = sorted(owner)
+        syn = {c.index: c.packets for c in await session.read_counters(n.BACKEND_SYN, ids)}
+        fin = {c.index: c.packets for c in await session.read_counters(n.BACKEND_FIN, ids)}
+        out: dict[str, dict[str, int]] = {}
+        for bid, (name, key) in owner.items():
+            out.setdefault(name, {})[key] = max(0, syn.get(bid, 0) - fin.get(bid, 0))
+        self._connections = out
+        return out
+
     async def reconcile(
         self, cluster: ClusterState, changed: frozenset[str] | None, intent_commit: str | None
     ) -> TransactionRecord:
         t0 = time.perf_counter()
+        connections = await self.connections()
+        if connections is not None:
+            changed = None  # the counters move without cluster events: compare every Service's inputs
         rendered = self.renderer.render(
             self.config, cluster, self.last, p4info_digest=self.p4info_digest, intent_commit=intent_commit,
-            changed=changed,
+            changed=changed, connections=connections,
         )
         if not rendered.changed:
             record = TransactionRecord(self.config.key, rendered.snapshot.version, "up-to-date", issues=rendered.issues,
@@ -308,6 +336,7 @@ class Controller:
         self.history: list[TransactionRecord] = []
         self.passes = 0
         self.health_rounds = 0
+        self._last_health = 0.0
         self._pending_keys: set[str] = set()
         self._full = True  # the next pass renders everything (start, intent change)
         self._wake = asyncio.Event()
@@ -367,16 +396,28 @@ class Controller:
                 if not self._full and not self._pending_keys:
                     # Sleep until a trigger; while Services are fallen back, wake every health
                     # interval to see whether their backends are back.
-                    tick = min(
+                    health = min(
                         (w.config.health_check.interval_s for w in self.workers.values() if w.config.health_check.enabled),
                         default=None,
                     )
+                    # least-connections follows the switch counters: a pass every updateInterval.
+                    lc = min(
+                        (max(w.config.update_interval_s, 0.05) for w in self.workers.values()
+                         if w.config.algorithm == "least-connections"),
+                        default=None,
+                    )
+                    tick = min((t for t in (health, lc) if t is not None), default=None)
+                    t0 = time.monotonic()
                     await _wait_any(self._wake, stop, timeout=tick)
                     if stop.is_set():
                         break
                     if not self._wake.is_set():
-                        await self._health_tick()
-                        continue
+                        if lc is not None and time.monotonic() - t0 >= lc - 1e-3:
+                            self._full = True  # recompute least-connections weights
+                        if health is not None and (lc is None or health <= lc or self._health_due(health)):
+                            await self._health_tick()
+                        if not self._full:
+                            continue
                 # Coalesce: let the burst finish for the shortest updateInterval of the configs.
                 window = min((self.update_interval(w.config) for w in self.workers.values()), default=0.0)
                 if window > 0:
@@ -400,7 +441,14 @@ class Controller:
             for w in self.workers.values():
                 await w.applier.close()
 
+    def _health_due(self, interval: float) -> bool:
+        now = time.monotonic()
+        if now - self._last_health >= interval:
+            return True
+        return False
+
     async def _health_tick(self) -> None:
+        self._last_health = time.monotonic()
         state = self.cluster.snapshot()
         for w in list(self.workers.values()):
             try:

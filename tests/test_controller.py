@@ -236,3 +236,44 @@ def test_periodic_health_falls_back_dead_backends_and_repairs_drift(setup):
             await asyncio.wait_for(task, 10)
 
     asyncio.run(scenario())
+
+
+def test_least_connections_follows_the_switch_counters(setup):
+    from reconciler.sim.packet import SYN, build_tcp
+
+    sws, backends, ports, config, state, tmp = setup
+    config = dataclasses.replace(config, algorithm="least-connections", update_interval_s=0.05)
+    cluster = ScriptedCluster(state)
+
+    async def scenario():
+        ctl, audit = make_controller(config, cluster, tmp / "audit.git")
+        stop = asyncio.Event()
+        task = asyncio.create_task(ctl.run(stop))
+        try:
+            await ctl.wait_until(lambda: any(r.outcome == "applied" for r in ctl.history))
+            worker = ctl.workers["p4kube-system/loop"]
+            web = worker.last.by_name["apps/web"]
+            before = {b.node: b.buckets for b in web.backends}
+            node_a = NODES["node-a"]
+            # 300 new connections (SYN, no FIN) land on node-a through the primary switch.
+            sent, elsewhere, i = 0, 0, 0
+            while sent < 300:
+                i += 1
+                out = sws[1].inject(1, 2, build_tcp(f"10.200.{i // 250}.{i % 250 + 1}", web.vip, 20000 + i, 80, SYN))
+                if out.trace and any(node_a in t for t in out.trace):
+                    sent += 1
+                else:
+                    elsewhere += 1
+            await ctl.wait_until(
+                lambda: {b.node: b.buckets for b in worker.last.by_name["apps/web"].backends}["node-a"] < before["node-a"],
+                timeout=15,
+            )
+            after = {b.node: (b.buckets, b.active_connections) for b in worker.last.by_name["apps/web"].backends}
+            # Per replica, node-a (2 replicas) is far busier than node-b (1): node-b gains buckets.
+            assert after["node-a"][1] == 300 and after["node-b"][1] == elsewhere
+            assert after["node-b"][0] > before["node-b"]
+        finally:
+            stop.set()
+            await asyncio.wait_for(task, 10)
+
+    asyncio.run(scenario())
