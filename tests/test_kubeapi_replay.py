@@ -273,6 +273,15 @@ class Replay:
                 exp = sorted(exp, key=order)
         if k == "managedFields" and isinstance(exp, list):
             self.managed[json.dumps(exp, sort_keys=True)] = act
+            if isinstance(act, list):
+                # The server orders entries by their `time`, which has 1-second resolution:
+                # whether two writes fall in the same second (then the manager name decides)
+                # depends on timing, so the recording and a replay may differ in order only.
+                # Compare the entries, matched by manager, operation and subresource.
+                def entry_key(e: Any) -> tuple[str, str, str]:
+                    return (str(e.get("manager")), str(e.get("operation")), str(e.get("subresource", ""))) if isinstance(e, dict) else ("", "", "")
+
+                exp, act = sorted(exp, key=entry_key), sorted(act, key=entry_key)
         if (
             k == "conditions"
             and parent.get("acceptedNames") is not None
