@@ -195,6 +195,19 @@ class TwoSwitchApplier:
         s = self._sessions.get(name)
         return s if s is not None and s.is_open else None
 
+    async def reconnect(self, name: str) -> SwitchSession | None:
+        """Open a session to `name` again (arbitration and the pipeline check, nothing written);
+        None when it still cannot be reached."""
+        for sw in self.order:
+            if sw.name == name:
+                try:
+                    session, _ = await self._session(sw)
+                    return session
+                except SwitchError as e:
+                    log.info("switch %s still unreachable: %s", name, e)
+                    return None
+        return None
+
     def forget(self, name: str | None = None) -> None:
         """Stop trusting what `name` (None: every switch) holds: the next apply reads it back in
         full and repairs any difference (drift)."""

@@ -106,6 +106,7 @@ class ConfigWorker:
     unhealthy_switches: set[str] = field(default_factory=set)
     _rounds: int = 0
     _connections: dict[str, dict[str, int]] | None = None
+    needs_retry: bool = False  # the last transaction failed before writing: try again on a health tick
 
     async def start(self, intent_commit: str | None) -> TransactionRecord:
         """On (re)start: read the switches back and converge them on the last applied snapshot
@@ -177,6 +178,7 @@ class ConfigWorker:
             reason = result.reason if result.outcome != "failed" else f"failed: {result.reason}"
             self.audit.record(target, AUDIT_OUTCOME[result.outcome], reason=reason)
         fell_back: tuple[str, ...] = ()
+        self.needs_retry = result.outcome == "failed"
         if result.ok:
             self.last = target
         elif self.probe is not None and result.outcome == "rolled-back":
@@ -218,6 +220,8 @@ class ConfigWorker:
         self._rounds += 1
         for sw in self.applier.order:
             session = self.applier.session_for(sw.name)
+            if session is None or not session.is_primary:
+                session = await self.applier.reconnect(sw.name)  # a switch that came back is seen here
             live = await check_switch(session, timeout=check.timeout_s, expected_cookie=self.applier.cookie) if session else None
             if live is not None and live.alive:
                 self._switch_failures[sw.name] = 0
@@ -460,6 +464,8 @@ class Controller:
                     await w.on_health(w)
             except Exception as e:  # noqa: BLE001 - a failed health round is reported, the loop goes on
                 log.error("%s: health round failed: %s", w.config.key, e)
+        if any(w.needs_retry for w in self.workers.values()):
+            self._full = True  # a transaction that could not start (a switch was down) is retried
         async with self._pass_done:
             self.health_rounds += 1
             self._pass_done.notify_all()

@@ -277,3 +277,43 @@ def test_least_connections_follows_the_switch_counters(setup):
             await asyncio.wait_for(task, 10)
 
     asyncio.run(scenario())
+
+
+def test_an_unhealthy_primary_falls_back_its_services_and_they_return_with_it(setup):
+    sws, backends, ports, config, state, tmp = setup
+    cluster = ScriptedCluster(state)
+
+    async def scenario():
+        ctl, audit = make_controller(config, cluster, tmp / "audit.git")
+        stop = asyncio.Event()
+        task = asyncio.create_task(ctl.run(stop))
+        try:
+            await ctl.wait_until(lambda: any(r.outcome == "applied" for r in ctl.history))
+            worker = ctl.workers["p4kube-system/loop"]
+            port = sws[1].port
+            sws[1].stop(0)  # the primary dies (its tables survive, like a switch whose agent restarts)
+            await ctl.wait_until(lambda: any(r.outcome == "fell-back" for r in ctl.history), timeout=15)
+            rec = next(r for r in ctl.history if r.outcome == "fell-back")
+            assert set(rec.fell_back) == {"apps/web", "apps/api"}
+            assert all(cluster.snapshot().services[k].auto_fallback for k in ("apps/web", "apps/api"))
+            assert "primary" in worker.unhealthy_switches
+            # While it is down nothing is recovered (the backends answer, but nothing can be served).
+            rounds = ctl.health_rounds
+            await ctl.wait_until(lambda: ctl.health_rounds >= rounds + 3, timeout=15)
+            assert all(cluster.snapshot().services[k].auto_fallback for k in ("apps/web", "apps/api"))
+            # It comes back on the same address: the health round reconnects, the fallback is lifted,
+            # and both switches end on the same snapshot again.
+            sws[1].start(f"127.0.0.1:{port}")
+            await ctl.wait_until(
+                lambda: not worker.unhealthy_switches
+                and not any(cluster.snapshot().services[k].auto_fallback for k in ("apps/web", "apps/api")),
+                timeout=20,
+            )
+            await ctl.wait_until(lambda: worker.last is not None and set(worker.last.by_name) == {"apps/web", "apps/api"}
+                                 and len(sws[1].entries(1, "MyIngress.vip_table")) == 2, timeout=20)
+            assert len(sws[0].entries(1, "MyIngress.vip_table")) == 2
+        finally:
+            stop.set()
+            await asyncio.wait_for(task, 10)
+
+    asyncio.run(scenario())
