@@ -310,7 +310,8 @@ async def build_runtime(args: argparse.Namespace, api: Any = None) -> Runtime:
             applier: TwoSwitchApplier = build_applier(config, args, election_id)
             worker = ConfigWorker(
                 config, applier, config_p4info_digest(config), audit=audit,
-                probe=make_post_apply_probe(config.health_check) if config.health_check.enabled else None,
+                probe=make_post_apply_probe(config.health_check, vip_probe=config.health_check.vip_probe)
+                if config.health_check.enabled else None,
                 fallback=fallback, on_result=on_result, on_health=on_health,
             )
             if audit is None:

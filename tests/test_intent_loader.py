@@ -306,3 +306,15 @@ def test_a_config_with_a_mistyped_group_does_not_vanish(tmp_path: Path) -> None:
         "apiVersion",
         'no API group in "v1alpha1" for a LoadBalancerConfig: use networking.p4kube.io/v1alpha1',
     )
+
+
+def test_vip_probe_is_off_by_default_and_can_be_turned_on(tmp_path) -> None:
+    from reconciler.intent.loader import load_intent
+
+    base = (Path(__file__).resolve().parents[1] / "intent-examples" / "minimal" / "lbconfig.yaml").read_text()
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "lbconfig.yaml").write_text(base)
+    assert load_intent([tmp_path / "a"]).config().health_check.vip_probe is False
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "lbconfig.yaml").write_text(base.replace("spec:\n", "spec:\n  healthCheck:\n    vipProbe: true\n", 1))
+    assert load_intent([tmp_path / "b"]).config().health_check.vip_probe is True

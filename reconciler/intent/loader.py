@@ -245,6 +245,7 @@ def build_config(doc: YamlDocument, d: dict[str, Any]) -> LoadBalancerConfig:
             timeout_s=_seconds(hc["timeout"]),
             failure_threshold=hc["failureThreshold"],
             success_threshold=hc["successThreshold"],
+            vip_probe=hc["vipProbe"],
         ),
         switch_config=SwitchConfig(
             p4_program=sc["p4Program"],

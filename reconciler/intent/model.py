@@ -35,6 +35,7 @@ class HealthCheck:
     timeout_s: float = 2.0
     failure_threshold: int = 3
     success_threshold: int = 1
+    vip_probe: bool = False  # probe vip:port too, where the reconciler's path crosses the switches
 
 
 @dataclass(frozen=True)
