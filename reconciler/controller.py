@@ -107,6 +107,7 @@ class ConfigWorker:
     _rounds: int = 0
     _connections: dict[str, dict[str, int]] | None = None
     needs_retry: bool = False  # the last transaction failed before writing: try again on a health tick
+    _recovered: set[str] = field(default_factory=set)  # lifted fallbacks not yet back on the switches
 
     async def start(self, intent_commit: str | None) -> TransactionRecord:
         """On (re)start: read the switches back and converge them on the last applied snapshot
@@ -168,15 +169,16 @@ class ConfigWorker:
                 await self.on_result(record, None, rendered.snapshot)
             return record
         target = rendered.snapshot
+        why = self._why(cluster, target)
         if self.audit is not None:
             # Versions stay unique in the audit history, also after rollbacks.
             target = target.with_version(self.audit.next_version(self.config.key))
-            self.audit.record(target, "pending")
+            self.audit.record(target, "pending", reason=why)
         result = await self.applier.apply(target, self.last, self.probe)
         writes = sum(sum(k.values()) for k in result.writes().values())
         if self.audit is not None:
             reason = result.reason if result.outcome != "failed" else f"failed: {result.reason}"
-            self.audit.record(target, AUDIT_OUTCOME[result.outcome], reason=reason)
+            self.audit.record(target, AUDIT_OUTCOME[result.outcome], reason="; ".join(r for r in (why, reason) if r))
         fell_back: tuple[str, ...] = ()
         self.needs_retry = result.outcome == "failed"
         if result.ok:
@@ -192,6 +194,22 @@ class ConfigWorker:
         if self.on_result is not None:
             await self.on_result(record, result, target)
         return record
+
+    def _why(self, cluster: ClusterState, target: Snapshot) -> str:
+        """The audit Reason of a version that takes Services off the switches for a kube-proxy
+        fallback, or puts them back after one (the cluster change alone would not say why)."""
+        before = {s.service_key for s in self.last.services} if self.last is not None else set()
+        after = {s.service_key for s in target.services}
+        parts = []
+        for key in sorted(before - after):
+            svc = cluster.services.get(key)
+            if svc is not None and svc.auto_fallback:
+                parts.append(f"{key} fell back to kube-proxy ({self.fallen_back.get(key) or svc.annotation('loadbalancer.k8s.io/p4kube-fallback-reason') or 'automatic'})")
+        for key in sorted(after - before):
+            if key in self._recovered:
+                parts.append(f"{key} recovered from its kube-proxy fallback")
+                self._recovered.discard(key)
+        return "; ".join(parts)[:900]
 
     async def _fall_back(self, services: tuple[str, ...], reason: str) -> tuple[str, ...]:
         if self.fallback is None or not services:
@@ -317,6 +335,7 @@ class ConfigWorker:
                 await self.fallback.recover(key)
                 del self.fallen_back[key]
                 self._successes.pop(key, None)
+                self._recovered.add(key)
                 recovered.append(key)
         return tuple(recovered)
 

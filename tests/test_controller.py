@@ -167,6 +167,8 @@ def test_loop_applies_rolls_back_falls_back_recovers_and_restarts_quietly(setup)
             assert len(sws[1].entries(1, "MyIngress.vip_table")) == 1
             outcomes = [e.trailers.get("Outcome") for e in audit.history(config="p4kube-system/loop")]
             assert "rolled-back" in outcomes
+            removal = audit.history(config="p4kube-system/loop")[0]
+            assert "apps/api fell back to kube-proxy" in removal.trailers.get("Reason", "")
 
             # Backends return: the fallback is lifted and api is served again.
             for ip in NODES.values():
@@ -174,6 +176,8 @@ def test_loop_applies_rolls_back_falls_back_recovers_and_restarts_quietly(setup)
             await ctl.wait_until(lambda: "apps/api" in audit.last_applied("p4kube-system/loop").by_name, timeout=15)
             assert cluster.snapshot().services["apps/api"].opt_in == "enabled"
             assert len(sws[0].entries(1, "MyIngress.vip_table")) == len(sws[1].entries(1, "MyIngress.vip_table")) == 2
+            back = audit.history(config="p4kube-system/loop")[0]
+            assert "apps/api recovered from its kube-proxy fallback" in back.trailers.get("Reason", "")
         finally:
             stop.set()
             await asyncio.wait_for(task, 10)
