@@ -1,7 +1,7 @@
 """The audit repository's file layout: a snapshot <-> the files of one config directory.
 
     configs/<namespace>/<name>/manifest.json                          everything but the Services
-    configs/<namespace>/<name>/services/<namespace>/<service>[:port].json  one per Service port
+    configs/<namespace>/<name>/services/<namespace>/<service>[__port].json  one per Service port
 
 A service file is that Service's fragment (docs/snapshot.md): its object from "services" and
 its table entries, one entry per line, so a change to one bucket is a one-line diff and a change
@@ -63,11 +63,16 @@ def config_dir(config: str) -> str:
     return f"{CONFIGS_DIR}/{config}"
 
 
+# A snapshot name's ":port" is written "__port" in file names: ":" cannot appear in Windows
+# file names, and Kubernetes names and port names cannot contain "_", so the mapping is exact.
+PORT_SEPARATOR = "__"
+
+
 def service_path(name: str) -> str:
-    """services/<namespace>/<service>[:port].json, relative to the config directory."""
+    """services/<namespace>/<service>[__port].json, relative to the config directory."""
     if not _SERVICE_RE.match(name):
         raise SnapshotError(f"service name {name!r} is not namespace/name[:port]")
-    return f"{SERVICES_DIR}/{name}.json"
+    return f"{SERVICES_DIR}/{name.replace(':', PORT_SEPARATOR)}.json"
 
 
 def service_name_from_path(path: str) -> str:
@@ -75,7 +80,7 @@ def service_name_from_path(path: str) -> str:
     parts = path.split("/")
     if len(parts) != 3 or parts[0] != SERVICES_DIR or not parts[2].endswith(".json"):
         raise SnapshotError(f"{path}: not a service file (expected {SERVICES_DIR}/<namespace>/<service>.json)")
-    name = f"{parts[1]}/{parts[2][: -len('.json')]}"
+    name = f"{parts[1]}/{parts[2][: -len('.json')].replace(PORT_SEPARATOR, ':')}"
     if not _SERVICE_RE.match(name):
         raise SnapshotError(f"{path}: {name!r} is not a service name (namespace/name[:port])")
     return name
