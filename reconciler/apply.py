@@ -62,6 +62,9 @@ class SwitchReport:
         return ", ".join(parts)
 
 
+_AUDIT_OUTCOMES = {"applied": "applied", "unchanged": "applied", "degraded": "degraded", "rolled-back": "rolled-back"}
+
+
 @dataclass(frozen=True)
 class ApplyResult:
     outcome: Outcome
@@ -83,6 +86,14 @@ class ApplyResult:
                     total.setdefault(table, {}).setdefault(kind, 0)
                     total[table][kind] += count
         return total
+
+    def audit_record(self) -> tuple[str, str]:
+        """(outcome, reason) as the audit history records this result. Its outcomes are fixed
+        (docs/audit.md): "failed" means nothing changed, or a rollback itself failed, and is
+        recorded as rolled-back with the reason saying which."""
+        if self.outcome == "failed":
+            return "rolled-back", f"failed: {self.reason}"
+        return _AUDIT_OUTCOMES[self.outcome], self.reason
 
     def describe(self) -> str:
         head = f"snapshot v{self.version} {self.outcome}" + (f": {self.reason}" if self.reason else "")

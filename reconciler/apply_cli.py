@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from .apply import ApplyResult, TwoSwitchApplier, default_session_factory
-from .intent.model import IntentSet, LoadBalancerConfig
+from .intent.model import LoadBalancerConfig
 from .p4info import load_p4info, pipeline_info_from_message
 from .pipeline_io import p4info_path
 from .snapshot import Snapshot, load_snapshot
@@ -155,22 +155,13 @@ async def _apply(config: LoadBalancerConfig, args: argparse.Namespace, target: S
     return result
 
 
-def _pick(intent: IntentSet, name: str | None) -> LoadBalancerConfig:
-    from .cli import CommandError
-
-    try:
-        return intent.config(name)
-    except LookupError as e:
-        raise CommandError(str(e).strip("'\"")) from e
-
-
 def cmd_apply(args: argparse.Namespace) -> int:
-    from .cli import CommandError
+    from .cli import CommandError, pick_config
     from .intent.loader import load_intent
 
     intent = load_intent([args.intent])
     target = load_snapshot(args.snapshot)
-    config = _pick(intent, args.config or target.config)
+    config = pick_config(intent, args.config or target.config)
     if config.key != target.config:
         raise CommandError(f"{args.snapshot} is for config {target.config}, not {config.key}")
     result = asyncio.run(_apply(config, args, target, StateDir(args.state)))
@@ -185,11 +176,6 @@ def _open_audit(config: LoadBalancerConfig, args: argparse.Namespace):  # type: 
     return AuditRepo.open_or_init(args.audit_repo, branch=branch, workdir=args.audit_workdir)
 
 
-# What each transaction outcome is recorded as; the audit outcomes are fixed (docs/audit.md).
-# "failed" means nothing changed, or the rollback itself failed: the reason says which.
-_AUDIT_OUTCOME = {"applied": "applied", "unchanged": "applied", "degraded": "degraded", "rolled-back": "rolled-back", "failed": "rolled-back"}
-
-
 async def _apply_recorded(
     config: LoadBalancerConfig, args: argparse.Namespace, target: Snapshot, audit, extra: tuple = ()  # type: ignore[no-untyped-def]
 ) -> ApplyResult:
@@ -201,17 +187,17 @@ async def _apply_recorded(
         result = await applier.apply(target, last_good)
     finally:
         await applier.close()
-    reason = result.reason if result.outcome != "failed" else f"failed: {result.reason}"
-    audit.record(target, _AUDIT_OUTCOME[result.outcome], reason=reason, extra_trailers=extra)
+    outcome, reason = result.audit_record()
+    audit.record(target, outcome, reason=reason, extra_trailers=extra)
     return result
 
 
 def cmd_reconcile(args: argparse.Namespace) -> int:
-    from .cli import CommandError
+    from .cli import CommandError, pick_config
     from .pipeline_io import load_inputs, render_one
 
     intent, cluster, _ = load_inputs(args.intent, args.cluster)
-    config = _pick(intent, args.config)
+    config = pick_config(intent, args.config)
     audit = _open_audit(config, args) if args.audit_repo else None
     state = StateDir(args.state)
     previous = audit.last_applied(config.key) if audit is not None else state.last_applied(config.key)
@@ -244,11 +230,11 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
 
 def cmd_rollback(args: argparse.Namespace) -> int:
     from .audit.errors import AuditError
-    from .cli import CommandError
+    from .cli import CommandError, pick_config
     from .intent.loader import load_intent
 
     intent = load_intent([args.intent])
-    config = _pick(intent, args.config)
+    config = pick_config(intent, args.config)
     audit = _open_audit(config, args)
     try:
         old = audit.snapshot_at(args.to, config.key)

@@ -18,6 +18,7 @@ from typing import Callable, Sequence
 
 from . import __version__
 from .diagnostics import InputError
+from .intent.model import IntentSet, LoadBalancerConfig
 from .logsetup import setup_logging
 
 log = logging.getLogger("p4kube")
@@ -195,7 +196,7 @@ def cmd_render(args: argparse.Namespace) -> int:
     from .snapshot import schema_errors
 
     intent, cluster, connections = load_inputs(args.intent, args.cluster, args.connections)
-    config = _pick_config(intent, args.config)
+    config = pick_config(intent, args.config)
     previous = _load_previous([args.previous] if args.previous else [], {config.key})
     result = render_one(intent, config, cluster, previous.get(config.key), connections)
     text = result.snapshot.to_json_text()
@@ -221,7 +222,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from .plan import exit_code, format_plan
 
     intent, cluster, connections = load_inputs(args.intent, args.cluster, args.connections)
-    configs = [_pick_config(intent, args.config)] if args.config else list(intent.configs)
+    configs = [pick_config(intent, args.config)] if args.config else list(intent.configs)
     previous = _load_previous(args.previous, {c.key for c in configs})
     plans = make_plans(intent, configs, cluster, previous, connections)
     text = format_plan(plans, args.format)
@@ -249,7 +250,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         print(f"p4kube check: {len(errors)} error(s) in {args.intent}; no plan", file=sys.stderr)
         return EXIT_ERROR
     intent, cluster, connections = load_inputs(args.intent, args.cluster, args.connections)
-    configs = [_pick_config(intent, args.config)] if args.config else list(intent.configs)
+    configs = [pick_config(intent, args.config)] if args.config else list(intent.configs)
     previous = _load_previous(args.previous, {c.key for c in configs})
     plans = make_plans(intent, configs, cluster, previous, connections)
     out = Path(args.out_dir)
@@ -295,7 +296,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 # --- helpers --------------------------------------------------------------------------------
 
 
-def _pick_config(intent, name: str | None):  # type: ignore[no-untyped-def]
+def pick_config(intent: IntentSet, name: str | None) -> LoadBalancerConfig:
+    """The LoadBalancerConfig `name` (or the only one), as a CommandError when it cannot be chosen."""
     try:
         return intent.config(name)
     except LookupError as e:

@@ -22,6 +22,7 @@ from typing import Any, AsyncIterator, Awaitable, Callable, Protocol
 
 from .apply import ApplyResult, TwoSwitchApplier
 from .cluster.model import ClusterState
+from .fallback import FALLBACK_REASON_ANNOTATION
 from .intent.model import IntentSet, LoadBalancerConfig
 from .render import Renderer, RenderIssue
 from .snapshot import Snapshot
@@ -65,7 +66,6 @@ ApplierFactory = Callable[[LoadBalancerConfig, int], TwoSwitchApplier]  # (confi
 ProbeFactory = Callable[[LoadBalancerConfig], Any]  # -> a health.PostApplyProbe, or None
 Digest = Callable[[LoadBalancerConfig], str]
 
-AUDIT_OUTCOME = {"applied": "applied", "unchanged": "applied", "degraded": "degraded", "rolled-back": "rolled-back", "failed": "rolled-back"}
 
 
 @dataclass
@@ -177,8 +177,8 @@ class ConfigWorker:
         result = await self.applier.apply(target, self.last, self.probe)
         writes = sum(sum(k.values()) for k in result.writes().values())
         if self.audit is not None:
-            reason = result.reason if result.outcome != "failed" else f"failed: {result.reason}"
-            self.audit.record(target, AUDIT_OUTCOME[result.outcome], reason="; ".join(r for r in (why, reason) if r))
+            outcome, reason = result.audit_record()
+            self.audit.record(target, outcome, reason="; ".join(r for r in (why, reason) if r))
         fell_back: tuple[str, ...] = ()
         self.needs_retry = result.outcome == "failed"
         if result.ok:
@@ -198,13 +198,15 @@ class ConfigWorker:
     def _why(self, cluster: ClusterState, target: Snapshot) -> str:
         """The audit Reason of a version that takes Services off the switches for a kube-proxy
         fallback, or puts them back after one (the cluster change alone would not say why)."""
+        if not self.fallen_back and not self._recovered:
+            return ""  # the usual pass: nothing to explain, no work on the hot path
         before = {s.service_key for s in self.last.services} if self.last is not None else set()
         after = {s.service_key for s in target.services}
         parts = []
         for key in sorted(before - after):
             svc = cluster.services.get(key)
             if svc is not None and svc.auto_fallback:
-                parts.append(f"{key} fell back to kube-proxy ({self.fallen_back.get(key) or svc.annotation('loadbalancer.k8s.io/p4kube-fallback-reason') or 'automatic'})")
+                parts.append(f"{key} fell back to kube-proxy ({self.fallen_back.get(key) or svc.annotation(FALLBACK_REASON_ANNOTATION) or 'automatic'})")
         for key in sorted(after - before):
             if key in self._recovered:
                 parts.append(f"{key} recovered from its kube-proxy fallback")
@@ -272,7 +274,7 @@ class ConfigWorker:
                 writes = sum(sum(k.values()) for k in result.writes().values())
                 reason = "drift repaired: " + "; ".join(d for r in result.switches for d in r.drift[:3])
                 if self.audit is not None and writes:
-                    self.audit.record(self.last, AUDIT_OUTCOME[result.outcome], reason=reason[:500])
+                    self.audit.record(self.last, result.audit_record()[0], reason=reason[:500])
                 records.append(TransactionRecord(self.config.key, self.last.version, result.outcome, reason, writes))
         # Backends of the Services on the switches: all down for failureThreshold rounds -> fall back.
         by_service: dict[str, set[tuple[str, int]]] = {}
@@ -304,7 +306,7 @@ class ConfigWorker:
 
         for key, svc in cluster.services.items():
             if is_auto_fallback(svc) and key not in self.fallen_back:
-                self.fallen_back[key] = svc.annotation("loadbalancer.k8s.io/p4kube-fallback-reason") or ""
+                self.fallen_back[key] = svc.annotation(FALLBACK_REASON_ANNOTATION) or ""
 
     async def check_recovery(self, cluster: ClusterState) -> tuple[str, ...]:
         """Probe the backends of the Services we fell back; lift the fallback of each whose

@@ -71,23 +71,9 @@ class FileCluster(ScriptedCluster):
         self._observer: Any = None
 
     def start(self) -> None:
-        from watchdog.events import FileSystemEventHandler
-        from watchdog.observers import Observer
+        from . import watching
 
-        loop = asyncio.get_running_loop()
-        me = self
-
-        class Handler(FileSystemEventHandler):
-            def on_any_event(self, event: Any) -> None:
-                # An atomic replace (write a temp file, rename it) names the file as dest_path.
-                names = {Path(str(event.src_path)).name, Path(str(getattr(event, "dest_path", "") or "")).name}
-                if me.path.name in names and event.event_type not in ("opened", "closed_no_write"):
-                    loop.call_soon_threadsafe(me.reload)
-
-        self._observer = Observer()
-        self._observer.schedule(Handler(), str(self.path.parent), recursive=False)
-        self._observer.daemon = True
-        self._observer.start()
+        self._observer = watching.watch(self.path.parent, self.reload, recursive=False, name=self.path.name)
 
     def reload(self) -> None:
         from .diagnostics import InputError
@@ -98,9 +84,9 @@ class FileCluster(ScriptedCluster):
             log.error("cluster recording %s is invalid; keeping the last state:\n%s", self.path, e)
 
     def stop(self) -> None:
-        if self._observer is not None:
-            self._observer.stop()
-            self._observer.join(timeout=5)
+        from . import watching
+
+        watching.stop(self._observer)
 
 
 class CRIntentProvider:

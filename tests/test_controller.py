@@ -7,6 +7,7 @@ import asyncio
 import dataclasses
 import ipaddress
 import socket
+import contextlib
 from contextlib import ExitStack
 
 import pytest
@@ -128,6 +129,18 @@ def make_controller(config, cluster, audit_dir):
     return Controller(StaticIntent(IntentSet((config,))), cluster, make_worker=make_worker), audit
 
 
+@contextlib.asynccontextmanager
+async def running(ctl):
+    """Run the controller's loop for the body of the block; stop it (and wait) afterwards."""
+    stop = asyncio.Event()
+    task = asyncio.create_task(ctl.run(stop))
+    try:
+        yield
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)
+
+
 def entries(sw) -> int:
     return sum(len(sw.entries(1, t)) for t in ("MyIngress.vip_table", "MyIngress.backend_table", "MyIngress.reverse_nat"))
 
@@ -138,9 +151,7 @@ def test_loop_applies_rolls_back_falls_back_recovers_and_restarts_quietly(setup)
 
     async def scenario():
         ctl, audit = make_controller(config, cluster, tmp / "audit.git")
-        stop = asyncio.Event()
-        task = asyncio.create_task(ctl.run(stop))
-        try:
+        async with running(ctl):
             await ctl.wait_until(lambda: any(r.outcome == "applied" for r in ctl.history))
             v1 = audit.last_applied("p4kube-system/loop")
             assert {s.name for s in v1.services} == {"apps/web", "apps/api"}
@@ -178,21 +189,13 @@ def test_loop_applies_rolls_back_falls_back_recovers_and_restarts_quietly(setup)
             assert len(sws[0].entries(1, "MyIngress.vip_table")) == len(sws[1].entries(1, "MyIngress.vip_table")) == 2
             back = audit.history(config="p4kube-system/loop")[0]
             assert "apps/api recovered from its kube-proxy fallback" in back.trailers.get("Reason", "")
-        finally:
-            stop.set()
-            await asyncio.wait_for(task, 10)
 
         # A restarted reconciler reads the audit repository and the switches: no table writes.
         ctl2, _ = make_controller(config, cluster, tmp / "audit.git")
-        stop2 = asyncio.Event()
-        task2 = asyncio.create_task(ctl2.run(stop2))
-        try:
+        async with running(ctl2):
             await ctl2.wait_passes(1)
             assert ctl2.history[0].outcome == "resynced" and ctl2.history[0].writes == 0
             assert all(r.writes == 0 for r in ctl2.history)
-        finally:
-            stop2.set()
-            await asyncio.wait_for(task2, 10)
 
     asyncio.run(scenario())
 
@@ -209,9 +212,7 @@ def test_periodic_health_falls_back_dead_backends_and_repairs_drift(setup):
 
     async def scenario():
         ctl, audit = make_controller(config, cluster, tmp / "audit.git")
-        stop = asyncio.Event()
-        task = asyncio.create_task(ctl.run(stop))
-        try:
+        async with running(ctl):
             await ctl.wait_until(lambda: any(r.outcome == "applied" for r in ctl.history))
             worker = ctl.workers["p4kube-system/loop"]
             worker.drift_every = 2
@@ -235,9 +236,6 @@ def test_periodic_health_falls_back_dead_backends_and_repairs_drift(setup):
             await ctl.wait_until(lambda: any(r.outcome == "fell-back" and r.fell_back == ("apps/api",) for r in ctl.history), timeout=15)
             await ctl.wait_until(lambda: "apps/api" not in worker.last.by_name, timeout=15)
             assert len(sws[0].entries(1, n.VIP_TABLE)) == len(sws[1].entries(1, n.VIP_TABLE)) == 1
-        finally:
-            stop.set()
-            await asyncio.wait_for(task, 10)
 
     asyncio.run(scenario())
 
@@ -251,9 +249,7 @@ def test_least_connections_follows_the_switch_counters(setup):
 
     async def scenario():
         ctl, audit = make_controller(config, cluster, tmp / "audit.git")
-        stop = asyncio.Event()
-        task = asyncio.create_task(ctl.run(stop))
-        try:
+        async with running(ctl):
             await ctl.wait_until(lambda: any(r.outcome == "applied" for r in ctl.history))
             worker = ctl.workers["p4kube-system/loop"]
             web = worker.last.by_name["apps/web"]
@@ -276,9 +272,6 @@ def test_least_connections_follows_the_switch_counters(setup):
             # Per replica, node-a (2 replicas) is far busier than node-b (1): node-b gains buckets.
             assert after["node-a"][1] == 300 and after["node-b"][1] == elsewhere
             assert after["node-b"][0] > before["node-b"]
-        finally:
-            stop.set()
-            await asyncio.wait_for(task, 10)
 
     asyncio.run(scenario())
 
@@ -289,9 +282,7 @@ def test_an_unhealthy_primary_falls_back_its_services_and_they_return_with_it(se
 
     async def scenario():
         ctl, audit = make_controller(config, cluster, tmp / "audit.git")
-        stop = asyncio.Event()
-        task = asyncio.create_task(ctl.run(stop))
-        try:
+        async with running(ctl):
             await ctl.wait_until(lambda: any(r.outcome == "applied" for r in ctl.history))
             worker = ctl.workers["p4kube-system/loop"]
             port = sws[1].port
@@ -316,8 +307,5 @@ def test_an_unhealthy_primary_falls_back_its_services_and_they_return_with_it(se
             await ctl.wait_until(lambda: worker.last is not None and set(worker.last.by_name) == {"apps/web", "apps/api"}
                                  and len(sws[1].entries(1, "MyIngress.vip_table")) == 2, timeout=20)
             assert len(sws[0].entries(1, "MyIngress.vip_table")) == 2
-        finally:
-            stop.set()
-            await asyncio.wait_for(task, 10)
 
     asyncio.run(scenario())

@@ -10,9 +10,7 @@ import threading
 from pathlib import Path
 from typing import AsyncIterator, Callable
 
-from watchdog.events import FileSystemEvent, FileSystemEventHandler
-from watchdog.observers import Observer
-
+from .. import watching
 from ..changes import Broadcast
 from ..diagnostics import Diagnostic, InputError
 from .loader import load_intent
@@ -27,8 +25,7 @@ class DirectoryIntent:
         self._current = load_intent([self.path])  # invalid at start: raises, the caller reports
         self._on_invalid = on_invalid
         self._bus: Broadcast[IntentSet] = Broadcast()
-        self._observer: Observer | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._observer: object = None
         self._dirty = threading.Event()
 
     def current(self) -> IntentSet:
@@ -39,24 +36,17 @@ class DirectoryIntent:
 
     def start(self) -> None:
         """Watch the directory (recursively, .git included) from a watchdog thread."""
-        self._loop = asyncio.get_running_loop()
-        handler = _Handler(self._poke)
-        self._observer = Observer()
-        self._observer.schedule(handler, str(self.path), recursive=True)
-        self._observer.daemon = True
-        self._observer.start()
+        self._observer = watching.watch(self.path, self._poke, recursive=True)
 
     def stop(self) -> None:
-        if self._observer is not None:
-            self._observer.stop()
-            self._observer.join(timeout=5)
-            self._observer = None
+        watching.stop(self._observer)
+        self._observer = None
 
     def _poke(self) -> None:
-        # From the watchdog thread: coalesce bursts (an editor's save, a git checkout) into one reload.
-        if not self._dirty.is_set() and self._loop is not None:
+        # Coalesce bursts (an editor's save, a git checkout) into one reload.
+        if not self._dirty.is_set():
             self._dirty.set()
-            self._loop.call_soon_threadsafe(self.reload)
+            asyncio.get_running_loop().call_soon(self.reload)
 
     def reload(self) -> IntentSet | None:
         """Read the intent again; publish it when it differs. Returns the new intent, if any."""
@@ -75,16 +65,6 @@ class DirectoryIntent:
         self._current = intent
         self._bus.publish(intent)
         return intent
-
-
-class _Handler(FileSystemEventHandler):
-    def __init__(self, poke: Callable[[], None]) -> None:
-        self._poke = poke
-
-    def on_any_event(self, event: FileSystemEvent) -> None:
-        if event.event_type in ("opened", "closed_no_write"):
-            return
-        self._poke()
 
 
 class StaticIntent:
