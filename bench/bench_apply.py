@@ -20,7 +20,6 @@ import ipaddress
 import random
 import sys
 import time
-from pathlib import Path
 
 from benchlib import pct, switch_processes
 from reconciler.apply import TwoSwitchApplier, default_session_factory

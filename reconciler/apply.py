@@ -27,7 +27,7 @@ from .intent.model import LoadBalancerConfig, SwitchSpec
 from .p4info import PipelineInfo
 from .snapshot import Entry, Snapshot
 from .switch.session import SwitchError, SwitchSession, WriteOutcome, pipeline_cookie
-from .switch.translate import updates_to_requests, write_counts
+from .switch.translate import updates_to_requests
 
 log = logging.getLogger("reconciler.apply")
 

@@ -7,7 +7,6 @@ import shutil
 from pathlib import Path
 
 import pygit2
-import pytest
 from ruamel.yaml import YAML
 
 from reconciler.cli import main

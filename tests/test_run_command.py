@@ -19,7 +19,6 @@ import pytest
 from reconciler.audit.repo import AuditRepo
 from reconciler.cluster.recorded import load_cluster_file
 from reconciler.cluster.synthetic import cluster_to_list_yaml, with_scaled_service
-from reconciler.sim.server import SoftwareSwitch
 
 ROOT = Path(__file__).resolve().parents[1]
 MULTI = ROOT / "intent-examples" / "multi-service"

@@ -5,11 +5,9 @@ fencing, TLS."""
 from __future__ import annotations
 
 import asyncio
-import datetime
 import socket
 from collections.abc import Coroutine, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
