@@ -219,6 +219,10 @@ class TwoSwitchApplier:
                     return None
         return None
 
+    def trusts(self, name: str) -> bool:
+        """Whether what switch `name` holds is known without reading it back."""
+        return name in self._held_known
+
     def forget(self, name: str | None = None) -> None:
         """Stop trusting what `name` (None: every switch) holds: the next apply reads it back in
         full and repairs any difference (drift)."""

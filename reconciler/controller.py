@@ -269,7 +269,7 @@ class ConfigWorker:
                 if not report.ok:
                     log.warning("%s: drift on %s: %s", self.config.key, sw.name, "; ".join(report.differences[:5]))
                     self.applier.forget(sw.name)
-            if any(sw.name not in self.applier._held_known for sw in self.applier.order):
+            if not all(self.applier.trusts(sw.name) for sw in self.applier.order):
                 result = await self.applier.apply(self.last, self.last)
                 writes = sum(sum(k.values()) for k in result.writes().values())
                 reason = "drift repaired: " + "; ".join(d for r in result.switches for d in r.drift[:3])
