@@ -248,7 +248,7 @@ def test_unknown_field_suggestions(tmp_path: Path) -> None:
             7,
             3,
             'unknown field "zzz"; allowed fields: algorithm, audit, backendMode, bucketsPerService, healthCheck, '
-            "serviceSelector, switchConfig, updateInterval, vipPools",
+            "safety, serviceSelector, switchConfig, updateInterval, vipPools",
         ),
     ]
 

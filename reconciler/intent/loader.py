@@ -30,6 +30,7 @@ from reconciler.intent.model import (
     IntentSet,
     LoadBalancerConfig,
     Route,
+    Safety,
     ServiceSelector,
     SourceRef,
     SwitchConfig,
@@ -246,6 +247,7 @@ def build_config(doc: YamlDocument, d: dict[str, Any]) -> LoadBalancerConfig:
             failure_threshold=hc["failureThreshold"],
             success_threshold=hc["successThreshold"],
             vip_probe=hc["vipProbe"],
+            read_back_interval_s=_seconds(hc["readBackInterval"]),
         ),
         switch_config=SwitchConfig(
             p4_program=sc["p4Program"],
@@ -270,6 +272,7 @@ def build_config(doc: YamlDocument, d: dict[str, Any]) -> LoadBalancerConfig:
             match_labels=tuple(sorted(selector.get("matchLabels", {}).items())),
             load_balancer_classes=tuple(selector.get("loadBalancerClasses", ())),
         ),
+        safety=Safety(max_removal_percent=spec["safety"]["maxRemovalPercent"]),
         audit=AuditConfig(repository=audit.get("repository"), branch=audit["branch"]),
         source=SourceRef(doc.file, doc.start.line, doc.start.column),
         **optional,

@@ -36,6 +36,7 @@ class HealthCheck:
     failure_threshold: int = 3
     success_threshold: int = 1
     vip_probe: bool = False  # probe vip:port too, where the reconciler's path crosses the switches
+    read_back_interval_s: float = 60.0  # full read-back of each switch; 0: only on events
 
 
 @dataclass(frozen=True)
@@ -97,6 +98,13 @@ class ServiceSelector:
 
 
 @dataclass(frozen=True)
+class Safety:
+    """DESIGN.md 6.1: how much a single transaction may take off the switches."""
+
+    max_removal_percent: int = 50
+
+
+@dataclass(frozen=True)
 class AuditConfig:
     repository: str | None = None
     branch: str = "main"
@@ -114,6 +122,7 @@ class LoadBalancerConfig:
     switch_config: SwitchConfig = field(default_factory=SwitchConfig)
     vip_pools: tuple[VipPool, ...] = ()
     service_selector: ServiceSelector = field(default_factory=ServiceSelector)
+    safety: Safety = field(default_factory=Safety)
     audit: AuditConfig = field(default_factory=AuditConfig)
     generation: int = 0
     source: SourceRef | None = field(default=None, compare=False)

@@ -229,7 +229,10 @@ class _Checker:
         return None
 
     def durations(self) -> None:
-        fields: list[PathKey] = [("spec", "updateInterval"), ("spec", "healthCheck", "interval"), ("spec", "healthCheck", "timeout")]
+        fields: list[PathKey] = [
+            ("spec", "updateInterval"), ("spec", "healthCheck", "interval"), ("spec", "healthCheck", "timeout"),
+            ("spec", "healthCheck", "readBackInterval"),
+        ]
         seconds: dict[PathKey, float] = {}
         for path in fields:
             text = _get(self.data, *path)
