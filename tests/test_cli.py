@@ -160,3 +160,46 @@ def test_invalid_intent_changes_nothing(capsys, tmp_path):
         assert code == 1, case.name
         assert not out.exists(), f"{case.name}: an invalid intent wrote a snapshot"
     assert prev.read_bytes() == before
+
+
+def _misspelt_algorithm(tmp_path: Path) -> tuple[Path, str]:
+    """The multi-service intent with `algorithm: round-robn`, and where that value is (line:col)."""
+    intent = tmp_path / "intent"
+    intent.mkdir()
+    text = (MULTI / "lbconfig.yaml").read_text()
+    lines = text.splitlines(keepends=True)
+    (line,) = [i for i, s in enumerate(lines) if s.startswith("  algorithm: ")]
+    lines[line] = "  algorithm: round-robn\n"
+    (intent / "lbconfig.yaml").write_text("".join(lines))
+    return intent, f"{intent}/lbconfig.yaml:{line + 1}:14: spec.algorithm: "
+
+
+def test_render_refuses_an_unknown_algorithm_and_writes_nothing(capsys, tmp_path):
+    # Without the check, every Service failed to render and the snapshot held none of them.
+    intent, at = _misspelt_algorithm(tmp_path)
+    out = tmp_path / "snap.json"
+    code, stdout, err = run(capsys, "render", "--intent", str(intent), "--cluster", str(CLUSTER), "--out", str(out))
+    assert code == 1
+    assert stdout == ""
+    assert err.splitlines() == [
+        at + 'unknown algorithm "round-robn": not built in (replica-weighted, least-connections, round-robin) and not '
+        'an installed plugin (p4kube.algorithms entry points: none installed); did you mean "round-robin"?',
+        "1 error(s); nothing was rendered",
+    ]
+    assert not out.exists()
+    code, _, _ = run(capsys, "validate", str(intent))
+    assert code == 1
+
+
+def test_plan_and_check_refuse_an_unknown_algorithm_and_write_nothing(capsys, tmp_path):
+    intent, at = _misspelt_algorithm(tmp_path)
+    plan = tmp_path / "plan.txt"
+    code, stdout, err = run(capsys, "plan", "--intent", str(intent), "--cluster", str(CLUSTER), "--out", str(plan))
+    assert (code, stdout) == (1, "")
+    assert err.splitlines()[0].startswith(at + 'unknown algorithm "round-robn"')
+    out_dir = tmp_path / "check-out"
+    code, stdout, err = run(capsys, "check", "--intent", str(intent), "--cluster", str(CLUSTER), "--out-dir", str(out_dir))
+    assert code == 1
+    assert stdout.splitlines()[0].startswith(at + 'unknown algorithm "round-robn"')
+    assert "no plan" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["intent"]

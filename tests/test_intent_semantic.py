@@ -115,3 +115,201 @@ def test_switch_claims_by_name_and_by_endpoint() -> None:
         'f.yaml:30:1: spec.switchConfig.switches[0].name: switch 10.0.0.1:9559 device 1 is already claimed as "s1" by ns/a (f.yaml:10)',
         'f.yaml:40:1: spec.switchConfig.switches[0].name: switch "s1" is already claimed by ns/a (f.yaml:10)',
     ]
+
+
+# --- spec.algorithm: built in or an installed plugin -------------------------------------------------
+
+import os  # noqa: E402
+import shutil  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+from collections.abc import Iterator  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+from reconciler.diagnostics import InputError  # noqa: E402
+from reconciler.intent.loader import load_intent, validate_paths  # noqa: E402
+from reconciler.kube.intent_source import intent_from_objects  # noqa: E402
+from reconciler.paths import P4INFO_PATH, REPO_ROOT  # noqa: E402
+
+KNOWN = "not built in (replica-weighted, least-connections, round-robin) and not an installed plugin"
+
+
+def lbconfig(algorithm: str | None = None, switch_config: str = "") -> str:
+    """A LoadBalancerConfig whose spec.algorithm (when given) is on line 6, column 14."""
+    return (
+        "apiVersion: networking.p4kube.io/v1alpha1\nkind: LoadBalancerConfig\nmetadata:\n  name: lb\nspec:\n"
+        + (f"  algorithm: {algorithm}\n" if algorithm is not None else "")
+        + "  switchConfig:\n"
+        + switch_config
+        + "    switches:\n      - name: leaf-1\n        role: primary\n        address: 10.0.0.1:9559\n"
+    )
+
+
+def intent_dir(tmp_path: Path, text: str) -> Path:
+    folder = tmp_path / "intent"
+    folder.mkdir(exist_ok=True)
+    (folder / "lb.yaml").write_text(text, encoding="utf-8")
+    return folder
+
+
+def shown(folder: Path) -> list[str]:
+    return [f"{d.line}:{d.column}: {d.field}: {d.message}" for d in validate_paths([folder])]
+
+
+@pytest.fixture
+def algorithm_plugin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A real installed plugin: a distribution on sys.path whose entry_points.txt declares
+    `example.com-maglev` in the p4kube.algorithms group (its code is never imported)."""
+    site = tmp_path / "site"
+    info = site / "p4kube_maglev_example-1.0.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: p4kube-maglev-example\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text("[p4kube.algorithms]\nexample.com-maglev = p4kube_maglev_example:assign\n")
+    monkeypatch.syspath_prepend(str(site))
+    yield "example.com-maglev"
+
+
+@pytest.mark.parametrize("name", ["replica-weighted", "least-connections", "round-robin", None])
+def test_built_in_algorithms_are_valid(tmp_path: Path, name: str | None) -> None:
+    config = load_intent([intent_dir(tmp_path, lbconfig(name))]).config()
+    assert config.algorithm == (name or "replica-weighted")
+
+
+def test_a_misspelt_algorithm_is_refused_with_the_closest_name(tmp_path: Path) -> None:
+    folder = intent_dir(tmp_path, lbconfig("round-robn"))
+    expected = [
+        f'6:14: spec.algorithm: unknown algorithm "round-robn": {KNOWN} '
+        '(p4kube.algorithms entry points: none installed); did you mean "round-robin"?'
+    ]
+    assert shown(folder) == expected
+    with pytest.raises(InputError) as raised:
+        load_intent([folder])
+    assert [f"{d.line}:{d.column}: {d.field}: {d.message}" for d in raised.value.diagnostics] == expected
+
+
+def test_an_algorithm_far_from_every_name_gets_no_suggestion(tmp_path: Path) -> None:
+    (line,) = shown(intent_dir(tmp_path, lbconfig("maglev")))
+    assert line.endswith('"maglev": ' + KNOWN + " (p4kube.algorithms entry points: none installed)")
+
+
+def test_a_plugin_algorithm_is_valid_only_when_installed(tmp_path: Path, algorithm_plugin: str) -> None:
+    folder = intent_dir(tmp_path, lbconfig(algorithm_plugin))
+    assert load_intent([folder]).config().algorithm == "example.com-maglev"
+
+
+def test_a_plugin_that_is_not_installed_is_refused(tmp_path: Path) -> None:
+    (line,) = shown(intent_dir(tmp_path, lbconfig("example.com-maglev")))
+    assert line.startswith('6:14: spec.algorithm: unknown algorithm "example.com-maglev": ' + KNOWN)
+
+
+def test_installed_plugins_are_named_and_suggested(tmp_path: Path, algorithm_plugin: str) -> None:
+    assert shown(intent_dir(tmp_path, lbconfig("example.com-maglv"))) == [
+        f'6:14: spec.algorithm: unknown algorithm "example.com-maglv": {KNOWN} '
+        '(p4kube.algorithms entry points: example.com-maglev); did you mean "example.com-maglev"?'
+    ]
+
+
+def test_an_algorithm_the_schema_refuses_is_reported_once(tmp_path: Path) -> None:
+    (line,) = shown(intent_dir(tmp_path, lbconfig("Round_Robin")))
+    assert line == '6:14: spec.algorithm: invalid value "Round_Robin": must match the pattern ^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$'
+
+
+def test_custom_resources_get_the_same_algorithm_check(algorithm_plugin: str) -> None:
+    def cr(name: str, algorithm: str) -> dict:
+        return {
+            "apiVersion": "networking.p4kube.io/v1alpha1",
+            "kind": "LoadBalancerConfig",
+            "metadata": {"name": name, "namespace": "p4kube-system"},
+            "spec": {
+                "algorithm": algorithm,
+                "switchConfig": {"switches": [{"name": f"{name}-sw", "role": "primary", "address": f"{name}.example.com:9559"}]},
+            },
+        }
+
+    result = intent_from_objects([cr("typo", "round-robn"), cr("plugin", algorithm_plugin)])
+    assert [c.name for c in result.intent.configs] == ["plugin"]
+    (invalid,) = result.invalid
+    (diag,) = invalid.diagnostics
+    assert (invalid.name, diag.field) == ("typo", "spec.algorithm")
+    assert diag.message.endswith('(p4kube.algorithms entry points: example.com-maglev); did you mean "round-robin"?')
+
+
+# --- switchConfig.p4Info / deviceConfig: files that exist must be usable ------------------------------
+
+
+def pipeline(p4info: str | None = None, device_config: str | None = None) -> str:
+    """switchConfig lines: p4Info (when given) on line 7, deviceConfig on the line after, at column 5."""
+    lines = ""
+    if p4info is not None:
+        lines += f"    p4Info: {p4info}\n"
+    if device_config is not None:
+        lines += f"    deviceConfig: {device_config}\n"
+    return lbconfig(switch_config=lines)
+
+
+def test_readable_pipeline_files_are_valid(tmp_path: Path) -> None:
+    folder = intent_dir(tmp_path, pipeline("p4/lb.p4info.txtpb", "p4/lb.json"))
+    (folder / "p4").mkdir()
+    shutil.copy(P4INFO_PATH, folder / "p4" / "lb.p4info.txtpb")
+    (folder / "p4" / "lb.json").write_text("{}")
+    sc = load_intent([folder]).config().switch_config
+    assert (sc.p4info, sc.device_config) == ("p4/lb.p4info.txtpb", "p4/lb.json")
+
+
+def test_a_directory_is_not_a_pipeline_file(tmp_path: Path) -> None:
+    folder = intent_dir(tmp_path, pipeline("p4", "p4/"))
+    (folder / "p4").mkdir()
+    assert shown(folder) == [
+        "7:13: spec.switchConfig.p4Info: p4 is a directory, not a file",
+        "8:19: spec.switchConfig.deviceConfig: p4/ is a directory, not a file",
+    ]
+
+
+def test_an_empty_device_config_is_refused(tmp_path: Path) -> None:
+    folder = intent_dir(tmp_path, pipeline(device_config="lb.json"))
+    (folder / "lb.json").write_bytes(b"")
+    assert shown(folder) == [
+        "7:19: spec.switchConfig.deviceConfig: lb.json is empty: the deviceConfig is the compiled pipeline (BMv2 JSON or Tofino binary)"
+    ]
+
+
+def test_a_p4info_that_is_not_p4info_text_is_refused_at_its_field(tmp_path: Path) -> None:
+    folder = intent_dir(tmp_path, pipeline("lb.p4info.txtpb"))
+    (folder / "lb.p4info.txtpb").write_text('pkg_info {\n  arch: "v1model"\n}\ntables {\n  colour: 1\n}\n')
+    assert shown(folder) == [
+        '7:13: spec.switchConfig.p4Info: lb.p4info.txtpb is not P4Info text format: line 5, column 3: '
+        'Message type "p4.config.v1.Table" has no field named "colour".'
+    ]
+    (folder / "lb.p4info.txtpb").write_bytes(b'pkg_info { arch: "\xff" }\n')
+    assert shown(folder) == ["7:13: spec.switchConfig.p4Info: lb.p4info.txtpb is not P4Info text format: not UTF-8 text"]
+
+
+def test_an_existing_absolute_path_is_checked_and_a_missing_one_is_not(tmp_path: Path) -> None:
+    # An absolute path names a file on the reconciler's machine: only what exists here is checked.
+    folder = intent_dir(tmp_path, pipeline(str(tmp_path / "nowhere.txtpb"), str(tmp_path)))
+    assert shown(folder) == [f"8:19: spec.switchConfig.deviceConfig: {tmp_path} is a directory, not a file"]
+
+
+def test_an_unreadable_p4info_is_refused(tmp_path: Path) -> None:
+    # The check runs as an unprivileged user: root reads a file whatever its mode says.
+    folder = Path(tempfile.mkdtemp(prefix="p4kube-unreadable-"))
+    try:
+        os.chmod(folder, 0o755)
+        (folder / "lb.yaml").write_text(pipeline("lb.p4info.txtpb", "lb.json"), encoding="utf-8")
+        shutil.copy(P4INFO_PATH, folder / "lb.p4info.txtpb")
+        (folder / "lb.json").write_text("{}")
+        os.chmod(folder / "lb.p4info.txtpb", 0o000)
+        os.chmod(folder / "lb.json", 0o000)
+        as_user = {"user": 65534, "group": 65534, "extra_groups": []} if os.geteuid() == 0 else {}
+        done = subprocess.run(
+            [sys.executable, "-m", "reconciler.cli", "validate", str(folder)],
+            capture_output=True, text=True, cwd=REPO_ROOT, timeout=120, check=False, **as_user,
+        )
+        assert done.returncode == 1, done.stderr
+        assert done.stdout.splitlines() == [
+            f"{folder}/lb.yaml:7:13: spec.switchConfig.p4Info: cannot read lb.p4info.txtpb: permission denied",
+            f"{folder}/lb.yaml:8:19: spec.switchConfig.deviceConfig: cannot read lb.json: permission denied",
+        ]
+    finally:
+        shutil.rmtree(folder)

@@ -1,5 +1,7 @@
 """Checks a JSON Schema cannot express: values that must parse (durations, IPs, CIDRs,
-host:port), relations between fields, and uniqueness within and across configs.
+host:port), relations between fields, uniqueness within and across configs, and what the
+machine must provide (an algorithm that is built in or an installed plugin, pipeline files
+that can be read and parsed).
 
 Runs on the schema-defaulted data of a document, and is defensive about types: where the
 schema already reported a wrong type, these checks skip the value instead of piling on.
@@ -9,16 +11,21 @@ claims, the config's name) that `check_across` compares between all documents lo
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import json
+import os
 import re
+import stat
 from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+from reconciler.algorithms import PLUGIN_GROUP, installed_plugins
 from reconciler.diagnostics import Diagnostic
+from reconciler.intent.model import BUILTIN_ALGORITHMS
 from reconciler.intent.yamlsafe import PathKey, YamlDocument, format_path
 
 MAX_DURATION_S = 3600.0
@@ -314,9 +321,10 @@ class _Checker:
             self.error((*sc, "deviceConfig"), "required when switchType is tofino (the compiled Tofino binary)", key=True)
         for name in ("p4Info", "deviceConfig"):
             value = _get(self.data, *sc, name)
-            if isinstance(value, str) and value and not Path(value).is_absolute():
-                if not (self.base_dir / value).is_file():
-                    self.error((*sc, name), f"file not found: {value} (relative to {self.doc.file})")
+            if isinstance(value, str) and value:
+                problem = self.pipeline_file_problem(name, value)
+                if problem:
+                    self.error((*sc, name), problem)
         tls = _get(self.data, *sc, "tls")
         if isinstance(tls, dict):
             for have, need in (("certFile", "keyFile"), ("keyFile", "certFile")):
@@ -336,6 +344,53 @@ class _Checker:
             else:
                 seen[net] = self.where(path)
 
+    def algorithm(self) -> None:
+        value = _get(self.data, "spec", "algorithm")
+        if not isinstance(value, str) or value in BUILTIN_ALGORITHMS:
+            return  # a wrong type is the schema's to report (and so is a bad pattern: the callers keep one diagnostic per field)
+        plugins = installed_plugins()
+        if value in plugins:
+            return
+        message = (
+            f"unknown algorithm {_q(value)}: not built in ({', '.join(BUILTIN_ALGORITHMS)}) and not an installed "
+            f"plugin ({PLUGIN_GROUP} entry points: {', '.join(plugins) if plugins else 'none installed'})"
+        )
+        close = difflib.get_close_matches(value, [*BUILTIN_ALGORITHMS, *plugins], n=1, cutoff=0.6)
+        if close:
+            message += f"; did you mean {_q(close[0])}?"
+        self.error(("spec", "algorithm"), message)
+
+    def pipeline_file_problem(self, name: str, value: str) -> str | None:
+        """Why the p4Info/deviceConfig file `value` cannot be used, or None. A relative path must
+        exist beside the intent; an absolute one names a file on the reconciler's machine and is
+        only checked when it exists here. An existing file must be a readable regular file, a
+        deviceConfig must not be empty and a p4Info must parse as P4Info text format."""
+        path = Path(value)
+        if not path.is_absolute():
+            path = self.base_dir / path
+        try:
+            st = path.stat()
+        except OSError:
+            return None if Path(value).is_absolute() else f"file not found: {value} (relative to {self.doc.file})"
+        if stat.S_ISDIR(st.st_mode):
+            return f"{value} is a directory, not a file"
+        if not stat.S_ISREG(st.st_mode):
+            return f"{value} is not a regular file"
+        try:
+            # O_NONBLOCK: the file was regular a moment ago; never hang if it was swapped for a FIFO.
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+            try:
+                data = os.read(fd, 1) if name == "deviceConfig" else b""
+            finally:
+                os.close(fd)
+        except OSError as e:
+            return f"cannot read {value}: {(e.strerror or str(e)).lower()}"
+        if name == "deviceConfig":
+            if not data:
+                return f"{value} is empty: the deviceConfig is the compiled pipeline (BMv2 JSON or Tofino binary)"
+            return None
+        return _p4info_problem(path, value)
+
     def service_selector(self) -> None:
         labels = _get(self.data, "spec", "serviceSelector", "matchLabels")
         if not isinstance(labels, dict):
@@ -347,6 +402,27 @@ class _Checker:
                 self.error(path, problem, key=True)
             elif isinstance(value, str) and value and not (len(value) <= 63 and _LABEL_NAME.match(value)):
                 self.error(path, f"invalid label value {_q(value)}: at most 63 letters, digits, '-', '_' or '.', starting and ending with a letter or digit")
+
+
+def _p4info_problem(path: Path, value: str) -> str | None:
+    """Why the file at `path` is not a P4Info in text format (what p4c --p4runtime-files writes)."""
+    from google.protobuf import text_format
+
+    from reconciler.p4info import P4InfoError, load_p4info
+
+    try:
+        load_p4info(path)
+    except P4InfoError as e:
+        cause = e.__cause__
+        if isinstance(cause, text_format.ParseError):
+            detail = re.sub(r"^[0-9]+:[0-9]+ : ", "", str(cause))
+            return f"{value} is not P4Info text format: line {cause.GetLine()}, column {cause.GetColumn()}: {detail}"
+        if isinstance(cause, UnicodeDecodeError):
+            return f"{value} is not P4Info text format: not UTF-8 text"
+        if isinstance(cause, OSError):
+            return f"cannot read {value}: {(cause.strerror or str(cause)).lower()}"
+        return f"{value} is not P4Info text format: {e}"
+    return None
 
 
 def _label_key_problem(key: str) -> str | None:
@@ -364,6 +440,7 @@ def check_document(doc: YamlDocument, data: Any, base_dir: Path) -> tuple[list[D
     checker = _Checker(doc, data, base_dir, [])
     config = checker.config_key()
     label = config or "this config"
+    checker.algorithm()
     checker.durations()
     ranges = checker.vip_pools(label)
     claims = checker.switches(label)
