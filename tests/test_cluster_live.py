@@ -197,6 +197,18 @@ def test_node_change_marks_the_services_with_endpoints_on_it(small: IncrementalS
     assert any("not in the node list" in i.message for i in small.snapshot().issues)
 
 
+def test_node_watch_events_take_the_first_ipv4_internal_ip(small: IncrementalState) -> None:
+    dual = _node("n2", None)
+    dual["status"]["addresses"] = [{"type": "InternalIP", "address": "fd00::2"}, {"type": "InternalIP", "address": "10.0.0.2"}]
+    assert small.apply(NODE, MODIFIED, dual) == set()  # the same IPv4 address as before
+    assert small.snapshot().nodes["n2"].internal_ip == "10.0.0.2" and small.snapshot().issues == ()
+    dual["status"]["addresses"] = dual["status"]["addresses"][:1]  # IPv6 only: no address, reported
+    assert small.apply(NODE, MODIFIED, dual) == {"a/web", "a/db"}
+    assert small.snapshot().nodes["n2"].internal_ip is None
+    (issue,) = small.snapshot().issues
+    assert issue.object == "Node n2" and "no IPv4 InternalIP" in issue.message and "fd00::2" in issue.message
+
+
 def test_service_rv_only_change_is_not_a_change_but_status_is(small: IncrementalState) -> None:
     assert small.apply(SERVICE, MODIFIED, _service("a", "web", rv="9")) == set()
     assert small.snapshot().services["a/web"].resource_version == "9"
@@ -660,5 +672,45 @@ def test_close_ends_the_watch_threads_promptly(server: KubeApiServer, api: k8s.A
         assert all(not r._thread.is_alive() for r in source.reflectors)  # type: ignore[union-attr]
         with pytest.raises(StopAsyncIteration):
             await _next(changes)
+
+    _run(go())
+
+
+def test_snapshot_before_every_kind_was_listed_is_not_ready(server: KubeApiServer, api: k8s.ApiClient) -> None:
+    """Services and EndpointSlices are listed, the Node list is late (a slow API server): the
+    source has no whole cluster yet, and says so instead of handing out a state without Nodes."""
+    from reconciler.cluster.live import ClusterNotReady, Collection, cluster_collections
+
+    release = threading.Event()
+    collections = cluster_collections(api)
+    node_list = collections[2].call
+
+    def late_nodes(**kw: Any) -> Any:
+        if not kw.get("watch"):
+            release.wait(10)
+        return node_list(**kw)
+
+    collections[2] = Collection(NODE, late_nodes)
+
+    async def go() -> None:
+        source = LiveClusterSource(collections=collections)
+        with pytest.raises(ClusterNotReady):  # not even started
+            source.snapshot()
+        await source.start()
+        try:
+            # Both lists were handed to the loop before their watches opened; they are applied
+            # before this coroutine resumes.
+            assert await asyncio.to_thread(server.wait_for_watches, 2)
+            assert source.state.keys(SERVICE) and not source.synced
+            with pytest.raises(ClusterNotReady, match=r"waiting for the first list of Node \(") as e:
+                source.snapshot()
+            assert "Service" not in str(e.value) and "EndpointSlice" not in str(e.value)
+            release.set()
+            await source.wait_synced(timeout=10)
+            state = source.snapshot()
+            assert state.nodes and state.services and state.endpoints
+        finally:
+            release.set()
+            await source.aclose()
 
     _run(go())

@@ -522,3 +522,178 @@ def test_unreadable_file(tmp_path: Path) -> None:
     binary = tmp_path / "bin.yaml"
     binary.write_bytes(b"kind: List\nitems: \xff\n")
     assert _errors(binary) == [f"{binary}:2:8: the file is not UTF-8 text"]
+
+
+# --- only a whole cluster is read (DESIGN.md 6.1) -----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "words"),
+    [
+        ("", "the file is empty"),
+        ("  \n\n\t\n", "only whitespace"),
+        ("# kubectl get ... > cluster.yaml\n# (nothing yet)\n", "only comments"),
+        ("null\n", "only null"),
+        ("~\n", "only null"),
+        ("null", "only null"),  # JSON null as well
+        ("---\n---\n# x\n", "every document of the file is null"),
+        ("\ufeff", "the file is empty"),
+    ],
+)
+def test_a_file_without_objects_is_an_error_not_an_empty_cluster(tmp_path: Path, text: str, words: str) -> None:
+    f = tmp_path / "c.yaml"
+    f.write_text(text)
+    (msg,) = _errors(f)
+    assert msg.startswith(f"{f}:1:1: ") and words in msg and "kubectl get services,endpointslices,nodes" in msg
+
+
+def _cut_offsets(text: str, end: int, samples: int = 150) -> list[int]:
+    """Item boundaries (where a cut still parses as a shorter List) and offsets spread over the rest."""
+    boundaries = [i + 1 for i in range(end) if text.startswith("\n- ", i)]
+    return sorted(set(boundaries + list(range(0, end, max(1, end // samples)))))
+
+
+def test_a_recording_cut_short_anywhere_is_an_error() -> None:
+    """`kubectl ... -o yaml > FILE` prints apiVersion, items, kind, metadata: every cut before the
+    `kind: List` line is refused, never read as a cluster with fewer objects."""
+    text = (RECORDED / "cluster.yaml").read_text()
+    kind_at = text.index("\nkind: List\n") + len("\nkind: List")
+    for cut in _cut_offsets(text, kind_at):
+        with pytest.raises(InputError) as e:
+            load_cluster_text(text[:cut], "c.yaml")
+        assert all(d.file == "c.yaml" for d in e.value.diagnostics), cut
+    # At an item boundary the YAML parses: the message says the file looks cut short.
+    cut = [i + 1 for i in range(len(text)) if text.startswith("\n- apiVersion", i)][10]
+    with pytest.raises(InputError, match="cut short") as e:
+        load_cluster_text(text[:cut], "c.yaml")
+    assert str(e.value).startswith("c.yaml:1:1: not a List")
+    # Cut after the kind, only the List's metadata is lost: every object is there.
+    assert load_cluster_text(text[:kind_at] + "\n") == load_cluster_text(text)
+
+
+def test_json_cut_short_anywhere_is_an_error() -> None:
+    text = json.dumps(YAML(typ="safe").load((RECORDED / "cluster.yaml").read_text()), indent=2)
+    for cut in _cut_offsets(text, len(text.rstrip()) - 1, samples=60):
+        with pytest.raises(InputError):
+            load_cluster_text(text[:cut], "c.json")
+
+
+def test_every_document_must_be_whole(tmp_path: Path) -> None:
+    services = _yaml_dump({"apiVersion": "v1", "kind": "ServiceList", "metadata": {}, "items": [_svc("a")]})
+    nodes = _yaml_dump({"apiVersion": "v1", "items": [_node("n1", "192.0.2.1")]})  # kind not written yet
+    f = tmp_path / "c.yaml"
+    f.write_text(services + "---\n" + nodes)
+    (msg,) = _errors(f)
+    line = services.count("\n") + 2  # the second document's first line
+    assert msg.startswith(f"{f}:{line}:1: not a List") and "cut short" in msg
+    f.write_text(services + "---\nkind: NodeList\n")
+    (msg,) = _errors(f)
+    assert "a NodeList without items" in msg
+    # A trailing `---` (an empty last document) is fine, as before.
+    f.write_text(services + "---\n" + _yaml_dump({"kind": "NodeList", "items": []}) + "---\n")
+    assert list(load_cluster_file(f).services) == ["ns/a"]
+
+
+def test_services_on_nodes_without_any_node_is_not_a_whole_cluster(tmp_path: Path) -> None:
+    f = tmp_path / "c.yaml"
+    slices = [_slice("web-a", "web", [_ep("10.0.0.1", "n1"), _ep("10.0.0.2", "n2")])]
+    f.write_text(_yaml_dump({"kind": "List", "items": [_svc("web"), *slices]}))
+    (msg,) = _errors(f)
+    assert msg.startswith(f"{f}:1:1: not a whole cluster: 1 Service(s) with endpoints on 2 node(s) (n1, n2) but no Node objects")
+    # With the nodes it reads; and Services without endpoints need no nodes.
+    f.write_text(_yaml_dump({"kind": "List", "items": [_svc("web"), *slices, _node("n1", "192.0.2.1"), _node("n2", "192.0.2.2")]}))
+    assert load_cluster_file(f).ready_replicas_per_node("ns/web") == {"n1": 1, "n2": 1}
+    f.write_text(_yaml_dump({"kind": "List", "items": [_svc("web")]}))
+    assert list(load_cluster_file(f).services) == ["ns/web"]
+
+
+# --- node addresses: the first IPv4 InternalIP -----------------------------------------------------
+
+
+def _addressed(name: str, *addresses: tuple[str, str]) -> dict[str, Any]:
+    return {"kind": "Node", "metadata": {"name": name}, "status": {"addresses": [{"type": t, "address": a} for t, a in addresses]}}
+
+
+def test_node_address_is_the_first_ipv4_internal_ip_in_any_order() -> None:
+    dual = _addressed("n", ("Hostname", "n"), ("InternalIP", "fd00:20::13"), ("InternalIP", "172.20.0.13"), ("InternalIP", "172.20.0.14"))
+    assert node_from_dict(dual).internal_ip == "172.20.0.13"
+    state = state_from_objects([], [], [dual])
+    assert state.nodes["n"].internal_ip == "172.20.0.13" and state.issues == ()
+
+
+@pytest.mark.parametrize(
+    "addresses",
+    [
+        (("InternalIP", "fd00:20::13"), ("Hostname", "n")),
+        (("InternalIP", "not-an-address"), ("ExternalIP", "203.0.113.1")),
+        (("InternalIP", ""),),
+    ],
+)
+def test_node_without_an_ipv4_internal_ip_is_reported_with_its_addresses(addresses: tuple[tuple[str, str], ...]) -> None:
+    node = _addressed("n", *addresses)
+    state = state_from_objects([], [], [node])
+    assert state.nodes["n"].internal_ip is None
+    (issue,) = state.issues
+    assert issue.object == "Node n" and "no IPv4 InternalIP" in issue.message
+    for kind, address in addresses:
+        assert f"{kind} {address or '(empty)'}" in issue.message
+    # The file reader and the live (incremental) state say the same.
+    assert load_cluster_text(_yaml_dump({"kind": "List", "items": [node]})).issues == state.issues
+    from reconciler.cluster.incremental import state_from_lists
+
+    assert state_from_lists([], [], [node]).snapshot().issues == state.issues
+
+
+# --- through `p4kube render` ------------------------------------------------------------------------
+
+MULTI = REPO / "intent-examples" / "multi-service"
+NODE_C_V4 = "    - address: 172.20.0.13\n      type: InternalIP\n"
+NODE_C_V6 = "    - address: fd00:20::13\n      type: InternalIP\n"
+
+
+def _render(capsys: pytest.CaptureFixture[str], cluster: Path) -> tuple[int, dict[str, Any] | None, str]:
+    from reconciler.cli import main
+
+    code = main(["render", "--intent", str(MULTI), "--cluster", str(cluster)])
+    out, err = capsys.readouterr()
+    return code, json.loads(out) if out else None, err
+
+
+def _backends(snapshot: dict[str, Any]) -> list[dict[str, Any]]:
+    return [b for svc in snapshot["services"] for b in svc["backends"]]
+
+
+def test_render_of_a_dual_stack_node_listing_ipv6_first(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    text = EXAMPLE_CLUSTER.read_text()
+    assert text.count(NODE_C_V4) == 1
+    f = tmp_path / "cluster.yaml"
+    f.write_text(text.replace(NODE_C_V4, NODE_C_V6 + NODE_C_V4))
+    code, snap, err = _render(capsys, f)
+    assert code == 0, err
+    on_c = [b for b in _backends(snap or {}) if b["node"] == "node-c"]
+    assert on_c and all(b["address"] == "172.20.0.13" for b in on_c)
+    code, plain, _ = _render(capsys, EXAMPLE_CLUSTER)
+    assert code == 0 and plain == snap  # the same snapshot as without the IPv6 address
+
+
+def test_render_of_an_ipv6_only_node_leaves_its_backends_out(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    f = tmp_path / "cluster.yaml"
+    f.write_text(EXAMPLE_CLUSTER.read_text().replace(NODE_C_V4, NODE_C_V6))
+    code, snap, err = _render(capsys, f)
+    assert code == 0, err
+    assert snap is not None and snap["services"]
+    assert all(b["node"] != "node-c" for b in _backends(snap))
+    assert "node node-c has ready endpoints but no known InternalIP; left out" in err
+    # The other nodes' backends are all there.
+    code, plain, _ = _render(capsys, EXAMPLE_CLUSTER)
+    assert {(b["node"], b["address"]) for b in _backends(snap)} == {
+        (b["node"], b["address"]) for b in _backends(plain or {}) if b["node"] != "node-c"
+    }
+
+
+def test_render_of_an_empty_recording_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    f = tmp_path / "empty.yaml"
+    f.write_text("")
+    code, snap, err = _render(capsys, f)
+    assert code != 0 and snap is None
+    assert f"{f}:1:1: the file is empty" in err

@@ -12,6 +12,7 @@ IPv6 slice) become ClusterIssues and never guesses.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+import ipaddress
 from dataclasses import dataclass
 from typing import Any
 
@@ -204,27 +205,35 @@ def service_from_dict(obj: Mapping[str, Any]) -> Service:
 
 
 def node_from_dict(obj: Mapping[str, Any]) -> Node:
-    """A v1 Node -> model.Node.
+    """A v1 Node -> model.Node (read_node without the issues)."""
+    return read_node(obj)[0]
 
-    internal_ip is the first InternalIP address (None when the node has none: render reports it
-    for nodePort mode). ready follows the Ready condition when there is one ("True" only; "False"
-    and "Unknown" are not ready). A node with no Ready condition at all counts as ready: its
-    kubelet has not reported yet or the object was created by hand (the recorded fixture's nodes
-    are such), and whether replicas on it serve is already decided by the EndpointSlice
+
+def read_node(obj: Mapping[str, Any]) -> tuple[Node, tuple[ClusterIssue, ...]]:
+    """A v1 Node -> model.Node, and what is wrong with its addresses.
+
+    internal_ip is the first IPv4 InternalIP address, whatever the order of the addresses (a
+    dual-stack node may list its IPv6 InternalIP first; the switch pipeline is IPv4-only). A node
+    without one gets None and an issue naming its addresses: render leaves its replicas out in
+    nodePort mode and says so. ready follows the Ready condition when there is one ("True" only;
+    "False" and "Unknown" are not ready). A node with no Ready condition at all counts as ready:
+    its kubelet has not reported yet or the object was created by hand (the recorded fixture's
+    nodes are such), and whether replicas on it serve is already decided by the EndpointSlice
     conditions, which the node lifecycle controller flips when a node really goes away.
     """
     _, name = object_name(obj, namespaced=False)
     spec = _map(obj, "spec", ())
     status = _map(obj, "status", ())
     internal_ip = None
+    addresses: list[tuple[str, str]] = []
     for i, addr in enumerate(_list(status, "addresses", ("status",))):
         at: Path = ("status", "addresses", i)
         if not isinstance(addr, Mapping):
             raise ConversionError(at, f"expected a mapping, got {_type(addr)}")
-        if _str(addr, "type", at) == "InternalIP":
-            internal_ip = _str(addr, "address", at) or None
-            if internal_ip:
-                break
+        kind, address = _str(addr, "type", at) or "", _str(addr, "address", at) or ""
+        addresses.append((kind, address))
+        if internal_ip is None and kind == "InternalIP" and _is_ipv4(address):
+            internal_ip = address
     ready = True
     for i, cond in enumerate(_list(status, "conditions", ("status",))):
         at = ("status", "conditions", i)
@@ -233,12 +242,37 @@ def node_from_dict(obj: Mapping[str, Any]) -> Node:
         if _str(cond, "type", at) == "Ready":
             ready = _str(cond, "status", at) == "True"
             break
-    return Node(
+    node = Node(
         name=name,
         internal_ip=internal_ip,
         ready=ready,
         unschedulable=bool(_bool(spec, "unschedulable", ("spec",))),
     )
+    issues: tuple[ClusterIssue, ...] = ()
+    if internal_ip is None:
+        if any(kind == "InternalIP" for kind, _ in addresses):
+            listed = ", ".join(f"{kind} {address or '(empty)'}" for kind, address in addresses)
+            issues = (
+                ClusterIssue(
+                    f"Node {name}",
+                    f"has no IPv4 InternalIP address (its addresses: {listed}); the switch pipeline "
+                    "is IPv4-only, so the node's address is unknown",
+                ),
+            )
+        else:
+            issues = (ClusterIssue(f"Node {name}", NO_INTERNAL_IP),)
+    return node, issues
+
+
+NO_INTERNAL_IP = "has no InternalIP address"
+
+
+def _is_ipv4(address: str) -> bool:
+    try:
+        ipaddress.IPv4Address(address)
+    except ValueError:
+        return False
+    return True
 
 
 # --- EndpointSlice -------------------------------------------------------------------------------
@@ -437,9 +471,10 @@ def assemble_state(
                     key,
                 )
             )
+    reported = {i.object for i in found}
     for node in node_map.values():
-        if node.internal_ip is None:
-            found.append(ClusterIssue(f"Node {node.name}", "has no InternalIP address"))
+        if node.internal_ip is None and f"Node {node.name}" not in reported:
+            found.append(ClusterIssue(f"Node {node.name}", NO_INTERNAL_IP))
     return ClusterState(
         services=svc_map,
         endpoints=endpoints,
@@ -456,9 +491,11 @@ def state_from_objects(
     resource_version: str | None = None,
 ) -> ClusterState:
     """Convenience for callers holding the three lists as the API returned them."""
+    read = [read_node(o) for o in nodes]
     return assemble_state(
         [service_from_dict(o) for o in services],
         [endpoint_slice_from_dict(o) for o in endpoint_slices],
-        [node_from_dict(o) for o in nodes],
+        [node for node, _ in read],
         resource_version,
+        issues=[i for _, issues in read for i in issues],
     )

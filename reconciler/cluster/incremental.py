@@ -27,7 +27,7 @@ from reconciler.cluster.convert import (
     SliceEndpoints,
     endpoint_slice_from_dict,
     merge_slices,
-    node_from_dict,
+    read_node,
     service_from_dict,
 )
 from reconciler.cluster.model import ClusterIssue, ClusterState, Endpoint, Node, Service
@@ -324,9 +324,7 @@ class IncrementalState:
         issues: tuple[ClusterIssue, ...] = ()
         if event_type != DELETED:
             try:
-                node = node_from_dict(obj)
-                if node.internal_ip is None:
-                    issues = (ClusterIssue(f"Node {name}", "has no InternalIP address"),)
+                node, issues = read_node(obj)  # the first IPv4 InternalIP, or None and an issue
             except ConversionError as e:
                 issues = (ClusterIssue(f"Node {name}", f"{e}; the node is left out"),)
         self._set_object_issues(NODE, name, issues)

@@ -42,7 +42,7 @@ from kubernetes.watch.watch import iter_resp_lines
 
 from reconciler.cluster.convert import ConversionError
 from reconciler.cluster.incremental import ENDPOINT_SLICE, KINDS, NODE, SERVICE, IncrementalState
-from reconciler.cluster.model import ClusterState
+from reconciler.cluster.model import ClusterNotReady, ClusterState
 from reconciler.kube.client import TRANSPORT_ERRORS, KubeError, call_json, error_from_exception, error_from_status
 
 log = logging.getLogger(__name__)
@@ -442,7 +442,8 @@ class LiveClusterSource:
         async for changed in source.changes():       # sets of Service keys
             renderer.render(config, source.snapshot(), previous, changed=changed, ...)
 
-    The first set `changes()` yields after the initial lists is every Service key."""
+    The first set `changes()` yields after the initial lists is every Service key. Until then
+    `snapshot()` raises ClusterNotReady: a source that has not finished listing is no cluster."""
 
     def __init__(
         self,
@@ -511,12 +512,19 @@ class LiveClusterSource:
         try:
             await asyncio.wait_for(self._synced.wait(), timeout)
         except TimeoutError:
-            missing = [c.kind for c in self._collections if c.kind not in self._listed]
-            problems = "; ".join(self.stats.problems[-3:]) or "no error reported"
-            raise TimeoutError(f"cluster state not listed within {timeout}s: waiting for {', '.join(missing)} ({problems})") from None
+            raise TimeoutError(f"cluster state not listed within {timeout}s: {self._waiting_for()}") from None
 
     def snapshot(self) -> ClusterState:
+        """The current state; ClusterNotReady until every kind's first list has been applied
+        (a state missing a kind would read as a cluster without Services, or Nodes)."""
+        if not self.synced:
+            raise ClusterNotReady(f"cluster state not listed yet: {self._waiting_for()}")
         return self.state.snapshot()
+
+    def _waiting_for(self) -> str:
+        missing = [c.kind for c in self._collections if c.kind not in self._listed]
+        problems = "; ".join(self.stats.problems[-3:]) or "no error reported"
+        return f"waiting for the first list of {', '.join(missing) or 'nothing'} ({problems})"
 
     @property
     def reflectors(self) -> list[Reflector]:
@@ -609,6 +617,7 @@ __all__ = [
     "KINDS",
     "Backoff",
     "Bookmark",
+    "ClusterNotReady",
     "Collection",
     "LiveClusterSource",
     "Problem",

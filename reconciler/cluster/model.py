@@ -78,6 +78,11 @@ class Node:
     unschedulable: bool = False
 
 
+class ClusterNotReady(RuntimeError):
+    """The source has no whole cluster state yet (DESIGN.md 6.1: a source that has not finished
+    listing is an error, never a partial state); the message says what it waits for."""
+
+
 @dataclass(frozen=True)
 class ClusterIssue:
     """Something in the cluster state that render cannot use, reported rather than guessed."""

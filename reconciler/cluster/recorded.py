@@ -4,6 +4,15 @@ Reads what `kubectl get services,endpointslices,nodes -A -o yaml` prints (a `kin
 multi-document YAML of the same objects or Lists, or the JSON equivalent (`-o json`, or an API
 list response such as ServiceList, whose items carry no `kind`).
 
+Only a whole cluster is read (DESIGN.md 6.1: input that is not a whole cluster is an error, never
+"a cluster without Services"): an empty, `null` or comment-only file is refused, and so is every
+document that is not whole. kubectl prints a List's keys sorted, `apiVersion`, `items`, `kind`,
+`metadata`, so a recording cut short while it is written lacks the `kind` after its items: each
+document needs a `kind`, and a list its `items`. A recording with Services on nodes but no Node
+at all (`kubectl get services,endpointslices`) is refused too. A cut at a document boundary of a
+multi-document file cannot be seen in the text; reconciler.cluster.followed waits for a file to
+settle before it reads it.
+
 Files can be big (50k endpoints are about 14 MB of YAML), so the text is parsed once straight into
 plain data (_EventBuilder), keeping no positions; only when something in the objects is wrong is
 it composed a second time to turn the object paths of the errors into line and column. Measured at
@@ -40,18 +49,19 @@ from reconciler.cluster.convert import (
     assemble_state,
     endpoint_slice_from_dict,
     format_path,
-    node_from_dict,
     object_name,
+    read_node,
     service_from_dict,
 )
 from reconciler.cluster.model import ClusterIssue, ClusterState, Node, Service
 from reconciler.diagnostics import Diagnostic, InputError
 
 KINDS = ("Service", "EndpointSlice", "Node")
-_NOT_A_LIST = (
-    "not a List of Services, EndpointSlices and Nodes "
-    "(expected the output of `kubectl get services,endpointslices,nodes -A -o yaml`)"
-)
+_EXPECTED = "expected the output of `kubectl get services,endpointslices,nodes -A -o yaml`"
+_NOT_A_LIST = f"not a List of Services, EndpointSlices and Nodes ({_EXPECTED})"
+# kubectl prints a List's keys sorted (apiVersion, items, kind, metadata): a file cut short
+# while it is written has items but not the `kind: List` after them.
+_CUT_SHORT = "no kind after the items: a recording cut short? (kubectl prints `kind: List` after them)"
 
 
 def load_cluster_file(path: str | os.PathLike[str]) -> ClusterState:
@@ -62,6 +72,11 @@ def load_cluster_file(path: str | os.PathLike[str]) -> ClusterState:
             raw = f.read()
     except OSError as e:
         raise InputError([Diagnostic(file, 1, 1, f"cannot read the file: {e.strerror or e}")]) from e
+    return load_cluster_bytes(raw, file)
+
+
+def load_cluster_bytes(raw: bytes, file: str = "<bytes>") -> ClusterState:
+    """As load_cluster_file, for the file's bytes already read (`file` names it in messages)."""
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as e:
@@ -73,12 +88,17 @@ def load_cluster_file(path: str | os.PathLike[str]) -> ClusterState:
 
 def load_cluster_text(text: str, file: str = "<string>") -> ClusterState:
     """As load_cluster_file, for text already in memory; `file` names it in messages."""
-    docs = _parse(text, file)
+    docs = _parse(text, file) if text.strip() else []
+    if all(doc is None for doc in docs):
+        raise InputError([Diagnostic(file, 1, 1, f"{_nothing_in(text, docs)}: no cluster state to read ({_EXPECTED})")])
     reader = _Reader()
     for i, doc in enumerate(docs):
         reader.read_document(i, doc)
     if reader.errors:
         raise InputError(_locate(text, file, reader.errors))
+    missing_nodes = _nodes_missing(reader)
+    if missing_nodes:
+        raise InputError([Diagnostic(file, 1, 1, missing_nodes)])
     rvs = {rv for rv in reader.list_versions if rv}
     return assemble_state(
         reader.services,
@@ -86,6 +106,31 @@ def load_cluster_text(text: str, file: str = "<string>") -> ClusterState:
         reader.nodes,
         resource_version=rvs.pop() if len(rvs) == 1 else None,
         issues=reader.issues,
+    )
+
+
+def _nothing_in(text: str, docs: list[Any]) -> str:
+    if not text:
+        return "the file is empty"
+    if not text.strip():
+        return "the file holds only whitespace"
+    if not docs:
+        return "the file holds only comments"
+    return "the file holds only null" if len(docs) == 1 else "every document of the file is null"
+
+
+def _nodes_missing(reader: _Reader) -> str | None:
+    """A recording with Services whose endpoints run on nodes, but no Node at all, is not a
+    whole cluster (e.g. `kubectl get services,endpointslices`): render would lose every node."""
+    if reader.nodes or not reader.services:
+        return None
+    named = sorted({ep.node for sl in reader.slices for ep in sl.endpoints})
+    if not named:
+        return None
+    shown = ", ".join(named[:5]) + (f" and {len(named) - 5} more" if len(named) > 5 else "")
+    return (
+        f"not a whole cluster: {len(reader.services)} Service(s) with endpoints on {len(named)} node(s) "
+        f"({shown}) but no Node objects ({_EXPECTED})"
     )
 
 
@@ -295,8 +340,14 @@ class _Reader:
             self._read_object(doc_index, (), doc, kind)
             return
         if not isinstance(kind, str) or not kind.endswith("List"):
-            found = f"kind {kind!r}" if kind is not None else "no kind"
+            if kind is None and "items" in doc:
+                found = _CUT_SHORT
+            else:
+                found = f"kind {kind!r}" if kind is not None else "no kind"
             self.errors.append(_Error(doc_index, (), f"{_NOT_A_LIST}; found {found}"))
+            return
+        if "items" not in doc:
+            self.errors.append(_Error(doc_index, (), f"a {kind} without items: a list must have an `items` key"))
             return
         # kubectl prints `kind: List` with kinds on the items; the API's typed lists
         # (ServiceList, ...) leave the items' kind out.
@@ -345,7 +396,9 @@ class _Reader:
             elif kind == "EndpointSlice":
                 self.slices.append(endpoint_slice_from_dict(obj))
             else:
-                self.nodes.append(node_from_dict(obj))
+                node, issues = read_node(obj)
+                self.nodes.append(node)
+                self.issues.extend(issues)
         except ConversionError as e:
             full = at + e.path
             label = _describe(kind, obj)
