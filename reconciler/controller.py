@@ -1,4 +1,4 @@
-"""The reconcile loop (`p4kube run`): triggers -> render -> audit -> apply -> probe -> fallback.
+"""The reconcile loop (`p4kube run`): triggers -> render -> guard -> audit -> apply -> probe -> fallback.
 
 Everything the loop talks to is behind a small protocol, so the same loop runs against a live
 cluster (reconciler.cluster.live), a recorded file, or the demo's scripted cluster:
@@ -10,6 +10,20 @@ cluster (reconciler.cluster.live), a recorded file, or the demo's scripted clust
 One asyncio task runs the loop; triggers only record what changed, and the loop coalesces them
 for the config's updateInterval before rendering, so a burst of EndpointSlice updates costs one
 transaction. Transactions of a config never overlap.
+
+It is level-triggered and conservative (DESIGN.md 6.1):
+
+- "up to date" means every switch was read back and holds the last applied snapshot; a switch
+  whose state is not known (new stream, reconnect, pipeline push, failed write, a failed quick
+  check, the periodic full read-back) is read back and repaired on its own, whatever the other
+  switch does;
+- a switch the reconciler cannot reach degrades the config and is reported; it never falls a
+  Service back (it keeps forwarding with its tables). Fallback follows data-path evidence only;
+- a transaction that would take more than `spec.safety.maxRemovalPercent` of the Services off
+  the switches is refused (Stalled) and so is a mass fallback;
+- failed transactions are retried with backoff (1 s doubling to 5 min, reset on success or new
+  input); an attempt that cannot reach the switches is not recorded in the audit repository;
+- time comes from a Clock, so tests run the loop on fake time.
 """
 
 from __future__ import annotations
@@ -17,17 +31,29 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Awaitable, Callable, Protocol
+from typing import Any, AsyncIterator, Awaitable, Callable, Protocol, overload
 
 from .apply import ApplyResult, TwoSwitchApplier
-from .cluster.model import ClusterState
+from .audit.errors import AuditError
+from .backoff import Backoff
+from .cluster.model import ClusterNotReady, ClusterState, Service
 from .fallback import FALLBACK_REASON_ANNOTATION
+from .guard import fallback_verdict, removal_verdict
+from .health import Clock, Endpoint, LoopClock, TargetState, Thresholds, advance, probe_endpoints
 from .intent.model import IntentSet, LoadBalancerConfig
+from .outcome import Outcome
 from .render import Renderer, RenderIssue
 from .snapshot import Snapshot
+from .switch.session import SwitchError
 
 log = logging.getLogger("reconciler.controller")
+
+RETRY_INITIAL_S = 1.0
+RETRY_MAX_S = 300.0
+HISTORY_LIMIT = 1000
 
 
 class IntentProvider(Protocol):
@@ -56,36 +82,71 @@ class AuditLike(Protocol):
     def record(self, snapshot: Snapshot, outcome: str, reason: str = "", extra_trailers: Any = ()) -> str: ...
 
 
-# The probe the transaction runs after writing: returns None when healthy, else the reason;
-# `failing_services()` then names the Services to fall back.
-class PostApplyProbe(Protocol):
-    async def __call__(self, snap: Snapshot) -> str | None: ...
-
-
-ApplierFactory = Callable[[LoadBalancerConfig, int], TwoSwitchApplier]  # (config, election id)
-ProbeFactory = Callable[[LoadBalancerConfig], Any]  # -> a health.PostApplyProbe, or None
-Digest = Callable[[LoadBalancerConfig], str]
-
-
-
-@dataclass
+@dataclass(frozen=True)
 class TransactionRecord:
     """What one pass did, for logs, tests, the demo and status."""
 
     config: str
     version: int | None
-    outcome: str  # applied | unchanged | degraded | rolled-back | failed | up-to-date | resynced
+    outcome: Outcome
     reason: str = ""
     writes: int = 0
     fell_back: tuple[str, ...] = ()
     recovered: tuple[str, ...] = ()
     seconds: float = 0.0
     issues: tuple[RenderIssue, ...] = ()
+    retry_in: float | None = None  # seconds until the next attempt, when one is scheduled
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "outcome", Outcome(self.outcome))
+
+
+class History:
+    """The newest `limit` records, indexed by absolute position: len() counts every record
+    ever noted, so `history[n:]` taken after `n = len(history)` still means "since then"."""
+
+    def __init__(self, limit: int = HISTORY_LIMIT) -> None:
+        self._items: deque[TransactionRecord] = deque(maxlen=limit)
+        self._total = 0
+
+    def append(self, record: TransactionRecord) -> None:
+        self._items.append(record)
+        self._total += 1
+
+    def __len__(self) -> int:
+        return self._total
+
+    def __iter__(self) -> Iterator[TransactionRecord]:
+        return iter(self._items)
+
+    @property
+    def retained(self) -> int:
+        return len(self._items)
+
+    @overload
+    def __getitem__(self, i: int) -> TransactionRecord: ...
+
+    @overload
+    def __getitem__(self, i: slice) -> list[TransactionRecord]: ...
+
+    def __getitem__(self, i: int | slice) -> TransactionRecord | list[TransactionRecord]:
+        first = self._total - len(self._items)  # absolute index of the oldest retained record
+        if isinstance(i, slice):
+            start, stop, step = i.indices(self._total)
+            return [self._items[k - first] for k in range(max(start, first), stop, step) if k >= first]
+        k = i + self._total if i < 0 else i
+        if not first <= k < self._total:
+            raise IndexError(f"record {i} is not retained (the newest {len(self._items)} of {self._total} are)")
+        return self._items[k - first]
+
+
+def _writes(result: ApplyResult) -> int:
+    return sum(sum(k.values()) for k in result.writes().values())
 
 
 @dataclass
 class ConfigWorker:
-    """Renders and applies one LoadBalancerConfig; remembers what its switches hold."""
+    """Renders and applies one LoadBalancerConfig; remembers what its switches should hold."""
 
     config: LoadBalancerConfig
     applier: TwoSwitchApplier
@@ -97,35 +158,121 @@ class ConfigWorker:
     # Called after each periodic health round (e.g. to read the switches' counters for metrics).
     on_health: Callable[["ConfigWorker"], Awaitable[None]] | None = None
     renderer: Renderer = field(default_factory=Renderer)
-    last: Snapshot | None = None  # what the switches hold (the last applied snapshot)
+    clock: Clock = field(default_factory=LoopClock)
+    last: Snapshot | None = None  # the last applied snapshot: what both switches must hold
     fallen_back: dict[str, str] = field(default_factory=dict)  # Service key -> reason (ours)
-    drift_every: int = 12  # health rounds between full read-backs of the switches
-    _successes: dict[str, int] = field(default_factory=dict)  # recovery probes passed in a row
-    _switch_failures: dict[str, int] = field(default_factory=dict)
-    _backend_failures: dict[str, int] = field(default_factory=dict)
-    unhealthy_switches: set[str] = field(default_factory=set)
-    _rounds: int = 0
+    switch_health: dict[str, TargetState] = field(default_factory=dict)
+    service_health: dict[str, TargetState] = field(default_factory=dict)  # backends of served Services
+    recovery_health: dict[str, TargetState] = field(default_factory=dict)  # evidence for fallen-back ones
+    backoff: Backoff = field(default_factory=lambda: Backoff(RETRY_INITIAL_S, RETRY_MAX_S, jitter=0.0))
+    retry_at: float | None = None  # clock time of the next attempt of a failed transaction
+    stalled: str | None = None  # why the last pass could not make progress (refusal, audit fault)
+    _last_full_read: dict[str, float] = field(default_factory=dict)
     _connections: dict[str, dict[str, int]] | None = None
-    needs_retry: bool = False  # the last transaction failed before writing: try again on a health tick
     _recovered: set[str] = field(default_factory=set)  # lifted fallbacks not yet back on the switches
+    _unrecorded: tuple[Snapshot, str, str] | None = None  # an outcome the audit repository refused
+    adopted: bool = False  # fallbacks of an earlier run taken over (needs a listed cluster)
+
+    # -- state ------------------------------------------------------------------------------------
+
+    @property
+    def unhealthy_switches(self) -> set[str]:
+        return {name for name, st in self.switch_health.items() if not st.healthy}
+
+    @property
+    def needs_retry(self) -> bool:
+        return self.retry_at is not None
+
+    def retry_due(self, now: float) -> bool:
+        return self.retry_at is not None and now >= self.retry_at
+
+    def _schedule_retry(self) -> float:
+        delay = self.backoff.next()
+        self.retry_at = self.clock.now() + delay
+        return delay
+
+    def _succeeded(self) -> None:
+        self.backoff.reset()
+        self.retry_at = None
+        self.stalled = None
+
+    def new_input(self) -> None:
+        """New intent or cluster state: try at once, and start the backoff from 1 s again."""
+        self.backoff.reset()
+        self.retry_at = None
+
+    def _thresholds(self) -> Thresholds:
+        check = self.config.health_check
+        return Thresholds(check.failure_threshold, check.success_threshold)
+
+    def _record(self, outcome: Outcome, version: int | None = None, reason: str = "", **kw: Any) -> TransactionRecord:
+        return TransactionRecord(self.config.key, self.last.version if version is None and self.last else version,
+                                 outcome, reason, **kw)
+
+    async def _report(self, record: TransactionRecord, result: ApplyResult | None, snap: Snapshot | None) -> TransactionRecord:
+        if self.on_result is not None:
+            await self.on_result(record, result, snap)
+        return record
+
+    def _audit(self, snapshot: Snapshot, outcome: str, reason: str = "") -> None:
+        """Record in the audit repository; an outcome it refuses is kept and recorded later."""
+        if self.audit is None:
+            return
+        if self._unrecorded is not None:
+            old, old_outcome, old_reason = self._unrecorded
+            self.audit.record(old, old_outcome, reason=old_reason)
+            self._unrecorded = None
+        self.audit.record(snapshot, outcome, reason=reason)
+
+    # -- start ------------------------------------------------------------------------------------
 
     async def start(self, intent_commit: str | None) -> TransactionRecord:
-        """On (re)start: read the switches back and converge them on the last applied snapshot
-        without rewriting what is already right (a restart causes no table writes)."""
-        if self.audit is not None:
-            self.last = self.audit.last_applied(self.config.key)
-        if self.last is None:
-            return TransactionRecord(self.config.key, None, "up-to-date", "nothing applied yet")
+        """On (re)start: close a transaction a crash left pending, then read both switches back
+        and converge each on the last applied snapshot without rewriting what is already right
+        (a restart causes no table writes)."""
         t0 = time.perf_counter()
-        result = await self.applier.apply(self.last, self.last)
-        writes = sum(sum(k.values()) for k in result.writes().values())
-        record = TransactionRecord(
-            self.config.key, self.last.version, "resynced" if result.ok else result.outcome, result.reason,
-            writes, seconds=time.perf_counter() - t0,
-        )
-        if self.on_result is not None:
-            await self.on_result(record, result, self.last)
-        return record
+        if self.audit is not None:
+            try:
+                close = getattr(self.audit, "close_interrupted", None)
+                if close is not None and close(self.config.key) is not None:
+                    log.warning("%s: the last transaction was interrupted before its outcome was recorded; "
+                                "recorded as interrupted, the switches are read back now", self.config.key)
+                self.last = self.audit.last_applied(self.config.key)
+            except AuditError as e:
+                delay = self._schedule_retry()
+                self.stalled = f"audit repository unavailable: {e}"
+                return await self._report(self._record(Outcome.WAITING, None, f"{self.stalled}; nothing is written "
+                                                       f"until it can be read; next try in {delay:.0f}s", retry_in=delay),
+                                          None, None)
+        if self.last is None:
+            return await self._report(self._record(Outcome.UP_TO_DATE, None, "nothing applied yet"), None, None)
+        return await self._sync("start", t0)
+
+    async def _sync(self, why: str, t0: float) -> TransactionRecord:
+        """Read back every switch not known to hold `last`, and repair it (each on its own)."""
+        assert self.last is not None
+        result = await self.applier.sync(self.last)
+        writes = _writes(result)
+        if result.outcome in ("applied", "unchanged"):
+            outcome, reason = Outcome.RESYNCED, ""
+            if writes:
+                reason = f"{why}: repaired " + "; ".join(r.describe() for r in result.switches if r.writes)
+                self._audit_repair(reason)
+        else:
+            outcome = Outcome.DEGRADED if result.outcome == "degraded" else Outcome.FAILED
+            reason = result.reason or "; ".join(r.describe() for r in result.switches if r.state != "unchanged")
+        record = self._record(outcome, reason=reason, writes=writes, seconds=time.perf_counter() - t0)
+        return await self._report(record, result, self.last)
+
+    def _audit_repair(self, reason: str) -> None:
+        if self.audit is None or self.last is None:
+            return
+        try:
+            self._audit(self.last, "applied", reason[:900])
+        except AuditError as e:
+            log.error("%s: could not record the repair in the audit repository: %s", self.config.key, e)
+
+    # -- one pass ---------------------------------------------------------------------------------
 
     async def connections(self) -> dict[str, dict[str, int]] | None:
         """least-connections input: per snapshot Service and backend, SYN minus FIN from the
@@ -143,8 +290,12 @@ class ConfigWorker:
         if not owner:
             return {}
         ids = sorted(owner)
-        syn = {c.index: c.packets for c in await session.read_counters(n.BACKEND_SYN, ids)}
-        fin = {c.index: c.packets for c in await session.read_counters(n.BACKEND_FIN, ids)}
+        try:
+            syn = {c.index: c.packets for c in await session.read_counters(n.BACKEND_SYN, ids)}
+            fin = {c.index: c.packets for c in await session.read_counters(n.BACKEND_FIN, ids)}
+        except SwitchError as e:
+            log.warning("%s: reading connection counters failed, keeping the last estimate: %s", self.config.key, e)
+            return self._connections
         out: dict[str, dict[str, int]] = {}
         for bid, (name, key) in owner.items():
             out.setdefault(name, {})[key] = max(0, syn.get(bid, 0) - fin.get(bid, 0))
@@ -163,37 +314,92 @@ class ConfigWorker:
             changed=changed, connections=connections,
         )
         if not rendered.changed:
-            record = TransactionRecord(self.config.key, rendered.snapshot.version, "up-to-date", issues=rendered.issues,
-                                       seconds=time.perf_counter() - t0)
-            if self.on_result is not None:
-                await self.on_result(record, None, rendered.snapshot)
-            return record
+            if self.last is not None and not all(self.applier.trusts(sw.name) for sw in self.applier.order):
+                return await self._sync("read back before saying up to date", t0)  # level-triggered
+            self._succeeded()
+            record = self._record(Outcome.UP_TO_DATE, rendered.snapshot.version, issues=rendered.issues,
+                                  seconds=time.perf_counter() - t0)
+            return await self._report(record, None, rendered.snapshot)
         target = rendered.snapshot
+
+        verdict = removal_verdict(self.last, target, self.config.safety.max_removal_percent)
+        if not verdict.allowed:
+            reason = verdict.describe()
+            if reason != self.stalled:
+                log.error("%s: %s", self.config.key, reason)
+            self.stalled = reason
+            self.retry_at = None  # only new input (intent raising the limit, Services returning) changes it
+            record = self._record(Outcome.REFUSED, target.version, reason, issues=rendered.issues,
+                                  seconds=time.perf_counter() - t0)
+            return await self._report(record, None, self.last)
+
+        # Reach every switch the transaction needs before anything is recorded or written: an
+        # outage is retried with backoff, not recorded as a failed attempt every tick.
+        missing = await self._unreachable()
+        if missing:
+            delay = self._schedule_retry()
+            reason = f"{missing}: nothing was written; next try in {delay:.0f}s"
+            record = self._record(Outcome.FAILED, target.version, reason, issues=rendered.issues,
+                                  seconds=time.perf_counter() - t0, retry_in=delay)
+            return await self._report(record, None, self.last)
+
         why = self._why(cluster, target)
         if self.audit is not None:
-            # Versions stay unique in the audit history, also after rollbacks.
-            target = target.with_version(self.audit.next_version(self.config.key))
-            self.audit.record(target, "pending", reason=why)
+            try:
+                # Versions stay unique in the audit history, also after rollbacks.
+                target = target.with_version(self.audit.next_version(self.config.key))
+                self._audit(target, "pending", why)
+            except AuditError as e:
+                delay = self._schedule_retry()
+                self.stalled = f"audit repository unavailable: {e}"
+                record = self._record(Outcome.WAITING, target.version, f"{self.stalled}; nothing was written; "
+                                      f"next try in {delay:.0f}s", issues=rendered.issues, retry_in=delay,
+                                      seconds=time.perf_counter() - t0)
+                return await self._report(record, None, self.last)
+
         result = await self.applier.apply(target, self.last, self.probe)
-        writes = sum(sum(k.values()) for k in result.writes().values())
+        writes = _writes(result)
         if self.audit is not None:
-            outcome, reason = result.audit_record()
-            self.audit.record(target, outcome, reason="; ".join(r for r in (why, reason) if r))
+            outcome_text, reason_text = result.audit_record()
+            reason_text = "; ".join(r for r in (why, reason_text) if r)
+            try:
+                self._audit(target, outcome_text, reason_text)
+            except AuditError as e:
+                # The switches moved; the record follows as soon as the repository takes it.
+                self._unrecorded = (target, outcome_text, reason_text)
+                log.error("%s: v%d %s, but the audit repository refused the record (kept, retried): %s",
+                          self.config.key, target.version, result.outcome, e)
         fell_back: tuple[str, ...] = ()
-        self.needs_retry = result.outcome == "failed"
+        retry_in: float | None = None
         if result.ok:
             self.last = target
-        elif self.probe is not None and result.outcome == "rolled-back":
-            report = getattr(self.probe, "last_report", None)
-            failing = tuple(getattr(report, "failing_services", ()) or ())
-            fell_back = await self._fall_back(failing, f"health probe failed after applying v{target.version}: {result.reason}")
+            self._succeeded()
+        else:
+            retry_in = self._schedule_retry()
+            if self.probe is not None and result.outcome == "rolled-back":
+                report = getattr(self.probe, "last_report", None)
+                failing = tuple(getattr(report, "failing_services", ()) or ())
+                fell_back = await self._fall_back(failing, f"health probe failed after applying v{target.version}: {result.reason}")
+        reason = result.reason + (f"; next try in {retry_in:.0f}s" if retry_in is not None else "")
         record = TransactionRecord(
-            self.config.key, target.version, result.outcome, result.reason, writes, fell_back,
-            seconds=time.perf_counter() - t0, issues=rendered.issues,
+            self.config.key, target.version, Outcome(result.outcome), reason, writes, fell_back,
+            seconds=time.perf_counter() - t0, issues=rendered.issues, retry_in=retry_in,
         )
-        if self.on_result is not None:
-            await self.on_result(record, result, target)
-        return record
+        return await self._report(record, result, target)
+
+    async def _unreachable(self) -> str:
+        """Why the transaction cannot start ("" when every switch it needs answers)."""
+        for sw in self.applier.order:
+            session = self.applier.session_for(sw.name)
+            if session is None or not session.is_primary:
+                session = await self.applier.reconnect(sw.name)
+            if session is not None:
+                continue
+            if sw.role == "primary":
+                return f"primary {sw.name} unreachable"
+            if self.applier.policy == "abort":
+                return f"standby {sw.name} unreachable (policy: abort)"
+        return ""
 
     def _why(self, cluster: ClusterState, target: Snapshot) -> str:
         """The audit Reason of a version that takes Services off the switches for a kube-proxy
@@ -211,10 +417,20 @@ class ConfigWorker:
             if key in self._recovered:
                 parts.append(f"{key} recovered from its kube-proxy fallback")
                 self._recovered.discard(key)
+        self._recovered &= {k for k in cluster.services}  # Services deleted meanwhile
         return "; ".join(parts)[:900]
 
     async def _fall_back(self, services: tuple[str, ...], reason: str) -> tuple[str, ...]:
         if self.fallback is None or not services:
+            return ()
+        verdict = fallback_verdict(self.last, services, self.config.safety.max_removal_percent)
+        if not verdict.allowed:
+            message = (f"not falling back {len(verdict.removed)} of {verdict.served} Services at once "
+                       f"(more than spec.safety.maxRemovalPercent {verdict.limit_percent}%): so many failing "
+                       f"together points at the prober's network, not the Services: {', '.join(verdict.removed[:20])}")
+            if message != self.stalled:
+                log.error("%s: %s", self.config.key, message)
+            self.stalled = message
             return ()
         done = []
         for key in services:
@@ -226,93 +442,125 @@ class ConfigWorker:
                 log.error("%s: fallback of %s failed: %s", self.config.key, key, e)
         return tuple(done)
 
-    async def health_round(self, cluster: ClusterState) -> list[TransactionRecord]:
-        """Periodic health (DESIGN.md 6): switch liveness, drift read-back and repair, and the
-        backends of every served Service. A primary unhealthy `failureThreshold` rounds in a
-        row falls back every Service it carries; a Service whose backends are all down as long
-        falls back alone. Returns the records of what it changed."""
-        from .health import Endpoint, check_drift, check_switch, probe_endpoints
+    # -- health -----------------------------------------------------------------------------------
 
+    async def health_round(self, cluster: ClusterState) -> list[TransactionRecord]:
+        """Periodic health (DESIGN.md 6.1): each switch on its own (reachable? quick check of
+        pipeline cookie and entry counts; full read-back every readBackInterval; repair of what
+        differs), then the backends of every served Service (all down for failureThreshold
+        rounds: that Service falls back). A switch that cannot be reached degrades the config;
+        no Service falls back for it. Returns the records of what it changed."""
         check = self.config.health_check
         records: list[TransactionRecord] = []
         if not check.enabled or self.last is None:
             return records
-        self._rounds += 1
         for sw in self.applier.order:
-            session = self.applier.session_for(sw.name)
-            if session is None or not session.is_primary:
-                session = await self.applier.reconnect(sw.name)  # a switch that came back is seen here
-            live = await check_switch(session, timeout=check.timeout_s, expected_cookie=self.applier.cookie) if session else None
-            if live is not None and live.alive:
-                self._switch_failures[sw.name] = 0
-                if sw.name in self.unhealthy_switches:
-                    log.warning("%s: switch %s is healthy again; reading it back in full", self.config.key, sw.name)
-                    self.unhealthy_switches.discard(sw.name)
-                    self.applier.forget(sw.name)
-                continue
-            n = self._switch_failures[sw.name] = self._switch_failures.get(sw.name, 0) + 1
-            if n >= check.failure_threshold and sw.name not in self.unhealthy_switches:
-                self.unhealthy_switches.add(sw.name)
-                why = live.reason if live is not None else "no open P4Runtime session"
-                log.error("%s: switch %s (%s) unhealthy: %s", self.config.key, sw.name, sw.role, why)
-                self.applier.forget(sw.name)
-                if sw.role == "primary":
-                    served = tuple(sorted({s.service_key for s in self.last.services if s.backends}))
-                    done = await self._fall_back(served, f"switch {sw.name} unhealthy: {why}")
-                    records.append(TransactionRecord(self.config.key, self.last.version, "fell-back", why, fell_back=done))
-        if self._rounds % self.drift_every == 0 and not self.unhealthy_switches:
-            for sw in self.applier.order:
-                session = self.applier.session_for(sw.name)
-                if session is None:
-                    continue
-                report = await check_drift(session, self.last, defaults=False)
-                if not report.ok:
-                    log.warning("%s: drift on %s: %s", self.config.key, sw.name, "; ".join(report.differences[:5]))
-                    self.applier.forget(sw.name)
-            if not all(self.applier.trusts(sw.name) for sw in self.applier.order):
-                result = await self.applier.apply(self.last, self.last)
-                writes = sum(sum(k.values()) for k in result.writes().values())
-                reason = "drift repaired: " + "; ".join(d for r in result.switches for d in r.drift[:3])
-                if self.audit is not None and writes:
-                    self.audit.record(self.last, result.audit_record()[0], reason=reason[:500])
-                records.append(TransactionRecord(self.config.key, self.last.version, result.outcome, reason, writes))
-        # Backends of the Services on the switches: all down for failureThreshold rounds -> fall back.
-        by_service: dict[str, set[tuple[str, int]]] = {}
+            record = await self._switch_round(sw.name, sw.role)
+            if record is not None:
+                records.append(await self._report(record, None, self.last))
+        record = await self._backend_round()
+        if record is not None:
+            records.append(await self._report(record, None, self.last))
+        return records
+
+    async def _switch_round(self, name: str, role: str) -> TransactionRecord | None:
+        assert self.last is not None
+        t0 = time.perf_counter()
+        now = self.clock.now()
+        session = self.applier.session_for(name)
+        if session is None or not session.is_primary:
+            session = await self.applier.reconnect(name)  # a switch that came back is seen here
+        why = "" if session is not None else "cannot be reached (no P4Runtime session could be opened)"
+        if session is not None:
+            try:
+                quick = await self.applier.quick_check(name, self.last)
+                if not quick.ok:
+                    log.warning("%s: switch %s: %s; reading it back in full", self.config.key, name, quick.reason)
+            except SwitchError as e:
+                why = str(e)
+        before = self.switch_health.get(name, TargetState())
+        after = self.switch_health[name] = advance(before, not why, why, self._thresholds())
+        if why:
+            if before.healthy and not after.healthy:
+                reason = (f"switch {name} ({role}) unreachable: {why}. It keeps forwarding with the tables it "
+                          f"holds; no Service falls back for it; it is read back in full when it returns")
+                log.error("%s: %s", self.config.key, reason)
+                return self._record(Outcome.DEGRADED, reason=reason, seconds=time.perf_counter() - t0)
+            return None
+        interval = self.config.health_check.read_back_interval_s
+        last_full = self._last_full_read.setdefault(name, now)
+        if interval > 0 and now - last_full >= interval:
+            self.applier.forget(name)  # the periodic full read-back
+        if self.applier.trusts(name):
+            if not before.healthy:
+                return self._record(Outcome.RESYNCED, reason=f"switch {name} ({role}) is back and holds v{self.last.version}",
+                                    seconds=time.perf_counter() - t0)
+            return None
+        report = await self.applier.sync_switch(name, self.last)
+        self._last_full_read[name] = now
+        writes = sum(sum(k.values()) for k in report.writes.values())
+        if report.state in ("failed", "unreachable"):
+            reason = f"switch {name} ({role}): read-back and repair failed: {report.reason}"
+            log.error("%s: %s", self.config.key, reason)
+            return self._record(Outcome.FAILED, reason=reason, writes=writes, seconds=time.perf_counter() - t0)
+        if not writes and before.healthy:
+            return None  # the periodic read-back found what it should
+        back = "" if before.healthy else "is back: "
+        reason = (f"switch {name} ({role}) {back}read back in full"
+                  + (f" and repaired: {report.describe()}" if writes else f", holds v{self.last.version}"))
+        if report.drift:
+            reason += "; drift: " + "; ".join(report.drift[:3])
+        if writes:
+            log.warning("%s: %s", self.config.key, reason)
+            self._audit_repair("drift repaired: " + reason)
+        return self._record(Outcome.RESYNCED, reason=reason, writes=writes, seconds=time.perf_counter() - t0)
+
+    async def _backend_round(self) -> TransactionRecord | None:
+        """Backends of the Services on the switches: all down for failureThreshold rounds -> fall back."""
+        assert self.last is not None
+        by_service: dict[str, set[Endpoint]] = {}
         for s in self.last.services:
             if s.protocol == "TCP" and s.backends:
-                by_service.setdefault(s.service_key, set()).update((b.address, b.port) for b in s.backends if b.buckets)
-        targets = {Endpoint(a, p) for eps in by_service.values() for a, p in eps}
-        results = await probe_endpoints(sorted(targets, key=str), check.timeout_s) if targets else {}
-        dead = []
-        for key, eps in by_service.items():
-            if key in self.fallen_back:
+                by_service.setdefault(s.service_key, set()).update(Endpoint(b.address, b.port) for b in s.backends if b.buckets)
+        for key in list(self.service_health):
+            if key not in by_service:
+                del self.service_health[key]  # bounded: only Services on the switches
+        targets = {ep for eps in by_service.values() for ep in eps}
+        if not targets:
+            return None
+        results = await probe_endpoints(sorted(targets), self.config.health_check.timeout_s)
+        dead: list[str] = []
+        for key, eps in sorted(by_service.items()):
+            if key in self.fallen_back or not eps:
                 continue
-            if eps and all(results.get(Endpoint(a, p)) is not None for a, p in eps):
-                n = self._backend_failures[key] = self._backend_failures.get(key, 0) + 1
-                if n >= check.failure_threshold:
-                    dead.append(key)
-            else:
-                self._backend_failures.pop(key, None)
-        if dead:
-            done = await self._fall_back(tuple(dead), "every backend failed its TCP probe")
-            for key in done:
-                self._backend_failures.pop(key, None)
-            records.append(TransactionRecord(self.config.key, self.last.version, "fell-back", "backends down", fell_back=done))
-        return records
+            failures = [f"{ep}: {results[ep]}" for ep in sorted(eps) if results.get(ep) is not None]
+            ok = len(failures) < len(eps)
+            before = self.service_health.get(key, TargetState())
+            after = self.service_health[key] = advance(before, ok, "; ".join(failures[:3]), self._thresholds())
+            if not after.healthy:
+                dead.append(key)
+        if not dead:
+            return None
+        done = await self._fall_back(tuple(dead), "every backend failed its TCP probe")
+        for key in done:
+            self.service_health.pop(key, None)
+        if not done:
+            return self._record(Outcome.REFUSED, reason=self.stalled or "fallback refused") if self.stalled else None
+        return self._record(Outcome.FELL_BACK, reason="backends down: " + ", ".join(done), fell_back=done)
 
     def adopt_fallbacks(self, cluster: ClusterState) -> None:
         """After a restart: Services this reconciler had fallen back are still ours to recover."""
         from .cluster.scripted import is_auto_fallback
 
+        self.adopted = True
         for key, svc in cluster.services.items():
             if is_auto_fallback(svc) and key not in self.fallen_back:
                 self.fallen_back[key] = svc.annotation(FALLBACK_REASON_ANNOTATION) or ""
 
     async def check_recovery(self, cluster: ClusterState) -> tuple[str, ...]:
-        """Probe the backends of the Services we fell back; lift the fallback of each whose
-        backends all answer `successThreshold` rounds in a row."""
-        from .health import Endpoint, probe_endpoints
-
+        """Lift the fallback of each Service whose evidence holds `successThreshold` rounds in a
+        row: its TCP backends answer; for a Service without TCP ports (UDP), its ready endpoints
+        are on nodes with an address and those nodes' TCP backends of served Services answer."""
         if self.fallback is None or not self.fallen_back:
             return ()
         if any(sw.role == "primary" and sw.name in self.unhealthy_switches for sw in self.applier.order):
@@ -321,25 +569,50 @@ class ConfigWorker:
         recovered = []
         for key in sorted(self.fallen_back):
             svc = cluster.services.get(key)
-            if svc is None:
-                del self.fallen_back[key]
+            if svc is None:  # deleted: nothing to recover
+                self.fallen_back.pop(key, None)
+                self.recovery_health.pop(key, None)
                 continue
-            targets = _backend_endpoints(cluster, svc, self.config.backend_mode)
-            if not targets:
-                self._successes[key] = 0
+            why = await self._recovery_evidence(cluster, svc)
+            before = self.recovery_health.get(key, TargetState(healthy=False))
+            after = self.recovery_health[key] = advance(before, why is None, why or "", self._thresholds())
+            if not after.healthy:
                 continue
-            results = await probe_endpoints([Endpoint(a, p) for a, p in targets], check.timeout_s)
-            if any(r is not None for r in results.values()):
-                self._successes[key] = 0
-                continue
-            self._successes[key] = self._successes.get(key, 0) + 1
-            if self._successes[key] >= check.success_threshold:
+            try:
                 await self.fallback.recover(key)
-                del self.fallen_back[key]
-                self._successes.pop(key, None)
-                self._recovered.add(key)
-                recovered.append(key)
+            except Exception as e:  # noqa: BLE001 - retried next round
+                log.error("%s: lifting the fallback of %s failed: %s", self.config.key, key, e)
+                continue
+            del self.fallen_back[key]
+            self.recovery_health.pop(key, None)
+            self._recovered.add(key)
+            recovered.append(key)
+            log.info("%s: %s: evidence holds for %d round(s), automatic fallback lifted", self.config.key, key,
+                     check.success_threshold)
         return tuple(recovered)
+
+    async def _recovery_evidence(self, cluster: ClusterState, svc: Service) -> str | None:
+        """None when `svc` may return to the switches, else why not yet."""
+        timeout = self.config.health_check.timeout_s
+        tcp = _backend_endpoints(cluster, svc, self.config.backend_mode, "TCP")
+        if tcp:
+            results = await probe_endpoints([Endpoint(a, p) for a, p in tcp], timeout)
+            down = [f"{ep}: {why}" for ep, why in results.items() if why is not None]
+            return "; ".join(down[:3]) if down else None
+        # No TCP port: a connect says nothing about UDP. Use what can be had: ready endpoints on
+        # nodes with an address, and the TCP backends the switches already send to on those nodes.
+        udp = _backend_endpoints(cluster, svc, self.config.backend_mode, None)
+        if not udp:
+            return "no ready endpoints on a node with an address"
+        addresses = {a for a, _ in udp}
+        witnesses = sorted({Endpoint(b.address, b.port) for s in (self.last.services if self.last else ())
+                            if s.protocol == "TCP" for b in s.backends if b.address in addresses})
+        if not witnesses:
+            return None
+        results = await probe_endpoints(witnesses, timeout)
+        if all(why is not None for why in results.values()):
+            return "no TCP backend on its nodes answers: " + "; ".join(f"{ep}: {w}" for ep, w in list(results.items())[:3])
+        return None
 
 
 class Controller:
@@ -352,21 +625,26 @@ class Controller:
         *,
         make_worker: Callable[[LoadBalancerConfig], ConfigWorker],
         update_interval: Callable[[LoadBalancerConfig], float] = lambda c: c.update_interval_s,
+        clock: Clock | None = None,
+        history_limit: int = HISTORY_LIMIT,
     ) -> None:
         self.intent = intent
         self.cluster = cluster
         self.make_worker = make_worker
         self.update_interval = update_interval
+        self.clock: Clock = clock or LoopClock()
         self.workers: dict[str, ConfigWorker] = {}
-        self.history: list[TransactionRecord] = []
+        self.history = History(history_limit)
         self.passes = 0
         self.health_rounds = 0
-        self._last_health = 0.0
+        self._next_health: float | None = None
+        self._next_lc: float | None = None
         self._pending_keys: set[str] = set()
         self._full = True  # the next pass renders everything (start, intent change)
         self._wake = asyncio.Event()
         self._pass_done = asyncio.Condition()
         self._intent: IntentSet | None = None
+        self._cluster_waiting = False
 
     # -- triggers ---------------------------------------------------------------------------------
 
@@ -389,10 +667,16 @@ class Controller:
 
     # -- the loop ---------------------------------------------------------------------------------
 
+    def _new_worker(self, config: LoadBalancerConfig) -> ConfigWorker:
+        w = self.make_worker(config)
+        w.clock = self.clock
+        return w
+
     async def _sync_workers(self, intent: IntentSet) -> list[ConfigWorker]:
         """One worker per config. A changed config gets a new worker (renderer, sessions), but
         only after the old one's streams are closed: the new sessions arbitrate with the same
-        election id, which a switch refuses while the old stream still holds it."""
+        election id, which a switch refuses while the old stream still holds it. The new
+        worker trusts no switch (an address may have changed): its first pass reads them back."""
         started = []
         wanted = {c.key: c for c in intent.configs}
         for key in list(self.workers):
@@ -400,62 +684,91 @@ class Controller:
                 old = self.workers.pop(key)
                 await old.applier.close()
                 if key in wanted:
-                    w = self.make_worker(wanted[key])
+                    w = self._new_worker(wanted[key])
                     w.last, w.fallen_back = old.last, old.fallen_back
                     self.workers[key] = w
         for key, config in wanted.items():
             if key not in self.workers:
-                self.workers[key] = self.make_worker(config)
+                self.workers[key] = self._new_worker(config)
                 started.append(self.workers[key])
         return started
+
+    def _due_times(self) -> list[float]:
+        now = self.clock.now()
+        health = min((w.config.health_check.interval_s for w in self.workers.values() if w.config.health_check.enabled),
+                     default=None)
+        lc = min((max(w.config.update_interval_s, 0.05) for w in self.workers.values()
+                  if w.config.algorithm == "least-connections"), default=None)
+        self._next_health = None if health is None else (self._next_health or now + health)
+        self._next_lc = None if lc is None else (self._next_lc or now + lc)
+        due = [t for t in (self._next_health, self._next_lc) if t is not None]
+        due += [w.retry_at for w in self.workers.values() if w.retry_at is not None]
+        return due
+
+    async def _sleep_until_due(self, stop: asyncio.Event) -> None:
+        due = self._due_times()
+        if not due:
+            await _wait_any(self._wake, stop)
+            return
+        timeout = max(0.0, min(due) - self.clock.now())
+        if timeout > 0:
+            await self.clock.sleep(timeout, self._wake)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Until `stop` is set; a transaction in flight is finished, never cut in half."""
         self._intent = self.intent.current()
-        followers = [asyncio.create_task(self._follow_cluster()), asyncio.create_task(self._follow_intent())]
+        followers = [asyncio.create_task(self._follow_cluster()), asyncio.create_task(self._follow_intent()),
+                     asyncio.create_task(_relay(stop, self._wake))]
         try:
             for w in await self._sync_workers(self._intent):
-                w.adopt_fallbacks(self.cluster.snapshot())
+                first = self._cluster_state()
+                if first is not None:
+                    w.adopt_fallbacks(first)
                 self._note(await w.start(self._intent.commit))
             while not stop.is_set():
+                self._due_times()
                 if not self._full and not self._pending_keys:
-                    # Sleep until a trigger; while Services are fallen back, wake every health
-                    # interval to see whether their backends are back.
-                    health = min(
-                        (w.config.health_check.interval_s for w in self.workers.values() if w.config.health_check.enabled),
-                        default=None,
-                    )
-                    # least-connections follows the switch counters: a pass every updateInterval.
-                    lc = min(
-                        (max(w.config.update_interval_s, 0.05) for w in self.workers.values()
-                         if w.config.algorithm == "least-connections"),
-                        default=None,
-                    )
-                    tick = min((t for t in (health, lc) if t is not None), default=None)
-                    t0 = time.monotonic()
-                    await _wait_any(self._wake, stop, timeout=tick)
+                    await self._sleep_until_due(stop)
                     if stop.is_set():
                         break
-                    if not self._wake.is_set():
-                        if lc is not None and time.monotonic() - t0 >= lc - 1e-3:
-                            self._full = True  # recompute least-connections weights
-                        if health is not None and (lc is None or health <= lc or self._health_due(health)):
-                            await self._health_tick()
-                        if not self._full:
-                            continue
-                # Coalesce: let the burst finish for the shortest updateInterval of the configs.
-                window = min((self.update_interval(w.config) for w in self.workers.values()), default=0.0)
-                if window > 0:
-                    await _wait_any(stop, timeout=window)
+                # Triggers record their input (pending keys, _full) before setting _wake, so
+                # clearing it here loses nothing; what is due is decided from the clock.
                 self._wake.clear()
+                now = self.clock.now()
+                if self._next_lc is not None and now >= self._next_lc:
+                    self._next_lc = None
+                    self._full = True  # recompute least-connections weights
+                if self._next_health is not None and now >= self._next_health:
+                    self._next_health = None
+                    await self._health_tick()  # also under constant churn
+                retry = {k for k, w in self.workers.items() if w.retry_due(now)}
+                if not self._full and not self._pending_keys and not retry:
+                    continue
+                # Coalesce: let the burst finish for the shortest updateInterval of the configs.
+                if self._full or self._pending_keys:
+                    window = min((self.update_interval(w.config) for w in self.workers.values()), default=0.0)
+                    if window > 0:
+                        await self.clock.sleep(window, stop)
                 keys, self._pending_keys = frozenset(self._pending_keys), set()
                 full, self._full = self._full, False
+                fresh = full or bool(keys)
                 assert self._intent is not None
                 for w in await self._sync_workers(self._intent):
                     self._note(await w.start(self._intent.commit))
-                state = self.cluster.snapshot()
-                for w in list(self.workers.values()):
-                    self._note(await w.reconcile(state, None if full else keys, self._intent.commit))
+                state = self._cluster_state()
+                if state is None:
+                    self._full = self._full or full  # nothing rendered: keep what was asked for
+                    self._pending_keys |= keys
+                    await self._wait_for_cluster(stop)
+                    continue
+                for key, w in list(self.workers.items()):
+                    if not w.adopted:
+                        w.adopt_fallbacks(state)
+                    if fresh:
+                        w.new_input()
+                    elif key not in retry:
+                        continue
+                    self._note(await w.reconcile(state, None if full or not fresh else keys, self._intent.commit))
                 async with self._pass_done:
                     self.passes += 1
                     self._pass_done.notify_all()
@@ -466,41 +779,56 @@ class Controller:
             for w in self.workers.values():
                 await w.applier.close()
 
-    def _health_due(self, interval: float) -> bool:
-        now = time.monotonic()
-        if now - self._last_health >= interval:
-            return True
-        return False
+    def _cluster_state(self) -> ClusterState | None:
+        """The cluster, or None while the source has not finished listing (never a partial one)."""
+        try:
+            state = self.cluster.snapshot()
+        except ClusterNotReady as e:
+            if not self._cluster_waiting:
+                log.warning("waiting for the cluster: %s; nothing is rendered or written meanwhile", e)
+            self._cluster_waiting = True
+            return None
+        if self._cluster_waiting:
+            log.info("the cluster is listed: reconciling")
+            self._cluster_waiting = False
+        return state
+
+    async def _wait_for_cluster(self, stop: asyncio.Event) -> None:
+        """Until the next cluster event (its first complete list), or stop."""
+        self._wake.clear()
+        await _wait_any(self._wake, stop)
 
     async def _health_tick(self) -> None:
-        self._last_health = time.monotonic()
-        state = self.cluster.snapshot()
+        state = self._cluster_state()
+        if state is None:
+            return
         for w in list(self.workers.values()):
             try:
                 for record in await w.health_round(state):
                     self._note(record)
-                for key in await w.check_recovery(state):
-                    log.info("%s: %s: backends answer again, automatic fallback lifted", w.config.key, key)
+                recovered = await w.check_recovery(state)
+                if recovered:
+                    self._pending_keys |= set(recovered)  # their annotations changed: render them
                 if w.on_health is not None:
                     await w.on_health(w)
             except Exception as e:  # noqa: BLE001 - a failed health round is reported, the loop goes on
-                log.error("%s: health round failed: %s", w.config.key, e)
-        if any(w.needs_retry for w in self.workers.values()):
-            self._full = True  # a transaction that could not start (a switch was down) is retried
+                log.error("%s: health round failed: %s", w.config.key, e, exc_info=True)
         async with self._pass_done:
             self.health_rounds += 1
             self._pass_done.notify_all()
 
     def _note(self, record: TransactionRecord) -> None:
         self.history.append(record)
-        if record.outcome not in ("up-to-date",):
-            (log.info if record.outcome in ("applied", "resynced", "unchanged") else log.warning)(
-                "%s v%s %s (%d writes, %.0f ms)%s", record.config, record.version, record.outcome, record.writes,
-                record.seconds * 1000, f": {record.reason}" if record.reason else "",
-            )
+        if record.outcome == Outcome.UP_TO_DATE:
+            return
+        quiet = record.outcome in (Outcome.APPLIED, Outcome.UNCHANGED) or (record.outcome == Outcome.RESYNCED and not record.writes)
+        (log.info if quiet else log.warning)(
+            "%s v%s %s (%d writes, %.0f ms)%s", record.config, record.version, record.outcome.value, record.writes,
+            record.seconds * 1000, f": {record.reason}" if record.reason else "",
+        )
 
     async def wait_until(self, predicate: Callable[[], bool], timeout: float = 10.0) -> None:
-        """Tests and the demo: wait (on pass completions) until `predicate()` holds."""
+        """Tests and the demo: wait (on pass and health-round completions) until `predicate()` holds."""
         async with self._pass_done:
             await asyncio.wait_for(self._pass_done.wait_for(predicate), timeout)
 
@@ -510,14 +838,14 @@ class Controller:
             await asyncio.wait_for(self._pass_done.wait_for(lambda: self.passes >= n), timeout)
 
 
-def _backend_endpoints(cluster: ClusterState, svc: Any, mode: str) -> list[tuple[str, int]]:
-    """(address, port) of every backend a Service would have: node IP and nodePort per port, or
-    each ready endpoint and its target port."""
+def _backend_endpoints(cluster: ClusterState, svc: Service, mode: str, protocol: str | None) -> list[tuple[str, int]]:
+    """(address, port) of every backend a Service would have for ports of `protocol` (None:
+    any): node IP and nodePort per port, or each ready endpoint and its target port."""
     out: list[tuple[str, int]] = []
     eps = cluster.endpoints.get(svc.key, ())
     for port in svc.ports:
-        if port.protocol != "TCP":
-            continue  # only TCP can be probed by a connect
+        if protocol is not None and port.protocol != protocol:
+            continue
         if mode == "nodePort":
             if not port.node_port:
                 continue
@@ -533,6 +861,12 @@ def _backend_endpoints(cluster: ClusterState, svc: Any, mode: str) -> list[tuple
     return out
 
 
+async def _relay(stop: asyncio.Event, wake: asyncio.Event) -> None:
+    """Wake the loop when asked to stop."""
+    await stop.wait()
+    wake.set()
+
+
 async def _wait_any(*events: asyncio.Event, timeout: float | None = None) -> None:
     waiters = [asyncio.create_task(e.wait()) for e in events]
     try:
@@ -542,5 +876,6 @@ async def _wait_any(*events: asyncio.Event, timeout: float | None = None) -> Non
             w.cancel()
 
 
-__all__ = ["ConfigWorker", "Controller", "TransactionRecord", "ClusterSource", "IntentProvider", "FallbackWriter"]
-
+__all__ = [
+    "ClusterSource", "ConfigWorker", "Controller", "FallbackWriter", "History", "IntentProvider", "TransactionRecord",
+]

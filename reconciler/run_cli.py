@@ -21,14 +21,11 @@ import asyncio
 import gc
 import logging
 import signal
-from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Callable
 
 from .apply import ApplyResult, TwoSwitchApplier
 from .changes import Broadcast
-from .cluster.recorded import load_cluster_file
-from .cluster.scripted import ScriptedCluster
 from .controller import ConfigWorker, Controller, TransactionRecord
 from .intent.model import IntentSet, LoadBalancerConfig
 from .snapshot import Snapshot
@@ -62,31 +59,32 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.set_defaults(func=cmd_run)
 
 
-class FileCluster(ScriptedCluster):
-    """A recording on disk, re-read when it changes (watchdog); changed Service keys are emitted."""
+class ReopeningAudit:
+    """The audit repository, opened on first use and again after any failure, so that `p4kube
+    run` keeps running while it cannot be reached: every call raises AuditError meanwhile, and
+    the loop reports Stalled and retries with backoff, writing nothing to the switches."""
 
-    def __init__(self, path: str) -> None:
-        self.path = Path(path)
-        super().__init__(load_cluster_file(self.path))
-        self._observer: Any = None
+    def __init__(self, opener: Callable[[], Any]) -> None:
+        self._opener = opener
+        self._repo: Any = None
 
-    def start(self) -> None:
-        from . import watching
+    def __getattr__(self, name: str) -> Any:
+        from .audit.errors import AuditError
 
-        self._observer = watching.watch(self.path.parent, self.reload, recursive=False, name=self.path.name)
+        if self._repo is None:
+            self._repo = self._opener()  # AuditError when it cannot be opened
+        attr = getattr(self._repo, name)
+        if not callable(attr):
+            return attr
 
-    def reload(self) -> None:
-        from .diagnostics import InputError
+        def call(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return attr(*args, **kwargs)
+            except AuditError:
+                self._repo = None  # open it afresh next time (deleted, moved, remounted)
+                raise
 
-        try:
-            self.replace(load_cluster_file(self.path))
-        except InputError as e:
-            log.error("cluster recording %s is invalid; keeping the last state:\n%s", self.path, e)
-
-    def stop(self) -> None:
-        from . import watching
-
-        watching.stop(self._observer)
+        return call
 
 
 class CRIntentProvider:
@@ -108,9 +106,7 @@ class CRIntentProvider:
             yield cr.intent
 
 
-# Transaction outcome -> the CR's phase, and a switch report's state -> the CRD's switch state.
-_PHASE = {"applied": "applied", "unchanged": "applied", "resynced": "applied", "up-to-date": "applied",
-          "degraded": "degraded", "rolled-back": "failed", "failed": "failed", "fell-back": "degraded"}
+# A switch report's state -> the CRD's switch state (outcomes map to phases in reconciler.outcome).
 _SWITCH_STATE = {"applied": "InSync", "unchanged": "InSync", "rolled-back": "RolledBack", "unreachable": "Unreachable",
                  "failed": "Degraded", "not-touched": "InSync"}
 
@@ -155,7 +151,7 @@ class CRStatus:
             switches = tuple(SwitchState(r.name, r.role, _SWITCH_STATE.get(r.state, "Degraded"), r.reason[:1000]) for r in result.switches)
         message = f"v{record.version} {record.outcome}" + (f": {record.reason}" if record.reason else "")
         outcome = Outcome(
-            _PHASE.get(record.outcome, "reconciling"), message[:32000],
+            record.outcome.phase, message[:32000], record.outcome.reason,  # type: ignore[arg-type]
             applied_version=held.version if held is not None else None,
             applied_digest=held.digest if held is not None else None,
             switches=switches,
@@ -229,7 +225,11 @@ async def build_runtime(args: argparse.Namespace, api: Any = None) -> Runtime:
     fallback: Any = None
     status_writer: Any = None
     if args.cluster:
-        cluster: Any = FileCluster(args.cluster)
+        from .cluster.followed import FollowedRecording
+
+        # Re-read only once the file parses as a whole cluster and has stopped changing:
+        # `kubectl get ... > FILE` rewrites it in pieces.
+        cluster: Any = FollowedRecording(args.cluster)
         cluster.start()
         closers.append(cluster.stop)
         fallback = cluster
@@ -251,7 +251,7 @@ async def build_runtime(args: argparse.Namespace, api: Any = None) -> Runtime:
     if args.audit_repo:
         from .audit.repo import AuditRepo
 
-        audit = AuditRepo.open_or_init(args.audit_repo, workdir=args.audit_workdir)
+        audit = ReopeningAudit(lambda: AuditRepo.open_or_init(args.audit_repo, workdir=args.audit_workdir))
     state_dir = StateDir(args.state)
     current: dict[str, Controller] = {}  # the running loop (a new one each leadership term)
 
@@ -281,8 +281,12 @@ async def build_runtime(args: argparse.Namespace, api: Any = None) -> Runtime:
                 await status_writer.sync(cluster.snapshot(), worker.last, record.issues)
 
     async def on_health(worker: ConfigWorker) -> None:
-        """Per-backend packet counters, read from the switches each health round."""
+        """Each switch's health, and per-backend packet counters read from the switches, each round."""
         from .metrics import read_backend_packets
+
+        for sw in worker.applier.order:
+            state = worker.switch_health.get(sw.name)
+            metrics.set_switch_connected(sw.name, sw.role, state is None or state.healthy)
 
         sessions = [s for sw in worker.applier.order if (s := worker.applier.session_for(sw.name)) is not None]
         if worker.last is not None and sessions:
