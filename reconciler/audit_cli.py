@@ -8,6 +8,7 @@ Exit codes as for the other commands: 0 ok, 1 error (for verify: any problem fou
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import re
 import sys
@@ -125,9 +126,26 @@ def _open(args: argparse.Namespace) -> AuditRepo:
         raise cli.CommandError(str(e)) from e
 
 
+def _audit_errors(func: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """Any fault of the audit repository met by a command (gone, unreadable, damaged) is one
+    line and exit 1, never a traceback."""
+
+    @functools.wraps(func)
+    def wrapped(args: argparse.Namespace) -> int:
+        try:
+            return func(args)
+        except AuditError as e:
+            raise cli.CommandError(str(e)) from e
+        except (pygit2.GitError, OSError, KeyError) as e:  # not expected past AuditRepo: still one line
+            raise cli.CommandError(f"audit repository {args.repo}: {type(e).__name__}: {e}") from e
+
+    return wrapped
+
+
 # --- log ---------------------------------------------------------------------------------------
 
 
+@_audit_errors
 def cmd_log(args: argparse.Namespace) -> int:
     since = parse_when(args.since) if args.since else None
     until = parse_when(args.until) if args.until else None
@@ -158,6 +176,7 @@ def format_entry(e: AuditEntry) -> str:
 # --- show --------------------------------------------------------------------------------------
 
 
+@_audit_errors
 def cmd_show(args: argparse.Namespace) -> int:
     snap = _snapshot(_open(args), args.version, args.config)
     text = snap.to_json_text()
@@ -207,6 +226,7 @@ def table_changes(old: Snapshot, new: Snapshot) -> dict[str, dict[str, list[Any]
     return dict(sorted(out.items(), key=lambda kv: (order.get(kv[0], 99), kv[0])))
 
 
+@_audit_errors
 def cmd_diff(args: argparse.Namespace) -> int:
     audit = _open(args)
     config = args.config
@@ -261,6 +281,7 @@ def cmd_diff(args: argparse.Namespace) -> int:
 # --- verify ------------------------------------------------------------------------------------
 
 
+@_audit_errors
 def cmd_verify(args: argparse.Namespace) -> int:
     try:
         trusted = trusted_keys(args.allowed_signers, args.gpg_home)

@@ -334,6 +334,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return EXIT_USAGE
     from .snapshot import SnapshotError
+    from .audit.errors import AuditError
 
     try:
         return func(args)
@@ -343,6 +344,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{len(e.diagnostics)} error(s); nothing was rendered", file=sys.stderr)
         return EXIT_ERROR
     except (CommandError, SnapshotError) as e:
+        print(f"p4kube {args.command}: error: {e}", file=sys.stderr)
+        return EXIT_ERROR
+    except AuditError as e:  # the audit repository: gone, unwritable, full, unreachable, damaged
         print(f"p4kube {args.command}: error: {e}", file=sys.stderr)
         return EXIT_ERROR
     except BrokenPipeError:

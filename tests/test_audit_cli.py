@@ -158,3 +158,28 @@ def test_parse_when() -> None:
     assert parse_when("90m", lambda: now) == datetime(2024, 5, 2, 10, 30, tzinfo=timezone.utc)
     assert parse_when("2024-05-01") == datetime(2024, 5, 1, tzinfo=timezone.utc)
     assert parse_when("2024-05-01T12:00:00+02:00").utcoffset().total_seconds() == 7200
+
+
+def test_interrupted_in_log_and_verify_warnings_and_gaps(p4kube, repo, capsys) -> None:
+    path, snaps, b = repo
+    assert p4kube(["audit", "verify", "--repo", path]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[1:] == [
+        f"  warning: {AuditRepo.open_or_init(path).history()[0].commit[:12]}: {b.config}: v1 is pending without an outcome yet "
+        "(the newest record: a transaction in flight, or a reconciler stopped; the next start records it as interrupted)"
+    ]
+    audit = AuditRepo.open_or_init(path, clock=Clock(start=1_800_000_000))
+    closed = audit.close_interrupted(b.config)
+    assert p4kube(["audit", "log", "--repo", path, "--outcome", "interrupted"]) == 0
+    line = capsys.readouterr().out.rstrip("\n")
+    assert line.split()[:5] == [closed.commit[:12], closed.time.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"), b.config, "v1", "interrupted"]
+    assert line.endswith("the reconciler stopped before recording an outcome (killed or crashed); the switches were read back at start")
+    assert p4kube(["audit", "verify", "--repo", path]) == 0
+    assert capsys.readouterr().out == "audit history OK: 8 commits (8 records), 4 distinct snapshots checked\n"
+    # a version skipped (as a history rewrite that removed v4 would leave it)
+    audit.record(snaps[-1].with_version(5), "pending")
+    audit.record(snaps[-1].with_version(5), "applied")
+    assert p4kube(["audit", "verify", "--repo", path]) == 1
+    captured = capsys.readouterr()
+    assert f"{snaps[0].config}: v4 missing between v3 and v5 (records removed from the history?)" in captured.out
+    assert captured.err == f"p4kube audit verify: 1 problem(s) in {path}\n"

@@ -274,3 +274,109 @@ def test_small_packs_are_rolled_up(tmp_path) -> None:
     assert audit.snapshot_at(s.snap.version) == s.snap
     fresh = AuditRepo.open_or_init(tmp_path / "a", read_only=True)
     assert [fresh.snapshot_at(v).version for v in range(2, s.snap.version + 1)] == list(range(2, s.snap.version + 1))
+
+
+def test_close_interrupted_after_a_kill_9(tmp_path) -> None:
+    """A reconciler killed between `pending` and its outcome: the next start closes the
+    transaction with an `interrupted` record of the same version and snapshot."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from reconciler.audit.repo import INTERRUPTED_REASON
+
+    s = series(services=3)
+    path = tmp_path / "audit"
+    audit = AuditRepo.open_or_init(path, clock=Clock())
+    v1 = s.snap
+    audit.record(v1, "pending")
+    audit.record(v1, "applied")
+    assert audit.close_interrupted(v1.config) is None  # nothing open
+    v2 = s.scale()
+    (tmp_path / "v2.json").write_text(v2.to_json_text())
+    code = (
+        "import os, signal\n"
+        "from reconciler.audit import AuditRepo\n"
+        "from reconciler.snapshot import load_snapshot\n"
+        f"audit = AuditRepo.open_or_init({str(path)!r})\n"
+        f"audit.record(load_snapshot({str(tmp_path / 'v2.json')!r}), 'pending')\n"
+        "os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "-c", code], cwd=root, env={**os.environ, "PYTHONPATH": str(root)}, capture_output=True)
+    assert out.returncode == -signal.SIGKILL, out.stderr
+
+    restarted = AuditRepo.open_or_init(path, clock=Clock(start=1_800_000_000))
+    assert restarted.history()[0].outcome == "pending" and restarted.history()[0].version == 2
+    assert restarted.last_applied(v1.config) == v1  # pending is not applied
+    pending = restarted.history()[0]
+    closed = restarted.close_interrupted(v1.config)
+    assert closed is not None and closed.outcome == "interrupted" and closed.version == 2
+    assert closed.digest == v2.digest and closed.reason == INTERRUPTED_REASON
+    assert closed.trailers["Pending-Commit"] == pending.commit
+    assert closed.summary == f"{v1.config} v2 interrupted"
+    assert restarted.repo[closed.commit].tree_id == restarted.repo[pending.commit].tree_id  # same snapshot
+    assert restarted.snapshot_of(closed) == v2
+    assert restarted.last_applied(v1.config) == v1  # interrupted is not applied either
+    assert restarted.close_interrupted(v1.config) is None  # closed once
+    assert restarted.close_interrupted("p4kube-system/none") is None
+    assert restarted.next_version(v1.config) == 3
+    assert [e.outcome for e in restarted.history(outcome="interrupted")] == ["interrupted"]
+    custom = AuditRepo.open_or_init(path)
+    custom.record(v2, "pending")
+    assert custom.close_interrupted(v1.config, reason="leader lost the lease").reason == "leader lost the lease"
+
+
+def test_last_applied_ignores_pending_interrupted_and_rolled_back(audit) -> None:
+    s = series(services=3)
+    v1 = s.snap
+    audit.record(v1, "pending")
+    audit.record(v1, "degraded", reason="standby down")
+    v2 = s.scale()
+    for outcome in ("pending", "interrupted", "rolled-back"):
+        audit.record(v2, outcome)
+        assert audit.last_applied(v1.config) == v1, outcome
+        assert AuditRepo.open_or_init(audit.repo.path).last_applied(v1.config) == v1, outcome
+    audit.record(v2, "applied")
+    assert audit.last_applied(v1.config) == v2
+    assert AuditRepo.open_or_init(audit.repo.path).last_applied(v1.config) == v2
+
+
+def test_memory_stays_bounded_over_thousands_of_records(tmp_path, monkeypatch) -> None:
+    """A long-running reconciler records thousands of commits: the history, version,
+    service and namespace caches stay within their bounds (DESIGN.md 6.1 "Bounded"), and
+    everything beyond them is still read correctly from the repository."""
+    from reconciler.audit import repo as repo_module
+
+    monkeypatch.setattr(repo_module, "_RECENT_ENTRIES", 64)
+    monkeypatch.setattr(repo_module, "_VERSION_CACHE", 128)
+    monkeypatch.setattr(repo_module, "_SERVICE_CACHE_MIN", 16)
+    monkeypatch.setattr(repo_module, "_NAMESPACE_CACHE_LIMIT", 16)
+    s = series(services=2)
+    audit = AuditRepo.open_or_init(tmp_path / "audit", clock=Clock(), pack_every=500)
+    first = s.snap
+    sizes = []
+    snap = first
+    for v in range(1, 1001):  # 2,000 records: pending + outcome of 1,000 versions
+        snap = (s.scale() if v % 50 == 0 else snap).with_version(v)
+        audit.record(snap, "pending")
+        audit.record(snap, "applied" if v % 3 else "rolled-back")
+        if v % 100 == 0:
+            audit.snapshot_at(v - 99)  # reads old trees: fills the read caches
+            sizes.append((len(audit._entries), len(audit._versions), len(audit._services),
+                          len(audit._namespaces), len(audit._snapshots), len(audit._indexes), len(audit._max_version)))
+    for entries, versions, services, namespaces, snapshots, indexes, configs in sizes:
+        assert entries <= 64 and versions <= 128 and services <= 16 and namespaces <= 16
+        assert snapshots <= 4 and indexes == 1 and configs == 1
+    assert sizes[-1][:2] == (64, 128)  # the bounds were reached, not merely unapproached
+    # what fell out of the caches is read from the repository
+    assert len(audit.history()) == 2000
+    assert audit.next_version(first.config) == 1001
+    assert audit.snapshot_at(1) == first
+    assert audit.last_applied(first.config).version == 1000
+    with pytest.raises(AuditError, match="version 1 was already recorded"):
+        audit.record(s.scale().with_version(1), "pending")  # an old version, beyond the version cache
+    audit.record(first, "applied", reason="re-recording v1 with its own digest is allowed")
+    assert audit.last_applied(first.config) == first

@@ -84,9 +84,14 @@ def test_manifest_digest_and_lying_trailers_are_caught(history) -> None:
     ids2 = _rewrite(audit, ids, 1, tree)
     ids2 = _rewrite(audit, ids2, 3, audit.repo[ids2[3]].tree_id, msg)
     report = verify_history(AuditRepo.open_or_init(audit.repo.path, read_only=True))
-    messages = {f.commit: f.message for f in report.failures}
+    messages: dict[str, str] = {}
+    for f in report.failures:
+        messages[f.commit] = messages.get(f.commit, "") + f.message + "\n"
     assert "trailers name p4kube-system/test-config v9" in messages[ids2[3]]
     assert "manifest.json" in messages[ids2[1]]
+    # the lying version also shows in the sequence: v3-v8 never recorded, v2's pending never closed
+    assert "p4kube-system/test-config: v3-v8 missing between v2 and v9" in messages[ids2[3]]
+    assert "v2 pending has no outcome after it" in messages[ids2[2]]
 
 
 def test_commits_that_no_record_wrote_are_flagged(history) -> None:
@@ -106,3 +111,77 @@ def test_commits_that_no_record_wrote_are_flagged(history) -> None:
     assert [(f.commit, f.message) for f in report.failures] == [
         (slipped[3], f"record of {s.snap.config} also changes {other.snap.config}")
     ]
+
+
+def _drop(audit: AuditRepo, ids: list[str], drop: set[int]) -> list[str]:
+    """Rewrite the branch without the commits ids[i] for i in drop: each later commit is
+    replayed (same tree, message, author) on the new parent, as a history rewrite would."""
+    repo = audit.repo
+    parent: list[pygit2.Oid] = []
+    new = []
+    for i, cid in enumerate(ids):
+        if i in drop:
+            continue
+        c = repo[cid]
+        oid = repo.create_commit(None, c.author, c.committer, c.message, c.tree_id, parent)
+        new.append(str(oid))
+        parent = [oid]
+    repo.references["refs/heads/main"].set_target(parent[0])
+    return new
+
+
+def test_a_version_removed_from_history_is_a_gap(tmp_path) -> None:
+    s = series()
+    audit = AuditRepo.open_or_init(tmp_path / "audit", clock=Clock())
+    ids = []
+    for _ in range(6):
+        snap = s.snap if not ids else s.scale(s.keys[len(ids) % len(s.keys)])
+        ids += [audit.record(snap, "pending"), audit.record(snap, "applied")]
+    assert verify_history(AuditRepo.open_or_init(audit.repo.path, read_only=True)).ok
+    new = _drop(audit, ids, {8, 9})  # v5 pending + applied
+    report = verify_history(AuditRepo.open_or_init(audit.repo.path, read_only=True))
+    assert [(f.commit, f.message) for f in report.failures] == [
+        (new[8], f"{s.snap.config}: v5 missing between v4 and v6 (records removed from the history?)")
+    ]
+    assert report.format().splitlines()[1] == f"  {new[8][:12]}: {s.snap.config}: v5 missing between v4 and v6 (records removed from the history?)"
+    new = _drop(audit, new, {2, 3, 4, 5})  # v2 and v3 as well
+    report = verify_history(AuditRepo.open_or_init(audit.repo.path, read_only=True))
+    assert [f.message for f in report.failures] == [
+        f"{s.snap.config}: v2-v3 missing between v1 and v4 (records removed from the history?)",
+        f"{s.snap.config}: v5 missing between v4 and v6 (records removed from the history?)",
+    ]
+
+
+def test_pending_without_outcome(tmp_path) -> None:
+    s = series()
+    audit = AuditRepo.open_or_init(tmp_path / "audit", clock=Clock())
+    v1 = s.snap
+    audit.record(v1, "pending")
+    audit.record(v1, "applied")
+    v2 = s.scale()
+    audit.record(v2, "pending")
+    report = verify_history(audit)
+    assert report.ok  # the newest record may be in flight: a warning
+    assert [w.message for w in report.warnings] == [
+        f"{v1.config}: v2 is pending without an outcome yet (the newest record: a transaction in flight, "
+        "or a reconciler stopped; the next start records it as interrupted)"
+    ]
+    assert report.format().splitlines()[1].startswith("  warning: ")
+    # a later transaction began without closing v2: v2 is a failure now
+    v3 = s.scale(s.keys[4]).with_version(3)
+    pending_v2 = audit.history()[0].commit
+    audit.record(v3, "pending")
+    audit.record(v3, "applied")
+    report = verify_history(audit)
+    assert [(f.commit, f.message) for f in report.failures] == [
+        (pending_v2, f"{v1.config}: v2 pending has no outcome after it (the transaction was never closed)")
+    ]
+    assert not report.warnings
+    # closed by close_interrupted: no problem; a second config's open pending is its own warning
+    other = series(name="lb-b", seed=4)
+    audit2 = AuditRepo.open_or_init(tmp_path / "audit2", clock=Clock())
+    audit2.record(v1, "pending")
+    audit2.close_interrupted(v1.config)
+    audit2.record(other.snap, "pending")
+    report = verify_history(audit2)
+    assert report.ok and [w.message.split(":")[0] for w in report.warnings] == [other.snap.config]

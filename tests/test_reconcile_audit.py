@@ -113,3 +113,23 @@ def test_unsigned_intent_is_refused_and_recorded(tmp_path, switch_pair, capsys):
     assert newest.trailers.get("Outcome") == "rolled-back"
     assert newest.trailers.get("Refused-Intent-Commit") == str(pygit2.Repository(str(intent)).head.target)
     assert switch_entries(primary) == before
+
+
+def test_unusable_audit_repository_is_one_line_for_reconcile_and_rollback(tmp_path, capsys):
+    """An audit repository that cannot be opened or written (here: a file where its directory
+    should be) stops `reconcile` and `rollback` before any switch is touched: one line, exit 1."""
+    intent = intent_repo(tmp_path / "intent", (1, 2))  # no switch listens: they are never reached
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("")
+    audit_dir = blocker / "audit.git"
+    argvs = [
+        ["reconcile", "--once", "--intent", str(intent), "--cluster", str(MULTI / "cluster.yaml"), "--audit-repo", str(audit_dir)],
+        ["rollback", "--to", "1", "--intent", str(intent), "--audit-repo", str(audit_dir)],
+    ]
+    for argv in argvs:
+        assert main(argv) == 1, argv
+        err = capsys.readouterr().err
+        assert err == (
+            f"p4kube {argv[0]}: error: audit repository {audit_dir}: cannot open or create it: "
+            f"{blocker} is a file, where a directory is expected\n"
+        ), argv

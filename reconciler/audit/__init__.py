@@ -11,7 +11,7 @@ commits, with history, show, diff and verify; signing; intent verification.
     maintenance.py  packing loose objects
 """
 
-from .errors import AuditError, PushError, SignatureError
+from .errors import AuditCorrupt, AuditError, AuditUnavailable, PushError, SignatureError
 from .layout import files_to_document, files_to_snapshot, read_files, snapshot_to_files
 from .message import APPLIED_OUTCOMES, OUTCOMES, AuditEntry
 from .push import Credentials, PushResult, RetryPolicy
@@ -23,7 +23,9 @@ __all__ = [
     "APPLIED_OUTCOMES",
     "OUTCOMES",
     "AuditEntry",
+    "AuditCorrupt",
     "AuditError",
+    "AuditUnavailable",
     "AuditRepo",
     "Credentials",
     "GpgSigner",

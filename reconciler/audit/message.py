@@ -29,7 +29,9 @@ import pygit2
 from ..snapshot import Snapshot
 from .errors import AuditError
 
-OUTCOMES = ("pending", "applied", "rolled-back", "degraded")
+# interrupted: a pending record closed by the next start of the reconciler (close_interrupted):
+# the process stopped (killed, crashed) before it could record an outcome
+OUTCOMES = ("pending", "applied", "rolled-back", "degraded", "interrupted")
 APPLIED_OUTCOMES = ("applied", "degraded")  # the switches hold the snapshot (degraded: one of them)
 
 CONFIG, VERSION, DIGEST = "Config", "Snapshot-Version", "Snapshot-Digest"

@@ -25,7 +25,7 @@ from typing import Callable, Iterator, Mapping
 
 import pygit2
 
-from .errors import AuditError, PushError
+from .errors import AuditError, AuditUnavailable, PushError, fault_errno
 
 log = logging.getLogger("p4kube.audit")
 ORIGIN = "origin"
@@ -215,9 +215,12 @@ class RemoteSync:
         try:
             self.repo.remotes[ORIGIN].fetch([spec], callbacks=self._callbacks())
         except (pygit2.GitError, OSError) as e:
-            raise AuditError(f"cannot fetch {self.branch} from {self.where}: {self._error(e)}") from None
+            cause = self._error(e)
+            if "Connection refused" in cause:
+                cause += " (nothing listens there: is the Git server up, and the URL's host and port right?)"
+            raise AuditUnavailable(f"audit remote {self.where}: cannot fetch {self.branch} from {self.where}: {cause}", fault_errno(e)) from None
         except AuditError as e:  # raised by our credentials callback, through libgit2
-            raise AuditError(f"cannot fetch {self.branch} from {self.where}: {e}") from None
+            raise AuditUnavailable(f"audit remote {self.where}: cannot fetch {self.branch} from {self.where}: {e}") from None
         ref = self.repo.references.get(self.tracking_ref)
         return ref.target if ref is not None else None  # type: ignore[return-value]
 

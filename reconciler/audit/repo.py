@@ -8,6 +8,13 @@ record is pushed to. Each commit holds, for the config it names, the snapshot it
     record(snap, "applied" | "degraded")     same tree, the outcome
     record(snap, "rolled-back", reason=...)  same tree (the refused snapshot), the outcome; the
                                              switches are back on last_applied(config)
+    close_interrupted(config)                "interrupted" for a pending record nothing followed
+                                             (the reconciler was killed): call at start
+
+Every operation raises AuditError only (errors.py: AuditUnavailable when the repository cannot
+be reached, opened or written now; AuditCorrupt for damage), or SnapshotError for an invalid
+snapshot; a failed record() leaves the branch as it was. Memory is bounded: see the caches'
+limits below.
 
 `last_applied(config)` is what the switches hold: the snapshot of the newest commit for the
 config whose outcome is applied or degraded. A restarted reconciler renders against it, so
@@ -24,11 +31,14 @@ same local repository makes one of the two fail instead of losing a commit.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import logging
 import os
 import threading
 import time
+from collections import OrderedDict
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -37,7 +47,7 @@ from typing import Callable, Iterable, Iterator, Sequence
 import pygit2
 
 from ..snapshot import API_VERSION, KIND, ServiceSnapshot, Snapshot, SnapshotError, schema_errors
-from .errors import AuditError, PushError
+from .errors import AuditCorrupt, AuditError, AuditUnavailable, PushError, describe_fault, is_corruption
 from .layout import MANIFEST, SERVICES_DIR, assemble, config_dir, parse_manifest, parse_service_file, service_schema_errors
 from .maintenance import pack_loose_objects, roll_up_packs
 from .message import (
@@ -81,9 +91,31 @@ def default_workdir(url: str) -> Path:
     return base / "p4kube" / "audit" / hashlib.sha256(url.encode()).hexdigest()[:16]
 
 
-_SERVICE_CACHE_LIMIT = 200_000  # parsed service files kept by blob id (~5 KB each)
+# In-memory caches are bounded (DESIGN.md 6.1 "Bounded"): a long-running reconciler records
+# thousands of commits, and memory must not grow with them.
+_SERVICE_CACHE_MIN = 4096  # parsed service files kept by blob id (~5 KB each); at least 3x the largest snapshot
 _SNAPSHOT_CACHE = 4
-_NAMESPACE_CACHE_LIMIT = 20_000
+_NAMESPACE_CACHE_LIMIT = 2048
+_RECENT_ENTRIES = 1024  # newest commits' entries kept; older ones are read from the repository when asked
+_VERSION_CACHE = 4096  # (config, version) -> newest record, for the newest versions
+
+INTERRUPTED_REASON = (
+    "the reconciler stopped before recording an outcome (killed or crashed); "
+    "the switches were read back at start"
+)
+
+
+def fault(location: str, repo_path: str, what: str, e: BaseException) -> AuditError:
+    """The AuditError for an OSError, pygit2.GitError or KeyError (a missing object) met while
+    doing `what` in the repository at `location`: one line, concrete."""
+    if isinstance(e, KeyError):
+        return AuditCorrupt(f"audit repository {location}: cannot {what}: object {e} is missing from the repository (damaged?)")
+    cause, code, path = describe_fault(e, repo_path)
+    if code is None and is_corruption(e):
+        return AuditCorrupt(f"audit repository {location}: cannot {what}: the repository is damaged: {cause}")
+    if code is not None or isinstance(e, OSError):
+        return AuditUnavailable(f"audit repository {location}: cannot {what}: {cause}", code, path)
+    return AuditError(f"audit repository {location}: cannot {what}: {cause}")
 
 
 class AuditRepo:
@@ -118,12 +150,21 @@ class AuditRepo:
         self.last_push_error: str | None = None
         self._lock = threading.RLock()
         self._indexes: dict[str, ConfigIndex] = {}
-        self._services: dict[pygit2.Oid, ServiceSnapshot] = {}  # blob id -> parsed, checked service
+        self._services: OrderedDict[pygit2.Oid, ServiceSnapshot] = OrderedDict()  # blob id -> parsed, checked service
+        self._largest_snapshot = 0  # services in the largest snapshot seen: sizes the service cache
         self._snapshots: dict[pygit2.Oid, Snapshot] = {}  # config tree id -> snapshot
-        self._namespaces: dict[pygit2.Oid, tuple[ServiceSnapshot, ...]] = {}  # namespace tree id -> services
-        self._entries: list[AuditEntry] = []  # the branch's commits, newest first
+        self._namespaces: OrderedDict[pygit2.Oid, tuple[ServiceSnapshot, ...]] = OrderedDict()  # namespace tree id -> services
+        # The branch's history, bounded: the newest _RECENT_ENTRIES entries (newest first), whether
+        # they are all of it, the highest version per config, the newest versions' records, and
+        # per config its newest applied record. Valid for _entries_tip; rebuilt by one walk when
+        # the branch moved otherwise than by this object's record().
+        self._entries: list[AuditEntry] = []
         self._entries_tip: pygit2.Oid | None = None
-        self._versions: dict[tuple[str, int], AuditEntry] = {}
+        self._entries_complete = True
+        self._scanned = False
+        self._max_version: dict[str, int] = {}
+        self._versions: OrderedDict[tuple[str, int], AuditEntry] = OrderedDict()
+        self._applied: dict[str, AuditEntry] = {}
         self._commits_since_pack = 0
 
     # --- opening ------------------------------------------------------------------------------
@@ -150,21 +191,65 @@ class AuditRepo:
         clone of a remote in `workdir` (created when missing), brought up to date with it.
 
         read_only: for the audit commands: a local repository must exist, a clone follows the
-        remote exactly, and record() is refused."""
+        remote exactly, and record() is refused.
+
+        Raises AuditError only: AuditUnavailable when the repository (or remote, or work
+        directory) cannot be opened, created or reached, with the path and the reason."""
         location = str(path_or_url)
+        shown = redact_url(location)
+        try:
+            return cls._open_or_init(
+                location, branch, author, committer, signer, workdir, credentials, retry, sleep, clock,
+                strict_push, pack_every, read_only,
+            )
+        except AuditError:
+            raise
+        except (pygit2.GitError, OSError, KeyError) as e:
+            what = "open it" if read_only else "open or create it"
+            raise fault(shown, location, what, e) from e
+
+    @classmethod
+    def _open_or_init(
+        cls,
+        location: str,
+        branch: str,
+        author: Identity,
+        committer: Identity | None,
+        signer: Signer | None,
+        workdir: str | os.PathLike[str] | None,
+        credentials: Credentials | None,
+        retry: RetryPolicy,
+        sleep: Callable[[float], None],
+        clock: Callable[[], float],
+        strict_push: bool,
+        pack_every: int,
+        read_only: bool,
+    ) -> "AuditRepo":
         kwargs = dict(
             branch=branch, author=author, committer=committer, signer=signer, clock=clock,
             strict_push=strict_push, pack_every=pack_every, read_only=read_only,
         )
         if workdir is None and not looks_like_url(location):
             path = Path(location)
+            if path.is_dir():
+                os.listdir(path)  # PermissionError here, named, rather than "not a repository" below
             found = pygit2.discover_repository(str(path)) if path.exists() else None
             if found is not None and Path(found).resolve() in (path.resolve(), (path / ".git").resolve()):
                 return cls(pygit2.Repository(found), location=location, **kwargs)  # type: ignore[arg-type]
+            for parent in path.absolute().parents:
+                if parent.exists():
+                    if not parent.is_dir():
+                        raise AuditUnavailable(
+                            f"audit repository {path}: cannot open or create it: {parent} is a file, where a directory is expected",
+                            errno.ENOTDIR, str(parent),
+                        )
+                    break
             if read_only:
-                raise AuditError(f"no audit repository at {path}")
+                raise AuditUnavailable(f"no audit repository at {path} (the path does not exist or is not a Git repository)", errno.ENOENT, str(path))
+            if path.exists() and not path.is_dir():
+                raise AuditUnavailable(f"audit repository {path}: cannot create it: {path} is a file, not a directory", errno.ENOTDIR, str(path))
             if path.exists() and any(path.iterdir()):
-                raise AuditError(f"{path} exists, is not empty, and is not a Git repository")
+                raise AuditError(f"audit repository {path}: exists, is not empty, and is not a Git repository")
             repo = pygit2.init_repository(str(path), bare=True, initial_head=branch)
             log.info("created audit repository %s (branch %s)", path, branch)
             return cls(repo, location=location, **kwargs)  # type: ignore[arg-type]
@@ -173,8 +258,10 @@ class AuditRepo:
         if (wd / "HEAD").exists() or (wd / ".git").exists():
             repo = pygit2.Repository(str(wd))
         else:
+            if wd.exists() and not wd.is_dir():
+                raise AuditUnavailable(f"audit work directory {wd}: is a file, not a directory", errno.ENOTDIR, str(wd))
             if wd.exists() and any(wd.iterdir()):
-                raise AuditError(f"work directory {wd} exists, is not empty, and is not a Git repository")
+                raise AuditError(f"audit work directory {wd}: exists, is not empty, and is not a Git repository")
             repo = pygit2.init_repository(str(wd), bare=True, initial_head=branch)
         remote = RemoteSync(repo, location, branch, credentials, retry, sleep)
         audit = cls(repo, remote=remote, location=redact_url(location), **kwargs)  # type: ignore[arg-type]
@@ -208,6 +295,36 @@ class AuditRepo:
         ref = self.repo.references.get(self.remote.tracking_ref)
         return ref.target if ref is not None else None  # type: ignore[return-value]
 
+    # --- faults -------------------------------------------------------------------------------
+
+    @contextmanager
+    def _faults(self, what: str) -> Iterator[None]:
+        """Every fault of the repository inside as an AuditError naming `what` and where: the
+        repository gone, permission denied, read-only, disk full, a missing object."""
+        self._check_present(what)
+        try:
+            yield
+        except AuditError:
+            raise
+        except (pygit2.GitError, OSError, KeyError) as e:
+            raise fault(self.location, self.repo.path, what, e) from e
+
+    def _check_present(self, what: str) -> None:
+        """The repository is still there: a deleted directory would otherwise read as an empty
+        history (last_applied None) instead of an error."""
+        head = os.path.join(self.repo.path, "HEAD")
+        try:
+            os.stat(head)
+        except FileNotFoundError as e:
+            where = self.repo.path.rstrip("/")
+            if os.path.isdir(where):
+                cause = f"{where} is no longer a Git repository (no HEAD file)"
+            else:
+                cause = f"{where} no longer exists (deleted or unmounted while in use?)"
+            raise AuditUnavailable(f"audit repository {self.location}: cannot {what}: {cause}", errno.ENOENT, where) from e
+        except OSError as e:
+            raise fault(self.location, self.repo.path, what, e) from e
+
     # --- the branch ---------------------------------------------------------------------------
 
     @property
@@ -221,7 +338,8 @@ class AuditRepo:
     @property
     def head(self) -> str | None:
         """The branch's newest commit id, or None before the first record."""
-        tip = self._tip()
+        with self._faults("read the branch"):
+            tip = self._tip()
         return str(tip) if tip is not None else None
 
     def _set_tip(self, new: pygit2.Oid, expected: pygit2.Oid | None, why: str) -> None:
@@ -263,12 +381,16 @@ class AuditRepo:
         Only changed Services' files are written. The commit is pushed when there is a remote;
         a push that fails after every retry leaves the commit local (pushed with the next
         record, or by push()), logs a warning and sets last_push_error, or with strict_push
-        raises PushError carrying the commit id."""
+        raises PushError carrying the commit id.
+
+        A repository fault raises AuditUnavailable (or AuditCorrupt) and leaves the branch as
+        it was: the branch moves last, compare-and-swap, after every object is written."""
         check_outcome(outcome)
         extra = check_extra_trailers(extra_trailers)
         if self.read_only:
-            raise AuditError(f"{self.location} was opened read-only")
-        with self._lock:
+            raise AuditError(f"audit repository {self.location}: opened read-only; nothing recorded")
+        what = f"record {snapshot.config} v{snapshot.version} {outcome}"
+        with self._lock, self._faults(what):
             tip = self._tip()
             self._check_version(snapshot)
             root = self.repo[tip].tree_id if tip is not None else None  # type: ignore[attr-defined]
@@ -284,6 +406,7 @@ class AuditRepo:
             oid = self._commit(new_root, [tip] if tip is not None else [], message)
             self._set_tip(oid, tip, f"record {snapshot.config} v{snapshot.version} {outcome}")
             self._indexes[snapshot.config] = new_index
+            self._largest_snapshot = max(self._largest_snapshot, len(snapshot.services))
             for svc, blob in written:
                 self._remember_service(blob, svc)
             self._snapshots[new_tree] = snapshot
@@ -307,7 +430,11 @@ class AuditRepo:
     def _after_commit(self, oid: pygit2.Oid) -> None:
         self._commits_since_pack += 1
         if self.pack_every and self._commits_since_pack >= self.pack_every:
-            self.compact()
+            try:  # the commit is recorded: packing failing (disk full) must not say otherwise
+                self.compact()
+            except AuditError as e:
+                self._commits_since_pack = 0  # try again after another pack_every commits
+                log.warning("audit commit %s is recorded; packing loose objects failed: %s", str(oid)[:12], e)
         if self.remote is not None:
             self._push_or_warn(oid)
 
@@ -325,8 +452,7 @@ class AuditRepo:
     def _check_version(self, snap: Snapshot) -> None:
         if not isinstance(snap.version, int) or snap.version < 1:
             raise SnapshotError(f"{snap.config}: version {snap.version!r} must be an integer >= 1")
-        self._history_entries()
-        e = self._versions.get((snap.config, snap.version))
+        e = self._version_record(snap.config, snap.version)
         if e is not None and e.digest != snap.digest:
             raise AuditError(
                 f"{snap.config} version {snap.version} was already recorded with digest {e.digest} "
@@ -372,10 +498,15 @@ class AuditRepo:
         self._indexes[config] = index
         return index
 
+    def _service_cache_limit(self) -> int:
+        return max(_SERVICE_CACHE_MIN, 3 * self._largest_snapshot)
+
     def _remember_service(self, blob: pygit2.Oid, svc: ServiceSnapshot) -> None:
-        if len(self._services) >= _SERVICE_CACHE_LIMIT:
-            self._services.clear()
         self._services[blob] = svc
+        self._services.move_to_end(blob)
+        limit = self._service_cache_limit()
+        while len(self._services) > limit:  # the least recently used go first
+            self._services.popitem(last=False)
 
     def _trim_snapshots(self) -> None:
         while len(self._snapshots) > _SNAPSHOT_CACHE:
@@ -385,7 +516,7 @@ class AuditRepo:
 
     def push(self) -> PushResult | None:
         """Push commits not yet on the remote (None without a remote); raises PushError."""
-        with self._lock:
+        with self._lock, self._faults(f"push to {self.remote.where if self.remote else 'the remote'}"):
             if self.remote is None:
                 return None
             return self._push()
@@ -402,7 +533,7 @@ class AuditRepo:
         ours = self._tip()
         if ours is None:
             self._set_tip(theirs, None, "adopt the remote branch")
-            self._entries_tip = None
+            self._scanned = False
             return
         base = self.repo.merge_base(ours, theirs)
         base_tree = self.repo[base].tree_id if base is not None else None  # type: ignore[attr-defined]
@@ -415,30 +546,92 @@ class AuditRepo:
             log.warning("audit merge: both sides changed %s; kept ours", ", ".join(conflicts))
         oid = self._commit(tree, [ours, theirs], "\n".join(lines) + "\n")
         self._set_tip(oid, ours, "merge remote audit history")
-        self._entries_tip = None  # history order changed: walk again when next asked
+        self._scanned = False  # history order changed: walk again when next asked
 
     # --- reading ------------------------------------------------------------------------------
 
-    def _history_entries(self) -> list[AuditEntry]:
+    def _sync_entries(self) -> None:
+        """Bring the bounded history state up to the branch's tip: one streaming walk when the
+        branch moved otherwise than by record() (a restart, a merge, another writer)."""
         tip = self._tip()
-        if tip != self._entries_tip:
-            self._entries = [entry_from_commit(c) for c in self._walk(tip)]
-            self._entries_tip = tip
-            self._versions = {}
-            for e in reversed(self._entries):  # oldest first: the newest record of a version wins
-                self._note_version(e)
-        return self._entries
+        if self._scanned and tip == self._entries_tip:
+            return
+        recent: list[AuditEntry] = []
+        versions: OrderedDict[tuple[str, int], AuditEntry] = OrderedDict()
+        max_version: dict[str, int] = {}
+        applied: dict[str, AuditEntry] = {}
+        complete = True
+        for c in self._walk(tip):  # newest first: the first record of a version seen is its newest
+            e = entry_from_commit(c)
+            if len(recent) < _RECENT_ENTRIES:
+                recent.append(e)
+            else:
+                complete = False
+            if not e.is_record or e.config is None:
+                continue
+            if e.version is not None:
+                if e.version > max_version.get(e.config, 0):
+                    max_version[e.config] = e.version
+                if (e.config, e.version) not in versions and len(versions) < _VERSION_CACHE:
+                    versions[(e.config, e.version)] = e
+            if e.outcome in APPLIED_OUTCOMES and e.config not in applied:
+                applied[e.config] = e
+        versions = OrderedDict(reversed(versions.items()))  # oldest first: evicted first
+        self._entries, self._entries_complete = recent, complete
+        self._versions, self._max_version, self._applied = versions, max_version, applied
+        self._entries_tip, self._scanned = tip, True
+
+    def _iter_entries(self) -> Iterator[AuditEntry]:
+        """Every commit's entry, newest first: the kept ones, then (when the history is longer)
+        the rest read from the repository. Call with the lock held, and finish or drop it
+        before releasing the lock."""
+        self._sync_entries()
+        kept = list(self._entries)
+        yield from kept
+        if self._entries_complete:
+            return
+        seen = {e.commit for e in kept}
+        for c in self._walk(self._entries_tip):
+            if str(c.id) not in seen:
+                yield entry_from_commit(c)
+
+    def _history_entries(self) -> list[AuditEntry]:
+        """The whole history as a list (newest first): a temporary, not kept."""
+        return list(self._iter_entries())
 
     def _note_version(self, e: AuditEntry) -> None:
-        if e.is_record and e.version is not None:
-            self._versions[(e.config, e.version)] = e  # type: ignore[index]
+        if e.is_record and e.config is not None and e.version is not None:
+            key = (e.config, e.version)
+            self._versions[key] = e  # the newest record of a version wins
+            self._versions.move_to_end(key)
+            while len(self._versions) > _VERSION_CACHE:
+                self._versions.popitem(last=False)
+            if e.version > self._max_version.get(e.config, 0):
+                self._max_version[e.config] = e.version
+            if e.outcome in APPLIED_OUTCOMES:
+                self._applied[e.config] = e
 
     def _note_commit(self, oid: pygit2.Oid, parent: pygit2.Oid | None) -> None:
-        if self._entries_tip == parent:
+        if self._scanned and self._entries_tip == parent:
             entry = entry_from_commit(self.repo[oid])
             self._entries.insert(0, entry)
+            if len(self._entries) > _RECENT_ENTRIES:
+                del self._entries[_RECENT_ENTRIES:]
+                self._entries_complete = False
             self._note_version(entry)
             self._entries_tip = oid
+
+    def _version_record(self, config: str, version: int) -> AuditEntry | None:
+        """The newest record of `version` of the config, or None: from the cache of the newest
+        versions, else (an old version) from the repository."""
+        self._sync_entries()
+        e = self._versions.get((config, version))
+        if e is not None or self._entries_complete or version > self._max_version.get(config, 0):
+            return e
+        for e in self._iter_entries():
+            if e.is_record and e.config == config and e.version == version:
+                return e
+        return None
 
     def _walk(self, tip: pygit2.Oid | None) -> Iterator[pygit2.Commit]:
         if tip is None:
@@ -447,10 +640,12 @@ class AuditRepo:
 
     def commits(self) -> Iterator[tuple[pygit2.Commit, AuditEntry]]:
         """Every commit of the branch with its entry, newest first."""
-        with self._lock:
-            entries = list(self._history_entries())
+        with self._lock, self._faults("read the history"):
+            entries = self._history_entries()
         for e in entries:
-            yield self.repo[e.commit], e  # type: ignore[misc]
+            with self._faults(f"read commit {e.commit[:12]}"):
+                commit = self.repo[e.commit]
+            yield commit, e  # type: ignore[misc]
 
     def history(
         self,
@@ -464,36 +659,37 @@ class AuditRepo:
         if outcome is not None:
             check_outcome(outcome)
         since, until = _aware(since), _aware(until)
-        with self._lock:
-            entries = self._history_entries()
         out = []
-        for e in entries:
-            if not e.is_record:
-                continue
-            if (config is not None and e.config != config) or (outcome is not None and e.outcome != outcome):
-                continue
-            if (since is not None and e.time < since) or (until is not None and e.time > until):
-                continue
-            out.append(e)
+        with self._lock, self._faults("read the history"):
+            for e in self._iter_entries():
+                if not e.is_record:
+                    continue
+                if (config is not None and e.config != config) or (outcome is not None and e.outcome != outcome):
+                    continue
+                if (since is not None and e.time < since) or (until is not None and e.time > until):
+                    continue
+                out.append(e)
         return out
 
     def configs(self) -> list[str]:
         """The configs the branch's newest tree holds."""
-        tip = self._tip()
-        root = self.repo[tip].tree_id if tip is not None else None  # type: ignore[attr-defined]
-        return sorted(config_paths(self.repo, root))
+        with self._lock, self._faults("read the configs"):
+            tip = self._tip()
+            root = self.repo[tip].tree_id if tip is not None else None  # type: ignore[attr-defined]
+            return sorted(config_paths(self.repo, root))
 
     def next_version(self, config: str) -> int:
         """One more than the highest version recorded for the config (1 when none)."""
-        with self._lock:
-            self._history_entries()
-            return max((v for c, v in self._versions if c == config), default=0) + 1
+        with self._lock, self._faults(f"read the versions of {config}"):
+            self._sync_entries()
+            return self._max_version.get(config, 0) + 1
 
     def last_applied_entry(self, config: str) -> AuditEntry | None:
-        for e in self.history(config=config):
-            if e.outcome in APPLIED_OUTCOMES:
-                return e
-        return None
+        """The newest applied or degraded record of the config (pending, interrupted and
+        rolled-back records are not what the switches hold)."""
+        with self._lock, self._faults(f"read the last applied snapshot of {config}"):
+            self._sync_entries()
+            return self._applied.get(config)
 
     def last_applied(self, config: str) -> Snapshot | None:
         """The snapshot the switches hold: that of the newest applied or degraded record of
@@ -501,18 +697,45 @@ class AuditRepo:
         e = self.last_applied_entry(config)
         return self.snapshot_of(e) if e is not None else None
 
+    def newest_entry(self, config: str) -> AuditEntry | None:
+        """The newest record of the config, whatever its outcome."""
+        with self._lock, self._faults(f"read the history of {config}"):
+            for e in self._iter_entries():
+                if e.is_record and e.config == config:
+                    return e
+        return None
+
+    def close_interrupted(self, config: str, reason: str = INTERRUPTED_REASON) -> AuditEntry | None:
+        """Close a transaction a killed reconciler left open: when the newest record of the
+        config is `pending` (no outcome after it), record `interrupted` for the same version
+        and snapshot, with the reason and a Pending-Commit trailer naming the pending record;
+        return its entry. Otherwise (nothing pending) None. Call at start, before the first
+        transaction."""
+        with self._lock:
+            pending = self.newest_entry(config)
+            if pending is None or pending.outcome != "pending":
+                return None
+            snap = self.snapshot_of(pending)
+            self.record(snap, "interrupted", reason=reason, extra_trailers=[("Pending-Commit", pending.commit)])
+            log.warning("audit: closed %s v%s left pending by commit %s: %s",
+                        config, pending.version, pending.commit[:12], reason)
+            return self.newest_entry(config)
+
     def snapshot_at(self, version: int, config: str | None = None) -> Snapshot:
         """The snapshot recorded as `version` of the config (the only config when None)."""
         config = config or self._only_config()
-        for e in self.history(config=config):
-            if e.version == version:
-                return self.snapshot_of(e)
+        with self._lock, self._faults(f"read version {version} of {config}"):
+            e = self._version_record(config, version)
+        if e is not None:
+            return self.snapshot_of(e)
         known = sorted({e.version for e in self.history(config=config) if e.version is not None})
         shown = ", ".join(map(str, known[-10:])) or "none"
         raise AuditError(f"{self.location}: no version {version} of {config} (recorded versions: {shown})")
 
     def _only_config(self) -> str:
-        configs = sorted({e.config for e in self.history() if e.config})
+        with self._lock, self._faults("read the history"):
+            self._sync_entries()
+            configs = sorted(self._max_version)
         if len(configs) == 1:
             return configs[0]
         if not configs:
@@ -523,8 +746,9 @@ class AuditRepo:
         """The snapshot a record commit holds, checked against its trailers."""
         if entry.config is None:
             raise AuditError(f"commit {entry.commit[:12]} is not an audit record (no Config trailer)")
-        commit = self.repo[entry.commit]
-        snap = self.read_config(commit.tree_id, entry.config, f"commit {entry.commit[:12]}")  # type: ignore[attr-defined]
+        with self._lock, self._faults(f"read {entry.config} v{entry.version} (commit {entry.commit[:12]})"):
+            commit = self.repo[entry.commit]
+            snap = self.read_config(commit.tree_id, entry.config, f"commit {entry.commit[:12]}")  # type: ignore[attr-defined]
         if snap.version != entry.version or snap.digest != entry.digest:
             raise SnapshotError(
                 f"commit {entry.commit[:12]}: trailers name {entry.config} v{entry.version} {entry.digest}, "
@@ -542,6 +766,10 @@ class AuditRepo:
         return self.read_config_tree(tree_id, config, f"{where}: {path}")
 
     def read_config_tree(self, tree_id: pygit2.Oid, config: str, where: str) -> Snapshot:
+        with self._lock, self._faults(f"read {where}"):
+            return self._read_config_tree(tree_id, config, where)
+
+    def _read_config_tree(self, tree_id: pygit2.Oid, config: str, where: str) -> Snapshot:
         cached = self._snapshots.get(tree_id)
         if cached is not None:
             return cached
@@ -563,6 +791,7 @@ class AuditRepo:
                     raise SnapshotError(f"{where}/{SERVICES_DIR}/{ns.name}: expected a namespace directory")
                 services.extend(self._read_namespace(ns.id, ns.name, f"{where}/{SERVICES_DIR}/{ns.name}"))
         snap = assemble(manifest, services, where)
+        self._largest_snapshot = max(self._largest_snapshot, len(snap.services))
         self._snapshots[tree_id] = snap
         self._trim_snapshots()
         return snap
@@ -580,15 +809,17 @@ class AuditRepo:
                 raise SnapshotError(f"{file_where}: expected a service .json file")
             name = f"{ns}/{f.name[:-5]}"
             svc = self._services.get(f.id)
+            if svc is not None:
+                self._services.move_to_end(f.id)
             if svc is None:
                 svc = parse_service_file(self.repo[f.id].data, file_where, name)  # type: ignore[attr-defined]
                 self._remember_service(f.id, svc)
             elif svc.name != name:
                 raise SnapshotError(f"{file_where}: the file holds service {svc.name!r}, not {name!r}")
             out.append(svc)
-        if len(self._namespaces) >= _NAMESPACE_CACHE_LIMIT:
-            self._namespaces.clear()
         self._namespaces[tree_id] = result = tuple(out)
+        while len(self._namespaces) > _NAMESPACE_CACHE_LIMIT:  # the oldest read go first
+            self._namespaces.popitem(last=False)
         return result
 
     # --- maintenance --------------------------------------------------------------------------
@@ -596,7 +827,7 @@ class AuditRepo:
     def compact(self, max_packs: int = 32) -> int:
         """Pack loose objects, and roll small packs up past max_packs (see maintenance.py);
         returns how many objects were packed."""
-        with self._lock:
+        with self._lock, self._faults("pack loose objects"):
             n = pack_loose_objects(self.repo)
             self._commits_since_pack = 0
             if roll_up_packs(self.repo, max_packs):

@@ -6,7 +6,11 @@ verify_history walks every commit of the audit branch and checks:
   - a record commit's trailers name a known outcome and the version and digest its tree holds;
   - a commit changes only the config its trailers name (a merge only what its parents held),
     so a snapshot cannot be slipped into the history under another record;
-  - with trusted keys: every commit carries a good signature by one of them.
+  - with trusted keys: every commit carries a good signature by one of them;
+  - per config, the version sequence has no gaps ("v5 missing between v4 and v6": a record
+    removed by rewriting history), and every pending record has an outcome after it (applied,
+    degraded, rolled-back, interrupted); the newest record of a config may be pending (a
+    transaction in flight): a warning, not a failure.
 
 verify_intent_commit is the gate before apply: only intent whose HEAD commit is signed by a
 trusted key passes; the caller records the refusal (its reason is one line, for the Reason
@@ -23,7 +27,7 @@ import pygit2
 
 from ..snapshot import SnapshotError
 from .errors import AuditError
-from .message import OUTCOMES
+from .message import OUTCOMES, AuditEntry
 from .repo import AuditRepo
 from .signing import SignatureCheck, TrustedKeys, commit_signature
 from .trees import config_paths
@@ -45,6 +49,7 @@ class VerifyReport:
     snapshots: int = 0  # distinct config directories checked
     signatures: int = 0  # good signatures (when keys were given)
     failures: tuple[VerifyFailure, ...] = field(default=())
+    warnings: tuple[VerifyFailure, ...] = field(default=())  # not failures: e.g. a transaction in flight
 
     @property
     def ok(self) -> bool:
@@ -55,11 +60,12 @@ class VerifyReport:
             f"{self.commits} commits ({self.records} records), {self.snapshots} distinct snapshots checked"
             + (f", {self.signatures} good signatures" if self.signatures else "")
         )
+        warnings = [f"  warning: {w}" for w in self.warnings]
         if self.ok:
-            return f"audit history OK: {head}\n"
+            return "\n".join([f"audit history OK: {head}"] + warnings) + "\n"
         lines = [f"audit history FAILED: {len(self.failures)} problem(s) in {head}"]
         lines += [f"  {f}" for f in self.failures]
-        return "\n".join(lines) + "\n"
+        return "\n".join(lines + warnings) + "\n"
 
 
 def verify_history(audit: AuditRepo, trusted: TrustedKeys | None = None) -> VerifyReport:
@@ -68,9 +74,12 @@ def verify_history(audit: AuditRepo, trusted: TrustedKeys | None = None) -> Veri
     checked: dict[pygit2.Oid, tuple[int, str, str | None, str | None] | str] = {}
     commits = records = signatures = 0
     repo = audit.repo
+    sequence: dict[str, list[AuditEntry]] = {}  # config -> its records, newest first
     for commit, entry in audit.commits():
         commits += 1
         cid = entry.commit
+        if entry.is_record and entry.config is not None:
+            sequence.setdefault(entry.config, []).append(entry)
 
         def fail(msg: str) -> None:
             failures.append(VerifyFailure(cid, msg))
@@ -119,7 +128,56 @@ def verify_history(audit: AuditRepo, trusted: TrustedKeys | None = None) -> Veri
                 signatures += 1
             else:
                 fail(f"signature: {check.reason}")
-    return VerifyReport(commits, records, len(checked), signatures, tuple(failures))
+    warnings: list[VerifyFailure] = []
+    for config, entries in sorted(sequence.items()):
+        sequence_failures, sequence_warnings = check_sequence(config, entries)
+        failures += sequence_failures
+        warnings += sequence_warnings
+    return VerifyReport(commits, records, len(checked), signatures, tuple(failures), tuple(warnings))
+
+
+def _versions_text(first: int, last: int) -> str:
+    return f"v{first}" if first == last else f"v{first}-v{last}"
+
+
+def check_sequence(config: str, entries: list[AuditEntry]) -> tuple[list[VerifyFailure], list[VerifyFailure]]:
+    """(failures, warnings) for one config's records, given newest first: gaps in the version
+    sequence, and pending records without an outcome after them (the newest record excepted:
+    a warning)."""
+    failures: list[VerifyFailure] = []
+    warnings: list[VerifyFailure] = []
+    first_of: dict[int, AuditEntry] = {}  # version -> its oldest record
+    for e in entries:
+        if e.version is not None:
+            first_of[e.version] = e
+    versions = sorted(first_of)
+    for a, b in zip(versions, versions[1:]):
+        if b > a + 1:
+            failures.append(VerifyFailure(
+                first_of[b].commit,
+                f"{config}: {_versions_text(a + 1, b - 1)} missing between v{a} and v{b} "
+                f"(records removed from the history?)",
+            ))
+    open_pending: dict[int | None, AuditEntry] = {}  # version -> its newest pending record not yet closed
+    for e in reversed(entries):  # oldest first
+        if e.outcome == "pending":
+            open_pending[e.version] = e
+        else:
+            open_pending.pop(e.version, None)
+    newest = entries[0] if entries else None
+    for version, e in sorted(open_pending.items(), key=lambda kv: kv[1].time):
+        if newest is not None and e.commit == newest.commit:
+            warnings.append(VerifyFailure(
+                e.commit,
+                f"{config}: v{version} is pending without an outcome yet (the newest record: a transaction in "
+                f"flight, or a reconciler stopped; the next start records it as interrupted)",
+            ))
+        else:
+            failures.append(VerifyFailure(
+                e.commit,
+                f"{config}: v{version} pending has no outcome after it (the transaction was never closed)",
+            ))
+    return failures, warnings
 
 
 def check_commit(commit: pygit2.Commit, trusted: TrustedKeys) -> SignatureCheck:
