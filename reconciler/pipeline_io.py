@@ -4,6 +4,7 @@ pure render and diff. Kept apart so render stays free of I/O and the CLI stays t
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -15,7 +16,8 @@ from .intent.model import IntentSet, LoadBalancerConfig
 from .p4info import load_p4info, p4info_digest
 from .paths import P4INFO_PATH
 from .plan import ConfigPlan
-from .render import Renderer, RenderResult
+from .guard import removal_verdict
+from .render import Renderer, RenderIssue, RenderResult
 from .snapshot import Snapshot
 
 
@@ -28,6 +30,8 @@ def load_inputs(
 ) -> tuple[IntentSet, ClusterState, dict[str, dict[str, int]] | None]:
     intent = load_intent([intent_path])
     cluster = load_cluster_file(cluster_path)
+    for issue in cluster.issues:  # what render cannot use is said, not silently dropped
+        print(f"{cluster_path}: warning: {issue.object}: {issue.message}", file=sys.stderr)
     connections = load_connections(connections_path) if connections_path else None
     return intent, cluster, connections
 
@@ -93,13 +97,17 @@ def make_plans(
     for config in configs:
         old = previous.get(config.key)
         result = render_one(intent, config, cluster, old, connections)
+        issues = result.issues
+        verdict = removal_verdict(old, result.snapshot, config.safety.max_removal_percent)
+        if not verdict.allowed:  # say so in the pull request, before the reconciler refuses it
+            issues = (RenderIssue(None, f"the reconciler would refuse this change: {verdict.describe()}", "error"),) + issues
         plans.append(
             ConfigPlan(
                 config=config.key,
                 old=old,
                 new=result.snapshot,
                 diff=diff_snapshots(old, result.snapshot),
-                issues=result.issues,
+                issues=issues,
                 intent_commit=intent.commit,
                 intent_dirty=intent.dirty,
             )
