@@ -59,6 +59,40 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.set_defaults(func=cmd_run)
 
 
+class ConfigEvents:
+    """Events on the LoadBalancerConfig when its state turns (degraded, refused, rolled back,
+    waiting) and when it converges again; one per change of state, not one per pass."""
+
+    def __init__(self, api: Any) -> None:
+        from .kube.events import EventRecorder
+
+        self.recorder = EventRecorder(api)
+        self._last: dict[str, tuple[str, str]] = {}  # config -> (outcome, reason) last told
+
+    async def note(self, record: TransactionRecord) -> None:
+        from .kube.events import ObjectRef
+        from .kube.intent_source import GROUP, VERSION
+
+        outcome = record.outcome
+        told = self._last.get(record.config)
+        if outcome.converged:
+            if told is None:
+                return
+            del self._last[record.config]  # back to normal: say so once
+            kind, note = "Normal", f"v{record.version} {outcome.value}" + (f": {record.reason}" if record.reason else "")
+        else:
+            if told == (outcome.value, record.reason):
+                return
+            self._last[record.config] = (outcome.value, record.reason)
+            kind, note = "Warning", f"v{record.version} {outcome.value}: {record.reason}"
+        ns, _, name = record.config.partition("/")
+        ref = ObjectRef("LoadBalancerConfig", ns, name, f"{GROUP}/{VERSION}")
+        try:
+            await self.recorder.emit(ref, kind, outcome.reason, "Reconcile", note)  # type: ignore[arg-type]
+        except Exception as e:  # noqa: BLE001 - an Event is never worth stopping the loop
+            log.warning("%s: could not record an Event: %s", record.config, e)
+
+
 class ReopeningAudit:
     """The audit repository, opened on first use and again after any failure, so that `p4kube
     run` keeps running while it cannot be reached: every call raises AuditError meanwhile, and
@@ -247,6 +281,8 @@ async def build_runtime(args: argparse.Namespace, api: Any = None) -> Runtime:
         fallback = Fallback(api, events)
         status_writer = ServiceStatusWriter(api, events, status_managers=cluster.state.status_managers)
 
+    config_events = ConfigEvents(api) if api is not None else None
+
     audit = None
     if args.audit_repo:
         from .audit.repo import AuditRepo
@@ -257,6 +293,8 @@ async def build_runtime(args: argparse.Namespace, api: Any = None) -> Runtime:
 
     async def on_result(record: TransactionRecord, result: ApplyResult | None, snap: Snapshot | None) -> None:
         heartbeat.beat()
+        if config_events is not None:
+            await config_events.note(record)
         metrics.observe_reconcile(record.config, record.seconds)
         metrics.set_render_issues(record.config, record.issues)
         if result is not None:
