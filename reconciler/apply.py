@@ -11,11 +11,32 @@ What a switch holds is taken from a full read-back whenever it is not known for 
 (first contact, after any error, after a reconnect), and from the last snapshot it verifiably
 took otherwise; that keeps a one-Service change to a handful of writes and key reads, while
 drift (entries changed by anyone else) is found and repaired on every full read-back.
+
+The switches' own state decides (DESIGN.md 6.1). The applier *trusts* a switch (knows what it
+holds without reading it) only after it read it back itself, over a session that is still open
+and primary. Every event that makes a switch's state unknown drops that trust: a new stream, a
+reconnect, a pipeline push, lost primacy or a primary change, a failed or timed-out write, a read
+error, a failed quick_check. sync_switch() repairs one switch on its own (the other may be
+down); sync() does that for every switch not trusted; quick_check() is the cheap per-round
+test (pipeline cookie and entry counts) that drops trust when the switch disagrees.
+
+Election ids and fencing. The applier's election id E (the Lease term, or --election-id) is the
+high 64 bits of the 128-bit P4Runtime election id; the low 64 bits are a counter that grows with
+every session this process opens: wire id = (E << 64) | counter (switch/translate.py,
+wire_election_id). A Write whose outcome is unknown (its RPC timed out, the stream dropped, the
+task was cancelled) may still be queued in the switch. Before the transaction decides anything,
+the switch is fenced: the session is closed and a new one arbitrates with a strictly higher id
+(still below the next term's (E+1) << 64). P4Runtime checks the election id when it processes a
+Write, so the late Write is then refused with PERMISSION_DENIED; only then is the switch read
+back in full and rolled back. A Write the switch processed before the new arbitration is
+visible to that read-back.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Awaitable, Callable, Iterable, Literal, Mapping
@@ -26,8 +47,19 @@ from .diff import SnapshotDiff, diff_entries, diff_snapshots
 from .intent.model import LoadBalancerConfig, SwitchSpec
 from .p4info import PipelineInfo
 from .snapshot import Entry, Snapshot
-from .switch.session import SwitchError, SwitchSession, WriteOutcome, pipeline_cookie
-from .switch.translate import updates_to_requests
+from .switch.session import (
+    NotPrimaryError,
+    SwitchError,
+    SwitchSession,
+    WriteOutcome,
+    pipeline_cookie,
+)
+from .switch.translate import (
+    check_election_base,
+    split_election_id,
+    updates_to_requests,
+    wire_election_id,
+)
 
 log = logging.getLogger("reconciler.apply")
 
@@ -36,7 +68,29 @@ SwitchState = Literal["applied", "unchanged", "rolled-back", "unreachable", "fai
 
 # A probe gets the snapshot just applied; it returns None when healthy, else the reason.
 Probe = Callable[[Snapshot], Awaitable[str | None]]
-SessionFactory = Callable[[SwitchSpec, int], SwitchSession]  # (switch, election id) -> session
+SessionFactory = Callable[[SwitchSpec, int], SwitchSession]  # (switch, wire election id) -> session
+
+
+class _SessionCounter:
+    """The low 64 bits of the wire election id: one value per session opened in this process,
+    increasing, so that every new session (a reconnect, a fence) outranks the ones before it,
+    across every applier of the process."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._next = 0
+
+    def take(self) -> int:
+        with self._lock:
+            n, self._next = self._next, self._next + 1
+            return n
+
+    def at_least(self, n: int) -> None:
+        with self._lock:
+            self._next = max(self._next, n)
+
+
+_COUNTER = _SessionCounter()
 
 
 @dataclass(frozen=True)
@@ -100,6 +154,21 @@ class ApplyResult:
         return "\n".join([head] + [f"  {r.describe()}" for r in self.switches])
 
 
+@dataclass(frozen=True)
+class QuickCheck:
+    """The cheap per-round check of one switch: its pipeline cookie and its number of entries
+    per table, against the applier's cookie and the snapshot."""
+
+    switch: str
+    ok: bool
+    reason: str = ""
+    counts: Mapping[str, int] = field(default_factory=dict)  # table -> entries the switch holds
+    seconds: float = 0.0
+
+    def __str__(self) -> str:
+        return f"switch {self.switch}: " + ("holds the expected counts" if self.ok else self.reason)
+
+
 class TransactionFailed(Exception):
     def __init__(self, switch: str, reason: str) -> None:
         super().__init__(f"{switch}: {reason}")
@@ -135,6 +204,10 @@ def _entries(snap: Snapshot | None) -> list[Entry]:
     return [e for es in snap.tables().values() for e in es]
 
 
+def _version(snap: Snapshot | None) -> str:
+    return f"v{snap.version}" if snap is not None else "empty tables"
+
+
 def _strip_service(entries: Iterable[Entry]) -> list[Entry]:
     return [Entry(e.table, e.key, e.action, e.args) for e in entries]
 
@@ -165,7 +238,8 @@ class TwoSwitchApplier:
         self.info = info
         self.device_config = device_config
         self.cookie = pipeline_cookie(p4info, device_config)
-        self.election_id = election_id
+        # The base election id: the high 64 bits of every session's wire id (module docstring).
+        self.election_id = check_election_base(election_id)
         self.factory = session_factory
         self.batch_size = batch_size or config.switch_config.batch_size
         self.policy = standby_unreachable or config.switch_config.standby_unreachable
@@ -179,27 +253,76 @@ class TwoSwitchApplier:
 
     # -- sessions --------------------------------------------------------------------------------
 
-    async def _session(self, sw: SwitchSpec) -> tuple[SwitchSession, bool]:
-        """An open primary session to `sw`, and whether the pipeline had to be pushed."""
+    async def _session(self, sw: SwitchSpec, *, check_pipeline: bool = False) -> tuple[SwitchSession, bool]:
+        """An open primary session to `sw`, and whether the pipeline had to be pushed.
+
+        A new session always arbitrates with a higher wire election id than any before it; with
+        `check_pipeline` an existing session also checks the pipeline cookie again (a switch
+        restarted under a live stream, or someone pushed another pipeline)."""
         s = self._sessions.get(sw.name)
         if s is not None and s.is_open and s.is_primary:
-            return s, False
+            if not check_pipeline:
+                return s, False
+            try:
+                pushed = await s.ensure_pipeline(self.p4info, self.device_config, self.cookie)
+            except BaseException:
+                await self._drop(sw.name)
+                raise
+            if pushed:
+                self._forget(sw.name)  # new, empty tables: read back before trusting
+            return s, pushed
         if s is not None:
-            await s.close()
-            self._forget(sw.name)
-        s = self.factory(sw, self.election_id)
+            await self._drop(sw.name)
+        s = await self._open(sw)
         try:
-            await s.open()
             pushed = await s.ensure_pipeline(self.p4info, self.device_config, self.cookie)
         except BaseException:
             await s.close()
             raise
         self._sessions[sw.name] = s
-        self._forget(sw.name)  # a new connection: read back before trusting anything
-        if pushed:
-            self._held[sw.name] = None  # a pushed pipeline starts with empty tables
-            self._held_known.add(sw.name)
+        self._forget(sw.name)  # a new connection (or a pipeline push): read back before trusting
         return s, pushed
+
+    async def _open(self, sw: SwitchSpec) -> SwitchSession:
+        """Open a session with the next wire election id of our term.
+
+        A switch following the specification remembers the highest id it has seen and, with no
+        primary, only accepts an id at least as high: when that id is from our own term (an
+        earlier process with the same base id fenced to a higher counter), catch up once."""
+        for attempt in range(2):
+            s = self.factory(sw, wire_election_id(self.election_id, _COUNTER.take()))
+            try:
+                await s.open()
+                return s
+            except NotPrimaryError as e:
+                holder = e.primary_election_id
+                if attempt == 0 and e.no_primary and holder is not None:
+                    base, counter = split_election_id(holder)
+                    if base == self.election_id and counter < (1 << 64) - 1:
+                        log.info("switch %s has seen election id %d of our term: catching up", sw.name, holder)
+                        _COUNTER.at_least(counter + 1)
+                        continue
+                raise
+        raise AssertionError("unreachable")
+
+    async def _drop(self, name: str) -> None:
+        """Close the session to `name` (its stream first, at once) and stop trusting the switch.
+        The next session arbitrates with a higher election id: together, a fence."""
+        s = self._sessions.pop(name, None)
+        self._forget(name)
+        if s is not None:
+            await s.close()
+
+    def election_id_of(self, name: str) -> int | None:
+        """The wire election id of the open session to `name`, if any."""
+        s = self.session_for(name)
+        return s.election_id if s is not None else None
+
+    def _spec(self, name: str) -> SwitchSpec:
+        for sw in self.order:
+            if sw.name == name:
+                return sw
+        raise KeyError(f"no switch named {name!r} in {self.config.key}: {[sw.name for sw in self.order]}")
 
     def session_for(self, name: str) -> SwitchSession | None:
         """The open session to switch `name`, if any (health checks use it)."""
@@ -220,7 +343,13 @@ class TwoSwitchApplier:
         return None
 
     def trusts(self, name: str) -> bool:
-        """Whether what switch `name` holds is known without reading it back."""
+        """Whether what switch `name` holds is known without reading it back: it was read back
+        by this applier over the session still open, and that session is still primary (a
+        lost stream or primacy drops the trust here)."""
+        if name in self._held_known:
+            s = self._sessions.get(name)
+            if s is None or not s.is_open or not s.is_primary:
+                self._forget(name)
         return name in self._held_known
 
     def forget(self, name: str | None = None) -> None:
@@ -254,7 +383,7 @@ class TwoSwitchApplier:
         for sw in self.order:
             t0 = time.perf_counter()
             try:
-                session, pushed = await self._session(sw)
+                session, pushed = await self._session(sw, check_pipeline=not self.trusts(sw.name))
                 reachable.append((sw, session, pushed))
             except SwitchError as e:
                 reports[sw.name] = SwitchReport(sw.name, sw.role, "unreachable", reason=str(e), seconds=time.perf_counter() - t0)
@@ -273,13 +402,14 @@ class TwoSwitchApplier:
             touched.append(sw)
             t0 = time.perf_counter()
             try:
-                writes, drift = await self._put(sw, session, target, expected_now=last_good)
+                writes, drift = await self._guarded_put(sw, session, target, expected_now=last_good, report_drift=not pushed)
                 reports[sw.name] = SwitchReport(
                     sw.name, sw.role, "applied" if writes else "unchanged", writes, drift=tuple(drift),
                     pipeline_pushed=pushed, seconds=time.perf_counter() - t0,
                 )
             except (SwitchError, TransactionFailed) as e:
-                self._forget(sw.name)
+                # _guarded_put closed the session: the rollback below opens a new one with a
+                # higher election id (the fence) before it reads the switch back in full.
                 failure = e if isinstance(e, TransactionFailed) else TransactionFailed(sw.name, str(e))
                 reports[sw.name] = SwitchReport(sw.name, sw.role, "failed", reason=failure.reason, seconds=time.perf_counter() - t0)
                 break
@@ -293,7 +423,10 @@ class TwoSwitchApplier:
                 return self._finish(target, reports, "degraded", degraded_reason)
             return self._finish(target, reports, "applied" if changed else "unchanged")
 
-        # Roll back every switch that was touched, and confirm by read-back.
+        # Roll back every switch that was touched, and confirm by read-back. The switch that
+        # failed has no session any more: _session() opens a new one with a higher election id,
+        # so a Write of ours still queued in that switch is refused from now on (the fence), and
+        # only then is the switch read back in full.
         log.error("transaction for v%d failed (%s): rolling back to %s", target.version, failure,
                   f"v{last_good.version}" if last_good else "empty tables")
         restore_failed: list[str] = []
@@ -301,15 +434,14 @@ class TwoSwitchApplier:
             t0 = time.perf_counter()
             prior = reports.get(sw.name)
             try:
-                session, _ = await self._session(sw)
-                writes, _ = await self._put(sw, session, last_good, expected_now=None, full=True, report_drift=False)
+                session, _ = await self._session(sw, check_pipeline=True)
+                writes, _ = await self._guarded_put(sw, session, last_good, expected_now=None, full=True, report_drift=False)
                 reports[sw.name] = SwitchReport(
                     sw.name, sw.role, "rolled-back", writes,
                     reason=prior.reason if prior and prior.state == "failed" else "",
                     seconds=time.perf_counter() - t0,
                 )
             except (SwitchError, TransactionFailed) as e:
-                self._forget(sw.name)
                 restore_failed.append(f"{sw.name}: {e}")
                 reports[sw.name] = SwitchReport(
                     sw.name, sw.role, "failed", reason=f"ROLLBACK FAILED, state unknown: {e}", seconds=time.perf_counter() - t0
@@ -320,6 +452,23 @@ class TwoSwitchApplier:
                 f"{failure}; rollback failed on {'; '.join(restore_failed)}: re-sync needed (next apply reads back and repairs)",
             )
         return self._finish(target, reports, "rolled-back", str(failure))
+
+    async def _guarded_put(
+        self,
+        sw: SwitchSpec,
+        session: SwitchSession,
+        target: Snapshot | None,
+        **kw,  # type: ignore[no-untyped-def]
+    ) -> tuple[dict[str, dict[str, int]], list[str]]:
+        """_put, and on any failure (a refused or timed-out write, a read error, a lost stream,
+        cancellation) close the session at once and stop trusting the switch: what it holds is
+        unknown, and a Write of ours may still be queued in it. The next session to it has a
+        higher election id, which fences that Write."""
+        try:
+            return await self._put(sw, session, target, **kw)
+        except BaseException:
+            await asyncio.shield(self._drop(sw.name))
+            raise
 
     async def _put(
         self,
@@ -356,7 +505,7 @@ class TwoSwitchApplier:
         if diff.empty:
             return {}
         phases = updates_to_requests(
-            self.info, diff.phases, device_id=sw.device_id, election_id=self.election_id, batch_size=self.batch_size
+            self.info, diff.phases, device_id=sw.device_id, election_id=session.election_id, batch_size=self.batch_size
         )
         for requests in phases:  # each phase completes before the next starts (DESIGN.md 5)
             if not requests:
@@ -381,6 +530,125 @@ class TwoSwitchApplier:
             problems = compare_entries(actual, _strip_service(written))
         if problems:
             raise TransactionFailed(sw.name, "read-back differs from the snapshot: " + "; ".join(problems[:5]))
+
+    # -- per-switch sync and the cheap check -------------------------------------------------------
+
+    async def sync_switch(self, name: str, snapshot: Snapshot | None) -> SwitchReport:
+        """Make switch `name` hold `snapshot` (None: empty tables), on its own: never touches
+        the other switch.
+
+        Connects if needed (arbitration, pipeline check and push); reads the switch back in
+        full unless it is trusted; writes the difference in dependency order; reads back (in
+        full, unless the switch was trusted) and compares; trusts it afterwards. Returns its
+        report: "applied" (writes made), "unchanged", "unreachable" or "failed" (the reason
+        says why; the session is closed and the switch untrusted, so the next sync fences,
+        reads back and repairs). Differences found by the read-back beyond `snapshot` are in
+        `drift` (not reported after a pipeline push: those tables were empty)."""
+        sw = self._spec(name)
+        t0 = time.perf_counter()
+        trusted = self.trusts(name)
+        try:
+            session, pushed = await self._session(sw, check_pipeline=not trusted)
+        except SwitchError as e:
+            self._forget(name)
+            state: SwitchState = "failed" if isinstance(e, NotPrimaryError) else "unreachable"
+            return SwitchReport(name, sw.role, state, reason=str(e), seconds=time.perf_counter() - t0)
+        try:
+            writes, drift = await self._guarded_put(
+                sw, session, snapshot, expected_now=snapshot, full=not self.trusts(name), report_drift=not pushed
+            )
+        except (SwitchError, TransactionFailed) as e:
+            reason = e.reason if isinstance(e, TransactionFailed) else str(e)
+            log.error("switch %s: sync to %s failed: %s", name, _version(snapshot), reason)
+            return SwitchReport(name, sw.role, "failed", reason=reason, pipeline_pushed=pushed,
+                                seconds=time.perf_counter() - t0)
+        report = SwitchReport(name, sw.role, "applied" if writes else "unchanged", writes, drift=tuple(drift),
+                              pipeline_pushed=pushed, seconds=time.perf_counter() - t0)
+        log.info("sync to %s: %s", _version(snapshot), report.describe())
+        return report
+
+    def holds(self, name: str, snapshot: Snapshot | None) -> bool:
+        """Whether switch `name` is trusted to hold exactly `snapshot`."""
+        if not self.trusts(name):
+            return False
+        held = self._held.get(name)
+        if held is None or snapshot is None:
+            return held is None and snapshot is None
+        return held is snapshot or held.digest == snapshot.digest
+
+    async def sync(self, snapshot: Snapshot | None) -> ApplyResult:
+        """sync_switch() for every switch that is not trusted to hold `snapshot` (unconnected,
+        reconnected, failed, or holding another snapshot), each on its own and concurrently: one
+        that cannot be reached is reported "unreachable" and the others are still synced.
+
+        Outcome: "unchanged" (nothing written), "applied" (some switch repaired), "degraded"
+        (some switch unreachable, the reachable ones hold `snapshot`), "failed" (a sync failed,
+        or no switch could be reached)."""
+
+        async def one(sw: SwitchSpec) -> SwitchReport:
+            if self.holds(sw.name, snapshot):
+                return SwitchReport(sw.name, sw.role, "unchanged", reason="trusted: read back earlier, session still primary")
+            return await self.sync_switch(sw.name, snapshot)
+
+        reports = await asyncio.gather(*(one(sw) for sw in self.order))
+        failed = [r for r in reports if r.state == "failed"]
+        unreachable = [r for r in reports if r.state == "unreachable"]
+        outcome: Outcome
+        if failed or len(unreachable) == len(reports):
+            outcome = "failed"
+            reason = "; ".join(f"{r.name}: {r.state}: {r.reason}" for r in failed + unreachable)
+        elif unreachable:
+            outcome = "degraded"
+            reason = "; ".join(f"{r.name} unreachable ({r.reason}); re-synced when it returns" for r in unreachable)
+        else:
+            outcome = "applied" if any(r.state == "applied" for r in reports) else "unchanged"
+            reason = ""
+        result = ApplyResult(
+            outcome, snapshot.version if snapshot else 0, snapshot.digest if snapshot else "", tuple(reports), reason
+        )
+        (log.info if result.ok else log.error)("sync: %s", result.describe())
+        return result
+
+    async def quick_check(self, name: str, snapshot: Snapshot | None) -> QuickCheck:
+        """The cheap check of every health round, over the open session to `name` (primacy is
+        not needed to read): the pipeline cookie (GetForwardingPipelineConfig, cookie only)
+        equals ours, and each table holds as many entries as `snapshot` has (one wildcard Read
+        per table, entities counted, not decoded).
+
+        Not ok: the applier stops trusting the switch (the next sync reads it back in full and
+        repairs it; a wrong or missing pipeline is checked and pushed again then). Raises
+        SwitchError (after dropping trust) when there is no open session or the switch does not
+        answer, so the caller can tell an unreachable switch from a wrong one."""
+        sw = self._spec(name)
+        t0 = time.perf_counter()
+        s = self._sessions.get(name)
+        if s is None or not s.is_open:
+            self._forget(name)
+            raise SwitchError(f"switch {name}: no open P4Runtime session for the quick check", switch=name)
+        try:
+            status = await s.get_pipeline()
+            counts: dict[str, int] = {}
+            if status is None:
+                reason = "the switch has no pipeline (restarted?): its tables are empty"
+            elif status.cookie != self.cookie:
+                got = "no cookie" if status.cookie is None else f"cookie {status.cookie:#x}"
+                reason = f"the switch runs another pipeline ({got}, expected {self.cookie:#x})"
+            else:
+                counts = await s.count_entries()
+                tables = snapshot.tables() if snapshot is not None else {}
+                wrong = [
+                    f"{t}: {have} entries, expected {len(tables.get(t, ()))}"
+                    for t, have in counts.items()
+                    if have != len(tables.get(t, ()))
+                ]
+                reason = "entry counts differ from " + _version(snapshot) + ": " + "; ".join(wrong) if wrong else ""
+        except SwitchError:
+            self._forget(name)
+            raise
+        if reason:
+            self._forget(name)
+            log.warning("switch %s: quick check: %s; it will be read back in full", sw.name, reason)
+        return QuickCheck(name, not reason, reason, counts, time.perf_counter() - t0)
 
     def _finish(self, target: Snapshot, reports: Mapping[str, SwitchReport], outcome: Outcome, reason: str = "") -> ApplyResult:
         ordered = tuple(
@@ -408,6 +676,7 @@ def default_session_factory(config: LoadBalancerConfig, info: PipelineInfo, tls=
 __all__ = [
     "ApplyResult",
     "Probe",
+    "QuickCheck",
     "SwitchReport",
     "TransactionFailed",
     "TwoSwitchApplier",

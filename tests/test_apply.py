@@ -71,7 +71,11 @@ class World:
 
 @pytest.fixture
 def world(switches) -> World:
-    standby, primary = switches
+    return build_world(*switches)
+
+
+def build_world(standby: SoftwareSwitch, primary: SoftwareSwitch) -> World:
+    """The multi-service example on two running software switches, with snapshots v1 and v2."""
     intent = load_intent([MULTI])
     base = intent.config()
     sw = (
@@ -260,7 +264,9 @@ def test_higher_election_id_elsewhere_is_refused_cleanly(world):
     assert run(apply(world, world.v1, None, election_id=10)).ok
 
     async def go():
-        other = SwitchSession(f"127.0.0.1:{world.primary.port}", device_id=1, election_id=50, info=INFO, name="other")
+        # The next term (base id 11) in the wire layout (base << 64) | counter outranks every
+        # session of term 10, whatever its fencing counter.
+        other = SwitchSession(f"127.0.0.1:{world.primary.port}", device_id=1, election_id=11 << 64, info=INFO, name="other")
         await other.open()
         try:
             return await apply(world, world.v2, world.v1, election_id=10)
@@ -283,7 +289,8 @@ def test_entries_tampered_out_of_band_are_detected_and_repaired(world):
         stub = p4r_grpc.P4RuntimeStub(ch)
         stream_req = p4r.StreamMessageRequest()
         stream_req.arbitration.device_id = 1
-        stream_req.arbitration.election_id.CopyFrom(election_id_proto(50))
+        # a later term than ours (10): wire ids are (term << 64) | counter
+        stream_req.arbitration.election_id.CopyFrom(election_id_proto(50 << 64))
         q: list = [stream_req]
         done = __import__("threading").Event()
 
@@ -294,7 +301,7 @@ def test_entries_tampered_out_of_band_are_detected_and_repaired(world):
         stream = stub.StreamChannel(requests())
         next(stream)  # arbitration answer: primary
         tampered = Entry(bucket.table, bucket.key, bucket.action, ("10.9.9.9", 1, 0))
-        w = p4r.WriteRequest(device_id=1, election_id=election_id_proto(50))
+        w = p4r.WriteRequest(device_id=1, election_id=election_id_proto(50 << 64))
         u = w.updates.add()
         u.type = p4r.Update.MODIFY
         u.entity.table_entry.CopyFrom(entry_to_proto(INFO, tampered))

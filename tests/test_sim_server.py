@@ -165,6 +165,31 @@ def test_delay_applies_to_writes_and_reads(session) -> None:
     session.switch.set_delay(0)
 
 
+@pytest.mark.parametrize("bmv2", [False, True])
+def test_a_delayed_write_is_authorized_after_its_delay_and_logged(bmv2: bool) -> None:
+    """delay_writes holds the Write *before* authorization, like a request queued in a real
+    target: a client that timed out and re-arbitrated higher meanwhile has fenced it."""
+    s = Session(bmv2=bmv2)
+    try:
+        done = s.switch.writes_processed
+        s.switch.delay_writes(1.0)
+        late = s.client.unary("Write", write_request([vip()], election_id=10), timeout=0.2)
+        assert late.code == grpc.StatusCode.DEADLINE_EXCEEDED  # the client gave up
+        s.stream.cancel()
+        s.stream.wait_end()
+        _, answer = s.client.arbitrate(11)  # the fence: a higher id, before the switch gets to it
+        assert answer.arbitration.status.code == 0
+        assert s.switch.wait_for_writes(done + 1, timeout=10)
+        record = s.switch.write_log()[-1]
+        assert (record.code, record.message) == (grpc.StatusCode.PERMISSION_DENIED, "Not primary")
+        assert (record.election_id, record.updates, record.delayed) == (10, 1, 1.0)
+        assert s.switch.entries(1, VIP) == []
+        assert s.write(vip(), election_id=11).ok  # only the next Write was delayed
+        assert s.switch.write_log()[-1].code == grpc.StatusCode.OK
+    finally:
+        s.close()
+
+
 def test_drop_streams(session) -> None:
     backup, _ = session.client.arbitrate(5)
     assert session.switch.drop_streams() == 2

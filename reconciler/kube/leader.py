@@ -20,11 +20,13 @@ uses, so p4kube interoperates with the usual tools (kubectl get lease shows the 
 MicroTime fields (acquireTime, renewTime) are written with exactly six fractional digits: the
 API server rejects anything else (fixture 09: 400 on POST/PUT, 422 on PATCH).
 
-Fencing: `election_id()` is leaseTransitions + 1 (the low 64 bits of the 128-bit P4Runtime
-election id; the high part is 0). Every change of holder increments leaseTransitions, through a
-compare-and-swap on the Lease's resourceVersion, so the holder of a later term always has a
-strictly higher election id than every earlier holder: when it arbitrates, the switch makes it
-primary and refuses writes from the deposed one with PERMISSION_DENIED. Because BMv2 promotes
+Fencing: `election_id()` is leaseTransitions + 1, the base id of the term: the *high* 64 bits
+of the 128-bit P4Runtime election id, whose low 64 bits count the sessions the applier opens in
+the term (wire id = (term << 64) | counter, reconciler/switch/translate.py). Every change of
+holder increments leaseTransitions, through a compare-and-swap on the Lease's resourceVersion,
+so every session of a later term has a strictly higher election id than every session of an
+earlier one: when it arbitrates, the switch makes it primary and refuses writes from the
+deposed one with PERMISSION_DENIED. Because BMv2 promotes
 the next stream when the primary's ends (DESIGN.md 8), the deposed leader must also close its
 streams at once: that is what the `lost` signal is for. Deleting the Lease object restarts
 leaseTransitions at 0 and breaks this ordering: do not delete it while a reconciler runs.

@@ -24,6 +24,7 @@ class Faults:
         self._refusals = 0
         self._refusal = Refusal(grpc.StatusCode.UNAVAILABLE, "refused by fault injection")
         self._delay = 0.0
+        self._write_delays: list[float] = []  # one per upcoming Write RPC
         self._crash_after: int | None = None
 
     def refuse_writes(self, count: int, code: grpc.StatusCode = grpc.StatusCode.UNAVAILABLE,
@@ -56,6 +57,22 @@ class Faults:
         with self._lock:
             return self._delay
 
+    def delay_writes(self, seconds: float, count: int = 1) -> None:
+        """Delay each of the next `count` Write RPCs by `seconds` (Reads are not delayed).
+
+        The delay is served *before* the Write is authorized: it models a request queued in the
+        target, which checks the election id when it processes the request, not when it
+        arrives (P4Runtime 5.x). A client whose Write timed out can therefore fence it by
+        arbitrating with a higher election id before the switch gets to it."""
+        if seconds < 0 or count < 0:
+            raise ValueError(f"delay and count must be >= 0, not {seconds}, {count}")
+        with self._lock:
+            self._write_delays = [seconds] * count
+
+    def take_write_delay(self) -> float:
+        with self._lock:
+            return self._write_delays.pop(0) if self._write_delays else 0.0
+
     def crash_after(self, updates: int) -> None:
         """The next Write applies its first `updates` updates, then the server dies."""
         if updates < 0:
@@ -72,4 +89,5 @@ class Faults:
         with self._lock:
             self._refusals = 0
             self._delay = 0.0
+            self._write_delays = []
             self._crash_after = None

@@ -9,6 +9,7 @@ StreamChannel simply occupies one worker (plus one reader thread) for its lifeti
 
 from __future__ import annotations
 
+import collections
 import logging
 import queue
 import signal
@@ -69,6 +70,22 @@ class TlsConfig:
         )
 
 
+@dataclass
+class WriteRecord:
+    """What the switch did with one Write RPC (tests: wait_for_writes / write_log). Recorded
+    when the handler finishes, also for a Write whose client gave up long before."""
+
+    election_id: int
+    updates: int
+    code: grpc.StatusCode = grpc.StatusCode.OK
+    message: str = ""
+    delayed: float = 0.0  # seconds of injected delay served before authorization
+    failed_updates: int = 0
+
+    def refused(self, code: grpc.StatusCode, message: str) -> None:
+        self.code, self.message = code, message
+
+
 class SoftwareSwitch:
     """A generic P4Runtime target serving one or more device ids.
 
@@ -104,6 +121,9 @@ class SoftwareSwitch:
         self._stream_budget = max(1, max_workers - 8)
         self.port: int | None = None
         self.died = threading.Event()  # set once a crash fault has stopped the server
+        self._writes: collections.deque[WriteRecord] = collections.deque(maxlen=1000)
+        self._writes_done = 0
+        self._writes_cond = threading.Condition()
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -206,8 +226,36 @@ class SoftwareSwitch:
     def set_delay(self, seconds: float) -> None:
         self.faults.set_delay(seconds)
 
+    def delay_writes(self, seconds: float, count: int = 1) -> None:
+        """Delay each of the next `count` Writes by `seconds`, before authorizing them."""
+        self.faults.delay_writes(seconds, count)
+
     def crash_after(self, updates: int) -> None:
         self.faults.crash_after(updates)
+
+    # -- Write log (tests) ---------------------------------------------------------------------
+
+    @property
+    def writes_processed(self) -> int:
+        """How many Write RPCs the handlers have finished (whatever their outcome)."""
+        with self._writes_cond:
+            return self._writes_done
+
+    def write_log(self) -> list[WriteRecord]:
+        """The last (up to 1000) Write RPCs processed, oldest first."""
+        with self._writes_cond:
+            return list(self._writes)
+
+    def wait_for_writes(self, count: int, timeout: float = 5.0) -> bool:
+        """Block until at least `count` Write RPCs have been processed in total."""
+        with self._writes_cond:
+            return self._writes_cond.wait_for(lambda: self._writes_done >= count, timeout)
+
+    def _record_write(self, record: WriteRecord) -> None:
+        with self._writes_cond:
+            self._writes.append(record)
+            self._writes_done += 1
+            self._writes_cond.notify_all()
 
     def shrink_table(self, device_id: int, table: str, size: int) -> None:
         self.device(device_id).set_table_size(table, size)
@@ -352,41 +400,65 @@ class _P4RuntimeService(p4r_grpc.P4RuntimeServicer):
         if seconds:
             time.sleep(seconds)  # the injected latency itself, not a wait for an event
 
-    def _authorize(self, request, context: grpc.ServicerContext) -> None:
+    def _authorize(self, request, context: grpc.ServicerContext, record: "WriteRecord | None" = None) -> None:
         try:
             self.switch.arbitrator.authorize(
                 request.device_id, request.role, request.HasField("election_id"),
                 U128.decode(request.election_id),
             )
         except ArbitrationError as exc:
+            if record is not None:
+                record.refused(grpc_code(exc.code), exc.message)
             context.abort(grpc_code(exc.code), exc.message)
 
     def Capabilities(self, request, context):
         return p4r.CapabilitiesResponse(p4runtime_api_version=self.behavior.api_version)
 
     def Write(self, request: p4r.WriteRequest, context: grpc.ServicerContext):
+        record = WriteRecord(U128.decode(request.election_id), len(request.updates))
+        try:
+            return self._write(request, context, record)
+        finally:
+            self.switch._record_write(record)
+
+    def _write(self, request: p4r.WriteRequest, context: grpc.ServicerContext, record: "WriteRecord"):
         self._delay()
+        # A delayed Write is authorized only after its delay, like a request queued in a real
+        # target: P4Runtime checks the election id when the Write is processed, so a client
+        # that timed out and re-arbitrated with a higher id has fenced it (DESIGN.md 6.1).
+        record.delayed = self.switch.faults.take_write_delay()
+        if record.delayed:
+            time.sleep(record.delayed)  # the injected latency itself, not a wait for an event
         refusal = self.switch.faults.take_refusal()
         if refusal is not None:
+            record.refused(refusal.code, refusal.message)
             context.abort(refusal.code, refusal.message)
         device = self._device(request.device_id, context)
-        self._authorize(request, context)
         crash = self.switch.faults.take_crash()
-        try:
-            results = device.write(request, limit=crash)
-        except RpcError as exc:
-            if crash is None:
-                _fail(context, exc)
-                return p4r.WriteResponse()
-            results = []
+        # Authorization and the writes happen under the device lock, atomically with respect
+        # to Reads: a Write authorized before a new arbitration is visible to any Read that
+        # follows that arbitration, and one processed after it is refused.
+        with device.lock:
+            self._authorize(request, context, record)
+            try:
+                results = device.write(request, limit=crash)
+            except RpcError as exc:
+                if crash is None:
+                    record.refused(grpc_code(exc.code), exc.message)
+                    _fail(context, exc)
+                    return p4r.WriteResponse()
+                results = []
         if crash is not None:
             log.warning("applied %d update(s) of %d, then dying", len(results),
                         len(request.updates))
+            record.refused(grpc.StatusCode.UNAVAILABLE, "Socket closed (switch died)")
             context.add_callback(self.switch._die)  # once this RPC's status has gone out
             context.abort(grpc.StatusCode.UNAVAILABLE, "Socket closed (switch died)")
         failed = sum(1 for code, _ in results if code != OK)
+        record.failed_updates = failed
         if failed:
             message = "" if self.behavior.bmv2 else f"{failed} of {len(results)} updates failed"
+            record.refused(grpc.StatusCode.UNKNOWN, message)
             context.set_trailing_metadata(
                 ((STATUS_DETAILS_KEY, status_bytes(UNKNOWN, message, results)),)
             )

@@ -21,11 +21,14 @@ from reconciler.switch.session import (
 from reconciler.switch.tls import TlsError, TlsSettings
 from reconciler.switch.translate import (
     TranslationError,
+    check_election_base,
     describe_update,
     election_id_proto,
     entry_to_proto,
     proto_to_entry,
+    split_election_id,
     updates_to_requests,
+    wire_election_id,
     write_counts,
 )
 
@@ -46,11 +49,14 @@ __all__ = [
     "UpdateError",
     "WriteError",
     "WriteOutcome",
+    "check_election_base",
     "describe_update",
     "election_id_proto",
     "entry_to_proto",
     "pipeline_cookie",
     "proto_to_entry",
+    "split_election_id",
     "updates_to_requests",
+    "wire_election_id",
     "write_counts",
 ]

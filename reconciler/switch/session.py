@@ -102,7 +102,11 @@ class ArbitrationError(SwitchError):
 
 class NotPrimaryError(SwitchError):
     """This session is not (or no longer) the primary controller: another controller holds a
-    higher election id, or the stream ended. Writes from it are refused (fencing)."""
+    higher election id, or the stream ended. Writes from it are refused (fencing).
+    `no_primary`: arbitration said nobody is primary and `primary_election_id` is the highest
+    id the switch has seen (specification mode), rather than naming a live primary."""
+
+    no_primary: bool = False
 
 
 class PipelineError(SwitchError):
@@ -391,10 +395,12 @@ class SwitchSession:
                 )
             else:
                 why = f"another controller holds a higher election id ({holder}; ours is {self.election_id})"
-            raise NotPrimaryError(
+            error = NotPrimaryError(
                 f"{self._where()}: not primary for device {self.device_id}: {why} "
                 f"[{status.message or status.code}]", switch=self.name, primary_election_id=holder,
             )
+            error.no_primary = status.code == grpc.StatusCode.NOT_FOUND.value[0]
+            raise error
 
     def _arbitration_hint(self, details: str) -> str:
         if "election id" in details.lower():
@@ -674,6 +680,30 @@ class SwitchSession:
                 raise ReadError(f"{self._where()}: read-back entry does not fit the P4Info: {exc}",
                                 switch=self.name) from None
         return out
+
+    async def count_entries(self, tables: Iterable[str] | None = None) -> dict[str, int]:
+        """How many (non-default) entries each of `tables` (default: all) holds: one wildcard
+        Read per table, counting the entities of the responses without decoding them into
+        Entry objects (the health round's cheap check; wildcard reads never return default
+        entries)."""
+        names = list(self.info.tables) if tables is None else list(tables)
+        counts: dict[str, int] = {}
+        for name in names:
+            request = p4r.ReadRequest(device_id=self.device_id)
+            request.entities.add().table_entry.table_id = self.info.table(name).id
+            counts[name] = await self._count(request, f"table entries of {name}")
+        return counts
+
+    async def _count(self, request: p4r.ReadRequest, what: str) -> int:
+        stub = self._require_open(f"read {what}")
+        count = 0
+        try:
+            async for reply in stub.Read(request, timeout=self.rpc_timeout):
+                count += len(reply.entities)
+        except grpc.aio.AioRpcError as exc:
+            raise ReadError(f"{self._where()}: reading {what} failed: {_status_text(exc)}",
+                            switch=self.name, code=exc.code()) from None
+        return count
 
     async def read_keys(self, entries: Iterable[Entry]) -> list[Entry]:
         """The switch's entries at the keys of `entries` (their actions are not compared here);

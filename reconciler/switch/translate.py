@@ -30,11 +30,14 @@ from reconciler.snapshot import Entry, Value
 
 __all__ = [
     "TranslationError",
-    "election_id_proto",
+    "check_election_base",
     "describe_update",
+    "election_id_proto",
     "entry_to_proto",
     "proto_to_entry",
+    "split_election_id",
     "updates_to_requests",
+    "wire_election_id",
     "write_counts",
 ]
 
@@ -47,6 +50,39 @@ _PREFIX_LEN_RE = re.compile(r"^(0|[1-9][0-9]?)$")
 
 class TranslationError(ValueError):
     """An entry or message that does not fit the P4Info; the message names table and field."""
+
+
+ELECTION_BASE_LIMIT = 1 << 64  # the base election id (a leader term) is the high 64 bits
+
+
+def check_election_base(base: int) -> int:
+    """Validate a base election id (the Lease term, or --election-id): 1 .. 2**64-1."""
+    if isinstance(base, bool) or not isinstance(base, int):
+        raise TranslationError(f"election id must be an integer, got {base!r}")
+    if not 0 < base < ELECTION_BASE_LIMIT:
+        raise TranslationError(
+            f"election id {base} is not in 1 .. 2**64-1: it is the high 64 bits of the 128-bit "
+            "P4Runtime election id (the low 64 bits count fenced sessions within one term)"
+        )
+    return base
+
+
+def wire_election_id(base: int, counter: int) -> int:
+    """The 128-bit P4Runtime election id of a session: (base << 64) | counter.
+
+    `base` is the controller's term (Lease transitions + 1, or --election-id) and `counter`
+    grows with every session the process opens in that term, so a session opened to fence a
+    timed-out Write has a strictly higher id than the one that sent it, and still a lower one
+    than any session of the next term (base + 1). Compare wire ids as 128-bit integers."""
+    check_election_base(base)
+    if not 0 <= counter < 1 << 64:
+        raise TranslationError(f"fencing counter {counter} does not fit in 64 bits")
+    return (base << 64) | counter
+
+
+def split_election_id(election_id: int) -> tuple[int, int]:
+    """(base, counter) of a wire election id: the inverse of wire_election_id."""
+    return election_id >> 64, election_id & 0xFFFFFFFFFFFFFFFF
 
 
 def election_id_proto(election_id: int) -> p4r.Uint128:
