@@ -37,6 +37,14 @@ class ServiceChange:
     change: Literal["added", "removed", "changed"]
     old: ServiceSnapshot | None
     new: ServiceSnapshot | None
+    # The old snapshot name of a Service port that was renamed (ns/web -> ns/web:http when a
+    # second port is added): the same port of the same Service, so "changed", never removed.
+    renamed_from: str | None = None
+
+
+def port_identity(s: ServiceSnapshot) -> tuple[str, int, str]:
+    """A Service port whatever its snapshot name: (namespace/name, port, protocol)."""
+    return (s.service_key, s.port, s.protocol)
 
 
 @dataclass(frozen=True)
@@ -83,35 +91,59 @@ def diff_snapshots(old: Snapshot | None, new: Snapshot) -> SnapshotDiff:
     """The writes that turn a switch holding `old` (None: empty tables) into one holding `new`.
 
     Work is proportional to the Services that changed: unchanged Services (the same objects,
-    or equal ones) are skipped without generating their entries."""
+    or equal ones) are skipped without generating their entries. Writes are per entry (table,
+    key, action, parameters), so a Service port whose snapshot name changed but whose entries
+    did not costs no write; `services` reports it as "changed" with `renamed_from`."""
     old_services = old.by_name if old is not None else {}
     new_services = new.by_name
     changes: list[ServiceChange] = []
     before: list[Entry] = []
     after: list[Entry] = []
+    gone: list[ServiceSnapshot] = []
     for name in sorted(old_services.keys() | new_services.keys()):
         o, nw = old_services.get(name), new_services.get(name)
         if o is not None and nw is not None:
             if o is nw or o == nw:
                 continue
             changes.append(ServiceChange(name, "changed", o, nw))
+        elif nw is not None:
+            changes.append(ServiceChange(name, "added", o, nw))
         else:
-            changes.append(ServiceChange(name, "added" if o is None else "removed", o, nw))
+            gone.append(o)  # type: ignore[arg-type]
         if o is not None:
             for es in o.entries().values():
                 before.extend(es)
         if nw is not None:
             for es in nw.entries().values():
                 after.extend(es)
+    if gone:
+        # A Service port whose snapshot name changed (its Service gained or lost a port) is the
+        # same port: pair it with its new name. Its entries are compared like any others.
+        renamed: dict[tuple[str, int, str], list[ServiceSnapshot]] = {}
+        for o in gone:
+            renamed.setdefault(port_identity(o), []).append(o)
+        for i, c in enumerate(changes):
+            if c.change == "added" and c.new is not None and renamed.get(port_identity(c.new)):
+                o = renamed[port_identity(c.new)].pop(0)
+                changes[i] = ServiceChange(c.name, "changed", o, c.new, renamed_from=o.name)
+        changes += [ServiceChange(o.name, "removed", o, None) for os in renamed.values() for o in os]
+        changes.sort(key=lambda c: c.name)
     old_globals = old.global_entries if old is not None else ()
     if tuple(old_globals) != tuple(new.global_entries):
         before.extend(old_globals)
         after.extend(new.global_entries)
     # A service id that changes hands (unrelated snapshots, e.g. a rollback to other history):
     # only changed Services can give or take one, so only they are looked at.
-    old_owner = {c.old.service_id: c.name for c in changes if c.old is not None}
-    new_owner = {c.new.service_id: c.name for c in changes if c.new is not None}
-    taken_over = {sid for sid, name in new_owner.items() if old_owner.get(sid, name) != name}
+    # A renamed Service port is the same owner (port_identity), not a takeover.
+    old_owner = {c.old.service_id: c.old for c in changes if c.old is not None}
+    taken_over = {
+        c.new.service_id
+        for c in changes
+        if c.new is not None
+        and (o := old_owner.get(c.new.service_id)) is not None
+        and o.name != c.new.name
+        and port_identity(o) != port_identity(c.new)
+    }
     return SnapshotDiff(_phases(_keyed(before), _keyed(after), taken_over), tuple(changes))
 
 

@@ -195,6 +195,13 @@ class _Owners:
     def __init__(self, old: Snapshot | None, new: Snapshot) -> None:
         self.by_content: dict[tuple, set[str]] = {}
         self.allowed: dict[tuple[str, tuple], set[Content]] = {}  # (service, key) -> contents
+        # A Service port renamed between old and new (ns/web -> ns/web:http when a port is
+        # added) is one owner: its old entries count as the new name's.
+        alias: dict[str, str] = {}
+        if old is not None:
+            new_names = {(s.service_key, s.port, s.protocol): s.name for s in new.services}
+            for s in old.services:
+                alias[s.name] = new_names.get((s.service_key, s.port, s.protocol), s.name)
         for snap in (old, new):
             if snap is None:
                 continue
@@ -203,8 +210,9 @@ class _Owners:
                     k = (e.table, e.key)
                     if e.service is None:
                         continue
-                    self.by_content.setdefault((k, (e.action, e.args)), set()).add(e.service)
-                    self.allowed.setdefault((e.service, k), set()).add((e.action, e.args))
+                    owner = alias.get(e.service, e.service) if snap is old else e.service
+                    self.by_content.setdefault((k, (e.action, e.args)), set()).add(owner)
+                    self.allowed.setdefault((owner, k), set()).add((e.action, e.args))
 
     def of(self, key: tuple, content: Content) -> set[str]:
         return self.by_content.get((key, content), set())

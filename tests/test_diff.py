@@ -301,3 +301,28 @@ def test_diff_between_unrelated_snapshots_is_consistent(old_spec: dict, new_spec
     # Each snapshot rendered from scratch, so ids and VIPs change owners freely between them.
     old, new = _snapshot_of(old_spec, b_old), _snapshot_of(new_spec, b_new)
     reaches(old, new)
+
+
+def test_a_renamed_service_port_is_changed_not_removed() -> None:
+    # "web" gains a second port in the same change as a scale-up: its first port is renamed
+    # default/web -> default/web:http and its buckets move. Same owner: no withdrawal, no removal.
+    config = make_config()
+    one = make_service("web", ports=(("http", 80, "TCP"),))
+    v1 = do_render(config, make_cluster({one: {"node-0": 1}})).snapshot
+    two = make_service("web", ports=(("http", 80, "TCP"), ("admin", 8080, "TCP")))
+    v2 = do_render(config, make_cluster({two: {"node-0": 1, "node-1": 1}}), v1).snapshot
+    assert v2.by_name["default/web:http"].service_id == v1.by_name["default/web"].service_id
+    diff = reaches(v1, v2)
+    assert diff.phases[WITHDRAW] == ()
+    assert not [u for u in diff.updates() if u.kind == "DELETE"]
+    vip = v1.by_name["default/web"].entries()[n.VIP_TABLE][0]
+    assert not [u for u in diff.updates() if (u.entry.table, u.entry.key) == (vip.table, vip.key)], "the live VIP is rewritten"
+    changes = {c.name: (c.change, c.renamed_from) for c in diff.services}
+    assert changes == {"default/web:http": ("changed", "default/web"), "default/web:admin": ("added", None)}
+    # And back to one port: default/web:http -> default/web, the other port removed.
+    back = diff_snapshots(v2, do_render(config, make_cluster({one: {"node-0": 1, "node-1": 1}}), v2).snapshot)
+    assert {c.name: (c.change, c.renamed_from) for c in back.services} == {
+        "default/web": ("changed", "default/web:http"),
+        "default/web:admin": ("removed", None),
+    }
+    assert {u.entry.service for u in back.updates()} == {"default/web:admin"}

@@ -238,3 +238,50 @@ def test_event_repeats_fold_into_a_series(server: KubeApiServer, api: k8s.ApiCli
     events = {e["metadata"]["name"]: e for e in events_about(api, "web", "frontend")}
     assert events[first.name]["series"]["count"] == 2
     assert events[first.name]["eventTime"].endswith("Z") and len(events[first.name]["eventTime"].split(".")[1]) == 7
+
+
+def test_an_opt_in_value_that_means_nothing_gets_a_warning_event_once(server: KubeApiServer, api: k8s.ApiClient) -> None:
+    core = k8s.CoreV1Api(api)
+    accepted = 'is not an accepted value ("enabled", "disabled")'
+
+    async def go() -> None:
+        async with Harness(api) as h:
+            await h.reconcile()
+            vip = next(s.vip for s in h.previous.services if s.service_key == "web/api")
+            await h.until(SERVED)
+            # A person writes "true" on a served Service, and "yes" on one never served.
+            await asyncio.to_thread(
+                core.patch_namespaced_service, "api", "web", {"metadata": {"annotations": {"loadbalancer.k8s.io/p4kube": "true"}}}, _content_type=MERGE
+            )
+            await asyncio.to_thread(
+                core.patch_namespaced_service, "admin", "web", {"metadata": {"annotations": {"loadbalancer.k8s.io/p4kube": "yes"}}}, _content_type=MERGE
+            )
+            await h.until({"web/api", "web/admin"})
+            report = await h.reconcile()
+            warned = dict(report.warned)
+            assert warned["web/api"] == (
+                f"annotation loadbalancer.k8s.io/p4kube: 'true' {accepted}; kept as in v{h.previous.version} (last applied) until fixed"
+            )
+            assert warned["web/admin"] == f"annotation loadbalancer.k8s.io/p4kube: 'yes' {accepted}; not served"
+            # The typo keeps web/api served as it was: its status stays.
+            assert ingress(api, "web/api") == [{"ip": vip, "ipMode": "VIP"}]
+            assert "web/api" in {s.service_key for s in h.previous.services}
+            assert ingress(api, "web/admin") == []
+            assert (await h.reconcile()).warned == []  # once per distinct problem
+
+    run(go())
+    for name, value in (("api", "true"), ("admin", "yes")):
+        (event,) = [e for e in events_about(api, "web", name) if e["type"] == "Warning"]
+        assert event["reason"] == "InvalidOptIn" and f"'{value}' {accepted}" in event["note"]
+        assert event["regarding"]["kind"] == "Service"
+
+
+def test_a_kept_service_is_announced_once_across_versions() -> None:
+    from reconciler.kube.status import event_identity, issue_reason, warns
+    from reconciler.render import RenderIssue
+
+    msg = "requested IP 192.0.2.1 (spec.loadBalancerIP) is outside every vipPool; kept as in v{} (last applied) until fixed"
+    v7, v8 = (RenderIssue("web/api", msg.format(v), "error") for v in (7, 8))
+    assert event_identity(v7) == event_identity(v8)
+    assert issue_reason(v7) == "LoadBalancerIPUnavailable" and warns(v7)
+    assert not warns(RenderIssue("web/api", "no ready endpoints: VIP left to kube-proxy until replicas are ready"))

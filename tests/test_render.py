@@ -539,3 +539,292 @@ def test_a_service_in_automatic_fallback_keeps_its_vip() -> None:
     v4 = do_render(config, make_cluster({person: {"node-0": 1}, newcomer: {"node-1": 1}}), v3).snapshot
     v5 = do_render(config, make_cluster({person: {"node-0": 1}, newcomer: {"node-1": 1}, late: {"node-1": 1}}), v4).snapshot
     assert v5.by_name["default/late"].vip == vip
+
+
+# --- an error is never a removal (DESIGN.md 6.1) -------------------------------------------------------------
+
+
+def _kept(result: RenderResult, previous: Snapshot, name: str) -> RenderIssue:
+    """Asserts `name` is exactly as in `previous` and returns its one error issue."""
+    assert result.snapshot.by_name[name] == previous.by_name[name]
+    (issue,) = [i for i in result.issues if i.severity == "error" and i.service == name]
+    assert issue.message.endswith(f"; kept as in v{previous.version} (last applied) until fixed"), issue.message
+    return issue
+
+
+def _both(config: LoadBalancerConfig, c1: ClusterState, c2: ClusterState) -> tuple[Snapshot, RenderResult]:
+    """v1 from c1, then c2 rendered fully from v1; the incremental Renderer must agree."""
+    r = Renderer()
+    v1 = r.render(config, c1, None, p4info_digest=P4INFO_DIGEST).snapshot
+    full = do_render(config, c2, v1)
+    inc = r.render(config, c2, v1, p4info_digest=P4INFO_DIGEST)
+    assert inc.snapshot.to_json_text() == full.snapshot.to_json_text()
+    assert inc.issues == full.issues
+    return v1, full
+
+
+def test_requested_ip_outside_every_pool_keeps_the_last_applied_service() -> None:
+    config = make_config()
+    web, other = make_service("web"), make_service("other", node_port_base=30100)
+    c1 = make_cluster({web: {"node-0": 2}, other: {"node-1": 1}})
+    typo = dataclasses.replace(web, load_balancer_ip="192.0.2.50")
+    v1, result = _both(config, c1, make_cluster({typo: {"node-0": 2, "node-1": 1}, other: {"node-1": 1}}))
+    issue = _kept(result, v1, "default/web")
+    assert str(issue) == (
+        "default/web: requested IP 192.0.2.50 (spec.loadBalancerIP) is outside every vipPool; "
+        "kept as in v1 (last applied) until fixed"
+    )
+    # Nothing changed for the switches: same digest, same version.
+    assert result.snapshot.digest == v1.digest and result.snapshot.version == 1
+    # Its VIP stays held: a newcomer does not get it.
+    newcomer = make_service("aaa", node_port_base=30200)
+    c3 = make_cluster({typo: {"node-0": 2}, other: {"node-1": 1}, newcomer: {"node-2": 1}})
+    v3 = do_render(config, c3, result.snapshot).snapshot
+    assert v3.by_name["default/aaa"].vip not in {s.vip for s in v1.services}
+    # Fixed: served from the current inputs again.
+    fixed = do_render(config, make_cluster({web: {"node-0": 2, "node-1": 1}, other: {"node-1": 1}}), v3)
+    assert {b.node for b in fixed.snapshot.by_name["default/web"].backends} == {"node-0", "node-1"}
+    assert issues_of(fixed, "default/web") == []
+
+
+def test_requested_ip_taken_keeps_the_last_applied_service_until_it_is_free() -> None:
+    config = make_config()
+    holder, web = make_service("holder"), make_service("web", node_port_base=30100)
+    c1 = make_cluster({holder: {"node-0": 1}, web: {"node-1": 1}})
+    wants = dataclasses.replace(web, load_balancer_ip="203.0.113.10")  # the holder's
+    v1, v2 = _both(config, c1, make_cluster({holder: {"node-0": 1}, wants: {"node-1": 1}}))
+    assert v1.by_name["default/holder"].vip == "203.0.113.10"
+    assert "already in use by Service default/holder" in _kept(v2, v1, "default/web").message
+    # The holder goes: quarantined for one version, then the Service moves to it.
+    r = Renderer()
+    r.render(config, make_cluster({holder: {"node-0": 1}, wants: {"node-1": 1}}), v1, p4info_digest=P4INFO_DIGEST)
+    v3 = r.render(config, make_cluster({wants: {"node-1": 1}}), v2.snapshot, p4info_digest=P4INFO_DIGEST)
+    assert v3.snapshot.by_name["default/web"] == v1.by_name["default/web"]
+    assert "a Service removed in this same change" in issues_of(v3, "default/web")[0].message
+    v4 = r.render(config, make_cluster({wants: {"node-1": 1}}), v3.snapshot, p4info_digest=P4INFO_DIGEST)
+    assert v4.snapshot.by_name["default/web"].vip == "203.0.113.10" and v4.issues == ()
+
+
+def test_pool_exhausted_keeps_the_last_applied_service() -> None:
+    # The pool shrinks under a Service whose address it no longer covers, and is full.
+    web, other = make_service("web"), make_service("other", node_port_base=30100)
+    c1 = make_cluster({web: {"node-0": 1}, other: {"node-1": 1}})
+    v1 = do_render(make_config(pool_size=2), c1).snapshot
+    assert v1.by_name["default/web"].vip == "203.0.113.11"
+    result = do_render(make_config(pool_size=1), c1, v1)
+    issue = _kept(result, v1, "default/web")
+    assert "no free address left" in issue.message
+
+
+def test_port_without_node_port_keeps_that_port_only() -> None:
+    config = make_config()
+    web = make_service("web", ports=(("http", 80, "TCP"), ("dns", 53, "UDP")))
+    v1, result = _both(
+        config,
+        make_cluster({web: {"node-0": 1}}),
+        make_cluster(
+            {dataclasses.replace(web, ports=(web.ports[0], dataclasses.replace(web.ports[1], node_port=None))): {"node-0": 1, "node-1": 1}}
+        ),
+    )
+    issue = _kept(result, v1, "default/web:dns")
+    assert str(issue) == (
+        "default/web:dns: port has no nodePort (nodePort backend mode needs one); kept as in v1 (last applied) until fixed"
+    )
+    # The other port follows the cluster.
+    assert {b.node for b in result.snapshot.by_name["default/web:http"].backends} == {"node-0", "node-1"}
+
+
+def test_reverse_nat_conflict_keeps_the_last_applied_service() -> None:
+    # "b" gains a backend whose reverse_nat key (node IP, nodePort, TCP) "a" holds.
+    config = make_config()
+    a, b = make_service("a", node_port_base=30000), make_service("b", node_port_base=30000)
+    v1, result = _both(
+        config, make_cluster({a: {"node-0": 1}, b: {"node-1": 1}}), make_cluster({a: {"node-0": 1}, b: {"node-0": 1, "node-1": 1, "node-2": 1}})
+    )
+    assert "already serves default/a" in _kept(result, v1, "default/b").message
+    # When what is left is what it already was, it is simply served so (nothing is "kept").
+    same = do_render(config, make_cluster({a: {"node-0": 1}, b: {"node-0": 1, "node-1": 1}}), v1)
+    assert same.snapshot.by_name["default/b"] == v1.by_name["default/b"]
+    assert [i.message for i in issues_of(same, "default/b")] == ["backend 10.1.0.1:30000/TCP already serves default/a; left out"]
+    # A Service that was not served before is served without the contested backend, as before.
+    c = make_service("c", node_port_base=30000)
+    fresh = do_render(config, make_cluster({a: {"node-0": 1}, b: {"node-1": 1}, c: {"node-0": 1, "node-2": 1}}), v1)
+    assert [x.node for x in fresh.snapshot.by_name["default/c"].backends] == ["node-2"]
+    assert not any("kept as" in i.message for i in fresh.issues)
+
+
+def test_algorithm_error_keeps_the_last_applied_services() -> None:
+    web = make_service("web")
+    c1 = make_cluster({web: {"node-0": 1}})
+    v1 = do_render(make_config(), c1).snapshot
+    broken = dataclasses.replace(make_config(), algorithm="no-such-plugin")
+    result = do_render(broken, make_cluster({web: {"node-0": 1, "node-1": 1}}), v1)
+    assert "unknown bucket algorithm" in _kept(result, v1, "default/web").message
+
+
+def test_backend_id_space_exhausted_keeps_the_last_applied_service(monkeypatch: pytest.MonkeyPatch) -> None:
+    from reconciler.render import engine
+
+    monkeypatch.setattr(engine, "MAX_BACKEND_ID", 1)  # two backend ids
+    config = make_config()
+    web = make_service("web")
+    v1, result = _both(config, make_cluster({web: {"node-0": 1, "node-1": 1}}), make_cluster({web: {"node-0": 1, "node-1": 1, "node-2": 1}}))
+    assert "backend ids" in _kept(result, v1, "default/web").message
+
+
+def test_new_service_with_an_error_is_not_served() -> None:
+    config = make_config()
+    web = make_service("web")
+    v1 = do_render(config, make_cluster({web: {"node-0": 1}})).snapshot
+    bad = make_service("bad", node_port_base=30100, load_balancer_ip="192.0.2.9")
+    result = do_render(config, make_cluster({web: {"node-0": 1}, bad: {"node-1": 1}}), v1)
+    assert "default/bad" not in result.snapshot.by_name
+    (issue,) = issues_of(result, "default/bad")
+    assert issue.severity == "error" and "kept" not in issue.message
+
+
+@pytest.mark.parametrize(
+    "change",
+    ["deleted", "disabled", "no-annotation", "other-namespace", "auto-fallback", "cluster-ip"],
+)
+def test_real_removals_stay_removals(change: str) -> None:
+    from reconciler.cluster.model import FALLBACK_BY_ANNOTATION, OPT_IN_ANNOTATION
+
+    config = make_config(namespaces=["default"])
+    web, other = make_service("web"), make_service("other", node_port_base=30100)
+    v1 = do_render(config, make_cluster({web: {"node-0": 1}, other: {"node-1": 1}})).snapshot
+    changed = {
+        "disabled": dataclasses.replace(web, annotations=((OPT_IN_ANNOTATION, "disabled"),)),
+        "no-annotation": dataclasses.replace(web, annotations=()),
+        "other-namespace": make_service("web", namespace="elsewhere"),
+        "auto-fallback": dataclasses.replace(web, annotations=((FALLBACK_BY_ANNOTATION, "p4kube"), (OPT_IN_ANNOTATION, "disabled"))),
+        "cluster-ip": dataclasses.replace(web, type="ClusterIP"),
+    }.get(change)
+    services = {other: {"node-1": 1}} | ({changed: {"node-0": 1}} if changed is not None else {})
+    result = do_render(config, make_cluster(services), v1)
+    assert "default/web" not in result.snapshot.by_name
+    assert not any("kept as" in i.message for i in result.issues)
+
+
+@pytest.mark.parametrize("value", ["true", "yes", "Enabled"])
+def test_opt_in_value_that_means_nothing_is_a_warning(value: str) -> None:
+    from reconciler.cluster.model import OPT_IN_ANNOTATION
+
+    config = make_config()
+    web, other = make_service("web"), make_service("other", node_port_base=30100)
+    typo = dataclasses.replace(web, annotations=((OPT_IN_ANNOTATION, value),))
+    # Never served: not served now either, with a warning naming the value and the accepted ones.
+    fresh = do_render(config, make_cluster({typo: {"node-0": 1}, other: {"node-1": 1}}))
+    assert "default/web" not in fresh.snapshot.by_name
+    (issue,) = issues_of(fresh, "default/web")
+    assert issue.severity == "warning"
+    assert issue.message == (
+        f'annotation loadbalancer.k8s.io/p4kube: {value!r} is not an accepted value ("enabled", "disabled"); not served'
+    )
+    # Served before: a person's typo keeps it as it was, with the warning.
+    v1, kept = _both(config, make_cluster({web: {"node-0": 1}, other: {"node-1": 1}}), make_cluster({typo: {"node-0": 1, "node-1": 1}, other: {"node-1": 1}}))
+    assert kept.snapshot.by_name["default/web"] == v1.by_name["default/web"]
+    (issue,) = issues_of(kept, "default/web")
+    assert issue.severity == "warning"
+    assert str(issue) == (
+        f'default/web: annotation loadbalancer.k8s.io/p4kube: {value!r} is not an accepted value ("enabled", "disabled"); '
+        "kept as in v1 (last applied) until fixed"
+    )
+
+
+def test_kept_issue_names_the_version_it_was_rendered_from() -> None:
+    # Kept across versions: the message follows `previous`, incremental or not.
+    config = make_config()
+    web, other = make_service("web"), make_service("other", node_port_base=30100)
+    typo = dataclasses.replace(web, load_balancer_ip="192.0.2.50")
+    r = Renderer()
+    v1 = r.render(config, make_cluster({web: {"node-0": 1}, other: {"node-1": 1}}), None, p4info_digest=P4INFO_DIGEST).snapshot
+    c2 = make_cluster({typo: {"node-0": 1}, other: {"node-1": 1}})
+    v2 = r.render(config, c2, v1, p4info_digest=P4INFO_DIGEST)
+    c3 = make_cluster({typo: {"node-0": 1}, other: {"node-1": 2}})
+    v3 = r.render(config, c3, v2.snapshot, p4info_digest=P4INFO_DIGEST)
+    c4 = make_cluster({typo: {"node-0": 1}, other: {"node-1": 3}})
+    v4 = r.render(config, c4, v3.snapshot, p4info_digest=P4INFO_DIGEST)
+    assert v3.snapshot.version == 2 and v4.snapshot.version == 3
+    assert issues_of(v4, "default/web")[0].message.endswith("kept as in v2 (last applied) until fixed")
+    assert v4.issues == do_render(config, c4, v3.snapshot).issues
+
+
+# --- a Service port keeps its identity when its Service's ports change -------------------------------------------
+
+
+def _entries(s: object) -> dict:
+    """A snapshot service's entries as the switch holds them: (table, key) -> (action, args)."""
+    return {(e.table, e.key): (e.action, e.args) for es in s.entries().values() for e in es}  # type: ignore[attr-defined]
+
+
+def test_adding_a_port_keeps_the_first_ports_entries() -> None:
+    from reconciler.diff import diff_snapshots
+    from reconciler.plan import ConfigPlan, format_text, summary_counts
+
+    config = make_config()
+    web = make_service("web", ports=(("http", 80, "TCP"),))
+    other = make_service("aaa", node_port_base=30100)
+    c1 = make_cluster({web: {"node-0": 2, "node-1": 1}, other: {"node-2": 1}})
+    two = make_service("web", ports=(("http", 80, "TCP"), ("metrics", 9100, "TCP")))
+    c2 = make_cluster({two: {"node-0": 2, "node-1": 1}, other: {"node-2": 1}})
+    v1, result = _both(config, c1, c2)
+    v2 = result.snapshot
+    before, after = v1.by_name["default/web"], v2.by_name["default/web:http"]
+    assert (after.service_id, after.vip, after.assignment, after.backends) == (before.service_id, before.vip, before.assignment, before.backends)
+    assert _entries(after) == _entries(before)
+    assert v2.by_name["default/web:metrics"].service_id not in {s.service_id for s in v1.services}
+    diff = diff_snapshots(v1, v2)
+    first = set(_entries(before))
+    touched = [u for u in diff.updates() if (u.entry.table, u.entry.key) in first]
+    assert touched == [], f"writes for the existing port: {[(u.kind, u.entry.table, u.entry.key) for u in touched]}"
+    assert {u.kind for u in diff.updates()} == {"INSERT"}  # the new port only
+    assert {(c.name, c.change, c.renamed_from) for c in diff.services} == {
+        ("default/web:http", "changed", "default/web"),
+        ("default/web:metrics", "added", None),
+    }
+    plan = ConfigPlan(config.key, v1, v2, diff, result.issues)
+    assert summary_counts([plan])["removed"] == 0
+    assert "- default/web" not in format_text([plan]) and "to remove" in format_text([plan])
+    assert "0 to remove" in format_text([plan])
+
+
+def _node_ports(svc: object, node_ports: dict[int, int]) -> object:
+    """The Service with nodePorts by port number (the API server keeps a port's nodePort)."""
+    return dataclasses.replace(svc, ports=tuple(dataclasses.replace(p, node_port=node_ports[p.port]) for p in svc.ports))  # type: ignore
+
+
+def test_removing_or_renaming_a_port_keeps_the_other_ports() -> None:
+    from reconciler.diff import diff_snapshots
+
+    config = make_config()
+    node_ports = {80: 30080, 53: 30053, 443: 30443}
+    three = _node_ports(make_service("web", ports=(("http", 80, "TCP"), ("dns", 53, "UDP"), ("https", 443, "TCP"))), node_ports)
+    v1 = do_render(config, make_cluster({three: {"node-0": 1, "node-1": 2}})).snapshot
+    # "https" renamed "tls" (same number and protocol), "dns" removed.
+    two = _node_ports(make_service("web", ports=(("http", 80, "TCP"), ("tls", 443, "TCP"))), node_ports)
+    v2 = do_render(config, make_cluster({two: {"node-0": 1, "node-1": 2}}), v1).snapshot
+    assert _entries(v2.by_name["default/web:http"]) == _entries(v1.by_name["default/web:http"])
+    assert _entries(v2.by_name["default/web:tls"]) == _entries(v1.by_name["default/web:https"])
+    diff = diff_snapshots(v1, v2)
+    assert {u.entry.service for u in diff.updates()} == {"default/web:dns"}
+    assert {u.kind for u in diff.updates()} == {"DELETE"}
+    # Down to one port: its name becomes "default/web", its entries stay.
+    one = _node_ports(make_service("web", ports=(("tls", 443, "TCP"),)), node_ports)
+    v3 = do_render(config, make_cluster({one: {"node-0": 1, "node-1": 2}}), v2).snapshot
+    assert [s.name for s in v3.services] == ["default/web"]
+    assert _entries(v3.by_name["default/web"]) == _entries(v1.by_name["default/web:https"])
+    assert {u.entry.service for u in diff_snapshots(v2, v3).updates()} == {"default/web:http"}
+
+
+def test_ports_swapping_names_keep_their_entries() -> None:
+    config = make_config()
+    web = make_service("web", ports=(("a", 80, "TCP"), ("b", 81, "TCP")))
+    v1 = do_render(config, make_cluster({web: {"node-0": 1}})).snapshot
+    swapped = make_service("web", ports=(("b", 80, "TCP"), ("a", 81, "TCP")))  # same nodePorts by number
+    v2 = do_render(config, make_cluster({swapped: {"node-0": 1}}), v1).snapshot
+    assert _entries(v2.by_name["default/web:b"]) == _entries(v1.by_name["default/web:a"])
+    assert _entries(v2.by_name["default/web:a"]) == _entries(v1.by_name["default/web:b"])
+    from reconciler.diff import diff_snapshots
+
+    assert diff_snapshots(v1, v2).empty

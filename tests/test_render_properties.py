@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, replace
 
 from helpers_render import (
     P4INFO_DIGEST,
+    POOL_FIRST,
     apply_diff,
     do_render,
     endpoints_for,
@@ -26,7 +27,7 @@ from helpers_render import (
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from reconciler.cluster.model import ClusterState, Node
+from reconciler.cluster.model import OPT_IN_ANNOTATION, ClusterState, Node, Service
 from reconciler.diff import diff_snapshots
 from reconciler.intent.model import LoadBalancerConfig
 from reconciler.render import Renderer
@@ -43,6 +44,14 @@ topology_ops = [
     st.tuples(st.just("add_node"), st.integers(0, 20), st.integers(1, 3)),
     st.tuples(st.just("remove_node"), st.integers(0, 20)),
 ]
+# Errors a person or the cluster can cause on one Service, and their fixes: an error must never
+# take a Service that the previous snapshot has off the switches (DESIGN.md 6.1).
+FAULTS = ("outside", "taken", "optin", "noport", "clash")
+error_ops = [
+    st.tuples(st.just("break"), st.integers(0, 20), st.sampled_from(FAULTS)),
+    st.tuples(st.just("fix"), st.integers(0, 20)),
+    st.tuples(st.just("ports"), st.integers(0, 20), st.integers(1, 3)),
+]
 connections_op = st.tuples(
     st.just("connections"), st.integers(0, 20), st.dictionaries(st.integers(0, 5), st.integers(0, 40), max_size=3)
 )
@@ -58,6 +67,8 @@ class Model:
     next_service: int = 0
     connections: dict[str, dict[str, int]] = field(default_factory=dict)
     backend_mode: str = "nodePort"
+    faults: dict[str, str] = field(default_factory=dict)  # Service name -> one of FAULTS
+    ports: dict[str, int] = field(default_factory=dict)  # Service name -> port count (default 1)
 
     def add_service(self, per_node: dict[int, int]) -> str:
         name = f"svc-{self.next_service}"
@@ -75,13 +86,30 @@ class Model:
         services, endpoints = {}, {}
         for name, per_node in self.services.items():
             index = int(name.split("-")[1])
-            svc = make_service(name, node_port_base=30000 + index)
+            svc = self.service(name, index)
             services[svc.key] = svc
             eps = endpoints_for(svc, per_node, ip_base=1 + 1000 * index)
             if eps:
                 endpoints[svc.key] = eps
         nodes = {n: Node(n, node_ip(int(n.split("-")[1]))) for n in self.nodes}
         return ClusterState(services=services, endpoints=endpoints, nodes=nodes, resource_version=str(rv))
+
+    def service(self, name: str, index: int) -> Service:
+        ports = (("", 80, "TCP"),) if self.ports.get(name, 1) == 1 else tuple(
+            (f"p{port}", port, proto) for port, proto in ((80, "TCP"), (53, "UDP"), (443, "TCP"))[: self.ports[name]]
+        )
+        fault = self.faults.get(name)
+        svc = make_service(
+            name,
+            ports=ports,
+            node_port_base=30000 + (0 if fault == "clash" else 10 * index),  # "clash": svc-0's nodePorts
+            load_balancer_ip={"outside": "192.0.2.1", "taken": POOL_FIRST}.get(fault or ""),
+        )
+        if fault == "optin":
+            svc = replace(svc, annotations=((OPT_IN_ANNOTATION, "Enabled"),))
+        if fault == "noport":
+            svc = replace(svc, ports=tuple(replace(p, node_port=None) for p in svc.ports))
+        return svc
 
     def apply(self, op: tuple) -> set[str]:
         """Apply one change; returns the Service keys it touched."""
@@ -99,6 +127,8 @@ class Model:
             name = names[op[1] % len(names)]
             del self.services[name]
             self.connections.pop(f"default/{name}", None)
+            self.faults.pop(name, None)
+            self.ports.pop(name, None)
             return {f"default/{name}"}
         if kind == "add_node":
             node = self.add_node()
@@ -118,6 +148,15 @@ class Model:
                 if conns.pop(node, None) is not None:
                     touched.add(key)
             return touched
+        if kind in ("break", "fix", "ports") and names:
+            name = names[op[1] % len(names)]
+            if kind == "break":
+                self.faults[name] = op[2]
+            elif kind == "fix":
+                self.faults.pop(name, None)
+            else:
+                self.ports[name] = op[2]
+            return {f"default/{name}"}
         if kind == "connections" and names:
             key = f"default/{names[op[1] % len(names)]}"
             new = {self.nodes[i % len(self.nodes)]: c for i, c in op[2].items()} if self.nodes else {}
@@ -132,7 +171,7 @@ class Model:
 
 @st.composite
 def scenarios(
-    draw: st.DrawFn, pool_size: int = 64, connections: bool = False
+    draw: st.DrawFn, pool_size: int = 64, connections: bool = False, errors: bool = False
 ) -> tuple[LoadBalancerConfig, Model, list[tuple]]:
     if connections:
         algorithm, mode = "least-connections", "nodePort"
@@ -146,7 +185,7 @@ def scenarios(
         model.add_node()
     for per_node in draw(st.lists(replicas_st, max_size=5)):
         model.add_service(per_node)
-    op_st = st.one_of(*topology_ops, *([connections_op] * 3 if connections else []))
+    op_st = st.one_of(*topology_ops, *([connections_op] * 3 if connections else []), *(error_ops * 2 if errors else []))
     ops = draw(st.lists(op_st, min_size=1, max_size=7))
     return config, model, ops
 
@@ -187,6 +226,25 @@ def check_snapshot(snap: Snapshot, *, document: bool = False) -> None:
             assert abs(b.buckets - exact) < 1, f"{s.name} {b.node}: {b.buckets} buckets, exact share {exact:.2f}"
 
 
+def check_no_error_removes(model: Model, previous: Snapshot, new: Snapshot) -> None:
+    """Every Service port of `previous` that still exists (its Service, and a port with its
+    number and protocol) is in `new`, whatever errors its Service has now: only a deletion
+    removes. (Not checked for a Service that moved to another VIP in this render: a failing
+    port cannot stay on an address its Service no longer holds.)"""
+    now = {(s.service_key, s.port, s.protocol): s for s in new.services}
+    vips = {s.service_key: s.vip for s in new.services}
+    for s in previous.services:
+        name = s.service_key.split("/", 1)[1]
+        if name not in model.services:
+            continue
+        ports = model.service(name, int(name.split("-")[1])).ports
+        if (s.port, s.protocol) not in {(p.port, p.protocol) for p in ports}:
+            continue
+        if vips.get(s.service_key, s.vip) != s.vip:
+            continue
+        assert (s.service_key, s.port, s.protocol) in now, f"{s.name} ({s.port}/{s.protocol}) left the switches: {model.faults}"
+
+
 def check_sequence(config: LoadBalancerConfig, model: Model, ops: list[tuple], *, documents: bool = False) -> None:
     model = copy.deepcopy(model)  # explicit @examples are shared objects
     told, guessing = Renderer(), Renderer()
@@ -215,6 +273,7 @@ def check_sequence(config: LoadBalancerConfig, model: Model, ops: list[tuple], *
         assert held == switch_of(new), f"step {step} {op}: diff does not reach the new snapshot"
         assert diff.empty == (held == switch_of(previous))
         check_snapshot(new, document=documents and step == len(ops) + 1)
+        check_no_error_removes(model, previous, new)
         for name, moved, minimum in moved_buckets(previous, new):
             assert moved == minimum, f"step {step} {op}: {name} moved {moved} buckets, the minimum is {minimum}"
         previous = inc.snapshot
@@ -230,6 +289,19 @@ def _model(services: dict[str, dict[str, int]], nodes: int) -> Model:
     return Model(
         nodes=[f"node-{i}" for i in range(nodes)], services=services, next_node=nodes, next_service=len(services)
     )
+
+
+@props
+@given(scenarios(pool_size=6, errors=True))
+# A VIP outside the pools, then a second port added while it is kept.
+@example((make_config(buckets=4), _model({"svc-0": {"node-0": 1}}, 1), [("break", 0, "outside"), ("ports", 0, 2), ("fix", 0)]))
+# svc-1 asks for svc-0's VIP, which is freed when svc-0 goes.
+@example((make_config(buckets=4), _model({"svc-0": {"node-0": 1}, "svc-1": {"node-0": 1}}, 1), [("break", 1, "taken"), ("remove_service", 0), ("scale", 0, 0, 2)]))
+def test_incremental_render_equals_full_render_with_errors(scenario: tuple[LoadBalancerConfig, Model, list[tuple]]) -> None:
+    # Requested IPs outside the pools or taken, opt-in typos, ports without nodePort, nodePorts
+    # of another Service (reverse_nat conflicts), ports added and removed: the Services that
+    # have them keep what the previous snapshot has, and incremental stays equal to full.
+    check_sequence(*scenario, documents=True)
 
 
 @props

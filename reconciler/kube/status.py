@@ -9,8 +9,10 @@ what keeps a fallen-back Service reachable on its VIP. So:
 - a Service that is no longer p4kube's (not served, not in automatic fallback) loses the
   ingress p4kube wrote; p4kube's ownership is read from managedFields (manager "p4kube" on the
   status subresource), so another load balancer's status is never cleared;
-- a Service render refused (its requested IP is outside the pools or taken, ...) gets a
-  Warning Event with render's message, once per distinct problem while it lasts.
+- a Service render refused (its requested IP is outside the pools or taken, ...) or kept from
+  the last applied snapshot because of such a problem, and a Service whose opt-in annotation
+  value is neither "enabled" nor "disabled", gets a Warning Event with render's message, once
+  per distinct problem while it lasts.
 
 Writes go to the status subresource as JSON merge patches under field manager "p4kube" (a status
 sent to the main resource is silently dropped: fixture 07), and only when the ingress differs:
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
@@ -32,6 +35,7 @@ from reconciler.fallback import is_auto_fallback
 from reconciler.kube.client import FIELD_MANAGER, MERGE_PATCH, KubeError, call_json
 from reconciler.kube.events import EventRecorder, ObjectRef
 from reconciler.render.engine import RenderIssue
+from reconciler.render.select import INVALID_OPT_IN
 from reconciler.snapshot import Snapshot
 
 log = logging.getLogger(__name__)
@@ -88,6 +92,21 @@ def status_patch(ingress: Ingress) -> dict[str, object]:
     return {"status": {"loadBalancer": {"ingress": [{"ip": ip, "ipMode": "VIP"} for ip in ingress]}}}
 
 
+def warns(issue: RenderIssue) -> bool:
+    """Whether a render issue is sent as a Warning Event on its Service: every error, and an
+    opt-in annotation value that means nothing (a typo that would otherwise go unseen)."""
+    return issue.severity == "error" or issue.message.startswith(INVALID_OPT_IN)
+
+
+_KEPT_VERSION = re.compile(r"kept as in v\d+ ")
+
+
+def event_identity(issue: RenderIssue) -> str:
+    """The problem an issue names, for sending it once: "kept as in v7" and "kept as in v8" are
+    the same problem seen from two snapshots."""
+    return _KEPT_VERSION.sub("kept as in the last applied version ", issue.message)
+
+
 def issue_service_key(issue: RenderIssue) -> str | None:
     """The Service a render issue is about ("ns/name:port" entries name their Service)."""
     if not issue.service or "/" not in issue.service:
@@ -97,6 +116,8 @@ def issue_service_key(issue: RenderIssue) -> str | None:
 
 def issue_reason(issue: RenderIssue) -> str:
     """The Event reason for a refused Service."""
+    if issue.message.startswith(INVALID_OPT_IN):
+        return "InvalidOptIn"
     if issue.message.startswith("requested IP"):
         return "LoadBalancerIPUnavailable"
     if "VIP pool" in issue.message or "auto-assign" in issue.message:
@@ -186,14 +207,16 @@ class ServiceStatusWriter:
         current: dict[str, set[RenderIssue]] = {}
         for issue in issues:
             key = issue_service_key(issue)
-            if issue.severity == "error" and key is not None and key in cluster.services:
+            if warns(issue) and key is not None and key in cluster.services:
                 current.setdefault(key, set()).add(issue)
         for key in sorted(current):
             sent = self._warned.get(key, frozenset())
             for issue in sorted(current[key], key=lambda i: i.message):
-                if issue.message in sent:
+                if event_identity(issue) in sent:
                     continue
-                await self._events.emit(ObjectRef.service(key), "Warning", issue_reason(issue), "AssignVIP", str(issue))
+                reason = issue_reason(issue)
+                action = "SelectService" if reason == "InvalidOptIn" else "AssignVIP"
+                await self._events.emit(ObjectRef.service(key), "Warning", reason, action, str(issue))
                 report.warned.append((key, issue.message))
         # Problems that went away may warn again if they come back.
-        self._warned = {k: frozenset(i.message for i in v) for k, v in current.items()}
+        self._warned = {k: frozenset(event_identity(i) for i in v) for k, v in current.items()}

@@ -110,6 +110,7 @@ class Pool(Generic[V]):
         self.owner_of: dict[V, Hashable] = {}
         self.value_of: dict[Hashable, V] = {}
         self._quarantine: set[V] = set()
+        self.released_log: list[V] = []  # values released in this render, in order
         self._heap: list[int] = []
         self._hwm = 0
 
@@ -127,6 +128,7 @@ class Pool(Generic[V]):
 
     def begin_render(self) -> None:
         self._quarantine.clear()
+        self.released_log.clear()
 
     @property
     def released_this_render(self) -> bool:
@@ -152,6 +154,34 @@ class Pool(Generic[V]):
         if v is not None:
             del self.owner_of[v]
             self._quarantine.add(v)
+            self.released_log.append(v)
+
+    def unallocate(self, owner: Hashable) -> None:
+        """Undo an allocation made in this render that is not kept (a failed attempt): the value
+        is free again at once, without quarantine, as if it had never been handed out (a full
+        render that never made the attempt must produce the same allocations)."""
+        v = self.value_of.pop(owner, None)
+        if v is None:
+            return
+        del self.owner_of[v]
+        i = self.space.index_of(v)
+        if i is not None and i < self._hwm:
+            heapq.heappush(self._heap, i)
+
+    def restore(self, owner: Hashable, value: V) -> None:
+        """Give back to `owner` the value it released earlier in this same render."""
+        if value in self._quarantine and value not in self.owner_of and owner not in self.value_of:
+            self._quarantine.discard(value)
+            self.owner_of[value] = owner
+            self.value_of[owner] = value
+
+    def rekey(self, mapping: dict[Hashable, Hashable]) -> None:
+        """Move values from old owners to new ones (a renamed owner keeps what it holds). All old
+        owners are detached first, so owners may swap names."""
+        moved = [(new, self.value_of.pop(old)) for old, new in mapping.items() if old in self.value_of]
+        for new, v in moved:
+            self.owner_of[v] = new
+            self.value_of[new] = v
 
     def is_free_for(self, owner: Hashable, value: V) -> bool:
         holder = self.owner_of.get(value)

@@ -4,12 +4,23 @@
 next render redoes only the Services whose inputs changed: the controller tells which ones
 (`changed=`), or the renderer compares each Service's inputs itself. Either way the output is
 byte-identical to a full render from the same previous snapshot; tests hold it to that.
+
+An error is never a removal (DESIGN.md 6.1): a Service (port) that the previous snapshot has and
+that now hits an error (its VIP, a nodePort, a reverse_nat key, an id space, its algorithm, a
+meaningless opt-in value) keeps that snapshot's service, with all it holds, and an issue says
+"kept as in v<N> (last applied) until fixed". Only a decision removes: the Service deleted,
+disabled, no longer selected, fallen back, or without an address.
+
+A Service port keeps its identity (service id, backend ids, buckets, hence its exact entries)
+when its snapshot name changes because its Service gained, lost or renamed a port.
 """
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Iterable, Mapping
 
 from ..cluster.model import ClusterState, Service, ServicePort
@@ -32,7 +43,9 @@ class RenderIssue:
 
     service: str | None
     message: str
-    severity: str = "warning"  # "error": the Service is not served; "warning": served, note this
+    # "error": the Service is not served, or (when the message says "kept as in v<N>") it keeps
+    # what the last applied snapshot v<N> has for it; "warning": served, note this.
+    severity: str = "warning"
 
     def __str__(self) -> str:
         return f"{self.service}: {self.message}" if self.service else self.message
@@ -54,6 +67,9 @@ class _KeyState:
     fingerprint: object
     names: tuple[str, ...]  # snapshot service names produced for this Service key
     issues: tuple[RenderIssue, ...]
+    # Indices of `issues` whose Service (port) keeps its entries from the last snapshot; their
+    # message names that snapshot's version, which only the render's `previous` knows.
+    kept: frozenset[int] = frozenset()
 
 
 @dataclass
@@ -128,14 +144,38 @@ class Renderer:
         touched: list[str] = []
         # Services that left go first, so what they held is quarantined before anyone asks for
         # it: the outcome and its message must not depend on how names sort.
+        leavers, stayers = [], []
         for key in sorted(todo):
             svc = cluster.services.get(key)
-            if svc is None or selection(config, svc) is not None:
-                touched.extend(_render_key(st, config, cluster, key, connections))
-        for key in sorted(todo):
-            svc = cluster.services.get(key)
-            if svc is not None and selection(config, svc) is None:
-                touched.extend(_render_key(st, config, cluster, key, connections))
+            (leavers if svc is None or selection(config, svc) is not None else stayers).append(key)
+        done: set[str] = set()
+        releases = _Releases(st)
+        for key in leavers:
+            touched.extend(_render_key(st, config, cluster, key, connections))
+            done.add(key)
+        # A Service refused for a value released in this render is rendered again in its place
+        # among the others, as a full render would: it sees the value quarantined ("free from
+        # the next version"), not held by its former holder.
+        heap, pending = stayers, set(stayers)  # sorted: already a heap
+
+        def retry_after(key: str) -> None:
+            """Queue the refused Services sorting after `key` that wait for what was just released."""
+            marks = releases.new_marks(st)
+            if not marks or not st.retry_keys:
+                return
+            for k, wants in st.retry_keys.items():
+                if k > key and k not in done and k not in pending and not wants.isdisjoint(marks):
+                    svc = cluster.services.get(k)
+                    if svc is not None and selection(config, svc) is None:
+                        heapq.heappush(heap, k)
+                        pending.add(k)
+
+        retry_after("")
+        while heap:
+            key = heapq.heappop(heap)
+            touched.extend(_render_key(st, config, cluster, key, connections))
+            done.add(key)
+            retry_after(key)
         # What this render released: each reverse_nat key and VIP by value (a Service waits for
         # one particular value), and each kind as a whole (a Service waits for a full space).
         freed: set[tuple] = {("reverse", k) for k in st.reverse_released}
@@ -170,8 +210,8 @@ class Renderer:
             else:
                 snap = snap.with_version(previous.version + 1)
         st.base = snap
-        issues = tuple(i for k in sorted(st.issue_keys) for i in st.keys[k].issues)
-        return RenderResult(snap, issues, frozenset(todo), is_changed)
+        issues = tuple(_issues(st, previous))
+        return RenderResult(snap, issues, frozenset(done), is_changed)
 
 
 def render(
@@ -190,6 +230,53 @@ def render(
 
 
 # --- internals --------------------------------------------------------------------------------
+
+
+class _Releases:
+    """What this render has released so far (VIPs, ids, reverse_nat keys), read incrementally."""
+
+    def __init__(self, st: _State) -> None:
+        self.seen = self._counts(st)
+
+    @staticmethod
+    def _counts(st: _State) -> tuple[int, int, int, int]:
+        return (len(st.vips.released_log), len(st.service_ids.released_log), len(st.backend_ids.released_log), len(st.reverse_released))
+
+    def new_marks(self, st: _State) -> set[tuple]:
+        """(kind, value) and (kind, None) for what was released since the last call."""
+        now = self._counts(st)
+        if now == self.seen:
+            return set()
+        marks: set[tuple] = set()
+        if now[0] > self.seen[0]:
+            marks.add(("vip", None))
+            marks.update(("vip", v) for v in st.vips.released_log[self.seen[0] :])
+        if now[1] > self.seen[1]:
+            marks.add(("service-id", None))
+        if now[2] > self.seen[2]:
+            marks.add(("backend-id", None))
+        if now[3] > self.seen[3]:
+            marks.update(("reverse", k) for k in itertools.islice(st.reverse_released, self.seen[3], None))
+        self.seen = now
+        return marks
+
+
+def _issues(st: _State, previous: Snapshot | None) -> Iterable[RenderIssue]:
+    for k in sorted(st.issue_keys):
+        ks = st.keys[k]
+        if not ks.kept:
+            yield from ks.issues
+            continue
+        version = previous.version if previous is not None else 0
+        for index, issue in enumerate(ks.issues):
+            if index in ks.kept:
+                issue = RenderIssue(issue.service, f"{issue.message}{kept_suffix(version)}", issue.severity)
+            yield issue
+
+
+def kept_suffix(version: int) -> str:
+    """What an issue says of a Service (port) kept from the last applied snapshot."""
+    return f"; kept as in v{version} (last applied) until fixed"
 
 
 def _fresh_state(config: LoadBalancerConfig, p4info_digest: str, previous: Snapshot | None) -> _State:
@@ -301,30 +388,44 @@ def _render_key(
         _set_key(st, key, None)
         return []
     issues: list[RenderIssue] = []
+    kept: set[int] = set()  # indices of issues whose Service (port) is kept from the last snapshot
     fingerprint = _fingerprint(cluster, key, connections)
     skip = selection(config, svc)
     if skip is not None:
+        if skip.keep and _previous_names(st, key):
+            # A person's typo (an opt-in value that means nothing) is an error, not a removal.
+            issues.append(RenderIssue(key, skip.reason, skip.severity))
+            return _keep_key(st, key, fingerprint, issues, {0})
         # A Service in p4kube's automatic fallback keeps its VIP: kube-proxy serves it from the
         # Service's status meanwhile, and it comes back to the switches on the same address.
         _drop_key(st, key, keep=set(), keep_vip=svc.auto_fallback)
         if svc.auto_fallback:
             _reserve_vip(st, svc)
         if skip.severity:
-            issues.append(RenderIssue(key, skip.reason, skip.severity))
+            reason = f"{skip.reason}; not served" if skip.keep else skip.reason
+            issues.append(RenderIssue(key, reason, skip.severity))
         _set_key(st, key, _KeyState(fingerprint, (), tuple(issues)))
         return []
 
     vip = _choose_vip(st, svc, issues)
+    if vip is None:
+        if _previous_names(st, key):  # every port keeps its last applied entries, on its VIP
+            return _keep_key(st, key, fingerprint, issues, set(range(len(issues))))
+        st.vips.release(key)
     produced: dict[str, ServiceSnapshot] = {}
     if vip is not None:
-        for port in svc.ports:
-            snap_svc = _render_port(st, config, cluster, svc, port, vip, connections, issues)
+        names = [entry_name(svc, port) for port in svc.ports]
+        _follow_renames(st, key, svc, names)
+        for port, name in zip(svc.ports, names):
+            snap_svc = _render_port(st, config, cluster, svc, port, name, vip, connections, issues, kept)
             if snap_svc is not None:
                 produced[snap_svc.name] = snap_svc
     # Release what this Service no longer uses, then record what it produces now.
     _drop_key(st, key, keep=set(produced))
     for name, s in produced.items():
         old = st.services.get(name)
+        if s is old:
+            continue
         if s != old:
             check_service_schema(s)
         if old is not None:
@@ -334,26 +435,96 @@ def _render_key(
                 if k not in now or old.backend_mode != s.backend_mode:
                     st.backend_ids.release((name, k))
         st.services[name] = s
-    _set_key(st, key, _KeyState(fingerprint, tuple(sorted(produced)), tuple(issues)))
+    _set_key(st, key, _KeyState(fingerprint, tuple(sorted(produced)), tuple(issues), frozenset(kept)))
     return list(produced)
 
 
+def _service_of(name: str) -> str:
+    """namespace/name of the Service a snapshot name belongs to."""
+    return name.split(":", 1)[0]
+
+
+def _previous_names(st: _State, key: str) -> tuple[str, ...]:
+    """The snapshot names Service `key` has in the last snapshot (this render's previous)."""
+    ks = st.keys.get(key)
+    return ks.names if ks is not None else ()
+
+
+def _keep_key(st: _State, key: str, fingerprint: object, issues: list[RenderIssue], kept: set[int]) -> list[str]:
+    """Keep every snapshot service of `key` exactly as the last snapshot has it, with all it holds."""
+    names = _previous_names(st, key)
+    _set_key(st, key, _KeyState(fingerprint, names, tuple(issues), frozenset(kept)))
+    return list(names)
+
+
+def _follow_renames(st: _State, key: str, svc: Service, names: list[str]) -> None:
+    """Give each port the snapshot service it had before, whatever its name becomes.
+
+    A Service's snapshot names depend on its port count (ns/name, or ns/name:port), so adding,
+    removing or renaming a port renames the others. A port that existed before (same number and
+    protocol; else the same name) keeps its service id, backend ids, reverse_nat keys and bucket
+    assignment under its new name: its table entries stay byte-identical, and the diff, which
+    compares entries, writes nothing for it. Ports that are gone are released here."""
+    ks = st.keys.get(key)
+    if ks is None or not ks.names:
+        return
+    olds = {name: st.services[name] for name in ks.names if name in st.services}
+    if all(name in olds for name in names) and len(olds) == len(names):
+        same = all((olds[nm].port, olds[nm].protocol) == (p.port, p.protocol) for nm, p in zip(names, svc.ports))
+        if same:
+            return  # the common case: nothing renamed
+    by_ident = {(s.port, s.protocol): name for name, s in olds.items()}
+    pred: dict[str, str] = {}  # new name -> old name
+    used: set[str] = set()
+    for port, name in zip(svc.ports, names):
+        old = by_ident.get((port.port, port.protocol))
+        if old is not None and old not in used:
+            pred[name] = old
+            used.add(old)
+    for name in names:
+        if name not in pred and name in olds and name not in used:
+            pred[name] = name
+            used.add(name)
+    gone = [name for name in ks.names if name not in used]
+    if gone:
+        _drop_key(st, key, keep=used, keep_vip=True)
+    renames = {old: new for new, old in pred.items() if old != new}
+    if renames:
+        st.service_ids.rekey(renames)
+        st.backend_ids.rekey(
+            {(old, backend_key(b, olds[old].backend_mode)): (new, backend_key(b, olds[old].backend_mode)) for old, new in renames.items() for b in olds[old].backends}
+        )
+        moves = [
+            (e.key, new)
+            for old, new in renames.items()
+            for e in olds[old].entries().get(REVERSE_NAT, ())
+            if st.reverse_owner.get(e.key) == old
+        ]
+        for rkey, new in moves:
+            st.reverse_owner[rkey] = new
+        for old in renames:
+            st.services.pop(old, None)
+        for old, new in renames.items():
+            st.services[new] = replace(olds[old], name=new)
+    ks.names = tuple(sorted(pred))
+
+
 def _choose_vip(st: _State, svc: Service, issues: list[RenderIssue]) -> str | None:
-    """Requested IP, else the one it holds, else its status ingress IP, else the lowest free one."""
+    """Requested IP, else the one it holds, else its status ingress IP, else the lowest free one.
+
+    On an error (None) the Service still holds the VIP it held: the caller keeps or releases it."""
     key = svc.key
     requested = svc.load_balancer_ip or (svc.external_ips[0] if svc.type != "LoadBalancer" and svc.external_ips else None)
     pools: VipSpace = st.vips.space  # type: ignore[assignment]
     if requested:
         if svc.type == "LoadBalancer" and not pools.in_any_pool(requested):
             issues.append(RenderIssue(key, f"requested IP {requested} (spec.loadBalancerIP) is outside every vipPool", "error"))
-            st.vips.release(key)
             return None
         if not st.vips.take(key, requested):
             holder = st.vips.owner_of.get(requested)
             who = f"Service {holder}" if holder else "a Service removed in this same change (free from the next version)"
             issues.append(RenderIssue(key, f"requested IP {requested} is already in use by {who}", "error"))
             _block(st, key, "vip", requested)
-            st.vips.release(key)
             return None
         return requested
     held = st.vips.holds(key)
@@ -369,6 +540,8 @@ def _choose_vip(st: _State, svc: Service, issues: list[RenderIssue]) -> str | No
     except Exhausted as e:
         issues.append(RenderIssue(key, str(e), "error"))
         _block(st, key, "vip")
+        if held is not None:
+            st.vips.restore(key, held)
         return None
 
 
@@ -378,23 +551,44 @@ def _render_port(
     cluster: ClusterState,
     svc: Service,
     port: ServicePort,
+    name: str,
     vip: str,
     connections: Connections | None,
     issues: list[RenderIssue],
+    kept: set[int],
 ) -> ServiceSnapshot | None:
-    name = entry_name(svc, port)
+    """One Service port. On an error, a port the last snapshot has keeps that snapshot's service
+    (and what it holds): an error is never a removal (DESIGN.md 6.1)."""
     mode = config.backend_mode
     if port.protocol not in IP_PROTOCOLS:
+        # Not a failure to serve: the port is now one the switches cannot balance at all.
         issues.append(
             RenderIssue(name, f"protocol {port.protocol}: load_balancer.p4 balances TCP and UDP only; left to kube-proxy", "error")
         )
         return None
+    old = st.services.get(name)
+    first_issue = len(issues)
+    allocated: list[tuple[Pool, object]] = []  # what this attempt took, undone if it fails
+
+    def fail() -> ServiceSnapshot | None:
+        for pool, owner in allocated:
+            pool.unallocate(owner)
+        if old is None or old.vip != vip:
+            # Not in the last snapshot: not served (with its issue). Or its Service moved to
+            # another VIP in this render: the port cannot stay on an address it no longer holds.
+            return None
+        # Kept as the last snapshot has it: only this attempt's errors are worth reporting.
+        errors = [i for i in issues[first_issue:] if i.severity == "error"]
+        issues[first_issue:] = errors
+        kept.update(range(first_issue, len(issues)))
+        return old
+
     # Backends: key -> (node, address, port, replicas)
     targets: dict[str, tuple[str, str, int, int]] = {}
     if mode == "nodePort":
         if not port.node_port:
             issues.append(RenderIssue(name, "port has no nodePort (nodePort backend mode needs one)", "error"))
-            return None
+            return fail()
         counts, unusable = node_backends(cluster, svc)
         for node in unusable:
             issues.append(RenderIssue(name, f"node {node} has ready endpoints but no known InternalIP; left out"))
@@ -407,25 +601,32 @@ def _render_port(
                 issues.append(RenderIssue(name, f"endpoint {ep.address} has no port named {port.name!r}; left out"))
                 continue
             targets[ep.address] = (ep.node, ep.address, tp, 1)
-    sid_before = st.service_ids.holds(name)
-    try:
+    if st.service_ids.holds(name) is None:
+        try:
+            service_id = st.service_ids.allocate(name)
+        except Exhausted as e:
+            issues.append(RenderIssue(name, str(e), "error"))
+            _block(st, svc.key, "service-id")
+            return fail()
+        allocated.append((st.service_ids, name))
+    else:
         service_id = st.service_ids.allocate(name)
-    except Exhausted as e:
-        issues.append(RenderIssue(name, str(e), "error"))
-        _block(st, svc.key, "service-id")
-        return None
     proto = IP_PROTOCOLS[port.protocol]
     # reverse_nat keys are shared by all Services: the first holder keeps a contested key.
+    conflict = False
     for k, (_, address, tport, _) in list(targets.items()):
         rkey = (address, tport, proto)
         owner = st.reverse_owner.get(rkey)
-        if owner is None and st.reverse_released.get(rkey, name) != name:
-            owner = f"{st.reverse_released[rkey]} until the next version"
+        who = None
         if owner is not None and owner != name:
-            issues.append(RenderIssue(name, f"backend {address}:{tport}/{port.protocol} already serves {owner}; left out", "error"))
+            who = _service_of(owner)  # the Service, not its port's name: that changes with its port count
+        elif owner is None and st.reverse_released.get(rkey, name) != name:
+            who = f"{_service_of(st.reverse_released[rkey])} until the next version"
+        if who is not None:
+            issues.append(RenderIssue(name, f"backend {address}:{tport}/{port.protocol} already serves {who}; left out", "error"))
             _block(st, svc.key, "reverse", rkey)
             del targets[k]
-    old = st.services.get(name)
+            conflict = True
     bucket_count = config.buckets_per_service
     previous_assignment = old.assignment if old is not None and old.bucket_count == bucket_count else None
     replicas = {k: t[3] for k, t in sorted(targets.items())}
@@ -435,22 +636,25 @@ def _render_port(
     try:
         assignment = buckets.assign(config.algorithm, bucket_count, replicas, previous_assignment, conns)
     except ValueError as e:
-        if sid_before is None:
-            st.service_ids.release(name)
         issues.append(RenderIssue(name, str(e), "error"))
-        return None
+        return fail()
     counts: dict[str | None, int] = {}
     for k in assignment:
         counts[k] = counts.get(k, 0) + 1
     backends = []
     for k in sorted(targets, key=lambda k: (targets[k][0], targets[k][1])):
         node, address, tport, reps = targets[k]
-        try:
-            bid = st.backend_ids.allocate((name, k))
-        except Exhausted as e:
-            issues.append(RenderIssue(name, str(e), "error"))
-            _block(st, svc.key, "backend-id")
-            return None
+        owner_key = (name, k)
+        if st.backend_ids.holds(owner_key) is None:
+            try:
+                bid = st.backend_ids.allocate(owner_key)
+            except Exhausted as e:
+                issues.append(RenderIssue(name, str(e), "error"))
+                _block(st, svc.key, "backend-id")
+                return fail()
+            allocated.append((st.backend_ids, owner_key))
+        else:
+            bid = st.backend_ids.allocate(owner_key)
         backends.append(
             Backend(
                 node=node,
@@ -462,16 +666,7 @@ def _render_port(
                 active_connections=(conns or {}).get(k, 0) if conns is not None else None,
             )
         )
-    if not targets:
-        issues.append(RenderIssue(name, "no ready endpoints: VIP left to kube-proxy until replicas are ready"))
-    now = {(address, tport, proto) for _, address, tport, _ in targets.values()}
-    if old is not None:
-        for e in old.entries().get(REVERSE_NAT, ()):
-            if e.key not in now:
-                _release_reverse(st, e.key, name)
-    for k in now:
-        st.reverse_owner[k] = name
-    return ServiceSnapshot(
+    result = ServiceSnapshot(
         name=name,
         service_id=service_id,
         vip=vip,
@@ -483,6 +678,20 @@ def _render_port(
         backends=tuple(backends),
         assignment=assignment if targets else (None,) * bucket_count,
     )
+    if conflict and old is not None and result != old:
+        # Served without the contested backends only if that is what it already was (a new
+        # Service is served so from the start); else it keeps its last applied entries.
+        return fail()
+    if not targets:
+        issues.append(RenderIssue(name, "no ready endpoints: VIP left to kube-proxy until replicas are ready"))
+    now = {(address, tport, proto) for _, address, tport, _ in targets.values()}
+    if old is not None:
+        for e in old.entries().get(REVERSE_NAT, ()):
+            if e.key not in now:
+                _release_reverse(st, e.key, name)
+    for k in now:
+        st.reverse_owner[k] = name
+    return result
 
 
 def issues_by_service(issues: Iterable[RenderIssue]) -> dict[str | None, list[RenderIssue]]:

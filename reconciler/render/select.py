@@ -4,8 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..cluster.model import ClusterState, Endpoint, Service, ServicePort
+from ..cluster.model import OPT_IN_ANNOTATION, ClusterState, Endpoint, Service, ServicePort
 from ..intent.model import LoadBalancerConfig
+
+OPT_IN_VALUES = ("enabled", "disabled")
+# Start of the issue for an opt-in annotation value that is neither: status.py sends an Event for it.
+INVALID_OPT_IN = f"annotation {OPT_IN_ANNOTATION}:"
 
 
 @dataclass(frozen=True)
@@ -14,11 +18,19 @@ class Skip:
 
     reason: str
     severity: str = "warning"
+    # A person's mistake rather than a decision: a Service in the last applied snapshot keeps
+    # its entries from it (an error is never a removal) instead of leaving the switches.
+    keep: bool = False
+
+
+def invalid_opt_in(value: str) -> str:
+    accepted = ", ".join(f'"{v}"' for v in OPT_IN_VALUES)
+    return f"{INVALID_OPT_IN} {value!r} is not an accepted value ({accepted})"
 
 
 def selection(config: LoadBalancerConfig, svc: Service) -> Skip | None:
     """None when the config serves `svc`, else why not (None severity means: not ours at all)."""
-    if svc.opt_in != "enabled":
+    if svc.opt_in is None or svc.opt_in == "disabled":
         return Skip("not opted in", severity="")
     sel = config.service_selector
     if sel.namespaces and svc.namespace not in sel.namespaces:
@@ -28,6 +40,8 @@ def selection(config: LoadBalancerConfig, svc: Service) -> Skip | None:
         return Skip("does not match the config's serviceSelector.matchLabels", severity="")
     if svc.load_balancer_class is not None and svc.load_balancer_class not in sel.load_balancer_classes:
         return Skip(f"spec.loadBalancerClass {svc.load_balancer_class!r} is not claimed by this config", severity="")
+    if svc.opt_in != "enabled":  # checked after the selector: only the configs it would match warn
+        return Skip(invalid_opt_in(svc.opt_in), severity="warning", keep=True)
     if svc.type == "ExternalName":
         return Skip("type ExternalName has no endpoints to balance")
     if svc.type != "LoadBalancer" and not svc.external_ips:
