@@ -90,7 +90,7 @@ def _common(p: argparse.ArgumentParser) -> None:
         type=int,
         default=1,
         metavar="N",
-        help="P4Runtime election id (1..2^128-1); a controller with a higher id keeps the switches (default: %(default)s)",
+        help="P4Runtime election id base (1..2^64-1): the high 64 bits of the id on the wire, the low 64 bits count fenced sessions; a controller with a higher base keeps the switches (default: %(default)s)",
     )
     p.add_argument("--batch-size", type=int, metavar="N", help="updates per WriteRequest (default: the config's batchSize)")
     p.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS", help="connect and arbitration timeout")
@@ -144,7 +144,28 @@ def _exit(result: ApplyResult) -> int:
     return 0 if result.ok else 1
 
 
+def _guard(config: LoadBalancerConfig, last: Snapshot | None, target: Snapshot) -> None:
+    """DESIGN.md 6.1: refuse, before anything is written or recorded, a change that takes more
+    than spec.safety.maxRemovalPercent of the Services off the switches."""
+    from .cli import CommandError
+    from .guard import removal_verdict
+
+    verdict = removal_verdict(last, target, config.safety.max_removal_percent)
+    if not verdict.allowed:
+        raise CommandError(f"{config.key}: v{target.version} {verdict.describe()}")
+
+
+async def _sync(config: LoadBalancerConfig, args: argparse.Namespace, last: Snapshot) -> ApplyResult:
+    """Read both switches back and repair what differs from `last` (each switch on its own)."""
+    applier = build_applier(config, args)
+    try:
+        return await applier.sync(last)
+    finally:
+        await applier.close()
+
+
 async def _apply(config: LoadBalancerConfig, args: argparse.Namespace, target: Snapshot, state: StateDir) -> ApplyResult:
+    _guard(config, state.last_applied(config.key), target)
     applier = build_applier(config, args)
     try:
         result = await applier.apply(target, state.last_applied(config.key))
@@ -179,16 +200,31 @@ def _open_audit(config: LoadBalancerConfig, args: argparse.Namespace):  # type: 
 async def _apply_recorded(
     config: LoadBalancerConfig, args: argparse.Namespace, target: Snapshot, audit, extra: tuple = ()  # type: ignore[no-untyped-def]
 ) -> ApplyResult:
-    """The transaction of DESIGN.md 6 with the audit repository: pending, apply, outcome."""
+    """The transaction of DESIGN.md 6 with the audit repository: pending, apply, outcome.
+    Switches that cannot be reached are found before anything is recorded: an attempt that
+    reaches no switch is not an audit record."""
+    from .audit.errors import AuditError
+    from .cli import CommandError
+
     last_good = audit.last_applied(config.key)
-    audit.record(target, "pending", extra_trailers=extra)
+    _guard(config, last_good, target)
     applier = build_applier(config, args)
     try:
+        missing = await applier.unreachable()
+        if missing:
+            raise CommandError(f"{config.key}: {missing}: nothing was written or recorded")
+        audit.record(target, "pending", extra_trailers=extra)
         result = await applier.apply(target, last_good)
     finally:
         await applier.close()
     outcome, reason = result.audit_record()
-    audit.record(target, outcome, reason=reason, extra_trailers=extra)
+    try:
+        audit.record(target, outcome, reason=reason, extra_trailers=extra)
+    except AuditError as e:
+        raise CommandError(
+            f"{config.key}: v{target.version} {result.outcome} on the switches, but its outcome could not be "
+            f"recorded ({e}); the pending record is closed as interrupted at the next start"
+        ) from e
     return result
 
 
@@ -216,8 +252,23 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
     for issue in rendered.issues:
         print(f"{config.key}: {issue.severity}: {issue}", file=sys.stderr)
     if not rendered.changed:
-        print(f"{config.key}: up to date at v{rendered.snapshot.version} ({rendered.snapshot.digest}); nothing to apply")
-        return 0
+        # Level-triggered: the switches' own state decides. Read both back (a switch may have
+        # restarted empty, a write may have been lost) and repair what differs.
+        snap = rendered.snapshot
+        result = asyncio.run(_sync(config, args, snap))
+        writes = sum(sum(k.values()) for k in result.writes().values())
+        if result.ok and not writes:
+            print(f"{config.key}: up to date at v{snap.version} ({snap.digest}): both switches read back and hold it")
+        elif result.ok:
+            print(f"{config.key}: the intent and cluster are unchanged at v{snap.version}, but the switches were not "
+                  f"holding it; repaired with {writes} writes:")
+            print(result.describe())
+            if audit is not None:
+                audit.record(snap, "applied", reason="repaired after read-back: " + "; ".join(
+                    r.describe() for r in result.switches if r.writes)[:900])
+        else:
+            print(result.describe())
+        return _exit(result)
     if audit is None:
         result = asyncio.run(_apply(config, args, rendered.snapshot, state))
     else:
@@ -241,6 +292,7 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     except (AuditError, LookupError, KeyError) as e:
         raise CommandError(f"no recorded version {args.to} of {config.key} in {args.audit_repo}: {e}") from e
     target = old.with_version(audit.next_version(config.key))
+    _guard(config, audit.last_applied(config.key), target)
     print(f"{config.key}: rolling back to the content of v{args.to} ({old.digest}) as v{target.version}")
     result = asyncio.run(_apply_recorded(config, args, target, audit, extra=(("Rollback-To", str(args.to)),)))
     print(result.describe())

@@ -335,7 +335,7 @@ class ConfigWorker:
 
         # Reach every switch the transaction needs before anything is recorded or written: an
         # outage is retried with backoff, not recorded as a failed attempt every tick.
-        missing = await self._unreachable()
+        missing = await self.applier.unreachable()
         if missing:
             delay = self._schedule_retry()
             reason = f"{missing}: nothing was written; next try in {delay:.0f}s"
@@ -386,20 +386,6 @@ class ConfigWorker:
             seconds=time.perf_counter() - t0, issues=rendered.issues, retry_in=retry_in,
         )
         return await self._report(record, result, target)
-
-    async def _unreachable(self) -> str:
-        """Why the transaction cannot start ("" when every switch it needs answers)."""
-        for sw in self.applier.order:
-            session = self.applier.session_for(sw.name)
-            if session is None or not session.is_primary:
-                session = await self.applier.reconnect(sw.name)
-            if session is not None:
-                continue
-            if sw.role == "primary":
-                return f"primary {sw.name} unreachable"
-            if self.applier.policy == "abort":
-                return f"standby {sw.name} unreachable (policy: abort)"
-        return ""
 
     def _why(self, cluster: ClusterState, target: Snapshot) -> str:
         """The audit Reason of a version that takes Services off the switches for a kube-proxy

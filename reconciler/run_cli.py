@@ -8,8 +8,9 @@ Wires the sources, the loop and the sinks:
     audit    --audit-repo DIR_OR_URL (else --state DIR keeps the last applied snapshot)
     sinks    Service status (VIPs) and kube-proxy fallback through the API, Events, the CR's
              status, Prometheus metrics and /healthz /readyz on --metrics-address
-    fencing  --leader-elect: a Lease; the P4Runtime election id is the Lease's transitions + 1,
-             and losing the Lease cancels the loop and closes every P4Runtime stream at once
+    fencing  --leader-elect: a Lease; the P4Runtime election id's high 64 bits are the Lease's
+             transitions + 1 (the low 64 bits count sessions fenced within the term), and losing
+             the Lease cancels the loop and closes every P4Runtime stream at once
 
 SIGTERM/SIGINT finish the transaction in flight (it is never cut in half) and exit 0.
 """

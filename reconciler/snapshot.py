@@ -330,6 +330,20 @@ class Snapshot:
     def by_name(self) -> dict[str, ServiceSnapshot]:
         return {s.name: s for s in self.services}
 
+    @cached_property
+    def table_counts(self) -> dict[str, int]:
+        """How many entries each table holds, without building them (the health round's
+        quick check compares these with what a switch reports)."""
+        out = dict.fromkeys(n.TABLE_ORDER, 0)
+        for svc in self.services:
+            if svc.backends and svc.assignment[0] is not None:
+                out[n.VIP_TABLE] += 1
+                out[n.BACKEND_TABLE] += svc.bucket_count
+                out[n.REVERSE_NAT] += len(svc.backends)
+        for e in self.global_entries:
+            out[e.table] += 1
+        return out
+
     def tables(self) -> dict[str, list[Entry]]:
         """Every entry per table, each table in key order."""
         out: dict[str, list[Entry]] = {t: [] for t in n.TABLE_ORDER}
