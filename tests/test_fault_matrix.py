@@ -21,6 +21,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -135,24 +136,26 @@ class Run:
     code: int
     stdout: str
     stderr: str
+    seconds: float = 0.0
 
     @property
     def out(self) -> str:
         return self.stdout + self.stderr
 
     def __str__(self) -> str:  # what a failed assertion shows
-        return f"$ p4kube {' '.join(self.args)}\nexit {self.code}\n--- stdout\n{self.stdout}--- stderr\n{self.stderr}"
+        return f"$ p4kube {' '.join(self.args)}\nexit {self.code} after {self.seconds:.1f} s\n--- stdout\n{self.stdout}--- stderr\n{self.stderr}"
 
 
 def p4kube(*args: str | os.PathLike[str], cwd: Path) -> Run:
     """One `p4kube` process, run in `cwd` (a test's directory: relative defaults such as
     --state stay there)."""
     argv = [str(a) for a in args]
+    t0 = time.monotonic()
     proc = subprocess.run(
         [str(P4KUBE), *argv], check=False, capture_output=True, text=True, timeout=RUN_TIMEOUT, cwd=cwd,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
-    run = Run(argv, proc.returncode, proc.stdout, proc.stderr)
+    run = Run(argv, proc.returncode, proc.stdout, proc.stderr, time.monotonic() - t0)
     print(run)  # shown with a failing row
     return run
 
@@ -543,6 +546,36 @@ def test_primary_refusing_a_write_rolls_both_back(world):
     world.assert_both_hold(v1, "after the rollback")
     assert records(world.audit) == [(2, "rolled-back"), (2, "pending"), (1, "applied"), (1, "pending")]
     assert last_applied(world.audit).digest == v1.digest
+
+
+@pytest.mark.slow
+def test_primary_dying_mid_batch_is_repaired_when_it_returns(world):
+    """Beyond the brief's rows, the crash_after fault: the primary applies part of a Write and
+    dies. The run fails (exit 1) with the standby back on v1; the primary keeps the half-written
+    tables it had when it died (a switch process whose control channel died, not a reboot).
+    When it returns, the next run reads it back, so the retried change lands whole on both."""
+    v1 = world.baseline()
+    changed = world.write_cluster(add_ready_endpoint(recording(), "web/frontend", "node-c", "10.244.0.99"))
+    port = world.primary.port
+    world.primary.crash_after(5)
+    r = world.reconcile(changed)
+    assert world.primary.died.wait(10), "the crash fault never fired"
+    assert r.code == 1, r
+    assert "sim-primary" in r.out and "Traceback" not in r.out, r
+    assert held(world.standby) == entries_of(v1), "the standby was not rolled back to v1"
+    assert [rec for rec in records(world.audit) if rec[1] == "applied"] == [(1, "applied")], records(world.audit)
+    assert last_applied(world.audit).digest == v1.digest
+
+    world.primary.start(f"127.0.0.1:{port}")
+    half = held(world.primary)
+    assert half != entries_of(v1), "the premise: the primary holds part of the change"
+    r = world.reconcile(changed)
+    assert r.code == 0, r
+    now = last_applied(world.audit)
+    assert now.digest != v1.digest and service(now, "web/frontend") != service(v1, "web/frontend")
+    world.assert_both_hold(now, "after the primary returned")
+    assert records(world.audit)[0] == (now.version, "applied")
+    assert world.p4kube("audit", "verify", "--repo", world.audit).code == 0
 
 
 # --- 11. the audit repository fails: nothing is written -----------------------------------------
