@@ -172,6 +172,7 @@ class ConfigWorker:
     _recovered: set[str] = field(default_factory=set)  # lifted fallbacks not yet back on the switches
     _unrecorded: tuple[Snapshot, str, str] | None = None  # an outcome the audit repository refused
     adopted: bool = False  # fallbacks of an earlier run taken over (needs a listed cluster)
+    started: bool = False  # start() read the last applied snapshot (or there is no audit repository)
 
     # -- state ------------------------------------------------------------------------------------
 
@@ -244,6 +245,7 @@ class ConfigWorker:
                 return await self._report(self._record(Outcome.WAITING, None, f"{self.stalled}; nothing is written "
                                                        f"until it can be read; next try in {delay:.0f}s", retry_in=delay),
                                           None, None)
+        self.started = True
         if self.last is None:
             return await self._report(self._record(Outcome.UP_TO_DATE, None, "nothing applied yet"), None, None)
         return await self._sync("start", t0)
@@ -305,6 +307,12 @@ class ConfigWorker:
     async def reconcile(
         self, cluster: ClusterState, changed: frozenset[str] | None, intent_commit: str | None
     ) -> TransactionRecord:
+        if not self.started:
+            # The last applied snapshot could not be read at start: rendering without it would
+            # allocate ids and VIPs afresh and rewrite the switches. Start again first.
+            record = await self.start(intent_commit)
+            if not self.started:
+                return record
         t0 = time.perf_counter()
         connections = await self.connections()
         if connections is not None:

@@ -27,7 +27,9 @@ TABLES = (n.VIP_TABLE, n.BACKEND_TABLE, n.REVERSE_NAT)
 
 
 def held(sw) -> set:
-    """What a software switch holds, comparable across switches."""
+    """What a software switch holds, comparable across switches (nothing before a pipeline)."""
+    if sw.device(1).state is None:
+        return set()
     return {(t, e.key, e.action, tuple(e.params.values())) for t in TABLES for e in sw.entries(1, t)}
 
 
@@ -60,6 +62,7 @@ def test_an_unreachable_primary_degrades_falls_nothing_back_retries_with_backoff
     """The control channel is not the data path: nothing falls back, nothing is recorded per
     tick; a change waits with backoff; the primary comes back empty and is re-synced in full."""
     sws, backends, ports, config, state, tmp = setup
+    config = dataclasses.replace(config, health_check=dataclasses.replace(config.health_check, failure_threshold=3))
     cluster = ScriptedCluster(state)
     clock = ManualClock()
 
@@ -73,11 +76,13 @@ def test_an_unreachable_primary_degrades_falls_nothing_back_retries_with_backoff
             port = sws[1].port
             sws[1].stop(0)
             # Health rounds (fake time) find it gone: degraded once failureThreshold is reached.
-            for _ in range(3):
+            for i in range(4):
                 await clock.wait_sleepers(1, 10)
                 rounds = ctl.health_rounds
                 clock.advance(config.health_check.interval_s * 1.01)
                 await ctl.wait_until(lambda: ctl.health_rounds > rounds)
+                # failureThreshold 3: two missed rounds are not an outage yet
+                assert any(r.outcome == Outcome.DEGRADED for r in ctl.history) == (i >= 2)
             degraded = [r for r in ctl.history if r.outcome == Outcome.DEGRADED]
             assert len(degraded) == 1 and "primary" in degraded[0].reason and "no Service falls back" in degraded[0].reason
             assert not any(cluster.snapshot().services[k].auto_fallback for k in ("apps/web", "apps/api"))
@@ -236,5 +241,50 @@ def test_an_audit_repository_that_disappears_writes_nothing_and_the_loop_goes_on
             assert "audit repository" in waiting.reason and waiting.retry_in == 1.0
             assert held(sws[1]) == before and ctl.workers[CONFIG].last is v1
             assert_both_hold(sws, v1)
+
+    asyncio.run(scenario())
+
+
+def test_an_audit_repository_missing_at_start_holds_everything_back_until_it_opens(setup):
+    """`run` keeps running (Stalled, retried with backoff) while its audit repository cannot be
+    opened; it writes nothing to the switches before it has read the last applied snapshot."""
+    from reconciler.apply import TwoSwitchApplier, default_session_factory
+    from reconciler.audit.repo import AuditRepo
+    from reconciler.controller import ConfigWorker, Controller
+    from reconciler.intent.watch import StaticIntent
+    from reconciler.p4info import p4info_digest
+    from reconciler.run_cli import ReopeningAudit
+    from test_controller import INFO, P4INFO
+
+    sws, backends, ports, config, state, tmp = setup
+    cluster = ScriptedCluster(state)
+    clock = ManualClock()
+    where = tmp / "audit.git"
+    where.write_text("not a repository")  # a file where the repository should be
+    audit = ReopeningAudit(lambda: AuditRepo.open_or_init(where))
+
+    def make_worker(cfg):
+        applier = TwoSwitchApplier(cfg, p4info=P4INFO, info=INFO, device_config=b"", election_id=7,
+                                   session_factory=default_session_factory(cfg, INFO, connect_timeout=2.0))
+        return ConfigWorker(cfg, applier, p4info_digest(P4INFO), audit=audit, fallback=cluster)
+
+    async def scenario():
+        ctl = Controller(StaticIntent(IntentSet((config,))), cluster, make_worker=make_worker, clock=clock)
+        async with running(ctl):
+            await ctl.wait_until(lambda: any(r.outcome == Outcome.WAITING for r in ctl.history))
+            waiting = next(r for r in ctl.history if r.outcome == Outcome.WAITING)
+            assert "audit repository" in waiting.reason and str(where) in waiting.reason
+            assert waiting.retry_in == 1.0
+            await clock.wait_sleepers(1, 10)
+            clock.advance(1.0)
+            await ctl.wait_until(lambda: sum(r.outcome == Outcome.WAITING for r in ctl.history) >= 2)
+            assert not held(sws[0]) and not held(sws[1])  # nothing written meanwhile
+            where.unlink()  # the volume is there now
+            await clock.wait_sleepers(1, 10)
+            clock.advance(300.0)  # past any backoff delay
+            await ctl.wait_until(lambda: any(r.outcome == Outcome.APPLIED for r in ctl.history), timeout=15)
+            snap = ctl.workers[CONFIG].last
+            assert_both_hold(sws, snap)
+            assert [o for _, o in audit_outcomes(AuditRepo.open_or_init(where))] == ["applied", "pending"]
 
     asyncio.run(scenario())
