@@ -15,12 +15,16 @@ asserts about always runs as a real process.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
+import queue
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +32,7 @@ from pathlib import Path
 import grpc
 import pygit2
 import pytest
+from finsy.proto import p4r, p4r_grpc
 from ruamel.yaml import YAML
 from test_reconcile_audit import CONFIG, MULTI, entries_of, intent_repo, switch_entries
 
@@ -578,6 +583,70 @@ def test_primary_dying_mid_batch_is_repaired_when_it_returns(world):
     assert world.p4kube("audit", "verify", "--repo", world.audit).code == 0
 
 
+@contextlib.contextmanager
+def another_controller(sw: SoftwareSwitch, election_high: int):
+    """Another controller (a newer leader) holding the switch's primary role with election id
+    election_high << 64, over its own StreamChannel, until the block ends."""
+    requests: queue.Queue = queue.Queue()
+    arbitration = p4r.StreamMessageRequest()
+    arbitration.arbitration.device_id = 1
+    arbitration.arbitration.election_id.high = election_high
+    requests.put(arbitration)
+
+    def stream():
+        while (item := requests.get()) is not None:
+            yield item
+
+    with grpc.insecure_channel(f"127.0.0.1:{sw.port}") as channel:
+        replies = p4r_grpc.P4RuntimeStub(channel).StreamChannel(stream(), timeout=RUN_TIMEOUT * 2)
+        try:
+            first = next(replies)
+            assert first.arbitration.status.code == 0, f"the other controller is not primary: {first}"
+            yield
+        finally:
+            requests.put(None)
+            replies.cancel()
+    # Gone for the switch too: its stream cleanup is done (the condition, not a sleep).
+    assert sw.wait_for_streams(0, timeout=10), f"the other controller's stream is still open on {sw.port}"
+
+
+@pytest.mark.slow
+def test_a_newer_controller_holding_the_primary_fences_us(world):
+    """Fencing: another controller (a newer leader, election id (2**32) << 64) became primary on
+    the primary switch. Our change (election id 1) is refused there; the standby is left on (or
+    put back to) v1; nothing is recorded as applied. After the newer leader's stream is gone we
+    stay fenced (the switch remembers the highest id it made primary): still nothing written.
+    A reconciler with a higher election id (the next term) applies the change on both."""
+    v1 = world.baseline()
+    changed = world.write_cluster(add_ready_endpoint(recording(), "web/frontend", "node-c", "10.244.0.99"))
+
+    def ok_writes() -> int:
+        return len([w for w in world.primary.write_log() if w.code == grpc.StatusCode.OK])
+
+    applied_on_primary = ok_writes()
+    with another_controller(world.primary, election_high=1 << 32):
+        r = world.reconcile(changed)
+        assert r.code == 1, r
+        assert "sim-primary" in r.out and "Traceback" not in r.out, r
+        assert ok_writes() == applied_on_primary, "a Write of ours was applied on the primary while another controller held it"
+        world.assert_both_hold(v1, "while another controller holds the primary")
+    new = records(world.audit)[:-2]
+    assert new in ([], [(2, "rolled-back"), (2, "pending")]), new
+    assert last_applied(world.audit).digest == v1.digest
+
+    r = world.reconcile(changed)  # the deposed reconciler again: still fenced
+    assert r.code == 1, r
+    assert ok_writes() == applied_on_primary, "a deposed reconciler wrote the primary"
+    world.assert_both_hold(v1, "after a deposed reconciler retried")
+    assert last_applied(world.audit).digest == v1.digest
+
+    r = world.p4kube(*world.reconcile_args(changed), "--election-id", str((1 << 32) + 1))
+    assert r.code == 0, r
+    now = last_applied(world.audit)
+    assert now.digest != v1.digest
+    world.assert_both_hold(now, "once the next term's reconciler ran")
+
+
 # --- 11. the audit repository fails: nothing is written -----------------------------------------
 
 
@@ -649,3 +718,52 @@ def test_dangling_pending_is_closed_before_the_next_transaction(world):
     assert v.code == 0, f"{v}\nhistory: {records(world.audit)}"
     entries = AuditRepo.open_or_init(world.audit, read_only=True).history(config=CONFIG)
     assert any(e.outcome == "interrupted" and e.trailers.get("Pending-Commit") == pending for e in entries), records(world.audit)
+
+
+@pytest.mark.slow
+def test_run_closes_a_dangling_pending_as_interrupted_at_start(world):
+    """Row 12 for the loop: `p4kube run` closes the pending a crashed run left with an
+    `interrupted` record before anything else, reads both switches back, and exits 0 on SIGTERM."""
+    v1 = world.baseline()
+    pending = _dangling_pending(world)
+    proc = subprocess.Popen(
+        [str(P4KUBE), "--log-level", "info", "run", "--intent", str(world.intent), "--cluster", str(world.cluster),
+         "--audit-repo", str(world.audit)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=world.tmp,
+    )
+    lines: queue.Queue = queue.Queue()
+    seen: list[str] = []
+    reader = threading.Thread(target=lambda: [lines.put(l) for l in proc.stdout] + [lines.put(None)], daemon=True)
+    reader.start()
+    try:
+        deadline = time.monotonic() + RUN_TIMEOUT
+        closed = synced = False
+        while not (closed and synced):
+            line = lines.get(timeout=max(0.1, deadline - time.monotonic()))
+            if line is None:
+                pytest.fail("p4kube run ended early:\n" + "".join(seen))
+            seen.append(line)
+            closed = closed or ("interrupted" in line and "v2" in line)
+            synced = synced or (closed and "v1" in line and ("resynced" in line or "up to date" in line))
+    except queue.Empty:
+        pytest.fail("p4kube run did not close v2 and read the switches back in time:\n" + "".join(seen))
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=RUN_TIMEOUT)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        reader.join(timeout=10)
+        proc.stdout.close()
+        while (line := lines.get_nowait() if not lines.empty() else None) is not None:
+            seen.append(line)
+        print("".join(seen))
+    assert proc.returncode == 0, "".join(seen)
+    world.assert_both_hold(v1, "after p4kube run")
+    entries = AuditRepo.open_or_init(world.audit, read_only=True).history(config=CONFIG)
+    assert [(e.version, e.outcome) for e in entries] == [(2, "interrupted"), (2, "pending"), (1, "applied"), (1, "pending")]
+    assert entries[0].trailers.get("Pending-Commit") == pending
+    v = world.p4kube("audit", "verify", "--repo", world.audit)
+    assert v.code == 0 and "pending" not in v.out, v
