@@ -315,10 +315,12 @@ def test_unknown_algorithm_is_refused_by_validate_render_and_reconcile(world):
     assert r.code == 1, r
     assert not out.exists(), f"render wrote {out} for an invalid config\n{r}"
 
+    writes = (world.standby.writes_processed, world.primary.writes_processed)
     r = world.reconcile()
     assert r.code == 1, r
     assert "spec.algorithm" in r.out, r
     assert "Traceback" not in r.out, r
+    assert (world.standby.writes_processed, world.primary.writes_processed) == writes, "a switch was written"
     world.assert_both_hold(v1, "after a refused config")
     assert records(world.audit) == [(1, "applied"), (1, "pending")]
 
@@ -378,8 +380,10 @@ def test_primary_restarted_empty_is_read_back_and_repaired(world):
     world.primary.reset()
     world.primary.start(f"127.0.0.1:{port}")
     assert held(world.primary) == set()
+    standby_writes = world.standby.writes_processed
     r = world.reconcile()
     _assert_repaired(world, r, v1, "sim-primary", "sim-standby")
+    assert world.standby.writes_processed == standby_writes, "the standby, which held v1, was written"
 
 
 def test_standby_emptied_is_read_back_and_repaired(world):
@@ -398,7 +402,9 @@ def test_switch_replaced_at_a_new_address_is_written_in_full(world, role):
     old = getattr(world, role)
     fresh = world.new_switch()
     world.edit_intent(lambda t: swap_port(t, old.port, fresh.port), f"{role} replaced")
+    old_writes = old.writes_processed
     r = world.reconcile()
+    assert old.writes_processed == old_writes, f"the replaced {role}, no longer in intent, was written"
     assert r.code == 0, r
     assert "up to date" not in r.out, r
     name = "sim-" + role
@@ -542,12 +548,14 @@ def test_requested_ip_outside_every_pool_keeps_that_service(world):
 def test_primary_refusing_a_write_rolls_both_back(world):
     v1 = world.baseline()
     changed = world.write_cluster(add_ready_endpoint(recording(), "web/frontend", "node-c", "10.244.0.99"))
+    def refusals() -> int:
+        return len([w for w in world.primary.write_log() if w.message == "refused by fault injection"])
+
     world.primary.refuse_writes(1)
-    refused_before = len([w for w in world.primary.write_log() if w.code != grpc.StatusCode.OK])
     r = world.reconcile(changed)
     assert r.code == 1, r
-    refused = [w for w in world.primary.write_log() if w.code == grpc.StatusCode.UNAVAILABLE]
-    assert len(refused) > refused_before, "the primary's refusal never fired"
+    assert refusals() == 1, "the primary's refusal never fired"
+    assert "sim-primary" in r.out and "Traceback" not in r.out, r
     world.assert_both_hold(v1, "after the rollback")
     assert records(world.audit) == [(2, "rolled-back"), (2, "pending"), (1, "applied"), (1, "pending")]
     assert last_applied(world.audit).digest == v1.digest
