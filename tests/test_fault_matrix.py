@@ -475,6 +475,7 @@ def test_node_with_ipv6_internal_ip_first_uses_its_ipv4_address(world):
     assert on_c, "node-c serves web/frontend in the recording"
     assert {b.address for b in on_c} == {ipv4}
     world.assert_both_hold(snap)
+    assert records(world.audit) == [(1, "applied"), (1, "pending")]
     dnat_addresses = {e[3][0] for e in held(world.primary) if e[0] == n.BACKEND_TABLE}
     assert ipv4 in dnat_addresses and not any(":" in str(a) for a in dnat_addresses)
 
@@ -521,6 +522,7 @@ def test_second_port_leaves_the_first_ports_entries_untouched(world):
     world.assert_both_hold(now)
     for sw in ("standby", "primary"):
         assert entries_of_service(held(getattr(world, sw)), before_svc.service_id, vip_key) == before[sw], sw
+    assert records(world.audit)[:2] == [(2, "applied"), (2, "pending")]
 
 
 def test_requested_ip_outside_every_pool_keeps_that_service(world):
@@ -540,6 +542,7 @@ def test_requested_ip_outside_every_pool_keeps_that_service(world):
     assert fe_now.service_id == fe_before.service_id and fe_now.assignment != fe_before.assignment
     assert {b.node: b.replicas for b in fe_now.backends}["node-c"] == {b.node: b.replicas for b in fe_before.backends}["node-c"] + 1
     world.assert_both_hold(now)
+    assert records(world.audit)[:2] == [(2, "applied"), (2, "pending")]
 
 
 # --- 10. a write refused during a change: rolled back, recorded ---------------------------------
@@ -682,6 +685,11 @@ def test_audit_repository_fault_writes_nothing(world, damage):
     assert "audit" in lines[0] and str(world.audit) in lines[0], r
     assert (world.standby.writes_processed, world.primary.writes_processed) == writes, "a switch was written"
     world.assert_both_hold(v1, "after an audit fault")
+    # Nothing recorded anywhere: the file is as it was, or whatever now stands at the path has no record.
+    if world.audit.is_file():
+        assert world.audit.read_text() == "not a repository\n"
+    else:
+        assert records(world.audit) == []
 
 
 # --- 12. a transaction a crashed run left pending ---------------------------------------------
