@@ -613,6 +613,32 @@ class TwoSwitchApplier:
         (log.info if result.ok else log.error)("sync: %s", result.describe())
         return result
 
+    async def unaccounted(self) -> dict[str, int]:
+        """Switches that hold Services (vip_table entries of our pipeline) although no applied
+        snapshot accounts for them: switch -> entries. Asked when the audit repository (or
+        state directory) has no record of the config: a lost audit history must not turn into
+        a fresh render replacing what the switches serve. Unreachable switches are skipped."""
+        from .p4names import VIP_TABLE
+
+        out: dict[str, int] = {}
+        for sw in self.order:
+            # Read-only: a session of its own, no pipeline push (a refusal must change nothing).
+            try:
+                session = await self._open(sw)
+            except SwitchError as e:
+                log.info("switch %s unreachable for the first-apply check: %s", sw.name, e)
+                continue
+            try:
+                status = await session.get_pipeline()
+                if status is None or status.cookie != self.cookie:
+                    continue  # not our program: it holds none of our Services
+                held = (await session.count_entries([VIP_TABLE])).get(VIP_TABLE, 0)
+            finally:
+                await session.close()
+            if held:
+                out[sw.name] = held
+        return out
+
     async def unreachable(self) -> str:
         """Why a transaction cannot start ("" when every switch it needs answers): reach each
         switch (arbitration, pipeline) before anything is recorded or written, so that an

@@ -47,6 +47,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--cluster", required=True, metavar="FILE", help="kubectl get services,endpointslices,nodes -A -o yaml")
     _common(p)
     _audit_options(p)
+    adopt_option(p)
     p.add_argument(
         "--verify-intent-signers",
         metavar="FILE",
@@ -68,6 +69,16 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     _common(p)
     _audit_options(p, required=True)
     p.set_defaults(func=cmd_rollback)
+
+
+def adopt_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--adopt-switches",
+        action="store_true",
+        help="when the audit repository (or --state) holds no applied snapshot of the config but the switches "
+        "already serve Services (a lost audit history, a migration), replace their entries with a fresh render; "
+        "without it the reconciler refuses to overwrite what no record accounts for",
+    )
 
 
 def _audit_options(p: argparse.ArgumentParser, required: bool = False) -> None:
@@ -155,6 +166,14 @@ def _guard(config: LoadBalancerConfig, last: Snapshot | None, target: Snapshot) 
         raise CommandError(f"{config.key}: v{target.version} {verdict.describe()}")
 
 
+async def _unaccounted(config: LoadBalancerConfig, args: argparse.Namespace) -> dict[str, int]:
+    applier = build_applier(config, args)
+    try:
+        return await applier.unaccounted()
+    finally:
+        await applier.close()
+
+
 async def _sync(config: LoadBalancerConfig, args: argparse.Namespace, last: Snapshot) -> ApplyResult:
     """Read both switches back and repair what differs from `last` (each switch on its own)."""
     applier = build_applier(config, args)
@@ -236,7 +255,17 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
     config = pick_config(intent, args.config)
     audit = _open_audit(config, args) if args.audit_repo else None
     state = StateDir(args.state)
+    if audit is not None and audit.close_interrupted(config.key) is not None:
+        print(f"{config.key}: the last transaction was interrupted before its outcome was recorded; "
+              f"recorded as interrupted, the switches are read back now", file=sys.stderr)
     previous = audit.last_applied(config.key) if audit is not None else state.last_applied(config.key)
+    if previous is None and not args.adopt_switches:
+        held = asyncio.run(_unaccounted(config, args))
+        if held:
+            from .guard import unaccounted_message
+
+            raise CommandError(unaccounted_message(
+                config, held, f"the audit repository {args.audit_repo}" if audit is not None else f"--state {args.state}"))
     if args.verify_intent_signers or args.verify_intent_gpg_home:
         from .audit.verify import trusted_keys, verify_intent_commit
 
@@ -287,6 +316,7 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     intent = load_intent([args.intent])
     config = pick_config(intent, args.config)
     audit = _open_audit(config, args)
+    audit.close_interrupted(config.key)
     try:
         old = audit.snapshot_at(args.to, config.key)
     except (AuditError, LookupError, KeyError) as e:

@@ -41,7 +41,7 @@ from .audit.errors import AuditError
 from .backoff import Backoff
 from .cluster.model import ClusterNotReady, ClusterState, Service
 from .fallback import FALLBACK_REASON_ANNOTATION
-from .guard import fallback_verdict, removal_verdict
+from .guard import fallback_verdict, removal_verdict, unaccounted_message
 from .health import Clock, Endpoint, LoopClock, TargetState, Thresholds, advance, probe_endpoints
 from .intent.model import IntentSet, LoadBalancerConfig
 from .outcome import Outcome
@@ -173,6 +173,7 @@ class ConfigWorker:
     _unrecorded: tuple[Snapshot, str, str] | None = None  # an outcome the audit repository refused
     adopted: bool = False  # fallbacks of an earlier run taken over (needs a listed cluster)
     started: bool = False  # start() read the last applied snapshot (or there is no audit repository)
+    adopt_switches: bool = False  # no record of the config, switches serving: replace their entries anyway
 
     # -- state ------------------------------------------------------------------------------------
 
@@ -245,6 +246,22 @@ class ConfigWorker:
                 return await self._report(self._record(Outcome.WAITING, None, f"{self.stalled}; nothing is written "
                                                        f"until it can be read; next try in {delay:.0f}s", retry_in=delay),
                                           None, None)
+        if self.last is None and not self.adopt_switches:
+            # No record of this config: the switches must not be serving Services already, or
+            # a fresh render would replace what nothing accounts for (a lost audit history).
+            try:
+                held = await self.applier.unaccounted()
+            except SwitchError as e:
+                delay = self._schedule_retry()
+                return await self._report(self._record(
+                    Outcome.WAITING, None, f"cannot read the switches before a first apply: {e}; next try in {delay:.0f}s",
+                    retry_in=delay), None, None)
+            if held:
+                reason = unaccounted_message(self.config, held, "the audit repository" if self.audit else "the state directory")
+                if reason != self.stalled:
+                    log.error("%s", reason)
+                self.stalled = reason
+                return await self._report(self._record(Outcome.REFUSED, None, reason), None, None)
         self.started = True
         if self.last is None:
             return await self._report(self._record(Outcome.UP_TO_DATE, None, "nothing applied yet"), None, None)
@@ -680,6 +697,7 @@ class Controller:
                 if key in wanted:
                     w = self._new_worker(wanted[key])
                     w.last, w.fallen_back = old.last, old.fallen_back
+                    w.started, w.adopted = old.started, old.adopted  # its switches are read back by the next pass
                     self.workers[key] = w
         for key, config in wanted.items():
             if key not in self.workers:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .intent.model import LoadBalancerConfig
 from .snapshot import Snapshot
 
 
@@ -63,4 +64,12 @@ def fallback_verdict(snapshot: Snapshot | None, services: tuple[str, ...], limit
     return RemovalVerdict(len(served), tuple(sorted(set(services) & served)), limit_percent)
 
 
-__all__ = ["RemovalVerdict", "fallback_verdict", "removal_verdict", "service_keys"]
+def unaccounted_message(config: LoadBalancerConfig, held: dict[str, int], where: str) -> str:
+    """Why a first apply is refused: the switches serve Services no applied snapshot accounts for."""
+    switches = ", ".join(f"{name} holds {count} Service entries" for name, count in sorted(held.items()))
+    return (f"{config.key}: {switches}, but {where} has no applied snapshot of this config: refusing to replace "
+            f"what no record accounts for (was the audit history lost?). Restore it, or pass --adopt-switches "
+            f"to replace the switches' entries with a fresh render")
+
+
+__all__ = ["RemovalVerdict", "fallback_verdict", "removal_verdict", "service_keys", "unaccounted_message"]

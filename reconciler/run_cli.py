@@ -57,6 +57,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--leader-elect-identity", metavar="ID", help="this replica's name (default: hostname + pid)")
     p.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS", help="switch connect and arbitration timeout")
     p.add_argument("--batch-size", type=int, metavar="N", help="updates per WriteRequest (default: the config's batchSize)")
+    from .apply_cli import adopt_option
+
+    adopt_option(p)
     p.set_defaults(func=cmd_run)
 
 
@@ -342,6 +345,7 @@ async def build_runtime(args: argparse.Namespace, api: Any = None) -> Runtime:
                 probe=make_post_apply_probe(config.health_check, vip_probe=config.health_check.vip_probe)
                 if config.health_check.enabled else None,
                 fallback=fallback, on_result=on_result, on_health=on_health,
+                adopt_switches=getattr(args, "adopt_switches", False),
             )
             if audit is None:
                 worker.last = state_dir.last_applied(config.key)

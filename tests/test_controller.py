@@ -116,7 +116,7 @@ def setup(tmp_path):
         yield sws, backends, ports, config, state, tmp_path
 
 
-def make_controller(config, cluster, audit_dir, clock=None):
+def make_controller(config, cluster, audit_dir, clock=None, adopt_switches=False):
     audit = AuditRepo.open_or_init(audit_dir)
     digest = p4info_digest(P4INFO)
 
@@ -124,7 +124,7 @@ def make_controller(config, cluster, audit_dir, clock=None):
         applier = TwoSwitchApplier(cfg, p4info=P4INFO, info=INFO, device_config=b"", election_id=7,
                                    session_factory=default_session_factory(cfg, INFO, connect_timeout=2.0))
         probe = make_post_apply_probe(cfg.health_check, retry_delay=0.01)
-        return ConfigWorker(cfg, applier, digest, audit=audit, probe=probe, fallback=cluster)
+        return ConfigWorker(cfg, applier, digest, audit=audit, probe=probe, fallback=cluster, adopt_switches=adopt_switches)
 
     return Controller(StaticIntent(IntentSet((config,))), cluster, make_worker=make_worker, clock=clock), audit
 

@@ -288,3 +288,32 @@ def test_an_audit_repository_missing_at_start_holds_everything_back_until_it_ope
             assert [o for _, o in audit_outcomes(AuditRepo.open_or_init(where))] == ["applied", "pending"]
 
     asyncio.run(scenario())
+
+
+def test_a_lost_audit_history_does_not_become_a_fresh_render_over_the_switches(setup):
+    """Switches that serve Services no record accounts for are not overwritten by a first
+    render (a lost or wrong audit repository) unless the operator says to adopt them."""
+    sws, backends, ports, config, state, tmp = setup
+    cluster = ScriptedCluster(state)
+
+    async def scenario():
+        ctl, _ = make_controller(config, cluster, tmp / "audit.git")
+        async with running(ctl):
+            await ctl.wait_until(lambda: any(r.outcome == "applied" for r in ctl.history))
+        before = held(sws[1])
+        ctl2, audit2 = make_controller(config, cluster, tmp / "elsewhere.git")
+        async with running(ctl2):
+            await ctl2.wait_until(lambda: any(r.outcome == Outcome.REFUSED for r in ctl2.history))
+            refused = next(r for r in ctl2.history if r.outcome == Outcome.REFUSED)
+            assert "holds 2 Service entries" in refused.reason and "--adopt-switches" in refused.reason
+            n0 = len(ctl2.history)
+            cluster.replace(with_scaled_service(cluster.snapshot(), "apps/web", "node-c", +1))  # new input: asked again
+            await ctl2.wait_until(lambda: any(r.outcome == Outcome.REFUSED for r in ctl2.history[n0:]))
+            assert held(sws[1]) == before and audit_outcomes(audit2) == []
+        ctl3, audit3 = make_controller(config, cluster, tmp / "elsewhere.git", adopt_switches=True)
+        async with running(ctl3):
+            await ctl3.wait_until(lambda: any(r.outcome == Outcome.APPLIED for r in ctl3.history), timeout=15)
+            assert_both_hold(sws, ctl3.workers[CONFIG].last)
+            assert [o for _, o in audit_outcomes(audit3)] == ["applied", "pending"]
+
+    asyncio.run(scenario())
