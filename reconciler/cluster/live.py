@@ -42,43 +42,13 @@ from kubernetes.watch.watch import iter_resp_lines
 
 from reconciler.cluster.convert import ConversionError
 from reconciler.cluster.incremental import ENDPOINT_SLICE, KINDS, NODE, SERVICE, IncrementalState
+from reconciler.backoff import Backoff
 from reconciler.cluster.model import ClusterNotReady, ClusterState
 from reconciler.kube.client import TRANSPORT_ERRORS, KubeError, call_json, error_from_exception, error_from_status
 
 log = logging.getLogger(__name__)
 
 EXPIRED = 410
-
-
-# --- backoff -------------------------------------------------------------------------------------
-
-
-class Backoff:
-    """Capped exponential backoff with jitter: initial * factor**n, capped at `maximum`, times a
-    random factor in [1 - jitter, 1 + jitter] (so that many clients do not retry in step)."""
-
-    def __init__(
-        self,
-        initial_s: float = 0.5,
-        maximum_s: float = 30.0,
-        factor: float = 2.0,
-        jitter: float = 0.2,
-        rng: Callable[[], float] = random.random,
-    ) -> None:
-        if initial_s <= 0 or maximum_s < initial_s or factor < 1 or not 0 <= jitter < 1:
-            raise ValueError("need 0 < initial_s <= maximum_s, factor >= 1 and 0 <= jitter < 1")
-        self.initial_s, self.maximum_s, self.factor, self.jitter = initial_s, maximum_s, factor, jitter
-        self._rng = rng
-        self._failures = 0
-
-    def next(self) -> float:
-        """The delay before the next attempt, growing with each call until reset()."""
-        base = min(self.maximum_s, self.initial_s * self.factor**self._failures)
-        self._failures += 1
-        return min(self.maximum_s, base * (1 - self.jitter + 2 * self.jitter * self._rng()))
-
-    def reset(self) -> None:
-        self._failures = 0
 
 
 # --- what a reflector hands over ---------------------------------------------------------------
