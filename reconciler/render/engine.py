@@ -601,16 +601,12 @@ def _render_port(
                 issues.append(RenderIssue(name, f"endpoint {ep.address} has no port named {port.name!r}; left out"))
                 continue
             targets[ep.address] = (ep.node, ep.address, tp, 1)
-    if st.service_ids.holds(name) is None:
-        try:
-            service_id = st.service_ids.allocate(name)
-        except Exhausted as e:
-            issues.append(RenderIssue(name, str(e), "error"))
-            _block(st, svc.key, "service-id")
-            return fail()
-        allocated.append((st.service_ids, name))
-    else:
-        service_id = st.service_ids.allocate(name)
+    try:
+        service_id = _allocate(st.service_ids, name, allocated)
+    except Exhausted as e:
+        issues.append(RenderIssue(name, str(e), "error"))
+        _block(st, svc.key, "service-id")
+        return fail()
     proto = IP_PROTOCOLS[port.protocol]
     # reverse_nat keys are shared by all Services: the first holder keeps a contested key.
     conflict = False
@@ -644,17 +640,12 @@ def _render_port(
     backends = []
     for k in sorted(targets, key=lambda k: (targets[k][0], targets[k][1])):
         node, address, tport, reps = targets[k]
-        owner_key = (name, k)
-        if st.backend_ids.holds(owner_key) is None:
-            try:
-                bid = st.backend_ids.allocate(owner_key)
-            except Exhausted as e:
-                issues.append(RenderIssue(name, str(e), "error"))
-                _block(st, svc.key, "backend-id")
-                return fail()
-            allocated.append((st.backend_ids, owner_key))
-        else:
-            bid = st.backend_ids.allocate(owner_key)
+        try:
+            bid = _allocate(st.backend_ids, (name, k), allocated)
+        except Exhausted as e:
+            issues.append(RenderIssue(name, str(e), "error"))
+            _block(st, svc.key, "backend-id")
+            return fail()
         backends.append(
             Backend(
                 node=node,
@@ -692,6 +683,16 @@ def _render_port(
     for k in now:
         st.reverse_owner[k] = name
     return result
+
+
+def _allocate(pool: Pool, owner: object, allocated: list[tuple[Pool, object]]) -> int:
+    """The id `owner` holds, else a new one, recorded in `allocated` so that a port that fails
+    later in the same render hands it back (raises Exhausted when none is free)."""
+    if pool.holds(owner) is not None:
+        return pool.allocate(owner)
+    value = pool.allocate(owner)
+    allocated.append((pool, owner))
+    return value
 
 
 def issues_by_service(issues: Iterable[RenderIssue]) -> dict[str | None, list[RenderIssue]]:
