@@ -621,6 +621,70 @@ def another_controller(sw: SoftwareSwitch, election_high: int):
     assert sw.wait_for_streams(0, timeout=10), f"the other controller's stream is still open on {sw.port}"
 
 
+def _wait_for_write(sw: SoftwareSwitch, match, timeout: float) -> bool:
+    """Wait (on the switch's Write-finished condition, no sleep) until a finished Write matches."""
+    deadline = time.monotonic() + timeout
+    while not any(match(w) for w in sw.write_log()):
+        left = deadline - time.monotonic()
+        if left <= 0 or not sw.wait_for_writes(sw.writes_processed + 1, timeout=left):
+            return any(match(w) for w in sw.write_log())
+    return True
+
+
+@pytest.mark.slow
+def test_primary_stream_dropped_while_its_write_is_queued(world):
+    """The primary's StreamChannel drops while our first Write to it is still queued in the
+    switch (delayed 2 s before the switch authorizes it). Whatever the product decides (roll
+    back, or re-arbitrate and finish), the queued Write must never land after that decision (no
+    late writes: it is refused), and at the end both switches hold the snapshot the audit
+    history says was last applied."""
+    v1 = world.baseline()
+    changed = world.write_cluster(add_ready_endpoint(recording(), "web/frontend", "node-c", "10.244.0.99"))
+    # An event for "our Write reached the primary and is being held": the switch takes the
+    # armed delay as the Write arrives, just before serving it.
+    queued = threading.Event()
+    faults = world.primary.faults
+    take_write_delay = faults.take_write_delay
+
+    def take_and_tell() -> float:
+        delay = take_write_delay()
+        if delay:
+            queued.set()
+        return delay
+
+    faults.take_write_delay = take_and_tell  # type: ignore[method-assign]
+    world.primary.delay_writes(2.0, count=1)
+    proc = subprocess.Popen([str(P4KUBE), *map(str, world.reconcile_args(changed))],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=world.tmp)
+    try:
+        assert queued.wait(RUN_TIMEOUT), "no Write reached the primary"
+        dropped = world.primary.drop_streams()
+        stdout, stderr = proc.communicate(timeout=RUN_TIMEOUT)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    r = Run([str(a) for a in world.reconcile_args(changed)], proc.returncode, stdout, stderr)
+    print(r)
+    assert dropped >= 1, "the reconciler had no stream open on the primary"
+    assert "Traceback" not in r.out, r
+    # The queued Write finishes (refused, or applied if it was authorized before the drop)
+    # before anything is read: wait for it, so that a late Write cannot hide behind our read.
+    assert _wait_for_write(world.primary, lambda w: w.delayed > 0, timeout=10), "the delayed Write never finished"
+    late = [w for w in world.primary.write_log() if w.delayed > 0]
+    now = last_applied(world.audit)
+    world.assert_both_hold(now, f"after the stream drop (exit {r.code})")
+    if r.code == 0:
+        assert now.version == 2 and now.digest != v1.digest, r
+        assert records(world.audit)[:2] == [(2, "applied"), (2, "pending")]
+    else:
+        assert r.code == 1, r
+        assert now.digest == v1.digest, r
+        assert records(world.audit)[:2] == [(2, "rolled-back"), (2, "pending")]
+        assert all(w.code != grpc.StatusCode.OK for w in late), f"a late Write was applied: {late}"
+    assert world.p4kube("audit", "verify", "--repo", world.audit).code == 0
+
+
 @pytest.mark.slow
 def test_a_newer_controller_holding_the_primary_fences_us(world):
     """Fencing: another controller (a newer leader, election id (2**32) << 64) became primary on
