@@ -518,9 +518,11 @@ class ConfigWorker:
             return None  # the periodic read-back found what it should
         back = "" if before.healthy else "is back: "
         reason = (f"switch {name} ({role}) {back}read back in full"
-                  + (f" and repaired: {report.describe()}" if writes else f", holds v{self.last.version}"))
+                  + (f" and repaired to v{self.last.version} with {writes} writes" if writes else f", holds v{self.last.version}"))
+        if report.pipeline_pushed:
+            reason += " (it had lost its pipeline: pushed again)"
         if report.drift:
-            reason += "; drift: " + "; ".join(report.drift[:3])
+            reason += "; first differences: " + "; ".join(report.drift[:3])
         if writes:
             log.warning("%s: %s", self.config.key, reason)
             self._audit_repair("drift repaired: " + reason)

@@ -738,6 +738,51 @@ class _Demo:
 
     # -- 6 ----------------------------------------------------------------------------------------
 
+    async def safety(self) -> None:
+        n = self.n
+        assert self.held is not None
+        held = self.held
+        n.step(6, "Safety: a source that loses every Service, and a switch that reboots empty",
+               "The reconciler is level-triggered and conservative (DESIGN.md 6.1). A change that would take "
+               "more than spec.safety.maxRemovalPercent of the Services off the switches is refused, and "
+               "the switches' own state decides what \"up to date\" means: each health round checks each "
+               "switch's pipeline and entry counts, and repairs a switch that lost its tables on its own.")
+        # (a) The cluster source suddenly lists none of the served Services: what a truncated
+        # recording or a half-listed source looks like.
+        before = self.cluster.snapshot()
+        served = sorted(s.service_key for s in held.services)
+        mark = len(self.seen)
+        self.cluster.replace(dataclasses.replace(
+            before, services={k: v for k, v in before.services.items() if k not in served}))
+        n.item("source", f"the cluster source now lists none of {', '.join(served)}")
+        await self.wait(lambda: any(s.record.outcome == "refused" for s in self.seen[mark:]), "the removal guard")
+        refused = next(s for s in self.seen[mark:] if s.record.outcome == "refused")
+        n.item("refused", _short(refused.record.reason, 300))
+        self.check(held)
+        mark = len(self.seen)
+        self.cluster.replace(before)
+        await self.wait(lambda: any(s.record.outcome == "up-to-date" for s in self.seen[mark:]), "the source to return")
+        n.item("back", f"the source lists them again: nothing to write, the switches never moved from v{held.version}")
+
+        # (b) The primary reboots and comes back with no pipeline and no tables.
+        primary = next(s.name for s in self.config.switch_config.switches if s.role == "primary")
+        old = self.switches[primary]
+        port = old.port
+        old.stop(0)
+        fresh = SoftwareSwitch()
+        fresh.start(f"127.0.0.1:{port}")
+        self.stack.callback(fresh.stop, 1.0)
+        self.switches[primary] = fresh
+        n.item("reboot", f"{primary} restarts on 127.0.0.1:{port} with no pipeline and empty tables")
+        mark = len(self.seen)
+        await self.wait(lambda: any(s.record.outcome == "resynced" and s.record.writes for s in self.seen[mark:]),
+                        f"{primary} to be read back and repaired")
+        repaired = next(s for s in self.seen[mark:] if s.record.outcome == "resynced" and s.record.writes)
+        n.item("repair", _short(repaired.record.reason, 300))
+        self.check(held)
+
+    # -- summary ----------------------------------------------------------------------------------
+
     def summary(self) -> DemoReport:
         n = self.n
         history = tuple(self.ctl.history)
@@ -879,6 +924,7 @@ async def _play(work: Path, say: _Narrator) -> DemoReport:
         await demo.churn()
         await demo.intent_change()
         await demo.failure_and_recovery()
+        await demo.safety()
         report = demo.summary()
     return report
 

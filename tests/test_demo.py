@@ -30,20 +30,21 @@ def demo(tmp_path_factory):
 
 
 def passes(report: DemoReport) -> list[tuple[str, int | None]]:
-    """(outcome, version) of every pass that wrote or tried to write."""
-    return [(r.outcome, r.version) for r in report.transactions if r.outcome != "up-to-date"]
+    """(outcome, version) of every transaction that wrote or tried to write (step 6's refusal
+    and repair are checked on their own)."""
+    return [(r.outcome, r.version) for r in report.transactions if r.outcome in ("applied", "rolled-back")]
 
 
 def test_every_step_is_narrated_and_the_summary_names_the_audit_repository(demo):
     report, text, err = demo
     assert err == ""
     for header in ("== 1. Set up", "== 2. Validate, render", "== 3. Cluster churn", "== 4. An intent change",
-                   "== 5. Injected failure", "== Summary"):
+                   "== 5. Injected failure", "== 6. Safety", "== Summary"):
         assert header in text
     assert f"p4kube audit log --repo {report.audit_repo}" in text
     assert f"rm -rf {report.workdir}" in text
     assert "Plan: 4 to add, 0 to change, 0 to remove" in text
-    assert "transactions 7 applied, 1 rolled-back" in text
+    assert "transactions 7 applied, 1 refused, 1 resynced, 1 rolled-back" in text
     # The narrated writes are the transactions' own.
     for r in report.transactions:
         if r.outcome in ("applied", "rolled-back"):
@@ -54,7 +55,7 @@ def test_transactions_in_order_with_their_outcomes(demo):
     report, _, _ = demo
     # 1 first apply, 2-4 churn, 5 intent change, 6 rolled back, 7 without web/api, 8 recovered
     assert passes(report) == [("applied", v) for v in range(1, 6)] + [("rolled-back", 6), ("applied", 7), ("applied", 8)]
-    by_version = {r.version: r for r in report.transactions if r.outcome != "up-to-date"}
+    by_version = {r.version: r for r in report.transactions if r.outcome in ("applied", "rolled-back")}
     assert by_version[6].fell_back == ("web/api",)
     assert all(by_version[v].fell_back == () for v in (1, 2, 3, 4, 5, 7, 8))
     assert all(r.writes > 0 for r in by_version.values())
@@ -74,7 +75,9 @@ def test_audit_repository_holds_every_record_and_the_switches_state(demo):
     expected = []
     for v in range(1, 9):
         expected += [(v, "pending"), (v, "rolled-back" if v == 6 else "applied")]
+    expected.append((8, "applied"))  # step 6: the rebooted primary repaired to v8 (no new version)
     assert records == expected
+    assert "drift repaired" in history[-1].reason and "sim-primary" in history[-1].reason
     rolled = next(e for e in history if e.outcome == "rolled-back")
     assert "web/api" in rolled.reason and "connection refused" in rolled.reason
     last = audit.last_applied(CONFIG)
@@ -93,7 +96,7 @@ def test_audit_repository_holds_every_record_and_the_switches_state(demo):
 
 def test_both_switches_held_exactly_each_snapshot_when_read(demo):
     report, _, _ = demo
-    assert [c.version for c in report.checks] == [1, 4, 5, 5, 7, 8]  # v5 again after the rollback
+    assert [c.version for c in report.checks] == [1, 4, 5, 5, 7, 8, 8, 8]  # v5 again after the rollback; step 6
     for check in report.checks:
         assert set(check.held) == {"sim-primary", "sim-standby"}
         assert check.held["sim-primary"] == check.held["sim-standby"] == check.expected, check.label
@@ -123,9 +126,22 @@ def test_audit_log_command_lists_the_demo_records(demo, capsys):
     capsys.readouterr()
     assert main(["audit", "log", "--repo", str(report.audit_repo)]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert len(lines) == 16
-    assert "v8" in lines[0] and "applied" in lines[0]  # newest first
+    assert len(lines) == 17
+    assert "v8" in lines[0] and "applied" in lines[0]  # newest first: step 6's repair
     assert sum("rolled-back" in line for line in lines) == 1
+
+
+def test_safety_step_refuses_the_mass_removal_and_repairs_the_rebooted_primary(demo):
+    report, text, _ = demo
+    refused = [r for r in report.transactions if r.outcome == "refused"]
+    assert len(refused) == 1 and "4 of 4 Services" in refused[0].reason
+    assert refused[0].writes == 0
+    resynced = [r for r in report.transactions if r.outcome == "resynced" and r.writes]
+    (repair,) = resynced
+    assert "sim-primary" in repair.reason and repair.writes == len(report.checks[-1].expected)
+    # Both switches were read after each: still v8, exactly.
+    assert [c.version for c in report.checks[-2:]] == [8, 8] and all(c.ok for c in report.checks[-2:])
+    assert "nothing to write, the switches never moved from v8" in text
 
 
 def test_a_workdir_with_an_earlier_demo_is_refused(tmp_path):
