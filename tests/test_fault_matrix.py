@@ -700,7 +700,7 @@ def test_a_newer_controller_holding_the_primary_fences_us(world):
 
     applied_on_primary = ok_writes()
     with another_controller(world.primary, election_high=1 << 32):
-        r = world.reconcile(changed)
+        r = fenced = world.reconcile(changed)
         assert r.code == 1, r
         assert "sim-primary" in r.out and "Traceback" not in r.out, r
         assert ok_writes() == applied_on_primary, "a Write of ours was applied on the primary while another controller held it"
@@ -720,6 +720,10 @@ def test_a_newer_controller_holding_the_primary_fences_us(world):
     now = last_applied(world.audit)
     assert now.digest != v1.digest
     world.assert_both_hold(now, "once the next term's reconciler ran")
+    # Last, the message: it must say why the switch refused us (docs/apply.md: another controller
+    # holds a higher election id), not send the operator after a network outage.
+    assert re.search(r"not (the )?primary|another controller|higher election id|PERMISSION_DENIED", fenced.out), \
+        f"the fenced run does not say another controller holds sim-primary\n{fenced}"
 
 
 # --- 11. the audit repository fails: nothing is written -----------------------------------------
