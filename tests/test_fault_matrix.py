@@ -738,7 +738,19 @@ def _file_instead(path: Path) -> None:
     path.write_text("not a repository\n")
 
 
-@pytest.mark.parametrize("damage", [_no_audit_dir, _file_instead], ids=["deleted-directory", "regular-file"])
+def _objects_lost(path: Path) -> None:
+    """The repository is there, its branch too, but its objects are gone (a damaged disk, a
+    botched restore): the last applied snapshot cannot be read."""
+    objects = path / "objects"
+    for child in objects.iterdir():
+        if child.name not in ("info", "pack"):
+            shutil.rmtree(child)
+    for pack in (objects / "pack").iterdir():
+        pack.unlink()
+
+
+@pytest.mark.parametrize("damage", [_no_audit_dir, _file_instead, _objects_lost],
+                         ids=["deleted-directory", "regular-file", "objects-lost"])
 def test_audit_repository_fault_writes_nothing(world, damage):
     v1 = world.baseline()
     # A change is pending, so that a product that skipped the audit would write it.
@@ -756,7 +768,7 @@ def test_audit_repository_fault_writes_nothing(world, damage):
     # Nothing recorded anywhere: the file is as it was, or whatever now stands at the path has no record.
     if world.audit.is_file():
         assert world.audit.read_text() == "not a repository\n"
-    else:
+    elif damage is _no_audit_dir:
         assert records(world.audit) == []
 
 
