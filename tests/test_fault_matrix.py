@@ -816,50 +816,116 @@ def test_dangling_pending_is_closed_before_the_next_transaction(world):
     assert any(e.outcome == "interrupted" and e.trailers.get("Pending-Commit") == pending for e in entries), records(world.audit)
 
 
+# --- the loop: `p4kube run` as a real process --------------------------------------------------
+
+
+class Running:
+    """`p4kube run` on the world's intent, recording and audit repository, as a real process;
+    a thread reads its output lines, which the test waits on (the events: no sleeps)."""
+
+    def __init__(self, world: World) -> None:
+        self.proc = subprocess.Popen(
+            [str(P4KUBE), "--log-level", "info", "run", "--intent", str(world.intent), "--cluster",
+             str(world.cluster), "--audit-repo", str(world.audit)],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=world.tmp,
+        )
+        self.lines: queue.Queue = queue.Queue()
+        self.seen: list[str] = []
+        self.reader = threading.Thread(target=self._read, name="p4kube-run-output", daemon=True)
+        self.reader.start()
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:  # type: ignore[union-attr]
+            self.lines.put(line)
+        self.lines.put(None)
+
+    @property
+    def text(self) -> str:
+        return "".join(self.seen)
+
+    def wait_for(self, predicate, what: str, timeout: float = RUN_TIMEOUT) -> str:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                line = self.lines.get(timeout=max(0.01, deadline - time.monotonic()))
+            except queue.Empty:
+                pytest.fail(f"p4kube run: no {what} within {timeout:g} s:\n{self.text}")
+            if line is None:
+                pytest.fail(f"p4kube run ended (exit {self.proc.wait()}) before {what}:\n{self.text}")
+            self.seen.append(line)
+            if predicate(line):
+                return line
+
+    def stop(self) -> int:
+        """SIGTERM, and the exit code; kills it when it does not stop in time. Idempotent."""
+        if self.proc.stdout.closed:  # type: ignore[union-attr]
+            return self.proc.returncode
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=RUN_TIMEOUT)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+                self.proc.wait()
+            self.reader.join(timeout=10)
+            self.proc.stdout.close()  # type: ignore[union-attr]
+            while not self.lines.empty():
+                line = self.lines.get_nowait()
+                if line is not None:
+                    self.seen.append(line)
+            print(self.text)
+        return self.proc.returncode
+
+
+@contextlib.contextmanager
+def running(world: World):
+    run = Running(world)
+    try:
+        yield run
+    finally:
+        run.stop()
+
+
+def _synced_v1(line: str) -> bool:
+    return "v1" in line and ("resynced" in line or "up to date" in line)
+
+
 @pytest.mark.slow
 def test_run_closes_a_dangling_pending_as_interrupted_at_start(world):
     """Row 12 for the loop: `p4kube run` closes the pending a crashed run left with an
     `interrupted` record before anything else, reads both switches back, and exits 0 on SIGTERM."""
     v1 = world.baseline()
     pending = _dangling_pending(world)
-    proc = subprocess.Popen(
-        [str(P4KUBE), "--log-level", "info", "run", "--intent", str(world.intent), "--cluster", str(world.cluster),
-         "--audit-repo", str(world.audit)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=world.tmp,
-    )
-    lines: queue.Queue = queue.Queue()
-    seen: list[str] = []
-    reader = threading.Thread(target=lambda: [lines.put(l) for l in proc.stdout] + [lines.put(None)], daemon=True)
-    reader.start()
-    try:
-        deadline = time.monotonic() + RUN_TIMEOUT
-        closed = synced = False
-        while not (closed and synced):
-            line = lines.get(timeout=max(0.1, deadline - time.monotonic()))
-            if line is None:
-                pytest.fail("p4kube run ended early:\n" + "".join(seen))
-            seen.append(line)
-            closed = closed or ("interrupted" in line and "v2" in line)
-            synced = synced or (closed and "v1" in line and ("resynced" in line or "up to date" in line))
-    except queue.Empty:
-        pytest.fail("p4kube run did not close v2 and read the switches back in time:\n" + "".join(seen))
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=RUN_TIMEOUT)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-        reader.join(timeout=10)
-        proc.stdout.close()
-        while (line := lines.get_nowait() if not lines.empty() else None) is not None:
-            seen.append(line)
-        print("".join(seen))
-    assert proc.returncode == 0, "".join(seen)
+    with running(world) as run:
+        run.wait_for(lambda line: "interrupted" in line and "v2" in line, "interrupted record for v2")
+        run.wait_for(_synced_v1, "read-back of both switches at v1")
+        code = run.stop()
+    assert code == 0, run.text
     world.assert_both_hold(v1, "after p4kube run")
     entries = AuditRepo.open_or_init(world.audit, read_only=True).history(config=CONFIG)
     assert [(e.version, e.outcome) for e in entries] == [(2, "interrupted"), (2, "pending"), (1, "applied"), (1, "pending")]
     assert entries[0].trailers.get("Pending-Commit") == pending
     v = world.p4kube("audit", "verify", "--repo", world.audit)
     assert v.code == 0 and "pending" not in v.out, v
+
+
+@pytest.mark.slow
+def test_run_keeps_the_switches_when_the_recording_breaks_or_loses_most_services(world):
+    """Rows 2 and 5 for the loop: the followed recording is cut short (an error, the last good
+    state is kept), then whole again but with 3 of 4 Services gone (the removal guard refuses):
+    the switches keep v1 throughout, and no transaction is recorded."""
+    v1 = world.baseline()
+    with running(world) as run:
+        run.wait_for(_synced_v1, "read-back of both switches at v1")
+        world.cluster.write_text(CUT_SHORT)
+        run.wait_for(lambda line: "not a whole cluster" in line or "cut short" in line, "error for the cut recording")
+        world.assert_both_hold(v1, "while the recording is cut short")
+        world.cluster.write_text(dump(delete_services(recording(), "payments/dns-cache", "payments/ledger", "web/api")))
+        line = run.wait_for(lambda line: "removal guard" in line, "removal guard refusal")
+        assert all(key in line for key in ("payments/dns-cache", "payments/ledger", "web/api")), line
+        world.assert_both_hold(v1, "after the removal guard refused")
+        code = run.stop()
+    assert code == 0, run.text
+    world.assert_both_hold(v1, "after p4kube run stopped")
+    assert [rec for rec in records(world.audit) if rec[1] in ("applied", "pending", "rolled-back")] == [(1, "applied"), (1, "pending")]
