@@ -639,20 +639,34 @@ class TwoSwitchApplier:
                 out[sw.name] = held
         return out
 
+    async def reach(self, name: str) -> str:
+        """Make sure a primary session to `name` is open (arbitration, pipeline check; nothing
+        written): "" when it is, else why not, in words an operator can act on."""
+        session = self.session_for(name)
+        if session is not None and session.is_primary:
+            return ""
+        try:
+            await self._session(self._spec(name))
+            return ""
+        except NotPrimaryError as e:
+            # It answers, but another controller holds it with a higher election id.
+            return f"refused us as primary ({e})"
+        except SwitchError as e:
+            return f"unreachable ({e})"
+
     async def unreachable(self) -> str:
         """Why a transaction cannot start ("" when every switch it needs answers): reach each
         switch (arbitration, pipeline) before anything is recorded or written, so that an
         outage is an attempt that reached nothing, not a failed transaction."""
         for sw in self.order:
-            session = self.session_for(sw.name)
-            if session is None or not session.is_primary:
-                session = await self.reconnect(sw.name)
-            if session is not None:
+            why = await self.reach(sw.name)
+            if not why:
                 continue
             if sw.role == "primary":
-                return f"primary {sw.name} unreachable"
+                return f"primary {sw.name} {why}"
             if self.policy == "abort":
-                return f"standby {sw.name} unreachable (policy: abort)"
+                return f"standby {sw.name} {why} (policy: abort)"
+            log.info("standby %s %s; applying to the primary only", sw.name, why)
         return ""
 
     async def quick_check(self, name: str, snapshot: Snapshot | None, *, max_count: int | None = QUICK_COUNT_LIMIT) -> QuickCheck:

@@ -478,11 +478,8 @@ class ConfigWorker:
         assert self.last is not None
         t0 = time.perf_counter()
         now = self.clock.now()
-        session = self.applier.session_for(name)
-        if session is None or not session.is_primary:
-            session = await self.applier.reconnect(name)  # a switch that came back is seen here
-        why = "" if session is not None else "cannot be reached (no P4Runtime session could be opened)"
-        if session is not None:
+        why = await self.applier.reach(name)  # a switch that came back is seen here
+        if not why:
             try:
                 quick = await self.applier.quick_check(name, self.last)
                 if not quick.ok:
@@ -493,7 +490,7 @@ class ConfigWorker:
         after = self.switch_health[name] = advance(before, not why, why, self._thresholds())
         if why:
             if before.healthy and not after.healthy:
-                reason = (f"switch {name} ({role}) unreachable: {why}. It keeps forwarding with the tables it "
+                reason = (f"switch {name} ({role}) {why}. It keeps forwarding with the tables it "
                           f"holds; no Service falls back for it; it is read back in full when it returns")
                 log.error("%s: %s", self.config.key, reason)
                 return self._record(Outcome.DEGRADED, reason=reason, seconds=time.perf_counter() - t0)
