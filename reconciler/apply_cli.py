@@ -105,6 +105,15 @@ def _common(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--batch-size", type=int, metavar="N", help="updates per WriteRequest (default: the config's batchSize)")
     p.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS", help="connect and arbitration timeout")
+    rpc_timeout_option(p)
+
+
+def rpc_timeout_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--rpc-timeout", type=float, default=60.0, metavar="SECONDS",
+        help="deadline of each Write and Read RPC; a Write that misses it is fenced (a new stream with a higher "
+        "election id) before the transaction decides anything, so it cannot land later (default: %(default)s)",
+    )
 
 
 def build_applier(config: LoadBalancerConfig, args: argparse.Namespace, election_id: int | None = None) -> TwoSwitchApplier:
@@ -136,7 +145,8 @@ def build_applier(config: LoadBalancerConfig, args: argparse.Namespace, election
     if not config.switch_config.switches:
         raise CommandError(f"{config.key}: spec.switchConfig.switches is empty: nothing to apply to")
     factory = default_session_factory(
-        config, info, tls, connect_timeout=args.timeout, arbitration_timeout=args.timeout
+        config, info, tls, connect_timeout=args.timeout, arbitration_timeout=args.timeout,
+        rpc_timeout=getattr(args, "rpc_timeout", 60.0),
     )
     return TwoSwitchApplier(
         config,

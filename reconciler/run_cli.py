@@ -57,9 +57,10 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--leader-elect-identity", metavar="ID", help="this replica's name (default: hostname + pid)")
     p.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS", help="switch connect and arbitration timeout")
     p.add_argument("--batch-size", type=int, metavar="N", help="updates per WriteRequest (default: the config's batchSize)")
-    from .apply_cli import adopt_option
+    from .apply_cli import adopt_option, rpc_timeout_option
 
     adopt_option(p)
+    rpc_timeout_option(p)
     p.set_defaults(func=cmd_run)
 
 

@@ -685,6 +685,23 @@ def test_primary_stream_dropped_while_its_write_is_queued(world):
     assert world.p4kube("audit", "verify", "--repo", world.audit).code == 0
 
 
+def test_a_write_that_times_out_is_fenced_and_never_lands(world):
+    """No late writes (DESIGN.md 6.1): the primary holds our Write past --rpc-timeout. The
+    transaction fences it (a new stream with a higher election id) before deciding, rolls
+    back, and the held Write, served after the fence, is refused."""
+    v1 = world.baseline()
+    changed = world.write_cluster(add_ready_endpoint(recording(), "web/frontend", "node-c", "10.244.0.99"))
+    world.primary.delay_writes(1.5, count=1)
+    r = world.p4kube(*world.reconcile_args(changed), "--rpc-timeout", "0.3")
+    assert r.code == 1 and "Traceback" not in r.out, r
+    assert _wait_for_write(world.primary, lambda w: w.delayed > 0, timeout=10), "the held Write never finished"
+    late = [w for w in world.primary.write_log() if w.delayed > 0]
+    assert late and all(w.code == grpc.StatusCode.PERMISSION_DENIED for w in late), late
+    world.assert_both_hold(v1, "after the fenced, late Write")
+    assert records(world.audit) == [(2, "rolled-back"), (2, "pending"), (1, "applied"), (1, "pending")]
+    assert world.p4kube("audit", "verify", "--repo", world.audit).code == 0
+
+
 @pytest.mark.slow
 def test_a_newer_controller_holding_the_primary_fences_us(world):
     """Fencing: another controller (a newer leader, election id (2**32) << 64) became primary on
