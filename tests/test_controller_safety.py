@@ -317,3 +317,45 @@ def test_a_lost_audit_history_does_not_become_a_fresh_render_over_the_switches(s
             assert [o for _, o in audit_outcomes(audit3)] == ["applied", "pending"]
 
     asyncio.run(scenario())
+
+
+def test_a_primary_rebooted_while_the_standby_is_down_is_repaired_on_its_own(setup):
+    """Each switch is read back and repaired independently of the other's health."""
+    sws, backends, ports, config, state, tmp = setup
+    cluster = ScriptedCluster(state)
+
+    async def scenario():
+        ctl, audit = make_controller(config, cluster, tmp / "audit.git")
+        async with running(ctl):
+            await ctl.wait_until(lambda: any(r.outcome == "applied" for r in ctl.history))
+            v1 = ctl.workers[CONFIG].last
+            sws[0].stop(0)  # the standby is down
+            port = sws[1].port
+            sws[1].stop(0)
+            fresh = SoftwareSwitch()  # the primary reboots: no pipeline, no tables
+            fresh.start(f"127.0.0.1:{port}")
+            try:
+                n0 = len(ctl.history)
+                await ctl.wait_until(lambda: any(r.outcome == Outcome.RESYNCED and r.writes and "primary" in r.reason
+                                                 for r in ctl.history[n0:]), timeout=15)
+                assert {t: len(fresh.entries(1, t)) for t in TABLES} == {t: len(v1.tables()[t]) for t in TABLES}
+                assert held(fresh) == held_of(v1)
+                assert any(r.outcome == Outcome.DEGRADED and "standby" in r.reason for r in ctl.history[n0:])
+                assert not any(s.auto_fallback for s in cluster.snapshot().services.values())
+            finally:
+                fresh.stop(0)
+
+    asyncio.run(scenario())
+
+
+def held_of(snap) -> set:
+    """A snapshot's entries in the form `held` reads them off a switch."""
+    import ipaddress as ipa
+
+    def value(v):
+        if isinstance(v, str) and v.count(".") == 3:
+            return int(ipa.IPv4Address(v))
+        return v
+
+    return {(t, tuple(value(k) for k in e.key), e.action, tuple(value(a) for a in e.args))
+            for t in TABLES for e in snap.tables()[t]}
