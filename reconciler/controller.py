@@ -461,14 +461,16 @@ class ConfigWorker:
         differs), then the backends of every served Service (all down for failureThreshold
         rounds: that Service falls back). A switch that cannot be reached degrades the config;
         no Service falls back for it. Returns the records of what it changed."""
-        check = self.config.health_check
         records: list[TransactionRecord] = []
-        if not check.enabled or self.last is None:
+        if self.last is None:
             return records
+        # The switches are checked whether or not probes are enabled: what they hold is not a probe.
         for sw in self.applier.order:
             record = await self._switch_round(sw.name, sw.role)
             if record is not None:
                 records.append(await self._report(record, None, self.last))
+        if not self.config.health_check.enabled:
+            return records
         record = await self._backend_round()
         if record is not None:
             records.append(await self._report(record, None, self.last))
@@ -706,8 +708,8 @@ class Controller:
 
     def _due_times(self) -> list[float]:
         now = self.clock.now()
-        health = min((w.config.health_check.interval_s for w in self.workers.values() if w.config.health_check.enabled),
-                     default=None)
+        # Every config gets health rounds: with probes disabled they still check the switches.
+        health = min((w.config.health_check.interval_s for w in self.workers.values()), default=None)
         lc = min((max(w.config.update_interval_s, 0.05) for w in self.workers.values()
                   if w.config.algorithm == "least-connections"), default=None)
         self._next_health = None if health is None else (self._next_health or now + health)
