@@ -281,7 +281,11 @@ async def build_runtime(args: argparse.Namespace, api: Any = None) -> Runtime:
         cluster = LiveClusterSource(api)
         await cluster.start()
         closers.append(cluster.aclose)
-        await cluster.wait_synced(timeout=120)
+        try:
+            await cluster.wait_synced(timeout=120)
+        except TimeoutError as e:
+            # Not a reason to exit: the loop renders nothing until every kind is listed.
+            log.warning("%s; starting anyway, nothing is written until it is", e)
         events = EventRecorder(api)
         fallback = Fallback(api, events)
         status_writer = ServiceStatusWriter(api, events, status_managers=cluster.state.status_managers)
