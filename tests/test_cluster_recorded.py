@@ -9,6 +9,8 @@ from typing import Any
 
 import pytest
 from ruamel.yaml import YAML
+from shared_fixtures import KUBE_API
+from shared_fixtures import RECORDED_CLUSTER as RECORDED
 
 from reconciler.cluster.convert import (
     ConversionError,
@@ -22,9 +24,6 @@ from reconciler.cluster.recorded import _EventBuilder, load_cluster_file, load_c
 from reconciler.diagnostics import InputError
 
 REPO = Path(__file__).resolve().parents[1]
-FIXTURES = REPO.parent / "shared" / "fixtures"  # beside the repository, as DESIGN.md 7 says
-RECORDED = FIXTURES / "recorded-cluster"
-KUBE_API = FIXTURES / "kube-api"
 EXAMPLE_CLUSTER = REPO / "intent-examples" / "multi-service" / "cluster.yaml"
 
 
