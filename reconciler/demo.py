@@ -58,7 +58,7 @@ from .intent.loader import validate_paths
 from .intent.model import LoadBalancerConfig
 from .intent.watch import DirectoryIntent
 from .p4info import load_p4info, pipeline_info_from_message
-from .paths import REPO_ROOT
+from .paths import DEMO_EXAMPLE_DIR
 from .pipeline_io import config_p4info_digest, p4info_path
 from .plan import ConfigPlan, format_text
 from .sim.packet import SYN, build_tcp, ip, ip_str, parse_frame
@@ -66,7 +66,7 @@ from .sim.pipeline import flow_bucket
 from .sim.server import SoftwareSwitch
 from .snapshot import Snapshot
 
-EXAMPLE = REPO_ROOT / "intent-examples" / "multi-service"
+EXAMPLE = DEMO_EXAMPLE_DIR  # intent-examples/multi-service, shipped in the package
 INTENT_FILE = "lbconfig.yaml"
 WAIT_S = 20.0  # the longest any step waits for the loop; a normal run needs well under a second
 NODE_HOST = 11  # node-a -> 127.0.0.11, node-b -> 127.0.0.12, ...
