@@ -162,6 +162,11 @@ def test_the_wheel_ships_its_data_and_works_outside_the_checkout(tmp_path):
     assert done.returncode == 0, done.stderr
     assert done.stdout == crd_yaml()  # generated from the shipped schema, which is the checkout's
 
+    # The demo starts from the example shipped in the package (reconciler/data/intent-examples).
+    done = run([str(p4kube), "demo", "--workdir", "demo"], cwd=work, timeout=180)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr
+    assert (work / "demo" / "intent" / "lbconfig.yaml").exists()
+
     proc = subprocess.Popen([str(p4kube), "switch", "--listen", "127.0.0.1:0"], cwd=work, env=clean_env(),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
