@@ -15,12 +15,23 @@ What the translation changes, and why (docs/deploy.md repeats this for users):
   else there (no description, no defaults, no restrictions beyond name/generateName).
 - `apiVersion`/`kind` keep their type and description but lose their enum: the API server
   sets and checks them from the request path.
-- Integer bounds outside int64 are clamped: Kubernetes decodes JSON integers as int64, so a
-  deviceId above 2^63-1 (the P4Runtime field is uint64) cannot be stored in a custom resource.
+- Integer bounds the API server cannot represent are clamped. It holds `minimum`/`maximum`
+  as float64 and, for an integer node, refuses a bound whose float64 value is not an int64
+  (int32 under `format: int32`) -- "Maximum boundary value must be of type integer (default
+  format)" (k8s.io/kube-openapi pkg/validation/validate, IsValueValidAgainstRange), reported
+  against the node's `default` when it has one, and against every custom resource that sets the
+  field otherwise. 2^63-1 itself rounds up to 2^63 in float64, so deviceId (uint64 in
+  P4Runtime, maximum 2^64-1 in the JSON Schema) gets the largest exact float64 below 2^63:
+  9223372036854774784. The JSON Schema keeps the full range for Git intent.
 - `\\uXXXX` escapes in patterns become the literal characters: the API server compiles
   patterns with Go's RE2, which has no `\\u` escape (Python's re accepts both forms).
 Any keyword without a translation here is an error, so a schema change can never be dropped
 silently from the CRD.
+
+What only the CRD adds: `categories` (`kubectl get p4kube`, `kubectl get all`) and CEL rules
+(`x-kubernetes-validations`, CEL_RULES below) for the cross-field checks of the intent
+validator that CEL can state exactly, so that the API server refuses such a custom resource at
+create/update (422, the rule's message) instead of the reconciler reporting it as Stalled.
 """
 
 from __future__ import annotations
@@ -30,6 +41,7 @@ import io
 import json
 import re
 from collections.abc import Mapping, Sequence
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +60,14 @@ CRD_NAME = f"{PLURAL}.{GROUP}"
 
 INT64_MAX = 2**63 - 1
 INT64_MIN = -(2**63)
+INT32_MAX = 2**31 - 1
+INT32_MIN = -(2**31)
+# The largest integer <= 2^63-1 that float64 holds exactly (2^63 - 2^10): the API server keeps
+# bounds as float64 and checks that the float's shortest decimal form parses as an int64; 2^63-1
+# becomes 2^63 ("9223372036854776000"), which does not, and neither does -2^63.
+FLOAT64_EXACT_INT64_MAX = 2**63 - 2**10
+
+CATEGORIES = ("p4kube", "all")
 
 # Formats the API server knows (k8s.io/kube-openapi strfmt); others would only draw a warning
 # and validate nothing, so the generator refuses them.
@@ -73,6 +93,57 @@ SPEC_LIST_MAP_KEYS: dict[tuple[str, ...], tuple[str, ...]] = {
 }
 
 _DNS_LABEL = "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+
+# CEL rules (x-kubernetes-validations) for cross-field checks of the intent validator
+# (reconciler/intent/semantic.py) that CEL states exactly. Each rule sits on the node it is
+# about; the API server refuses a custom resource breaking one with 422 and the message
+# (cause field: the node's path, plus fieldPath when given). Rules must hold for the node's
+# `default` too (the API server checks that when the CRD is created), hence the has() guards on
+# objects that default to {}. A `format: duration` string is a CEL duration on the server, so
+# durations compare directly. All rules are O(1), or O(n) over switches (maxItems 2): their
+# estimated cost is far below the per-rule (10^7) and per-CRD (10^8) limits.
+#
+# Not here, and why:
+# - unique switch, pool and route keys: the list-maps (SPEC_LIST_MAP_KEYS) already make the API
+#   server refuse duplicates ("Duplicate value"); a CEL rule would say it twice.
+# - at most one standby: follows from exactly one primary, role in {primary, standby} and
+#   maxItems 2 (checked when generating, so a schema change cannot void it silently).
+# - healthCheck timeout shorter than interval: expressible (HEALTH_CHECK_TIMEOUT_RULE), but not
+#   generated yet: tests/test_kube_intent_source.py and tests/test_e2e_kube.py create a custom
+#   resource with timeout >= interval on purpose, as their example of a config the API server
+#   accepts and the reconciler reports as Stalled; they must pick another example first.
+# - overlapping VIP ranges, addresses (host:port), pipeline files: need parsing or other
+#   objects; they stay in the reconciler.
+_DURATION_MAX_1H = {"rule": "self <= duration('1h')", "message": "must be at most 1h"}
+CEL_RULES: dict[tuple[str, ...], tuple[dict[str, str], ...]] = {
+    ("spec", "switchConfig", "switches"): (
+        {
+            "rule": "self.exists_one(s, s.role == 'primary')",
+            "message": "exactly one switch must have role primary (the other one, if any, standby)",
+        },
+    ),
+    ("spec", "switchConfig", "tls"): (
+        {
+            "rule": "has(self.certFile) == has(self.keyFile)",
+            "message": "certFile and keyFile must be set together (a client certificate needs its key)",
+        },
+    ),
+    ("spec", "updateInterval"): (_DURATION_MAX_1H,),
+    ("spec", "healthCheck", "interval"): (
+        {"rule": "self > duration('0s')", "message": "must be longer than 0s"},
+        _DURATION_MAX_1H,
+    ),
+    ("spec", "healthCheck", "timeout"): (
+        {"rule": "self > duration('0s')", "message": "must be longer than 0s"},
+        _DURATION_MAX_1H,
+    ),
+    ("spec", "healthCheck", "readBackInterval"): (_DURATION_MAX_1H,),
+}
+HEALTH_CHECK_TIMEOUT_RULE = {
+    "rule": "!has(self.timeout) || !has(self.interval) || self.timeout < self.interval",
+    "message": "timeout must be shorter than interval",
+    "fieldPath": ".timeout",
+}
 
 
 class CRDGenerationError(ValueError):
@@ -225,25 +296,46 @@ def _go_pattern(pattern: str, path: Sequence[str]) -> str:
     return out
 
 
-def _clamp_int64(node: Mapping[str, Any], out: dict[str, Any], path: Sequence[str], notes: list[str]) -> None:
+def representable_bound(value: Any, kind: str, fmt: str | None) -> bool:
+    """Whether the API server accepts `value` as minimum/maximum of a node of type `kind`: it
+    holds the bound as float64 and, for integers, requires that float's shortest decimal form to
+    parse as an int64 (int32 under format int32). Numbers take any float64."""
+    if kind != "integer":
+        return True
+    try:
+        exact = Decimal(repr(float(value)))
+    except (OverflowError, ValueError):
+        return False
+    if exact != exact.to_integral_value():
+        return False
+    low, high = (INT32_MIN, INT32_MAX) if fmt == "int32" else (INT64_MIN, INT64_MAX)
+    return low <= int(exact) <= high
+
+
+def _clamp_bounds(node: Mapping[str, Any], out: dict[str, Any], path: Sequence[str], notes: list[str]) -> None:
+    fmt = node.get("format")
+    high, low = (INT32_MAX, INT32_MIN) if fmt == "int32" else (FLOAT64_EXACT_INT64_MAX, -FLOAT64_EXACT_INT64_MAX)
     clamped = []
-    for key, limit in (("maximum", INT64_MAX), ("minimum", INT64_MIN)):
+    for key, limit in (("maximum", high), ("minimum", low)):
         value = node.get(key)
-        if isinstance(value, int) and not INT64_MIN <= value <= INT64_MAX:
-            out[key] = limit
-            clamped.append(f"{key} {value} clamped to {limit}")
+        if value is None or representable_bound(value, "integer", fmt):
+            continue
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise CRDGenerationError(f"{_path_text(path)}: {key} {value!r} of an integer must be an integer")
+        out[key] = limit
+        clamped.append(f"{key} {value} clamped to {limit}")
     if not clamped:
         return
-    notes.append(f"{_path_text(path)}: {', '.join(clamped)} (Kubernetes stores integers as int64)")
+    notes.append(f"{_path_text(path)}: {', '.join(clamped)} (the API server holds bounds as float64, integers as int64)")
     said = "; ".join(c.replace(" clamped to", " becomes") for c in clamped)
     desc = out.get("description", "")
     out["description"] = (desc + " " if desc else "") + (
-        f"In a custom resource the {said}, because Kubernetes stores integers as int64; "
-        "Git intent keeps the full range."
+        f"In a custom resource the {said}, the largest bound the API server can hold "
+        "(as float64, for an int64); Git intent keeps the full range."
     )
     default = out.get("default")
-    if isinstance(default, int) and not INT64_MIN <= default <= INT64_MAX:
-        raise CRDGenerationError(f"{_path_text(path)}: default {default} does not fit in int64")
+    if isinstance(default, int) and not out.get("minimum", default) <= default <= out.get("maximum", default):
+        raise CRDGenerationError(f"{_path_text(path)}: default {default} is outside the clamped bounds")
 
 
 def _translate(node: Mapping[str, Any], path: tuple[str, ...], notes: list[str]) -> dict[str, Any]:
@@ -269,7 +361,7 @@ def _translate(node: Mapping[str, Any], path: tuple[str, ...], notes: list[str])
     if "pattern" in node:
         out["pattern"] = _go_pattern(node["pattern"], path)
     if kind == "integer":
-        _clamp_int64(node, out, path, notes)
+        _clamp_bounds(node, out, path, notes)
     if kind == "object":
         props = node.get("properties")
         extra = node.get("additionalProperties")
@@ -325,6 +417,40 @@ def _apply_list_map_keys(root: dict[str, Any]) -> None:
         node["x-kubernetes-list-map-keys"] = list(keys)
 
 
+def _node_at(root: dict[str, Any], path: tuple[str, ...], table: str) -> dict[str, Any]:
+    node = root
+    for name in path:
+        try:
+            node = node["properties"][name]
+        except KeyError:
+            raise CRDGenerationError(f"{'.'.join(path)}: no such property ({table} is stale)") from None
+    return node
+
+
+_SELF_FIELD = re.compile(r"\bself\.([A-Za-z_][A-Za-z0-9_]*)\b(?!\s*\()")  # self.field, not self.method(
+
+
+def _apply_cel_rules(root: dict[str, Any]) -> None:
+    for path, rules in CEL_RULES.items():
+        node = _node_at(root, path, "CEL_RULES")
+        for rule in rules:
+            # A rule naming a field the node does not have would not compile on the API server.
+            for name in _SELF_FIELD.findall(rule["rule"]):
+                if name not in node.get("properties", {}):
+                    raise CRDGenerationError(f"{'.'.join(path)}: CEL rule {rule['rule']!r} names unknown field {name!r}")
+            if "duration(" in rule["rule"] and node.get("type") == "string" and node.get("format") != "duration":
+                raise CRDGenerationError(f"{'.'.join(path)}: duration rule on a string without format duration")
+        node["x-kubernetes-validations"] = [dict(r) for r in rules]
+    switches = _node_at(root, ("spec", "switchConfig", "switches"), "CEL_RULES")
+    roles = switches["items"]["properties"]["role"].get("enum")
+    if switches.get("maxItems") != 2 or sorted(roles or ()) != ["primary", "standby"]:
+        # "at most one standby" is implied only by exactly one primary among at most two switches.
+        raise CRDGenerationError(
+            "spec.switchConfig.switches: the CEL rules assume maxItems 2 and roles primary|standby; "
+            "add a rule for at most one standby"
+        )
+
+
 def openapi_schema(json_schema: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
     """The structural openAPIV3Schema for `json_schema`, and notes on what had to change."""
     if json_schema.get("type") != "object" or "properties" not in json_schema:
@@ -355,6 +481,7 @@ def openapi_schema(json_schema: Mapping[str, Any]) -> tuple[dict[str, Any], list
     if required:
         out["required"] = required
     _apply_list_map_keys(out)
+    _apply_cel_rules(out)
     return out, notes
 
 
@@ -381,6 +508,7 @@ def generate_crd(json_schema: Mapping[str, Any] | None = None) -> dict[str, Any]
                 "plural": PLURAL,
                 "singular": SINGULAR,
                 "shortNames": list(SHORT_NAMES),
+                "categories": list(CATEGORIES),
             },
             "scope": "Namespaced",
             "versions": [

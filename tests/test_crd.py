@@ -14,11 +14,16 @@ from typing import Any
 
 import jsonschema
 import pytest
+from kubeapi.server import KubeApiServer
+from kubernetes import client as k8s
+from kubernetes.client.rest import ApiException
 from ruamel.yaml import YAML
 
 from reconciler import crd
 from reconciler.crd_cli import register
-from reconciler.intent.yamlsafe import read_yaml_file
+from reconciler.intent.schema import validate_document
+from reconciler.intent.yamlsafe import parse_yaml_text, read_yaml_file
+from reconciler.kube.client import build_api_client
 from reconciler.paths import LBCONFIG_SCHEMA_PATH, REPO_ROOT
 
 DEPLOY_CRD = REPO_ROOT / "deploy" / "crd.yaml"
@@ -96,7 +101,7 @@ def test_header_says_what_the_crd_form_changed() -> None:
     header = [line for line in crd.crd_yaml().splitlines() if line.startswith("#")]
     assert any("do not edit" in line for line in header)
     (clamp,) = [line for line in header if "deviceId" in line]
-    assert "18446744073709551615" in clamp and str(2**63 - 1) in clamp
+    assert "18446744073709551615" in clamp and str(2**63 - 1024) in clamp
 
 
 # --- names, version, subresources, columns (mirroring fixture 10) ----------------------------
@@ -115,6 +120,7 @@ def test_names_scope_and_version(generated: dict[str, Any]) -> None:
         "plural": "loadbalancerconfigs",
         "singular": "loadbalancerconfig",
         "shortNames": ["lbc"],
+        "categories": ["p4kube", "all"],
     }
     (version,) = spec["versions"]
     assert (version["name"], version["served"], version["storage"]) == ("v1alpha1", True, True)
@@ -130,7 +136,7 @@ def test_same_shape_as_the_crd_a_real_api_server_accepted(generated: dict[str, A
     created = next(e for e in exchanges if e["request"]["method"] == "POST" and e["response"]["status"] == 201)
     real = created["request"]["body"]["spec"]
     ours = generated["spec"]
-    assert ours["names"] == real["names"]
+    assert {k: v for k, v in ours["names"].items() if k != "categories"} == real["names"]  # categories: ours only
     assert ours["scope"] == real["scope"]
     assert set(ours["versions"][0]) >= set(real["versions"][0])
     real_cond = real["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["status"]["properties"]["conditions"]
@@ -262,16 +268,25 @@ def test_patterns_are_re2_compatible(openapi: dict[str, Any]) -> None:
     assert re.fullmatch(duration, "5\u00b5s") and re.fullmatch(duration, "5\u03bcs")  # both micro signs
 
 
-def test_integer_bounds_fit_int64(openapi: dict[str, Any]) -> None:
+def test_integer_bounds_are_ones_the_api_server_can_hold(openapi: dict[str, Any]) -> None:
+    """The API server keeps bounds as float64 and wants an int64 back from an integer's bound:
+    2^63-1 is 2^63 as a float64 and was refused (DESIGN.md 7); 2^63-1024 is exact."""
     for path, node in nodes(openapi):
-        for key in ("minimum", "maximum", "default"):
-            if node.get("type") == "integer" and isinstance(node.get(key), int):
-                assert -(2**63) <= node[key] <= 2**63 - 1, f"{'.'.join(path)}.{key}"
+        for key in ("minimum", "maximum"):
+            if node.get("type") == "integer" and key in node:
+                assert crd.representable_bound(node[key], "integer", node.get("format")), f"{'.'.join(path)}.{key}"
+        if node.get("type") == "integer" and isinstance(node.get("default"), int):
+            assert -(2**63) <= node["default"] <= 2**63 - 1, f"{'.'.join(path)}.default"
     device = openapi["properties"]["spec"]["properties"]["switchConfig"]["properties"]["switches"]["items"][
         "properties"
     ]["deviceId"]
-    assert device["maximum"] == 2**63 - 1
-    assert "int64" in device["description"]
+    assert device["maximum"] == 2**63 - 1024 == crd.FLOAT64_EXACT_INT64_MAX
+    assert "float64" in device["description"] and "18446744073709551615" in device["description"]
+    assert not crd.representable_bound(2**63 - 1, "integer", None)
+    assert not crd.representable_bound(2**64 - 1, "integer", None)
+    assert not crd.representable_bound(-(2**63), "integer", None)  # "-9223372036854776000"
+    assert not crd.representable_bound(1.5, "integer", None)
+    assert crd.representable_bound(2**31 - 1, "integer", "int32") and not crd.representable_bound(2**31, "integer", "int32")
 
 
 def test_enum_values_have_their_node_type(openapi: dict[str, Any]) -> None:
@@ -324,7 +339,7 @@ def test_descriptions_defaults_and_constraints_come_from_the_json_schema(
         if "description" in src:
             assert node["description"].startswith(src["description"]), path
         if node.get("maximum") != src.get("maximum"):
-            assert src["maximum"] > 2**63 - 1 and node["maximum"] == 2**63 - 1, path
+            assert src["maximum"] > 2**63 - 1 and node["maximum"] == crd.FLOAT64_EXACT_INT64_MAX, path
         assert node.get("minimum") == src.get("minimum"), path
         compared += 1
     assert compared >= 40
@@ -498,6 +513,8 @@ def test_known_differences(source_schema: dict[str, Any], openapi: dict[str, Any
     assert not list(Strict(source_schema).iter_errors(big))
     assert [e.validator for e in Strict(openapi).iter_errors(big)] == ["maximum"]
     big["spec"]["switchConfig"]["switches"][0]["deviceId"] = 2**63 - 1
+    assert [e.validator for e in Strict(openapi).iter_errors(big)] == ["maximum"]
+    big["spec"]["switchConfig"]["switches"][0]["deviceId"] = 2**63 - 1024
     assert not list(Strict(openapi).iter_errors(big))
 
 
@@ -527,3 +544,167 @@ def test_cli_writes_and_checks(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert "p4kube crd --out" in capsys.readouterr().err
     assert run_crd(["--check", str(tmp_path / "missing.yaml")]) == 1
     assert "cannot read" in capsys.readouterr().err
+
+
+# --- what a real API server refuses, through the test API server (tests/kubeapi/celrules.py) ---
+
+NS = "p4kube-system"
+DEVICE_ID_PATH = (
+    "spec.validation.openAPIV3Schema.properties[spec].properties[switchConfig].properties[switches]"
+    ".items.properties[deviceId]"
+)
+BOUND_MESSAGE = 'Invalid value: "": Maximum boundary value must be of type integer (default format) in '
+
+
+@pytest.fixture
+def kube() -> Iterator[k8s.ApiClient]:
+    with KubeApiServer() as srv:
+        srv.load([{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS}}])
+        api = build_api_client(configuration=srv.client_configuration())
+        try:
+            yield api
+        finally:
+            api.close()
+
+
+def _device_id(crd_obj: dict[str, Any]) -> dict[str, Any]:
+    spec = crd_obj["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    return spec["properties"]["switchConfig"]["properties"]["switches"]["items"]["properties"]["deviceId"]
+
+
+def _refused(call: Any, *args: Any) -> dict[str, Any]:
+    with pytest.raises(ApiException) as info:
+        call(*args)
+    assert info.value.status == 422, info.value.body
+    body = json.loads(info.value.body)
+    assert body["reason"] == "Invalid"
+    return body
+
+
+def _causes(body: dict[str, Any]) -> list[tuple[str, str]]:
+    return [(c.get("field", ""), c["message"]) for c in body["details"]["causes"]]
+
+
+def _cr(name: str, **spec: Any) -> dict[str, Any]:
+    spec.setdefault("switchConfig", {"switches": [{"name": "leaf-1", "role": "primary", "address": "10.0.0.1:9559"}]})
+    return {
+        "apiVersion": f"{crd.GROUP}/{crd.VERSION}",
+        "kind": crd.KIND,
+        "metadata": {"name": name, "namespace": NS},
+        "spec": spec,
+    }
+
+
+def _install(api: k8s.ApiClient, crd_obj: dict[str, Any]) -> None:
+    k8s.ApiextensionsV1Api(api).create_custom_resource_definition(crd_obj, _preload_content=False)
+
+
+def _create(api: k8s.ApiClient, cr: dict[str, Any]) -> Any:
+    return k8s.CustomObjectsApi(api).create_namespaced_custom_object(crd.GROUP, crd.VERSION, NS, crd.PLURAL, cr)
+
+
+@pytest.mark.parametrize("maximum", [2**64 - 1, 2**63 - 1], ids=["uint64-max", "int64-max-as-shipped"])
+def test_the_api_server_refuses_a_bound_it_cannot_hold(kube: k8s.ApiClient, maximum: int) -> None:
+    """kube-apiserver v1.36 refused deploy/crd.yaml with deviceId's maximum 2^63-1 (DESIGN.md 7):
+    the bound is a float64 there, 2^63, not an int64; checked when validating the default."""
+    old = crd.generate_crd()
+    _device_id(old)["maximum"] = maximum
+    body = _refused(k8s.ApiextensionsV1Api(kube).create_custom_resource_definition, old)
+    assert _causes(body) == [(f"{DEVICE_ID_PATH}.default", BOUND_MESSAGE)]
+    assert f"{DEVICE_ID_PATH}.default: {BOUND_MESSAGE}" in body["message"]
+    # The generated CRD (maximum 2^63-1024) is accepted, and so is a custom resource using it.
+    _install(kube, crd.generate_crd())
+    cr = _cr("edge")
+    cr["spec"]["switchConfig"]["switches"][0]["deviceId"] = crd.FLOAT64_EXACT_INT64_MAX
+    assert _create(kube, cr)["spec"]["switchConfig"]["switches"][0]["deviceId"] == crd.FLOAT64_EXACT_INT64_MAX
+
+
+def test_without_a_default_the_bad_bound_fails_every_custom_resource_instead(kube: k8s.ApiClient) -> None:
+    old = crd.generate_crd()
+    del _device_id(old)["default"]
+    _device_id(old)["maximum"] = 2**63 - 1
+    _install(kube, old)
+    body = _refused(_create, kube, _cr("edge", switchConfig={"switches": [
+        {"name": "leaf-1", "role": "primary", "address": "10.0.0.1:9559", "deviceId": 7}]}))
+    assert _causes(body) == [("<nil>", BOUND_MESSAGE + "spec.switchConfig.switches[0].deviceId")]
+    _create(kube, _cr("no-device-id"))  # nothing to check without the field
+
+
+def test_git_intent_keeps_the_uint64_range() -> None:
+    """The clamp is the CRD's only: the intent validator still takes uint64 and refuses beyond."""
+    text = (EXAMPLES / "minimal" / "lbconfig.yaml").read_text(encoding="utf-8")
+    text = text.replace("address: 127.0.0.1:9559", "address: 127.0.0.1:9559\n        deviceId: {}")
+    fields = {}
+    for value in (2**64 - 1, 2**64):
+        (doc,) = parse_yaml_text(text.format(value), "lbconfig.yaml").documents
+        fields[value] = [(d.field, d.message) for d in validate_document(doc)]
+    assert fields[2**64 - 1] == []
+    ((field, message),) = fields[2**64]
+    assert field == "spec.switchConfig.switches[0].deviceId" and "18446744073709551615" in message
+
+
+def test_defaults_rules_and_categories_the_api_server_refuses(kube: k8s.ApiClient) -> None:
+    bad = crd.generate_crd()
+    spec = bad["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    spec["properties"]["healthCheck"]["default"] = {"interval": "5s", "intervall": "5s"}  # would be pruned
+    spec["properties"]["algorithm"]["default"] = "Not A Name"  # fails its own pattern
+    spec["properties"]["updateInterval"]["default"] = "2h"  # fails its own CEL rule
+    tls = spec["properties"]["switchConfig"]["properties"]["tls"]
+    tls["x-kubernetes-validations"] = [{"rule": "has(self.certFil)", "message": "typo"}]
+    bad["spec"]["names"]["categories"] = ["p4kube", "All"]
+    body = _refused(k8s.ApiextensionsV1Api(kube).create_custom_resource_definition, bad)
+    causes = dict(_causes(body))
+    root = "spec.validation.openAPIV3Schema.properties[spec]"
+    assert causes[f"{root}.properties[healthCheck].default"].endswith(": must not have unknown fields")
+    assert "should match" in causes[f"{root}.properties[algorithm].default"]
+    assert causes[f"{root}.properties[updateInterval].default"] == 'Invalid value: "2h": must be at most 1h'
+    rule = causes[f"{root}.properties[switchConfig].properties[tls].x-kubernetes-validations[0].rule"]
+    assert "undefined field 'certFil'" in rule
+    assert "spec.names.categories[1]" in causes
+
+
+def test_cel_rules_refuse_what_the_intent_validator_refuses(kube: k8s.ApiClient) -> None:
+    _install(kube, crd.generate_crd())
+    custom = k8s.CustomObjectsApi(kube)
+    two = [{"name": "leaf-1", "role": "primary", "address": "10.0.0.1:9559"},
+           {"name": "leaf-2", "role": "primary", "address": "10.0.0.2:9559"}]
+    body = _refused(_create, kube, _cr("twins", switchConfig={"switches": two}))
+    message = "exactly one switch must have role primary (the other one, if any, standby)"
+    assert _causes(body) == [("spec.switchConfig.switches", f"Invalid value: {message}")]
+    assert body["details"]["kind"] == crd.KIND and body["code"] == 422
+    none = [{**two[0], "role": "standby"}]
+    assert _causes(_refused(_create, kube, _cr("orphan", switchConfig={"switches": none}))) == [
+        ("spec.switchConfig.switches", f"Invalid value: {message}")]
+
+    # A valid pair is created; an update making both primary is refused the same way.
+    pair = [two[0], {**two[1], "role": "standby"}]
+    _create(kube, _cr("pair", switchConfig={"switches": pair}))
+    patch = {"spec": {"switchConfig": {"switches": two}}}
+    body = _refused(custom.patch_namespaced_custom_object, crd.GROUP, crd.VERSION, NS, crd.PLURAL, "pair", patch)
+    assert _causes(body) == [("spec.switchConfig.switches", f"Invalid value: {message}")]
+
+    body = _refused(_create, kube, _cr("half-tls", switchConfig={"switches": pair, "tls": {"certFile": "/c.pem"}}))
+    tls_message = "Invalid value: certFile and keyFile must be set together (a client certificate needs its key)"
+    assert _causes(body) == [("spec.switchConfig.tls", tls_message)]
+    body = _refused(_create, kube, _cr("slow", updateInterval="90m", healthCheck={"interval": "0s"}))
+    assert sorted(_causes(body)) == [
+        ("spec.healthCheck.interval", 'Invalid value: "0s": must be longer than 0s'),
+        ("spec.updateInterval", 'Invalid value: "90m": must be at most 1h'),
+    ]
+    # Durations are compared as durations, not strings: 59m59.5s < 1h, 1h0m0.001s is not.
+    _create(kube, _cr("edge", updateInterval="59m59.5s", healthCheck={"interval": "1m30s", "timeout": "500ms"}))
+    assert _causes(_refused(_create, kube, _cr("edge2", updateInterval="1h0m0.001s"))) == [
+        ("spec.updateInterval", 'Invalid value: "1h0m0.001s": must be at most 1h')]
+
+
+def test_the_timeout_rule_is_expressible_and_holds_for_the_default(kube: k8s.ApiClient) -> None:
+    """HEALTH_CHECK_TIMEOUT_RULE is not generated yet (see crd.CEL_RULES); installed by hand it
+    passes the default ({}) and refuses timeout >= interval at the timeout, defaults included."""
+    with_rule = crd.generate_crd()
+    health = with_rule["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]["healthCheck"]
+    health["x-kubernetes-validations"] = [dict(crd.HEALTH_CHECK_TIMEOUT_RULE)]
+    _install(kube, with_rule)
+    expected = [("spec.healthCheck.timeout", "Invalid value: timeout must be shorter than interval")]
+    assert _causes(_refused(_create, kube, _cr("a", healthCheck={"interval": "2s", "timeout": "5s"}))) == expected
+    assert _causes(_refused(_create, kube, _cr("b", healthCheck={"timeout": "5s"}))) == expected  # interval 5s
+    _create(kube, _cr("c", healthCheck={"timeout": "4999ms"}))

@@ -7,7 +7,10 @@ Established, written by manager kube-apiserver on /status) and its versions are 
 
 Custom resources are driven entirely by the installed schema: unknown fields are pruned (and
 reported as warnings, or rejected with fieldValidation=Strict), defaults applied, and the object
-validated with jsonschema against openAPIV3Schema, with causes worded as kube-apiserver words them.
+validated with jsonschema against openAPIV3Schema, with causes worded as kube-apiserver words them,
+then against the schema's CEL rules. celrules.py holds what apiextensions refuses in a schema
+beyond its shape (defaults, bounds it cannot hold, rules that do not compile) and says where each
+rule comes from in kube-apiserver.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from typing import Any, ClassVar
 
 import jsonschema
 
-from . import gotime
+from . import celrules, gotime
 from . import schema as sc
 from . import validation as v
 from .errors import Cause
@@ -133,6 +136,9 @@ class CRDBehavior(Behavior):
                     )
             if props.get("type") not in (None, "object"):
                 causes.append(v.invalid(f"{base}.type", props.get("type"), "must be object at the root"))
+            # Defaults (pruned, valid, bounds the server can hold, CEL rules) and the rules themselves.
+            causes += celrules.crd_schema_causes(props, base, schema_causes)
+        causes += celrules.category_causes(names)
         return causes
 
     def after_commit(self, obj: dict[str, Any], api: Any) -> None:
@@ -358,7 +364,8 @@ class CustomResourceBehavior(Behavior):
 
     def validate(self, obj: dict[str, Any], old: dict[str, Any] | None, ctx: WriteContext) -> list[Cause]:
         causes = super().validate(obj, old, ctx)
-        return causes + schema_causes(obj, self.props)
+        found = schema_causes(obj, self.props) + celrules.cr_range_causes(obj, self.props)
+        return causes + found + celrules.cr_cel_causes(obj, old, self.props, found)
 
 
 def custom_resource_types(crd: dict[str, Any]) -> list[ResourceType]:
