@@ -49,6 +49,7 @@ from .p4info import PipelineInfo
 from .snapshot import Entry, Snapshot
 from .switch.session import (
     NotPrimaryError,
+    PipelineError,
     SwitchError,
     SwitchSession,
     WriteOutcome,
@@ -242,6 +243,11 @@ class TwoSwitchApplier:
         self.info = info
         self.device_config = device_config
         self.cookie = pipeline_cookie(p4info, device_config)
+        # switchConfig.pipeline external: another tool installs the pipeline; it is never pushed,
+        # only checked (its P4Info must be ours). Per switch, the cookie it reported when its
+        # P4Info was checked stands for "that pipeline" in the cheap per-round check.
+        self.external = config.switch_config.pipeline == "external"
+        self._external_cookie: dict[str, int | None] = {}
         # The base election id: the high 64 bits of every session's wire id (module docstring).
         self.election_id = check_election_base(election_id)
         self.factory = session_factory
@@ -268,7 +274,7 @@ class TwoSwitchApplier:
             if not check_pipeline:
                 return s, False
             try:
-                pushed = await s.ensure_pipeline(self.p4info, self.device_config, self.cookie)
+                pushed = await self._ensure_pipeline(s, sw)
             except BaseException:
                 await self._drop(sw.name)
                 raise
@@ -279,13 +285,44 @@ class TwoSwitchApplier:
             await self._drop(sw.name)
         s = await self._open(sw)
         try:
-            pushed = await s.ensure_pipeline(self.p4info, self.device_config, self.cookie)
+            pushed = await self._ensure_pipeline(s, sw)
         except BaseException:
             await s.close()
             raise
         self._sessions[sw.name] = s
         self._forget(sw.name)  # a new connection (or a pipeline push): read back before trusting
         return s, pushed
+
+    async def _ensure_pipeline(self, s: SwitchSession, sw: SwitchSpec) -> bool:
+        """Managed: push our pipeline when the switch runs another (True when pushed). External:
+        never push; PipelineError (nothing written) unless the switch's P4Info is ours."""
+        if not self.external:
+            return await s.ensure_pipeline(self.p4info, self.device_config, self.cookie)
+        status = await s.check_external_pipeline(self.p4info)
+        self._external_cookie[sw.name] = status.cookie
+        return False
+
+    async def _pipeline_problem(self, name: str, s: SwitchSession) -> str:
+        """Why the switch's pipeline is not the one we expect ("" when it is): the cookie check of
+        every round; for an external pipeline without a cookie, its P4Info is compared again."""
+        if self.external:
+            expected = self._external_cookie.get(name)
+            if expected is None:
+                try:
+                    status = await s.check_external_pipeline(self.p4info)
+                except PipelineError as e:
+                    return str(e)
+                self._external_cookie[name] = status.cookie
+                return ""
+        else:
+            expected = self.cookie
+        status = await s.get_pipeline()
+        if status is None:
+            return "the switch has no pipeline (restarted?): its tables are empty"
+        if status.cookie != expected:
+            got = "no cookie" if status.cookie is None else f"cookie {status.cookie:#x}"
+            return f"the switch runs another pipeline ({got}, expected {expected:#x})"
+        return ""
 
     async def _open(self, sw: SwitchSpec) -> SwitchSession:
         """Open a session with the next wire election id of our term.
@@ -390,13 +427,16 @@ class TwoSwitchApplier:
                 session, pushed = await self._session(sw, check_pipeline=not self.trusts(sw.name))
                 reachable.append((sw, session, pushed))
             except SwitchError as e:
-                reports[sw.name] = SwitchReport(sw.name, sw.role, "unreachable", reason=str(e), seconds=time.perf_counter() - t0)
+                wrong = self.external and isinstance(e, PipelineError)  # answers, but not with our pipeline
+                state: SwitchState = "failed" if wrong else "unreachable"
+                unusable = "cannot be used" if wrong else "unreachable"
+                reports[sw.name] = SwitchReport(sw.name, sw.role, state, reason=str(e), seconds=time.perf_counter() - t0)
                 if sw.role == "standby" and self.policy == "apply-primary":
-                    degraded_reason = f"standby {sw.name} unreachable ({e}); applied to the primary only, re-synced when it returns"
+                    degraded_reason = f"standby {sw.name} {unusable} ({e}); applied to the primary only, re-synced when it returns"
                     log.warning("%s", degraded_reason)
                     continue
                 why = "primary" if sw.role == "primary" else "standby (policy: abort)"
-                return self._finish(target, reports, "failed", f"{why} {sw.name} unreachable: nothing was written: {e}")
+                return self._finish(target, reports, "failed", f"{why} {sw.name} {unusable}: nothing was written: {e}")
         if not reachable:
             return self._finish(target, reports, "failed", "no switch reachable: nothing was written")
 
@@ -629,9 +669,15 @@ class TwoSwitchApplier:
                 log.info("switch %s unreachable for the first-apply check: %s", sw.name, e)
                 continue
             try:
-                status = await session.get_pipeline()
-                if status is None or status.cookie != self.cookie:
-                    continue  # not our program: it holds none of our Services
+                if self.external:
+                    try:
+                        await session.check_external_pipeline(self.p4info)
+                    except PipelineError:
+                        continue  # not our program: it holds none of our Services
+                else:
+                    status = await session.get_pipeline()
+                    if status is None or status.cookie != self.cookie:
+                        continue  # not our program: it holds none of our Services
                 held = (await session.count_entries([VIP_TABLE])).get(VIP_TABLE, 0)
             finally:
                 await session.close()
@@ -651,6 +697,10 @@ class TwoSwitchApplier:
         except NotPrimaryError as e:
             # It answers, but another controller holds it with a higher election id.
             return f"refused us as primary ({e})"
+        except PipelineError as e:
+            if self.external:  # it answers, but does not run our pipeline, which is not ours to push
+                return f"cannot be used ({e})"
+            return f"unreachable ({e})"
         except SwitchError as e:
             return f"unreachable ({e})"
 
@@ -688,14 +738,9 @@ class TwoSwitchApplier:
             self._forget(name)
             raise SwitchError(f"switch {name}: no open P4Runtime session for the quick check", switch=name)
         try:
-            status = await s.get_pipeline()
             counts: dict[str, int] = {}
-            if status is None:
-                reason = "the switch has no pipeline (restarted?): its tables are empty"
-            elif status.cookie != self.cookie:
-                got = "no cookie" if status.cookie is None else f"cookie {status.cookie:#x}"
-                reason = f"the switch runs another pipeline ({got}, expected {self.cookie:#x})"
-            else:
+            reason = await self._pipeline_problem(name, s)
+            if not reason:
                 want = snapshot.table_counts if snapshot is not None else {}
                 small = [t for t in self.info.tables if max_count is None or want.get(t, 0) <= max_count]
                 counts = await s.count_entries(small)

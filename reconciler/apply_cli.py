@@ -47,14 +47,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--cluster", required=True, metavar="FILE", help="kubectl get services,endpointslices,nodes -A -o yaml")
     _common(p)
     _audit_options(p)
+    signing_options(p)
     adopt_option(p)
-    p.add_argument(
-        "--verify-intent-signers",
-        metavar="FILE",
-        help="apply only intent whose HEAD commit is signed by a key in this SSH allowed-signers file "
-        "(like Flux's spec.verify); anything else is refused and recorded",
-    )
-    p.add_argument("--verify-intent-gpg-home", metavar="DIR", help="like --verify-intent-signers, trusting this GPG home's keys")
+    intent_signers_options(p)
     p.set_defaults(func=cmd_reconcile)
 
     p = sub.add_parser(
@@ -68,6 +63,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--intent", required=True, metavar="DIR", help="intent directory holding the config (for its switches)")
     _common(p)
     _audit_options(p, required=True)
+    signing_options(p)
     p.set_defaults(func=cmd_rollback)
 
 
@@ -91,6 +87,141 @@ def _audit_options(p: argparse.ArgumentParser, required: bool = False) -> None:
     )
     p.add_argument("--audit-branch", metavar="BRANCH", help="audit branch (default: the config's audit.branch, else main)")
     p.add_argument("--audit-workdir", metavar="DIR", help="where to clone a remote audit repository")
+
+
+def signing_options(p: argparse.ArgumentParser) -> None:
+    """--sign-commits and its key options (audit commits; reconciler.audit.signing), for every
+    command that records to the audit repository."""
+    p.add_argument(
+        "--sign-commits", choices=("ssh", "gpg"), metavar="ssh|gpg",
+        help="sign every audit commit, as git does (verifiable with git verify-commit or `p4kube audit verify "
+        "--allowed-signers/--gpg-home`): ssh uses ssh-keygen -Y sign, gpg uses gpg --detach-sign; needs --audit-repo",
+    )
+    p.add_argument(
+        "--signing-key", metavar="FILE|ID",
+        help="with --sign-commits ssh: the private key file (or its public key, the private half in ssh-agent); "
+        "with --sign-commits gpg: the key id, fingerprint or user id",
+    )
+    p.add_argument("--gpg-home", metavar="DIR", help="with --sign-commits gpg: the GnuPG home holding the secret key (default: gpg's own)")
+    p.add_argument(
+        "--gpg-passphrase-file", metavar="FILE",
+        help="with --sign-commits gpg: a file holding the key's passphrase (pinentry loopback); a key without one needs none",
+    )
+
+
+def build_signer(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    """The audit commit Signer from signing_options (None without --sign-commits), checked now
+    by signing a probe payload: a missing key file, tool, GPG home or a key that cannot sign
+    (a passphrase, a wrong id) is one CommandError before anything is written or recorded."""
+    import shutil
+
+    from .audit.errors import SignatureError
+    from .audit.signing import GpgSigner, SshSigner
+    from .cli import CommandError
+
+    kind = getattr(args, "sign_commits", None)
+    key = getattr(args, "signing_key", None)
+    gpg_home = getattr(args, "gpg_home", None)
+    passphrase = getattr(args, "gpg_passphrase_file", None)
+    if kind is None:
+        given = [f for f, v in (("--signing-key", key), ("--gpg-home", gpg_home), ("--gpg-passphrase-file", passphrase)) if v]
+        if given:
+            raise CommandError(f"{', '.join(given)} given without --sign-commits ssh|gpg: nothing would be signed")
+        return None
+    if not getattr(args, "audit_repo", None):
+        raise CommandError(f"--sign-commits {kind} signs audit commits: give --audit-repo too")
+    if not key:
+        what = "the SSH private key file" if kind == "ssh" else "the GPG key id or fingerprint"
+        raise CommandError(f"--sign-commits {kind} needs --signing-key ({what})")
+    if kind == "ssh":
+        if gpg_home or passphrase:
+            raise CommandError("--gpg-home and --gpg-passphrase-file are for --sign-commits gpg, not ssh")
+        if shutil.which("ssh-keygen") is None:
+            raise CommandError("--sign-commits ssh: ssh-keygen is not installed or not on PATH (OpenSSH 8.1 or later signs commits)")
+        path = Path(key)
+        if not path.is_file():
+            raise CommandError(f"--signing-key {key}: no such key file" + ("" if not path.exists() else " (not a regular file)"))
+        signer = SshSigner(path)
+    else:
+        if shutil.which("gpg") is None:
+            raise CommandError("--sign-commits gpg: gpg is not installed or not on PATH")
+        if gpg_home and not Path(gpg_home).is_dir():
+            raise CommandError(f"--gpg-home {gpg_home}: no such directory")
+        if passphrase and not Path(passphrase).is_file():
+            raise CommandError(f"--gpg-passphrase-file {passphrase}: no such file")
+        signer = GpgSigner(key, Path(gpg_home) if gpg_home else None, Path(passphrase) if passphrase else None)
+    try:
+        signer.sign(b"p4kube: checking the audit signing key before anything is recorded\n")
+    except SignatureError as e:
+        raise CommandError(f"--sign-commits {kind}: the key cannot sign: {e}") from e
+    return signer
+
+
+def intent_signers_options(p: argparse.ArgumentParser, *, follows: bool = False) -> None:
+    """--verify-intent-signers / --verify-intent-gpg-home (reconcile, run)."""
+    then = (
+        "; a refused commit is logged and recorded once, and the last valid intent keeps being applied"
+        if follows else "; anything else is refused and recorded"
+    )
+    p.add_argument(
+        "--verify-intent-signers",
+        metavar="FILE",
+        help="apply only intent whose HEAD commit is signed by a key in this SSH allowed-signers file "
+        "(like Flux's spec.verify), and only when the checkout holds exactly that commit (no uncommitted edits)" + then,
+    )
+    p.add_argument("--verify-intent-gpg-home", metavar="DIR", help="like --verify-intent-signers, trusting this GPG home's keys")
+
+
+def intent_trust(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    """TrustedKeys from --verify-intent-signers / --verify-intent-gpg-home (None: not asked),
+    with a CommandError for a file or directory that is not there."""
+    from .audit.verify import trusted_keys
+    from .cli import CommandError
+
+    signers, home = getattr(args, "verify_intent_signers", None), getattr(args, "verify_intent_gpg_home", None)
+    if signers and not Path(signers).is_file():
+        raise CommandError(f"--verify-intent-signers {signers}: no such file (an SSH allowed-signers file)")
+    if home and not Path(home).is_dir():
+        raise CommandError(f"--verify-intent-gpg-home {home}: no such directory")
+    return trusted_keys(signers, home)
+
+
+def check_signed_intent(intent, root: str | Path, trusted) -> str:  # type: ignore[no-untyped-def]
+    """"" when `intent` (an IntentSet read from the checkout at `root`) may be applied under
+    `trusted`, else why not (one line). What is rendered is checked, not just HEAD: the commit
+    the intent was read at must be signed by a trusted key, and the files read must be exactly
+    that commit's (IntentSet.dirty: a local edit on top of a signed commit is not signed).
+    SignatureError (ssh-keygen or gpg missing) propagates: it is not the intent's fault."""
+    from .audit.verify import verify_intent_commit
+
+    if intent.commit is None:
+        return f"intent at {root} refused: not read from a Git commit; only commits signed by a trusted key are applied"
+    ok, detail = verify_intent_commit(root, trusted, ref=intent.commit)
+    if not ok:
+        return f"intent at {root} refused: {detail}"
+    if intent.dirty:
+        return (
+            f"intent at {root} refused: the checkout has uncommitted changes on top of signed commit "
+            f"{intent.commit[:12]} (signed by {detail}); what would be applied is not what was signed: "
+            f"commit and sign the change, or discard it (git checkout -- . / git clean)"
+        )
+    return ""
+
+
+def refused_intent_id(intent) -> str:  # type: ignore[no-untyped-def]
+    """The Refused-Intent-Commit trailer's value: the commit, with -dirty for local edits on top."""
+    return (intent.commit or "none") + ("-dirty" if intent.dirty else "")
+
+
+def record_refusal(audit, config: str, held, message: str, refused: str) -> bool:  # type: ignore[no-untyped-def]
+    """Record refused intent in the audit repository, against `held` (what the switches keep),
+    once per refused commit: True when recorded, False when the newest record of the config
+    already refuses the same commit (a loop or a cron job retrying records attempts, not ticks)."""
+    newest = audit.newest_entry(config)
+    if newest is not None and newest.trailers.get("Refused-Intent-Commit") == refused:
+        return False
+    audit.record(held, "rolled-back", reason=message[:900], extra_trailers=(("Refused-Intent-Commit", refused),))
+    return True
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -123,6 +254,12 @@ def build_applier(config: LoadBalancerConfig, args: argparse.Namespace, election
     p4info = load_p4info(p4info_path(config))
     info = pipeline_info_from_message(p4info)
     device_config = b""
+    if config.switch_config.pipeline == "managed" and not config.switch_config.device_config:
+        # validate refuses this; a config built otherwise must not get an empty device config either
+        raise CommandError(
+            f"{config.key}: spec.switchConfig has no deviceConfig: the pipeline would be pushed with an empty device "
+            f"config; set deviceConfig, or pipeline: external when another tool installs the pipeline"
+        )
     if config.switch_config.device_config:
         path = Path(config.switch_config.device_config)
         if not path.is_absolute() and config.source is not None:
@@ -219,11 +356,11 @@ def cmd_apply(args: argparse.Namespace) -> int:
     return _exit(result)
 
 
-def _open_audit(config: LoadBalancerConfig, args: argparse.Namespace):  # type: ignore[no-untyped-def]
+def _open_audit(config: LoadBalancerConfig, args: argparse.Namespace, signer=None):  # type: ignore[no-untyped-def]
     from .audit.repo import AuditRepo
 
     branch = args.audit_branch or config.audit.branch or "main"
-    return AuditRepo.open_or_init(args.audit_repo, branch=branch, workdir=args.audit_workdir)
+    return AuditRepo.open_or_init(args.audit_repo, branch=branch, workdir=args.audit_workdir, signer=signer)
 
 
 async def _apply_recorded(
@@ -261,14 +398,23 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
     from .cli import CommandError, pick_config
     from .pipeline_io import load_inputs, render_one
 
+    signer = build_signer(args)
+    trusted = intent_trust(args)
     intent, cluster, _ = load_inputs(args.intent, args.cluster)
     config = pick_config(intent, args.config)
-    audit = _open_audit(config, args) if args.audit_repo else None
+    audit = _open_audit(config, args, signer) if args.audit_repo else None
     state = StateDir(args.state)
     if audit is not None and audit.close_interrupted(config.key) is not None:
         print(f"{config.key}: the last transaction was interrupted before its outcome was recorded; "
               f"recorded as interrupted, the switches are read back now", file=sys.stderr)
     previous = audit.last_applied(config.key) if audit is not None else state.last_applied(config.key)
+    if trusted is not None:
+        message = check_signed_intent(intent, args.intent, trusted)
+        if message:
+            if audit is not None and previous is not None:
+                # Recorded against what the switches keep holding: nothing is rendered or applied.
+                record_refusal(audit, config.key, previous, message, refused_intent_id(intent))
+            raise CommandError(message)
     if previous is None and not args.adopt_switches:
         held = asyncio.run(_unaccounted(config, args))
         if held:
@@ -276,17 +422,6 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
 
             raise CommandError(unaccounted_message(
                 config, held, f"the audit repository {args.audit_repo}" if audit is not None else f"--state {args.state}"))
-    if args.verify_intent_signers or args.verify_intent_gpg_home:
-        from .audit.verify import trusted_keys, verify_intent_commit
-
-        trusted = trusted_keys(args.verify_intent_signers, args.verify_intent_gpg_home)
-        ok, detail = verify_intent_commit(args.intent, trusted)  # type: ignore[arg-type]
-        if not ok:
-            message = f"intent at {args.intent} refused: {detail}"
-            if audit is not None and previous is not None:
-                # Recorded against what the switches keep holding: nothing is rendered or applied.
-                audit.record(previous, "rolled-back", reason=message, extra_trailers=(("Refused-Intent-Commit", intent.commit or "none"),))
-            raise CommandError(message)
     rendered = render_one(intent, config, cluster, previous)
     for issue in rendered.issues:
         print(f"{config.key}: {issue.severity}: {issue}", file=sys.stderr)
@@ -323,9 +458,10 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     from .cli import CommandError, pick_config
     from .intent.loader import load_intent
 
+    signer = build_signer(args)
     intent = load_intent([args.intent])
     config = pick_config(intent, args.config)
-    audit = _open_audit(config, args)
+    audit = _open_audit(config, args, signer)
     audit.close_interrupted(config.key)
     try:
         old = audit.snapshot_at(args.to, config.key)

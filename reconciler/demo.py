@@ -339,6 +339,11 @@ def _demo_intent(text: str, addresses: Mapping[str, str], node_net: str) -> tupl
         hc[k] = DEMO_TIMINGS[k]
     for sw in spec["switchConfig"]["switches"]:
         sw["address"] = addresses[sw["name"]]
+    device_config = spec["switchConfig"].get("deviceConfig")
+    if device_config and not Path(device_config).is_absolute():
+        # The intent repository holds only the config: name the example's (placeholder) device
+        # config where it is, so that the pipeline is never pushed with an empty one.
+        spec["switchConfig"]["deviceConfig"] = str((EXAMPLE / device_config).resolve())
     routes = spec["switchConfig"]["routes"]
     routes[0]["prefix"] = node_net
     first_vip = str(spec["vipPools"][0]["addresses"][0]).split("-")[0].split("/")[0]
@@ -564,9 +569,10 @@ class _Demo:
         # streams without waiting, and a new stream with the same id would be refused
         # (INVALID_ARGUMENT) while the old one is still open on the switch.
         election_ids = itertools.count(1)
+        device_config = Path(self.config.switch_config.device_config).read_bytes() if self.config.switch_config.device_config else b""
 
         def make_worker(cfg: LoadBalancerConfig) -> ConfigWorker:
-            applier = TwoSwitchApplier(cfg, p4info=p4info, info=info, device_config=b"", election_id=next(election_ids),
+            applier = TwoSwitchApplier(cfg, p4info=p4info, info=info, device_config=device_config, election_id=next(election_ids),
                                        session_factory=default_session_factory(cfg, info, connect_timeout=5.0))
             probe = make_post_apply_probe(cfg.health_check, retry_delay=0.05)
 

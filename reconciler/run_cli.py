@@ -22,6 +22,7 @@ import asyncio
 import gc
 import logging
 import signal
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Callable
 
@@ -57,10 +58,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--leader-elect-identity", metavar="ID", help="this replica's name (default: hostname + pid)")
     p.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS", help="switch connect and arbitration timeout")
     p.add_argument("--batch-size", type=int, metavar="N", help="updates per WriteRequest (default: the config's batchSize)")
-    from .apply_cli import adopt_option, rpc_timeout_option
+    from .apply_cli import adopt_option, intent_signers_options, rpc_timeout_option, signing_options
 
     adopt_option(p)
     rpc_timeout_option(p)
+    signing_options(p)
+    intent_signers_options(p, follows=True)
     p.set_defaults(func=cmd_run)
 
 
@@ -124,6 +127,77 @@ class ReopeningAudit:
                 raise
 
         return call
+
+
+class IntentRefusals:
+    """--verify-intent-signers in `p4kube run`: the gate DirectoryIntent asks before it accepts an
+    intent (signed HEAD, no uncommitted changes), and what is done with a refusal: logged (by
+    DirectoryIntent), recorded in the audit repository once per refused commit for each config
+    with an applied snapshot (against that snapshot, as `reconcile` does), and a Warning Event
+    (reason IntentRefused) on the LoadBalancerConfig when there is a Kubernetes API."""
+
+    def __init__(self, root: str, trusted: Any, audit: Any, api: Any) -> None:
+        self.root, self.trusted, self.audit, self.api = root, trusted, audit, api
+        self._tasks: set[asyncio.Task[None]] = set()
+        # Bounded (DESIGN.md 6.1): the newest refusals only.
+        self.recorded: deque[tuple[str, str]] = deque(maxlen=64)  # (config, Refused-Intent-Commit) recorded here
+        self.reported: deque[tuple[str, str]] = deque(maxlen=64)  # (Refused-Intent-Commit, why), once each
+        self._reported = asyncio.Condition()
+
+    def gate(self, intent: IntentSet) -> str:
+        from .apply_cli import check_signed_intent
+        from .audit.errors import SignatureError
+
+        try:
+            return check_signed_intent(intent, self.root, self.trusted)
+        except SignatureError as e:  # ssh-keygen or gpg missing or failing: nothing unverified is applied
+            return f"intent at {self.root} refused: its signature could not be checked: {e}"
+
+    def refused(self, intent: IntentSet, why: str) -> None:
+        task = asyncio.get_running_loop().create_task(self._report(intent, why))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _report(self, intent: IntentSet, why: str) -> None:
+        from .apply_cli import record_refusal, refused_intent_id
+
+        refused = refused_intent_id(intent)
+        for config in intent.configs:
+            if self.audit is not None:
+                try:
+                    held = await asyncio.to_thread(self.audit.last_applied, config.key)
+                    if held is not None and await asyncio.to_thread(record_refusal, self.audit, config.key, held, why, refused):
+                        self.recorded.append((config.key, refused))
+                        log.info("%s: refused intent %s recorded in the audit repository (v%d stays applied)",
+                                 config.key, refused[:12], held.version)
+                except Exception as e:  # noqa: BLE001 - the refusal stands; the record is best effort
+                    log.warning("%s: could not record the refused intent: %s", config.key, e)
+            if self.api is not None:
+                from .kube.events import EventRecorder, ObjectRef
+                from .kube.intent_source import GROUP, VERSION
+
+                try:
+                    await EventRecorder(self.api).emit(
+                        ObjectRef("LoadBalancerConfig", config.namespace, config.name, f"{GROUP}/{VERSION}"),
+                        "Warning", "IntentRefused", "Verify", why[:1000])
+                except Exception as e:  # noqa: BLE001 - an Event is never worth stopping the loop
+                    log.warning("%s: could not record an Event: %s", config.key, e)
+        async with self._reported:
+            self.reported.append((refused, why))
+            self._reported.notify_all()
+
+    async def wait_for(self, predicate: Callable[[], bool], timeout: float = 10.0) -> None:
+        """Tests: wait (on each reported refusal) until `predicate()` holds."""
+        async with self._reported:
+            await asyncio.wait_for(self._reported.wait_for(predicate), timeout)
+
+    async def wait_reported(self) -> None:
+        """Until every refusal told so far is recorded (tests, shutdown)."""
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+    async def aclose(self) -> None:
+        await self.wait_reported()
 
 
 class CRIntentProvider:
@@ -216,6 +290,7 @@ class Runtime:
     api: Any = None
     audit: Any = None
     closers: list[Any] = field(default_factory=list)
+    refusals: "IntentRefusals | None" = None  # with --verify-intent-signers
 
     async def aclose(self) -> None:
         for close in reversed(self.closers):
@@ -235,6 +310,15 @@ async def build_runtime(args: argparse.Namespace, api: Any = None) -> Runtime:
     from .pipeline_io import config_p4info_digest
     from .state import StateDir
 
+    from .apply_cli import build_signer, intent_trust
+
+    signer = build_signer(args)  # a missing key or tool: one clear error before anything starts
+    trusted = intent_trust(args)
+    if trusted is not None and not args.intent:
+        from .cli import CommandError
+
+        raise CommandError("--verify-intent-signers/--verify-intent-gpg-home verify the commits of an --intent DIR checkout; "
+                           "with --intent-from-cluster, verify in the GitOps tool that applies the custom resources")
     metrics = Metrics()
     heartbeat = Heartbeat(max_age=300.0)
     status = {"started": False, "leader": not args.leader_elect, "connected": False}
@@ -244,8 +328,19 @@ async def build_runtime(args: argparse.Namespace, api: Any = None) -> Runtime:
 
         api = build_api_client(args.kubeconfig)
     closers: list[Any] = []
+    audit = None
+    if args.audit_repo:
+        from .audit.repo import AuditRepo
+
+        audit = ReopeningAudit(lambda: AuditRepo.open_or_init(args.audit_repo, workdir=args.audit_workdir, signer=signer))
     if args.intent:
-        intent_provider: Any = DirectoryIntent(args.intent)
+        gate = refusals = None
+        if trusted is not None:
+            refusals = IntentRefusals(args.intent, trusted, audit, api)
+            closers.append(refusals.aclose)
+            gate = refusals.gate
+        intent_provider: Any = DirectoryIntent(
+            args.intent, gate=gate, on_refused=refusals.refused if refusals is not None else None)
         intent_provider.start()
         closers.append(intent_provider.stop)
     else:
@@ -292,11 +387,6 @@ async def build_runtime(args: argparse.Namespace, api: Any = None) -> Runtime:
 
     config_events = ConfigEvents(api) if api is not None else None
 
-    audit = None
-    if args.audit_repo:
-        from .audit.repo import AuditRepo
-
-        audit = ReopeningAudit(lambda: AuditRepo.open_or_init(args.audit_repo, workdir=args.audit_workdir))
     state_dir = StateDir(args.state)
     current: dict[str, Controller] = {}  # the running loop (a new one each leadership term)
 
@@ -358,7 +448,8 @@ async def build_runtime(args: argparse.Namespace, api: Any = None) -> Runtime:
 
         return make_worker
 
-    return Runtime(intent_provider, cluster, make_worker_for, metrics, heartbeat, status, current, api, audit, closers)
+    return Runtime(intent_provider, cluster, make_worker_for, metrics, heartbeat, status, current, api, audit, closers,
+                   refusals if args.intent else None)
 
 
 async def run_main(args: argparse.Namespace) -> int:

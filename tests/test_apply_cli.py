@@ -50,6 +50,7 @@ def write_intent(dir: Path, pki, ports: tuple[int, int], ca: bytes | None = None
         "      serverName: p4rt.switch.test\n    routes:\n",
     )
     (dir / "lbconfig.yaml").write_text(text)
+    shutil.copy(MULTI / "sim-device-config.json", dir)  # its deviceConfig (a placeholder for the software switch)
     return dir
 
 

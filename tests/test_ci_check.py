@@ -19,6 +19,7 @@ def make_intent_repo(path: Path) -> str:
     """A real Git repository holding the multi-service intent and a recorded cluster."""
     (path / "cluster").mkdir(parents=True)
     shutil.copy(MULTI / "lbconfig.yaml", path / "lbconfig.yaml")
+    shutil.copy(MULTI / "sim-device-config.json", path)  # its deviceConfig (a placeholder for the software switch)
     shutil.copy(MULTI / "cluster.yaml", path / "cluster" / "recorded.yaml")
     repo = pygit2.init_repository(str(path), initial_head="main")
     repo.index.add_all()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -171,6 +172,7 @@ def _misspelt_algorithm(tmp_path: Path) -> tuple[Path, str]:
     (line,) = [i for i, s in enumerate(lines) if s.startswith("  algorithm: ")]
     lines[line] = "  algorithm: round-robn\n"
     (intent / "lbconfig.yaml").write_text("".join(lines))
+    shutil.copy(MULTI / "sim-device-config.json", intent)  # its deviceConfig (a placeholder for the software switch)
     return intent, f"{intent}/lbconfig.yaml:{line + 1}:14: spec.algorithm: "
 
 

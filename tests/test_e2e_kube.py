@@ -101,6 +101,8 @@ def endpoint_slice(per_node: dict[str, int]) -> dict:
     }
 
 
+# The software switches accept any non-empty device config: the example's placeholder.
+SIM_DEVICE_CONFIG = Path(__file__).resolve().parents[1] / "intent-examples" / "multi-service" / "sim-device-config.json"
 INTENT = """apiVersion: networking.p4kube.io/v1alpha1
 kind: LoadBalancerConfig
 metadata:
@@ -117,6 +119,7 @@ spec:
     switches:
       - {{name: sw-standby, role: standby, address: "127.0.0.1:{standby}", deviceId: 1}}
       - {{name: sw-primary, role: primary, address: "127.0.0.1:{primary}", deviceId: 1}}
+    deviceConfig: "{device_config}"
 """
 
 
@@ -149,7 +152,7 @@ def world(tmp_path):
         stack.callback(lambda: [s.close() for s in listeners])
         intent = tmp_path / "intent"
         intent.mkdir()
-        commit_intent(intent, INTENT.format(buckets=64, standby=sws[0].port, primary=sws[1].port), "intent")
+        commit_intent(intent, INTENT.format(buckets=64, standby=sws[0].port, primary=sws[1].port, device_config=SIM_DEVICE_CONFIG), "intent")
         yield server, sws, port, listeners, intent, tmp_path
 
 
@@ -210,7 +213,7 @@ def test_reconciler_against_the_api_server(world):
             # An intent commit is applied within updateInterval plus a small margin.
             n = len(ctl.history)
             t0 = time.perf_counter()
-            sha = commit_intent(intent, INTENT.format(buckets=32, standby=sws[0].port, primary=sws[1].port), "fewer buckets")
+            sha = commit_intent(intent, INTENT.format(buckets=32, standby=sws[0].port, primary=sws[1].port, device_config=SIM_DEVICE_CONFIG), "fewer buckets")
             await ctl.wait_until(lambda: applied_after(n), timeout=20)
             took = time.perf_counter() - t0
             assert took < 0.2 + 5.0, took
@@ -287,7 +290,7 @@ def test_intent_from_custom_resources_with_status(world):
             "switchConfig": {"switches": [
                 {"name": "sw-standby", "role": "standby", "address": f"127.0.0.1:{sws[0].port}", "deviceId": 1},
                 {"name": "sw-primary", "role": "primary", "address": f"127.0.0.1:{sws[1].port}", "deviceId": 1},
-            ]},
+            ], "deviceConfig": str(SIM_DEVICE_CONFIG)},
         }
         spec.update(spec_extra)
         return {"apiVersion": "networking.p4kube.io/v1alpha1", "kind": "LoadBalancerConfig",

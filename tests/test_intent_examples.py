@@ -46,7 +46,10 @@ def test_minimal_is_all_defaults() -> None:
     assert config == LoadBalancerConfig(
         namespace="p4kube-system",
         name="p4kube-config",
-        switch_config=SwitchConfig(switches=(SwitchSpec("leaf-1", "primary", "127.0.0.1:9559", 1),)),
+        switch_config=SwitchConfig(
+            device_config="/opt/p4kube/bmv2/load_balancer.json",  # the one field a managed pipeline needs
+            switches=(SwitchSpec("leaf-1", "primary", "127.0.0.1:9559", 1),),
+        ),
     )
     assert config.source is not None and config.source.file == "intent-examples/minimal/lbconfig.yaml"
     assert (config.source.line, config.source.column) == (3, 1)

@@ -13,12 +13,16 @@ from reconciler.intent.schema import load_schema
 from reconciler.intent.yamlsafe import parse_yaml_text
 
 HEADER = "apiVersion: networking.p4kube.io/v1alpha1\nkind: LoadBalancerConfig\n"
+# Where the compiled pipeline is (an absolute path is not checked at validation): a managed
+# pipeline is never pushed without a device config.
+DEVICE_CONFIG = "    deviceConfig: /opt/p4kube/bmv2/load_balancer.json\n"
 
 
 def config_text(name: str = "lb", switch: str = "leaf-1", address: str = "10.0.0.1:9559", extra_spec: str = "") -> str:
     return (
         f"{HEADER}metadata:\n  name: {name}\nspec:\n{extra_spec}"
         f"  switchConfig:\n    switches:\n      - name: {switch}\n        role: primary\n        address: {address}\n"
+        f"{DEVICE_CONFIG}"
     )
 
 
@@ -54,6 +58,7 @@ def test_defaults_come_from_the_schema(tmp_path: Path) -> None:
     assert config.switch_config.switch_type == sc["switchType"]["default"]
     assert config.switch_config.batch_size == sc["batchSize"]["default"]
     assert config.switch_config.standby_unreachable == sc["standbyUnreachable"]["default"]
+    assert config.switch_config.pipeline == sc["pipeline"]["default"] == "managed"
     assert config.switch_config.switches[0].device_id == sc["switches"]["items"]["properties"]["deviceId"]["default"]
     assert config.audit.branch == spec["audit"]["properties"]["branch"]["default"]
     assert config.audit.repository is None
@@ -96,7 +101,7 @@ def test_multi_document_files_and_other_groups_are_skipped(tmp_path: Path) -> No
     )
     write(tmp_path / "all.yaml", text)
     configs = load_intent([tmp_path]).configs
-    assert [(c.name, c.source.line if c.source else 0) for c in configs] == [("a", 5), ("b", 20)]
+    assert [(c.name, c.source.line if c.source else 0) for c in configs] == [("a", 5), ("b", 21)]
 
 
 def test_empty_directory_and_missing_path(tmp_path: Path) -> None:
@@ -171,6 +176,7 @@ def test_aliases_and_merge_keys_below_the_limit_work(tmp_path: Path) -> None:
         "  switchConfig:\n    switches:\n"
         "      - &sw {name: leaf-1, role: primary, address: '10.0.0.1:9559', deviceId: 4}\n"
         "      - <<: *sw\n        name: leaf-2\n        role: standby\n        deviceId: 5\n"
+        + DEVICE_CONFIG
     )
     write(tmp_path / "lb.yaml", text)
     config = load_intent([tmp_path]).config()

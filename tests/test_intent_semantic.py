@@ -133,6 +133,7 @@ from reconciler.kube.intent_source import intent_from_objects  # noqa: E402
 from reconciler.paths import P4INFO_PATH, REPO_ROOT  # noqa: E402
 
 KNOWN = "not built in (replica-weighted, least-connections, round-robin) and not an installed plugin"
+DEVICE_CONFIG = "    deviceConfig: /opt/p4kube/bmv2/load_balancer.json\n"  # a managed pipeline needs one
 
 
 def lbconfig(algorithm: str | None = None, switch_config: str = "") -> str:
@@ -143,6 +144,7 @@ def lbconfig(algorithm: str | None = None, switch_config: str = "") -> str:
         + "  switchConfig:\n"
         + switch_config
         + "    switches:\n      - name: leaf-1\n        role: primary\n        address: 10.0.0.1:9559\n"
+        + ("" if "deviceConfig:" in switch_config or "pipeline:" in switch_config else DEVICE_CONFIG)
     )
 
 
@@ -223,7 +225,8 @@ def test_custom_resources_get_the_same_algorithm_check(algorithm_plugin: str) ->
             "metadata": {"name": name, "namespace": "p4kube-system"},
             "spec": {
                 "algorithm": algorithm,
-                "switchConfig": {"switches": [{"name": f"{name}-sw", "role": "primary", "address": f"{name}.example.com:9559"}]},
+                "switchConfig": {"switches": [{"name": f"{name}-sw", "role": "primary", "address": f"{name}.example.com:9559"}],
+                                 "deviceConfig": "/opt/p4kube/bmv2/load_balancer.json"},
             },
         }
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -34,12 +35,14 @@ def as_cr(path: Path, *, namespace: str = "p4kube-system", created: str = "2026-
 def test_a_cr_builds_the_same_model_as_its_file() -> None:
     path = REPO / "intent-examples" / "multi-service" / "lbconfig.yaml"
     from_file = load_intent([path]).config()
-    result = intent_from_objects([as_cr(path, generation=4)])
+    # A CR's relative paths resolve against base_dir (the reconciler's P4 files by default).
+    result = intent_from_objects([as_cr(path, generation=4)], base_dir=path.parent)
     assert result.diagnostics == []
     (config,) = result.intent.configs
-    # Everything but the generation (files have none) and the source is the same.
+    # Everything but the generation (files have none), the source and the resolved path is the same.
     assert config.generation == 4
-    assert config == type(config)(**{**from_file.__dict__, "generation": 4})
+    switch_config = dataclasses.replace(from_file.switch_config, device_config=str(path.parent / "sim-device-config.json"))
+    assert config == type(config)(**{**from_file.__dict__, "generation": 4, "switch_config": switch_config})
     res = result.resources["p4kube-system/p4kube-config"]
     assert res.valid and res.generation == 4 and res.status["observedGeneration"] == 1
     assert config.source is not None and config.source.file == "LoadBalancerConfig p4kube-system/p4kube-config"
@@ -154,7 +157,8 @@ def _cr(name: str, switch: str, port: int, **spec: Any) -> dict[str, Any]:
         "apiVersion": f"{GROUP}/{VERSION}",
         "kind": "LoadBalancerConfig",
         "metadata": {"name": name, "namespace": NS},
-        "spec": {"switchConfig": {"switches": [{"name": switch, "role": "primary", "address": f"10.0.0.1:{port}"}]}, **spec},
+        "spec": {"switchConfig": {"switches": [{"name": switch, "role": "primary", "address": f"10.0.0.1:{port}"}],
+                                  "deviceConfig": "/opt/p4kube/bmv2/load_balancer.json"}, **spec},
     }
 
 

@@ -42,6 +42,8 @@ def server() -> Iterator[KubeApiServer]:
         try:
             k8s.ApiextensionsV1Api(admin).create_custom_resource_definition(generate_crd(), _preload_content=False)
             cr = YAML(typ="safe").load((MULTI / "lbconfig.yaml").read_text())
+            # A CR's relative paths resolve beside the reconciler's P4 files: name the placeholder in full.
+            cr["spec"]["switchConfig"]["deviceConfig"] = str(MULTI / "sim-device-config.json")
             k8s.CustomObjectsApi(admin).create_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, cr, _preload_content=False)
         finally:
             admin.close()

@@ -33,6 +33,7 @@ def intent_repo(path: Path, ports: tuple[int, int]) -> Path:
     text = (MULTI / "lbconfig.yaml").read_text()
     text = text.replace("127.0.0.1:9559", f"127.0.0.1:{ports[1]}").replace("127.0.0.1:9560", f"127.0.0.1:{ports[0]}")
     (path / "lbconfig.yaml").write_text(text)
+    shutil.copy(MULTI / "sim-device-config.json", path)  # its deviceConfig (a placeholder for the software switch)
     repo = pygit2.init_repository(str(path), initial_head="main")
     repo.index.add_all()
     repo.index.write()

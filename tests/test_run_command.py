@@ -64,6 +64,7 @@ def test_run_follows_the_recording_records_and_stops_on_sigterm(tmp_path, switch
     text = text.replace("  healthCheck:\n", "  healthCheck:\n    enabled: false  # the recorded nodes are not reachable here\n")
     text = text.replace("updateInterval: 1s", "updateInterval: 0s")
     (intent / "lbconfig.yaml").write_text(text)
+    shutil.copy(MULTI / "sim-device-config.json", intent)  # its deviceConfig (a placeholder for the software switch)
     repo = pygit2.init_repository(str(intent), initial_head="main")
     repo.index.add_all()
     repo.index.write()

@@ -254,6 +254,7 @@ def build_config(doc: YamlDocument, d: dict[str, Any]) -> LoadBalancerConfig:
             switch_type=sc["switchType"],
             p4info=sc.get("p4Info"),
             device_config=sc.get("deviceConfig"),
+            pipeline=sc.get("pipeline", "managed"),
             switches=tuple(SwitchSpec(s["name"], s["role"], s["address"], s["deviceId"]) for s in sc["switches"]),
             routes=tuple(
                 Route(ipaddress.IPv4Network(r["prefix"]), r["port"], r["nextHopMac"].lower()) for r in sc.get("routes", ())

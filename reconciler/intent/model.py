@@ -70,6 +70,9 @@ class SwitchConfig:
     switch_type: SwitchType = "bmv2"
     p4info: str | None = None  # path, relative to the intent file; default: the project's P4Info
     device_config: str | None = None  # BMv2 JSON or Tofino blob, relative to the intent file
+    # managed: the reconciler pushes (p4info, device_config); external: another tool installs the
+    # pipeline and the reconciler only checks that the switch's P4Info is ours (never pushes).
+    pipeline: Literal["managed", "external"] = "managed"
     switches: tuple[SwitchSpec, ...] = ()
     routes: tuple[Route, ...] = ()
     tls: TLSConfig | None = None

@@ -30,6 +30,12 @@ from reconciler.intent.yamlsafe import PathKey, YamlDocument, format_path
 
 MAX_DURATION_S = 3600.0
 
+# switchType -> what its deviceConfig is: a managed pipeline is never pushed without one.
+_COMPILED = {
+    "bmv2": "the BMv2 JSON compiled by p4c-bm2-ss (e.g. deviceConfig: build/load_balancer.json)",
+    "tofino": "the compiled Tofino binary (bf-p4c's pipeline blob)",
+}
+
 _DURATION_PART = re.compile(r"([0-9]*(?:\.[0-9]*)?)(ns|us|\u00b5s|\u03bcs|ms|s|m|h)")
 _UNIT_S = {
     "ns": Decimal("1e-9"),
@@ -317,8 +323,22 @@ class _Checker:
 
     def switch_config(self) -> None:
         sc: PathKey = ("spec", "switchConfig")
-        if _get(self.data, *sc, "switchType") == "tofino" and _get(self.data, *sc, "deviceConfig") is None:
-            self.error((*sc, "deviceConfig"), "required when switchType is tofino (the compiled Tofino binary)", key=True)
+        switch_type = _get(self.data, *sc, "switchType")
+        if (
+            isinstance(_get(self.data, *sc), dict)
+            and isinstance(switch_type, str)
+            and switch_type in _COMPILED
+            and _get(self.data, *sc, "pipeline") in ("managed", None)
+            and _get(self.data, *sc, "deviceConfig") is None
+        ):
+            self.error(
+                sc,
+                f"no deviceConfig: switchType {switch_type} would get the pipeline pushed with an empty device config "
+                f"(BMv2 accepts that, then fails reads with 'Table state out-of-sync with target'); set deviceConfig to "
+                f"{_COMPILED[switch_type]}, or set "
+                f"pipeline: external when another tool installs the pipeline on the switches",
+                key=True,
+            )
         for name in ("p4Info", "deviceConfig"):
             value = _get(self.data, *sc, name)
             if isinstance(value, str) and value:

@@ -20,9 +20,30 @@ log = logging.getLogger("reconciler.intent")
 
 
 class DirectoryIntent:
-    def __init__(self, path: str | Path, on_invalid: Callable[[list[Diagnostic]], None] | None = None) -> None:
+    """`gate(intent)`: "" to accept a valid intent, else why it is refused (signed-intent
+    verification); a refused intent is never published: the last accepted one stays in force
+    (at start, before any is accepted: no configs, nothing applied). `on_refused(intent, why)`
+    is told once per refused (commit, dirty, content)."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        on_invalid: Callable[[list[Diagnostic]], None] | None = None,
+        *,
+        gate: Callable[[IntentSet], str] | None = None,
+        on_refused: Callable[[IntentSet, str], None] | None = None,
+    ) -> None:
         self.path = Path(path)
-        self._current = load_intent([self.path])  # invalid at start: raises, the caller reports
+        self._gate = gate
+        self._on_refused = on_refused
+        self._refused: tuple[object, ...] | None = None
+        loaded = load_intent([self.path])  # invalid at start: raises, the caller reports
+        self._current = loaded
+        if gate is not None:
+            why = gate(loaded)
+            if why:
+                self._current = IntentSet((), None, False, loaded.root)
+                self._refuse(loaded, why)
         self._on_invalid = on_invalid
         self._bus: Broadcast[IntentSet] = Broadcast()
         self._observer: object = None
@@ -60,11 +81,27 @@ class DirectoryIntent:
                 self._on_invalid(e.diagnostics)
             return None
         if (intent.configs, intent.commit, intent.dirty) == (self._current.configs, self._current.commit, self._current.dirty):
+            self._refused = None  # back to what is in force
             return None
+        if self._gate is not None:
+            why = self._gate(intent)
+            if why:
+                self._refuse(intent, why)
+                return None
         log.info("intent changed in %s (commit %s%s)", self.path, (intent.commit or "none")[:12], ", dirty" if intent.dirty else "")
         self._current = intent
         self._bus.publish(intent)
         return intent
+
+
+    def _refuse(self, intent: IntentSet, why: str) -> None:
+        key = (intent.commit, intent.dirty, intent.configs)
+        if key == self._refused:
+            return
+        self._refused = key
+        log.error("%s; keeping the last accepted intent (commit %s)", why, (self._current.commit or "none")[:12])
+        if self._on_refused is not None:
+            self._on_refused(intent, why)
 
 
 class StaticIntent:

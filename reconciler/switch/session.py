@@ -186,6 +186,50 @@ class CounterCell:
     bytes: int
 
 
+def _comparable(p4info: p4i.P4Info) -> bytes:
+    """The P4Info without what does not change the pipeline: pkg_info (compiler, arch, version
+    strings) and documentation."""
+    m = p4i.P4Info()
+    m.CopyFrom(p4info)
+    m.ClearField("pkg_info")
+    for field_desc, value in m.ListFields():
+        if field_desc.message_type is not None and hasattr(value, "add"):  # repeated messages
+            for item in value:
+                if "preamble" in item.DESCRIPTOR.fields_by_name:
+                    item.preamble.ClearField("doc")
+    return m.SerializeToString(deterministic=True)
+
+
+def p4info_difference(ours: p4i.P4Info, theirs: p4i.P4Info) -> str:
+    """"" when the two P4Infos describe the same pipeline (ids, names, match fields, actions,
+    params, sizes...), else what differs, in a few words."""
+    if _comparable(ours) == _comparable(theirs):
+        return ""
+
+    def objects(m: p4i.P4Info) -> dict[str, str]:
+        out: dict[str, str] = {}
+        for field_desc, value in m.ListFields():
+            if field_desc.message_type is not None and hasattr(value, "add"):  # repeated messages
+                for item in value:
+                    if "preamble" in item.DESCRIPTOR.fields_by_name:
+                        out[f"{field_desc.name[:-1] if field_desc.name.endswith('s') else field_desc.name} {item.preamble.name}"] = (
+                            f"{item.preamble.id:#x}")
+        return out
+
+    a, b = objects(ours), objects(theirs)
+    missing = sorted(a.keys() - b.keys())
+    extra = sorted(b.keys() - a.keys())
+    changed = sorted(k for k in a.keys() & b.keys() if a[k] != b[k])
+    parts = []
+    if missing:
+        parts.append("missing " + ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else ""))
+    if extra:
+        parts.append("not ours: " + ", ".join(extra[:3]) + (f" and {len(extra) - 3} more" if len(extra) > 3 else ""))
+    if changed:
+        parts.append("other ids for " + ", ".join(changed[:3]))
+    return "; ".join(parts) or "same tables and actions, but other match fields, parameters, sizes or annotations"
+
+
 def pipeline_cookie(p4info: p4i.P4Info, device_config: bytes) -> int:
     """The 64-bit cookie naming a (P4Info, device config) pair: equal cookies, equal pipelines."""
     h = hashlib.sha256(b"p4kube-pipeline-cookie-v1\0")
@@ -557,6 +601,41 @@ class SwitchSession:
         previous = "none" if current is None else f"cookie {current.cookie}"
         log.info("%s: pipeline pushed (cookie %#x, was %s)", self._where(), cookie, previous)
         return True
+
+    async def check_external_pipeline(self, p4info: p4i.P4Info) -> PipelineStatus:
+        """For a pipeline installed by another tool (switchConfig.pipeline: external): the
+        switch's pipeline, when its P4Info equals `p4info`; else PipelineError saying what
+        differs. Never pushes anything. Its cookie is whatever that tool set (not ours), so the
+        P4Info itself is compared (GetForwardingPipelineConfig P4INFO_AND_COOKIE)."""
+        stub = self._require_open("get the pipeline")
+        Req = p4r.GetForwardingPipelineConfigRequest
+        request = Req(device_id=self.device_id, response_type=Req.P4INFO_AND_COOKIE)
+        try:
+            reply = await stub.GetForwardingPipelineConfig(request, timeout=self.rpc_timeout)
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() == grpc.StatusCode.FAILED_PRECONDITION and "pipeline" in (exc.details() or "").lower():
+                reply = None  # BMv2 before any SetForwardingPipelineConfig
+            else:
+                raise PipelineError(
+                    f"{self._where()}: GetForwardingPipelineConfig failed: {_status_text(exc)}",
+                    switch=self.name, code=exc.code(),
+                ) from None
+        if reply is None or not reply.HasField("config") or not reply.config.HasField("p4info"):
+            raise PipelineError(
+                f"{self._where()}: runs no pipeline, and switchConfig.pipeline is external: the reconciler does "
+                f"not push one; install the pipeline with the tool that manages it (nothing was written)",
+                switch=self.name,
+            )
+        config = reply.config
+        cookie = config.cookie.cookie if config.HasField("cookie") else None
+        problem = p4info_difference(p4info, config.p4info)
+        if problem:
+            raise PipelineError(
+                f"{self._where()}: the pipeline installed by another tool (switchConfig.pipeline: external) is not "
+                f"ours: its P4Info differs ({problem}); nothing was written",
+                switch=self.name,
+            )
+        return PipelineStatus(cookie=cookie, p4info=config.p4info)
 
     def _check_p4info(self, p4info: p4i.P4Info) -> None:
         """The pushed P4Info must be the one entries are encoded with."""
