@@ -136,6 +136,9 @@ def build_parser() -> argparse.ArgumentParser:
     apply_cli.register(sub)
     audit_cli.register(sub)
     crd_cli.register(sub)
+    from . import install_cli
+
+    install_cli.register(sub)
 
     p = sub.add_parser(
         "switch",

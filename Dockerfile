@@ -1,0 +1,46 @@
+# The p4kube reconciler image: the project's wheel, installed on a slim Python 3.11, run as a
+# non-root user on a read-only root filesystem (deploy/deployment.yaml).
+#
+#   docker build -t REGISTRY/p4kube:TAG .
+#   docker run --rm REGISTRY/p4kube:TAG                 # p4kube run --help
+#
+# The builder stage builds the same wheel as `pip wheel --no-deps .` in a checkout (schemas and
+# P4 files inside the package); the final stage installs that wheel and its dependencies from
+# binary wheels only: no compiler, no build tools, no source tree. tests/test_install_manifest.py
+# checks these properties statically (there is no Docker engine in CI).
+
+# --- builder: the project's wheel -----------------------------------------------------------
+FROM python:3.11-slim-bookworm AS builder
+ENV PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+WORKDIR /src
+# .dockerignore lets in only what the wheel is built from: pyproject.toml, README.md, reconciler/
+# and intent-examples/ (reconciler/data/intent-examples/ links into it; symlinks are copied as such).
+COPY . .
+RUN pip wheel --no-deps --wheel-dir /wheels . \
+ && ls /wheels/p4kube_reconciler-*.whl
+
+# --- runtime ------------------------------------------------------------------------------------
+FROM python:3.11-slim-bookworm AS runtime
+LABEL org.opencontainers.image.title="p4kube reconciler" \
+      org.opencontainers.image.description="GitOps reconciler for P4Kube: Git intent + cluster state -> audited, transactional P4Runtime switch tables" \
+      org.opencontainers.image.licenses="Apache-2.0"
+ENV PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+COPY --from=builder /wheels/ /tmp/wheels/
+# Dependencies as binary wheels only (--only-binary): nothing is compiled here. Then the paths
+# that must be writable at run time: the audit work directory (an emptyDir in the Deployment).
+RUN pip install --only-binary=:all: /tmp/wheels/p4kube_reconciler-*.whl \
+ && rm -rf /tmp/wheels \
+ && mkdir -p /var/lib/p4kube \
+ && chown 65532:65532 /var/lib/p4kube
+# The root filesystem is read-only in the cluster: no bytecode written at run time, HOME (Git's
+# configuration, SSH known_hosts) on /tmp, an emptyDir there.
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    HOME=/tmp
+USER 65532:65532
+WORKDIR /var/lib/p4kube
+EXPOSE 9100
+ENTRYPOINT ["p4kube"]
+CMD ["run", "--help"]
