@@ -53,3 +53,13 @@ def switch_pair():
     finally:
         for sw in sws:
             sw.stop(0)
+
+
+@pytest.fixture
+def loop_world(tmp_path):
+    """The loop tests' world (tests/test_controller.py): two software switches, node listeners,
+    a config and a cluster state."""
+    from test_controller import loop_world as build
+
+    with build(tmp_path) as world:
+        yield world

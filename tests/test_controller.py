@@ -85,8 +85,9 @@ def endpoints(name: str, per_node: dict[str, int]) -> tuple[Endpoint, ...]:
     return tuple(sorted(out, key=lambda e: e.address))
 
 
-@pytest.fixture
-def setup(tmp_path):
+@contextlib.contextmanager
+def loop_world(tmp_path):
+    """Two switches, TCP listeners for the nodes' nodePorts, a config and a cluster state."""
     with ExitStack() as stack:
         sws = [SoftwareSwitch(), SoftwareSwitch()]
         for sw in sws:
@@ -114,6 +115,12 @@ def setup(tmp_path):
             nodes={n: Node(n, ip) for n, ip in NODES.items()},
         )
         yield sws, backends, ports, config, state, tmp_path
+
+
+@pytest.fixture
+def setup(tmp_path):
+    with loop_world(tmp_path) as world:
+        yield world
 
 
 def make_controller(config, cluster, audit_dir, clock=None, adopt_switches=False):

@@ -9,10 +9,10 @@ import asyncio
 import dataclasses
 import shutil
 
-from test_controller import NODES, endpoints, free_port_on_all, make_controller, running, service, setup  # noqa: F401
+from test_controller import NODES, endpoints, free_port_on_all, make_controller, running, service
 
 from reconciler import p4names as n
-from reconciler.cluster.model import OPT_IN_ANNOTATION, ClusterState, Endpoint, Service, ServicePort
+from reconciler.cluster.model import OPT_IN_ANNOTATION, Endpoint, Service, ServicePort
 from reconciler.cluster.scripted import ScriptedCluster
 from reconciler.cluster.synthetic import with_scaled_service
 from reconciler.controller import History, TransactionRecord
@@ -58,10 +58,10 @@ def test_history_is_bounded_and_keeps_absolute_positions():
     assert recs[0].outcome is Outcome.APPLIED and recs[0].outcome == "applied"
 
 
-def test_an_unreachable_primary_degrades_falls_nothing_back_retries_with_backoff_and_is_resynced(setup):
+def test_an_unreachable_primary_degrades_falls_nothing_back_retries_with_backoff_and_is_resynced(loop_world):
     """The control channel is not the data path: nothing falls back, nothing is recorded per
     tick; a change waits with backoff; the primary comes back empty and is re-synced in full."""
-    sws, backends, ports, config, state, tmp = setup
+    sws, backends, ports, config, state, tmp = loop_world
     config = dataclasses.replace(config, health_check=dataclasses.replace(config.health_check, failure_threshold=3))
     cluster = ScriptedCluster(state)
     clock = ManualClock()
@@ -121,8 +121,8 @@ def test_an_unreachable_primary_degrades_falls_nothing_back_retries_with_backoff
     fresh.stop(0)
 
 
-def test_the_removal_guard_refuses_a_mass_removal_until_intent_raises_the_limit(setup):
-    sws, backends, ports, config, state, tmp = setup
+def test_the_removal_guard_refuses_a_mass_removal_until_intent_raises_the_limit(loop_world):
+    sws, backends, ports, config, state, tmp = loop_world
     extra = {}
     for i in range(2):
         port = free_port_on_all(list(NODES.values()))
@@ -164,9 +164,9 @@ def test_the_removal_guard_refuses_a_mass_removal_until_intent_raises_the_limit(
     asyncio.run(scenario())
 
 
-def test_many_services_failing_their_probes_at_once_are_not_fallen_back(setup):
+def test_many_services_failing_their_probes_at_once_are_not_fallen_back(loop_world):
     """Every backend down at once points at the prober's network: no mass fallback."""
-    sws, backends, ports, config, state, tmp = setup
+    sws, backends, ports, config, state, tmp = loop_world
     cluster = ScriptedCluster(state)
     config = dataclasses.replace(config, safety=Safety(max_removal_percent=40))
 
@@ -189,10 +189,10 @@ def test_many_services_failing_their_probes_at_once_are_not_fallen_back(setup):
     asyncio.run(scenario())
 
 
-def test_a_udp_service_that_fell_back_returns_on_the_evidence_that_can_be_had(setup):
+def test_a_udp_service_that_fell_back_returns_on_the_evidence_that_can_be_had(loop_world):
     """A UDP Service cannot be probed with a connect; it returns when its endpoints are ready on
     nodes whose TCP backends answer."""
-    sws, backends, ports, config, state, tmp = setup
+    sws, backends, ports, config, state, tmp = loop_world
     dns = Service(
         namespace="apps", name="dns", type="LoadBalancer",
         ports=(ServicePort("", 53, "UDP", 5353, 31553),),
@@ -222,8 +222,8 @@ def test_a_udp_service_that_fell_back_returns_on_the_evidence_that_can_be_had(se
     asyncio.run(scenario())
 
 
-def test_an_audit_repository_that_disappears_writes_nothing_and_the_loop_goes_on(setup):
-    sws, backends, ports, config, state, tmp = setup
+def test_an_audit_repository_that_disappears_writes_nothing_and_the_loop_goes_on(loop_world):
+    sws, backends, ports, config, state, tmp = loop_world
     cluster = ScriptedCluster(state)
     audit_dir = tmp / "audit.git"
 
@@ -245,7 +245,7 @@ def test_an_audit_repository_that_disappears_writes_nothing_and_the_loop_goes_on
     asyncio.run(scenario())
 
 
-def test_an_audit_repository_missing_at_start_holds_everything_back_until_it_opens(setup):
+def test_an_audit_repository_missing_at_start_holds_everything_back_until_it_opens(loop_world):
     """`run` keeps running (Stalled, retried with backoff) while its audit repository cannot be
     opened; it writes nothing to the switches before it has read the last applied snapshot."""
     from reconciler.apply import TwoSwitchApplier, default_session_factory
@@ -256,7 +256,7 @@ def test_an_audit_repository_missing_at_start_holds_everything_back_until_it_ope
     from reconciler.run_cli import ReopeningAudit
     from test_controller import INFO, P4INFO
 
-    sws, backends, ports, config, state, tmp = setup
+    sws, backends, ports, config, state, tmp = loop_world
     cluster = ScriptedCluster(state)
     clock = ManualClock()
     where = tmp / "audit.git"
@@ -290,10 +290,10 @@ def test_an_audit_repository_missing_at_start_holds_everything_back_until_it_ope
     asyncio.run(scenario())
 
 
-def test_a_lost_audit_history_does_not_become_a_fresh_render_over_the_switches(setup):
+def test_a_lost_audit_history_does_not_become_a_fresh_render_over_the_switches(loop_world):
     """Switches that serve Services no record accounts for are not overwritten by a first
     render (a lost or wrong audit repository) unless the operator says to adopt them."""
-    sws, backends, ports, config, state, tmp = setup
+    sws, backends, ports, config, state, tmp = loop_world
     cluster = ScriptedCluster(state)
 
     async def scenario():
@@ -319,9 +319,9 @@ def test_a_lost_audit_history_does_not_become_a_fresh_render_over_the_switches(s
     asyncio.run(scenario())
 
 
-def test_a_primary_rebooted_while_the_standby_is_down_is_repaired_on_its_own(setup):
+def test_a_primary_rebooted_while_the_standby_is_down_is_repaired_on_its_own(loop_world):
     """Each switch is read back and repaired independently of the other's health."""
-    sws, backends, ports, config, state, tmp = setup
+    sws, backends, ports, config, state, tmp = loop_world
     cluster = ScriptedCluster(state)
 
     async def scenario():

@@ -234,9 +234,7 @@ def test_deep_nesting_is_refused(tmp_path: Path) -> None:
     write(tmp_path / "deeper.yaml", "a: " + "[\n" * 20000 + "]" * 20000 + "\n")
     nested = "".join("  " * k + "a:\n" for k in range(1000))  # block nesting: ruamel recurses
     write(tmp_path / "deepest.yaml", nested + "  " * 1000 + "b: 1\n")
-    started = time.perf_counter()
-    diags = validate_paths([tmp_path])
-    assert time.perf_counter() - started < 1.0
+    diags = validate_paths([tmp_path])  # refused, not parsed for minutes (pytest-timeout guards a hang)
     assert [(Path(d.file).name, d.line, d.message) for d in diags] == [
         ("deep.yaml", 1, "document nests deeper than 64 levels"),
         ("deeper.yaml", 65, "document nests deeper than 64 levels"),
