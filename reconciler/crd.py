@@ -108,12 +108,13 @@ _DNS_LABEL = "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 #   server refuse duplicates ("Duplicate value"); a CEL rule would say it twice.
 # - at most one standby: follows from exactly one primary, role in {primary, standby} and
 #   maxItems 2 (checked when generating, so a schema change cannot void it silently).
-# - healthCheck timeout shorter than interval: expressible (HEALTH_CHECK_TIMEOUT_RULE), but not
-#   generated yet: tests/test_kube_intent_source.py and tests/test_e2e_kube.py create a custom
-#   resource with timeout >= interval on purpose, as their example of a config the API server
-#   accepts and the reconciler reports as Stalled; they must pick another example first.
 # - overlapping VIP ranges, addresses (host:port), pipeline files: need parsing or other
 #   objects; they stay in the reconciler.
+HEALTH_CHECK_TIMEOUT_RULE = {
+    "rule": "!has(self.timeout) || !has(self.interval) || self.timeout < self.interval",
+    "message": "timeout must be shorter than interval",
+    "fieldPath": ".timeout",
+}
 _DURATION_MAX_1H = {"rule": "self <= duration('1h')", "message": "must be at most 1h"}
 CEL_RULES: dict[tuple[str, ...], tuple[dict[str, str], ...]] = {
     ("spec", "switchConfig", "switches"): (
@@ -138,11 +139,8 @@ CEL_RULES: dict[tuple[str, ...], tuple[dict[str, str], ...]] = {
         _DURATION_MAX_1H,
     ),
     ("spec", "healthCheck", "readBackInterval"): (_DURATION_MAX_1H,),
-}
-HEALTH_CHECK_TIMEOUT_RULE = {
-    "rule": "!has(self.timeout) || !has(self.interval) || self.timeout < self.interval",
-    "message": "timeout must be shorter than interval",
-    "fieldPath": ".timeout",
+    # on the object, so that a default interval or timeout counts (the server defaults first)
+    ("spec", "healthCheck"): (HEALTH_CHECK_TIMEOUT_RULE,),
 }
 
 

@@ -297,12 +297,13 @@ def test_intent_from_custom_resources_with_status(world):
                 "metadata": {"name": name, "namespace": "p4kube-system"}, "spec": spec}
 
     custom.create_namespaced_custom_object("networking.p4kube.io", "v1alpha1", "p4kube-system", "loadbalancerconfigs", cr("edge"))
-    # Valid for the CRD's schema, refused by the semantic checks (timeout not below interval).
+    # Valid for the CRD's schema, refused by the semantic checks (an address without its port).
     custom.create_namespaced_custom_object(
         "networking.p4kube.io", "v1alpha1", "p4kube-system", "loadbalancerconfigs",
-        cr("broken", healthCheck={"interval": "1s", "timeout": "2s"},
+        cr("broken",
            vipPools=[{"name": "other", "addresses": ["198.51.100.0/28"]}], switchConfig={"switches": [
-            {"name": "other", "role": "primary", "address": "127.0.0.1:1", "deviceId": 9}]}),
+            {"name": "other", "role": "primary", "address": "127.0.0.1", "deviceId": 9}],
+            "deviceConfig": str(SIM_DEVICE_CONFIG)}),
     )
 
     def status_of(name: str) -> dict:
@@ -330,7 +331,7 @@ def test_intent_from_custom_resources_with_status(world):
             assert condition(st, "Ready") == "True" and st["appliedVersion"] == 1
             assert st["observedGeneration"] == 1 and {s["state"] for s in st["switches"]} == {"InSync"}
             broken = await loop.run_in_executor(None, status_of, "broken")
-            assert condition(broken, "Stalled") == "True" and "spec.healthCheck.timeout" in json_text(broken)
+            assert condition(broken, "Stalled") == "True" and "spec.switchConfig.switches[0].address" in json_text(broken)
         finally:
             stop.set()
             await asyncio.wait_for(task, 20)

@@ -171,7 +171,9 @@ def test_live_crs_become_intent_and_an_invalid_one_is_stalled(server: KubeApiSer
     custom = k8s.CustomObjectsApi(api)
     custom.create_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, _cr("edge", "leaf-1", 9559))
     # Valid for the CRD's schema, invalid for the semantic checks: the API server accepts it.
-    custom.create_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, _cr("broken", "leaf-2", 9560, healthCheck={"interval": "2s", "timeout": "5s"}))
+    broken = _cr("broken", "leaf-2", 9560)
+    broken["spec"]["switchConfig"]["switches"][0]["address"] = "10.0.0.1"  # no port
+    custom.create_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, broken)
     digest = "sha256:" + "ab" * 32
 
     async def go() -> None:
@@ -184,7 +186,7 @@ def test_live_crs_become_intent_and_an_invalid_one_is_stalled(server: KubeApiSer
             (bad,) = crs.invalid
             assert bad.key == f"{NS}/broken" and bad.generation == 1
             (diag,) = bad.diagnostics
-            assert diag.file == f"LoadBalancerConfig {NS}/broken" and diag.field == "spec.healthCheck.timeout"
+            assert diag.file == f"LoadBalancerConfig {NS}/broken" and diag.field == "spec.switchConfig.switches[0].address"
             problems = [describe(d) for d in bad.diagnostics]
             assert await writer.report(NS, "broken", bad.generation, Outcome.invalid(problems), bad.status)
             good = crs.resources[f"{NS}/edge"]
@@ -204,7 +206,8 @@ def test_live_crs_become_intent_and_an_invalid_one_is_stalled(server: KubeApiSer
             # Fixing the spec bumps the generation; the CR becomes intent.
             await asyncio.to_thread(
                 custom.patch_namespaced_custom_object, GROUP, VERSION, NS, PLURAL, "broken",
-                {"spec": {"healthCheck": {"timeout": "1s"}}}, _content_type=MERGE,
+                {"spec": {"switchConfig": {"switches": [{"name": "leaf-2", "role": "primary", "address": "10.0.0.1:9560"}]}}},
+                _content_type=MERGE,
             )
             while True:
                 crs = await asyncio.wait_for(changes.__anext__(), 10)
@@ -219,7 +222,7 @@ def test_live_crs_become_intent_and_an_invalid_one_is_stalled(server: KubeApiSer
     asyncio.run(asyncio.wait_for(go(), 30))
     stalled = _get_cr(api, "broken")["status"]
     assert condition(stalled, STALLED)["status"] == "True" and condition(stalled, STALLED)["reason"] == "InvalidSpec"
-    assert "spec.healthCheck.timeout: timeout 5s must be shorter than interval 2s" in condition(stalled, STALLED)["message"]
+    assert 'spec.switchConfig.switches[0].address: missing port in "10.0.0.1"' in condition(stalled, STALLED)["message"]
     assert condition(stalled, READY)["status"] == "False" and stalled["observedGeneration"] == 1
     ready = _get_cr(api, "edge")["status"]
     assert condition(ready, READY)["status"] == "True" and ready["appliedVersion"] == 1 and ready["appliedDigest"] == digest
