@@ -56,6 +56,8 @@ from reconciler.controller import Controller
 from reconciler.health import ManualClock
 from reconciler.run_cli import build_runtime
 
+REPO = Path(__file__).resolve().parents[1]
+
 CONFIG = "p4kube-system/soak"
 HEALTH_INTERVAL_S = 5.0
 
@@ -188,6 +190,7 @@ spec:
         - 198.51.100.1-198.51.100.250
   switchConfig:
     switchType: bmv2
+    deviceConfig: sim-device-config.json  # the software switch's placeholder (see intent-examples/multi-service)
     switches:
       - name: sw-primary
         role: primary
@@ -200,6 +203,7 @@ spec:
         port: 1
         nextHopMac: "02:00:7f:00:00:01"
 """)
+    (path / "sim-device-config.json").write_bytes((REPO / "intent-examples" / "multi-service" / "sim-device-config.json").read_bytes())
     repo = pygit2.init_repository(str(path), initial_head="main")
     repo.index.add_all()
     repo.index.write()

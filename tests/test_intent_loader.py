@@ -235,11 +235,17 @@ def test_deep_nesting_is_refused(tmp_path: Path) -> None:
     nested = "".join("  " * k + "a:\n" for k in range(1000))  # block nesting: ruamel recurses
     write(tmp_path / "deepest.yaml", nested + "  " * 1000 + "b: 1\n")
     diags = validate_paths([tmp_path])  # refused, not parsed for minutes (pytest-timeout guards a hang)
-    assert [(Path(d.file).name, d.line, d.message) for d in diags] == [
+    got = [(Path(d.file).name, d.line, d.message) for d in diags]
+    assert got[:2] == [
         ("deep.yaml", 1, "document nests deeper than 64 levels"),
         ("deeper.yaml", 65, "document nests deeper than 64 levels"),
-        ("deepest.yaml", 1, "document nests too deeply to parse"),
     ]
+    # Block nesting is refused either by the depth limit or, when the parser's recursion gives
+    # out first (it depends on the stack already in use), as unparseable: both are refusals.
+    assert got[2:] in (
+        [("deepest.yaml", 64, "document nests deeper than 64 levels")],
+        [("deepest.yaml", 1, "document nests too deeply to parse")],
+    ), got
 
 
 def test_unknown_field_suggestions(tmp_path: Path) -> None:

@@ -27,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import sys
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
@@ -37,12 +38,12 @@ from ..snapshot import (
     ServiceSnapshot,
     Snapshot,
     SnapshotError,
-    service_from_json,
     canonical_json,
     compute_digest,
     from_document,
     schema_errors,
     schema_validator,
+    service_from_json,
 )
 
 CONFIGS_DIR = "configs"
@@ -60,7 +61,7 @@ def config_dir(config: str) -> str:
     """configs/<namespace>/<name> for a config key "namespace/name"."""
     if not isinstance(config, str) or not _CONFIG_RE.match(config):
         raise SnapshotError(f"config {config!r} is not namespace/name (lowercase DNS labels)")
-    return f"{CONFIGS_DIR}/{config}"
+    return sys.intern(f"{CONFIGS_DIR}/{config}")  # a pygit2 lookup key: see trees.git_name
 
 
 # A snapshot name's ":port" is written "__port" in file names: ":" cannot appear in Windows

@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -200,7 +201,7 @@ class RemoteSync:
 
     @property
     def tracking_ref(self) -> str:
-        return f"refs/remotes/{ORIGIN}/{self.branch}"
+        return sys.intern(f"refs/remotes/{ORIGIN}/{self.branch}")  # a pygit2 lookup key: see trees.git_name
 
     def _callbacks(self) -> _Callbacks:
         return _Callbacks(self.credentials, self.url)

@@ -60,9 +60,15 @@ from .message import (
 )
 from .push import Credentials, PushResult, RemoteSync, RetryPolicy, looks_like_url, redact_url
 from .signing import Signer
-from .trees import BLOB, TREE, ConfigIndex, config_paths, entry_id, index_config_tree, merge_by_config, replace_path, write_config_tree
+from .trees import BLOB, TREE, ConfigIndex, config_paths, entry_id, git_name, index_config_tree, merge_by_config, replace_path, write_config_tree
 
 log = logging.getLogger("p4kube.audit")
+
+# libgit2's defaults let a long-running writer keep up to 8 GiB of pack windows mapped and 256 MiB
+# of objects cached; the audit repository grows with every record, so both are bounded here
+# (process-wide settings; bench/bench_soak.py measures the loop's memory over many passes).
+pygit2.settings.mwindow_mapped_limit = 64 << 20
+pygit2.settings.cache_max_size(16 << 20)
 
 README = """\
 # p4kube audit repository
@@ -97,7 +103,7 @@ _SERVICE_CACHE_MIN = 4096  # parsed service files kept by blob id (~5 KB each); 
 _SNAPSHOT_CACHE = 4
 _NAMESPACE_CACHE_LIMIT = 2048
 _RECENT_ENTRIES = 1024  # newest commits' entries kept; older ones are read from the repository when asked
-_VERSION_CACHE = 4096  # (config, version) -> newest record, for the newest versions
+_VERSION_CACHE = 1024  # (config, version) -> newest record, for the newest versions (~1.5 KB each)
 
 INTERRUPTED_REASON = (
     "the reconciler stopped before recording an outcome (killed or crashed); "
@@ -329,7 +335,7 @@ class AuditRepo:
 
     @property
     def ref(self) -> str:
-        return f"refs/heads/{self.branch}"
+        return git_name(f"refs/heads/{self.branch}")  # interned: see trees.git_name
 
     def _tip(self) -> pygit2.Oid | None:
         ref = self.repo.references.get(self.ref)
