@@ -836,11 +836,13 @@ class AuditRepo:
         with self._lock, self._faults("pack loose objects"):
             n = pack_loose_objects(self.repo)
             self._commits_since_pack = 0
-            if roll_up_packs(self.repo, max_packs):
-                # packs were deleted: a fresh handle so libgit2 does not keep looking in them
-                self.repo = pygit2.Repository(self.repo.path)
-                if self.remote is not None:
-                    self.remote.repo = self.repo
+            roll_up_packs(self.repo, max_packs)
+            # A fresh handle each time: libgit2 must not keep looking in packs that were rolled
+            # up, and the old handle's native caches (object cache, pack windows and indexes)
+            # are released, so a long-running writer's memory stays level (bench/bench_soak.py).
+            self.repo = pygit2.Repository(self.repo.path)
+            if self.remote is not None:
+                self.remote.repo = self.repo
             return n
 
 
