@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -41,32 +40,6 @@ def cmd_crd(args: argparse.Namespace) -> int:
     except (CRDGenerationError, OSError, ValueError) as e:
         print(f"p4kube crd: error: cannot generate the CRD: {e}", file=sys.stderr)
         return EXIT_ERROR
-    if args.check:
-        path = Path(args.check)
-        try:
-            current = path.read_text(encoding="utf-8")
-        except OSError as e:
-            print(f"p4kube crd: error: cannot read {path}: {e.strerror or e}", file=sys.stderr)
-            return EXIT_ERROR
-        if current != text:
-            print(
-                f"p4kube crd: {path} is not the CRD generated from the schema; "
-                f"regenerate it with `p4kube crd --out {path}`",
-                file=sys.stderr,
-            )
-            return EXIT_ERROR
-        print(f"p4kube crd: {path} is current", file=sys.stderr)
-        return EXIT_OK
-    if args.out:
-        path = Path(args.out)
-        tmp = path.with_name(f".{path.name}.tmp")
-        try:
-            tmp.write_text(text, encoding="utf-8")
-            tmp.replace(path)  # never leave half a CRD behind
-        except OSError as e:
-            print(f"p4kube crd: error: cannot write {path}: {e.strerror or e}", file=sys.stderr)
-            return EXIT_ERROR
-        print(f"wrote {path}", file=sys.stderr)
-        return EXIT_OK
-    sys.stdout.write(text)
-    return EXIT_OK
+    from .generated import write_or_check
+
+    return write_or_check("p4kube crd", text, out=args.out, check=args.check, what="the CRD generated from the schema")

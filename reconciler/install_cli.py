@@ -156,32 +156,6 @@ def cmd_install_manifest(args: argparse.Namespace) -> int:
     except (ManifestError, OSError, ValueError) as e:
         print(f"p4kube install-manifest: error: {e}", file=sys.stderr)
         return EXIT_ERROR
-    if args.check:
-        path = Path(args.check)
-        try:
-            current = path.read_text(encoding="utf-8")
-        except OSError as e:
-            print(f"p4kube install-manifest: error: cannot read {path}: {e.strerror or e}", file=sys.stderr)
-            return EXIT_ERROR
-        if current != text:
-            print(
-                f"p4kube install-manifest: {path} is not the manifest generated from deploy/; "
-                f"regenerate it with `p4kube install-manifest --out {path}`",
-                file=sys.stderr,
-            )
-            return EXIT_ERROR
-        print(f"p4kube install-manifest: {path} is current", file=sys.stderr)
-        return EXIT_OK
-    if args.out:
-        path = Path(args.out)
-        tmp = path.with_name(f".{path.name}.tmp")
-        try:
-            tmp.write_text(text, encoding="utf-8")
-            tmp.replace(path)  # never leave half a manifest behind
-        except OSError as e:
-            print(f"p4kube install-manifest: error: cannot write {path}: {e.strerror or e}", file=sys.stderr)
-            return EXIT_ERROR
-        print(f"wrote {path}", file=sys.stderr)
-        return EXIT_OK
-    sys.stdout.write(text)
-    return EXIT_OK
+    from .generated import write_or_check
+
+    return write_or_check("p4kube install-manifest", text, out=args.out, check=args.check, what="the manifest generated from deploy/")
