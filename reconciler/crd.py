@@ -396,12 +396,7 @@ def _translate(node: Mapping[str, Any], path: tuple[str, ...], notes: list[str])
 
 def _apply_list_map_keys(root: dict[str, Any]) -> None:
     for path, keys in SPEC_LIST_MAP_KEYS.items():
-        node = root
-        for name in path:
-            try:
-                node = node["properties"][name]
-            except KeyError:
-                raise CRDGenerationError(f"{'.'.join(path)}: no such property (SPEC_LIST_MAP_KEYS is stale)") from None
+        node = _node_at(root, path, "SPEC_LIST_MAP_KEYS")
         items = node.get("items", {})
         if node.get("type") != "array" or items.get("type") != "object":
             raise CRDGenerationError(f"{'.'.join(path)}: a list-map needs an array of objects")
