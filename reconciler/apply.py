@@ -372,16 +372,12 @@ class TwoSwitchApplier:
 
     async def reconnect(self, name: str) -> SwitchSession | None:
         """Open a session to `name` again (arbitration and the pipeline check, nothing written);
-        None when it still cannot be reached."""
-        for sw in self.order:
-            if sw.name == name:
-                try:
-                    session, _ = await self._session(sw)
-                    return session
-                except SwitchError as e:
-                    log.info("switch %s still unreachable: %s", name, e)
-                    return None
-        return None
+        None when it still cannot be used (reach() says why)."""
+        why = await self.reach(name)
+        if why:
+            log.info("switch %s %s", name, why)
+            return None
+        return self.session_for(name)
 
     def trusts(self, name: str) -> bool:
         """Whether what switch `name` holds is known without reading it back: it was read back

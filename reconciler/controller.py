@@ -181,10 +181,6 @@ class ConfigWorker:
     def unhealthy_switches(self) -> set[str]:
         return {name for name, st in self.switch_health.items() if not st.healthy}
 
-    @property
-    def needs_retry(self) -> bool:
-        return self.retry_at is not None
-
     def retry_due(self, now: float) -> bool:
         return self.retry_at is not None and now >= self.retry_at
 
