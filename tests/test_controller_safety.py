@@ -9,6 +9,7 @@ import asyncio
 import dataclasses
 import shutil
 
+from test_reconcile_audit import entries_of, switch_entries
 from test_controller import NODES, endpoints, free_port_on_all, make_controller, running, service
 
 from reconciler import p4names as n
@@ -27,10 +28,8 @@ TABLES = (n.VIP_TABLE, n.BACKEND_TABLE, n.REVERSE_NAT)
 
 
 def held(sw) -> set:
-    """What a software switch holds, comparable across switches (nothing before a pipeline)."""
-    if sw.device(1).state is None:
-        return set()
-    return {(t, e.key, e.action, tuple(e.params.values())) for t in TABLES for e in sw.entries(1, t)}
+    """What a software switch holds, read over P4Runtime (nothing before a pipeline)."""
+    return set() if sw.device(1).state is None else switch_entries(sw)
 
 
 def assert_both_hold(sws, snap) -> None:
@@ -339,7 +338,7 @@ def test_a_primary_rebooted_while_the_standby_is_down_is_repaired_on_its_own(loo
                 await ctl.wait_until(lambda: any(r.outcome == Outcome.RESYNCED and r.writes and "primary" in r.reason
                                                  for r in ctl.history[n0:]), timeout=15)
                 assert {t: len(fresh.entries(1, t)) for t in TABLES} == {t: len(v1.tables()[t]) for t in TABLES}
-                assert held(fresh) == held_of(v1)
+                assert held(fresh) == entries_of(v1)
                 assert any(r.outcome == Outcome.DEGRADED and "standby" in r.reason for r in ctl.history[n0:])
                 assert not any(s.auto_fallback for s in cluster.snapshot().services.values())
             finally:
@@ -347,15 +346,3 @@ def test_a_primary_rebooted_while_the_standby_is_down_is_repaired_on_its_own(loo
 
     asyncio.run(scenario())
 
-
-def held_of(snap) -> set:
-    """A snapshot's entries in the form `held` reads them off a switch."""
-    import ipaddress as ipa
-
-    def value(v):
-        if isinstance(v, str) and v.count(".") == 3:
-            return int(ipa.IPv4Address(v))
-        return v
-
-    return {(t, tuple(value(k) for k in e.key), e.action, tuple(value(a) for a in e.args))
-            for t in TABLES for e in snap.tables()[t]}
