@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -186,17 +186,23 @@ class CounterCell:
     bytes: int
 
 
+def _preambled(m: p4i.P4Info) -> Iterator[tuple[str, Any]]:
+    """(field name, object) for every P4Info object with a preamble (tables, actions...)."""
+    for field_desc, value in m.ListFields():
+        if field_desc.message_type is not None and hasattr(value, "add"):  # repeated messages
+            for item in value:
+                if "preamble" in item.DESCRIPTOR.fields_by_name:
+                    yield field_desc.name, item
+
+
 def _comparable(p4info: p4i.P4Info) -> bytes:
     """The P4Info without what does not change the pipeline: pkg_info (compiler, arch, version
     strings) and documentation."""
     m = p4i.P4Info()
     m.CopyFrom(p4info)
     m.ClearField("pkg_info")
-    for field_desc, value in m.ListFields():
-        if field_desc.message_type is not None and hasattr(value, "add"):  # repeated messages
-            for item in value:
-                if "preamble" in item.DESCRIPTOR.fields_by_name:
-                    item.preamble.ClearField("doc")
+    for _, item in _preambled(m):
+        item.preamble.ClearField("doc")
     return m.SerializeToString(deterministic=True)
 
 
@@ -207,14 +213,10 @@ def p4info_difference(ours: p4i.P4Info, theirs: p4i.P4Info) -> str:
         return ""
 
     def objects(m: p4i.P4Info) -> dict[str, str]:
-        out: dict[str, str] = {}
-        for field_desc, value in m.ListFields():
-            if field_desc.message_type is not None and hasattr(value, "add"):  # repeated messages
-                for item in value:
-                    if "preamble" in item.DESCRIPTOR.fields_by_name:
-                        out[f"{field_desc.name[:-1] if field_desc.name.endswith('s') else field_desc.name} {item.preamble.name}"] = (
-                            f"{item.preamble.id:#x}")
-        return out
+        return {
+            f"{kind[:-1] if kind.endswith('s') else kind} {item.preamble.name}": f"{item.preamble.id:#x}"
+            for kind, item in _preambled(m)
+        }
 
     a, b = objects(ours), objects(theirs)
     missing = sorted(a.keys() - b.keys())
