@@ -67,7 +67,6 @@ _STRERRORS = {
     _errno.EIO: "Input/output error",
     _errno.EISDIR: "Is a directory",
 }
-_UNAVAILABLE = set(_STRERRORS)
 _QUOTED_PATH = re.compile(r"'(/[^']*)'")
 _CORRUPT = re.compile(r"object not found|corrupt|invalid object|bad object|inflate|unknown object|failed to parse", re.I)
 
@@ -155,14 +154,6 @@ def describe_fault(e: BaseException, fallback_path: str) -> tuple[str, int | Non
     else:
         why = explain(code, path)
     return (f"{text} ({why})" if why else text), code, path
-
-
-def is_unavailable(e: BaseException) -> bool:
-    """An OS-level fault (permission, read-only, space, missing path), as opposed to damage."""
-    code = fault_errno(e)
-    if code in _UNAVAILABLE:
-        return True
-    return isinstance(e, OSError) and not _CORRUPT.search(str(e))
 
 
 def is_corruption(e: BaseException) -> bool:
