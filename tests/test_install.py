@@ -10,19 +10,15 @@ from __future__ import annotations
 
 import json
 import os
-import queue
 import shutil
-import signal
 import subprocess
 import sys
 import sysconfig
-import threading
 import zipfile
 from pathlib import Path
 
-import grpc
 import pytest
-from finsy.proto import p4r, p4r_grpc
+from switch_process import assert_switch_serves_until_sigterm
 
 from reconciler.crd import crd_yaml
 from reconciler.p4info import load_p4info, p4info_digest
@@ -90,31 +86,6 @@ def make_venv(tmp: Path, wheel: Path) -> Path:
     return venv
 
 
-def wait_for_port(proc: subprocess.Popen[str], timeout: float) -> tuple[int | None, list[str]]:
-    """The port from the switch's "listening on ... (port N)" log line, read off a thread so the
-    wait has a deadline."""
-    lines: queue.Queue[str | None] = queue.Queue()
-
-    def pump() -> None:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            lines.put(line)
-        lines.put(None)
-
-    threading.Thread(target=pump, daemon=True).start()
-    seen: list[str] = []
-    while True:
-        try:
-            line = lines.get(timeout=timeout)
-        except queue.Empty:
-            return None, seen
-        if line is None:
-            return None, seen
-        seen.append(line)
-        if "listening on" in line:
-            return int(line.split("(port ")[1].split(")")[0]), seen
-
-
 @pytest.mark.slow
 def test_the_wheel_ships_its_data_and_works_outside_the_checkout(tmp_path):
     wheel = build_wheel(tmp_path)
@@ -167,22 +138,7 @@ def test_the_wheel_ships_its_data_and_works_outside_the_checkout(tmp_path):
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr
     assert (work / "demo" / "intent" / "lbconfig.yaml").exists()
 
-    proc = subprocess.Popen([str(p4kube), "switch", "--listen", "127.0.0.1:0"], cwd=work, env=clean_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        port, seen = wait_for_port(proc, timeout=30)
-        assert port, "".join(seen)
-        with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
-            caps = p4r_grpc.P4RuntimeStub(ch).Capabilities(p4r.CapabilitiesRequest(), timeout=10)
-        assert caps.p4runtime_api_version
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=15) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        assert proc.stdout is not None
-        proc.stdout.close()
+    assert_switch_serves_until_sigterm([str(p4kube), "switch", "--listen", "127.0.0.1:0"], cwd=work, env=clean_env())
 
 
 # --- the pre-commit hook, installed the way an intent repository gets it ---------------------
