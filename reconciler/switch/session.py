@@ -542,9 +542,24 @@ class SwitchSession:
     async def get_pipeline(self, *, full: bool = False) -> PipelineStatus | None:
         """The switch's pipeline (cookie only, or with P4Info and device config when `full`);
         None when it has none."""
-        stub = self._require_open("get the pipeline")
         Req = p4r.GetForwardingPipelineConfigRequest
-        request = Req(device_id=self.device_id, response_type=Req.ALL if full else Req.COOKIE_ONLY)
+        config = await self._pipeline_config(Req.ALL if full else Req.COOKIE_ONLY)
+        if config is None:
+            return None
+        empty = not config.HasField("cookie") and not config.HasField("p4info") and not config.p4_device_config
+        if empty and not full:
+            return PipelineStatus(cookie=None)  # BMv2 after a Set that committed nothing: `config {}`
+        return PipelineStatus(
+            cookie=config.cookie.cookie if config.HasField("cookie") else None,
+            p4info=config.p4info if full and config.HasField("p4info") else None,
+            device_config=config.p4_device_config if full else None,
+        )
+
+    async def _pipeline_config(self, response_type: int) -> p4r.ForwardingPipelineConfig | None:
+        """The switch's ForwardingPipelineConfig (GetForwardingPipelineConfig with
+        `response_type`); None when it has no pipeline."""
+        stub = self._require_open("get the pipeline")
+        request = p4r.GetForwardingPipelineConfigRequest(device_id=self.device_id, response_type=response_type)
         try:
             reply = await stub.GetForwardingPipelineConfig(request, timeout=self.rpc_timeout)
         except grpc.aio.AioRpcError as exc:
@@ -556,15 +571,7 @@ class SwitchSession:
             ) from None
         if not reply.HasField("config"):
             return None  # the specification's answer when no pipeline is set
-        config = reply.config
-        empty = not config.HasField("cookie") and not config.HasField("p4info") and not config.p4_device_config
-        if empty and not full:
-            return PipelineStatus(cookie=None)  # BMv2 after a Set that committed nothing: `config {}`
-        return PipelineStatus(
-            cookie=config.cookie.cookie if config.HasField("cookie") else None,
-            p4info=config.p4info if full and config.HasField("p4info") else None,
-            device_config=config.p4_device_config if full else None,
-        )
+        return reply.config
 
     async def ensure_pipeline(self, p4info: p4i.P4Info, device_config: bytes, cookie: int | None = None) -> bool:
         """Make the switch run (p4info, device_config); True when it had to be pushed.
@@ -609,26 +616,14 @@ class SwitchSession:
         switch's pipeline, when its P4Info equals `p4info`; else PipelineError saying what
         differs. Never pushes anything. Its cookie is whatever that tool set (not ours), so the
         P4Info itself is compared (GetForwardingPipelineConfig P4INFO_AND_COOKIE)."""
-        stub = self._require_open("get the pipeline")
         Req = p4r.GetForwardingPipelineConfigRequest
-        request = Req(device_id=self.device_id, response_type=Req.P4INFO_AND_COOKIE)
-        try:
-            reply = await stub.GetForwardingPipelineConfig(request, timeout=self.rpc_timeout)
-        except grpc.aio.AioRpcError as exc:
-            if exc.code() == grpc.StatusCode.FAILED_PRECONDITION and "pipeline" in (exc.details() or "").lower():
-                reply = None  # BMv2 before any SetForwardingPipelineConfig
-            else:
-                raise PipelineError(
-                    f"{self._where()}: GetForwardingPipelineConfig failed: {_status_text(exc)}",
-                    switch=self.name, code=exc.code(),
-                ) from None
-        if reply is None or not reply.HasField("config") or not reply.config.HasField("p4info"):
+        config = await self._pipeline_config(Req.P4INFO_AND_COOKIE)
+        if config is None or not config.HasField("p4info"):
             raise PipelineError(
                 f"{self._where()}: runs no pipeline, and switchConfig.pipeline is external: the reconciler does "
                 f"not push one; install the pipeline with the tool that manages it (nothing was written)",
                 switch=self.name,
             )
-        config = reply.config
         cookie = config.cookie.cookie if config.HasField("cookie") else None
         problem = p4info_difference(p4info, config.p4info)
         if problem:
