@@ -133,9 +133,7 @@ def _audit_errors(func: Callable[[argparse.Namespace], int]) -> Callable[[argpar
     @functools.wraps(func)
     def wrapped(args: argparse.Namespace) -> int:
         try:
-            return func(args)
-        except AuditError as e:
-            raise cli.CommandError(str(e)) from e
+            return func(args)  # AuditError: cli.main prints it as one line
         except (pygit2.GitError, OSError, KeyError) as e:  # not expected past AuditRepo: still one line
             raise cli.CommandError(f"audit repository {args.repo}: {type(e).__name__}: {e}") from e
 
