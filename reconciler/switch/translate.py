@@ -91,7 +91,8 @@ def election_id_proto(election_id: int) -> p4r.Uint128:
         raise TranslationError(f"election id must be an integer, got {election_id!r}")
     if not 0 < election_id <= _MAX_U128:
         raise TranslationError(f"election id {election_id} is not in 1 .. 2**128-1")
-    return p4r.Uint128(high=election_id >> 64, low=election_id & 0xFFFFFFFFFFFFFFFF)
+    high, low = split_election_id(election_id)
+    return p4r.Uint128(high=high, low=low)
 
 
 # --- canonical bytestrings --------------------------------------------------------------------
