@@ -183,7 +183,7 @@ class FollowedRecording(ScriptedCluster):
         if fingerprint != previous or fingerprint[0] == "torn":
             # First look since a change, or it changed since the last look: look again later.
             self._still_changing()
-            self._timer = self._loop.call_later(self.settle_s, self._look) if self._loop else None
+            self._schedule()
             return
         self.settled += 1
         self._last_look = None
