@@ -815,13 +815,13 @@ class AuditRepo:
                 raise SnapshotError(f"{file_where}: expected a service .json file")
             name = f"{ns}/{f.name[:-5]}"
             svc = self._services.get(f.id)
-            if svc is not None:
-                self._services.move_to_end(f.id)
             if svc is None:
                 svc = parse_service_file(self.repo[f.id].data, file_where, name)  # type: ignore[attr-defined]
                 self._remember_service(f.id, svc)
-            elif svc.name != name:
-                raise SnapshotError(f"{file_where}: the file holds service {svc.name!r}, not {name!r}")
+            else:
+                self._services.move_to_end(f.id)
+                if svc.name != name:
+                    raise SnapshotError(f"{file_where}: the file holds service {svc.name!r}, not {name!r}")
             out.append(svc)
         self._namespaces[tree_id] = result = tuple(out)
         while len(self._namespaces) > _NAMESPACE_CACHE_LIMIT:  # the oldest read go first
