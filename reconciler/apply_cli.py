@@ -431,8 +431,11 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
         snap = rendered.snapshot
         result = asyncio.run(_sync(config, args, snap))
         writes = sum(sum(k.values()) for k in result.writes().values())
-        if result.ok and not writes:
+        if result.outcome == "unchanged":
             print(f"{config.key}: up to date at v{snap.version} ({snap.digest}): both switches read back and hold it")
+        elif result.outcome == "degraded" and not writes:
+            print(f"{config.key}: up to date at v{snap.version} on the switches that answer; {result.reason}")
+            print(result.describe())
         elif result.ok:
             print(f"{config.key}: the intent and cluster are unchanged at v{snap.version}, but the switches were not "
                   f"holding it; repaired with {writes} writes:")

@@ -548,6 +548,18 @@ def test_requested_ip_outside_every_pool_keeps_that_service(world):
 # --- 10. a write refused during a change: rolled back, recorded ---------------------------------
 
 
+def test_a_dead_primary_is_not_called_up_to_date(world):
+    """Nothing changed, but the primary cannot be read: degraded (exit 3), never "both switches
+    read back"; the standby keeps v1 and nothing is recorded."""
+    v1 = world.baseline()
+    world.primary.stop(0)
+    r = world.reconcile()
+    assert r.code == 3, r
+    assert "on the switches that answer" in r.out and "both switches read back" not in r.out, r
+    assert held(world.standby) == entries_of(v1)
+    assert records(world.audit) == [(1, "applied"), (1, "pending")]
+
+
 def test_primary_refusing_a_write_rolls_both_back(world):
     v1 = world.baseline()
     changed = world.write_cluster(add_ready_endpoint(recording(), "web/frontend", "node-c", "10.244.0.99"))
