@@ -15,7 +15,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,7 +40,7 @@ from reconciler.intent.model import (
 )
 from reconciler.intent.schema import apply_defaults, validate_document
 from reconciler.intent.semantic import DocumentFacts, check_across, check_document, parse_duration, parse_vip_entry
-from reconciler.intent.yamlsafe import DEFAULT_MAX_FILE_BYTES, YamlDocument, read_yaml_file
+from reconciler.intent.yamlsafe import DEFAULT_MAX_FILE_BYTES, YamlDocument, YamlFile, parse_yaml_bytes, read_yaml_file
 
 YAML_SUFFIXES = (".yaml", ".yml")
 GROUP, _, VERSION = API_VERSION.rpartition("/")
@@ -187,10 +187,35 @@ def _load(paths: Sequence[str | Path], max_file_bytes: int) -> _Result:
     files, diags = _discover(paths)
     result.diagnostics.extend(diags)
     result.files = [real for real, _ in files]
+    _check_files(result, ((read_yaml_file(real, shown, max_bytes=max_file_bytes), real.parent) for real, shown in files), paths)
+    return result
 
+
+def load_intent_blobs(
+    blobs: Sequence[tuple[str, bytes]], where: str, *, max_file_bytes: int = DEFAULT_MAX_FILE_BYTES
+) -> list[LoadBalancerConfig]:
+    """The configs in (path to show, content) pairs, e.g. the blobs of a verified Git commit
+    (reconciler.intent.committed): the same checks as load_intent, positions named by the
+    shown paths (relative files such as a deviceConfig are looked up beside them). Raises
+    InputError with every diagnostic."""
+    result = _Result()
+    reads = []
+    for shown, raw in blobs:
+        if len(raw) > max_file_bytes:
+            too_large = Diagnostic(shown, 1, 1, f"file too large: {len(raw)} bytes, the limit is {max_file_bytes} bytes")
+            reads.append((YamlFile(shown, diagnostics=(too_large,)), Path(shown).parent))
+        else:
+            reads.append((parse_yaml_bytes(raw, shown), Path(shown).parent))
+    _check_files(result, reads, [where])
+    if result.diagnostics:
+        raise InputError(sorted(result.diagnostics))
+    return result.configs
+
+
+def _check_files(result: _Result, reads: Iterable[tuple[YamlFile, Path]], paths: Sequence[str | Path]) -> None:
+    """Every stage after reading: which documents are ours, schema, defaults, semantics."""
     candidates: list[_Candidate] = []
-    for real, shown in files:
-        read = read_yaml_file(real, shown, max_bytes=max_file_bytes)
+    for read, base_dir in reads:
         result.diagnostics.extend(read.diagnostics)
         for doc in read.documents:
             result.diagnostics.extend(doc.diagnostics)  # YAML-level problems, whatever the kind
@@ -200,7 +225,7 @@ def _load(paths: Sequence[str | Path], max_file_bytes: int) -> _Result:
             if isinstance(verdict, Diagnostic):
                 result.diagnostics.append(verdict)
             elif verdict:
-                candidates.append(_Candidate(doc, real.parent))
+                candidates.append(_Candidate(doc, base_dir))
 
     facts: list[DocumentFacts] = []
     defaulted: list[Any] = []
@@ -221,7 +246,6 @@ def _load(paths: Sequence[str | Path], max_file_bytes: int) -> _Result:
         result.diagnostics.append(Diagnostic(where, 1, 1, f"no {KIND} ({API_VERSION}) found in {shown}"))
     if not result.diagnostics:
         result.configs = [build_config(c.doc, d) for c, d in zip(candidates, defaulted)]
-    return result
 
 
 def build_config(doc: YamlDocument, d: dict[str, Any]) -> LoadBalancerConfig:
