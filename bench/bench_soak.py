@@ -250,6 +250,7 @@ async def run(a: argparse.Namespace, workdir: Path) -> tuple[str, bool]:
             state=str(workdir / "state"), metrics_address=None, election_id=1, leader_elect=False,
             leader_elect_namespace="p4kube-system", leader_elect_lease_name="p4kube-reconciler",
             leader_elect_identity=None, timeout=10.0, batch_size=None,
+            allow_insecure_switches=True,  # plaintext loopback software switches
         )
         rt = await build_runtime(args)
         try:

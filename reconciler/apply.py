@@ -770,7 +770,15 @@ async def apply_once(applier: TwoSwitchApplier, target: Snapshot, last_good: Sna
         await applier.close()
 
 
-def default_session_factory(config: LoadBalancerConfig, info: PipelineInfo, tls=None, **kwargs) -> SessionFactory:  # type: ignore[no-untyped-def]
+def default_session_factory(config: LoadBalancerConfig, info: PipelineInfo, tls=None, *, require_tls: bool = False, **kwargs) -> SessionFactory:  # type: ignore[no-untyped-def]
+    """Sessions for the config's switches. require_tls: refuse now, before any connection, when
+    `tls` is None (the commands pass it unless --allow-insecure-switches; reconciler.switch.tls)."""
+    from .switch.tls import require_tls as _require_tls
+
+    source = f"{config.source.file}:{config.source.line}" if config.source is not None else ""
+    _require_tls(tls, allow_insecure=not require_tls, config=config.key, where=source,
+                 switches=[(sw.name, sw.address) for sw in config.switch_config.switches])
+
     def make(sw: SwitchSpec, election_id: int) -> SwitchSession:
         return SwitchSession(sw.address, device_id=sw.device_id, election_id=election_id, info=info, tls=tls, name=sw.name, **kwargs)
 

@@ -237,6 +237,16 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, metavar="N", help="updates per WriteRequest (default: the config's batchSize)")
     p.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS", help="connect and arbitration timeout")
     rpc_timeout_option(p)
+    insecure_switches_option(p)
+
+
+def insecure_switches_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--allow-insecure-switches", action="store_true",
+        help="for labs and tests only: allow plaintext P4Runtime to the switches of a config without "
+        "spec.switchConfig.tls (without it such a config is refused before any connection); anyone who reaches "
+        "a switch's port can then read its tables and, with a higher election id, become primary and write them",
+    )
 
 
 def rpc_timeout_option(p: argparse.ArgumentParser) -> None:
@@ -249,7 +259,7 @@ def rpc_timeout_option(p: argparse.ArgumentParser) -> None:
 
 def build_applier(config: LoadBalancerConfig, args: argparse.Namespace, election_id: int | None = None) -> TwoSwitchApplier:
     from .cli import CommandError
-    from .switch.tls import TlsSettings
+    from .switch.tls import TlsError, TlsSettings
 
     p4info = load_p4info(p4info_path(config))
     info = pipeline_info_from_message(p4info)
@@ -281,10 +291,14 @@ def build_applier(config: LoadBalancerConfig, args: argparse.Namespace, election
         )
     if not config.switch_config.switches:
         raise CommandError(f"{config.key}: spec.switchConfig.switches is empty: nothing to apply to")
-    factory = default_session_factory(
-        config, info, tls, connect_timeout=args.timeout, arbitration_timeout=args.timeout,
-        rpc_timeout=getattr(args, "rpc_timeout", 60.0),
-    )
+    try:
+        factory = default_session_factory(
+            config, info, tls, connect_timeout=args.timeout, arbitration_timeout=args.timeout,
+            rpc_timeout=getattr(args, "rpc_timeout", 60.0),
+            require_tls=not getattr(args, "allow_insecure_switches", False),
+        )
+    except TlsError as e:  # PlaintextRefused: no TLS and no --allow-insecure-switches
+        raise CommandError(str(e)) from e
     return TwoSwitchApplier(
         config,
         p4info=p4info,

@@ -573,7 +573,9 @@ class _Demo:
 
         def make_worker(cfg: LoadBalancerConfig) -> ConfigWorker:
             applier = TwoSwitchApplier(cfg, p4info=p4info, info=info, device_config=device_config, election_id=next(election_ids),
-                                       session_factory=default_session_factory(cfg, info, connect_timeout=5.0))
+                                       # plaintext is fine here: the demo's own switches, on loopback only
+                                       session_factory=default_session_factory(cfg, info, connect_timeout=5.0,
+                                                                               require_tls=False))
             probe = make_post_apply_probe(cfg.health_check, retry_delay=0.05)
 
             async def on_result(record: TransactionRecord, result: ApplyResult | None, snap: Snapshot | None) -> None:

@@ -58,10 +58,11 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--leader-elect-identity", metavar="ID", help="this replica's name (default: hostname + pid)")
     p.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS", help="switch connect and arbitration timeout")
     p.add_argument("--batch-size", type=int, metavar="N", help="updates per WriteRequest (default: the config's batchSize)")
-    from .apply_cli import adopt_option, intent_signers_options, rpc_timeout_option, signing_options
+    from .apply_cli import adopt_option, insecure_switches_option, intent_signers_options, rpc_timeout_option, signing_options
 
     adopt_option(p)
     rpc_timeout_option(p)
+    insecure_switches_option(p)
     signing_options(p)
     intent_signers_options(p, follows=True)
     p.set_defaults(func=cmd_run)
@@ -432,9 +433,16 @@ async def build_runtime(args: argparse.Namespace, api: Any = None) -> Runtime:
             except Exception as e:  # noqa: BLE001 - metrics must never stop the loop
                 log.warning("%s: reading backend counters failed: %s", worker.config.key, e)
 
+    warned_plaintext: set[str] = set()  # --allow-insecure-switches: said once per config, not per worker
+
     def make_worker_for(election_id: int) -> Callable[[LoadBalancerConfig], ConfigWorker]:
         def make_worker(config: LoadBalancerConfig) -> ConfigWorker:
             applier: TwoSwitchApplier = build_applier(config, args, election_id)
+            if config.switch_config.tls is None and config.key not in warned_plaintext:
+                warned_plaintext.add(config.key)  # only reached with --allow-insecure-switches
+                log.warning("%s: plaintext P4Runtime to %s (--allow-insecure-switches): anyone who reaches these "
+                            "ports can read the tables or become primary and write them; for labs and tests only",
+                            config.key, ", ".join(sw.address for sw in config.switch_config.switches))
             worker = ConfigWorker(
                 config, applier, config_p4info_digest(config), audit=audit,
                 probe=make_post_apply_probe(config.health_check, vip_probe=config.health_check.vip_probe)

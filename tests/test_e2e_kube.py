@@ -161,6 +161,7 @@ def args_for(intent: Path, audit: Path) -> argparse.Namespace:
         intent=str(intent), intent_from_cluster=False, cluster=None, kubeconfig=None, audit_repo=str(audit),
         audit_workdir=None, state=str(audit.parent / "state"), metrics_address=None, election_id=1,
         leader_elect=False, timeout=5.0, batch_size=None,
+        allow_insecure_switches=True,  # plaintext loopback software switches
     )
 
 

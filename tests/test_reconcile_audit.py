@@ -68,11 +68,11 @@ def test_reconcile_records_restarts_and_rolls_back(tmp_path, switch_pair, capsys
     cluster2.write_text(cluster_to_list_yaml(with_scaled_service(load_cluster_file(cluster1), "web/frontend", "node-c", +2)))
     base = ["--intent", str(intent), "--audit-repo", str(audit_dir)]
 
-    assert main(["reconcile", "--once", *base, "--cluster", str(cluster1)]) == 0
+    assert main(["reconcile", "--once", "--allow-insecure-switches", *base, "--cluster", str(cluster1)]) == 0
     # A restarted reconciler reads the last applied snapshot from the audit repository.
-    assert main(["reconcile", "--once", *base, "--cluster", str(cluster1)]) == 0
+    assert main(["reconcile", "--once", "--allow-insecure-switches", *base, "--cluster", str(cluster1)]) == 0
     assert "up to date at v1" in capsys.readouterr().out
-    assert main(["reconcile", "--once", *base, "--cluster", str(cluster2)]) == 0
+    assert main(["reconcile", "--once", "--allow-insecure-switches", *base, "--cluster", str(cluster2)]) == 0
     capsys.readouterr()
 
     audit = AuditRepo.open_or_init(audit_dir, read_only=True)
@@ -82,7 +82,7 @@ def test_reconcile_records_restarts_and_rolls_back(tmp_path, switch_pair, capsys
     assert v1.intent_commit == str(pygit2.Repository(str(intent)).head.target)
     assert switch_entries(standby) == switch_entries(primary) == entries_of(v2)
 
-    assert main(["rollback", "--to", "1", "--intent", str(intent), "--audit-repo", str(audit_dir)]) == 0
+    assert main(["rollback", "--to", "1", "--allow-insecure-switches", "--intent", str(intent), "--audit-repo", str(audit_dir)]) == 0
     assert "rolling back to the content of v1" in capsys.readouterr().out
     assert switch_entries(standby) == switch_entries(primary) == entries_of(v1)
     audit = AuditRepo.open_or_init(audit_dir, read_only=True)
@@ -100,13 +100,13 @@ def test_unsigned_intent_is_refused_and_recorded(tmp_path, switch_pair, capsys):
     intent = intent_repo(tmp_path / "intent", (standby.port, primary.port))
     audit_dir = tmp_path / "audit.git"
     base = ["--intent", str(intent), "--audit-repo", str(audit_dir), "--cluster", str(MULTI / "cluster.yaml")]
-    assert main(["reconcile", "--once", *base]) == 0
+    assert main(["reconcile", "--once", "--allow-insecure-switches", *base]) == 0
     key = tmp_path / "trusted"
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
     signers = tmp_path / "allowed_signers"
     signers.write_text(f"dev@example.com {key.with_suffix('.pub').read_text().strip()}\n")
     before = switch_entries(primary)
-    code = main(["reconcile", "--once", *base, "--verify-intent-signers", str(signers)])
+    code = main(["reconcile", "--once", "--allow-insecure-switches", *base, "--verify-intent-signers", str(signers)])
     err = capsys.readouterr().err
     assert code == 1
     assert "refused" in err and "not signed" in err.lower()
@@ -124,8 +124,8 @@ def test_unusable_audit_repository_is_one_line_for_reconcile_and_rollback(tmp_pa
     blocker.write_text("")
     audit_dir = blocker / "audit.git"
     argvs = [
-        ["reconcile", "--once", "--intent", str(intent), "--cluster", str(MULTI / "cluster.yaml"), "--audit-repo", str(audit_dir)],
-        ["rollback", "--to", "1", "--intent", str(intent), "--audit-repo", str(audit_dir)],
+        ["reconcile", "--once", "--allow-insecure-switches", "--intent", str(intent), "--cluster", str(MULTI / "cluster.yaml"), "--audit-repo", str(audit_dir)],
+        ["rollback", "--to", "1", "--allow-insecure-switches", "--intent", str(intent), "--audit-repo", str(audit_dir)],
     ]
     for argv in argvs:
         assert main(argv) == 1, argv

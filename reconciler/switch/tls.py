@@ -7,16 +7,52 @@ reported with its name before any connection is attempted.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
 
-__all__ = ["TlsError", "TlsSettings"]
+__all__ = ["PlaintextRefused", "TlsError", "TlsSettings", "require_tls"]
+
+INSECURE_FLAG = "--allow-insecure-switches"
 
 
 class TlsError(ValueError):
     """TLS settings that cannot work (missing file, certificate without key, not PEM)."""
+
+
+class PlaintextRefused(TlsError):
+    """A config would reach its switches over plaintext P4Runtime and that was not allowed."""
+
+
+def _short(text: str, limit: int = 80) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def require_tls(
+    tls: "TlsSettings | None",
+    *,
+    allow_insecure: bool,
+    config: str,
+    switches: Sequence[tuple[str, str]],
+    where: str = "",
+) -> None:
+    """The one decision on plaintext P4Runtime: without TLS settings, refuse unless plaintext was
+    allowed explicitly. Plaintext lets anyone on the path read the tables and, by sending a higher
+    election id, become primary and write them. `switches`: (name, address) pairs, for the
+    message; `where`: the config's file:line, when it came from a file."""
+    if tls is not None or allow_insecure or not switches:
+        return
+    names = ", ".join(f"{_short(name, 40)} ({_short(address, 60)})" for name, address in switches[:4])
+    more = f" and {len(switches) - 4} more" if len(switches) > 4 else ""
+    head = f"{where}: " if where else ""
+    raise PlaintextRefused(
+        f"{head}{config}: spec.switchConfig.tls is not set, so P4Runtime to switch {names}{more} would be "
+        f"plaintext (anyone on the path can read the tables or become primary and write them); set "
+        f"spec.switchConfig.tls (caFile, and certFile/keyFile for mutual TLS), or pass {INSECURE_FLAG} "
+        f"for a lab or test switch. Nothing was connected or written"
+    )
 
 
 def _read_pem(path: str | Path, what: str, marker: bytes) -> bytes:
