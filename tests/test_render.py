@@ -311,9 +311,10 @@ def test_cluster_ip_without_external_ips_is_an_issue() -> None:
 
 
 def test_cluster_ip_with_external_ip_is_served_there() -> None:
-    svc = make_service("ext", type="ClusterIP", external_ips=["192.0.2.7"])
+    # A pool address: an externalIP outside the pools is refused (tests/test_security_vips.py).
+    svc = make_service("ext", type="ClusterIP", external_ips=["203.0.113.20"])
     result = do_render(make_config(), make_cluster({svc: {"node-0": 1}}))
-    assert result.snapshot.by_name["default/ext"].vip == "192.0.2.7"
+    assert result.snapshot.by_name["default/ext"].vip == "203.0.113.20"
     assert result.issues == ()
 
 

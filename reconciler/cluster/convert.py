@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from reconciler.cluster.model import (
+    ENDPOINTSLICE_CONTROLLER,
+    MANAGED_BY_LABEL,
     SERVICE_NAME_LABEL,
     ClusterIssue,
     ClusterState,
@@ -289,6 +291,13 @@ class SliceEndpoints:
     service: str | None
     endpoints: tuple[Endpoint, ...] = ()
     issues: tuple[ClusterIssue, ...] = ()
+    managed: bool = False  # labelled as the EndpointSlice controller's own
+
+    @property
+    def merge_order(self) -> tuple[bool, str]:
+        """Controller-managed slices first, then by name: a hand-written slice repeating a pod's
+        address cannot decide the node (or, in podIP mode, the trust) of the real endpoint."""
+        return (not self.managed, self.object)
 
 
 def endpoint_slice_from_dict(obj: Mapping[str, Any]) -> SliceEndpoints:
@@ -303,6 +312,8 @@ def endpoint_slice_from_dict(obj: Mapping[str, Any]) -> SliceEndpoints:
     indicates an unknown state. Consumers should interpret this unknown state to mean that the
     endpoint is not terminating"). The recorded API server keeps unset conditions as `{}`.
     A counting endpoint without nodeName is skipped and reported: its node is not guessed.
+    An endpoint is `managed` (trusted as a pod backend in podIP mode) only when the slice carries
+    the EndpointSlice controller's managed-by label and the endpoint a Pod targetRef.
     """
     namespace, name = object_name(obj)
     what = f"EndpointSlice {namespace}/{name}"
@@ -331,6 +342,7 @@ def endpoint_slice_from_dict(obj: Mapping[str, Any]) -> SliceEndpoints:
             issues=(ClusterIssue(what, f"has no {SERVICE_NAME_LABEL} label; its endpoints are ignored"),),
         )
     service = f"{namespace}/{svc_name}"
+    managed = labels.get(MANAGED_BY_LABEL) == ENDPOINTSLICE_CONTROLLER
     address_type = _str(obj, "addressType", ())
     if address_type != "IPv4":
         # The data plane matches IPv4 only; a dual-stack Service's IPv6 slice lists the same
@@ -387,20 +399,21 @@ def endpoint_slice_from_dict(obj: Mapping[str, Any]) -> SliceEndpoints:
         pod = None
         if _str(target, "kind", at + ("targetRef",)) == "Pod":
             pod = _str(target, "name", at + ("targetRef",))
-        endpoints.append(Endpoint(address=address, node=node, ports=slice_ports, pod=pod))
-    return SliceEndpoints(what, service, tuple(endpoints), tuple(issues))
+        endpoints.append(Endpoint(address=address, node=node, ports=slice_ports, pod=pod, managed=managed and pod is not None))
+    return SliceEndpoints(what, service, tuple(endpoints), tuple(issues), managed)
 
 
 def merge_slices(slices: Iterable[SliceEndpoints]) -> tuple[tuple[Endpoint, ...], list[ClusterIssue]]:
     """The endpoints of one Service over all its slices: deduplicated by address, sorted by address.
 
     The same address can sit in two slices for a moment while the EndpointSlice controller moves
-    endpoints between them; it is one replica. Slices are taken in object-name order so the
-    copy that wins is deterministic; copies that disagree on the node are reported.
+    endpoints between them; it is one replica. Slices are taken controller-managed first, then in
+    object-name order, so the copy that wins is deterministic and a hand-written slice never
+    overrides the controller's copy; copies that disagree on the node are reported.
     """
     by_address: dict[str, tuple[Endpoint, str]] = {}
     issues: list[ClusterIssue] = []
-    for sl in sorted(slices, key=lambda s: s.object):
+    for sl in sorted(slices, key=lambda s: s.merge_order):
         for ep in sl.endpoints:
             seen = by_address.get(ep.address)
             if seen is None:

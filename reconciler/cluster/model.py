@@ -13,6 +13,10 @@ OPT_IN_ANNOTATION = "loadbalancer.k8s.io/p4kube"
 FALLBACK_BY_ANNOTATION = "loadbalancer.k8s.io/p4kube-fallback-by"
 FALLBACK_MARKER = "p4kube"
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
+# The label and value the EndpointSlice controller puts on the slices it writes from Pods; a
+# slice without them was written by someone else (a person, another controller).
+MANAGED_BY_LABEL = "endpointslice.kubernetes.io/managed-by"
+ENDPOINTSLICE_CONTROLLER = "endpointslice-controller.k8s.io"
 
 
 @dataclass(frozen=True)
@@ -68,6 +72,10 @@ class Endpoint:
     # Port numbers by EndpointSlice port name (the Service port's name), for podIP mode.
     ports: tuple[tuple[str, int], ...] = ()
     pod: str | None = None
+    # From a slice the EndpointSlice controller manages, with a Pod targetRef: what podIP mode
+    # trusts as a backend (CVE-2021-25740: a hand-written slice can point anywhere). convert.py
+    # always sets it from the object; objects built in memory (synthetic states) are trusted.
+    managed: bool = True
 
 
 @dataclass(frozen=True)

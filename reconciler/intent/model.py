@@ -86,9 +86,14 @@ class VipPool:
     # Ranges of usable addresses, inclusive, in allocation order.
     ranges: tuple[tuple[ipaddress.IPv4Address, ipaddress.IPv4Address], ...]
     auto_assign: bool = True
+    # Namespaces whose Services may get (or request) an address of this pool; empty: all.
+    namespaces: tuple[str, ...] = ()
 
     def contains(self, ip: ipaddress.IPv4Address) -> bool:
         return any(lo <= ip <= hi for lo, hi in self.ranges)
+
+    def serves(self, namespace: str) -> bool:
+        return not self.namespaces or namespace in self.namespaces
 
 
 @dataclass(frozen=True)
@@ -121,6 +126,9 @@ class LoadBalancerConfig:
     update_interval_s: float = 1.0
     buckets_per_service: int = 64
     backend_mode: BackendMode = "nodePort"
+    # podIP mode: addresses inside these are backends even from slices the EndpointSlice
+    # controller did not write (empty: only the controller's slices with Pod targetRefs).
+    pod_cidrs: tuple[ipaddress.IPv4Network, ...] = ()
     health_check: HealthCheck = field(default_factory=HealthCheck)
     switch_config: SwitchConfig = field(default_factory=SwitchConfig)
     vip_pools: tuple[VipPool, ...] = ()

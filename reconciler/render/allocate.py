@@ -69,6 +69,7 @@ class VipSpace(Space[str]):
         self.pools = pools
         self._ranges: list[tuple[int, int]] = []
         self._starts: list[int] = []
+        self._range_pool: list[VipPool] = []
         total = 0
         for pool in pools:
             if not pool.auto_assign:
@@ -76,6 +77,7 @@ class VipSpace(Space[str]):
             for lo, hi in pool.ranges:
                 self._starts.append(total)
                 self._ranges.append((int(lo), int(hi)))
+                self._range_pool.append(pool)
                 total += int(hi) - int(lo) + 1
         self.size = total
 
@@ -91,15 +93,46 @@ class VipSpace(Space[str]):
         return None
 
     def in_any_pool(self, v: str) -> bool:
+        return self.pool_of(v) is not None
+
+    def pool_of(self, v: str) -> VipPool | None:
+        """The pool holding address `v` (pools never overlap: the intent check refuses it)."""
         try:
             a = ipaddress.IPv4Address(v)
         except ValueError:
-            return False
-        return any(p.contains(a) for p in self.pools)
+            return None
+        return next((p for p in self.pools if p.contains(a)), None)
 
-    def describe_full(self) -> str:
-        names = ", ".join(p.name for p in self.pools if p.auto_assign) or "none"
-        return f"no free address left in the auto-assign VIP pools ({names})"
+    def allows(self, v: str, namespace: str) -> bool:
+        """Whether a Service of `namespace` may hold `v`: inside a pool that serves it."""
+        pool = self.pool_of(v)
+        return pool is not None and pool.serves(namespace)
+
+    def refusal(self, v: str, namespace: str) -> str | None:
+        """Why a Service of `namespace` may not hold `v` (None: it may)."""
+        pool = self.pool_of(v)
+        if pool is None:
+            return "is outside every vipPool"
+        if not pool.serves(namespace):
+            return f"is in vipPool {pool.name}, which serves namespaces {', '.join(pool.namespaces)} only"
+        return None
+
+    def ranges_for(self, namespace: str) -> list[tuple[int, int]] | None:
+        """Index ranges [start, end) a Service of `namespace` may be given; None when every
+        auto-assign pool serves it (the unrestricted, O(log n) allocation)."""
+        if all(p.serves(namespace) for p in self._range_pool):
+            return None
+        return [
+            (start, start + hi - lo + 1)
+            for start, (lo, hi), pool in zip(self._starts, self._ranges, self._range_pool)
+            if pool.serves(namespace)
+        ]
+
+    def describe_full(self, namespace: str | None = None) -> str:
+        pools = [p for p in self.pools if p.auto_assign and (namespace is None or p.serves(namespace))]
+        names = ", ".join(p.name for p in pools) or "none"
+        which = f" serving namespace {namespace}" if namespace is not None and self.ranges_for(namespace) is not None else ""
+        return f"no free address left in the auto-assign VIP pools{which} ({names})"
 
 
 class Pool(Generic[V]):
@@ -199,11 +232,14 @@ class Pool(Generic[V]):
         self.value_of[owner] = value
         return True
 
-    def allocate(self, owner: Hashable) -> V:
-        """The owner's value if it holds one, else the lowest free value of the space."""
+    def allocate(self, owner: Hashable, within: list[tuple[int, int]] | None = None) -> V:
+        """The owner's value if it holds one, else the lowest free value of the space (of the
+        index ranges [start, end) `within`, when given)."""
         held = self.value_of.get(owner)
         if held is not None:
             return held
+        if within is not None:
+            return self._allocate_within(owner, within)
         while self._heap and self._heap[0] < self._hwm:
             v = self.space.value_at(self._heap[0])
             if v in self.owner_of or v in self._quarantine:
@@ -215,6 +251,21 @@ class Pool(Generic[V]):
             v = self.space.value_at(self._hwm)
             self._hwm += 1
             if v not in self.owner_of and v not in self._quarantine:
+                return self._give(owner, v)
+        raise Exhausted(self.space.describe_full())
+
+    def _allocate_within(self, owner: Hashable, within: list[tuple[int, int]]) -> V:
+        """Lowest free value in `within` by a scan: restricted pools (a namespace's own) are
+        small, and the result is the same pure function of what is held as allocate()'s."""
+        for start, end in within:
+            for i in range(start, end):
+                v = self.space.value_at(i)
+                if v in self.owner_of or v in self._quarantine:
+                    continue
+                if i >= self._hwm:  # keep the heap's invariant: every free index below hwm is in it
+                    for j in range(self._hwm, i):
+                        heapq.heappush(self._heap, j)
+                    self._hwm = i + 1
                 return self._give(owner, v)
         raise Exhausted(self.space.describe_full())
 

@@ -29,7 +29,7 @@ from ..p4names import IP_PROTOCOLS, REVERSE_NAT
 from ..snapshot import Backend, ServiceSnapshot, Snapshot, backend_key, check_service_schema, route_entries
 from . import buckets
 from .allocate import Exhausted, IntSpace, Pool, VipSpace
-from .select import entry_name, node_backends, selection, target_port
+from .select import entry_name, node_backends, selection, target_port, trusted_pod_backend, untrusted_backends_issue
 
 log = logging.getLogger(__name__)
 
@@ -323,13 +323,39 @@ def _cached_fp(st: _State, key: str) -> object:
 
 
 def _reserve_vip(st: _State, svc: Service) -> None:
-    """Hold the VIP of a fallen-back Service: the one it holds, else its status ingress IP."""
+    """Hold the VIP of a fallen-back Service, so that no other Service takes it meanwhile and it
+    comes back on the same address.
+
+    Which address: the one it holds (the last applied snapshot's, which the audit trail vouches
+    for), else its own request, else its status.loadBalancer.ingress IP, each only if the
+    Service's namespace may hold it. Not the fallback annotations: anyone who may edit the
+    Service can write those, so a VIP carried there could be forged to squat any address. The
+    status is written through the services/status subresource, which the edit and admin roles
+    do not grant; p4kube writes it and keeps it during the fallback, and it is the address
+    kube-proxy serves meanwhile, so it is the one actually in use."""
     if st.vips.holds(svc.key) is not None:
         return
     pools: VipSpace = st.vips.space  # type: ignore[assignment]
-    for ip in svc.ingress_ips:
-        if pools.in_any_pool(ip) and st.vips.take(svc.key, ip):
+    asked = _requested_vip(svc)
+    for ip in ((asked[0],) if asked else ()) + svc.ingress_ips:
+        if pools.allows(ip, svc.namespace) and st.vips.take(svc.key, ip):
             return
+
+
+def _requested_vip(svc: Service) -> tuple[str, str] | None:
+    """(address, field) a Service asks for: spec.loadBalancerIP, or for a Service that is not of
+    type LoadBalancer its first spec.externalIPs entry. Both are checked against the pools like
+    any request: neither field is trusted (spec.externalIPs names any address, cf. CVE-2020-8554)."""
+    if svc.load_balancer_ip:
+        return svc.load_balancer_ip, "spec.loadBalancerIP"
+    if svc.type != "LoadBalancer" and svc.external_ips:
+        return svc.external_ips[0], "spec.externalIPs[0]"
+    return None
+
+
+def _clip(text: str, limit: int = 80) -> str:
+    """An echoed cluster value, cut short: a field can hold anything."""
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _drop_key(st: _State, key: str, keep: set[str], keep_vip: bool = False) -> None:
@@ -514,11 +540,15 @@ def _choose_vip(st: _State, svc: Service, issues: list[RenderIssue]) -> str | No
 
     On an error (None) the Service still holds the VIP it held: the caller keeps or releases it."""
     key = svc.key
-    requested = svc.load_balancer_ip or (svc.external_ips[0] if svc.type != "LoadBalancer" and svc.external_ips else None)
+    asked = _requested_vip(svc)
     pools: VipSpace = st.vips.space  # type: ignore[assignment]
-    if requested:
-        if svc.type == "LoadBalancer" and not pools.in_any_pool(requested):
-            issues.append(RenderIssue(key, f"requested IP {requested} (spec.loadBalancerIP) is outside every vipPool", "error"))
+    if asked:
+        requested, where = asked
+        # Every request, whatever field carries it, comes from the pools the namespace may use:
+        # else a Service could claim any address (the API server's ClusterIP, another's VIP).
+        refusal = pools.refusal(requested, svc.namespace)
+        if refusal is not None:
+            issues.append(RenderIssue(key, f"requested IP {_clip(requested)} ({where}) {refusal}", "error"))
             return None
         if not st.vips.take(key, requested):
             holder = st.vips.owner_of.get(requested)
@@ -528,17 +558,17 @@ def _choose_vip(st: _State, svc: Service, issues: list[RenderIssue]) -> str | No
             return None
         return requested
     held = st.vips.holds(key)
-    if held is not None and pools.in_any_pool(held):
+    if held is not None and pools.allows(held, svc.namespace):
         return held
     if held is not None:
-        st.vips.release(key)  # the pool no longer covers it: move to a pool address
+        st.vips.release(key)  # no pool of its namespace covers it now: move to one that does
     for ip in svc.ingress_ips:
-        if pools.in_any_pool(ip) and st.vips.take(key, ip):
+        if pools.allows(ip, svc.namespace) and st.vips.take(key, ip):
             return ip
     try:
-        return st.vips.allocate(key)
-    except Exhausted as e:
-        issues.append(RenderIssue(key, str(e), "error"))
+        return st.vips.allocate(key, pools.ranges_for(svc.namespace))
+    except Exhausted:
+        issues.append(RenderIssue(key, pools.describe_full(svc.namespace), "error"))
         _block(st, key, "vip")
         if held is not None:
             st.vips.restore(key, held)
@@ -595,12 +625,18 @@ def _render_port(
         for node, count in counts.items():
             targets[node] = (node, cluster.nodes[node].internal_ip or "", port.node_port, count)
     else:
+        refused: list[str] = []
         for ep in cluster.endpoints.get(svc.key, ()):
+            if not trusted_pod_backend(config, ep):
+                refused.append(ep.address)
+                continue
             tp = target_port(port, ep)
             if tp is None:
                 issues.append(RenderIssue(name, f"endpoint {ep.address} has no port named {port.name!r}; left out"))
                 continue
             targets[ep.address] = (ep.node, ep.address, tp, 1)
+        if refused:
+            issues.append(RenderIssue(name, untrusted_backends_issue(config, refused)))
     try:
         service_id = _allocate(st.service_ids, name, allocated)
     except Exhausted as e:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass
 
-from ..cluster.model import OPT_IN_ANNOTATION, ClusterState, Endpoint, Service, ServicePort
+from ..cluster.model import ENDPOINTSLICE_CONTROLLER, MANAGED_BY_LABEL, OPT_IN_ANNOTATION, ClusterState, Endpoint, Service, ServicePort
 from ..intent.model import LoadBalancerConfig
 
 OPT_IN_VALUES = ("enabled", "disabled")
@@ -77,3 +78,30 @@ def node_backends(cluster: ClusterState, svc: Service) -> tuple[dict[str, int], 
     for node in unusable:
         del counts[node]
     return dict(sorted(counts.items())), unusable
+
+
+def trusted_pod_backend(config: LoadBalancerConfig, endpoint: Endpoint) -> bool:
+    """podIP mode: whether the switch may send traffic straight to `endpoint`.
+
+    Anyone who may write an EndpointSlice can list any address for a Service (CVE-2021-25740),
+    and in podIP mode nothing between the switch and that address checks it. So only endpoints
+    the EndpointSlice controller wrote from Pods count, or addresses inside the config's
+    podCIDRs (for slices written by another controller, or Services without a selector)."""
+    if endpoint.managed:
+        return True
+    if not config.pod_cidrs:
+        return False
+    try:
+        address = ipaddress.IPv4Address(endpoint.address)
+    except ValueError:
+        return False
+    return any(address in net for net in config.pod_cidrs)
+
+
+def untrusted_backends_issue(config: LoadBalancerConfig, addresses: list[str]) -> str:
+    """The issue text for the endpoints trusted_pod_backend() refused (a few named, all counted)."""
+    shown = ", ".join(a[:45] for a in addresses[:3]) + (f" and {len(addresses) - 3} more" if len(addresses) > 3 else "")
+    why = f"not from an EndpointSlice labelled {MANAGED_BY_LABEL}={ENDPOINTSLICE_CONTROLLER} with a Pod targetRef"
+    if config.pod_cidrs:
+        why += f", nor inside spec.podCIDRs ({', '.join(str(n) for n in config.pod_cidrs)})"
+    return f"{len(addresses)} endpoint(s) {shown}: {why}; left out (podIP mode sends traffic straight to backends)"
