@@ -7,7 +7,7 @@
 The output is what `kustomize build deploy/` gives for the base: the files listed under
 `resources:` with the `images:` overrides applied, ordered so that `kubectl apply -f` never
 meets an object before what it needs: the CRD first, then the Namespace, the ServiceAccount and
-RBAC, the ConfigMap, the Deployment, and the rest. Only what deploy/kustomization.yaml uses is
+RBAC, the ConfigMaps, the admission policy and NetworkPolicy, the Deployment, and the rest. Only what deploy/kustomization.yaml uses is
 supported (resources that are files, images); anything else is refused rather than ignored.
 
 reconciler/cli.py calls `register(subparsers)`. deploy/ is read from the checkout this module
@@ -42,6 +42,10 @@ KIND_ORDER = [
     "RoleBinding",
     "ConfigMap",
     "Secret",
+    # The policy (and its ConfigMap of VIP pools, above) before the pod that it constrains.
+    "ValidatingAdmissionPolicy",
+    "ValidatingAdmissionPolicyBinding",
+    "NetworkPolicy",
     "Deployment",
     "Service",
     "PodDisruptionBudget",

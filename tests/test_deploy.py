@@ -40,10 +40,13 @@ CLUSTER_RULES = {
     *(("discovery.k8s.io", "endpointslices", v) for v in ("list", "watch")),
     *(("", "nodes", v) for v in ("list", "watch")),
     *(("events.k8s.io", "events", v) for v in ("create", "patch")),
-    *((crd.GROUP, crd.PLURAL, v) for v in ("list", "watch")),
-    (crd.GROUP, f"{crd.PLURAL}/status", "patch"),
 }
 LEASE_RULES = {("coordination.k8s.io", "leases", v) for v in ("get", "create", "update")}
+# LoadBalancerConfigs: read in the reconciler's own namespace only (a namespaced Role).
+INTENT_RULES = {*((crd.GROUP, crd.PLURAL, v) for v in ("list", "watch")), (crd.GROUP, f"{crd.PLURAL}/status", "patch")}
+ROLES = {"p4kube-leader-election": LEASE_RULES, "p4kube-intent": INTENT_RULES}
+CLUSTER_SCOPED = {"Namespace", "CustomResourceDefinition", "ClusterRole", "ClusterRoleBinding",
+                  "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"}  # fmt: skip
 
 
 def load_all(path: Path) -> list[dict[str, Any]]:
@@ -98,7 +101,7 @@ def test_every_object_is_well_formed_and_namespaced_right() -> None:
         assert {"apiVersion", "kind", "metadata"} <= set(obj)
         meta = obj["metadata"]
         assert re.fullmatch(r"[a-z0-9]([-a-z0-9.]*[a-z0-9])?", meta["name"]), meta["name"]
-        cluster_scoped = obj["kind"] in {"Namespace", "CustomResourceDefinition", "ClusterRole", "ClusterRoleBinding"}
+        cluster_scoped = obj["kind"] in CLUSTER_SCOPED
         assert ("namespace" in meta) != cluster_scoped, f"{obj['kind']}/{meta['name']}"
         if not cluster_scoped:
             assert meta["namespace"] == NAMESPACE
@@ -106,7 +109,8 @@ def test_every_object_is_well_formed_and_namespaced_right() -> None:
         kinds.add(obj["kind"])
     assert one("Namespace", NAMESPACE)
     assert kinds >= {"Namespace", "CustomResourceDefinition", "ServiceAccount", "ClusterRole", "ClusterRoleBinding",
-                     "Role", "RoleBinding", "Deployment", "Service"}  # fmt: skip
+                     "Role", "RoleBinding", "Deployment", "Service", "ValidatingAdmissionPolicy",
+                     "ValidatingAdmissionPolicyBinding", "NetworkPolicy"}  # fmt: skip
 
 
 def test_the_crd_manifest_is_the_generated_one() -> None:
@@ -123,11 +127,13 @@ def test_cluster_role_is_exactly_the_minimal_list() -> None:
     assert "aggregationRule" not in role
 
 
-def test_lease_role_is_namespaced_and_minimal() -> None:
-    role = one("Role")
-    assert role["metadata"]["namespace"] == NAMESPACE
-    assert rule_triples(role["rules"]) == LEASE_RULES
-    # Nothing else anywhere grants more: these are the only two roles.
+def test_namespaced_roles_are_minimal() -> None:
+    """Leases and LoadBalancerConfigs only in p4kube-system; nothing else anywhere grants more."""
+    for name, rules in ROLES.items():
+        role = one("Role", name)
+        assert role["metadata"]["namespace"] == NAMESPACE
+        assert rule_triples(role["rules"]) == rules
+    assert sorted(o["metadata"]["name"] for o in objects() if o["kind"] == "Role") == sorted(ROLES)
     assert [o["kind"] for o in objects() if o["kind"] in {"Role", "ClusterRole"}].count("ClusterRole") == 1
 
 
@@ -136,10 +142,11 @@ def test_bindings_give_the_roles_to_the_service_account() -> None:
     deployment = one("Deployment")
     assert deployment["spec"]["template"]["spec"]["serviceAccountName"] == sa["metadata"]["name"]
     subject = {"kind": "ServiceAccount", "name": sa["metadata"]["name"], "namespace": NAMESPACE}
-    for binding_kind, role_kind in (("ClusterRoleBinding", "ClusterRole"), ("RoleBinding", "Role")):
-        binding = one(binding_kind)
+    pairs = [("ClusterRoleBinding", "ClusterRole", None), *(("RoleBinding", "Role", name) for name in ROLES)]
+    for binding_kind, role_kind, name in pairs:
+        binding = one(binding_kind, name)
         assert binding["subjects"] == [subject]
-        role = one(role_kind)
+        role = one(role_kind, name)
         assert binding["roleRef"] == {
             "apiGroup": "rbac.authorization.k8s.io",
             "kind": role_kind,
@@ -154,7 +161,7 @@ def test_rbac_covers_the_permissions_the_kube_code_declares() -> None:
     from reconciler.kube.client import REQUIRED_PERMISSIONS
 
     granted = rule_triples(one("ClusterRole")["rules"])
-    namespaced = rule_triples(one("Role")["rules"])
+    namespaced = {t for name in ROLES for t in rule_triples(one("Role", name)["rules"])}
     for p in REQUIRED_PERMISSIONS:
         for verb in p.verbs:
             where = namespaced if p.namespaced_to_release else granted
@@ -169,7 +176,7 @@ def test_rbac_grants_nothing_the_code_does_not_use() -> None:
     needed = {(p.group, p.resource, v) for p in REQUIRED_PERMISSIONS if not p.namespaced_to_release for v in p.verbs}
     needed_ns = {(p.group, p.resource, v) for p in REQUIRED_PERMISSIONS if p.namespaced_to_release for v in p.verbs}
     assert set(rule_triples(one("ClusterRole")["rules"])) == needed
-    assert set(rule_triples(one("Role")["rules"])) == needed_ns
+    assert {t for name in ROLES for t in rule_triples(one("Role", name)["rules"])} == needed_ns
 
 
 # --- the Deployment ------------------------------------------------------------------------
@@ -671,10 +678,12 @@ def test_every_rendering_is_complete_and_runs(overlay: str, capsys: pytest.Captu
     check_restricted(pod)
     assert writable(pod["containers"][0], args.audit_workdir)
     assert rule_triples(find(objs, "ClusterRole")["rules"]) == CLUSTER_RULES
-    assert rule_triples(find(objs, "Role")["rules"]) == LEASE_RULES
-    assert [o["kind"] for o in objs].count("ClusterRole") + [o["kind"] for o in objs].count("Role") == 2
+    for name, rules in ROLES.items():
+        assert rule_triples(find(objs, "Role", name)["rules"]) == rules
+    assert [o["kind"] for o in objs].count("ClusterRole") + [o["kind"] for o in objs].count("Role") == 3
+    assert "allow_insecure_switches" not in vars(args) or not args.allow_insecure_switches, "plaintext P4Runtime stays refused"
     for obj in objs:
-        cluster_scoped = obj["kind"] in {"Namespace", "CustomResourceDefinition", "ClusterRole", "ClusterRoleBinding"}
+        cluster_scoped = obj["kind"] in CLUSTER_SCOPED
         assert cluster_scoped or obj["metadata"]["namespace"] == NAMESPACE
     assert not [o for o in objs if o["kind"] == "Secret"], "Secrets are created by users, never kept in Git"
 

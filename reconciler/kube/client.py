@@ -40,7 +40,7 @@ class Permission:
     group: str  # "" for the core group
     resource: str  # plural, with "/subresource" where it applies
     verbs: tuple[str, ...]
-    namespaced_to_release: bool = False  # True: only in the reconciler's own namespace (Leases)
+    namespaced_to_release: bool = False  # True: only in the reconciler's own namespace (Leases, LoadBalancerConfigs)
 
 
 # Every API call the code in reconciler/kube and reconciler/cluster makes. A test compares
@@ -51,8 +51,8 @@ REQUIRED_PERMISSIONS: tuple[Permission, ...] = (
     Permission("discovery.k8s.io", "endpointslices", ("list", "watch")),
     Permission("", "nodes", ("list", "watch")),
     Permission("events.k8s.io", "events", ("create", "patch")),
-    Permission("networking.p4kube.io", "loadbalancerconfigs", ("list", "watch")),
-    Permission("networking.p4kube.io", "loadbalancerconfigs/status", ("patch",)),
+    Permission("networking.p4kube.io", "loadbalancerconfigs", ("list", "watch"), namespaced_to_release=True),
+    Permission("networking.p4kube.io", "loadbalancerconfigs/status", ("patch",), namespaced_to_release=True),
     Permission("coordination.k8s.io", "leases", ("get", "create", "update"), namespaced_to_release=True),
 )
 

@@ -130,6 +130,9 @@ def _summary(raw: bytes) -> str:
 class Api:
     def __init__(self, store: Store, *, bootstrap: bool = True) -> None:
         self.store = store
+        # Validating admission (admission.py), called with (operation, rt, ns, name, subresource,
+        # object, oldObject) in API form after validation, before storage; None: no admission.
+        self.admission: Any = None
         self.types: dict[tuple[str, str, str], ResourceType] = {}
         for rt in [*builtin_types(), CRD_TYPE]:
             self.register(rt)
@@ -506,6 +509,8 @@ class Api:
             raise E.invalid(rt.kind, rt.error_group, name, causes)
         if self.store.get(rt.storage_key, ns if rt.namespaced else "", name) is not None:
             raise E.already_exists(rt.resource, rt.error_group, name)
+        if self.admission is not None:
+            self.admission("CREATE", rt, ns, name, "", self.render(rt, storage), None)
         if ctx.dry_run:
             return self.render(rt, storage)
         stored = self.store.commit(rt.storage_key, storage)
@@ -568,6 +573,8 @@ class Api:
         )
         if causes:
             raise E.invalid(rt.kind, rt.error_group, name, causes)
+        if self.admission is not None:  # like the real server, also for a write that changes nothing
+            self.admission("UPDATE", rt, ns, name, subresource, self.render(rt, storage), self.render(rt, live_stored))
         if _same(storage, live_stored) or ctx.dry_run:
             return self.render(rt, live_stored if _same(storage, live_stored) else storage)
         stored = self.store.commit(rt.storage_key, storage)

@@ -26,6 +26,7 @@ import yaml
 
 from . import discovery
 from . import errors as E
+from .admission import AdmissionPolicies, Request, current_user
 from .api import Api, Result
 from .rbac import Attributes, Authenticator, Authorizer, RequestRecord, User, forbidden
 from .resources import ResourceType
@@ -253,6 +254,7 @@ class _Handler(BaseHTTPRequestHandler):
         self._route, self._user, self._allowed = route, None, False
         try:
             self._user = owner.authenticator.authenticate(self.headers.get("Authorization"))
+            current_user.set(self._user)
             attrs = route.attributes(self._user)
             if not owner.authorizer.allowed(attrs):
                 raise forbidden(attrs)
@@ -453,6 +455,7 @@ class KubeApiServer:
         watch_options: WatchOptions | None = None,
         bootstrap: bool = True,
         tls_dir: str | Path | None = None,
+        admission: Iterable[Mapping[str, Any]] | None = None,
     ) -> None:
         self.host = host
         self.port = port
@@ -461,6 +464,9 @@ class KubeApiServer:
         self.authenticator = Authenticator(DEFAULT_TOKENS if tokens is None else tokens, anonymous=anonymous)
         rbac_objects = _rbac_objects(rbac or [])
         self.authorizer = Authorizer(rbac_objects, allow_all=(not rbac_objects) if allow_all is None else allow_all)
+        # ValidatingAdmissionPolicies, their bindings and their param objects (admission.py).
+        self.admission = AdmissionPolicies(admission or [])
+        self.api.admission = self._admit
         self.watch_options = watch_options or WatchOptions()
         self.ca_cert: str | None = None
         self._tls_context: ssl.SSLContext | None = None
@@ -594,6 +600,14 @@ class KubeApiServer:
         return self.authorizer.allowed(Attributes(user, verb, True, group, "", res, sub, namespace, name))
 
     # ---- request log ---------------------------------------------------------------------------
+
+    def _admit(
+        self, operation: str, rt: ResourceType, ns: str, name: str, subresource: str, obj: Any, old: Any
+    ) -> None:
+        user = current_user.get()
+        if user is None or not self.admission.policies:  # load() and other internal writes
+            return
+        self.admission.admit(Request(operation, rt.group, rt.version, rt.resource, subresource, ns, name, obj, old, user))
 
     def _record(self, route: _Route, user: User | None, code: int, allowed: bool) -> None:
         rec = RequestRecord(
