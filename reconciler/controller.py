@@ -38,6 +38,7 @@ from typing import Any, AsyncIterator, Awaitable, Callable, Protocol, overload
 
 from .apply import ApplyResult, TwoSwitchApplier
 from .audit.errors import AuditError
+from .audit.trust import UntrustedRecord
 from .backoff import Backoff
 from .cluster.model import ClusterNotReady, ClusterState, Service
 from .fallback import FALLBACK_REASON_ANNOTATION
@@ -229,6 +230,7 @@ class ConfigWorker:
         and converge each on the last applied snapshot without rewriting what is already right
         (a restart causes no table writes)."""
         t0 = time.perf_counter()
+        untrusted = ""
         if self.audit is not None:
             try:
                 close = getattr(self.audit, "close_interrupted", None)
@@ -236,6 +238,10 @@ class ConfigWorker:
                     log.warning("%s: the last transaction was interrupted before its outcome was recorded; "
                                 "recorded as interrupted, the switches are read back now", self.config.key)
                 self.last = self.audit.last_applied(self.config.key)
+            except UntrustedRecord as e:
+                # A record whose signature does not verify is not what the switches hold: what
+                # they serve is then unaccounted for, as with no record (below).
+                self.last, untrusted = None, f"{e}. "
             except AuditError as e:
                 delay = self._schedule_retry()
                 self.stalled = f"audit repository unavailable: {e}"
@@ -253,7 +259,7 @@ class ConfigWorker:
                     Outcome.WAITING, None, f"cannot read the switches before a first apply: {e}; next try in {delay:.0f}s",
                     retry_in=delay), None, None)
             if held:
-                reason = unaccounted_message(self.config, held, "the audit repository" if self.audit else "the state directory")
+                reason = untrusted + unaccounted_message(self.config, held, "the audit repository" if self.audit else "the state directory")
                 if reason != self.stalled:
                     log.error("%s", reason)
                 self.stalled = reason

@@ -8,15 +8,17 @@ commits, with history, show, diff and verify; signing; intent verification.
     push.py         remote: credentials, push with retry, non-fast-forward resolution
     signing.py      SSH/GPG signing and verification
     verify.py       audit verify; intent commit verification
+    trust.py        records trusted only when signed by a trusted key (UntrustedRecord)
     maintenance.py  packing loose objects
 """
 
 from .errors import AuditCorrupt, AuditError, AuditUnavailable, PushError, SignatureError
 from .layout import files_to_document, files_to_snapshot, read_files, snapshot_to_files
 from .message import APPLIED_OUTCOMES, OUTCOMES, AuditEntry
-from .push import Credentials, PushResult, RetryPolicy
+from .push import Credentials, PushResult, RemoteRewritten, RetryPolicy
 from .repo import AuditRepo, Identity
 from .signing import GpgSigner, GpgVerifier, SignatureCheck, SshSigner, SshVerifier, TrustedKeys
+from .trust import UntrustedRecord, audit_trust
 from .verify import VerifyReport, verify_history, verify_intent_commit
 
 __all__ = [
@@ -33,12 +35,15 @@ __all__ = [
     "Identity",
     "PushError",
     "PushResult",
+    "RemoteRewritten",
     "RetryPolicy",
     "SignatureCheck",
     "SignatureError",
     "SshSigner",
     "SshVerifier",
     "TrustedKeys",
+    "UntrustedRecord",
+    "audit_trust",
     "VerifyReport",
     "files_to_document",
     "files_to_snapshot",

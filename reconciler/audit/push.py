@@ -33,6 +33,10 @@ ORIGIN = "origin"
 CredentialType = pygit2.enums.CredentialType
 
 
+class RemoteRewritten(AuditError):
+    """The remote's branch no longer descends from what this reconciler last saw there."""
+
+
 def redact_url(url: str) -> str:
     """The URL with any userinfo (user:password@) replaced, for logs and errors."""
     return re.sub(r"^([a-zA-Z][a-zA-Z0-9+.-]*://)[^/@]*@", r"\1***@", str(url))
@@ -182,8 +186,12 @@ class RemoteSync:
         credentials: Credentials | None = None,
         retry: RetryPolicy = RetryPolicy(),
         sleep: Callable[[float], None] = time.sleep,
+        *,
+        refuse_rewrites: bool = True,
     ) -> None:
         self.repo = repo
+        self.refuse_rewrites = refuse_rewrites
+        self.rewritten: str | None = None  # why the remote's history is refused, once seen
         self.url = url
         self.branch = branch
         self.credentials = credentials if credentials is not None else Credentials.from_env()
@@ -213,6 +221,8 @@ class RemoteSync:
         """Fetch the branch into refs/remotes/origin/<branch>; its tip, or None if the remote
         has no such branch yet. Raises AuditError when the remote cannot be reached."""
         spec = f"+refs/heads/{self.branch}:{self.tracking_ref}"
+        before = self.repo.references.get(self.tracking_ref)
+        seen = before.target if before is not None else None  # what we last saw (or pushed) there
         try:
             self.repo.remotes[ORIGIN].fetch([spec], callbacks=self._callbacks())
         except (pygit2.GitError, OSError) as e:
@@ -223,7 +233,21 @@ class RemoteSync:
         except AuditError as e:  # raised by our credentials callback, through libgit2
             raise AuditUnavailable(f"audit remote {self.where}: cannot fetch {self.branch} from {self.where}: {e}") from None
         ref = self.repo.references.get(self.tracking_ref)
-        return ref.target if ref is not None else None  # type: ignore[return-value]
+        theirs = ref.target if ref is not None else None
+        if self.refuse_rewrites and seen is not None and theirs != seen and (
+                theirs is None or not self.repo.descendant_of(theirs, seen)):
+            # History we saw (and may have pushed) is gone from the remote: a force-push or a
+            # deleted branch. Merging it would adopt whatever replaced it; refuse, and keep the
+            # tracking ref where it was so that every later fetch refuses too.
+            self.repo.references.create(self.tracking_ref, seen, force=True)
+            now = f"now at {str(theirs)[:12]}" if theirs is not None else "deleted"
+            self.rewritten = (
+                f"audit remote {self.where}: branch {self.branch} was rewritten ({now}, which does not descend from "
+                f"{str(seen)[:12]}, its tip when this reconciler last fetched or pushed; a force-push?); refusing to "
+                f"merge it: nothing recorded. Restore the remote's history, or point --audit-repo at a new branch"
+            )
+            raise RemoteRewritten(self.rewritten)
+        return theirs  # type: ignore[return-value]
 
     def push(self, local_tip: Callable[[], pygit2.Oid | None], integrate: Callable[[pygit2.Oid], None]) -> PushResult:
         """Push the branch. On failure: fetch; if the remote has commits we lack, `integrate`
@@ -253,6 +277,8 @@ class RemoteSync:
                     integrate(theirs)
                     merges += 1
                     merged_now = True
+            except RemoteRewritten as e:
+                raise PushError(str(e)) from None  # retrying cannot help: never merged
             except AuditError as e:
                 last = str(e)
                 log.warning("%s", last)

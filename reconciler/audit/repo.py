@@ -58,8 +58,9 @@ from .message import (
     check_outcome,
     entry_from_commit,
 )
-from .push import Credentials, PushResult, RemoteSync, RetryPolicy, looks_like_url, redact_url
-from .signing import Signer
+from .push import Credentials, PushResult, RemoteRewritten, RemoteSync, RetryPolicy, looks_like_url, redact_url
+from .signing import Signer, TrustedKeys
+from .trust import UntrustedRecord, check_commit, untrusted
 from .trees import BLOB, TREE, ConfigIndex, config_paths, entry_id, git_name, index_config_tree, merge_by_config, replace_path, write_config_tree
 
 log = logging.getLogger("p4kube.audit")
@@ -139,6 +140,7 @@ class AuditRepo:
         pack_every: int = 256,
         location: str | None = None,
         read_only: bool = False,
+        trust: TrustedKeys | None = None,
     ) -> None:
         if not pygit2.reference_is_valid_name(f"refs/heads/{branch}"):
             raise AuditError(f"{branch!r} is not a valid branch name")
@@ -153,6 +155,10 @@ class AuditRepo:
         self.pack_every = pack_every
         self.location = location or repo.path
         self.read_only = read_only
+        # With keys: a record's snapshot is used only when its commit's signature verifies
+        # (trust.py); verified commit ids are remembered, bounded.
+        self.trust = trust
+        self._verified: OrderedDict[str, None] = OrderedDict()
         self.last_push_error: str | None = None
         self._lock = threading.RLock()
         self._indexes: dict[str, ConfigIndex] = {}
@@ -192,6 +198,7 @@ class AuditRepo:
         strict_push: bool = False,
         pack_every: int = 256,
         read_only: bool = False,
+        trust: TrustedKeys | None = None,
     ) -> "AuditRepo":
         """A local repository (created when missing, bare), or with `workdir` (or a URL) a bare
         clone of a remote in `workdir` (created when missing), brought up to date with it.
@@ -206,7 +213,7 @@ class AuditRepo:
         try:
             return cls._open_or_init(
                 location, branch, author, committer, signer, workdir, credentials, retry, sleep, clock,
-                strict_push, pack_every, read_only,
+                strict_push, pack_every, read_only, trust,
             )
         except AuditError:
             raise
@@ -230,10 +237,11 @@ class AuditRepo:
         strict_push: bool,
         pack_every: int,
         read_only: bool,
+        trust: TrustedKeys | None = None,
     ) -> "AuditRepo":
         kwargs = dict(
             branch=branch, author=author, committer=committer, signer=signer, clock=clock,
-            strict_push=strict_push, pack_every=pack_every, read_only=read_only,
+            strict_push=strict_push, pack_every=pack_every, read_only=read_only, trust=trust,
         )
         if workdir is None and not looks_like_url(location):
             path = Path(location)
@@ -269,7 +277,7 @@ class AuditRepo:
             if wd.exists() and any(wd.iterdir()):
                 raise AuditError(f"audit work directory {wd}: exists, is not empty, and is not a Git repository")
             repo = pygit2.init_repository(str(wd), bare=True, initial_head=branch)
-        remote = RemoteSync(repo, location, branch, credentials, retry, sleep)
+        remote = RemoteSync(repo, location, branch, credentials, retry, sleep, refuse_rewrites=not read_only)
         audit = cls(repo, remote=remote, location=redact_url(location), **kwargs)  # type: ignore[arg-type]
         audit._sync_from_remote()
         return audit
@@ -395,6 +403,8 @@ class AuditRepo:
         extra = check_extra_trailers(extra_trailers)
         if self.read_only:
             raise AuditError(f"audit repository {self.location}: opened read-only; nothing recorded")
+        if self.remote is not None and self.remote.rewritten:
+            raise RemoteRewritten(self.remote.rewritten)
         what = f"record {snapshot.config} v{snapshot.version} {outcome}"
         with self._lock, self._faults(what):
             tip = self._tip()
@@ -450,7 +460,7 @@ class AuditRepo:
             self._push()
         except PushError as e:
             self.last_push_error = str(e)
-            if self.strict_push:
+            if self.strict_push or (self.remote is not None and self.remote.rewritten):
                 e.commit = str(oid)
                 raise
             log.warning("audit commit %s is recorded locally but not pushed yet: %s", str(oid)[:12], e)
@@ -721,7 +731,11 @@ class AuditRepo:
             pending = self.newest_entry(config)
             if pending is None or pending.outcome != "pending":
                 return None
-            snap = self.snapshot_of(pending)
+            try:
+                snap = self.snapshot_of(pending)
+            except UntrustedRecord as e:  # not re-signed as ours: the switches are read back anyway
+                log.warning("audit: %s v%s left pending, not closed: %s", config, pending.version, e)
+                return None
             self.record(snap, "interrupted", reason=reason, extra_trailers=[("Pending-Commit", pending.commit)])
             log.warning("audit: closed %s v%s left pending by commit %s: %s",
                         config, pending.version, pending.commit[:12], reason)
@@ -754,6 +768,7 @@ class AuditRepo:
             raise AuditError(f"commit {entry.commit[:12]} is not an audit record (no Config trailer)")
         with self._lock, self._faults(f"read {entry.config} v{entry.version} (commit {entry.commit[:12]})"):
             commit = self.repo[entry.commit]
+            self._check_trusted(commit, f"{entry.config} v{entry.version} {entry.outcome}")  # type: ignore[arg-type]
             snap = self.read_config(commit.tree_id, entry.config, f"commit {entry.commit[:12]}")  # type: ignore[attr-defined]
         if snap.version != entry.version or snap.digest != entry.digest:
             raise SnapshotError(
@@ -761,6 +776,22 @@ class AuditRepo:
                 f"its tree holds v{snap.version} {snap.digest}"
             )
         return snap
+
+    def _check_trusted(self, commit: pygit2.Commit, what: str) -> None:
+        """UntrustedRecord unless the commit is signed by a trusted key (with trust set)."""
+        if self.trust is None:
+            return
+        cid = str(commit.id)
+        if cid in self._verified:
+            self._verified.move_to_end(cid)
+            return
+        check = check_commit(commit, self.trust)
+        if not check.ok:
+            log.error("audit: %s", untrusted(commit, what, check))
+            raise untrusted(commit, what, check)
+        self._verified[cid] = None
+        while len(self._verified) > _VERSION_CACHE:
+            self._verified.popitem(last=False)
 
     def read_config(self, root: pygit2.Oid, config: str, where: str) -> Snapshot:
         """The snapshot of one config directory in a root tree; every file checked (and each

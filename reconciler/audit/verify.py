@@ -31,6 +31,7 @@ from .message import OUTCOMES, AuditEntry
 from .repo import AuditRepo
 from .signing import SignatureCheck, TrustedKeys, commit_signature
 from .trees import config_paths
+from .trust import check_commit
 
 
 @dataclass(frozen=True)
@@ -178,14 +179,6 @@ def check_sequence(config: str, entries: list[AuditEntry]) -> tuple[list[VerifyF
                 f"{config}: v{version} pending has no outcome after it (the transaction was never closed)",
             ))
     return failures, warnings
-
-
-def check_commit(commit: pygit2.Commit, trusted: TrustedKeys) -> SignatureCheck:
-    sig = commit_signature(commit)
-    if sig is None:
-        return SignatureCheck(False, None, "not signed")
-    signature, payload = sig
-    return trusted.verify(payload, signature)
 
 
 def verify_intent_commit(repo_path: str | os.PathLike[str], trusted: TrustedKeys, ref: str = "HEAD") -> tuple[bool, str]:
