@@ -877,6 +877,14 @@ def _tls_failure(lower: str, tls: TlsSettings, address: str) -> str | None:
             f"the switch's certificate is not signed by the CA we trust ({ca}): wrong CA file, "
             "or the switch serves a certificate from another CA"
         )
+    if "wrong_version_number" in lower or "packet_length_too_long" in lower or "http_request" in lower:
+        # Our ClientHello was answered with bytes that are not TLS: a plaintext server. Never
+        # retried in plaintext: that would hand the tables to whoever answers on this port.
+        return (
+            "the switch does not speak TLS on this port (it answered in plaintext); enable TLS on the switch "
+            "(simple_switch_grpc --grpc-server-ssl, Stratum -ca_cert_file/-server_cert_file/-server_key_file); "
+            "plaintext is never tried instead"
+        )
     if any(w in lower for w in ("peer_did_not_return_a_certificate", "certificate_required", "alert",
                                  "socket closed", "connection reset", "end of file")):
         # Our side checks the server's certificate (CERTIFICATE_VERIFY_FAILED above); a TLS alert
