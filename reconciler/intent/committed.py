@@ -10,9 +10,11 @@ read) cannot be rendered. The files chosen are those load_intent would read in t
 
 from __future__ import annotations
 
+import logging
 import os
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pygit2
 
@@ -21,6 +23,7 @@ from reconciler.intent.loader import YAML_SUFFIXES, load_intent_blobs
 from reconciler.intent.files import OperatorDirs
 from reconciler.intent.model import IntentSet
 
+log = logging.getLogger("reconciler.intent")
 _LINK = 0o120000  # a symbolic link's filemode in a Git tree
 
 
@@ -78,3 +81,37 @@ def load_committed_intent(given: str | Path, commit: str, dirs: OperatorDirs | N
         raise InputError(links)
     configs = load_intent_blobs(blobs, text, dirs=dirs)
     return IntentSet(tuple(configs), commit=str(repo.revparse_single(commit).peel(pygit2.Commit).id), dirty=False, root=text)
+
+
+class CommittedIntent:
+    """An intent provider (current(), changes()) that hands out, for each accepted intent, the
+    same intent read from its commit's blobs: `p4kube run --verify-intent-signers` renders
+    what was signed even when the checkout changes between the check and the read."""
+
+    def __init__(self, inner: Any, root: str | Path, dirs: OperatorDirs | None = None) -> None:
+        self.inner, self.root, self.dirs = inner, root, dirs
+        self._last: tuple[str, IntentSet] | None = None  # the newest commit read, and its intent
+
+    def _committed(self, intent: IntentSet) -> IntentSet:
+        if intent.commit is None or not intent.configs:
+            return intent  # nothing accepted yet: nothing to read
+        if self._last is None or self._last[0] != intent.commit:
+            self._last = (intent.commit, load_committed_intent(self.root, intent.commit, self.dirs))
+        return self._last[1]
+
+    def current(self) -> IntentSet:
+        return self._committed(self.inner.current())
+
+    def changes(self) -> AsyncIterator[IntentSet]:
+        return self._map()
+
+    async def _map(self) -> AsyncIterator[IntentSet]:
+        async for intent in self.inner.changes():
+            try:
+                yield self._committed(intent)
+            except InputError as e:  # the commit changed under us (cannot happen for a fixed SHA): keep the last
+                log.error("intent commit %s could not be read from its blobs; keeping the last accepted intent:\n%s",
+                          (intent.commit or "none")[:12], e)
+
+    def __getattr__(self, name: str) -> Any:  # start, stop, reload, path: the followed checkout's
+        return getattr(self.inner, name)
