@@ -54,6 +54,7 @@ from .controller import ConfigWorker, Controller, TransactionRecord
 from .diagnostics import InputError
 from .diff import diff_snapshots
 from .health import ProbeReport, make_post_apply_probe
+from .intent.files import DEVICE_CONFIG, OperatorDirs, read_named
 from .intent.loader import validate_paths
 from .intent.model import LoadBalancerConfig
 from .intent.watch import DirectoryIntent
@@ -339,11 +340,8 @@ def _demo_intent(text: str, addresses: Mapping[str, str], node_net: str) -> tupl
         hc[k] = DEMO_TIMINGS[k]
     for sw in spec["switchConfig"]["switches"]:
         sw["address"] = addresses[sw["name"]]
-    device_config = spec["switchConfig"].get("deviceConfig")
-    if device_config and not Path(device_config).is_absolute():
-        # The intent repository holds only the config: name the example's (placeholder) device
-        # config where it is, so that the pipeline is never pushed with an empty one.
-        spec["switchConfig"]["deviceConfig"] = str((EXAMPLE / device_config).resolve())
+    # deviceConfig stays a name: the demo is its own operator, and its --pipeline-dir is the
+    # example's directory, which holds the (placeholder) device config (intent names files only).
     routes = spec["switchConfig"]["routes"]
     routes[0]["prefix"] = node_net
     first_vip = str(spec["vipPools"][0]["addresses"][0]).split("-")[0].split("/")[0]
@@ -537,7 +535,7 @@ class _Demo:
                "renders the snapshot (pure and deterministic), commits it to the audit repository as "
                "pending, writes it to the standby switch and then the primary (each read back and "
                "compared), probes every backend, and records the outcome.")
-        problems = validate_paths([self.intent_dir])
+        problems = validate_paths([self.intent_dir], dirs=OperatorDirs(pipeline_dir=EXAMPLE))
         if problems:
             raise DemoFailed("the demo's intent is invalid: " + "; ".join(map(str, problems)))
         n.item("validate", f"{INTENT_FILE}: valid")
@@ -569,7 +567,8 @@ class _Demo:
         # streams without waiting, and a new stream with the same id would be refused
         # (INVALID_ARGUMENT) while the old one is still open on the switch.
         election_ids = itertools.count(1)
-        device_config = Path(self.config.switch_config.device_config).read_bytes() if self.config.switch_config.device_config else b""
+        named = self.config.switch_config.device_config
+        device_config = read_named(EXAMPLE, named, DEVICE_CONFIG) if named else b""
 
         def make_worker(cfg: LoadBalancerConfig) -> ConfigWorker:
             applier = TwoSwitchApplier(cfg, p4info=p4info, info=info, device_config=device_config, election_id=next(election_ids),
