@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from ..diagnostics import Diagnostic, InputError
+from ..inputlimits import RECORDING_MAX_BYTES_ENV, TooLarge, recording_max_bytes
 from .recorded import load_cluster_bytes
 from .scripted import ScriptedCluster
 
@@ -160,10 +161,14 @@ class FollowedRecording(ScriptedCluster):
         try:
             with open(self.path, "rb") as f:
                 before = os.fstat(f.fileno())
-                raw = f.read()
+                limit = recording_max_bytes()
+                # One byte past the limit: an oversized file is refused without reading it all.
+                raw = f.read(limit + 1)
                 after = os.fstat(f.fileno())
         except OSError as e:
             return None, ("unreadable", f"cannot read the file: {e.strerror or e}")
+        if len(raw) > limit:
+            return None, ("unreadable", TooLarge(after.st_size, limit).message(RECORDING_MAX_BYTES_ENV))
         if (before.st_size, before.st_mtime_ns) != (after.st_size, after.st_mtime_ns) or len(raw) != after.st_size:
             # Written to while being read: a look that can never match the next one.
             return raw, ("torn", after.st_size, after.st_mtime_ns, len(raw))

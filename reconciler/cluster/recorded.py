@@ -55,6 +55,16 @@ from reconciler.cluster.convert import (
 )
 from reconciler.cluster.model import ClusterIssue, ClusterState, Node, Service
 from reconciler.diagnostics import Diagnostic, InputError
+from reconciler.inputlimits import (
+    RECORDING_MAX_ALIAS_NODES,
+    RECORDING_MAX_BYTES_ENV,
+    RECORDING_MAX_DEPTH,
+    DeepInput,
+    TooLarge,
+    load_json,
+    read_bounded,
+    recording_max_bytes,
+)
 
 KINDS = ("Service", "EndpointSlice", "Node")
 _EXPECTED = "expected the output of `kubectl get services,endpointslices,nodes -A -o yaml`"
@@ -68,8 +78,9 @@ def load_cluster_file(path: str | os.PathLike[str]) -> ClusterState:
     """Read a recorded cluster; raise InputError with file:line:column for anything malformed."""
     file = os.fspath(path)
     try:
-        with open(file, "rb") as f:
-            raw = f.read()
+        raw = read_bounded(file, recording_max_bytes())
+    except TooLarge as e:
+        raise InputError([Diagnostic(file, 1, 1, e.message(RECORDING_MAX_BYTES_ENV))]) from None
     except OSError as e:
         raise InputError([Diagnostic(file, 1, 1, f"cannot read the file: {e.strerror or e}")]) from e
     return load_cluster_bytes(raw, file)
@@ -77,6 +88,9 @@ def load_cluster_file(path: str | os.PathLike[str]) -> ClusterState:
 
 def load_cluster_bytes(raw: bytes, file: str = "<bytes>") -> ClusterState:
     """As load_cluster_file, for the file's bytes already read (`file` names it in messages)."""
+    limit = recording_max_bytes()
+    if len(raw) > limit:
+        raise InputError([Diagnostic(file, 1, 1, TooLarge(len(raw), limit).message(RECORDING_MAX_BYTES_ENV))])
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as e:
@@ -146,7 +160,9 @@ def _parse(text: str, file: str) -> list[Any]:
     if _is_json(text):
         # The json module is an order of magnitude faster than a YAML parser on big lists.
         try:
-            return [json.loads(text)]
+            return [load_json(text, file, RECORDING_MAX_DEPTH)]
+        except DeepInput as e:
+            raise InputError([e.diagnostic]) from None
         except json.JSONDecodeError as e:
             raise InputError([Diagnostic(file, e.lineno, e.colno, f"JSON syntax error: {e.msg}")]) from e
     try:
@@ -227,12 +243,22 @@ class _EventBuilder:
         merges: list[list[Any]] = []  # per open container: merge-key values to apply at its end
         starts: list[Any] = []  # per open container: where it starts, for messages
         anchors: dict[str, Any] = {}
+        # Bounds (inputlimits): nesting depth, also through aliases, and how many nodes aliases
+        # add. Per open container: the height of its tallest child and the node count at its start.
+        heights: list[int] = []
+        opened: list[tuple[int, str | None]] = []  # node count and anchor at the container's start
+        anchored: dict[str, tuple[int, int]] = {}  # anchor -> (height, expanded node count)
+        expanded = 0  # nodes of the document as if every alias were a copy
+        written = 0  # nodes written in the text
         root: Any = None
         while True:
             ev = get()
             cls = type(ev)
+            height = 0
             if cls is ScalarEvent:
                 mark = ev.start_mark
+                expanded += 1
+                written += 1
                 if ev.tag is not None and str(ev.tag) != "!":
                     value = self._construct(str(ev.tag), ev.value, mark)
                 elif ev.implicit[0] or ev.tag is not None:  # plain, or "!" (ruamel resolves it too)
@@ -241,7 +267,14 @@ class _EventBuilder:
                     value = ev.value
                 if ev.anchor is not None:
                     anchors[ev.anchor] = value
+                    anchored[ev.anchor] = (0, 1)
             elif cls is MappingStartEvent or cls is SequenceStartEvent:
+                if len(stack) >= RECORDING_MAX_DEPTH:
+                    raise _DataError(ev.start_mark, f"nests deeper than {RECORDING_MAX_DEPTH} levels; refused")
+                expanded += 1
+                written += 1
+                heights.append(0)
+                opened.append((expanded, ev.anchor))
                 container: Any = {} if cls is MappingStartEvent else []
                 if ev.tag is not None and str(ev.tag) not in (
                     "!",
@@ -259,6 +292,10 @@ class _EventBuilder:
                 value = stack.pop()
                 mark = starts.pop()
                 keys.pop()
+                height = heights.pop() + 1
+                at_start, anchor = opened.pop()
+                if anchor is not None:
+                    anchored[anchor] = (height, expanded - at_start + 1)
                 for source in merges.pop():  # explicit keys win, then earlier merge sources
                     for k, v in source.items():
                         value.setdefault(k, v)
@@ -267,6 +304,17 @@ class _EventBuilder:
                 if ev.anchor not in anchors:
                     raise _DataError(ev.start_mark, f"alias *{ev.anchor} names no anchor before it")
                 value = anchors[ev.anchor]
+                if any(value is open_ for open_ in stack):
+                    raise _DataError(mark, f"recursive alias: *{ev.anchor} is inside its own anchor; refused")
+                height, size = anchored[ev.anchor]
+                expanded += size
+                if expanded - written > RECORDING_MAX_ALIAS_NODES:
+                    raise _DataError(
+                        mark,
+                        f"aliases expand the document by more than {RECORDING_MAX_ALIAS_NODES} nodes; refused (an alias bomb?)",
+                    )
+                if len(stack) + height > RECORDING_MAX_DEPTH:
+                    raise _DataError(mark, f"nests deeper than {RECORDING_MAX_DEPTH} levels through alias *{ev.anchor}; refused")
             elif cls is DocumentEndEvent:
                 return root
             else:
@@ -274,6 +322,8 @@ class _EventBuilder:
             if not stack:
                 root = value
                 continue
+            if height > heights[-1]:
+                heights[-1] = height
             top = stack[-1]
             if type(top) is list:
                 top.append(value)
