@@ -12,9 +12,10 @@ import sys
 from pathlib import Path
 
 from .apply import ApplyResult, TwoSwitchApplier, default_session_factory
+from .intent.files import OperatorDirs
 from .intent.model import LoadBalancerConfig
-from .p4info import load_p4info, pipeline_info_from_message
-from .pipeline_io import p4info_path
+from .p4info import pipeline_info_from_message
+from .pipeline_io import load_config_p4info
 from .snapshot import Snapshot, load_snapshot
 from .state import StateDir
 
@@ -107,6 +108,16 @@ def signing_options(p: argparse.ArgumentParser) -> None:
         "--gpg-passphrase-file", metavar="FILE",
         help="with --sign-commits gpg: a file holding the key's passphrase (pinentry loopback); a key without one needs none",
     )
+    p.add_argument(
+        "--audit-allowed-signers", metavar="FILE",
+        help="SSH allowed-signers file: audit records signed by these keys are trusted too (another replica's key); "
+        "with --sign-commits or this option, a record whose signature does not verify is never taken as what the "
+        "switches hold nor applied",
+    )
+    p.add_argument(
+        "--audit-trust-gpg-home", metavar="DIR",
+        help="GnuPG home whose public keys are trusted for audit records (default with --sign-commits gpg: --gpg-home)",
+    )
 
 
 def build_signer(args: argparse.Namespace):  # type: ignore[no-untyped-def]
@@ -155,6 +166,38 @@ def build_signer(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     except SignatureError as e:
         raise CommandError(f"--sign-commits {kind}: the key cannot sign: {e}") from e
     return signer
+
+
+def audit_keys(args: argparse.Namespace, signer) -> object | None:  # type: ignore[no-untyped-def]
+    """The keys audit records must be signed by (reconciler.audit.trust): the signing key's own
+    plus --audit-allowed-signers / --audit-trust-gpg-home; None (no verification) when audit
+    commits are not signed and no trust is given."""
+    from .audit.errors import SignatureError
+    from .audit.trust import audit_trust
+    from .cli import CommandError
+
+    signers, home = getattr(args, "audit_allowed_signers", None), getattr(args, "audit_trust_gpg_home", None)
+    if (signers or home) and not getattr(args, "audit_repo", None):
+        raise CommandError("--audit-allowed-signers/--audit-trust-gpg-home verify the audit repository's records: give --audit-repo too")
+    if signers and not Path(signers).is_file():
+        raise CommandError(f"--audit-allowed-signers {signers}: no such file (an SSH allowed-signers file)")
+    if home and not Path(home).is_dir():
+        raise CommandError(f"--audit-trust-gpg-home {home}: no such directory")
+    try:
+        return audit_trust(signer, Path(signers) if signers else None, Path(home) if home else None)
+    except (SignatureError, OSError) as e:
+        raise CommandError(f"--sign-commits: {e}") from e
+
+
+def last_applied_trusted(audit, config: str):  # type: ignore[no-untyped-def]
+    """(the last applied snapshot, "") or, when its record's signature does not verify, (None,
+    why): the switches' content is then unaccounted for, as with no record at all."""
+    from .audit.trust import UntrustedRecord
+
+    try:
+        return audit.last_applied(config), ""
+    except UntrustedRecord as e:
+        return None, str(e)
 
 
 def intent_signers_options(p: argparse.ArgumentParser, *, follows: bool = False) -> None:
@@ -237,6 +280,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, metavar="N", help="updates per WriteRequest (default: the config's batchSize)")
     p.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS", help="connect and arbitration timeout")
     rpc_timeout_option(p)
+    switch_options(p)
     insecure_switches_option(p)
 
 
@@ -257,11 +301,63 @@ def rpc_timeout_option(p: argparse.ArgumentParser) -> None:
     )
 
 
-def build_applier(config: LoadBalancerConfig, args: argparse.Namespace, election_id: int | None = None) -> TwoSwitchApplier:
+def file_options(p: argparse.ArgumentParser, *, tls: bool = True) -> None:
+    """--pipeline-dir (and --tls-dir): where the files intent names are found, by name only."""
+    p.add_argument(
+        "--pipeline-dir", metavar="DIR",
+        help="directory holding the pipeline files intent names (spec.switchConfig.deviceConfig, p4Info): intent "
+        "gives a plain name inside it (no absolute paths, no '..', symlinks may not lead out); default: none, so a "
+        "config naming one is refused by commands that read it",
+    )
+    if tls:
+        tls_dir_option(p)
+
+
+def tls_dir_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--tls-dir", metavar="DIR",
+        help="directory holding the TLS files intent names (spec.switchConfig.tls caFile, certFile, keyFile), "
+        "found by name inside it like --pipeline-dir",
+    )
+
+
+def switch_options(p: argparse.ArgumentParser) -> None:
+    """--pipeline-dir, --tls-dir and --allowed-switches: what intent may make the reconciler read and connect to."""
+    file_options(p)
+    p.add_argument(
+        "--allowed-switches", action="append", metavar="LIST",
+        help="switch addresses intent may name (comma-separated, repeatable): CIDR, CIDR:PORT, [IPv6-CIDR]:PORT, "
+        "HOST or HOST:PORT (a DNS name, matched exactly); a config naming another switch is refused before any "
+        "connection (default: loopback only, 127.0.0.0/8 and ::1, any port)",
+    )
+
+
+def check_switch_addresses(config: LoadBalancerConfig, args: argparse.Namespace) -> None:
+    """CommandError unless every switch of `config` is allowed by --allowed-switches (before any connection)."""
     from .cli import CommandError
+    from .intent.semantic import parse_endpoint
+    from .switch.allowlist import AllowlistError, parse_allowlist, refusals
+
+    try:
+        allowlist = parse_allowlist(getattr(args, "allowed_switches", None))
+    except AllowlistError as e:
+        raise CommandError(str(e)) from None
+    refused = refusals(allowlist, [(s.name, s.address, parse_endpoint(s.address)) for s in config.switch_config.switches])
+    if refused:
+        raise CommandError(f"{config.key}: " + "; ".join(refused))
+
+
+def build_applier(config: LoadBalancerConfig, args: argparse.Namespace, election_id: int | None = None) -> TwoSwitchApplier:
+    """The applier of `config`'s switches: every path that connects to a switch goes through
+    here, so the operator's limits on intent (--allowed-switches, --pipeline-dir, --tls-dir)
+    are checked here, before any file is read or connection made."""
+    from .cli import CommandError
+    from .intent.files import CA_FILE, CERT_FILE, DEVICE_CONFIG, KEY_FILE, TLS_KINDS, FileRefError, OperatorDirs, read_named, resolve
     from .switch.tls import TlsError, TlsSettings
 
-    p4info = load_p4info(p4info_path(config))
+    check_switch_addresses(config, args)
+    dirs = OperatorDirs.from_args(args)
+    p4info = load_config_p4info(config, dirs.pipeline_dir)
     info = pipeline_info_from_message(p4info)
     device_config = b""
     if config.switch_config.pipeline == "managed" and not config.switch_config.device_config:
@@ -270,25 +366,23 @@ def build_applier(config: LoadBalancerConfig, args: argparse.Namespace, election
             f"{config.key}: spec.switchConfig has no deviceConfig: the pipeline would be pushed with an empty device "
             f"config; set deviceConfig, or pipeline: external when another tool installs the pipeline"
         )
-    if config.switch_config.device_config:
-        path = Path(config.switch_config.device_config)
-        if not path.is_absolute() and config.source is not None:
-            path = Path(config.source.file).parent / path
-        try:
-            device_config = path.read_bytes()
-        except OSError as e:
-            raise CommandError(f"deviceConfig {path}: {e.strerror}") from e
-    tls = None
-    t = config.switch_config.tls
-    if t is not None:
-        base = Path(config.source.file).parent if config.source is not None else Path(".")
+    try:
+        if config.switch_config.device_config:
+            device_config = read_named(dirs.pipeline_dir, config.switch_config.device_config, DEVICE_CONFIG)
+        tls = None
+        t = config.switch_config.tls
+        if t is not None:
+            def named(value: str | None, kind) -> str | None:  # type: ignore[no-untyped-def]
+                return None if value is None else str(resolve(dirs.tls_dir, value, kind))
 
-        def rel(x: str | None) -> str | None:
-            return None if x is None else str(x if Path(x).is_absolute() else base / x)
-
-        tls = TlsSettings.from_files(
-            ca_file=rel(t.ca_file), cert_file=rel(t.cert_file), key_file=rel(t.key_file), server_name=t.server_name
-        )
+            tls = TlsSettings.from_files(
+                ca_file=named(t.ca_file, CA_FILE), cert_file=named(t.cert_file, CERT_FILE),
+                key_file=named(t.key_file, KEY_FILE), server_name=t.server_name,
+            )
+    except FileRefError as e:
+        raise CommandError(f"{config.key}: spec.switchConfig.{'tls.' if e.kind in TLS_KINDS else ''}{e}") from None
+    except TlsError as e:  # a file in --tls-dir that holds no PEM
+        raise CommandError(f"{config.key}: spec.switchConfig.tls: {e}") from None
     if not config.switch_config.switches:
         raise CommandError(f"{config.key}: spec.switchConfig.switches is empty: nothing to apply to")
     try:
@@ -308,6 +402,13 @@ def build_applier(config: LoadBalancerConfig, args: argparse.Namespace, election
         session_factory=factory,
         batch_size=args.batch_size,
     )
+
+
+def check_switch_settings(config: LoadBalancerConfig, args: argparse.Namespace) -> None:
+    """build_applier's checks (TLS unless --allow-insecure-switches, TLS files, device config),
+    run before the audit repository is opened: a refused config leaves nothing behind, not even
+    a new repository. Nothing connects: sessions are only opened by the transaction."""
+    build_applier(config, args)
 
 
 def _exit(result: ApplyResult) -> int:
@@ -360,7 +461,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
     from .cli import CommandError, pick_config
     from .intent.loader import load_intent
 
-    intent = load_intent([args.intent])
+    intent = load_intent([args.intent], dirs=OperatorDirs.from_args(args))
     target = load_snapshot(args.snapshot)
     config = pick_config(intent, args.config or target.config)
     if config.key != target.config:
@@ -370,15 +471,16 @@ def cmd_apply(args: argparse.Namespace) -> int:
     return _exit(result)
 
 
-def _open_audit(config: LoadBalancerConfig, args: argparse.Namespace, signer=None):  # type: ignore[no-untyped-def]
+def _open_audit(config: LoadBalancerConfig, args: argparse.Namespace, signer=None, trust=None):  # type: ignore[no-untyped-def]
     from .audit.repo import AuditRepo
 
     branch = args.audit_branch or config.audit.branch or "main"
-    return AuditRepo.open_or_init(args.audit_repo, branch=branch, workdir=args.audit_workdir, signer=signer)
+    return AuditRepo.open_or_init(args.audit_repo, branch=branch, workdir=args.audit_workdir, signer=signer, trust=trust)
 
 
 async def _apply_recorded(
-    config: LoadBalancerConfig, args: argparse.Namespace, target: Snapshot, audit, extra: tuple = ()  # type: ignore[no-untyped-def]
+    config: LoadBalancerConfig, args: argparse.Namespace, target: Snapshot, audit, extra: tuple = (),  # type: ignore[no-untyped-def]
+    last_good: Snapshot | None = None,
 ) -> ApplyResult:
     """The transaction of DESIGN.md 6 with the audit repository: pending, apply, outcome.
     Switches that cannot be reached are found before anything is recorded: an attempt that
@@ -386,7 +488,7 @@ async def _apply_recorded(
     from .audit.errors import AuditError
     from .cli import CommandError
 
-    last_good = audit.last_applied(config.key)
+    # last_good: what the caller read (and trusted) as the switches' content; never re-read here.
     _guard(config, last_good, target)
     applier = build_applier(config, args)
     try:
@@ -414,16 +516,26 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
 
     signer = build_signer(args)
     trusted = intent_trust(args)
-    intent, cluster, _ = load_inputs(args.intent, args.cluster)
+    keys = audit_keys(args, signer)
+    intent, cluster, _ = load_inputs(args.intent, args.cluster, dirs=OperatorDirs.from_args(args))
+    message = check_signed_intent(intent, args.intent, trusted) if trusted is not None else ""
+    if trusted is not None and not message:
+        # Render what was signed: the verified commit's blobs, not the working tree.
+        from .intent.committed import load_committed_intent
+
+        intent = load_committed_intent(args.intent, intent.commit)
     config = pick_config(intent, args.config)
-    audit = _open_audit(config, args, signer) if args.audit_repo else None
+    check_switch_settings(config, args)
+    audit = _open_audit(config, args, signer, keys) if args.audit_repo else None
     state = StateDir(args.state)
     if audit is not None and audit.close_interrupted(config.key) is not None:
         print(f"{config.key}: the last transaction was interrupted before its outcome was recorded; "
               f"recorded as interrupted, the switches are read back now", file=sys.stderr)
-    previous = audit.last_applied(config.key) if audit is not None else state.last_applied(config.key)
+    previous, untrusted = last_applied_trusted(audit, config.key) if audit is not None else (state.last_applied(config.key), "")
+    if untrusted:
+        print(f"{config.key}: {untrusted}; the switches are read back and their content treated as unaccounted for",
+              file=sys.stderr)
     if trusted is not None:
-        message = check_signed_intent(intent, args.intent, trusted)
         if message:
             if audit is not None and previous is not None:
                 # Recorded against what the switches keep holding: nothing is rendered or applied.
@@ -434,9 +546,9 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
         if held:
             from .guard import unaccounted_message
 
-            raise CommandError(unaccounted_message(
+            raise CommandError((f"{untrusted}. " if untrusted else "") + unaccounted_message(
                 config, held, f"the audit repository {args.audit_repo}" if audit is not None else f"--state {args.state}"))
-    rendered = render_one(intent, config, cluster, previous)
+    rendered = render_one(intent, config, cluster, previous, pipeline_dir=OperatorDirs.from_args(args).pipeline_dir)
     for issue in rendered.issues:
         print(f"{config.key}: {issue.severity}: {issue}", file=sys.stderr)
     if not rendered.changed:
@@ -465,7 +577,7 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
     else:
         # Versions stay unique per config in the audit history, also after a rollback.
         target = rendered.snapshot.with_version(audit.next_version(config.key))
-        result = asyncio.run(_apply_recorded(config, args, target, audit))
+        result = asyncio.run(_apply_recorded(config, args, target, audit, last_good=previous))
     print(result.describe())
     return _exit(result)
 
@@ -475,18 +587,28 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     from .cli import CommandError, pick_config
     from .intent.loader import load_intent
 
+    from .audit.trust import UntrustedRecord
+
     signer = build_signer(args)
-    intent = load_intent([args.intent])
+    keys = audit_keys(args, signer)
+    intent = load_intent([args.intent], dirs=OperatorDirs.from_args(args))
     config = pick_config(intent, args.config)
-    audit = _open_audit(config, args, signer)
+    check_switch_settings(config, args)
+    audit = _open_audit(config, args, signer, keys)
     audit.close_interrupted(config.key)
     try:
         old = audit.snapshot_at(args.to, config.key)
+    except UntrustedRecord as e:
+        raise CommandError(f"{config.key}: cannot roll back to v{args.to}: {e}; nothing was written") from e
     except (AuditError, LookupError, KeyError) as e:
         raise CommandError(f"no recorded version {args.to} of {config.key} in {args.audit_repo}: {e}") from e
     target = old.with_version(audit.next_version(config.key))
-    _guard(config, audit.last_applied(config.key), target)
+    last_good, untrusted = last_applied_trusted(audit, config.key)
+    if untrusted:
+        raise CommandError(f"{config.key}: {untrusted}: what the switches hold is unaccounted for; nothing was written "
+                           f"(reconcile --adopt-switches re-renders from the intent)")
+    _guard(config, last_good, target)
     print(f"{config.key}: rolling back to the content of v{args.to} ({old.digest}) as v{target.version}")
-    result = asyncio.run(_apply_recorded(config, args, target, audit, extra=(("Rollback-To", str(args.to)),)))
+    result = asyncio.run(_apply_recorded(config, args, target, audit, extra=(("Rollback-To", str(args.to)),), last_good=last_good))
     print(result.describe())
     return _exit(result)

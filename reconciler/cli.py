@@ -18,6 +18,7 @@ from typing import Callable, Sequence
 
 from . import __version__
 from .diagnostics import InputError
+from .intent.files import OperatorDirs
 from .intent.model import IntentSet, LoadBalancerConfig
 from .logsetup import setup_logging
 
@@ -52,6 +53,9 @@ def _add_render_inputs(p: argparse.ArgumentParser) -> None:
         metavar="FILE",
         help="least-connections only: JSON {\"ns/svc\": {\"node\": activeConnections}} read from the switch counters",
     )
+    from .apply_cli import file_options
+
+    file_options(p, tls=False)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -85,6 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("paths", nargs="+", metavar="PATH", help="YAML files or directories (walked recursively)")
     p.add_argument("--format", choices=["text", "json"], default="text")
+    from .apply_cli import file_options
+
+    file_options(p)
     p.set_defaults(func=cmd_validate)
 
     p = sub.add_parser(
@@ -128,6 +135,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_render_inputs(p)
     p.add_argument("--previous", metavar="SNAPSHOT", action="append", default=[], help="what the switches hold now")
     p.add_argument("--out-dir", metavar="DIR", default="p4kube-out", help="where to write plan.md/json/txt (default: %(default)s)")
+    from .apply_cli import tls_dir_option
+
+    tls_dir_option(p)
     p.set_defaults(func=cmd_check)
 
     from . import apply_cli, audit_cli, crd_cli, run_cli
@@ -180,13 +190,13 @@ def build_parser() -> argparse.ArgumentParser:
 def cmd_validate(args: argparse.Namespace) -> int:
     from .intent.loader import validate_paths
 
-    diags = validate_paths(args.paths)
+    diags = validate_paths(args.paths, dirs=OperatorDirs.from_args(args))
     errors = [d for d in diags if d.severity == "error"]
     if args.format == "json":
         print(json.dumps({"valid": not errors, "diagnostics": [d.to_json() for d in diags]}, indent=2))
     else:
-        for d in diags:
-            print(d)
+        for d in diags:  # errors on stdout (file:line:col, for tools); warnings on stderr
+            print(d, file=sys.stdout if d.severity == "error" else sys.stderr)
         if not errors:
             print(f"valid: {', '.join(args.paths)}", file=sys.stderr)
         else:
@@ -198,10 +208,10 @@ def cmd_render(args: argparse.Namespace) -> int:
     from .pipeline_io import load_inputs, render_one
     from .snapshot import schema_errors
 
-    intent, cluster, connections = load_inputs(args.intent, args.cluster, args.connections)
+    intent, cluster, connections = load_inputs(args.intent, args.cluster, args.connections, OperatorDirs.from_args(args))
     config = pick_config(intent, args.config)
     previous = _load_previous([args.previous] if args.previous else [], {config.key})
-    result = render_one(intent, config, cluster, previous.get(config.key), connections)
+    result = render_one(intent, config, cluster, previous.get(config.key), connections, pipeline_dir=OperatorDirs.from_args(args).pipeline_dir)
     text = result.snapshot.to_json_text()
     errors = schema_errors(json.loads(text))
     if errors:  # a bug, not bad input: never hand out a snapshot that fails its own schema
@@ -224,10 +234,10 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from .pipeline_io import load_inputs, make_plans
     from .plan import exit_code, format_plan
 
-    intent, cluster, connections = load_inputs(args.intent, args.cluster, args.connections)
+    intent, cluster, connections = load_inputs(args.intent, args.cluster, args.connections, OperatorDirs.from_args(args))
     configs = [pick_config(intent, args.config)] if args.config else list(intent.configs)
     previous = _load_previous(args.previous, {c.key for c in configs})
-    plans = make_plans(intent, configs, cluster, previous, connections)
+    plans = make_plans(intent, configs, cluster, previous, connections, pipeline_dir=OperatorDirs.from_args(args).pipeline_dir)
     text = format_plan(plans, args.format)
     sys.stdout.write(text)
     if args.out:
@@ -242,20 +252,20 @@ def cmd_check(args: argparse.Namespace) -> int:
     from .pipeline_io import load_inputs, make_plans
     from .plan import exit_code, format_plan
 
-    diags = validate_paths([args.intent])
+    diags = validate_paths([args.intent], dirs=OperatorDirs.from_args(args))
     errors = [d for d in diags if d.severity == "error"]
     for d in diags:
-        print(d)
+        print(d, file=sys.stdout if d.severity == "error" else sys.stderr)
     if errors:
         if os.environ.get("GITHUB_ACTIONS") == "true":
             for d in errors:  # shown as annotations on the pull request's files
                 print(f"::error file={d.file},line={d.line},col={d.column}::{d.field}: {d.message}")
         print(f"p4kube check: {len(errors)} error(s) in {args.intent}; no plan", file=sys.stderr)
         return EXIT_ERROR
-    intent, cluster, connections = load_inputs(args.intent, args.cluster, args.connections)
+    intent, cluster, connections = load_inputs(args.intent, args.cluster, args.connections, OperatorDirs.from_args(args))
     configs = [pick_config(intent, args.config)] if args.config else list(intent.configs)
     previous = _load_previous(args.previous, {c.key for c in configs})
-    plans = make_plans(intent, configs, cluster, previous, connections)
+    plans = make_plans(intent, configs, cluster, previous, connections, pipeline_dir=OperatorDirs.from_args(args).pipeline_dir)
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     for fmt, name in (("markdown", "plan.md"), ("json", "plan.json"), ("text", "plan.txt")):
@@ -336,6 +346,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if func is None:
         parser.print_help()
         return EXIT_USAGE
+    from .p4info import P4InfoError
     from .snapshot import SnapshotError
     from .audit.errors import AuditError
 
@@ -346,7 +357,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(d, file=sys.stderr)
         print(f"{len(e.diagnostics)} error(s); nothing was rendered", file=sys.stderr)
         return EXIT_ERROR
-    except (CommandError, SnapshotError) as e:
+    except (CommandError, SnapshotError, P4InfoError) as e:
         print(f"p4kube {args.command}: error: {e}", file=sys.stderr)
         return EXIT_ERROR
     except AuditError as e:  # the audit repository: gone, unwritable, full, unreachable, damaged

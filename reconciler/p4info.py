@@ -221,13 +221,17 @@ def _parse_cached(key: tuple[str, int, int]) -> p4i.P4Info:
     path = key[0]
     try:
         text = Path(path).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise P4InfoError(f"cannot read P4Info {path}: {exc}") from exc
+    except OSError as exc:
+        raise P4InfoError(f"cannot read P4Info {path}: {(exc.strerror or str(exc)).lower()}") from exc
+    except UnicodeDecodeError as exc:
+        raise P4InfoError(f"{path}: not P4Info text format: not UTF-8 text") from exc
     try:
         return text_format.Parse(text, p4i.P4Info())
     except text_format.ParseError as exc:
-        # exc carries line and column; keep them next to the file name.
-        raise P4InfoError(f"{path}:{exc}") from exc
+        # Line and column only: the parser's own message quotes the file's tokens, and the
+        # file may be anything (intent names it), so none of its content is echoed.
+        where = f":{exc.GetLine()}:{exc.GetColumn()}" if exc.GetLine() is not None else ""
+        raise P4InfoError(f"{path}{where}: not P4Info text format (protobuf text, as p4c --p4runtime-files writes it)") from exc
 
 
 @functools.lru_cache(maxsize=16)

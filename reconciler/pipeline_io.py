@@ -8,15 +8,18 @@ import sys
 from pathlib import Path
 from typing import Mapping, Sequence
 
+from finsy.proto import p4i
+
 from .cluster.model import ClusterState
 from .cluster.recorded import load_cluster_file
 from .diff import diff_snapshots
+from .guard import removal_verdict
+from .intent.files import P4INFO, FileRefError, OperatorDirs, resolve
 from .intent.loader import load_intent
 from .intent.model import IntentSet, LoadBalancerConfig
-from .p4info import load_p4info, p4info_digest
+from .p4info import P4InfoError, load_p4info, p4info_digest
 from .paths import P4INFO_PATH
 from .plan import ConfigPlan
-from .guard import removal_verdict
 from .render import Renderer, RenderIssue, RenderResult
 from .snapshot import Snapshot
 
@@ -26,9 +29,9 @@ class InputFileError(Exception):
 
 
 def load_inputs(
-    intent_path: str, cluster_path: str, connections_path: str | None = None
+    intent_path: str, cluster_path: str, connections_path: str | None = None, dirs: OperatorDirs | None = None
 ) -> tuple[IntentSet, ClusterState, dict[str, dict[str, int]] | None]:
-    intent = load_intent([intent_path])
+    intent = load_intent([intent_path], dirs=dirs)
     cluster = load_cluster_file(cluster_path)
     for issue in cluster.issues:  # what render cannot use is said, not silently dropped
         print(f"{cluster_path}: warning: {issue.object}: {issue.message}", file=sys.stderr)
@@ -39,11 +42,18 @@ def load_inputs(
 def load_connections(path: str) -> dict[str, dict[str, int]]:
     """least-connections input: {"ns/svc[:port]": {"backend": activeConnections}}."""
     from .cli import CommandError
+    from .inputlimits import CONNECTIONS_MAX_BYTES, CONNECTIONS_MAX_DEPTH, DeepInput, TooLarge, load_json, read_bounded
 
     try:
-        doc = json.loads(Path(path).read_text())
+        doc = load_json(read_bounded(path, CONNECTIONS_MAX_BYTES).decode("utf-8"), path, CONNECTIONS_MAX_DEPTH)
+    except TooLarge as e:
+        raise CommandError(f"{path}: {e.message()}") from None
     except OSError as e:
         raise CommandError(f"{path}: cannot read: {e.strerror}") from e
+    except UnicodeDecodeError as e:
+        raise CommandError(f"{path}: not UTF-8 text (byte {e.start})") from None
+    except DeepInput as e:
+        raise CommandError(str(e.diagnostic)) from None
     except json.JSONDecodeError as e:
         raise CommandError(f"{path}:{e.lineno}:{e.colno}: not JSON: {e.msg}") from e
     if not isinstance(doc, dict) or not all(
@@ -53,19 +63,35 @@ def load_connections(path: str) -> dict[str, dict[str, int]]:
     return doc
 
 
-def p4info_path(config: LoadBalancerConfig) -> Path:
-    """The config's P4Info (relative paths are relative to the intent file), or the project's."""
-    p = config.switch_config.p4info
-    if not p:
+def p4info_path(config: LoadBalancerConfig, pipeline_dir: Path | None = None) -> Path:
+    """The config's P4Info, found by name in the operator's --pipeline-dir (intent is untrusted:
+    reconciler.intent.files), or the packaged one when the config names none. CommandError when
+    it cannot be used."""
+    from .cli import CommandError
+
+    name = config.switch_config.p4info
+    if not name:
         return P4INFO_PATH
-    path = Path(p)
-    if not path.is_absolute() and config.source is not None:
-        path = Path(config.source.file).parent / path
-    return path
+    try:
+        return resolve(pipeline_dir, name, P4INFO)
+    except FileRefError as e:
+        raise CommandError(f"{config.key}: spec.switchConfig.{e}") from None
 
 
-def config_p4info_digest(config: LoadBalancerConfig) -> str:
-    return p4info_digest(load_p4info(p4info_path(config)))
+def load_config_p4info(config: LoadBalancerConfig, pipeline_dir: Path | None = None) -> p4i.P4Info:
+    """The config's P4Info message; CommandError naming the file (no content) when it does not parse."""
+    from .cli import CommandError
+
+    path = p4info_path(config, pipeline_dir)
+    try:
+        return load_p4info(path)
+    except P4InfoError as e:
+        shown_as = str(e).replace(str(path), config.switch_config.p4info or str(path))
+        raise CommandError(f"{config.key}: spec.switchConfig.p4Info: {shown_as}") from None
+
+
+def config_p4info_digest(config: LoadBalancerConfig, pipeline_dir: Path | None = None) -> str:
+    return p4info_digest(load_config_p4info(config, pipeline_dir))
 
 
 def render_one(
@@ -75,12 +101,13 @@ def render_one(
     previous: Snapshot | None,
     connections: Mapping[str, Mapping[str, int]] | None = None,
     renderer: Renderer | None = None,
+    pipeline_dir: Path | None = None,
 ) -> RenderResult:
     return (renderer or Renderer()).render(
         config,
         cluster,
         previous,
-        p4info_digest=config_p4info_digest(config),
+        p4info_digest=config_p4info_digest(config, pipeline_dir),
         intent_commit=intent.commit,
         connections=connections,
     )
@@ -92,11 +119,12 @@ def make_plans(
     cluster: ClusterState,
     previous: Mapping[str, Snapshot],
     connections: Mapping[str, Mapping[str, int]] | None = None,
+    pipeline_dir: Path | None = None,
 ) -> list[ConfigPlan]:
     plans = []
     for config in configs:
         old = previous.get(config.key)
-        result = render_one(intent, config, cluster, old, connections)
+        result = render_one(intent, config, cluster, old, connections, pipeline_dir=pipeline_dir)
         issues = result.issues
         verdict = removal_verdict(old, result.snapshot, config.safety.max_removal_percent)
         if not verdict.allowed:  # say so in the pull request, before the reconciler refuses it

@@ -65,6 +65,15 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     insecure_switches_option(p)
     signing_options(p)
     intent_signers_options(p, follows=True)
+    from .apply_cli import switch_options
+
+    switch_options(p)
+    p.add_argument(
+        "--intent-namespace", action="append", metavar="NS",
+        help="with --intent-from-cluster: read LoadBalancerConfigs only in this namespace (repeatable, "
+        "comma-separated; * = all namespaces, which needs cluster-wide RBAC); default: $POD_NAMESPACE, else the "
+        "kubeconfig context's namespace, else p4kube-system",
+    )
     p.set_defaults(func=cmd_run)
 
 
@@ -311,10 +320,11 @@ async def build_runtime(args: argparse.Namespace, api: Any = None) -> Runtime:
     from .pipeline_io import config_p4info_digest
     from .state import StateDir
 
-    from .apply_cli import build_signer, intent_trust
+    from .apply_cli import audit_keys, build_signer, intent_trust
 
     signer = build_signer(args)  # a missing key or tool: one clear error before anything starts
     trusted = intent_trust(args)
+    keys = audit_keys(args, signer)  # records are used only when signed by these (None: not signed)
     if trusted is not None and not args.intent:
         from .cli import CommandError
 
@@ -333,7 +343,7 @@ async def build_runtime(args: argparse.Namespace, api: Any = None) -> Runtime:
     if args.audit_repo:
         from .audit.repo import AuditRepo
 
-        audit = ReopeningAudit(lambda: AuditRepo.open_or_init(args.audit_repo, workdir=args.audit_workdir, signer=signer))
+        audit = ReopeningAudit(lambda: AuditRepo.open_or_init(args.audit_repo, workdir=args.audit_workdir, signer=signer, trust=keys))
     if args.intent:
         gate = refusals = None
         if trusted is not None:
@@ -342,13 +352,21 @@ async def build_runtime(args: argparse.Namespace, api: Any = None) -> Runtime:
             gate = refusals.gate
         intent_provider: Any = DirectoryIntent(
             args.intent, gate=gate, on_refused=refusals.refused if refusals is not None else None)
+        if trusted is not None:
+            from .intent.committed import CommittedIntent
+
+            intent_provider = CommittedIntent(intent_provider, args.intent)  # what was signed, from its blobs
         intent_provider.start()
         closers.append(intent_provider.stop)
     else:
         from .kube.crstatus import ConfigStatusWriter
         from .kube.intent_source import CRIntentSource
 
-        cr_source = CRIntentSource(api)
+        from .intent.files import OperatorDirs
+        from .kube.intent_source import intent_namespaces
+
+        cr_source = CRIntentSource(api, namespaces=intent_namespaces(getattr(args, "intent_namespace", None), args.kubeconfig),
+                                   dirs=OperatorDirs.from_args(args))
         await cr_source.start()
         closers.append(cr_source.aclose)
         await cr_source.wait_synced(timeout=60)
@@ -444,7 +462,7 @@ async def build_runtime(args: argparse.Namespace, api: Any = None) -> Runtime:
                             "ports can read the tables or become primary and write them; for labs and tests only",
                             config.key, ", ".join(sw.address for sw in config.switch_config.switches))
             worker = ConfigWorker(
-                config, applier, config_p4info_digest(config), audit=audit,
+                config, applier, config_p4info_digest(config, getattr(args, "pipeline_dir", None)), audit=audit,
                 probe=make_post_apply_probe(config.health_check, vip_probe=config.health_check.vip_probe)
                 if config.health_check.enabled else None,
                 fallback=fallback, on_result=on_result, on_health=on_health,

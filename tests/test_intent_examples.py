@@ -47,7 +47,7 @@ def test_minimal_is_all_defaults() -> None:
         namespace="p4kube-system",
         name="p4kube-config",
         switch_config=SwitchConfig(
-            device_config="/opt/p4kube/bmv2/load_balancer.json",  # the one field a managed pipeline needs
+            device_config="bmv2/load_balancer.json",  # the one field a managed pipeline needs
             switches=(SwitchSpec("leaf-1", "primary", "127.0.0.1:9559", 1),),
         ),
     )
@@ -74,7 +74,7 @@ def test_production() -> None:
         p4_program="load_balancer.p4",
         switch_type="tofino",
         p4info=None,
-        device_config="/opt/p4kube/tofino/load_balancer.tofino.bin",
+        device_config="tofino/load_balancer.tofino.bin",
         switches=(
             SwitchSpec("edge-a", "primary", "edge-a.net.example.com:9339", 1),
             SwitchSpec("edge-b", "standby", "edge-b.net.example.com:9339", 1),
@@ -83,7 +83,7 @@ def test_production() -> None:
             Route(ipaddress.IPv4Network("10.20.0.0/16"), 1, "02:00:0a:14:00:01"),
             Route(ipaddress.IPv4Network("0.0.0.0/0"), 0, "02:00:c0:00:02:01"),
         ),
-        tls=TLSConfig("/etc/p4kube/tls/ca.crt", "/etc/p4kube/tls/tls.crt", "/etc/p4kube/tls/tls.key", "p4rt.net.example.com"),
+        tls=TLSConfig("ca.crt", "tls.crt", "tls.key", "p4rt.net.example.com"),
         batch_size=200,
         standby_unreachable="apply-primary",
     )

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from reconciler.diagnostics import Diagnostic, InputError
+from reconciler.intent.files import OperatorDirs
 from reconciler.intent.loader import load_intent, validate_paths
 from reconciler.intent.schema import load_schema
 from reconciler.intent.yamlsafe import parse_yaml_text
@@ -15,7 +16,7 @@ from reconciler.intent.yamlsafe import parse_yaml_text
 HEADER = "apiVersion: networking.p4kube.io/v1alpha1\nkind: LoadBalancerConfig\n"
 # Where the compiled pipeline is (an absolute path is not checked at validation): a managed
 # pipeline is never pushed without a device config.
-DEVICE_CONFIG = "    deviceConfig: /opt/p4kube/bmv2/load_balancer.json\n"
+DEVICE_CONFIG = "    deviceConfig: bmv2/load_balancer.json\n"
 
 
 def config_text(name: str = "lb", switch: str = "leaf-1", address: str = "10.0.0.1:9559", extra_spec: str = "") -> str:
@@ -285,15 +286,20 @@ def test_generation_and_algorithm(tmp_path: Path) -> None:
     assert (config.generation, config.algorithm) == (7, "round-robin")
 
 
-def test_relative_paths_are_checked_against_the_intent_file(tmp_path: Path) -> None:
+def test_pipeline_files_are_names_in_the_pipeline_dir_not_beside_the_intent(tmp_path: Path) -> None:
     write(tmp_path / "repo" / "p4" / "lb.p4info.txtpb", "")
     text = config_text() + "    p4Info: ../p4/lb.p4info.txtpb\n"
     write(tmp_path / "repo" / "intent" / "lb.yaml", text)
-    config = load_intent([tmp_path / "repo" / "intent"]).config()
-    assert config.switch_config.p4info == "../p4/lb.p4info.txtpb"  # kept as written
-    write(tmp_path / "repo" / "intent" / "lb.yaml", text.replace("../p4/", "p4/"))
-    (diag,) = validate_paths([tmp_path / "repo" / "intent"])
-    assert diag.field == "spec.switchConfig.p4Info" and diag.message.startswith("file not found: p4/lb.p4info.txtpb")
+    (diag,) = validate_paths([tmp_path / "repo" / "intent"])  # '..' would leave the operator's directory
+    assert diag.field == "spec.switchConfig.p4Info" and "may not contain '.' or '..' components" in diag.message
+    write(tmp_path / "repo" / "intent" / "lb.yaml", text.replace("../p4/", ""))
+    dirs = OperatorDirs(pipeline_dir=tmp_path / "repo" / "p4")
+    config = load_intent([tmp_path / "repo" / "intent"], dirs=OperatorDirs()).config()
+    assert config.switch_config.p4info == "lb.p4info.txtpb"  # kept as written
+    (diag,) = [d for d in validate_paths([tmp_path / "repo" / "intent"], dirs=OperatorDirs(pipeline_dir=tmp_path / "repo" / "intent"))
+               if d.field.endswith("p4Info")]
+    assert diag.message.startswith('file not found: "lb.p4info.txtpb" in --pipeline-dir')
+    assert not [d for d in validate_paths([tmp_path / "repo" / "intent"], dirs=dirs) if d.field.endswith("p4Info")]
 
 
 def test_validate_paths_never_raises_for_input(tmp_path: Path) -> None:

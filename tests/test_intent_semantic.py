@@ -128,12 +128,13 @@ from collections.abc import Iterator  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 from reconciler.diagnostics import InputError  # noqa: E402
+from reconciler.intent.files import OperatorDirs
 from reconciler.intent.loader import load_intent, validate_paths  # noqa: E402
 from reconciler.kube.intent_source import intent_from_objects  # noqa: E402
 from reconciler.paths import P4INFO_PATH, REPO_ROOT  # noqa: E402
 
 KNOWN = "not built in (replica-weighted, least-connections, round-robin) and not an installed plugin"
-DEVICE_CONFIG = "    deviceConfig: /opt/p4kube/bmv2/load_balancer.json\n"  # a managed pipeline needs one
+DEVICE_CONFIG = "    deviceConfig: bmv2/load_balancer.json\n"  # a managed pipeline needs one
 
 
 def lbconfig(algorithm: str | None = None, switch_config: str = "") -> str:
@@ -155,8 +156,9 @@ def intent_dir(tmp_path: Path, text: str) -> Path:
     return folder
 
 
-def shown(folder: Path) -> list[str]:
-    return [f"{d.line}:{d.column}: {d.field}: {d.message}" for d in validate_paths([folder])]
+def shown(folder: Path, pipeline_dir: Path | None = None) -> list[str]:
+    dirs = OperatorDirs(pipeline_dir=pipeline_dir) if pipeline_dir is not None else None
+    return [f"{d.line}:{d.column}: {d.field}: {d.message}" for d in validate_paths([folder], dirs=dirs)]
 
 
 @pytest.fixture
@@ -226,7 +228,7 @@ def test_custom_resources_get_the_same_algorithm_check(algorithm_plugin: str) ->
             "spec": {
                 "algorithm": algorithm,
                 "switchConfig": {"switches": [{"name": f"{name}-sw", "role": "primary", "address": f"{name}.example.com:9559"}],
-                                 "deviceConfig": "/opt/p4kube/bmv2/load_balancer.json"},
+                                 "deviceConfig": "bmv2/load_balancer.json"},
             },
         }
 
@@ -256,42 +258,47 @@ def test_readable_pipeline_files_are_valid(tmp_path: Path) -> None:
     (folder / "p4").mkdir()
     shutil.copy(P4INFO_PATH, folder / "p4" / "lb.p4info.txtpb")
     (folder / "p4" / "lb.json").write_text("{}")
-    sc = load_intent([folder]).config().switch_config
+    sc = load_intent([folder], dirs=OperatorDirs(pipeline_dir=folder)).config().switch_config
     assert (sc.p4info, sc.device_config) == ("p4/lb.p4info.txtpb", "p4/lb.json")
 
 
 def test_a_directory_is_not_a_pipeline_file(tmp_path: Path) -> None:
-    folder = intent_dir(tmp_path, pipeline("p4", "p4/"))
-    (folder / "p4").mkdir()
-    assert shown(folder) == [
-        "7:13: spec.switchConfig.p4Info: p4 is a directory, not a file",
-        "8:19: spec.switchConfig.deviceConfig: p4/ is a directory, not a file",
+    folder = intent_dir(tmp_path, pipeline("p4", "p4/lb"))
+    (folder / "p4" / "lb").mkdir(parents=True)
+    assert shown(folder, folder) == [
+        '7:13: spec.switchConfig.p4Info: "p4" is not a regular file',
+        '8:19: spec.switchConfig.deviceConfig: "p4/lb" is not a regular file',
     ]
 
 
 def test_an_empty_device_config_is_refused(tmp_path: Path) -> None:
     folder = intent_dir(tmp_path, pipeline(device_config="lb.json"))
     (folder / "lb.json").write_bytes(b"")
-    assert shown(folder) == [
-        "7:19: spec.switchConfig.deviceConfig: lb.json is empty: the deviceConfig is the compiled pipeline (BMv2 JSON or Tofino binary)"
+    assert shown(folder, folder) == [
+        '7:19: spec.switchConfig.deviceConfig: "lb.json" is empty: the deviceConfig is the compiled pipeline (BMv2 JSON or Tofino binary)'
     ]
 
 
 def test_a_p4info_that_is_not_p4info_text_is_refused_at_its_field(tmp_path: Path) -> None:
     folder = intent_dir(tmp_path, pipeline("lb.p4info.txtpb"))
     (folder / "lb.p4info.txtpb").write_text('pkg_info {\n  arch: "v1model"\n}\ntables {\n  colour: 1\n}\n')
-    assert shown(folder) == [
-        '7:13: spec.switchConfig.p4Info: lb.p4info.txtpb is not P4Info text format: line 5, column 3: '
-        'Message type "p4.config.v1.Table" has no field named "colour".'
-    ]
+    (folder / "bmv2").mkdir()
+    (folder / "bmv2" / "load_balancer.json").write_text("{}")  # the config's deviceConfig
+    # Line and column, and none of the file's content (intent may name any file).
+    assert shown(folder, folder) == ['7:13: spec.switchConfig.p4Info: "lb.p4info.txtpb" is not P4Info text format: line 5, column 3']
     (folder / "lb.p4info.txtpb").write_bytes(b'pkg_info { arch: "\xff" }\n')
-    assert shown(folder) == ["7:13: spec.switchConfig.p4Info: lb.p4info.txtpb is not P4Info text format: not UTF-8 text"]
+    assert shown(folder, folder) == ['7:13: spec.switchConfig.p4Info: "lb.p4info.txtpb" is not P4Info text format: not UTF-8 text']
 
 
-def test_an_existing_absolute_path_is_checked_and_a_missing_one_is_not(tmp_path: Path) -> None:
-    # An absolute path names a file on the reconciler's machine: only what exists here is checked.
+def test_an_absolute_path_is_refused_with_how_to_migrate(tmp_path: Path) -> None:
+    # Files are found by name in the operator's --pipeline-dir: an absolute path is refused, existing or not.
     folder = intent_dir(tmp_path, pipeline(str(tmp_path / "nowhere.txtpb"), str(tmp_path)))
-    assert shown(folder) == [f"8:19: spec.switchConfig.deviceConfig: {tmp_path} is a directory, not a file"]
+    assert shown(folder) == [
+        f'7:13: spec.switchConfig.p4Info: absolute path "{tmp_path}/nowhere.txtpb" is not allowed: files are found by '
+        "name in the operator's --pipeline-dir; name it relative to --pipeline-dir, e.g. p4Info: nowhere.txtpb",
+        f'8:19: spec.switchConfig.deviceConfig: absolute path "{tmp_path}" is not allowed: files are found by name in '
+        f"the operator's --pipeline-dir; name it relative to --pipeline-dir, e.g. deviceConfig: {tmp_path.name}",
+    ]
 
 
 def test_an_unreadable_p4info_is_refused(tmp_path: Path) -> None:
@@ -306,13 +313,13 @@ def test_an_unreadable_p4info_is_refused(tmp_path: Path) -> None:
         os.chmod(folder / "lb.json", 0o000)
         as_user = {"user": 65534, "group": 65534, "extra_groups": []} if os.geteuid() == 0 else {}
         done = subprocess.run(
-            [sys.executable, "-m", "reconciler.cli", "validate", str(folder)],
+            [sys.executable, "-m", "reconciler.cli", "validate", "--pipeline-dir", str(folder), str(folder)],
             capture_output=True, text=True, cwd=REPO_ROOT, timeout=120, check=False, **as_user,
         )
         assert done.returncode == 1, done.stderr
         assert done.stdout.splitlines() == [
-            f"{folder}/lb.yaml:7:13: spec.switchConfig.p4Info: cannot read lb.p4info.txtpb: permission denied",
-            f"{folder}/lb.yaml:8:19: spec.switchConfig.deviceConfig: cannot read lb.json: permission denied",
+            f'{folder}/lb.yaml:7:13: spec.switchConfig.p4Info: cannot read "lb.p4info.txtpb": permission denied',
+            f'{folder}/lb.yaml:8:19: spec.switchConfig.deviceConfig: cannot read "lb.json": permission denied',
         ]
     finally:
         shutil.rmtree(folder)

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from reconciler.diagnostics import Diagnostic, InputError
+from reconciler.intent.files import OperatorDirs, explain_file_names
 from reconciler.intent.gitinfo import git_state
 from reconciler.intent.model import (
     API_VERSION,
@@ -61,21 +62,29 @@ class _Result:
     files: list[Path] = field(default_factory=list)  # every file read
 
 
-def load_intent(paths: Sequence[str | Path], *, max_file_bytes: int = DEFAULT_MAX_FILE_BYTES) -> IntentSet:
+def load_intent(
+    paths: Sequence[str | Path], *, max_file_bytes: int = DEFAULT_MAX_FILE_BYTES, dirs: OperatorDirs | None = None
+) -> IntentSet:
     """Load and validate every LoadBalancerConfig under `paths` (files, or directories walked
     recursively for *.yaml and *.yml, hidden entries skipped). Raises InputError with all
     diagnostics when anything is invalid. When the first path is inside a Git repository,
-    the result carries HEAD's SHA and whether the intent files differ from it."""
-    result = _load(paths, max_file_bytes)
-    if result.diagnostics:
-        raise InputError(result.diagnostics)
+    the result carries HEAD's SHA and whether the intent files differ from it. Files the intent
+    names are checked in the operator's `dirs` when given (else only their names' form)."""
+    result = _load(paths, max_file_bytes, dirs)
+    errors = [d for d in result.diagnostics if d.severity == "error"]
+    if errors:
+        raise InputError(errors)
     state = git_state(list(paths), result.files, is_intent_file)
     return IntentSet(tuple(result.configs), commit=state.commit, dirty=state.dirty, root=_root(paths))
 
 
-def validate_paths(paths: Sequence[str | Path], *, max_file_bytes: int = DEFAULT_MAX_FILE_BYTES) -> list[Diagnostic]:
-    """Every problem in the intent under `paths`, sorted by file, line and column; [] when valid."""
-    return sorted(_load(paths, max_file_bytes).diagnostics)
+def validate_paths(
+    paths: Sequence[str | Path], *, max_file_bytes: int = DEFAULT_MAX_FILE_BYTES, dirs: OperatorDirs | None = None
+) -> list[Diagnostic]:
+    """Every problem in the intent under `paths`, sorted by file, line and column; [] when valid.
+    Named files are checked in `dirs` (a warning for each whose directory is not given there);
+    None: their names only."""
+    return sorted(_load(paths, max_file_bytes, dirs).diagnostics)
 
 
 def is_intent_file(given: str, file: str) -> bool:
@@ -109,8 +118,9 @@ def _discover(paths: Sequence[str | Path]) -> tuple[list[tuple[Path, str]], list
         text = os.fspath(given)
         path = Path(text)
         if path.is_dir():
-            found = _walk(path)
-            if not found:
+            found, refused = _walk(path)
+            diags.extend(refused)
+            if not found and not refused:
                 diags.append(Diagnostic(text, 1, 1, "no YAML files (*.yaml, *.yml) in this directory"))
             listed = [(f, os.path.normpath(os.path.join(text, rel))) for f, rel in found]
         elif path.exists():
@@ -126,18 +136,37 @@ def _discover(paths: Sequence[str | Path]) -> tuple[list[tuple[Path, str]], list
     return files, diags
 
 
-def _walk(top: Path) -> list[tuple[Path, str]]:
+def _walk(top: Path) -> tuple[list[tuple[Path, str]], list[Diagnostic]]:
+    """The intent files under `top`, and a diagnostic for each symbolic link that would lead to
+    one: intent is untrusted, and a link could make the loader read (and echo in errors) any
+    file of the machine. Links are refused without being read; a link to a directory inside
+    `top` is skipped (its files are found where they are)."""
     found: list[tuple[tuple[str, ...], Path, str]] = []
+    refused: list[Diagnostic] = []
+    root = os.path.realpath(top)
     for dirpath, dirnames, filenames in os.walk(top):
         dirnames[:] = [d for d in dirnames if not d.startswith(".")]  # .git, .github, ...
+        for name in sorted(dirnames):
+            full = Path(dirpath) / name
+            if full.is_symlink() and not _inside(os.path.realpath(full), root):
+                refused.append(Diagnostic(os.path.normpath(os.path.join(os.fspath(top), full.relative_to(top).as_posix())), 1, 1,
+                                          "a symbolic link to a directory outside the intent: refused, not followed"))
         for name in filenames:
             if name.startswith(".") or not name.endswith(YAML_SUFFIXES):
                 continue
             full = Path(dirpath) / name
             rel = full.relative_to(top)
+            if full.is_symlink():
+                refused.append(Diagnostic(os.path.normpath(os.path.join(os.fspath(top), rel.as_posix())), 1, 1,
+                                          "a symbolic link: intent files must be regular files; refused, not read"))
+                continue
             found.append((rel.parts, full, rel.as_posix()))
     found.sort()
-    return [(full, rel) for _, full, rel in found]
+    return [(full, rel) for _, full, rel in found], refused
+
+
+def _inside(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
 
 
 def _classify(doc: YamlDocument) -> Diagnostic | bool:
@@ -182,17 +211,18 @@ def _new_only(diags: list[Diagnostic], seen_fields: set[tuple[str, str]]) -> lis
     return out
 
 
-def _load(paths: Sequence[str | Path], max_file_bytes: int) -> _Result:
+def _load(paths: Sequence[str | Path], max_file_bytes: int, dirs: OperatorDirs | None = None) -> _Result:
     result = _Result()
     files, diags = _discover(paths)
     result.diagnostics.extend(diags)
     result.files = [real for real, _ in files]
-    _check_files(result, ((read_yaml_file(real, shown, max_bytes=max_file_bytes), real.parent) for real, shown in files), paths)
+    _check_files(result, ((read_yaml_file(real, shown, max_bytes=max_file_bytes), real.parent) for real, shown in files), paths, dirs)
     return result
 
 
 def load_intent_blobs(
-    blobs: Sequence[tuple[str, bytes]], where: str, *, max_file_bytes: int = DEFAULT_MAX_FILE_BYTES
+    blobs: Sequence[tuple[str, bytes]], where: str, *, max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
+    dirs: OperatorDirs | None = None,
 ) -> list[LoadBalancerConfig]:
     """The configs in (path to show, content) pairs, e.g. the blobs of a verified Git commit
     (reconciler.intent.committed): the same checks as load_intent, positions named by the
@@ -206,13 +236,16 @@ def load_intent_blobs(
             reads.append((YamlFile(shown, diagnostics=(too_large,)), Path(shown).parent))
         else:
             reads.append((parse_yaml_bytes(raw, shown), Path(shown).parent))
-    _check_files(result, reads, [where])
-    if result.diagnostics:
-        raise InputError(sorted(result.diagnostics))
+    _check_files(result, reads, [where], dirs)
+    errors = [d for d in result.diagnostics if d.severity == "error"]
+    if errors:
+        raise InputError(sorted(errors))
     return result.configs
 
 
-def _check_files(result: _Result, reads: Iterable[tuple[YamlFile, Path]], paths: Sequence[str | Path]) -> None:
+def _check_files(
+    result: _Result, reads: Iterable[tuple[YamlFile, Path]], paths: Sequence[str | Path], dirs: OperatorDirs | None = None
+) -> None:
     """Every stage after reading: which documents are ours, schema, defaults, semantics."""
     candidates: list[_Candidate] = []
     for read, base_dir in reads:
@@ -232,9 +265,9 @@ def _check_files(result: _Result, reads: Iterable[tuple[YamlFile, Path]], paths:
     for cand in candidates:
         doc = cand.doc
         seen = {(d.file, d.field) for d in doc.diagnostics if d.field}
-        result.diagnostics.extend(_new_only(validate_document(doc), seen))
+        result.diagnostics.extend(_new_only(explain_file_names(validate_document(doc), doc.data), seen))
         data = apply_defaults(doc.data)
-        problems, doc_facts = check_document(doc, data, cand.base_dir)
+        problems, doc_facts = check_document(doc, data, cand.base_dir, dirs)
         result.diagnostics.extend(_new_only(problems, seen))
         facts.append(doc_facts)
         defaulted.append(data)
@@ -244,7 +277,7 @@ def _check_files(result: _Result, reads: Iterable[tuple[YamlFile, Path]], paths:
         shown = ", ".join(os.fspath(p) for p in paths)
         where = os.fspath(paths[0]) if paths else "<none>"
         result.diagnostics.append(Diagnostic(where, 1, 1, f"no {KIND} ({API_VERSION}) found in {shown}"))
-    if not result.diagnostics:
+    if not any(d.severity == "error" for d in result.diagnostics):
         result.configs = [build_config(c.doc, d) for c, d in zip(candidates, defaulted)]
 
 
@@ -290,8 +323,10 @@ def build_config(doc: YamlDocument, d: dict[str, Any]) -> LoadBalancerConfig:
             standby_unreachable=sc["standbyUnreachable"],
         ),
         vip_pools=tuple(
-            VipPool(p["name"], tuple(_vip_range(a) for a in p["addresses"]), p["autoAssign"]) for p in spec.get("vipPools", ())
+            VipPool(p["name"], tuple(_vip_range(a) for a in p["addresses"]), p["autoAssign"], tuple(p.get("namespaces", ())))
+            for p in spec.get("vipPools", ())
         ),
+        pod_cidrs=tuple(ipaddress.IPv4Network(c) for c in spec.get("podCIDRs", ())),
         service_selector=ServiceSelector(
             namespaces=tuple(selector.get("namespaces", ())),
             match_labels=tuple(sorted(selector.get("matchLabels", {}).items())),

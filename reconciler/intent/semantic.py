@@ -16,7 +16,6 @@ import ipaddress
 import json
 import os
 import re
-import stat
 from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import Decimal
@@ -25,6 +24,18 @@ from typing import Any
 
 from reconciler.algorithms import PLUGIN_GROUP, installed_plugins
 from reconciler.diagnostics import Diagnostic
+from reconciler.intent.files import (
+    DEVICE_CONFIG,
+    P4INFO,
+    PIPELINE_KINDS,
+    TLS_KINDS,
+    FileKind,
+    FileRefError,
+    OperatorDirs,
+    name_problem,
+    resolve,
+    shown,
+)
 from reconciler.intent.model import BUILTIN_ALGORITHMS
 from reconciler.intent.yamlsafe import PathKey, YamlDocument, format_path
 
@@ -227,6 +238,7 @@ class _Checker:
     data: Any
     base_dir: Path
     diags: list[Diagnostic]
+    dirs: OperatorDirs | None = None
 
     def where(self, path: PathKey, *, key: bool = False) -> Where:
         at = self.doc.locate(path, key=key)
@@ -295,6 +307,14 @@ class _Checker:
                 ranges.append(VipRange(parsed[0], parsed[1], text, name if isinstance(name, str) else f"#{i}", config, self.where(path)))
         return ranges
 
+    def pod_cidrs(self) -> None:
+        value = _get(self.data, "spec", "podCIDRs")
+        for i, text in enumerate(value if isinstance(value, list) else ()):
+            if isinstance(text, str) and text:
+                net = parse_ipv4_network(text)
+                if isinstance(net, str):
+                    self.error(("spec", "podCIDRs", i), net)
+
     def switches(self, config: str) -> list[SwitchClaim]:
         base: PathKey = ("spec", "switchConfig", "switches")
         items = _items(self.data, *base)
@@ -339,14 +359,16 @@ class _Checker:
                 f"pipeline: external when another tool installs the pipeline on the switches",
                 key=True,
             )
-        for name in ("p4Info", "deviceConfig"):
-            value = _get(self.data, *sc, name)
+        for kind in PIPELINE_KINDS:
+            value = _get(self.data, *sc, kind.field)
             if isinstance(value, str) and value:
-                problem = self.pipeline_file_problem(name, value)
-                if problem:
-                    self.error((*sc, name), problem)
+                self.named_file((*sc, kind.field), kind, value)
         tls = _get(self.data, *sc, "tls")
         if isinstance(tls, dict):
+            for kind in TLS_KINDS:
+                value = tls.get(kind.field)
+                if isinstance(value, str) and value:
+                    self.named_file((*sc, "tls", kind.field), kind, value)
             for have, need in (("certFile", "keyFile"), ("keyFile", "certFile")):
                 if tls.get(have) is not None and tls.get(need) is None:
                     self.error((*sc, "tls", need), f"required when {have} is set (a client certificate needs its key)", key=True)
@@ -380,36 +402,40 @@ class _Checker:
             message += f"; did you mean {_q(close[0])}?"
         self.error(("spec", "algorithm"), message)
 
-    def pipeline_file_problem(self, name: str, value: str) -> str | None:
-        """Why the p4Info/deviceConfig file `value` cannot be used, or None. A relative path must
-        exist beside the intent; an absolute one names a file on the reconciler's machine and is
-        only checked when it exists here. An existing file must be a readable regular file, a
-        deviceConfig must not be empty and a p4Info must parse as P4Info text format."""
-        path = Path(value)
-        if not path.is_absolute():
-            path = self.base_dir / path
+    def named_file(self, path: PathKey, kind: FileKind, value: str) -> None:
+        """A file named by intent (reconciler.intent.files): its name form always; the file
+        itself only when the operator's directory is given (`dirs`), else a warning that it was
+        not checked. A deviceConfig must not be empty and a p4Info must parse."""
+        problem = name_problem(value, kind)
+        if problem:
+            self.error(path, problem)
+            return
+        if self.dirs is None:
+            return  # loading for a command: the command reads (and checks) the file itself
+        directory = self.dirs.for_kind(kind)
+        if directory is None:
+            at = self.where(path)
+            self.diags.append(Diagnostic(at.file, at.line, at.column,
+                                         f"{shown(value)} not checked: give {kind.flag} DIR to check it (commands that read it need it)",
+                                         at.field, severity="warning"))
+            return
         try:
-            st = path.stat()
-        except OSError:
-            return None if Path(value).is_absolute() else f"file not found: {value} (relative to {self.doc.file})"
-        if stat.S_ISDIR(st.st_mode):
-            return f"{value} is a directory, not a file"
-        if not stat.S_ISREG(st.st_mode):
-            return f"{value} is not a regular file"
-        try:
-            # O_NONBLOCK: the file was regular a moment ago; never hang if it was swapped for a FIFO.
-            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
-            try:
-                data = os.read(fd, 1) if name == "deviceConfig" else b""
-            finally:
-                os.close(fd)
-        except OSError as e:
-            return f"cannot read {value}: {(e.strerror or str(e)).lower()}"
-        if name == "deviceConfig":
-            if not data:
-                return f"{value} is empty: the deviceConfig is the compiled pipeline (BMv2 JSON or Tofino binary)"
-            return None
-        return _p4info_problem(path, value)
+            resolved = resolve(directory, value, kind)
+        except FileRefError as e:
+            self.error(path, str(e).removeprefix(f"{kind.field}: "))
+            return
+        if kind is DEVICE_CONFIG:
+            try:  # readable by the reconciler (O_NONBLOCK: never hang if a FIFO was swapped in)
+                os.close(os.open(resolved, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0)))
+            except OSError as e:
+                self.error(path, f"cannot read {shown(value)}: {(e.strerror or str(e)).lower()}")
+                return
+        if kind is DEVICE_CONFIG and resolved.stat().st_size == 0:
+            self.error(path, f"{shown(value)} is empty: the deviceConfig is the compiled pipeline (BMv2 JSON or Tofino binary)")
+        elif kind is P4INFO:
+            problem = _p4info_problem(resolved, value)
+            if problem:
+                self.error(path, problem)
 
     def service_selector(self) -> None:
         labels = _get(self.data, "spec", "serviceSelector", "matchLabels")
@@ -434,14 +460,14 @@ def _p4info_problem(path: Path, value: str) -> str | None:
         load_p4info(path)
     except P4InfoError as e:
         cause = e.__cause__
+        # No parser detail: it quotes the file's tokens (the file may hold anything).
         if isinstance(cause, text_format.ParseError):
-            detail = re.sub(r"^[0-9]+:[0-9]+ : ", "", str(cause))
-            return f"{value} is not P4Info text format: line {cause.GetLine()}, column {cause.GetColumn()}: {detail}"
+            return f"{shown(value)} is not P4Info text format: line {cause.GetLine()}, column {cause.GetColumn()}"
         if isinstance(cause, UnicodeDecodeError):
-            return f"{value} is not P4Info text format: not UTF-8 text"
+            return f"{shown(value)} is not P4Info text format: not UTF-8 text"
         if isinstance(cause, OSError):
-            return f"cannot read {value}: {(cause.strerror or str(cause)).lower()}"
-        return f"{value} is not P4Info text format: {e}"
+            return f"cannot read {shown(value)}: {(cause.strerror or str(cause)).lower()}"
+        return f"{shown(value)} is not a usable P4Info"
     return None
 
 
@@ -454,15 +480,19 @@ def _label_key_problem(key: str) -> str | None:
     return None
 
 
-def check_document(doc: YamlDocument, data: Any, base_dir: Path) -> tuple[list[Diagnostic], DocumentFacts]:
+def check_document(
+    doc: YamlDocument, data: Any, base_dir: Path, dirs: OperatorDirs | None = None
+) -> tuple[list[Diagnostic], DocumentFacts]:
     """Semantic problems in one LoadBalancerConfig (`data` has the schema's defaults applied),
-    and the facts that must be unique across all configs."""
-    checker = _Checker(doc, data, base_dir, [])
+    and the facts that must be unique across all configs. Files the intent names are checked
+    in the operator's `dirs` (None: their names only)."""
+    checker = _Checker(doc, data, base_dir, [], dirs)
     config = checker.config_key()
     label = config or "this config"
     checker.algorithm()
     checker.durations()
     ranges = checker.vip_pools(label)
+    checker.pod_cidrs()
     claims = checker.switches(label)
     checker.switch_config()
     checker.service_selector()

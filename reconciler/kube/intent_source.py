@@ -15,23 +15,35 @@ refused here. What differs from files:
   reported (and their status gets Stalled). In conflicts between CRs (overlapping VIP pools,
   a switch claimed twice) the older CR (creationTimestamp, then namespace/name: the timestamp
   has 1-second resolution) keeps its claim; only CRs valid on their own hold claims.
-- Relative p4Info/deviceConfig paths are resolved against `base_dir` (where the reconciler's
-  image keeps pipeline files), and stored absolute in the model.
+- p4Info/deviceConfig (and the TLS files) are names, kept as names in the model; the commands
+  find them in the operator's --pipeline-dir / --tls-dir (reconciler.intent.files). With `dirs`
+  given, the files are checked here too, so a CR naming a missing file is Stalled.
+- Only the namespaces the operator allows are listed and watched (namespaced list/watch URLs;
+  `*`: all), so a team that can create a CR elsewhere cannot steer the reconciler.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from kubernetes import client as k8s
 
-from reconciler.cluster.live import Bookmark, Collection, Item, Problem, Reflector, Relisted, WatchEvent
+from reconciler.cluster.live import (
+    Bookmark,
+    Collection,
+    Item,
+    Problem,
+    Reflector,
+    Relisted,
+    WatchEvent,
+)
 from reconciler.diagnostics import Diagnostic
+from reconciler.intent.files import OperatorDirs, explain_file_names
 from reconciler.intent.loader import build_config  # the model builder shared with files
 from reconciler.intent.model import API_VERSION, KIND, IntentSet, LoadBalancerConfig
 from reconciler.intent.schema import apply_defaults, validate_document
@@ -126,20 +138,21 @@ def _age_key(obj: Mapping[str, Any]) -> tuple[str, str, str]:
 def intent_from_objects(
     objects: Iterable[Mapping[str, Any]],
     *,
-    base_dir: Path = P4_DIR,
+    dirs: OperatorDirs | None = None,
     resource_version: str | None = None,
 ) -> CRIntent:
-    """Validate every LoadBalancerConfig CR (pure apart from checking referenced files)."""
+    """Validate every LoadBalancerConfig CR (pure apart from checking referenced files in `dirs`)."""
     objs = sorted((o for o in objects if isinstance(o, Mapping)), key=_age_key)
     docs = [intent_document(o) for o in objs]
     per_doc: list[list[Diagnostic]] = []
     facts: list[DocumentFacts] = []
     defaulted: list[Any] = []
     for doc in docs:
-        diags = list(validate_document(doc))
+        diags = explain_file_names(list(validate_document(doc)), doc.data)
         reported = {d.field for d in diags if d.field}
         data = apply_defaults(doc.data)
-        problems, doc_facts = check_document(doc, data, base_dir)
+        problems, doc_facts = check_document(doc, data, P4_DIR, dirs)
+        problems = [d for d in problems if d.severity == "error"]
         diags.extend(d for d in problems if not (d.field and d.field in reported))
         per_doc.append(diags)
         facts.append(doc_facts)
@@ -157,7 +170,7 @@ def intent_from_objects(
         ns, name = str(meta.get("namespace") or ""), str(meta.get("name") or "")
         config = None
         if not diags:
-            config = build_config(doc, _absolute_paths(data, base_dir))
+            config = build_config(doc, data)
             configs.append(config)
         generation = meta.get("generation")
         status = obj.get("status")
@@ -174,15 +187,6 @@ def intent_from_objects(
     configs.sort(key=lambda c: c.key)
     intent = IntentSet(tuple(configs), commit=None, dirty=False, root="cluster")
     return CRIntent(intent, dict(sorted(resources.items())), resource_version)
-
-
-def _absolute_paths(data: dict[str, Any], base_dir: Path) -> dict[str, Any]:
-    sc = data["spec"]["switchConfig"]
-    for name in ("p4Info", "deviceConfig"):
-        value = sc.get(name)
-        if isinstance(value, str) and value and not Path(value).is_absolute():
-            sc[name] = str(base_dir / value)
-    return data
 
 
 # --- the live source ------------------------------------------------------------------------------
@@ -215,22 +219,31 @@ class CRIntentSource:
         api: k8s.ApiClient | None = None,
         *,
         namespace: str | None = None,
-        base_dir: Path = P4_DIR,
+        namespaces: Sequence[str] | None = None,
+        dirs: OperatorDirs | None = None,
         collection: Collection | None = None,
         reflector_options: dict[str, Any] | None = None,
     ) -> None:
-        if collection is None:
-            if api is None:
-                raise ValueError("give an ApiClient or the collection to watch")
-            collection = config_collection(api, namespace)
-        self._collection = collection
-        self._base_dir = base_dir
+        # namespaces: the ones to list and watch ("*": all); default `namespace`, else all.
+        wanted = list(namespaces) if namespaces else ([namespace] if namespace else ["*"])
+        self.namespaces: tuple[str, ...] | None = None if "*" in wanted else tuple(dict.fromkeys(wanted))
+        if collection is not None:
+            self._collections: list[tuple[str | None, Collection]] = [(None, collection)]
+        elif api is None:
+            raise ValueError("give an ApiClient or the collection to watch")
+        elif self.namespaces is None:
+            self._collections = [(None, config_collection(api, None))]
+        else:
+            self._collections = [(ns, config_collection(api, ns)) for ns in self.namespaces]
+        self._dirs = dirs
+        self._listed: set[str | None] = set()
+        self._ignored: set[str] = set()  # keys of CRs outside the allowed namespaces, logged once
         self._options = reflector_options or {}
         self._objects: dict[str, dict[str, Any]] = {}
         self._rv: str | None = None
         self._current: CRIntent | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._reflector: Reflector | None = None
+        self._reflectors: list[Reflector] = []
         self._changed = asyncio.Event()
         self._synced = asyncio.Event()
         self._closed = False
@@ -238,14 +251,20 @@ class CRIntentSource:
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
-        self._reflector = Reflector(self._collection, self._from_thread, **self._options)
-        self._reflector.start()
+        if self.namespaces is not None:
+            log.info("reading %s resources only in namespace(s) %s (--intent-namespace); any elsewhere are ignored",
+                     KIND, ", ".join(self.namespaces))
+        for ns, collection in self._collections:
+            reflector = Reflector(collection, functools.partial(self._from_thread, ns), **self._options)
+            self._reflectors.append(reflector)
+            reflector.start()
 
     async def aclose(self, timeout_s: float = 10.0) -> None:
         self._closed = True
-        if self._reflector is not None:
-            self._reflector.stop()
-            await asyncio.to_thread(self._reflector.join, timeout_s)
+        for reflector in self._reflectors:
+            reflector.stop()
+        for reflector in self._reflectors:
+            await asyncio.to_thread(reflector.join, timeout_s)
         self._changed.set()
 
     async def __aenter__(self) -> CRIntentSource:
@@ -265,7 +284,7 @@ class CRIntentSource:
     def current(self) -> CRIntent:
         """The latest evaluation (validating again only after a change)."""
         if self._current is None:
-            self._current = intent_from_objects(self._objects.values(), base_dir=self._base_dir, resource_version=self._rv)
+            self._current = intent_from_objects(self._objects.values(), dirs=self._dirs, resource_version=self._rv)
         return self._current
 
     async def changes(self) -> AsyncIterator[CRIntent]:
@@ -279,26 +298,46 @@ class CRIntentSource:
                 return
             yield self.current()
 
-    def _from_thread(self, item: Item) -> None:
+    def _from_thread(self, namespace: str | None, item: Item) -> None:
         loop = self._loop
         if loop is None or loop.is_closed():
             raise RuntimeError("the CR intent source's loop is gone")
-        loop.call_soon_threadsafe(self._apply, item)
+        loop.call_soon_threadsafe(self._apply, item, namespace)
 
-    def _apply(self, item: Item) -> None:
+    def _allowed(self, obj: Mapping[str, Any]) -> bool:
+        """Whether `obj` is in an allowed namespace (the namespaced watch already ensures it;
+        checked again so that no other path can slip one in), logging each refused CR once."""
+        ns = (obj.get("metadata") or {}).get("namespace")
+        if self.namespaces is None or ns in self.namespaces:
+            return True
+        key = f"{ns}/{(obj.get('metadata') or {}).get('name')}"
+        if key not in self._ignored:
+            self._ignored.add(key)
+            log.warning("%s %s ignored: namespace %s is not allowed (--intent-namespace %s)",
+                        KIND, key[:120], str(ns)[:63], ",".join(self.namespaces))
+        return False
+
+    def _apply(self, item: Item, namespace: str | None = None) -> None:
         if isinstance(item, Relisted):
-            fresh = {}
+            # Each namespace's reflector lists its own namespace: replace only those objects.
+            fresh = {k: o for k, o in self._objects.items() if namespace is not None and not k.startswith(f"{namespace}/")}
             for obj in item.objects:
+                if not self._allowed(obj):
+                    continue
                 meta = obj.get("metadata") or {}
                 fresh[f"{meta.get('namespace')}/{meta.get('name')}"] = obj
             changed = fresh != self._objects
             self._objects = fresh
             self._rv = item.resource_version
+            self._listed.add(namespace)
             first = not self._synced.is_set()
-            self._synced.set()
-            if changed or first:
+            if len(self._listed) >= len(self._collections):
+                self._synced.set()
+            if self._synced.is_set() and (changed or first):
                 self._invalidate()
         elif isinstance(item, WatchEvent):
+            if not self._allowed(item.object):
+                return
             meta = item.object.get("metadata") or {}
             key = f"{meta.get('namespace')}/{meta.get('name')}"
             self._rv = meta.get("resourceVersion") or self._rv
@@ -317,3 +356,31 @@ class CRIntentSource:
         self._current = None
         if self._synced.is_set():
             self._changed.set()
+
+
+DEFAULT_NAMESPACE = "p4kube-system"
+
+
+def default_intent_namespace(kubeconfig: str | None = None) -> str:
+    """The reconciler's own namespace, where it reads LoadBalancerConfigs unless the operator
+    allows more: $POD_NAMESPACE (the Downward API), else the kubeconfig context's namespace,
+    else p4kube-system."""
+    import os
+
+    ns = os.environ.get("POD_NAMESPACE", "").strip()
+    if ns:
+        return ns
+    try:
+        from kubernetes import config as k8s_config
+
+        _, active = k8s_config.list_kube_config_contexts(config_file=kubeconfig)
+        ns = str(((active or {}).get("context") or {}).get("namespace") or "")
+    except Exception:  # noqa: BLE001 - no kubeconfig (in a Pod): fall back to the default
+        ns = ""
+    return ns or DEFAULT_NAMESPACE
+
+
+def intent_namespaces(given: Sequence[str] | None, kubeconfig: str | None = None) -> list[str]:
+    """--intent-namespace values (repeatable, comma-separated; "*": all) or the default."""
+    names = [n.strip() for value in (given or ()) for n in value.split(",") if n.strip()]
+    return names or [default_intent_namespace(kubeconfig)]
