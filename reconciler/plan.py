@@ -10,6 +10,7 @@ import json
 from dataclasses import dataclass
 from typing import Any, Literal, Sequence
 
+from . import mdsafe
 from .diff import ServiceChange, SnapshotDiff
 from .render import RenderIssue
 from .snapshot import ServiceSnapshot, Snapshot, backend_key
@@ -189,7 +190,8 @@ def format_markdown(plans: Sequence[ConfigPlan]) -> str:
     else:
         out.append("**No changes.**")
     for p in plans:
-        out += ["", f"#### `{p.config}`: {_version_line(p)}", "", f"_{_source_line(p)}_", ""]
+        config = mdsafe.name(p.config, mdsafe.config_key_ok(p.config))
+        out += ["", f"#### {config}: {_version_line(p)}", "", f"_{mdsafe.inline(_source_line(p), 200)}_", ""]
         if p.diff.services:
             out += ["| | Service | VIP | backend | replicas | buckets |", "|---|---|---|---|---|---|"]
             for ch in p.diff.services:
@@ -198,8 +200,8 @@ def format_markdown(plans: Sequence[ConfigPlan]) -> str:
                 first = True
                 for r in share_rows(ch):
                     sign = _SIGN[ch.change] if first else ""
-                    name = f"`{ch.name}`" if first else ""
-                    vip = _endpoint(s) if first else ""
+                    name = _md_service(ch.name) if first else ""
+                    vip = _md_endpoint(s) if first else ""
                     reps = (
                         f"{_fmt(r.replicas_before)} → {_fmt(r.replicas_after)}" if ch.change == "changed"
                         else _fmt(r.replicas_after if ch.change == "added" else r.replicas_before)
@@ -208,20 +210,38 @@ def format_markdown(plans: Sequence[ConfigPlan]) -> str:
                         f"{_fmt(r.buckets_before)} → {_fmt(r.buckets_after)}" if ch.change == "changed"
                         else _fmt(r.buckets_after if ch.change == "added" else r.buckets_before)
                     )
-                    out.append(f"| {sign} | {name} | {vip} | {r.backend} | {reps} | {bk} |")
+                    backend = mdsafe.name(r.backend, mdsafe.backend_ok(r.backend))
+                    out.append(f"| {sign} | {name} | {vip} | {backend} | {reps} | {bk} |")
                     first = False
                 if first:  # no backends at all
-                    out.append(f"| {_SIGN[ch.change]} | `{ch.name}` | {_endpoint(s)} | _no ready backends_ | | |")
+                    out.append(f"| {_SIGN[ch.change]} | {_md_service(ch.name)} | {_md_endpoint(s)} | _no ready backends_ | | |")
         counts = p.diff.counts()
         if counts:
             out += ["", "<details><summary>Table writes</summary>", "", "| table | insert | modify | delete |", "|---|---|---|---|"]
             for table, per in counts.items():
-                out.append(f"| `{table}` | {per.get('INSERT', 0)} | {per.get('MODIFY', 0)} | {per.get('DELETE', 0)} |")
+                out.append(f"| {mdsafe.name(table, mdsafe.p4_name_ok(table))} | {per.get('INSERT', 0)} | {per.get('MODIFY', 0)} | {per.get('DELETE', 0)} |")
             out += ["", "</details>"]
         if p.issues:
-            out += ["", "**Issues**", ""]
-            out += [f"- {'❌' if i.severity == 'error' else '⚠️'} `{i.service}`: {i.message}" for i in p.issues]
+            # Free text (messages quote cluster and intent values): a code block, never Markdown.
+            errors = sum(1 for i in p.issues if i.severity == "error")
+            out += ["", f"**Issues** ({errors} error(s), {len(p.issues) - errors} warning(s))", ""]
+            out.append(mdsafe.fenced("\n".join(_issue_line(i) for i in p.issues)))
     return "\n".join(out) + "\n"
+
+
+def _issue_line(i: RenderIssue) -> str:
+    mark = "❌" if i.severity == "error" else "⚠️"
+    return f"{mark} {i.service or '(config)'}: {i.message}"
+
+
+def _md_service(key: str) -> str:
+    return mdsafe.name(key, mdsafe.service_key_ok(key))
+
+
+def _md_endpoint(s: ServiceSnapshot) -> str:
+    if mdsafe.ip_ok(str(s.vip)) and isinstance(s.port, int) and s.protocol in ("TCP", "UDP", "SCTP"):
+        return _endpoint(s)
+    return mdsafe.inline(_endpoint(s))
 
 
 # --- json ---------------------------------------------------------------------------------------

@@ -146,15 +146,17 @@ def test_markdown(change_plan: ConfigPlan) -> None:
     assert md.startswith(MARKDOWN_MARKER + "\n")
     assert "**2 to add, 1 to change, 1 to remove**" in md
     assert "#### `p4kube-system/test-config`: version 1 -> 2" in md
-    assert "| ~ | `default/alpha` | 203.0.113.10:80/TCP | node-0 | 2 → 2 | 43 → 32 |" in md
-    assert "|  |  |  | node-1 | 1 → 2 | 21 → 32 |" in md
-    assert "| - | `default/beta` | 203.0.113.11:80/TCP | node-1 | 1 | 64 |" in md
-    assert "| + | `default/gamma` | 203.0.113.12:80/TCP | node-2 | 3 | 64 |" in md
+    assert "| ~ | `default/alpha` | 203.0.113.10:80/TCP | `node-0` | 2 → 2 | 43 → 32 |" in md
+    assert "|  |  |  | `node-1` | 1 → 2 | 21 → 32 |" in md
+    assert "| - | `default/beta` | 203.0.113.11:80/TCP | `node-1` | 1 | 64 |" in md
+    assert "| + | `default/gamma` | 203.0.113.12:80/TCP | `node-2` | 3 | 64 |" in md
     assert "| + | `default/idle` | 203.0.113.13:80/TCP | _no ready backends_ | | |" in md
     per = change_plan.diff.counts()["MyIngress.vip_table"]
     assert f"| `MyIngress.vip_table` | {per.get('INSERT', 0)} | {per.get('MODIFY', 0)} | {per.get('DELETE', 0)} |" in md
-    assert "- ❌ `default/outside`: requested IP 192.0.2.1" in md
-    assert "- ⚠️ `default/idle`: no ready endpoints" in md
+    # Issues are free text: inside a fenced code block, never Markdown.
+    fence = md.index("```text\n")
+    assert "\n❌ default/outside: requested IP 192.0.2.1" in md[fence:]
+    assert "\n⚠️ default/idle: no ready endpoints" in md[fence:]
 
 
 def test_markdown_no_changes(noop_plan: ConfigPlan) -> None:
