@@ -204,3 +204,59 @@ def test_force_pushed_remote_is_refused_and_a_concurrent_writer_is_merged(tmp_pa
     # Opening again (a restart) refuses too: the tracking ref still says what we last saw.
     with pytest.raises(AuditError, match="was rewritten"):
         _clone_writer(remote, tmp_path / "ours")
+
+
+# --- audit verify: the version sequence -------------------------------------------------------
+
+
+def _offline(writer: AuditRepo, records: list) -> list[str]:
+    """Record while the remote is away, then push: rejected, fetched, merged, pushed."""
+    remote, writer.remote = writer.remote, None
+    ids = [writer.record(snap, outcome) for snap, outcome in records]
+    writer.remote = remote
+    writer.push()
+    assert len(writer.repo[writer.repo.references[writer.ref].target].parents) == 2  # merged
+    return ids
+
+
+def test_audit_verify_reports_each_break_of_the_version_sequence(tmp_path, capsys):
+    """Merged histories of two writers: the same version recorded with two snapshots, and a
+    version whose first record does not descend from the previous version's; verify names
+    the commit of each."""
+    intent = intent_repo(tmp_path / "intent", (1, 2))
+    v1, v2 = _snapshots(intent)
+    intent_set = load_intent([intent])
+    scaled = with_scaled_service(load_cluster_file(MULTI / "cluster.yaml"), "web/frontend", "node-c", +1)
+    third = render_one(intent_set, intent_set.config(CONFIG), scaled, v1).snapshot
+    assert third.digest not in (v1.digest, v2.digest)
+    for case in ("same-version", "broken-chain"):
+        remote = tmp_path / f"{case}.git"
+        pygit2.init_repository(str(remote), bare=True, initial_head="main")
+        a = _clone_writer(remote, tmp_path / f"{case}-a")
+        a.record(v1, "pending")
+        a.record(v1, "applied")
+        b = _clone_writer(remote, tmp_path / f"{case}-b")  # has seen v1
+        ours_v2 = a.record(v2, "pending")
+        a.record(v2, "applied")
+        version = 2 if case == "same-version" else 3
+        theirs = _offline(b, [(third.with_version(version), "pending"), (third.with_version(version), "applied")])
+        assert main(["audit", "verify", "--repo", f"file://{remote}", "--workdir", str(tmp_path / f"{case}-reader")]) == 1
+        out = capsys.readouterr().out
+        if case == "same-version":
+            line = f"{CONFIG}: v2 recorded with two snapshots ("
+            assert out.count(line) == 1, out
+            assert f"{ours_v2[:12]}: {line}" in out or f"{theirs[0][:12]}: {line}" in out, out
+        else:
+            assert f"{theirs[0][:12]}: {CONFIG}: v3's first record does not descend from v2's ({ours_v2[:12]})" in out, out
+
+
+def test_audit_verify_warns_of_an_applied_record_without_pending(tmp_path, capsys):
+    intent = intent_repo(tmp_path / "intent", (1, 2))
+    v1, v2 = _snapshots(intent)
+    audit = AuditRepo.open_or_init(tmp_path / "audit.git")
+    audit.record(v1, "pending")
+    audit.record(v1, "applied")
+    forged = audit.record(v2, "applied")
+    assert main(["audit", "verify", "--repo", str(tmp_path / "audit.git")]) == 0
+    out = capsys.readouterr().out
+    assert f"warning: {forged[:12]}: {CONFIG}: v2 first recorded as applied, with no pending record before it" in out

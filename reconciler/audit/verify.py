@@ -131,7 +131,7 @@ def verify_history(audit: AuditRepo, trusted: TrustedKeys | None = None) -> Veri
                 fail(f"signature: {check.reason}")
     warnings: list[VerifyFailure] = []
     for config, entries in sorted(sequence.items()):
-        sequence_failures, sequence_warnings = check_sequence(config, entries)
+        sequence_failures, sequence_warnings = check_sequence(config, entries, repo)
         failures += sequence_failures
         warnings += sequence_warnings
     return VerifyReport(commits, records, len(checked), signatures, tuple(failures), tuple(warnings))
@@ -141,17 +141,50 @@ def _versions_text(first: int, last: int) -> str:
     return f"v{first}" if first == last else f"v{first}-v{last}"
 
 
-def check_sequence(config: str, entries: list[AuditEntry]) -> tuple[list[VerifyFailure], list[VerifyFailure]]:
+def check_sequence(
+    config: str, entries: list[AuditEntry], repo: pygit2.Repository | None = None
+) -> tuple[list[VerifyFailure], list[VerifyFailure]]:
     """(failures, warnings) for one config's records, given newest first: gaps in the version
-    sequence, and pending records without an outcome after them (the newest record excepted:
-    a warning)."""
+    sequence, a version recorded with two snapshots, versions first recorded out of order, a
+    new version whose first record is not `pending` (a transaction always writes pending
+    first: an "applied" out of nowhere is forged or hand-made), a version whose first record
+    does not descend from the previous version's (with `repo`: the chain of parents broken),
+    and pending records without an outcome after them (the newest record excepted: a warning)."""
     failures: list[VerifyFailure] = []
     warnings: list[VerifyFailure] = []
     first_of: dict[int, AuditEntry] = {}  # version -> its oldest record
-    for e in entries:
-        if e.version is not None:
-            first_of[e.version] = e
+    digest_of: dict[int, AuditEntry] = {}  # version -> its oldest record, for the digest
+    doubled: set[tuple[int, str | None]] = set()
+    newest_seen = 0
+    for e in reversed(entries):  # oldest first
+        if e.version is None:
+            continue
+        first = digest_of.setdefault(e.version, e)
+        if first.digest != e.digest and (e.version, e.digest) not in doubled:
+            doubled.add((e.version, e.digest))  # once per other snapshot, at its oldest record
+            failures.append(VerifyFailure(
+                e.commit, f"{config}: v{e.version} recorded with two snapshots ({first.digest} in "
+                f"{first.commit[:12]}, {e.digest} here): a version means one snapshot"))
+        if e.version in first_of:
+            continue
+        first_of[e.version] = e
+        if e.version < newest_seen:
+            failures.append(VerifyFailure(
+                e.commit, f"{config}: v{e.version} first recorded after v{newest_seen} (versions out of sequence)"))
+        elif e.outcome != "pending" and e.version > newest_seen:
+            # A warning: records written by hand or by tools are legitimate; with keys the
+            # signature check is what refuses a forged record.
+            warnings.append(VerifyFailure(
+                e.commit, f"{config}: v{e.version} first recorded as {e.outcome}, with no pending record before it "
+                f"(a transaction records pending first: forged or hand-made?)"))
+        newest_seen = max(newest_seen, e.version)
     versions = sorted(first_of)
+    if repo is not None:
+        for a, b in zip(versions, versions[1:]):
+            if not repo.descendant_of(first_of[b].commit, first_of[a].commit):
+                failures.append(VerifyFailure(
+                    first_of[b].commit, f"{config}: v{b}'s first record does not descend from v{a}'s "
+                    f"({first_of[a].commit[:12]}): the chain of parents is broken"))
     for a, b in zip(versions, versions[1:]):
         if b > a + 1:
             failures.append(VerifyFailure(
