@@ -250,16 +250,20 @@ def cmd_check(args: argparse.Namespace) -> int:
 
     from .intent.loader import validate_paths
     from .pipeline_io import load_inputs, make_plans
+    from .ghactions import command, stop_commands
     from .plan import exit_code, format_plan
 
+    # Names and messages below come from the pull request: no line of theirs may be a command.
+    resume_commands = stop_commands(os.environ.get("GITHUB_ACTIONS") == "true")
     diags = validate_paths([args.intent], dirs=OperatorDirs.from_args(args))
     errors = [d for d in diags if d.severity == "error"]
     for d in diags:
         print(d, file=sys.stdout if d.severity == "error" else sys.stderr)
     if errors:
         if os.environ.get("GITHUB_ACTIONS") == "true":
-            for d in errors:  # shown as annotations on the pull request's files
-                print(f"::error file={d.file},line={d.line},col={d.column}::{d.field}: {d.message}")
+            resume_commands()
+            for d in errors:  # shown as annotations on the pull request's files; escaped (ghactions)
+                print(command("error", f"{d.field}: {d.message}", file=d.file, line=d.line, col=d.column))
         print(f"p4kube check: {len(errors)} error(s) in {args.intent}; no plan", file=sys.stderr)
         return EXIT_ERROR
     intent, cluster, connections = load_inputs(args.intent, args.cluster, args.connections, OperatorDirs.from_args(args))
@@ -276,6 +280,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         with open(summary, "a") as f:
             f.write(format_plan(plans, "markdown"))
     print(f"p4kube check: valid; plan written to {out}/plan.md, plan.json, plan.txt", file=sys.stderr)
+    resume_commands()
     return exit_code(plans)
 
 
