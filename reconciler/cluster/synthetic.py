@@ -18,6 +18,8 @@ from typing import Any
 from ruamel.yaml import YAML
 
 from reconciler.cluster.model import (
+    ENDPOINTSLICE_CONTROLLER,
+    MANAGED_BY_LABEL,
     OPT_IN_ANNOTATION,
     SERVICE_NAME_LABEL,
     ClusterState,
@@ -238,7 +240,8 @@ def _slice_dicts(svc: Service, endpoints: tuple[Endpoint, ...]) -> list[dict[str
                     ],
                     "kind": "EndpointSlice",
                     "metadata": {
-                        "labels": {SERVICE_NAME_LABEL: svc.name},
+                        # as the EndpointSlice controller labels its own (podIP mode trusts only those)
+                        "labels": {SERVICE_NAME_LABEL: svc.name, MANAGED_BY_LABEL: ENDPOINTSLICE_CONTROLLER},
                         "name": f"{svc.name}-{len(out)}",
                         "namespace": svc.namespace,
                     },

@@ -170,6 +170,11 @@ class Renderer:
                         heapq.heappush(heap, k)
                         pending.add(k)
 
+        # A Service holding no VIP here whose status shows one (it just recovered from a
+        # fallback; a render without a previous snapshot) gets it back before any other
+        # Service's request is considered, whatever the names' order.
+        for key in stayers:
+            _reclaim_vip(st, cluster.services[key])
         retry_after("")
         while heap:
             key = heapq.heappop(heap)
@@ -339,6 +344,20 @@ def _reserve_vip(st: _State, svc: Service) -> None:
     asked = _requested_vip(svc)
     for ip in ((asked[0],) if asked else ()) + svc.ingress_ips:
         if pools.allows(ip, svc.namespace) and st.vips.take(svc.key, ip):
+            return
+
+
+def _reclaim_vip(st: _State, svc: Service) -> None:
+    """Take back the VIP in a served Service's status.loadBalancer.ingress when it holds none:
+    the status p4kube wrote (see _reserve_vip on why the status, not an annotation) is a claim
+    that outranks another Service's bare request. A Service asking for another address gets
+    that one instead, in its turn."""
+    if st.vips.holds(svc.key) is not None or not svc.ingress_ips:
+        return
+    pools: VipSpace = st.vips.space  # type: ignore[assignment]
+    asked = _requested_vip(svc)
+    for ip in svc.ingress_ips:
+        if (asked is None or asked[0] == ip) and pools.allows(ip, svc.namespace) and st.vips.take(svc.key, ip):
             return
 
 
