@@ -65,9 +65,9 @@ def test_workflow_runs_p4kube_check_and_passes_on_0_or_2():
     assert "pull_request" in wf["on"]
     steps = wf["jobs"]["plan"]["steps"]
     script = next(s["run"] for s in steps if s.get("id") == "plan")
-    assert "p4kube check" in script and "--out-dir p4kube-out" in script
+    assert "p4kube check" in script and "--out-dir ../p4kube-out" in script
     assert "[ $rc -eq 0 ] || [ $rc -eq 2 ]" in script
-    comment = next(s for s in steps if s.get("uses", "").startswith("actions/github-script"))
+    comment = next(s for s in wf["jobs"]["comment"]["steps"] if s.get("uses", "").startswith("actions/github-script"))
     assert "<!-- p4kube-plan -->" in comment["with"]["script"]
 
 
