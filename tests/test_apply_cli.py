@@ -59,14 +59,14 @@ def test_reconcile_once_applies_then_is_up_to_date(tmp_path, tls_pair, pki, caps
     intent = write_intent(tmp_path / "intent", pki, (standby.port, primary.port))
     state = tmp_path / "state"
     cluster = str(MULTI / "cluster.yaml")
-    code = main(["reconcile", "--once", "--intent", str(intent), "--cluster", cluster, "--state", str(state)])
+    code = main(["reconcile", "--once", "--intent", str(intent), "--pipeline-dir", str(intent), "--tls-dir", str(intent), "--cluster", cluster, "--state", str(state)])
     out = capsys.readouterr().out
     assert code == 0, out
     assert "snapshot v1 applied" in out and "sim-primary (primary): applied, 276 writes, pipeline pushed" in out
     recorded = load_snapshot(state / "p4kube-system__p4kube-config.applied.json")
     assert recorded.version == 1
     assert len(standby.entries(1, "MyIngress.backend_table")) == 256
-    code = main(["reconcile", "--once", "--intent", str(intent), "--cluster", cluster, "--state", str(state)])
+    code = main(["reconcile", "--once", "--intent", str(intent), "--pipeline-dir", str(intent), "--tls-dir", str(intent), "--cluster", cluster, "--state", str(state)])
     assert code == 0
     assert "up to date at v1" in capsys.readouterr().out
 
@@ -78,11 +78,11 @@ def test_apply_a_rendered_snapshot_and_wrong_ca_fails_clearly(tmp_path, tls_pair
     assert main(["render", "--intent", str(intent), "--cluster", str(MULTI / "cluster.yaml"), "--out", str(snap)]) == 0
     capsys.readouterr()
     state = tmp_path / "state"
-    assert main(["apply", "--intent", str(intent), "--snapshot", str(snap), "--state", str(state)]) == 0
+    assert main(["apply", "--intent", str(intent), "--pipeline-dir", str(intent), "--tls-dir", str(intent), "--snapshot", str(snap), "--state", str(state)]) == 0
     assert "snapshot v1 applied" in capsys.readouterr().out
     # The same intent trusting another CA: the primary is unreachable for TLS reasons, nothing written.
     bad = write_intent(tmp_path / "bad", pki, (standby.port, primary.port), ca=pki.other_ca)
-    code = main(["apply", "--intent", str(bad), "--snapshot", str(snap), "--state", str(tmp_path / "s2"), "--timeout", "5"])
+    code = main(["apply", "--intent", str(bad), "--pipeline-dir", str(bad), "--tls-dir", str(bad), "--snapshot", str(snap), "--state", str(tmp_path / "s2"), "--timeout", "5"])
     out = capsys.readouterr().out
     assert code == 1
     assert "not signed by the CA we trust" in out and "nothing was written" in out
@@ -94,6 +94,6 @@ def test_apply_refuses_a_snapshot_of_another_config(tmp_path, capsys):
     doc = json.loads(snap.read_text())
     other = tmp_path / "intent"
     shutil.copytree(ROOT / "intent-examples" / "production", other)
-    code = main(["apply", "--intent", str(other), "--snapshot", str(snap), "--state", str(tmp_path / "st")])
+    code = main(["apply", "--intent", str(other), "--pipeline-dir", str(other), "--tls-dir", str(other), "--snapshot", str(snap), "--state", str(tmp_path / "st")])
     assert code == 1
     assert doc["config"] in capsys.readouterr().err

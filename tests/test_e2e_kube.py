@@ -152,7 +152,7 @@ def world(tmp_path):
         stack.callback(lambda: [s.close() for s in listeners])
         intent = tmp_path / "intent"
         intent.mkdir()
-        commit_intent(intent, INTENT.format(buckets=64, standby=sws[0].port, primary=sws[1].port, device_config=SIM_DEVICE_CONFIG), "intent")
+        commit_intent(intent, INTENT.format(buckets=64, standby=sws[0].port, primary=sws[1].port, device_config=SIM_DEVICE_CONFIG.name), "intent")
         yield server, sws, port, listeners, intent, tmp_path
 
 
@@ -162,6 +162,7 @@ def args_for(intent: Path, audit: Path) -> argparse.Namespace:
         audit_workdir=None, state=str(audit.parent / "state"), metrics_address=None, election_id=1,
         leader_elect=False, timeout=5.0, batch_size=None,
         allow_insecure_switches=True,  # plaintext loopback software switches
+        pipeline_dir=str(SIM_DEVICE_CONFIG.parent),  # the operator's directory holding the deviceConfig intent names
     )
 
 
@@ -214,7 +215,7 @@ def test_reconciler_against_the_api_server(world):
             # An intent commit is applied within updateInterval plus a small margin.
             n = len(ctl.history)
             t0 = time.perf_counter()
-            sha = commit_intent(intent, INTENT.format(buckets=32, standby=sws[0].port, primary=sws[1].port, device_config=SIM_DEVICE_CONFIG), "fewer buckets")
+            sha = commit_intent(intent, INTENT.format(buckets=32, standby=sws[0].port, primary=sws[1].port, device_config=SIM_DEVICE_CONFIG.name), "fewer buckets")
             await ctl.wait_until(lambda: applied_after(n), timeout=20)
             took = time.perf_counter() - t0
             assert took < 0.2 + 5.0, took
@@ -291,7 +292,7 @@ def test_intent_from_custom_resources_with_status(world):
             "switchConfig": {"switches": [
                 {"name": "sw-standby", "role": "standby", "address": f"127.0.0.1:{sws[0].port}", "deviceId": 1},
                 {"name": "sw-primary", "role": "primary", "address": f"127.0.0.1:{sws[1].port}", "deviceId": 1},
-            ], "deviceConfig": str(SIM_DEVICE_CONFIG)},
+            ], "deviceConfig": SIM_DEVICE_CONFIG.name},
         }
         spec.update(spec_extra)
         return {"apiVersion": "networking.p4kube.io/v1alpha1", "kind": "LoadBalancerConfig",
@@ -304,7 +305,7 @@ def test_intent_from_custom_resources_with_status(world):
         cr("broken",
            vipPools=[{"name": "other", "addresses": ["198.51.100.0/28"]}], switchConfig={"switches": [
             {"name": "other", "role": "primary", "address": "127.0.0.1", "deviceId": 9}],
-            "deviceConfig": str(SIM_DEVICE_CONFIG)}),
+            "deviceConfig": SIM_DEVICE_CONFIG.name}),
     )
 
     def status_of(name: str) -> dict:

@@ -226,7 +226,7 @@ class World:
     extra_switches: list[SoftwareSwitch] = field(default_factory=list)
 
     def reconcile_args(self, cluster: Path | None = None) -> list:
-        return ["reconcile", "--once", "--allow-insecure-switches", "--intent", self.intent, "--cluster", cluster or self.cluster,
+        return ["reconcile", "--once", "--allow-insecure-switches", "--intent", self.intent, "--pipeline-dir", self.intent, "--cluster", cluster or self.cluster,
                 "--audit-repo", self.audit]
 
     def reconcile(self, cluster: Path | None = None) -> Run:
@@ -854,7 +854,7 @@ class Running:
 
     def __init__(self, world: World) -> None:
         self.proc = subprocess.Popen(
-            [str(P4KUBE), "--log-level", "info", "run", "--allow-insecure-switches", "--intent", str(world.intent), "--cluster",
+            [str(P4KUBE), "--log-level", "info", "run", "--allow-insecure-switches", "--intent", str(world.intent), "--pipeline-dir", str(world.intent), "--cluster",
              str(world.cluster), "--audit-repo", str(world.audit)],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=world.tmp,
         )

@@ -17,7 +17,7 @@ spec:
   switchConfig:
     switches:
       - {name: leaf-1, role: primary, address: "10.0.0.1:9559"}
-    deviceConfig: /opt/p4kube/bmv2/load_balancer.json
+    deviceConfig: bmv2/load_balancer.json
 """
 
 

@@ -108,7 +108,7 @@ def _external_intent(tmp_path: Path, ports: tuple[int, int]) -> Path:
 def test_external_pipeline_missing_is_an_error_not_a_push(tmp_path, switch_pair, capsys):
     standby, primary = switch_pair
     intent = _external_intent(tmp_path, (standby.port, primary.port))
-    argv = ["reconcile", "--once", "--allow-insecure-switches", "--intent", str(intent), "--cluster", str(MULTI / "cluster.yaml"), "--state", str(tmp_path / "state")]
+    argv = ["reconcile", "--once", "--allow-insecure-switches", "--intent", str(intent), "--pipeline-dir", str(intent), "--cluster", str(MULTI / "cluster.yaml"), "--state", str(tmp_path / "state")]
     assert main(argv) == 1
     err = capsys.readouterr().err
     assert "primary sim-primary cannot be used: nothing was written" in err
@@ -120,7 +120,7 @@ def test_external_pipeline_is_checked_never_pushed(tmp_path, switch_pair, capsys
     standby, primary = switch_pair
     intent = _external_intent(tmp_path, (standby.port, primary.port))
     ours = load_p4info(P4INFO_PATH)
-    argv = ["reconcile", "--once", "--allow-insecure-switches", "--intent", str(intent), "--cluster", str(MULTI / "cluster.yaml"), "--state", str(tmp_path / "state")]
+    argv = ["reconcile", "--once", "--allow-insecure-switches", "--intent", str(intent), "--pipeline-dir", str(intent), "--cluster", str(MULTI / "cluster.yaml"), "--state", str(tmp_path / "state")]
     # Installed by another tool with our P4Info: entries are written under that tool's cookie.
     for sw in (standby, primary):
         asyncio.run(_install_externally(sw.port, ours))
@@ -140,7 +140,7 @@ def test_external_pipeline_with_another_p4info_is_refused_without_writes(tmp_pat
     theirs.tables[0].size += 1  # a program that is not ours (its tables differ)
     for sw in (standby, primary):
         asyncio.run(_install_externally(sw.port, theirs))
-    argv = ["reconcile", "--once", "--allow-insecure-switches", "--intent", str(intent), "--cluster", str(MULTI / "cluster.yaml"), "--state", str(tmp_path / "state")]
+    argv = ["reconcile", "--once", "--allow-insecure-switches", "--intent", str(intent), "--pipeline-dir", str(intent), "--cluster", str(MULTI / "cluster.yaml"), "--state", str(tmp_path / "state")]
     assert main(argv) == 1
     err = capsys.readouterr().err
     assert "(switchConfig.pipeline: external) is not ours: its P4Info differs" in err and "Traceback" not in err

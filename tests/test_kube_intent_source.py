@@ -10,6 +10,7 @@ from typing import Any
 from ruamel.yaml import YAML
 
 from reconciler.intent.loader import load_intent
+from reconciler.intent.files import OperatorDirs
 from reconciler.kube.intent_source import intent_document, intent_from_objects, describe
 
 REPO = Path(__file__).resolve().parents[1]
@@ -35,14 +36,14 @@ def as_cr(path: Path, *, namespace: str = "p4kube-system", created: str = "2026-
 def test_a_cr_builds_the_same_model_as_its_file() -> None:
     path = REPO / "intent-examples" / "multi-service" / "lbconfig.yaml"
     from_file = load_intent([path]).config()
-    # A CR's relative paths resolve against base_dir (the reconciler's P4 files by default).
-    result = intent_from_objects([as_cr(path, generation=4)], base_dir=path.parent)
+    # A CR's file names are checked in the operator's --pipeline-dir (here the example's folder).
+    result = intent_from_objects([as_cr(path, generation=4)], dirs=OperatorDirs(pipeline_dir=path.parent))
     assert result.diagnostics == []
     (config,) = result.intent.configs
-    # Everything but the generation (files have none), the source and the resolved path is the same.
+    # Everything but the generation (files have none) and the source is the same: names stay names.
     assert config.generation == 4
-    switch_config = dataclasses.replace(from_file.switch_config, device_config=str(path.parent / "sim-device-config.json"))
-    assert config == type(config)(**{**from_file.__dict__, "generation": 4, "switch_config": switch_config})
+    assert config.switch_config.device_config == "sim-device-config.json"
+    assert config == type(config)(**{**from_file.__dict__, "generation": 4})
     res = result.resources["p4kube-system/p4kube-config"]
     assert res.valid and res.generation == 4 and res.status["observedGeneration"] == 1
     assert config.source is not None and config.source.file == "LoadBalancerConfig p4kube-system/p4kube-config"
@@ -102,14 +103,20 @@ def test_an_invalid_cr_holds_no_claims_against_a_valid_one() -> None:
     assert invalid.name == "broken" and [d.field for d in invalid.diagnostics] == ["spec.healthCheck.timeout"]
 
 
-def test_relative_pipeline_paths_resolve_against_base_dir(tmp_path: Path) -> None:
+def test_pipeline_file_names_are_checked_in_the_pipeline_dir(tmp_path: Path) -> None:
     (tmp_path / "custom.p4info.txtpb").write_text("")
+    (tmp_path / "bmv2").mkdir()
+    (tmp_path / "bmv2" / "load_balancer.json").write_text("{}")
     cr = as_cr(REPO / "intent-examples" / "minimal" / "lbconfig.yaml")
     cr["spec"]["switchConfig"]["p4Info"] = "custom.p4info.txtpb"
-    result = intent_from_objects([cr], base_dir=tmp_path)
-    assert result.intent.configs[0].switch_config.p4info == str(tmp_path / "custom.p4info.txtpb")
-    missing = intent_from_objects([cr], base_dir=tmp_path / "nowhere")
-    assert any("file not found: custom.p4info.txtpb" in d.message for d in missing.diagnostics)
+    result = intent_from_objects([cr], dirs=OperatorDirs(pipeline_dir=tmp_path))
+    assert result.intent.configs[0].switch_config.p4info == "custom.p4info.txtpb"
+    missing = intent_from_objects([cr], dirs=OperatorDirs(pipeline_dir=tmp_path / "nowhere"))
+    assert any(d.field == "spec.switchConfig.p4Info" and d.message.startswith("--pipeline-dir") and "no such file" in d.message
+               for d in missing.diagnostics)
+    cr["spec"]["switchConfig"]["p4Info"] = "/var/run/secrets/kubernetes.io/serviceaccount/token"
+    (diag,) = intent_from_objects([cr]).diagnostics
+    assert diag.field == "spec.switchConfig.p4Info" and diag.message.startswith('absolute path "/var/run/secrets')
 
 
 # --- against the test API server: the generated CRD, live CRs, and their status ------------------------
@@ -158,7 +165,7 @@ def _cr(name: str, switch: str, port: int, **spec: Any) -> dict[str, Any]:
         "kind": "LoadBalancerConfig",
         "metadata": {"name": name, "namespace": NS},
         "spec": {"switchConfig": {"switches": [{"name": switch, "role": "primary", "address": f"10.0.0.1:{port}"}],
-                                  "deviceConfig": "/opt/p4kube/bmv2/load_balancer.json"}, **spec},
+                                  "deviceConfig": "bmv2/load_balancer.json"}, **spec},
     }
 
 

@@ -42,8 +42,8 @@ def server() -> Iterator[KubeApiServer]:
         try:
             k8s.ApiextensionsV1Api(admin).create_custom_resource_definition(generate_crd(), _preload_content=False)
             cr = YAML(typ="safe").load((MULTI / "lbconfig.yaml").read_text())
-            # A CR's relative paths resolve beside the reconciler's P4 files: name the placeholder in full.
-            cr["spec"]["switchConfig"]["deviceConfig"] = str(MULTI / "sim-device-config.json")
+            # deviceConfig is a name in the operator's --pipeline-dir (reconciler.intent.files).
+            cr["spec"]["switchConfig"]["deviceConfig"] = "sim-device-config.json"
             k8s.CustomObjectsApi(admin).create_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, cr, _preload_content=False)
         finally:
             admin.close()
@@ -58,7 +58,7 @@ def test_the_whole_flow_needs_exactly_the_declared_permissions(server: KubeApiSe
         elector = LeaderElector(api, namespace=NS, identity="a")
         assert await elector.try_acquire_or_renew()
         assert await elector.try_acquire_or_renew()  # renew: get + update
-        async with LiveClusterSource(api) as source, CRIntentSource(api) as crs:
+        async with LiveClusterSource(api) as source, CRIntentSource(api, namespaces=[NS]) as crs:
             await source.wait_synced(timeout=10)
             intent = await crs.wait_synced(timeout=10)
             events = EventRecorder(api, instance="a")

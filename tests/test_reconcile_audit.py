@@ -66,7 +66,7 @@ def test_reconcile_records_restarts_and_rolls_back(tmp_path, switch_pair, capsys
     cluster1 = MULTI / "cluster.yaml"
     cluster2 = tmp_path / "cluster2.yaml"
     cluster2.write_text(cluster_to_list_yaml(with_scaled_service(load_cluster_file(cluster1), "web/frontend", "node-c", +2)))
-    base = ["--intent", str(intent), "--audit-repo", str(audit_dir)]
+    base = ["--intent", str(intent), "--pipeline-dir", str(intent), "--audit-repo", str(audit_dir)]
 
     assert main(["reconcile", "--once", "--allow-insecure-switches", *base, "--cluster", str(cluster1)]) == 0
     # A restarted reconciler reads the last applied snapshot from the audit repository.
@@ -82,7 +82,7 @@ def test_reconcile_records_restarts_and_rolls_back(tmp_path, switch_pair, capsys
     assert v1.intent_commit == str(pygit2.Repository(str(intent)).head.target)
     assert switch_entries(standby) == switch_entries(primary) == entries_of(v2)
 
-    assert main(["rollback", "--to", "1", "--allow-insecure-switches", "--intent", str(intent), "--audit-repo", str(audit_dir)]) == 0
+    assert main(["rollback", "--to", "1", "--allow-insecure-switches", "--intent", str(intent), "--pipeline-dir", str(intent), "--audit-repo", str(audit_dir)]) == 0
     assert "rolling back to the content of v1" in capsys.readouterr().out
     assert switch_entries(standby) == switch_entries(primary) == entries_of(v1)
     audit = AuditRepo.open_or_init(audit_dir, read_only=True)
@@ -99,7 +99,7 @@ def test_unsigned_intent_is_refused_and_recorded(tmp_path, switch_pair, capsys):
     standby, primary = switch_pair
     intent = intent_repo(tmp_path / "intent", (standby.port, primary.port))
     audit_dir = tmp_path / "audit.git"
-    base = ["--intent", str(intent), "--audit-repo", str(audit_dir), "--cluster", str(MULTI / "cluster.yaml")]
+    base = ["--intent", str(intent), "--pipeline-dir", str(intent), "--audit-repo", str(audit_dir), "--cluster", str(MULTI / "cluster.yaml")]
     assert main(["reconcile", "--once", "--allow-insecure-switches", *base]) == 0
     key = tmp_path / "trusted"
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
@@ -124,8 +124,8 @@ def test_unusable_audit_repository_is_one_line_for_reconcile_and_rollback(tmp_pa
     blocker.write_text("")
     audit_dir = blocker / "audit.git"
     argvs = [
-        ["reconcile", "--once", "--allow-insecure-switches", "--intent", str(intent), "--cluster", str(MULTI / "cluster.yaml"), "--audit-repo", str(audit_dir)],
-        ["rollback", "--to", "1", "--allow-insecure-switches", "--intent", str(intent), "--audit-repo", str(audit_dir)],
+        ["reconcile", "--once", "--allow-insecure-switches", "--intent", str(intent), "--pipeline-dir", str(intent), "--cluster", str(MULTI / "cluster.yaml"), "--audit-repo", str(audit_dir)],
+        ["rollback", "--to", "1", "--allow-insecure-switches", "--intent", str(intent), "--pipeline-dir", str(intent), "--audit-repo", str(audit_dir)],
     ]
     for argv in argvs:
         assert main(argv) == 1, argv

@@ -76,7 +76,7 @@ def test_run_follows_the_recording_records_and_stops_on_sigterm(tmp_path, switch
     audit_dir = tmp_path / "audit.git"
 
     proc = subprocess.Popen(
-        [str(exe), "--log-level", "info", "run", "--allow-insecure-switches", "--intent", str(intent), "--cluster", str(cluster),
+        [str(exe), "--log-level", "info", "run", "--allow-insecure-switches", "--intent", str(intent), "--pipeline-dir", str(intent), "--cluster", str(cluster),
          "--audit-repo", str(audit_dir), "--metrics-address", "127.0.0.1:0", "--election-id", "3"],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )

@@ -90,12 +90,12 @@ def test_reconcile_and_rollback_sign_audit_commits_with_ssh(tmp_path, switch_pai
     intent_checkout(intent, (standby.port, primary.port), None)
     audit_dir = tmp_path / "audit.git"
     sign = ["--sign-commits", "ssh", "--signing-key", str(key)]
-    base = ["--intent", str(intent), "--audit-repo", str(audit_dir), *sign]
+    base = ["--intent", str(intent), "--pipeline-dir", str(intent), "--audit-repo", str(audit_dir), *sign]
     assert main(["reconcile", "--once", "--allow-insecure-switches", *base, "--cluster", str(MULTI / "cluster.yaml")]) == 0
     write_intent(intent, (standby.port, primary.port), 32)
     commit(intent, "fewer buckets", None)
     assert main(["reconcile", "--once", "--allow-insecure-switches", *base, "--cluster", str(MULTI / "cluster.yaml")]) == 0
-    assert main(["rollback", "--to", "1", "--allow-insecure-switches", "--intent", str(intent), "--audit-repo", str(audit_dir), *sign]) == 0
+    assert main(["rollback", "--to", "1", "--allow-insecure-switches", "--intent", str(intent), "--pipeline-dir", str(intent), "--audit-repo", str(audit_dir), *sign]) == 0
     capsys.readouterr()
 
     audit = AuditRepo.open_or_init(audit_dir, read_only=True)
@@ -144,7 +144,7 @@ def test_reconcile_signs_audit_commits_with_gpg(tmp_path, switch_pair, gpg_home,
     intent = tmp_path / "intent"
     intent_checkout(intent, (standby.port, primary.port), None)
     audit_dir = tmp_path / "audit.git"
-    argv = ["reconcile", "--once", "--allow-insecure-switches", "--intent", str(intent), "--audit-repo", str(audit_dir), "--cluster", str(MULTI / "cluster.yaml"),
+    argv = ["reconcile", "--once", "--allow-insecure-switches", "--intent", str(intent), "--pipeline-dir", str(intent), "--audit-repo", str(audit_dir), "--cluster", str(MULTI / "cluster.yaml"),
             "--sign-commits", "gpg", "--signing-key", "audit@example.com", "--gpg-home", str(secret)]
     assert main(argv) == 0
     history = AuditRepo.open_or_init(audit_dir, read_only=True).history(config=CONFIG)
@@ -162,7 +162,7 @@ def test_signing_mistakes_are_one_line_before_anything_is_written(tmp_path, caps
     intent = tmp_path / "intent"
     intent_checkout(intent, (1, 2), None)  # no switch listens: they must never be reached
     audit_dir = tmp_path / "audit.git"
-    base = ["reconcile", "--once", "--allow-insecure-switches", "--intent", str(intent), "--cluster", str(MULTI / "cluster.yaml")]
+    base = ["reconcile", "--once", "--allow-insecure-switches", "--intent", str(intent), "--pipeline-dir", str(intent), "--cluster", str(MULTI / "cluster.yaml")]
     key, _ = ssh_key(tmp_path, "k")
     cases = [
         ([*base, "--audit-repo", str(audit_dir), "--sign-commits", "ssh", "--signing-key", str(tmp_path / "missing")],
@@ -172,7 +172,7 @@ def test_signing_mistakes_are_one_line_before_anything_is_written(tmp_path, caps
         ([*base, "--audit-repo", str(audit_dir), "--signing-key", str(key)], "given without --sign-commits"),
         ([*base, "--audit-repo", str(audit_dir), "--sign-commits", "gpg", "--signing-key", "x", "--gpg-home", str(tmp_path / "nope")],
          "no such directory"),
-        (["rollback", "--to", "1", "--allow-insecure-switches", "--intent", str(intent), "--audit-repo", str(audit_dir), "--sign-commits", "ssh",
+        (["rollback", "--to", "1", "--allow-insecure-switches", "--intent", str(intent), "--pipeline-dir", str(intent), "--audit-repo", str(audit_dir), "--sign-commits", "ssh",
           "--signing-key", str(tmp_path / "missing")], "no such key file"),
         ([*base, "--audit-repo", str(audit_dir), "--verify-intent-signers", str(tmp_path / "nope")], "no such file"),
     ]
@@ -200,7 +200,7 @@ def test_reconcile_refuses_a_dirty_edit_on_a_signed_head_once(tmp_path, switch_p
     intent = tmp_path / "intent"
     signed = intent_checkout(intent, (standby.port, primary.port), dev_key)
     audit_dir = tmp_path / "audit.git"
-    argv = ["reconcile", "--once", "--allow-insecure-switches", "--intent", str(intent), "--audit-repo", str(audit_dir), "--cluster", str(MULTI / "cluster.yaml"),
+    argv = ["reconcile", "--once", "--allow-insecure-switches", "--intent", str(intent), "--pipeline-dir", str(intent), "--audit-repo", str(audit_dir), "--cluster", str(MULTI / "cluster.yaml"),
             "--verify-intent-signers", str(trusted)]
     assert main(argv) == 0  # signed by a trusted key, clean: applied
     capsys.readouterr()
@@ -234,7 +234,7 @@ def test_run_applies_signed_intent_and_refuses_unsigned_commits_and_dirty_edits(
     shutil.copy(MULTI / "cluster.yaml", cluster)
     audit_dir = tmp_path / "audit.git"
     args = build_parser().parse_args([
-        "run", "--allow-insecure-switches", "--intent", str(intent), "--cluster", str(cluster), "--audit-repo", str(audit_dir),
+        "run", "--allow-insecure-switches", "--intent", str(intent), "--pipeline-dir", str(intent), "--cluster", str(cluster), "--audit-repo", str(audit_dir),
         "--state", str(tmp_path / "state"), "--verify-intent-signers", str(trusted),
         "--sign-commits", "ssh", "--signing-key", str(bot_key),
     ])
