@@ -523,7 +523,7 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
         # Render what was signed: the verified commit's blobs, not the working tree.
         from .intent.committed import load_committed_intent
 
-        intent = load_committed_intent(args.intent, intent.commit)
+        intent = load_committed_intent(args.intent, intent.commit, OperatorDirs.from_args(args))
     config = pick_config(intent, args.config)
     check_switch_settings(config, args)
     audit = _open_audit(config, args, signer, keys) if args.audit_repo else None

@@ -329,7 +329,9 @@ async def build_runtime(args: argparse.Namespace, api: Any = None) -> Runtime:
         from .cli import CommandError
 
         raise CommandError("--verify-intent-signers/--verify-intent-gpg-home verify the commits of an --intent DIR checkout; "
-                           "with --intent-from-cluster, verify in the GitOps tool that applies the custom resources")
+                           "a custom resource carries no signature: with --intent-from-cluster, verify in the GitOps tool "
+                           "that applies them (Flux: GitRepository spec.verify; Argo CD: the AppProject's signatureKeys) and "
+                           "let only its ServiceAccount write LoadBalancerConfigs (RBAC; docs/audit.md, \"Signed intent\")")
     metrics = Metrics()
     heartbeat = Heartbeat(max_age=300.0)
     status = {"started": False, "leader": not args.leader_elect, "connected": False}
@@ -354,8 +356,10 @@ async def build_runtime(args: argparse.Namespace, api: Any = None) -> Runtime:
             args.intent, gate=gate, on_refused=refusals.refused if refusals is not None else None)
         if trusted is not None:
             from .intent.committed import CommittedIntent
+            from .intent.files import OperatorDirs as _Dirs
 
-            intent_provider = CommittedIntent(intent_provider, args.intent)  # what was signed, from its blobs
+            # What was signed, from its blobs.
+            intent_provider = CommittedIntent(intent_provider, args.intent, _Dirs.from_args(args))
         intent_provider.start()
         closers.append(intent_provider.stop)
     else:
