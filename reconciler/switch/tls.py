@@ -48,7 +48,7 @@ def require_tls(
     more = f" and {len(switches) - 4} more" if len(switches) > 4 else ""
     head = f"{where}: " if where else ""
     raise PlaintextRefused(
-        f"{head}{config}: spec.switchConfig.tls is not set, so P4Runtime to switch {names}{more} would be "
+        f"{head}{_short(config)}: spec.switchConfig.tls is not set, so P4Runtime to switch {names}{more} would be "
         f"plaintext (anyone on the path can read the tables or become primary and write them); set "
         f"spec.switchConfig.tls (caFile, and certFile/keyFile for mutual TLS), or pass {INSECURE_FLAG} "
         f"for a lab or test switch. Nothing was connected or written"
