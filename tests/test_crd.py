@@ -683,7 +683,7 @@ def test_cel_rules_refuse_what_the_intent_validator_refuses(kube: k8s.ApiClient)
     body = _refused(custom.patch_namespaced_custom_object, crd.GROUP, crd.VERSION, NS, crd.PLURAL, "pair", patch)
     assert _causes(body) == [("spec.switchConfig.switches", f"Invalid value: {message}")]
 
-    body = _refused(_create, kube, _cr("half-tls", switchConfig={"switches": pair, "tls": {"certFile": "/c.pem"}}))
+    body = _refused(_create, kube, _cr("half-tls", switchConfig={"switches": pair, "tls": {"certFile": "c.pem"}}))
     tls_message = "Invalid value: certFile and keyFile must be set together (a client certificate needs its key)"
     assert _causes(body) == [("spec.switchConfig.tls", tls_message)]
     body = _refused(_create, kube, _cr("slow", updateInterval="90m", healthCheck={"interval": "0s"}))

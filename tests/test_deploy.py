@@ -812,9 +812,11 @@ def test_tls_overlay_mounts_the_files_the_intent_names(tmp_path: Path) -> None:
     tls = load_all(example)[0]["spec"]["switchConfig"]["tls"]
     objs = build(OVERLAYS / "tls")
     mounts = pod_files(objs, {**HTTPS_SECRET, **TLS_SECRET}, tmp_path)
-    for field, key in (("caFile", "ca.crt"), ("certFile", "tls.crt"), ("keyFile", "tls.key")):
-        assert on_host(tls[field], mounts).read_text() == TLS_SECRET["p4kube-switch-tls"][key], field
     pod = find(objs, "Deployment")["spec"]["template"]["spec"]
+    # The intent names the files; the reconciler finds them by name in its --tls-dir.
+    (tls_dir,) = [a.split("=", 1)[1] for a in pod["containers"][0]["args"] if a.startswith("--tls-dir=")]
+    for field, key in (("caFile", "ca.crt"), ("certFile", "tls.crt"), ("keyFile", "tls.key")):
+        assert on_host(f"{tls_dir}/{tls[field]}", mounts).read_text() == TLS_SECRET["p4kube-switch-tls"][key], field
     (mount,) = [m for m in pod["containers"][0]["volumeMounts"] if m["name"] == "switch-tls"]
     assert mount["readOnly"] is True
     assert all(p.startswith("Deployment/p4kube-reconciler/spec/template/spec/") for p in changed("tls"))
@@ -887,6 +889,11 @@ def test_dockerfile_builds_the_wheel_and_installs_only_it() -> None:
     assert copies and all(a.startswith(f"--from={builder['name']} ") for a in copies), "only the builder's wheel enters the final stage"
     runs = " && ".join(a for i, a in final["ins"] if i == "RUN")
     assert re.search(r"pip install [^&]*\.whl", runs) and "--only-binary=:all:" in runs
+    # Dependencies only from the lock, hash-checked; the project's wheel brings nothing unpinned.
+    assert re.search(r"pip install --require-hashes [^&]*-r /tmp/wheels/requirements\.lock", runs)
+    assert re.search(r"pip install --no-deps [^&]*\.whl", runs)
+    builds = " && ".join(a for i, a in builder["ins"] if i == "RUN")
+    assert re.search(r"pip install --require-hashes [^&]*-r requirements-build\.lock", builds) and "--no-build-isolation" in builds
     for tool in ("apt-get", "apk ", "gcc", "build-essential", "make ", "pip wheel", "setup.py", "git clone"):
         assert tool not in runs, f"{tool!r} in the final stage"
     assert json.loads(dict(final["ins"])["ENTRYPOINT"]) == ["p4kube"]
@@ -937,7 +944,7 @@ def test_dockerignore_keeps_the_build_inputs_and_nothing_else() -> None:
         assert dockerignored(path, patterns), f"{path} would be sent to the build"
     # Everything the wheel is built from: pyproject.toml, its readme, the package, and what the
     # package's symlinks point to (reconciler/data/intent-examples/ -> intent-examples/).
-    needed = ["pyproject.toml", "README.md"]
+    needed = ["pyproject.toml", "README.md", "requirements.lock", "requirements-build.lock"]
     for item in sorted((REPO_ROOT / "reconciler").rglob("*")):
         rel = item.relative_to(REPO_ROOT).as_posix()
         if "__pycache__" in rel or item.suffix == ".pyc":
