@@ -16,6 +16,7 @@ from pathlib import Path
 import pygit2
 import pytest
 from test_reconcile_audit import CONFIG, MULTI, entries_of, intent_repo, switch_entries
+from test_signing_flags import gpg_home  # noqa: F401 - a fixture
 
 from reconciler.audit.errors import AuditError
 from reconciler.audit.repo import AuditRepo, Identity
@@ -260,3 +261,24 @@ def test_audit_verify_warns_of_an_applied_record_without_pending(tmp_path, capsy
     assert main(["audit", "verify", "--repo", str(tmp_path / "audit.git")]) == 0
     out = capsys.readouterr().out
     assert f"warning: {forged[:12]}: {CONFIG}: v2 first recorded as applied, with no pending record before it" in out
+
+
+@pytest.mark.skipif(shutil.which("gpg") is None or shutil.which("gpgconf") is None, reason="gpg not installed")
+def test_gpg_signed_history_trusts_its_own_key_and_refuses_a_forgery(tmp_path, switch_pair, gpg_home, capsys):
+    """--sign-commits gpg: the reconciler's own records verify against its --gpg-home (a
+    restart finds the switches up to date), an unsigned forged record does not."""
+    standby, primary = switch_pair
+    secret, _ = gpg_home
+    intent = intent_repo(tmp_path / "intent", (standby.port, primary.port))
+    audit_dir = tmp_path / "audit.git"
+    argv = ["reconcile", "--once", *cli_base(intent), "--audit-repo", str(audit_dir), "--cluster", str(MULTI / "cluster.yaml"),
+            "--sign-commits", "gpg", "--signing-key", "audit@example.com", "--gpg-home", str(secret)]
+    assert main(argv) == 0
+    assert main(argv) == 0
+    assert "up to date at v1" in capsys.readouterr().out
+    forged = forge_applied(audit_dir, intent, None)
+    before = switch_entries(primary)
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert f"audit record {forged[:12]} ({CONFIG} v2 applied) is not trusted: not signed" in err
+    assert switch_entries(primary) == before
