@@ -5,8 +5,10 @@
 #   docker run --rm REGISTRY/p4kube:TAG                 # p4kube run --help
 #
 # The builder stage builds the same wheel as `pip wheel --no-deps .` in a checkout (schemas and
-# P4 files inside the package); the final stage installs that wheel and its dependencies from
-# binary wheels only: no compiler, no build tools, no source tree. tests/test_install_manifest.py
+# P4 files inside the package), with build tools pinned by hash (requirements-build.lock); the
+# final stage installs the dependencies exactly as requirements.lock pins them (versions and
+# sha256 hashes: a changed or substituted file on the index fails the build), from binary wheels
+# only, then the project's wheel without dependencies: no compiler, no build tools, no source tree. tests/test_install_manifest.py
 # checks these properties statically (there is no Docker engine in CI).
 
 # --- builder: the project's wheel -----------------------------------------------------------
@@ -15,9 +17,12 @@ ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
 # .dockerignore lets in only what the wheel is built from: pyproject.toml, README.md, reconciler/
-# and intent-examples/ (reconciler/data/intent-examples/ links into it; symlinks are copied as such).
+# and intent-examples/ (reconciler/data/intent-examples/ links into it; symlinks are copied as
+# such), and the lock files.
 COPY . .
-RUN pip wheel --no-deps --wheel-dir /wheels . \
+RUN pip install --require-hashes --only-binary=:all: -r requirements-build.lock \
+ && pip wheel --no-deps --no-build-isolation --wheel-dir /wheels . \
+ && cp requirements.lock /wheels/ \
  && ls /wheels/p4kube_reconciler-*.whl
 
 # --- runtime ------------------------------------------------------------------------------------
@@ -28,9 +33,11 @@ LABEL org.opencontainers.image.title="p4kube reconciler" \
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 COPY --from=builder /wheels/ /tmp/wheels/
-# Dependencies as binary wheels only (--only-binary): nothing is compiled here. Then the paths
-# that must be writable at run time: the audit work directory (an emptyDir in the Deployment).
-RUN pip install --only-binary=:all: /tmp/wheels/p4kube_reconciler-*.whl \
+# Dependencies from the lock, hashes checked, binary wheels only (--only-binary): nothing is
+# compiled here. Then the project's wheel alone (--no-deps: nothing unpinned comes in). Then the
+# paths that must be writable at run time: the audit work directory (an emptyDir in the Deployment).
+RUN pip install --require-hashes --only-binary=:all: -r /tmp/wheels/requirements.lock \
+ && pip install --no-deps --only-binary=:all: /tmp/wheels/p4kube_reconciler-*.whl \
  && rm -rf /tmp/wheels \
  && mkdir -p /var/lib/p4kube \
  && chown 65532:65532 /var/lib/p4kube
