@@ -31,7 +31,7 @@ def _short(text: str, limit: int = 80) -> str:
 
 
 def require_tls(
-    tls: "TlsSettings | None",
+    tls: TlsSettings | None,
     *,
     allow_insecure: bool,
     config: str,
