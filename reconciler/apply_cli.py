@@ -352,7 +352,7 @@ def build_applier(config: LoadBalancerConfig, args: argparse.Namespace, election
     here, so the operator's limits on intent (--allowed-switches, --pipeline-dir, --tls-dir)
     are checked here, before any file is read or connection made."""
     from .cli import CommandError
-    from .intent.files import CA_FILE, CERT_FILE, DEVICE_CONFIG, KEY_FILE, TLS_KINDS, FileRefError, OperatorDirs, read_named, resolve
+    from .intent.files import CA_FILE, CERT_FILE, DEVICE_CONFIG, KEY_FILE, TLS_KINDS, FileRefError, read_named, resolve
     from .switch.tls import TlsError, TlsSettings
 
     check_switch_addresses(config, args)

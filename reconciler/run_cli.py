@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import gc
 import logging
 import signal
@@ -87,10 +88,17 @@ class ConfigEvents:
         self.recorder = EventRecorder(api)
         self._last: dict[str, tuple[str, str]] = {}  # config -> (outcome, reason) last told
 
-    async def note(self, record: TransactionRecord) -> None:
+    async def note(self, record: TransactionRecord, result: ApplyResult | None = None,
+                   config: LoadBalancerConfig | None = None) -> None:
+        from .kube.crstatus import plain_unreachable
         from .kube.events import ObjectRef
         from .kube.intent_source import GROUP, VERSION
 
+        # Events are readable by whoever can read the CR: unreachable switches read the same
+        # whatever the peer answered (no port-scan oracle); the log keeps the detail.
+        addresses = {s.name: s.address for s in config.switch_config.switches} if config is not None else {}
+        details = [r.reason for r in result.switches if r.state == "unreachable"] if result is not None else []
+        record = dataclasses.replace(record, reason=plain_unreachable(record.reason, addresses, details))
         outcome = record.outcome
         told = self._last.get(record.config)
         if outcome.converged:
@@ -264,15 +272,21 @@ class CRStatus:
             await stall_invalid(cr)
 
     async def report(self, record: TransactionRecord, result: ApplyResult | None, held: Snapshot | None) -> None:
-        from .kube.crstatus import Outcome, SwitchState
+        from .kube.crstatus import Outcome, SwitchState, plain_unreachable
 
         res = self.source.current().resources.get(record.config)
         if res is None or not res.valid:
             return
+        # Unreachable switches read the same whatever the peer answered (kube.crstatus.plain_unreachable).
+        addresses = {s.name: s.address for s in res.config.switch_config.switches} if res.config is not None else {}
+        details = [r.reason for r in result.switches if r.state == "unreachable"] if result is not None else []
         switches = None
         if result is not None:
-            switches = tuple(SwitchState(r.name, r.role, _SWITCH_STATE.get(r.state, "Degraded"), r.reason[:1000]) for r in result.switches)
-        message = f"v{record.version} {record.outcome}" + (f": {record.reason}" if record.reason else "")
+            switches = tuple(SwitchState(r.name, r.role, _SWITCH_STATE.get(r.state, "Degraded"),
+                                         f"unreachable at {addresses.get(r.name, '?')}" if r.state == "unreachable"
+                                         else plain_unreachable(r.reason, addresses, details)[:1000]) for r in result.switches)
+        reason = plain_unreachable(record.reason, addresses, details)
+        message = f"v{record.version} {record.outcome}" + (f": {reason}" if reason else "")
         outcome = Outcome(
             record.outcome.phase, message[:32000], record.outcome.reason,  # type: ignore[arg-type]
             applied_version=held.version if held is not None else None,
@@ -416,7 +430,9 @@ async def build_runtime(args: argparse.Namespace, api: Any = None) -> Runtime:
     async def on_result(record: TransactionRecord, result: ApplyResult | None, snap: Snapshot | None) -> None:
         heartbeat.beat()
         if config_events is not None:
-            await config_events.note(record)
+            ctl_now = current.get("controller")
+            worker_now = ctl_now.workers.get(record.config) if ctl_now is not None else None
+            await config_events.note(record, result, worker_now.config if worker_now is not None else None)
         metrics.observe_reconcile(record.config, record.seconds)
         metrics.set_render_issues(record.config, record.issues)
         if result is not None:

@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import logging
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -184,3 +185,36 @@ class ConfigStatusWriter:
             raise
         self.writes += 1
         return True
+
+
+# --- what status and Events may say about a switch that cannot be reached -------------------------
+
+_UNREACHABLE = "unreachable ("
+
+
+def plain_unreachable(text: str, switches: Mapping[str, str] = {}, details: Sequence[str] = ()) -> str:  # noqa: B006 - read only
+    """`text` (a transaction's reason) as CR status and Events may show it: an unreachable
+    switch reads "unreachable at ADDRESS" (the address intent wrote), without what the peer
+    answered (refused, reset, a TLS alert, not gRPC, a timeout). Anyone who can write a CR can
+    read its status and Events: the peer's answer to an address of their choosing would make
+    the reconciler a port scanner. The log keeps the detail. `switches`: name -> address;
+    `details`: the error texts of the switches reported unreachable (removed where they appear)."""
+    for detail in sorted({d for d in details if d}, key=len, reverse=True):
+        text = text.replace(f"unreachable ({detail})", "unreachable").replace(f"unreachable: {detail}", "unreachable")
+    out, i = [], 0
+    while (j := text.find(_UNREACHABLE, i)) >= 0:  # any other "unreachable (...)": drop the parenthesis, nesting included
+        out.append(text[i:j] + "unreachable")
+        depth, k = 0, j + len(_UNREACHABLE) - 1
+        while k < len(text):
+            depth += {"(": 1, ")": -1}.get(text[k], 0)
+            if depth == 0:
+                break
+            k += 1
+        i = k + 1
+    out.append(text[i:])
+    text = "".join(out)
+    for name, address in switches.items():
+        shown = address if len(address) <= 80 else address[:80] + "..."
+        text = re.sub(rf"(?<![\w.-]){re.escape(name)}(:| \((?:primary|standby)\))? unreachable(?! at )",
+                      lambda m: f"{m.group(0)} at {shown}", text)
+    return text
