@@ -282,3 +282,17 @@ def test_gpg_signed_history_trusts_its_own_key_and_refuses_a_forgery(tmp_path, s
     err = capsys.readouterr().err
     assert f"audit record {forged[:12]} ({CONFIG} v2 applied) is not trusted: not signed" in err
     assert switch_entries(primary) == before
+
+
+def test_audit_trust_options_are_checked_before_anything_is_touched(tmp_path, capsys):
+    intent = intent_repo(tmp_path / "intent", (1, 2))  # no switch listens: never reached
+    base = ["reconcile", "--once", *cli_base(intent), "--cluster", str(MULTI / "cluster.yaml")]
+    cases = [
+        ([], "--audit-allowed-signers/--audit-trust-gpg-home verify the audit repository's records: give --audit-repo too"),
+        (["--audit-repo", str(tmp_path / "audit.git")],
+         f"--audit-allowed-signers {tmp_path / 'nope'}: no such file (an SSH allowed-signers file)"),
+    ]
+    for extra, message in cases:
+        assert main([*base, *extra, "--audit-allowed-signers", str(tmp_path / "nope")]) == 1
+        assert capsys.readouterr().err == f"p4kube reconcile: error: {message}\n"
+    assert not (tmp_path / "audit.git").exists()
