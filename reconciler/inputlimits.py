@@ -99,14 +99,20 @@ def json_depth(value: Any, limit: int) -> bool:
     return True
 
 
-def load_json(text: str, file: str, max_depth: int) -> Any:
-    """json.loads, but nesting deeper than `max_depth` (or than the json module can recurse)
-    is a Diagnostic-carrying ValueError instead of a RecursionError."""
+def load_json(text: str, file: str, max_depth: int, *, strict: bool = True) -> Any:
+    """json.loads, but nesting deeper than `max_depth` raises DeepInput (with the line and
+    column where it gets too deep) instead of RecursionError. With strict=False the depth is
+    only checked where the json module itself gives up (about 1000 levels, Python's recursion
+    limit): checking every document would double the load time of a big recording."""
     try:
-        return json.loads(text)
+        value = json.loads(text)
     except RecursionError:
-        where = json_too_deep(text, max_depth) or (1, 1)
-        raise DeepInput(Diagnostic(file, where[0], where[1], f"JSON nests deeper than {max_depth} levels; refused")) from None
+        value = None
+    else:
+        if not strict or json_depth(value, max_depth):
+            return value
+    where = json_too_deep(text, max_depth) or (1, 1)
+    raise DeepInput(Diagnostic(file, where[0], where[1], f"JSON nests deeper than {max_depth} levels; refused"))
 
 
 class DeepInput(ValueError):

@@ -160,7 +160,7 @@ def _parse(text: str, file: str) -> list[Any]:
     if _is_json(text):
         # The json module is an order of magnitude faster than a YAML parser on big lists.
         try:
-            return [load_json(text, file, RECORDING_MAX_DEPTH)]
+            return [load_json(text, file, RECORDING_MAX_DEPTH, strict=False)]
         except DeepInput as e:
             raise InputError([e.diagnostic]) from None
         except json.JSONDecodeError as e:
