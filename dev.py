@@ -28,18 +28,30 @@ def _run(cmd: list[str]) -> None:
     subprocess.run(cmd, cwd=ROOT, check=True)
 
 
+# Every dependency (runtime and test, with setuptools and wheel to build the project) pinned with
+# its sha256 hashes: pip refuses a file that differs from the one locked. Regenerate after a
+# change to pyproject.toml (docs/deploy.md "Dependencies"):
+#   pip-compile --generate-hashes --allow-unsafe --strip-extras --no-emit-index-url --no-emit-find-links \
+#       --extra test --output-file requirements-test.lock pyproject.toml
+LOCK = ROOT / "requirements-test.lock"
+
+
 def ensure_env() -> None:
-    """Create the virtualenv and install the project, again whenever pyproject.toml changes."""
+    """Create the virtualenv and install the locked dependencies and the project, again whenever
+    pyproject.toml or the lock changes."""
     if sys.version_info < (3, 11):
         sys.exit(f"p4kube needs Python 3.11 or newer; this is {sys.version.split()[0]}")
-    want = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
+    want = hashlib.sha256((ROOT / "pyproject.toml").read_bytes() + LOCK.read_bytes()).hexdigest()
     if STAMP.exists() and STAMP.read_text() == want:
         return
     if not (BIN / "python").exists():
         print(f"creating {VENV}", flush=True)
         venv.EnvBuilder(with_pip=True).create(VENV)
-    _run([str(BIN / "python"), "-m", "pip", "install", "--quiet", "--upgrade", "pip"])
-    _run([str(BIN / "python"), "-m", "pip", "install", "--quiet", "-e", ".[test]"])
+    pip = [str(BIN / "python"), "-m", "pip", "install", "--quiet"]
+    _run([*pip, "--require-hashes", "-r", str(LOCK)])
+    # The project itself, editable, from the locked setuptools (no isolated build env fetching
+    # unpinned build tools) and without dependencies (all of them came from the lock).
+    _run([*pip, "--no-deps", "--no-build-isolation", "-e", "."])
     # finsy bundles google/rpc/status.proto; googleapis-common-protos collides with it (DESIGN.md 8).
     check = subprocess.run([str(BIN / "python"), "-m", "pip", "show", "googleapis-common-protos"], capture_output=True)
     if check.returncode == 0:

@@ -269,3 +269,46 @@ def test_policy_is_installed_before_the_deployment() -> None:
     kinds = [str(d["kind"]) for d in render_documents(DEPLOY)]
     assert kinds.index("ValidatingAdmissionPolicyBinding") < kinds.index("Deployment")
     assert kinds.index("NetworkPolicy") < kinds.index("Deployment")
+
+
+# --- dependencies ------------------------------------------------------------------------------
+
+# Fixed versions of the published advisories (docs/deploy.md "Dependencies").
+CVE_FLOORS = {"grpcio": (1, 81, 1), "protobuf": (6, 33, 6), "pygit2": (1, 21, 0), "setuptools": (78, 1, 1), "wheel": (0, 46, 2)}
+
+
+def version(text: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in text.split(".")[:3] if part.isdigit())
+
+
+def locked(path: Path) -> dict[str, str]:
+    """name -> version of a pip-compile --generate-hashes file; every pin must carry hashes."""
+    pins: dict[str, str] = {}
+    lines = path.read_text(encoding="utf-8").splitlines()
+    for i, line in enumerate(lines):
+        if line and not line.startswith((" ", "#")):
+            name, _, ver = line.split(" ")[0].partition("==")
+            assert ver, f"{path.name}:{i + 1}: {line[:80]} is not pinned"
+            assert lines[i + 1].strip().startswith("--hash=sha256:"), f"{path.name}:{i + 1}: {name} has no hash"
+            pins[name.lower().replace("_", "-")] = ver
+    return pins
+
+
+def test_floors_and_locks_are_past_the_known_cves() -> None:
+    import tomllib
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))
+    floors = {}
+    for req in [*project["project"]["dependencies"], *project["project"]["optional-dependencies"]["test"], *project["build-system"]["requires"]]:
+        name, _, floor = req.partition(">=")
+        floors[name.strip().lower()] = version(floor)
+    for name, fixed in CVE_FLOORS.items():
+        assert floors[name] >= fixed, f"pyproject.toml admits {name} below {fixed}"
+    runtime, build = locked(REPO / "requirements.lock"), locked(REPO / "requirements-build.lock")
+    for name, fixed in CVE_FLOORS.items():
+        pins = build if name in ("setuptools", "wheel") else runtime
+        assert version(pins[name]) >= fixed, f"{name} {pins[name]} is locked below {fixed}"
+    test = locked(REPO / "requirements-test.lock")
+    assert {n: v for n, v in test.items() if n in runtime} == runtime, "the tests run what the image ships"
+    for pins in (runtime, test):
+        assert "googleapis-common-protos" not in pins, "collides with finsy's google/rpc/status.proto (DESIGN.md 8)"
