@@ -97,13 +97,13 @@ def test_reconcile_refuses_a_forged_applied_record(tmp_path, signed_world, capsy
 def test_rollback_to_a_forged_version_is_refused(tmp_path, signed_world, capsys):
     intent, audit_dir, sign, _, _, (standby, primary) = signed_world
     forge_applied(audit_dir, intent, SshSigner(ssh_key(tmp_path, "mallory")[0]))
-    before = switch_entries(primary)
+    before = (switch_entries(standby), switch_entries(primary))
     tip = str(pygit2.Repository(str(audit_dir)).head.target)
     capsys.readouterr()
     assert main(["rollback", "--to", "2", *cli_base(intent), *sign]) == 1
     err = capsys.readouterr().err
     assert "cannot roll back to v2: audit record" in err and "is not trusted" in err and "nothing was written" in err
-    assert switch_entries(primary) == before
+    assert (switch_entries(standby), switch_entries(primary)) == before
     assert str(pygit2.Repository(str(audit_dir)).head.target) == tip
 
 
@@ -113,12 +113,13 @@ def test_audit_allowed_signers_trusts_another_replicas_key(tmp_path, signed_worl
     intent, audit_dir, sign, _, _, (standby, primary) = signed_world
     other_key, other_signers = ssh_key(tmp_path, "replica-b")
     forge_applied(audit_dir, intent, SshSigner(other_key))
-    v2 = AuditRepo.open_or_init(audit_dir, read_only=True).snapshot_at(2, CONFIG)
     code = main(["reconcile", "--once", *cli_base(intent), *sign, "--audit-allowed-signers", str(other_signers),
                  "--cluster", str(MULTI / "cluster.yaml")])
-    assert code == 0, capsys.readouterr().err
-    assert switch_entries(primary) != entries_of(v2)  # the intent is rendered against v2: v3 applied
-    assert AuditRepo.open_or_init(audit_dir, read_only=True).history(config=CONFIG)[0].version == 3
+    assert code == 0, capsys.readouterr().err  # v2 taken as what the switches hold: the intent renders v3
+    audit = AuditRepo.open_or_init(audit_dir, read_only=True)
+    newest = audit.history(config=CONFIG)[0]
+    assert (newest.version, newest.outcome) == (3, "applied")
+    assert switch_entries(standby) == switch_entries(primary) == entries_of(audit.snapshot_at(3, CONFIG))
 
 
 def test_run_worker_start_refuses_a_forged_last_record(tmp_path, signed_world):
@@ -264,7 +265,7 @@ def test_audit_verify_warns_of_an_applied_record_without_pending(tmp_path, capsy
 
 
 @pytest.mark.skipif(shutil.which("gpg") is None or shutil.which("gpgconf") is None, reason="gpg not installed")
-def test_gpg_signed_history_trusts_its_own_key_and_refuses_a_forgery(tmp_path, switch_pair, gpg_home, capsys):
+def test_gpg_signed_history_trusts_its_own_key_and_refuses_a_forgery(tmp_path, switch_pair, gpg_home, capsys):  # noqa: F811
     """--sign-commits gpg: the reconciler's own records verify against its --gpg-home (a
     restart finds the switches up to date), an unsigned forged record does not."""
     standby, primary = switch_pair

@@ -29,7 +29,7 @@ from ..snapshot import SnapshotError
 from .errors import AuditError
 from .message import OUTCOMES, AuditEntry
 from .repo import AuditRepo
-from .signing import SignatureCheck, TrustedKeys, commit_signature
+from .signing import TrustedKeys, commit_signature
 from .trees import config_paths
 from .trust import check_commit
 

@@ -19,8 +19,8 @@ from typing import Any
 import pygit2
 
 from reconciler.diagnostics import Diagnostic, InputError
-from reconciler.intent.loader import YAML_SUFFIXES, load_intent_blobs
 from reconciler.intent.files import OperatorDirs
+from reconciler.intent.loader import YAML_SUFFIXES, load_intent_blobs
 from reconciler.intent.model import IntentSet
 
 log = logging.getLogger("reconciler.intent")
