@@ -259,7 +259,7 @@ def test_unknown_field_suggestions(tmp_path: Path) -> None:
             7,
             3,
             'unknown field "zzz"; allowed fields: algorithm, audit, backendMode, bucketsPerService, healthCheck, '
-            "safety, serviceSelector, switchConfig, updateInterval, vipPools",
+            "podCIDRs, safety, serviceSelector, switchConfig, updateInterval, vipPools",
         ),
     ]
 
