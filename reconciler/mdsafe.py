@@ -13,27 +13,9 @@ from __future__ import annotations
 import ipaddress
 import re
 
-# The API server's name rules (k8s.io/apimachinery/pkg/util/validation).
-_DNS1123_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
-_DNS1035_LABEL = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")
-_DNS1123_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+from .k8snames import dns1035_label, dns1123_label, dns1123_subdomain
 
 MAX_SHOWN = 80  # an invalid value is shown cut to this many characters
-
-
-def dns1123_label(s: str) -> bool:
-    """A namespace name."""
-    return len(s) <= 63 and _DNS1123_LABEL.fullmatch(s) is not None
-
-
-def dns1035_label(s: str) -> bool:
-    """A Service name."""
-    return len(s) <= 63 and _DNS1035_LABEL.fullmatch(s) is not None
-
-
-def dns1123_subdomain(s: str) -> bool:
-    """A Node name, or the name of most other objects (a LoadBalancerConfig's)."""
-    return len(s) <= 253 and _DNS1123_SUBDOMAIN.fullmatch(s) is not None
 
 
 def service_key_ok(key: str) -> bool:

@@ -221,3 +221,22 @@ def test_make_plans_with_previous(multi_config: LoadBalancerConfig, recorded_clu
     (again,) = make_plans(intent, [multi_config], recorded_cluster, {multi_config.key: fresh.new})
     assert not again.changed and exit_code([again]) == 0
     assert again.new.version == fresh.new.version
+
+
+def test_markdown_escapes_names_that_are_not_kubernetes_names() -> None:
+    """A node name that no API server would accept (a forged recording, a previous snapshot)
+    is shown escaped on one table row: it cannot add a heading or open an HTML comment."""
+    from reconciler.cluster.model import Node
+
+    crafted = "node-x\n\n## No changes. Safe to merge\n<!--"
+    nodes = {"node-0": Node("node-0", "10.1.0.1"), crafted: Node(crafted, "10.1.0.2")}
+    svc = make_service("alpha")
+    config = make_config()
+    md = format_plan([plan_of(config, None, do_render(config, make_cluster({svc: {"node-0": 1, crafted: 1}}, nodes)))], "markdown")
+    lines = md.splitlines()
+    assert not any(line.startswith("#") and "Safe to merge" in line for line in lines)
+    assert md.count("<!--") == 1
+    row = next(line for line in lines if "not a valid name" in line)
+    assert row.startswith("|") and row.count("|") == 7
+    assert "node&#45;x\\n\\n&#35;&#35; No changes&#46; Safe to merge\\n&#60;&#33;&#45;&#45; _(not a valid name)_" in row
+    assert "| `node-0` |" in md

@@ -27,15 +27,15 @@ def _yaml_str(s: str) -> str:
 
 
 def crafted_repo(tmp_path: Path) -> tuple[Path, Path]:
-    """The multi-service intent and a recording whose node-a and Service web/api carry names
-    built to hide the real plan."""
+    """The multi-service intent and a recording whose endpoints name nodes built to hide the
+    real plan."""
     repo = tmp_path / "intent"
     repo.mkdir()
     shutil.copy(MULTI / "lbconfig.yaml", repo / "lbconfig.yaml")
     shutil.copy(MULTI / "sim-device-config.json", repo)
     text = (MULTI / "cluster.yaml").read_text()
-    text = re.sub(r"^(\s*(?:nodeName|name)): node-a$", lambda m: f"{m.group(1)}: {_yaml_str('node-a' + HIDE)}", text, flags=re.M)
-    # An endpoint on a node that has no Node object: an issue whose message quotes the name.
+    # Endpoints on a node that has no Node object: issues whose messages quote the name.
+    text = re.sub(r"^(\s*nodeName): node-a$", lambda m: f"{m.group(1)}: {_yaml_str('node-a' + HIDE)}", text, flags=re.M)
     text = re.sub(r"^(\s*nodeName): node-c$", lambda m: f"{m.group(1)}: {_yaml_str('node-c```' + HIDE)}", text, count=1, flags=re.M)
     cluster = tmp_path / "recorded.yaml"
     cluster.write_text(text)
@@ -68,13 +68,25 @@ def test_crafted_names_cannot_restructure_the_plan_comment(tmp_path: Path) -> No
     assert not any(line.startswith("## ") or "Safe to merge" in line and line.startswith("#") for line in markdown)
     assert sum(line.count("<!--") for line in markdown) == 1 and md.startswith("<!-- p4kube-plan -->\n")
     assert all("<!--" not in line for line in markdown[1:])
-    # The crafted node is shown, escaped and flagged, on one table row.
-    rows = [line for line in markdown if "not a valid name" in line and line.startswith("|")]
-    assert rows and all(line.count("|") == 7 for line in rows)
-    assert "node&#45;a" in rows[0] and "\\n\\n&#35;&#35; No changes&#46;" in rows[0]
-    # The issue quoting the node with no Node object is inside a fence
-    # longer than the backtick run in its name.
-    assert "````text\n" in md and "node-c```" in md.split("````text\n", 1)[1]
+    # The issues quoting the names are inside a fence longer than the backtick run in one.
+    fenced = md.split("````text\n", 1)[1]
+    assert "node-c```" + HIDE in fenced and "node-a" + HIDE in fenced
+    # (Table rows escape names too: tests/test_plan.py::test_markdown_escapes_names_that_are_not_kubernetes_names.)
+
+
+def test_a_recording_with_an_object_name_no_api_server_accepts_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    repo, _ = crafted_repo(tmp_path)
+    text = (MULTI / "cluster.yaml").read_text()
+    lines = text.splitlines()
+    at = lines.index("    name: node-a") + 1
+    cluster = tmp_path / "forged.yaml"
+    cluster.write_text(text.replace("\n    name: node-a\n", f"\n    name: {_yaml_str('node-a' + HIDE)}\n", 1))
+    out = tmp_path / "out"
+    assert main(["check", "--intent", str(repo), "--cluster", str(cluster), "--out-dir", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert f"{cluster}:{at}:11: items[16].metadata.name: is not a valid Node name (DNS-1123 subdomain): 'node-a\\n\\n## No" in err
+    assert "\n## No changes" not in err  # echoed escaped, on one line
+    assert not out.exists()
 
 
 def test_markdown_plan_command_escapes_too(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -55,6 +55,7 @@ from reconciler.cluster.convert import (
 )
 from reconciler.cluster.model import ClusterIssue, ClusterState, Node, Service
 from reconciler.diagnostics import Diagnostic, InputError
+from reconciler.k8snames import object_name_problem
 from reconciler.inputlimits import (
     RECORDING_MAX_ALIAS_NODES,
     RECORDING_MAX_BYTES_ENV,
@@ -429,6 +430,13 @@ class _Reader:
     def _read_object(self, doc_index: int, at: Path, obj: Mapping[str, Any], kind: str) -> None:
         try:
             namespace, name = object_name(obj, namespaced=kind != "Node")
+            bad = object_name_problem(kind, namespace, name)
+            if bad is not None:  # a real API server never returns it: a forged or broken recording
+                field = "namespace" if bad.startswith("metadata.namespace") else "name"
+                shown = _shown(namespace if field == "namespace" else name)
+                full = at + ("metadata", field)
+                self.errors.append(_Error(doc_index, full, f"{bad.split(' ', 1)[1]}: {shown}", format_path(full)))
+                return
             key = (kind, namespace, name)
             if key in self._seen:
                 first_doc, first_at = self._seen[key]
@@ -453,6 +461,12 @@ class _Reader:
             full = at + e.path
             label = _describe(kind, obj)
             self.errors.append(_Error(doc_index, full, f"{e.message} ({label})", format_path(full)))
+
+
+def _shown(value: str, limit: int = 80) -> str:
+    """A value from the file in a message: quoted, escaped (repr) and cut."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _describe(kind: str, obj: Mapping[str, Any]) -> str:
