@@ -133,14 +133,20 @@ def _change_head(c: ServiceChange) -> str:
         where = f"{_endpoint(c.old)} -> {_endpoint(c.new)}"
     else:
         where = _endpoint(s)
-    return f"{_SIGN[c.change]} {c.name}  {where}  id {s.service_id}  {s.algorithm}, {s.bucket_count} buckets"
+    return f"{_SIGN[c.change]} {_plain(c.name)}  {where}  id {s.service_id}  {s.algorithm}, {s.bucket_count} buckets"
+
+
+def _plain(value: object) -> str:
+    """Text for a terminal or log: control characters (line breaks, ANSI escapes) from cluster
+    data shown escaped, so a name stays on its line and cannot drive the terminal."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(value))
 
 
 def format_text(plans: Sequence[ConfigPlan]) -> str:
     lines: list[str] = []
     for p in plans:
-        lines.append(f"LoadBalancerConfig {p.config}: {_version_line(p)}")
-        lines.append(f"  {_source_line(p)}")
+        lines.append(f"LoadBalancerConfig {_plain(p.config)}: {_version_line(p)}")
+        lines.append(f"  {_plain(_source_line(p))}")
         for c in p.diff.services:
             lines.append("  " + _change_head(c))
             for r in share_rows(c):
@@ -156,7 +162,7 @@ def format_text(plans: Sequence[ConfigPlan]) -> str:
                     share = f"{_fmt(r.buckets_after)}{_pct(r.buckets_after, r.bucket_count_after)}"
                 else:
                     share = f"{_fmt(r.buckets_before)}"
-                lines.append(f"      {r.backend:<24} replicas {reps:<10} buckets {share}")
+                lines.append(f"      {_plain(r.backend):<24} replicas {reps:<10} buckets {share}")
         counts = p.diff.counts()
         if counts:
             lines.append("  table writes:")
@@ -166,7 +172,7 @@ def format_text(plans: Sequence[ConfigPlan]) -> str:
                 )
         for i in p.issues:
             mark = "!" if i.severity == "error" else "?"
-            lines.append(f"  {mark} {i}")
+            lines.append(f"  {mark} {_plain(i)}")
         lines.append("")
     c = summary_counts(plans)
     lines.append(

@@ -68,6 +68,8 @@ def test_crafted_names_cannot_restructure_the_plan_comment(tmp_path: Path) -> No
     assert not any(line.startswith("## ") or "Safe to merge" in line and line.startswith("#") for line in markdown)
     assert sum(line.count("<!--") for line in markdown) == 1 and md.startswith("<!-- p4kube-plan -->\n")
     assert all("<!--" not in line for line in markdown[1:])
+    # plan.txt (and the log) keep each name on its line.
+    assert not any(line.startswith(("## ", "<!--")) for line in (out / "plan.txt").read_text().splitlines())
     # The issues quoting the names are inside a fence longer than the backtick run in one.
     fenced = md.split("````text\n", 1)[1]
     assert "node-c```" + HIDE in fenced and "node-a" + HIDE in fenced
