@@ -312,3 +312,45 @@ def test_floors_and_locks_are_past_the_known_cves() -> None:
     assert {n: v for n, v in test.items() if n in runtime} == runtime, "the tests run what the image ships"
     for pins in (runtime, test):
         assert "googleapis-common-protos" not in pins, "collides with finsy's google/rpc/status.proto (DESIGN.md 8)"
+
+
+# --- the test server's admission: faithful to what it models, refusing what it does not ---------
+
+
+def test_ipv6_pools_and_the_cidr_functions() -> None:
+    """An IPv6 VIP in an IPv6 pool passes; an IPv4-mapped IPv6 address is not an IP for
+    Kubernetes' isIP() (so refused); an IPv4 address is never inside an IPv6 pool."""
+    srv = start_server({"v6": "2001:db8:1::/64", "v4": "198.51.100.0/24"})
+    try:
+        api, v1 = core(srv, "sa-token")
+        try:
+            ok = {"status": {"loadBalancer": {"ingress": [{"ip": "2001:db8:1::10", "ipMode": "VIP"}]}}}
+            v1.patch_namespaced_service_status("api", "web", ok, _content_type="application/merge-patch+json")
+        finally:
+            api.close()
+        for ip in ("::ffff:198.51.100.10", "2001:db8:2::10"):
+            body = {"status": {"loadBalancer": {"ingress": [{"ip": ip, "ipMode": "VIP"}]}}}
+            refused(srv, "patch_namespaced_service_status", "web", "api", body)
+    finally:
+        srv.stop()
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda p, b: p["spec"]["matchConstraints"].update(objectSelector={"matchLabels": {"a": "b"}}),
+        lambda p, b: p["spec"]["validations"][0].update(messageExpression="'x'"),
+        lambda p, b: b["spec"].update(validationActions=["Warn"]),
+        lambda p, b: b["spec"]["paramRef"].update(selector={"matchLabels": {"a": "b"}}),
+    ],
+    ids=["objectSelector", "messageExpression", "Warn", "paramRef-selector"],
+)
+def test_the_test_server_refuses_policy_features_it_does_not_model(change: Any) -> None:
+    from kubeapi.admission import AdmissionPolicies
+
+    docs = admission_objects(POOLS)
+    policy = next(d for d in docs if d["kind"] == "ValidatingAdmissionPolicy")
+    binding = next(d for d in docs if d["kind"] == "ValidatingAdmissionPolicyBinding")
+    change(policy, binding)
+    with pytest.raises(ValueError, match="not modeled"):
+        AdmissionPolicies(docs)

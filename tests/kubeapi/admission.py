@@ -158,10 +158,10 @@ class Request:
     user: User
 
 
-def _refuse_unsupported(obj: Mapping[str, Any], keys: Iterable[str]) -> None:
+def _refuse_unsupported(what: str, obj: Mapping[str, Any], keys: Iterable[str]) -> None:
     for key in keys:
         if key in obj and obj[key] not in (None, {}, []):
-            raise ValueError(f"{obj.get('kind')} {obj['metadata']['name']}: {key} is not modeled by tests/kubeapi/admission.py")
+            raise ValueError(f"{what}: {key} is not modeled by tests/kubeapi/admission.py")
 
 
 def _rule_matches(rule: Mapping[str, Any], req: Request) -> bool:
@@ -191,20 +191,20 @@ class AdmissionPolicies:
         for obj in objects:
             kind = obj.get("kind")
             if kind == POLICY:
-                spec = obj["spec"]
-                _refuse_unsupported(spec, ("variables", "auditAnnotations"))
-                _refuse_unsupported(spec.get("matchConstraints") or {}, ("namespaceSelector", "objectSelector", "excludeResourceRules"))
+                spec, what = obj["spec"], f"{kind} {obj['metadata']['name']}"
+                _refuse_unsupported(what, spec, ("variables", "auditAnnotations"))
+                _refuse_unsupported(what, spec.get("matchConstraints") or {}, ("namespaceSelector", "objectSelector", "excludeResourceRules"))
                 if (spec.get("matchConstraints") or {}).get("matchPolicy", "Equivalent") != "Equivalent":
-                    raise ValueError("matchPolicy Exact is not modeled")
+                    raise ValueError(f"{what}: matchPolicy Exact is not modeled")
                 for v in spec.get("validations") or []:
-                    _refuse_unsupported(v, ("messageExpression",))
+                    _refuse_unsupported(what, v, ("messageExpression",))
                 self.policies[obj["metadata"]["name"]] = obj
             elif kind == BINDING:
-                spec = obj["spec"]
-                _refuse_unsupported(spec, ("matchResources",))
-                _refuse_unsupported(spec.get("paramRef") or {}, ("selector",))
+                spec, what = obj["spec"], f"{kind} {obj['metadata']['name']}"
+                _refuse_unsupported(what, spec, ("matchResources",))
+                _refuse_unsupported(what, spec.get("paramRef") or {}, ("selector",))
                 if set(spec.get("validationActions") or []) - {"Deny"}:
-                    raise ValueError("only the Deny validation action is modeled")
+                    raise ValueError(f"{what}: validation actions other than Deny are not modeled")
                 self.bindings.append(obj)
             elif obj.get("metadata"):
                 meta = obj["metadata"]
