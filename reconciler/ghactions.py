@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import secrets
 import sys
-from typing import Callable, TextIO
+from collections.abc import Callable
+from typing import TextIO
 
 
 def escape_data(s: str) -> str:

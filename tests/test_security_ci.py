@@ -35,8 +35,8 @@ def crafted_repo(tmp_path: Path) -> tuple[Path, Path]:
     shutil.copy(MULTI / "sim-device-config.json", repo)
     text = (MULTI / "cluster.yaml").read_text()
     # Endpoints on a node that has no Node object: issues whose messages quote the name.
-    text = re.sub(r"^(\s*nodeName): node-a$", lambda m: f"{m.group(1)}: {_yaml_str('node-a' + HIDE)}", text, flags=re.M)
-    text = re.sub(r"^(\s*nodeName): node-c$", lambda m: f"{m.group(1)}: {_yaml_str('node-c```' + HIDE)}", text, count=1, flags=re.M)
+    text = re.sub(r"^(\s*nodeName): node-a$", lambda m: f"{m.group(1)}: {_yaml_str('node-a' + HIDE)}", text, flags=re.MULTILINE)
+    text = re.sub(r"^(\s*nodeName): node-c$", lambda m: f"{m.group(1)}: {_yaml_str('node-c```' + HIDE)}", text, count=1, flags=re.MULTILINE)
     cluster = tmp_path / "recorded.yaml"
     cluster.write_text(text)
     return repo, cluster
@@ -186,7 +186,7 @@ def test_install_is_pinned_to_a_full_commit(workflow: dict, commit: str, url: st
     # The step's own shell, with pip replaced by an echo: only a full commit SHA installs.
     script = "python() { echo \"PIP $*\"; }\n" + _install_script(workflow)
     env = {"PATH": "/usr/bin:/bin", "P4KUBE_COMMIT": commit, "P4KUBE_GIT_URL": url}
-    r = subprocess.run(["bash", "-e", "-c", script], env=env, capture_output=True, text=True, timeout=10)
+    r = subprocess.run(["bash", "-e", "-c", script], env=env, check=False, capture_output=True, text=True, timeout=10)
     if ok:
         assert r.returncode == 0
         assert r.stdout.strip() == f"PIP -m pip install --no-cache-dir p4kube-reconciler @ git+{url}@{commit}"
@@ -213,15 +213,15 @@ const github = {paginate: async () => comments, rest: {issues: {
   createComment: async (a) => calls.push(['create', a.issue_number]),
 }}};
 const context = {repo: {owner: 'o', repo: 'r'}, issue: {number: 7}};
-(async () => { %s
+(async () => { SCRIPT
 })().then(() => console.log(JSON.stringify(calls)));
-""" % script
+""".replace("SCRIPT", script)
     (tmp_path / "run.js").write_text(harness)
     marker = "<!-- p4kube-plan -->"
 
     def run(comments: list[dict]) -> list:
         env = {"PATH": "/usr/bin:/bin", "COMMENTS": json.dumps(comments), "COMMENT_AUTHOR": workflow["env"]["COMMENT_AUTHOR"]}
-        r = subprocess.run([NODE, "run.js"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=20)
+        r = subprocess.run([NODE, "run.js"], cwd=tmp_path, env=env, check=False, capture_output=True, text=True, timeout=20)
         assert r.returncode == 0, r.stderr
         return json.loads(r.stdout)
 

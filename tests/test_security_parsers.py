@@ -17,7 +17,11 @@ from reconciler.cli import main
 from reconciler.cluster.followed import FollowedRecording
 from reconciler.cluster.recorded import load_cluster_file
 from reconciler.diagnostics import InputError
-from reconciler.inputlimits import DEFAULT_RECORDING_MAX_BYTES, RECORDING_MAX_BYTES_ENV, recording_max_bytes
+from reconciler.inputlimits import (
+    DEFAULT_RECORDING_MAX_BYTES,
+    RECORDING_MAX_BYTES_ENV,
+    recording_max_bytes,
+)
 from reconciler.intent.yamlsafe import DEFAULT_MAX_FILE_BYTES
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,7 +43,7 @@ def test_plan_refuses_a_100000_deep_flow_recording_quickly(tmp_path: Path) -> No
     t0 = time.monotonic()
     r = subprocess.run(
         [str(P4KUBE), "plan", "--intent", str(MULTI), "--cluster", str(f)],
-        capture_output=True, text=True, timeout=60,
+        check=False, capture_output=True, text=True, timeout=60,
     )
     elapsed = time.monotonic() - t0
     assert r.returncode == 1 and r.returncode >= 0  # an error exit, not a signal
@@ -122,7 +126,7 @@ def test_plan_through_the_command_refuses_an_oversized_recording(tmp_path: Path)
     env = {**os.environ, RECORDING_MAX_BYTES_ENV: "1000"}
     r = subprocess.run(
         [str(P4KUBE), "plan", "--intent", str(MULTI), "--cluster", str(MULTI / "cluster.yaml")],
-        capture_output=True, text=True, timeout=60, env=env,
+        check=False, capture_output=True, text=True, timeout=60, env=env,
     )
     assert r.returncode == 1 and "file too large" in r.stderr and r.stdout == ""
 

@@ -55,7 +55,6 @@ from reconciler.cluster.convert import (
 )
 from reconciler.cluster.model import ClusterIssue, ClusterState, Node, Service
 from reconciler.diagnostics import Diagnostic, InputError
-from reconciler.k8snames import object_name_problem
 from reconciler.inputlimits import (
     RECORDING_MAX_ALIAS_NODES,
     RECORDING_MAX_BYTES_ENV,
@@ -66,6 +65,7 @@ from reconciler.inputlimits import (
     read_bounded,
     recording_max_bytes,
 )
+from reconciler.k8snames import object_name_problem
 
 KINDS = ("Service", "EndpointSlice", "Node")
 _EXPECTED = "expected the output of `kubectl get services,endpointslices,nodes -A -o yaml`"
@@ -323,8 +323,7 @@ class _EventBuilder:
             if not stack:
                 root = value
                 continue
-            if height > heights[-1]:
-                heights[-1] = height
+            heights[-1] = max(heights[-1], height)
             top = stack[-1]
             if type(top) is list:
                 top.append(value)
