@@ -383,8 +383,17 @@ async def build_runtime(args: argparse.Namespace, api: Any = None) -> Runtime:
         from .intent.files import OperatorDirs
         from .kube.intent_source import intent_namespaces
 
+        from .switch.allowlist import AllowlistError, parse_allowlist
+
+        try:
+            allowed = parse_allowlist(getattr(args, "allowed_switches", None))
+        except AllowlistError as e:
+            from .cli import CommandError
+
+            raise CommandError(str(e)) from None
+        # Files and switches are checked per CR: one that names what the operator did not allow is Stalled.
         cr_source = CRIntentSource(api, namespaces=intent_namespaces(getattr(args, "intent_namespace", None), args.kubeconfig),
-                                   dirs=OperatorDirs.from_args(args))
+                                   dirs=OperatorDirs.from_args(args), allowed=allowed)
         await cr_source.start()
         closers.append(cr_source.aclose)
         await cr_source.wait_synced(timeout=60)

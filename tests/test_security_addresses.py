@@ -284,3 +284,20 @@ def test_cr_status_says_unreachable_the_same_for_refused_and_not_grpc(kube: Kube
     assert f"edge-primary: unreachable at 127.0.0.1:{not_grpc}" in messages
     for leak in ("refused", "Connection", "SSH", "Socket", "deadline", "UNAVAILABLE", "ipv4"):
         assert leak not in messages, messages
+
+
+def test_a_cr_naming_a_disallowed_switch_or_an_unconfigured_file_is_stalled_not_fatal() -> None:
+    from reconciler.kube.intent_source import intent_from_objects
+
+    objs = [cr("edge", NS, ("127.0.0.1:9560", "10.9.9.9:22")), cr("lab", NS, ("127.0.0.1:9561", "127.0.0.1:9562"))]
+    objs[1]["spec"]["vipPools"][0]["addresses"] = ["203.0.113.64/30"]
+    result = intent_from_objects(objs, dirs=OperatorDirs(pipeline_dir=MULTI), allowed=parse_allowlist(None))
+    assert [c.name for c in result.intent.configs] == ["lab"]
+    (bad,) = result.invalid
+    assert [(d.field, d.message) for d in bad.diagnostics] == [
+        ("spec.switchConfig.switches[0].address",
+         "'10.9.9.9:22' is not allowed by --allowed-switches (127.0.0.0/8, ::1): the reconciler does not connect to it"),
+    ]
+    # Without --pipeline-dir the reconciler cannot read the deviceConfig a CR names: that CR is Stalled too.
+    (bad,) = intent_from_objects(objs[1:], dirs=OperatorDirs()).invalid
+    assert [d.field for d in bad.diagnostics] == ["spec.switchConfig.deviceConfig"] and bad.diagnostics[0].severity == "error"

@@ -25,6 +25,7 @@ refused here. What differs from files:
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import logging
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
@@ -47,9 +48,15 @@ from reconciler.intent.files import OperatorDirs, explain_file_names
 from reconciler.intent.loader import build_config  # the model builder shared with files
 from reconciler.intent.model import API_VERSION, KIND, IntentSet, LoadBalancerConfig
 from reconciler.intent.schema import apply_defaults, validate_document
-from reconciler.intent.semantic import DocumentFacts, check_across, check_document
+from reconciler.intent.semantic import (
+    DocumentFacts,
+    check_across,
+    check_document,
+    parse_endpoint,
+)
 from reconciler.intent.yamlsafe import Located, PathKey, Pos, YamlDocument
 from reconciler.paths import P4_DIR
+from reconciler.switch.allowlist import Allowlist
 
 log = logging.getLogger(__name__)
 
@@ -139,9 +146,13 @@ def intent_from_objects(
     objects: Iterable[Mapping[str, Any]],
     *,
     dirs: OperatorDirs | None = None,
+    allowed: Allowlist | None = None,
     resource_version: str | None = None,
 ) -> CRIntent:
-    """Validate every LoadBalancerConfig CR (pure apart from checking referenced files in `dirs`)."""
+    """Validate every LoadBalancerConfig CR (pure apart from checking referenced files in `dirs`).
+    With `dirs`, a named file whose directory is not configured is an error (the reconciler
+    needs its bytes); with `allowed`, so is a switch outside the operator's allowlist. Either
+    way the CR is Stalled instead of stopping the reconciler."""
     objs = sorted((o for o in objects if isinstance(o, Mapping)), key=_age_key)
     docs = [intent_document(o) for o in objs]
     per_doc: list[list[Diagnostic]] = []
@@ -152,7 +163,8 @@ def intent_from_objects(
         reported = {d.field for d in diags if d.field}
         data = apply_defaults(doc.data)
         problems, doc_facts = check_document(doc, data, P4_DIR, dirs)
-        problems = [d for d in problems if d.severity == "error"]
+        problems = [dataclasses.replace(d, severity="error") for d in problems]
+        problems += _disallowed_switches(doc, data, allowed)
         diags.extend(d for d in problems if not (d.field and d.field in reported))
         per_doc.append(diags)
         facts.append(doc_facts)
@@ -189,6 +201,21 @@ def intent_from_objects(
     return CRIntent(intent, dict(sorted(resources.items())), resource_version)
 
 
+def _disallowed_switches(doc: YamlDocument, data: Any, allowed: Allowlist | None) -> list[Diagnostic]:
+    if allowed is None:
+        return []
+    sws = ((data.get("spec") or {}).get("switchConfig") or {}).get("switches") if isinstance(data, dict) else None
+    out = []
+    for i, sw in enumerate(sws if isinstance(sws, list) else []):
+        address = sw.get("address") if isinstance(sw, dict) else None
+        endpoint = parse_endpoint(address) if isinstance(address, str) and address else None
+        if isinstance(endpoint, tuple) and not allowed.allows(*endpoint):
+            out.append(Diagnostic(doc.file, 0, 0, f"{address[:80]!r} is not allowed by --allowed-switches "
+                                  f"({allowed.describe()}): the reconciler does not connect to it",
+                                  f"spec.switchConfig.switches[{i}].address"))
+    return out
+
+
 # --- the live source ------------------------------------------------------------------------------
 
 
@@ -221,6 +248,7 @@ class CRIntentSource:
         namespace: str | None = None,
         namespaces: Sequence[str] | None = None,
         dirs: OperatorDirs | None = None,
+        allowed: Allowlist | None = None,
         collection: Collection | None = None,
         reflector_options: dict[str, Any] | None = None,
     ) -> None:
@@ -236,6 +264,7 @@ class CRIntentSource:
         else:
             self._collections = [(ns, config_collection(api, ns)) for ns in self.namespaces]
         self._dirs = dirs
+        self._allowed = allowed
         self._listed: set[str | None] = set()
         self._ignored: set[str] = set()  # keys of CRs outside the allowed namespaces, logged once
         self._options = reflector_options or {}
@@ -284,7 +313,8 @@ class CRIntentSource:
     def current(self) -> CRIntent:
         """The latest evaluation (validating again only after a change)."""
         if self._current is None:
-            self._current = intent_from_objects(self._objects.values(), dirs=self._dirs, resource_version=self._rv)
+            self._current = intent_from_objects(self._objects.values(), dirs=self._dirs, allowed=self._allowed,
+                                                resource_version=self._rv)
         return self._current
 
     async def changes(self) -> AsyncIterator[CRIntent]:
@@ -304,7 +334,7 @@ class CRIntentSource:
             raise RuntimeError("the CR intent source's loop is gone")
         loop.call_soon_threadsafe(self._apply, item, namespace)
 
-    def _allowed(self, obj: Mapping[str, Any]) -> bool:
+    def _in_namespace(self, obj: Mapping[str, Any]) -> bool:
         """Whether `obj` is in an allowed namespace (the namespaced watch already ensures it;
         checked again so that no other path can slip one in), logging each refused CR once."""
         ns = (obj.get("metadata") or {}).get("namespace")
@@ -322,7 +352,7 @@ class CRIntentSource:
             # Each namespace's reflector lists its own namespace: replace only those objects.
             fresh = {k: o for k, o in self._objects.items() if namespace is not None and not k.startswith(f"{namespace}/")}
             for obj in item.objects:
-                if not self._allowed(obj):
+                if not self._in_namespace(obj):
                     continue
                 meta = obj.get("metadata") or {}
                 fresh[f"{meta.get('namespace')}/{meta.get('name')}"] = obj
@@ -336,7 +366,7 @@ class CRIntentSource:
             if self._synced.is_set() and (changed or first):
                 self._invalidate()
         elif isinstance(item, WatchEvent):
-            if not self._allowed(item.object):
+            if not self._in_namespace(item.object):
                 return
             meta = item.object.get("metadata") or {}
             key = f"{meta.get('namespace')}/{meta.get('name')}"
