@@ -206,3 +206,13 @@ def test_p4info_parse_errors_carry_file_and_line_but_no_content(tmp_path: Path) 
     with pytest.raises(P4InfoError) as raised:
         load_p4info(path)
     assert str(raised.value) == f"{path}:1:1: not P4Info text format (protobuf text, as p4c --p4runtime-files writes it)"
+
+
+def test_render_with_a_named_p4info_needs_the_pipeline_dir(tmp_path: Path, capsys) -> None:
+    intent = intent_with(tmp_path, (1, 2), "load_balancer.json", "\n    p4Info: load_balancer.p4info.txtpb")
+    code, out, err = run(capsys, "render", "--intent", str(intent), "--cluster", str(CLUSTER))
+    assert (code, out) == (1, "")
+    assert err.strip().endswith(
+        'spec.switchConfig.p4Info: "load_balancer.p4info.txtpb" names a file in --pipeline-dir, which is not set: '
+        "give --pipeline-dir DIR (the directory holding it)"
+    )
