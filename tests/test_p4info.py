@@ -406,8 +406,9 @@ def test_missing_file_is_a_clear_error(tmp_path):
 def test_parse_error_names_file_and_line(tmp_path):
     path = tmp_path / "bad.txtpb"
     path.write_text('pkg_info {\n  arch: "v1model"\n}\ntables {\n  sise: 3\n}\n')
-    with pytest.raises(P4InfoError, match=r"bad\.txtpb:5:\d+ .*sise"):
+    with pytest.raises(P4InfoError, match=r"bad\.txtpb:5:3: not P4Info text format") as raised:
         load_p4info(path)
+    assert "sise" not in str(raised.value)  # the file may be anything intent named: none of it is echoed
 
 
 def test_inconsistent_p4info_is_rejected(msg):
