@@ -166,14 +166,18 @@ def test_a_p4info_that_does_not_parse_is_named_with_its_line_and_no_content(
     ]
 
 
+# A fixed absolute path (tmp_path's length varies, and the echo is clipped at ~80 characters).
+TOKEN = "/var/run/secrets/kubernetes.io/serviceaccount/token"
+
+
 def test_tls_files_are_names_in_the_tls_dir(tmp_path: Path, secret_file: Path, capsys) -> None:
     intent = intent_with(tmp_path, (1, 2), "load_balancer.json",
-                         f"\n    tls:\n      caFile: {secret_file}\n      certFile: ../x.crt\n      keyFile: k.key")
+                         f"\n    tls:\n      caFile: {TOKEN}\n      certFile: ../x.crt\n      keyFile: k.key")
     at = line_of(intent / "lbconfig.yaml", "caFile:")
     code, out, _ = run(capsys, "validate", str(intent))
     assert code == 1
     assert out.splitlines()[:2] == [
-        f'{intent}/lbconfig.yaml:{at}:15: spec.switchConfig.tls.caFile: absolute path "{secret_file}" is not allowed: '
+        f'{intent}/lbconfig.yaml:{at}:15: spec.switchConfig.tls.caFile: absolute path "{TOKEN}" is not allowed: '
         "files are found by name in the operator's --tls-dir; name it relative to --tls-dir, e.g. caFile: token",
         f"{intent}/lbconfig.yaml:{at + 1}:17: spec.switchConfig.tls.certFile: \"../x.crt\" may not contain '.' or '..' "
         "components: name a file inside --tls-dir",
