@@ -629,6 +629,12 @@ class ConfigWorker:
         return None
 
 
+class WorkerRefused(Exception):
+    """make_worker's answer for a config the operator's settings do not allow (a switch outside
+    --allowed-switches, plaintext without --allow-insecure-switches, a file outside --pipeline-dir):
+    that config gets no new worker, and the others carry on."""
+
+
 class Controller:
     """Runs the loop over every LoadBalancerConfig of the intent."""
 
@@ -648,6 +654,9 @@ class Controller:
         self.update_interval = update_interval
         self.clock: Clock = clock or LoopClock()
         self.workers: dict[str, ConfigWorker] = {}
+        self.refused: dict[str, str] = {}  # config key -> why the operator's settings refuse it
+        # The intent commit each worker's config was read at: the newest, unless a change was refused.
+        self._commit_of: dict[str, str | None] = {}
         self.history = History(history_limit)
         self.passes = 0
         self.health_rounds = 0
@@ -693,20 +702,46 @@ class Controller:
         worker trusts no switch (an address may have changed): its first pass reads them back."""
         started = []
         wanted = {c.key: c for c in intent.configs}
+        for key in list(self.refused):
+            if key not in wanted:
+                del self.refused[key]
         for key in list(self.workers):
             if key not in wanted or self.workers[key].config != wanted[key]:
+                # The new worker is built before the old one's streams close (building connects to
+                # nothing): a refused config keeps its running worker, as refused intent does.
+                w = self._try_new_worker(wanted[key]) if key in wanted else None
+                if key in wanted and w is None:
+                    continue
                 old = self.workers.pop(key)
                 await old.applier.close()
-                if key in wanted:
-                    w = self._new_worker(wanted[key])
+                if w is not None:
                     w.last, w.fallen_back = old.last, old.fallen_back
                     w.started, w.adopted = old.started, old.adopted  # its switches are read back by the next pass
                     self.workers[key] = w
         for key, config in wanted.items():
             if key not in self.workers:
-                self.workers[key] = self._new_worker(config)
-                started.append(self.workers[key])
+                w = self._try_new_worker(config)
+                if w is not None:
+                    self.workers[key] = w
+                    started.append(w)
+        self._commit_of = {key: intent.commit if w.config == wanted.get(key) else self._commit_of.get(key)
+                           for key, w in self.workers.items()}
         return started
+
+    def _try_new_worker(self, config: LoadBalancerConfig) -> ConfigWorker | None:
+        """A worker for `config`, or None when the operator's settings refuse it: said once per
+        reason (a refusal is re-checked at every intent change, not logged at every pass)."""
+        try:
+            w = self._new_worker(config)
+        except WorkerRefused as e:
+            why = str(e)
+            if self.refused.get(config.key) != why:
+                self.refused[config.key] = why
+                kept = " (its running worker keeps the previous config)" if config.key in self.workers else ""
+                log.error("%s: refused, nothing is connected or written for it%s: %s", config.key, kept, why)
+            return None
+        self.refused.pop(config.key, None)
+        return w
 
     def _due_times(self) -> list[float]:
         now = self.clock.now()
@@ -739,7 +774,7 @@ class Controller:
                 first = self._cluster_state()
                 if first is not None:
                     w.adopt_fallbacks(first)
-                self._note(await w.start(self._intent.commit))
+                self._note(await w.start(self._commit_of.get(w.config.key)))
             while not stop.is_set():
                 self._due_times()
                 if not self._full and not self._pending_keys:
@@ -769,7 +804,7 @@ class Controller:
                 fresh = full or bool(keys)
                 assert self._intent is not None
                 for w in await self._sync_workers(self._intent):
-                    self._note(await w.start(self._intent.commit))
+                    self._note(await w.start(self._commit_of.get(w.config.key)))
                 state = self._cluster_state()
                 if state is None:
                     self._full = self._full or full  # nothing rendered: keep what was asked for
@@ -783,7 +818,7 @@ class Controller:
                         w.new_input()
                     elif key not in retry:
                         continue
-                    self._note(await w.reconcile(state, None if full or not fresh else keys, self._intent.commit))
+                    self._note(await w.reconcile(state, None if full or not fresh else keys, self._commit_of.get(key)))
                 async with self._pass_done:
                     self.passes += 1
                     self._pass_done.notify_all()

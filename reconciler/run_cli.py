@@ -484,7 +484,13 @@ async def build_runtime(args: argparse.Namespace, api: Any = None) -> Runtime:
 
     def make_worker_for(election_id: int) -> Callable[[LoadBalancerConfig], ConfigWorker]:
         def make_worker(config: LoadBalancerConfig) -> ConfigWorker:
-            applier: TwoSwitchApplier = build_applier(config, args, election_id)
+            from .cli import CommandError
+            from .controller import WorkerRefused
+
+            try:
+                applier: TwoSwitchApplier = build_applier(config, args, election_id)
+            except CommandError as e:  # what the operator did not allow: this config only
+                raise WorkerRefused(str(e)) from None
             if config.switch_config.tls is None and config.key not in warned_plaintext:
                 warned_plaintext.add(config.key)  # only reached with --allow-insecure-switches
                 log.warning("%s: plaintext P4Runtime to %s (--allow-insecure-switches): anyone who reaches these "

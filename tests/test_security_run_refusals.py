@@ -1,0 +1,120 @@
+"""`p4kube run` with a config the operator's settings refuse (a switch outside --allowed-switches):
+that config gets no worker and nothing is connected for it, while the other configs keep running;
+a running config whose new version is refused keeps its worker on the version it had."""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pygit2
+
+from reconciler.audit.repo import AuditRepo
+from reconciler.cluster.recorded import load_cluster_file
+from reconciler.cluster.synthetic import cluster_to_list_yaml, with_scaled_service
+from test_run_command import MULTI, Lines
+
+FAR = """---
+apiVersion: networking.p4kube.io/v1alpha1
+kind: LoadBalancerConfig
+metadata:
+  name: far
+  namespace: p4kube-system
+spec:
+  vipPools:
+    - name: far
+      addresses: [203.0.113.10-203.0.113.19]
+  serviceSelector:
+    namespaces: [nowhere]
+  switchConfig:
+    switchType: bmv2
+    deviceConfig: sim-device-config.json
+    switches:
+      - {name: far-primary, role: primary, address: "127.0.0.1:FARPORT", deviceId: 1}
+      - {name: far-standby, role: standby, address: "10.255.0.2:9559", deviceId: 1}
+"""
+
+
+def test_a_refused_config_does_not_stop_the_others_and_a_refused_change_keeps_the_running_version(tmp_path, switch_pair):
+    exe = Path(sys.executable).with_name("p4kube")
+    standby, primary = switch_pair
+    # A listener the refused config names on loopback: it must never see a connection.
+    far = socket.socket()
+    far.bind(("127.0.0.1", 0))
+    far.listen(1)
+    far.settimeout(0)
+    intent = tmp_path / "intent"
+    intent.mkdir()
+    text = (MULTI / "lbconfig.yaml").read_text()
+    text = text.replace("127.0.0.1:9559", f"127.0.0.1:{primary.port}").replace("127.0.0.1:9560", f"127.0.0.1:{standby.port}")
+    text = text.replace("  healthCheck:\n", "  healthCheck:\n    enabled: false  # the recorded nodes are not reachable here\n")
+    text = text.replace("updateInterval: 1s", "updateInterval: 0s")
+    good = intent / "lbconfig.yaml"
+    good.write_text(text)
+    (intent / "far.yaml").write_text(FAR.replace("FARPORT", str(far.getsockname()[1])))
+    shutil.copy(MULTI / "sim-device-config.json", intent)
+    cluster = tmp_path / "recorded.yaml"
+    shutil.copy(MULTI / "cluster.yaml", cluster)
+    repo = pygit2.init_repository(str(intent), initial_head="main")
+    sig = pygit2.Signature("dev", "dev@example.com", 1700000000, 0)
+
+    def commit(message: str) -> str:
+        repo.index.add_all()
+        repo.index.write()
+        parents = [] if repo.head_is_unborn else [repo.head.target]
+        return str(repo.create_commit("HEAD", sig, sig, message, repo.index.write_tree(), parents))
+
+    first = commit("intent")
+
+    proc = subprocess.Popen(
+        [str(exe), "--log-level", "info", "run", "--allow-insecure-switches", "--intent", str(intent),
+         "--pipeline-dir", str(intent), "--cluster", str(cluster), "--audit-repo", str(tmp_path / "audit.git"),
+         # Loopback allowed only where our switches listen: the far config's loopback port is not.
+         "--allowed-switches", f"127.0.0.1:{primary.port},127.0.0.1:{standby.port}"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        lines = Lines(proc.stderr)
+        m = lines.wait(r"p4kube-system/far: refused, nothing is connected or written for it: (.*)")
+        assert "far-primary" in m.group(1) and "--allowed-switches" in m.group(1)
+        lines.wait(r"p4kube-system/p4kube-config v1 applied \(552 writes")
+        held = [len(sw.entries(1, "MyIngress.vip_table")) for sw in switch_pair]
+        assert held == [4, 4]
+
+        # The running config's new version names a switch the operator did not allow: refused,
+        # and the worker keeps v1's switches and config.
+        good.write_text(text.replace(f"127.0.0.1:{standby.port}", "10.255.0.9:9559"))
+        refused = commit("move the standby")
+        lines.wait(r"p4kube-system/p4kube-config: refused, nothing is connected or written for it "
+                   r"\(its running worker keeps the previous config\): .*sim-standby")
+        # ...and keeps working: a scale event is applied to both switches.
+        scaled = with_scaled_service(load_cluster_file(cluster), "web/frontend", "node-c", +2)
+        tmp = cluster.with_suffix(".tmp")
+        tmp.write_text(cluster_to_list_yaml(scaled))
+        tmp.replace(cluster)
+        lines.wait(r"p4kube-system/p4kube-config v2 applied")
+        assert [len(sw.entries(1, "MyIngress.vip_table")) for sw in switch_pair] == [4, 4]
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stderr.close()
+        try:
+            conn, _ = far.accept()  # non-blocking: raises when nobody connected
+            conn.close()
+            connected = True
+        except BlockingIOError:
+            connected = False
+        far.close()
+    assert not connected, "the refused config's switch was connected to"
+    # The audit trail names the intent commit the applied config was read at, not the refused one.
+    history = AuditRepo.open_or_init(tmp_path / "audit.git", read_only=True).history(config="p4kube-system/p4kube-config")
+    assert [(e.version, e.trailers.get("Outcome"), e.trailers.get("Intent-Commit")) for e in history][:2] == [
+        (2, "applied", first), (2, "pending", first)]
+    assert refused != first
