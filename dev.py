@@ -3,6 +3,7 @@
 
     python3 dev.py demo      create .venv if needed, install, run `p4kube demo`
     python3 dev.py test      create .venv if needed, install with test extras, run the whole suite
+    python3 dev.py lint      type-check reconciler/ with mypy ([tool.mypy] in pyproject.toml)
     python3 dev.py bench     run the benchmarks under bench/ (slow; results in bench/RESULTS.md)
 
 Extra arguments go to the command (e.g. `python3 dev.py test -k render -x`).
@@ -69,6 +70,9 @@ def main(argv: list[str]) -> int:
         return subprocess.call([str(BIN / "p4kube"), "demo", *rest], cwd=ROOT)
     if cmd == "test":
         return subprocess.call([str(BIN / "python"), "-m", "pytest", "-n", "2", *rest], cwd=ROOT)
+    if cmd == "lint":
+        # The import-layers contract is a test (tests/test_layers.py), so `test` checks it.
+        return subprocess.call([str(BIN / "python"), "-m", "mypy", *rest], cwd=ROOT)
     if cmd == "bench":
         code = 0
         for script in sorted((ROOT / "bench").glob("bench_*.py")):
