@@ -243,10 +243,7 @@ def test_stream_drops_mid_apply_rolls_back(world):
             if self.name == "sim-primary" and not dropped:
                 dropped.append(world.primary.drop_streams())
                 # wait until our stream has noticed, so the write is refused as not-primary
-                for _ in range(200):
-                    if not self.is_primary:
-                        break
-                    await asyncio.sleep(0.005)
+                await asyncio.wait_for(self.wait_lost(), 10)
             return await super().write(requests, **kw)
 
     def factory(sw, eid):
