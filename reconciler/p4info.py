@@ -2,33 +2,23 @@
 
 The P4Info text file is the contract with the switches (DESIGN.md 5): it must be exactly what
 `p4c --target bmv2 --arch v1model --p4runtime-files` emits. This module reads it with protobuf
-`text_format` into finsy's `p4.config.v1.P4Info`, turns it into small frozen descriptions that the
-rest of the reconciler uses (no protobuf outside the switch layer), and validates the entries a
-snapshot holds before anything is written to a switch.
+`text_format` into finsy's `p4.config.v1.P4Info` and turns it into small frozen descriptions that
+the rest of the reconciler uses (no protobuf outside the switch layer).
 
-It also reproduces how p4c numbers P4Runtime objects (Jenkins one-at-a-time hash of the fully
-qualified name, 8-bit resource prefix, linear probing in sorted-name order) and names their aliases
-(shortest unique dot-separated suffix), so tests can prove the committed P4Info is consistent.
-
-Snapshot value encoding (schemas/snapshot.schema.json, "entry"), fixed by bit width so that every
-value has exactly one spelling and snapshot digests are stable:
-  - 32-bit exact fields and params: IPv4 dotted quad, "203.0.113.10";
-  - 32-bit lpm fields: "10.0.0.0/24" (host bits zero; "0.0.0.0/0" is the default route);
-  - 48-bit fields and params: lowercase MAC, "aa:bb:cc:dd:ee:ff";
-  - every other width: a non-negative int that fits.
+How snapshot values are spelled and encoded is reconciler/switch/codec.py's job; how p4c numbers
+and names P4Runtime objects is reproduced in tests/p4c_ids.py, which proves the committed P4Info
+consistent.
 """
 
 from __future__ import annotations
 
 import functools
 import hashlib
-import ipaddress
-import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import Protocol, TypeVar
 
 from finsy.proto import p4i
 from google.protobuf import text_format
@@ -43,29 +33,16 @@ __all__ = [
     "ParamInfo",
     "PipelineInfo",
     "TableInfo",
-    "assign_ids",
-    "check_table_entry",
-    "decode_match_value",
-    "decode_param_value",
-    "jenkins_one_at_a_time",
     "load_p4info",
     "p4info_digest",
     "pipeline_info",
     "pipeline_info_from_message",
-    "shortest_unique_suffixes",
 ]
 
 # The header p4c writes before the text-format message (p4RuntimeSerializer.cpp writeTextTo).
 P4C_TEXT_HEADER = (
     "# proto-file: p4/config/v1/p4info.proto\n# proto-message: p4.config.v1.P4Info\n\n"
 )
-
-# Entry keys a snapshot entry may carry besides the three that describe the table entry.
-_ENTRY_KEYS = frozenset({"match", "action", "params"})
-_ENTRY_OPTIONAL_KEYS = frozenset({"service"})
-
-_MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
-_PREFIX_RE = re.compile(r"^(0|[1-9][0-9]?)$")
 
 
 class P4InfoError(ValueError):
@@ -166,7 +143,15 @@ class PipelineInfo:
         return tuple(self.action_by_id(i) for i in self.table(table).action_ids)
 
 
-def _lookup(items: Mapping[str, Any], name: str, kind: str) -> Any:
+class _Named(Protocol):
+    @property
+    def id(self) -> int: ...
+
+
+_T = TypeVar("_T", bound=_Named)
+
+
+def _lookup(items: Mapping[str, _T], name: str, kind: str) -> _T:
     try:
         return items[name]
     except KeyError:
@@ -175,7 +160,7 @@ def _lookup(items: Mapping[str, Any], name: str, kind: str) -> Any:
         ) from None
 
 
-def _lookup_id(items: Iterable[Any], id_: int, kind: str) -> Any:
+def _lookup_id(items: Iterable[_T], id_: int, kind: str) -> _T:
     for item in items:
         if item.id == id_:
             return item
@@ -247,7 +232,7 @@ def pipeline_info_from_message(msg: p4i.P4Info) -> PipelineInfo:
     """Describe a P4Info message; raises P4InfoError on duplicate names or ids and dangling refs."""
     seen_ids: dict[int, str] = {}
 
-    def claim(id_: int, name: str, kind: str, names: Mapping[str, Any]) -> None:
+    def claim(id_: int, name: str, kind: str, names: Mapping[str, object]) -> None:
         if name in names:
             raise P4InfoError(f"duplicate {kind} name {name!r}")
         if id_ in seen_ids:
@@ -308,219 +293,3 @@ def pipeline_info_from_message(msg: p4i.P4Info) -> PipelineInfo:
     return PipelineInfo(
         MappingProxyType(tables), MappingProxyType(actions), MappingProxyType(counters)
     )
-
-
-# ---------------------------------------------------------------------------------------------
-# p4c's ids and aliases
-
-
-def jenkins_one_at_a_time(data: bytes) -> int:
-    """Bob Jenkins' one-at-a-time hash on 32-bit unsigned arithmetic, as p4c computes it."""
-    h = 0
-    for byte in data:
-        h = (h + byte) & 0xFFFFFFFF
-        h = (h + (h << 10)) & 0xFFFFFFFF
-        h ^= h >> 6
-    h = (h + (h << 3)) & 0xFFFFFFFF
-    h ^= h >> 11
-    h = (h + (h << 15)) & 0xFFFFFFFF
-    return h
-
-
-def assign_ids(prefix: int, names: Iterable[str], taken: Iterable[int] = ()) -> dict[str, int]:
-    """The ids p4c gives the resources of one type (`prefix`, e.g. p4i.P4Ids.TABLE).
-
-    Each id is `prefix << 24 | hash(name) & 0xffffff`. On a collision with an id already
-    assigned (`taken`, or an earlier name) p4c increments the hash, not the id, and tries again;
-    names are processed in sorted order so the result is deterministic.
-    """
-    if not 0 < prefix <= 0xFF:
-        raise ValueError(f"resource prefix {prefix} is not an 8-bit P4Runtime id prefix")
-    used = set(taken)
-    ids: dict[str, int] = {}
-    for name in sorted(set(names), key=lambda n: n.encode()):
-        value = start = jenkins_one_at_a_time(name.encode())
-        while (candidate := (prefix << 24) | (value & 0xFFFFFF)) in used:
-            value = (value + 1) & 0xFFFFFFFF
-            if value == start:
-                raise ValueError(f"no P4Runtime id left for {name!r} with prefix 0x{prefix:02x}")
-        used.add(candidate)
-        ids[name] = candidate
-    return ids
-
-
-def shortest_unique_suffixes(names: Iterable[str]) -> dict[str, str]:
-    """p4c's default alias of each fully qualified name: its shortest unique '.'-suffix.
-
-    `names` must be every symbol of the program (tables, actions, counters, ...), since p4c
-    computes uniqueness across all of them.
-    """
-    unique = list(dict.fromkeys(names))
-    # How many names end with each suffix (a suffix is a tuple of trailing components).
-    counts: dict[tuple[str, ...], int] = {}
-    for name in unique:
-        parts = tuple(name.split("."))
-        for i in range(len(parts)):
-            counts[parts[i:]] = counts.get(parts[i:], 0) + 1
-    aliases: dict[str, str] = {}
-    for name in unique:
-        parts = tuple(name.split("."))
-        for length in range(1, len(parts) + 1):
-            suffix = parts[len(parts) - length :]
-            if counts[suffix] < 2 or length == len(parts):
-                aliases[name] = ".".join(suffix)
-                break
-    return aliases
-
-
-# ---------------------------------------------------------------------------------------------
-# Snapshot values and entries
-
-
-def decode_match_value(field: MatchFieldInfo, value: Any) -> tuple[int, int | None]:
-    """(value, prefix length or None) of a snapshot match value; ValueError says what is wrong."""
-    if field.match_type == "EXACT":
-        return _decode_scalar(field.bitwidth, value), None
-    if field.match_type == "LPM":
-        if field.bitwidth != 32:
-            raise ValueError(f"LPM on a {field.bitwidth}-bit field has no snapshot encoding")
-        if not isinstance(value, str) or value.count("/") != 1:
-            raise ValueError(f"expected an IPv4 prefix like '10.0.0.0/24', got {value!r}")
-        address, prefix = value.split("/")
-        number = _decode_ipv4(address)
-        if not _PREFIX_RE.match(prefix) or int(prefix) > 32:
-            raise ValueError(f"prefix length in {value!r} is not an integer from 0 to 32")
-        prefix_len = int(prefix)
-        host_mask = (1 << (32 - prefix_len)) - 1
-        if number & host_mask:
-            raise ValueError(f"{value!r} has host bits set beyond the /{prefix_len} prefix")
-        return number, prefix_len
-    raise ValueError(f"match type {field.match_type} has no snapshot encoding")
-
-
-def decode_param_value(param: ParamInfo, value: Any) -> int:
-    """The int value of a snapshot action parameter; ValueError says what is wrong."""
-    return _decode_scalar(param.bitwidth, value)
-
-
-def _decode_scalar(bitwidth: int, value: Any) -> int:
-    if bitwidth == 32:
-        if not isinstance(value, str):
-            raise ValueError(f"expected an IPv4 address string like '10.0.0.1', got {value!r}")
-        return _decode_ipv4(value)
-    if bitwidth == 48:
-        if not isinstance(value, str) or not _MAC_RE.match(value):
-            raise ValueError(
-                f"expected a lowercase MAC address like 'aa:bb:cc:dd:ee:ff', got {value!r}"
-            )
-        return int(value.replace(":", ""), 16)
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"expected an integer, got {value!r}")
-    if value < 0:
-        raise ValueError(f"{value} is negative")
-    if value >= 1 << bitwidth:
-        raise ValueError(f"{value} does not fit in {bitwidth} bits (max {(1 << bitwidth) - 1})")
-    return value
-
-
-def _decode_ipv4(text: str) -> int:
-    try:
-        address = ipaddress.IPv4Address(text)
-    except ValueError:
-        raise ValueError(f"{text!r} is not a dotted-quad IPv4 address") from None
-    if str(address) != text:  # e.g. surrounding whitespace: keep one spelling per value
-        raise ValueError(f"{text!r} is not in canonical dotted-quad form ({address})")
-    return int(address)
-
-
-def check_table_entry(info: PipelineInfo, table: str, entry: Any) -> list[str]:
-    """Problems with one snapshot entry of `table` (an empty list when it is fine).
-
-    Checks the table and action names, that the action is allowed in the table, that every match
-    field and action parameter is present exactly once and nothing else is, and that every value
-    is well formed and fits its bit width (LPM prefixes with no host bits set).
-    """
-    if table not in info.tables:
-        return [f"unknown table {table!r} (known: {', '.join(info.tables)})"]
-    tinfo = info.tables[table]
-    if not isinstance(entry, Mapping):
-        return [f"{table}: an entry must be an object with match, action and params, got {entry!r}"]
-
-    problems: list[str] = []
-    for key in sorted(set(entry) - _ENTRY_KEYS - _ENTRY_OPTIONAL_KEYS):
-        problems.append(
-            f"{table}: unknown entry key {key!r} (allowed: action, match, params, service)"
-        )
-    for key in sorted(_ENTRY_KEYS - set(entry)):
-        problems.append(f"{table}: entry has no {key!r}")
-
-    match = entry.get("match")
-    if "match" in entry:
-        if not isinstance(match, Mapping):
-            problems.append(f"{table}: 'match' must be an object, got {match!r}")
-        else:
-            problems.extend(_check_match(tinfo, match))
-
-    action_name = entry.get("action")
-    if "action" not in entry:
-        return problems
-    if not isinstance(action_name, str) or action_name not in info.actions:
-        allowed = ", ".join(info.action_by_id(i).name for i in tinfo.action_ids)
-        problems.append(f"{table}: unknown action {action_name!r} (table actions: {allowed})")
-        return problems
-    action = info.actions[action_name]
-    if action.id not in tinfo.action_ids:
-        allowed = ", ".join(info.action_by_id(i).name for i in tinfo.action_ids)
-        problems.append(
-            f"{table}: action {action_name} is not one of the table's actions ({allowed})"
-        )
-        return problems  # its params would only be checked against the wrong action
-    if action.id in tinfo.default_only_action_ids:
-        problems.append(f"{table}: action {action_name} may only be the table's default action")
-
-    params = entry.get("params")
-    if "params" in entry:
-        if not isinstance(params, Mapping):
-            problems.append(f"{table}: 'params' must be an object, got {params!r}")
-        else:
-            problems.extend(_check_params(table, action, params))
-    return problems
-
-
-def _check_match(tinfo: TableInfo, match: Mapping[str, Any]) -> list[str]:
-    problems: list[str] = []
-    expected = [f.name for f in tinfo.match_fields]
-    for name in match:
-        if name not in expected:
-            problems.append(
-                f"{tinfo.name}: unknown match field {name!r} (fields: {', '.join(expected)})"
-            )
-    for field in tinfo.match_fields:
-        if field.name not in match:
-            problems.append(f"{tinfo.name}: match field {field.name!r} is missing")
-            continue
-        try:
-            decode_match_value(field, match[field.name])
-        except ValueError as exc:
-            problems.append(f"{tinfo.name}: match field {field.name!r}: {exc}")
-    return problems
-
-
-def _check_params(table: str, action: ActionInfo, params: Mapping[str, Any]) -> list[str]:
-    problems: list[str] = []
-    expected = [p.name for p in action.params]
-    for name in params:
-        if name not in expected:
-            problems.append(
-                f"{table}: action {action.name} has no parameter {name!r} "
-                f"(parameters: {', '.join(expected) or 'none'})"
-            )
-    for param in action.params:
-        if param.name not in params:
-            problems.append(f"{table}: action {action.name} parameter {param.name!r} is missing")
-            continue
-        try:
-            decode_param_value(param, params[param.name])
-        except ValueError as exc:
-            problems.append(f"{table}: action {action.name} parameter {param.name!r}: {exc}")
-    return problems

@@ -1,5 +1,5 @@
 """p4/load_balancer.p4info.txtpb against p4c's rules, reconciler/p4names.py and the P4 source;
-and reconciler/p4info.py's loader, descriptions and snapshot entry checks."""
+and reconciler/p4info.py's loader and descriptions; snapshot entry checks (tests/entry_checks.py)."""
 
 from __future__ import annotations
 
@@ -17,21 +17,19 @@ from reconciler import paths
 from reconciler.p4info import (
     P4C_TEXT_HEADER,
     P4InfoError,
-    assign_ids,
-    check_table_entry,
-    decode_match_value,
-    jenkins_one_at_a_time,
     load_p4info,
     p4info_digest,
     pipeline_info,
     pipeline_info_from_message,
-    shortest_unique_suffixes,
 )
+from entry_checks import check_table_entry, decode_match_value
+from p4c_ids import assign_ids, jenkins_one_at_a_time, shortest_unique_suffixes
 
 P4_SOURCE = paths.P4_DIR / "load_balancer.p4"
 P4_README = paths.P4_DIR / "README.md"
+from helpers import recorded_files
 from shared_fixtures import P4RUNTIME_BMV2 as FIXTURES
-FIXTURE_P4INFOS = sorted(FIXTURES.glob("*.p4info.txtpb")) if FIXTURES.is_dir() else []
+FIXTURE_P4INFOS = recorded_files(FIXTURES, "*.p4info.txtpb")
 
 
 @pytest.fixture(scope="module")
@@ -115,7 +113,6 @@ def test_ids_match_real_p4c_output_known_answers():
     )
 
 
-@pytest.mark.skipif(not FIXTURE_P4INFOS, reason="shared fixtures not present")
 @pytest.mark.parametrize("path", FIXTURE_P4INFOS, ids=lambda p: p.name)
 def test_hash_reproduces_every_id_of_real_p4c_output(path: Path):
     fixture = text_format.Parse(path.read_text(), p4i.P4Info())

@@ -7,10 +7,11 @@ import dataclasses
 import json
 
 import pytest
+from entry_checks import check_table_entry
 from helpers_render import do_render, make_cluster, make_config, make_service
 
 from reconciler import p4names as n
-from reconciler.p4info import check_table_entry, pipeline_info
+from reconciler.p4info import pipeline_info
 from reconciler.render import RenderResult
 from reconciler.snapshot import (
     Backend,

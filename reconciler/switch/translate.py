@@ -1,10 +1,8 @@
 """Snapshot entries <-> P4Runtime messages, and a snapshot diff -> ordered WriteRequests. Pure.
 
-Values use the snapshot spelling fixed by bit width (reconciler/p4info.py): 32-bit exact fields
-and params are IPv4 dotted quads, 32-bit LPM fields "a.b.c.d/len", 48-bit values MAC strings,
-everything else ints. On the wire every value is the canonical bytestring of the P4Runtime
-specification (shortest big-endian form, 0 as b"\\x00"); an LPM field with prefix length 0 is
-left out of the entry altogether, as the specification requires (BMv2 rejects prefix_len 0).
+Values use the snapshot spelling fixed by bit width and go on the wire as canonical bytestrings
+(both in reconciler/switch/codec.py); an LPM field with prefix length 0 is left out of the entry
+altogether, as the specification requires (BMv2 rejects prefix_len 0).
 
 Why our own encoder rather than finsy's P4TableEntry.encode: a 5,000-Service snapshot holds
 ~330,000 entries and the first apply (and every rollback to it) encodes all of them. finsy builds
@@ -16,17 +14,15 @@ parsed once (IPv4, MAC and prefix strings repeat across entries).
 
 from __future__ import annotations
 
-import ipaddress
-import re
-from collections.abc import Iterable, Sequence
-from functools import lru_cache
-from typing import Any, Callable
+from collections.abc import Callable, Iterable, Sequence
+from typing import Never, cast
 
 from finsy.proto import p4r
 
 from reconciler.diff import Update
 from reconciler.p4info import PipelineInfo, TableInfo
 from reconciler.snapshot import Entry, Value
+from reconciler.switch.codec import Encoder, LpmEncoder, lpm_encoder, scalar_decoder, scalar_encoder
 
 __all__ = [
     "TranslationError",
@@ -44,8 +40,6 @@ __all__ = [
 UPDATE_TYPES = {"INSERT": p4r.Update.INSERT, "MODIFY": p4r.Update.MODIFY, "DELETE": p4r.Update.DELETE}
 _UPDATE_NAMES = {v: k for k, v in UPDATE_TYPES.items()}
 _MAX_U128 = (1 << 128) - 1
-_MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
-_PREFIX_LEN_RE = re.compile(r"^(0|[1-9][0-9]?)$")
 
 
 class TranslationError(ValueError):
@@ -95,103 +89,6 @@ def election_id_proto(election_id: int) -> p4r.Uint128:
     return p4r.Uint128(high=high, low=low)
 
 
-# --- canonical bytestrings --------------------------------------------------------------------
-
-# Bytes of every 16-bit value: ports, service ids, buckets, protocols dominate the tables.
-_SMALL = tuple(v.to_bytes((v.bit_length() + 7) // 8 or 1, "big") for v in range(1 << 16))
-
-
-def _int_bytes(v: int) -> bytes:
-    if v < 65536:
-        return _SMALL[v]
-    return v.to_bytes((v.bit_length() + 7) // 8, "big")
-
-
-@lru_cache(maxsize=1 << 17)
-def _ipv4_int(text: str) -> int:
-    try:
-        address = ipaddress.IPv4Address(text)
-    except ValueError:
-        raise ValueError(f"{text!r} is not a dotted-quad IPv4 address") from None
-    if str(address) != text:  # one spelling per value, as the snapshot schema requires
-        raise ValueError(f"{text!r} is not in canonical dotted-quad form ({address})")
-    return int(address)
-
-
-@lru_cache(maxsize=1 << 17)
-def _ipv4_bytes(text: str) -> bytes:
-    return _int_bytes(_ipv4_int(text))
-
-
-@lru_cache(maxsize=1 << 12)
-def _mac_bytes(text: str) -> bytes:
-    if not _MAC_RE.match(text):
-        raise ValueError(f"expected a lowercase MAC address like 'aa:bb:cc:dd:ee:ff', got {text!r}")
-    return _int_bytes(int(text.replace(":", ""), 16))
-
-
-@lru_cache(maxsize=1 << 12)
-def _prefix(text: str) -> tuple[bytes, int] | None:
-    """(canonical value, prefix length) of "a.b.c.d/len"; None for a /0 (the field is omitted)."""
-    address, sep, length = text.partition("/")
-    if not sep or not _PREFIX_LEN_RE.match(length) or int(length) > 32:
-        raise ValueError(f"expected an IPv4 prefix like '10.0.0.0/24', got {text!r}")
-    value, prefix_len = _ipv4_int(address), int(length)
-    if value & ((1 << (32 - prefix_len)) - 1):
-        raise ValueError(f"{text!r} has host bits set beyond the /{prefix_len} prefix")
-    return None if prefix_len == 0 else (_int_bytes(value), prefix_len)
-
-
-def _scalar_encoder(bitwidth: int) -> Callable[[Any], bytes]:
-    """The encoder of one exact field or action parameter of this width."""
-    if bitwidth == 32:
-
-        def ipv4(v: Any) -> bytes:
-            if v.__class__ is not str:
-                raise ValueError(f"expected an IPv4 address string like '10.0.0.1', got {v!r}")
-            return _ipv4_bytes(v)
-
-        return ipv4
-    if bitwidth == 48:
-
-        def mac(v: Any) -> bytes:
-            if v.__class__ is not str:
-                raise ValueError(f"expected a MAC address string like 'aa:bb:cc:dd:ee:ff', got {v!r}")
-            return _mac_bytes(v)
-
-        return mac
-    limit = 1 << bitwidth
-
-    def integer(v: Any) -> bytes:
-        if v.__class__ is not int:  # also refuses bool, whose class is bool
-            raise ValueError(f"expected an integer, got {v!r}")
-        if not 0 <= v < limit:
-            raise ValueError(f"{v} does not fit in {bitwidth} bits (0 .. {limit - 1})")
-        return _int_bytes(v)
-
-    return integer
-
-
-def _lpm_encoder(bitwidth: int) -> Callable[[Any], tuple[bytes, int] | None]:
-    if bitwidth != 32:
-        raise TranslationError(f"LPM on a {bitwidth}-bit field has no snapshot encoding")
-
-    def lpm(v: Any) -> tuple[bytes, int] | None:
-        if v.__class__ is not str:
-            raise ValueError(f"expected an IPv4 prefix like '10.0.0.0/24', got {v!r}")
-        return _prefix(v)
-
-    return lpm
-
-
-def _scalar_decoder(bitwidth: int) -> Callable[[int], Value]:
-    if bitwidth == 32:
-        return lambda v: f"{v >> 24}.{v >> 16 & 255}.{v >> 8 & 255}.{v & 255}"
-    if bitwidth == 48:
-        return lambda v: ":".join(f"{b:02x}" for b in v.to_bytes(6, "big"))
-    return lambda v: v
-
-
 # --- per-P4Info compiled lookups --------------------------------------------------------------
 
 _EXACT, _LPM = 0, 1
@@ -205,32 +102,46 @@ class _ActionCodec:
         self.name, self.id, self.default_only = name, action.id, default_only
         self.params = tuple(p.name for p in action.params)
         self.param_ids = tuple(p.id for p in action.params)
-        self.encoders = tuple(_scalar_encoder(p.bitwidth) for p in action.params)
-        self.decoders = {p.id: (i, p.bitwidth, _scalar_decoder(p.bitwidth)) for i, p in enumerate(action.params)}
+        self.encoders: tuple[Encoder, ...] = tuple(scalar_encoder(p.bitwidth) for p in action.params)
+        self.decoders: dict[int, tuple[int, int, Callable[[int], Value]]] = {
+            p.id: (i, p.bitwidth, scalar_decoder(p.bitwidth)) for i, p in enumerate(action.params)
+        }
         self.widths = tuple(p.bitwidth for p in action.params)
 
 
 class _TableCodec:
-    __slots__ = ("name", "id", "fields", "field_ids", "kinds", "encoders", "decoders", "actions", "actions_by_id")
+    __slots__ = ("name", "id", "fields", "field_ids", "kinds", "exact", "lpm", "decoders", "actions",
+                 "actions_by_id")
 
     def __init__(self, info: PipelineInfo, table: TableInfo) -> None:
         self.name, self.id = table.name, table.id
         self.fields = tuple(f.name for f in table.match_fields)
         self.field_ids = tuple(f.id for f in table.match_fields)
-        kinds, encoders = [], []
+        # Per field: its kind, and the encoder of that kind in `exact` or `lpm` (the other slot
+        # refuses), so that the hot loop needs no type test.
+        kinds: list[int] = []
+        exact: list[Encoder] = []
+        lpm: list[LpmEncoder] = []
         for f in table.match_fields:
+            refuse = _unsupported(f.match_type)
             if f.match_type == "EXACT":
                 kinds.append(_EXACT)
-                encoders.append(_scalar_encoder(f.bitwidth))
+                exact.append(scalar_encoder(f.bitwidth))
+                lpm.append(refuse)
             elif f.match_type == "LPM":
                 kinds.append(_LPM)
-                encoders.append(_lpm_encoder(f.bitwidth))
+                exact.append(refuse)
+                try:
+                    lpm.append(lpm_encoder(f.bitwidth))
+                except ValueError as exc:
+                    raise TranslationError(str(exc)) from None
             else:
                 kinds.append(-1)  # no snapshot spelling: refused when an entry uses the table
-                encoders.append(_unsupported(f.match_type))
-        self.kinds, self.encoders = tuple(kinds), tuple(encoders)
-        self.decoders = {
-            f.id: (i, kinds[i], f.bitwidth, _scalar_decoder(f.bitwidth)) for i, f in enumerate(table.match_fields)
+                exact.append(refuse)
+                lpm.append(refuse)
+        self.kinds, self.exact, self.lpm = tuple(kinds), tuple(exact), tuple(lpm)
+        self.decoders: dict[int, tuple[int, int, int, Callable[[int], Value]]] = {
+            f.id: (i, kinds[i], f.bitwidth, scalar_decoder(f.bitwidth)) for i, f in enumerate(table.match_fields)
         }
         self.actions: dict[str, _ActionCodec] = {}
         for action_id in table.action_ids:
@@ -238,9 +149,13 @@ class _TableCodec:
             self.actions[action.name] = _ActionCodec(info, action.name, action_id in table.default_only_action_ids)
         self.actions_by_id = {a.id: a for a in self.actions.values()}
 
+    def encoder(self, index: int) -> Callable[[object], object]:
+        """The encoder of field `index`, whatever its kind (the slow path of error messages)."""
+        return self.exact[index] if self.kinds[index] == _EXACT else self.lpm[index]
 
-def _unsupported(match_type: str) -> Callable[[Any], bytes]:
-    def refuse(v: Any) -> bytes:
+
+def _unsupported(match_type: str) -> Callable[[object], Never]:
+    def refuse(v: object) -> Never:
         raise ValueError(f"{match_type} match fields have no snapshot encoding")
 
     return refuse
@@ -312,13 +227,13 @@ def _fill(codec: _Codec, te: p4r.TableEntry, e: Entry, with_action: bool) -> Non
     try:
         te.table_id = table.id
         match = te.match
-        for field_id, kind, encode, v in zip(table.field_ids, table.kinds, table.encoders, key):
+        for field_id, kind, exact, encode_lpm, v in zip(table.field_ids, table.kinds, table.exact, table.lpm, key):
             if kind == _EXACT:
                 fm = match.add()
                 fm.field_id = field_id
-                fm.exact.value = encode(v)
+                fm.exact.value = exact(v)
             else:
-                lpm = encode(v)
+                lpm = encode_lpm(v)
                 if lpm is not None:  # /0: the field is omitted (P4Runtime 9.1.1)
                     fm = match.add()
                     fm.field_id = field_id
@@ -337,9 +252,9 @@ def _fill(codec: _Codec, te: p4r.TableEntry, e: Entry, with_action: bool) -> Non
 
 def _explain(table: _TableCodec, action: _ActionCodec, e: Entry) -> TranslationError:
     """The slow path after a failed encode: find which value is wrong and say so."""
-    for name, encode, v in zip(table.fields, table.encoders, e.key):
+    for index, (name, v) in enumerate(zip(table.fields, e.key)):
         try:
-            encode(v)
+            table.encoder(index)(v)
         except ValueError as exc:
             return TranslationError(f"{e.table}: match field {name!r}: {exc}")
     for name, encode, v in zip(action.params, action.encoders, e.args):
@@ -382,7 +297,7 @@ def proto_to_entry(info: PipelineInfo, te: p4r.TableEntry) -> Entry:
     missing = [action.params[i] for i, a in enumerate(args) if a is None]
     if missing:
         raise TranslationError(f"{table.name}: action {action.name} lacks parameter(s) {', '.join(missing)}")
-    return Entry(table.name, key, action.name, tuple(args))  # type: ignore[arg-type]
+    return Entry(table.name, key, action.name, cast("tuple[Value, ...]", tuple(args)))  # no None left: checked above
 
 
 def _decode_key(table: _TableCodec, te: p4r.TableEntry) -> tuple[Value, ...]:
@@ -410,7 +325,7 @@ def _decode_key(table: _TableCodec, te: p4r.TableEntry) -> tuple[Value, ...]:
             if kind != _LPM:
                 raise TranslationError(f"{table.name}: read-back entry lacks match field {table.fields[index]!r}")
             key[index] = "0.0.0.0/0"  # an omitted LPM field is the /0 wildcard
-    return tuple(key)  # type: ignore[arg-type]
+    return cast("tuple[Value, ...]", tuple(key))  # every None was filled or refused above
 
 
 def describe_update(info: PipelineInfo, update: p4r.Update) -> str:
