@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Iterable, Literal
 
 from . import p4names as n
-from .snapshot import Entry, ServiceSnapshot, Snapshot
+from .snapshot import Entry, ServiceSnapshot, Snapshot, Value
 
 UpdateKind = Literal["INSERT", "MODIFY", "DELETE"]
 PHASE_NAMES = ("withdraw", "prepare", "publish", "retract", "cleanup")
@@ -72,7 +72,11 @@ class SnapshotDiff:
         return dict(sorted(out.items()))
 
 
-def _keyed(entries: Iterable[Entry]) -> dict[tuple[str, tuple], Entry]:
+# An entry's identity on the switch: its table and its match key.
+_Key = tuple[str, tuple[Value, ...]]
+
+
+def _keyed(entries: Iterable[Entry]) -> dict[_Key, Entry]:
     return {(e.table, e.key): e for e in entries}
 
 
@@ -109,7 +113,8 @@ def diff_snapshots(old: Snapshot | None, new: Snapshot) -> SnapshotDiff:
         elif nw is not None:
             changes.append(ServiceChange(name, "added", o, nw))
         else:
-            gone.append(o)  # type: ignore[arg-type]
+            assert o is not None  # the name came from old or new
+            gone.append(o)
         if o is not None:
             for es in o.entries().values():
                 before.extend(es)
@@ -136,7 +141,7 @@ def diff_snapshots(old: Snapshot | None, new: Snapshot) -> SnapshotDiff:
     # only changed Services can give or take one, so only they are looked at.
     # A renamed Service port is the same owner (port_identity), not a takeover.
     old_owner = {c.old.service_id: c.old for c in changes if c.old is not None}
-    taken_over = {
+    taken_over: set[Value] = {
         c.new.service_id
         for c in changes
         if c.new is not None
@@ -148,7 +153,7 @@ def diff_snapshots(old: Snapshot | None, new: Snapshot) -> SnapshotDiff:
 
 
 def _phases(
-    b: dict[tuple[str, tuple], Entry], a: dict[tuple[str, tuple], Entry], taken_over: set[int]
+    b: dict[_Key, Entry], a: dict[_Key, Entry], taken_over: set[Value]
 ) -> tuple[tuple[Update, ...], ...]:
     """Order the writes turning entries `b` into `a` (see the module docstring).
 
@@ -158,7 +163,7 @@ def _phases(
     phases: list[list[Update]] = [[] for _ in PHASE_NAMES]
     if taken_over:
         taken_over = taken_over & _sids_with_changes(b, a)  # identical bytes: nothing to protect
-    withdrawn: set[tuple[str, tuple]] = set()
+    withdrawn: set[_Key] = set()
     for k, e in b.items():
         if e.table == n.VIP_TABLE and e.args[0] in taken_over:
             phases[0].append(Update("DELETE", e))
@@ -186,9 +191,9 @@ def _phases(
     return tuple(tuple(p) for p in phases)
 
 
-def _sids_with_changes(b: dict[tuple[str, tuple], Entry], a: dict[tuple[str, tuple], Entry]) -> set[int]:
+def _sids_with_changes(b: dict[_Key, Entry], a: dict[_Key, Entry]) -> set[Value]:
     """Service ids whose VIP or bucket entries differ between `b` and `a`."""
-    out: set[int] = set()
+    out: set[Value] = set()
     for k in b.keys() | a.keys():
         x, y = b.get(k), a.get(k)
         if x is not None and y is not None and (x.action, x.args) == (y.action, y.args):
@@ -197,7 +202,7 @@ def _sids_with_changes(b: dict[tuple[str, tuple], Entry], a: dict[tuple[str, tup
             if e is None:
                 continue
             if e.table == n.VIP_TABLE:
-                out.add(e.args[0])  # type: ignore[arg-type]
+                out.add(e.args[0])
             elif e.table == n.BACKEND_TABLE:
-                out.add(e.key[0])  # type: ignore[arg-type]
+                out.add(e.key[0])
     return out

@@ -92,7 +92,7 @@ def _enc_str(v: str) -> str:
 
 
 def _enc(v: Value) -> str:
-    return str(v) if v.__class__ is int else _enc_str(v)  # type: ignore[arg-type]
+    return str(v) if v.__class__ is int else _enc_str(v)
 
 
 def _sort_value(v: Value) -> tuple[int, int]:
@@ -240,10 +240,10 @@ class ServiceSnapshot:
         if not self.backends or self.assignment[0] is None:
             return {}
         proto = n.IP_PROTOCOLS[self.protocol]
-        by_key = {backend_key(b, self.backend_mode): b for b in self.backends}
+        by_key: dict[str | None, Backend] = {backend_key(b, self.backend_mode): b for b in self.backends}
         backend_entries = []
         for bucket, key in enumerate(self.assignment):
-            b = by_key[key]  # type: ignore[index]
+            b = by_key[key]
             backend_entries.append(
                 Entry(n.BACKEND_TABLE, (self.service_id, bucket), n.DNAT, (b.address, b.port, b.backend_id), self.name)
             )
@@ -278,7 +278,8 @@ class ServiceSnapshot:
         head = '{"action":' + _enc(n.DNAT) + ',"match":{'
         tails: dict[str | None, str] = {}
         for b in self.backends:
-            args = dict(zip(params, (b.address, b.port, b.backend_id)))
+            values: tuple[Value, ...] = (b.address, b.port, b.backend_id)
+            args = dict(zip(params, values))
             par = ",".join(f"{json.dumps(p)}:{_enc(args[p])}" for p in sorted(params))
             tails[backend_key(b, self.backend_mode)] = '},"params":{' + par + '},"service":' + name + "}"
         sid = self.service_id
@@ -537,7 +538,7 @@ def service_from_json(s: Mapping[str, Any], entries: list[Entry], where: str) ->
         )
         for b in s["backends"]
     )
-    by_target = {(b.address, b.port, b.backend_id): backend_key(b, mode) for b in backends}
+    by_target: dict[tuple[Value, ...], str] = {(b.address, b.port, b.backend_id): backend_key(b, mode) for b in backends}
     assignment: list[str | None] = [None] * s["bucketCount"]
     for e in entries:
         if e.table != n.BACKEND_TABLE:
@@ -545,7 +546,7 @@ def service_from_json(s: Mapping[str, Any], entries: list[Entry], where: str) ->
         _, bucket = e.key
         if not isinstance(bucket, int) or bucket >= s["bucketCount"]:
             raise SnapshotError(f"{where}: backend_table bucket {bucket} outside bucketCount {s['bucketCount']}")
-        target = by_target.get(tuple(e.args))  # type: ignore[arg-type]
+        target = by_target.get(tuple(e.args))
         if target is None:
             raise SnapshotError(f"{where}: backend_table entry for bucket {bucket} points at {e.args}, not a listed backend")
         assignment[bucket] = target
