@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+from helpers import require_git, require_gpg, require_ssh_keygen
 
 from reconciler.cluster.model import ClusterState
 from reconciler.cluster.recorded import load_cluster_file
@@ -63,3 +64,18 @@ def loop_world(tmp_path):
 
     with build(tmp_path) as world:
         yield world
+
+
+@pytest.fixture
+def ssh_keygen_tool() -> str:
+    return require_ssh_keygen()
+
+
+@pytest.fixture
+def gpg_tool() -> str:
+    return require_gpg()
+
+
+@pytest.fixture
+def git_tool() -> str:
+    return require_git()

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pygit2
 import pytest
-from test_audit_support import HAVE_GIT, Clock, series
+from helpers import needs_git
+from test_audit_support import Clock, series
 
 from reconciler.audit import AuditError, AuditRepo, Credentials, PushError, RetryPolicy, verify_history
 from reconciler.audit.push import CredentialType, _Callbacks, looks_like_url, redact, redact_url
@@ -286,7 +287,7 @@ def http_remote(tmp_path):
         thread.join(timeout=10)
 
 
-@pytest.mark.skipif(not HAVE_GIT, reason="git http-backend not installed")
+@needs_git  # its http-backend serves the remote
 def test_push_over_http_with_credentials_from_env(tmp_path, http_remote, monkeypatch, caplog) -> None:
     url, bare, handler = http_remote
     monkeypatch.setenv("P4KUBE_AUDIT_USERNAME", handler.user)

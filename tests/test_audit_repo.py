@@ -7,7 +7,8 @@ from datetime import datetime, timezone
 
 import pygit2
 import pytest
-from test_audit_support import HAVE_GIT, Clock, git, loose_objects, series
+from helpers import needs_git
+from test_audit_support import Clock, git, loose_objects, series
 
 from reconciler.audit import AuditError, AuditRepo, Identity
 from reconciler.audit.layout import MANIFEST, config_dir, snapshot_to_files
@@ -79,7 +80,7 @@ def test_trailers_and_messages(audit) -> None:
         audit.record(s.snap, "applied", extra_trailers=[("Bad Key", "x")])
 
 
-@pytest.mark.skipif(not HAVE_GIT, reason="git CLI not installed")
+@needs_git
 def test_git_interpret_trailers_reads_them(audit) -> None:
     s = series()
     audit.record(s.snap, "rolled-back", reason="probe failed: VIP 203.0.113.10:80 timed out")

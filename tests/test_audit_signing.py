@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pygit2
 import pytest
-from test_audit_support import HAVE_GIT, Clock, allowed_signers, git, series, ssh_key
+from helpers import needs_git, needs_gpg
+from test_audit_support import Clock, allowed_signers, git, series, ssh_key
 
 from reconciler.audit import (
     AuditRepo,
@@ -22,8 +23,6 @@ from reconciler.audit import (
     verify_intent_commit,
 )
 
-HAVE_GPG = shutil.which("gpg") is not None and shutil.which("gpgconf") is not None
-needs_gpg = pytest.mark.skipif(not HAVE_GPG, reason="gpg not installed")
 
 
 @pytest.fixture
@@ -72,7 +71,7 @@ def test_ssh_signed_audit_commits_verify(tmp_path, keys) -> None:
     assert report.signatures == report.commits == 2
 
 
-@pytest.mark.skipif(not HAVE_GIT, reason="git CLI not installed")
+@needs_git
 def test_git_verify_commit_accepts_our_ssh_signatures(tmp_path, keys) -> None:
     key, _, signers = keys
     audit = AuditRepo.open_or_init(tmp_path / "audit", signer=SshSigner(key), clock=Clock())

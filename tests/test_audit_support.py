@@ -4,7 +4,6 @@ cluster, object counting, SSH keys and the git CLI."""
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -16,9 +15,6 @@ from reconciler.cluster.synthetic import synthetic_cluster, with_scaled_service
 from reconciler.intent.model import LoadBalancerConfig
 from reconciler.render import Renderer
 from reconciler.snapshot import Snapshot
-
-HAVE_GIT = shutil.which("git") is not None
-
 
 @dataclass
 class Series:

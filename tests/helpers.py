@@ -1,0 +1,95 @@
+"""Helpers shared by the test files: run a coroutine, run the CLI in-process, find the console
+script and the command-line tools the tests need.
+
+A missing tool or console script fails the test with what to install: CI has them all, and a skip
+would hide that a test never ran."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import shutil
+import sys
+from pathlib import Path
+from typing import Any, Coroutine, TypeVar
+
+import pytest
+
+T = TypeVar("T")
+
+# Long enough for a slow shared CI machine; a hang still ends as a failure, not a stuck run.
+TIMEOUT = 30.0
+
+
+def run(coro: Coroutine[Any, Any, T], timeout: float = TIMEOUT) -> T:
+    """Run a coroutine on a fresh event loop, failing it after `timeout` seconds."""
+    return asyncio.run(asyncio.wait_for(coro, timeout))
+
+
+def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    """`p4kube *argv` in this process: its exit code, stdout and stderr."""
+    from reconciler.cli import main
+
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def console_script() -> Path:
+    """The installed `p4kube` console script (pyproject's entry point) next to this Python."""
+    exe = Path(sys.executable).with_name("p4kube")
+    if not exe.exists():
+        pytest.fail(f"the p4kube console script is not installed next to {sys.executable}: "
+                    f"install the project (`pip install -e .`, as dev.py does)", pytrace=False)
+    return exe
+
+
+def require_tool(name: str, install: str) -> str:
+    """The path of the command-line tool `name`; fails the test, saying what to install, when it
+    is not on PATH."""
+    path = shutil.which(name)
+    if path is None:
+        pytest.fail(f"{name} is not installed: {install}", pytrace=False)
+    return path
+
+
+def require_module(name: str, install: str) -> Any:
+    """The imported module `name`; fails the test, saying what to install, when it cannot be
+    imported."""
+    try:
+        return importlib.import_module(name)
+    except ImportError as e:
+        pytest.fail(f"{name} cannot be imported ({e}): {install}", pytrace=False)
+
+
+def require_ssh_keygen() -> str:
+    return require_tool("ssh-keygen", "install OpenSSH's client tools (apt-get install openssh-client)")
+
+
+def require_gpg() -> str:
+    require_tool("gpgconf", "install GnuPG (apt-get install gnupg)")
+    return require_tool("gpg", "install GnuPG (apt-get install gnupg)")
+
+
+def require_git() -> str:
+    return require_tool("git", "install git (apt-get install git)")
+
+
+def recorded_files(folder: Path, pattern: str) -> list[Path]:
+    """The recorded fixture files in `folder` matching `pattern`. None is an error at collection:
+    a deleted fixture must fail, not turn its parametrized tests into a skip."""
+    found = sorted(folder.glob(pattern))
+    if not found:
+        raise FileNotFoundError(f"no {pattern} in {folder}: the recorded fixtures are missing (tests/fixtures/README.md)")
+    return found
+
+
+def require_node() -> str:
+    return require_tool("node", "install Node.js (apt-get install nodejs)")
+
+
+# Markers for tests that need a tool: the fixtures (conftest.py) fail, with what to install, when
+# it is missing.
+needs_ssh = pytest.mark.usefixtures("ssh_keygen_tool")
+needs_gpg = pytest.mark.usefixtures("gpg_tool")
+needs_git = pytest.mark.usefixtures("git_tool")
