@@ -16,11 +16,13 @@ import bisect
 import heapq
 import ipaddress
 from dataclasses import dataclass
+from collections.abc import Mapping
 from typing import Generic, Hashable, TypeVar
 
 from ..intent.model import VipPool
 
 V = TypeVar("V", bound=Hashable)
+Owner = TypeVar("Owner", bound=Hashable)
 
 
 class Exhausted(Exception):
@@ -30,7 +32,9 @@ class Exhausted(Exception):
 class Space(Generic[V]):
     """An ordered space of candidate values."""
 
-    size: int
+    @property
+    def size(self) -> int:
+        raise NotImplementedError
 
     def value_at(self, i: int) -> V:
         raise NotImplementedError
@@ -49,7 +53,7 @@ class IntSpace(Space[int]):
     what: str
 
     @property
-    def size(self) -> int:  # type: ignore[override]
+    def size(self) -> int:
         return self.hi - self.lo + 1
 
     def value_at(self, i: int) -> int:
@@ -79,7 +83,11 @@ class VipSpace(Space[str]):
                 self._ranges.append((int(lo), int(hi)))
                 self._range_pool.append(pool)
                 total += int(hi) - int(lo) + 1
-        self.size = total
+        self._size = total
+
+    @property
+    def size(self) -> int:
+        return self._size
 
     def value_at(self, i: int) -> str:
         r = bisect.bisect_right(self._starts, i) - 1
@@ -208,7 +216,7 @@ class Pool(Generic[V]):
             self.owner_of[value] = owner
             self.value_of[owner] = value
 
-    def rekey(self, mapping: dict[Hashable, Hashable]) -> None:
+    def rekey(self, mapping: Mapping[Owner, Hashable]) -> None:
         """Move values from old owners to new ones (a renamed owner keeps what it holds). All old
         owners are detached first, so owners may swap names."""
         moved = [(new, self.value_of.pop(old)) for old, new in mapping.items() if old in self.value_of]

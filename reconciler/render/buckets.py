@@ -20,10 +20,11 @@ from __future__ import annotations
 
 import hashlib
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from fractions import Fraction
 from functools import lru_cache
 from math import lcm
+from typing import cast
 
 __all__ = [
     "ALGORITHMS",
@@ -124,7 +125,7 @@ class _PermutationCache:
 _PERMUTATIONS = _PermutationCache()
 
 
-def _preference_rank(key: str, bucket_count: int):  # -> Callable[[int], int]
+def _preference_rank(key: str, bucket_count: int) -> Callable[[int], int]:
     """bucket -> its position in ``key``'s permutation (0 = most preferred), in O(1)."""
     offset, _, inverse = _maglev_params(key, bucket_count)
     mask = bucket_count - 1
@@ -138,7 +139,7 @@ def _preference_rank(key: str, bucket_count: int):  # -> Callable[[int], int]
 def apportion(
     bucket_count: int,
     weights: Mapping[str, int | Fraction],
-    previous: Mapping[str, int] | None = None,
+    previous: Mapping[str | None, int] | None = None,
 ) -> dict[str, int]:
     """Split ``bucket_count`` buckets among backends in proportion to ``weights``.
 
@@ -273,7 +274,7 @@ def _fill(slots: list[str | None], needs: Mapping[str, int]) -> tuple[str, ...]:
             if left:
                 still.append(key)
         active = still
-    return tuple(slots)  # type: ignore[arg-type]  # every slot is filled now
+    return cast(tuple[str, ...], tuple(slots))  # every slot is filled now
 
 
 def maglev_assign(bucket_count: int, quotas: Mapping[str, int]) -> tuple[str, ...]:
@@ -306,7 +307,7 @@ def rebalance(previous: Sequence[str | None], quotas: Mapping[str, int]) -> tupl
     _check_quotas(bucket_count, quotas)
     held = Counter(previous)
     if None not in held and all(held[k] == q for k, q in quotas.items()):
-        return tuple(previous)  # type: ignore[arg-type]  # nothing to move: the common case
+        return cast(tuple[str, ...], tuple(previous))  # no None in it: nothing to move, the common case
 
     slots: list[str | None] = list(previous)
     holdings: dict[str, list[int]] = {}

@@ -21,12 +21,12 @@ import heapq
 import itertools
 import logging
 from dataclasses import dataclass, field, replace
-from typing import Iterable, Mapping
+from typing import Hashable, Iterable, Mapping, cast
 
 from ..cluster.model import ClusterState, Service, ServicePort
 from ..intent.model import LoadBalancerConfig
 from ..p4names import IP_PROTOCOLS, REVERSE_NAT
-from ..snapshot import Backend, ServiceSnapshot, Snapshot, backend_key, check_service_schema, route_entries
+from ..snapshot import Backend, ServiceSnapshot, Snapshot, Value, backend_key, check_service_schema, route_entries
 from . import buckets
 from .allocate import Exhausted, IntSpace, Pool, VipSpace
 from .select import entry_name, node_backends, selection, target_port, trusted_pod_backend, untrusted_backends_issue
@@ -35,6 +35,12 @@ log = logging.getLogger(__name__)
 
 MAX_SERVICE_ID = 0xFFFF
 MAX_BACKEND_ID = 0xFFFF
+
+# A reverse_nat match key: (backend address, port, protocol).
+_ReverseKey = tuple[Value, ...]
+# What a refused Service waits for, or what a render released: (kind, value), or (kind, None)
+# for any value of that kind.
+_Mark = tuple[str, object]
 
 
 @dataclass(frozen=True)
@@ -82,7 +88,7 @@ class _State:
     backend_ids: Pool[int]
     services: dict[str, ServiceSnapshot] = field(default_factory=dict)  # by snapshot name
     keys: dict[str, _KeyState] = field(default_factory=dict)  # by Service key
-    reverse_owner: dict[tuple, str] = field(default_factory=dict)  # reverse_nat key -> name
+    reverse_owner: dict[_ReverseKey, str] = field(default_factory=dict)  # reverse_nat key -> name
     order: list[str] = field(default_factory=list)  # sorted snapshot names
     ordered: list[ServiceSnapshot] = field(default_factory=list)  # services in `order`
     position: dict[str, int] = field(default_factory=dict)  # name -> index in `order`
@@ -90,11 +96,11 @@ class _State:
     # Services refused because a value they need is held (a VIP, a service or backend id, a
     # reverse_nat key), by kind of value. They are retried when a render released values of
     # that kind: what blocked them may be free now, though their own inputs did not change.
-    retry_keys: dict[str, frozenset[tuple]] = field(default_factory=dict)  # key -> {(kind, value|None)}
-    freed: frozenset[tuple] = frozenset()  # (kind, value) and (kind, None) released by the last render
+    retry_keys: dict[str, frozenset[_Mark]] = field(default_factory=dict)  # key -> {(kind, value|None)}
+    freed: frozenset[_Mark] = frozenset()  # (kind, value) and (kind, None) released by the last render
     # reverse_nat keys released in this render -> their previous owner (quarantine, as for ids)
-    reverse_released: dict[tuple, str] = field(default_factory=dict)
-    blocked: dict[str, set[tuple]] = field(default_factory=dict)  # this render: key -> {(kind, value)}
+    reverse_released: dict[_ReverseKey, str] = field(default_factory=dict)
+    blocked: dict[str, set[_Mark]] = field(default_factory=dict)  # this render: key -> {(kind, value)}
 
     def reorder(self) -> None:
         self.order = sorted(self.services)
@@ -132,6 +138,7 @@ class Renderer:
         elif changed is not None:
             todo = set(changed)
         else:
+            assert st is not None  # reuse says so
             todo = {k for k in st.keys.keys() | cluster.services.keys() if _fingerprint(cluster, k, connections) != _cached_fp(st, k)}
         assert st is not None
         if st.freed:
@@ -144,7 +151,8 @@ class Renderer:
         touched: list[str] = []
         # Services that left go first, so what they held is quarantined before anyone asks for
         # it: the outcome and its message must not depend on how names sort.
-        leavers, stayers = [], []
+        leavers: list[str] = []
+        stayers: list[str] = []
         for key in sorted(todo):
             svc = cluster.services.get(key)
             (leavers if svc is None or selection(config, svc) is not None else stayers).append(key)
@@ -183,7 +191,7 @@ class Renderer:
             retry_after(key)
         # What this render released: each reverse_nat key and VIP by value (a Service waits for
         # one particular value), and each kind as a whole (a Service waits for a full space).
-        freed: set[tuple] = {("reverse", k) for k in st.reverse_released}
+        freed: set[_Mark] = {("reverse", k) for k in st.reverse_released}
         freed |= {("vip", v) for v in st.vips.released_values()}
         for kind, pool in (("vip", st.vips), ("service-id", st.service_ids), ("backend-id", st.backend_ids)):
             if pool.released_this_render:
@@ -247,12 +255,12 @@ class _Releases:
     def _counts(st: _State) -> tuple[int, int, int, int]:
         return (len(st.vips.released_log), len(st.service_ids.released_log), len(st.backend_ids.released_log), len(st.reverse_released))
 
-    def new_marks(self, st: _State) -> set[tuple]:
+    def new_marks(self, st: _State) -> set[_Mark]:
         """(kind, value) and (kind, None) for what was released since the last call."""
         now = self._counts(st)
         if now == self.seen:
             return set()
-        marks: set[tuple] = set()
+        marks: set[_Mark] = set()
         if now[0] > self.seen[0]:
             marks.add(("vip", None))
             marks.update(("vip", v) for v in st.vips.released_log[self.seen[0] :])
@@ -340,7 +348,7 @@ def _reserve_vip(st: _State, svc: Service) -> None:
     kube-proxy serves meanwhile, so it is the one actually in use."""
     if st.vips.holds(svc.key) is not None:
         return
-    pools: VipSpace = st.vips.space  # type: ignore[assignment]
+    pools = cast(VipSpace, st.vips.space)  # the vips pool is built over one (_fresh_state)
     asked = _requested_vip(svc)
     for ip in ((asked[0],) if asked else ()) + svc.ingress_ips:
         if pools.allows(ip, svc.namespace) and st.vips.take(svc.key, ip):
@@ -354,7 +362,7 @@ def _reclaim_vip(st: _State, svc: Service) -> None:
     that one instead, in its turn."""
     if st.vips.holds(svc.key) is not None or not svc.ingress_ips:
         return
-    pools: VipSpace = st.vips.space  # type: ignore[assignment]
+    pools = cast(VipSpace, st.vips.space)  # the vips pool is built over one (_fresh_state)
     asked = _requested_vip(svc)
     for ip in svc.ingress_ips:
         if (asked is None or asked[0] == ip) and pools.allows(ip, svc.namespace) and st.vips.take(svc.key, ip):
@@ -417,7 +425,7 @@ def _block(st: _State, key: str, kind: str, value: object = None) -> None:
     st.blocked.setdefault(key, set()).add((kind, value))
 
 
-def _release_reverse(st: _State, rkey: tuple, name: str) -> None:
+def _release_reverse(st: _State, rkey: _ReverseKey, name: str) -> None:
     if st.reverse_owner.get(rkey) == name:
         del st.reverse_owner[rkey]
         st.reverse_released.setdefault(rkey, name)
@@ -560,7 +568,7 @@ def _choose_vip(st: _State, svc: Service, issues: list[RenderIssue]) -> str | No
     On an error (None) the Service still holds the VIP it held: the caller keeps or releases it."""
     key = svc.key
     asked = _requested_vip(svc)
-    pools: VipSpace = st.vips.space  # type: ignore[assignment]
+    pools = cast(VipSpace, st.vips.space)  # the vips pool is built over one (_fresh_state)
     if asked:
         requested, where = asked
         # Every request, whatever field carries it, comes from the pools the namespace may use:
@@ -617,7 +625,7 @@ def _render_port(
         return None
     old = st.services.get(name)
     first_issue = len(issues)
-    allocated: list[tuple[Pool, object]] = []  # what this attempt took, undone if it fails
+    allocated: list[tuple[Pool[int], Hashable]] = []  # what this attempt took, undone if it fails
 
     def fail() -> ServiceSnapshot | None:
         for pool, owner in allocated:
@@ -689,9 +697,9 @@ def _render_port(
     except ValueError as e:
         issues.append(RenderIssue(name, str(e), "error"))
         return fail()
-    counts: dict[str | None, int] = {}
-    for k in assignment:
-        counts[k] = counts.get(k, 0) + 1
+    per_backend: dict[str | None, int] = {}
+    for held in assignment:
+        per_backend[held] = per_backend.get(held, 0) + 1
     backends = []
     for k in sorted(targets, key=lambda k: (targets[k][0], targets[k][1])):
         node, address, tport, reps = targets[k]
@@ -707,7 +715,7 @@ def _render_port(
                 address=address,
                 port=tport,
                 replicas=reps,
-                buckets=counts.get(k, 0),
+                buckets=per_backend.get(k, 0),
                 backend_id=bid,
                 active_connections=(conns or {}).get(k, 0) if conns is not None else None,
             )
@@ -732,15 +740,15 @@ def _render_port(
         issues.append(RenderIssue(name, "no ready endpoints: VIP left to kube-proxy until replicas are ready"))
     now = {(address, tport, proto) for _, address, tport, _ in targets.values()}
     if old is not None:
-        for e in old.entries().get(REVERSE_NAT, ()):
-            if e.key not in now:
-                _release_reverse(st, e.key, name)
-    for k in now:
-        st.reverse_owner[k] = name
+        for entry in old.entries().get(REVERSE_NAT, ()):
+            if entry.key not in now:
+                _release_reverse(st, entry.key, name)
+    for rkey in now:
+        st.reverse_owner[rkey] = name
     return result
 
 
-def _allocate(pool: Pool, owner: object, allocated: list[tuple[Pool, object]]) -> int:
+def _allocate(pool: Pool[int], owner: Hashable, allocated: list[tuple[Pool[int], Hashable]]) -> int:
     """The id `owner` holds, else a new one, recorded in `allocated` so that a port that fails
     later in the same render hands it back (raises Exhausted when none is free)."""
     if pool.holds(owner) is not None:
