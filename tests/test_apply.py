@@ -12,6 +12,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from helpers import run
 from finsy.proto import p4r, p4r_grpc
 
 from reconciler import p4names as n
@@ -124,10 +125,6 @@ def assert_invariant(w: World, *allowed: Snapshot | None) -> Snapshot | None:
         f"switches hold a mix: standby {len(got_standby)} entries, primary {len(got_primary)} entries; "
         f"allowed versions {[s.version if s else None for s in allowed]}"
     )
-
-
-def run(coro):
-    return asyncio.run(coro)
 
 
 async def apply(w: World, target, last_good, applier=None, **kw):

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import run
 from ruamel.yaml import YAML
 
 from reconciler.cluster.convert import state_from_objects
@@ -495,10 +496,6 @@ def api(server: KubeApiServer) -> Iterator[k8s.ApiClient]:
         client.close()
 
 
-def _run(coro: Any, timeout: float = 30) -> Any:
-    return asyncio.run(asyncio.wait_for(coro, timeout))
-
-
 async def _next(changes: Any, timeout: float = 10) -> frozenset[str]:
     return await asyncio.wait_for(changes.__anext__(), timeout)
 
@@ -545,7 +542,7 @@ def test_watch_events_update_the_state_and_report_the_changed_service(server: Ku
             assert source.stats.relists == 0
             assert server.active_watches == 3  # one open watch per kind
 
-    _run(go())
+    run(go())
 
 
 def test_expired_error_mid_stream_relists_without_losing_the_change() -> None:
@@ -582,7 +579,7 @@ def test_expired_error_mid_stream_relists_without_losing_the_change() -> None:
                 assert any("410" in p and "Expired" in p and "relist" in p for p in source.stats.problems)
 
         try:
-            _run(go())
+            run(go())
         finally:
             api.close()
 
@@ -625,7 +622,7 @@ def test_reconnect_after_the_history_was_lost_relists(server: KubeApiServer, api
             gate.open()
             await source.aclose()
 
-    _run(go())
+    run(go())
 
 
 def test_server_restart_reconnects_and_resumes_from_the_last_resource_version(server: KubeApiServer, api: k8s.ApiClient) -> None:
@@ -658,7 +655,7 @@ def test_server_restart_reconnects_and_resumes_from_the_last_resource_version(se
             gate.open()
             await source.aclose()
 
-    _run(go())
+    run(go())
 
 
 def test_close_ends_the_watch_threads_promptly(server: KubeApiServer, api: k8s.ApiClient) -> None:
@@ -673,7 +670,7 @@ def test_close_ends_the_watch_threads_promptly(server: KubeApiServer, api: k8s.A
         with pytest.raises(StopAsyncIteration):
             await _next(changes)
 
-    _run(go())
+    run(go())
 
 
 def test_snapshot_before_every_kind_was_listed_is_not_ready(server: KubeApiServer, api: k8s.ApiClient) -> None:
@@ -713,4 +710,4 @@ def test_snapshot_before_every_kind_was_listed_is_not_ready(server: KubeApiServe
             release.set()
             await source.aclose()
 
-    _run(go())
+    run(go())

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 
 import grpc
 import pytest
+from helpers import run
 from finsy.proto import p4r, p4r_grpc
 from hypothesis import given
 from hypothesis import strategies as st
@@ -119,10 +120,6 @@ def service(name: str, sid: int, vip: str, backends: list[tuple[str, Endpoint]],
 def snapshot(*services: ServiceSnapshot, version: int = 1) -> Snapshot:
     return Snapshot("p4kube-system/test", version, None, None, "load_balancer.p4", "sha256:test",
                     tuple(sorted(services, key=lambda s: s.name)))
-
-
-def run(coro):
-    return asyncio.run(coro)
 
 
 # --- the state machine ------------------------------------------------------------------------

@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from helpers import run
 from kubeapi.server import KubeApiServer
 from kubernetes import client as k8s
 
@@ -59,10 +60,6 @@ def elector(api: k8s.ApiClient, identity: str, clock: FakeClock, **kw: Any) -> L
 def read_lease(api: k8s.ApiClient) -> dict[str, Any]:
     raw = k8s.CoordinationV1Api(api).read_namespaced_lease("p4kube-reconciler", NS, _preload_content=False)
     return json.loads(raw.data)
-
-
-def run(coro: Any) -> Any:
-    return asyncio.run(asyncio.wait_for(coro, 30))
 
 
 def test_handover_signals_the_old_leader_at_once(apis: list[k8s.ApiClient]) -> None:

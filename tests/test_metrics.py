@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import PurePosixPath
 
 import pytest
+from helpers import run
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -34,10 +35,6 @@ P4INFO = load_p4info()
 INFO = pipeline_info_from_message(P4INFO)
 WAIT = 5.0
 CFG = "p4kube-system/lb"
-
-
-def run(coro):
-    return asyncio.run(coro)
 
 
 def result(outcome="applied", *reports: SwitchReport, version=7, reason="") -> ApplyResult:

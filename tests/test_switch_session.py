@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import Coroutine, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import grpc
 import pytest
+from helpers import run
 from pki import Pki, make_pki
 from finsy.proto import U128, p4r, p4r_grpc
 
@@ -44,11 +45,6 @@ from reconciler.switch.translate import updates_to_requests
 INFO = pipeline_info()
 P4INFO = load_p4info()
 DEVICE_CONFIG = b'{"program": "load_balancer.p4 (opaque to the software switch)"}'
-T = TypeVar("T")
-
-
-def run(coro: Coroutine[Any, Any, T], timeout: float = 30.0) -> T:
-    return asyncio.run(asyncio.wait_for(coro, timeout))
 
 
 @pytest.fixture(params=["spec", "bmv2"])
