@@ -55,7 +55,11 @@ def check_packet(switch: SoftwareSwitch, name: str, snap: Snapshot, service: str
     the nodes unchanged."""
     src, sport = CLIENT
     svc = snap.by_name.get(service)
-    dst_ip, dst_port = vip if vip is not None else (svc.vip, svc.port)  # type: ignore[union-attr]
+    if vip is not None:
+        dst_ip, dst_port = vip
+    else:
+        assert svc is not None, f"{service} is not in v{snap.version}"  # the steps name Services they put there
+        dst_ip, dst_port = svc.vip, svc.port
     out = switch.inject(1, CLIENT_PORT, build_tcp(src, dst_ip, sport, dst_port, SYN))
     if out.dropped or out.data is None:
         raise DemoFailed(f"a SYN to {service}'s VIP {dst_ip}:{dst_port} was dropped: {out.trace}")
