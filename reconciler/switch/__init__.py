@@ -1,23 +1,23 @@
-"""The switch layer: snapshot entries <-> P4Runtime messages (translate), TLS settings (tls), and
-one P4Runtime session per switch (session). The two-switch transaction is built on top of these,
-in reconciler/apply.py."""
+"""The switch layer: snapshot values <-> bytes (codec), snapshot entries <-> P4Runtime messages
+(translate), TLS settings (tls), and one P4Runtime session per switch (session), which composes
+the channel, arbitration, pipeline, writes and reads modules. The two-switch transaction is built
+on top of these, in reconciler/apply.py."""
 
-from reconciler.switch.session import (
+from reconciler.switch.errors import (
     ArbitrationError,
-    CounterCell,
     NotPrimaryError,
     PipelineError,
-    PipelineStatus,
     ReadError,
     SwitchError,
-    SwitchSession,
     SwitchTlsError,
     SwitchUnreachable,
     UpdateError,
     WriteError,
     WriteOutcome,
-    pipeline_cookie,
 )
+from reconciler.switch.pipeline import PipelineStatus, pipeline_cookie
+from reconciler.switch.reads import CounterCell
+from reconciler.switch.session import SwitchSession
 from reconciler.switch.tls import TlsError, TlsSettings
 from reconciler.switch.translate import (
     TranslationError,

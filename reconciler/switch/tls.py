@@ -13,7 +13,7 @@ from pathlib import Path
 
 import grpc
 
-__all__ = ["PlaintextRefused", "TlsError", "TlsSettings", "require_tls"]
+__all__ = ["PlaintextRefused", "TlsError", "TlsSettings", "handshake_failure", "require_tls"]
 
 INSECURE_FLAG = "--allow-insecure-switches"
 
@@ -114,3 +114,44 @@ class TlsSettings:
         if self.server_name:
             return [("grpc.ssl_target_name_override", self.server_name)]
         return []
+
+
+def handshake_failure(lower: str, tls: TlsSettings, address: str) -> str | None:
+    """What a failed TLS connection means, from gRPC's (lower-cased) error text; None when the
+    failure does not look like TLS."""
+    if "hostname verification" in lower or "no match found for server name" in lower:
+        return (
+            f"the switch's certificate does not name {tls.server_name or address.rsplit(':', 1)[0]!r}; "
+            "set serverName to a name its certificate carries"
+        )
+    if "certificate_verify_failed" in lower or "unable to get local issuer" in lower or "self signed" in lower:
+        ca = tls.source or ("the configured CA" if tls.ca is not None else "the system CA roots")
+        return (
+            f"the switch's certificate is not signed by the CA we trust ({ca}): wrong CA file, "
+            "or the switch serves a certificate from another CA"
+        )
+    if "wrong_version_number" in lower or "packet_length_too_long" in lower or "http_request" in lower:
+        # Our ClientHello was answered with bytes that are not TLS: a plaintext server. Never
+        # retried in plaintext: that would hand the tables to whoever answers on this port.
+        return (
+            "the switch does not speak TLS on this port (it answered in plaintext); enable TLS on the switch "
+            "(simple_switch_grpc --grpc-server-ssl, Stratum -ca_cert_file/-server_cert_file/-server_key_file); "
+            "plaintext is never tried instead"
+        )
+    if any(w in lower for w in ("peer_did_not_return_a_certificate", "certificate_required", "alert",
+                                 "socket closed", "connection reset", "end of file")):
+        # Our side checks the server's certificate (CERTIFICATE_VERIFY_FAILED above); a TLS alert
+        # or a closed connection comes from the server rejecting ours. With TLS 1.3 the client
+        # finishes its handshake first, so the rejection often shows as "Socket closed".
+        if tls.mutual:
+            return (
+                "the switch closed the connection during the handshake: it most likely does not "
+                "accept our client certificate (not signed by the CA it trusts for clients)"
+            )
+        return (
+            "the switch closed the connection during the handshake: it most likely requires a client "
+            "certificate (mutual TLS): set certFile and keyFile"
+        )
+    if any(w in lower for w in ("ssl", "tls", "handshake", "certificate", "x509")):
+        return "the TLS handshake failed"
+    return None

@@ -38,7 +38,7 @@ __all__ = [
 ]
 
 UPDATE_TYPES = {"INSERT": p4r.Update.INSERT, "MODIFY": p4r.Update.MODIFY, "DELETE": p4r.Update.DELETE}
-_UPDATE_NAMES = {v: k for k, v in UPDATE_TYPES.items()}
+_UPDATE_NAMES: dict[int, str] = {v: k for k, v in UPDATE_TYPES.items()}
 _MAX_U128 = (1 << 128) - 1
 
 

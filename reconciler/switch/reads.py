@@ -1,0 +1,163 @@
+"""Reads: a switch's table entries (all, by key, or only counted) and counter cells, decoded
+into snapshot entries.
+
+A Read may stream data and then fail (BMv2), so data is only used when the RPC ends OK.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import grpc
+from finsy.proto import p4r
+
+from reconciler.p4info import PipelineInfo
+from reconciler.snapshot import Entry, Value
+from reconciler.switch.channel import Connection
+from reconciler.switch.errors import ReadError, status_text
+from reconciler.switch.translate import TranslationError, entry_to_proto, proto_to_entry
+
+__all__ = ["CounterCell", "count_entries", "read", "read_counters", "read_entries", "read_keys"]
+
+_READ_KEYS_CHUNK = 5000  # entities per ReadRequest when reading by key
+
+
+@dataclass(frozen=True)
+class CounterCell:
+    index: int
+    packets: int
+    bytes: int
+
+
+async def read(connection: Connection, request: p4r.ReadRequest, what: str) -> list[p4r.Entity]:
+    """Every entity the Read returns; ReadError names the switch and `what` was read."""
+    stub = connection.stub_for(f"read {what}")
+    entities: list[p4r.Entity] = []
+    try:
+        # BMv2 may send data and then fail the RPC: nothing is used unless it ends OK
+        async for reply in stub.Read(request, timeout=connection.rpc_timeout):
+            entities.extend(reply.entities)
+    except grpc.aio.AioRpcError as exc:
+        raise _read_error(connection, what, exc) from None
+    return entities
+
+
+async def _count(connection: Connection, request: p4r.ReadRequest, what: str) -> int:
+    stub = connection.stub_for(f"read {what}")
+    count = 0
+    try:
+        async for reply in stub.Read(request, timeout=connection.rpc_timeout):
+            count += len(reply.entities)
+    except grpc.aio.AioRpcError as exc:
+        raise _read_error(connection, what, exc) from None
+    return count
+
+
+def _read_error(connection: Connection, what: str, exc: grpc.aio.AioRpcError) -> ReadError:
+    peer = connection.peer
+    return ReadError(f"{peer.where()}: reading {what} failed: {status_text(exc)}", switch=peer.name, code=exc.code())
+
+
+def _tables_request(connection: Connection, info: PipelineInfo, names: Iterable[str]) -> p4r.ReadRequest:
+    """One wildcard read per table, in one request."""
+    request = p4r.ReadRequest(device_id=connection.peer.device_id)
+    for name in names:
+        request.entities.add().table_entry.table_id = info.table(name).id
+    return request
+
+
+async def read_entries(connection: Connection, info: PipelineInfo, tables: Iterable[str] | None = None) -> list[Entry]:
+    """Every (non-default) entry of `tables` (default: all tables of the P4Info), one
+    wildcard read per table in one request. Values come back canonical."""
+    names = list(info.tables) if tables is None else list(tables)
+    if not names:
+        return []
+    request = _tables_request(connection, info, names)
+    return _decode_entries(connection, info, await read(connection, request, f"table entries of {', '.join(names)}"))
+
+
+def _decode_entries(connection: Connection, info: PipelineInfo, entities: Iterable[p4r.Entity]) -> list[Entry]:
+    out: list[Entry] = []
+    for entity in entities:
+        if entity.WhichOneof("entity") != "table_entry" or entity.table_entry.is_default_action:
+            continue
+        try:
+            out.append(proto_to_entry(info, entity.table_entry))
+        except TranslationError as exc:
+            peer = connection.peer
+            raise ReadError(f"{peer.where()}: read-back entry does not fit the P4Info: {exc}",
+                            switch=peer.name) from None
+    return out
+
+
+async def count_entries(
+    connection: Connection, info: PipelineInfo, tables: Iterable[str] | None = None
+) -> dict[str, int]:
+    """How many (non-default) entries each of `tables` (default: all) holds: one wildcard
+    Read per table, counting the entities of the responses without decoding them into
+    Entry objects (the health round's cheap check; wildcard reads never return default
+    entries)."""
+    names = list(info.tables) if tables is None else list(tables)
+    counts: dict[str, int] = {}
+    for name in names:
+        counts[name] = await _count(connection, _tables_request(connection, info, [name]), f"table entries of {name}")
+    return counts
+
+
+async def read_keys(connection: Connection, info: PipelineInfo, entries: Iterable[Entry]) -> list[Entry]:
+    """The switch's entries at the keys of `entries` (their actions are not compared here);
+    keys the switch does not hold are simply absent from the result.
+
+    A key whose encoding has no match field at all (an LPM /0, the field being omitted)
+    would be a wildcard read, so such tables are read whole and filtered."""
+    peer = connection.peer
+    wanted: set[tuple[str, tuple[Value, ...]]] = set()
+    whole: set[str] = set()
+    keyed: list[p4r.TableEntry] = []
+    for e in entries:
+        if (e.table, e.key) in wanted:
+            continue
+        wanted.add((e.table, e.key))
+        try:
+            te = entry_to_proto(info, e, key_only=True)
+        except TranslationError as exc:
+            raise ReadError(f"{peer.where()}: cannot read {e.table} {e.key!r}: {exc}", switch=peer.name) from None
+        if len(te.match) == 0 and info.table(e.table).match_fields:
+            whole.add(e.table)
+        else:
+            keyed.append(te)
+    found: dict[tuple[str, tuple[Value, ...]], Entry] = {}
+    for start in range(0, len(keyed), _READ_KEYS_CHUNK):
+        request = p4r.ReadRequest(device_id=peer.device_id)
+        for te in keyed[start : start + _READ_KEYS_CHUNK]:
+            request.entities.add().table_entry.CopyFrom(te)
+        entities = await read(connection, request, f"{len(request.entities)} entries by key")
+        for entry in _decode_entries(connection, info, entities):
+            found[(entry.table, entry.key)] = entry
+    if whole:
+        for entry in await read_entries(connection, info, sorted(whole)):
+            found[(entry.table, entry.key)] = entry
+    return [e for k, e in found.items() if k in wanted]
+
+
+async def read_counters(
+    connection: Connection, info: PipelineInfo, name: str, indexes: Iterable[int] | None = None
+) -> list[CounterCell]:
+    """Cells of the indirect counter `name` (all of them, or `indexes`), sorted by index."""
+    counter = info.counter(name)
+    request = p4r.ReadRequest(device_id=connection.peer.device_id)
+    if indexes is None:
+        request.entities.add().counter_entry.counter_id = counter.id
+    else:
+        for index in indexes:
+            ce = request.entities.add().counter_entry
+            ce.counter_id = counter.id
+            ce.index.index = index
+    entities = await read(connection, request, f"counter {name}")
+    cells = [
+        CounterCell(e.counter_entry.index.index, e.counter_entry.data.packet_count, e.counter_entry.data.byte_count)
+        for e in entities
+        if e.WhichOneof("entity") == "counter_entry" and e.counter_entry.counter_id == counter.id
+    ]
+    return sorted(cells, key=lambda c: c.index)
