@@ -122,7 +122,7 @@ def main() -> int:
         packed = disk_usage(objects)
 
         # `p4kube audit log` in a fresh process state: open, walk, format every commit.
-        from reconciler.audit_cli import cmd_log
+        from reconciler.cli.audit import cmd_log
 
         t0 = time.perf_counter()
         out = io.StringIO()

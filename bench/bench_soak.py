@@ -2,12 +2,12 @@
 """Soak: memory does not grow with the number of passes (DESIGN.md 6.1, "Bounded").
 
 Runs the real loop of `p4kube run` for many passes with churn and health rounds, and watches the
-process's resident memory. The wiring is `p4kube run`'s own (reconciler.run_cli.build_runtime:
+process's resident memory. The wiring is `p4kube run`'s own (reconciler.app.runtime.build_runtime:
 its make_worker_for builds each ConfigWorker with build_applier's TwoSwitchApplier, the post-apply
 probe, the audit repository behind ReopeningAudit, the metrics on_result / on_health hooks):
 
     intent    a LoadBalancerConfig in a Git checkout (DirectoryIntent, followed with watchdog)
-    cluster   run_cli (FollowedRecording), a reconciler.cluster.scripted.ScriptedCluster; the benchmark
+    cluster   run's (FollowedRecording), a reconciler.cluster.scripted.ScriptedCluster; the benchmark
               feeds it the changed state with replace(), as the recording's reload would
     switches  two `p4kube switch` processes (bench/benchlib.py)
     nodes     real TCP listeners on 127.0.0.2, 127.0.0.3, ... (one per node and nodePort),
@@ -54,7 +54,7 @@ from reconciler.cluster.model import ClusterState, Node
 from reconciler.cluster.synthetic import cluster_to_list_yaml, synthetic_cluster, with_scaled_service
 from reconciler.controller import Controller
 from reconciler.health import ManualClock
-from reconciler.run_cli import build_runtime
+from reconciler.cli.run import build_runtime
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -268,7 +268,7 @@ async def run(a: argparse.Namespace, workdir: Path) -> tuple[str, bool]:
 
 async def soak(a, rt, args, listeners, procs, workdir) -> tuple[str, bool]:  # type: ignore[no-untyped-def]
     clock = ManualClock()
-    cluster = rt.cluster  # run_cli (FollowedRecording): a ScriptedCluster
+    cluster = rt.cluster  # run's (FollowedRecording): a ScriptedCluster
     ctl = Controller(rt.intent, cluster, make_worker=rt.make_worker_for(args.election_id), clock=clock)
     rt.current["controller"] = ctl
     gc.collect()

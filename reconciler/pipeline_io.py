@@ -25,7 +25,8 @@ from .snapshot import Snapshot
 
 
 class InputFileError(Exception):
-    """An input file that cannot be read or parsed; the message names it."""
+    """An input file that cannot be read or parsed, or a P4Info intent names that cannot be
+    used; the message names it (never its content). Faces report it as one line, exit 1."""
 
 
 def load_inputs(
@@ -41,33 +42,31 @@ def load_inputs(
 
 def load_connections(path: str) -> dict[str, dict[str, int]]:
     """least-connections input: {"ns/svc[:port]": {"backend": activeConnections}}."""
-    from .cli import CommandError
     from .inputlimits import CONNECTIONS_MAX_BYTES, CONNECTIONS_MAX_DEPTH, DeepInput, TooLarge, load_json, read_bounded
 
     try:
         doc = load_json(read_bounded(path, CONNECTIONS_MAX_BYTES).decode("utf-8"), path, CONNECTIONS_MAX_DEPTH)
     except TooLarge as e:
-        raise CommandError(f"{path}: {e.message()}") from None
+        raise InputFileError(f"{path}: {e.message()}") from None
     except OSError as e:
-        raise CommandError(f"{path}: cannot read: {e.strerror}") from e
+        raise InputFileError(f"{path}: cannot read: {e.strerror}") from e
     except UnicodeDecodeError as e:
-        raise CommandError(f"{path}: not UTF-8 text (byte {e.start})") from None
+        raise InputFileError(f"{path}: not UTF-8 text (byte {e.start})") from None
     except DeepInput as e:
-        raise CommandError(str(e.diagnostic)) from None
+        raise InputFileError(str(e.diagnostic)) from None
     except json.JSONDecodeError as e:
-        raise CommandError(f"{path}:{e.lineno}:{e.colno}: not JSON: {e.msg}") from e
+        raise InputFileError(f"{path}:{e.lineno}:{e.colno}: not JSON: {e.msg}") from e
     if not isinstance(doc, dict) or not all(
         isinstance(v, dict) and all(isinstance(c, int) and c >= 0 for c in v.values()) for v in doc.values()
     ):
-        raise CommandError(f'{path}: expected {{"namespace/service": {{"backend": non-negative integer}}}}')
+        raise InputFileError(f'{path}: expected {{"namespace/service": {{"backend": non-negative integer}}}}')
     return doc
 
 
 def p4info_path(config: LoadBalancerConfig, pipeline_dir: Path | None = None) -> Path:
     """The config's P4Info, found by name in the operator's --pipeline-dir (intent is untrusted:
-    reconciler.intent.files), or the packaged one when the config names none. CommandError when
+    reconciler.intent.files), or the packaged one when the config names none. InputFileError when
     it cannot be used."""
-    from .cli import CommandError
 
     name = config.switch_config.p4info
     if not name:
@@ -75,19 +74,18 @@ def p4info_path(config: LoadBalancerConfig, pipeline_dir: Path | None = None) ->
     try:
         return resolve(pipeline_dir, name, P4INFO)
     except FileRefError as e:
-        raise CommandError(f"{config.key}: spec.switchConfig.{e}") from None
+        raise InputFileError(f"{config.key}: spec.switchConfig.{e}") from None
 
 
 def load_config_p4info(config: LoadBalancerConfig, pipeline_dir: Path | None = None) -> p4i.P4Info:
-    """The config's P4Info message; CommandError naming the file (no content) when it does not parse."""
-    from .cli import CommandError
+    """The config's P4Info message; InputFileError naming the file (no content) when it does not parse."""
 
     path = p4info_path(config, pipeline_dir)
     try:
         return load_p4info(path)
     except P4InfoError as e:
         shown_as = str(e).replace(str(path), config.switch_config.p4info or str(path))
-        raise CommandError(f"{config.key}: spec.switchConfig.p4Info: {shown_as}") from None
+        raise InputFileError(f"{config.key}: spec.switchConfig.p4Info: {shown_as}") from None
 
 
 def config_p4info_digest(config: LoadBalancerConfig, pipeline_dir: Path | None = None) -> str:

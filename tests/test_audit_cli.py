@@ -10,7 +10,7 @@ from test_audit_support import Clock, allowed_signers, series, ssh_key
 
 from reconciler import cli
 from reconciler.audit import AuditRepo, SshSigner
-from reconciler.audit_cli import parse_when
+from reconciler.cli.audit import parse_when
 from reconciler.snapshot import load_snapshot
 
 

@@ -12,16 +12,16 @@ from contextlib import ExitStack
 
 import pytest
 
-from reconciler.apply import TwoSwitchApplier, default_session_factory
+from reconciler.app import Settings, worker_factory
 from reconciler.audit.repo import AuditRepo
 from reconciler.cluster.model import OPT_IN_ANNOTATION, ClusterState, Endpoint, Node, Service, ServicePort
 from reconciler.cluster.scripted import ScriptedCluster
 from reconciler.cluster.synthetic import with_scaled_service
-from reconciler.controller import ConfigWorker, Controller
-from reconciler.health import make_post_apply_probe
+from reconciler.controller import Controller
 from reconciler.intent.model import HealthCheck, IntentSet, LoadBalancerConfig, SwitchConfig, SwitchSpec, VipPool
 from reconciler.intent.watch import StaticIntent
-from reconciler.p4info import load_p4info, p4info_digest, pipeline_info_from_message
+from reconciler.p4info import load_p4info, pipeline_info_from_message
+from reconciler.paths import DEMO_EXAMPLE_DIR
 from reconciler.sim.server import SoftwareSwitch
 
 P4INFO = load_p4info()
@@ -107,7 +107,7 @@ def loop_world(tmp_path):
             switch_config=SwitchConfig(switches=(
                 SwitchSpec("standby", "standby", f"127.0.0.1:{sws[0].port}"),
                 SwitchSpec("primary", "primary", f"127.0.0.1:{sws[1].port}"),
-            )),
+            ), device_config="sim-device-config.json"),  # in DEMO_EXAMPLE_DIR
         )
         state = ClusterState(
             services={f"apps/{n}": service(n, p) for n, p in ports.items()},
@@ -125,14 +125,10 @@ def setup(tmp_path):
 
 def make_controller(config, cluster, audit_dir, clock=None, adopt_switches=False):
     audit = AuditRepo.open_or_init(audit_dir)
-    digest = p4info_digest(P4INFO)
-
-    def make_worker(cfg):
-        applier = TwoSwitchApplier(cfg, p4info=P4INFO, info=INFO, device_config=b"", election_id=7,
-                                   session_factory=default_session_factory(cfg, INFO, connect_timeout=2.0))
-        probe = make_post_apply_probe(cfg.health_check, retry_delay=0.01)
-        return ConfigWorker(cfg, applier, digest, audit=audit, probe=probe, fallback=cluster, adopt_switches=adopt_switches)
-
+    # The product's own wiring (reconciler.app): plaintext to the test's loopback switches.
+    settings = Settings(pipeline_dir=str(DEMO_EXAMPLE_DIR), allow_insecure_switches=True, timeout=2.0, election_id=7,
+                        adopt_switches=adopt_switches)
+    make_worker = worker_factory(settings, audit=audit, fallback=cluster, probe_retry_delay=0.01)
     return Controller(StaticIntent(IntentSet((config,))), cluster, make_worker=make_worker, clock=clock), audit
 
 

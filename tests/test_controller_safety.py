@@ -252,7 +252,7 @@ def test_an_audit_repository_missing_at_start_holds_everything_back_until_it_ope
     from reconciler.controller import ConfigWorker, Controller
     from reconciler.intent.watch import StaticIntent
     from reconciler.p4info import p4info_digest
-    from reconciler.run_cli import ReopeningAudit
+    from reconciler.audit.reopening import ReopeningAudit
     from test_controller import INFO, P4INFO
 
     sws, backends, ports, config, state, tmp = loop_world

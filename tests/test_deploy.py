@@ -592,7 +592,7 @@ def test_the_kustomize_subset_merges_deletes_and_patches() -> None:
 
 def test_the_subset_renders_the_base_as_install_manifest_does() -> None:
     """Two independent renderings of deploy/ (this subset and `p4kube install-manifest`) agree."""
-    from reconciler.install_cli import install_manifest
+    from reconciler.cli.install import install_manifest
 
     rendered = build(DEPLOY)
     generated = [d for d in YAML(typ="safe").load_all(install_manifest(DEPLOY)) if d is not None]
@@ -955,6 +955,6 @@ def test_dockerignore_keeps_the_build_inputs_and_nothing_else() -> None:
             needed += [p.relative_to(REPO_ROOT).as_posix() for p in ([target] if target.is_file() else target.rglob("*")) if p.is_file()]
         elif item.is_file():
             needed.append(rel)
-    assert "reconciler/cli.py" in needed
+    assert "reconciler/cli/__init__.py" in needed
     missing = [p for p in needed if dockerignored(p, patterns)]
     assert not missing, f".dockerignore leaves out build inputs: {missing[:5]}"

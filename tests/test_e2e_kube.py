@@ -1,6 +1,6 @@
 """The reconciler end to end against the test API server (real HTTP, the official client), two
 software switches, TCP listeners on 127.0.0.x for the nodes, a Git intent checkout and an audit
-repository, wired exactly as `p4kube run` wires them (reconciler.run_cli.build_runtime).
+repository, wired exactly as `p4kube run` wires them (reconciler.app.runtime.build_runtime).
 
 The product runs as the deployment's service account under deploy/rbac.yaml, so any API call the
 code makes that the shipped RBAC does not allow fails the test."""
@@ -22,7 +22,7 @@ from kubeapi.server import KubeApiServer
 from reconciler.audit.repo import AuditRepo
 from reconciler.controller import Controller
 from reconciler.kube.client import build_api_client
-from reconciler.run_cli import build_runtime
+from reconciler.cli.run import build_runtime
 from reconciler.sim.server import SoftwareSwitch
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -96,18 +96,17 @@ def test_proxy_label_take_and_release() -> None:
 
 # --- against the test API server, with the official client -------------------------------------------
 
-import asyncio  # noqa: E402
 import json  # noqa: E402
 from collections.abc import Iterator  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
+from helpers import run  # noqa: E402
 from kubeapi.server import KubeApiServer  # noqa: E402
 from kubernetes import client as k8s  # noqa: E402
 from ruamel.yaml import YAML  # noqa: E402
 
-from reconciler.fallback import Fallback  # noqa: E402
-from reconciler.kube.client import build_api_client  # noqa: E402
+from reconciler.kube.fallback import Fallback  # noqa: E402
 from reconciler.kube.events import EventRecorder  # noqa: E402
 
 CLUSTER = Path(__file__).resolve().parents[1] / "intent-examples" / "multi-service" / "cluster.yaml"
@@ -122,21 +121,8 @@ def server() -> Iterator[KubeApiServer]:
 
 
 @pytest.fixture
-def api(server: KubeApiServer) -> Iterator[k8s.ApiClient]:
-    client = build_api_client(configuration=server.client_configuration())
-    try:
-        yield client
-    finally:
-        client.close()
-
-
-@pytest.fixture
 def fallback(api: k8s.ApiClient) -> Fallback:
     return Fallback(api, EventRecorder(api, instance="test"), now=lambda: NOW)
-
-
-def run(coro: Any) -> Any:
-    return asyncio.run(asyncio.wait_for(coro, 30))
 
 
 def get(api: k8s.ApiClient, ns: str, name: str) -> dict[str, Any]:

@@ -69,9 +69,8 @@ def test_p4info_difference():
     assert p4info_difference(ours, other) == ""
     other.tables[0].size += 1
     assert p4info_difference(ours, other).startswith("same tables and actions, but other")
-    variant = load_p4info(FIXTURES / "lb_nocounter.p4info.txtpb") if FIXTURES.exists() else None
-    if variant is not None:
-        assert p4info_difference(ours, variant).startswith("missing counter MyIngress.backend_")
+    variant = load_p4info(FIXTURES / "lb_nocounter.p4info.txtpb")
+    assert p4info_difference(ours, variant).startswith("missing counter MyIngress.backend_")
 
 
 async def _install_externally(port: int, p4info) -> None:
@@ -151,16 +150,13 @@ def test_external_pipeline_with_another_p4info_is_refused_without_writes(tmp_pat
 
 def test_a_managed_config_without_device_config_is_never_applied(tmp_path, switch_pair, capsys):
     """A config that skipped validation (built in code): the applier is never built."""
-    import argparse
-
-    from reconciler.apply_cli import build_applier
-    from reconciler.cli import CommandError
+    from reconciler.app import Settings, SettingsError, build_applier
 
     standby, primary = switch_pair
     intent = _external_intent(tmp_path, (standby.port, primary.port))
     config = load_intent([intent]).config()
     managed = type(config)(**{**config.__dict__, "switch_config": type(config.switch_config)(
         **{**config.switch_config.__dict__, "pipeline": "managed"})})
-    args = argparse.Namespace(timeout=5.0, election_id=1, batch_size=None)
-    with pytest.raises(CommandError, match="no deviceConfig: the pipeline would be pushed with an empty device config"):
+    args = Settings(timeout=5.0, election_id=1, batch_size=None)
+    with pytest.raises(SettingsError, match="no deviceConfig: the pipeline would be pushed with an empty device config"):
         build_applier(managed, args)

@@ -15,7 +15,7 @@ from ruamel.yaml import YAML
 
 from reconciler.cluster.live import LiveClusterSource
 from reconciler.crd import generate_crd
-from reconciler.fallback import Fallback
+from reconciler.kube.fallback import Fallback
 from reconciler.intent.loader import load_intent
 from reconciler.kube.client import REQUIRED_PERMISSIONS, build_api_client
 from reconciler.kube.crstatus import ConfigStatusWriter, Outcome

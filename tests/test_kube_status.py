@@ -10,14 +10,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import run
 from kubeapi.server import KubeApiServer
 from kubernetes import client as k8s
 from ruamel.yaml import YAML
 
 from reconciler.cluster.live import LiveClusterSource
-from reconciler.fallback import Fallback
+from reconciler.kube.fallback import Fallback
 from reconciler.intent.loader import load_intent
-from reconciler.kube.client import build_api_client
 from reconciler.kube.events import EventRecorder, ObjectRef
 from reconciler.kube.status import ServiceStatusWriter, plan_status, status_patch
 from reconciler.render import Renderer
@@ -34,19 +34,6 @@ def server() -> Iterator[KubeApiServer]:
     with KubeApiServer() as srv:
         srv.load(YAML(typ="safe").load((MULTI / "cluster.yaml").read_text())["items"])
         yield srv
-
-
-@pytest.fixture
-def api(server: KubeApiServer) -> Iterator[k8s.ApiClient]:
-    client = build_api_client(configuration=server.client_configuration())
-    try:
-        yield client
-    finally:
-        client.close()
-
-
-def run(coro: Any, timeout: float = 30) -> Any:
-    return asyncio.run(asyncio.wait_for(coro, timeout))
 
 
 def get_service(api: k8s.ApiClient, key: str) -> dict[str, Any]:

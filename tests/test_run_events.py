@@ -12,7 +12,7 @@ from kubernetes import client as k8s
 
 from reconciler.controller import TransactionRecord
 from reconciler.kube.client import build_api_client
-from reconciler.run_cli import ConfigEvents
+from reconciler.app.reports import ConfigEvents
 
 CONFIG = "p4kube-system/edge"
 

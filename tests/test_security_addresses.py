@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import logging
 import socket
@@ -238,11 +237,11 @@ def not_grpc() -> Iterator[int]:
 
 
 def test_cr_status_says_unreachable_the_same_for_refused_and_not_grpc(kube: KubeApiServer, not_grpc: int) -> None:
-    from reconciler.apply_cli import build_applier
+    from reconciler.app import Settings, build_applier
     from reconciler.cluster.recorded import load_cluster_file
     from reconciler.controller import TransactionRecord
     from reconciler.pipeline_io import render_one
-    from reconciler.run_cli import CRStatus
+    from reconciler.app.reports import CRStatus
 
     closed = socket.socket()
     closed.bind(("127.0.0.1", 0))
@@ -250,8 +249,8 @@ def test_cr_status_says_unreachable_the_same_for_refused_and_not_grpc(kube: Kube
     closed.close()  # nothing listens there now: connections are refused
     create(kube, cr("edge", NS, (f"127.0.0.1:{refused}", f"127.0.0.1:{not_grpc}")))
     api = build_api_client(configuration=kube.client_configuration("sa-token"))
-    args = argparse.Namespace(timeout=2.0, rpc_timeout=2.0, election_id=1, batch_size=None, allow_insecure_switches=True,
-                              pipeline_dir=str(MULTI), tls_dir=None, allowed_switches=None)
+    args = Settings(timeout=2.0, rpc_timeout=2.0, election_id=1, batch_size=None, allow_insecure_switches=True,
+                    pipeline_dir=str(MULTI), tls_dir=None, allowed_switches=None)
 
     async def go() -> dict[str, Any]:
         async with CRIntentSource(api, namespaces=[NS], dirs=OperatorDirs(pipeline_dir=MULTI)) as source:

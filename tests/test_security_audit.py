@@ -9,12 +9,12 @@ whose history descends from ours is still merged. Real Git repositories (pygit2,
 from __future__ import annotations
 
 import asyncio
-import shutil
 import subprocess
 from pathlib import Path
 
 import pygit2
 import pytest
+from helpers import needs_gpg, needs_ssh
 from test_reconcile_audit import CONFIG, MULTI, entries_of, intent_repo, switch_entries
 from test_signing_flags import gpg_home  # noqa: F401 - a fixture
 
@@ -27,9 +27,9 @@ from reconciler.cluster.synthetic import with_scaled_service
 from reconciler.controller import Controller, Outcome
 from reconciler.intent.loader import load_intent
 from reconciler.pipeline_io import render_one
-from reconciler.run_cli import build_runtime
+from reconciler.cli.run import build_runtime
 
-pytestmark = pytest.mark.skipif(shutil.which("ssh-keygen") is None, reason="ssh-keygen (OpenSSH) not installed")
+pytestmark = needs_ssh
 
 
 def ssh_key(tmp: Path, name: str) -> tuple[Path, Path]:
@@ -264,7 +264,7 @@ def test_audit_verify_warns_of_an_applied_record_without_pending(tmp_path, capsy
     assert f"warning: {forged[:12]}: {CONFIG}: v2 first recorded as applied, with no pending record before it" in out
 
 
-@pytest.mark.skipif(shutil.which("gpg") is None or shutil.which("gpgconf") is None, reason="gpg not installed")
+@needs_gpg
 def test_gpg_signed_history_trusts_its_own_key_and_refuses_a_forgery(tmp_path, switch_pair, gpg_home, capsys):  # noqa: F811
     """--sign-commits gpg: the reconciler's own records verify against its --gpg-home (a
     restart finds the switches up to date), an unsigned forged record does not."""

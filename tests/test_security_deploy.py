@@ -25,7 +25,7 @@ from kubernetes.client.rest import ApiException
 from ruamel.yaml import YAML
 
 from reconciler.cluster.live import LiveClusterSource
-from reconciler.fallback import Fallback
+from reconciler.kube.fallback import Fallback
 from reconciler.intent.loader import load_intent
 from reconciler.kube.client import build_api_client
 from reconciler.kube.events import EventRecorder
@@ -264,7 +264,7 @@ def test_deployment_passes_the_operator_limits_and_never_plaintext() -> None:
 
 
 def test_policy_is_installed_before_the_deployment() -> None:
-    from reconciler.install_cli import render_documents
+    from reconciler.cli.install import render_documents
 
     kinds = [str(d["kind"]) for d in render_documents(DEPLOY)]
     assert kinds.index("ValidatingAdmissionPolicyBinding") < kinds.index("Deployment")

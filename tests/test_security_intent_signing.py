@@ -6,9 +6,9 @@ ssh-keygen keys, two software switches over gRPC on 127.0.0.1."""
 from __future__ import annotations
 
 import asyncio
-import shutil
 
 import pytest
+from helpers import needs_ssh
 from test_reconcile_audit import CONFIG, MULTI, switch_entries
 from test_signing_flags import commit, intent_checkout, ssh_key, write_intent
 
@@ -17,12 +17,12 @@ from reconciler.cli import build_parser, main
 from reconciler.controller import Controller
 from reconciler.diagnostics import InputError
 from reconciler.intent.committed import CommittedIntent, load_committed_intent
-from reconciler.run_cli import build_runtime
+from reconciler.cli.run import build_runtime
 
 # A file nobody committed, let alone signed (any YAML the loader reads counts).
 UNTRACKED = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: not-signed, namespace: p4kube-system}\n"
 
-pytestmark = pytest.mark.skipif(shutil.which("ssh-keygen") is None, reason="ssh-keygen (OpenSSH) not installed")
+pytestmark = needs_ssh
 
 
 def test_committed_intent_is_the_commits_content_whatever_the_checkout_holds(tmp_path):

@@ -20,7 +20,7 @@ from reconciler.cli import build_parser, main
 from reconciler.diff import Update
 from reconciler.intent.loader import load_intent
 from reconciler.p4info import pipeline_info
-from reconciler.run_cli import build_runtime
+from reconciler.cli.run import build_runtime
 from reconciler.sim import SoftwareSwitch, TlsConfig
 from reconciler.snapshot import Entry
 from reconciler.switch.session import NotPrimaryError, SwitchSession, SwitchTlsError

@@ -21,7 +21,7 @@ from reconciler.cli import main
 from reconciler.cluster.convert import state_from_objects
 from reconciler.cluster.model import FALLBACK_BY_ANNOTATION, OPT_IN_ANNOTATION
 from reconciler.cluster.recorded import load_cluster_file
-from reconciler.fallback import Fallback
+from reconciler.kube.fallback import Fallback
 from reconciler.kube.client import build_api_client
 from reconciler.kube.events import EventRecorder
 from reconciler.kube.status import status_patch

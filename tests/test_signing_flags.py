@@ -14,17 +14,14 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from helpers import needs_gpg, needs_ssh
 from test_reconcile_audit import CONFIG, MULTI, entries_of, switch_entries
 
 from reconciler.audit.repo import AuditRepo
 from reconciler.cli import build_parser, main
 from reconciler.controller import Controller
-from reconciler.run_cli import build_runtime
+from reconciler.cli.run import build_runtime
 
-HAVE_SSH = shutil.which("ssh-keygen") is not None
-HAVE_GPG = shutil.which("gpg") is not None and shutil.which("gpgconf") is not None
-needs_ssh = pytest.mark.skipif(not HAVE_SSH, reason="ssh-keygen (OpenSSH) not installed: SSH signing cannot be tested")
-needs_gpg = pytest.mark.skipif(not HAVE_GPG, reason="the gpg binary is not installed: GPG signing cannot be tested")
 
 
 def ssh_key(tmp: Path, name: str) -> tuple[Path, Path]:

@@ -18,13 +18,14 @@ from typing import Any, Callable
 
 import pygit2
 
-from .audit import AuditError, AuditRepo, SignatureError
-from .audit.message import OUTCOMES, AuditEntry
-from .audit.verify import trusted_keys, verify_history
-from . import cli  # attributes used at call time, so cli.py may import this module at its top
-from .diff import diff_snapshots
-from .p4names import TABLE_ORDER
-from .snapshot import Entry, Snapshot
+from ..audit import AuditError, AuditRepo, SignatureError
+from ..audit.message import OUTCOMES, AuditEntry
+from ..audit.verify import trusted_keys, verify_history
+from .errors import EXIT_ERROR, EXIT_OK, EXIT_USAGE, CommandError
+from .output import write_atomic
+from ..diff import diff_snapshots
+from ..p4names import TABLE_ORDER
+from ..snapshot import Entry, Snapshot
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -94,7 +95,7 @@ def _repo_args(p: argparse.ArgumentParser) -> None:
 
 def _usage(parser: argparse.ArgumentParser) -> int:
     parser.print_help(sys.stderr)
-    return cli.EXIT_USAGE
+    return EXIT_USAGE
 
 
 def _version(text: str) -> int:
@@ -115,7 +116,7 @@ def parse_when(text: str, now: Callable[[], datetime] = lambda: datetime.now(tim
     try:
         t = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
     except ValueError:
-        raise cli.CommandError(f"{text!r} is not a time: use ISO 8601 (2024-05-01, 2024-05-01T12:00:00+02:00) or an age (30m, 12h, 7d)") from None
+        raise CommandError(f"{text!r} is not a time: use ISO 8601 (2024-05-01, 2024-05-01T12:00:00+02:00) or an age (30m, 12h, 7d)") from None
     return t if t.tzinfo is not None else t.replace(tzinfo=timezone.utc)
 
 
@@ -123,7 +124,7 @@ def _open(args: argparse.Namespace) -> AuditRepo:
     try:
         return AuditRepo.open_or_init(args.repo, branch=args.branch, workdir=args.workdir, read_only=True)
     except (AuditError, pygit2.GitError) as e:
-        raise cli.CommandError(str(e)) from e
+        raise CommandError(str(e)) from e
 
 
 def _audit_errors(func: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
@@ -133,9 +134,9 @@ def _audit_errors(func: Callable[[argparse.Namespace], int]) -> Callable[[argpar
     @functools.wraps(func)
     def wrapped(args: argparse.Namespace) -> int:
         try:
-            return func(args)  # AuditError: cli.main prints it as one line
+            return func(args)  # AuditError: reconciler.cli.main prints it as one line
         except (pygit2.GitError, OSError, KeyError) as e:  # not expected past AuditRepo: still one line
-            raise cli.CommandError(f"audit repository {args.repo}: {type(e).__name__}: {e}") from e
+            raise CommandError(f"audit repository {args.repo}: {type(e).__name__}: {e}") from e
 
     return wrapped
 
@@ -158,7 +159,7 @@ def cmd_log(args: argparse.Namespace) -> int:
         out.write("".join(format_entry(e) + "\n" for e in entries))
         if not entries:
             print(f"no records in {audit.location} ({args.branch}) match", file=sys.stderr)
-    return cli.EXIT_OK
+    return EXIT_OK
 
 
 def format_entry(e: AuditEntry) -> str:
@@ -179,18 +180,18 @@ def cmd_show(args: argparse.Namespace) -> int:
     snap = _snapshot(_open(args), args.version, args.config)
     text = snap.to_json_text()
     if args.out:
-        cli._write_atomic(Path(args.out), text)
+        write_atomic(Path(args.out), text)
         print(f"wrote {args.out}: {snap.config} version {snap.version}, {len(snap.services)} services, {snap.digest}", file=sys.stderr)
     else:
         sys.stdout.write(text)
-    return cli.EXIT_OK
+    return EXIT_OK
 
 
 def _snapshot(audit: AuditRepo, version: int, config: str | None) -> Snapshot:
     try:
         return audit.snapshot_at(version, config)
     except AuditError as e:
-        raise cli.CommandError(str(e)) from e
+        raise CommandError(str(e)) from e
 
 
 # --- diff --------------------------------------------------------------------------------------
@@ -248,7 +249,7 @@ def cmd_diff(args: argparse.Namespace) -> int:
             },
         }
         print(json.dumps(doc, indent=2, sort_keys=True))
-        return cli.EXIT_OK
+        return EXIT_OK
     limit = args.max_entries if args.max_entries > 0 else None
     lines = [f"{new.config}: version {old.version} -> {new.version}  ({old.digest[:19]} -> {new.digest[:19]})"]
     if not services and not tables:
@@ -273,7 +274,7 @@ def cmd_diff(args: argparse.Namespace) -> int:
             if limit is not None and len(items) > limit:
                 lines.append(f"  {sign} ... and {len(items) - limit} more {kind}")
     sys.stdout.write("\n".join(lines) + "\n")
-    return cli.EXIT_OK
+    return EXIT_OK
 
 
 # --- verify ------------------------------------------------------------------------------------
@@ -284,15 +285,15 @@ def cmd_verify(args: argparse.Namespace) -> int:
     try:
         trusted = trusted_keys(args.allowed_signers, args.gpg_home)
     except ValueError as e:
-        raise cli.CommandError(str(e)) from e
+        raise CommandError(str(e)) from e
     audit = _open(args)
     try:
         report = verify_history(audit, trusted)
     except SignatureError as e:
-        raise cli.CommandError(str(e)) from e
+        raise CommandError(str(e)) from e
     if report.ok:
         sys.stdout.write(report.format())
-        return cli.EXIT_OK
+        return EXIT_OK
     sys.stdout.write(report.format())
     print(f"p4kube audit verify: {len(report.failures)} problem(s) in {audit.location}", file=sys.stderr)
-    return cli.EXIT_ERROR
+    return EXIT_ERROR

@@ -1,6 +1,6 @@
 """`p4kube crd`: print (or write, or check) the LoadBalancerConfig CRD generated from schemas/.
 
-reconciler/cli.py calls `register(subparsers)`; the command has no other home, so that
+reconciler/cli/__init__.py calls `register(subparsers)`; the command has no other home, so that
 deploy/crd.yaml is always produced the same way: `p4kube crd --out deploy/crd.yaml`.
 """
 
@@ -9,8 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-EXIT_OK = 0
-EXIT_ERROR = 1
+from .errors import EXIT_ERROR
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -33,13 +32,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
 
 
 def cmd_crd(args: argparse.Namespace) -> int:
-    from .crd import CRDGenerationError, crd_yaml
+    from ..crd import CRDGenerationError, crd_yaml
 
     try:
         text = crd_yaml()
     except (CRDGenerationError, OSError, ValueError) as e:
         print(f"p4kube crd: error: cannot generate the CRD: {e}", file=sys.stderr)
         return EXIT_ERROR
-    from .generated import write_or_check
+    from ..generated import write_or_check
 
     return write_or_check("p4kube crd", text, out=args.out, check=args.check, what="the CRD generated from the schema")

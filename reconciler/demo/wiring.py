@@ -10,16 +10,16 @@ from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..apply import ApplyResult, TwoSwitchApplier, default_session_factory
+from ..app import Settings, worker_factory
+from ..apply import ApplyResult
 from ..audit.repo import AuditRepo
 from ..cluster.scripted import ScriptedCluster
 from ..controller import ConfigWorker, Controller, TransactionRecord
-from ..health import ProbeReport, make_post_apply_probe
-from ..intent.files import DEVICE_CONFIG, read_named
+from ..health import ProbeReport
 from ..intent.model import LoadBalancerConfig
 from ..intent.watch import DirectoryIntent
 from ..p4info import load_p4info, pipeline_info_from_message
-from ..pipeline_io import config_p4info_digest, p4info_path
+from ..pipeline_io import p4info_path
 from ..snapshot import Snapshot
 from .errors import DemoFailed
 
@@ -49,28 +49,26 @@ def start_controller(
     stop_timeout: float,
 ) -> RunningController:
     """Start the loop on the running event loop; `stack` stops it (and the intent watch) on exit."""
-    p4info = load_p4info(p4info_path(config))
-    info = pipeline_info_from_message(p4info)
-    digest = config_p4info_digest(config)
+    info = pipeline_info_from_message(load_p4info(p4info_path(config, pipeline_dir)))
     # Each worker arbitrates with a higher election id: the loop closes a replaced worker's
     # streams without waiting, and a new stream with the same id would be refused
     # (INVALID_ARGUMENT) while the old one is still open on the switch.
     election_ids = itertools.count(1)
-    named = config.switch_config.device_config
-    device_config = read_named(pipeline_dir, named, DEVICE_CONFIG) if named else b""
+    # plaintext is fine here: the demo's own switches, on loopback only
+    settings = Settings(pipeline_dir=str(pipeline_dir), allow_insecure_switches=True, timeout=5.0)
+    make_product_worker = worker_factory(settings, election_id=lambda: next(election_ids), audit=audit, fallback=cluster,
+                                         probe_retry_delay=0.05)
 
     def make_worker(cfg: LoadBalancerConfig) -> ConfigWorker:
-        applier = TwoSwitchApplier(cfg, p4info=p4info, info=info, device_config=device_config, election_id=next(election_ids),
-                                   # plaintext is fine here: the demo's own switches, on loopback only
-                                   session_factory=default_session_factory(cfg, info, connect_timeout=5.0,
-                                                                           require_tls=False))
-        probe = make_post_apply_probe(cfg.health_check, retry_delay=0.05)
+        worker = make_product_worker(cfg)
+        probe = worker.probe
 
         async def on_result(record: TransactionRecord, result: ApplyResult | None, snap: Snapshot | None) -> None:
-            ran_probe = result is not None and record.outcome != "resynced"
+            ran_probe = probe is not None and result is not None and record.outcome != "resynced"
             on_pass(record, result, snap, probe.last_report if ran_probe else None)
 
-        return ConfigWorker(cfg, applier, digest, audit=audit, probe=probe, fallback=cluster, on_result=on_result)
+        worker.on_result = on_result
+        return worker
 
     ctl = Controller(intent, cluster, make_worker=make_worker)
     stop = asyncio.Event()

@@ -19,6 +19,10 @@ BackendMode = Literal["nodePort", "podIP"]
 SwitchType = Literal["bmv2", "tofino"]
 
 
+class ConfigChoiceError(LookupError):
+    """IntentSet.pick_config: no config of that name, or several and none named."""
+
+
 @dataclass(frozen=True)
 class SourceRef:
     """Where an object was read from, for messages and reports."""
@@ -151,6 +155,14 @@ class IntentSet:
     commit: str | None = None  # the Git HEAD SHA when the source is a repository
     dirty: bool = False  # uncommitted changes in that repository
     root: str = ""
+
+    def pick_config(self, name: str | None) -> LoadBalancerConfig:
+        """The LoadBalancerConfig `name` (or the only one), as a ConfigChoiceError naming the
+        choices when it cannot be chosen."""
+        try:
+            return self.config(name)
+        except LookupError as e:
+            raise ConfigChoiceError(str(e).strip("'\"")) from e
 
     def config(self, key: str | None = None) -> LoadBalancerConfig:
         """The config named `key` (namespace/name or name), or the only one when key is None."""

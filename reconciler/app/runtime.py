@@ -1,0 +1,278 @@
+"""The composition root of `p4kube run`: Settings -> the sources (intent, cluster), the sinks
+(audit, Service and config status, Events, metrics, kube-proxy fallback) and the worker factory;
+then the loop, alone or as the Lease holder.
+
+    intent   a Git checkout, followed with watchdog, or LoadBalancerConfig CRs
+    cluster  the Kubernetes API (list+watch), or a recording followed on disk
+    audit    an audit repository (else a state directory keeps the last applied snapshot)
+    fencing  with leader election the P4Runtime election id's high 64 bits are the Lease's
+             transitions + 1, and losing the Lease cancels the loop and closes every stream
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..apply import ApplyResult
+from ..audit.repo import AuditRepo
+from ..audit.reopening import ReopeningAudit
+from ..controller import ConfigWorker, Controller, TransactionRecord
+from ..httpserver import Heartbeat, HttpEndpoint, decide_ready, parse_listen_address
+from ..intent.model import LoadBalancerConfig
+from ..kube.intent_refusals import IntentRefusals
+from ..metrics import Metrics, read_backend_packets
+from ..snapshot import Snapshot
+from ..state import StateDir
+from ..switch.allowlist import AllowlistError, parse_allowlist
+from .reports import ConfigEvents, CRStatus
+from .settings import Settings, SettingsError
+from .signing import audit_keys, build_signer, intent_trust
+from .workers import worker_factory
+
+log = logging.getLogger("reconciler.run")
+
+
+@dataclass
+class Runtime:
+    """Everything `p4kube run` wires together, apart from the loop itself."""
+
+    intent: Any
+    cluster: Any
+    make_worker_for: Callable[[int], Callable[[LoadBalancerConfig], ConfigWorker]]
+    metrics: Metrics
+    heartbeat: Heartbeat
+    status: dict[str, bool]
+    current: dict[str, Controller]
+    api: Any = None
+    audit: ReopeningAudit | None = None
+    closers: list[Any] = field(default_factory=list)
+    refusals: IntentRefusals | None = None  # with --verify-intent-signers
+
+    async def aclose(self) -> None:
+        for close in reversed(self.closers):
+            r = close()
+            if asyncio.iscoroutine(r):
+                await r
+
+
+async def build_runtime(settings: Settings, api: Any = None) -> Runtime:
+    """Sources, sinks and the worker factory from `settings` (`api`: a ready ApiClient, for tests
+    against a test API server)."""
+    from ..intent.watch import DirectoryIntent
+
+    signer = build_signer(settings)  # a missing key or tool: one clear error before anything starts
+    trusted = intent_trust(settings)
+    keys = audit_keys(settings, signer)  # records are used only when signed by these (None: not signed)
+    if trusted is not None and not settings.intent:
+        raise SettingsError("--verify-intent-signers/--verify-intent-gpg-home verify the commits of an --intent DIR checkout; "
+                            "a custom resource carries no signature: with --intent-from-cluster, verify in the GitOps tool "
+                            "that applies them (Flux: GitRepository spec.verify; Argo CD: the AppProject's signatureKeys) and "
+                            "let only its ServiceAccount write LoadBalancerConfigs (RBAC; docs/audit.md, \"Signed intent\")")
+    metrics = Metrics()
+    heartbeat = Heartbeat(max_age=300.0)
+    status = {"started": False, "leader": not settings.leader_elect, "connected": False}
+    cr_status: CRStatus | None = None
+    if api is None and (not settings.cluster or settings.intent_from_cluster or settings.leader_elect):
+        from ..kube.client import build_api_client
+
+        api = build_api_client(settings.kubeconfig)
+    closers: list[Any] = []
+    audit = None
+    if settings.audit_repo:
+        repo = settings.audit_repo
+        audit = ReopeningAudit(lambda: AuditRepo.open_or_init(repo, workdir=settings.audit_workdir, signer=signer, trust=keys))
+    refusals = None
+    if settings.intent:
+        gate = None
+        if trusted is not None:
+            refusals = IntentRefusals(settings.intent, trusted, audit, api)
+            closers.append(refusals.aclose)
+            gate = refusals.gate
+        intent_provider: Any = DirectoryIntent(
+            settings.intent, gate=gate, on_refused=refusals.refused if refusals is not None else None)
+        if trusted is not None:
+            from ..intent.committed import CommittedIntent
+
+            # What was signed, from its blobs.
+            intent_provider = CommittedIntent(intent_provider, settings.intent, settings.dirs)
+        intent_provider.start()
+        closers.append(intent_provider.stop)
+    else:
+        from ..kube.cr_intent import CRIntentProvider
+        from ..kube.crstatus import ConfigStatusWriter
+        from ..kube.intent_source import CRIntentSource, intent_namespaces
+
+        try:
+            allowed = parse_allowlist(settings.allowed_switches)
+        except AllowlistError as e:
+            raise SettingsError(str(e)) from None
+        # Files and switches are checked per CR: one that names what the operator did not allow is Stalled.
+        cr_source = CRIntentSource(api, namespaces=intent_namespaces(settings.intent_namespace, settings.kubeconfig),
+                                   dirs=settings.dirs, allowed=allowed)
+        await cr_source.start()
+        closers.append(cr_source.aclose)
+        await cr_source.wait_synced(timeout=60)
+        intent_provider = CRIntentProvider(cr_source)
+        cr_status = CRStatus(cr_source, ConfigStatusWriter(api))
+        cr_status.start()
+        closers.append(cr_status.stop)
+
+    fallback: Any = None
+    status_writer: Any = None
+    if settings.cluster:
+        from ..cluster.followed import FollowedRecording
+
+        # Re-read only once the file parses as a whole cluster and has stopped changing:
+        # `kubectl get ... > FILE` rewrites it in pieces.
+        cluster: Any = FollowedRecording(settings.cluster)
+        cluster.start()
+        closers.append(cluster.stop)
+        fallback = cluster
+    else:
+        from ..cluster.live import LiveClusterSource
+        from ..kube.events import EventRecorder
+        from ..kube.fallback import Fallback
+        from ..kube.status import ServiceStatusWriter
+
+        cluster = LiveClusterSource(api)
+        await cluster.start()
+        closers.append(cluster.aclose)
+        try:
+            await cluster.wait_synced(timeout=120)
+        except TimeoutError as e:
+            # Not a reason to exit: the loop renders nothing until every kind is listed.
+            log.warning("%s; starting anyway, nothing is written until it is", e)
+        events = EventRecorder(api)
+        fallback = Fallback(api, events)
+        status_writer = ServiceStatusWriter(api, events, status_managers=cluster.state.status_managers)
+
+    config_events = ConfigEvents(api) if api is not None else None
+
+    state_dir = StateDir(settings.state)
+    current: dict[str, Controller] = {}  # the running loop (a new one each leadership term)
+
+    async def on_result(record: TransactionRecord, result: ApplyResult | None, snap: Snapshot | None) -> None:
+        heartbeat.beat()
+        if config_events is not None:
+            ctl_now = current.get("controller")
+            worker_now = ctl_now.workers.get(record.config) if ctl_now is not None else None
+            await config_events.note(record, result, worker_now.config if worker_now is not None else None)
+        metrics.observe_reconcile(record.config, record.seconds)
+        metrics.set_render_issues(record.config, record.issues)
+        if result is not None:
+            metrics.record_apply(result, record.config)
+            for r in result.switches:
+                metrics.set_switch_connected(r.name, r.role, r.state not in ("unreachable", "failed"))
+            status["connected"] = all(r.state not in ("unreachable", "failed") for r in result.switches)
+            if result.ok and snap is not None:
+                metrics.set_snapshot_version(record.config, snap.version)
+                if audit is None:
+                    state_dir.record_applied(snap)
+        if record.fell_back:
+            metrics.record_fallback(record.config, "probe-failed", len(record.fell_back))
+        ctl = current.get("controller")
+        if cr_status is not None:
+            worker = ctl.workers.get(record.config) if ctl is not None else None
+            await cr_status.report(record, result, worker.last if worker is not None else None)
+        if status_writer is not None and ctl is not None:
+            worker = ctl.workers.get(record.config)
+            if worker is not None and worker.last is not None:
+                # VIPs of the Services the switches serve, written to status.loadBalancer.ingress
+                await status_writer.sync(cluster.snapshot(), worker.last, record.issues)
+
+    async def on_health(worker: ConfigWorker) -> None:
+        """Each switch's health, and per-backend packet counters read from the switches, each round."""
+        for sw in worker.applier.order:
+            state = worker.switch_health.get(sw.name)
+            metrics.set_switch_connected(sw.name, sw.role, state is None or state.healthy)
+
+        sessions = [s for sw in worker.applier.order if (s := worker.applier.session_for(sw.name)) is not None]
+        if worker.last is not None and sessions:
+            try:
+                metrics.set_backend_packets(worker.config.key, await read_backend_packets(sessions, worker.last))
+            except Exception as e:  # noqa: BLE001 - metrics must never stop the loop
+                log.warning("%s: reading backend counters failed: %s", worker.config.key, e)
+
+    def make_worker_for(election_id: int) -> Callable[[LoadBalancerConfig], ConfigWorker]:
+        return worker_factory(settings, election_id=election_id, audit=audit, fallback=fallback, on_result=on_result,
+                              on_health=on_health, last_applied=state_dir.last_applied)
+
+    return Runtime(intent_provider, cluster, make_worker_for, metrics, heartbeat, status, current, api, audit, closers,
+                   refusals)
+
+
+async def run(settings: Settings, stop: asyncio.Event) -> int:
+    """`p4kube run` until `stop` is set: the transaction in flight is finished, never cut in half."""
+    rt = await build_runtime(settings)
+    endpoint = None
+    try:
+        if settings.metrics_address:
+            host, port = parse_listen_address(settings.metrics_address)
+            endpoint = HttpEndpoint(
+                rt.metrics.registry, heartbeat=rt.heartbeat, host=host, port=port,
+                readiness=lambda: decide_ready(
+                    started=rt.status["started"], leader=rt.status["leader"], switches_connected=rt.status["connected"]
+                ),
+            )
+            await endpoint.start()
+        gc.collect()
+        gc.freeze()  # the loaded state is long-lived: keep it out of the cyclic collector's scans
+        if not settings.leader_elect:
+            rt.current["controller"] = Controller(rt.intent, rt.cluster, make_worker=rt.make_worker_for(settings.election_id))
+            rt.status["started"] = True
+            await rt.current["controller"].run(stop)
+        else:
+            await _run_as_leader(settings, rt, stop)
+    finally:
+        await rt.aclose()
+        if endpoint is not None:
+            await endpoint.stop()
+    log.info("stopped")
+    return 0
+
+
+async def _run_as_leader(settings: Settings, rt: Runtime, stop: asyncio.Event) -> None:
+    """Hold the Lease, run the loop while holding it, and stop writing the moment it is lost."""
+    from ..kube.leader import LeaderElector
+
+    elector = LeaderElector(
+        rt.api, namespace=settings.leader_elect_namespace, name=settings.leader_elect_lease_name,
+        identity=settings.leader_elect_identity,
+    )
+    election = asyncio.create_task(elector.run())
+    rt.status["started"] = True
+    try:
+        while not stop.is_set():
+            acquired = asyncio.create_task(elector.acquired())
+            stopping = asyncio.create_task(stop.wait())
+            await asyncio.wait({acquired, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            stopping.cancel()
+            if stop.is_set():
+                acquired.cancel()
+                break
+            term = acquired.result()
+            log.info("leading as %s (election id %d)", term.identity, term.election_id)
+            rt.status["leader"] = True
+            rt.metrics.set_leader(True)
+            controller = rt.current["controller"] = Controller(rt.intent, rt.cluster, make_worker=rt.make_worker_for(term.election_id))
+            loop = asyncio.create_task(controller.run(stop))
+            lost = asyncio.create_task(term.lost.wait())
+            await asyncio.wait({loop, lost}, return_when=asyncio.FIRST_COMPLETED)
+            if lost.done() and not loop.done():
+                # Fencing: cancel at once; run()'s finally closes every P4Runtime stream.
+                log.error("lost the Lease (%s): stopping all switch writes now", term.lost_reason)
+                loop.cancel()
+            await asyncio.gather(loop, return_exceptions=True)
+            lost.cancel()
+            rt.status["leader"] = False
+            rt.metrics.set_leader(False)
+    finally:
+        elector.stop()
+        await elector.release()
+        election.cancel()
+        await asyncio.gather(election, return_exceptions=True)

@@ -1,0 +1,192 @@
+"""`p4kube validate|render|plan|check`: intent and a recorded cluster in, a snapshot or a plan out."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from ..ghactions import command, stop_commands
+from ..intent.files import OperatorDirs
+from ..intent.loader import validate_paths
+from ..pipeline_io import load_inputs, make_plans, render_one
+from ..plan import exit_code, format_plan
+from ..snapshot import Snapshot, load_snapshot, schema_errors
+from .errors import EXIT_ERROR, EXIT_OK, CommandError
+from .options import file_options, tls_dir_option
+from .output import write_atomic
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser(
+        "validate",
+        help="check LoadBalancerConfig YAML files or directories",
+        description="Check intent: YAML, schema, durations, addresses, pools, switches. "
+        "Prints one error per line as file:line:col: field: message. Exit 0 when valid, 1 when not.",
+    )
+    p.add_argument("paths", nargs="+", metavar="PATH", help="YAML files or directories (walked recursively)")
+    p.add_argument("--format", choices=["text", "json"], default="text")
+    file_options(p)
+    p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser(
+        "render",
+        help="render the snapshot the switches must hold",
+        description="Render intent + cluster state into a schema-checked snapshot (JSON). "
+        "With --previous, service ids, VIPs and buckets stay where they were and the version advances "
+        "only when the content changes.",
+    )
+    _add_render_inputs(p)
+    p.add_argument("--previous", metavar="SNAPSHOT", help="the snapshot the switches hold now")
+    p.add_argument("--out", metavar="FILE", help="write here instead of stdout")
+    p.set_defaults(func=cmd_render)
+
+    p = sub.add_parser(
+        "plan",
+        help="show what would change on the switches",
+        description="Like terraform plan: Services added, changed and removed, each backend's share "
+        "before and after, and the table writes. Exit 0: no changes; 2: changes; 1: error.",
+    )
+    _add_render_inputs(p)
+    p.add_argument(
+        "--previous",
+        metavar="SNAPSHOT",
+        action="append",
+        default=[],
+        help="what the switches hold now (repeat for several configs; matched by the snapshot's config)",
+    )
+    p.add_argument("--format", choices=["text", "json", "markdown"], default="text")
+    p.add_argument("--out", metavar="FILE", help="also write the plan here (e.g. for a PR comment)")
+    p.set_defaults(func=cmd_plan)
+
+    p = sub.add_parser(
+        "check",
+        help="pull-request check for intent repositories: validate, then plan",
+        description="What an intent repository's CI runs: validate the intent (errors also as GitHub "
+        "::error annotations), then plan against the recorded cluster. Writes plan.md (the PR comment), "
+        "plan.json and plan.txt to --out-dir and appends the plan to $GITHUB_STEP_SUMMARY when set. "
+        "Exit 0: valid, no changes; 2: valid, changes; 1: invalid or error.",
+    )
+    _add_render_inputs(p)
+    p.add_argument("--previous", metavar="SNAPSHOT", action="append", default=[], help="what the switches hold now")
+    p.add_argument("--out-dir", metavar="DIR", default="p4kube-out", help="where to write plan.md/json/txt (default: %(default)s)")
+    tls_dir_option(p)
+    p.set_defaults(func=cmd_check)
+
+
+def _add_render_inputs(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--intent", required=True, metavar="DIR", help="intent directory (a Git checkout) or YAML file")
+    p.add_argument(
+        "--cluster",
+        required=True,
+        metavar="FILE",
+        help="cluster state as `kubectl get services,endpointslices,nodes -A -o yaml` prints it",
+    )
+    p.add_argument("--config", metavar="NAME", help="which LoadBalancerConfig (namespace/name or name) when there are several")
+    p.add_argument(
+        "--connections",
+        metavar="FILE",
+        help="least-connections only: JSON {\"ns/svc\": {\"node\": activeConnections}} read from the switch counters",
+    )
+    file_options(p, tls=False)
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+
+    diags = validate_paths(args.paths, dirs=OperatorDirs.from_args(args))
+    errors = [d for d in diags if d.severity == "error"]
+    if args.format == "json":
+        print(json.dumps({"valid": not errors, "diagnostics": [d.to_json() for d in diags]}, indent=2))
+    else:
+        for d in diags:  # errors on stdout (file:line:col, for tools); warnings on stderr
+            print(d, file=sys.stdout if d.severity == "error" else sys.stderr)
+        if not errors:
+            print(f"valid: {', '.join(args.paths)}", file=sys.stderr)
+        else:
+            print(f"{len(errors)} error(s)", file=sys.stderr)
+    return EXIT_ERROR if errors else EXIT_OK
+
+
+def cmd_render(args: argparse.Namespace) -> int:
+
+    intent, cluster, connections = load_inputs(args.intent, args.cluster, args.connections, OperatorDirs.from_args(args))
+    config = intent.pick_config(args.config)
+    previous = _load_previous([args.previous] if args.previous else [], {config.key})
+    result = render_one(intent, config, cluster, previous.get(config.key), connections, pipeline_dir=OperatorDirs.from_args(args).pipeline_dir)
+    text = result.snapshot.to_json_text()
+    errors = schema_errors(json.loads(text))
+    if errors:  # a bug, not bad input: never hand out a snapshot that fails its own schema
+        raise CommandError("rendered snapshot fails snapshot.schema.json:\n  " + "\n  ".join(errors[:10]))
+    for issue in result.issues:
+        print(f"{config.key}: {issue.severity}: {issue}", file=sys.stderr)
+    if args.out:
+        write_atomic(Path(args.out), text)
+        print(
+            f"wrote {args.out}: {config.key} version {result.snapshot.version}, "
+            f"{len(result.snapshot.services)} services, {result.snapshot.digest}",
+            file=sys.stderr,
+        )
+    else:
+        sys.stdout.write(text)
+    return EXIT_OK
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+
+    intent, cluster, connections = load_inputs(args.intent, args.cluster, args.connections, OperatorDirs.from_args(args))
+    configs = [intent.pick_config(args.config)] if args.config else list(intent.configs)
+    previous = _load_previous(args.previous, {c.key for c in configs})
+    plans = make_plans(intent, configs, cluster, previous, connections, pipeline_dir=OperatorDirs.from_args(args).pipeline_dir)
+    text = format_plan(plans, args.format)
+    sys.stdout.write(text)
+    if args.out:
+        write_atomic(Path(args.out), text)
+    return exit_code(plans)
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+
+    # Names and messages below come from the pull request: no line of theirs may be a command.
+    resume_commands = stop_commands(os.environ.get("GITHUB_ACTIONS") == "true")
+    diags = validate_paths([args.intent], dirs=OperatorDirs.from_args(args))
+    errors = [d for d in diags if d.severity == "error"]
+    for d in diags:
+        print(d, file=sys.stdout if d.severity == "error" else sys.stderr)
+    if errors:
+        if os.environ.get("GITHUB_ACTIONS") == "true":
+            resume_commands()
+            for d in errors:  # shown as annotations on the pull request's files; escaped (ghactions)
+                print(command("error", f"{d.field}: {d.message}", file=d.file, line=d.line, col=d.column))
+        print(f"p4kube check: {len(errors)} error(s) in {args.intent}; no plan", file=sys.stderr)
+        return EXIT_ERROR
+    intent, cluster, connections = load_inputs(args.intent, args.cluster, args.connections, OperatorDirs.from_args(args))
+    configs = [intent.pick_config(args.config)] if args.config else list(intent.configs)
+    previous = _load_previous(args.previous, {c.key for c in configs})
+    plans = make_plans(intent, configs, cluster, previous, connections, pipeline_dir=OperatorDirs.from_args(args).pipeline_dir)
+    out = Path(args.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for fmt, name in (("markdown", "plan.md"), ("json", "plan.json"), ("text", "plan.txt")):
+        write_atomic(out / name, format_plan(plans, fmt))  # type: ignore[arg-type]
+    sys.stdout.write(format_plan(plans, "text"))
+    summary = os.environ.get("GITHUB_STEP_SUMMARY")
+    if summary:
+        with open(summary, "a") as f:
+            f.write(format_plan(plans, "markdown"))
+    print(f"p4kube check: valid; plan written to {out}/plan.md, plan.json, plan.txt", file=sys.stderr)
+    resume_commands()
+    return exit_code(plans)
+
+
+def _load_previous(paths: Sequence[str], wanted: set[str]) -> dict[str, Snapshot]:
+    out = {}
+    for p in paths:
+        snap = load_snapshot(p)
+        if snap.config not in wanted:
+            raise CommandError(f"{p}: snapshot is for config {snap.config}, not one of {sorted(wanted)}")
+        if snap.config in out:
+            raise CommandError(f"{p}: a second previous snapshot for {snap.config}")
+        out[snap.config] = snap
+    return out
