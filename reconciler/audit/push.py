@@ -22,7 +22,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Mapping
+from typing import Callable, Iterator, Mapping, cast
 
 import pygit2
 
@@ -119,7 +119,9 @@ class _Callbacks(pygit2.RemoteCallbacks):
         self._asked: set[int] = set()
         self.rejected: list[tuple[str, str]] = []
 
-    def credentials(self, url: str, username_from_url: str | None, allowed_types: CredentialType):  # type: ignore[no-untyped-def, override]
+    def credentials(
+        self, url: str, username_from_url: str | None, allowed_types: CredentialType
+    ) -> pygit2.UserPass | pygit2.Keypair:
         c = self._creds
         where = redact_url(url)
         if allowed_types & CredentialType.USERPASS_PLAINTEXT and CredentialType.USERPASS_PLAINTEXT not in self._asked:
@@ -233,7 +235,7 @@ class RemoteSync:
         except AuditError as e:  # raised by our credentials callback, through libgit2
             raise AuditUnavailable(f"audit remote {self.where}: cannot fetch {self.branch} from {self.where}: {e}") from None
         ref = self.repo.references.get(self.tracking_ref)
-        theirs = ref.target if ref is not None else None
+        theirs = cast(pygit2.Oid, ref.target) if ref is not None else None  # a branch ref is direct: an Oid
         if self.refuse_rewrites and seen is not None and theirs != seen and (
                 theirs is None or not self.repo.descendant_of(theirs, seen)):
             # History we saw (and may have pushed) is gone from the remote: a force-push or a
@@ -247,7 +249,7 @@ class RemoteSync:
                 f"merge it: nothing recorded. Restore the remote's history, or point --audit-repo at a new branch"
             )
             raise RemoteRewritten(self.rewritten)
-        return theirs  # type: ignore[return-value]
+        return theirs
 
     def push(self, local_tip: Callable[[], pygit2.Oid | None], integrate: Callable[[pygit2.Oid], None]) -> PushResult:
         """Push the branch. On failure: fetch; if the remote has commits we lack, `integrate`
@@ -261,7 +263,7 @@ class RemoteSync:
             try:
                 self.repo.remotes[ORIGIN].push([spec], callbacks=cb)
                 if not cb.rejected:
-                    self.repo.references.create(self.tracking_ref, local_tip(), force=True)
+                    self.repo.references.create(self.tracking_ref, cast(pygit2.Oid, local_tip()), force=True)  # pushed: a tip
                     if attempt > 1:
                         log.info("pushed %s to %s after %d attempts (%d merges)", self.branch, self.where, attempt, merges)
                     return PushResult(attempt, merges)

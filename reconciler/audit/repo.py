@@ -42,7 +42,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Sequence, TypedDict, cast
 
 import pygit2
 
@@ -61,7 +61,10 @@ from .message import (
 from .push import Credentials, PushResult, RemoteRewritten, RemoteSync, RetryPolicy, looks_like_url, redact_url
 from .signing import Signer, TrustedKeys
 from .trust import UntrustedRecord, check_commit, untrusted
-from .trees import BLOB, TREE, ConfigIndex, config_paths, entry_id, git_name, index_config_tree, merge_by_config, replace_path, write_config_tree
+from .trees import (
+    BLOB, TREE, ConfigIndex, blob_data, commit_at, config_paths, entries_at, entry_id, git_name, index_config_tree,
+    merge_by_config, replace_path, tree_at, write_config_tree,
+)
 
 log = logging.getLogger("p4kube.audit")
 
@@ -123,6 +126,20 @@ def fault(location: str, repo_path: str, what: str, e: BaseException) -> AuditEr
     if code is not None or isinstance(e, OSError):
         return AuditUnavailable(f"audit repository {location}: cannot {what}: {cause}", code, path)
     return AuditError(f"audit repository {location}: cannot {what}: {cause}")
+
+
+class _Options(TypedDict):
+    """What AuditRepo() takes besides the repository, its remote and its location."""
+
+    branch: str
+    author: Identity
+    committer: Identity | None
+    signer: Signer | None
+    clock: Callable[[], float]
+    strict_push: bool
+    pack_every: int
+    read_only: bool
+    trust: TrustedKeys | None
 
 
 class AuditRepo:
@@ -239,7 +256,7 @@ class AuditRepo:
         read_only: bool,
         trust: TrustedKeys | None = None,
     ) -> "AuditRepo":
-        kwargs = dict(
+        kwargs = _Options(
             branch=branch, author=author, committer=committer, signer=signer, clock=clock,
             strict_push=strict_push, pack_every=pack_every, read_only=read_only, trust=trust,
         )
@@ -249,7 +266,7 @@ class AuditRepo:
                 os.listdir(path)  # PermissionError here, named, rather than "not a repository" below
             found = pygit2.discover_repository(str(path)) if path.exists() else None
             if found is not None and Path(found).resolve() in (path.resolve(), (path / ".git").resolve()):
-                return cls(pygit2.Repository(found), location=location, **kwargs)  # type: ignore[arg-type]
+                return cls(pygit2.Repository(found), location=location, **kwargs)
             for parent in path.absolute().parents:
                 if parent.exists():
                     if not parent.is_dir():
@@ -266,7 +283,7 @@ class AuditRepo:
                 raise AuditError(f"audit repository {path}: exists, is not empty, and is not a Git repository")
             repo = pygit2.init_repository(str(path), bare=True, initial_head=branch)
             log.info("created audit repository %s (branch %s)", path, branch)
-            return cls(repo, location=location, **kwargs)  # type: ignore[arg-type]
+            return cls(repo, location=location, **kwargs)
 
         wd = Path(workdir) if workdir is not None else default_workdir(location)
         if (wd / "HEAD").exists() or (wd / ".git").exists():
@@ -278,7 +295,7 @@ class AuditRepo:
                 raise AuditError(f"audit work directory {wd}: exists, is not empty, and is not a Git repository")
             repo = pygit2.init_repository(str(wd), bare=True, initial_head=branch)
         remote = RemoteSync(repo, location, branch, credentials, retry, sleep, refuse_rewrites=not read_only)
-        audit = cls(repo, remote=remote, location=redact_url(location), **kwargs)  # type: ignore[arg-type]
+        audit = cls(repo, remote=remote, location=redact_url(location), **kwargs)
         audit._sync_from_remote()
         return audit
 
@@ -307,7 +324,7 @@ class AuditRepo:
         if self.remote is None:
             return None
         ref = self.repo.references.get(self.remote.tracking_ref)
-        return ref.target if ref is not None else None  # type: ignore[return-value]
+        return cast(pygit2.Oid, ref.target) if ref is not None else None  # a branch ref is direct: an Oid
 
     # --- faults -------------------------------------------------------------------------------
 
@@ -347,7 +364,7 @@ class AuditRepo:
 
     def _tip(self) -> pygit2.Oid | None:
         ref = self.repo.references.get(self.ref)
-        return ref.target if ref is not None else None  # type: ignore[return-value]
+        return cast(pygit2.Oid, ref.target) if ref is not None else None  # a branch ref is direct: an Oid
 
     @property
     def head(self) -> str | None:
@@ -377,7 +394,8 @@ class AuditRepo:
         author, committer = self._signature(self.author, when), self._signature(self.committer, when)
         if self.signer is None:
             return self.repo.create_commit(None, author, committer, message, tree, list(parents))
-        content = self.repo.create_commit_string(author, committer, message, tree, list(parents))
+        # pygit2's types say Oid; it returns the commit's text, which is what gets signed
+        content = cast(str, self.repo.create_commit_string(author, committer, message, tree, list(parents)))
         signature = self.signer.sign(content.encode())
         return self.repo.create_commit_with_signature(content, signature)
 
@@ -409,7 +427,7 @@ class AuditRepo:
         with self._lock, self._faults(what):
             tip = self._tip()
             self._check_version(snapshot)
-            root = self.repo[tip].tree_id if tip is not None else None  # type: ignore[attr-defined]
+            root = commit_at(self.repo, tip).tree_id if tip is not None else None
             path = config_dir(snapshot.config)
             old_tree = entry_id(self.repo, root, path)
             index = self._index(snapshot.config, old_tree)
@@ -438,7 +456,7 @@ class AuditRepo:
     record_outcome = record  # the name the apply engine uses for outcome commits: same operation
 
     def _with_readme(self, root: pygit2.Oid) -> pygit2.Oid:
-        tb = self.repo.TreeBuilder(self.repo[root])
+        tb = self.repo.TreeBuilder(tree_at(self.repo, root))
         if tb.get("README.md") is None:
             tb.insert("README.md", self.repo.create_blob(README.encode()), BLOB)
         return tb.write()
@@ -552,8 +570,8 @@ class AuditRepo:
             self._scanned = False
             return
         base = self.repo.merge_base(ours, theirs)
-        base_tree = self.repo[base].tree_id if base is not None else None  # type: ignore[attr-defined]
-        tree, conflicts = merge_by_config(self.repo, base_tree, self.repo[ours].tree_id, self.repo[theirs].tree_id)  # type: ignore[attr-defined]
+        base_tree = commit_at(self.repo, base).tree_id if base is not None else None
+        tree, conflicts = merge_by_config(self.repo, base_tree, commit_at(self.repo, ours).tree_id, commit_at(self.repo, theirs).tree_id)
         lines = [f"Merge {self.branch} from {self.remote.where if self.remote else 'the remote'}", ""]
         lines.append(f"Another writer committed to {self.branch} since this reconciler last fetched; both histories are kept.")
         if conflicts:
@@ -660,8 +678,8 @@ class AuditRepo:
             entries = self._history_entries()
         for e in entries:
             with self._faults(f"read commit {e.commit[:12]}"):
-                commit = self.repo[e.commit]
-            yield commit, e  # type: ignore[misc]
+                commit = commit_at(self.repo, e.commit)
+            yield commit, e
 
     def history(
         self,
@@ -691,7 +709,7 @@ class AuditRepo:
         """The configs the branch's newest tree holds."""
         with self._lock, self._faults("read the configs"):
             tip = self._tip()
-            root = self.repo[tip].tree_id if tip is not None else None  # type: ignore[attr-defined]
+            root = commit_at(self.repo, tip).tree_id if tip is not None else None
             return sorted(config_paths(self.repo, root))
 
     def next_version(self, config: str) -> int:
@@ -767,9 +785,9 @@ class AuditRepo:
         if entry.config is None:
             raise AuditError(f"commit {entry.commit[:12]} is not an audit record (no Config trailer)")
         with self._lock, self._faults(f"read {entry.config} v{entry.version} (commit {entry.commit[:12]})"):
-            commit = self.repo[entry.commit]
-            self._check_trusted(commit, f"{entry.config} v{entry.version} {entry.outcome}")  # type: ignore[arg-type]
-            snap = self.read_config(commit.tree_id, entry.config, f"commit {entry.commit[:12]}")  # type: ignore[attr-defined]
+            commit = commit_at(self.repo, entry.commit)
+            self._check_trusted(commit, f"{entry.config} v{entry.version} {entry.outcome}")
+            snap = self.read_config(commit.tree_id, entry.config, f"commit {entry.commit[:12]}")
         if snap.version != entry.version or snap.digest != entry.digest:
             raise SnapshotError(
                 f"commit {entry.commit[:12]}: trailers name {entry.config} v{entry.version} {entry.digest}, "
@@ -810,23 +828,22 @@ class AuditRepo:
         cached = self._snapshots.get(tree_id)
         if cached is not None:
             return cached
-        tree = self.repo[tree_id]
         manifest_id = entry_id(self.repo, tree_id, MANIFEST)
         if manifest_id is None:
             raise SnapshotError(f"{where}: no {MANIFEST}")
-        manifest = parse_manifest(self.repo[manifest_id].data, f"{where}/{MANIFEST}")  # type: ignore[attr-defined]
+        manifest = parse_manifest(blob_data(self.repo, manifest_id), f"{where}/{MANIFEST}")
         if manifest.config != config:
             raise SnapshotError(f"{where}/{MANIFEST}: holds config {manifest.config!r}, not {config!r}")
-        services = []
-        for entry in tree:  # type: ignore[attr-defined]
-            if entry.name not in (MANIFEST, SERVICES_DIR):
-                raise SnapshotError(f"{where}/{entry.name}: unexpected file in a config directory")
+        services: list[ServiceSnapshot] = []
+        for entry_name, _ in entries_at(self.repo, tree_id):
+            if entry_name not in (MANIFEST, SERVICES_DIR):
+                raise SnapshotError(f"{where}/{entry_name}: unexpected file in a config directory")
         services_tree = entry_id(self.repo, tree_id, SERVICES_DIR)
         if services_tree is not None:
-            for ns in self.repo[services_tree]:  # type: ignore[attr-defined]
+            for ns_name, ns in entries_at(self.repo, services_tree):
                 if ns.filemode != TREE:
-                    raise SnapshotError(f"{where}/{SERVICES_DIR}/{ns.name}: expected a namespace directory")
-                services.extend(self._read_namespace(ns.id, ns.name, f"{where}/{SERVICES_DIR}/{ns.name}"))
+                    raise SnapshotError(f"{where}/{SERVICES_DIR}/{ns_name}: expected a namespace directory")
+                services.extend(self._read_namespace(ns.id, ns_name, f"{where}/{SERVICES_DIR}/{ns_name}"))
         snap = assemble(manifest, services, where)
         self._largest_snapshot = max(self._largest_snapshot, len(snap.services))
         self._snapshots[tree_id] = snap
@@ -840,14 +857,14 @@ class AuditRepo:
         if cached is not None:
             return cached
         out = []
-        for f in self.repo[tree_id]:  # type: ignore[attr-defined]
-            file_where = f"{where}/{f.name}"
-            if f.filemode != BLOB or not f.name.endswith(".json"):
+        for f_name, f in entries_at(self.repo, tree_id):
+            file_where = f"{where}/{f_name}"
+            if f.filemode != BLOB or not f_name.endswith(".json"):
                 raise SnapshotError(f"{file_where}: expected a service .json file")
-            name = f"{ns}/{f.name[:-5]}"
+            name = f"{ns}/{f_name[:-5]}"
             svc = self._services.get(f.id)
             if svc is None:
-                svc = parse_service_file(self.repo[f.id].data, file_where, name)  # type: ignore[attr-defined]
+                svc = parse_service_file(blob_data(self.repo, f.id), file_where, name)
                 self._remember_service(f.id, svc)
             else:
                 self._services.move_to_end(f.id)

@@ -17,9 +17,12 @@ import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 
 from .errors import SignatureError
+
+if TYPE_CHECKING:
+    import pygit2
 
 SignatureKind = Literal["ssh", "gpg", "x509", "unknown"]
 _TIMEOUT = 30.0  # seconds: a signing tool waiting for a passphrase must not hang the reconciler
@@ -183,9 +186,9 @@ class TrustedKeys:
         return SignatureCheck(False, None, f"{kind} signature, but only {trusted} keys are trusted")
 
 
-def commit_signature(commit: object) -> tuple[bytes, bytes] | None:
+def commit_signature(commit: pygit2.Commit) -> tuple[bytes, bytes] | None:
     """(signature, signed payload) of a pygit2 Commit, or None when it is not signed."""
-    signature, payload = commit.gpg_signature  # type: ignore[attr-defined]
+    signature, payload = commit.gpg_signature
     if signature is None:
         return None
     return signature, payload

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass, field
-from typing import Mapping, Sequence
+from typing import Iterator, Mapping, Sequence, cast
 
 import pygit2
 
@@ -53,12 +53,32 @@ def git_name(name: str) -> str:
     return sys.intern(name)
 
 
+# pygit2 types `repo[oid]` as a plain Object; these say which kind an id names where the layout
+# fixes it (a config directory is a tree, a Service file a blob, a log entry a commit).
+def tree_at(repo: pygit2.Repository, oid: pygit2.Oid) -> pygit2.Tree:
+    return cast(pygit2.Tree, repo[oid])
+
+
+def entries_at(repo: pygit2.Repository, oid: pygit2.Oid) -> Iterator[tuple[str, pygit2.Object]]:
+    """(name, entry) for each entry of the tree at `oid`: a tree entry always has a name."""
+    for entry in tree_at(repo, oid):
+        yield cast(str, entry.name), entry
+
+
+def blob_data(repo: pygit2.Repository, oid: pygit2.Oid) -> bytes:
+    return cast(pygit2.Blob, repo[oid]).data
+
+
+def commit_at(repo: pygit2.Repository, oid: pygit2.Oid | str) -> pygit2.Commit:
+    return cast(pygit2.Commit, repo[oid])
+
+
 def entry_id(repo: pygit2.Repository, tree_id: pygit2.Oid | None, path: str) -> pygit2.Oid | None:
     """The id of the object at `path` under a tree, or None."""
     if tree_id is None:
         return None
     try:
-        return repo[tree_id][git_name(path)].id  # type: ignore[index]
+        return tree_at(repo, tree_id)[git_name(path)].id
     except KeyError:
         return None
 
@@ -74,13 +94,13 @@ def index_config_tree(
     index.services_tree = entry_id(repo, tree_id, SERVICES_DIR)
     if index.services_tree is None:
         return index
-    for ns_entry in repo[index.services_tree]:  # type: ignore[attr-defined]
+    for ns_name, ns_entry in entries_at(repo, index.services_tree):
         if ns_entry.filemode != TREE:
             continue
-        index.ns_trees[ns_entry.name] = ns_entry.id
-        for f in repo[ns_entry.id]:  # type: ignore[attr-defined]
-            if f.filemode == BLOB and f.name.endswith(".json"):
-                name = f"{ns_entry.name}/{f.name[:-5]}"
+        index.ns_trees[ns_name] = ns_entry.id
+        for f_name, f in entries_at(repo, ns_entry.id):
+            if f.filemode == BLOB and f_name.endswith(".json"):
+                name = f"{ns_name}/{f_name[:-5]}"
                 index.blobs[name] = f.id
                 digest = known.get(f.id)
                 if digest is not None:
@@ -150,14 +170,14 @@ def write_config_tree(
     services_tree = index.services_tree
     if per_ns:
         ns_trees = dict(ns_trees)
-        sb = repo.TreeBuilder(repo[services_tree]) if services_tree is not None else repo.TreeBuilder()
+        sb = repo.TreeBuilder(tree_at(repo, services_tree)) if services_tree is not None else repo.TreeBuilder()
         for ns, files in sorted(per_ns.items()):
-            nb = repo.TreeBuilder(repo[ns_trees[ns]]) if ns in ns_trees else repo.TreeBuilder()
-            for file, oid in files.items():
-                if oid is None:
+            nb = repo.TreeBuilder(tree_at(repo, ns_trees[ns])) if ns in ns_trees else repo.TreeBuilder()
+            for file, blob in files.items():
+                if blob is None:
                     nb.remove(file)
                 else:
-                    nb.insert(file, oid, BLOB)
+                    nb.insert(file, blob, BLOB)
             if len(nb):
                 ns_trees[ns] = nb.write()
                 sb.insert(ns, ns_trees[ns], TREE)
@@ -170,7 +190,7 @@ def write_config_tree(
     if manifest == index.manifest and services_tree == index.services_tree and index.tree_id is not None:
         tree_id = index.tree_id
     else:
-        cb = repo.TreeBuilder(repo[index.tree_id]) if index.tree_id is not None else repo.TreeBuilder()
+        cb = repo.TreeBuilder(tree_at(repo, index.tree_id)) if index.tree_id is not None else repo.TreeBuilder()
         cb.insert(MANIFEST, manifest, BLOB)
         if services_tree is not None:
             cb.insert(SERVICES_DIR, services_tree, TREE)
@@ -195,7 +215,7 @@ def replace_path(
     parts = [git_name(p) for p in path.split("/")]
 
     def rebuild(tree_id: pygit2.Oid | None, depth: int) -> pygit2.Oid | None:
-        tb = repo.TreeBuilder(repo[tree_id]) if tree_id is not None else repo.TreeBuilder()
+        tb = repo.TreeBuilder(tree_at(repo, tree_id)) if tree_id is not None else repo.TreeBuilder()
         name = parts[depth]
         if depth == len(parts) - 1:
             child = new_id
@@ -220,12 +240,12 @@ def config_paths(repo: pygit2.Repository, root_id: pygit2.Oid | None) -> dict[st
     configs = entry_id(repo, root_id, CONFIGS_DIR)
     if configs is None:
         return out
-    for ns in repo[configs]:  # type: ignore[attr-defined]
+    for ns_name, ns in entries_at(repo, configs):
         if ns.filemode != TREE:
             continue
-        for name in repo[ns.id]:  # type: ignore[attr-defined]
-            if name.filemode == TREE:
-                out[f"{ns.name}/{name.name}"] = name.id
+        for config_name, config in entries_at(repo, ns.id):
+            if config.filemode == TREE:
+                out[f"{ns_name}/{config_name}"] = config.id
     return out
 
 
@@ -242,9 +262,12 @@ def merge_by_config(
     def entries(tree_id: pygit2.Oid | None) -> dict[str, tuple[pygit2.Oid, int]]:
         if tree_id is None:
             return {}
-        return {e.name: (e.id, e.filemode) for e in repo[tree_id]}  # type: ignore[attr-defined]
+        return {name: (e.id, e.filemode) for name, e in entries_at(repo, tree_id)}
 
-    def merge(path: str, depth: int, b, o, t):  # type: ignore[no-untyped-def]
+    # A side's entry: (id, filemode), or None where the side has no such path.
+    Side = tuple[pygit2.Oid, int] | None
+
+    def merge(path: str, depth: int, b: Side, o: Side, t: Side) -> Side:
         if o == t:
             return o
         if o == b:
@@ -256,6 +279,7 @@ def merge_by_config(
         if atomic or not both_trees:
             conflicts.append(path)
             return o
+        assert o is not None and t is not None  # both_trees
         be = entries(b[0]) if b is not None and b[1] == TREE else {}
         oe, te = entries(o[0]), entries(t[0])
         tb = repo.TreeBuilder()

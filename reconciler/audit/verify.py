@@ -104,7 +104,7 @@ def verify_history(audit: AuditRepo, trusted: TrustedKeys | None = None) -> Veri
             records += 1
             if entry.outcome not in OUTCOMES:
                 fail(f"Outcome {entry.outcome!r} is not one of {', '.join(OUTCOMES)}")
-            held = checked.get(configs[entry.config]) if entry.config in configs else None  # type: ignore[index]
+            held = checked.get(configs[entry.config]) if entry.config in configs else None
             if entry.config not in configs:
                 fail(f"trailers name config {entry.config}, which is not in the tree")
             elif isinstance(held, tuple):
