@@ -198,9 +198,11 @@ async def build_runtime(settings: Settings, api: Any = None) -> Runtime:
             except Exception as e:  # noqa: BLE001 - metrics must never stop the loop
                 log.warning("%s: reading backend counters failed: %s", worker.config.key, e)
 
+    warned_plaintext: set[str] = set()  # --allow-insecure-switches: said once per config, not per term
+
     def make_worker_for(election_id: int) -> Callable[[LoadBalancerConfig], ConfigWorker]:
         return worker_factory(settings, election_id=election_id, audit=audit, fallback=fallback, on_result=on_result,
-                              on_health=on_health, last_applied=state_dir.last_applied)
+                              on_health=on_health, last_applied=state_dir.last_applied, warned_plaintext=warned_plaintext)
 
     return Runtime(intent_provider, cluster, make_worker_for, metrics, heartbeat, status, current, api, audit, closers,
                    refusals)

@@ -31,12 +31,15 @@ def worker_factory(
     on_health: Callable[[ConfigWorker], Awaitable[None]] | None = None,
     last_applied: Callable[[str], Snapshot | None] | None = None,
     probe_retry_delay: float = 0.5,
+    warned_plaintext: set[str] | None = None,
 ) -> MakeWorker:
     """make_worker for the Controller. election_id: fixed (a leadership term), a callable (a new
     id per worker) or settings.election_id. last_applied: what the switches hold without an
     audit repository (the state directory). probe_retry_delay: between
-    a failed probe's retries (tests and the demo shorten it). A config the settings refuse gets WorkerRefused."""
-    warned_plaintext: set[str] = set()  # insecure switches: said once per config, not per worker
+    a failed probe's retries (tests and the demo shorten it). warned_plaintext: the configs already
+    warned about plaintext, shared by the factories of several leadership terms. A config the
+    settings refuse gets WorkerRefused."""
+    warned = warned_plaintext if warned_plaintext is not None else set()  # said once per config, not per worker
 
     def make_worker(config: LoadBalancerConfig) -> ConfigWorker:
         eid = election_id() if callable(election_id) else election_id
@@ -44,8 +47,8 @@ def worker_factory(
             applier = build_applier(config, settings, eid)
         except (SettingsError, InputFileError) as e:  # what the operator did not allow: this config only
             raise WorkerRefused(str(e)) from None
-        if config.switch_config.tls is None and config.key not in warned_plaintext:
-            warned_plaintext.add(config.key)  # only reached with --allow-insecure-switches
+        if config.switch_config.tls is None and config.key not in warned:
+            warned.add(config.key)  # only reached with --allow-insecure-switches
             log.warning("%s: plaintext P4Runtime to %s (--allow-insecure-switches): anyone who reaches these "
                         "ports can read the tables or become primary and write them; for labs and tests only",
                         config.key, ", ".join(sw.address for sw in config.switch_config.switches))
