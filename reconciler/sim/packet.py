@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass, replace
+from typing import Any
 
 ETHERTYPE_IPV4 = 0x0800
 PROTO_TCP = 6
@@ -383,14 +384,14 @@ def build_frame(
     dport: int,
     flags: int = SYN,
     payload: bytes = b"",
-    **kwargs: object,
+    **kwargs: Any,  # build_tcp's or build_udp's own keywords, checked by the one called
 ) -> bytes:
     """build_tcp or build_udp by protocol (6/"TCP" or 17/"UDP"); `flags` is ignored for UDP."""
     proto = {"TCP": PROTO_TCP, "UDP": PROTO_UDP}.get(protocol, protocol) if isinstance(protocol, str) else protocol
     if proto == PROTO_TCP:
-        return build_tcp(src, dst, sport, dport, flags, payload, **kwargs)  # type: ignore[arg-type]
+        return build_tcp(src, dst, sport, dport, flags, payload, **kwargs)
     if proto == PROTO_UDP:
-        return build_udp(src, dst, sport, dport, payload, **kwargs)  # type: ignore[arg-type]
+        return build_udp(src, dst, sport, dport, payload, **kwargs)
     raise ValueError(f"build_frame supports TCP (6) and UDP (17), not protocol {protocol!r}")
 
 

@@ -244,12 +244,12 @@ def action_params(action: ActionInfo, proto: p4r.Action, behavior: Behavior) -> 
     by_id = action.params_by_id
     seen = 0
     for p in params:
-        info = by_id.get(p.param_id)
-        if info is None:
+        known = by_id.get(p.param_id)
+        if known is None:
             raise UpdateError(INVALID_ARGUMENT, "Unknown action parameter")
-        values[info.position] = _value(p.value, info.bitwidth, behavior)
-        bit = 1 << info.position
+        values[known.position] = _value(p.value, known.bitwidth, behavior)
+        bit = 1 << known.position
         if seen & bit and not behavior.duplicate_param_bug:
-            raise UpdateError(INVALID_ARGUMENT, f"Duplicate action parameter {info.name}")
+            raise UpdateError(INVALID_ARGUMENT, f"Duplicate action parameter {known.name}")
         seen |= bit
     return tuple(values)

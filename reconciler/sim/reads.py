@@ -101,8 +101,8 @@ class _Reader:
         if te.table_id == 0:
             if not self.behavior.bmv2 and len(te.match):
                 raise UpdateError(INVALID_ARGUMENT, "A match key needs a table_id")
-            for table in self.state.tables.values():
-                self.read_table(table, te, out)
+            for each_table in self.state.tables.values():
+                self.read_table(each_table, te, out)
             return
         table = self.state.tables.get(te.table_id)
         if table is None:
@@ -150,8 +150,8 @@ class _Reader:
 
     def read_counters(self, ce: p4r.CounterEntry, out: Entities) -> None:
         if ce.counter_id == 0:
-            for counter in self.state.counters.values():
-                self.read_counter(counter, ce, out)
+            for each_counter in self.state.counters.values():
+                self.read_counter(each_counter, ce, out)
             return
         counter = self.state.counters.get(ce.counter_id)
         if counter is None:

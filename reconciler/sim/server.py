@@ -393,6 +393,7 @@ class _P4RuntimeService(p4r_grpc.P4RuntimeServicer):
         device = self.switch._device_for(device_id)
         if device is None:
             context.abort(grpc.StatusCode.NOT_FOUND, f"Unknown device id {device_id}")
+            raise AssertionError("unreachable: abort raises")  # grpc is untyped: its NoReturn is unknown
         return device
 
     def _delay(self) -> None:
