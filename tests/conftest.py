@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from helpers import require_git, require_gpg, require_ssh_keygen
+from kubeapi.server import KubeApiServer
+from kubernetes import client as k8s
 
 from reconciler.cluster.model import ClusterState
 from reconciler.cluster.recorded import load_cluster_file
 from reconciler.intent.loader import load_intent
 from reconciler.intent.model import LoadBalancerConfig
+from reconciler.kube.client import build_api_client
 from reconciler.render import RenderResult
 
 REPO = Path(__file__).resolve().parents[1]
@@ -79,3 +83,14 @@ def gpg_tool() -> str:
 @pytest.fixture
 def git_tool() -> str:
     return require_git()
+
+
+@pytest.fixture
+def api(server: KubeApiServer) -> Iterator[k8s.ApiClient]:
+    """A Kubernetes client of the module's own `server` fixture (a test API server loaded with
+    what that module needs), closed afterwards."""
+    client = build_api_client(configuration=server.client_configuration())
+    try:
+        yield client
+    finally:
+        client.close()

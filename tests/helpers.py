@@ -1,5 +1,6 @@
 """Helpers shared by the test files: run a coroutine, run the CLI in-process, find the console
-script and the command-line tools the tests need.
+script and the command-line tools the tests need, follow a process's log, commit an intent
+directory.
 
 A missing tool or console script fails the test with what to install: CI has them all, and a skip
 would hide that a test never ran."""
@@ -8,11 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import queue
+import re
 import shutil
 import sys
+import threading
 from pathlib import Path
-from typing import Any, Coroutine, TypeVar
+from typing import IO, Any, Coroutine, TypeVar
 
+import pygit2
 import pytest
 
 T = TypeVar("T")
@@ -93,3 +98,42 @@ def require_node() -> str:
 needs_ssh = pytest.mark.usefixtures("ssh_keygen_tool")
 needs_gpg = pytest.mark.usefixtures("gpg_tool")
 needs_git = pytest.mark.usefixtures("git_tool")
+
+
+class Lines:
+    """The process's log lines, read by a thread; wait for one matching a pattern (timeout)."""
+
+    def __init__(self, stream: IO[str]) -> None:
+        self.q: queue.Queue[str] = queue.Queue()
+        self.seen: list[str] = []
+        threading.Thread(target=self._read, args=(stream,), daemon=True).start()
+
+    def _read(self, stream: IO[str]) -> None:
+        for line in stream:
+            self.q.put(line)
+        self.q.put("")
+
+    def wait(self, pattern: str, timeout: float = 30.0) -> re.Match[str]:
+        rx = re.compile(pattern)
+        while True:
+            try:
+                line = self.q.get(timeout=timeout)
+            except queue.Empty:
+                raise AssertionError(f"no line matching {pattern!r} within {timeout}s; log:\n" + "".join(self.seen[-40:])) from None
+            self.seen.append(line)
+            if line == "":
+                raise AssertionError("process ended; log:\n" + "".join(self.seen[-40:]))
+            m = rx.search(line)
+            if m:
+                return m
+
+
+def commit_all(path: Path, message: str = "intent") -> str:
+    """Commit every file under `path` (a Git repository, created on first use) as dev, at a fixed
+    time so that commit ids repeat; returns the commit id."""
+    repo = pygit2.Repository(str(path)) if (path / ".git").exists() else pygit2.init_repository(str(path), initial_head="main")
+    repo.index.add_all()
+    repo.index.write()
+    sig = pygit2.Signature("dev", "dev@example.com", 1700000000, 0)
+    parents = [] if repo.head_is_unborn else [repo.head.target]
+    return str(repo.create_commit("HEAD", sig, sig, message, repo.index.write_tree(), parents))

@@ -6,10 +6,11 @@ import io
 import json
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from helpers import console_script, run_cli
 
 from reconciler.cli import main
 from reconciler.demo import run_demo
@@ -21,15 +22,9 @@ MULTI = EX / "multi-service"
 CLUSTER = MULTI / "cluster.yaml"
 
 
-def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
 def test_validate_valid_examples(capsys):
     for name in ("minimal", "production", "multi-service"):
-        code, out, err = run(capsys, "validate", str(EX / name))
+        code, out, err = run_cli(capsys, "validate", str(EX / name))
         assert code == 0, out + err
         assert out == ""
         assert "valid" in err
@@ -37,7 +32,7 @@ def test_validate_valid_examples(capsys):
 
 def test_validate_invalid_prints_file_line_col(capsys):
     case = EX / "invalid" / "overlapping-vip-pools"
-    code, out, err = run(capsys, "validate", str(case.relative_to(ROOT)))
+    code, out, err = run_cli(capsys, "validate", str(case.relative_to(ROOT)))
     assert code == 1
     expected = (case / "expected-error.txt").read_text().strip().splitlines()
     assert out.strip().splitlines() == expected
@@ -45,7 +40,7 @@ def test_validate_invalid_prints_file_line_col(capsys):
 
 
 def test_validate_json_format(capsys):
-    code, out, _ = run(capsys, "validate", "--format", "json", str(EX / "invalid" / "bad-ip"))
+    code, out, _ = run_cli(capsys, "validate", "--format", "json", str(EX / "invalid" / "bad-ip"))
     assert code == 1
     doc = json.loads(out)
     assert doc["valid"] is False
@@ -53,9 +48,9 @@ def test_validate_json_format(capsys):
 
 
 def test_render_is_deterministic_and_schema_valid(capsys, tmp_path):
-    code, out1, _ = run(capsys, "render", "--intent", str(MULTI), "--cluster", str(CLUSTER))
+    code, out1, _ = run_cli(capsys, "render", "--intent", str(MULTI), "--cluster", str(CLUSTER))
     assert code == 0
-    code, out2, _ = run(capsys, "render", "--intent", str(MULTI), "--cluster", str(CLUSTER))
+    code, out2, _ = run_cli(capsys, "render", "--intent", str(MULTI), "--cluster", str(CLUSTER))
     assert out1 == out2
     doc = json.loads(out1)
     assert schema_errors(doc) == []
@@ -64,10 +59,10 @@ def test_render_is_deterministic_and_schema_valid(capsys, tmp_path):
 
 def test_render_out_and_previous_keeps_version(capsys, tmp_path):
     first = tmp_path / "v1.json"
-    code, _, err = run(capsys, "render", "--intent", str(MULTI), "--cluster", str(CLUSTER), "--out", str(first))
+    code, _, err = run_cli(capsys, "render", "--intent", str(MULTI), "--cluster", str(CLUSTER), "--out", str(first))
     assert code == 0 and "version 1" in err
     second = tmp_path / "v2.json"
-    code, _, _ = run(
+    code, _, _ = run_cli(
         capsys, "render", "--intent", str(MULTI), "--cluster", str(CLUSTER), "--previous", str(first), "--out", str(second)
     )
     assert code == 0
@@ -77,52 +72,52 @@ def test_render_out_and_previous_keeps_version(capsys, tmp_path):
 
 
 def test_plan_exit_codes(capsys, tmp_path):
-    code, out, _ = run(capsys, "plan", "--intent", str(MULTI), "--cluster", str(CLUSTER))
+    code, out, _ = run_cli(capsys, "plan", "--intent", str(MULTI), "--cluster", str(CLUSTER))
     assert code == 2
     assert "Plan: 4 to add, 0 to change, 0 to remove" in out
     snap = tmp_path / "s.json"
-    run(capsys, "render", "--intent", str(MULTI), "--cluster", str(CLUSTER), "--out", str(snap))
-    code, out, _ = run(capsys, "plan", "--intent", str(MULTI), "--cluster", str(CLUSTER), "--previous", str(snap))
+    run_cli(capsys, "render", "--intent", str(MULTI), "--cluster", str(CLUSTER), "--out", str(snap))
+    code, out, _ = run_cli(capsys, "plan", "--intent", str(MULTI), "--cluster", str(CLUSTER), "--previous", str(snap))
     assert code == 0
     assert "No changes" in out
-    code, _, err = run(capsys, "plan", "--intent", str(EX / "invalid" / "bad-ip"), "--cluster", str(CLUSTER))
+    code, _, err = run_cli(capsys, "plan", "--intent", str(EX / "invalid" / "bad-ip"), "--cluster", str(CLUSTER))
     assert code == 1
     assert "bad-ip/lbconfig.yaml:10:11" in err
 
 
 def test_plan_formats(capsys, tmp_path):
-    code, md, _ = run(capsys, "plan", "--intent", str(MULTI), "--cluster", str(CLUSTER), "--format", "markdown")
+    code, md, _ = run_cli(capsys, "plan", "--intent", str(MULTI), "--cluster", str(CLUSTER), "--format", "markdown")
     assert code == 2 and md.startswith("<!-- p4kube-plan -->")
     assert "| + | `web/frontend` |" in md
     out = tmp_path / "plan.json"
-    code, js, _ = run(capsys, "plan", "--intent", str(MULTI), "--cluster", str(CLUSTER), "--format", "json", "--out", str(out))
+    code, js, _ = run_cli(capsys, "plan", "--intent", str(MULTI), "--cluster", str(CLUSTER), "--format", "json", "--out", str(out))
     doc = json.loads(js)
     assert doc["changed"] is True and doc["summary"]["added"] == 4
     assert json.loads(out.read_text()) == doc
 
 
 def test_missing_and_corrupt_inputs_name_the_file(capsys, tmp_path):
-    code, _, err = run(capsys, "plan", "--intent", str(MULTI), "--cluster", str(tmp_path / "nope.yaml"))
+    code, _, err = run_cli(capsys, "plan", "--intent", str(MULTI), "--cluster", str(tmp_path / "nope.yaml"))
     assert code == 1 and "nope.yaml" in err
     snap = tmp_path / "s.json"
-    run(capsys, "render", "--intent", str(MULTI), "--cluster", str(CLUSTER), "--out", str(snap))
+    run_cli(capsys, "render", "--intent", str(MULTI), "--cluster", str(CLUSTER), "--out", str(snap))
     doc = json.loads(snap.read_text())
     doc["tables"]["MyIngress.backend_table"][0]["params"]["node_port"] = 1  # tampered
     snap.write_text(json.dumps(doc))
-    code, _, err = run(capsys, "plan", "--intent", str(MULTI), "--cluster", str(CLUSTER), "--previous", str(snap))
+    code, _, err = run_cli(capsys, "plan", "--intent", str(MULTI), "--cluster", str(CLUSTER), "--previous", str(snap))
     assert code == 1
     assert "s.json" in err and "bucket 0" in err and "not a listed backend" in err
 
 
 def test_previous_for_another_config_is_refused(capsys, tmp_path):
     snap = tmp_path / "s.json"
-    run(capsys, "render", "--intent", str(MULTI), "--cluster", str(CLUSTER), "--out", str(snap))
-    code, _, err = run(capsys, "plan", "--intent", str(EX / "production"), "--cluster", str(CLUSTER), "--previous", str(snap))
+    run_cli(capsys, "render", "--intent", str(MULTI), "--cluster", str(CLUSTER), "--out", str(snap))
+    code, _, err = run_cli(capsys, "plan", "--intent", str(EX / "production"), "--cluster", str(CLUSTER), "--previous", str(snap))
     assert code == 1 and "snapshot is for config p4kube-system/p4kube-config" in err
 
 
 def test_several_configs_need_config_for_render(capsys):
-    code, _, err = run(capsys, "render", "--intent", str(EX / "production"), "--cluster", str(CLUSTER))
+    code, _, err = run_cli(capsys, "render", "--intent", str(EX / "production"), "--cluster", str(CLUSTER))
     assert code == 1 and "--config" in err
 
 
@@ -133,9 +128,7 @@ def test_usage_error_exit_64(capsys):
 
 
 def test_console_script_help():
-    exe = Path(sys.executable).with_name("p4kube")
-    if not exe.exists():
-        pytest.skip("console script not installed in this environment")
+    exe = console_script()
     r = subprocess.run([str(exe), "--help"], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0
     assert "exit codes" in r.stdout and "plan" in r.stdout
@@ -144,7 +137,7 @@ def test_console_script_help():
 def test_demo_refuses_a_workdir_holding_an_earlier_demo(capsys, tmp_path):
     # The demo itself runs in tests/test_demo.py; here: the command's wiring and its refusal.
     (tmp_path / "intent").mkdir()
-    code, out, err = run(capsys, "demo", "--workdir", str(tmp_path))
+    code, out, err = run_cli(capsys, "demo", "--workdir", str(tmp_path))
     assert code == 1 and out == ""
     assert f"{tmp_path / 'intent'} already exists" in err and "--workdir" in err
     assert run_demo(workdir=str(tmp_path), out=io.StringIO(), err=io.StringIO()) == 1
@@ -154,10 +147,10 @@ def test_demo_refuses_a_workdir_holding_an_earlier_demo(capsys, tmp_path):
 def test_invalid_intent_changes_nothing(capsys, tmp_path):
     out = tmp_path / "snap.json"
     prev = tmp_path / "prev.json"
-    run(capsys, "render", "--intent", str(MULTI), "--cluster", str(CLUSTER), "--out", str(prev))
+    run_cli(capsys, "render", "--intent", str(MULTI), "--cluster", str(CLUSTER), "--out", str(prev))
     before = prev.read_bytes()
     for case in sorted((EX / "invalid").iterdir()):
-        code, _, err = run(capsys, "render", "--intent", str(case), "--cluster", str(CLUSTER), "--previous", str(prev), "--out", str(out))
+        code, _, err = run_cli(capsys, "render", "--intent", str(case), "--cluster", str(CLUSTER), "--previous", str(prev), "--out", str(out))
         assert code == 1, case.name
         assert not out.exists(), f"{case.name}: an invalid intent wrote a snapshot"
     assert prev.read_bytes() == before
@@ -180,7 +173,7 @@ def test_render_refuses_an_unknown_algorithm_and_writes_nothing(capsys, tmp_path
     # Without the check, every Service failed to render and the snapshot held none of them.
     intent, at = _misspelt_algorithm(tmp_path)
     out = tmp_path / "snap.json"
-    code, stdout, err = run(capsys, "render", "--intent", str(intent), "--cluster", str(CLUSTER), "--out", str(out))
+    code, stdout, err = run_cli(capsys, "render", "--intent", str(intent), "--cluster", str(CLUSTER), "--out", str(out))
     assert code == 1
     assert stdout == ""
     assert err.splitlines() == [
@@ -189,18 +182,18 @@ def test_render_refuses_an_unknown_algorithm_and_writes_nothing(capsys, tmp_path
         "1 error(s); nothing was rendered",
     ]
     assert not out.exists()
-    code, _, _ = run(capsys, "validate", str(intent))
+    code, _, _ = run_cli(capsys, "validate", str(intent))
     assert code == 1
 
 
 def test_plan_and_check_refuse_an_unknown_algorithm_and_write_nothing(capsys, tmp_path):
     intent, at = _misspelt_algorithm(tmp_path)
     plan = tmp_path / "plan.txt"
-    code, stdout, err = run(capsys, "plan", "--intent", str(intent), "--cluster", str(CLUSTER), "--out", str(plan))
+    code, stdout, err = run_cli(capsys, "plan", "--intent", str(intent), "--cluster", str(CLUSTER), "--out", str(plan))
     assert (code, stdout) == (1, "")
     assert err.splitlines()[0].startswith(at + 'unknown algorithm "round-robn"')
     out_dir = tmp_path / "check-out"
-    code, stdout, err = run(capsys, "check", "--intent", str(intent), "--cluster", str(CLUSTER), "--out-dir", str(out_dir))
+    code, stdout, err = run_cli(capsys, "check", "--intent", str(intent), "--cluster", str(CLUSTER), "--out-dir", str(out_dir))
     assert code == 1
     assert stdout.splitlines()[0].startswith(at + 'unknown algorithm "round-robn"')
     assert "no plan" in err

@@ -487,15 +487,6 @@ def server() -> Iterator[KubeApiServer]:
         yield srv
 
 
-@pytest.fixture
-def api(server: KubeApiServer) -> Iterator[k8s.ApiClient]:
-    client = build_api_client(configuration=server.client_configuration())
-    try:
-        yield client
-    finally:
-        client.close()
-
-
 async def _next(changes: Any, timeout: float = 10) -> frozenset[str]:
     return await asyncio.wait_for(changes.__anext__(), timeout)
 

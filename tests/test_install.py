@@ -47,7 +47,8 @@ def clean_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def run(argv: list[str], cwd: Path, timeout: float = 120, **extra: str) -> subprocess.CompletedProcess[str]:
+def run_clean_env(argv: list[str], cwd: Path, timeout: float = 120, **extra: str) -> subprocess.CompletedProcess[str]:
+    """Run a command with none of this environment's Python or P4KUBE_ settings."""
     return subprocess.run(argv, cwd=cwd, env=clean_env(**extra), capture_output=True, text=True,
                           timeout=timeout, check=False)
 
@@ -62,7 +63,7 @@ def build_wheel(tmp: Path) -> Path:
         else:
             shutil.copy2(item, src / name)
     dist = tmp / "dist"
-    done = run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index",
+    done = run_clean_env([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index",
                 "-q", "-w", str(dist), str(src)], cwd=tmp)
     assert done.returncode == 0, done.stdout + done.stderr
     (wheel,) = dist.glob("p4kube_reconciler-*.whl")
@@ -73,14 +74,14 @@ def make_venv(tmp: Path, wheel: Path) -> Path:
     """A fresh venv holding the wheel; the project venv's dependencies importable through a
     .pth line (its own .pth files, the editable finder among them, are not processed)."""
     venv = tmp / "venv"
-    done = run([sys.executable, "-m", "venv", "--without-pip", str(venv)], cwd=tmp)
+    done = run_clean_env([sys.executable, "-m", "venv", "--without-pip", str(venv)], cwd=tmp)
     assert done.returncode == 0, done.stderr
     python = venv / "bin" / "python"
-    purelib = Path(run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+    purelib = Path(run_clean_env([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                        cwd=tmp).stdout.strip())
     deps = sysconfig.get_paths()["purelib"]  # this (the project's) venv
     (purelib / "project-dependencies.pth").write_text(deps + "\n")
-    done = run([sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps", "--no-index",
+    done = run_clean_env([sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps", "--no-index",
                 "-q", str(wheel)], cwd=tmp)
     assert done.returncode == 0, done.stdout + done.stderr
     return venv
@@ -102,7 +103,7 @@ def test_the_wheel_ships_its_data_and_works_outside_the_checkout(tmp_path):
     shutil.copytree(EXAMPLE, work / "intent")
     shutil.copytree(INVALID, work / "invalid")
 
-    where = run([str(venv / "bin" / "python"), "-c",
+    where = run_clean_env([str(venv / "bin" / "python"), "-c",
                  "import reconciler, reconciler.paths as p; print(reconciler.__file__); "
                  "print(p.LBCONFIG_SCHEMA_PATH); print(p.P4INFO_PATH); print(p.DEMO_EXAMPLE_DIR)"], cwd=work)
     assert where.returncode == 0, where.stderr
@@ -110,31 +111,31 @@ def test_the_wheel_ships_its_data_and_works_outside_the_checkout(tmp_path):
         assert Path(line).is_relative_to(venv), where.stdout
         assert Path(line).exists()
 
-    done = run([str(p4kube), "validate", "."], cwd=work / "intent")
+    done = run_clean_env([str(p4kube), "validate", "."], cwd=work / "intent")
     assert done.returncode == 0, done.stdout + done.stderr
-    done = run([str(p4kube), "validate", "invalid"], cwd=work)
+    done = run_clean_env([str(p4kube), "validate", "invalid"], cwd=work)
     assert done.returncode == 1, done.stdout + done.stderr
     assert done.stdout.startswith("invalid/"), done.stdout  # file:line:col: field: message, from the schema
 
-    done = run([str(p4kube), "render", "--intent", "intent", "--cluster", "intent/cluster.yaml",
+    done = run_clean_env([str(p4kube), "render", "--intent", "intent", "--cluster", "intent/cluster.yaml",
                 "--out", "snap.json"], cwd=work)
     assert done.returncode == 0, done.stdout + done.stderr
     snap = json.loads((work / "snap.json").read_text())
     assert snap["pipeline"]["program"] == "load_balancer.p4"
     assert snap["pipeline"]["p4infoDigest"] == p4info_digest(load_p4info(ROOT / "p4" / "load_balancer.p4info.txtpb"))
 
-    done = run([str(p4kube), "plan", "--intent", "intent", "--cluster", "intent/cluster.yaml"], cwd=work)
+    done = run_clean_env([str(p4kube), "plan", "--intent", "intent", "--cluster", "intent/cluster.yaml"], cwd=work)
     assert done.returncode == 2, done.stdout + done.stderr  # everything to add
-    done = run([str(p4kube), "plan", "--intent", "intent", "--cluster", "intent/cluster.yaml",
+    done = run_clean_env([str(p4kube), "plan", "--intent", "intent", "--cluster", "intent/cluster.yaml",
                 "--previous", "snap.json"], cwd=work)
     assert done.returncode == 0, done.stdout + done.stderr  # what the switches hold already
 
-    done = run([str(p4kube), "crd"], cwd=work)
+    done = run_clean_env([str(p4kube), "crd"], cwd=work)
     assert done.returncode == 0, done.stderr
     assert done.stdout == crd_yaml()  # generated from the shipped schema, which is the checkout's
 
     # The demo starts from the example shipped in the package (reconciler/data/intent-examples).
-    done = run([str(p4kube), "demo", "--workdir", "demo"], cwd=work, timeout=180)
+    done = run_clean_env([str(p4kube), "demo", "--workdir", "demo"], cwd=work, timeout=180)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr
     assert (work / "demo" / "intent" / "lbconfig.yaml").exists()
 
@@ -148,7 +149,7 @@ def index_reachable(tmp: Path) -> bool:
     """Whether pip's configured package index answers (pre-commit installs the hook's
     dependencies from it)."""
     try:
-        done = run([sys.executable, "-m", "pip", "index", "versions", "finsy"], cwd=tmp, timeout=60)
+        done = run_clean_env([sys.executable, "-m", "pip", "index", "versions", "finsy"], cwd=tmp, timeout=60)
     except subprocess.TimeoutExpired:
         return False
     return done.returncode == 0
@@ -160,26 +161,26 @@ def test_pre_commit_hook_from_a_git_clone_validates_an_intent_repository(tmp_pat
     if not index_reachable(tmp_path):
         pytest.skip("the package index cannot be reached: pre-commit cannot install the hook's dependencies")
     hook_repo = tmp_path / "p4kube"  # what a Git URL in .pre-commit-config.yaml gets: HEAD, committed files
-    done = run(["git", "clone", "-q", str(ROOT), str(hook_repo)], cwd=tmp_path)
+    done = run_clean_env(["git", "clone", "-q", str(ROOT), str(hook_repo)], cwd=tmp_path)
     assert done.returncode == 0, done.stderr
 
     intent = tmp_path / "intent"
     shutil.copytree(EXAMPLE, intent)
     git = ["git", "-c", "user.name=test", "-c", "user.email=test@example.invalid"]
     for argv in (["init", "-q"], ["add", "-A"], ["commit", "-q", "-m", "intent"]):
-        done = run(git + argv, cwd=intent)
+        done = run_clean_env(git + argv, cwd=intent)
         assert done.returncode == 0, done.stderr
 
     home = str(tmp_path / "pre-commit-home")  # a fresh hook environment, not the user's cache
     hook = [sys.executable, "-m", "pre_commit", "try-repo", str(hook_repo), "p4kube-validate", "--all-files"]
-    done = run(hook, cwd=intent, timeout=840, PRE_COMMIT_HOME=home)
+    done = run_clean_env(hook, cwd=intent, timeout=840, PRE_COMMIT_HOME=home)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "p4kube validate" in done.stdout and "Passed" in done.stdout, done.stdout
 
     # An invalid document fails the hook with the schema's file:line:col message.
     shutil.copytree(INVALID, intent / "invalid")
-    done = run(git + ["add", "-A"], cwd=intent)
+    done = run_clean_env(git + ["add", "-A"], cwd=intent)
     assert done.returncode == 0, done.stderr
-    done = run(hook, cwd=intent, timeout=300, PRE_COMMIT_HOME=home)
+    done = run_clean_env(hook, cwd=intent, timeout=300, PRE_COMMIT_HOME=home)
     assert done.returncode == 1, done.stdout + done.stderr
     assert "Failed" in done.stdout and "invalid/" in done.stdout, done.stdout

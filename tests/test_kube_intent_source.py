@@ -150,15 +150,6 @@ def server() -> Iterator[KubeApiServer]:
         yield srv
 
 
-@pytest.fixture
-def api(server: KubeApiServer) -> Iterator[k8s.ApiClient]:
-    client = build_api_client(configuration=server.client_configuration())
-    try:
-        yield client
-    finally:
-        client.close()
-
-
 def _cr(name: str, switch: str, port: int, **spec: Any) -> dict[str, Any]:
     return {
         "apiVersion": f"{GROUP}/{VERSION}",

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import grpc
 import pygit2
-import pytest
 from finsy.proto import p4r, p4r_grpc
+from helpers import commit_all, require_ssh_keygen
 
 from reconciler import p4names as n
 from reconciler.audit.repo import AuditRepo
@@ -34,11 +34,7 @@ def intent_repo(path: Path, ports: tuple[int, int]) -> Path:
     text = text.replace("127.0.0.1:9559", f"127.0.0.1:{ports[1]}").replace("127.0.0.1:9560", f"127.0.0.1:{ports[0]}")
     (path / "lbconfig.yaml").write_text(text)
     shutil.copy(MULTI / "sim-device-config.json", path)  # its deviceConfig (a placeholder for the software switch)
-    repo = pygit2.init_repository(str(path), initial_head="main")
-    repo.index.add_all()
-    repo.index.write()
-    sig = pygit2.Signature("dev", "dev@example.com", 1700000000, 0)
-    repo.create_commit("HEAD", sig, sig, "intent", repo.index.write_tree(), [])
+    commit_all(path)
     return path
 
 
@@ -94,8 +90,7 @@ def test_reconcile_records_restarts_and_rolls_back(tmp_path, switch_pair, capsys
 
 
 def test_unsigned_intent_is_refused_and_recorded(tmp_path, switch_pair, capsys):
-    if shutil.which("ssh-keygen") is None:
-        pytest.skip("ssh-keygen not installed")
+    require_ssh_keygen()
     standby, primary = switch_pair
     intent = intent_repo(tmp_path / "intent", (standby.port, primary.port))
     audit_dir = tmp_path / "audit.git"

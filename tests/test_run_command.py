@@ -3,18 +3,14 @@ disk, two software switches, an audit repository, /metrics over HTTP, and SIGTER
 
 from __future__ import annotations
 
-import queue
-import re
 import shutil
 import signal
 import subprocess
-import sys
-import threading
 import urllib.request
 from pathlib import Path
 
 import pygit2
-import pytest
+from helpers import Lines, commit_all, console_script
 
 from reconciler.audit.repo import AuditRepo
 from reconciler.cluster.recorded import load_cluster_file
@@ -24,38 +20,8 @@ ROOT = Path(__file__).resolve().parents[1]
 MULTI = ROOT / "intent-examples" / "multi-service"
 
 
-class Lines:
-    """The process's log lines, read by a thread; wait for one matching a pattern (timeout)."""
-
-    def __init__(self, stream) -> None:
-        self.q: queue.Queue[str] = queue.Queue()
-        self.seen: list[str] = []
-        threading.Thread(target=self._read, args=(stream,), daemon=True).start()
-
-    def _read(self, stream) -> None:
-        for line in stream:
-            self.q.put(line)
-        self.q.put("")
-
-    def wait(self, pattern: str, timeout: float = 30.0) -> re.Match:
-        rx = re.compile(pattern)
-        while True:
-            try:
-                line = self.q.get(timeout=timeout)
-            except queue.Empty:
-                raise AssertionError(f"no line matching {pattern!r} within {timeout}s; log:\n" + "".join(self.seen[-40:])) from None
-            self.seen.append(line)
-            if line == "":
-                raise AssertionError("process ended; log:\n" + "".join(self.seen[-40:]))
-            m = rx.search(line)
-            if m:
-                return m
-
-
 def test_run_follows_the_recording_records_and_stops_on_sigterm(tmp_path, switch_pair):
-    exe = Path(sys.executable).with_name("p4kube")
-    if not exe.exists():
-        pytest.skip("console script not installed")
+    exe = console_script()
     standby, primary = switch_pair
     intent = tmp_path / "intent"
     intent.mkdir()
@@ -65,11 +31,8 @@ def test_run_follows_the_recording_records_and_stops_on_sigterm(tmp_path, switch
     text = text.replace("updateInterval: 1s", "updateInterval: 0s")
     (intent / "lbconfig.yaml").write_text(text)
     shutil.copy(MULTI / "sim-device-config.json", intent)  # its deviceConfig (a placeholder for the software switch)
-    repo = pygit2.init_repository(str(intent), initial_head="main")
-    repo.index.add_all()
-    repo.index.write()
-    sig = pygit2.Signature("dev", "dev@example.com", 1700000000, 0)
-    repo.create_commit("HEAD", sig, sig, "intent", repo.index.write_tree(), [])
+    commit_all(intent)
+    repo = pygit2.Repository(str(intent))
     cluster = tmp_path / "cluster" / "recorded.yaml"
     cluster.parent.mkdir()
     shutil.copy(MULTI / "cluster.yaml", cluster)

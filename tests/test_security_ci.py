@@ -11,6 +11,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from helpers import require_node
 from ruamel.yaml import YAML
 
 from reconciler.cli import main
@@ -195,12 +196,9 @@ def test_install_is_pinned_to_a_full_commit(workflow: dict, commit: str, url: st
     assert workflow["env"]["P4KUBE_COMMIT"] == ""  # never a default that installs something unpinned
 
 
-NODE = shutil.which("node")
-
-
-@pytest.mark.skipif(NODE is None, reason="node is not installed")
 def test_comment_script_edits_only_the_bots_own_comment(workflow: dict, tmp_path: Path) -> None:
     """Runs the workflow's github-script body in node with a recorded GitHub API."""
+    node = require_node()
     script = next(s["with"]["script"] for s in workflow["jobs"]["comment"]["steps"] if "github-script" in s.get("uses", ""))
     (tmp_path / "p4kube-out").mkdir()
     (tmp_path / "p4kube-out" / "plan.md").write_text("<!-- p4kube-plan -->\n### p4kube plan\n")
@@ -221,7 +219,7 @@ const context = {repo: {owner: 'o', repo: 'r'}, issue: {number: 7}};
 
     def run(comments: list[dict]) -> list:
         env = {"PATH": "/usr/bin:/bin", "COMMENTS": json.dumps(comments), "COMMENT_AUTHOR": workflow["env"]["COMMENT_AUTHOR"]}
-        r = subprocess.run([NODE, "run.js"], cwd=tmp_path, env=env, check=False, capture_output=True, text=True, timeout=20)
+        r = subprocess.run([node, "run.js"], cwd=tmp_path, env=env, check=False, capture_output=True, text=True, timeout=20)
         assert r.returncode == 0, r.stderr
         return json.loads(r.stdout)
 

@@ -14,18 +14,13 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.cli import main
+from helpers import run_cli
+
 
 REPO = Path(__file__).resolve().parents[1]
 MULTI = REPO / "intent-examples" / "multi-service"
 CLUSTER = MULTI / "cluster.yaml"
 SECRET = "eyJhbGciOiJSUzI1NiJ9.SECRET-SERVICEACCOUNT-TOKEN-DO-NOT-ECHO"
-
-
-def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def intent_with(tmp_path: Path, ports: tuple[int, int], device_config: str, extra: str = "") -> Path:
@@ -76,12 +71,12 @@ def test_an_absolute_device_config_is_refused_at_its_line_and_nothing_is_pushed(
     standby, primary = switch_pair
     intent = intent_with(tmp_path, (standby.port, primary.port), str(secret_file))
     at = line_of(intent / "lbconfig.yaml", "deviceConfig:")
-    code, out, err = run(capsys, "validate", str(intent))
+    code, out, err = run_cli(capsys, "validate", str(intent))
     assert code == 1
     (line,) = out.splitlines()
     assert line.startswith(f"{intent}/lbconfig.yaml:{at}:19: spec.switchConfig.deviceConfig: absolute path ")
     assert "name it relative to --pipeline-dir, e.g. deviceConfig: token" in line
-    code, out, err = run(capsys, *reconcile(intent, tmp_path, "--pipeline-dir", str(pipeline_dir)))
+    code, out, err = run_cli(capsys, *reconcile(intent, tmp_path, "--pipeline-dir", str(pipeline_dir)))
     assert code == 1 and f"lbconfig.yaml:{at}:19: spec.switchConfig.deviceConfig: absolute path" in err
     assert SECRET not in out + err
     assert untouched(standby, primary)
@@ -98,9 +93,9 @@ def test_names_that_leave_the_pipeline_dir_are_refused(
     }
     for name, why in cases.items():
         intent = intent_with(tmp_path, (standby.port, primary.port), name)
-        code, out, err = run(capsys, "validate", "--pipeline-dir", str(pipeline_dir), str(intent))
+        code, out, err = run_cli(capsys, "validate", "--pipeline-dir", str(pipeline_dir), str(intent))
         assert code == 1 and why in out, out
-        code, out, err = run(capsys, *reconcile(intent, tmp_path, "--pipeline-dir", str(pipeline_dir)))
+        code, out, err = run_cli(capsys, *reconcile(intent, tmp_path, "--pipeline-dir", str(pipeline_dir)))
         assert code == 1 and why in err, err
         assert SECRET not in out + err
     assert untouched(standby, primary)
@@ -111,10 +106,10 @@ def test_a_named_file_without_pipeline_dir_is_a_warning_in_validate_and_an_error
 ) -> None:
     standby, primary = switch_pair
     intent = intent_with(tmp_path, (standby.port, primary.port), "load_balancer.json")
-    code, out, err = run(capsys, "validate", str(intent))
+    code, out, err = run_cli(capsys, "validate", str(intent))
     assert (code, out) == (0, "")
     assert 'warning: spec.switchConfig.deviceConfig: "load_balancer.json" not checked: give --pipeline-dir DIR' in err
-    code, out, err = run(capsys, *reconcile(intent, tmp_path))
+    code, out, err = run_cli(capsys, *reconcile(intent, tmp_path))
     assert code == 1
     assert err.strip() == (
         'p4kube reconcile: error: p4kube-system/p4kube-config: spec.switchConfig.deviceConfig: "load_balancer.json" '
@@ -126,7 +121,7 @@ def test_a_named_file_without_pipeline_dir_is_a_warning_in_validate_and_an_error
 def test_a_named_file_in_the_pipeline_dir_is_pushed(tmp_path: Path, switch_pair, pipeline_dir: Path, capsys) -> None:
     standby, primary = switch_pair
     intent = intent_with(tmp_path, (standby.port, primary.port), "load_balancer.json")
-    code, out, err = run(capsys, *reconcile(intent, tmp_path, "--pipeline-dir", str(pipeline_dir)))
+    code, out, err = run_cli(capsys, *reconcile(intent, tmp_path, "--pipeline-dir", str(pipeline_dir)))
     assert code == 0, out + err
     assert primary.device(1)._config.p4_device_config == (pipeline_dir / "load_balancer.json").read_bytes()
 
@@ -136,7 +131,7 @@ def test_oversized_and_special_files_are_refused(tmp_path: Path, pipeline_dir: P
         f.truncate(17 * 1024 * 1024)
     os.mkfifo(pipeline_dir / "fifo.json")
     intent = intent_with(tmp_path, (1, 2), "fifo.json", "\n    p4Info: huge.p4info.txtpb")
-    code, out, _ = run(capsys, "validate", "--pipeline-dir", str(pipeline_dir), str(intent))
+    code, out, _ = run_cli(capsys, "validate", "--pipeline-dir", str(pipeline_dir), str(intent))
     assert code == 1
     assert [line.split(": ", 1)[1] for line in out.splitlines()] == [
         'spec.switchConfig.deviceConfig: "fifo.json" is not a regular file',
@@ -149,7 +144,7 @@ def test_a_p4info_that_does_not_parse_is_named_with_its_line_and_no_content(
 ) -> None:
     (pipeline_dir / "bad.p4info.txtpb").write_text(f'pkg_info {{ arch: "v1model" }}\n{SECRET}\n')
     intent = intent_with(tmp_path, (1, 2), "load_balancer.json", "\n    p4Info: bad.p4info.txtpb")
-    code, out, _ = run(capsys, "validate", "--pipeline-dir", str(pipeline_dir), str(intent))
+    code, out, _ = run_cli(capsys, "validate", "--pipeline-dir", str(pipeline_dir), str(intent))
     assert code == 1
     assert out.splitlines()[0].endswith('spec.switchConfig.p4Info: "bad.p4info.txtpb" is not P4Info text format: line 2, column 1')
     # render reads the P4Info (its digest goes into the snapshot): a clear error, no traceback.
@@ -174,7 +169,7 @@ def test_tls_files_are_names_in_the_tls_dir(tmp_path: Path, secret_file: Path, c
     intent = intent_with(tmp_path, (1, 2), "load_balancer.json",
                          f"\n    tls:\n      caFile: {TOKEN}\n      certFile: ../x.crt\n      keyFile: k.key")
     at = line_of(intent / "lbconfig.yaml", "caFile:")
-    code, out, _ = run(capsys, "validate", str(intent))
+    code, out, _ = run_cli(capsys, "validate", str(intent))
     assert code == 1
     assert out.splitlines()[:2] == [
         f'{intent}/lbconfig.yaml:{at}:15: spec.switchConfig.tls.caFile: absolute path "{TOKEN}" is not allowed: '
@@ -193,7 +188,7 @@ def test_intent_yaml_behind_a_symlink_is_refused_without_being_read(tmp_path: Pa
     (outside / "token.yaml").write_text(f"{SECRET}: [\n")  # would be a YAML error echoing it, if read
     (intent / "linked.yaml").symlink_to(outside / "token.yaml")
     (intent / "sub").symlink_to(outside, target_is_directory=True)
-    code, out, _ = run(capsys, "validate", str(intent))
+    code, out, _ = run_cli(capsys, "validate", str(intent))
     assert code == 1
     assert out.splitlines() == [
         f"{intent}/linked.yaml:1:1: a symbolic link: intent files must be regular files; refused, not read",
@@ -214,7 +209,7 @@ def test_p4info_parse_errors_carry_file_and_line_but_no_content(tmp_path: Path) 
 
 def test_render_with_a_named_p4info_needs_the_pipeline_dir(tmp_path: Path, capsys) -> None:
     intent = intent_with(tmp_path, (1, 2), "load_balancer.json", "\n    p4Info: load_balancer.p4info.txtpb")
-    code, out, err = run(capsys, "render", "--intent", str(intent), "--cluster", str(CLUSTER))
+    code, out, err = run_cli(capsys, "render", "--intent", str(intent), "--cluster", str(CLUSTER))
     assert (code, out) == (1, "")
     assert err.strip().endswith(
         'spec.switchConfig.p4Info: "load_balancer.p4info.txtpb" names a file in --pipeline-dir, which is not set: '

@@ -11,12 +11,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pygit2
+from helpers import Lines, commit_all
 
 from reconciler.audit.repo import AuditRepo
 from reconciler.cluster.recorded import load_cluster_file
 from reconciler.cluster.synthetic import cluster_to_list_yaml, with_scaled_service
-from test_run_command import MULTI, Lines
+from test_run_command import MULTI
 
 FAR = """---
 apiVersion: networking.p4kube.io/v1alpha1
@@ -59,16 +59,7 @@ def test_a_refused_config_does_not_stop_the_others_and_a_refused_change_keeps_th
     shutil.copy(MULTI / "sim-device-config.json", intent)
     cluster = tmp_path / "recorded.yaml"
     shutil.copy(MULTI / "cluster.yaml", cluster)
-    repo = pygit2.init_repository(str(intent), initial_head="main")
-    sig = pygit2.Signature("dev", "dev@example.com", 1700000000, 0)
-
-    def commit(message: str) -> str:
-        repo.index.add_all()
-        repo.index.write()
-        parents = [] if repo.head_is_unborn else [repo.head.target]
-        return str(repo.create_commit("HEAD", sig, sig, message, repo.index.write_tree(), parents))
-
-    first = commit("intent")
+    first = commit_all(intent, "intent")
 
     proc = subprocess.Popen(
         [str(exe), "--log-level", "info", "run", "--allow-insecure-switches", "--intent", str(intent),
@@ -88,7 +79,7 @@ def test_a_refused_config_does_not_stop_the_others_and_a_refused_change_keeps_th
         # The running config's new version names a switch the operator did not allow: refused,
         # and the worker keeps v1's switches and config.
         good.write_text(text.replace(f"127.0.0.1:{standby.port}", "10.255.0.9:9559"))
-        refused = commit("move the standby")
+        refused = commit_all(intent, "move the standby")
         lines.wait(r"p4kube-system/p4kube-config: refused, nothing is connected or written for it "
                    r"\(its running worker keeps the previous config\): .*sim-standby")
         # ...and keeps working: a scale event is applied to both switches.

@@ -2,17 +2,12 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-import pytest
+from helpers import console_script
 from switch_process import assert_switch_serves_until_sigterm
 
 
 def test_switch_command_serves_until_sigterm(tmp_path):
-    exe = Path(sys.executable).with_name("p4kube")
-    if not exe.exists():
-        pytest.skip("console script not installed")
+    exe = console_script()
     assert_switch_serves_until_sigterm([str(exe), "switch", "--listen", "127.0.0.1:0", "--device-id", "1"])
 
 
