@@ -45,7 +45,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("util", (
         ROOT, "reconciler.diagnostics", "reconciler.paths", "reconciler.backoff", "reconciler.changes",
         "reconciler.watching", "reconciler.inputlimits", "reconciler.k8snames", "reconciler.mdsafe",
-        "reconciler.ghactions", "reconciler.logsetup", "reconciler.algorithms",
+        "reconciler.ghactions", "reconciler.logsetup", "reconciler.algorithms", "reconciler.gitobjects",
     )),
 )
 

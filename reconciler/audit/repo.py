@@ -46,6 +46,7 @@ from typing import Callable, Iterable, Iterator, Sequence, TypedDict, cast
 
 import pygit2
 
+from ..gitobjects import blob_data, commit_at, entries_at, tree_at
 from ..snapshot import API_VERSION, KIND, ServiceSnapshot, Snapshot, SnapshotError, schema_errors
 from .errors import AuditCorrupt, AuditError, AuditUnavailable, PushError, describe_fault, is_corruption
 from .layout import MANIFEST, SERVICES_DIR, assemble, config_dir, parse_manifest, parse_service_file, service_schema_errors
@@ -61,10 +62,7 @@ from .message import (
 from .push import Credentials, PushResult, RemoteRewritten, RemoteSync, RetryPolicy, looks_like_url, redact_url
 from .signing import Signer, TrustedKeys
 from .trust import UntrustedRecord, check_commit, untrusted
-from .trees import (
-    BLOB, TREE, ConfigIndex, blob_data, commit_at, config_paths, entries_at, entry_id, git_name, index_config_tree,
-    merge_by_config, replace_path, tree_at, write_config_tree,
-)
+from .trees import BLOB, TREE, ConfigIndex, config_paths, entry_id, git_name, index_config_tree, merge_by_config, replace_path, write_config_tree
 
 log = logging.getLogger("p4kube.audit")
 

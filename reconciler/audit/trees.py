@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass, field
-from typing import Iterator, Mapping, Sequence, cast
+from typing import Mapping, Sequence
 
 import pygit2
 
+from ..gitobjects import entries_at, tree_at
 from ..snapshot import ServiceSnapshot, Snapshot
 from .layout import CONFIGS_DIR, MANIFEST, SERVICES_DIR, manifest_bytes, service_file_bytes, service_path
 from .message import ChangeSummary
@@ -51,26 +52,6 @@ def git_name(name: str) -> str:
     references.get/[]), so a fresh string per call is never freed (measured: ~0.7 KB per audit
     commit in bench/bench_soak.py); an interned one costs nothing more after its first use."""
     return sys.intern(name)
-
-
-# pygit2 types `repo[oid]` as a plain Object; these say which kind an id names where the layout
-# fixes it (a config directory is a tree, a Service file a blob, a log entry a commit).
-def tree_at(repo: pygit2.Repository, oid: pygit2.Oid) -> pygit2.Tree:
-    return cast(pygit2.Tree, repo[oid])
-
-
-def entries_at(repo: pygit2.Repository, oid: pygit2.Oid) -> Iterator[tuple[str, pygit2.Object]]:
-    """(name, entry) for each entry of the tree at `oid`: a tree entry always has a name."""
-    for entry in tree_at(repo, oid):
-        yield cast(str, entry.name), entry
-
-
-def blob_data(repo: pygit2.Repository, oid: pygit2.Oid) -> bytes:
-    return cast(pygit2.Blob, repo[oid]).data
-
-
-def commit_at(repo: pygit2.Repository, oid: pygit2.Oid | str) -> pygit2.Commit:
-    return cast(pygit2.Commit, repo[oid])
 
 
 def entry_id(repo: pygit2.Repository, tree_id: pygit2.Oid | None, path: str) -> pygit2.Oid | None:

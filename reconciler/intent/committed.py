@@ -19,6 +19,7 @@ from typing import Any
 import pygit2
 
 from reconciler.diagnostics import Diagnostic, InputError
+from reconciler.gitobjects import as_blob, as_tree, named_entries
 from reconciler.intent.files import OperatorDirs
 from reconciler.intent.loader import YAML_SUFFIXES, load_intent_blobs
 from reconciler.intent.model import IntentSet
@@ -30,13 +31,13 @@ _LINK = 0o120000  # a symbolic link's filemode in a Git tree
 def _files(tree: pygit2.Tree, prefix: str) -> Iterator[tuple[str, pygit2.Object, int]]:
     """(path under the tree, object, filemode) of each entry load_intent would read, sorted as
     its directory walk is (by path components)."""
-    for entry in sorted(tree, key=lambda e: e.name):
-        if entry.name.startswith("."):
+    for name, entry in sorted(named_entries(tree), key=lambda e: e[0]):
+        if name.startswith("."):
             continue  # .git, .github, hidden files: the loader skips them too
-        path = f"{prefix}{entry.name}"
+        path = f"{prefix}{name}"
         if entry.type_str == "tree":
-            yield from _files(entry, path + "/")  # type: ignore[arg-type]
-        elif entry.name.endswith(YAML_SUFFIXES):
+            yield from _files(as_tree(entry), path + "/")
+        elif name.endswith(YAML_SUFFIXES):
             yield path, entry, entry.filemode
 
 
@@ -76,7 +77,7 @@ def load_committed_intent(given: str | Path, commit: str, dirs: OperatorDirs | N
         if mode == _LINK:
             links.append(Diagnostic(shown, 1, 1, "a symbolic link in the signed commit: not followed (commit the file itself)"))
         else:
-            blobs.append((shown, o.data))  # type: ignore[attr-defined]
+            blobs.append((shown, as_blob(o).data))
     if links:
         raise InputError(links)
     configs = load_intent_blobs(blobs, text, dirs=dirs)

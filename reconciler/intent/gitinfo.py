@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pygit2
 
+from ..gitobjects import as_tree, named_entries
+
 
 @dataclass(frozen=True)
 class GitState:
@@ -31,10 +33,10 @@ def _real(path: str | Path) -> str:
 
 def _blobs(tree: pygit2.Tree, prefix: str) -> Iterator[tuple[str, pygit2.Oid]]:
     """(path relative to the repository, blob id) of every file under `tree`."""
-    for entry in tree:
-        path = f"{prefix}{entry.name}"
+    for name, entry in named_entries(tree):
+        path = f"{prefix}{name}"
         if entry.type_str == "tree":
-            yield from _blobs(entry, path + "/")  # type: ignore[arg-type]
+            yield from _blobs(as_tree(entry), path + "/")
         elif entry.type_str == "blob":
             yield path, entry.id
 

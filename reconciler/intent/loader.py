@@ -174,8 +174,8 @@ def _classify(doc: YamlDocument) -> Diagnostic | bool:
     diagnostic for a document that is not an object or is of our group but not one we know."""
     data = doc.data
     if not isinstance(data, dict):
-        kind = "a list" if isinstance(data, list) else f"the scalar {json.dumps(data)}"
-        return Diagnostic(doc.file, doc.start.line, doc.start.column, f"expected a mapping (a Kubernetes object), got {kind}")
+        shape = "a list" if isinstance(data, list) else f"the scalar {json.dumps(data)}"
+        return Diagnostic(doc.file, doc.start.line, doc.start.column, f"expected a mapping (a Kubernetes object), got {shape}")
     api = data.get("apiVersion")
     if not isinstance(api, str) or not api:
         at = doc.locate(("apiVersion",))

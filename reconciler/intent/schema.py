@@ -134,7 +134,8 @@ def _message(e: ValidationError) -> str:
     kind, want, got = e.validator, e.validator_value, e.instance
     hint = _FORMAT_HINTS.get(e.schema.get("format", ""))
     if kind == "type":
-        wanted = " or ".join(_SCHEMA_TYPE_NAMES.get(t, t) for t in (want if isinstance(want, list) else [want]))
+        types: list[str] = want if isinstance(want, list) else [want]
+        wanted = " or ".join(_SCHEMA_TYPE_NAMES.get(t, t) for t in types)
         if hint:
             wanted = f"a {wanted} holding {hint}"
         got_name = _TYPE_NAMES.get(type(got), type(got).__name__)

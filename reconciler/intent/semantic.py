@@ -530,13 +530,13 @@ def check_across(documents: Sequence[DocumentFacts]) -> list[Diagnostic]:
     for facts in documents:
         for sw in facts.switches:
             if sw.name in by_name:
-                first = by_name[sw.name]
-                diags.append(sw.name_at.diagnostic(f'switch "{sw.name}" is already claimed by {first.config} ({first.name_at.short})'))
+                claimed = by_name[sw.name]
+                diags.append(sw.name_at.diagnostic(f'switch "{sw.name}" is already claimed by {claimed.config} ({claimed.name_at.short})'))
             elif sw.endpoint in by_endpoint:
-                first = by_endpoint[sw.endpoint]
+                claimed = by_endpoint[sw.endpoint]
                 diags.append(
                     sw.address_at.diagnostic(
-                        f'switch {sw.address} device {sw.device_id} is already claimed as "{first.name}" by {first.config} ({first.address_at.short})'
+                        f'switch {sw.address} device {sw.device_id} is already claimed as "{claimed.name}" by {claimed.config} ({claimed.address_at.short})'
                     )
                 )
             by_name.setdefault(sw.name, sw)
