@@ -26,6 +26,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from helpers import console_script
 from test_audit_support import Clock, series
 
 from reconciler import cli
@@ -231,21 +232,15 @@ def test_audit_commands_and_main_print_one_line(recorded, capsys) -> None:
         assert err == f"p4kube audit: error: no audit repository at {path} (the path does not exist or is not a Git repository)\n"
 
 
-def test_main_reports_an_audit_error_from_any_command(monkeypatch, capsys, tmp_path) -> None:
+def test_main_reports_an_audit_error_from_any_command(capsys, tmp_path) -> None:
     """cli.main turns AuditError from commands it does not own (reconcile, rollback, run) into
-    one line and exit 1."""
+    one line and exit 1: the product's parser, one more command on it, the product's runner."""
     audit = AuditRepo.open_or_init(tmp_path / "audit")
     shutil.rmtree(tmp_path / "audit")
-    original = cli.build_parser
-
-    def parser():  # type: ignore[no-untyped-def]
-        p = original()
-        sub = next(a for a in p._actions if isinstance(a, argparse._SubParsersAction))
-        sub.add_parser("uses-audit").set_defaults(func=lambda args: audit.next_version("ns/lb") and 0)
-        return p
-
-    monkeypatch.setattr(cli, "build_parser", parser)
-    assert cli.main(["uses-audit"]) == 1
+    parser = cli.build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    sub.add_parser("uses-audit").set_defaults(func=lambda args: audit.next_version("ns/lb") and 0)
+    assert cli.run_command(parser.parse_args(["uses-audit"])) == 1
     err = capsys.readouterr().err
     assert err == f"p4kube uses-audit: error: audit repository {tmp_path / 'audit'}: cannot read the versions of ns/lb: {tmp_path / 'audit'} no longer exists (deleted or unmounted while in use?)\n"
 
@@ -305,9 +300,7 @@ except AuditUnavailable as e:
 
     # the command line, as that user, on a repository it may not even read
     repo.chmod(0o700)
-    p4kube = Path(sys.executable).parent / "p4kube"
-    if not p4kube.exists():
-        pytest.skip("no p4kube console script in this environment")
+    p4kube = console_script()
     out = subprocess.run([*as_nobody, str(p4kube), "audit", "log", "--repo", str(repo)], capture_output=True, text=True, env=env, cwd=ROOT)
     assert out.returncode == 1 and "Traceback" not in out.stderr
     assert out.stderr == (

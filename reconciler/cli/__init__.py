@@ -89,10 +89,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     setup_logging(args.log_level, args.log_format)
-    func: Callable[[argparse.Namespace], int] | None = getattr(args, "func", None)
-    if func is None:
+    if getattr(args, "func", None) is None:
         parser.print_help()
         return EXIT_USAGE
+    return run_command(args)
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """Run a parsed command's `func`, turning the errors any command may raise into one line on
+    stderr and exit 1. Apart from parsing, so that every command gets the same treatment."""
+    func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)
     except InputError as e:
