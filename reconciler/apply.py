@@ -47,7 +47,7 @@ from .diff import SnapshotDiff, diff_entries, diff_snapshots
 from .intent.model import LoadBalancerConfig, SwitchSpec
 from .p4info import PipelineInfo
 from .snapshot import Entry, Snapshot
-from .switch.session import (
+from .switch import (
     NotPrimaryError,
     PipelineError,
     SwitchError,

@@ -48,7 +48,7 @@ from .intent.model import IntentSet, LoadBalancerConfig
 from .outcome import Outcome
 from .render import Renderer, RenderIssue
 from .snapshot import Snapshot
-from .switch.session import SwitchError
+from .switch import SwitchError
 
 log = logging.getLogger("reconciler.controller")
 

@@ -34,7 +34,7 @@ from finsy.proto import p4r
 from .apply import compare_entries
 from .intent.model import HealthCheck
 from .snapshot import ServiceSnapshot, Snapshot
-from .switch.session import SwitchError, SwitchSession
+from .switch import SwitchError, SwitchSession
 
 log = logging.getLogger("reconciler.health")
 

@@ -26,7 +26,7 @@ from prometheus_client.registry import Collector
 from . import p4names as n
 from .apply import ApplyResult
 from .snapshot import Snapshot
-from .switch.session import CounterCell, SwitchSession
+from .switch import CounterCell, SwitchSession
 
 __all__ = [
     "FALLBACK_REASONS",

@@ -27,7 +27,7 @@ from reconciler.pipeline_io import config_p4info_digest
 from reconciler.render import Renderer
 from reconciler.sim.server import SoftwareSwitch
 from reconciler.snapshot import Entry, Snapshot
-from reconciler.switch.session import SwitchSession
+from reconciler.switch import SwitchSession
 from reconciler.switch.translate import election_id_proto, entry_to_proto, proto_to_entry
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -22,7 +22,7 @@ from test_apply import (
 from reconciler import p4names as n
 from reconciler.apply import TwoSwitchApplier, default_session_factory
 from reconciler.sim.server import SoftwareSwitch
-from reconciler.switch.session import SwitchError, SwitchSession
+from reconciler.switch import SwitchError, SwitchSession
 from reconciler.switch.translate import (
     TranslationError,
     election_id_proto,

@@ -23,7 +23,7 @@ from reconciler.render import render
 from reconciler.sim.packet import ACK, SYN, build_tcp, build_udp, ip, ip_str, ipv4_checksum_ok, l4_checksum_ok, parse_frame
 from reconciler.sim.pipeline import flow_bucket
 from reconciler.sim.server import SoftwareSwitch
-from reconciler.switch.session import SwitchSession, pipeline_cookie
+from reconciler.switch import SwitchSession, pipeline_cookie
 from reconciler.switch.translate import updates_to_requests
 
 ROOT = Path(__file__).resolve().parents[1]

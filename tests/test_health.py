@@ -45,7 +45,7 @@ from reconciler.intent.model import HealthCheck, LoadBalancerConfig, SwitchConfi
 from reconciler.p4info import load_p4info, pipeline_info_from_message
 from reconciler.sim.server import SoftwareSwitch
 from reconciler.snapshot import Backend, Entry, ServiceSnapshot, Snapshot
-from reconciler.switch.session import SwitchSession, pipeline_cookie
+from reconciler.switch import SwitchSession, pipeline_cookie
 from reconciler.switch.translate import election_id_proto, entry_to_proto, updates_to_requests
 
 P4INFO = load_p4info()

@@ -18,7 +18,8 @@ from reconciler.diagnostics import InputError
 from reconciler.intent.loader import load_intent, validate_paths
 from reconciler.p4info import load_p4info, pipeline_info_from_message
 from reconciler.pipeline_io import P4INFO_PATH
-from reconciler.switch.session import SwitchSession, p4info_difference
+from reconciler.switch import SwitchSession
+from reconciler.switch.pipeline import p4info_difference
 
 ROOT = Path(__file__).resolve().parents[1]
 MULTI = ROOT / "intent-examples" / "multi-service"

@@ -194,7 +194,7 @@ def test_the_deposed_leaders_election_id_is_refused_by_the_switch(apis: list[k8s
     from reconciler.p4info import load_p4info, pipeline_info
     from reconciler.sim import SoftwareSwitch
     from reconciler.snapshot import Entry
-    from reconciler.switch.session import NotPrimaryError, SwitchSession
+    from reconciler.switch import NotPrimaryError, SwitchSession
     from reconciler.switch.translate import updates_to_requests
 
     info = pipeline_info()

@@ -28,7 +28,7 @@ from reconciler.render.engine import RenderIssue
 from reconciler.sim.packet import SYN, build_tcp, ip_str, parse_frame
 from reconciler.sim.server import SoftwareSwitch
 from reconciler.snapshot import Backend, ServiceSnapshot, Snapshot, route_entries
-from reconciler.switch.session import CounterCell, SwitchSession, pipeline_cookie
+from reconciler.switch import CounterCell, SwitchSession, pipeline_cookie
 from reconciler.switch.translate import updates_to_requests
 
 P4INFO = load_p4info()

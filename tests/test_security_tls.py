@@ -23,7 +23,7 @@ from reconciler.p4info import pipeline_info
 from reconciler.cli.run import build_runtime
 from reconciler.sim import SoftwareSwitch, TlsConfig
 from reconciler.snapshot import Entry
-from reconciler.switch.session import NotPrimaryError, SwitchSession, SwitchTlsError
+from reconciler.switch import NotPrimaryError, SwitchSession, SwitchTlsError
 from reconciler.switch.tls import TlsSettings
 from reconciler.switch.translate import updates_to_requests
 

@@ -27,7 +27,7 @@ from reconciler.pipeline_io import config_p4info_digest
 from reconciler.render import render
 from reconciler.sim import SoftwareSwitch, TlsConfig
 from reconciler.snapshot import Entry
-from reconciler.switch.session import (
+from reconciler.switch import (
     ArbitrationError,
     CounterCell,
     NotPrimaryError,

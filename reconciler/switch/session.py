@@ -25,40 +25,12 @@ from reconciler.snapshot import Entry
 from reconciler.switch import pipeline, reads, writes
 from reconciler.switch.arbitration import Arbitration
 from reconciler.switch.channel import DEFAULT_MAX_METADATA, Connection, Peer
-from reconciler.switch.errors import (
-    ArbitrationError,
-    NotPrimaryError,
-    PipelineError,
-    ReadError,
-    SwitchError,
-    SwitchTlsError,
-    SwitchUnreachable,
-    UpdateError,
-    WriteError,
-    WriteOutcome,
-)
-from reconciler.switch.pipeline import PipelineStatus, p4info_difference, pipeline_cookie
+from reconciler.switch.errors import WriteOutcome
+from reconciler.switch.pipeline import PipelineStatus
 from reconciler.switch.reads import CounterCell
 from reconciler.switch.tls import TlsSettings
 
-__all__ = [
-    "ArbitrationError",
-    "CounterCell",
-    "DEFAULT_MAX_METADATA",
-    "NotPrimaryError",
-    "PipelineError",
-    "PipelineStatus",
-    "ReadError",
-    "SwitchError",
-    "SwitchSession",
-    "SwitchTlsError",
-    "SwitchUnreachable",
-    "UpdateError",
-    "WriteError",
-    "WriteOutcome",
-    "p4info_difference",
-    "pipeline_cookie",
-]
+__all__ = ["SwitchSession"]
 
 
 class SwitchSession:
@@ -88,6 +60,9 @@ class SwitchSession:
         max_metadata_size: int = DEFAULT_MAX_METADATA,
     ) -> None:
         peer = Peer(address, name or address, device_id, election_id)  # validates both ids
+        # who: read-only, as the Peer that the job modules name in requests and messages
+        self.address, self.name = peer.address, peer.name
+        self.device_id, self.election_id = peer.device_id, peer.election_id
         self.info = info
         self.tls = tls
         self._connection = Connection(
@@ -96,46 +71,12 @@ class SwitchSession:
         )
         self._arbitration = Arbitration(self._connection, arbitration_timeout)
 
-    # -- who and how -------------------------------------------------------------------------
-
-    @property
-    def address(self) -> str:
-        return self._connection.peer.address
-
-    @property
-    def name(self) -> str:
-        return self._connection.peer.name
-
-    @property
-    def device_id(self) -> int:
-        return self._connection.peer.device_id
-
-    @property
-    def election_id(self) -> int:
-        return self._connection.peer.election_id
-
-    @property
-    def connect_timeout(self) -> float:
-        return self._connection.connect_timeout
-
-    @property
-    def arbitration_timeout(self) -> float:
-        return self._arbitration.timeout
-
-    @property
-    def rpc_timeout(self) -> float:
-        return self._connection.rpc_timeout
-
-    @property
-    def max_metadata_size(self) -> int:
-        return self._connection.max_metadata_size
+    # -- state -------------------------------------------------------------------------------
 
     @property
     def api_version(self) -> str | None:
         """The switch's P4Runtime version, from CapabilitiesResponse."""
         return self._connection.api_version
-
-    # -- state -------------------------------------------------------------------------------
 
     @property
     def primary_election_id(self) -> int | None:
