@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import functools
 import json
 import logging
 import random
@@ -37,14 +38,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kubernetes import client as k8s
-from kubernetes.client.exceptions import ApiException
 from kubernetes.watch.watch import iter_resp_lines
 
 from reconciler.cluster.convert import ConversionError
 from reconciler.cluster.incremental import ENDPOINT_SLICE, KINDS, NODE, SERVICE, IncrementalState
 from reconciler.backoff import Backoff
 from reconciler.cluster.model import ClusterNotReady, ClusterState
-from reconciler.kube.client import TRANSPORT_ERRORS, KubeError, call_json, error_from_exception, error_from_status
+from reconciler.kube.client import CALL_ERRORS, TRANSPORT_ERRORS, KubeError, call_json, error_from_exception, error_from_status
 
 log = logging.getLogger(__name__)
 
@@ -100,16 +100,15 @@ class Collection:
 def cluster_collections(api: k8s.ApiClient, namespace: str | None = None) -> list[Collection]:
     """Services and EndpointSlices (of one namespace, or all) and Nodes."""
     core, discovery = k8s.CoreV1Api(api), k8s.DiscoveryV1Api(api)
+    # list calls taking the same keywords (watch, resource_version, ...) for either scope
+    services: Callable[..., Any]
+    slices: Callable[..., Any]
     if namespace is None:
         services = core.list_service_for_all_namespaces
         slices = discovery.list_endpoint_slice_for_all_namespaces
     else:
-
-        def services(**kw: Any) -> Any:
-            return core.list_namespaced_service(namespace, **kw)
-
-        def slices(**kw: Any) -> Any:
-            return discovery.list_namespaced_endpoint_slice(namespace, **kw)
+        services = functools.partial(core.list_namespaced_service, namespace)
+        slices = functools.partial(discovery.list_namespaced_endpoint_slice, namespace)
 
     return [Collection(SERVICE, services), Collection(ENDPOINT_SLICE, slices), Collection(NODE, core.list_node)]
 
@@ -277,7 +276,7 @@ class Reflector:
                 _preload_content=False,
                 _request_timeout=(self._connect_timeout_s, timeout + self._read_slack_s),
             )
-        except (ApiException, *TRANSPORT_ERRORS) as e:
+        except CALL_ERRORS as e:
             err = error_from_exception(what, e)
             if err.code == EXPIRED:
                 self.stats.relists_expired += 1
@@ -321,7 +320,7 @@ class Reflector:
                     log.warning("%s: ignoring a watch event of unknown type %r", self.kind, etype)
         except _Stopped:
             raise
-        except (ApiException, *TRANSPORT_ERRORS) as e:
+        except CALL_ERRORS as e:
             if self._stop.is_set():
                 raise _Stopped from None
             return self._failed(error_from_exception(what, e), rv)
@@ -385,7 +384,7 @@ def _close(resp: Any) -> None:
     try:
         resp.close()
         resp.release_conn()
-    except (OSError, *TRANSPORT_ERRORS) as e:
+    except TRANSPORT_ERRORS as e:  # OSError among them
         log.debug("closing a watch response: %s", e)
 
 

@@ -115,6 +115,8 @@ def _parse_status(body: object) -> dict[str, Any]:
 
 # Errors of the transport (not of the API): the request may not have reached the server.
 TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (urllib3.exceptions.HTTPError, OSError)
+# What a call to the API server raises: an HTTP error with a Status, or a transport error.
+CALL_ERRORS: tuple[type[BaseException], ...] = (ApiException, *TRANSPORT_ERRORS)
 
 
 def call_json(what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> dict[str, Any]:
@@ -128,7 +130,7 @@ def call_json(what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> d
             data = resp.data
         finally:
             resp.release_conn()
-    except (ApiException, *TRANSPORT_ERRORS) as e:
+    except CALL_ERRORS as e:
         raise error_from_exception(what, e) from e
     try:
         body = json.loads(data)
