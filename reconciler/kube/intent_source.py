@@ -118,7 +118,8 @@ def intent_document(obj: Mapping[str, Any]) -> YamlDocument:
     """A CR as the intent checks take a document: stripped of API-server metadata and status,
     with every path present "located" at line 0 so that the checks can tell written fields
     from defaulted ones."""
-    meta = obj.get("metadata") if isinstance(obj.get("metadata"), Mapping) else {}
+    given = obj.get("metadata")
+    meta: Mapping[str, Any] = given if isinstance(given, Mapping) else {}
     data: dict[str, Any] = {k: v for k, v in obj.items() if k != "status"}
     data["metadata"] = {k: meta[k] for k in KEPT_METADATA if k in meta}
     positions: dict[PathKey, Located] = {}
@@ -208,7 +209,9 @@ def _disallowed_switches(doc: YamlDocument, data: Any, allowed: Allowlist | None
     out = []
     for i, sw in enumerate(sws if isinstance(sws, list) else []):
         address = sw.get("address") if isinstance(sw, dict) else None
-        endpoint = parse_endpoint(address) if isinstance(address, str) and address else None
+        if not isinstance(address, str) or not address:
+            continue
+        endpoint = parse_endpoint(address)
         if isinstance(endpoint, tuple) and not allowed.allows(*endpoint):
             out.append(Diagnostic(doc.file, 0, 0, f"{address[:80]!r} is not allowed by --allowed-switches "
                                   f"({allowed.describe()}): the reconciler does not connect to it",
