@@ -41,6 +41,13 @@ class ServiceChange:
     # second port is added): the same port of the same Service, so "changed", never removed.
     renamed_from: str | None = None
 
+    @property
+    def current(self) -> ServiceSnapshot:
+        """The Service after the change, or before it for a removed one."""
+        s = self.new or self.old
+        assert s is not None  # a change has at least one side
+        return s
+
 
 def port_identity(s: ServiceSnapshot) -> tuple[str, int, str]:
     """A Service port whatever its snapshot name: (namespace/name, port, protocol)."""

@@ -236,7 +236,7 @@ class HttpEndpoint:
             return _Response(200, b"ready\n")
         try:
             out = self.readiness()
-            ready, reason = await out if inspect.isawaitable(out) else out  # type: ignore[misc]
+            ready, reason = await out if inspect.isawaitable(out) else out
         except Exception as exc:
             log.exception("the readiness check failed")
             return _Response(503, f"not ready: the readiness check failed: {type(exc).__name__}: {exc}\n".encode())

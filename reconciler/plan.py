@@ -127,8 +127,7 @@ def _source_line(p: ConfigPlan) -> str:
 
 
 def _change_head(c: ServiceChange) -> str:
-    s = c.new or c.old
-    assert s is not None
+    s = c.current
     if c.change == "changed" and c.old is not None and c.new is not None and _endpoint(c.old) != _endpoint(c.new):
         where = f"{_endpoint(c.old)} -> {_endpoint(c.new)}"
     else:
@@ -174,9 +173,9 @@ def format_text(plans: Sequence[ConfigPlan]) -> str:
             mark = "!" if i.severity == "error" else "?"
             lines.append(f"  {mark} {_plain(i)}")
         lines.append("")
-    c = summary_counts(plans)
+    totals = summary_counts(plans)
     lines.append(
-        f"Plan: {c['added']} to add, {c['changed']} to change, {c['removed']} to remove; {c['writes']} table writes."
+        f"Plan: {totals['added']} to add, {totals['changed']} to change, {totals['removed']} to remove; {totals['writes']} table writes."
         if any(p.changed for p in plans)
         else "No changes. The switches already hold what the intent and cluster describe."
     )
@@ -201,8 +200,7 @@ def format_markdown(plans: Sequence[ConfigPlan]) -> str:
         if p.diff.services:
             out += ["| | Service | VIP | backend | replicas | buckets |", "|---|---|---|---|---|---|"]
             for ch in p.diff.services:
-                s = ch.new or ch.old
-                assert s is not None
+                s = ch.current
                 first = True
                 for r in share_rows(ch):
                     sign = _SIGN[ch.change] if first else ""
@@ -269,9 +267,9 @@ def plan_to_json(plans: Sequence[ConfigPlan]) -> dict[str, Any]:
                     {
                         "name": c.name,
                         "change": c.change,
-                        "vip": (c.new or c.old).vip,  # type: ignore[union-attr]
-                        "port": (c.new or c.old).port,  # type: ignore[union-attr]
-                        "protocol": (c.new or c.old).protocol,  # type: ignore[union-attr]
+                        "vip": c.current.vip,
+                        "port": c.current.port,
+                        "protocol": c.current.protocol,
                         "backends": [
                             {
                                 "backend": r.backend,
