@@ -29,7 +29,7 @@ def build_signer(settings: Settings) -> Signer | None:
     if not key:
         what = "the SSH private key file" if kind == "ssh" else "the GPG key id or fingerprint"
         raise SettingsError(f"--sign-commits {kind} needs --signing-key ({what})")
-    signer: Signer
+    signer: SshSigner | GpgSigner
     if kind == "ssh":
         if gpg_home or passphrase:
             raise SettingsError("--gpg-home and --gpg-passphrase-file are for --sign-commits gpg, not ssh")

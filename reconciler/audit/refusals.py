@@ -7,6 +7,7 @@ from pathlib import Path
 
 from ..intent.model import IntentSet
 from ..snapshot import Snapshot
+from .reopening import ReopeningAudit
 from .repo import AuditRepo
 from .signing import TrustedKeys
 from .trust import UntrustedRecord
@@ -47,7 +48,7 @@ def refused_intent_id(intent: IntentSet) -> str:
     return (intent.commit or "none") + ("-dirty" if intent.dirty else "")
 
 
-def record_refusal(audit: AuditRepo, config: str, held: Snapshot, message: str, refused: str) -> bool:
+def record_refusal(audit: AuditRepo | ReopeningAudit, config: str, held: Snapshot, message: str, refused: str) -> bool:
     """Record refused intent in the audit repository, against `held` (what the switches keep),
     once per refused commit: True when recorded, False when the newest record of the config
     already refuses the same commit (a loop or a cron job retrying records attempts, not ticks)."""

@@ -29,7 +29,8 @@ _TIMEOUT = 30.0  # seconds: a signing tool waiting for a passphrase must not han
 
 
 class Signer(Protocol):
-    kind: str
+    @property
+    def kind(self) -> str: ...  # read-only: SshSigner and GpgSigner fix theirs
 
     def sign(self, payload: bytes) -> str:
         """An ASCII-armored detached signature of payload."""

@@ -36,25 +36,6 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
 
 
-def _add_render_inputs(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--intent", required=True, metavar="DIR", help="intent directory (a Git checkout) or YAML file")
-    p.add_argument(
-        "--cluster",
-        required=True,
-        metavar="FILE",
-        help="cluster state as `kubectl get services,endpointslices,nodes -A -o yaml` prints it",
-    )
-    p.add_argument("--config", metavar="NAME", help="which LoadBalancerConfig (namespace/name or name) when there are several")
-    p.add_argument(
-        "--connections",
-        metavar="FILE",
-        help="least-connections only: JSON {\"ns/svc\": {\"node\": activeConnections}} read from the switch counters",
-    )
-    from .apply import file_options
-
-    file_options(p, tls=False)
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="p4kube",

@@ -19,6 +19,8 @@ from ..audit.refusals import (
     record_refusal,
     refused_intent_id,
 )
+from ..audit.repo import AuditRepo
+from ..audit.signing import Signer, TrustedKeys
 from ..intent.files import OperatorDirs
 from ..intent.model import LoadBalancerConfig
 from ..snapshot import Snapshot, load_snapshot
@@ -35,7 +37,7 @@ from .options import (
 )
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "apply",
         help="apply a snapshot to the config's switches (standby, then primary)",
@@ -170,15 +172,15 @@ def cmd_apply(args: argparse.Namespace) -> int:
     return _exit(result)
 
 
-def _open_audit(config: LoadBalancerConfig, args: argparse.Namespace, signer=None, trust=None):  # type: ignore[no-untyped-def]
-    from ..audit.repo import AuditRepo
-
+def _open_audit(
+    config: LoadBalancerConfig, args: argparse.Namespace, signer: Signer | None = None, trust: TrustedKeys | None = None
+) -> AuditRepo:
     branch = args.audit_branch or config.audit.branch or "main"
     return AuditRepo.open_or_init(args.audit_repo, branch=branch, workdir=args.audit_workdir, signer=signer, trust=trust)
 
 
 async def _apply_recorded(
-    config: LoadBalancerConfig, args: argparse.Namespace, target: Snapshot, audit, extra: tuple = (),  # type: ignore[no-untyped-def]
+    config: LoadBalancerConfig, args: argparse.Namespace, target: Snapshot, audit: AuditRepo, extra: tuple[tuple[str, str], ...] = (),
     last_good: Snapshot | None = None,
 ) -> ApplyResult:
     """The transaction of DESIGN.md 6 with the audit repository: pending, apply, outcome.
@@ -223,6 +225,7 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
         # Render what was signed: the verified commit's blobs, not the working tree.
         from ..intent.committed import load_committed_intent
 
+        assert intent.commit is not None  # check_signed_intent refuses intent read from no commit
         intent = load_committed_intent(args.intent, intent.commit, OperatorDirs.from_args(args))
     config = intent.pick_config(args.config)
     check_switch_settings(config, settings)

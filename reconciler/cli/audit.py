@@ -28,7 +28,7 @@ from ..p4names import TABLE_ORDER
 from ..snapshot import Entry, Snapshot
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(subparsers: argparse._SubParsersAction) -> None:
     """Add `audit` and its subcommands to the p4kube parser's subcommands."""
     audit = subparsers.add_parser(
         "audit",
@@ -263,16 +263,16 @@ def cmd_diff(args: argparse.Namespace) -> int:
             lines.append(f"  ... and {len(services) - limit} more")
     for t, per in tables.items():
         lines.append(f"{t}: {len(per['added'])} added, {len(per['removed'])} removed, {len(per['changed'])} changed")
-        for kind, sign in (("added", "+"), ("removed", "-"), ("changed", "~")):
+        for kind, mark in (("added", "+"), ("removed", "-"), ("changed", "~")):
             items = per[kind]
             for item in items[:limit]:
                 if kind == "changed":
                     o, n = item
                     lines.append(f"  ~ {format_entry_key(n)}: {format_action(o)} -> {format_action(n)}")
                 else:
-                    lines.append(f"  {sign} {format_entry_key(item)}: {format_action(item)}")
+                    lines.append(f"  {mark} {format_entry_key(item)}: {format_action(item)}")
             if limit is not None and len(items) > limit:
-                lines.append(f"  {sign} ... and {len(items) - limit} more {kind}")
+                lines.append(f"  {mark} ... and {len(items) - limit} more {kind}")
     sys.stdout.write("\n".join(lines) + "\n")
     return EXIT_OK
 

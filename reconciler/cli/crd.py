@@ -12,7 +12,7 @@ import sys
 from .errors import EXIT_ERROR
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the `crd` command to the `p4kube` subcommands."""
     p = subparsers.add_parser(
         "crd",

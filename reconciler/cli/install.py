@@ -136,7 +136,7 @@ def install_manifest(deploy_dir: Path = DEFAULT_DEPLOY_DIR) -> str:
     return HEADER + "".join("---\n" + p for p in parts)
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the `install-manifest` command to the `p4kube` subcommands."""
     p = subparsers.add_parser(
         "install-manifest",

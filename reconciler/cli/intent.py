@@ -20,7 +20,7 @@ from .options import file_options, tls_dir_option
 from .output import write_atomic
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "validate",
         help="check LoadBalancerConfig YAML files or directories",

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+from typing import Any
 
 from ..app.settings import Settings
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
     """The Settings a command's parsed arguments give; an option the command lacks keeps its default."""
-    given = {}
+    given: dict[str, Any] = {}
     for f in dataclasses.fields(Settings):
         if hasattr(args, f.name):
             value = getattr(args, f.name)

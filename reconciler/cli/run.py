@@ -36,7 +36,7 @@ from .options import (
 )
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "run",
         help="run the reconciler: follow intent and the cluster, apply, probe, fall back",

@@ -8,7 +8,7 @@ import logging
 from .errors import CommandError
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "switch",
         help="run a software P4Runtime switch (for demos and tests)",
