@@ -7,7 +7,8 @@ hand-made entry at once)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import functools
+from collections.abc import Callable, Mapping
 
 from reconciler.p4info import ActionInfo, MatchFieldInfo, ParamInfo, PipelineInfo, TableInfo
 from reconciler.switch.codec import prefix_value, scalar_value
@@ -52,12 +53,7 @@ def check_table_entry(info: PipelineInfo, table: str, entry: object) -> list[str
     for key in sorted(_ENTRY_KEYS - set(entry)):
         problems.append(f"{table}: entry has no {key!r}")
 
-    match = entry.get("match")
-    if "match" in entry:
-        if not isinstance(match, Mapping):
-            problems.append(f"{table}: 'match' must be an object, got {match!r}")
-        else:
-            problems.extend(_check_match(tinfo, match))
+    problems.extend(_section(table, entry, "match", lambda match: _check_match(tinfo, match)))
 
     action_name = entry.get("action")
     if "action" not in entry:
@@ -76,49 +72,57 @@ def check_table_entry(info: PipelineInfo, table: str, entry: object) -> list[str
     if action.id in tinfo.default_only_action_ids:
         problems.append(f"{table}: action {action_name} may only be the table's default action")
 
-    params = entry.get("params")
-    if "params" in entry:
-        if not isinstance(params, Mapping):
-            problems.append(f"{table}: 'params' must be an object, got {params!r}")
-        else:
-            problems.extend(_check_params(table, action, params))
+    problems.extend(_section(table, entry, "params", lambda params: _check_params(table, action, params)))
     return problems
+
+
+def _section(
+    table: str, entry: Mapping[str, object], key: str, check: Callable[[Mapping[str, object]], list[str]]
+) -> list[str]:
+    """The problems of the object at `key` ("match" or "params"), when the entry has one."""
+    if key not in entry:
+        return []
+    value = entry[key]
+    if not isinstance(value, Mapping):
+        return [f"{table}: {key!r} must be an object, got {value!r}"]
+    return check(value)
 
 
 def _check_match(tinfo: TableInfo, match: Mapping[str, object]) -> list[str]:
-    problems: list[str] = []
-    expected = [f.name for f in tinfo.match_fields]
-    for name in match:
-        if name not in expected:
-            problems.append(
-                f"{tinfo.name}: unknown match field {name!r} (fields: {', '.join(expected)})"
-            )
-    for field in tinfo.match_fields:
-        if field.name not in match:
-            problems.append(f"{tinfo.name}: match field {field.name!r} is missing")
-            continue
-        try:
-            decode_match_value(field, match[field.name])
-        except ValueError as exc:
-            problems.append(f"{tinfo.name}: match field {field.name!r}: {exc}")
-    return problems
+    fields = ", ".join(f.name for f in tinfo.match_fields)
+    return _check_values(
+        match,
+        {f.name: functools.partial(decode_match_value, f) for f in tinfo.match_fields},
+        f"{tinfo.name}: match field",
+        lambda name: f"{tinfo.name}: unknown match field {name!r} (fields: {fields})",
+    )
 
 
 def _check_params(table: str, action: ActionInfo, params: Mapping[str, object]) -> list[str]:
-    problems: list[str] = []
-    expected = [p.name for p in action.params]
-    for name in params:
-        if name not in expected:
-            problems.append(
-                f"{table}: action {action.name} has no parameter {name!r} "
-                f"(parameters: {', '.join(expected) or 'none'})"
-            )
-    for param in action.params:
-        if param.name not in params:
-            problems.append(f"{table}: action {action.name} parameter {param.name!r} is missing")
+    names = ", ".join(p.name for p in action.params) or "none"
+    return _check_values(
+        params,
+        {p.name: functools.partial(decode_param_value, p) for p in action.params},
+        f"{table}: action {action.name} parameter",
+        lambda name: f"{table}: action {action.name} has no parameter {name!r} (parameters: {names})",
+    )
+
+
+def _check_values(
+    given: Mapping[str, object],
+    decoders: Mapping[str, Callable[[object], object]],
+    label: str,
+    unknown: Callable[[str], str],
+) -> list[str]:
+    """Names in `given` that are not expected, expected names it lacks, and values that do not
+    decode (match fields and action parameters alike)."""
+    problems = [unknown(name) for name in given if name not in decoders]
+    for name, decode in decoders.items():
+        if name not in given:
+            problems.append(f"{label} {name!r} is missing")
             continue
         try:
-            decode_param_value(param, params[param.name])
+            decode(given[name])
         except ValueError as exc:
-            problems.append(f"{table}: action {action.name} parameter {param.name!r}: {exc}")
+            problems.append(f"{label} {name!r}: {exc}")
     return problems
