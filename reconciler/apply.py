@@ -39,7 +39,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Awaitable, Callable, Iterable, Literal, Mapping
+from typing import Any, Awaitable, Callable, Iterable, Literal, Mapping
 
 from finsy.proto import p4i
 
@@ -55,6 +55,7 @@ from .switch import (
     WriteOutcome,
     pipeline_cookie,
 )
+from .switch.tls import TlsSettings
 from .switch.translate import (
     check_election_base,
     split_election_id,
@@ -309,10 +310,10 @@ class TwoSwitchApplier:
             expected = self._external_cookie.get(name)
             if expected is None:
                 try:
-                    status = await s.check_external_pipeline(self.p4info)
+                    external = await s.check_external_pipeline(self.p4info)
                 except PipelineError as e:
                     return str(e)
-                self._external_cookie[name] = status.cookie
+                self._external_cookie[name] = external.cookie
                 return ""
         else:
             expected = self.cookie
@@ -498,14 +499,17 @@ class TwoSwitchApplier:
         sw: SwitchSpec,
         session: SwitchSession,
         target: Snapshot | None,
-        **kw,  # type: ignore[no-untyped-def]
+        *,
+        expected_now: Snapshot | None,
+        full: bool = False,
+        report_drift: bool = True,
     ) -> tuple[dict[str, dict[str, int]], list[str]]:
         """_put, and on any failure (a refused or timed-out write, a read error, a lost stream,
         cancellation) close the session at once and stop trusting the switch: what it holds is
         unknown, and a Write of ours may still be queued in it. The next session to it has a
         higher election id, which fences that Write."""
         try:
-            return await self._put(sw, session, target, **kw)
+            return await self._put(sw, session, target, expected_now=expected_now, full=full, report_drift=report_drift)
         except BaseException:
             await asyncio.shield(self._drop(sw.name))
             raise
@@ -770,7 +774,14 @@ async def apply_once(applier: TwoSwitchApplier, target: Snapshot, last_good: Sna
         await applier.close()
 
 
-def default_session_factory(config: LoadBalancerConfig, info: PipelineInfo, tls=None, *, require_tls: bool = False, **kwargs) -> SessionFactory:  # type: ignore[no-untyped-def]
+def default_session_factory(
+    config: LoadBalancerConfig,
+    info: PipelineInfo,
+    tls: TlsSettings | None = None,
+    *,
+    require_tls: bool = False,
+    **kwargs: Any,  # SwitchSession's own keywords (timeouts, limits), passed on
+) -> SessionFactory:
     """Sessions for the config's switches. require_tls: refuse now, before any connection, when
     `tls` is None (the commands pass it unless --allow-insecure-switches; reconciler.switch.tls)."""
     from .switch.tls import require_tls as _require_tls
