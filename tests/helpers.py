@@ -12,8 +12,11 @@ import importlib
 import queue
 import re
 import shutil
+import subprocess
 import sys
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any, Coroutine, TypeVar
 
@@ -137,3 +140,46 @@ def commit_all(path: Path, message: str = "intent") -> str:
     sig = pygit2.Signature("dev", "dev@example.com", 1700000000, 0)
     parents = [] if repo.head_is_unborn else [repo.head.target]
     return str(repo.create_commit("HEAD", sig, sig, message, repo.index.write_tree(), parents))
+
+
+REPO = Path(__file__).resolve().parents[1]
+MULTI = REPO / "intent-examples" / "multi-service"
+
+
+def multi_lbconfig(standby_port: int, primary_port: int, *, loop: bool = False) -> str:
+    """The multi-service example's lbconfig.yaml pointed at two local switches; with `loop`, as
+    `p4kube run` tests want it: no health check (the recorded nodes are not reachable here) and
+    no pause between updates."""
+    text = (MULTI / "lbconfig.yaml").read_text()
+    text = text.replace("127.0.0.1:9559", f"127.0.0.1:{primary_port}").replace("127.0.0.1:9560", f"127.0.0.1:{standby_port}")
+    if loop:
+        text = text.replace("  healthCheck:\n", "  healthCheck:\n    enabled: false  # the recorded nodes are not reachable here\n")
+        text = text.replace("updateInterval: 1s", "updateInterval: 0s")
+    return text
+
+
+def scale_recording(cluster: Path, service: str, node: str, delta: int) -> None:
+    """Change the cluster recording on disk as a follower sees it: `service` gets `delta` more
+    ready replicas on `node`, the file replaced at once (never seen half written)."""
+    from reconciler.cluster.recorded import load_cluster_file
+    from reconciler.cluster.synthetic import cluster_to_list_yaml, with_scaled_service
+
+    scaled = with_scaled_service(load_cluster_file(cluster), service, node, delta)
+    tmp = cluster.with_suffix(".tmp")
+    tmp.write_text(cluster_to_list_yaml(scaled))
+    tmp.replace(cluster)
+
+
+@contextmanager
+def p4kube_process(argv: list[str]) -> Iterator[tuple[subprocess.Popen[str], Lines]]:
+    """The console script running `argv`, its log (stderr) followed; killed on the way out when
+    the test did not stop it."""
+    proc = subprocess.Popen([str(console_script()), *argv], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    assert proc.stderr is not None
+    try:
+        yield proc, Lines(proc.stderr)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stderr.close()

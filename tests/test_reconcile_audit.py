@@ -10,7 +10,7 @@ from pathlib import Path
 import grpc
 import pygit2
 from finsy.proto import p4r, p4r_grpc
-from helpers import commit_all, require_ssh_keygen
+from helpers import commit_all, multi_lbconfig, require_ssh_keygen
 
 from reconciler import p4names as n
 from reconciler.audit.repo import AuditRepo
@@ -30,9 +30,7 @@ CONFIG = "p4kube-system/p4kube-config"
 def intent_repo(path: Path, ports: tuple[int, int]) -> Path:
     """The multi-service intent in a real Git repository, pointed at the switches, committed."""
     path.mkdir(parents=True)
-    text = (MULTI / "lbconfig.yaml").read_text()
-    text = text.replace("127.0.0.1:9559", f"127.0.0.1:{ports[1]}").replace("127.0.0.1:9560", f"127.0.0.1:{ports[0]}")
-    (path / "lbconfig.yaml").write_text(text)
+    (path / "lbconfig.yaml").write_text(multi_lbconfig(*ports))
     shutil.copy(MULTI / "sim-device-config.json", path)  # its deviceConfig (a placeholder for the software switch)
     commit_all(path)
     return path

@@ -17,6 +17,7 @@ import pytest
 from helpers import needs_gpg, needs_ssh
 from test_reconcile_audit import CONFIG, MULTI, entries_of, intent_repo, switch_entries
 from test_signing_flags import gpg_home  # noqa: F401 - a fixture
+from test_signing_flags import ssh_key
 
 from reconciler.audit.errors import AuditError
 from reconciler.audit.repo import AuditRepo, Identity
@@ -30,14 +31,6 @@ from reconciler.pipeline_io import render_one
 from reconciler.cli.run import build_runtime
 
 pytestmark = needs_ssh
-
-
-def ssh_key(tmp: Path, name: str) -> tuple[Path, Path]:
-    key = tmp / name
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", name, "-f", str(key)], check=True)
-    signers = tmp / f"{name}.allowed_signers"
-    signers.write_text(f"{name}@example.com {key.with_suffix('.pub').read_text().strip()}\n")
-    return key, signers
 
 
 def cli_base(intent: Path) -> list[str]:

@@ -7,16 +7,10 @@ from __future__ import annotations
 import shutil
 import signal
 import socket
-import subprocess
-import sys
-from pathlib import Path
 
-from helpers import Lines, commit_all
+from helpers import MULTI, commit_all, multi_lbconfig, p4kube_process, scale_recording
 
 from reconciler.audit.repo import AuditRepo
-from reconciler.cluster.recorded import load_cluster_file
-from reconciler.cluster.synthetic import cluster_to_list_yaml, with_scaled_service
-from test_run_command import MULTI
 
 FAR = """---
 apiVersion: networking.p4kube.io/v1alpha1
@@ -40,7 +34,6 @@ spec:
 
 
 def test_a_refused_config_does_not_stop_the_others_and_a_refused_change_keeps_the_running_version(tmp_path, switch_pair):
-    exe = Path(sys.executable).with_name("p4kube")
     standby, primary = switch_pair
     # A listener the refused config names on loopback: it must never see a connection.
     far = socket.socket()
@@ -49,10 +42,7 @@ def test_a_refused_config_does_not_stop_the_others_and_a_refused_change_keeps_th
     far.settimeout(0)
     intent = tmp_path / "intent"
     intent.mkdir()
-    text = (MULTI / "lbconfig.yaml").read_text()
-    text = text.replace("127.0.0.1:9559", f"127.0.0.1:{primary.port}").replace("127.0.0.1:9560", f"127.0.0.1:{standby.port}")
-    text = text.replace("  healthCheck:\n", "  healthCheck:\n    enabled: false  # the recorded nodes are not reachable here\n")
-    text = text.replace("updateInterval: 1s", "updateInterval: 0s")
+    text = multi_lbconfig(standby.port, primary.port, loop=True)
     good = intent / "lbconfig.yaml"
     good.write_text(text)
     (intent / "far.yaml").write_text(FAR.replace("FARPORT", str(far.getsockname()[1])))
@@ -61,41 +51,32 @@ def test_a_refused_config_does_not_stop_the_others_and_a_refused_change_keeps_th
     shutil.copy(MULTI / "cluster.yaml", cluster)
     first = commit_all(intent, "intent")
 
-    proc = subprocess.Popen(
-        [str(exe), "--log-level", "info", "run", "--allow-insecure-switches", "--intent", str(intent),
-         "--pipeline-dir", str(intent), "--cluster", str(cluster), "--audit-repo", str(tmp_path / "audit.git"),
-         # Loopback allowed only where our switches listen: the far config's loopback port is not.
-         "--allowed-switches", f"127.0.0.1:{primary.port},127.0.0.1:{standby.port}"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-    )
     try:
-        lines = Lines(proc.stderr)
-        m = lines.wait(r"p4kube-system/far: refused, nothing is connected or written for it: (.*)")
-        assert "far-primary" in m.group(1) and "--allowed-switches" in m.group(1)
-        lines.wait(r"p4kube-system/p4kube-config v1 applied \(552 writes")
-        held = [len(sw.entries(1, "MyIngress.vip_table")) for sw in switch_pair]
-        assert held == [4, 4]
+        with p4kube_process(
+            ["--log-level", "info", "run", "--allow-insecure-switches", "--intent", str(intent),
+             "--pipeline-dir", str(intent), "--cluster", str(cluster), "--audit-repo", str(tmp_path / "audit.git"),
+             # Loopback allowed only where our switches listen: the far config's loopback port is not.
+             "--allowed-switches", f"127.0.0.1:{primary.port},127.0.0.1:{standby.port}"],
+        ) as (proc, lines):
+            m = lines.wait(r"p4kube-system/far: refused, nothing is connected or written for it: (.*)")
+            assert "far-primary" in m.group(1) and "--allowed-switches" in m.group(1)
+            lines.wait(r"p4kube-system/p4kube-config v1 applied \(552 writes")
+            held = [len(sw.entries(1, "MyIngress.vip_table")) for sw in switch_pair]
+            assert held == [4, 4]
 
-        # The running config's new version names a switch the operator did not allow: refused,
-        # and the worker keeps v1's switches and config.
-        good.write_text(text.replace(f"127.0.0.1:{standby.port}", "10.255.0.9:9559"))
-        refused = commit_all(intent, "move the standby")
-        lines.wait(r"p4kube-system/p4kube-config: refused, nothing is connected or written for it "
-                   r"\(its running worker keeps the previous config\): .*sim-standby")
-        # ...and keeps working: a scale event is applied to both switches.
-        scaled = with_scaled_service(load_cluster_file(cluster), "web/frontend", "node-c", +2)
-        tmp = cluster.with_suffix(".tmp")
-        tmp.write_text(cluster_to_list_yaml(scaled))
-        tmp.replace(cluster)
-        lines.wait(r"p4kube-system/p4kube-config v2 applied")
-        assert [len(sw.entries(1, "MyIngress.vip_table")) for sw in switch_pair] == [4, 4]
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=30) == 0
+            # The running config's new version names a switch the operator did not allow: refused,
+            # and the worker keeps v1's switches and config.
+            good.write_text(text.replace(f"127.0.0.1:{standby.port}", "10.255.0.9:9559"))
+            refused = commit_all(intent, "move the standby")
+            lines.wait(r"p4kube-system/p4kube-config: refused, nothing is connected or written for it "
+                       r"\(its running worker keeps the previous config\): .*sim-standby")
+            # ...and keeps working: a scale event is applied to both switches.
+            scale_recording(cluster, "web/frontend", "node-c", +2)
+            lines.wait(r"p4kube-system/p4kube-config v2 applied")
+            assert [len(sw.entries(1, "MyIngress.vip_table")) for sw in switch_pair] == [4, 4]
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=30) == 0
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        proc.stderr.close()
         try:
             conn, _ = far.accept()  # non-blocking: raises when nobody connected
             conn.close()
