@@ -27,7 +27,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 from finsy.proto import p4r
 
@@ -829,10 +829,10 @@ class HealthMonitor:
 def monitor_for(
     check: HealthCheck,
     on_transition: TransitionCallback | None = None,
-    **kwargs: object,
+    **kwargs: Any,  # HealthMonitor's other keywords (clock, probes), passed on
 ) -> HealthMonitor:
     """A HealthMonitor with the interval and thresholds of a LoadBalancerConfig's healthCheck."""
     return HealthMonitor(
         interval=check.interval_s, thresholds=Thresholds.from_check(check), on_transition=on_transition,
-        **kwargs,  # type: ignore[arg-type]
+        **kwargs,
     )

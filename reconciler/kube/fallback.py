@@ -30,7 +30,7 @@ from ..fallback import (
     take_patch,
 )
 from .client import FIELD_MANAGER, MERGE_PATCH, KubeError, call_json
-from .events import EventRecorder, ObjectRef
+from .events import EventRecorder, EventType, ObjectRef
 
 log = logging.getLogger("reconciler.fallback")  # the name it had before the writer moved here
 CONFLICT_RETRIES = 3
@@ -115,7 +115,7 @@ class Fallback:
         service: ServiceLike | str,
         make_patch: Callable[[Mapping[str, Any]], dict[str, Any] | None],
         action: str,
-        event: tuple[str, str, str],
+        event: tuple[EventType, str, str],  # type, reason, action
         note: Callable[[Mapping[str, Any]], str],
         why_not: Callable[[Mapping[str, Any]], str],
     ) -> FallbackOutcome:
@@ -155,7 +155,7 @@ class Fallback:
             etype, reason, act = event
             text = note(obj)
             uid = (updated.get("metadata") or {}).get("uid")
-            await self._events.emit(ObjectRef.service(key, uid), etype, reason, act, text)  # type: ignore[arg-type]
+            await self._events.emit(ObjectRef.service(key, uid), etype, reason, act, text)
             log.info("Service %s: %s (%s)", key, action, text)
             return FallbackOutcome(key, action, text)
         raise KubeError(f"patch Service {key}", 409, "Conflict", f"still conflicting after {CONFLICT_RETRIES} attempts: {last}")
