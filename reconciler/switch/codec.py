@@ -70,9 +70,8 @@ def ipv4_int(text: str) -> int:
 
 
 def _ipv4_value(v: object) -> int:
-    if v.__class__ is not str:
+    if type(v) is not str:
         raise ValueError(f"expected an IPv4 address string like '10.0.0.1', got {v!r}")
-    assert isinstance(v, str)  # for the type checker; the class test above is the fast one
     return ipv4_int(v)
 
 
@@ -90,9 +89,8 @@ def _mac_value(v: object) -> int:
 
 
 def _int_value(v: object, bitwidth: int) -> int:
-    if v.__class__ is not int:  # also refuses bool, whose class is bool
+    if type(v) is not int:  # also refuses bool, whose type is bool
         raise ValueError(f"expected an integer, got {v!r}")
-    assert isinstance(v, int)
     if v < 0:
         raise ValueError(f"{v} is negative: it does not fit in {bitwidth} bits (0 .. {(1 << bitwidth) - 1})")
     if v >> bitwidth:
@@ -147,20 +145,38 @@ def _lpm_bytes(text: str) -> tuple[bytes, int] | None:
     return None if prefix_len == 0 else (int_bytes(value), prefix_len)
 
 
+@lru_cache(maxsize=1 << 12)
+def _mac_bytes(text: str) -> bytes:
+    return int_bytes(_mac_int(text))
+
+
 def scalar_encoder(bitwidth: int) -> Encoder:
-    """The encoder of one exact field or action parameter of this width."""
+    """The encoder of one exact field or action parameter of this width. The fast path takes
+    what is well formed; the checks that name a problem run only when it is not."""
     if bitwidth == IPV4_WIDTH:
 
         def ipv4(v: object) -> bytes:
-            if v.__class__ is str:
-                assert isinstance(v, str)
+            if type(v) is str:
                 return _ipv4_bytes(v)
             return int_bytes(_ipv4_value(v))  # raises, naming what was given
 
         return ipv4
     if bitwidth == MAC_WIDTH:
-        return lambda v: int_bytes(_mac_value(v))
-    return lambda v: int_bytes(_int_value(v, bitwidth))
+
+        def mac(v: object) -> bytes:
+            if type(v) is str:
+                return _mac_bytes(v)
+            return int_bytes(_mac_value(v))  # raises, naming what was given
+
+        return mac
+    limit = 1 << bitwidth
+
+    def integer(v: object) -> bytes:
+        if type(v) is int and 0 <= v < limit:  # type(): a bool is refused
+            return int_bytes(v)
+        return int_bytes(_int_value(v, bitwidth))  # raises, naming the problem
+
+    return integer
 
 
 def lpm_encoder(bitwidth: int) -> LpmEncoder:
@@ -169,10 +185,10 @@ def lpm_encoder(bitwidth: int) -> LpmEncoder:
     prefix_value(bitwidth, "0.0.0.0/0")  # raises for widths without a snapshot spelling
 
     def lpm(v: object) -> tuple[bytes, int] | None:
-        if not isinstance(v, str):
-            prefix_value(bitwidth, v)  # raises, naming what was given
-        assert isinstance(v, str)
-        return _lpm_bytes(v)
+        if type(v) is str:
+            return _lpm_bytes(v)
+        prefix_value(bitwidth, v)  # raises, naming what was given
+        raise AssertionError("unreachable: prefix_value refuses a non-string")
 
     return lpm
 
