@@ -7,6 +7,10 @@ logs show, instead of string tables in each of them.
 from __future__ import annotations
 
 from enum import StrEnum
+from typing import Literal
+
+# The phases a pass can end in (kube.crstatus adds "invalid", for intent that never reached a pass).
+Phase = Literal["applied", "degraded", "failed", "reconciling"]
 
 
 class Outcome(StrEnum):
@@ -24,7 +28,7 @@ class Outcome(StrEnum):
     WAITING = "waiting"  # an input or a dependency is not there yet (audit, cluster): nothing was written
 
     @property
-    def phase(self) -> str:
+    def phase(self) -> Phase:
         """applied | degraded | failed | reconciling: kube.crstatus's phases (failed is Stalled=True)."""
         return _PHASE[self][0]
 
@@ -39,7 +43,7 @@ class Outcome(StrEnum):
         return self in (Outcome.APPLIED, Outcome.UNCHANGED, Outcome.UP_TO_DATE, Outcome.RESYNCED)
 
 
-_PHASE = {
+_PHASE: dict[Outcome, tuple[Phase, str]] = {
     Outcome.APPLIED: ("applied", "Applied"),
     Outcome.UNCHANGED: ("applied", "Applied"),
     Outcome.UP_TO_DATE: ("applied", "Applied"),

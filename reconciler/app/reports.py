@@ -12,7 +12,7 @@ from ..apply import ApplyResult
 from ..controller import TransactionRecord
 from ..intent.model import LoadBalancerConfig
 from ..kube.crstatus import ConfigStatusWriter, Outcome, SwitchState, plain_unreachable
-from ..kube.events import EventRecorder, ObjectRef
+from ..kube.events import EventRecorder, EventType, ObjectRef
 from ..kube.intent_source import GROUP, VERSION, CRIntentSource, describe
 from ..snapshot import Snapshot
 
@@ -36,6 +36,7 @@ class ConfigEvents:
         record = dataclasses.replace(record, reason=plain_unreachable(record.reason, addresses, details))
         outcome = record.outcome
         told = self._last.get(record.config)
+        kind: EventType
         if outcome.converged:
             if told is None:
                 return
@@ -49,7 +50,7 @@ class ConfigEvents:
         ns, _, name = record.config.partition("/")
         ref = ObjectRef("LoadBalancerConfig", ns, name, f"{GROUP}/{VERSION}")
         try:
-            await self.recorder.emit(ref, kind, outcome.reason, "Reconcile", note)  # type: ignore[arg-type]
+            await self.recorder.emit(ref, kind, outcome.reason, "Reconcile", note)
         except Exception as e:  # noqa: BLE001 - an Event is never worth stopping the loop
             log.warning("%s: could not record an Event: %s", record.config, e)
 
@@ -99,7 +100,7 @@ class CRStatus:
         reason = plain_unreachable(record.reason, addresses, details)
         message = f"v{record.version} {record.outcome}" + (f": {reason}" if reason else "")
         outcome = Outcome(
-            record.outcome.phase, message[:32000], record.outcome.reason,  # type: ignore[arg-type]
+            record.outcome.phase, message[:32000], record.outcome.reason,
             applied_version=held.version if held is not None else None,
             applied_digest=held.digest if held is not None else None,
             switches=switches,

@@ -13,7 +13,7 @@ from ..ghactions import command, stop_commands
 from ..intent.files import OperatorDirs
 from ..intent.loader import validate_paths
 from ..pipeline_io import load_inputs, make_plans, render_one
-from ..plan import exit_code, format_plan
+from ..plan import Format, exit_code, format_plan
 from ..snapshot import Snapshot, load_snapshot, schema_errors
 from .errors import EXIT_ERROR, EXIT_OK, CommandError
 from .options import file_options, tls_dir_option
@@ -168,8 +168,9 @@ def cmd_check(args: argparse.Namespace) -> int:
     plans = make_plans(intent, configs, cluster, previous, connections, pipeline_dir=OperatorDirs.from_args(args).pipeline_dir)
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    for fmt, name in (("markdown", "plan.md"), ("json", "plan.json"), ("text", "plan.txt")):
-        write_atomic(out / name, format_plan(plans, fmt))  # type: ignore[arg-type]
+    files: tuple[tuple[Format, str], ...] = (("markdown", "plan.md"), ("json", "plan.json"), ("text", "plan.txt"))
+    for fmt, name in files:
+        write_atomic(out / name, format_plan(plans, fmt))
     sys.stdout.write(format_plan(plans, "text"))
     summary = os.environ.get("GITHUB_STEP_SUMMARY")
     if summary:
