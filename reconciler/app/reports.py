@@ -6,15 +6,18 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-from typing import Any
+from typing import TYPE_CHECKING
 
 from ..apply import ApplyResult
 from ..controller import TransactionRecord
 from ..intent.model import LoadBalancerConfig
 from ..kube.crstatus import ConfigStatusWriter, Outcome, SwitchState, plain_unreachable
 from ..kube.events import EventRecorder, EventType, ObjectRef
-from ..kube.intent_source import GROUP, VERSION, CRIntentSource, describe
+from ..kube.intent_source import GROUP, VERSION, CRIntent, CRIntentSource, describe
 from ..snapshot import Snapshot
+
+if TYPE_CHECKING:
+    from kubernetes.client import ApiClient
 
 log = logging.getLogger("reconciler.run")
 
@@ -23,7 +26,7 @@ class ConfigEvents:
     """Events on the LoadBalancerConfig when its state turns (degraded, refused, rolled back,
     waiting) and when it converges again; one per change of state, not one per pass."""
 
-    def __init__(self, api: Any) -> None:
+    def __init__(self, api: ApiClient) -> None:
         self.recorder = EventRecorder(api)
         self._last: dict[str, tuple[str, str]] = {}  # config -> (outcome, reason) last told
 
@@ -76,7 +79,7 @@ class CRStatus:
             await asyncio.gather(self._task, return_exceptions=True)
 
     async def _follow(self) -> None:
-        async def stall_invalid(cr: Any) -> None:
+        async def stall_invalid(cr: CRIntent) -> None:
             for res in cr.invalid:  # refused specs: Stalled, naming every field at fault
                 await self.writer.report(res.namespace, res.name, res.generation,
                                          Outcome.invalid([describe(d) for d in res.diagnostics]), res.status)

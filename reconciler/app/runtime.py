@@ -16,12 +16,12 @@ import gc
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..apply import ApplyResult
 from ..audit.repo import AuditRepo
 from ..audit.reopening import ReopeningAudit
-from ..controller import ConfigWorker, Controller, TransactionRecord
+from ..controller import ClusterSource, ConfigWorker, Controller, FallbackWriter, IntentProvider, TransactionRecord
 from ..httpserver import Heartbeat, HttpEndpoint, decide_ready, parse_listen_address
 from ..intent.model import LoadBalancerConfig
 from ..kube.intent_refusals import IntentRefusals
@@ -34,23 +34,30 @@ from .settings import Settings, SettingsError
 from .signing import audit_keys, build_signer, intent_trust
 from .workers import worker_factory
 
+if TYPE_CHECKING:
+    from kubernetes.client import ApiClient
+
+    from ..kube.status import ServiceStatusWriter
+
 log = logging.getLogger("reconciler.run")
+
+Closer = Callable[[], object]  # a stop()/aclose(): called at the end, awaited when it returns a coroutine
 
 
 @dataclass
 class Runtime:
     """Everything `p4kube run` wires together, apart from the loop itself."""
 
-    intent: Any
-    cluster: Any
+    intent: IntentProvider
+    cluster: ClusterSource
     make_worker_for: Callable[[int], Callable[[LoadBalancerConfig], ConfigWorker]]
     metrics: Metrics
     heartbeat: Heartbeat
     status: dict[str, bool]
     current: dict[str, Controller]
-    api: Any = None
+    api: ApiClient | None = None
     audit: ReopeningAudit | None = None
-    closers: list[Any] = field(default_factory=list)
+    closers: list[Closer] = field(default_factory=list)
     refusals: IntentRefusals | None = None  # with --verify-intent-signers
 
     async def aclose(self) -> None:
@@ -60,7 +67,7 @@ class Runtime:
                 await r
 
 
-async def build_runtime(settings: Settings, api: Any = None) -> Runtime:
+async def build_runtime(settings: Settings, api: ApiClient | None = None) -> Runtime:
     """Sources, sinks and the worker factory from `settings` (`api`: a ready ApiClient, for tests
     against a test API server)."""
     from ..intent.watch import DirectoryIntent
@@ -81,7 +88,7 @@ async def build_runtime(settings: Settings, api: Any = None) -> Runtime:
         from ..kube.client import build_api_client
 
         api = build_api_client(settings.kubeconfig)
-    closers: list[Any] = []
+    closers: list[Closer] = []
     audit = None
     if settings.audit_repo:
         repo = settings.audit_repo
@@ -93,20 +100,22 @@ async def build_runtime(settings: Settings, api: Any = None) -> Runtime:
             refusals = IntentRefusals(settings.intent, trusted, audit, api)
             closers.append(refusals.aclose)
             gate = refusals.gate
-        intent_provider: Any = DirectoryIntent(
+        directory = DirectoryIntent(
             settings.intent, gate=gate, on_refused=refusals.refused if refusals is not None else None)
+        directory.start()
+        closers.append(directory.stop)
+        intent_provider: IntentProvider = directory
         if trusted is not None:
             from ..intent.committed import CommittedIntent
 
             # What was signed, from its blobs.
-            intent_provider = CommittedIntent(intent_provider, settings.intent, settings.dirs)
-        intent_provider.start()
-        closers.append(intent_provider.stop)
+            intent_provider = CommittedIntent(directory, settings.intent, settings.dirs)
     else:
         from ..kube.cr_intent import CRIntentProvider
         from ..kube.crstatus import ConfigStatusWriter
         from ..kube.intent_source import CRIntentSource, intent_namespaces
 
+        assert api is not None  # built above whenever custom resources are read
         try:
             allowed = parse_allowlist(settings.allowed_switches)
         except AllowlistError as e:
@@ -122,34 +131,37 @@ async def build_runtime(settings: Settings, api: Any = None) -> Runtime:
         cr_status.start()
         closers.append(cr_status.stop)
 
-    fallback: Any = None
-    status_writer: Any = None
+    fallback: FallbackWriter | None = None
+    status_writer: ServiceStatusWriter | None = None
     if settings.cluster:
         from ..cluster.followed import FollowedRecording
 
         # Re-read only once the file parses as a whole cluster and has stopped changing:
         # `kubectl get ... > FILE` rewrites it in pieces.
-        cluster: Any = FollowedRecording(settings.cluster)
-        cluster.start()
-        closers.append(cluster.stop)
-        fallback = cluster
+        followed = FollowedRecording(settings.cluster)
+        followed.start()
+        closers.append(followed.stop)
+        cluster: ClusterSource = followed
+        fallback = followed
     else:
         from ..cluster.live import LiveClusterSource
         from ..kube.events import EventRecorder
         from ..kube.fallback import Fallback
         from ..kube.status import ServiceStatusWriter
 
-        cluster = LiveClusterSource(api)
-        await cluster.start()
-        closers.append(cluster.aclose)
+        assert api is not None  # built above whenever the cluster is read from the API
+        live = LiveClusterSource(api)
+        cluster = live
+        await live.start()
+        closers.append(live.aclose)
         try:
-            await cluster.wait_synced(timeout=120)
+            await live.wait_synced(timeout=120)
         except TimeoutError as e:
             # Not a reason to exit: the loop renders nothing until every kind is listed.
             log.warning("%s; starting anyway, nothing is written until it is", e)
         events = EventRecorder(api)
         fallback = Fallback(api, events)
-        status_writer = ServiceStatusWriter(api, events, status_managers=cluster.state.status_managers)
+        status_writer = ServiceStatusWriter(api, events, status_managers=live.state.status_managers)
 
     config_events = ConfigEvents(api) if api is not None else None
 
@@ -242,6 +254,7 @@ async def _run_as_leader(settings: Settings, rt: Runtime, stop: asyncio.Event) -
     """Hold the Lease, run the loop while holding it, and stop writing the moment it is lost."""
     from ..kube.leader import LeaderElector
 
+    assert rt.api is not None  # built whenever --leader-elect is given
     elector = LeaderElector(
         rt.api, namespace=settings.leader_elect_namespace, name=settings.leader_elect_lease_name,
         identity=settings.leader_elect_identity,
