@@ -87,7 +87,7 @@ async def build_runtime(settings: Settings, api: ApiClient | None = None) -> Run
     if api is None and (not settings.cluster or settings.intent_from_cluster or settings.leader_elect):
         from ..kube.client import build_api_client
 
-        api = build_api_client(settings.kubeconfig)
+        api = build_api_client(settings.kubeconfig, context=settings.kube_context)
     closers: list[Closer] = []
     audit = None
     if settings.audit_repo:
@@ -121,7 +121,7 @@ async def build_runtime(settings: Settings, api: ApiClient | None = None) -> Run
         except AllowlistError as e:
             raise SettingsError(str(e)) from None
         # Files and switches are checked per CR: one that names what the operator did not allow is Stalled.
-        cr_source = CRIntentSource(api, namespaces=intent_namespaces(settings.intent_namespace, settings.kubeconfig),
+        cr_source = CRIntentSource(api, namespaces=intent_namespaces(settings.intent_namespace, settings.kubeconfig, settings.kube_context),
                                    dirs=settings.dirs, allowed=allowed)
         await cr_source.start()
         closers.append(cr_source.aclose)

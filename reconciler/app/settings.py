@@ -35,6 +35,7 @@ class Settings:
     intent_namespace: tuple[str, ...] | None = None
     cluster: str | None = None
     kubeconfig: str | None = None
+    kube_context: str | None = None  # a kubeconfig context other than its current one (--context)
     # sinks
     audit_repo: str | None = None
     audit_workdir: str | None = None

@@ -120,3 +120,31 @@ def switch_options(p: argparse.ArgumentParser) -> None:
         "HOST or HOST:PORT (a DNS name, matched exactly); a config naming another switch is refused before any "
         "connection (default: loopback only, 127.0.0.0/8 and ::1, any port)",
     )
+
+
+def kube_options(p: argparse.ArgumentParser) -> None:
+    """--kubeconfig and --context, as kubectl spells them, for every command that reads the API
+    (Settings.kubeconfig, Settings.kube_context; reconciler.kube.client.build_api_client)."""
+    p.add_argument("--kubeconfig", metavar="FILE", help="kubeconfig (default: in-cluster, then $KUBECONFIG or ~/.kube/config)")
+    p.add_argument(
+        "--context", dest="kube_context", metavar="NAME",
+        help="the kubeconfig context to use (default: its current-context); ignored in a Pod without --kubeconfig",
+    )
+
+
+OUTPUT_FORMATS = ("text", "json", "yaml")
+
+
+def output_option(
+    p: argparse.ArgumentParser, *, default: str = "text", choices: tuple[str, ...] = OUTPUT_FORMATS,
+    legacy_format: bool = False,
+) -> None:
+    """One `-o/--output` flag (dest `output`) for every command that prints data; print with
+    cli.output.emit. `legacy_format` keeps the old `--format` as a hidden, deprecated alias of
+    the same dest, so scripts that use it go on working for a release."""
+    p.add_argument(
+        "-o", "--output", dest="output", choices=choices, default=default, metavar="|".join(choices),
+        help="output format (default: %(default)s)",
+    )
+    if legacy_format:
+        p.add_argument("--format", dest="output", choices=choices, help=argparse.SUPPRESS)

@@ -29,6 +29,7 @@ from .options import (
     adopt_option,
     insecure_switches_option,
     intent_signers_options,
+    kube_options,
     rpc_timeout_option,
     settings_from_args,
     signing_options,
@@ -47,7 +48,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     src.add_argument("--intent", metavar="DIR", help="intent directory (a Git checkout), followed for changes")
     src.add_argument("--intent-from-cluster", action="store_true", help="LoadBalancerConfig custom resources (the Argo CD / Flux path)")
     p.add_argument("--cluster", metavar="FILE", help="a kubectl recording, followed on disk, instead of the Kubernetes API")
-    p.add_argument("--kubeconfig", metavar="FILE", help="kubeconfig (default: in-cluster, then $KUBECONFIG or ~/.kube/config)")
+    kube_options(p)
     p.add_argument("--audit-repo", metavar="DIR_OR_URL", help="audit repository (every snapshot and outcome is committed there)")
     p.add_argument("--audit-workdir", metavar="DIR", help="where to clone a remote audit repository")
     p.add_argument("--state", metavar="DIR", default=".p4kube-state", help="last applied snapshots, without --audit-repo (default: %(default)s)")

@@ -394,7 +394,7 @@ class CRIntentSource:
 DEFAULT_NAMESPACE = "p4kube-system"
 
 
-def default_intent_namespace(kubeconfig: str | None = None) -> str:
+def default_intent_namespace(kubeconfig: str | None = None, context: str | None = None) -> str:
     """The reconciler's own namespace, where it reads LoadBalancerConfigs unless the operator
     allows more: $POD_NAMESPACE (the Downward API), else the kubeconfig context's namespace,
     else p4kube-system."""
@@ -406,14 +406,16 @@ def default_intent_namespace(kubeconfig: str | None = None) -> str:
     try:
         from kubernetes import config as k8s_config
 
-        _, active = k8s_config.list_kube_config_contexts(config_file=kubeconfig)
+        contexts, active = k8s_config.list_kube_config_contexts(config_file=kubeconfig)
+        if context:  # --context: that context's namespace, as kubectl takes it
+            active = next((c for c in contexts or () if c.get("name") == context), None)
         ns = str(((active or {}).get("context") or {}).get("namespace") or "")
     except Exception:  # noqa: BLE001 - no kubeconfig (in a Pod): fall back to the default
         ns = ""
     return ns or DEFAULT_NAMESPACE
 
 
-def intent_namespaces(given: Sequence[str] | None, kubeconfig: str | None = None) -> list[str]:
+def intent_namespaces(given: Sequence[str] | None, kubeconfig: str | None = None, context: str | None = None) -> list[str]:
     """--intent-namespace values (repeatable, comma-separated; "*": all) or the default."""
     names = [n.strip() for value in (given or ()) for n in value.split(",") if n.strip()]
-    return names or [default_intent_namespace(kubeconfig)]
+    return names or [default_intent_namespace(kubeconfig, context)]
