@@ -4,36 +4,55 @@ A tiny HTTP/1.1 server on asyncio.start_server (no web framework in the dependen
 and HEAD only, one request per connection (`Connection: close`), bounded request size and
 read time, so a slow or broken client cannot hold the loop or pile up connections.
 
-- /metrics: the Prometheus text format of the reconciler's own registry, generated in a
-  worker thread (a large registry takes milliseconds the loop should not spend).
+- /metrics: the reconciler's own registry, generated in a worker thread (a large registry takes
+  milliseconds the loop should not spend), in the format the scraper asks for (OpenMetrics on its
+  `Accept` header, else the Prometheus text format) and gzipped when `Accept-Encoding` allows:
+  prometheus_client's own `choose_encoder` and `gzip_accepted` decide, as in its own server.
+  With a bearer token file, /metrics answers 401 to a request without that token; the probes
+  stay open (the kubelet sends no token).
 - /healthz: 200 while the controller's heartbeat is fresh, 503 once it is stale. The server
   answering proves only that the event loop runs; the heartbeat proves the controller's loop
   still goes round (a wedged transaction would stop it).
 - /readyz: 200 when the readiness callback says ready (started, and either leader with its
   switches connected or a standby follower: see `decide_ready`), else 503 with the reason.
+
+One endpoint may serve only some of the paths (`paths=METRICS_PATHS` or `PROBE_PATHS`), so that
+metrics and probes can listen on different addresses.
 """
 
 from __future__ import annotations
 
 import asyncio
+import gzip
+import hmac
 import inspect
 import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry
+from prometheus_client.exposition import choose_encoder, gzip_accepted
 
 log = logging.getLogger("reconciler.http")
 
-__all__ = ["Heartbeat", "HttpEndpoint", "Readiness", "decide_ready", "parse_listen_address"]
+__all__ = [
+    "ALL_PATHS", "METRICS_PATHS", "PROBE_PATHS", "Heartbeat", "HttpEndpoint", "Readiness", "decide_ready",
+    "parse_listen_address",
+]
 
 # () -> (ready, reason); may be async.
 Readiness = Callable[[], "tuple[bool, str] | Awaitable[tuple[bool, str]]"]
 
 MAX_REQUEST_LINE = 8192
 MAX_HEADERS = 100
-_REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
+METRICS_PATHS = frozenset({"/metrics"})
+PROBE_PATHS = frozenset({"/healthz", "/readyz"})
+ALL_PATHS = METRICS_PATHS | PROBE_PATHS
+# The request headers /metrics reads; the others are skipped unread.
+_WANTED_HEADERS = ("accept", "accept-encoding", "authorization")
+_REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found", 405: "Method Not Allowed",
             408: "Request Timeout", 500: "Internal Server Error", 503: "Service Unavailable"}
 _TEXT = "text/plain; charset=utf-8"
 
@@ -99,7 +118,7 @@ class _BadRequest(Exception):
 
 
 class HttpEndpoint:
-    """Serves /metrics, /healthz and /readyz.
+    """Serves /metrics, /healthz and /readyz (or the subset `paths`).
 
         endpoint = HttpEndpoint(metrics.registry, heartbeat=hb, readiness=ready, port=9090)
         await endpoint.start()
@@ -116,8 +135,14 @@ class HttpEndpoint:
         host: str = "127.0.0.1",
         port: int = 0,
         request_timeout: float = 10.0,
+        paths: frozenset[str] = ALL_PATHS,
+        bearer_token_file: str | Path | None = None,
     ) -> None:
+        if not paths or not paths <= ALL_PATHS:
+            raise ValueError(f"paths must be a non-empty subset of {sorted(ALL_PATHS)}, not {sorted(paths)}")
         self.registry = registry
+        self.paths = paths
+        self.bearer_token_file = Path(bearer_token_file) if bearer_token_file is not None else None
         self.heartbeat = heartbeat
         self.readiness = readiness
         self.host = host
@@ -134,12 +159,15 @@ class HttpEndpoint:
     async def start(self) -> int:
         if self._server is not None:
             raise RuntimeError("the HTTP endpoint is already serving")
+        if self.bearer_token_file is not None:
+            self._token()  # unreadable or empty: one clear error at start, not 503s later
         try:
             self._server = await asyncio.start_server(self._serve, self.host, self.port, limit=MAX_REQUEST_LINE)
         except OSError as exc:
-            raise OSError(exc.errno, f"cannot listen on {self.host}:{self.port} for /metrics: {exc.strerror or exc}") from exc
+            raise OSError(exc.errno, f"cannot listen on {self.host}:{self.port} for {self._names()}: {exc.strerror or exc}") from exc
         self.port = self._server.sockets[0].getsockname()[1]
-        log.info("serving /metrics, /healthz, /readyz on %s:%d", self.host, self.port)
+        log.info("serving %s on %s:%d%s", self._names(), self.host, self.port,
+                 " (/metrics needs a bearer token)" if self.bearer_token_file and "/metrics" in self.paths else "")
         return self.port
 
     async def stop(self) -> None:
@@ -154,6 +182,20 @@ class HttpEndpoint:
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
         await server.wait_closed()
+
+    def _names(self) -> str:
+        return ", ".join(p for p in ("/metrics", "/healthz", "/readyz") if p in self.paths)
+
+    def _token(self) -> bytes:
+        """The token, read from its file at each request: a rotated Secret is used without a restart."""
+        assert self.bearer_token_file is not None
+        try:
+            token = self.bearer_token_file.read_bytes().strip()
+        except OSError as exc:
+            raise OSError(exc.errno, f"cannot read the metrics bearer token file {self.bearer_token_file}: {exc.strerror}") from exc
+        if not token:
+            raise ValueError(f"the metrics bearer token file {self.bearer_token_file} is empty")
+        return token
 
     async def __aenter__(self) -> "HttpEndpoint":
         await self.start()
@@ -171,7 +213,7 @@ class HttpEndpoint:
         try:
             try:
                 async with asyncio.timeout(self.request_timeout):
-                    method, path = await self._read_request(reader)
+                    method, path, headers = await self._read_request(reader)
             except TimeoutError:
                 await self._send(writer, _Response(408, b"request not received in time\n"), head=False)
                 return
@@ -181,7 +223,7 @@ class HttpEndpoint:
             except (ConnectionError, asyncio.IncompleteReadError):
                 return  # the client went away before sending a request
             try:
-                response = await self._route(method, path)
+                response = await self._route(method, path, headers)
             except Exception as exc:
                 log.exception("HTTP %s %s failed", method, path)
                 response = _Response(500, f"internal error: {type(exc).__name__}: {exc}\n".encode())
@@ -196,7 +238,7 @@ class HttpEndpoint:
             except (ConnectionError, asyncio.CancelledError):
                 pass  # already reset by the client or stopping
 
-    async def _read_request(self, reader: asyncio.StreamReader) -> tuple[str, str]:
+    async def _read_request(self, reader: asyncio.StreamReader) -> tuple[str, str, dict[str, str]]:
         try:
             line = await reader.readuntil(b"\n")
         except asyncio.LimitOverrunError:
@@ -205,23 +247,29 @@ class HttpEndpoint:
         if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
             raise _BadRequest("malformed request line")
         method, target = parts[0], parts[1]
+        headers: dict[str, str] = {}
         for _ in range(MAX_HEADERS + 1):
             try:
                 header = await reader.readuntil(b"\n")
             except asyncio.LimitOverrunError:
                 raise _BadRequest(f"header line longer than {MAX_REQUEST_LINE} bytes") from None
             if header in (b"\r\n", b"\n"):
-                return method, target.split("?", 1)[0]
+                return method, target.split("?", 1)[0], headers
+            name, sep, value = header.decode("latin-1").partition(":")
+            if sep and name.strip().lower() in _WANTED_HEADERS:
+                key = name.strip().lower()
+                # Repeated headers combine into one comma-separated list (RFC 9110 5.3).
+                headers[key] = f"{headers[key]}, {value.strip()}" if key in headers else value.strip()
         raise _BadRequest(f"more than {MAX_HEADERS} header lines")
 
-    async def _route(self, method: str, path: str) -> _Response:
-        if path not in ("/metrics", "/healthz", "/readyz"):
-            return _Response(404, b"not found: try /metrics, /healthz or /readyz\n")
+    async def _route(self, method: str, path: str, headers: dict[str, str]) -> _Response:
+        if path not in self.paths:
+            names = self._names().replace(", ", " or ")
+            return _Response(404, f"not found: try {names}\n".encode())
         if method not in ("GET", "HEAD"):
             return _Response(405, f"method {method} not allowed\n".encode(), headers=(("Allow", "GET, HEAD"),))
         if path == "/metrics":
-            body = await asyncio.to_thread(generate_latest, self.registry)
-            return _Response(200, body, CONTENT_TYPE_LATEST)
+            return await self._metrics(headers)
         if path == "/healthz":
             age = self.heartbeat.age()
             if self.heartbeat.fresh:
@@ -230,6 +278,33 @@ class HttpEndpoint:
                 503, f"stale: last controller heartbeat {age:.1f}s ago (limit {self.heartbeat.max_age:g}s)\n".encode()
             )
         return await self._ready()
+
+    async def _metrics(self, headers: dict[str, str]) -> _Response:
+        if self.bearer_token_file is not None:
+            denied = self._check_token(headers.get("authorization", ""))
+            if denied is not None:
+                return denied
+        encoder, content_type = choose_encoder(headers.get("accept", ""))
+        body = await asyncio.to_thread(encoder, self.registry)
+        extra: tuple[tuple[str, str], ...] = (("Vary", "Accept, Accept-Encoding"),)
+        if gzip_accepted(headers.get("accept-encoding", "")):
+            body = await asyncio.to_thread(gzip.compress, body)
+            extra += (("Content-Encoding", "gzip"),)
+        return _Response(200, body, content_type, extra)
+
+    def _check_token(self, authorization: str) -> _Response | None:
+        """None when the request carries the token; else the 401 (or 503 when the file is gone)."""
+        try:
+            token = self._token()
+        except (OSError, ValueError) as exc:
+            log.error("%s", exc)
+            return _Response(503, b"metrics unavailable: the bearer token file cannot be read\n")
+        scheme, _, given = authorization.partition(" ")
+        # compare_digest: the time taken says nothing about how much of the token was right.
+        if scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode("latin-1"), token):
+            return None
+        return _Response(401, b"unauthorized: /metrics needs Authorization: Bearer <token>\n",
+                         headers=(("WWW-Authenticate", 'Bearer realm="p4kube-metrics"'),))
 
     async def _ready(self) -> _Response:
         if self.readiness is None:

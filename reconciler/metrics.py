@@ -4,7 +4,12 @@ A `Metrics` object owns a CollectorRegistry (never the process-global one: tests
 reconcilers in one process stay isolated) and the helpers the controller calls: it records
 what happened (an ApplyResult, a reconcile's duration, a fallback) and mirrors state (switch
 connections, snapshot version, leadership, render issues, per-backend packet counters read
-from the switches). The HTTP endpoint (reconciler/httpserver.py) serves `exposition()`.
+from the switches). The HTTP endpoint (reconciler/httpserver.py) serves the registry.
+
+The registry also holds `p4kube_build_info` (what runs: version, commit, Python) and
+prometheus_client's own process, platform and GC collectors (RSS, CPU, open fds, start time):
+the memory target of a 5,000-Service reconciler must be watchable, and those collectors are the
+names every Prometheus user already knows (process_resident_memory_bytes, ...).
 
 Label values are bounded on purpose: configs, switches, tables, outcomes, Services and nodes
 are finite sets; free text (reasons, messages) never becomes a label, and fallback reasons are
@@ -13,16 +18,27 @@ short slugs from a fixed vocabulary.
 
 from __future__ import annotations
 
+import platform
 import re
 import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
 from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from . import __version__
 from . import p4names as n
 from .apply import ApplyResult
 from .snapshot import Snapshot
@@ -33,6 +49,7 @@ __all__ = [
     "BackendPackets",
     "Metrics",
     "backend_packet_counts",
+    "build_commit",
     "read_backend_packets",
 ]
 
@@ -92,9 +109,19 @@ class BackendPackets(Collector):
 class Metrics:
     """The reconciler's metrics in their own registry."""
 
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+    def __init__(self, registry: CollectorRegistry | None = None, *, commit: str | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
         r = self.registry
+        # The standard collectors, on this registry rather than the process-global one (whose
+        # default registrations they are): isolation stays, the names stay the usual ones.
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
+        GCCollector(registry=r)
+        self.build_info = Gauge(
+            "p4kube_build_info", "Always 1: the version, Git commit and Python of the running reconciler.",
+            ("version", "commit", "python"), registry=r,
+        )
+        self.build_info.labels(__version__, commit or build_commit(), platform.python_version()).set(1)
         self.reconcile_duration = Histogram(
             "p4kube_reconcile_duration_seconds",
             "Time from a trigger to the end of its transaction (render, audit commit, apply, probe).",
@@ -136,7 +163,14 @@ class Metrics:
             "p4kube_render_issues", "Services the last render left out (error) or served with a note (warning).",
             ("config", "severity"), registry=r,
         )
-        self.leader = Gauge("p4kube_leader", "1 while this reconciler holds the leader Lease.", registry=r)
+        # 1 while this process is the one that writes to the switches: the Lease holder with
+        # --leader-elect, else the only replica once its loop runs. So sum(p4kube_leader) is 1
+        # exactly when one process writes, with or without leader election.
+        self.leader = Gauge(
+            "p4kube_leader",
+            "1 while this reconciler is the one writing to the switches (holds the Lease, or runs without leader election).",
+            registry=r,
+        )
         self.unhealthy_targets = Gauge(
             "p4kube_health_unhealthy_targets", "Probe targets currently unhealthy, by kind (backend, vip, switch).",
             ("config", "kind"), registry=r,
@@ -247,6 +281,14 @@ class Metrics:
     def exposition(self) -> bytes:
         """The registry in the Prometheus text format."""
         return generate_latest(self.registry)
+
+
+def build_commit() -> str:
+    """The Git commit the reconciler was built from, where the package records one
+    (`reconciler.__commit__`), else "unknown"."""
+    import reconciler
+
+    return str(getattr(reconciler, "__commit__", None) or "unknown")
 
 
 def _drift_count(drift: Sequence[str]) -> int:

@@ -22,7 +22,7 @@ from ..apply import ApplyResult
 from ..audit.repo import AuditRepo
 from ..audit.reopening import ReopeningAudit
 from ..controller import ClusterSource, ConfigWorker, Controller, FallbackWriter, IntentProvider, TransactionRecord
-from ..httpserver import Heartbeat, HttpEndpoint, decide_ready, parse_listen_address
+from ..httpserver import ALL_PATHS, METRICS_PATHS, PROBE_PATHS, Heartbeat, HttpEndpoint, decide_ready, parse_listen_address
 from ..intent.model import LoadBalancerConfig
 from ..kube.intent_refusals import IntentRefusals
 from ..metrics import Metrics, read_backend_packets
@@ -223,31 +223,58 @@ async def build_runtime(settings: Settings, api: ApiClient | None = None) -> Run
 async def run(settings: Settings, stop: asyncio.Event) -> int:
     """`p4kube run` until `stop` is set: the transaction in flight is finished, never cut in half."""
     rt = await build_runtime(settings)
-    endpoint = None
+    endpoints: list[HttpEndpoint] = []
     try:
-        if settings.metrics_address:
-            host, port = parse_listen_address(settings.metrics_address)
-            endpoint = HttpEndpoint(
-                rt.metrics.registry, heartbeat=rt.heartbeat, host=host, port=port,
-                readiness=lambda: decide_ready(
-                    started=rt.status["started"], leader=rt.status["leader"], switches_connected=rt.status["connected"]
-                ),
-            )
+        for endpoint in http_endpoints(settings, rt):
             await endpoint.start()
+            endpoints.append(endpoint)
         gc.collect()
         gc.freeze()  # the loaded state is long-lived: keep it out of the cyclic collector's scans
         if not settings.leader_elect:
             rt.current["controller"] = Controller(rt.intent, rt.cluster, make_worker=rt.make_worker_for(settings.election_id))
             rt.status["started"] = True
-            await rt.current["controller"].run(stop)
+            # The only replica writes from now on: sum(p4kube_leader) == 1 holds without --leader-elect too.
+            rt.metrics.set_leader(True)
+            try:
+                await rt.current["controller"].run(stop)
+            finally:
+                rt.metrics.set_leader(False)
         else:
             await _run_as_leader(settings, rt, stop)
     finally:
         await rt.aclose()
-        if endpoint is not None:
+        for endpoint in reversed(endpoints):
             await endpoint.stop()
     log.info("stopped")
     return 0
+
+
+def http_endpoints(settings: Settings, rt: Runtime) -> list[HttpEndpoint]:
+    """The HTTP endpoints the settings ask for: /metrics, /healthz and /readyz on --metrics-address,
+    or, with --probe-address, the probes there and only /metrics on --metrics-address."""
+    def readiness() -> tuple[bool, str]:
+        return decide_ready(started=rt.status["started"], leader=rt.status["leader"], switches_connected=rt.status["connected"])
+
+    wanted: list[tuple[str, frozenset[str]]] = []
+    if settings.probe_address:
+        wanted.append((settings.probe_address, PROBE_PATHS))
+        if settings.metrics_address:
+            wanted.append((settings.metrics_address, METRICS_PATHS))
+    elif settings.metrics_address:
+        wanted.append((settings.metrics_address, ALL_PATHS))
+    if settings.metrics_bearer_token_file and not settings.metrics_address:
+        raise SettingsError("--metrics-bearer-token-file protects /metrics: it needs --metrics-address")
+    out = []
+    for address, paths in wanted:
+        try:
+            host, port = parse_listen_address(address)
+        except ValueError as e:
+            raise SettingsError(str(e)) from None
+        out.append(HttpEndpoint(
+            rt.metrics.registry, heartbeat=rt.heartbeat, readiness=readiness, host=host, port=port, paths=paths,
+            bearer_token_file=settings.metrics_bearer_token_file if "/metrics" in paths else None,
+        ))
+    return out
 
 
 async def _run_as_leader(settings: Settings, rt: Runtime, stop: asyncio.Event) -> None:

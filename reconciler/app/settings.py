@@ -52,6 +52,8 @@ class Settings:
     verify_intent_gpg_home: str | None = None
     # the long-running process
     metrics_address: str | None = None  # HOST:PORT for /metrics, /healthz, /readyz
+    metrics_bearer_token_file: str | None = None  # /metrics answers 401 without this token
+    probe_address: str | None = None  # HOST:PORT for /healthz, /readyz apart from /metrics
     leader_elect: bool = False
     leader_elect_namespace: str = "p4kube-system"
     leader_elect_lease_name: str = "p4kube-reconciler"

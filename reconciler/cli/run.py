@@ -52,7 +52,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--audit-repo", metavar="DIR_OR_URL", help="audit repository (every snapshot and outcome is committed there)")
     p.add_argument("--audit-workdir", metavar="DIR", help="where to clone a remote audit repository")
     p.add_argument("--state", metavar="DIR", default=".p4kube-state", help="last applied snapshots, without --audit-repo (default: %(default)s)")
-    p.add_argument("--metrics-address", metavar="HOST:PORT", help="serve /metrics, /healthz, /readyz here (e.g. 127.0.0.1:9100)")
+    p.add_argument("--metrics-address", metavar="HOST:PORT", help="serve /metrics, /healthz, /readyz here (e.g. 127.0.0.1:9100); "
+                   "unset: no HTTP server. Bind 127.0.0.1 unless a NetworkPolicy or --metrics-bearer-token-file guards it")
+    p.add_argument("--metrics-bearer-token-file", metavar="FILE",
+                   help="/metrics answers 401 unless the request carries Authorization: Bearer <the file's content> "
+                   "(re-read at each request, so a rotated Secret needs no restart); /healthz and /readyz stay open")
+    p.add_argument("--probe-address", metavar="HOST:PORT",
+                   help="serve /healthz and /readyz here instead, and only /metrics on --metrics-address")
     p.add_argument("--election-id", type=int, default=1, metavar="N", help="P4Runtime election id without --leader-elect (default: %(default)s)")
     p.add_argument("--leader-elect", action="store_true", help="run as one of several replicas: only the Lease holder writes")
     p.add_argument("--leader-elect-namespace", default="p4kube-system", metavar="NS")
