@@ -17,14 +17,7 @@ from collections.abc import Callable, Sequence
 from typing import NoReturn
 
 from .. import __version__
-from ..app.settings import SettingsError
-from ..audit.errors import AuditError
-from ..diagnostics import InputError
-from ..intent.model import ConfigChoiceError
-from ..logsetup import setup_logging
-from ..p4info import P4InfoError
-from ..pipeline_io import InputFileError
-from ..snapshot import SnapshotError
+from ..logsetup import DETAIL_LOGGERS, default_level, setup_logging
 from . import apply, audit, crd, demo, install, intent, run, sim
 from .errors import EXIT_ERROR, EXIT_OK, EXIT_USAGE, CommandError
 
@@ -56,7 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"p4kube {__version__}")
-    parser.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
+    parser.add_argument("--log-level", default=None, choices=["debug", "info", "warning", "error"],
+                        help="default: info for `run`, warning for the other commands")
     parser.add_argument("--log-format", default="text", choices=["text", "json"], help="json: one object per line")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
@@ -70,7 +64,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    setup_logging(args.log_level, args.log_format)
+    if args.log_level is None:  # not said: `run` speaks at info, without the steps inside each transaction
+        args.log_level = default_level(args.command)  # faces that read it see the level in force
+        setup_logging(args.log_level, args.log_format, quiet=DETAIL_LOGGERS)
+    else:
+        setup_logging(args.log_level, args.log_format)
     if getattr(args, "func", None) is None:
         parser.print_help()
         return EXIT_USAGE
@@ -80,6 +78,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 def run_command(args: argparse.Namespace) -> int:
     """Run a parsed command's `func`, turning the errors any command may raise into one line on
     stderr and exit 1. Apart from parsing, so that every command gets the same treatment."""
+    # Imported here, not at the top: `p4kube --help` must not load the library (tests/test_cli_conventions.py).
+    from ..app.settings import SettingsError
+    from ..audit.errors import AuditError
+    from ..diagnostics import InputError
+    from ..intent.model import ConfigChoiceError
+    from ..p4info import P4InfoError
+    from ..pipeline_io import InputFileError
+    from ..snapshot import SnapshotError
+
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)

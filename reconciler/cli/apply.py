@@ -9,22 +9,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+from typing import TYPE_CHECKING
 
-from ..app.signing import audit_keys, build_signer, intent_trust
-from ..app.switches import build_applier, check_switch_settings
-from ..apply import ApplyResult
-from ..audit.refusals import (
-    check_signed_intent,
-    last_applied_trusted,
-    record_refusal,
-    refused_intent_id,
-)
-from ..audit.repo import AuditRepo
-from ..audit.signing import Signer, TrustedKeys
 from ..intent.files import OperatorDirs
-from ..intent.model import LoadBalancerConfig
-from ..snapshot import Snapshot, load_snapshot
-from ..state import StateDir
 from .errors import EXIT_DEGRADED
 from .options import (
     adopt_option,
@@ -35,6 +22,14 @@ from .options import (
     signing_options,
     switch_options,
 )
+
+if TYPE_CHECKING:  # the library (finsy, grpc, pygit2, kubernetes) is imported when a command runs, not for --help
+    from ..apply import ApplyResult
+    from ..audit.repo import AuditRepo
+    from ..audit.signing import Signer, TrustedKeys
+    from ..intent.model import LoadBalancerConfig
+    from ..snapshot import Snapshot
+    from ..state import StateDir
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -130,6 +125,8 @@ def _guard(config: LoadBalancerConfig, last: Snapshot | None, target: Snapshot) 
 
 
 async def _unaccounted(config: LoadBalancerConfig, args: argparse.Namespace) -> dict[str, int]:
+    from ..app.switches import build_applier
+
     applier = build_applier(config, settings_from_args(args))
     try:
         return await applier.unaccounted()
@@ -139,6 +136,8 @@ async def _unaccounted(config: LoadBalancerConfig, args: argparse.Namespace) -> 
 
 async def _sync(config: LoadBalancerConfig, args: argparse.Namespace, last: Snapshot) -> ApplyResult:
     """Read both switches back and repair what differs from `last` (each switch on its own)."""
+    from ..app.switches import build_applier
+
     applier = build_applier(config, settings_from_args(args))
     try:
         return await applier.sync(last)
@@ -147,6 +146,8 @@ async def _sync(config: LoadBalancerConfig, args: argparse.Namespace, last: Snap
 
 
 async def _apply(config: LoadBalancerConfig, args: argparse.Namespace, target: Snapshot, state: StateDir) -> ApplyResult:
+    from ..app.switches import build_applier
+
     _guard(config, state.last_applied(config.key), target)
     applier = build_applier(config, settings_from_args(args))
     try:
@@ -160,6 +161,8 @@ async def _apply(config: LoadBalancerConfig, args: argparse.Namespace, target: S
 
 def cmd_apply(args: argparse.Namespace) -> int:
     from ..intent.loader import load_intent
+    from ..snapshot import load_snapshot
+    from ..state import StateDir
     from .errors import CommandError
 
     intent = load_intent([args.intent], dirs=OperatorDirs.from_args(args))
@@ -175,6 +178,8 @@ def cmd_apply(args: argparse.Namespace) -> int:
 def _open_audit(
     config: LoadBalancerConfig, args: argparse.Namespace, signer: Signer | None = None, trust: TrustedKeys | None = None
 ) -> AuditRepo:
+    from ..audit.repo import AuditRepo
+
     branch = args.audit_branch or config.audit.branch or "main"
     return AuditRepo.open_or_init(args.audit_repo, branch=branch, workdir=args.audit_workdir, signer=signer, trust=trust)
 
@@ -186,6 +191,7 @@ async def _apply_recorded(
     """The transaction of DESIGN.md 6 with the audit repository: pending, apply, outcome.
     Switches that cannot be reached are found before anything is recorded: an attempt that
     reaches no switch is not an audit record."""
+    from ..app.switches import build_applier
     from ..audit.errors import AuditError
     from .errors import CommandError
 
@@ -212,7 +218,11 @@ async def _apply_recorded(
 
 
 def cmd_reconcile(args: argparse.Namespace) -> int:
+    from ..app.signing import audit_keys, build_signer, intent_trust
+    from ..app.switches import check_switch_settings
+    from ..audit.refusals import check_signed_intent, last_applied_trusted, record_refusal, refused_intent_id
     from ..pipeline_io import load_inputs, render_one
+    from ..state import StateDir
     from .errors import CommandError
 
     settings = settings_from_args(args)
@@ -286,6 +296,9 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
 
 
 def cmd_rollback(args: argparse.Namespace) -> int:
+    from ..app.signing import audit_keys, build_signer
+    from ..app.switches import check_switch_settings
+    from ..audit.refusals import last_applied_trusted
     from ..audit.errors import AuditError
     from ..audit.trust import UntrustedRecord
     from ..intent.loader import load_intent

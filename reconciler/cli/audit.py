@@ -14,18 +14,21 @@ import re
 import sys
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
-import pygit2
-
-from ..audit import AuditError, AuditRepo, SignatureError
-from ..audit.message import OUTCOMES, AuditEntry
-from ..audit.verify import trusted_keys, verify_history
-from .errors import EXIT_ERROR, EXIT_OK, EXIT_USAGE, CommandError
-from .output import write_atomic
-from ..diff import diff_snapshots
 from ..p4names import TABLE_ORDER
-from ..snapshot import Entry, Snapshot
+from .errors import EXIT_ERROR, EXIT_OK, EXIT_USAGE, CommandError
+from .options import output_option
+from .output import emit, render_data, write_atomic
+
+if TYPE_CHECKING:  # the library (pygit2, jsonschema) is imported when a command runs, not for --help
+    from ..audit import AuditRepo
+    from ..audit.message import AuditEntry
+    from ..snapshot import Entry, Snapshot
+
+# reconciler.audit.message.OUTCOMES, spelled out so that building the parser imports no library
+# (tests/test_cli_conventions.py checks that the two agree)
+OUTCOME_CHOICES = ("pending", "applied", "rolled-back", "degraded", "interrupted")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -50,11 +53,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        "--format json: one object per line with every trailer.")
     _repo_args(p)
     p.add_argument("--config", metavar="NAMESPACE/NAME", help="only this LoadBalancerConfig")
-    p.add_argument("--outcome", choices=OUTCOMES, help="only records with this outcome")
+    p.add_argument("--outcome", choices=OUTCOME_CHOICES, help="only records with this outcome")
     p.add_argument("--since", metavar="WHEN", help="ISO 8601 date/time (UTC unless it has an offset), or an age: 30m, 12h, 7d, 2w")
     p.add_argument("--until", metavar="WHEN", help="like --since")
     p.add_argument("--limit", type=int, metavar="N", help="at most N records")
-    p.add_argument("--format", choices=["text", "json"], default="text")
+    output_option(p, legacy_format=True)
     p.set_defaults(func=cmd_log)
 
     p = sub.add_parser("show", help="print a recorded snapshot",
@@ -64,6 +67,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _repo_args(p)
     p.add_argument("--config", metavar="NAMESPACE/NAME", help="which config (needed when the repository holds several)")
     p.add_argument("--out", metavar="FILE", help="write here instead of stdout")
+    output_option(p, default="json", choices=("json", "yaml"))
     p.set_defaults(func=cmd_show)
 
     p = sub.add_parser("diff", help="what changed between two recorded versions",
@@ -73,7 +77,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("v2", type=_version, metavar="V2")
     _repo_args(p)
     p.add_argument("--config", metavar="NAMESPACE/NAME", help="which config (needed when the repository holds several)")
-    p.add_argument("--format", choices=["text", "json"], default="text")
+    output_option(p, legacy_format=True)
     p.add_argument("--max-entries", type=int, default=50, metavar="N", help="entries listed per table and kind (0: all; default 50)")
     p.set_defaults(func=cmd_diff)
 
@@ -84,6 +88,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _repo_args(p)
     p.add_argument("--allowed-signers", metavar="FILE", help="SSH allowed signers file (git's gpg.ssh.allowedSignersFile format)")
     p.add_argument("--gpg-home", metavar="DIR", help="GPG home whose public keys are trusted")
+    output_option(p)
     p.set_defaults(func=cmd_verify)
 
 
@@ -121,6 +126,10 @@ def parse_when(text: str, now: Callable[[], datetime] = lambda: datetime.now(tim
 
 
 def _open(args: argparse.Namespace) -> AuditRepo:
+    import pygit2
+
+    from ..audit import AuditError, AuditRepo
+
     try:
         return AuditRepo.open_or_init(args.repo, branch=args.branch, workdir=args.workdir, read_only=True)
     except (AuditError, pygit2.GitError) as e:
@@ -133,6 +142,8 @@ def _audit_errors(func: Callable[[argparse.Namespace], int]) -> Callable[[argpar
 
     @functools.wraps(func)
     def wrapped(args: argparse.Namespace) -> int:
+        import pygit2
+
         try:
             return func(args)  # AuditError: reconciler.cli.main prints it as one line
         except (pygit2.GitError, OSError, KeyError) as e:  # not expected past AuditRepo: still one line
@@ -153,8 +164,10 @@ def cmd_log(args: argparse.Namespace) -> int:
     if args.limit is not None:
         entries = entries[: max(args.limit, 0)]
     out = sys.stdout
-    if args.format == "json":
+    if args.output == "json":  # one object per line, as before -o: scripts read it line by line
         out.write("".join(json.dumps(e.to_json(), sort_keys=True) + "\n" for e in entries))
+    elif args.output == "yaml":
+        emit([e.to_json() for e in entries], "yaml")
     else:
         out.write("".join(format_entry(e) + "\n" for e in entries))
         if not entries:
@@ -178,7 +191,7 @@ def format_entry(e: AuditEntry) -> str:
 @_audit_errors
 def cmd_show(args: argparse.Namespace) -> int:
     snap = _snapshot(_open(args), args.version, args.config)
-    text = snap.to_json_text()
+    text = snap.to_json_text() if args.output == "json" else render_data(json.loads(snap.to_json_text()), "yaml")
     if args.out:
         write_atomic(Path(args.out), text)
         print(f"wrote {args.out}: {snap.config} version {snap.version}, {len(snap.services)} services, {snap.digest}", file=sys.stderr)
@@ -188,6 +201,8 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def _snapshot(audit: AuditRepo, version: int, config: str | None) -> Snapshot:
+    from ..audit import AuditError
+
     try:
         return audit.snapshot_at(version, config)
     except AuditError as e:
@@ -212,6 +227,8 @@ def format_action(e: Entry) -> str:
 
 def table_changes(old: Snapshot, new: Snapshot) -> dict[str, dict[str, list[Any]]]:
     """Per table: added entries, removed entries, changed (old, new) pairs, in key order."""
+    from ..diff import diff_snapshots
+
     out: dict[str, dict[str, list[Any]]] = {}
     for u in diff_snapshots(old, new).updates():
         per = out.setdefault(u.entry.table, {"added": [], "removed": [], "changed": []})
@@ -231,9 +248,11 @@ def cmd_diff(args: argparse.Namespace) -> int:
     config = args.config
     old = _snapshot(audit, args.v1, config)
     new = _snapshot(audit, args.v2, config or old.config)
+    from ..diff import diff_snapshots
+
     services = diff_snapshots(old, new).services
     tables = table_changes(old, new)
-    if args.format == "json":
+    if args.output in ("json", "yaml"):
         doc = {
             "config": new.config,
             "from": {"version": old.version, "digest": old.digest},
@@ -248,7 +267,10 @@ def cmd_diff(args: argparse.Namespace) -> int:
                 for t, per in tables.items()
             },
         }
-        print(json.dumps(doc, indent=2, sort_keys=True))
+        if args.output == "json":
+            print(json.dumps(doc, indent=2, sort_keys=True))
+        else:
+            emit(doc, "yaml")
         return EXIT_OK
     limit = args.max_entries if args.max_entries > 0 else None
     lines = [f"{new.config}: version {old.version} -> {new.version}  ({old.digest[:19]} -> {new.digest[:19]})"]
@@ -282,6 +304,9 @@ def cmd_diff(args: argparse.Namespace) -> int:
 
 @_audit_errors
 def cmd_verify(args: argparse.Namespace) -> int:
+    from ..audit import SignatureError
+    from ..audit.verify import trusted_keys, verify_history
+
     try:
         trusted = trusted_keys(args.allowed_signers, args.gpg_home)
     except ValueError as e:
@@ -291,9 +316,13 @@ def cmd_verify(args: argparse.Namespace) -> int:
         report = verify_history(audit, trusted)
     except SignatureError as e:
         raise CommandError(str(e)) from e
+    doc = {
+        "ok": report.ok, "commits": report.commits, "records": report.records, "snapshots": report.snapshots,
+        "signatures": report.signatures, "failures": [str(f) for f in report.failures],
+        "warnings": [str(w) for w in report.warnings],
+    }
+    emit(doc, args.output, report.format)
     if report.ok:
-        sys.stdout.write(report.format())
         return EXIT_OK
-    sys.stdout.write(report.format())
     print(f"p4kube audit verify: {len(report.failures)} problem(s) in {audit.location}", file=sys.stderr)
     return EXIT_ERROR

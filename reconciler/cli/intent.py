@@ -8,16 +8,17 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..ghactions import command, stop_commands
 from ..intent.files import OperatorDirs
-from ..intent.loader import validate_paths
-from ..pipeline_io import load_inputs, make_plans, render_one
-from ..plan import Format, exit_code, format_plan
-from ..snapshot import Snapshot, load_snapshot, schema_errors
 from .errors import EXIT_ERROR, EXIT_OK, CommandError
-from .options import file_options, tls_dir_option
-from .output import write_atomic
+from .options import file_options, output_option, tls_dir_option
+from .output import emit, render_data, write_atomic
+
+if TYPE_CHECKING:  # the library (jsonschema, ruamel, finsy) is imported when a command runs, not for --help
+    from ..plan import Format
+    from ..snapshot import Snapshot
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -28,7 +29,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "Prints one error per line as file:line:col: field: message. Exit 0 when valid, 1 when not.",
     )
     p.add_argument("paths", nargs="+", metavar="PATH", help="YAML files or directories (walked recursively)")
-    p.add_argument("--format", choices=["text", "json"], default="text")
+    output_option(p, legacy_format=True)
     file_options(p)
     p.set_defaults(func=cmd_validate)
 
@@ -42,6 +43,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     _add_render_inputs(p)
     p.add_argument("--previous", metavar="SNAPSHOT", help="the snapshot the switches hold now")
     p.add_argument("--out", metavar="FILE", help="write here instead of stdout")
+    output_option(p, default="json", choices=("json", "yaml"))
     p.set_defaults(func=cmd_render)
 
     p = sub.add_parser(
@@ -58,7 +60,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=[],
         help="what the switches hold now (repeat for several configs; matched by the snapshot's config)",
     )
-    p.add_argument("--format", choices=["text", "json", "markdown"], default="text")
+    output_option(p, choices=("text", "json", "yaml", "markdown"), legacy_format=True)
     p.add_argument("--out", metavar="FILE", help="also write the plan here (e.g. for a PR comment)")
     p.set_defaults(func=cmd_plan)
 
@@ -95,11 +97,12 @@ def _add_render_inputs(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
+    from ..intent.loader import validate_paths
 
     diags = validate_paths(args.paths, dirs=OperatorDirs.from_args(args))
     errors = [d for d in diags if d.severity == "error"]
-    if args.format == "json":
-        print(json.dumps({"valid": not errors, "diagnostics": [d.to_json() for d in diags]}, indent=2))
+    if args.output != "text":
+        emit({"valid": not errors, "diagnostics": [d.to_json() for d in diags]}, args.output)
     else:
         for d in diags:  # errors on stdout (file:line:col, for tools); warnings on stderr
             print(d, file=sys.stdout if d.severity == "error" else sys.stderr)
@@ -111,6 +114,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_render(args: argparse.Namespace) -> int:
+    from ..pipeline_io import load_inputs, render_one
+    from ..snapshot import schema_errors
 
     intent, cluster, connections = load_inputs(args.intent, args.cluster, args.connections, OperatorDirs.from_args(args))
     config = intent.pick_config(args.config)
@@ -130,17 +135,20 @@ def cmd_render(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     else:
-        sys.stdout.write(text)
+        sys.stdout.write(text if args.output == "json" else render_data(json.loads(text), "yaml"))
     return EXIT_OK
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
+    from ..pipeline_io import load_inputs, make_plans
+    from ..plan import exit_code, format_plan
 
     intent, cluster, connections = load_inputs(args.intent, args.cluster, args.connections, OperatorDirs.from_args(args))
     configs = [intent.pick_config(args.config)] if args.config else list(intent.configs)
     previous = _load_previous(args.previous, {c.key for c in configs})
     plans = make_plans(intent, configs, cluster, previous, connections, pipeline_dir=OperatorDirs.from_args(args).pipeline_dir)
-    text = format_plan(plans, args.format)
+    # yaml: the json plan's document, in YAML
+    text = format_plan(plans, args.output) if args.output != "yaml" else render_data(json.loads(format_plan(plans, "json")), "yaml")
     sys.stdout.write(text)
     if args.out:
         write_atomic(Path(args.out), text)
@@ -148,6 +156,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
+    from ..intent.loader import validate_paths
+    from ..pipeline_io import load_inputs, make_plans
+    from ..plan import exit_code, format_plan
 
     # Names and messages below come from the pull request: no line of theirs may be a command.
     resume_commands = stop_commands(os.environ.get("GITHUB_ACTIONS") == "true")
@@ -182,6 +193,8 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def _load_previous(paths: Sequence[str], wanted: set[str]) -> dict[str, Snapshot]:
+    from ..snapshot import load_snapshot
+
     out = {}
     for p in paths:
         snap = load_snapshot(p)

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ..app.settings import Settings
+if TYPE_CHECKING:  # the composition root loads the library: imported when a command runs, not for --help
+    from ..app.settings import Settings
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
     """The Settings a command's parsed arguments give; an option the command lacks keeps its default."""
+    from ..app.settings import Settings
+
     given: dict[str, Any] = {}
     for f in dataclasses.fields(Settings):
         if hasattr(args, f.name):

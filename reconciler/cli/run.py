@@ -20,10 +20,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import signal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ..app import runtime
-from ..app.settings import SettingsError
 from .errors import CommandError
 from .options import (
     adopt_option,
@@ -35,6 +33,9 @@ from .options import (
     signing_options,
     switch_options,
 )
+
+if TYPE_CHECKING:
+    from ..app import runtime
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -90,10 +91,15 @@ async def _run(args: argparse.Namespace) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    from ..app import runtime  # the whole library: imported when the command runs, not for --help
+
     return await runtime.run(settings_from_args(args), stop)
 
 
 async def build_runtime(args: argparse.Namespace, api: Any = None) -> runtime.Runtime:
+    from ..app import runtime
+    from ..app.settings import SettingsError
+
     """What `p4kube run` with these arguments wires (tests and benchmarks drive it without the loop)."""
     try:
         return await runtime.build_runtime(settings_from_args(args), api)
