@@ -292,6 +292,9 @@ class TwoSwitchApplier:
             raise
         self._sessions[sw.name] = s
         self._forget(sw.name)  # a new connection (or a pipeline push): read back before trusting
+        # A state change: the one line that says so (the session's own steps are details, logsetup).
+        log.info("switch %s (%s) connected%s", sw.name, sw.role, ": pipeline pushed" if pushed else "",
+                 extra={"config": self.config.key, "switch": sw.name})
         return s, pushed
 
     async def _ensure_pipeline(self, s: SwitchSession, sw: SwitchSpec) -> bool:
@@ -341,7 +344,8 @@ class TwoSwitchApplier:
                 if attempt == 0 and e.no_primary and holder is not None:
                     base, counter = split_election_id(holder)
                     if base == self.election_id and counter < (1 << 64) - 1:
-                        log.info("switch %s has seen election id %d of our term: catching up", sw.name, holder)
+                        log.info("switch %s has seen election id %d of our term: catching up", sw.name, holder,
+                                 extra={"config": self.config.key, "switch": sw.name})
                         _COUNTER.at_least(counter + 1)
                         continue
                 raise
@@ -376,7 +380,7 @@ class TwoSwitchApplier:
         None when it still cannot be used (reach() says why)."""
         why = await self.reach(name)
         if why:
-            log.info("switch %s %s", name, why)
+            log.info("switch %s %s", name, why, extra={"config": self.config.key, "switch": name})
             return None
         return self.session_for(name)
 
@@ -430,7 +434,8 @@ class TwoSwitchApplier:
                 reports[sw.name] = SwitchReport(sw.name, sw.role, state, reason=str(e), seconds=time.perf_counter() - t0)
                 if sw.role == "standby" and self.policy == "apply-primary":
                     degraded_reason = f"standby {sw.name} {unusable} ({e}); applied to the primary only, re-synced when it returns"
-                    log.warning("%s", degraded_reason)
+                    log.warning("%s", degraded_reason,
+                                extra={"config": self.config.key, "version": target.version, "switch": sw.name})
                     continue
                 why = "primary" if sw.role == "primary" else "standby (policy: abort)"
                 return self._finish(target, reports, "failed", f"{why} {sw.name} {unusable}: nothing was written: {e}")
@@ -469,7 +474,8 @@ class TwoSwitchApplier:
         # so a Write of ours still queued in that switch is refused from now on (the fence), and
         # only then is the switch read back in full.
         log.error("transaction for v%d failed (%s): rolling back to %s", target.version, failure,
-                  f"v{last_good.version}" if last_good else "empty tables")
+                  f"v{last_good.version}" if last_good else "empty tables",
+                  extra={"config": self.config.key, "version": target.version})
         restore_failed: list[str] = []
         for sw in touched:
             t0 = time.perf_counter()
@@ -603,12 +609,14 @@ class TwoSwitchApplier:
             )
         except (SwitchError, TransactionFailed) as e:
             reason = e.reason if isinstance(e, TransactionFailed) else str(e)
-            log.error("switch %s: sync to %s failed: %s", name, _version(snapshot), reason)
+            log.error("switch %s: sync to %s failed: %s", name, _version(snapshot), reason,
+                      extra={"config": self.config.key, "version": snapshot.version if snapshot else None, "switch": name})
             return SwitchReport(name, sw.role, "failed", reason=reason, pipeline_pushed=pushed,
                                 seconds=time.perf_counter() - t0)
         report = SwitchReport(name, sw.role, "applied" if writes else "unchanged", writes, drift=tuple(drift),
                               pipeline_pushed=pushed, seconds=time.perf_counter() - t0)
-        log.info("sync to %s: %s", _version(snapshot), report.describe())
+        log.debug("sync to %s: %s", _version(snapshot), report.describe(),
+                  extra={"config": self.config.key, "version": snapshot.version if snapshot else None, "switch": name})
         return report
 
     def holds(self, name: str, snapshot: Snapshot | None) -> bool:
@@ -650,7 +658,9 @@ class TwoSwitchApplier:
         result = ApplyResult(
             outcome, snapshot.version if snapshot else 0, snapshot.digest if snapshot else "", tuple(reports), reason
         )
-        (log.info if result.ok else log.error)("sync: %s", result.describe())
+        # Success is said by the controller's one line per transaction; a failure is said here too.
+        (log.debug if result.ok else log.error)("sync: %s", result.describe(),
+                                                extra={"config": self.config.key, "version": result.version})
         return result
 
     async def unaccounted(self) -> dict[str, int]:
@@ -666,7 +676,8 @@ class TwoSwitchApplier:
             try:
                 session = await self._open(sw)
             except SwitchError as e:
-                log.info("switch %s unreachable for the first-apply check: %s", sw.name, e)
+                log.info("switch %s unreachable for the first-apply check: %s", sw.name, e,
+                         extra={"config": self.config.key, "switch": sw.name})
                 continue
             try:
                 if self.external:
@@ -716,7 +727,8 @@ class TwoSwitchApplier:
                 return f"primary {sw.name} {why}"
             if self.policy == "abort":
                 return f"standby {sw.name} {why} (policy: abort)"
-            log.info("standby %s %s; applying to the primary only", sw.name, why)
+            log.info("standby %s %s; applying to the primary only", sw.name, why,
+                     extra={"config": self.config.key, "switch": sw.name})
         return ""
 
     async def quick_check(self, name: str, snapshot: Snapshot | None, *, max_count: int | None = QUICK_COUNT_LIMIT) -> QuickCheck:
@@ -755,7 +767,8 @@ class TwoSwitchApplier:
             raise
         if reason:
             self._forget(name)
-            log.warning("switch %s: quick check: %s; it will be read back in full", sw.name, reason)
+            log.warning("switch %s: quick check: %s; it will be read back in full", sw.name, reason,
+                        extra={"config": self.config.key, "version": snapshot.version if snapshot else None, "switch": sw.name})
         return QuickCheck(name, not reason, reason, counts, time.perf_counter() - t0)
 
     def _finish(self, target: Snapshot, reports: Mapping[str, SwitchReport], outcome: Outcome, reason: str = "") -> ApplyResult:
@@ -763,7 +776,9 @@ class TwoSwitchApplier:
             reports.get(sw.name, SwitchReport(sw.name, sw.role, "not-touched")) for sw in self.order
         )
         result = ApplyResult(outcome, target.version, target.digest, ordered, reason)
-        (log.info if result.ok else log.error)("%s", result.describe())
+        # Success is said by the controller's one line per transaction; a failure is said here too.
+        (log.debug if result.ok else log.error)("%s", result.describe(),
+                                                extra={"config": self.config.key, "version": target.version})
         return result
 
 

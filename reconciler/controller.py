@@ -97,6 +97,7 @@ class TransactionRecord:
     seconds: float = 0.0
     issues: tuple[RenderIssue, ...] = ()
     retry_in: float | None = None  # seconds until the next attempt, when one is scheduled
+    switch: str | None = None  # the one switch a health round's record is about
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "outcome", Outcome(self.outcome))
@@ -236,7 +237,7 @@ class ConfigWorker:
                 close = getattr(self.audit, "close_interrupted", None)
                 if close is not None and close(self.config.key) is not None:
                     log.warning("%s: the last transaction was interrupted before its outcome was recorded; "
-                                "recorded as interrupted, the switches are read back now", self.config.key)
+                                "recorded as interrupted, the switches are read back now", self.config.key, extra={"config": self.config.key})
                 self.last = self.audit.last_applied(self.config.key)
             except UntrustedRecord as e:
                 # A record whose signature does not verify is not what the switches hold: what
@@ -261,7 +262,7 @@ class ConfigWorker:
             if held:
                 reason = untrusted + unaccounted_message(self.config, held, "the audit repository" if self.audit else "the state directory")
                 if reason != self.stalled:
-                    log.error("%s", reason)
+                    log.error("%s", reason, extra={"config": self.config.key})
                 self.stalled = reason
                 return await self._report(self._record(Outcome.REFUSED, None, reason), None, None)
         self.started = True
@@ -291,7 +292,8 @@ class ConfigWorker:
         try:
             self._audit(self.last, "applied", reason[:900])
         except AuditError as e:
-            log.error("%s: could not record the repair in the audit repository: %s", self.config.key, e)
+            log.error("%s: could not record the repair in the audit repository: %s", self.config.key, e,
+                      extra={"config": self.config.key, "version": self.last.version})
 
     # -- one pass ---------------------------------------------------------------------------------
 
@@ -315,7 +317,7 @@ class ConfigWorker:
             syn = {c.index: c.packets for c in await session.read_counters(n.BACKEND_SYN, ids)}
             fin = {c.index: c.packets for c in await session.read_counters(n.BACKEND_FIN, ids)}
         except SwitchError as e:
-            log.warning("%s: reading connection counters failed, keeping the last estimate: %s", self.config.key, e)
+            log.warning("%s: reading connection counters failed, keeping the last estimate: %s", self.config.key, e, extra={"config": self.config.key})
             return self._connections
         out: dict[str, dict[str, int]] = {}
         for bid, (name, key) in owner.items():
@@ -353,7 +355,7 @@ class ConfigWorker:
         if not verdict.allowed:
             reason = verdict.describe()
             if reason != self.stalled:
-                log.error("%s: %s", self.config.key, reason)
+                log.error("%s: %s", self.config.key, reason, extra={"config": self.config.key, "version": target.version})
             self.stalled = reason
             self.retry_at = None  # only new input (intent raising the limit, Services returning) changes it
             record = self._record(Outcome.REFUSED, target.version, reason, issues=rendered.issues,
@@ -395,7 +397,8 @@ class ConfigWorker:
                 # The switches moved; the record follows as soon as the repository takes it.
                 self._unrecorded = (target, outcome_text, reason_text)
                 log.error("%s: v%d %s, but the audit repository refused the record (kept, retried): %s",
-                          self.config.key, target.version, result.outcome, e)
+                          self.config.key, target.version, result.outcome, e,
+                          extra={"config": self.config.key, "version": target.version})
         fell_back: tuple[str, ...] = ()
         retry_in: float | None = None
         if result.ok:
@@ -442,7 +445,7 @@ class ConfigWorker:
                        f"(more than spec.safety.maxRemovalPercent {verdict.limit_percent}%): so many failing "
                        f"together points at the prober's network, not the Services: {', '.join(verdict.removed[:20])}")
             if message != self.stalled:
-                log.error("%s: %s", self.config.key, message)
+                log.error("%s: %s", self.config.key, message, extra={"config": self.config.key})
             self.stalled = message
             return ()
         done = []
@@ -452,7 +455,7 @@ class ConfigWorker:
                 self.fallen_back[key] = reason
                 done.append(key)
             except Exception as e:  # noqa: BLE001 - one Service's patch failing must not stop the others
-                log.error("%s: fallback of %s failed: %s", self.config.key, key, e)
+                log.error("%s: fallback of %s failed: %s", self.config.key, key, e, extra={"config": self.config.key, "service": key})
         return tuple(done)
 
     # -- health -----------------------------------------------------------------------------------
@@ -487,7 +490,8 @@ class ConfigWorker:
             try:
                 quick = await self.applier.quick_check(name, self.last)
                 if not quick.ok:
-                    log.warning("%s: switch %s: %s; reading it back in full", self.config.key, name, quick.reason)
+                    log.warning("%s: switch %s: %s; reading it back in full", self.config.key, name, quick.reason,
+                                extra={"config": self.config.key, "version": self.last.version, "switch": name})
             except SwitchError as e:
                 why = str(e)
         before = self.switch_health.get(name, TargetState())
@@ -496,8 +500,7 @@ class ConfigWorker:
             if before.healthy and not after.healthy:
                 reason = (f"switch {name} ({role}) {why}. It keeps forwarding with the tables it "
                           f"holds; no Service falls back for it; it is read back in full when it returns")
-                log.error("%s: %s", self.config.key, reason)
-                return self._record(Outcome.DEGRADED, reason=reason, seconds=time.perf_counter() - t0)
+                return self._record(Outcome.DEGRADED, reason=reason, seconds=time.perf_counter() - t0, switch=name)
             return None
         interval = self.config.health_check.read_back_interval_s
         last_full = self._last_full_read.setdefault(name, now)
@@ -506,15 +509,14 @@ class ConfigWorker:
         if self.applier.trusts(name):
             if not before.healthy:
                 return self._record(Outcome.RESYNCED, reason=f"switch {name} ({role}) is back and holds v{self.last.version}",
-                                    seconds=time.perf_counter() - t0)
+                                    seconds=time.perf_counter() - t0, switch=name)
             return None
         report = await self.applier.sync_switch(name, self.last)
         self._last_full_read[name] = now
         writes = sum(sum(k.values()) for k in report.writes.values())
         if report.state in ("failed", "unreachable"):
             reason = f"switch {name} ({role}): read-back and repair failed: {report.reason}"
-            log.error("%s: %s", self.config.key, reason)
-            return self._record(Outcome.FAILED, reason=reason, writes=writes, seconds=time.perf_counter() - t0)
+            return self._record(Outcome.FAILED, reason=reason, writes=writes, seconds=time.perf_counter() - t0, switch=name)
         if not writes and before.healthy:
             return None  # the periodic read-back found what it should
         back = "" if before.healthy else "is back: "
@@ -525,9 +527,8 @@ class ConfigWorker:
         if report.drift:
             reason += "; first differences: " + "; ".join(report.drift[:3])
         if writes:
-            log.warning("%s: %s", self.config.key, reason)
             self._audit_repair("drift repaired: " + reason)
-        return self._record(Outcome.RESYNCED, reason=reason, writes=writes, seconds=time.perf_counter() - t0)
+        return self._record(Outcome.RESYNCED, reason=reason, writes=writes, seconds=time.perf_counter() - t0, switch=name)
 
     async def _backend_round(self) -> TransactionRecord | None:
         """Backends of the Services on the switches: all down for failureThreshold rounds -> fall back."""
@@ -595,14 +596,15 @@ class ConfigWorker:
             try:
                 await self.fallback.recover(key)
             except Exception as e:  # noqa: BLE001 - retried next round
-                log.error("%s: lifting the fallback of %s failed: %s", self.config.key, key, e)
+                log.error("%s: lifting the fallback of %s failed: %s", self.config.key, key, e,
+                          extra={"config": self.config.key, "service": key})
                 continue
             del self.fallen_back[key]
             self.recovery_health.pop(key, None)
             self._recovered.add(key)
             recovered.append(key)
             log.info("%s: %s: evidence holds for %d round(s), automatic fallback lifted", self.config.key, key,
-                     check.success_threshold)
+                     check.success_threshold, extra={"config": self.config.key, "service": key})
         return tuple(recovered)
 
     async def _recovery_evidence(self, cluster: ClusterState, svc: Service) -> str | None:
@@ -738,9 +740,11 @@ class Controller:
             if self.refused.get(config.key) != why:
                 self.refused[config.key] = why
                 kept = " (its running worker keeps the previous config)" if config.key in self.workers else ""
-                log.error("%s: refused, nothing is connected or written for it%s: %s", config.key, kept, why)
+                log.error("%s: refused, nothing is connected or written for it%s: %s", config.key, kept, why,
+                          extra={"config": config.key})
             return None
-        self.refused.pop(config.key, None)
+        if self.refused.pop(config.key, None) is not None:  # the state change back, said once too
+            log.info("%s: accepted, reconciled from now on", config.key, extra={"config": config.key})
         return w
 
     def _due_times(self) -> list[float]:
@@ -862,20 +866,38 @@ class Controller:
                 if w.on_health is not None:
                     await w.on_health(w)
             except Exception as e:  # noqa: BLE001 - a failed health round is reported, the loop goes on
-                log.error("%s: health round failed: %s", w.config.key, e, exc_info=True)
+                log.error("%s: health round failed: %s", w.config.key, e, exc_info=True, extra={"config": w.config.key})
         async with self._pass_done:
             self.health_rounds += 1
             self._pass_done.notify_all()
 
     def _note(self, record: TransactionRecord) -> None:
+        """The one log line of a transaction or state change, its context as fields (logsetup)."""
         self.history.append(record)
         if record.outcome == Outcome.UP_TO_DATE:
             return
         quiet = record.outcome in (Outcome.APPLIED, Outcome.UNCHANGED) or (record.outcome == Outcome.RESYNCED and not record.writes)
-        (log.info if quiet else log.warning)(
+        failed = record.outcome in (Outcome.FAILED, Outcome.ROLLED_BACK)
+        (log.info if quiet else log.error if failed else log.warning)(
             "%s v%s %s (%d writes, %.0f ms)%s", record.config, record.version, record.outcome.value, record.writes,
-            record.seconds * 1000, f": {record.reason}" if record.reason else "",
+            record.seconds * 1000, f": {record.reason}" if record.reason else "", extra=self._fields(record),
         )
+
+    def _fields(self, record: TransactionRecord) -> dict[str, Any]:
+        worker = self.workers.get(record.config)
+        fields: dict[str, Any] = {
+            "config": record.config, "version": record.version, "outcome": record.outcome.value,
+            "writes": record.writes, "seconds": round(record.seconds, 3),
+            "switches": [sw.name for sw in worker.applier.order] if worker is not None else [],
+        }
+        if record.switch is not None:
+            fields["switch"] = record.switch
+        services = record.fell_back + record.recovered
+        if len(services) == 1:
+            fields["service"] = services[0]
+        elif services:
+            fields["services"] = list(services)
+        return fields
 
     async def wait_until(self, predicate: Callable[[], bool], timeout: float = 10.0) -> None:
         """Tests and the demo: wait (on pass and health-round completions) until `predicate()` holds."""

@@ -403,8 +403,11 @@ class PostApplyProbe:
         self.last_report = report
         if report.ok:
             self.baseline = full
-        (log.warning if report.reason else log.info)(  # degraded backends are worth a warning too
-            "probe after applying v%d: %s", snapshot.version, report.reason or "healthy"
+        # Degraded backends are worth a warning; "healthy" is a step of the transaction, whose one
+        # line (the controller's) says how it ended.
+        (log.warning if report.reason else log.debug)(
+            "probe after applying v%d: %s", snapshot.version, report.reason or "healthy",
+            extra={"config": snapshot.config, "version": snapshot.version},
         )
         return report
 
@@ -538,6 +541,18 @@ class Transition:
     reason: str  # why it failed (for healthy -> unhealthy), "" when recovering
     services: tuple[str, ...] = ()
     at: float = 0.0  # the monitor clock's time
+
+
+def _transition_fields(tr: Transition) -> dict[str, object]:
+    """A transition's log fields: the target, and the Service (or Services) behind it."""
+    fields: dict[str, object] = {"target": tr.key, "kind": tr.kind}
+    if len(tr.services) == 1:
+        fields["service"] = tr.services[0]
+    elif tr.services:
+        fields["services"] = list(tr.services)
+    if tr.kind == "switch":
+        fields["switch"] = tr.key
+    return fields
 
 
 def backend_targets(snapshot: Snapshot, timeout: float, *, connect: Connector = tcp_probe) -> list[Target]:
@@ -759,7 +774,7 @@ class HealthMonitor:
             for tr in transitions:
                 (log.info if tr.healthy else log.warning)(
                     "%s is %s%s", tr.key, "healthy again" if tr.healthy else "unhealthy",
-                    "" if tr.healthy else f": {tr.reason}", extra={"target": tr.key, "kind": tr.kind},
+                    "" if tr.healthy else f": {tr.reason}", extra=_transition_fields(tr),
                 )
                 await self._report(tr)
         assert self._round_done is not None

@@ -13,7 +13,7 @@ import sys
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
-__all__ = ["FORMATS", "JsonFormatter", "TextFormatter", "setup_logging"]
+__all__ = ["DETAIL_LOGGERS", "FORMATS", "JsonFormatter", "TextFormatter", "default_level", "setup_logging"]
 
 FORMATS = ("text", "json")
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR,
@@ -21,6 +21,20 @@ _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARN
 # Attributes every LogRecord has: anything else on a record came from `extra=`.
 _STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime", "taskName"}
 _MARK = "_p4kube_handler"
+# Commands that keep running: an operator watches their log, so they speak at `info` unless told
+# otherwise; one-shot commands print their result and log only what went wrong.
+_LONG_RUNNING = frozenset({"run"})
+# Loggers whose `info` records are the steps inside a transaction (each audit commit, each P4Runtime
+# arbitration and pipeline check, each re-read of the cluster recording), not what it did: at a
+# default `info` they would bury the one line per transaction, so they start at `warning` then.
+# `--log-level info` (said explicitly) or `debug` shows them.
+DETAIL_LOGGERS = ("p4kube.audit", "reconciler.switch", "reconciler.cluster")
+_quietened: set[str] = set()
+
+
+def default_level(command: str | None) -> str:
+    """The log level when the operator gives none: `info` for `run`, `warning` otherwise."""
+    return "info" if command in _LONG_RUNNING else "warning"
 
 
 def _extras(record: logging.LogRecord) -> dict[str, Any]:
@@ -68,7 +82,7 @@ class TextFormatter(logging.Formatter):
 
 
 def _text_value(value: Any) -> str:
-    text = str(value)
+    text = ",".join(map(str, value)) if isinstance(value, (list, tuple, set, frozenset)) else str(value)
     return json.dumps(text, ensure_ascii=False) if (not text or any(c.isspace() or c in '"=' for c in text)) else text
 
 
@@ -81,11 +95,13 @@ def _level(level: str | int) -> int:
     return found
 
 
-def setup_logging(level: str | int = "info", fmt: str = "text", stream: TextIO | None = None) -> logging.Handler:
-    """Log to `stream` (default stderr) at `level` in `fmt` ("text" or "json").
+def setup_logging(level: str | int = "info", fmt: str = "text", stream: TextIO | None = None, *,
+                  quiet: tuple[str, ...] = ()) -> logging.Handler:
+    """Log to `stream` (default stderr) at `level` in `fmt` ("text" or "json"); the loggers in
+    `quiet` (and their children) log only warnings and above.
 
     Replaces the handler a previous call installed (and only that one: handlers others added,
-    such as pytest's capture, stay); returns the new handler."""
+    such as pytest's capture, stay) and undoes its `quiet`; returns the new handler."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown log format {fmt!r}: use one of {', '.join(FORMATS)}")
     lvl = _level(level)
@@ -98,4 +114,11 @@ def setup_logging(level: str | int = "info", fmt: str = "text", stream: TextIO |
         old.close()
     root.addHandler(handler)
     root.setLevel(lvl)
+    for name in _quietened - set(quiet):
+        logging.getLogger(name).setLevel(logging.NOTSET)
+    _quietened.clear()
+    if lvl < logging.WARNING:
+        for name in quiet:
+            logging.getLogger(name).setLevel(logging.WARNING)
+            _quietened.add(name)
     return handler

@@ -208,7 +208,8 @@ async def build_runtime(settings: Settings, api: ApiClient | None = None) -> Run
             try:
                 metrics.set_backend_packets(worker.config.key, await read_backend_packets(sessions, worker.last))
             except Exception as e:  # noqa: BLE001 - metrics must never stop the loop
-                log.warning("%s: reading backend counters failed: %s", worker.config.key, e)
+                log.warning("%s: reading backend counters failed: %s", worker.config.key, e,
+                            extra={"config": worker.config.key})
 
     warned_plaintext: set[str] = set()  # --allow-insecure-switches: said once per config, not per term
 
@@ -298,7 +299,9 @@ async def _run_as_leader(settings: Settings, rt: Runtime, stop: asyncio.Event) -
                 acquired.cancel()
                 break
             term = acquired.result()
-            log.info("leading as %s (election id %d)", term.identity, term.election_id)
+            # The elector's "leads" line is the state change at info; this one adds nothing new.
+            log.debug("leading as %s (election id %d)", term.identity, term.election_id,
+                      extra={"identity": term.identity, "election_id": term.election_id})
             rt.status["leader"] = True
             rt.metrics.set_leader(True)
             controller = rt.current["controller"] = Controller(rt.intent, rt.cluster, make_worker=rt.make_worker_for(term.election_id))
@@ -307,7 +310,8 @@ async def _run_as_leader(settings: Settings, rt: Runtime, stop: asyncio.Event) -
             await asyncio.wait({loop, lost}, return_when=asyncio.FIRST_COMPLETED)
             if lost.done() and not loop.done():
                 # Fencing: cancel at once; run()'s finally closes every P4Runtime stream.
-                log.error("lost the Lease (%s): stopping all switch writes now", term.lost_reason)
+                log.error("lost the Lease (%s): stopping all switch writes now", term.lost_reason,
+                          extra={"identity": term.identity, "election_id": term.election_id})
                 loop.cancel()
             await asyncio.gather(loop, return_exceptions=True)
             lost.cancel()

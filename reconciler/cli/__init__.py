@@ -14,11 +14,11 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable, Sequence
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from .. import __version__
 from ..logsetup import DETAIL_LOGGERS, default_level, setup_logging
-from . import apply, audit, crd, demo, install, intent, run, sim
+from . import apply, audit, completion, crd, demo, install, intent, run, sim, status, switch
 from .errors import EXIT_ERROR, EXIT_OK, EXIT_USAGE, CommandError
 
 __all__ = ["CommandError", "build_parser", "main"]
@@ -28,6 +28,21 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         self.print_usage(sys.stderr)
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+class _Version(argparse.Action):
+    """`--version`: "p4kube 0.1.0 (commit 4095f28c1a2b)"; the commit is looked up only when asked."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        from ..buildinfo import build_commit
+
+        commit = build_commit()
+        print(f"p4kube {__version__} ({f'commit {commit}' if commit else 'commit unknown: not built from Git'})")
+        parser.exit()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -48,15 +63,16 @@ def build_parser() -> argparse.ArgumentParser:
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--version", action="version", version=f"p4kube {__version__}")
+    parser.add_argument("--version", action=_Version, help="show the version (and the Git commit it was built from) and exit")
     parser.add_argument("--log-level", default=None, choices=["debug", "info", "warning", "error"],
                         help="default: info for `run`, warning for the other commands")
     parser.add_argument("--log-format", default="text", choices=["text", "json"], help="json: one object per line")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
     # the order of `p4kube --help`
-    for face in (intent, run, apply, audit, crd, install, sim, demo):
+    for face in (intent, run, apply, status, switch, audit, crd, install, sim, demo):
         face.register(sub)
+    completion.register(sub, parser)  # last: the script covers every command above
 
     return parser
 

@@ -156,7 +156,7 @@ class Fallback:
             text = note(obj)
             uid = (updated.get("metadata") or {}).get("uid")
             await self._events.emit(ObjectRef.service(key, uid), etype, reason, act, text)
-            log.info("Service %s: %s (%s)", key, action, text)
+            log.info("Service %s: %s (%s)", key, action, text, extra={"service": key})
             return FallbackOutcome(key, action, text)
         raise KubeError(f"patch Service {key}", 409, "Conflict", f"still conflicting after {CONFLICT_RETRIES} attempts: {last}")
 

@@ -207,7 +207,7 @@ class LeaderElector:
             if was_leader and self._clock() - self._last_renew >= self.renew_deadline_s:
                 self._lose(f"could not renew for {self.renew_deadline_s:g}s: {err}")
             else:
-                log.warning("Lease %s/%s: %s", self.namespace, self.name, err)
+                log.warning("Lease %s/%s: %s", self.namespace, self.name, err, extra={"lease": f"{self.namespace}/{self.name}"})
             return self.is_leader
         if ok:
             self._last_renew = self._clock()
@@ -215,7 +215,9 @@ class LeaderElector:
             if not was_leader:
                 self.term = Term(self.identity, self._observed.transitions)
                 self._became_leader.set()
-                log.info("%s leads (Lease %s/%s, transitions %d, election id %d)", self.identity, self.namespace, self.name, self._observed.transitions, self.term.election_id)
+                log.info("%s leads (Lease %s/%s, transitions %d, election id %d)", self.identity, self.namespace, self.name,
+                         self._observed.transitions, self.term.election_id,
+                         extra={"identity": self.identity, "lease": f"{self.namespace}/{self.name}", "election_id": self.term.election_id})
         elif was_leader:
             holder = self.observed_holder or "nobody"
             self._lose(f"Lease {self.namespace}/{self.name} is now held by {holder}")
@@ -318,7 +320,8 @@ class LeaderElector:
         term.lost.set()
         self._became_leader.clear()
         level = logging.INFO if reason == "released" else logging.WARNING
-        log.log(level, "%s lost leadership (election id %d): %s", self.identity, term.election_id, reason)
+        log.log(level, "%s lost leadership (election id %d): %s", self.identity, term.election_id, reason,
+                extra={"identity": self.identity, "lease": f"{self.namespace}/{self.name}", "election_id": term.election_id})
         for cb in self._callbacks:
             try:
                 cb(term)
