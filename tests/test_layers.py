@@ -31,7 +31,8 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("controller", ("reconciler.controller", "reconciler.health", "reconciler.metrics", "reconciler.httpserver")),
     # One job each (DESIGN.md 2); they may use each other, but never in a circle.
     ("stages", (
-        "reconciler.intent", "reconciler.cluster", "reconciler.render", "reconciler.plan", "reconciler.diff",
+        "reconciler.intent", "reconciler.cluster", "reconciler.render", "reconciler.plan", "reconciler.plan_summary",
+        "reconciler.diff",
         "reconciler.guard", "reconciler.apply", "reconciler.switch", "reconciler.audit", "reconciler.kube",
         "reconciler.fallback", "reconciler.pipeline_io", "reconciler.state", "reconciler.crd",
         "reconciler.generated", "reconciler.sim",
@@ -46,6 +47,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
         ROOT, "reconciler.diagnostics", "reconciler.paths", "reconciler.backoff", "reconciler.changes",
         "reconciler.watching", "reconciler.inputlimits", "reconciler.k8snames", "reconciler.mdsafe",
         "reconciler.ghactions", "reconciler.logsetup", "reconciler.algorithms", "reconciler.gitobjects",
+        "reconciler.buildinfo",
     )),
 )
 
