@@ -602,7 +602,7 @@ def test_the_subset_renders_the_base_as_install_manifest_does() -> None:
 
 # --- the overlays -----------------------------------------------------------------------------
 
-OVERLAY_NAMES = {"image", "audit-https", "audit-ssh", "tls", "replicas"}
+OVERLAY_NAMES = {"image", "audit-https", "audit-ssh", "tls", "replicas", "monitoring"}
 
 
 def overlays() -> list[str]:
