@@ -1,0 +1,199 @@
+"""Gathering `p4kube status`: the last applied record (audit repository or state directory),
+each switch read without arbitration (reconciler/switch/inspect.py), and the Services fallen
+back (the API, a cluster recording, else the audit record), into reconciler.status values.
+
+Every connection goes through build_applier's checks first (allowed switch addresses, TLS
+unless insecure switches are allowed, files only from the operator's directories), as the
+apply commands do: status connects to the same switches and must not be a way around them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ..apply import TwoSwitchApplier
+from ..audit.errors import AuditError
+from ..audit.message import AuditEntry
+from ..audit.repo import AuditRepo
+from ..audit.trust import UntrustedRecord
+from ..cluster.model import ClusterState
+from ..fallback import FALLBACK_REASON_ANNOTATION, FALLBACK_TIME_ANNOTATION, is_auto_fallback, service_meta
+from ..intent.files import CA_FILE, CERT_FILE, KEY_FILE, FileKind, FileRefError, resolve
+from ..intent.model import LoadBalancerConfig, SwitchSpec
+from ..intent.semantic import parse_endpoint
+from ..snapshot import Snapshot, SnapshotError
+from ..state import StateDir
+from ..status import ConfigStatus, FallenBack, SwitchStatus, table_drift
+from ..switch.allowlist import AllowlistError, parse_allowlist, refusals
+from ..switch.errors import SwitchError
+from ..switch.inspect import read_switch
+from ..switch.tls import TlsError, TlsSettings, require_tls
+from .settings import Settings, SettingsError
+from .switches import build_applier
+
+__all__ = ["AppliedRecord", "TlsNames", "fallen_back_from_cluster", "fallen_back_from_services", "gather_config",
+           "read_applied", "switch_target"]
+
+
+@dataclass(frozen=True)
+class AppliedRecord:
+    """What the record says of one config: the last applied snapshot and the newest record."""
+
+    snapshot: Snapshot | None
+    applied: AuditEntry | None = None
+    newest: AuditEntry | None = None
+    source: str = ""
+    problem: str = ""
+
+
+def read_applied(config: LoadBalancerConfig, settings: Settings, branch: str | None = None) -> AppliedRecord:
+    """The last applied snapshot of `config` from the audit repository (opened read-only: status
+    never creates or writes one) or, without one, the state directory."""
+    if not settings.audit_repo:
+        state = StateDir(settings.state)
+        try:
+            return AppliedRecord(state.last_applied(config.key), source=f"state {settings.state}")
+        except (OSError, SnapshotError) as e:
+            return AppliedRecord(None, source=f"state {settings.state}", problem=f"state directory: {e}")
+    where = f"audit {settings.audit_repo}"
+    try:
+        audit = AuditRepo.open_or_init(settings.audit_repo, branch=branch or config.audit.branch or "main",
+                                       workdir=settings.audit_workdir, read_only=True)
+        applied = audit.last_applied_entry(config.key)
+        newest = audit.newest_entry(config.key)
+        snap = audit.last_applied(config.key)
+    except UntrustedRecord as e:
+        return AppliedRecord(None, source=where, problem=str(e))
+    except (AuditError, SnapshotError, LookupError) as e:
+        return AppliedRecord(None, source=where, problem=f"audit repository: {e}")
+    return AppliedRecord(snap, applied, newest, where)
+
+
+def fallen_back_from_cluster(cluster: ClusterState, source: str = "recording") -> list[FallenBack]:
+    """The Services of a cluster state that p4kube's automatic fallback handed to kube-proxy."""
+    return [
+        FallenBack(key, svc.annotation(FALLBACK_REASON_ANNOTATION) or "", svc.annotation(FALLBACK_TIME_ANNOTATION), source)
+        for key, svc in sorted(cluster.services.items()) if svc.auto_fallback
+    ]
+
+
+def fallen_back_from_services(services: Iterable[Mapping[str, Any]]) -> list[FallenBack]:
+    """The same from Service objects as the API returns them (dicts)."""
+    out = []
+    for svc in services:
+        if not is_auto_fallback(svc):
+            continue
+        ns, name, ann, _ = service_meta(svc)
+        out.append(FallenBack(f"{ns}/{name}", ann.get(FALLBACK_REASON_ANNOTATION, ""),
+                              ann.get(FALLBACK_TIME_ANNOTATION), "api"))
+    return sorted(out, key=lambda f: f.service)
+
+
+def _entries(snap: Snapshot) -> list[Any]:
+    return [e for es in snap.tables().values() for e in es]
+
+
+async def _switch(sw: SwitchSpec, applier: TwoSwitchApplier, settings: Settings, last: Snapshot | None) -> SwitchStatus:
+    session = applier.factory(sw, settings.election_id)  # never opened: only its checked TLS and P4Info are used
+    expected_cookie = None if applier.external else applier.cookie
+    try:
+        reading = await read_switch(sw.address, device_id=sw.device_id, info=applier.info, tls=session.tls,
+                                    name=sw.name, connect_timeout=settings.timeout, rpc_timeout=settings.rpc_timeout)
+    except SwitchError as e:
+        return SwitchStatus(sw.name, sw.address, sw.role, sw.device_id, connected=False, error=str(e),
+                            expected_cookie=expected_cookie)
+    drift = table_drift(_entries(last), reading.entries) if last is not None and reading.has_pipeline else None
+    counts = dict.fromkeys(applier.info.tables, 0) if reading.has_pipeline else {}
+    counts.update(reading.counts())
+    return SwitchStatus(
+        sw.name, sw.address, sw.role, sw.device_id, connected=True, api_version=reading.api_version,
+        has_pipeline=reading.has_pipeline, pipeline_cookie=reading.cookie, expected_cookie=expected_cookie,
+        counts=counts, drift=drift,
+    )
+
+
+def _fallen_back_from_record(newest: AuditEntry | None) -> list[FallenBack]:
+    """The loop records a fallback as "backends down: ns/a, ns/b" (reconciler/controller.py)."""
+    prefix = "backends down: "
+    if newest is None or newest.outcome != "fell-back" or not newest.reason.startswith(prefix):
+        return []
+    when = newest.time.isoformat()
+    return [FallenBack(key.strip(), "backends down", when, "audit") for key in newest.reason[len(prefix):].split(",") if key.strip()]
+
+
+async def gather_config(
+    config: LoadBalancerConfig, settings: Settings, record: AppliedRecord,
+    fallen_back: Sequence[FallenBack] | None = None, next_retry: str | None = None, problems: Sequence[str] = (),
+) -> ConfigStatus:
+    """One config's status: both switches read at once. `fallen_back`: the Services read from the
+    cluster, or None when it was not read (then the newest audit record says what it can)."""
+    applier = build_applier(config, settings)  # SettingsError: the operator's limits, before anything connects
+    last = record.snapshot
+    switches = await asyncio.gather(*(_switch(sw, applier, settings, last) for sw in config.switch_config.switches))
+    newest = record.newest
+    falls = list(fallen_back) if fallen_back is not None else _fallen_back_from_record(newest)
+    applied = record.applied
+    return ConfigStatus(
+        config=config.key,
+        applied_version=last.version if last is not None else None,
+        applied_digest=last.digest if last is not None else None,
+        applied_at=applied.time.isoformat() if applied is not None else None,
+        last_outcome=newest.outcome if newest is not None else None,
+        last_reason=newest.reason if newest is not None else "",
+        record_source=record.source,
+        switches=tuple(switches),
+        fallen_back=tuple(falls),
+        next_retry=next_retry,
+        problems=tuple(p for p in (record.problem, *problems) if p),
+        expected_counts=last.table_counts if last is not None else None,
+    )
+
+
+@dataclass(frozen=True)
+class TlsNames:
+    """TLS files of a switch named on the command line, found by name in --tls-dir like intent's."""
+
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    server_name: str | None = None
+
+    @property
+    def given(self) -> bool:
+        return any((self.ca_file, self.cert_file, self.key_file, self.server_name))
+
+
+def switch_target(address: str, settings: Settings, names: TlsNames) -> TlsSettings | None:
+    """The TLS settings to reach one switch named by address (`p4kube switch dump|diff`), under
+    the same limits as intent's switches: the address must be allowed, TLS files come from the
+    operator's TLS directory only, and plaintext needs --allow-insecure-switches.
+    SettingsError otherwise, before any connection."""
+    try:
+        allowlist = parse_allowlist(settings.allowed_switches)
+    except AllowlistError as e:
+        raise SettingsError(str(e)) from None
+    refused = refusals(allowlist, [(address, address, parse_endpoint(address))])
+    if refused:
+        raise SettingsError("; ".join(refused))
+    tls = None
+    if names.given:
+        tls_dir = settings.dirs.tls_dir
+
+        def named(value: str | None, kind: FileKind) -> str | None:
+            return None if value is None else str(resolve(tls_dir, value, kind))
+
+        try:
+            tls = TlsSettings.from_files(ca_file=named(names.ca_file, CA_FILE), cert_file=named(names.cert_file, CERT_FILE),
+                                         key_file=named(names.key_file, KEY_FILE), server_name=names.server_name)
+        except FileRefError as e:
+            raise SettingsError(str(e)) from None
+        except TlsError as e:
+            raise SettingsError(str(e)) from None
+    try:
+        require_tls(tls, allow_insecure=settings.allow_insecure_switches, config=address, switches=[(address, address)])
+    except TlsError as e:
+        raise SettingsError(str(e)) from None
+    return tls

@@ -1,0 +1,143 @@
+"""`p4kube status` through the command, against two software switches on loopback after a real
+`reconcile --once`: in sync, then drift injected behind the reconciler's back (a delete and a
+changed bucket through the software switch's own write path), counted per table."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from finsy.proto import p4r
+
+from reconciler import p4names as n
+from reconciler.cli import main
+from reconciler.snapshot import Entry, load_snapshot
+
+ROOT = Path(__file__).resolve().parents[1]
+MULTI = ROOT / "intent-examples" / "multi-service"
+STATE_FILE = "p4kube-system__p4kube-config.applied.json"
+
+
+def write_intent(dir: Path, ports: tuple[int, int]) -> Path:
+    """The multi-service intent (no TLS: the tests pass --allow-insecure-switches), pointed at
+    (standby, primary)."""
+    dir.mkdir(parents=True, exist_ok=True)
+    text = (MULTI / "lbconfig.yaml").read_text()
+    text = text.replace("127.0.0.1:9559", f"127.0.0.1:{ports[1]}").replace("127.0.0.1:9560", f"127.0.0.1:{ports[0]}")
+    (dir / "lbconfig.yaml").write_text(text)
+    shutil.copy(MULTI / "sim-device-config.json", dir)
+    return dir
+
+
+def applied_world(tmp_path: Path, switch_pair, capsys) -> tuple[Path, Path, list[str]]:
+    """Reconcile once; returns (intent, state, the flags every command of the tests shares)."""
+    standby, primary = switch_pair
+    intent = write_intent(tmp_path / "intent", (standby.port, primary.port))
+    state = tmp_path / "state"
+    common = ["--pipeline-dir", str(intent), "--allow-insecure-switches"]
+    code = main(["reconcile", "--once", "--intent", str(intent), "--cluster", str(MULTI / "cluster.yaml"),
+                 "--state", str(state), *common])
+    assert code == 0, capsys.readouterr()
+    capsys.readouterr()
+    return intent, state, common
+
+
+def drift(switch, snap_file: Path) -> None:
+    """Behind the reconciler's back: one vip_table entry deleted, one bucket changed."""
+    from reconciler.p4info import pipeline_info
+    from reconciler.switch.translate import entry_to_proto
+
+    info = pipeline_info()
+    snap = load_snapshot(snap_file)
+    tables = snap.tables()
+    vip, bucket = tables[n.VIP_TABLE][0], tables[n.BACKEND_TABLE][0]
+    req = p4r.WriteRequest(device_id=1)
+    u = req.updates.add()
+    u.type = p4r.Update.DELETE
+    u.entity.table_entry.CopyFrom(entry_to_proto(info, vip))
+    u = req.updates.add()
+    u.type = p4r.Update.MODIFY
+    u.entity.table_entry.CopyFrom(entry_to_proto(info, Entry(bucket.table, bucket.key, bucket.action, ("10.9.9.9", 1, 1))))
+    switch.device(1).write(req)
+
+
+def status(capsys, *argv: str) -> tuple[int, str]:
+    code = main(["status", *argv])
+    return code, capsys.readouterr().out
+
+
+def test_status_in_sync_then_drift_counted_per_table(tmp_path, switch_pair, capsys):
+    standby, primary = switch_pair
+    intent, state, common = applied_world(tmp_path, switch_pair, capsys)
+    argv = ["--intent", str(intent), "--state", str(state), "--cluster", str(MULTI / "cluster.yaml"), *common]
+
+    code, out = status(capsys, *argv, "-o", "json")
+    assert code == 0, out
+    [cfg] = json.loads(out)["configs"]
+    snap = load_snapshot(state / STATE_FILE)
+    assert cfg["healthy"] and cfg["applied"]["version"] == snap.version and cfg["applied"]["digest"] == snap.digest
+    assert {s["name"]: s["state"] for s in cfg["switches"]} == {"sim-primary": "in-sync", "sim-standby": "in-sync"}
+    for sw in cfg["switches"]:
+        assert sw["connected"] and sw["drift"] == [] and sw["pipelineCookie"] == sw["expectedCookie"]
+        assert sw["entries"] == snap.table_counts
+    assert cfg["fallenBack"] == []
+
+    drift(primary, state / STATE_FILE)
+    code, out = status(capsys, *argv, "-o", "json")
+    assert code == 1
+    [cfg] = json.loads(out)["configs"]
+    by = {s["name"]: s for s in cfg["switches"]}
+    assert by["sim-standby"]["state"] == "in-sync"
+    assert by["sim-primary"]["state"] == "drifted"
+    assert by["sim-primary"]["drift"] == [
+        {"table": n.BACKEND_TABLE, "missing": 0, "extra": 0, "different": 1},
+        {"table": n.VIP_TABLE, "missing": 1, "extra": 0, "different": 0},
+    ]
+    assert by["sim-primary"]["entries"][n.VIP_TABLE] == snap.table_counts[n.VIP_TABLE] - 1
+
+    code, out = status(capsys, *argv)  # the text table
+    assert code == 1
+    assert "p4kube-system/p4kube-config:  NOT OK" in out
+    assert "sim-primary    primary" in out and "drifted" in out
+    assert "drift vip_table: 1 missing, 0 extra, 0 different" in out
+    assert "drift backend_table: 0 missing, 0 extra, 1 different" in out
+
+
+def test_status_unreachable_switch_and_yaml(tmp_path, switch_pair, capsys):
+    standby, primary = switch_pair
+    intent, state, common = applied_world(tmp_path, switch_pair, capsys)
+    standby.stop(0)
+    code, out = status(capsys, "--intent", str(intent), "--state", str(state), "--timeout", "1", *common, "-o", "yaml")
+    assert code == 1
+    assert "state: unreachable" in out and "state: in-sync" in out and "connected: false" in out
+
+
+def test_status_is_read_only_and_never_takes_primacy(tmp_path, switch_pair, capsys):
+    """Reads need no arbitration: while a controller holds primacy on the primary switch, status
+    opens no StreamChannel and writes nothing, and that controller stays primary."""
+    import asyncio
+
+    from reconciler.p4info import pipeline_info
+    from reconciler.switch.session import SwitchSession
+
+    standby, primary = switch_pair
+    intent, state, common = applied_world(tmp_path, switch_pair, capsys)
+
+    async def scenario() -> int:
+        async with SwitchSession(f"127.0.0.1:{primary.port}", device_id=1, election_id=5 << 64, info=pipeline_info()) as s:
+            assert s.is_primary and primary.stream_count() == 1
+            writes = primary.writes_processed
+            code = await asyncio.to_thread(main, ["status", "--intent", str(intent), "--state", str(state), *common])
+            assert s.is_primary and s.lost_reason is None
+            assert primary.stream_count() == 1 and primary.writes_processed == writes
+            return code
+
+    assert asyncio.run(scenario()) == 0
+
+
+def test_status_refuses_a_switch_outside_the_allowed_addresses(tmp_path, switch_pair, capsys):
+    intent, state, common = applied_world(tmp_path, switch_pair, capsys)
+    code = main(["status", "--intent", str(intent), "--state", str(state), *common, "--allowed-switches", "10.0.0.0/8"])
+    err = capsys.readouterr().err
+    assert code == 1 and "p4kube status: error:" in err and "127.0.0.1" in err, err
