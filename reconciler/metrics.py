@@ -40,6 +40,7 @@ from prometheus_client.registry import Collector
 
 from . import __version__
 from . import p4names as n
+from .buildinfo import build_commit
 from .apply import ApplyResult
 from .snapshot import Snapshot
 from .switch import CounterCell, SwitchSession
@@ -49,7 +50,6 @@ __all__ = [
     "BackendPackets",
     "Metrics",
     "backend_packet_counts",
-    "build_commit",
     "read_backend_packets",
 ]
 
@@ -121,7 +121,7 @@ class Metrics:
             "p4kube_build_info", "Always 1: the version, Git commit and Python of the running reconciler.",
             ("version", "commit", "python"), registry=r,
         )
-        self.build_info.labels(__version__, commit or build_commit(), platform.python_version()).set(1)
+        self.build_info.labels(__version__, commit or build_commit() or "unknown", platform.python_version()).set(1)
         self.reconcile_duration = Histogram(
             "p4kube_reconcile_duration_seconds",
             "Time from a trigger to the end of its transaction (render, audit commit, apply, probe).",
@@ -281,14 +281,6 @@ class Metrics:
     def exposition(self) -> bytes:
         """The registry in the Prometheus text format."""
         return generate_latest(self.registry)
-
-
-def build_commit() -> str:
-    """The Git commit the reconciler was built from, where the package records one
-    (`reconciler.__commit__`), else "unknown"."""
-    import reconciler
-
-    return str(getattr(reconciler, "__commit__", None) or "unknown")
 
 
 def _drift_count(drift: Sequence[str]) -> int:
