@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Apply benchmark (issue 4): two software switches, each in its own process (`p4kube switch`),
+"""Apply benchmark (issue 4): two software switches, each in its own process (`p4kube sim`),
 and the transaction of reconciler/apply.py driving them over gRPC on loopback.
 
 1. A full 5,000-Service snapshot (348,000 entries) applied to empty standby and primary.

@@ -3,7 +3,7 @@
 and the audit commits written, at 5,000 Services with updateInterval 0.
 
 The loop is the product's (reconciler/controller.py: render -> pending commit -> standby ->
-primary -> read-back -> applied commit); the switches are two `p4kube switch` processes; the
+primary -> read-back -> applied commit); the switches are two `p4kube sim` processes; the
 audit repository is real. The cluster is a ScriptedCluster fed the changed state directly, so
 the Kubernetes watch path (event decoding in reconciler/cluster/live.py) is not in this number:
 bench/bench_cluster_events.py measures that part on its own. Target: p99 < 250 ms.

@@ -1,6 +1,6 @@
 """`p4kube reconcile --once` as users run it, at 5,000 Services, under the faults of DESIGN.md 6.1.
 
-Two `p4kube switch` processes, a Git intent repository, a kubectl-style recording of a synthetic
+Two `p4kube sim` processes, a Git intent repository, a kubectl-style recording of a synthetic
 cluster (5,000 Services, 1,000 nodes, 50,000 endpoints by default) and an audit repository; every
 step is the real command in its own process, timed whole, and followed by reading both switches
 (entry counts per table over P4Runtime):
@@ -145,7 +145,7 @@ def main() -> int:
                     p.terminate()
                     p.wait(timeout=10)
     print(f"\n### `p4kube reconcile --once` at {a.services} Services, {a.nodes} nodes, {a.endpoints} endpoints "
-          f"({time.strftime('%Y-%m-%d')}, two `p4kube switch` processes)\n")
+          f"({time.strftime('%Y-%m-%d')}, two `p4kube sim` processes)\n")
     print("| step | exit | whole command | what the switches hold after (entries per table, read over P4Runtime) |")
     print("|---|---|---|---|")
     for what, code, secs, held in rows:

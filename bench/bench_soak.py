@@ -9,7 +9,7 @@ probe, the audit repository behind ReopeningAudit, the metrics on_result / on_he
     intent    a LoadBalancerConfig in a Git checkout (DirectoryIntent, followed with watchdog)
     cluster   run's (FollowedRecording), a reconciler.cluster.scripted.ScriptedCluster; the benchmark
               feeds it the changed state with replace(), as the recording's reload would
-    switches  two `p4kube switch` processes (bench/benchlib.py)
+    switches  two `p4kube sim` processes (bench/benchlib.py)
     nodes     real TCP listeners on 127.0.0.2, 127.0.0.3, ... (one per node and nodePort),
               accepting and closing in this process's event loop, for the post-apply probe and
               the health rounds' backend probes

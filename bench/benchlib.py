@@ -11,10 +11,10 @@ from typing import Iterator
 
 
 def start_switch(listen: str = "127.0.0.1:0") -> tuple[subprocess.Popen, int]:
-    """`p4kube switch` on `listen` (default an ephemeral loopback port), in its own process;
+    """`p4kube sim` on `listen` (default an ephemeral loopback port), in its own process;
     returns it and the port once it listens."""
     exe = Path(sys.executable).with_name("p4kube")
-    proc = subprocess.Popen([str(exe), "switch", "--listen", listen], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen([str(exe), "sim", "--listen", listen], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     assert proc.stdout is not None
     for line in proc.stdout:
         m = re.search(r"\(port (\d+)\)", line)

@@ -1,4 +1,4 @@
-"""`p4kube switch` as a real process: started, asked for its Capabilities, stopped by SIGTERM."""
+"""`p4kube sim` as a real process: started, asked for its Capabilities, stopped by SIGTERM."""
 
 from __future__ import annotations
 
@@ -41,7 +41,7 @@ def wait_for_port(proc: subprocess.Popen[str], timeout: float) -> tuple[int | No
 def assert_switch_serves_until_sigterm(
     cmd: Sequence[str], *, cwd: Path | None = None, env: Mapping[str, str] | None = None, timeout: float = 30
 ) -> None:
-    """Run `cmd` (a `p4kube switch --listen 127.0.0.1:0 ...`): it must answer a P4Runtime
+    """Run `cmd` (a `p4kube sim --listen 127.0.0.1:0 ...`): it must answer a P4Runtime
     Capabilities call on the port it logs, and exit 0 on SIGTERM. The process never outlives it."""
     proc = subprocess.Popen(list(cmd), cwd=cwd, env=dict(env) if env is not None else None,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

@@ -139,7 +139,7 @@ def test_the_wheel_ships_its_data_and_works_outside_the_checkout(tmp_path):
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr
     assert (work / "demo" / "intent" / "lbconfig.yaml").exists()
 
-    assert_switch_serves_until_sigterm([str(p4kube), "switch", "--listen", "127.0.0.1:0"], cwd=work, env=clean_env())
+    assert_switch_serves_until_sigterm([str(p4kube), "sim", "--listen", "127.0.0.1:0"], cwd=work, env=clean_env())
 
 
 # --- the pre-commit hook, installed the way an intent repository gets it ---------------------

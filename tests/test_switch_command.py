@@ -1,4 +1,4 @@
-"""`p4kube switch` as a real process: it serves P4Runtime on loopback and stops on SIGTERM."""
+"""`p4kube sim` (the software switch) as a real process: it serves P4Runtime on loopback and stops on SIGTERM."""
 
 from __future__ import annotations
 
@@ -8,11 +8,11 @@ from switch_process import assert_switch_serves_until_sigterm
 
 def test_switch_command_serves_until_sigterm(tmp_path):
     exe = console_script()
-    assert_switch_serves_until_sigterm([str(exe), "switch", "--listen", "127.0.0.1:0", "--device-id", "1"])
+    assert_switch_serves_until_sigterm([str(exe), "sim", "--listen", "127.0.0.1:0", "--device-id", "1"])
 
 
 def test_switch_command_refuses_half_tls(capsys):
     from reconciler.cli import main
 
-    assert main(["switch", "--tls-cert", "x.pem"]) == 1
+    assert main(["sim", "--tls-cert", "x.pem"]) == 1
     assert "--tls-cert and --tls-key go together" in capsys.readouterr().err

@@ -581,7 +581,7 @@ def run_forever(
     bmv2: bool = False,
     tls: TlsConfig | None = None,
 ) -> int:
-    """Serve until SIGTERM or SIGINT (the `p4kube switch` command). Returns an exit status."""
+    """Serve until SIGTERM or SIGINT (the `p4kube sim` command). Returns an exit status."""
     switch = SoftwareSwitch(device_ids, bmv2=bmv2, tls=tls)
     stop = threading.Event()
 
