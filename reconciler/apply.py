@@ -73,6 +73,21 @@ Probe = Callable[[Snapshot], Awaitable[str | None]]
 SessionFactory = Callable[[SwitchSpec, int], SwitchSession]  # (switch, wire election id) -> session
 
 
+@dataclass(frozen=True)
+class Progress:
+    """Where a transaction is, for whoever shows it (the CLI's progress line); the library itself
+    prints nothing. `step`: "read" (a full read-back of the switch), "write" (`done` of `total`
+    updates written, told after each phase), "verify" (the read-back after the writes)."""
+
+    switch: str
+    step: Literal["read", "write", "verify"]
+    done: int = 0
+    total: int = 0
+
+
+ProgressCallback = Callable[[Progress], None]
+
+
 class _SessionCounter:
     """The low 64 bits of the wire election id: one value per session opened in this process,
     increasing, so that every new session (a reconnect, a fence) outranks the ones before it,
@@ -261,6 +276,12 @@ class TwoSwitchApplier:
         self._sessions: dict[str, SwitchSession] = {}
         self._held: dict[str, Snapshot | None] = {}  # switch -> snapshot it verifiably holds
         self._held_known: set[str] = set()
+        # Told where each transaction is (Progress); set by a face that shows it, None elsewhere.
+        self.progress: ProgressCallback | None = None
+
+    def _tell(self, switch: str, step: Literal["read", "write", "verify"], done: int = 0, total: int = 0) -> None:
+        if self.progress is not None:
+            self.progress(Progress(switch, step, done, total))
 
     # -- sessions --------------------------------------------------------------------------------
 
@@ -539,6 +560,7 @@ class TwoSwitchApplier:
                 diff_snapshots(held, target) if target is not None else diff_entries(_entries(held), [])
             )
         else:
+            self._tell(sw.name, "read")
             actual = await session.read_entries()
             diff = diff_entries(actual, _strip_service(_entries(target)))
             if report_drift:
@@ -557,17 +579,22 @@ class TwoSwitchApplier:
         phases = updates_to_requests(
             self.info, diff.phases, device_id=sw.device_id, election_id=session.election_id, batch_size=self.batch_size
         )
+        total, done = len(diff), 0
+        self._tell(sw.name, "write", 0, total)
         for requests in phases:  # each phase completes before the next starts (DESIGN.md 5)
             if not requests:
                 continue
             outcome: WriteOutcome = await session.write(requests)
             if not outcome.ok:
                 raise TransactionFailed(sw.name, f"write refused: {outcome.summary()}")
+            done += sum(len(r.updates) for r in requests)
+            self._tell(sw.name, "write", done, total)
         return diff.counts()
 
     async def _verify(self, sw: SwitchSpec, session: SwitchSession, target: Snapshot | None, diff: SnapshotDiff, *, full: bool) -> None:
         """Read back and compare: everything after a full read-back, else only the keys just
         written (a one-Service change must not cost a read of 350,000 entries)."""
+        self._tell(sw.name, "verify")
         if full:
             actual = await session.read_entries()
             problems = compare_entries(actual, _strip_service(_entries(target)))

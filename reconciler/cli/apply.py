@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 from ..intent.files import OperatorDirs
 from .errors import EXIT_DEGRADED
+from .progress import ProgressLine
 from .options import (
     adopt_option,
     insecure_switches_option,
@@ -24,7 +25,7 @@ from .options import (
 )
 
 if TYPE_CHECKING:  # the library (finsy, grpc, pygit2, kubernetes) is imported when a command runs, not for --help
-    from ..apply import ApplyResult
+    from ..apply import ApplyResult, TwoSwitchApplier
     from ..audit.repo import AuditRepo
     from ..audit.signing import Signer, TrustedKeys
     from ..intent.model import LoadBalancerConfig
@@ -107,6 +108,13 @@ def _common(p: argparse.ArgumentParser) -> None:
     insecure_switches_option(p)
 
 
+def _show_progress(applier: TwoSwitchApplier) -> ProgressLine:
+    """A progress line on stderr for this applier's reads and writes (shown once one runs past 2 s)."""
+    line = ProgressLine(sys.stderr)
+    applier.progress = line
+    return line
+
+
 def _exit(result: ApplyResult) -> int:
     if result.outcome == "degraded":
         return EXIT_DEGRADED
@@ -139,9 +147,11 @@ async def _sync(config: LoadBalancerConfig, args: argparse.Namespace, last: Snap
     from ..app.switches import build_applier
 
     applier = build_applier(config, settings_from_args(args))
+    shown = _show_progress(applier)
     try:
         return await applier.sync(last)
     finally:
+        shown.stop()
         await applier.close()
 
 
@@ -150,9 +160,11 @@ async def _apply(config: LoadBalancerConfig, args: argparse.Namespace, target: S
 
     _guard(config, state.last_applied(config.key), target)
     applier = build_applier(config, settings_from_args(args))
+    shown = _show_progress(applier)
     try:
         result = await applier.apply(target, state.last_applied(config.key))
     finally:
+        shown.stop()
         await applier.close()
     if result.ok:
         state.record_applied(target)
@@ -198,6 +210,7 @@ async def _apply_recorded(
     # last_good: what the caller read (and trusted) as the switches' content; never re-read here.
     _guard(config, last_good, target)
     applier = build_applier(config, settings_from_args(args))
+    shown = _show_progress(applier)
     try:
         missing = await applier.unreachable()
         if missing:
@@ -205,6 +218,7 @@ async def _apply_recorded(
         audit.record(target, "pending", extra_trailers=extra)
         result = await applier.apply(target, last_good)
     finally:
+        shown.stop()
         await applier.close()
     outcome, reason = result.audit_record()
     try:
