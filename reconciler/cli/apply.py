@@ -8,16 +8,21 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import functools
 import sys
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from ..intent.files import OperatorDirs
 from .errors import EXIT_DEGRADED
+from .output import emit
 from .progress import ProgressLine
 from .options import (
     adopt_option,
     insecure_switches_option,
     intent_signers_options,
+    output_option,
     rpc_timeout_option,
     settings_from_args,
     signing_options,
@@ -106,6 +111,37 @@ def _common(p: argparse.ArgumentParser) -> None:
     rpc_timeout_option(p)
     switch_options(p)
     insecure_switches_option(p)
+    output_option(p)
+
+
+def _printing_result(cmd: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """-o json|yaml: the command's own lines go to stderr and stdout gets one document, the
+    transaction's result (outcome, version, digest, each switch's state and writes)."""
+
+    @functools.wraps(cmd)
+    def wrapped(args: argparse.Namespace) -> int:
+        if args.output == "text":
+            return cmd(args)
+        args.results = []
+        with contextlib.redirect_stdout(sys.stderr):
+            code = cmd(args)
+        if args.results:
+            emit(result_document(args.results[-1]), args.output)
+        return code
+
+    return wrapped
+
+
+def result_document(result: ApplyResult) -> dict[str, Any]:
+    return {
+        "outcome": result.outcome, "version": result.version, "digest": result.digest, "reason": result.reason,
+        "switches": [
+            {"name": r.name, "role": r.role, "state": r.state, "writes": sum(sum(k.values()) for k in r.writes.values()),
+             "writesPerTable": {t: dict(k) for t, k in r.writes.items()}, "driftRepaired": len(r.drift),
+             "pipelinePushed": r.pipeline_pushed, "seconds": round(r.seconds, 3), "reason": r.reason}
+            for r in result.switches
+        ],
+    }
 
 
 def _show_progress(applier: TwoSwitchApplier) -> ProgressLine:
@@ -115,7 +151,9 @@ def _show_progress(applier: TwoSwitchApplier) -> ProgressLine:
     return line
 
 
-def _exit(result: ApplyResult) -> int:
+def _exit(result: ApplyResult, args: argparse.Namespace | None = None) -> int:
+    if args is not None and args.output != "text":
+        args.results.append(result)  # printed by _printing_result
     if result.outcome == "degraded":
         return EXIT_DEGRADED
     return 0 if result.ok else 1
@@ -171,6 +209,7 @@ async def _apply(config: LoadBalancerConfig, args: argparse.Namespace, target: S
     return result
 
 
+@_printing_result
 def cmd_apply(args: argparse.Namespace) -> int:
     from ..intent.loader import load_intent
     from ..snapshot import load_snapshot
@@ -184,7 +223,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
         raise CommandError(f"{args.snapshot} is for config {target.config}, not {config.key}")
     result = asyncio.run(_apply(config, args, target, StateDir(args.state)))
     print(result.describe())
-    return _exit(result)
+    return _exit(result, args)
 
 
 def _open_audit(
@@ -231,6 +270,7 @@ async def _apply_recorded(
     return result
 
 
+@_printing_result
 def cmd_reconcile(args: argparse.Namespace) -> int:
     from ..app.signing import audit_keys, build_signer, intent_trust
     from ..app.switches import check_switch_settings
@@ -298,7 +338,7 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
                     r.describe() for r in result.switches if r.writes)[:900])
         else:
             print(result.describe())
-        return _exit(result)
+        return _exit(result, args)
     if audit is None:
         result = asyncio.run(_apply(config, args, rendered.snapshot, state))
     else:
@@ -306,9 +346,10 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
         target = rendered.snapshot.with_version(audit.next_version(config.key))
         result = asyncio.run(_apply_recorded(config, args, target, audit, last_good=previous))
     print(result.describe())
-    return _exit(result)
+    return _exit(result, args)
 
 
+@_printing_result
 def cmd_rollback(args: argparse.Namespace) -> int:
     from ..app.signing import audit_keys, build_signer
     from ..app.switches import check_switch_settings
@@ -341,4 +382,4 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     print(f"{config.key}: rolling back to the content of v{args.to} ({old.digest}) as v{target.version}")
     result = asyncio.run(_apply_recorded(config, args, target, audit, extra=(("Rollback-To", str(args.to)),), last_good=last_good))
     print(result.describe())
-    return _exit(result)
+    return _exit(result, args)
