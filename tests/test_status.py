@@ -141,3 +141,72 @@ def test_status_refuses_a_switch_outside_the_allowed_addresses(tmp_path, switch_
     code = main(["status", "--intent", str(intent), "--state", str(state), *common, "--allowed-switches", "10.0.0.0/8"])
     err = capsys.readouterr().err
     assert code == 1 and "p4kube status: error:" in err and "127.0.0.1" in err, err
+
+
+def test_status_names_the_services_fallen_back_and_why(tmp_path, switch_pair, capsys):
+    """From a cluster recording: a Service p4kube's automatic fallback disabled (its marker), with
+    the reason and time the fallback wrote; a Service a person disabled is not p4kube's."""
+    intent, state, common = applied_world(tmp_path, switch_pair, capsys)
+    text = _fallback_cluster_text()
+    assert "p4kube-fallback-by: p4kube" in text
+    cluster = tmp_path / "cluster.yaml"
+    cluster.write_text(text)
+    code, out = status(capsys, "--intent", str(intent), "--state", str(state), "--cluster", str(cluster), *common, "-o", "json")
+    [cfg] = json.loads(out)["configs"]
+    assert cfg["fallenBack"] == [{"service": "web/frontend", "reason": "probe failed 3 times: connection refused",
+                                  "source": "recording", "since": "2026-12-06T01:02:03Z"}]
+    code, out = status(capsys, "--intent", str(intent), "--state", str(state), "--cluster", str(cluster), *common)
+    assert "fallen back:  1" in out and "web/frontend: probe failed 3 times: connection refused (since 2026-12-06T01:02:03Z)" in out
+
+
+def _fallback_cluster_text() -> str:
+    text = (MULTI / "cluster.yaml").read_text()
+    old = '      loadbalancer.k8s.io/p4kube: enabled\n    creationTimestamp: "2026-11-22T10:12:05Z"\n    name: frontend\n'
+    return text.replace(old, (
+        "      loadbalancer.k8s.io/p4kube: disabled\n"
+        "      loadbalancer.k8s.io/p4kube-fallback-by: p4kube\n"
+        "      loadbalancer.k8s.io/p4kube-fallback-reason: 'probe failed 3 times: connection refused'\n"
+        "      loadbalancer.k8s.io/p4kube-fallback-time: '2026-12-06T01:02:03Z'\n"
+        '    creationTimestamp: "2026-11-22T10:12:05Z"\n    name: frontend\n'))
+
+
+def test_status_of_custom_resources_with_fallbacks_from_the_api(tmp_path, switch_pair, capsys):
+    """--intent-from-cluster: the configs are the cluster's LoadBalancerConfig resources and the
+    fallen-back Services are read from the API (the test API server over real HTTP), with
+    --kubeconfig and --context as kubectl takes them."""
+    from kubeapi.server import KubeApiServer
+    from kubernetes import client as k8s
+    from ruamel.yaml import YAML
+
+    from reconciler.crd import generate_crd
+    from reconciler.kube.client import build_api_client
+
+    intent, state, common = applied_world(tmp_path, switch_pair, capsys)
+    yaml = YAML(typ="safe", pure=True)
+    cr = yaml.load((intent / "lbconfig.yaml").read_text())
+    with KubeApiServer() as srv:
+        srv.load([{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}} for ns in ("p4kube-system", "web", "payments")])
+        api = build_api_client(configuration=srv.client_configuration())
+        try:
+            k8s.ApiextensionsV1Api(api).create_custom_resource_definition(generate_crd(), _preload_content=False)
+        finally:
+            api.close()
+        srv.load([cr, yaml.load(_fallback_cluster_text())])
+        token = next(iter(srv.authenticator.tokens))
+        kubeconfig = tmp_path / "kubeconfig"
+        kubeconfig.write_text(json.dumps({
+            "apiVersion": "v1", "kind": "Config", "current-context": "other",
+            "clusters": [{"name": "test", "cluster": {"server": srv.url}},
+                         {"name": "other", "cluster": {"server": "http://127.0.0.1:1"}}],
+            "users": [{"name": "u", "user": {"token": token}}],
+            "contexts": [{"name": "test", "context": {"cluster": "test", "user": "u", "namespace": "p4kube-system"}},
+                         {"name": "other", "context": {"cluster": "other", "user": "u"}}],
+        }))
+        code, out = status(capsys, "--intent-from-cluster", "--kubeconfig", str(kubeconfig), "--context", "test",
+                           "--state", str(state), *common, "-o", "json")
+    [cfg] = json.loads(out)["configs"]
+    assert cfg["config"] == "p4kube-system/p4kube-config" and cfg["applied"]["version"] == 1
+    assert [s["state"] for s in cfg["switches"]] == ["in-sync", "in-sync"]
+    assert cfg["fallenBack"] == [{"service": "web/frontend", "reason": "probe failed 3 times: connection refused",
+                                  "source": "api", "since": "2026-12-06T01:02:03Z"}]
+    assert code == 0
