@@ -179,3 +179,73 @@ def test_a_running_reconciler_serves_every_metric_the_alerts_and_dashboard_use(t
     missing = {where: names - exposed for where, names in used.items() if names - exposed}
     assert not missing, f"names no running reconciler serves: {missing}"
     assert set().union(*used.values()) >= {"p4kube_leader", "p4kube_switch_connected", "process_resident_memory_bytes"}
+
+
+def kubeconfig_for(server: Any, path: Path) -> Path:
+    """A kubeconfig file naming the test API server (plain HTTP on 127.0.0.1, a bearer token)."""
+    token = next(iter(server.authenticator.tokens))
+    path.write_text(json.dumps({
+        "apiVersion": "v1", "kind": "Config", "current-context": "test",
+        "clusters": [{"name": "test", "cluster": {"server": server.url}}],
+        "users": [{"name": "test", "user": {"token": token}}],
+        "contexts": [{"name": "test", "context": {"cluster": "test", "user": "test"}}],
+    }))
+    return path
+
+
+def leader_gauge(url: str) -> float:
+    status, body = scrape(url)
+    assert status == 200, body
+    (value,) = [s.value for f in text_string_to_metric_families(body) for s in f.samples if s.name == "p4kube_leader"]
+    return value
+
+
+def test_with_leader_election_only_the_lease_holder_reports_1(tmp_path: Path, switch_pair):
+    """Two replicas with --leader-elect: the Lease holder 1, the standby 0 (sum is 1); when the
+    holder stops and releases the Lease, the standby takes it and reports 1."""
+    from kubeapi.server import KubeApiServer
+
+    standby, primary = switch_pair
+    intent = tmp_path / "intent"
+    intent.mkdir()
+    (intent / "lbconfig.yaml").write_text(multi_lbconfig(standby.port, primary.port, loop=True))
+    shutil.copy(MULTI / "sim-device-config.json", intent)
+    commit_all(intent)
+    cluster = tmp_path / "recorded.yaml"
+    shutil.copy(MULTI / "cluster.yaml", cluster)
+    with KubeApiServer() as server:
+        server.load([{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "p4kube-system"}}])
+        kubeconfig = kubeconfig_for(server, tmp_path / "kubeconfig")
+
+        def replica(name: str) -> list[str]:
+            return ["--log-level", "info", "run", "--allow-insecure-switches", "--intent", str(intent), "--pipeline-dir", str(intent),
+                    "--cluster", str(cluster), "--state", str(tmp_path / "state"), "--metrics-address", "127.0.0.1:0",
+                    "--kubeconfig", str(kubeconfig), "--leader-elect", "--leader-elect-identity", name]
+
+        with p4kube_process(replica("replica-a")) as (a, a_lines):
+            a_url = "http://{}:{}/metrics".format(*a_lines.wait(r"serving /metrics, /healthz, /readyz on ([\d.]+):(\d+)").groups())
+            a_lines.wait(r"replica-a leads")
+            a_lines.wait(rf"{CONFIG} v1 applied")
+            with p4kube_process(replica("replica-b")) as (b, b_lines):
+                b_url = "http://{}:{}/metrics".format(*b_lines.wait(r"serving /metrics, /healthz, /readyz on ([\d.]+):(\d+)").groups())
+                assert (leader_gauge(a_url), leader_gauge(b_url)) == (1, 0)
+                assert scrape(b_url.replace("/metrics", "/readyz")) == (200, "ready: standby follower\n")
+                a.send_signal(signal.SIGTERM)  # releases the Lease on its way out
+                assert a.wait(timeout=30) == 0
+                b_lines.wait(r"replica-b leads")
+                b_lines.wait(rf"{CONFIG} v\d+ (applied|unchanged|resynced) \(")
+                assert leader_gauge(b_url) == 1
+                b.send_signal(signal.SIGTERM)
+                assert b.wait(timeout=30) == 0
+
+
+def test_the_servicemonitor_selects_the_metrics_service_and_port():
+    (monitor,) = YAML(typ="safe").load_all(MONITORING.joinpath("servicemonitor.yaml").read_text(encoding="utf-8"))
+    (service,) = YAML(typ="safe").load_all(ROOT.joinpath("deploy", "service-metrics.yaml").read_text(encoding="utf-8"))
+    assert monitor["kind"] == "ServiceMonitor" and monitor["apiVersion"] == "monitoring.coreos.com/v1"
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    assert service["metadata"]["namespace"] in monitor["spec"]["namespaceSelector"]["matchNames"]
+    (endpoint,) = monitor["spec"]["endpoints"]
+    assert endpoint["port"] in {p["name"] for p in service["spec"]["ports"]} and endpoint["path"] == "/metrics"
+    # The alert's job label is the one the Prometheus Operator gives: the Service's name.
+    assert 'job="p4kube-metrics"' in alert_exprs()["P4KubeMemoryHigh"] and service["metadata"]["name"] == "p4kube-metrics"
