@@ -25,10 +25,11 @@ _MARK = "_p4kube_handler"
 # otherwise; one-shot commands print their result and log only what went wrong.
 _LONG_RUNNING = frozenset({"run"})
 # Loggers whose `info` records are the steps inside a transaction (each audit commit, each P4Runtime
-# arbitration and pipeline check, each re-read of the cluster recording), not what it did: at a
-# default `info` they would bury the one line per transaction, so they start at `warning` then.
-# `--log-level info` (said explicitly) or `debug` shows them.
-DETAIL_LOGGERS = ("p4kube.audit", "reconciler.switch", "reconciler.cluster")
+# arbitration and pipeline check, each re-read of the cluster recording, each Kubernetes Event
+# posted for a change already logged), not what it did: at a default `info` they would bury the one
+# line per transaction, so they start at `warning` then. `--log-level info` (said explicitly) or
+# `debug` shows them.
+DETAIL_LOGGERS = ("p4kube.audit", "reconciler.switch", "reconciler.cluster", "reconciler.kube.events")
 _quietened: set[str] = set()
 
 

@@ -117,3 +117,58 @@ def test_a_quiet_health_round_logs_nothing_at_info(loop_world, json_log):
     records = [json.loads(line) for line in json_log.getvalue().splitlines()]
     applied = [r for r in records if r.get("outcome") == "applied"]
     assert [(r["config"], r["version"]) for r in applied] == [("p4kube-system/loop", 1)]
+
+
+def test_leadership_gained_and_lost_are_one_line_each_with_their_fields(json_log):
+    from kubeapi.server import KubeApiServer
+    from test_kube_leader import NS, FakeClock, elector
+
+    from reconciler.kube.client import build_api_client
+
+    clock = FakeClock()
+    with KubeApiServer() as srv:
+        srv.load([{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS}}])
+        apis = [build_api_client(configuration=srv.client_configuration()) for _ in range(2)]
+        try:
+            async def handover() -> None:
+                a, b = elector(apis[0], "a", clock), elector(apis[1], "b", clock)
+                assert await a.try_acquire_or_renew()
+                assert not await b.try_acquire_or_renew()  # held: b starts waiting
+                clock.advance(20)  # a stops renewing: b takes the Lease over, a learns it lost
+                assert await b.try_acquire_or_renew()
+                assert not await a.try_acquire_or_renew()
+
+            asyncio.run(handover())
+        finally:
+            for api in apis:
+                api.close()
+    records = [json.loads(line) for line in json_log.getvalue().splitlines()]
+    said = [(r["level"], r["identity"], r["election_id"], "leads" in r["message"]) for r in records if "identity" in r]
+    assert said == [("info", "a", 1, True), ("info", "b", 2, True), ("warning", "a", 1, False)]
+    assert {r["lease"] for r in records if "identity" in r} == {f"{NS}/p4kube-reconciler"}
+
+
+@pytest.fixture
+def server():
+    from kubeapi.server import KubeApiServer
+    from ruamel.yaml import YAML
+
+    with KubeApiServer() as srv:
+        srv.load(YAML(typ="safe").load((MULTI / "cluster.yaml").read_text())["items"])
+        yield srv
+
+
+def test_a_fallback_and_its_recovery_name_the_service_as_a_field(api, json_log):
+    from reconciler.kube.events import EventRecorder
+    from reconciler.kube.fallback import Fallback
+
+    fallback = Fallback(api, EventRecorder(api, instance="test"))
+
+    async def both() -> None:
+        assert (await fallback.fall_back("web/frontend", "every backend failed its TCP probe")).action == "fell-back"
+        assert (await fallback.recover("web/frontend")).changed
+
+    asyncio.run(both())
+    records = [json.loads(line) for line in json_log.getvalue().splitlines()]
+    assert [(r["service"], r["message"].split(" (")[0]) for r in records] == [
+        ("web/frontend", "Service web/frontend: fell-back"), ("web/frontend", "Service web/frontend: recovered")]
