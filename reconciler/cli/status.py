@@ -161,7 +161,8 @@ def text(statuses: list[Any]) -> str:
             lines.extend(f"    {f.service}: {f.reason}" + (f" (since {f.since})" if f.since else "") for f in s.fallen_back)
         else:
             lines.append("  fallen back:  none")
-        lines.append(f"  next retry:   {s.next_retry or '-'}")
+        if s.next_retry:
+            lines.append(f"  next retry:   {s.next_retry}")
         lines.extend(f"  problem: {p}" for p in s.problems)
     return "\n".join(lines)
 

@@ -118,7 +118,7 @@ def cmd_dump(args: argparse.Namespace) -> int:
     reading = asyncio.run(_read(args))
     tables = _sorted_tables(reading.entries)
     if args.output == "text":
-        print(f"# switch {reading.address} device {reading.device_id} cookie {reading.cookie} "
+        print(f"# switch {reading.address} device {reading.device_id} cookie {reading.cookie:#018x} "
               f"({sum(map(len, tables.values()))} entries)")
         for t, es in tables.items():
             for e in es:
