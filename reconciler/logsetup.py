@@ -27,15 +27,30 @@ _LONG_RUNNING = frozenset({"run"})
 # Loggers whose `info` records are the steps inside a transaction (each audit commit, each P4Runtime
 # arbitration and pipeline check, each re-read of the cluster recording, each Kubernetes Event
 # posted for a change already logged), not what it did: at a default `info` they would bury the one
-# line per transaction, so they start at `warning` then. `--log-level info` (said explicitly) or
+# line per transaction, so then the handler shows only their warnings. `--log-level info` (said explicitly) or
 # `debug` shows them.
 DETAIL_LOGGERS = ("p4kube.audit", "reconciler.switch", "reconciler.cluster", "reconciler.kube.events")
-_quietened: set[str] = set()
 
 
 def default_level(command: str | None) -> str:
     """The log level when the operator gives none: `info` for `run`, `warning` otherwise."""
     return "info" if command in _LONG_RUNNING else "warning"
+
+
+class _Quiet(logging.Filter):
+    """Drops records below `warning` from the named loggers and their children. A filter on our
+    handler, not a level on the loggers: other handlers (pytest's capture, an embedding program's)
+    still see every record, and nothing global is left behind."""
+
+    def __init__(self, names: tuple[str, ...]) -> None:
+        super().__init__()
+        self.names = names
+        self.prefixes = tuple(n + "." for n in names)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.WARNING:
+            return True
+        return not (record.name in self.names or record.name.startswith(self.prefixes))
 
 
 def _extras(record: logging.LogRecord) -> dict[str, Any]:
@@ -102,12 +117,14 @@ def setup_logging(level: str | int = "info", fmt: str = "text", stream: TextIO |
     `quiet` (and their children) log only warnings and above.
 
     Replaces the handler a previous call installed (and only that one: handlers others added,
-    such as pytest's capture, stay) and undoes its `quiet`; returns the new handler."""
+    such as pytest's capture, stay); returns the new handler."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown log format {fmt!r}: use one of {', '.join(FORMATS)}")
     lvl = _level(level)
     handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    if quiet:
+        handler.addFilter(_Quiet(quiet))
     setattr(handler, _MARK, True)
     root = logging.getLogger()
     for old in [h for h in root.handlers if getattr(h, _MARK, False)]:
@@ -115,11 +132,4 @@ def setup_logging(level: str | int = "info", fmt: str = "text", stream: TextIO |
         old.close()
     root.addHandler(handler)
     root.setLevel(lvl)
-    for name in _quietened - set(quiet):
-        logging.getLogger(name).setLevel(logging.NOTSET)
-    _quietened.clear()
-    if lvl < logging.WARNING:
-        for name in quiet:
-            logging.getLogger(name).setLevel(logging.WARNING)
-            _quietened.add(name)
     return handler

@@ -82,7 +82,7 @@ def test_one_shot_commands_keep_warning_by_default(capsys):
     assert code == 2 and out  # the plan on stdout
     assert err == ""  # nothing at info from a one-shot command unless asked
     assert logging.getLogger().level == logging.WARNING
-    assert all(logging.getLogger(name).level == logging.NOTSET for name in DETAIL_LOGGERS)  # only `run` quietens them
+    assert all(logging.getLogger(name).level == logging.NOTSET for name in DETAIL_LOGGERS)  # no global state
 
 
 @pytest.fixture
@@ -93,8 +93,8 @@ def json_log():
     try:
         yield buf
     finally:
-        setup_logging("warning", "text", io.StringIO())
         logging.getLogger().removeHandler(handler)
+        logging.getLogger().setLevel(logging.WARNING)
 
 
 def test_a_quiet_health_round_logs_nothing_at_info(loop_world, json_log):
