@@ -159,3 +159,16 @@ def test_metrics_and_probes_on_separate_addresses():
     assert on_probes[0][1] == b"not found: try /healthz or /readyz\n"
     with pytest.raises(ValueError, match="subset"):
         endpoint(m, paths=frozenset({"/debug"}))
+
+
+@pytest.mark.parametrize(("flags", "message"), [
+    (["--metrics-bearer-token-file", "token"], "--metrics-bearer-token-file protects /metrics: it needs --metrics-address"),
+    (["--metrics-address", "127.0.0.1:9100", "--probe-address", "localhost"], "listen address 'localhost' is not host:port"),
+])
+def test_run_refuses_http_flags_that_cannot_work_before_starting(tmp_path: Path, capsys, flags: list[str], message: str):
+    from reconciler.cli import main
+
+    # Nothing exists at these paths: the HTTP flags are checked before intent or cluster are read.
+    code = main(["run", "--intent", str(tmp_path / "none"), "--cluster", str(tmp_path / "none.yaml"), *flags])
+    assert code == 1
+    assert message in capsys.readouterr().err

@@ -223,10 +223,11 @@ async def build_runtime(settings: Settings, api: ApiClient | None = None) -> Run
 
 async def run(settings: Settings, stop: asyncio.Event) -> int:
     """`p4kube run` until `stop` is set: the transaction in flight is finished, never cut in half."""
+    listen = http_listen(settings)  # a bad address: one clear error before anything starts
     rt = await build_runtime(settings)
     endpoints: list[HttpEndpoint] = []
     try:
-        for endpoint in http_endpoints(settings, rt):
+        for endpoint in http_endpoints(listen, settings, rt):
             await endpoint.start()
             endpoints.append(endpoint)
         gc.collect()
@@ -250,12 +251,9 @@ async def run(settings: Settings, stop: asyncio.Event) -> int:
     return 0
 
 
-def http_endpoints(settings: Settings, rt: Runtime) -> list[HttpEndpoint]:
-    """The HTTP endpoints the settings ask for: /metrics, /healthz and /readyz on --metrics-address,
-    or, with --probe-address, the probes there and only /metrics on --metrics-address."""
-    def readiness() -> tuple[bool, str]:
-        return decide_ready(started=rt.status["started"], leader=rt.status["leader"], switches_connected=rt.status["connected"])
-
+def http_listen(settings: Settings) -> list[tuple[str, int, frozenset[str]]]:
+    """Where to serve what: /metrics, /healthz and /readyz on --metrics-address, or, with
+    --probe-address, the probes there and only /metrics on --metrics-address."""
     wanted: list[tuple[str, frozenset[str]]] = []
     if settings.probe_address:
         wanted.append((settings.probe_address, PROBE_PATHS))
@@ -271,11 +269,20 @@ def http_endpoints(settings: Settings, rt: Runtime) -> list[HttpEndpoint]:
             host, port = parse_listen_address(address)
         except ValueError as e:
             raise SettingsError(str(e)) from None
-        out.append(HttpEndpoint(
-            rt.metrics.registry, heartbeat=rt.heartbeat, readiness=readiness, host=host, port=port, paths=paths,
-            bearer_token_file=settings.metrics_bearer_token_file if "/metrics" in paths else None,
-        ))
+        out.append((host, port, paths))
     return out
+
+
+def http_endpoints(listen: list[tuple[str, int, frozenset[str]]], settings: Settings, rt: Runtime) -> list[HttpEndpoint]:
+    """The endpoints of `http_listen`, over the runtime's registry, heartbeat and readiness."""
+    def readiness() -> tuple[bool, str]:
+        return decide_ready(started=rt.status["started"], leader=rt.status["leader"], switches_connected=rt.status["connected"])
+
+    return [
+        HttpEndpoint(rt.metrics.registry, heartbeat=rt.heartbeat, readiness=readiness, host=host, port=port, paths=paths,
+                     bearer_token_file=settings.metrics_bearer_token_file if "/metrics" in paths else None)
+        for host, port, paths in listen
+    ]
 
 
 async def _run_as_leader(settings: Settings, rt: Runtime, stop: asyncio.Event) -> None:
