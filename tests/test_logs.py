@@ -100,7 +100,7 @@ def json_log():
 def test_a_quiet_health_round_logs_nothing_at_info(loop_world, json_log):
     from test_controller import make_controller, running
 
-    sws, backends, ports, config, state, tmp = loop_world  # backends up: every probe passes
+    _sws, _backends, _ports, config, state, tmp = loop_world  # backends up: every probe passes
 
     async def scenario() -> int:
         ctl, _ = make_controller(config, ScriptedCluster(state), tmp / "audit.git")
