@@ -8,7 +8,6 @@ Exit 0: every config's switches are reachable and in sync; 1: anything else (or 
 from __future__ import annotations
 
 import argparse
-import asyncio
 from typing import Any
 
 from .errors import CommandError
@@ -47,6 +46,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _configs(args: argparse.Namespace, api: Any) -> tuple[list[Any], list[str]]:
     """The configs to report on, and problems met reading them (invalid CRs)."""
+    import asyncio  # not at the top: `p4kube --help` must not pay for it
     if args.intent:
         from ..intent.files import OperatorDirs
         from ..intent.loader import load_intent
@@ -65,7 +65,10 @@ def _configs(args: argparse.Namespace, api: Any) -> tuple[list[Any], list[str]]:
             finally:
                 await source.aclose()
 
-        crs = asyncio.run(listed())
+        try:
+            crs = asyncio.run(listed())
+        except TimeoutError as e:
+            raise CommandError(f"the LoadBalancerConfig resources could not be listed: {e or 'no answer from the API'}") from e
         configs = list(crs.intent.configs) if getattr(crs, "intent", None) is not None else []
         problems = [describe(d) for d in crs.diagnostics]
     if args.config:
@@ -76,33 +79,47 @@ def _configs(args: argparse.Namespace, api: Any) -> tuple[list[Any], list[str]]:
 
 
 def _fallen_back(args: argparse.Namespace, api: Any) -> tuple[list[Any] | None, str]:
-    """Services fallen back, from --cluster or the API; None when neither was asked for."""
+    """Services fallen back, from --cluster or the API; None when neither could be read (then
+    the audit record says what it can)."""
     from ..app.inspection import fallen_back_from_cluster, fallen_back_from_services
 
     if args.cluster:
         from ..cluster.recorded import load_cluster_file
 
         return fallen_back_from_cluster(load_cluster_file(args.cluster)), ""
+    asked = api is not None
     if api is None:
-        return None, ""
+        api = _api(args, implicit=True)
+        if api is None:
+            return None, ""
     try:
         from kubernetes import client as k8s
 
-        listed = k8s.CoreV1Api(api).list_service_for_all_namespaces()
+        listed = k8s.CoreV1Api(api).list_service_for_all_namespaces(_request_timeout=args.timeout)
         return fallen_back_from_services(api.sanitize_for_serialization(listed).get("items") or []), ""
     except Exception as e:  # noqa: BLE001 - the API being unreachable is a line of the status, not its end
+        if not asked:
+            return None, ""  # a kubeconfig found by default but not reachable: not what was asked for
         return None, f"Services not read from the API ({type(e).__name__}: {str(e)[:200]}); fallbacks from the audit record"
 
 
-def _api(args: argparse.Namespace) -> Any:
-    if not (args.intent_from_cluster or args.kubeconfig or args.kube_context):
+def _api(args: argparse.Namespace, implicit: bool = False) -> Any:
+    """An ApiClient when the API was asked for (--intent-from-cluster, --kubeconfig, --context)
+    or, `implicit`, when a default configuration exists (in a Pod, $KUBECONFIG, ~/.kube/config)."""
+    if not implicit and not (args.intent_from_cluster or args.kubeconfig or args.kube_context):
         return None
-    from ..kube.client import build_api_client
+    from ..kube.client import KubeError, build_api_client
 
-    return build_api_client(args.kubeconfig, context=args.kube_context)
+    try:
+        return build_api_client(args.kubeconfig, context=args.kube_context)
+    except KubeError as e:
+        if implicit:
+            return None
+        raise CommandError(str(e)) from e
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    import asyncio  # not at the top: `p4kube --help` must not pay for it
     from ..app.inspection import gather_config, read_applied
 
     settings = settings_from_args(args)
