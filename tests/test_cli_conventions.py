@@ -17,7 +17,8 @@ from reconciler.cli import build_parser, main
 
 ROOT = Path(__file__).resolve().parents[1]
 MULTI = ROOT / "intent-examples" / "multi-service"
-HEAVY = ("kubernetes", "finsy", "grpc", "pygit2", "jsonschema", "ruamel", "prometheus_client", "google.protobuf", "shtab")
+HEAVY = ("kubernetes", "finsy", "grpc", "pygit2", "jsonschema", "ruamel", "prometheus_client", "google.protobuf", "shtab",
+         "asyncio")
 
 
 def _p4kube(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:

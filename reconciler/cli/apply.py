@@ -7,7 +7,6 @@ was unreachable); 1 failed or rolled back (the switches hold the last good snaps
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import functools
 import sys
@@ -211,6 +210,7 @@ async def _apply(config: LoadBalancerConfig, args: argparse.Namespace, target: S
 
 @_printing_result
 def cmd_apply(args: argparse.Namespace) -> int:
+    import asyncio  # not at the top: `p4kube --help` must not pay for it
     from ..intent.loader import load_intent
     from ..snapshot import load_snapshot
     from ..state import StateDir
@@ -272,6 +272,7 @@ async def _apply_recorded(
 
 @_printing_result
 def cmd_reconcile(args: argparse.Namespace) -> int:
+    import asyncio  # not at the top: `p4kube --help` must not pay for it
     from ..app.signing import audit_keys, build_signer, intent_trust
     from ..app.switches import check_switch_settings
     from ..audit.refusals import check_signed_intent, last_applied_trusted, record_refusal, refused_intent_id
@@ -351,6 +352,7 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
 
 @_printing_result
 def cmd_rollback(args: argparse.Namespace) -> int:
+    import asyncio  # not at the top: `p4kube --help` must not pay for it
     from ..app.signing import audit_keys, build_signer
     from ..app.switches import check_switch_settings
     from ..audit.refusals import last_applied_trusted

@@ -18,7 +18,6 @@ SIGTERM/SIGINT finish the transaction in flight (it is never cut in half) and ex
 from __future__ import annotations
 
 import argparse
-import asyncio
 import signal
 from typing import TYPE_CHECKING, Any
 
@@ -83,10 +82,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    import asyncio  # not at the top: `p4kube --help` must not pay for it
     return asyncio.run(_run(args))
 
 
 async def _run(args: argparse.Namespace) -> int:
+    import asyncio  # not at the top: `p4kube --help` must not pay for it
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -10,7 +10,6 @@ reconciler keeps its primacy. The switch's own P4Info decodes its entries.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
 from pathlib import Path
 from typing import Any
@@ -115,6 +114,7 @@ def _sorted_tables(entries: Any) -> dict[str, list[Any]]:
 
 
 def cmd_dump(args: argparse.Namespace) -> int:
+    import asyncio  # not at the top: `p4kube --help` must not pay for it
     reading = asyncio.run(_read(args))
     tables = _sorted_tables(reading.entries)
     if args.output == "text":
@@ -148,6 +148,7 @@ def _against(args: argparse.Namespace) -> Any:
 
 
 def cmd_diff(args: argparse.Namespace) -> int:
+    import asyncio  # not at the top: `p4kube --help` must not pay for it
     from ..apply import compare_entries
     from ..status import table_drift
 
