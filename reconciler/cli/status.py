@@ -47,6 +47,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _configs(args: argparse.Namespace, api: Any) -> tuple[list[Any], list[str]]:
     """The configs to report on, and problems met reading them (invalid CRs)."""
     import asyncio  # not at the top: `p4kube --help` must not pay for it
+    import asyncio  # not at the top: `p4kube --help` must not pay for it
+
     if args.intent:
         from ..intent.files import OperatorDirs
         from ..intent.loader import load_intent
