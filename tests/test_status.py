@@ -184,6 +184,9 @@ def test_status_of_custom_resources_with_fallbacks_from_the_api(tmp_path, switch
     intent, state, common = applied_world(tmp_path, switch_pair, capsys)
     yaml = YAML(typ="safe", pure=True)
     cr = yaml.load((intent / "lbconfig.yaml").read_text())
+    cr["status"] = {"observedGeneration": 1, "conditions": [
+        {"type": "Stalled", "status": "True", "reason": "RolledBack", "lastTransitionTime": "2026-12-06T01:02:03Z",
+         "message": "v2 rolled-back: switch sim-primary: write failed; next try in 30s", "observedGeneration": 1}]}
     with KubeApiServer() as srv:
         srv.load([{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}} for ns in ("p4kube-system", "web", "payments")])
         api = build_api_client(configuration=srv.client_configuration())
@@ -209,4 +212,24 @@ def test_status_of_custom_resources_with_fallbacks_from_the_api(tmp_path, switch
     assert [s["state"] for s in cfg["switches"]] == ["in-sync", "in-sync"]
     assert cfg["fallenBack"] == [{"service": "web/frontend", "reason": "probe failed 3 times: connection refused",
                                   "source": "api", "since": "2026-12-06T01:02:03Z"}]
+    assert cfg["nextRetry"] == "30s after the last attempt (Stalled: RolledBack)"
     assert code == 0
+
+
+def test_status_reads_fallbacks_from_the_audit_record_without_a_cluster(tmp_path, switch_pair, capsys, monkeypatch):
+    """No --cluster and no API configuration: the last applied record's Reason, as the loop
+    writes it for a version that took Services off for a fallback, names them and why."""
+    from reconciler.audit.repo import AuditRepo
+
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "none"))  # no API here, whatever the machine has
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    intent, state, common = applied_world(tmp_path, switch_pair, capsys)
+    audit = tmp_path / "audit.git"
+    repo = AuditRepo.open_or_init(str(audit))
+    repo.record(load_snapshot(state / STATE_FILE), "applied",
+                reason="web/frontend fell back to kube-proxy (probe failed 3 times); web/api fell back to kube-proxy (automatic)")
+    code, out = status(capsys, "--intent", str(intent), "--audit-repo", str(audit), *common, "-o", "json")
+    [cfg] = json.loads(out)["configs"]
+    assert code == 0 and cfg["applied"]["from"] == f"audit {audit}"
+    assert [(f["service"], f["reason"], f["source"]) for f in cfg["fallenBack"]] == [
+        ("web/frontend", "probe failed 3 times", "audit"), ("web/api", "automatic", "audit")]

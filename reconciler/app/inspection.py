@@ -10,6 +10,7 @@ apply commands do: status connects to the same switches and must not be a way ar
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -35,7 +36,7 @@ from .settings import Settings, SettingsError
 from .switches import build_applier
 
 __all__ = ["AppliedRecord", "TlsNames", "fallen_back_from_cluster", "fallen_back_from_services", "gather_config",
-           "read_applied", "switch_target"]
+           "next_retry_from_status", "read_applied", "switch_target"]
 
 
 @dataclass(frozen=True)
@@ -115,13 +116,33 @@ async def _switch(sw: SwitchSpec, applier: TwoSwitchApplier, settings: Settings,
     )
 
 
-def _fallen_back_from_record(newest: AuditEntry | None) -> list[FallenBack]:
-    """The loop records a fallback as "backends down: ns/a, ns/b" (reconciler/controller.py)."""
-    prefix = "backends down: "
-    if newest is None or newest.outcome != "fell-back" or not newest.reason.startswith(prefix):
+_FELL_BACK = re.compile(r"^(?P<key>[^\s/]+/[^\s]+) fell back to kube-proxy \((?P<why>.*)\)$")
+_NEXT_TRY = re.compile(r"next try in (?P<s>\d+)s")
+
+
+def _fallen_back_from_record(entry: AuditEntry | None) -> list[FallenBack]:
+    """The loop's Reason for a version that took Services off for a fallback reads
+    "ns/a fell back to kube-proxy (why); ns/b fell back ..." (reconciler/controller.py)."""
+    if entry is None:
         return []
-    when = newest.time.isoformat()
-    return [FallenBack(key.strip(), "backends down", when, "audit") for key in newest.reason[len(prefix):].split(",") if key.strip()]
+    out = []
+    for part in entry.reason.split("; "):
+        m = _FELL_BACK.match(part.strip())
+        if m:
+            out.append(FallenBack(m["key"], m["why"], entry.time.isoformat(), "audit"))
+    return out
+
+
+def next_retry_from_status(status: Mapping[str, Any]) -> str | None:
+    """When the reconciler tries a config again, as its CR status says it ("...; next try in
+    30s" in the Ready or Stalled condition's message); None when it says nothing."""
+    for condition in status.get("conditions") or []:
+        if not isinstance(condition, Mapping) or condition.get("status") != "True":
+            continue
+        m = _NEXT_TRY.search(str(condition.get("message") or ""))
+        if m:
+            return f"{m['s']}s after the last attempt ({condition.get('type')}: {condition.get('reason')})"
+    return None
 
 
 async def gather_config(
@@ -129,12 +150,12 @@ async def gather_config(
     fallen_back: Sequence[FallenBack] | None = None, next_retry: str | None = None, problems: Sequence[str] = (),
 ) -> ConfigStatus:
     """One config's status: both switches read at once. `fallen_back`: the Services read from the
-    cluster, or None when it was not read (then the newest audit record says what it can)."""
+    cluster, or None when it was not read (then the last applied record's Reason says what it can)."""
     applier = build_applier(config, settings)  # SettingsError: the operator's limits, before anything connects
     last = record.snapshot
     switches = await asyncio.gather(*(_switch(sw, applier, settings, last) for sw in config.switch_config.switches))
     newest = record.newest
-    falls = list(fallen_back) if fallen_back is not None else _fallen_back_from_record(newest)
+    falls = list(fallen_back) if fallen_back is not None else _fallen_back_from_record(record.applied)
     applied = record.applied
     return ConfigStatus(
         config=config.key,

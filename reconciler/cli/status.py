@@ -44,8 +44,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_status)
 
 
-def _configs(args: argparse.Namespace, api: Any) -> tuple[list[Any], list[str]]:
-    """The configs to report on, and problems met reading them (invalid CRs)."""
+def _configs(args: argparse.Namespace, api: Any) -> tuple[list[Any], list[str], dict[str, Any]]:
+    """The configs to report on, problems met reading them (invalid CRs), and each CR's status."""
     import asyncio  # not at the top: `p4kube --help` must not pay for it
     import asyncio  # not at the top: `p4kube --help` must not pay for it
 
@@ -56,6 +56,7 @@ def _configs(args: argparse.Namespace, api: Any) -> tuple[list[Any], list[str]]:
         intent = load_intent([args.intent], dirs=OperatorDirs.from_args(args))
         configs = list(intent.configs)
         problems: list[str] = []
+        statuses: dict[str, Any] = {}
     else:
         from ..kube.intent_source import CRIntentSource, describe, intent_namespaces
 
@@ -73,11 +74,12 @@ def _configs(args: argparse.Namespace, api: Any) -> tuple[list[Any], list[str]]:
             raise CommandError(f"the LoadBalancerConfig resources could not be listed: {e or 'no answer from the API'}") from e
         configs = list(crs.intent.configs) if getattr(crs, "intent", None) is not None else []
         problems = [describe(d) for d in crs.diagnostics]
+        statuses = {key: r.status for key, r in crs.resources.items()}
     if args.config:
         configs = [c for c in configs if args.config in (c.key, c.key.partition("/")[2])]
         if not configs:
             raise CommandError(f"no LoadBalancerConfig {args.config}")
-    return configs, problems
+    return configs, problems, statuses
 
 
 def _fallen_back(args: argparse.Namespace, api: Any) -> tuple[list[Any] | None, str]:
@@ -122,11 +124,11 @@ def _api(args: argparse.Namespace, implicit: bool = False) -> Any:
 
 def cmd_status(args: argparse.Namespace) -> int:
     import asyncio  # not at the top: `p4kube --help` must not pay for it
-    from ..app.inspection import gather_config, read_applied
+    from ..app.inspection import gather_config, next_retry_from_status, read_applied
 
     settings = settings_from_args(args)
     api = _api(args)
-    configs, problems = _configs(args, api)
+    configs, problems, cr_status = _configs(args, api)
     falls, fall_problem = _fallen_back(args, api)
 
     async def gather() -> list[Any]:
@@ -134,7 +136,9 @@ def cmd_status(args: argparse.Namespace) -> int:
         for config in configs:
             record = read_applied(config, settings, args.audit_branch)
             # Fallbacks are the cluster's (a fallen-back Service has left every snapshot): each config shows them.
-            out.append(await gather_config(config, settings, record, falls or [], problems=[fall_problem, *problems]))
+            retry = next_retry_from_status(cr_status.get(config.key) or {})
+            out.append(await gather_config(config, settings, record, falls, next_retry=retry,
+                                           problems=[fall_problem, *problems]))
         return out
 
     statuses = asyncio.run(gather())
