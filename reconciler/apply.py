@@ -86,6 +86,7 @@ class Progress:
 
 
 ProgressCallback = Callable[[Progress], None]
+_PROGRESS_REQUESTS = 8  # WriteRequests between two Progress reports
 
 
 class _SessionCounter:
@@ -584,11 +585,16 @@ class TwoSwitchApplier:
         for requests in phases:  # each phase completes before the next starts (DESIGN.md 5)
             if not requests:
                 continue
-            outcome: WriteOutcome = await session.write(requests)
-            if not outcome.ok:
-                raise TransactionFailed(sw.name, f"write refused: {outcome.summary()}")
-            done += sum(len(r.updates) for r in requests)
-            self._tell(sw.name, "write", done, total)
+            # Shown progress: told every few requests (a phase can hold nearly every update);
+            # the requests still go one after the other, and the first refusal stops the rest.
+            step = _PROGRESS_REQUESTS if self.progress is not None else len(requests)
+            for i in range(0, len(requests), step):
+                chunk = requests[i:i + step]
+                outcome: WriteOutcome = await session.write(chunk)
+                if not outcome.ok:
+                    raise TransactionFailed(sw.name, f"write refused: {outcome.summary()}")
+                done += sum(len(r.updates) for r in chunk)
+                self._tell(sw.name, "write", done, total)
         return diff.counts()
 
     async def _verify(self, sw: SwitchSpec, session: SwitchSession, target: Snapshot | None, diff: SnapshotDiff, *, full: bool) -> None:
