@@ -9,7 +9,9 @@ from pathlib import Path
 import pygit2
 from ruamel.yaml import YAML
 
+from reconciler.audit.repo import AuditRepo
 from reconciler.cli import main
+from reconciler.snapshot import load_snapshot
 
 ROOT = Path(__file__).resolve().parents[1]
 MULTI = ROOT / "intent-examples" / "multi-service"
@@ -40,8 +42,11 @@ def test_check_writes_plans_and_summary(tmp_path, monkeypatch, capsys):
     plan = json.loads((out / "plan.json").read_text())
     assert plan["configs"][0]["intentCommit"] == head
     assert plan["configs"][0]["intentDirty"] is False
-    md = (out / "plan.md").read_text()
-    assert md.startswith("<!-- p4kube-plan -->") and summary.read_text() == md
+    md = (out / "plan.md").read_text()  # the comment: the summary
+    full = (out / "plan-full.md").read_text()
+    assert md.startswith("<!-- p4kube-plan -->") and "**4 to add, 0 to change, 0 to remove**" in md
+    assert "#### Added (4)" in md and "`web/frontend`" in md and "p4kube-plan-full" in md
+    assert summary.read_text() == full and "| + | `web/frontend` | 198.51.100.13:80/TCP | `node-c` | 1 | 21 |" in full
     assert "Plan: 4 to add" in (out / "plan.txt").read_text()
     assert "Plan: 4 to add" in capsys.readouterr().out
 
@@ -52,12 +57,75 @@ def test_check_invalid_intent_annotates_and_fails(tmp_path, monkeypatch, capsys)
     text = (repo / "lbconfig.yaml").read_text().replace("bucketsPerService: 64", "bucketsPerService: 63")
     (repo / "lbconfig.yaml").write_text(text)
     monkeypatch.setenv("GITHUB_ACTIONS", "true")
+    summary = tmp_path / "summary.md"
+    monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(summary))
     out = tmp_path / "out"
     code = main(["check", "--intent", str(repo), "--cluster", str(repo / "cluster" / "recorded.yaml"), "--out-dir", str(out)])
     assert code == 1
     stdout = capsys.readouterr().out
     assert "::error file=" in stdout and "bucketsPerService" in stdout
-    assert not (out / "plan.md").exists()
+    # plan.md replaces the last plan comment with the errors, in a code block; no plan files.
+    md = (out / "plan.md").read_text()
+    assert md.startswith("<!-- p4kube-plan -->\n### p4kube plan: invalid intent\n") and "**1 error(s)**" in md
+    fenced = md.split("```text\n", 1)[1]
+    assert f"{repo / 'lbconfig.yaml'}:" in fenced and "bucketsPerService" in fenced
+    assert summary.read_text() == md
+    assert not (out / "plan.json").exists() and not (out / "plan-full.md").exists()
+
+
+def record_applied(intent: Path, audit_path: Path, tmp_path: Path) -> int:
+    """Render the intent as `run` would and record it in a real audit repository as applied; its version."""
+    snap = tmp_path / "v1.json"
+    assert main(["render", "--intent", str(intent), "--cluster", str(intent / "cluster" / "recorded.yaml"), "--out", str(snap)]) == 0
+    v1 = load_snapshot(snap)
+    audit = AuditRepo.open_or_init(audit_path)
+    audit.record(v1, "pending")
+    audit.record(v1, "applied")
+    return v1.version
+
+
+def test_check_plans_against_the_last_applied_snapshot_in_the_audit_repository(tmp_path, capsys):
+    repo = tmp_path / "intent"
+    make_intent_repo(repo)
+    audit = tmp_path / "audit.git"
+    cluster = str(repo / "cluster" / "recorded.yaml")
+    version = record_applied(repo, audit, tmp_path)
+    out = tmp_path / "out"
+    # What was applied is what the intent and recording give: no changes, exit 0.
+    assert main(["check", "--intent", str(repo), "--cluster", cluster, "--previous-from-audit", str(audit), "--out-dir", str(out)]) == 0
+    plan = json.loads((out / "plan.json").read_text())
+    assert plan["configs"][0]["fromVersion"] == version and plan["summary"]["added"] == 0
+    assert "**No changes.**" in (out / "plan.md").read_text()
+    # A pod of web/api moved from node-d to node-c in the recording: one change against v1, not four new Services.
+    text = Path(cluster).read_text()
+    moved = "    nodeName: node-d\n    targetRef:\n      kind: Pod\n      name: api-1\n"
+    assert moved in text
+    Path(cluster).write_text(text.replace(moved, moved.replace("node-d", "node-c")))
+    assert main(["check", "--intent", str(repo), "--cluster", cluster, "--previous-from-audit", str(audit), "--out-dir", str(out)]) == 2
+    md = (out / "plan.md").read_text()
+    assert "**0 to add, 1 to change, 0 to remove**" in md
+    assert "#### Largest share moves (top 1 of 1 changed)" in md and "| `web/api` | 198.51.100.12:8443/TCP |" in md
+    capsys.readouterr()
+
+
+def test_check_previous_from_audit_refuses_what_it_cannot_trust_or_read(tmp_path, capsys):
+    repo = tmp_path / "intent"
+    make_intent_repo(repo)
+    audit = tmp_path / "audit.git"
+    record_applied(repo, audit, tmp_path)
+    cluster = str(repo / "cluster" / "recorded.yaml")
+    signers = tmp_path / "allowed_signers"
+    signers.write_text("")  # trusts no key: the unsigned record is not what the switches hold
+    args = ["check", "--intent", str(repo), "--cluster", cluster, "--out-dir", str(tmp_path / "out")]
+    assert main(args + ["--previous-from-audit", str(audit), "--audit-allowed-signers", str(signers)]) == 1
+    assert "not trusted" in capsys.readouterr().err
+    assert main(args + ["--previous-from-audit", str(tmp_path / "missing.git")]) == 1
+    assert "missing.git" in capsys.readouterr().err
+    # An audit repository with no record of the config: planned as new, and said so.
+    empty = tmp_path / "empty.git"
+    pygit2.init_repository(str(empty), bare=True, initial_head="main")
+    assert main(args + ["--previous-from-audit", str(empty)]) == 2
+    assert "no applied snapshot of p4kube-system/p4kube-config" in capsys.readouterr().err
 
 
 def test_workflow_runs_p4kube_check_and_passes_on_0_or_2():

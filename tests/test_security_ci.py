@@ -119,7 +119,9 @@ def test_error_annotations_are_escaped_and_the_rest_cannot_be_a_command(tmp_path
     assert after and all(line.startswith("::error file=") for line in after)
     forged = [line for line in after if "forged" in line]
     assert len(forged) == 1 and "%0A::error file=README.md,line=1::forged%250A" in forged[0]
-    assert not (tmp_path / "out" / "plan.md").exists()
+    # plan.md (the comment, replacing the last plan) holds the errors, the forged key inside a fence only.
+    md = (tmp_path / "out" / "plan.md").read_text()
+    assert md.startswith("<!-- p4kube-plan -->\n") and not any("forged" in line for line in _outside_fences(md))
 
 
 def test_workflow_command_escaping_follows_the_toolkit() -> None:

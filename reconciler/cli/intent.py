@@ -68,13 +68,28 @@ def register(sub: argparse._SubParsersAction) -> None:
         "check",
         help="pull-request check for intent repositories: validate, then plan",
         description="What an intent repository's CI runs: validate the intent (errors also as GitHub "
-        "::error annotations), then plan against the recorded cluster. Writes plan.md (the PR comment), "
-        "plan.json and plan.txt to --out-dir and appends the plan to $GITHUB_STEP_SUMMARY when set. "
-        "Exit 0: valid, no changes; 2: valid, changes; 1: invalid or error.",
+        "::error annotations), then plan against the recorded cluster. Writes to --out-dir plan.md (the PR "
+        "comment: a summary that always fits GitHub's 65,536-character limit, or the errors when the intent is "
+        "invalid), plan-full.md, plan.json and plan.txt, and appends the full plan to $GITHUB_STEP_SUMMARY when "
+        "set (cut to its 1 MiB limit). Exit 0: valid, no changes; 2: valid, changes; 1: invalid or error.",
     )
     _add_render_inputs(p)
-    p.add_argument("--previous", metavar="SNAPSHOT", action="append", default=[], help="what the switches hold now")
-    p.add_argument("--out-dir", metavar="DIR", default="p4kube-out", help="where to write plan.md/json/txt (default: %(default)s)")
+    prev = p.add_mutually_exclusive_group()
+    prev.add_argument("--previous", metavar="SNAPSHOT", action="append", default=[], help="what the switches hold now")
+    prev.add_argument(
+        "--previous-from-audit", metavar="REPO_OR_URL",
+        help="plan against the snapshot each config last applied, read from this audit repository (a directory or "
+        "a remote's URL, opened read-only), instead of treating every Service as new",
+    )
+    p.add_argument("--branch", default="main", help="with --previous-from-audit: the audit branch (default: %(default)s)")
+    p.add_argument("--audit-workdir", metavar="DIR", help="with --previous-from-audit and a URL: where to clone it (default: a cache under ~/.cache/p4kube/audit)")
+    p.add_argument(
+        "--audit-allowed-signers", metavar="FILE",
+        help="with --previous-from-audit: SSH allowed-signers file; a last applied record not signed by one of "
+        "these keys is refused, not planned against (as `run` with the same option)",
+    )
+    p.add_argument("--audit-trust-gpg-home", metavar="DIR", help="like --audit-allowed-signers, trusting this GnuPG home's keys")
+    p.add_argument("--out-dir", metavar="DIR", default="p4kube-out", help="where to write plan.md, plan-full.md, plan.json, plan.txt (default: %(default)s)")
     tls_dir_option(p)
     p.set_defaults(func=cmd_check)
 
@@ -159,6 +174,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     from ..intent.loader import validate_paths
     from ..pipeline_io import load_inputs, make_plans
     from ..plan import exit_code, format_plan
+    from ..plan_summary import format_invalid, format_summary
 
     # Names and messages below come from the pull request: no line of theirs may be a command.
     resume_commands = stop_commands(os.environ.get("GITHUB_ACTIONS") == "true")
@@ -166,30 +182,62 @@ def cmd_check(args: argparse.Namespace) -> int:
     errors = [d for d in diags if d.severity == "error"]
     for d in diags:
         print(d, file=sys.stdout if d.severity == "error" else sys.stderr)
+    out = Path(args.out_dir)
     if errors:
+        # The comment shows the errors, replacing the last plan: a stale plan must not stand.
+        comment = format_invalid(diags, args.intent)
+        out.mkdir(parents=True, exist_ok=True)
+        write_atomic(out / "plan.md", comment)
+        _append_step_summary(comment)
         if os.environ.get("GITHUB_ACTIONS") == "true":
             resume_commands()
             for d in errors:  # shown as annotations on the pull request's files; escaped (ghactions)
                 print(command("error", f"{d.field}: {d.message}", file=d.file, line=d.line, col=d.column))
-        print(f"p4kube check: {len(errors)} error(s) in {args.intent}; no plan", file=sys.stderr)
+        print(f"p4kube check: {len(errors)} error(s) in {args.intent}; no plan (the errors written to {out}/plan.md)", file=sys.stderr)
         return EXIT_ERROR
     intent, cluster, connections = load_inputs(args.intent, args.cluster, args.connections, OperatorDirs.from_args(args))
     configs = [intent.pick_config(args.config)] if args.config else list(intent.configs)
-    previous = _load_previous(args.previous, {c.key for c in configs})
+    keys = {c.key for c in configs}
+    previous = _previous_from_audit(args, keys) if args.previous_from_audit else _load_previous(args.previous, keys)
     plans = make_plans(intent, configs, cluster, previous, connections, pipeline_dir=OperatorDirs.from_args(args).pipeline_dir)
-    out = Path(args.out_dir)
+    full = format_plan(plans, "markdown")
     out.mkdir(parents=True, exist_ok=True)
-    files: tuple[tuple[Format, str], ...] = (("markdown", "plan.md"), ("json", "plan.json"), ("text", "plan.txt"))
-    for fmt, name in files:
-        write_atomic(out / name, format_plan(plans, fmt))
+    write_atomic(out / "plan.md", format_summary(plans))
+    write_atomic(out / "plan-full.md", full)
+    write_atomic(out / "plan.json", format_plan(plans, "json"))
+    write_atomic(out / "plan.txt", format_plan(plans, "text"))
     sys.stdout.write(format_plan(plans, "text"))
-    summary = os.environ.get("GITHUB_STEP_SUMMARY")
-    if summary:
-        with open(summary, "a") as f:
-            f.write(format_plan(plans, "markdown"))
-    print(f"p4kube check: valid; plan written to {out}/plan.md, plan.json, plan.txt", file=sys.stderr)
+    _append_step_summary(full)
+    print(f"p4kube check: valid; plan written to {out}/plan.md (summary), plan-full.md, plan.json, plan.txt", file=sys.stderr)
     resume_commands()
     return exit_code(plans)
+
+
+def _append_step_summary(markdown: str) -> None:
+    """To $GITHUB_STEP_SUMMARY when set, cut to what is left of GitHub's 1 MiB per step."""
+    from ..plan_summary import STEP_SUMMARY_LIMIT, cut_markdown
+
+    summary = os.environ.get("GITHUB_STEP_SUMMARY")
+    if not summary:
+        return
+    room = STEP_SUMMARY_LIMIT - (os.path.getsize(summary) if os.path.exists(summary) else 0)
+    if room < 4096:  # full already (earlier steps): GitHub would drop the whole summary
+        return
+    note = "plan cut to the job summary's 1 MiB limit: the whole plan is in the p4kube-plan-full artifact"
+    with open(summary, "a", encoding="utf-8") as f:
+        f.write(cut_markdown(markdown, room, note))
+
+
+def _previous_from_audit(args: argparse.Namespace, keys: set[str]) -> dict[str, Snapshot]:
+    from ..app.previous import previous_from_audit
+
+    found = previous_from_audit(
+        args.previous_from_audit, sorted(keys), branch=args.branch, workdir=args.audit_workdir,
+        allowed_signers=args.audit_allowed_signers, gpg_home=args.audit_trust_gpg_home,
+    )
+    for key in sorted(keys - found.keys()):
+        print(f"p4kube check: no applied snapshot of {key} in the audit repository: its Services show as new", file=sys.stderr)
+    return found
 
 
 def _load_previous(paths: Sequence[str], wanted: set[str]) -> dict[str, Snapshot]:
