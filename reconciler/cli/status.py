@@ -47,7 +47,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _configs(args: argparse.Namespace, api: Any) -> tuple[list[Any], list[str], dict[str, Any]]:
     """The configs to report on, problems met reading them (invalid CRs), and each CR's status."""
     import asyncio  # not at the top: `p4kube --help` must not pay for it
-    import asyncio  # not at the top: `p4kube --help` must not pay for it
 
     if args.intent:
         from ..intent.files import OperatorDirs
