@@ -1,5 +1,5 @@
 # The p4kube reconciler image: the project's wheel, installed on a slim Python 3.11, run as a
-# non-root user on a read-only root filesystem (deploy/deployment.yaml).
+# non-root user on a read-only root filesystem (deploy/base/deployment.yaml).
 #
 #   docker build -t REGISTRY/p4kube:TAG .
 #   docker run --rm REGISTRY/p4kube:TAG                 # p4kube run --help

@@ -25,7 +25,7 @@ from reconciler.intent.yamlsafe import parse_yaml_text, read_yaml_file
 from reconciler.kube.client import build_api_client
 from reconciler.paths import LBCONFIG_SCHEMA_PATH, REPO_ROOT
 
-DEPLOY_CRD = REPO_ROOT / "deploy" / "crd.yaml"
+DEPLOY_CRD = REPO_ROOT / "deploy" / "base" / "crd.yaml"
 EXAMPLES = REPO_ROOT / "intent-examples"
 from shared_fixtures import KUBE_API
 
@@ -80,7 +80,7 @@ def nodes(schema: dict[str, Any], path: tuple[str, ...] = ()) -> Iterator[tuple[
 
 def test_deploy_crd_yaml_is_the_generated_crd() -> None:
     assert DEPLOY_CRD.read_text(encoding="utf-8") == crd.crd_yaml(), (
-        "deploy/crd.yaml is stale: regenerate it with `p4kube crd --out deploy/crd.yaml`"
+        "deploy/base/crd.yaml is stale: regenerate it with `p4kube crd --out deploy/base/crd.yaml`"
     )
 
 
@@ -600,7 +600,7 @@ def _create(api: k8s.ApiClient, cr: dict[str, Any]) -> Any:
 
 @pytest.mark.parametrize("maximum", [2**64 - 1, 2**63 - 1], ids=["uint64-max", "int64-max-as-shipped"])
 def test_the_api_server_refuses_a_bound_it_cannot_hold(kube: k8s.ApiClient, maximum: int) -> None:
-    """kube-apiserver v1.36 refused deploy/crd.yaml with deviceId's maximum 2^63-1 (DESIGN.md 7):
+    """kube-apiserver v1.36 refused deploy/base/crd.yaml with deviceId's maximum 2^63-1 (DESIGN.md 7):
     the bound is a float64 there, 2^63, not an int64; checked when validating the default."""
     old = crd.generate_crd()
     _device_id(old)["maximum"] = maximum

@@ -1,19 +1,23 @@
 """The install manifests in deploy/: complete, least-privilege RBAC, a Deployment that matches
-the reconciler's flags and the restricted Pod Security level, the overlays in deploy/overlays/,
-the image (Dockerfile, .dockerignore), and GitOps settings (Argo CD, Flux) that keep the
-reconciler's writes on Services. All YAML is read with ruamel.
+the reconciler's flags and the restricted Pod Security level (the base, deploy/base/), the
+overlays in deploy/overlays/, the image (Dockerfile, .dockerignore), and GitOps settings (Argo CD,
+Flux) that keep the reconciler's writes on Services. All YAML is read with ruamel.
 
 There is no kustomize binary (nor Docker engine) here: the overlays are rendered by the small
 kustomize subset below (resources, patches: strategic merge with list merge keys and
 `$patch: delete`, JSON 6902; images; no namespace, generators or components, which deploy/
-does not use and which `build()` refuses), and the Dockerfile is checked statically."""
+does not use and which `build()` refuses), with kustomize's loader rules (a base may not contain
+the overlay that loads it; files stay under their kustomization's directory), and the Dockerfile
+is checked statically."""
 
 from __future__ import annotations
 
 import copy
 import dataclasses
+import os
 import re
 import shlex
+import shutil
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -28,6 +32,7 @@ from reconciler.kube.client import FIELD_MANAGER
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = REPO_ROOT / "deploy"
+BASE = DEPLOY / "base"
 OVERLAYS = DEPLOY / "overlays"
 NAMESPACE = "p4kube-system"
 IMAGE = "ghcr.io/p4kube/reconciler"
@@ -57,8 +62,8 @@ def load_all(path: Path) -> list[dict[str, Any]]:
 
 @lru_cache(maxsize=1)
 def manifests() -> dict[str, list[dict[str, Any]]]:  # read once: tests only read the result
-    """The documents of every top-level manifest in deploy/, by file name."""
-    return {p.name: load_all(p) for p in sorted(DEPLOY.glob("*.yaml")) if p.name != "kustomization.yaml"}
+    """The documents of every manifest of the base, deploy/base/, by file name."""
+    return {p.name: load_all(p) for p in sorted(BASE.glob("*.yaml")) if p.name != "kustomization.yaml"}
 
 
 def objects() -> list[dict[str, Any]]:
@@ -87,12 +92,12 @@ def rule_triples(rules: list[dict[str, Any]]) -> set[tuple[str, str, str]]:
 
 
 def test_kustomization_lists_every_manifest() -> None:
-    kustomization = load_all(DEPLOY / "kustomization.yaml")[0]
+    kustomization = load_all(BASE / "kustomization.yaml")[0]
     assert kustomization["apiVersion"] == "kustomize.config.k8s.io/v1beta1"
     assert kustomization["kind"] == "Kustomization"
     listed = kustomization["resources"]
     assert len(listed) == len(set(listed))
-    assert set(listed) == set(manifests()), "deploy/*.yaml and kustomization.yaml resources differ"
+    assert set(listed) == set(manifests()), "deploy/base/*.yaml and its kustomization.yaml resources differ"
     assert [i["name"] for i in kustomization.get("images", [])] == [IMAGE]
 
 
@@ -367,7 +372,7 @@ def test_argocd_application_keeps_the_reconcilers_service_writes() -> None:
         assert any(d.get("managedFieldsManagers") == [FIELD_MANAGER] for d in rules)
         options = app["spec"]["syncPolicy"]["syncOptions"]
         assert "RespectIgnoreDifferences=true" in options and "ServerSideApply=true" in options
-    install = [a for a in apps if a["spec"]["source"]["path"] == "deploy"]
+    install = [a for a in apps if a["spec"]["source"]["path"] == "deploy/base"]
     assert install and install[0]["spec"]["destination"]["namespace"] == NAMESPACE
 
 
@@ -437,7 +442,7 @@ def test_flux_examples() -> None:
         assert k["apiVersion"] == "kustomize.toolkit.fluxcd.io/v1"
         assert k["spec"]["sourceRef"]["kind"] == "GitRepository"
         assert isinstance(k["spec"]["prune"], bool)
-    install = next(k for k in kustomizations if k["spec"]["path"] == "./deploy" and k["spec"]["sourceRef"]["name"] in names)
+    install = next(k for k in kustomizations if k["spec"]["path"] == "./deploy/base" and k["spec"]["sourceRef"]["name"] in names)
     assert install["spec"]["wait"] is True
     intent = next(k for k in kustomizations if any(d["name"] == install["metadata"]["name"] for d in k["spec"].get("dependsOn", [])))
     assert intent["spec"]["targetNamespace"] == NAMESPACE
@@ -524,17 +529,49 @@ def matches(obj: dict[str, Any], target: dict[str, Any]) -> bool:
     return all(want[k] == v for k, v in target.items())
 
 
-def build(directory: Path) -> list[dict[str, Any]]:
-    """`kustomize build DIR` for what deploy/ and its overlays use."""
-    (k,) = load_all(directory / "kustomization.yaml")
+class KustomizeError(Exception):
+    """What `kustomize build` itself refuses, with its message (not a limit of this subset)."""
+
+
+def within_root(root: Path, name: str) -> Path:
+    """A file a kustomization reads (resource, patch): kustomize's default load restrictor,
+    RestrictionRootOnly (api/internal/loader/loadrestrictions.go), refuses one outside the
+    kustomization's directory."""
+    path = Path(os.path.normpath(root / name))
+    if root not in path.resolve().parents:
+        raise KustomizeError(f"security; file '{path}' is not in or below '{root}'")
+    return path
+
+
+def check_no_cycle(candidate: Path, visited: tuple[Path, ...]) -> None:
+    """kustomize's FileLoader.New refuses a base directory that equals or contains the root of
+    the kustomization loading it or of any kustomization that led there (its referrers), e.g. an
+    overlay in deploy/overlays/x with `resources: [../..]`: errIfArgEqualOrHigher in
+    api/internal/loader/fileloader.go, with ConfirmedDir.HasPrefix of kyaml/filesys/confirmeddir.go.
+    Roots are absolute, symlinks resolved; the nearest root is checked first, as kustomize does."""
+    for root in visited:
+        if root == candidate or candidate in root.parents:
+            raise KustomizeError(f"cycle detected: candidate root '{candidate}' contains visited root '{root}'")
+
+
+def build(directory: Path, referrers: tuple[Path, ...] = ()) -> list[dict[str, Any]]:
+    """`kustomize build DIR` for what deploy/ and its overlays use. referrers: the roots of the
+    kustomizations that loaded this one as a base, nearest first (empty for DIR itself)."""
+    root = directory.resolve()
+    visited = (root, *referrers)
+    (k,) = load_all(root / "kustomization.yaml")
     assert set(k) <= KUSTOMIZATION_KEYS, f"{directory}: {set(k) - KUSTOMIZATION_KEYS} not in this subset"
     objs: list[dict[str, Any]] = []
     for resource in k.get("resources", []):
-        path = (directory / resource).resolve()
-        objs.extend(build(path) if path.is_dir() else load_all(path))
+        candidate = (root / resource).resolve()
+        if candidate.is_dir():
+            check_no_cycle(candidate, visited)
+            objs.extend(build(candidate, visited))
+        else:
+            objs.extend(load_all(within_root(root, resource)))
     for entry in k.get("patches", []):
         assert set(entry) <= {"path", "patch", "target"}, entry
-        text = (directory / entry["path"]).read_text(encoding="utf-8") if "path" in entry else entry["patch"]
+        text = within_root(root, entry["path"]).read_text(encoding="utf-8") if "path" in entry else entry["patch"]
         patch = YAML(typ="safe", pure=True).load(text)
         if isinstance(patch, list):  # JSON 6902
             hits = [i for i, o in enumerate(objs) if matches(o, entry["target"])]
@@ -591,11 +628,11 @@ def test_the_kustomize_subset_merges_deletes_and_patches() -> None:
 
 
 def test_the_subset_renders_the_base_as_install_manifest_does() -> None:
-    """Two independent renderings of deploy/ (this subset and `p4kube install-manifest`) agree."""
+    """Two independent renderings of deploy/base/ (this subset and `p4kube install-manifest`) agree."""
     from reconciler.cli.install import install_manifest
 
-    rendered = build(DEPLOY)
-    generated = [d for d in YAML(typ="safe").load_all(install_manifest(DEPLOY)) if d is not None]
+    rendered = build(BASE)
+    generated = [d for d in YAML(typ="safe").load_all(install_manifest(BASE)) if d is not None]
     assert sorted(rendered, key=object_key) == sorted(generated, key=object_key)
     assert find(rendered, "Deployment")["spec"]["template"]["spec"]["containers"][0]["image"] == f"{IMAGE}:0.1.0"
 
@@ -614,6 +651,67 @@ def test_the_overlays_are_the_documented_set() -> None:
     text = (REPO_ROOT / "docs" / "deploy.md").read_text(encoding="utf-8")
     for name in OVERLAY_NAMES:
         assert f"deploy/overlays/{name}" in text, f"docs/deploy.md does not mention overlays/{name}"
+
+
+def test_every_overlay_renders_on_the_base_beside_it() -> None:
+    """Each shipped overlay loads ../../base, a sibling of deploy/overlays/, and renders the
+    base's objects (plus its own); deploy/kustomization.yaml, kept for `kubectl apply -k deploy/`
+    and GitOps paths set to deploy, lists only base and renders exactly the base."""
+    base = build(BASE)
+    for name in sorted(OVERLAY_NAMES):
+        (k,) = load_all(OVERLAYS / name / "kustomization.yaml")
+        assert "../../base" in k["resources"], f"overlays/{name} does not build on ../../base"
+        assert {object_key(o) for o in base} <= {object_key(o) for o in build(OVERLAYS / name)}
+    (top,) = load_all(DEPLOY / "kustomization.yaml")
+    assert set(top) == {"apiVersion", "kind", "resources"} and top["resources"] == ["base"]
+    assert build(DEPLOY) == base
+
+
+def test_the_old_layout_is_refused_as_kustomize_refuses_it(tmp_path: Path) -> None:
+    """The previous layout, the base at deploy/ and the overlays in deploy/overlays/ with
+    `resources: [../..]`, made real kustomize fail every overlay with "cycle detected: candidate
+    root '.../deploy' contains visited root '.../deploy/overlays/replicas'": the subset refuses
+    it the same way, naming both roots, while the base alone still renders."""
+    old = tmp_path / "deploy"
+    shutil.copytree(BASE, old)
+    shutil.copytree(OVERLAYS, old / "overlays")
+    shutil.copytree(DEPLOY / "monitoring", old / "monitoring")
+    for kfile in (old / "overlays").glob("*/kustomization.yaml"):
+        kfile.write_text(kfile.read_text(encoding="utf-8").replace("../../base", "../.."), encoding="utf-8")
+    assert sorted(map(object_key, build(old))) == sorted(map(object_key, build(BASE)))
+    for name in sorted(OVERLAY_NAMES):
+        overlay = (old / "overlays" / name).resolve()
+        message = f"cycle detected: candidate root '{old.resolve()}' contains visited root '{overlay}'"
+        with pytest.raises(KustomizeError, match=re.escape(message)):
+            build(overlay)
+
+
+def test_the_loader_rules_follow_kustomize(tmp_path: Path) -> None:
+    """A base equal to a root on the way (`resources: [.]`) or above any of them (a grandchild
+    naming its grandparent) is a cycle; a sibling base is fine; a file outside the
+    kustomization's directory is refused."""
+
+    def kustomization(directory: Path, *resources: str) -> Path:
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / "kustomization.yaml").write_text(f"resources: {list(resources)}\n", encoding="utf-8")
+        return directory.resolve()
+
+    cm = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: c, namespace: n}\n"
+    (tmp_path / "cm.yaml").write_text(cm, encoding="utf-8")
+    top = kustomization(tmp_path / "top", "mid")
+    mid = kustomization(tmp_path / "top" / "mid", "../sibling")
+    sibling = kustomization(tmp_path / "top" / "sibling", "inner")
+    kustomization(tmp_path / "top" / "sibling" / "inner", "../../../top")
+    with pytest.raises(KustomizeError, match=re.escape(f"candidate root '{top}' contains visited root '{sibling / 'inner'}'")):
+        build(top)
+    kustomization(tmp_path / "top" / "sibling" / "inner")
+    assert build(top) == [] and build(mid) == []
+    here = kustomization(tmp_path / "self", ".")
+    with pytest.raises(KustomizeError, match=re.escape(f"candidate root '{here}' contains visited root '{here}'")):
+        build(here)
+    outside = kustomization(tmp_path / "outside", "../cm.yaml")
+    with pytest.raises(KustomizeError, match=re.escape(f"security; file '{tmp_path.resolve() / 'cm.yaml'}' is not in or below '{outside}'")):
+        build(outside)
 
 
 def kubelet_env(objs: list[dict[str, Any]], secrets: dict[str, dict[str, str]]) -> dict[str, str]:
@@ -669,7 +767,7 @@ def test_every_rendering_is_complete_and_runs(overlay: str, capsys: pytest.Captu
     """The base and each overlay: the Deployment's args are accepted by `p4kube run`'s parser
     (unknown flags fail), the pod stays restricted, RBAC is exactly the base's (an overlay
     never widens it), and every object stays in p4kube-system."""
-    objs = build(OVERLAYS / overlay if overlay else DEPLOY)
+    objs = build(OVERLAYS / overlay if overlay else BASE)
     args = parse_run_args(objs, ALL_SECRETS, capsys)
     assert args.command == "run" and args.intent_from_cluster and args.leader_elect
     assert args.audit_repo == find(objs, "ConfigMap", "p4kube-config")["data"]["audit-repo"]
@@ -699,7 +797,7 @@ def differences(a: Any, b: Any, path: str = "") -> set[str]:
 
 def changed(overlay: str) -> set[str]:
     """What an overlay changes in the base: 'Kind/name/json/path' for each differing field."""
-    base = {(o["kind"], o["metadata"]["name"]): o for o in build(DEPLOY)}
+    base = {(o["kind"], o["metadata"]["name"]): o for o in build(BASE)}
     mine = {(o["kind"], o["metadata"]["name"]): o for o in build(OVERLAYS / overlay)}
     out = {f"{k[0]}/{k[1]}" for k in set(base) ^ set(mine)}
     for key in set(base) & set(mine):
@@ -759,7 +857,7 @@ def test_https_token_reaches_the_audit_push(overlay: str, tmp_path: Path) -> Non
 
     from reconciler.audit.push import CredentialType, _Callbacks
 
-    objs = build(OVERLAYS / overlay if overlay else DEPLOY)
+    objs = build(OVERLAYS / overlay if overlay else BASE)
     url = find(objs, "ConfigMap", "p4kube-config")["data"]["audit-repo"]
     assert url.startswith("https://")
     creds, _ = push_credentials(objs, HTTPS_SECRET, tmp_path)
@@ -798,7 +896,7 @@ def test_ssh_overlay_answers_with_the_key_and_knows_the_host(tmp_path: Path) -> 
     known_hosts = on_host(f"{env['HOME']}/.ssh/known_hosts", mounts)
     assert known_hosts.read_text() == secrets["p4kube-audit-ssh"]["known_hosts"]
     # Why the overlay deletes the base's token file: with it, the same request fails.
-    base_env = kubelet_env(build(DEPLOY), HTTPS_SECRET)
+    base_env = kubelet_env(build(BASE), HTTPS_SECRET)
     broken = dataclasses.replace(creds, password_file=Path(base_env["P4KUBE_AUDIT_PASSWORD_FILE"]))
     with pytest.raises(AuditError, match="password file"):
         _Callbacks(broken, url).credentials(url, "git", allowed)
@@ -940,7 +1038,7 @@ def dockerignored(path: str, patterns: list[str]) -> bool:
 def test_dockerignore_keeps_the_build_inputs_and_nothing_else() -> None:
     lines = (REPO_ROOT / ".dockerignore").read_text(encoding="utf-8").splitlines()
     patterns = [line.strip() for line in lines if line.strip() and not line.startswith("#")]
-    for path in (".venv/bin/python", ".git/HEAD", "tests/test_deploy.py", "bench/RESULTS.md", "deploy/crd.yaml",
+    for path in (".venv/bin/python", ".git/HEAD", "tests/test_deploy.py", "bench/RESULTS.md", "deploy/base/crd.yaml",
                  "reconciler/__pycache__/cli.cpython-311.pyc", "p4kube_reconciler.egg-info/PKG-INFO", ".env", "install.yaml"):  # fmt: skip
         assert dockerignored(path, patterns), f"{path} would be sent to the build"
     # Everything the wheel is built from: pyproject.toml, its readme, the package, and what the

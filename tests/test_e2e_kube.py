@@ -2,7 +2,7 @@
 software switches, TCP listeners on 127.0.0.x for the nodes, a Git intent checkout and an audit
 repository, wired exactly as `p4kube run` wires them (reconciler.app.runtime.build_runtime).
 
-The product runs as the deployment's service account under deploy/rbac.yaml, so any API call the
+The product runs as the deployment's service account under deploy/base/rbac.yaml, so any API call the
 code makes that the shipped RBAC does not allow fails the test."""
 
 from __future__ import annotations
@@ -138,7 +138,7 @@ def world(tmp_path):
     with ExitStack() as stack:
         server = KubeApiServer(
             tokens={"admin-token": ("admin", ["system:masters"]), "sa-token": SA},
-            rbac=[ROOT / "deploy" / "rbac.yaml", ROOT / "deploy" / "namespace.yaml"],
+            rbac=[ROOT / "deploy" / "base" / "rbac.yaml", ROOT / "deploy" / "base" / "namespace.yaml"],
         )
         server.start()
         stack.callback(server.stop)
@@ -267,7 +267,7 @@ def test_reconciler_against_the_api_server(world):
     ours = [r for r in server.requests if r.user == SA]
     assert ours, "the product made no API calls as the service account"
     refused = sorted({(r.verb, r.group, r.resource, r.subresource, r.code) for r in ours if not r.allowed})
-    assert refused == [], f"deploy/rbac.yaml does not allow: {refused}"
+    assert refused == [], f"deploy/base/rbac.yaml does not allow: {refused}"
     used = {(r.group, r.resource + (f"/{r.subresource}" if r.subresource else ""), r.verb) for r in ours}
     assert ("", "services/status", "patch") in used and ("events.k8s.io", "events", "create") in used
 
@@ -341,7 +341,7 @@ def test_intent_from_custom_resources_with_status(world):
 
     asyncio.run(scenario())
     refused = sorted({(r.verb, r.group, r.resource, r.subresource) for r in server.requests if r.user == SA and not r.allowed})
-    assert refused == [], f"deploy/rbac.yaml does not allow: {refused}"
+    assert refused == [], f"deploy/base/rbac.yaml does not allow: {refused}"
 
 
 def json_text(obj: dict) -> str:

@@ -1,5 +1,5 @@
 """Every API call the Kubernetes side makes is in REQUIRED_PERMISSIONS, and the shipped RBAC
-(deploy/rbac.yaml) allows it: the whole flow runs as the reconciler's service account against a
+(deploy/base/rbac.yaml) allows it: the whole flow runs as the reconciler's service account against a
 test API server that enforces that RBAC, and its request log is checked."""
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ SA_USER = f"system:serviceaccount:{NS}:p4kube-reconciler"
 
 @pytest.fixture
 def server() -> Iterator[KubeApiServer]:
-    rbac = [d for d in YAML(typ="safe").load_all((REPO / "deploy" / "rbac.yaml").read_text()) if d]
+    rbac = [d for d in YAML(typ="safe").load_all((REPO / "deploy" / "base" / "rbac.yaml").read_text()) if d]
     tokens = {"admin-token": ("admin", ["system:masters"]), "sa-token": (SA_USER, ["system:serviceaccounts"])}
     with KubeApiServer(tokens=tokens, rbac=rbac) as srv:
         srv.load([{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS}}])

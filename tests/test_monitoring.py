@@ -241,7 +241,7 @@ def test_with_leader_election_only_the_lease_holder_reports_1(tmp_path: Path, sw
 
 def test_the_servicemonitor_selects_the_metrics_service_and_port():
     (monitor,) = YAML(typ="safe").load_all(MONITORING.joinpath("servicemonitor.yaml").read_text(encoding="utf-8"))
-    (service,) = YAML(typ="safe").load_all(ROOT.joinpath("deploy", "service-metrics.yaml").read_text(encoding="utf-8"))
+    (service,) = YAML(typ="safe").load_all(ROOT.joinpath("deploy", "base", "service-metrics.yaml").read_text(encoding="utf-8"))
     assert monitor["kind"] == "ServiceMonitor" and monitor["apiVersion"] == "monitoring.coreos.com/v1"
     assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
     assert service["metadata"]["namespace"] in monitor["spec"]["namespaceSelector"]["matchNames"]

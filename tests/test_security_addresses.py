@@ -3,7 +3,7 @@
 - A switch address must match the operator's --allowed-switches (default loopback only) before
   any connection is made; the refusal names the switch, the address and the flag.
 - LoadBalancerConfig CRs are read only in the reconciler's namespace(s) (--intent-namespace),
-  with namespaced list/watch, under the namespaced RBAC of deploy/rbac.yaml.
+  with namespaced list/watch, under the namespaced RBAC of deploy/base/rbac.yaml.
 - CR status and Events say "unreachable at ADDRESS" for a switch that cannot be reached, the
   same whatever the peer answered (refused, closed, not gRPC): no port-scan oracle.
 """
@@ -133,7 +133,7 @@ def test_an_allowed_switch_is_connected(tmp_path: Path, switch_pair, capsys) -> 
 
 @pytest.fixture
 def kube() -> Iterator[KubeApiServer]:
-    rbac = [d for d in YAML(typ="safe").load_all((REPO / "deploy" / "rbac.yaml").read_text()) if d]
+    rbac = [d for d in YAML(typ="safe").load_all((REPO / "deploy" / "base" / "rbac.yaml").read_text()) if d]
     tokens = {"admin-token": ("admin", ["system:masters"]), "sa-token": (SA_USER, ["system:serviceaccounts"])}
     with KubeApiServer(tokens=tokens, rbac=rbac) as srv:
         srv.load([{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": n}} for n in (NS, "team-a")])

@@ -1,6 +1,6 @@
 """deploy/ keeps the reconciler to least privilege (H5):
 
-- the ValidatingAdmissionPolicy in deploy/admission-policy.yaml, enforced by the test API server
+- the ValidatingAdmissionPolicy in deploy/base/admission-policy.yaml, enforced by the test API server
   (tests/kubeapi/admission.py) over real HTTP: the reconciler's own writes (fallback, recovery,
   proxy-name label, VIP status) pass as its ServiceAccount under the shipped RBAC; the same
   account setting spec.externalIPs, another annotation or label, or an ingress IP outside the
@@ -34,6 +34,7 @@ from reconciler.render import Renderer
 
 REPO = Path(__file__).resolve().parents[1]
 DEPLOY = REPO / "deploy"
+BASE = DEPLOY / "base"
 MULTI = REPO / "intent-examples" / "multi-service"
 NS = "p4kube-system"
 SA_USER = f"system:serviceaccount:{NS}:p4kube-reconciler"
@@ -46,9 +47,9 @@ def load_all(path: Path) -> list[dict[str, Any]]:
 
 
 def admission_objects(pools: dict[str, str] | None) -> list[dict[str, Any]]:
-    """deploy/admission-policy.yaml with the pools ConfigMap filled by the operator (None: deleted)."""
+    """deploy/base/admission-policy.yaml with the pools ConfigMap filled by the operator (None: deleted)."""
     out = []
-    for obj in load_all(DEPLOY / "admission-policy.yaml"):
+    for obj in load_all(BASE / "admission-policy.yaml"):
         if obj["kind"] == "ConfigMap":
             if pools is None:
                 continue
@@ -59,7 +60,7 @@ def admission_objects(pools: dict[str, str] | None) -> list[dict[str, Any]]:
 
 def start_server(pools: dict[str, str] | None) -> KubeApiServer:
     tokens = {"admin-token": ("admin", ["system:masters"]), "sa-token": (SA_USER, ["system:serviceaccounts"])}
-    srv = KubeApiServer(tokens=tokens, rbac=load_all(DEPLOY / "rbac.yaml"), admission=admission_objects(pools))
+    srv = KubeApiServer(tokens=tokens, rbac=load_all(BASE / "rbac.yaml"), admission=admission_objects(pools))
     srv.start()
     srv.load([{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS}}])
     srv.load(YAML(typ="safe").load((MULTI / "cluster.yaml").read_text())["items"])
@@ -110,7 +111,7 @@ def refused(srv: KubeApiServer, call: str, ns: str, name: str, body: dict[str, A
 
 def test_the_reconcilers_own_writes_pass_the_policy(server: KubeApiServer) -> None:
     """Fallback, recovery, the proxy-name label, the VIP status (set and cleared) and Events,
-    as the ServiceAccount under deploy/rbac.yaml with the policy on: nothing is refused."""
+    as the ServiceAccount under deploy/base/rbac.yaml with the policy on: nothing is refused."""
     api = build_api_client(configuration=server.client_configuration("sa-token"))
 
     async def go() -> None:
@@ -212,7 +213,7 @@ def test_the_shipped_empty_pools_refuse_any_ingress_but_allow_fallback() -> None
 
 
 def one(kind: str, name: str | None = None) -> dict[str, Any]:
-    found = [o for p in sorted(DEPLOY.glob("*.yaml")) if p.name != "kustomization.yaml" for o in load_all(p)
+    found = [o for p in sorted(BASE.glob("*.yaml")) if p.name != "kustomization.yaml" for o in load_all(p)
              if o["kind"] == kind and (name is None or o["metadata"]["name"] == name)]  # fmt: skip
     assert len(found) == 1, f"{kind} {name}: {len(found)}"
     return found[0]
@@ -238,7 +239,7 @@ def test_network_policy_limits_the_pods_traffic() -> None:
 def all_renderings() -> list[list[dict[str, Any]]]:
     import test_deploy
 
-    return [test_deploy.build(DEPLOY), *(test_deploy.build(DEPLOY / "overlays" / o) for o in sorted(test_deploy.OVERLAY_NAMES))]
+    return [test_deploy.build(BASE), *(test_deploy.build(DEPLOY / "overlays" / o) for o in sorted(test_deploy.OVERLAY_NAMES))]
 
 
 def test_deployment_passes_the_operator_limits_and_never_plaintext() -> None:
@@ -266,7 +267,7 @@ def test_deployment_passes_the_operator_limits_and_never_plaintext() -> None:
 def test_policy_is_installed_before_the_deployment() -> None:
     from reconciler.cli.install import render_documents
 
-    kinds = [str(d["kind"]) for d in render_documents(DEPLOY)]
+    kinds = [str(d["kind"]) for d in render_documents(BASE)]
     assert kinds.index("ValidatingAdmissionPolicyBinding") < kinds.index("Deployment")
     assert kinds.index("NetworkPolicy") < kinds.index("Deployment")
 

@@ -1,7 +1,7 @@
 """`p4kube crd`: print (or write, or check) the LoadBalancerConfig CRD generated from schemas/.
 
 reconciler/cli/__init__.py calls `register(subparsers)`; the command has no other home, so that
-deploy/crd.yaml is always produced the same way: `p4kube crd --out deploy/crd.yaml`.
+deploy/base/crd.yaml is always produced the same way: `p4kube crd --out deploy/base/crd.yaml`.
 """
 
 from __future__ import annotations
@@ -20,13 +20,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Generate the LoadBalancerConfig CRD (apiextensions.k8s.io/v1) from "
         "schemas/loadbalancerconfig.schema.json: the structural openAPIV3Schema, the status "
         "subresource and printer columns. Prints YAML to stdout unless --out or --check is given. "
-        "deploy/crd.yaml is this output.",
+        "deploy/base/crd.yaml is this output.",
     )
     p.add_argument("--out", metavar="FILE", help="write the YAML here instead of stdout")
     p.add_argument(
         "--check",
         metavar="FILE",
-        help="exit 1 if FILE differs from the generated CRD (for CI: is deploy/crd.yaml current?)",
+        help="exit 1 if FILE differs from the generated CRD (for CI: is deploy/base/crd.yaml current?)",
     )
     p.set_defaults(func=cmd_crd)
 

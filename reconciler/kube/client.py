@@ -35,7 +35,7 @@ TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"  # metav1.Time: whole seconds
 
 @dataclass(frozen=True)
 class Permission:
-    """One RBAC rule the reconciler needs: what deploy/rbac.yaml must grant."""
+    """One RBAC rule the reconciler needs: what deploy/base/rbac.yaml must grant."""
 
     group: str  # "" for the core group
     resource: str  # plural, with "/subresource" where it applies

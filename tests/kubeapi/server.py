@@ -63,7 +63,7 @@ def _json_body(raw: bytes, content_type: str) -> bytes:
 
 
 def _rbac_objects(items: Iterable[Any]) -> list[Mapping[str, Any]]:
-    """RBAC objects given as dicts, or as paths of YAML files (e.g. the shipped deploy/rbac.yaml)."""
+    """RBAC objects given as dicts, or as paths of YAML files (e.g. the shipped deploy/base/rbac.yaml)."""
     out: list[Mapping[str, Any]] = []
     for item in items:
         if isinstance(item, (str, Path)):
