@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pygit2
@@ -152,3 +154,44 @@ def test_pre_commit_hook_command_validates(tmp_path, capsys, monkeypatch):
     (repo / "lbconfig.yaml").write_text((repo / "lbconfig.yaml").read_text() + "  bogus: 1\n")
     assert main(argv[1:]) == 1
     assert "bogus" in capsys.readouterr().out
+
+
+def _plan_step(wf: dict) -> str:
+    return next(s["run"] for s in wf["jobs"]["plan"]["steps"] if s.get("id") == "plan")
+
+
+def test_workflow_plan_step_plans_against_the_audit_repository(tmp_path):
+    """The workflow's own plan step, run by bash as the runner would, with the real p4kube, in
+    the runner's layout (head/ the pull request, base/ the base branch, a local audit repository
+    standing for P4KUBE_AUDIT_REPO)."""
+    wf = YAML(typ="safe").load((ROOT / "ci" / "github" / "p4kube-plan.yml").read_text())
+    assert wf["env"]["P4KUBE_AUDIT_REPO"] == "${{ vars.P4KUBE_AUDIT_REPO }}"  # a repository variable, not the PR
+    head, base = tmp_path / "head", tmp_path / "base"
+    make_intent_repo(head)
+    (base / "cluster").mkdir(parents=True)
+    shutil.copy(head / "cluster" / "recorded.yaml", base / "cluster" / "recorded.yaml")
+    audit = tmp_path / "audit.git"
+    record_applied(head, audit, tmp_path)
+    output = tmp_path / "github_output"
+    env = {
+        "PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin",
+        "HOME": str(tmp_path),
+        "INTENT_DIR": ".", "CLUSTER_FILE": "cluster/recorded.yaml", "PREVIOUS_SNAPSHOT": "",
+        "P4KUBE_AUDIT_REPO": str(audit), "P4KUBE_AUDIT_BRANCH": "main",
+        "GITHUB_OUTPUT": str(output), "GITHUB_STEP_SUMMARY": str(tmp_path / "summary.md"),
+    }
+    r = subprocess.run(["bash", "-e", "-c", _plan_step(wf)], cwd=head, env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert output.read_text() == "exit=0\n"  # planned against v1: no changes (without it: 4 to add, exit 2)
+    assert "**No changes.**" in (tmp_path / "p4kube-out" / "plan.md").read_text()
+    assert (tmp_path / "summary.md").read_text() == (tmp_path / "p4kube-out" / "plan-full.md").read_text()
+
+
+def test_workflow_keeps_the_full_plan_as_an_artifact():
+    wf = YAML(typ="safe").load((ROOT / "ci" / "github" / "p4kube-plan.yml").read_text())
+    uploads = [s for s in wf["jobs"]["plan"]["steps"] if s.get("uses", "").startswith("actions/upload-artifact@")]
+    by_name = {s["with"]["name"]: s for s in uploads}
+    assert by_name["p4kube-plan"]["with"]["path"] == "p4kube-out/plan.md"  # what the comment job posts
+    full = by_name["p4kube-plan-full"]
+    assert full["if"] == "always()" and full["uses"] == by_name["p4kube-plan"]["uses"]  # the same pinned SHA
+    assert full["with"]["path"].split() == ["p4kube-out/plan-full.md", "p4kube-out/plan.json", "p4kube-out/plan.txt"]
