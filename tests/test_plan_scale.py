@@ -20,7 +20,7 @@ from reconciler.cluster.model import ClusterState, Endpoint
 from reconciler.cluster.synthetic import cluster_to_list, synthetic_cluster
 from reconciler.intent.yamlsafe import DEFAULT_MAX_FILE_BYTES
 from reconciler.diff import diff_snapshots
-from reconciler.intent.loader import load_intent
+from reconciler.intent.loader import load_intent, load_intent_blobs
 from reconciler.pipeline_io import render_one
 from reconciler.plan import ConfigPlan, format_plan
 from reconciler.plan_summary import COMMENT_LIMIT, STEP_SUMMARY_LIMIT, SUMMARY_BUDGET, cut_markdown, format_summary
@@ -143,3 +143,28 @@ def test_summary_of_5000_services_names_the_largest_share_moves(intent: Path, ba
     assert not [i for i in plan.issues if i.severity == "error"]
     assert "`ns-40/svc-0040`" in md.split("#### Removed (40)", 1)[1]
     print(f"\nplan.md {len(md)} chars for a full plan of {len(full)} chars")
+
+
+def test_a_large_recording_in_the_intent_repository_is_not_taken_for_intent(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """ci/README.md's layout keeps the recording at cluster/recorded.yaml in the intent repository,
+    which `p4kube validate .` (the pre-commit hook) and `check --intent .` walk. A recording over
+    the intent's 1 MiB limit used to fail both ("file too large")."""
+    repo = tmp_path / "intent"
+    repo.mkdir()
+    shutil.copy(MULTI / "lbconfig.yaml", repo)
+    shutil.copy(MULTI / "sim-device-config.json", repo)
+    (repo / "cluster").mkdir()
+    recording = repo / "cluster" / "recorded.yaml"
+    write_recording(synthetic_cluster(services=1500, nodes=50, endpoints=3000, seed=2), recording)
+    assert recording.stat().st_size > max(1_360_000, DEFAULT_MAX_FILE_BYTES)
+    monkeypatch.chdir(repo)
+    assert main(["validate", "."]) == 0
+    assert main(["check", "--intent", ".", "--cluster", "cluster/recorded.yaml", "--out-dir", str(tmp_path / "out")]) == 2
+    # The intent as `run` reads it, from the commit's blobs: the same.
+    blobs = [("lbconfig.yaml", (repo / "lbconfig.yaml").read_bytes()), ("cluster/recorded.yaml", recording.read_bytes())]
+    assert [c.name for c in load_intent_blobs(blobs, str(repo))] == ["p4kube-config"]
+    # A large file that could hold a LoadBalancerConfig is still refused.
+    (repo / "big.yaml").write_text("# LoadBalancerConfig\n" + "#" * DEFAULT_MAX_FILE_BYTES + "\n")
+    capsys.readouterr()
+    assert main(["validate", "."]) == 1
+    assert "big.yaml:1:1: file too large" in capsys.readouterr().out
