@@ -17,7 +17,6 @@ from .options import file_options, output_option, tls_dir_option
 from .output import emit, render_data, write_atomic
 
 if TYPE_CHECKING:  # the library (jsonschema, ruamel, finsy) is imported when a command runs, not for --help
-    from ..plan import Format
     from ..snapshot import Snapshot
 
 
