@@ -196,5 +196,10 @@ def test_plan_and_check_refuse_an_unknown_algorithm_and_write_nothing(capsys, tm
     code, stdout, err = run_cli(capsys, "check", "--intent", str(intent), "--cluster", str(CLUSTER), "--out-dir", str(out_dir))
     assert code == 1
     assert stdout.splitlines()[0].startswith(at + 'unknown algorithm "round-robn"')
+    # The pull request's comment must show the errors (issue 12): check writes plan.md with them
+    # and nothing else, no snapshot or plan of switch tables.
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["check-out", "intent"]
     assert "no plan" in err
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["intent"]
+    assert sorted(p.name for p in out_dir.iterdir()) == ["plan.md"]
+    comment = (out_dir / "plan.md").read_text()
+    assert "invalid intent" in comment and at + 'unknown algorithm "round-robn"' in comment

@@ -1,7 +1,7 @@
 """The packaged monitoring (deploy/monitoring/) against what `p4kube run` really serves.
 
 - `promtool test rules` runs the PrometheusRule's alerts on the cases in
-  tests/fixtures/monitoring/alerts_test.yaml (promtool: Debian's `prometheus` package, which
+  tests/monitoring_alerts_test.yaml (promtool: Debian's `prometheus` package, which
   .ci/run installs);
 - every metric name in the alerts and in the Grafana dashboard is one a running `p4kube run`
   exposes on /metrics (a renamed metric breaks this test, not a dashboard in production);
@@ -29,7 +29,7 @@ from ruamel.yaml import YAML
 
 ROOT = Path(__file__).resolve().parents[1]
 MONITORING = ROOT / "deploy" / "monitoring"
-CASES = ROOT / "tests" / "fixtures" / "monitoring" / "alerts_test.yaml"
+CASES = ROOT / "tests" / "monitoring_alerts_test.yaml"  # ours: tests/fixtures holds copies of ../shared/fixtures
 CONFIG = "p4kube-system/p4kube-config"
 
 # PromQL words that are not metric names: functions (followed by "("), operators, modifiers.
