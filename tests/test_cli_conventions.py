@@ -73,6 +73,10 @@ def test_render_and_plan_print_yaml_equal_to_their_json(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         main(["render", *base, "-o", "text"])  # a snapshot has no text form
     assert e.value.code == 64
+    # check prints the same plan as plan does, in the asked form; its files are written whatever -o says
+    out = tmp_path / "check-out"
+    assert main(["check", *base, "--out-dir", str(out), "-o", "yaml"]) == 2
+    assert _yaml(capsys.readouterr().out) == plan_json == json.loads((out / "plan.json").read_text())
 
 
 def test_audit_commands_print_json_and_yaml(tmp_path, capsys):
@@ -114,8 +118,8 @@ def _commands(parser) -> dict[str, object]:
 
 
 # Commands that print data (a report, a document); the rest print a result line or run.
-PRINTS_DATA = ("validate", "render", "plan", "audit log", "audit show", "audit diff", "audit verify", "apply", "reconcile",
-               "rollback")
+PRINTS_DATA = ("validate", "render", "plan", "check", "audit log", "audit show", "audit diff", "audit verify", "apply",
+               "reconcile", "rollback", "status", "switch dump", "switch diff")
 
 
 def test_every_data_command_has_one_output_flag():

@@ -8,7 +8,7 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from ..ghactions import command, stop_commands
 from ..intent.files import OperatorDirs
@@ -17,6 +17,7 @@ from .options import file_options, output_option, tls_dir_option
 from .output import emit, render_data, write_atomic
 
 if TYPE_CHECKING:  # the library (jsonschema, ruamel, finsy) is imported when a command runs, not for --help
+    from ..plan import ConfigPlan
     from ..snapshot import Snapshot
 
 
@@ -73,6 +74,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "set (cut to its 1 MiB limit). Exit 0: valid, no changes; 2: valid, changes; 1: invalid or error.",
     )
     _add_render_inputs(p)
+    output_option(p)  # what is printed; the files in --out-dir are always written in every form
     prev = p.add_mutually_exclusive_group()
     prev.add_argument("--previous", metavar="SNAPSHOT", action="append", default=[], help="what the switches hold now")
     prev.add_argument(
@@ -153,6 +155,15 @@ def cmd_render(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _plan_as(plans: Sequence[ConfigPlan], fmt: str) -> str:
+    """The plan as `fmt` (the -o choices); yaml is the json plan's document, in YAML."""
+    from ..plan import Format, format_plan
+
+    if fmt == "yaml":
+        return render_data(json.loads(format_plan(plans, "json")), "yaml")
+    return format_plan(plans, cast(Format, fmt))
+
+
 def cmd_plan(args: argparse.Namespace) -> int:
     from ..pipeline_io import load_inputs, make_plans
     from ..plan import exit_code, format_plan
@@ -161,8 +172,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     configs = [intent.pick_config(args.config)] if args.config else list(intent.configs)
     previous = _load_previous(args.previous, {c.key for c in configs})
     plans = make_plans(intent, configs, cluster, previous, connections, pipeline_dir=OperatorDirs.from_args(args).pipeline_dir)
-    # yaml: the json plan's document, in YAML
-    text = format_plan(plans, args.output) if args.output != "yaml" else render_data(json.loads(format_plan(plans, "json")), "yaml")
+    text = _plan_as(plans, args.output)
     sys.stdout.write(text)
     if args.out:
         write_atomic(Path(args.out), text)
@@ -205,7 +215,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     write_atomic(out / "plan-full.md", full)
     write_atomic(out / "plan.json", format_plan(plans, "json"))
     write_atomic(out / "plan.txt", format_plan(plans, "text"))
-    sys.stdout.write(format_plan(plans, "text"))
+    sys.stdout.write(_plan_as(plans, args.output))
     _append_step_summary(full)
     print(f"p4kube check: valid; plan written to {out}/plan.md (summary), plan-full.md, plan.json, plan.txt", file=sys.stderr)
     resume_commands()
