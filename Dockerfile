@@ -13,10 +13,15 @@
 
 # --- builder: the project's wheel -----------------------------------------------------------
 FROM python:3.11-slim-bookworm AS builder
+# The build context has no .git: say the commit, and `p4kube --version` and p4kube_build_info
+# name it (setup.py writes it into the wheel):
+#   docker build --build-arg P4KUBE_BUILD_COMMIT=$(git rev-parse --short=12 HEAD) -t REGISTRY/p4kube:TAG .
+ARG P4KUBE_BUILD_COMMIT=""
 ENV PIP_NO_CACHE_DIR=1 \
-    PIP_DISABLE_PIP_VERSION_CHECK=1
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    P4KUBE_BUILD_COMMIT=${P4KUBE_BUILD_COMMIT}
 WORKDIR /src
-# .dockerignore lets in only what the wheel is built from: pyproject.toml, README.md, reconciler/
+# .dockerignore lets in only what the wheel is built from: pyproject.toml, setup.py, README.md, reconciler/
 # and intent-examples/ (reconciler/data/intent-examples/ links into it; symlinks are copied as
 # such), and the lock files.
 COPY . .

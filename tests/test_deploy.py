@@ -1043,7 +1043,7 @@ def test_dockerignore_keeps_the_build_inputs_and_nothing_else() -> None:
         assert dockerignored(path, patterns), f"{path} would be sent to the build"
     # Everything the wheel is built from: pyproject.toml, its readme, the package, and what the
     # package's symlinks point to (reconciler/data/intent-examples/ -> intent-examples/).
-    needed = ["pyproject.toml", "README.md", "requirements.lock", "requirements-build.lock"]
+    needed = ["pyproject.toml", "setup.py", "README.md", "requirements.lock", "requirements-build.lock"]
     for item in sorted((REPO_ROOT / "reconciler").rglob("*")):
         rel = item.relative_to(REPO_ROOT).as_posix()
         if "__pycache__" in rel or item.suffix == ".pyc":
@@ -1056,3 +1056,12 @@ def test_dockerignore_keeps_the_build_inputs_and_nothing_else() -> None:
     assert "reconciler/cli/__init__.py" in needed
     missing = [p for p in needed if dockerignored(p, patterns)]
     assert not missing, f".dockerignore leaves out build inputs: {missing[:5]}"
+
+
+def test_the_image_build_records_the_commit_it_is_given() -> None:
+    # The build context has no .git: the commit comes in as a build argument, setup.py writes it
+    # into the wheel (reconciler/_build.py), and `p4kube --version` names it.
+    builder, *_ = dockerfile_stages()
+    assert ("ARG", 'P4KUBE_BUILD_COMMIT=""') in builder["ins"]
+    assert dockerfile_env(builder)["P4KUBE_BUILD_COMMIT"] == "${P4KUBE_BUILD_COMMIT}"
+    assert "P4KUBE_BUILD_COMMIT" in (REPO_ROOT / "setup.py").read_text()
