@@ -128,3 +128,19 @@ def test_dump_over_mutual_tls_with_files_from_the_tls_directory(tmp_path, capsys
         assert code == 1 and "x" in err and "has no pipeline" not in err, err
     finally:
         sw.stop(0)
+
+
+def test_a_slow_read_back_is_never_silent(tmp_path, switch_pair, capsys, monkeypatch):
+    # The progress line shows once a read has run for the interval (2 s; shortened here) on
+    # `switch dump` and on `status`; the injected latency makes the read outlast it many times over.
+    standby, primary = switch_pair
+    intent, state, common = applied_world(tmp_path, switch_pair, capsys)
+    monkeypatch.setenv("P4KUBE_PROGRESS_SECONDS", "0.05")
+    primary.set_delay(0.6)
+    standby.set_delay(0.6)
+    code, out, err = run(capsys, "switch", "dump", f"127.0.0.1:{primary.port}", "--allow-insecure-switches")
+    assert code == 0 and json.loads(out)["tables"]
+    assert f"127.0.0.1:{primary.port}: reading back" in err, err
+    code, out, err = run(capsys, "status", "--intent", str(intent), "--state", str(state), *common, "-o", "json")
+    assert code == 0, err
+    assert "sim-primary, sim-standby: reading back" in err, err

@@ -15,7 +15,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..apply import TwoSwitchApplier
+from ..apply import Progress, ProgressCallback, TwoSwitchApplier
 from ..audit.errors import AuditError
 from ..audit.message import AuditEntry
 from ..audit.repo import AuditRepo
@@ -148,11 +148,14 @@ def next_retry_from_status(status: Mapping[str, Any]) -> str | None:
 async def gather_config(
     config: LoadBalancerConfig, settings: Settings, record: AppliedRecord,
     fallen_back: Sequence[FallenBack] | None = None, next_retry: str | None = None, problems: Sequence[str] = (),
+    progress: ProgressCallback | None = None,
 ) -> ConfigStatus:
     """One config's status: both switches read at once. `fallen_back`: the Services read from the
     cluster, or None when it was not read (then the last applied record's Reason says what it can)."""
     applier = build_applier(config, settings)  # SettingsError: the operator's limits, before anything connects
     last = record.snapshot
+    if progress is not None:  # both switches at once, one Read RPC each: the line says how long it has run
+        progress(Progress(", ".join(sw.name for sw in config.switch_config.switches), "read"))
     switches = await asyncio.gather(*(_switch(sw, applier, settings, last) for sw in config.switch_config.switches))
     newest = record.newest
     falls = list(fallen_back) if fallen_back is not None else _fallen_back_from_record(record.applied)

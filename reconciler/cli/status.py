@@ -8,6 +8,7 @@ Exit 0: every config's switches are reachable and in sync; 1: anything else (or 
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Any
 
 from .errors import CommandError
@@ -130,6 +131,10 @@ def cmd_status(args: argparse.Namespace) -> int:
     configs, problems, cr_status = _configs(args, api)
     falls, fall_problem = _fallen_back(args, api)
 
+    from .progress import ProgressLine
+
+    line = ProgressLine(sys.stderr)  # a read-back of 350k entries takes tens of seconds: never silent
+
     async def gather() -> list[Any]:
         out = []
         for config in configs:
@@ -137,10 +142,13 @@ def cmd_status(args: argparse.Namespace) -> int:
             # Fallbacks are the cluster's (a fallen-back Service has left every snapshot): each config shows them.
             retry = next_retry_from_status(cr_status.get(config.key) or {})
             out.append(await gather_config(config, settings, record, falls, next_retry=retry,
-                                           problems=[fall_problem, *problems]))
+                                           problems=[fall_problem, *problems], progress=line))
         return out
 
-    statuses = asyncio.run(gather())
+    try:
+        statuses = asyncio.run(gather())
+    finally:
+        line.stop()
     from .output import emit
 
     emit({"configs": [s.to_json() for s in statuses]}, args.output, lambda: text(statuses))

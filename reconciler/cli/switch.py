@@ -94,11 +94,18 @@ async def _read(args: argparse.Namespace) -> Any:
     settings = settings_from_args(args)
     tls = switch_target(args.address, settings,
                         TlsNames(args.ca_file, args.cert_file, args.key_file, args.server_name))
+    from ..apply import Progress
+    from .progress import ProgressLine
+
+    line = ProgressLine(sys.stderr)  # shown once the read has run for 2 s
+    line(Progress(args.address, "read"))
     try:
         reading = await read_switch(args.address, device_id=args.device_id, tls=tls,
                                     connect_timeout=args.timeout, rpc_timeout=args.rpc_timeout)
     except SwitchError as e:
         raise CommandError(str(e)) from e
+    finally:
+        line.stop()
     if not reading.has_pipeline:
         raise CommandError(f"switch {args.address} (device {args.device_id}) has no pipeline: nothing to read")
     return reading
