@@ -185,7 +185,8 @@ def format_text(plans: Sequence[ConfigPlan]) -> str:
 # --- markdown -----------------------------------------------------------------------------------
 
 
-def format_markdown(plans: Sequence[ConfigPlan]) -> str:
+def markdown_headline(plans: Sequence[ConfigPlan]) -> list[str]:
+    """The marker, the heading and the counts: the same at the top of the full plan and the PR comment."""
     c = summary_counts(plans)
     out = [MARKDOWN_MARKER, "### p4kube plan", ""]
     if any(p.changed for p in plans):
@@ -194,6 +195,11 @@ def format_markdown(plans: Sequence[ConfigPlan]) -> str:
         )
     else:
         out.append("**No changes.**")
+    return out
+
+
+def format_markdown(plans: Sequence[ConfigPlan]) -> str:
+    out = markdown_headline(plans)
     for p in plans:
         config = mdsafe.name(p.config, mdsafe.config_key_ok(p.config))
         out += ["", f"#### {config}: {_version_line(p)}", "", f"_{mdsafe.inline(_source_line(p), 200)}_", ""]

@@ -15,7 +15,7 @@ from typing import Sequence
 from . import mdsafe
 from .diagnostics import Diagnostic
 from .diff import ServiceChange
-from .plan import MARKDOWN_MARKER, ConfigPlan, _issue_line, _md_endpoint, _md_service, _version_line, share_rows, summary_counts
+from .plan import MARKDOWN_MARKER, ConfigPlan, markdown_headline, _issue_line, _md_endpoint, _md_service, _version_line, share_rows, summary_counts
 
 COMMENT_LIMIT = 65_536  # GitHub's limit on an issue or pull-request comment body, in characters
 SUMMARY_BUDGET = 60_000  # what the summary stays under, leaving room for the workflow's own lines
@@ -90,13 +90,7 @@ def _cut(line: str) -> str:
 def format_summary(plans: Sequence[ConfigPlan]) -> str:
     """The pull-request comment: under SUMMARY_BUDGET characters for any number of Services."""
     c = summary_counts(plans)
-    out = [MARKDOWN_MARKER, "### p4kube plan", ""]
-    if any(p.changed for p in plans):
-        out.append(
-            f"**{c['added']} to add, {c['changed']} to change, {c['removed']} to remove** ({c['writes']} table writes)"
-        )
-    else:
-        out.append("**No changes.**")
+    out = markdown_headline(plans)
     out += ["", FULL_PLAN_NOTE]
 
     issues = [i for p in plans for i in p.issues]
