@@ -42,3 +42,12 @@ class InputError(Exception):
     def __init__(self, diagnostics: list[Diagnostic]) -> None:
         self.diagnostics = sorted(diagnostics)
         super().__init__("\n".join(str(d) for d in self.diagnostics))
+
+
+SHOWN = 80  # an echoed input value is cut to about this many characters
+
+
+def clip(text: str, limit: int = SHOWN, mark: str = "...", *, fit: bool = False) -> str:
+    """`text` as echoed in a message: at most `limit` characters, then `mark` when it was cut
+    (`fit`: the mark counts within `limit`)."""
+    return text if len(text) <= limit else text[: limit - len(mark) if fit else limit] + mark

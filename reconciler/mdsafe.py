@@ -13,9 +13,8 @@ from __future__ import annotations
 import ipaddress
 import re
 
+from .diagnostics import SHOWN, clip
 from .k8snames import dns1035_label, dns1123_label, dns1123_subdomain
-
-MAX_SHOWN = 80  # an invalid value is shown cut to this many characters
 
 
 def service_key_ok(key: str) -> bool:
@@ -59,20 +58,17 @@ def ip_ok(s: str) -> bool:
 _ENTITIES = {c: f"&#{ord(c)};" for c in "\\`*_[]#+-.!|<>&~:=$@"}
 
 
-def inline(value: object, limit: int = MAX_SHOWN) -> str:
+def inline(value: object, limit: int = SHOWN) -> str:
     """`value` as inert Markdown text on one line, cut to `limit` characters."""
-    s = str(value)
-    cut = len(s) > limit
-    s = s[:limit]
     out = []
-    for c in s:
+    for c in clip(str(value), limit, "…"):  # the mark is printable and no entity: it passes as is
         if c in _ENTITIES:
             out.append(_ENTITIES[c])
         elif not c.isprintable() or c in "\u2028\u2029":
             out.append(repr(c)[1:-1] if ord(c) < 0x10000 else f"\\U{ord(c):08x}")
         else:
             out.append(c)
-    return "".join(out) + ("…" if cut else "")
+    return "".join(out)
 
 
 def name(value: str, ok: bool) -> str:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from reconciler.diagnostics import Diagnostic
+from reconciler.diagnostics import Diagnostic, clip
 
 # The JSON Schema's `pattern` for these fields (schemas/loadbalancerconfig.schema.json): one or
 # more components of letters, digits, '_', '.', '+', '-', none starting with '.' (so no "..",
@@ -59,10 +59,9 @@ class FileRefError(Exception):
         self.kind = kind
 
 
-def shown(value: str, limit: int = 80) -> str:
+def shown(value: str) -> str:
     """`value` as echoed in a message: quoted, control characters escaped, at most ~80 chars."""
-    text = value if len(value) <= limit else value[:limit] + "..."
-    return repr(text)[1:-1].join('""')
+    return repr(clip(value))[1:-1].join('""')
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field, replace
 from typing import Hashable, Iterable, Mapping, cast
 
 from ..cluster.model import ClusterState, Service, ServicePort
+from ..diagnostics import clip
 from ..intent.model import LoadBalancerConfig
 from ..p4names import IP_PROTOCOLS, REVERSE_NAT
 from ..snapshot import Backend, ServiceSnapshot, Snapshot, Value, backend_key, check_service_schema, route_entries
@@ -380,11 +381,6 @@ def _requested_vip(svc: Service) -> tuple[str, str] | None:
     return None
 
 
-def _clip(text: str, limit: int = 80) -> str:
-    """An echoed cluster value, cut short: a field can hold anything."""
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
 def _drop_key(st: _State, key: str, keep: set[str], keep_vip: bool = False) -> None:
     """Forget the snapshot services of `key` not in `keep`, releasing what they held."""
     ks = st.keys.get(key)
@@ -575,7 +571,7 @@ def _choose_vip(st: _State, svc: Service, issues: list[RenderIssue]) -> str | No
         # else a Service could claim any address (the API server's ClusterIP, another's VIP).
         refusal = pools.refusal(requested, svc.namespace)
         if refusal is not None:
-            issues.append(RenderIssue(key, f"requested IP {_clip(requested)} ({where}) {refusal}", "error"))
+            issues.append(RenderIssue(key, f"requested IP {clip(requested, fit=True)} ({where}) {refusal}", "error"))
             return None
         if not st.vips.take(key, requested):
             holder = st.vips.owner_of.get(requested)
