@@ -29,8 +29,6 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
-from finsy.proto import p4r
-
 from .apply import compare_entries
 from .intent.model import HealthCheck
 from .snapshot import ServiceSnapshot, Snapshot
@@ -269,17 +267,8 @@ async def check_drift(
 
 async def _default_drift(session: SwitchSession) -> list[str]:
     info = session.info
-    request = p4r.ReadRequest(device_id=session.device_id)
-    for table in info.tables.values():
-        request.entities.add().table_entry.CopyFrom(p4r.TableEntry(table_id=table.id, is_default_action=True))
-    # SwitchSession has no public reader of default entries; its _read keeps the error
-    # handling (ReadError naming the switch) of every other read.
-    entities = await session._read(request, "default entries")
     out: list[str] = []
-    for entity in entities:
-        te = entity.table_entry
-        if entity.WhichOneof("entity") != "table_entry" or not te.is_default_action:
-            continue
+    for te in await session.read_defaults():
         table = info.table_by_id(te.table_id)
         if table.default_action is None:
             continue

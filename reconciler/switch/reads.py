@@ -18,7 +18,7 @@ from reconciler.switch.channel import Connection
 from reconciler.switch.errors import ReadError, status_text
 from reconciler.switch.translate import TranslationError, entry_to_proto, proto_to_entry
 
-__all__ = ["CounterCell", "count_entries", "read", "read_counters", "read_entries", "read_keys"]
+__all__ = ["CounterCell", "count_entries", "read", "read_counters", "read_defaults", "read_entries", "read_keys"]
 
 _READ_KEYS_CHUNK = 5000  # entities per ReadRequest when reading by key
 
@@ -89,6 +89,20 @@ def _decode_entries(connection: Connection, info: PipelineInfo, entities: Iterab
             raise ReadError(f"{peer.where()}: read-back entry does not fit the P4Info: {exc}",
                             switch=peer.name) from None
     return out
+
+
+async def read_defaults(connection: Connection, info: PipelineInfo) -> list[p4r.TableEntry]:
+    """The default entry of every table of the P4Info, as the switch reports it (wildcard reads
+    never return default entries, so each is asked for explicitly)."""
+    request = p4r.ReadRequest(device_id=connection.peer.device_id)
+    for table in info.tables.values():
+        request.entities.add().table_entry.CopyFrom(p4r.TableEntry(table_id=table.id, is_default_action=True))
+    entities = await read(connection, request, "default entries")
+    return [
+        e.table_entry
+        for e in entities
+        if e.WhichOneof("entity") == "table_entry" and e.table_entry.is_default_action
+    ]
 
 
 async def count_entries(

@@ -177,6 +177,6 @@ class SwitchSession:
         """Cells of the indirect counter `name` (all of them, or `indexes`), sorted by index."""
         return await reads.read_counters(self._connection, self.info, name, indexes)
 
-    async def _read(self, request: p4r.ReadRequest, what: str) -> list[p4r.Entity]:
-        # kept for reconciler/health.py's read of default entries (ReadError names the switch)
-        return await reads.read(self._connection, request, what)
+    async def read_defaults(self) -> list[p4r.TableEntry]:
+        """The default entry of every table, as the switch reports it."""
+        return await reads.read_defaults(self._connection, self.info)
