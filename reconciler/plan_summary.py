@@ -103,12 +103,10 @@ def format_summary(plans: Sequence[ConfigPlan]) -> str:
 
     out += ["", "#### Configs", "", "| config | version | added | changed | removed | table writes |", "|---|---|---|---|---|---|"]
     for p in plans[:MAX_CONFIG_ROWS]:
-        per = {"added": 0, "changed": 0, "removed": 0}
-        for ch in p.diff.services:
-            per[ch.change] += 1
+        per = summary_counts([p])
         config = mdsafe.name(p.config, mdsafe.config_key_ok(p.config))
         out.append(
-            f"| {config} | {mdsafe.inline(_version_line(p), 120)} | {per['added']} | {per['changed']} | {per['removed']} | {len(p.diff)} |"
+            f"| {config} | {mdsafe.inline(_version_line(p), 120)} | {per['added']} | {per['changed']} | {per['removed']} | {per['writes']} |"
         )
     if len(plans) > MAX_CONFIG_ROWS:
         out.append(f"| … and {len(plans) - MAX_CONFIG_ROWS} more configs | | | | | |")
