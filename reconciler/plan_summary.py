@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from . import mdsafe
-from .diagnostics import Diagnostic
+from .diagnostics import Diagnostic, clip
 from .diff import ServiceChange
 from .plan import MARKDOWN_MARKER, ConfigPlan, markdown_headline, _issue_line, _md_endpoint, _md_service, _version_line, share_rows, summary_counts
 
@@ -84,7 +84,7 @@ def _capped(lines: Sequence[str], budget: int, more: str) -> list[str]:
 
 
 def _cut(line: str) -> str:
-    return line if len(line) <= MAX_LINE else line[:MAX_LINE] + "…"
+    return clip(line, MAX_LINE, "…")
 
 
 def format_summary(plans: Sequence[ConfigPlan]) -> str:
