@@ -10,7 +10,8 @@ from ..apply import ApplyResult
 from ..controller import AuditLike, ConfigWorker, FallbackWriter, TransactionRecord, WorkerRefused
 from ..health import make_post_apply_probe
 from ..intent.model import LoadBalancerConfig
-from ..pipeline_io import InputFileError, config_p4info_digest
+from ..p4info import p4info_digest
+from ..pipeline_io import InputFileError
 from ..snapshot import Snapshot
 from .settings import Settings, SettingsError
 from .switches import build_applier
@@ -54,7 +55,7 @@ def worker_factory(
                         config.key, ", ".join(sw.address for sw in config.switch_config.switches))
         check = config.health_check
         worker = ConfigWorker(
-            config, applier, config_p4info_digest(config, settings.dirs.pipeline_dir), audit=audit,
+            config, applier, p4info_digest(applier.p4info), audit=audit,  # the P4Info build_applier loaded
             probe=make_post_apply_probe(check, vip_probe=check.vip_probe, retry_delay=probe_retry_delay) if check.enabled else None,
             fallback=fallback, on_result=on_result, on_health=on_health,
             adopt_switches=settings.adopt_switches,
