@@ -128,6 +128,21 @@ def exposed_names(body: str) -> set[str]:
     return names
 
 
+def run_args(tmp_path: Path, switch_pair) -> list[str]:
+    """`p4kube run` over the multi-service example on `switch_pair` (committed Git intent, a
+    recording, a state directory, /metrics on a free port): the argv the tests add to."""
+    standby, primary = switch_pair
+    intent = tmp_path / "intent"
+    intent.mkdir()
+    (intent / "lbconfig.yaml").write_text(multi_lbconfig(standby.port, primary.port, loop=True))
+    shutil.copy(MULTI / "sim-device-config.json", intent)
+    commit_all(intent)
+    cluster = tmp_path / "recorded.yaml"
+    shutil.copy(MULTI / "cluster.yaml", cluster)
+    return ["--log-level", "info", "run", "--allow-insecure-switches", "--intent", str(intent), "--pipeline-dir", str(intent),
+            "--cluster", str(cluster), "--state", str(tmp_path / "state"), "--metrics-address", "127.0.0.1:0"]
+
+
 def scrape(url: str, token: str | None = None) -> tuple[int, str]:
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     try:
@@ -138,21 +153,12 @@ def scrape(url: str, token: str | None = None) -> tuple[int, str]:
 
 
 def test_a_running_reconciler_serves_every_metric_the_alerts_and_dashboard_use(tmp_path: Path, switch_pair):
-    standby, primary = switch_pair
-    intent = tmp_path / "intent"
-    intent.mkdir()
-    (intent / "lbconfig.yaml").write_text(multi_lbconfig(standby.port, primary.port, loop=True))
-    shutil.copy(MULTI / "sim-device-config.json", intent)
-    commit_all(intent)
-    cluster = tmp_path / "recorded.yaml"
-    shutil.copy(MULTI / "cluster.yaml", cluster)
+    run_argv = run_args(tmp_path, switch_pair)
     token = tmp_path / "metrics-token"
     token.write_text("t0ken\n")
 
     with p4kube_process(
-        ["--log-level", "info", "run", "--allow-insecure-switches", "--intent", str(intent), "--pipeline-dir", str(intent),
-         "--cluster", str(cluster), "--state", str(tmp_path / "state"), "--metrics-address", "127.0.0.1:0",
-         "--probe-address", "127.0.0.1:0", "--metrics-bearer-token-file", str(token)],
+        [*run_argv, "--probe-address", "127.0.0.1:0", "--metrics-bearer-token-file", str(token)],
     ) as (proc, lines):
         probes = lines.wait(r"serving /healthz, /readyz on ([\d.]+):(\d+)").groups()
         metrics = lines.wait(r"serving /metrics on ([\d.]+):(\d+) \(/metrics needs a bearer token\)").groups()
@@ -205,22 +211,13 @@ def test_with_leader_election_only_the_lease_holder_reports_1(tmp_path: Path, sw
     holder stops and releases the Lease, the standby takes it and reports 1."""
     from kubeapi.server import KubeApiServer
 
-    standby, primary = switch_pair
-    intent = tmp_path / "intent"
-    intent.mkdir()
-    (intent / "lbconfig.yaml").write_text(multi_lbconfig(standby.port, primary.port, loop=True))
-    shutil.copy(MULTI / "sim-device-config.json", intent)
-    commit_all(intent)
-    cluster = tmp_path / "recorded.yaml"
-    shutil.copy(MULTI / "cluster.yaml", cluster)
+    run_argv = run_args(tmp_path, switch_pair)
     with KubeApiServer() as server:
         server.load([{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "p4kube-system"}}])
         kubeconfig = kubeconfig_for(server, tmp_path / "kubeconfig")
 
         def replica(name: str) -> list[str]:
-            return ["--log-level", "info", "run", "--allow-insecure-switches", "--intent", str(intent), "--pipeline-dir", str(intent),
-                    "--cluster", str(cluster), "--state", str(tmp_path / "state"), "--metrics-address", "127.0.0.1:0",
-                    "--kubeconfig", str(kubeconfig), "--leader-elect", "--leader-elect-identity", name]
+            return [*run_argv, "--kubeconfig", str(kubeconfig), "--leader-elect", "--leader-elect-identity", name]
 
         with p4kube_process(replica("replica-a")) as (a, a_lines):
             a_url = "http://{}:{}/metrics".format(*a_lines.wait(r"serving /metrics, /healthz, /readyz on ([\d.]+):(\d+)").groups())
