@@ -54,9 +54,10 @@ def load_committed_intent(given: str | Path, commit: str, dirs: OperatorDirs | N
     repo = pygit2.Repository(found)
     root = os.path.realpath(repo.workdir) if repo.workdir else None
     try:
-        tree = repo.revparse_single(commit).peel(pygit2.Commit).tree
+        resolved = repo.revparse_single(commit).peel(pygit2.Commit)
     except (KeyError, ValueError, pygit2.GitError) as e:
         raise InputError([Diagnostic(text, 1, 1, f"commit {commit[:12]} is not in the repository: {e}")]) from None
+    tree = resolved.tree
     rel = os.path.relpath(real, root).replace(os.sep, "/") if root else "."
     if rel.startswith(".."):
         raise InputError([Diagnostic(text, 1, 1, "outside the checkout's working directory")])
@@ -70,7 +71,7 @@ def load_committed_intent(given: str | Path, commit: str, dirs: OperatorDirs | N
     if isinstance(obj, pygit2.Tree):
         entries = [(os.path.normpath(os.path.join(text, path)), o, mode) for path, o, mode in _files(obj, "")]
     else:
-        entries = [(text, obj, tree[rel].filemode)]
+        entries = [(text, obj, obj.filemode)]
     blobs: list[tuple[str, bytes]] = []
     links = []
     for shown, o, mode in entries:
@@ -81,7 +82,7 @@ def load_committed_intent(given: str | Path, commit: str, dirs: OperatorDirs | N
     if links:
         raise InputError(links)
     configs = load_intent_blobs(blobs, text, dirs=dirs)
-    return IntentSet(tuple(configs), commit=str(repo.revparse_single(commit).peel(pygit2.Commit).id), dirty=False, root=text)
+    return IntentSet(tuple(configs), commit=str(resolved.id), dirty=False, root=text)
 
 
 class CommittedIntent:
