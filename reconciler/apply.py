@@ -53,6 +53,7 @@ from .switch import (
     SwitchError,
     SwitchSession,
     WriteOutcome,
+    cookie_problem,
     pipeline_cookie,
 )
 from .switch.tls import TlsSettings
@@ -342,13 +343,7 @@ class TwoSwitchApplier:
                 return ""
         else:
             expected = self.cookie
-        status = await s.get_pipeline()
-        if status is None:
-            return "the switch has no pipeline (restarted?): its tables are empty"
-        if status.cookie != expected:
-            got = "no cookie" if status.cookie is None else f"cookie {status.cookie:#x}"
-            return f"the switch runs another pipeline ({got}, expected {expected:#x})"
-        return ""
+        return cookie_problem(await s.get_pipeline(), expected)
 
     async def _open(self, sw: SwitchSpec) -> SwitchSession:
         """Open a session with the next wire election id of our term.
@@ -719,8 +714,7 @@ class TwoSwitchApplier:
                     except PipelineError:
                         continue  # not our program: it holds none of our Services
                 else:
-                    status = await session.get_pipeline()
-                    if status is None or status.cookie != self.cookie:
+                    if cookie_problem(await session.get_pipeline(), self.cookie):
                         continue  # not our program: it holds none of our Services
                 held = (await session.count_entries([VIP_TABLE])).get(VIP_TABLE, 0)
             finally:

@@ -32,7 +32,7 @@ from typing import Any, Literal, Protocol
 from .apply import compare_entries
 from .intent.model import HealthCheck
 from .snapshot import ServiceSnapshot, Snapshot
-from .switch import SwitchError, SwitchSession
+from .switch import SwitchError, SwitchSession, cookie_problem
 
 log = logging.getLogger("reconciler.health")
 
@@ -223,13 +223,9 @@ async def check_switch(session: SwitchSession, *, timeout: float, expected_cooki
         return SwitchLiveness(name, False, str(exc), session.is_primary, time.perf_counter() - t0)
     seconds = time.perf_counter() - t0
     if expected_cookie is not None:
-        if status is None:
-            return SwitchLiveness(name, False, "the switch has no pipeline (restarted?): its tables are empty",
-                                  session.is_primary, seconds)
-        if status.cookie != expected_cookie:
-            got = "no cookie" if status.cookie is None else f"cookie {status.cookie:#x}"
-            return SwitchLiveness(name, False, f"the switch runs another pipeline ({got}, expected {expected_cookie:#x})",
-                                  session.is_primary, seconds)
+        problem = cookie_problem(status, expected_cookie)
+        if problem:
+            return SwitchLiveness(name, False, problem, session.is_primary, seconds)
     return SwitchLiveness(name, True, "", session.is_primary, seconds)
 
 

@@ -15,7 +15,7 @@ from reconciler.switch.errors import (
     WriteError,
     WriteOutcome,
 )
-from reconciler.switch.pipeline import PipelineStatus, pipeline_cookie
+from reconciler.switch.pipeline import PipelineStatus, cookie_problem, pipeline_cookie
 from reconciler.switch.reads import CounterCell
 from reconciler.switch.session import SwitchSession
 from reconciler.switch.tls import TlsError, TlsSettings
@@ -50,6 +50,7 @@ __all__ = [
     "WriteError",
     "WriteOutcome",
     "check_election_base",
+    "cookie_problem",
     "describe_update",
     "election_id_proto",
     "entry_to_proto",

@@ -24,6 +24,7 @@ from reconciler.switch.errors import NotPrimaryError, PipelineError, status_text
 __all__ = [
     "PipelineStatus",
     "check_external_pipeline",
+    "cookie_problem",
     "ensure_pipeline",
     "get_pipeline",
     "p4info_difference",
@@ -40,6 +41,17 @@ class PipelineStatus:
     cookie: int | None  # None: the switch holds a config without a cookie
     p4info: p4i.P4Info | None = field(default=None, repr=False, compare=False)
     device_config: bytes | None = field(default=None, repr=False)
+
+
+def cookie_problem(status: PipelineStatus | None, expected: int) -> str:
+    """Why a switch reporting `status` does not run the pipeline of cookie `expected` ("" when
+    it does)."""
+    if status is None:
+        return "the switch has no pipeline (restarted?): its tables are empty"
+    if status.cookie != expected:
+        got = "no cookie" if status.cookie is None else f"cookie {status.cookie:#x}"
+        return f"the switch runs another pipeline ({got}, expected {expected:#x})"
+    return ""
 
 
 class _Preambled(Protocol):
