@@ -170,6 +170,21 @@ def scale_recording(cluster: Path, service: str, node: str, delta: int) -> None:
     tmp.replace(cluster)
 
 
+async def write_multi_statuses(api: Any, events: Any, source: Any) -> None:
+    """Render the multi-service example over `source`'s (a synced LiveClusterSource) cluster and
+    write the Services' VIP status and Events through `api`: every write must succeed (the kube
+    permission and admission tests run it as the reconciler's ServiceAccount)."""
+    from reconciler.intent.loader import load_intent
+    from reconciler.kube.status import ServiceStatusWriter
+    from reconciler.render import Renderer
+
+    config = load_intent([MULTI / "lbconfig.yaml"]).config()
+    cluster = source.snapshot()
+    result = Renderer().render(config, cluster, None, p4info_digest="sha256:" + "0" * 64)
+    report = await ServiceStatusWriter(api, events, status_managers=source.state.status_managers).sync(cluster, result.snapshot, result.issues)
+    assert report.written and not report.failed
+
+
 @contextmanager
 def p4kube_process(argv: list[str]) -> Iterator[tuple[subprocess.Popen[str], Lines]]:
     """The console script running `argv`, its log (stderr) followed; killed on the way out when

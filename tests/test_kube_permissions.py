@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from helpers import write_multi_statuses
 from kubeapi.server import KubeApiServer
 from kubernetes import client as k8s
 from ruamel.yaml import YAML
@@ -16,14 +17,11 @@ from ruamel.yaml import YAML
 from reconciler.cluster.live import LiveClusterSource
 from reconciler.crd import generate_crd
 from reconciler.kube.fallback import Fallback
-from reconciler.intent.loader import load_intent
 from reconciler.kube.client import REQUIRED_PERMISSIONS, build_api_client
 from reconciler.kube.crstatus import ConfigStatusWriter, Outcome
 from reconciler.kube.events import EventRecorder, ObjectRef
 from reconciler.kube.intent_source import GROUP, PLURAL, VERSION, CRIntentSource
 from reconciler.kube.leader import LeaderElector
-from reconciler.kube.status import ServiceStatusWriter
-from reconciler.render import Renderer
 
 REPO = Path(__file__).resolve().parents[1]
 MULTI = REPO / "intent-examples" / "multi-service"
@@ -54,7 +52,6 @@ def test_the_whole_flow_needs_exactly_the_declared_permissions(server: KubeApiSe
     api = build_api_client(configuration=server.client_configuration("sa-token"))
 
     async def go() -> None:
-        config = load_intent([MULTI / "lbconfig.yaml"]).config()
         elector = LeaderElector(api, namespace=NS, identity="a")
         assert await elector.try_acquire_or_renew()
         assert await elector.try_acquire_or_renew()  # renew: get + update
@@ -62,10 +59,7 @@ def test_the_whole_flow_needs_exactly_the_declared_permissions(server: KubeApiSe
             await source.wait_synced(timeout=10)
             intent = await crs.wait_synced(timeout=10)
             events = EventRecorder(api, instance="a")
-            cluster = source.snapshot()
-            result = Renderer().render(config, cluster, None, p4info_digest="sha256:" + "0" * 64)
-            report = await ServiceStatusWriter(api, events, status_managers=source.state.status_managers).sync(cluster, result.snapshot, result.issues)
-            assert report.written and not report.failed
+            await write_multi_statuses(api, events, source)
             fallback = Fallback(api, events)
             assert (await fallback.fall_back("web/api", "probe failed")).changed
             assert (await fallback.fall_back("web/api", "probe failed")).changed is False

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import write_multi_statuses
 from kubeapi.server import KubeApiServer
 from kubernetes import client as k8s
 from kubernetes.client.rest import ApiException
@@ -26,11 +27,8 @@ from ruamel.yaml import YAML
 
 from reconciler.cluster.live import LiveClusterSource
 from reconciler.kube.fallback import Fallback
-from reconciler.intent.loader import load_intent
 from reconciler.kube.client import build_api_client
 from reconciler.kube.events import EventRecorder
-from reconciler.kube.status import ServiceStatusWriter
-from reconciler.render import Renderer
 
 REPO = Path(__file__).resolve().parents[1]
 DEPLOY = REPO / "deploy"
@@ -115,14 +113,10 @@ def test_the_reconcilers_own_writes_pass_the_policy(server: KubeApiServer) -> No
     api = build_api_client(configuration=server.client_configuration("sa-token"))
 
     async def go() -> None:
-        config = load_intent([MULTI / "lbconfig.yaml"]).config()
         async with LiveClusterSource(api) as source:
             await source.wait_synced(timeout=10)
             events = EventRecorder(api, instance="a")
-            cluster = source.snapshot()
-            result = Renderer().render(config, cluster, None, p4info_digest="sha256:" + "0" * 64)
-            report = await ServiceStatusWriter(api, events, status_managers=source.state.status_managers).sync(cluster, result.snapshot, result.issues)
-            assert report.written and not report.failed
+            await write_multi_statuses(api, events, source)
             fallback = Fallback(api, events)
             assert (await fallback.fall_back("web/api", "probe failed")).changed
             assert (await fallback.recover("web/api")).changed
