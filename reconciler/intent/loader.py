@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from reconciler.diagnostics import Diagnostic, InputError
+from reconciler.inputlimits import recording_max_bytes
 from reconciler.intent.files import OperatorDirs, explain_file_names
 from reconciler.intent.gitinfo import git_state
 from reconciler.intent.model import (
@@ -222,8 +223,6 @@ _SCAN_CHUNK = 1 << 20
 
 
 def _large_and_foreign(path: Path, max_file_bytes: int) -> bool:
-    from reconciler.inputlimits import recording_max_bytes
-
     try:
         size = path.stat().st_size
         if size <= max_file_bytes or size > recording_max_bytes():
@@ -242,8 +241,6 @@ def _large_and_foreign(path: Path, max_file_bytes: int) -> bool:
 
 
 def _blob_large_and_foreign(raw: bytes, max_file_bytes: int) -> bool:
-    from reconciler.inputlimits import recording_max_bytes
-
     return max_file_bytes < len(raw) <= recording_max_bytes() and not any(m in raw for m in _INTENT_MARKS)
 
 
