@@ -150,25 +150,25 @@ def _mac_bytes(text: str) -> bytes:
     return int_bytes(_mac_int(text))
 
 
+def _text_encoder(cached: Callable[[str], bytes], checked: Callable[[object], int]) -> Encoder:
+    """The encoder of a value spelled as a string (IPv4, MAC): the cached parse of a string,
+    else `checked`, which raises naming what was given."""
+
+    def text(v: object) -> bytes:
+        if type(v) is str:
+            return cached(v)
+        return int_bytes(checked(v))
+
+    return text
+
+
 def scalar_encoder(bitwidth: int) -> Encoder:
     """The encoder of one exact field or action parameter of this width. The fast path takes
     what is well formed; the checks that name a problem run only when it is not."""
     if bitwidth == IPV4_WIDTH:
-
-        def ipv4(v: object) -> bytes:
-            if type(v) is str:
-                return _ipv4_bytes(v)
-            return int_bytes(_ipv4_value(v))  # raises, naming what was given
-
-        return ipv4
+        return _text_encoder(_ipv4_bytes, _ipv4_value)
     if bitwidth == MAC_WIDTH:
-
-        def mac(v: object) -> bytes:
-            if type(v) is str:
-                return _mac_bytes(v)
-            return int_bytes(_mac_value(v))  # raises, naming what was given
-
-        return mac
+        return _text_encoder(_mac_bytes, _mac_value)
     limit = 1 << bitwidth
 
     def integer(v: object) -> bytes:
