@@ -153,19 +153,18 @@ def check_sequence(
     failures: list[VerifyFailure] = []
     warnings: list[VerifyFailure] = []
     first_of: dict[int, AuditEntry] = {}  # version -> its oldest record
-    digest_of: dict[int, AuditEntry] = {}  # version -> its oldest record, for the digest
     doubled: set[tuple[int, str | None]] = set()
     newest_seen = 0
     for e in reversed(entries):  # oldest first
         if e.version is None:
             continue
-        first = digest_of.setdefault(e.version, e)
-        if first.digest != e.digest and (e.version, e.digest) not in doubled:
-            doubled.add((e.version, e.digest))  # once per other snapshot, at its oldest record
-            failures.append(VerifyFailure(
-                e.commit, f"{config}: v{e.version} recorded with two snapshots ({first.digest} in "
-                f"{first.commit[:12]}, {e.digest} here): a version means one snapshot"))
-        if e.version in first_of:
+        first = first_of.get(e.version)
+        if first is not None:
+            if first.digest != e.digest and (e.version, e.digest) not in doubled:
+                doubled.add((e.version, e.digest))  # once per other snapshot, at its oldest record
+                failures.append(VerifyFailure(
+                    e.commit, f"{config}: v{e.version} recorded with two snapshots ({first.digest} in "
+                    f"{first.commit[:12]}, {e.digest} here): a version means one snapshot"))
             continue
         first_of[e.version] = e
         if e.version < newest_seen:
