@@ -123,8 +123,9 @@ def setup(tmp_path):
         yield world
 
 
-def make_controller(config, cluster, audit_dir, clock=None, adopt_switches=False):
-    audit = AuditRepo.open_or_init(audit_dir)
+def make_controller(config, cluster, audit_dir, clock=None, adopt_switches=False, audit=None):
+    """The loop over `config` with the audit repository at `audit_dir` (or `audit`, already open)."""
+    audit = audit if audit is not None else AuditRepo.open_or_init(audit_dir)
     # The product's own wiring (reconciler.app): plaintext to the test's loopback switches.
     settings = Settings(pipeline_dir=str(DEMO_EXAMPLE_DIR), allow_insecure_switches=True, timeout=2.0, election_id=7,
                         adopt_switches=adopt_switches)

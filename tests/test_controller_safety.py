@@ -247,13 +247,8 @@ def test_an_audit_repository_that_disappears_writes_nothing_and_the_loop_goes_on
 def test_an_audit_repository_missing_at_start_holds_everything_back_until_it_opens(loop_world):
     """`run` keeps running (Stalled, retried with backoff) while its audit repository cannot be
     opened; it writes nothing to the switches before it has read the last applied snapshot."""
-    from reconciler.apply import TwoSwitchApplier, default_session_factory
     from reconciler.audit.repo import AuditRepo
-    from reconciler.controller import ConfigWorker, Controller
-    from reconciler.intent.watch import StaticIntent
-    from reconciler.p4info import p4info_digest
     from reconciler.audit.reopening import ReopeningAudit
-    from test_controller import INFO, P4INFO
 
     sws, backends, ports, config, state, tmp = loop_world
     cluster = ScriptedCluster(state)
@@ -262,13 +257,8 @@ def test_an_audit_repository_missing_at_start_holds_everything_back_until_it_ope
     where.write_text("not a repository")  # a file where the repository should be
     audit = ReopeningAudit(lambda: AuditRepo.open_or_init(where))
 
-    def make_worker(cfg):
-        applier = TwoSwitchApplier(cfg, p4info=P4INFO, info=INFO, device_config=b"", election_id=7,
-                                   session_factory=default_session_factory(cfg, INFO, connect_timeout=2.0))
-        return ConfigWorker(cfg, applier, p4info_digest(P4INFO), audit=audit, fallback=cluster)
-
     async def scenario():
-        ctl = Controller(StaticIntent(IntentSet((config,))), cluster, make_worker=make_worker, clock=clock)
+        ctl, _ = make_controller(config, cluster, where, clock, audit=audit)
         async with running(ctl):
             await ctl.wait_until(lambda: any(r.outcome == Outcome.WAITING for r in ctl.history))
             waiting = next(r for r in ctl.history if r.outcome == Outcome.WAITING)
