@@ -6,7 +6,7 @@ A Read may stream data and then fail (BMv2), so data is only used when the RPC e
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 
 import grpc
@@ -30,28 +30,24 @@ class CounterCell:
     bytes: int
 
 
-async def read(connection: Connection, request: p4r.ReadRequest, what: str) -> list[p4r.Entity]:
-    """Every entity the Read returns; ReadError names the switch and `what` was read."""
+async def _replies(connection: Connection, request: p4r.ReadRequest, what: str) -> AsyncIterator[p4r.ReadResponse]:
+    """The Read's responses; ReadError names the switch and `what` was read. BMv2 may send data
+    and then fail the RPC: callers consume every response, so nothing is used unless it ends OK."""
     stub = connection.stub_for(f"read {what}")
-    entities: list[p4r.Entity] = []
     try:
-        # BMv2 may send data and then fail the RPC: nothing is used unless it ends OK
         async for reply in stub.Read(request, timeout=connection.rpc_timeout):
-            entities.extend(reply.entities)
+            yield reply
     except grpc.aio.AioRpcError as exc:
         raise _read_error(connection, what, exc) from None
-    return entities
+
+
+async def read(connection: Connection, request: p4r.ReadRequest, what: str) -> list[p4r.Entity]:
+    """Every entity the Read returns; ReadError names the switch and `what` was read."""
+    return [entity async for reply in _replies(connection, request, what) for entity in reply.entities]
 
 
 async def _count(connection: Connection, request: p4r.ReadRequest, what: str) -> int:
-    stub = connection.stub_for(f"read {what}")
-    count = 0
-    try:
-        async for reply in stub.Read(request, timeout=connection.rpc_timeout):
-            count += len(reply.entities)
-    except grpc.aio.AioRpcError as exc:
-        raise _read_error(connection, what, exc) from None
-    return count
+    return sum([len(reply.entities) async for reply in _replies(connection, request, what)])
 
 
 def _read_error(connection: Connection, what: str, exc: grpc.aio.AioRpcError) -> ReadError:
