@@ -27,5 +27,3 @@ class CRIntentProvider:
         async for cr in self.source.changes():
             yield cr.intent
 
-
-# A switch report's state -> the CRD's switch state (outcomes map to phases in reconciler.outcome).
