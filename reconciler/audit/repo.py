@@ -803,8 +803,9 @@ class AuditRepo:
             return
         check = check_commit(commit, self.trust)
         if not check.ok:
-            log.error("audit: %s", untrusted(commit, what, check))
-            raise untrusted(commit, what, check)
+            refused = untrusted(commit, what, check)
+            log.error("audit: %s", refused)
+            raise refused
         self._verified[cid] = None
         while len(self._verified) > _VERSION_CACHE:
             self._verified.popitem(last=False)
