@@ -100,9 +100,6 @@ class VipSpace(Space[str]):
                 return start + a - lo
         return None
 
-    def in_any_pool(self, v: str) -> bool:
-        return self.pool_of(v) is not None
-
     def pool_of(self, v: str) -> VipPool | None:
         """The pool holding address `v` (pools never overlap: the intent check refuses it)."""
         try:
