@@ -46,6 +46,7 @@ from finsy.proto import p4i
 from .diff import SnapshotDiff, diff_entries, diff_snapshots
 from .intent.model import LoadBalancerConfig, SwitchSpec
 from .p4info import PipelineInfo
+from .p4names import VIP_TABLE
 from .snapshot import Entry, Snapshot
 from .switch import (
     NotPrimaryError,
@@ -57,6 +58,7 @@ from .switch import (
     pipeline_cookie,
 )
 from .switch.tls import TlsSettings
+from .switch.tls import require_tls as _require_tls  # the factory's keyword has its name
 from .switch.translate import (
     check_election_base,
     split_election_id,
@@ -696,8 +698,6 @@ class TwoSwitchApplier:
         snapshot accounts for them: switch -> entries. Asked when the audit repository (or
         state directory) has no record of the config: a lost audit history must not turn into
         a fresh render replacing what the switches serve. Unreachable switches are skipped."""
-        from .p4names import VIP_TABLE
-
         out: dict[str, int] = {}
         for sw in self.order:
             # Read-only: a session of its own, no pipeline push (a refusal must change nothing).
@@ -826,8 +826,6 @@ def default_session_factory(
 ) -> SessionFactory:
     """Sessions for the config's switches. require_tls: refuse now, before any connection, when
     `tls` is None (the commands pass it unless --allow-insecure-switches; reconciler.switch.tls)."""
-    from .switch.tls import require_tls as _require_tls
-
     source = f"{config.source.file}:{config.source.line}" if config.source is not None else ""
     _require_tls(tls, allow_insecure=not require_tls, config=config.key, where=source,
                  switches=[(sw.name, sw.address) for sw in config.switch_config.switches])
