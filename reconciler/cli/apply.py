@@ -10,7 +10,7 @@ import argparse
 import contextlib
 import functools
 import sys
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any
 
 from ..intent.files import OperatorDirs
@@ -143,11 +143,22 @@ def result_document(result: ApplyResult) -> dict[str, Any]:
     }
 
 
-def _show_progress(applier: TwoSwitchApplier) -> ProgressLine:
-    """A progress line on stderr for this applier's reads and writes (shown once one runs past 2 s)."""
-    line = ProgressLine(sys.stderr)
-    applier.progress = line
-    return line
+@contextlib.asynccontextmanager
+async def _applier(config: LoadBalancerConfig, args: argparse.Namespace, *, progress: bool = True) -> AsyncIterator[TwoSwitchApplier]:
+    """The config's applier under the command's settings, closed however the block ends; with
+    `progress`, a progress line on stderr for its reads and writes (shown once one runs past 2 s)."""
+    from ..app.switches import build_applier
+
+    applier = build_applier(config, settings_from_args(args))
+    shown = ProgressLine(sys.stderr) if progress else None
+    if shown is not None:
+        applier.progress = shown
+    try:
+        yield applier
+    finally:
+        if shown is not None:
+            shown.stop()
+        await applier.close()
 
 
 def _exit(result: ApplyResult, args: argparse.Namespace | None = None) -> int:
@@ -170,39 +181,23 @@ def _guard(config: LoadBalancerConfig, last: Snapshot | None, target: Snapshot) 
 
 
 async def _unaccounted(config: LoadBalancerConfig, args: argparse.Namespace) -> dict[str, int]:
-    from ..app.switches import build_applier
-
-    applier = build_applier(config, settings_from_args(args))
-    try:
+    async with _applier(config, args, progress=False) as applier:
         return await applier.unaccounted()
-    finally:
-        await applier.close()
 
 
 async def _sync(config: LoadBalancerConfig, args: argparse.Namespace, last: Snapshot) -> ApplyResult:
     """Read both switches back and repair what differs from `last` (each switch on its own)."""
-    from ..app.switches import build_applier
-
-    applier = build_applier(config, settings_from_args(args))
-    shown = _show_progress(applier)
-    try:
+    async with _applier(config, args) as applier:
         return await applier.sync(last)
-    finally:
-        shown.stop()
-        await applier.close()
 
 
-async def _apply(config: LoadBalancerConfig, args: argparse.Namespace, target: Snapshot, state: StateDir) -> ApplyResult:
-    from ..app.switches import build_applier
-
-    _guard(config, state.last_applied(config.key), target)
-    applier = build_applier(config, settings_from_args(args))
-    shown = _show_progress(applier)
-    try:
-        result = await applier.apply(target, state.last_applied(config.key))
-    finally:
-        shown.stop()
-        await applier.close()
+async def _apply(
+    config: LoadBalancerConfig, args: argparse.Namespace, target: Snapshot, state: StateDir, last_good: Snapshot | None
+) -> ApplyResult:
+    """Apply `target` over `last_good` (what --state holds, read once by the caller); record it there when applied."""
+    _guard(config, last_good, target)
+    async with _applier(config, args) as applier:
+        result = await applier.apply(target, last_good)
     if result.ok:
         state.record_applied(target)
     return result
@@ -221,7 +216,8 @@ def cmd_apply(args: argparse.Namespace) -> int:
     config = intent.pick_config(args.config or target.config)
     if config.key != target.config:
         raise CommandError(f"{args.snapshot} is for config {target.config}, not {config.key}")
-    result = asyncio.run(_apply(config, args, target, StateDir(args.state)))
+    state = StateDir(args.state)
+    result = asyncio.run(_apply(config, args, target, state, state.last_applied(config.key)))
     print(result.describe())
     return _exit(result, args)
 
@@ -242,23 +238,17 @@ async def _apply_recorded(
     """The transaction of DESIGN.md 6 with the audit repository: pending, apply, outcome.
     Switches that cannot be reached are found before anything is recorded: an attempt that
     reaches no switch is not an audit record."""
-    from ..app.switches import build_applier
     from ..audit.errors import AuditError
     from .errors import CommandError
 
     # last_good: what the caller read (and trusted) as the switches' content; never re-read here.
     _guard(config, last_good, target)
-    applier = build_applier(config, settings_from_args(args))
-    shown = _show_progress(applier)
-    try:
+    async with _applier(config, args) as applier:
         missing = await applier.unreachable()
         if missing:
             raise CommandError(f"{config.key}: {missing}: nothing was written or recorded")
         audit.record(target, "pending", extra_trailers=extra)
         result = await applier.apply(target, last_good)
-    finally:
-        shown.stop()
-        await applier.close()
     outcome, reason = result.audit_record()
     try:
         audit.record(target, outcome, reason=reason, extra_trailers=extra)
@@ -341,7 +331,7 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
             print(result.describe())
         return _exit(result, args)
     if audit is None:
-        result = asyncio.run(_apply(config, args, rendered.snapshot, state))
+        result = asyncio.run(_apply(config, args, rendered.snapshot, state, previous))  # previous: --state's, read above
     else:
         # Versions stay unique per config in the audit history, also after a rollback.
         target = rendered.snapshot.with_version(audit.next_version(config.key))
