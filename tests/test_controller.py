@@ -10,8 +10,6 @@ import socket
 import contextlib
 from contextlib import ExitStack
 
-import pytest
-
 from reconciler.app import Settings, worker_factory
 from reconciler.audit.repo import AuditRepo
 from reconciler.cluster.model import OPT_IN_ANNOTATION, ClusterState, Endpoint, Node, Service, ServicePort
@@ -87,7 +85,8 @@ def endpoints(name: str, per_node: dict[str, int]) -> tuple[Endpoint, ...]:
 
 @contextlib.contextmanager
 def loop_world(tmp_path):
-    """Two switches, TCP listeners for the nodes' nodePorts, a config and a cluster state."""
+    """Two switches, TCP listeners for the nodes' nodePorts, a config and a cluster state (the
+    loop_world fixture of conftest.py)."""
     with ExitStack() as stack:
         sws = [SoftwareSwitch(), SoftwareSwitch()]
         for sw in sws:
@@ -117,12 +116,6 @@ def loop_world(tmp_path):
         yield sws, backends, ports, config, state, tmp_path
 
 
-@pytest.fixture
-def setup(tmp_path):
-    with loop_world(tmp_path) as world:
-        yield world
-
-
 def make_controller(config, cluster, audit_dir, clock=None, adopt_switches=False, audit=None):
     """The loop over `config` with the audit repository at `audit_dir` (or `audit`, already open)."""
     audit = audit if audit is not None else AuditRepo.open_or_init(audit_dir)
@@ -149,8 +142,8 @@ def entries(sw) -> int:
     return sum(len(sw.entries(1, t)) for t in ("MyIngress.vip_table", "MyIngress.backend_table", "MyIngress.reverse_nat"))
 
 
-def test_loop_applies_rolls_back_falls_back_recovers_and_restarts_quietly(setup):
-    sws, backends, ports, config, state, tmp = setup
+def test_loop_applies_rolls_back_falls_back_recovers_and_restarts_quietly(loop_world):
+    sws, backends, ports, config, state, tmp = loop_world
     cluster = ScriptedCluster(state)
 
     async def scenario():
@@ -204,14 +197,14 @@ def test_loop_applies_rolls_back_falls_back_recovers_and_restarts_quietly(setup)
     asyncio.run(scenario())
 
 
-def test_periodic_health_falls_back_dead_backends_and_repairs_drift(setup):
+def test_periodic_health_falls_back_dead_backends_and_repairs_drift(loop_world):
     from finsy.proto import p4r
 
     from reconciler import p4names as n
     from reconciler.snapshot import Entry
     from reconciler.switch.translate import entry_to_proto
 
-    sws, backends, ports, config, state, tmp = setup
+    sws, backends, ports, config, state, tmp = loop_world
     # A full read-back every 0.1 s (healthCheck.readBackInterval); the quick check (cookie and
     # entry counts) cannot see a changed action, the full read-back does.
     config = dataclasses.replace(config, health_check=dataclasses.replace(config.health_check, read_back_interval_s=0.1))
@@ -248,10 +241,10 @@ def test_periodic_health_falls_back_dead_backends_and_repairs_drift(setup):
     asyncio.run(scenario())
 
 
-def test_least_connections_follows_the_switch_counters(setup):
+def test_least_connections_follows_the_switch_counters(loop_world):
     from reconciler.sim.packet import SYN, build_tcp
 
-    sws, backends, ports, config, state, tmp = setup
+    sws, backends, ports, config, state, tmp = loop_world
     config = dataclasses.replace(config, algorithm="least-connections", update_interval_s=0.05)
     cluster = ScriptedCluster(state)
 
@@ -284,10 +277,10 @@ def test_least_connections_follows_the_switch_counters(setup):
     asyncio.run(scenario())
 
 
-def test_a_primary_that_stops_answering_degrades_the_config_and_is_read_back_when_it_returns(setup):
+def test_a_primary_that_stops_answering_degrades_the_config_and_is_read_back_when_it_returns(loop_world):
     """DESIGN.md 6.1: a control-channel outage is not a data-path failure. No Service falls
     back; the switch keeps its tables; when it returns it is read back and trusted again."""
-    sws, backends, ports, config, state, tmp = setup
+    sws, backends, ports, config, state, tmp = loop_world
     cluster = ScriptedCluster(state)
 
     async def scenario():
