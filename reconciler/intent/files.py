@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from reconciler.diagnostics import Diagnostic, clip
+from reconciler.intent.yamlsafe import value_at
 
 # The JSON Schema's `pattern` for these fields (schemas/loadbalancerconfig.schema.json): one or
 # more components of letters, digits, '_', '.', '+', '-', none starting with '.' (so no "..",
@@ -154,17 +155,9 @@ def explain_file_names(diags: list[Diagnostic], data: Any) -> list[Diagnostic]:
     out = []
     for d in diags:
         kind = _FIELD_PATHS.get(d.field or "")
-        value = _value_at(data, (d.field or "").split("."))
+        value = value_at(data, *(d.field or "").split("."))
         problem = name_problem(value, kind) if kind is not None and isinstance(value, str) and value else None
         if problem and "pattern" in d.message:
             d = dataclasses.replace(d, message=problem)
         out.append(d)
     return out
-
-
-def _value_at(data: Any, path: list[str]) -> Any:
-    for part in path:
-        if not isinstance(data, dict):
-            return None
-        data = data.get(part)
-    return data

@@ -37,7 +37,7 @@ from reconciler.intent.files import (
     shown,
 )
 from reconciler.intent.model import BUILTIN_ALGORITHMS
-from reconciler.intent.yamlsafe import PathKey, YamlDocument, format_path
+from reconciler.intent.yamlsafe import PathKey, YamlDocument, format_path, value_at
 
 MAX_DURATION_S = 3600.0
 
@@ -214,19 +214,8 @@ class DocumentFacts:
 # --- per document --------------------------------------------------------------------------
 
 
-def _get(data: Any, *path: str | int) -> Any:
-    for part in path:
-        if isinstance(part, int):
-            if not isinstance(data, list) or part >= len(data):
-                return None
-        elif not isinstance(data, dict):
-            return None
-        data = data[part] if isinstance(part, int) else data.get(part)
-    return data
-
-
 def _items(data: Any, *path: str | int) -> list[tuple[int, dict[str, Any]]]:
-    value = _get(data, *path)
+    value = value_at(data, *path)
     if not isinstance(value, list):
         return []
     return [(i, item) for i, item in enumerate(value) if isinstance(item, dict)]
@@ -248,7 +237,7 @@ class _Checker:
         self.diags.append(self.where(path, key=key).diagnostic(message))
 
     def config_key(self) -> str | None:
-        name, ns = _get(self.data, "metadata", "name"), _get(self.data, "metadata", "namespace")
+        name, ns = value_at(self.data, "metadata", "name"), value_at(self.data, "metadata", "namespace")
         if isinstance(name, str) and isinstance(ns, str) and _DNS_LABEL.match(name) and _DNS_LABEL.match(ns):
             return f"{ns}/{name}"
         return None
@@ -260,7 +249,7 @@ class _Checker:
         ]
         seconds: dict[PathKey, float] = {}
         for path in fields:
-            text = _get(self.data, *path)
+            text = value_at(self.data, *path)
             value = parse_duration(text) if isinstance(text, str) else None
             if value is None:
                 continue  # a wrong type or syntax is the schema's to report
@@ -277,8 +266,8 @@ class _Checker:
         elif interval is not None and timeout is not None and timeout >= interval:
             t_path: PathKey = ("spec", "healthCheck", "timeout")
             i_path: PathKey = ("spec", "healthCheck", "interval")
-            t_text = _get(self.data, *t_path) + ("" if self.doc.has(t_path) else " (the default)")
-            i_text = _get(self.data, *i_path) + ("" if self.doc.has(i_path) else " (the default)")
+            t_text = value_at(self.data, *t_path) + ("" if self.doc.has(t_path) else " (the default)")
+            i_text = value_at(self.data, *i_path) + ("" if self.doc.has(i_path) else " (the default)")
             # Point at whichever of the two the user wrote; the timeout when both are written.
             at = t_path if self.doc.has(t_path) or not self.doc.has(i_path) else i_path
             self.error(at, f"timeout {t_text} must be shorter than interval {i_text}")
@@ -308,7 +297,7 @@ class _Checker:
         return ranges
 
     def pod_cidrs(self) -> None:
-        value = _get(self.data, "spec", "podCIDRs")
+        value = value_at(self.data, "spec", "podCIDRs")
         for i, text in enumerate(value if isinstance(value, list) else ()):
             if isinstance(text, str) and text:
                 net = parse_ipv4_network(text)
@@ -324,7 +313,7 @@ class _Checker:
             if not primaries:
                 self.error(base, "no switch has role primary: exactly one must")
             for i in primaries[1:]:
-                first = _get(self.data, *base, primaries[0], "name")
+                first = value_at(self.data, *base, primaries[0], "name")
                 self.error((*base, i, "role"), f'a second primary: switch "{first}" is already primary; make this one standby')
         claims: list[SwitchClaim] = []
         for i, sw in items:
@@ -343,13 +332,13 @@ class _Checker:
 
     def switch_config(self) -> None:
         sc: PathKey = ("spec", "switchConfig")
-        switch_type = _get(self.data, *sc, "switchType")
+        switch_type = value_at(self.data, *sc, "switchType")
         if (
-            isinstance(_get(self.data, *sc), dict)
+            isinstance(value_at(self.data, *sc), dict)
             and isinstance(switch_type, str)
             and switch_type in _COMPILED
-            and _get(self.data, *sc, "pipeline") in ("managed", None)
-            and _get(self.data, *sc, "deviceConfig") is None
+            and value_at(self.data, *sc, "pipeline") in ("managed", None)
+            and value_at(self.data, *sc, "deviceConfig") is None
         ):
             self.error(
                 sc,
@@ -360,10 +349,10 @@ class _Checker:
                 key=True,
             )
         for kind in PIPELINE_KINDS:
-            value = _get(self.data, *sc, kind.field)
+            value = value_at(self.data, *sc, kind.field)
             if isinstance(value, str) and value:
                 self.named_file((*sc, kind.field), kind, value)
-        tls = _get(self.data, *sc, "tls")
+        tls = value_at(self.data, *sc, "tls")
         if isinstance(tls, dict):
             for kind in TLS_KINDS:
                 value = tls.get(kind.field)
@@ -387,7 +376,7 @@ class _Checker:
                 seen[net] = self.where(path)
 
     def algorithm(self) -> None:
-        value = _get(self.data, "spec", "algorithm")
+        value = value_at(self.data, "spec", "algorithm")
         if not isinstance(value, str) or value in BUILTIN_ALGORITHMS:
             return  # a wrong type is the schema's to report (and so is a bad pattern: the callers keep one diagnostic per field)
         plugins = installed_plugins()
@@ -438,7 +427,7 @@ class _Checker:
                 self.error(path, problem)
 
     def service_selector(self) -> None:
-        labels = _get(self.data, "spec", "serviceSelector", "matchLabels")
+        labels = value_at(self.data, "spec", "serviceSelector", "matchLabels")
         if not isinstance(labels, dict):
             return
         for key, value in labels.items():

@@ -114,6 +114,18 @@ def format_path(path: PathKey) -> str:
     return out
 
 
+def value_at(data: Any, *path: str | int) -> Any:
+    """The value at `path` in plain data (dict keys, list indices), or None where it stops."""
+    for part in path:
+        if isinstance(part, int):
+            if not isinstance(data, list) or part >= len(data):
+                return None
+        elif not isinstance(data, dict):
+            return None
+        data = data[part] if isinstance(part, int) else data.get(part)
+    return data
+
+
 def read_yaml_file(
     path: str | Path,
     display: str | None = None,
