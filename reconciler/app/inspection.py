@@ -22,18 +22,18 @@ from ..audit.repo import AuditRepo
 from ..audit.trust import UntrustedRecord
 from ..cluster.model import ClusterState
 from ..fallback import FALLBACK_REASON_ANNOTATION, FALLBACK_TIME_ANNOTATION, is_auto_fallback, service_meta
-from ..intent.files import CA_FILE, CERT_FILE, KEY_FILE, FileKind, FileRefError, resolve
+from ..intent.files import FileRefError
 from ..intent.model import LoadBalancerConfig, SwitchSpec
 from ..intent.semantic import parse_endpoint
 from ..snapshot import Snapshot, SnapshotError
 from ..state import StateDir
 from ..status import ConfigStatus, FallenBack, SwitchStatus, table_drift
-from ..switch.allowlist import AllowlistError, parse_allowlist, refusals
+from ..switch.allowlist import refusals
 from ..switch.errors import SwitchError
 from ..switch.inspect import read_switch
 from ..switch.tls import TlsError, TlsSettings
 from .settings import Settings, SettingsError
-from .switches import build_applier
+from .switches import build_applier, switch_allowlist, tls_from_names
 
 __all__ = ["AppliedRecord", "TlsNames", "fallen_back_from_cluster", "fallen_back_from_services", "gather_config",
            "next_retry_from_status", "read_applied", "switch_target"]
@@ -195,26 +195,14 @@ def switch_target(address: str, settings: Settings, names: TlsNames) -> TlsSetti
     the same limits as intent's switches: the address must be allowed, TLS files come from the
     operator's TLS directory only, and plaintext needs --allow-insecure-switches.
     SettingsError otherwise, before any connection."""
-    try:
-        allowlist = parse_allowlist(settings.allowed_switches)
-    except AllowlistError as e:
-        raise SettingsError(str(e)) from None
-    refused = refusals(allowlist, [(address, address, parse_endpoint(address))])
+    refused = refusals(switch_allowlist(settings), [(address, address, parse_endpoint(address))])
     if refused:
         raise SettingsError("; ".join(refused))
     tls = None
     if names.given:
-        tls_dir = settings.dirs.tls_dir
-
-        def named(value: str | None, kind: FileKind) -> str | None:
-            return None if value is None else str(resolve(tls_dir, value, kind))
-
         try:
-            tls = TlsSettings.from_files(ca_file=named(names.ca_file, CA_FILE), cert_file=named(names.cert_file, CERT_FILE),
-                                         key_file=named(names.key_file, KEY_FILE), server_name=names.server_name)
-        except FileRefError as e:
-            raise SettingsError(str(e)) from None
-        except TlsError as e:
+            tls = tls_from_names(settings, names.ca_file, names.cert_file, names.key_file, names.server_name)
+        except (FileRefError, TlsError) as e:
             raise SettingsError(str(e)) from None
     if tls is None and not settings.allow_insecure_switches:
         # require_tls's own words name intent's fields; here the flags are what the operator gives

@@ -28,10 +28,10 @@ from ..kube.intent_refusals import IntentRefusals
 from ..metrics import Metrics, read_backend_packets
 from ..snapshot import Snapshot
 from ..state import StateDir
-from ..switch.allowlist import AllowlistError, parse_allowlist
 from .reports import ConfigEvents, CRStatus
 from .settings import Settings, SettingsError
 from .signing import audit_keys, build_signer, intent_trust
+from .switches import switch_allowlist
 from .workers import worker_factory
 
 if TYPE_CHECKING:
@@ -116,10 +116,7 @@ async def build_runtime(settings: Settings, api: ApiClient | None = None) -> Run
         from ..kube.intent_source import CRIntentSource, intent_namespaces
 
         assert api is not None  # built above whenever custom resources are read
-        try:
-            allowed = parse_allowlist(settings.allowed_switches)
-        except AllowlistError as e:
-            raise SettingsError(str(e)) from None
+        allowed = switch_allowlist(settings)
         # Files and switches are checked per CR: one that names what the operator did not allow is Stalled.
         cr_source = CRIntentSource(api, namespaces=intent_namespaces(settings.intent_namespace, settings.kubeconfig, settings.kube_context),
                                    dirs=settings.dirs, allowed=allowed)

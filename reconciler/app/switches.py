@@ -21,35 +21,45 @@ from ..intent.model import LoadBalancerConfig
 from ..intent.semantic import parse_endpoint
 from ..p4info import pipeline_info_from_message
 from ..pipeline_io import load_config_p4info
-from ..switch.allowlist import AllowlistError, parse_allowlist, refusals
+from ..switch.allowlist import Allowlist, AllowlistError, parse_allowlist, refusals
 from ..switch.tls import TlsError, TlsSettings
 from .settings import Settings, SettingsError
 
 
-def check_switch_addresses(config: LoadBalancerConfig, settings: Settings) -> None:
-    """SettingsError unless every switch of `config` is in the allowed switch addresses."""
+def switch_allowlist(settings: Settings) -> Allowlist:
+    """The allowed switch addresses (--allowed-switches); SettingsError when the list does not parse."""
     try:
-        allowlist = parse_allowlist(settings.allowed_switches)
+        return parse_allowlist(settings.allowed_switches)
     except AllowlistError as e:
         raise SettingsError(str(e)) from None
-    refused = refusals(allowlist, [(s.name, s.address, parse_endpoint(s.address)) for s in config.switch_config.switches])
+
+
+def check_switch_addresses(config: LoadBalancerConfig, settings: Settings) -> None:
+    """SettingsError unless every switch of `config` is in the allowed switch addresses."""
+    switches = [(s.name, s.address, parse_endpoint(s.address)) for s in config.switch_config.switches]
+    refused = refusals(switch_allowlist(settings), switches)
     if refused:
         raise SettingsError(f"{config.key}: " + "; ".join(refused))
 
 
-def _tls_settings(config: LoadBalancerConfig, settings: Settings) -> TlsSettings | None:
-    t = config.switch_config.tls
-    if t is None:
-        return None
+def tls_from_names(
+    settings: Settings, ca_file: str | None, cert_file: str | None, key_file: str | None, server_name: str | None
+) -> TlsSettings:
+    """TLS settings from files named inside the operator's TLS directory (FileRefError, TlsError)."""
     tls_dir = settings.dirs.tls_dir
 
     def named(value: str | None, kind: FileKind) -> str | None:
         return None if value is None else str(resolve(tls_dir, value, kind))
 
     return TlsSettings.from_files(
-        ca_file=named(t.ca_file, CA_FILE), cert_file=named(t.cert_file, CERT_FILE),
-        key_file=named(t.key_file, KEY_FILE), server_name=t.server_name,
+        ca_file=named(ca_file, CA_FILE), cert_file=named(cert_file, CERT_FILE),
+        key_file=named(key_file, KEY_FILE), server_name=server_name,
     )
+
+
+def _tls_settings(config: LoadBalancerConfig, settings: Settings) -> TlsSettings | None:
+    t = config.switch_config.tls
+    return None if t is None else tls_from_names(settings, t.ca_file, t.cert_file, t.key_file, t.server_name)
 
 
 def build_applier(config: LoadBalancerConfig, settings: Settings, election_id: int | None = None) -> TwoSwitchApplier:
