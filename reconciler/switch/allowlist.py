@@ -21,6 +21,8 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from ..diagnostics import clip
+
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 DEFAULT_ALLOWED = ("127.0.0.0/8", "::1")
@@ -117,7 +119,7 @@ def refusals(allowlist: Allowlist, switches: Sequence[tuple[str, str, tuple[str,
     not be connected to."""
     out = []
     for name, address, endpoint in switches:
-        shown = address if len(address) <= 80 else address[:80] + "..."
+        shown = clip(address)
         if isinstance(endpoint, str):
             out.append(f"switch {name!r} address {shown!r}: {endpoint}")
         elif not allowlist.allows(*endpoint):
