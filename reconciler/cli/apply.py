@@ -274,14 +274,15 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
     signer = build_signer(settings)
     trusted = intent_trust(settings)
     keys = audit_keys(settings, signer)
-    intent, cluster, _ = load_inputs(args.intent, args.cluster, dirs=OperatorDirs.from_args(args))
+    dirs = OperatorDirs.from_args(args)
+    intent, cluster, _ = load_inputs(args.intent, args.cluster, dirs=dirs)
     message = check_signed_intent(intent, args.intent, trusted) if trusted is not None else ""
     if trusted is not None and not message:
         # Render what was signed: the verified commit's blobs, not the working tree.
         from ..intent.committed import load_committed_intent
 
         assert intent.commit is not None  # check_signed_intent refuses intent read from no commit
-        intent = load_committed_intent(args.intent, intent.commit, OperatorDirs.from_args(args))
+        intent = load_committed_intent(args.intent, intent.commit, dirs)
     config = intent.pick_config(args.config)
     check_switch_settings(config, settings)
     audit = _open_audit(config, args, signer, keys) if args.audit_repo else None
@@ -306,7 +307,7 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
 
             raise CommandError((f"{untrusted}. " if untrusted else "") + unaccounted_message(
                 config, held, f"the audit repository {args.audit_repo}" if audit is not None else f"--state {args.state}"))
-    rendered = render_one(intent, config, cluster, previous, pipeline_dir=OperatorDirs.from_args(args).pipeline_dir)
+    rendered = render_one(intent, config, cluster, previous, pipeline_dir=dirs.pipeline_dir)
     for issue in rendered.issues:
         print(f"{config.key}: {issue.severity}: {issue}", file=sys.stderr)
     if not rendered.changed:

@@ -133,12 +133,14 @@ def cmd_render(args: argparse.Namespace) -> int:
     from ..pipeline_io import load_inputs, render_one
     from ..snapshot import schema_errors
 
-    intent, cluster, connections = load_inputs(args.intent, args.cluster, args.connections, OperatorDirs.from_args(args))
+    dirs = OperatorDirs.from_args(args)
+    intent, cluster, connections = load_inputs(args.intent, args.cluster, args.connections, dirs)
     config = intent.pick_config(args.config)
     previous = _load_previous([args.previous] if args.previous else [], {config.key})
-    result = render_one(intent, config, cluster, previous.get(config.key), connections, pipeline_dir=OperatorDirs.from_args(args).pipeline_dir)
+    result = render_one(intent, config, cluster, previous.get(config.key), connections, pipeline_dir=dirs.pipeline_dir)
     text = result.snapshot.to_json_text()
-    errors = schema_errors(json.loads(text))
+    doc = json.loads(text)
+    errors = schema_errors(doc)
     if errors:  # a bug, not bad input: never hand out a snapshot that fails its own schema
         raise CommandError("rendered snapshot fails snapshot.schema.json:\n  " + "\n  ".join(errors[:10]))
     for issue in result.issues:
@@ -151,7 +153,7 @@ def cmd_render(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     else:
-        sys.stdout.write(text if args.output == "json" else render_data(json.loads(text), "yaml"))
+        sys.stdout.write(text if args.output == "json" else render_data(doc, "yaml"))
     return EXIT_OK
 
 
@@ -168,10 +170,11 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from ..pipeline_io import load_inputs, make_plans
     from ..plan import exit_code, format_plan
 
-    intent, cluster, connections = load_inputs(args.intent, args.cluster, args.connections, OperatorDirs.from_args(args))
+    dirs = OperatorDirs.from_args(args)
+    intent, cluster, connections = load_inputs(args.intent, args.cluster, args.connections, dirs)
     configs = [intent.pick_config(args.config)] if args.config else list(intent.configs)
     previous = _load_previous(args.previous, {c.key for c in configs})
-    plans = make_plans(intent, configs, cluster, previous, connections, pipeline_dir=OperatorDirs.from_args(args).pipeline_dir)
+    plans = make_plans(intent, configs, cluster, previous, connections, pipeline_dir=dirs.pipeline_dir)
     text = _plan_as(plans, args.output)
     sys.stdout.write(text)
     if args.out:
@@ -187,7 +190,8 @@ def cmd_check(args: argparse.Namespace) -> int:
 
     # Names and messages below come from the pull request: no line of theirs may be a command.
     resume_commands = stop_commands(os.environ.get("GITHUB_ACTIONS") == "true")
-    diags = validate_paths([args.intent], dirs=OperatorDirs.from_args(args))
+    dirs = OperatorDirs.from_args(args)
+    diags = validate_paths([args.intent], dirs=dirs)
     errors = [d for d in diags if d.severity == "error"]
     for d in diags:
         print(d, file=sys.stdout if d.severity == "error" else sys.stderr)
@@ -204,11 +208,11 @@ def cmd_check(args: argparse.Namespace) -> int:
                 print(command("error", f"{d.field}: {d.message}", file=d.file, line=d.line, col=d.column))
         print(f"p4kube check: {len(errors)} error(s) in {args.intent}; no plan (the errors written to {out}/plan.md)", file=sys.stderr)
         return EXIT_ERROR
-    intent, cluster, connections = load_inputs(args.intent, args.cluster, args.connections, OperatorDirs.from_args(args))
+    intent, cluster, connections = load_inputs(args.intent, args.cluster, args.connections, dirs)
     configs = [intent.pick_config(args.config)] if args.config else list(intent.configs)
     keys = {c.key for c in configs}
     previous = _previous_from_audit(args, keys) if args.previous_from_audit else _load_previous(args.previous, keys)
-    plans = make_plans(intent, configs, cluster, previous, connections, pipeline_dir=OperatorDirs.from_args(args).pipeline_dir)
+    plans = make_plans(intent, configs, cluster, previous, connections, pipeline_dir=dirs.pipeline_dir)
     full = format_plan(plans, "markdown")
     out.mkdir(parents=True, exist_ok=True)
     write_atomic(out / "plan.md", format_summary(plans))
