@@ -108,7 +108,8 @@ def main() -> int:
             cluster.write_text(cluster_to_list_yaml(synthetic_cluster(services=a.services, nodes=a.nodes, endpoints=a.endpoints, seed=1)))
             print(f"recording: {cluster.stat().st_size / 1e6:.1f} MB in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
             once = ["reconcile", "--once", "--intent", str(intent), "--cluster", str(cluster), "--audit-repo", str(work / "audit.git"),
-                    "--allow-insecure-switches"]  # plaintext loopback software switches
+                    "--allow-insecure-switches",  # plaintext loopback software switches
+                    "--pipeline-dir", str(intent)]  # where the intent's deviceConfig is found by name
 
             def step(what: str, args: list[str]) -> tuple[int, str]:
                 code, secs, out = run(args, work)

@@ -251,6 +251,7 @@ async def run(a: argparse.Namespace, workdir: Path) -> tuple[str, bool]:
             leader_elect_namespace="p4kube-system", leader_elect_lease_name="p4kube-reconciler",
             leader_elect_identity=None, timeout=10.0, batch_size=None,
             allow_insecure_switches=True,  # plaintext loopback software switches
+            pipeline_dir=str(workdir / "intent"),  # where the intent's deviceConfig is found by name
         )
         rt = await build_runtime(args)
         try:
