@@ -122,20 +122,22 @@ def main() -> int:
         packed = disk_usage(objects)
 
         # `p4kube audit log` in a fresh process state: open, walk, format every commit.
+        from reconciler.cli import build_parser
         from reconciler.cli.audit import cmd_log
+
+        def log_args(output: str) -> argparse.Namespace:  # as the command line builds them
+            return build_parser().parse_args(["audit", "log", "--repo", str(path), "-o", output])
 
         t0 = time.perf_counter()
         out = io.StringIO()
         with contextlib.redirect_stdout(out):
-            cmd_log(argparse.Namespace(repo=str(path), branch="main", workdir=None, config=None, outcome=None,
-                                       since=None, until=None, format="text", limit=None))
+            cmd_log(log_args("text"))
         t_log = time.perf_counter() - t0
         log_lines = out.getvalue().count("\n")
         t0 = time.perf_counter()
         out = io.StringIO()
         with contextlib.redirect_stdout(out):
-            cmd_log(argparse.Namespace(repo=str(path), branch="main", workdir=None, config=None, outcome=None,
-                                       since=None, until=None, format="json", limit=None))
+            cmd_log(log_args("json"))
         t_log_json = time.perf_counter() - t0
 
         # A restarted reconciler: last_applied reads and checks every service file once ...
