@@ -24,6 +24,7 @@ from .output import emit, render_data, write_atomic
 if TYPE_CHECKING:  # the library (pygit2, jsonschema) is imported when a command runs, not for --help
     from ..audit import AuditRepo
     from ..audit.message import AuditEntry
+    from ..diff import SnapshotDiff
     from ..snapshot import Entry, Snapshot
 
 # reconciler.audit.message.OUTCOMES, spelled out so that building the parser imports no library
@@ -225,12 +226,10 @@ def format_action(e: Entry) -> str:
     return f"{_short(e.action)}({params})"
 
 
-def table_changes(old: Snapshot, new: Snapshot) -> dict[str, dict[str, list[Any]]]:
+def table_changes(diff: SnapshotDiff) -> dict[str, dict[str, list[Any]]]:
     """Per table: added entries, removed entries, changed (old, new) pairs, in key order."""
-    from ..diff import diff_snapshots
-
     out: dict[str, dict[str, list[Any]]] = {}
-    for u in diff_snapshots(old, new).updates():
+    for u in diff.updates():
         per = out.setdefault(u.entry.table, {"added": [], "removed": [], "changed": []})
         if u.kind == "INSERT":
             per["added"].append(u.entry)
@@ -250,8 +249,9 @@ def cmd_diff(args: argparse.Namespace) -> int:
     new = _snapshot(audit, args.v2, config or old.config)
     from ..diff import diff_snapshots
 
-    services = diff_snapshots(old, new).services
-    tables = table_changes(old, new)
+    diff = diff_snapshots(old, new)  # once: services and tables both come from it
+    services = diff.services
+    tables = table_changes(diff)
     if args.output in ("json", "yaml"):
         doc = {
             "config": new.config,
