@@ -114,7 +114,7 @@ def render_documents(deploy_dir: Path) -> list[Any]:
         path = deploy_dir / str(resource)
         if not path.is_file():
             raise ManifestError(f"{kfile}: resource {resource} is not a file (directories are not supported)")
-        for doc in _yaml().load_all(path.read_text(encoding="utf-8")):
+        for doc in yaml.load_all(path.read_text(encoding="utf-8")):
             if doc is None:
                 continue
             kind = str(doc.get("kind"))
