@@ -98,10 +98,10 @@ async def _run(args: argparse.Namespace) -> int:
 
 
 async def build_runtime(args: argparse.Namespace, api: Any = None) -> runtime.Runtime:
+    """What `p4kube run` with these arguments wires (tests and benchmarks drive it without the loop)."""
     from ..app import runtime
     from ..app.settings import SettingsError
 
-    """What `p4kube run` with these arguments wires (tests and benchmarks drive it without the loop)."""
     try:
         return await runtime.build_runtime(settings_from_args(args), api)
     except SettingsError as e:
