@@ -50,9 +50,12 @@ class AppliedRecord:
     problem: str = ""
 
 
-def read_applied(config: LoadBalancerConfig, settings: Settings, branch: str | None = None) -> AppliedRecord:
+def read_applied(
+    config: LoadBalancerConfig, settings: Settings, branch: str | None = None, opened: dict[str, AuditRepo] | None = None
+) -> AppliedRecord:
     """The last applied snapshot of `config` from the audit repository (opened read-only: status
-    never creates or writes one) or, without one, the state directory."""
+    never creates or writes one) or, without one, the state directory. `opened`: the repository
+    by branch, shared by the configs of one status, so it is opened (a remote fetched) once."""
     if not settings.audit_repo:
         state = StateDir(settings.state)
         try:
@@ -61,8 +64,12 @@ def read_applied(config: LoadBalancerConfig, settings: Settings, branch: str | N
             return AppliedRecord(None, source=f"state {settings.state}", problem=f"state directory: {e}")
     where = f"audit {settings.audit_repo}"
     try:
-        audit = AuditRepo.open_or_init(settings.audit_repo, branch=branch or config.audit.branch or "main",
-                                       workdir=settings.audit_workdir, read_only=True)
+        branch = branch or config.audit.branch or "main"
+        audit = opened.get(branch) if opened is not None else None
+        if audit is None:
+            audit = AuditRepo.open_or_init(settings.audit_repo, branch=branch, workdir=settings.audit_workdir, read_only=True)
+            if opened is not None:
+                opened[branch] = audit
         applied = audit.last_applied_entry(config.key)
         newest = audit.newest_entry(config.key)
         snap = audit.last_applied(config.key)

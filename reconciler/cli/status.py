@@ -137,8 +137,9 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     async def gather() -> list[Any]:
         out = []
+        opened: dict[str, Any] = {}  # the audit repository by branch: opened (a remote fetched) once, not per config
         for config in configs:
-            record = read_applied(config, settings, args.audit_branch)
+            record = read_applied(config, settings, args.audit_branch, opened)
             # Fallbacks are the cluster's (a fallen-back Service has left every snapshot): each config shows them.
             retry = next_retry_from_status(cr_status.get(config.key) or {})
             out.append(await gather_config(config, settings, record, falls, next_retry=retry,
