@@ -16,7 +16,7 @@ import gc
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ..apply import ApplyResult
 from ..audit.repo import AuditRepo
