@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 from reconciler.diagnostics import Diagnostic, clip
-from reconciler.intent.yamlsafe import value_at
 
 # The JSON Schema's `pattern` for these fields (schemas/loadbalancerconfig.schema.json): one or
 # more components of letters, digits, '_', '.', '+', '-', none starting with '.' (so no "..",
@@ -152,6 +151,10 @@ _FIELD_PATHS = {
 def explain_file_names(diags: list[Diagnostic], data: Any) -> list[Diagnostic]:
     """The schema's diagnostics, with a file-name field's bare "must match the pattern" replaced
     by what is wrong and how to migrate (an absolute path: name it relative to the flag's dir)."""
+    # Here, not at the top: the CLI imports this module to parse its flags, and yamlsafe pulls in
+    # ruamel, which `p4kube --help` must not pay for.
+    from .yamlsafe import value_at
+
     out = []
     for d in diags:
         kind = _FIELD_PATHS.get(d.field or "")
