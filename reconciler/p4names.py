@@ -25,6 +25,18 @@ SET_SERVICE = "MyIngress.set_service"
 SET_SERVICE_PARAMS = (("service_id", 16), ("bucket_mask", 16))
 DNAT = "MyIngress.dnat"
 DNAT_PARAMS = (("node_ip", 32), ("node_port", 16), ("backend_id", 16))
+# A bucket that moved and is draining (DESIGN.md 5.1): the new backend for new connections and
+# connections marked new in conn_gen with `generation`, the old backend for everything else.
+DNAT_DRAINING = "MyIngress.dnat_draining"
+DNAT_DRAINING_PARAMS = (
+    ("node_ip", 32),
+    ("node_port", 16),
+    ("backend_id", 16),
+    ("old_node_ip", 32),
+    ("old_node_port", 16),
+    ("old_backend_id", 16),
+    ("generation", 32),
+)
 SNAT = "MyIngress.snat"
 SNAT_PARAMS = (("vip", 32), ("vip_port", 16))
 FWD = "MyIngress.fwd"
@@ -36,6 +48,13 @@ NO_ACTION = "NoAction"
 BACKEND_PACKETS = "MyIngress.backend_packets"
 BACKEND_SYN = "MyIngress.backend_syn"
 BACKEND_FIN = "MyIngress.backend_fin"
+
+# The draining state: a Bloom filter of new connections whose cells hold the generation of the
+# drain that marked them. Managed by the program alone: never read or written over P4Runtime
+# (BMv2 answers UNIMPLEMENTED to register RPCs).
+CONN_GEN = "MyIngress.conn_gen"
+CONN_CELLS = 262144
+CONN_GEN_WIDTH = 32
 
 TABLE_ORDER = (VIP_TABLE, BACKEND_TABLE, REVERSE_NAT, IPV4_LPM)
 
