@@ -18,6 +18,7 @@ import hashlib
 import ipaddress
 import json
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Sequence
@@ -62,6 +63,7 @@ TABLE_FIELDS: dict[str, tuple[str, ...]] = {
 ACTION_PARAMS: dict[str, tuple[str, ...]] = {
     n.SET_SERVICE: tuple(p for p, _ in n.SET_SERVICE_PARAMS),
     n.DNAT: tuple(p for p, _ in n.DNAT_PARAMS),
+    n.DNAT_DRAINING: tuple(p for p, _ in n.DNAT_DRAINING_PARAMS),
     n.SNAT: tuple(p for p, _ in n.SNAT_PARAMS),
     n.FWD: tuple(p for p, _ in n.FWD_PARAMS),
     n.DROP: (),
@@ -193,6 +195,35 @@ class Backend:
         return doc
 
 
+MAX_GENERATION = (1 << n.CONN_GEN_WIDTH) - 1
+_TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
+
+
+def format_time(epoch: float) -> str:
+    """Whole epoch seconds as RFC 3339 UTC ("2026-12-06T04:01:00Z"), the form drains carry."""
+    return datetime.fromtimestamp(int(epoch), timezone.utc).strftime(_TIME_FORMAT)
+
+
+def parse_time(text: str) -> float:
+    """The inverse of format_time (raises ValueError)."""
+    return datetime.strptime(text, _TIME_FORMAT).replace(tzinfo=timezone.utc).timestamp()
+
+
+@dataclass(frozen=True, slots=True)
+class Drain:
+    """A bucket that moved and still carries its old backend (DESIGN.md 5.1): until `until`, its
+    entry is dnat_draining(new backend, `source`'s backend, `generation`), so established
+    connections stay on `source` while new ones go to the bucket's new backend."""
+
+    bucket: int
+    source: str  # backend key the bucket drains from: node (nodePort mode) or pod address (podIP)
+    generation: int  # 1..2^32-1, carried by the entry; conn_gen cells marked with it match
+    until: float  # epoch seconds (whole): a render at or after this time writes the plain entry
+
+    def to_json(self) -> dict[str, Any]:
+        return {"bucket": self.bucket, "from": self.source, "generation": self.generation, "until": format_time(self.until)}
+
+
 def backend_key(backend: Backend, backend_mode: str) -> str:
     """What a bucket points at: the node in nodePort mode, the pod address in podIP mode."""
     return backend.address if backend_mode == "podIP" else backend.node
@@ -216,6 +247,9 @@ class ServiceSnapshot:
     backend_mode: str
     backends: tuple[Backend, ...]
     assignment: tuple[str | None, ...]
+    # Buckets draining from their previous backend, sorted by bucket. Each source is listed in
+    # `backends` (possibly with 0 replicas and 0 buckets) so its backend id and reverse_nat stay.
+    drains: tuple[Drain, ...] = ()
 
     @property
     def service_key(self) -> str:
@@ -223,7 +257,7 @@ class ServiceSnapshot:
         return self.name.split(":", 1)[0]
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        doc = {
             "name": self.name,
             "serviceId": self.service_id,
             "vip": self.vip,
@@ -234,6 +268,9 @@ class ServiceSnapshot:
             "backendMode": self.backend_mode,
             "backends": [b.to_json() for b in self.backends],
         }
+        if self.drains:  # only when present: snapshots without drains keep their exact JSON and digest
+            doc["drains"] = [d.to_json() for d in self.drains]
+        return doc
 
     def entries(self) -> dict[str, list[Entry]]:
         """This Service's entries per table, each list in key order."""
@@ -247,6 +284,10 @@ class ServiceSnapshot:
             backend_entries.append(
                 Entry(n.BACKEND_TABLE, (self.service_id, bucket), n.DNAT, (b.address, b.port, b.backend_id), self.name)
             )
+        for d in self.drains:
+            b, o = by_key[self.assignment[d.bucket]], by_key[d.source]
+            args = (b.address, b.port, b.backend_id, o.address, o.port, o.backend_id, d.generation)
+            backend_entries[d.bucket] = Entry(n.BACKEND_TABLE, (self.service_id, d.bucket), n.DNAT_DRAINING, args, self.name)
         reverse = sorted(
             (
                 Entry(n.REVERSE_NAT, (b.address, b.port, proto), n.SNAT, (self.vip, self.port), self.name)
@@ -287,6 +328,10 @@ class ServiceSnapshot:
             head + (match_fmt % ((bucket, sid) if swap else (sid, bucket))) + tails[k]
             for bucket, k in enumerate(self.assignment)
         ]
+        if self.drains:  # rare: the generic form for the draining buckets
+            backend_entries = entries[n.BACKEND_TABLE]
+            for d in self.drains:
+                rows[d.bucket] = backend_entries[d.bucket].canonical()
         others = {t: es for t, es in entries.items() if t != n.BACKEND_TABLE}
         tables = [(n.BACKEND_TABLE, ",".join(rows))]
         tables += [(t, ",".join(e.canonical() for e in es)) for t, es in others.items() if es]
@@ -330,6 +375,25 @@ class Snapshot:
     @cached_property
     def by_name(self) -> dict[str, ServiceSnapshot]:
         return {s.name: s for s in self.services}
+
+    @cached_property
+    def _drain_bounds(self) -> tuple[float | None, int]:
+        until: float | None = None
+        generation = 0
+        for svc in self.services:
+            for d in svc.drains:
+                until = d.until if until is None else min(until, d.until)
+                generation = max(generation, d.generation)
+        return until, generation
+
+    def drain_until(self) -> float | None:
+        """The earliest `until` of any drain (epoch seconds), None when nothing drains: the
+        time at which a render writes the plain entries of the first drain to end."""
+        return self._drain_bounds[0]
+
+    def max_drain_generation(self) -> int:
+        """The highest generation any drain carries (0 when none): new drains use a higher one."""
+        return self._drain_bounds[1]
 
     @cached_property
     def table_counts(self) -> dict[str, int]:
@@ -539,6 +603,8 @@ def service_from_json(s: Mapping[str, Any], entries: list[Entry], where: str) ->
         for b in s["backends"]
     )
     by_target: dict[tuple[Value, ...], str] = {(b.address, b.port, b.backend_id): backend_key(b, mode) for b in backends}
+    drains = _drains_from_json(s, {backend_key(b, mode) for b in backends}, where)
+    draining = {d.bucket: d for d in drains}
     assignment: list[str | None] = [None] * s["bucketCount"]
     for e in entries:
         if e.table != n.BACKEND_TABLE:
@@ -546,9 +612,17 @@ def service_from_json(s: Mapping[str, Any], entries: list[Entry], where: str) ->
         _, bucket = e.key
         if not isinstance(bucket, int) or bucket >= s["bucketCount"]:
             raise SnapshotError(f"{where}: backend_table bucket {bucket} outside bucketCount {s['bucketCount']}")
-        target = by_target.get(tuple(e.args))
+        target = by_target.get(tuple(e.args[:3]))
         if target is None:
             raise SnapshotError(f"{where}: backend_table entry for bucket {bucket} points at {e.args}, not a listed backend")
+        drain = draining.get(bucket)
+        if (e.action == n.DNAT_DRAINING) != (drain is not None):
+            raise SnapshotError(
+                f"{where}: backend_table entry for bucket {bucket} is {e.action} but drains "
+                + ("list it" if drain is not None else "do not list it")
+            )
+        if drain is not None and drain.source == target:
+            raise SnapshotError(f"{where}.drains: bucket {bucket} drains from {drain.source!r}, the backend it points at")
         assignment[bucket] = target
     if backends and None in assignment:
         raise SnapshotError(f"{where}: bucket {assignment.index(None)} has no backend_table entry")
@@ -563,7 +637,27 @@ def service_from_json(s: Mapping[str, Any], entries: list[Entry], where: str) ->
         backend_mode=mode,
         backends=backends,
         assignment=tuple(assignment),
+        drains=drains,
     )
+
+
+def _drains_from_json(s: Mapping[str, Any], keys: set[str], where: str) -> tuple[Drain, ...]:
+    """A service object's drains, checked: sorted, unique, inside bucketCount, from a listed backend."""
+    drains = []
+    for i, d in enumerate(s.get("drains", ())):
+        at = f"{where}.drains[{i}]"
+        if d["bucket"] >= s["bucketCount"]:
+            raise SnapshotError(f"{at}.bucket: {d['bucket']} outside bucketCount {s['bucketCount']}")
+        if d["from"] not in keys:
+            raise SnapshotError(f"{at}.from: {d['from']!r} is not a listed backend")
+        try:
+            until = parse_time(d["until"])
+        except ValueError as e:
+            raise SnapshotError(f"{at}.until: {e}") from e
+        drains.append(Drain(d["bucket"], d["from"], d["generation"], until))
+    if [d.bucket for d in drains] != sorted({d.bucket for d in drains}):
+        raise SnapshotError(f"{where}.drains: buckets must be unique and sorted")
+    return tuple(drains)
 
 
 def load_snapshot(path: str | Path) -> Snapshot:
