@@ -61,6 +61,7 @@ def _recomputed_ids(message: p4i.P4Info) -> dict[tuple[str, str], int]:
             [c.preamble.name for c in message.direct_counters],
         ),
         "meter": (p4i.P4Ids.METER, [m.preamble.name for m in message.meters]),
+        "register": (p4i.P4Ids.REGISTER, [r.preamble.name for r in message.registers]),
     }
     taken: set[int] = set()
     out: dict[tuple[str, str], int] = {}
@@ -79,13 +80,15 @@ def _declared_ids(message: p4i.P4Info) -> dict[tuple[str, str], int]:
         ("counter", message.counters),
         ("direct_counter", message.direct_counters),
         ("meter", message.meters),
+        ("register", message.registers),
     ):
         out.update({(kind, item.preamble.name): item.preamble.id for item in items})
     return out
 
 
 def _all_preambles(message: p4i.P4Info):
-    for items in (message.tables, message.actions, message.counters, message.direct_counters):
+    for items in (message.tables, message.actions, message.counters, message.direct_counters,
+                  message.registers):
         for item in items:
             yield item.preamble
 
@@ -111,6 +114,32 @@ def test_ids_match_real_p4c_output_known_answers():
         assign_ids(p4i.P4Ids.COUNTER, ["MyIngress.backend_packets"])["MyIngress.backend_packets"]
         == 314792151
     )
+    # Registers (prefix 0x16), from the register fixture's P4Info (registers-program.p4info.txtpb).
+    assert assign_ids(p4i.P4Ids.REGISTER, ["I.conn_bloom", "I.bucket_gen"]) == {
+        "I.conn_bloom": 383312199,
+        "I.bucket_gen": 379912212,
+    }
+
+
+def test_the_register_fixture_is_covered_by_the_recomputation():
+    """The register fixture has registers, and the recomputation really looks at them."""
+    fixture = text_format.Parse(
+        (FIXTURES / "registers-program.p4info.txtpb").read_text(), p4i.P4Info()
+    )
+    declared = _declared_ids(fixture)
+    assert {name for kind, name in declared if kind == "register"} == {
+        "I.conn_bloom",
+        "I.bucket_gen",
+    }
+    assert _recomputed_ids(fixture) == declared
+    wrong = p4i.P4Info()
+    wrong.CopyFrom(fixture)
+    wrong.registers[0].preamble.id += 1
+    assert _recomputed_ids(wrong) != _declared_ids(wrong)
+    # p4c's register form: bit<N> type spec and the declared size.
+    assert [
+        (r.type_spec.bitstring.bit.bitwidth, r.size) for r in fixture.registers
+    ] == [(1, 65536), (8, 1024)]
 
 
 @pytest.mark.parametrize("path", FIXTURE_P4INFOS, ids=lambda p: p.name)
@@ -124,7 +153,7 @@ def test_hash_reproduces_every_id_of_real_p4c_output(path: Path):
 
 def test_every_id_is_recomputed_from_its_name(msg):
     declared = _declared_ids(msg)
-    assert len(declared) == 4 + 6 + 3
+    assert len(declared) == 4 + 7 + 3 + 1  # tables, actions, counters, registers
     assert _recomputed_ids(msg) == declared
 
 
@@ -191,7 +220,9 @@ def test_noaction_carries_core_p4_annotation(msg):
 
 _TABLES = {
     n.VIP_TABLE: (n.VIP_MATCH, "EXACT", (n.SET_SERVICE, n.NO_ACTION), n.NO_ACTION),
-    n.BACKEND_TABLE: (n.BACKEND_MATCH, "EXACT", (n.DNAT, n.NO_ACTION), n.NO_ACTION),
+    n.BACKEND_TABLE: (
+        n.BACKEND_MATCH, "EXACT", (n.DNAT, n.DNAT_DRAINING, n.NO_ACTION), n.NO_ACTION
+    ),
     n.REVERSE_NAT: (n.REVERSE_NAT_MATCH, "EXACT", (n.SNAT, n.NO_ACTION), n.NO_ACTION),
     n.IPV4_LPM: (n.IPV4_LPM_MATCH, "LPM", (n.FWD, n.DROP), n.DROP),
 }
@@ -199,6 +230,7 @@ _ACTIONS = {
     n.NO_ACTION: (),
     n.SET_SERVICE: n.SET_SERVICE_PARAMS,
     n.DNAT: n.DNAT_PARAMS,
+    n.DNAT_DRAINING: n.DNAT_DRAINING_PARAMS,
     n.SNAT: n.SNAT_PARAMS,
     n.FWD: n.FWD_PARAMS,
     n.DROP: (),
@@ -235,6 +267,21 @@ def test_counters_match_p4names(info):
         assert counter.size == n.COUNTER_SIZE
     assert n.MAX_BACKEND_ID == n.COUNTER_SIZE - 1
     assert 1 << info.action(n.DNAT).param("backend_id").bitwidth == n.COUNTER_SIZE
+
+
+def test_registers_match_p4names(msg):
+    (register,) = msg.registers
+    assert register.preamble.name == n.CONN_GEN
+    assert register.type_spec.WhichOneof("type_spec") == "bitstring"
+    assert register.type_spec.bitstring.bit.bitwidth == n.CONN_GEN_WIDTH
+    assert register.size == n.CONN_CELLS
+    assert not register.preamble.annotations
+    # The draining entry's generation is what the cells hold.
+    generation = dict(n.DNAT_DRAINING_PARAMS)["generation"]
+    assert generation == n.CONN_GEN_WIDTH
+    # The draining action carries dnat's parameters for both backends.
+    assert n.DNAT_DRAINING_PARAMS[:3] == n.DNAT_PARAMS
+    assert [(f"old_{p}", w) for p, w in n.DNAT_PARAMS] == list(n.DNAT_DRAINING_PARAMS[3:6])
 
 
 def test_p4names_ids_fit_their_fields(info):
@@ -307,6 +354,17 @@ def test_source_counters_declare_the_p4info_counters(source, msg):
     assert [
         (name, int(consts.get(size, size), 0), units[unit]) for size, unit, name in declared
     ] == [(c.preamble.alias, c.size, p4i.CounterSpec.Unit.Name(c.spec.unit)) for c in msg.counters]
+
+
+def test_source_registers_declare_the_p4info_registers(source, msg):
+    consts = dict(re.findall(r"const\s+bit<\d+>\s+(\w+)\s*=\s*(\w+)\s*;", source))
+    ingress = _block(source, r"control\s+MyIngress\s*\([^)]*\)")
+    declared = re.findall(r"\bregister\s*<\s*bit<(\d+)>\s*>\s*\(\s*(\w+)\s*\)\s*(\w+)\s*;", ingress)
+    assert [(name, int(width), int(consts.get(size, size), 0)) for width, size, name in declared] == [
+        (r.preamble.alias, r.type_spec.bitstring.bit.bitwidth, r.size) for r in msg.registers
+    ]
+    # Declared after the counters, as the contract says.
+    assert ingress.index("register<") > ingress.rindex("counter(")
 
 
 def test_source_controls_have_the_agreed_signatures(source):

@@ -7,6 +7,11 @@
  * and the packet is DNATed to that node. Replies from a node (reverse_nat) are SNATed back to
  * the VIP. Everything is then routed on the (possibly rewritten) IPv4 destination (ipv4_lpm).
  *
+ * A bucket that moves drains (backend_table's dnat_draining, DESIGN.md 5.1): new TCP connections
+ * go to the new backend and are marked in conn_gen, a Bloom filter whose cells hold the drain's
+ * generation; every other packet of the bucket goes to the old backend unless its connection is
+ * marked in this generation. docs/dataplane.md explains the state, its sizes and its limits.
+ *
  * The control plane contract (names, widths, sizes) is reconciler/p4names.py and
  * p4/load_balancer.p4info.txtpb; the exact packet semantics, including the hash input layout,
  * are written down in p4/README.md for the Python model in reconciler/sim/.
@@ -29,6 +34,10 @@ const bit<32> COUNTER_SIZE = 65536;
 
 /* hash() writes base + (crc32 % HASH_MAX): the low 16 bits of the CRC. */
 const bit<32> HASH_MAX = 65536;
+
+/* conn_gen cells (p4names.CONN_CELLS): 2^18 x bit<32> = 1 MiB of register memory; the two
+ * connection hashes are the low 18 bits of their CRCs. */
+const bit<32> CONN_CELLS = 262144;
 
 error {
     IPv4BadVersion,
@@ -99,6 +108,20 @@ struct metadata {
     bit<16> bucket;        /* hash of the 5-tuple & bucket_mask */
     bit<16> backend_id;    /* dnat: index of the backend's counters */
     bit<16> l4_len;        /* IPv4 payload length, for the TCP/UDP pseudo header */
+    /* dnat_draining's parameters, applied in the apply block once the connection is known. */
+    bit<1>  draining;      /* the bucket's entry is dnat_draining */
+    bit<32> new_node_ip;
+    bit<16> new_node_port;
+    bit<16> new_backend_id;
+    bit<32> old_node_ip;
+    bit<16> old_node_port;
+    bit<16> old_backend_id;
+    bit<32> generation;    /* the drain's generation, never 0 */
+    bit<32> conn_idx_a;    /* the connection's two conn_gen cells */
+    bit<32> conn_idx_b;
+    bit<32> conn_gen_a;    /* what the cells hold */
+    bit<32> conn_gen_b;
+    bit<1>  conn_new;      /* the connection was opened during this drain: the new backend */
 }
 
 /*************************************************************************
@@ -167,6 +190,12 @@ control MyIngress(inout headers hdr,
     counter(COUNTER_SIZE, CounterType.packets) backend_syn;
     counter(COUNTER_SIZE, CounterType.packets) backend_fin;
 
+    /* A Bloom filter of the connections opened during a drain (2 hashes). A cell holds the
+     * generation of the drain that last marked it; cells start at 0 and generations are never 0,
+     * so a drain ignores older drains' marks without anyone resetting the register (BMv2 has no
+     * P4Runtime register writes). */
+    register<bit<32>>(CONN_CELLS) conn_gen;
+
     action set_service(bit<16> service_id, bit<16> bucket_mask) {
         meta.service_id = service_id;
         meta.bucket_mask = bucket_mask;
@@ -179,6 +208,22 @@ control MyIngress(inout headers hdr,
         meta.l4_dst_port = node_port;
         meta.backend_id = backend_id;
         backend_packets.count((bit<32>)backend_id);
+    }
+
+    /* A draining bucket: only remembers both backends. The choice needs the connection's
+     * conn_gen cells, hashed from the packet as it arrived, so the rewrite (the same as dnat's)
+     * is done in the apply block. */
+    action dnat_draining(bit<32> node_ip, bit<16> node_port, bit<16> backend_id,
+                         bit<32> old_node_ip, bit<16> old_node_port, bit<16> old_backend_id,
+                         bit<32> generation) {
+        meta.draining = 1w1;
+        meta.new_node_ip = node_ip;
+        meta.new_node_port = node_port;
+        meta.new_backend_id = backend_id;
+        meta.old_node_ip = old_node_ip;
+        meta.old_node_port = old_node_port;
+        meta.old_backend_id = old_backend_id;
+        meta.generation = generation;
     }
 
     action snat(bit<32> vip, bit<16> vip_port) {
@@ -217,6 +262,7 @@ control MyIngress(inout headers hdr,
         }
         actions = {
             dnat;
+            dnat_draining;
             NoAction;
         }
         size = 524288;
@@ -265,6 +311,55 @@ control MyIngress(inout headers hdr,
                          HASH_MAX);
                     meta.bucket = meta.bucket & meta.bucket_mask;
                     if (backend_table.apply().hit) {
+                        if (meta.draining == 1w1) {
+                            /* Old backend unless the connection is new in this drain. UDP shows
+                             * no connection start: it stays on the old backend for the drain. */
+                            if (hdr.tcp.isValid()) {
+                                /* Two field orders of the same 13 bytes (not one order with two
+                                 * salts: CRC is linear); layouts in p4/README.md. */
+                                hash(meta.conn_idx_a,
+                                     HashAlgorithm.crc32,
+                                     32w0,
+                                     { meta.l4_dst_port,
+                                       meta.l4_src_port,
+                                       hdr.ipv4.protocol,
+                                       hdr.ipv4.dstAddr,
+                                       hdr.ipv4.srcAddr },
+                                     CONN_CELLS);
+                                hash(meta.conn_idx_b,
+                                     HashAlgorithm.crc32,
+                                     32w0,
+                                     { hdr.ipv4.srcAddr,
+                                       meta.l4_src_port,
+                                       hdr.ipv4.dstAddr,
+                                       meta.l4_dst_port,
+                                       hdr.ipv4.protocol },
+                                     CONN_CELLS);
+                                if ((hdr.tcp.flags & (TCP_SYN | TCP_ACK)) == TCP_SYN) {
+                                    conn_gen.write(meta.conn_idx_a, meta.generation);
+                                    conn_gen.write(meta.conn_idx_b, meta.generation);
+                                    meta.conn_new = 1w1;
+                                } else {
+                                    conn_gen.read(meta.conn_gen_a, meta.conn_idx_a);
+                                    conn_gen.read(meta.conn_gen_b, meta.conn_idx_b);
+                                    if (meta.conn_gen_a == meta.generation &&
+                                        meta.conn_gen_b == meta.generation) {
+                                        meta.conn_new = 1w1;
+                                    }
+                                }
+                            }
+                            /* The same rewrite and count as dnat, on the chosen backend. */
+                            if (meta.conn_new == 1w1) {
+                                hdr.ipv4.dstAddr = meta.new_node_ip;
+                                meta.l4_dst_port = meta.new_node_port;
+                                meta.backend_id = meta.new_backend_id;
+                            } else {
+                                hdr.ipv4.dstAddr = meta.old_node_ip;
+                                meta.l4_dst_port = meta.old_node_port;
+                                meta.backend_id = meta.old_backend_id;
+                            }
+                            backend_packets.count((bit<32>)meta.backend_id);
+                        }
                         /* Connection estimate for least-connections: SYN without ACK opens,
                          * FIN or RST closes. */
                         if (hdr.tcp.isValid() && (hdr.tcp.flags & (TCP_SYN | TCP_ACK)) == TCP_SYN) {
