@@ -130,6 +130,7 @@ CEL_RULES: dict[tuple[str, ...], tuple[dict[str, str], ...]] = {
         },
     ),
     ("spec", "updateInterval"): (_DURATION_MAX_1H,),
+    ("spec", "connectionDrainTimeout"): (_DURATION_MAX_1H,),
     ("spec", "healthCheck", "interval"): (
         {"rule": "self > duration('0s')", "message": "must be longer than 0s"},
         _DURATION_MAX_1H,

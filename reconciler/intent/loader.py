@@ -38,6 +38,7 @@ from reconciler.intent.model import (
     SwitchConfig,
     SwitchSpec,
     TLSConfig,
+    TrafficPolicy,
     VipPool,
 )
 from reconciler.intent.schema import apply_defaults, validate_document
@@ -332,6 +333,7 @@ def build_config(doc: YamlDocument, d: dict[str, Any]) -> LoadBalancerConfig:
         name=meta["name"],
         algorithm=spec["algorithm"],
         update_interval_s=_seconds(spec["updateInterval"]),
+        connection_drain_timeout_s=_seconds(spec["connectionDrainTimeout"]),
         buckets_per_service=spec["bucketsPerService"],
         backend_mode=spec["backendMode"],
         health_check=HealthCheck(
@@ -370,6 +372,7 @@ def build_config(doc: YamlDocument, d: dict[str, Any]) -> LoadBalancerConfig:
             load_balancer_classes=tuple(selector.get("loadBalancerClasses", ())),
         ),
         safety=Safety(max_removal_percent=spec["safety"]["maxRemovalPercent"]),
+        traffic_policy=TrafficPolicy(require_local=spec["trafficPolicy"]["requireLocal"]),
         audit=AuditConfig(repository=audit.get("repository"), branch=audit["branch"]),
         source=SourceRef(doc.file, doc.start.line, doc.start.column),
         **optional,

@@ -117,6 +117,14 @@ class Safety:
 
 
 @dataclass(frozen=True)
+class TrafficPolicy:
+    """What the reconciler asks of the Services it serves (issue 15 item 6)."""
+
+    # nodePort mode: refuse Services whose externalTrafficPolicy is not Local (else a warning).
+    require_local: bool = False
+
+
+@dataclass(frozen=True)
 class AuditConfig:
     repository: str | None = None
     branch: str = "main"
@@ -128,6 +136,8 @@ class LoadBalancerConfig:
     name: str
     algorithm: str = "replica-weighted"
     update_interval_s: float = 1.0
+    # A moved bucket drains for this long (DESIGN.md 5.1); 0: moves at once (no drains).
+    connection_drain_timeout_s: float = 60.0
     buckets_per_service: int = 64
     backend_mode: BackendMode = "nodePort"
     # podIP mode: addresses inside these are backends even from slices the EndpointSlice
@@ -138,6 +148,7 @@ class LoadBalancerConfig:
     vip_pools: tuple[VipPool, ...] = ()
     service_selector: ServiceSelector = field(default_factory=ServiceSelector)
     safety: Safety = field(default_factory=Safety)
+    traffic_policy: TrafficPolicy = field(default_factory=TrafficPolicy)
     audit: AuditConfig = field(default_factory=AuditConfig)
     generation: int = 0
     source: SourceRef | None = field(default=None, compare=False)

@@ -245,7 +245,7 @@ class _Checker:
     def durations(self) -> None:
         fields: list[PathKey] = [
             ("spec", "updateInterval"), ("spec", "healthCheck", "interval"), ("spec", "healthCheck", "timeout"),
-            ("spec", "healthCheck", "readBackInterval"),
+            ("spec", "healthCheck", "readBackInterval"), ("spec", "connectionDrainTimeout"),
         ]
         seconds: dict[PathKey, float] = {}
         for path in fields:
