@@ -40,6 +40,7 @@ class DictTables:
         }
         self.packets: Counter[tuple[str, int]] = Counter()
         self.bytes: Counter[tuple[str, int]] = Counter()
+        self.registers: dict[tuple[str, int], int] = {}
 
     def lookup_exact(self, table: str, key: tuple[int, ...]) -> Action | None:
         return self.exact[table].get(key)
@@ -58,6 +59,12 @@ class DictTables:
     def count(self, counter: str, index: int, packets: int = 1, nbytes: int = 0) -> None:
         self.packets[(counter, index)] += packets
         self.bytes[(counter, index)] += nbytes
+
+    def register_read(self, register: str, index: int) -> int:
+        return self.registers.get((register, index), 0)
+
+    def register_write(self, register: str, index: int, value: int) -> None:
+        self.registers[(register, index)] = value
 
     def route(self, cidr: str, action: Action) -> None:
         net, plen = cidr.split("/")

@@ -135,3 +135,5 @@ NO_PIPELINE = "No forwarding pipeline config set for this device"
 ATOMICITY_UNSUPPORTED = "Support for atomic write modes has not been implemented yet"
 INVALID_P4_ID = "Invalid P4 id"
 INCORRECT_ENTITY = "Incorrect entity type"
+REGISTER_WRITES_UNSUPPORTED = "Register writes are not supported yet"  # 10-registers.txt
+REGISTER_READS_UNSUPPORTED = "Register reads are not supported yet"

@@ -1,4 +1,5 @@
-"""Per-device state of the software switch: pipeline config, tables, counters, packet lookups.
+"""Per-device state of the software switch: pipeline config, tables, counters, registers,
+packet lookups.
 
 One Device is one P4Runtime device_id. It owns the pipeline the controllers see through
 P4Runtime (`state`) and the pipeline packets are processed with (`dataplane`); they are the same
@@ -56,6 +57,12 @@ class TableLookup(Protocol):
         ...
 
     def count(self, counter: str, index: int, packets: int = 1, nbytes: int = 0) -> None:
+        ...
+
+    def register_read(self, register: str, index: int) -> int:
+        ...
+
+    def register_write(self, register: str, index: int, value: int) -> None:
         ...
 
 
@@ -159,7 +166,8 @@ class Device:
         self._pending_commit = False
 
     def _reconciled(self, old: PipelineState, schema: P4Schema) -> PipelineState:
-        """Spec RECONCILE_AND_COMMIT: carry every entry, default action and counter cell over,
+        """Spec RECONCILE_AND_COMMIT: carry every entry, default action, counter and register
+        cell over,
         or refuse with INVALID_ARGUMENT (nothing changes) if one does not fit the new P4Info."""
         new = self._fresh(schema)
         inserts, defaults = _replay_updates(old)
@@ -179,6 +187,13 @@ class Device:
                 continue
             for index in range(min(cells.info.size, target.info.size)):
                 target.set(index, cells.packets[index], cells.bytes[index])
+        for name, register in old.registers_by_name.items():  # data-plane state too
+            kept = new.registers_by_name.get(name)
+            if kept is None:
+                continue
+            for index, value in register.nonzero().items():
+                if index < kept.info.size:
+                    kept.write(index, value)
         return new
 
     def _set_bmv2(self, request: p4r.SetForwardingPipelineConfigRequest) -> None:
@@ -315,6 +330,14 @@ class Device:
         with self.lock:
             self._dataplane().counter(counter).add(index, packets, nbytes)
 
+    def register_read(self, register: str, index: int) -> int:
+        with self.lock:
+            return self._dataplane().register(register).read(index)
+
+    def register_write(self, register: str, index: int, value: int) -> None:
+        with self.lock:
+            self._dataplane().register(register).write(index, value)
+
     # -- inspection and faults (tests only) --------------------------------------------------
 
     def entries(self, table: str) -> list[EntryView]:
@@ -335,6 +358,12 @@ class Device:
         """(packets, bytes) of every cell of an indirect counter."""
         with self.lock:
             return list(self._p4runtime_state().counter(counter).cells())
+
+    def registers(self, register: str) -> dict[int, int]:
+        """The non-zero cells of a register in the packet pipeline, by index (P4Runtime cannot
+        read them on BMv2, so tests look here)."""
+        with self.lock:
+            return self._dataplane().register(register).nonzero()
 
     def set_table_size(self, table: str, size: int) -> None:
         """Change a table's capacity (also for pipelines committed later)."""

@@ -12,9 +12,16 @@ It follows p4/load_balancer.p4 statement by statement (DESIGN.md 5):
   IPv4OptionsNotSupported) is dropped. Otherwise reverse_nat on (src, l4_src_port, protocol);
   if it missed, vip_table on (dst, l4_dst_port, protocol); if that hit, meta.bucket = v1model
   hash(crc32, base 0, {src, dst, protocol, l4_src_port, l4_dst_port}, max 65536) & bucket_mask
-  and backend_table on (service_id, bucket); if that hit, backend_syn[backend_id] for TCP SYN
-  without ACK and backend_fin[backend_id] for TCP FIN or RST. The (possibly NATed) metadata
+  and backend_table on (service_id, bucket); if that hit with a draining entry, the connection
+  picks its backend (below), then backend_syn[backend_id] for TCP SYN without ACK and
+  backend_fin[backend_id] for TCP FIN or RST. The (possibly NATed) metadata
   ports are written back into the TCP or UDP header, then ipv4_lpm on the current dst.
+- A draining entry (dnat_draining) only stores both backends and the generation. Then, for TCP,
+  two conn_gen cells: idx_a = crc32({l4_dst_port, l4_src_port, protocol, dst, src}) % 2^18 and
+  idx_b = crc32({src, l4_src_port, dst, l4_dst_port, protocol}) % 2^18, on the packet as it
+  arrived. A SYN without ACK writes the generation into both and takes the new backend; any
+  other TCP packet takes the new backend only if both cells hold the generation. UDP (and
+  anything else) takes the old backend. The chosen backend is DNATed and counted as dnat does.
 - A table miss runs the table's default action (which the control plane may have changed) and
   `.hit` stays false, as in P4.
 - Actions: set_service sets meta; snat rewrites ipv4 src and meta.l4_src_port; dnat rewrites ipv4
@@ -58,11 +65,14 @@ DROP_PORT = 511  # v1model: mark_to_drop sets egress_spec to 511; packets sent t
 PORT_MAX = 511  # egress_spec / ingress_port are bit<9>
 
 _HASH_INPUT = struct.Struct("!IIBHH")  # srcAddr dstAddr protocol l4_src_port l4_dst_port: 13 bytes
+# The conn_gen indices: two orders of the same 13 bytes (p4/README.md, "The connection hashes").
+_CONN_INPUT_A = struct.Struct("!HHBII")  # l4_dst_port l4_src_port protocol dstAddr srcAddr
+_CONN_INPUT_B = struct.Struct("!IHIHB")  # srcAddr l4_src_port dstAddr l4_dst_port protocol
 _PSEUDO = struct.Struct("!IIBBH")
 
 
 class TableLookup(Protocol):
-    """Read access to a device's table entries and counters, as the pipeline needs it.
+    """Access to a device's table entries, counters and registers, as the pipeline needs it.
 
     The same protocol as reconciler/sim/device.py's (duplicated here, structurally identical, so
     that this module does not depend on the device module). Names are fully qualified P4Info
@@ -76,6 +86,10 @@ class TableLookup(Protocol):
     def default_action(self, table: str) -> tuple[str, dict[str, int]]: ...
 
     def count(self, counter: str, index: int, packets: int = 1, nbytes: int = 0) -> None: ...
+
+    def register_read(self, register: str, index: int) -> int: ...
+
+    def register_write(self, register: str, index: int, value: int) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -98,7 +112,7 @@ class PipelineError(RuntimeError):
 _TABLE_ACTIONS: Mapping[str, frozenset[str]] = {
     n.REVERSE_NAT: frozenset({n.SNAT, n.NO_ACTION}),
     n.VIP_TABLE: frozenset({n.SET_SERVICE, n.NO_ACTION}),
-    n.BACKEND_TABLE: frozenset({n.DNAT, n.NO_ACTION}),
+    n.BACKEND_TABLE: frozenset({n.DNAT, n.DNAT_DRAINING, n.NO_ACTION}),
     n.IPV4_LPM: frozenset({n.FWD, n.DROP}),
 }
 _ACTION_PARAMS: Mapping[str, tuple[str, ...]] = {
@@ -106,10 +120,11 @@ _ACTION_PARAMS: Mapping[str, tuple[str, ...]] = {
     n.DROP: (),
     n.SET_SERVICE: tuple(p for p, _ in n.SET_SERVICE_PARAMS),
     n.DNAT: tuple(p for p, _ in n.DNAT_PARAMS),
+    n.DNAT_DRAINING: tuple(p for p, _ in n.DNAT_DRAINING_PARAMS),
     n.SNAT: tuple(p for p, _ in n.SNAT_PARAMS),
     n.FWD: tuple(p for p, _ in n.FWD_PARAMS),
 }
-_SHOW_IP = frozenset({"node_ip", "vip"})
+_SHOW_IP = frozenset({"node_ip", "old_node_ip", "vip"})
 _SHOW_MAC = frozenset({"dst_mac"})
 
 
@@ -126,13 +141,22 @@ def flow_bucket(src: int, dst: int, protocol: int, sport: int, dport: int, bucke
     return flow_hash(src, dst, protocol, sport, dport) & bucket_mask
 
 
+def conn_cells(src: int, dst: int, protocol: int, sport: int, dport: int) -> tuple[int, int]:
+    """The two conn_gen cells of a connection (idx_a, idx_b): v1model hash(crc32, (bit<32>)0,
+    {...}, CONN_CELLS) over two field orders of the 13 bytes, i.e. the low 18 bits of each CRC
+    (base + crc % max, max = 2^18)."""
+    a = zlib.crc32(_CONN_INPUT_A.pack(dport, sport, protocol, dst, src)) % n.CONN_CELLS
+    b = zlib.crc32(_CONN_INPUT_B.pack(src, sport, dst, dport, protocol)) % n.CONN_CELLS
+    return a, b
+
+
 class _Phv:
     """The packet's header fields the program writes, and its metadata, while it is in the
     pipeline (mutable, like a PHV). Everything else is read from the parsed `frame`."""
 
     __slots__ = ("frame", "eth_dst", "ip_src", "ip_dst", "ttl", "hdr_src_port", "hdr_dst_port",
                  "l4_src_port", "l4_dst_port", "service_id", "bucket_mask", "bucket", "backend_id",
-                 "l4_len", "egress_spec")
+                 "l4_len", "egress_spec", "draining")
 
     def __init__(self, frame: Frame) -> None:
         assert frame.ipv4 is not None and frame.ethernet is not None
@@ -149,6 +173,7 @@ class _Phv:
         self.backend_id = 0
         self.l4_len = (frame.ipv4.total_len - 20) & 0xFFFF  # bit<16> subtraction in the parser
         self.egress_spec = 0  # v1model initialises metadata and standard_metadata to 0
+        self.draining: Mapping[str, int] | None = None  # dnat_draining's parameters
 
 
 def process_packet(tables: TableLookup, ingress_port: int, data: bytes) -> PipelineResult:
@@ -172,6 +197,8 @@ def process_packet(tables: TableLookup, ingress_port: int, data: bytes) -> Pipel
             phv.bucket = h & phv.bucket_mask
             trace.append(f"hash: bucket={phv.bucket}")
             if _apply_exact(ctx, phv, n.BACKEND_TABLE, (phv.service_id, phv.bucket)):
+                if phv.draining is not None:
+                    _drain(ctx, phv, phv.draining)
                 _count_connection_events(ctx, phv)
     if frame.tcp is not None or frame.udp is not None:  # write the NATed ports back
         phv.hdr_src_port, phv.hdr_dst_port = phv.l4_src_port, phv.l4_dst_port
@@ -183,6 +210,38 @@ def process_packet(tables: TableLookup, ingress_port: int, data: bytes) -> Pipel
     out = _deparse(phv)
     trace.append(f"egress: port {phv.egress_spec}")
     return PipelineResult(phv.egress_spec, out, tuple(trace))
+
+
+def _drain(ctx: _Ctx, phv: _Phv, params: Mapping[str, int]) -> None:
+    """The apply block's draining branch: old backend unless the TCP connection is new in this
+    drain (its SYN now, or both of its cells hold the generation); then dnat's rewrite and count
+    on the chosen backend. The hashes see the packet as it arrived (nothing rewrote it yet)."""
+    frame = phv.frame
+    ip4 = frame.ipv4
+    assert ip4 is not None
+    generation = params["generation"]
+    new = False
+    if frame.tcp is None:
+        why = "not TCP"
+    else:
+        a, b = conn_cells(ip4.src, ip4.dst, ip4.protocol, phv.l4_src_port, phv.l4_dst_port)
+        if frame.tcp.flags & (SYN | ACK) == SYN:
+            ctx.tables.register_write(n.CONN_GEN, a, generation)
+            ctx.tables.register_write(n.CONN_GEN, b, generation)
+            new = True
+            why = f"SYN marks cells {a}, {b} with generation {generation}"
+        else:
+            gen_a = ctx.tables.register_read(n.CONN_GEN, a)
+            gen_b = ctx.tables.register_read(n.CONN_GEN, b)
+            new = gen_a == generation and gen_b == generation
+            why = f"cells {a}={gen_a}, {b}={gen_b}, generation {generation}"
+    prefix = "" if new else "old_"
+    phv.ip_dst = params[prefix + "node_ip"]
+    phv.l4_dst_port = params[prefix + "node_port"]
+    phv.backend_id = params[prefix + "backend_id"]
+    ctx.tables.count(n.BACKEND_PACKETS, phv.backend_id, 1, ctx.packet_length)
+    ctx.trace.append(f"drain: {why} -> {'new' if new else 'old'} backend "
+                     f"{ip_str(phv.ip_dst)}:{phv.l4_dst_port} (backend_id {phv.backend_id})")
 
 
 def _count_connection_events(ctx: _Ctx, phv: _Phv) -> None:
@@ -275,6 +334,10 @@ def _dnat(ctx: _Ctx, phv: _Phv, params: Mapping[str, int]) -> None:
     ctx.tables.count(n.BACKEND_PACKETS, phv.backend_id, 1, ctx.packet_length)
 
 
+def _dnat_draining(ctx: _Ctx, phv: _Phv, params: Mapping[str, int]) -> None:
+    phv.draining = params  # no rewrite here: the choice needs the packet's own 5-tuple
+
+
 def _fwd(ctx: _Ctx, phv: _Phv, params: Mapping[str, int]) -> None:
     phv.egress_spec = params["port"]
     phv.eth_dst = params["dst_mac"]
@@ -287,6 +350,7 @@ _ACTIONS: Mapping[str, Callable[[_Ctx, _Phv, Mapping[str, int]], None]] = {
     n.SET_SERVICE: _set_service,
     n.SNAT: _snat,
     n.DNAT: _dnat,
+    n.DNAT_DRAINING: _dnat_draining,
     n.FWD: _fwd,
 }
 

@@ -18,6 +18,7 @@ from reconciler.sim.behavior import (
     INVALID_P4_ID,
     NOT_FOUND,
     OUT_OF_RANGE,
+    REGISTER_READS_UNSUPPORTED,
     UNIMPLEMENTED,
     UNKNOWN,
     Behavior,
@@ -89,6 +90,10 @@ class _Reader:
             self.read_counters(entity.counter_entry, out)
         elif which == "direct_counter_entry":
             self.read_direct_counters(entity.direct_counter_entry, out)
+        elif which == "register_entry":
+            # As the recorded BMv2 (10-registers.txt) for any RegisterEntry; spec mode refuses
+            # the same way rather than serve cells a real BMv2 never shows (docs/dataplane.md).
+            raise UpdateError(UNIMPLEMENTED, REGISTER_READS_UNSUPPORTED)
         elif which is None:
             code = UNKNOWN if self.behavior.bmv2 else INVALID_ARGUMENT
             raise UpdateError(code, INCORRECT_ENTITY)

@@ -2,7 +2,8 @@
 
 Everything the software switch knows about a program comes from here: table ids and names,
 match fields (id, width, kind, position in the key), actions and their parameters, table sizes,
-default actions, indirect counters and which tables have direct counters.
+default actions, indirect counters, which tables have direct counters, and registers (bit<N>
+cells that only the data plane reads and writes: tables.RegisterState).
 """
 
 from __future__ import annotations
@@ -87,6 +88,14 @@ class CounterInfo:
     unit: int
 
 
+@dataclass(frozen=True, slots=True, eq=False)
+class RegisterInfo:
+    id: int
+    name: str
+    size: int
+    bitwidth: int  # bit<N> cells; 0 if the type_spec is not a plain bitstring
+
+
 @dataclass(frozen=True, eq=False)
 class P4Schema:
     p4info: p4i.P4Info
@@ -99,6 +108,8 @@ class P4Schema:
     counters_by_id: Mapping[int, CounterInfo]
     counters_by_name: Mapping[str, CounterInfo]
     direct_counter_ids: frozenset[int] = field(default_factory=frozenset)
+    registers: tuple[RegisterInfo, ...] = ()
+    registers_by_id: Mapping[int, RegisterInfo] = field(default_factory=dict)
 
     def table(self, name: str) -> TableInfo:
         try:
@@ -165,6 +176,15 @@ def build_schema(p4info: p4i.P4Info, strict: bool) -> P4Schema:
             counter.preamble.id, counter.preamble.name, counter.size, counter.spec.unit
         )
 
+    registers: dict[int, RegisterInfo] = {}
+    for register in p4info.registers:
+        claim(register.preamble.id, register.preamble.name)
+        spec = register.type_spec
+        width = spec.bitstring.bit.bitwidth if spec.WhichOneof("type_spec") == "bitstring" else 0
+        registers[register.preamble.id] = RegisterInfo(
+            register.preamble.id, register.preamble.name, register.size, width
+        )
+
     if strict and problems:
         raise SchemaError("P4Info cannot be realized: " + "; ".join(problems))
 
@@ -181,6 +201,8 @@ def build_schema(p4info: p4i.P4Info, strict: bool) -> P4Schema:
         counters_by_id=counters,
         counters_by_name={c.name: c for c in counter_list},
         direct_counter_ids=frozenset(direct_ids),
+        registers=tuple(registers.values()),
+        registers_by_id=registers,
     )
 
 

@@ -1,4 +1,4 @@
-"""Table and counter state of one pipeline: entries keyed by canonical integer tuples.
+"""Table, counter and register state of one pipeline: entries keyed by canonical integer tuples.
 
 A key is one value per P4Info match field, in P4Info order: an int for EXACT and OPTIONAL,
 (value, prefix_len) for LPM, (value, mask) for TERNARY, (low, high) for RANGE, and None for an
@@ -15,7 +15,14 @@ import heapq
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from reconciler.sim.schema import UNIT_BYTES, UNIT_PACKETS, CounterInfo, P4Schema, TableInfo
+from reconciler.sim.schema import (
+    UNIT_BYTES,
+    UNIT_PACKETS,
+    CounterInfo,
+    P4Schema,
+    RegisterInfo,
+    TableInfo,
+)
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -165,10 +172,45 @@ class CounterState:
         return zip(self.packets, self.bytes)
 
 
-class PipelineState:
-    """Everything one committed (or saved) pipeline holds: its schema, tables and counters."""
+class RegisterState:
+    """A register array: every cell exists and starts at zero (as BMv2 allocates it when the
+    pipeline is pushed). Kept sparse: the program touches few of conn_gen's 262,144 cells."""
 
-    __slots__ = ("schema", "tables", "tables_by_name", "counters", "counters_by_name")
+    __slots__ = ("info", "_mask", "_cells")
+
+    def __init__(self, info: RegisterInfo) -> None:
+        self.info = info
+        self._mask = (1 << info.bitwidth) - 1
+        self._cells: dict[int, int] = {}
+
+    def _check(self, index: int) -> None:
+        if not 0 <= index < self.info.size:
+            raise IndexError(f"register {self.info.name} has {self.info.size} cells; "
+                             f"index {index} is out of range")
+
+    def read(self, index: int) -> int:
+        self._check(index)
+        return self._cells.get(index, 0)
+
+    def write(self, index: int, value: int) -> None:
+        self._check(index)
+        value &= self._mask  # bit<N> assignment truncates
+        if value:
+            self._cells[index] = value
+        else:
+            self._cells.pop(index, None)
+
+    def nonzero(self) -> dict[int, int]:
+        """The cells that are not 0, by index."""
+        return dict(self._cells)
+
+
+class PipelineState:
+    """Everything one committed (or saved) pipeline holds: its schema, tables, counters and
+    registers."""
+
+    __slots__ = ("schema", "tables", "tables_by_name", "counters", "counters_by_name",
+                 "registers_by_name")
 
     def __init__(self, schema: P4Schema) -> None:
         self.schema = schema
@@ -176,6 +218,7 @@ class PipelineState:
         self.tables_by_name = {s.info.name: s for s in self.tables.values()}
         self.counters: dict[int, CounterState] = {c.id: CounterState(c) for c in schema.counters}
         self.counters_by_name = {s.info.name: s for s in self.counters.values()}
+        self.registers_by_name = {r.name: RegisterState(r) for r in schema.registers}
 
     def table(self, name: str) -> TableState:
         try:
@@ -188,3 +231,9 @@ class PipelineState:
             return self.counters_by_name[name]
         except KeyError:
             raise KeyError(f"no counter named {name!r} in the pipeline") from None
+
+    def register(self, name: str) -> RegisterState:
+        try:
+            return self.registers_by_name[name]
+        except KeyError:
+            raise KeyError(f"no register named {name!r} in the pipeline") from None

@@ -19,6 +19,7 @@ from reconciler.sim.behavior import (
     OK,
     OUT_OF_RANGE,
     PERMISSION_DENIED,
+    REGISTER_WRITES_UNSUPPORTED,
     UNIMPLEMENTED,
     UNKNOWN,
     Behavior,
@@ -81,6 +82,11 @@ class _Writer:
             self.counter_write(update.type, entity.counter_entry)
         elif which == "direct_counter_entry":
             self.direct_counter_write(update.type, entity.direct_counter_entry)
+        elif which == "register_entry":
+            # Both modes, every update (any type, index, value): the recorded BMv2 refuses them
+            # all this way (fixtures/p4runtime-bmv2/10-registers.txt), and a switch that
+            # accepted them would let a controller depend on what real BMv2 cannot do.
+            raise UpdateError(UNIMPLEMENTED, REGISTER_WRITES_UNSUPPORTED)
         elif which is None:
             raise UpdateError(UNKNOWN, INCORRECT_ENTITY)
         else:
