@@ -63,6 +63,8 @@ def make_service(
     load_balancer_ip: str | None = None,
     external_ips: Sequence[str] = (),
     target_port: int = 8080,
+    external_traffic_policy: str = "Local",
+    annotations: Sequence[tuple[str, str]] = (),
 ) -> Service:
     """ports: (name, port, protocol); nodePorts are node_port_base + index."""
     return Service(
@@ -73,9 +75,10 @@ def make_service(
             ServicePort(pname, port, proto, target_port=target_port, node_port=node_port_base + i)
             for i, (pname, port, proto) in enumerate(ports)
         ),
-        annotations=((OPT_IN_ANNOTATION, opt_in),) if opt_in is not None else (),
+        annotations=tuple(sorted((((OPT_IN_ANNOTATION, opt_in),) if opt_in is not None else ()) + tuple(annotations))),
         load_balancer_ip=load_balancer_ip,
         external_ips=tuple(external_ips),
+        external_traffic_policy=external_traffic_policy,
     )
 
 

@@ -245,22 +245,50 @@ def check_no_error_removes(model: Model, previous: Snapshot, new: Snapshot) -> N
         assert (s.service_key, s.port, s.protocol) in now, f"{s.name} ({s.port}/{s.protocol}) left the switches: {model.faults}"
 
 
+def check_drains(config: LoadBalancerConfig, previous: Snapshot, new: Snapshot, now: float) -> None:
+    """Every bucket that moved drains from its previous backend until now + the timeout; no
+    drain in `new` has ended; generations are above every generation of `previous`."""
+    floor = previous.max_drain_generation()
+    for svc in new.services:
+        old = previous.by_name.get(svc.name)
+        for d in svc.drains:
+            assert d.until > now, f"{svc.name}: drain of bucket {d.bucket} ended at {d.until} but is still listed"
+        if old is None or svc is old or old.bucket_count != svc.bucket_count or svc.assignment[0] is None:
+            continue
+        started = {d.bucket: d for d in svc.drains if old.drains == () or d not in old.drains}
+        for bucket, (before, after) in enumerate(zip(old.assignment, svc.assignment)):
+            if before is not None and before != after:
+                d = started.get(bucket)
+                assert d is not None and d.source == before, f"{svc.name}: bucket {bucket} moved from {before} without a drain"
+                assert d.until == int(now) + config.connection_drain_timeout_s and d.generation > floor
+                DRAINS_SEEN.append(d)
+
+
+DRAINS_SEEN: list[object] = []
+CLOCK_START = 1_765_000_000.5
+CLOCK_STEP = 25.0
+
+
 def check_sequence(config: LoadBalancerConfig, model: Model, ops: list[tuple], *, documents: bool = False) -> None:
     model = copy.deepcopy(model)  # explicit @examples are shared objects
     told, guessing = Renderer(), Renderer()
     cluster = model.state(1)
     conns = _conns(model, config.backend_mode)
-    previous = told.render(config, cluster, None, p4info_digest=P4INFO_DIGEST, connections=conns).snapshot
-    assert guessing.render(config, cluster, None, p4info_digest=P4INFO_DIGEST, connections=conns).snapshot.to_json_text() == previous.to_json_text()
-    assert do_render(config, cluster, None, connections=conns).snapshot.to_json_text() == previous.to_json_text()
+    # An explicit clock: drains start and end by it, and renders must not differ by a second
+    # boundary. It advances 25 s per step, so drains (60 s by default) end a few steps later.
+    now = CLOCK_START
+    previous = told.render(config, cluster, None, p4info_digest=P4INFO_DIGEST, connections=conns, now=now).snapshot
+    assert guessing.render(config, cluster, None, p4info_digest=P4INFO_DIGEST, connections=conns, now=now).snapshot.to_json_text() == previous.to_json_text()
+    assert do_render(config, cluster, None, connections=conns, now=now).snapshot.to_json_text() == previous.to_json_text()
     assert apply_diff(None, previous, diff_snapshots(None, previous)) == switch_of(previous)
     for step, op in enumerate(ops, start=2):
         touched = model.apply(op)
         cluster = model.state(step)
         conns = _conns(model, config.backend_mode)
-        full = do_render(config, cluster, previous, connections=conns)
-        inc = told.render(config, cluster, previous, p4info_digest=P4INFO_DIGEST, connections=conns, changed=touched)
-        found = guessing.render(config, cluster, previous, p4info_digest=P4INFO_DIGEST, connections=conns)
+        now += CLOCK_STEP
+        full = do_render(config, cluster, previous, connections=conns, now=now)
+        inc = told.render(config, cluster, previous, p4info_digest=P4INFO_DIGEST, connections=conns, changed=touched, now=now)
+        found = guessing.render(config, cluster, previous, p4info_digest=P4INFO_DIGEST, connections=conns, now=now)
         text = full.snapshot.to_json_text()
         assert inc.snapshot.to_json_text() == text, f"step {step} {op}: Renderer(changed={sorted(touched)}) differs from a full render"
         assert found.snapshot.to_json_text() == text, f"step {step} {op}: Renderer(changed=None) differs from a full render"
@@ -276,6 +304,7 @@ def check_sequence(config: LoadBalancerConfig, model: Model, ops: list[tuple], *
         check_no_error_removes(model, previous, new)
         for name, moved, minimum in moved_buckets(previous, new):
             assert moved == minimum, f"step {step} {op}: {name} moved {moved} buckets, the minimum is {minimum}"
+        check_drains(config, previous, new, now)
         previous = inc.snapshot
 
 
@@ -337,3 +366,11 @@ def test_model_round_trip() -> None:
     assert model.apply(("remove_node", 0)) == {key}
     assert model.state(2).ready_replicas_per_node(key) == {"node-1": 1}
     assert replace(state, resource_version="x").resource_version == "x"
+
+
+def test_sequences_include_drains() -> None:
+    # Guards the property tests above: moves under the default timeout do drain.
+    DRAINS_SEEN.clear()
+    config, model = make_config(buckets=8), _model({"svc-0": {"node-0": 1, "node-1": 3}}, 3)
+    check_sequence(config, model, [("scale", 0, 0, 3), ("scale", 0, 1, 1), ("scale", 0, 0, 1), ("scale", 0, 1, 2), ("scale", 0, 0, 2)])
+    assert DRAINS_SEEN

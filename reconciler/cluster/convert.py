@@ -188,6 +188,8 @@ def service_from_dict(obj: Mapping[str, Any]) -> Service:
         if not isinstance(ip, str):
             raise ConversionError(("spec", "externalIPs", i), f"expected a string, got {_type(ip)}")
         external_ips.append(ip)
+    # Kubernetes defaults it to Cluster (older clusters called that Global).
+    policy = "Local" if _str(spec, "externalTrafficPolicy", ("spec",)) == "Local" else "Cluster"
     return Service(
         namespace=namespace,
         name=name,
@@ -200,6 +202,7 @@ def service_from_dict(obj: Mapping[str, Any]) -> Service:
         ingress_ips=tuple(ingress_ips),
         external_ips=tuple(external_ips),
         resource_version=_str(meta, "resourceVersion", ("metadata",), "") or "",
+        external_traffic_policy=policy,
     )
 
 

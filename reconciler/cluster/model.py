@@ -12,6 +12,8 @@ OPT_IN_ANNOTATION = "loadbalancer.k8s.io/p4kube"
 # Set by p4kube's automatic fallback (with "disabled" above); a person's "disabled" lacks it.
 FALLBACK_BY_ANNOTATION = "loadbalancer.k8s.io/p4kube-fallback-by"
 FALLBACK_MARKER = "p4kube"
+# A Service's own connection drain timeout (a Go duration): may shorten the config's, never lengthen it.
+DRAIN_TIMEOUT_ANNOTATION = "p4kube.io/connection-drain-timeout"
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 # The label and value the EndpointSlice controller puts on the slices it writes from Pods; a
 # slice without them was written by someone else (a person, another controller).
@@ -41,6 +43,7 @@ class Service:
     ingress_ips: tuple[str, ...] = ()  # status.loadBalancer.ingress[].ip
     external_ips: tuple[str, ...] = ()
     resource_version: str = ""
+    external_traffic_policy: str = "Cluster"  # spec.externalTrafficPolicy: "Cluster" | "Local"
 
     @property
     def key(self) -> str:

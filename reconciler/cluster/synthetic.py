@@ -83,6 +83,7 @@ def synthetic_cluster(
             ),
             annotations=annotations,
             resource_version=str(i + 1),
+            external_traffic_policy="Local",  # what nodePort mode needs: benchmarks carry no warnings
         )
         svc_map[svc.key] = svc
         count = base + (1 if i < extra else 0)
@@ -213,6 +214,8 @@ def _service_dict(svc: Service) -> dict[str, Any]:
         spec["loadBalancerClass"] = svc.load_balancer_class
     if svc.external_ips:
         spec["externalIPs"] = list(svc.external_ips)
+    if svc.external_traffic_policy != "Cluster":
+        spec["externalTrafficPolicy"] = svc.external_traffic_policy
     lb: dict[str, Any] = {"ingress": [{"ip": ip} for ip in svc.ingress_ips]} if svc.ingress_ips else {}
     return {
         "apiVersion": "v1",

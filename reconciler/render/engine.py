@@ -20,6 +20,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import logging
+import time
 from dataclasses import dataclass, field, replace
 from typing import Hashable, Iterable, Mapping, cast
 
@@ -27,8 +28,9 @@ from ..cluster.model import ClusterState, Service, ServicePort
 from ..diagnostics import clip
 from ..intent.model import LoadBalancerConfig
 from ..p4names import IP_PROTOCOLS, REVERSE_NAT
-from ..snapshot import Backend, ServiceSnapshot, Snapshot, Value, backend_key, check_service_schema, route_entries
+from ..snapshot import Backend, Drain, ServiceSnapshot, Snapshot, Value, backend_key, check_service_schema, route_entries
 from . import buckets
+from .drain import drain_timeout, drains_ended, next_drains
 from .allocate import Exhausted, IntSpace, Pool, VipSpace
 from .select import entry_name, node_backends, selection, target_port, trusted_pod_backend, untrusted_backends_issue
 
@@ -102,6 +104,9 @@ class _State:
     # reverse_nat keys released in this render -> their previous owner (quarantine, as for ids)
     reverse_released: dict[_ReverseKey, str] = field(default_factory=dict)
     blocked: dict[str, set[_Mark]] = field(default_factory=dict)  # this render: key -> {(kind, value)}
+    # This render's clock (epoch seconds) and the lowest generation a drain it starts may carry.
+    now: float = 0.0
+    generation_floor: int = 1
 
     def reorder(self) -> None:
         self.order = sorted(self.services)
@@ -125,7 +130,11 @@ class Renderer:
         intent_commit: str | None = None,
         connections: Connections | None = None,
         changed: Iterable[str] | None = None,
+        now: float | None = None,
     ) -> RenderResult:
+        """`now`: wall clock, epoch seconds (None: time.time()); drains start and end by it."""
+        if now is None:
+            now = time.time()
         st = self._state
         reuse = (
             st is not None
@@ -144,6 +153,10 @@ class Renderer:
         assert st is not None
         if st.freed:
             todo |= {k for k, wants in st.retry_keys.items() if wants & st.freed}
+        # A Service whose drain has ended is rendered again (step 2 of a move), changed or not.
+        todo |= {s.service_key for s in st.ordered if s.drains and drains_ended(s, now)}
+        st.now = now
+        st.generation_floor = 1 + (previous.max_drain_generation() if previous is not None else 0)
         for pool in (st.vips, st.service_ids, st.backend_ids):
             pool.begin_render()
         st.reverse_released.clear()
@@ -236,10 +249,18 @@ def render(
     p4info_digest: str,
     intent_commit: str | None = None,
     connections: Connections | None = None,
+    now: float | None = None,
 ) -> RenderResult:
-    """The pure function of DESIGN.md 4: a full render from scratch (or from `previous`)."""
+    """The pure function of DESIGN.md 4: a full render from scratch (or from `previous`).
+    `now` (epoch seconds, None: time.time()) decides which drains start and which have ended."""
     return Renderer().render(
-        config, cluster, previous, p4info_digest=p4info_digest, intent_commit=intent_commit, connections=connections
+        config,
+        cluster,
+        previous,
+        p4info_digest=p4info_digest,
+        intent_commit=intent_commit,
+        connections=connections,
+        now=now,
     )
 
 
@@ -456,6 +477,18 @@ def _render_key(
         _set_key(st, key, _KeyState(fingerprint, (), tuple(issues)))
         return []
 
+    if config.backend_mode == "nodePort" and svc.external_traffic_policy != "Local":
+        if config.traffic_policy.require_local:
+            issues.append(RenderIssue(key, f"{_CLUSTER_POLICY}; refused (spec.trafficPolicy.requireLocal)", "error"))
+            if _previous_names(st, key):  # an error is never a removal
+                return _keep_key(st, key, fingerprint, issues, {len(issues) - 1})
+            _drop_key(st, key, keep=set())
+            _set_key(st, key, _KeyState(fingerprint, (), tuple(issues)))
+            return []
+        issues.append(RenderIssue(key, _CLUSTER_POLICY))
+    timeout_s, warning = drain_timeout(config.connection_drain_timeout_s, svc)
+    if warning is not None:
+        issues.append(RenderIssue(key, warning))
     vip = _choose_vip(st, svc, issues)
     if vip is None:
         if _previous_names(st, key):  # every port keeps its last applied entries, on its VIP
@@ -466,7 +499,7 @@ def _render_key(
         names = [entry_name(svc, port) for port in svc.ports]
         _follow_renames(st, key, svc, names)
         for port, name in zip(svc.ports, names):
-            snap_svc = _render_port(st, config, cluster, svc, port, name, vip, connections, issues, kept)
+            snap_svc = _render_port(st, config, cluster, svc, port, name, vip, connections, issues, kept, timeout_s)
             if snap_svc is not None:
                 produced[snap_svc.name] = snap_svc
     # Release what this Service no longer uses, then record what it produces now.
@@ -609,6 +642,7 @@ def _render_port(
     connections: Connections | None,
     issues: list[RenderIssue],
     kept: set[int],
+    drain_timeout_s: float = 0.0,
 ) -> ServiceSnapshot | None:
     """One Service port. On an error, a port the last snapshot has keeps that snapshot's service
     (and what it holds): an error is never a removal (DESIGN.md 6.1)."""
@@ -696,9 +730,17 @@ def _render_port(
     per_backend: dict[str | None, int] = {}
     for held in assignment:
         per_backend[held] = per_backend.get(held, 0) + 1
+    drains: tuple[Drain, ...] = ()
+    rows = dict(targets)
+    if targets:
+        same_mode = old if old is not None and old.backend_mode == mode else None
+        drains = next_drains(
+            same_mode, assignment, timeout_s=drain_timeout_s, now=st.now, generation_floor=st.generation_floor
+        )
+        drains = _keep_sources(st, name, proto, old, drains, rows)
     backends = []
-    for k in sorted(targets, key=lambda k: (targets[k][0], targets[k][1])):
-        node, address, tport, reps = targets[k]
+    for k in sorted(rows, key=lambda k: (rows[k][0], rows[k][1])):
+        node, address, tport, reps = rows[k]
         try:
             bid = _allocate(st.backend_ids, (name, k), allocated)
         except Exhausted as e:
@@ -727,6 +769,7 @@ def _render_port(
         backend_mode=mode,
         backends=tuple(backends),
         assignment=assignment if targets else (None,) * bucket_count,
+        drains=drains,
     )
     if conflict and old is not None and result != old:
         # Served without the contested backends only if that is what it already was (a new
@@ -734,7 +777,7 @@ def _render_port(
         return fail()
     if not targets:
         issues.append(RenderIssue(name, "no ready endpoints: VIP left to kube-proxy until replicas are ready"))
-    now = {(address, tport, proto) for _, address, tport, _ in targets.values()}
+    now = {(address, tport, proto) for _, address, tport, _ in rows.values()}
     if old is not None:
         for entry in old.entries().get(REVERSE_NAT, ()):
             if entry.key not in now:
@@ -742,6 +785,37 @@ def _render_port(
     for rkey in now:
         st.reverse_owner[rkey] = name
     return result
+
+
+_CLUSTER_POLICY = (
+    "externalTrafficPolicy Cluster: kube-proxy on the chosen node re-balances over every pod, "
+    "so replica weights do not hold; set Local"
+)
+
+
+def _keep_sources(
+    st: _State,
+    name: str,
+    proto: int,
+    old: ServiceSnapshot | None,
+    drains: tuple[Drain, ...],
+    rows: dict[str, tuple[str, str, int, int]],
+) -> tuple[Drain, ...]:
+    """Add to `rows` each drain's source that is no longer a backend (0 replicas), as the
+    previous snapshot has it, so its backend id and reverse_nat entry stay for the drain.
+    A source whose reverse_nat key another Service holds now cannot drain: its drains go."""
+    if not drains or old is None:
+        return drains
+    before = {backend_key(b, old.backend_mode): b for b in old.backends}
+    kept = []
+    for d in drains:
+        if d.source not in rows:
+            b = before.get(d.source)
+            if b is None or st.reverse_owner.get((b.address, b.port, proto), name) != name:
+                continue
+            rows[d.source] = (b.node, b.address, b.port, 0)
+        kept.append(d)
+    return tuple(kept)
 
 
 def _allocate(pool: Pool[int], owner: Hashable, allocated: list[tuple[Pool[int], Hashable]]) -> int:
