@@ -13,7 +13,7 @@ from typing import Any, Literal, Sequence
 from . import mdsafe
 from .diff import ServiceChange, SnapshotDiff
 from .render import RenderIssue
-from .snapshot import ServiceSnapshot, Snapshot, backend_key
+from .snapshot import Drain, ServiceSnapshot, Snapshot, backend_key, format_time
 
 # Exit codes, as terraform plan -detailed-exitcode: scripts and CI tell the three apart.
 EXIT_NO_CHANGES = 0
@@ -80,11 +80,70 @@ def _label(s: ServiceSnapshot, node: str, key: str) -> str:
     return node if s.backend_mode == "nodePort" else f"{node}/{key}"
 
 
+@dataclass(frozen=True)
+class DrainStart:
+    """Buckets of one Service that start draining from one backend to another (DESIGN.md 5.1)."""
+
+    buckets: int
+    source: str  # backend label, as in share_rows
+    target: str
+    until: float
+
+
+@dataclass(frozen=True)
+class DrainReport:
+    started: tuple[DrainStart, ...]
+    finished: int  # buckets whose drain ended (their plain entry is written)
+
+    @property
+    def started_buckets(self) -> int:
+        return sum(d.buckets for d in self.started)
+
+
+def drain_report(change: ServiceChange) -> DrainReport:
+    """The drains a change starts and ends. A bucket moved again mid-drain counts as a start,
+    not as a finished drain (its connections are still kept, on the intermediate backend)."""
+    old_drains: tuple[Drain, ...] = change.old.drains if change.old is not None else ()
+    new = change.new
+    if new is None:
+        return DrainReport((), 0)
+    labels = {backend_key(b, new.backend_mode): _label(new, b.node, backend_key(b, new.backend_mode)) for b in new.backends}
+    before = set(old_drains)
+    groups: dict[tuple[str, str, float], int] = {}
+    for d in new.drains:
+        if d not in before:
+            target = new.assignment[d.bucket] or ""
+            k = (labels.get(d.source, d.source), labels.get(target, target), d.until)
+            groups[k] = groups.get(k, 0) + 1
+    draining = {d.bucket for d in new.drains}
+    finished = sum(1 for d in old_drains if d.bucket not in draining)
+    started = tuple(DrainStart(n, src, dst, until) for (src, dst, until), n in sorted(groups.items()))
+    return DrainReport(started, finished)
+
+
+def drain_lines(change: ServiceChange) -> list[str]:
+    """What a change does to established connections, one line per group of buckets."""
+    r = drain_report(change)
+    lines = [
+        f"{d.buckets} bucket{'s' if d.buckets != 1 else ''} drain from {d.source} to {d.target} until "
+        f"{format_time(d.until)} (established connections kept)"
+        for d in r.started
+    ]
+    if r.finished:
+        lines.append(f"drain of {r.finished} bucket{'s' if r.finished != 1 else ''} finished")
+    return lines
+
+
 def summary_counts(plans: Sequence[ConfigPlan]) -> dict[str, int]:
-    out = {"added": 0, "changed": 0, "removed": 0, "writes": 0}
+    """Services added/changed/removed, table writes, and buckets whose drain starts/finishes."""
+    out = {"added": 0, "changed": 0, "removed": 0, "writes": 0, "drainsStarted": 0, "drainsFinished": 0}
     for p in plans:
         for c in p.diff.services:
             out[c.change] += 1
+            if c.change == "changed" or c.old is not None and c.old.drains:
+                r = drain_report(c)
+                out["drainsStarted"] += r.started_buckets
+                out["drainsFinished"] += r.finished
         out["writes"] += len(p.diff)
     return out
 
@@ -162,6 +221,8 @@ def format_text(plans: Sequence[ConfigPlan]) -> str:
                 else:
                     share = f"{_fmt(r.buckets_before)}"
                 lines.append(f"      {_plain(r.backend):<24} replicas {reps:<10} buckets {share}")
+            for line in drain_lines(c):
+                lines.append(f"      {_plain(line)}")
         counts = p.diff.counts()
         if counts:
             lines.append("  table writes:")
@@ -174,12 +235,22 @@ def format_text(plans: Sequence[ConfigPlan]) -> str:
             lines.append(f"  {mark} {_plain(i)}")
         lines.append("")
     totals = summary_counts(plans)
+    drains = _drain_totals(totals)
     lines.append(
-        f"Plan: {totals['added']} to add, {totals['changed']} to change, {totals['removed']} to remove; {totals['writes']} table writes."
+        f"Plan: {totals['added']} to add, {totals['changed']} to change, {totals['removed']} to remove; {totals['writes']} table writes{drains}."
         if any(p.changed for p in plans)
         else "No changes. The switches already hold what the intent and cluster describe."
     )
     return "\n".join(lines) + "\n"
+
+
+def _drain_totals(totals: dict[str, int]) -> str:
+    parts = []
+    if totals["drainsStarted"]:
+        parts.append(f"{totals['drainsStarted']} buckets start draining")
+    if totals["drainsFinished"]:
+        parts.append(f"{totals['drainsFinished']} finish draining")
+    return "; " + ", ".join(parts) if parts else ""
 
 
 # --- markdown -----------------------------------------------------------------------------------
@@ -225,6 +296,8 @@ def format_markdown(plans: Sequence[ConfigPlan]) -> str:
                     first = False
                 if first:  # no backends at all
                     out.append(f"| {_SIGN[ch.change]} | {_md_service(ch.name)} | {_md_endpoint(s)} | _no ready backends_ | | |")
+                for line in drain_lines(ch):
+                    out.append(f"| | | | {mdsafe.inline(line, 300)} | | |")
         counts = p.diff.counts()
         if counts:
             out += ["", "<details><summary>Table writes</summary>", "", "| table | insert | modify | delete |", "|---|---|---|---|"]
@@ -276,6 +349,7 @@ def plan_to_json(plans: Sequence[ConfigPlan]) -> dict[str, Any]:
                         "vip": c.current.vip,
                         "port": c.current.port,
                         "protocol": c.current.protocol,
+                        "drains": _drains_json(c),
                         "backends": [
                             {
                                 "backend": r.backend,
@@ -294,6 +368,16 @@ def plan_to_json(plans: Sequence[ConfigPlan]) -> dict[str, Any]:
             }
         )
     return {"changed": any(p.changed for p in plans), "summary": summary_counts(plans), "configs": configs}
+
+
+def _drains_json(c: ServiceChange) -> dict[str, Any]:
+    r = drain_report(c)
+    return {
+        "started": [
+            {"buckets": d.buckets, "from": d.source, "to": d.target, "until": format_time(d.until)} for d in r.started
+        ],
+        "finished": r.finished,
+    }
 
 
 def format_plan(plans: Sequence[ConfigPlan], fmt: Format) -> str:

@@ -92,6 +92,12 @@ def format_summary(plans: Sequence[ConfigPlan]) -> str:
     c = summary_counts(plans)
     out = markdown_headline(plans)
     out += ["", FULL_PLAN_NOTE]
+    if c["drainsStarted"] or c["drainsFinished"]:
+        out += [
+            "",
+            f"**Connection draining:** {c['drainsStarted']} bucket(s) start draining (established connections "
+            f"kept on their old backend until the drain ends), {c['drainsFinished']} finish.",
+        ]
 
     issues = [i for p in plans for i in p.issues]
     if issues:

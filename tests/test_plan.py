@@ -174,7 +174,9 @@ def test_json(change_plan: ConfigPlan, noop_plan: ConfigPlan) -> None:
     assert doc == plan_to_json([change_plan, noop_plan])
     assert set(doc) == {"changed", "summary", "configs"}
     assert doc["changed"] is True
-    assert doc["summary"] == {"added": 2, "changed": 1, "removed": 1, "writes": len(change_plan.diff)}
+    assert doc["summary"] == {
+        "added": 2, "changed": 1, "removed": 1, "writes": len(change_plan.diff), "drainsStarted": 11, "drainsFinished": 0,
+    }
     first, second = doc["configs"]
     assert set(first) == {
         "config", "changed", "fromVersion", "toVersion", "digest", "intentCommit", "intentDirty", "services", "writes", "issues",
@@ -192,6 +194,9 @@ def test_json(change_plan: ConfigPlan, noop_plan: ConfigPlan) -> None:
         {"backend": "node-0", "replicasBefore": 2, "replicasAfter": 2, "bucketsBefore": 43, "bucketsAfter": 32},
         {"backend": "node-1", "replicasBefore": 1, "replicasAfter": 2, "bucketsBefore": 21, "bucketsAfter": 32},
     ]
+    # The 11 buckets that move from node-0 to node-1 drain (the default timeout is 60s).
+    (started,) = alpha["drains"]["started"]
+    assert (started["buckets"], started["from"], started["to"], alpha["drains"]["finished"]) == (11, "node-0", "node-1", 0)
     assert services["default/beta"]["backends"] == [
         {"backend": "node-1", "replicasBefore": 1, "replicasAfter": None, "bucketsBefore": 64, "bucketsAfter": None}
     ]
@@ -207,7 +212,7 @@ def test_json(change_plan: ConfigPlan, noop_plan: ConfigPlan) -> None:
 def test_json_no_changes(noop_plan: ConfigPlan) -> None:
     doc = json.loads(format_plan([noop_plan], "json"))
     assert doc["changed"] is False
-    assert doc["summary"] == {"added": 0, "changed": 0, "removed": 0, "writes": 0}
+    assert doc["summary"] == {"added": 0, "changed": 0, "removed": 0, "writes": 0, "drainsStarted": 0, "drainsFinished": 0}
 
 
 # --- through the CLI's edge -----------------------------------------------------------------------------
