@@ -422,12 +422,70 @@ def test_hash_input_is_the_documented_13_byte_layout(source):
     assert [widths[f] for f in fields] == [32, 32, 8, 16, 16]
     assert sum(widths[f] for f in fields) == 13 * 8
     # The README documents the same order, and its recipe packs 13 bytes.
-    readme = P4_README.read_text()
-    documented = re.findall(r"^\| [\d-]+ \| ([\w.]+)", readme, flags=re.M)
+    documented = _documented_layout("### The bucket hash")
     assert documented == fields
     assert struct.calcsize("!IIBHH") == 13
     packed = struct.pack("!IIBHH", 0xC6336401, 0xCB00710A, 6, 40000, 80)
     assert packed.hex() == "c6336401cb00710a069c400050"
+
+
+def _documented_layout(heading: str, table: int = 0) -> list[str]:
+    """The field column of the `table`-th byte-layout table of README section `heading`."""
+    section = P4_README.read_text().split(heading, 1)[1].split("\n### ", 1)[0]
+    tables = re.split(r"\n\n(?=\| bytes)", section)[1:]
+    return re.findall(r"^\| [\d-]+ \| ([\w.]+)", tables[table], flags=re.M)
+
+
+def _conn_hash_fields(source: str, index: str) -> list[str]:
+    call = re.search(
+        rf"\bhash\s*\(\s*meta\.{index}\s*,\s*HashAlgorithm\.crc32\s*,\s*32w0\s*,"
+        r"\s*\{([^}]*)\}\s*,\s*(\w+)\s*\)",
+        source,
+    )
+    assert call, f"the {index} hash is not hash(meta.{index}, HashAlgorithm.crc32, 32w0, {{...}}, max)"
+    consts = dict(re.findall(r"const\s+bit<\d+>\s+(\w+)\s*=\s*(\w+)\s*;", source))
+    assert int(consts.get(call.group(2), call.group(2)), 0) == n.CONN_CELLS
+    return [f.strip() for f in call.group(1).split(",")]
+
+
+def test_connection_hashes_are_the_documented_layouts(source):
+    a = _conn_hash_fields(source, "conn_idx_a")
+    b = _conn_hash_fields(source, "conn_idx_b")
+    assert a == ["meta.l4_dst_port", "meta.l4_src_port", "hdr.ipv4.protocol",
+                 "hdr.ipv4.dstAddr", "hdr.ipv4.srcAddr"]
+    assert b == ["hdr.ipv4.srcAddr", "meta.l4_src_port", "hdr.ipv4.dstAddr",
+                 "meta.l4_dst_port", "hdr.ipv4.protocol"]
+    assert sorted(a) == sorted(b) == sorted(_p4_hash_fields(source))  # the same 13 bytes
+    section = "### The connection hashes"
+    assert _documented_layout(section, 0) == a
+    assert _documented_layout(section, 1) == b
+    # The metadata is wide enough for a register index (bit<32>) and a cell (bit<32>).
+    meta = dict((f, int(w)) for w, f in re.findall(r"bit<(\d+)>\s+(\w+)\s*;",
+                                                    _block(source, r"struct\s+metadata")))
+    assert meta["conn_idx_a"] == meta["conn_idx_b"] == 32
+    assert meta["conn_gen_a"] == meta["conn_gen_b"] == meta["generation"] == n.CONN_GEN_WIDTH
+    # The software switch hashes the same bytes (its struct layouts are the README's recipes).
+    from reconciler.sim.pipeline import conn_cells
+    import zlib
+    src, vip, sport, vport = 0xC6336401, 0xCB00710A, 40000, 80
+    assert conn_cells(src, vip, 6, sport, vport) == (
+        zlib.crc32(bytes.fromhex("00509c4006cb00710ac6336401")) % n.CONN_CELLS,
+        zlib.crc32(bytes.fromhex("c63364019c40cb00710a005006")) % n.CONN_CELLS,
+    )
+    readme = P4_README.read_text()
+    assert 'struct.pack("!HHBII", vip_port, src_port, protocol, vip, src_ip)) % 262144' in readme
+    assert 'struct.pack("!IHIHB", src_ip, src_port, vip, vip_port, protocol)) % 262144' in readme
+
+
+def test_draining_happens_in_apply_after_the_table_and_the_action_does_not_rewrite(source):
+    ingress = _block(source, r"control\s+MyIngress\s*\([^)]*\)")
+    action = _block(ingress, r"\baction\s+dnat_draining\s*\([^)]*\)")
+    assert "hdr." not in action and ".count(" not in action  # only metadata
+    apply = _block(ingress, r"\bapply")
+    after_table = apply.split("backend_table.apply().hit", 1)[1]
+    assert after_table.index("conn_idx_a") < after_table.index("backend_syn.count")
+    assert "conn_gen.write(meta.conn_idx_a, meta.generation)" in _words(after_table)
+    assert "conn_gen.read(meta.conn_gen_a, meta.conn_idx_a)" in _words(after_table)
 
 
 # ---------------------------------------------------------------------------------------------
