@@ -691,6 +691,9 @@ def test_cel_rules_refuse_what_the_intent_validator_refuses(kube: k8s.ApiClient)
     _create(kube, _cr("edge", updateInterval="59m59.5s", healthCheck={"interval": "1m30s", "timeout": "500ms"}))
     assert _causes(_refused(_create, kube, _cr("edge2", updateInterval="1h0m0.001s"))) == [
         ("spec.updateInterval", 'Invalid value: "1h0m0.001s": must be at most 1h')]
+    assert _causes(_refused(_create, kube, _cr("long-drain", connectionDrainTimeout="61m"))) == [
+        ("spec.connectionDrainTimeout", 'Invalid value: "61m": must be at most 1h')]
+    _create(kube, _cr("no-drain", connectionDrainTimeout="0s", trafficPolicy={"requireLocal": True}))
 
 
 def test_the_timeout_rule_holds_for_the_default(kube: k8s.ApiClient) -> None:

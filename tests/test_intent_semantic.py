@@ -324,3 +324,35 @@ def test_an_unreadable_p4info_is_refused(tmp_path: Path) -> None:
         ]
     finally:
         shutil.rmtree(folder)
+
+
+# --- connection draining and traffic policy (issue 15) ---------------------------------------
+
+
+def _with_spec(line: str) -> str:
+    """lbconfig() with `line` as the first line of spec (line 6, column 3)."""
+    return lbconfig().replace("spec:\n", f"spec:\n  {line}\n", 1)
+
+
+@pytest.mark.parametrize(("text", "seconds"), [(None, 60.0), ("0s", 0.0), ("90s", 90.0), ("1h", 3600.0)])
+def test_connection_drain_timeout_loads(tmp_path: Path, text: str | None, seconds: float) -> None:
+    source = lbconfig() if text is None else _with_spec(f"connectionDrainTimeout: {text}")
+    config = load_intent([intent_dir(tmp_path, source)]).config()
+    assert config.connection_drain_timeout_s == seconds and config.traffic_policy.require_local is False
+
+
+def test_connection_drain_timeout_over_an_hour_is_refused_at_its_field(tmp_path: Path) -> None:
+    (line,) = shown(intent_dir(tmp_path, _with_spec("connectionDrainTimeout: 61m")))
+    assert line == "6:27: spec.connectionDrainTimeout: duration 61m is longer than the maximum of 1h"
+
+
+def test_connection_drain_timeout_must_be_a_duration(tmp_path: Path) -> None:
+    (line,) = shown(intent_dir(tmp_path, _with_spec("connectionDrainTimeout: 1d")))
+    assert line.startswith("6:27: spec.connectionDrainTimeout:") and "Go duration" in line
+
+
+def test_require_local_loads(tmp_path: Path) -> None:
+    config = load_intent([intent_dir(tmp_path, _with_spec("trafficPolicy: {requireLocal: true}"))]).config()
+    assert config.traffic_policy.require_local is True
+    (line,) = shown(intent_dir(tmp_path, _with_spec("trafficPolicy: {requireLocl: true}")))
+    assert line.startswith("6:") and "requireLocl" in line
