@@ -61,7 +61,7 @@ def kubectl_yaml(data: object) -> str:
     """`data` as `kubectl -o yaml` prints it (block style, keys sorted, sequences not indented
     under their key), with libyaml's emitter when PyYAML has it: the pure-Python emitters take
     minutes at 5,000 Services, and only the reader is being measured."""
-    import yaml  # type: ignore[import-untyped]  # PyYAML, in the environment through the kubernetes client
+    import yaml  # type: ignore[import-untyped,unused-ignore]  # PyYAML, in the environment through the kubernetes client
 
     dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
     return yaml.dump(data, Dumper=dumper, default_flow_style=False, sort_keys=True, allow_unicode=True, width=2**31 - 1)
