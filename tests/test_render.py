@@ -556,9 +556,10 @@ def _kept(result: RenderResult, previous: Snapshot, name: str) -> RenderIssue:
 def _both(config: LoadBalancerConfig, c1: ClusterState, c2: ClusterState) -> tuple[Snapshot, RenderResult]:
     """v1 from c1, then c2 rendered fully from v1; the incremental Renderer must agree."""
     r = Renderer()
-    v1 = r.render(config, c1, None, p4info_digest=P4INFO_DIGEST).snapshot
-    full = do_render(config, c2, v1)
-    inc = r.render(config, c2, v1, p4info_digest=P4INFO_DIGEST)
+    now = 1_765_000_000.0  # explicit: drains depend on the clock, and both renders must agree
+    v1 = r.render(config, c1, None, p4info_digest=P4INFO_DIGEST, now=now).snapshot
+    full = do_render(config, c2, v1, now=now + 1)
+    inc = r.render(config, c2, v1, p4info_digest=P4INFO_DIGEST, now=now + 1)
     assert inc.snapshot.to_json_text() == full.snapshot.to_json_text()
     assert inc.issues == full.issues
     return v1, full
