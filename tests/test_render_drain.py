@@ -49,7 +49,7 @@ def test_scale_drains_exactly_the_moved_buckets_with_draining_entries() -> None:
     moves = moved(old, new)
     assert moves, "the scale must move buckets"
     until = float(int(T0) + 60)
-    assert new.drains == tuple(Drain(b, src, int(until), until) for b, (src, _) in sorted(moves.items()))
+    assert new.drains == tuple(Drain(b, str(src), int(until), until) for b, (src, _) in sorted(moves.items()))
     assert v2.drain_until() == until and v1.drain_until() is None
     by_key = {b.node: b for b in new.backends}
     entries = {e.key[1]: e for e in new.entries()[n.BACKEND_TABLE]}
@@ -308,3 +308,27 @@ def test_plan_shows_drain_start_and_end() -> None:
     assert f"drain of {len(v2.services[0].drains)} buckets finished" in format_text([step2])
     doc = json.loads(format_plan([step2], "json"))
     assert doc["summary"]["drainsFinished"] == len(v2.services[0].drains) and doc["summary"]["drainsStarted"] == 0
+
+
+def test_pod_ip_mode_drains_from_the_pod_address() -> None:
+    cfg = config(buckets=16, backend_mode="podIP")
+    v1, v2 = scaled(cfg, {"node-0": 2, "node-1": 1}, {"node-0": 1, "node-1": 1})
+    old, new = v1.by_name[NAME], v2.by_name[NAME]
+    gone = {b.address for b in old.backends} - {a for a in new.assignment}
+    assert len(gone) == 1 and {d.source for d in new.drains} == gone
+    (source,) = [b for b in new.backends if b.address in gone]
+    assert (source.replicas, source.buckets) == (0, 0)
+    assert from_document(json.loads(v2.to_json_text())).digest == v2.digest
+
+
+@pytest.mark.parametrize(("value", "expected"), [(None, "Cluster"), ("Cluster", "Cluster"), ("Local", "Local")])
+def test_external_traffic_policy_is_read_from_the_service(value: str | None, expected: str) -> None:
+    from reconciler.cluster.convert import service_from_dict
+    from reconciler.cluster.synthetic import _service_dict
+
+    spec: dict[str, Any] = {"type": "LoadBalancer", "ports": [{"port": 80, "nodePort": 30000}]}
+    if value is not None:
+        spec["externalTrafficPolicy"] = value
+    svc = service_from_dict({"metadata": {"namespace": "default", "name": "web"}, "spec": spec})
+    assert svc.external_traffic_policy == expected
+    assert service_from_dict(_service_dict(svc)).external_traffic_policy == expected
