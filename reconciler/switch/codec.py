@@ -4,7 +4,8 @@ not share the product's bugs).
 
 Spelling (schemas/snapshot.schema.json, "entry"), fixed by bit width so that every value has
 exactly one spelling and snapshot digests are stable:
-  - 32-bit exact fields and params: IPv4 dotted quad, "203.0.113.10";
+  - 32-bit exact fields and params: IPv4 dotted quad, "203.0.113.10", except the params named in
+    INTEGER_PARAMS (numbers, not addresses: dnat_draining's generation), which are ints;
   - 32-bit lpm fields: "10.0.0.0/24" (host bits zero; "0.0.0.0/0" is the default route);
   - 48-bit fields and params: lowercase MAC, "aa:bb:cc:dd:ee:ff";
   - every other width: a non-negative int that fits.
@@ -26,6 +27,7 @@ from functools import lru_cache
 from reconciler.snapshot import Value
 
 __all__ = [
+    "INTEGER_PARAMS",
     "Encoder",
     "LpmEncoder",
     "int_bytes",
@@ -43,6 +45,8 @@ LpmEncoder = Callable[[object], tuple[bytes, int] | None]
 _MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 _PREFIX_LEN_RE = re.compile(r"^(0|[1-9][0-9]?)$")
 IPV4_WIDTH, MAC_WIDTH = 32, 48
+# 32-bit action parameters spelled as ints (the snapshot schema's "generation": integer).
+INTEGER_PARAMS = frozenset({"generation"})
 
 # Bytes of every 16-bit value: ports, service ids, buckets, protocols dominate the tables.
 _SMALL = tuple(v.to_bytes((v.bit_length() + 7) // 8 or 1, "big") for v in range(1 << 16))
@@ -162,12 +166,13 @@ def _text_encoder(cached: Callable[[str], bytes], checked: Callable[[object], in
     return text
 
 
-def scalar_encoder(bitwidth: int) -> Encoder:
-    """The encoder of one exact field or action parameter of this width. The fast path takes
-    what is well formed; the checks that name a problem run only when it is not."""
-    if bitwidth == IPV4_WIDTH:
+def scalar_encoder(bitwidth: int, *, integer: bool = False) -> Encoder:
+    """The encoder of one exact field or action parameter of this width (`integer`: spelled as
+    an int whatever the width). The fast path takes what is well formed; the checks that name a
+    problem run only when it is not."""
+    if bitwidth == IPV4_WIDTH and not integer:
         return _text_encoder(_ipv4_bytes, _ipv4_value)
-    if bitwidth == MAC_WIDTH:
+    if bitwidth == MAC_WIDTH and not integer:
         return _text_encoder(_mac_bytes, _mac_value)
     limit = 1 << bitwidth
 
@@ -208,8 +213,10 @@ def _same(v: int) -> Value:
     return v
 
 
-def scalar_decoder(bitwidth: int) -> Callable[[int], Value]:
+def scalar_decoder(bitwidth: int, *, integer: bool = False) -> Callable[[int], Value]:
     """The snapshot spelling of a number of this width (read-back values)."""
+    if integer:
+        return _same
     if bitwidth == IPV4_WIDTH:
         return _ipv4_text
     if bitwidth == MAC_WIDTH:

@@ -22,7 +22,7 @@ from finsy.proto import p4r
 from reconciler.diff import Update
 from reconciler.p4info import PipelineInfo, TableInfo
 from reconciler.snapshot import Entry, Value
-from reconciler.switch.codec import Encoder, LpmEncoder, lpm_encoder, scalar_decoder, scalar_encoder
+from reconciler.switch.codec import INTEGER_PARAMS, Encoder, LpmEncoder, lpm_encoder, scalar_decoder, scalar_encoder
 
 __all__ = [
     "TranslationError",
@@ -102,9 +102,12 @@ class _ActionCodec:
         self.name, self.id, self.default_only = name, action.id, default_only
         self.params = tuple(p.name for p in action.params)
         self.param_ids = tuple(p.id for p in action.params)
-        self.encoders: tuple[Encoder, ...] = tuple(scalar_encoder(p.bitwidth) for p in action.params)
+        self.encoders: tuple[Encoder, ...] = tuple(
+            scalar_encoder(p.bitwidth, integer=p.name in INTEGER_PARAMS) for p in action.params
+        )
         self.decoders: dict[int, tuple[int, int, Callable[[int], Value]]] = {
-            p.id: (i, p.bitwidth, scalar_decoder(p.bitwidth)) for i, p in enumerate(action.params)
+            p.id: (i, p.bitwidth, scalar_decoder(p.bitwidth, integer=p.name in INTEGER_PARAMS))
+            for i, p in enumerate(action.params)
         }
         self.widths = tuple(p.bitwidth for p in action.params)
 
