@@ -10,6 +10,7 @@ replica-weighted assignments must move only the buckets the new shares force to 
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 from collections import Counter
 from dataclasses import dataclass, field, replace
 
@@ -30,7 +31,7 @@ from hypothesis import strategies as st
 from reconciler.cluster.model import OPT_IN_ANNOTATION, ClusterState, Node, Service
 from reconciler.diff import diff_snapshots
 from reconciler.intent.model import LoadBalancerConfig
-from reconciler.render import Renderer
+from reconciler.render import Renderer, RenderIssue
 from reconciler.snapshot import Snapshot, from_document, schema_errors
 
 # Examples take milliseconds; no deadline so a loaded CI machine cannot flake them.
@@ -245,23 +246,26 @@ def check_no_error_removes(model: Model, previous: Snapshot, new: Snapshot) -> N
         assert (s.service_key, s.port, s.protocol) in now, f"{s.name} ({s.port}/{s.protocol}) left the switches: {model.faults}"
 
 
-def check_drains(config: LoadBalancerConfig, previous: Snapshot, new: Snapshot, now: float) -> None:
+def check_drains(config: LoadBalancerConfig, previous: Snapshot, new: Snapshot, now: float, issues: Sequence[RenderIssue]) -> None:
     """Every bucket that moved drains from its previous backend until now + the timeout; no
-    drain in `new` has ended; generations are above every generation of `previous`."""
+    drain in `new` has ended (but in a Service kept as in v<N> on an error, which keeps its
+    drains unchanged); generations are above every generation of `previous`."""
     floor = previous.max_drain_generation()
+    failing = {i.service for i in issues if i.severity == "error"}
     for svc in new.services:
         old = previous.by_name.get(svc.name)
+        kept = svc.name in failing or svc.service_key in failing
         for d in svc.drains:
-            assert d.until > now, f"{svc.name}: drain of bucket {d.bucket} ended at {d.until} but is still listed"
+            assert kept or d.until > now, f"{svc.name}: drain of bucket {d.bucket} ended at {d.until} but is still listed"
         if old is None or svc is old or old.bucket_count != svc.bucket_count or svc.assignment[0] is None:
             continue
         started = {d.bucket: d for d in svc.drains if old.drains == () or d not in old.drains}
         for bucket, (before, after) in enumerate(zip(old.assignment, svc.assignment)):
             if before is not None and before != after:
-                d = started.get(bucket)
-                assert d is not None and d.source == before, f"{svc.name}: bucket {bucket} moved from {before} without a drain"
-                assert d.until == int(now) + config.connection_drain_timeout_s and d.generation > floor
-                DRAINS_SEEN.append(d)
+                begun = started.get(bucket)
+                assert begun is not None and begun.source == before, f"{svc.name}: bucket {bucket} moved from {before} without a drain"
+                assert begun.until == int(now) + config.connection_drain_timeout_s and begun.generation > floor
+                DRAINS_SEEN.append(begun)
 
 
 DRAINS_SEEN: list[object] = []
@@ -304,7 +308,7 @@ def check_sequence(config: LoadBalancerConfig, model: Model, ops: list[tuple], *
         check_no_error_removes(model, previous, new)
         for name, moved, minimum in moved_buckets(previous, new):
             assert moved == minimum, f"step {step} {op}: {name} moved {moved} buckets, the minimum is {minimum}"
-        check_drains(config, previous, new, now)
+        check_drains(config, previous, new, now, full.issues)
         previous = inc.snapshot
 
 
