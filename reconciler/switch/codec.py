@@ -176,12 +176,12 @@ def scalar_encoder(bitwidth: int, *, integer: bool = False) -> Encoder:
         return _text_encoder(_mac_bytes, _mac_value)
     limit = 1 << bitwidth
 
-    def integer(v: object) -> bytes:
+    def number(v: object) -> bytes:
         if type(v) is int and 0 <= v < limit:  # type(): a bool is refused
             return int_bytes(v)
         return int_bytes(_int_value(v, bitwidth))  # raises, naming the problem
 
-    return integer
+    return number
 
 
 def lpm_encoder(bitwidth: int) -> LpmEncoder:
