@@ -8,6 +8,7 @@ import json
 import pytest
 from test_audit_support import series
 
+from reconciler.audit.index import shard_of, shard_path
 from reconciler.audit.layout import (
     MANIFEST,
     config_dir,
@@ -29,7 +30,8 @@ def snap():
 
 def test_round_trip_through_both_readers(snap) -> None:
     files = snapshot_to_files(snap)
-    assert set(files) == {MANIFEST} | {f"services/{s.name}.json" for s in snap.services}
+    shards = {shard_path(shard_of(s.name)) for s in snap.services}
+    assert set(files) == {MANIFEST} | {f"services/{s.name}.json" for s in snap.services} | shards
     for reader in (files_to_snapshot, read_files):
         back = reader(files)
         assert back == snap
@@ -56,13 +58,13 @@ def test_service_file_is_its_fragment_one_entry_per_line(snap) -> None:
     assert len(entry_lines) == sum(len(es) for es in svc.entries().values())
 
 
-def test_one_service_change_touches_its_file_and_the_manifest_only() -> None:
+def test_one_service_change_touches_its_file_its_index_shard_and_the_manifest_only() -> None:
     s = series(services=8, seed=5)
     before = snapshot_to_files(s.snap)
     key = s.keys[2]
     after = snapshot_to_files(s.scale(key))
     changed = sorted(p for p in before.keys() | after.keys() if before.get(p) != after.get(p))
-    assert changed == [MANIFEST, f"services/{key}.json"]
+    assert changed == sorted([shard_path(shard_of(key)), MANIFEST, f"services/{key}.json"])
 
 
 def test_manifest_holds_header_and_routes_but_no_service_list(snap) -> None:

@@ -11,6 +11,7 @@ from helpers import needs_git
 from test_audit_support import Clock, git, loose_objects, series
 
 from reconciler.audit import AuditError, AuditRepo, Identity
+from reconciler.audit.index import shard_of, shard_path
 from reconciler.audit.layout import MANIFEST, config_dir, snapshot_to_files
 from reconciler.snapshot import SnapshotError
 
@@ -26,10 +27,10 @@ def _tree_files(repo: pygit2.Repository, commit: str, config: str) -> dict[str, 
     for e in tree:
         if e.name == MANIFEST:
             out[MANIFEST] = repo[e.id].data
-        else:
-            for ns in repo[e.id]:
-                for f in repo[ns.id]:
-                    out[f"services/{ns.name}/{f.name}"] = repo[f.id].data
+        else:  # services/<namespace>/<file>, index/<h>/<h'>.json
+            for sub in repo[e.id]:
+                for f in repo[sub.id]:
+                    out[f"{e.name}/{sub.name}/{f.name}"] = repo[f.id].data
     return out
 
 
@@ -117,12 +118,12 @@ def test_only_changed_service_blobs_are_written(tmp_path) -> None:
     new = loose_objects(tmp_path / "audit") - before
     repo = audit.repo
     kinds = sorted(repo[o].type_str for o in new)
-    # 1 service file + its namespace tree, services/, the manifest, the config tree,
-    # configs/<ns>/, configs/, the root tree, and the commit
-    assert kinds == ["blob", "blob", "commit", "tree", "tree", "tree", "tree", "tree", "tree"]
+    # 1 service file + its namespace tree, services/, its index shard + index/<h>/, index/,
+    # the manifest, the config tree, configs/<ns>/, configs/, the root tree, and the commit
+    assert kinds == ["blob", "blob", "blob", "commit"] + ["tree"] * 8
     blobs = {repo[o].data for o in new if repo[o].type_str == "blob"}
     files = snapshot_to_files(s.snap)
-    assert blobs == {files[MANIFEST], files[f"services/{key}.json"]}
+    assert blobs == {files[MANIFEST], files[f"services/{key}.json"], files[shard_path(shard_of(key))]}
     # every other subtree is the parent's, by id
     parent = repo[cid].parents[0]
     old_services = parent.tree[f"{config_dir(s.snap.config)}/services"]
@@ -143,7 +144,9 @@ def test_a_restarted_repo_still_writes_only_what_changed(tmp_path) -> None:
     before = loose_objects(tmp_path / "audit")
     restarted.record(s.scale(s.keys[0]), "pending")
     new = loose_objects(tmp_path / "audit") - before
-    assert sum(1 for o in new if restarted.repo[o].type_str == "blob") == 2  # the service file and the manifest
+    # the service file, its index shard and the manifest (the cold index is rewritten whole, so
+    # every other shard comes out identical: no new object)
+    assert sum(1 for o in new if restarted.repo[o].type_str == "blob") == 3
 
 
 def test_removed_service_and_empty_namespace_disappear(tmp_path, audit) -> None:

@@ -45,6 +45,7 @@ from ..snapshot import (
     schema_validator,
     service_from_json,
 )
+from .index import INDEX_DIR, git_blob_id, index_files
 
 CONFIGS_DIR = "configs"
 MANIFEST = "manifest.json"
@@ -138,11 +139,20 @@ def manifest_bytes(snap: Snapshot) -> bytes:
 
 
 def snapshot_to_files(snap: Snapshot) -> dict[str, bytes]:
-    """Every file of the snapshot's config directory, by path relative to that directory."""
+    """Every file of the snapshot's config directory, by path relative to that directory
+    (the index's shards included: index.py)."""
     files = {MANIFEST: manifest_bytes(snap)}
+    blobs = {}
     for svc in snap.services:
-        files[service_path(svc.name)] = service_file_bytes(svc)
+        data = files[service_path(svc.name)] = service_file_bytes(svc)
+        blobs[svc.name] = git_blob_id(data)
+    files.update(index_files(snap.services, blobs))
     return files
+
+
+def _is_index(path: str) -> bool:
+    """An index shard: derived from the service files, which the readers here check instead."""
+    return path.startswith(INDEX_DIR + "/")
 
 
 # --- reading: the reference path through from_document -------------------------------------------
@@ -196,7 +206,7 @@ def files_to_document(files: Mapping[str, bytes], *, source: str = "audit files"
     doc.update({k: manifest[k] for k in _HEADER_KEYS})
     tables: dict[str, list[Any]] = {t: list(es) for t, es in manifest["globalEntries"].items()}
     services = []
-    for path in sorted(p for p in files if p != MANIFEST):
+    for path in sorted(p for p in files if p != MANIFEST and not _is_index(p)):
         where = f"{source}/{path}"
         name = service_name_from_path(path)
         frag = _object(_load_json(files[path], where), {"entries", "service"}, where)
@@ -358,6 +368,6 @@ def read_files(files: Mapping[str, bytes], *, source: str = "audit files") -> Sn
     services = [
         parse_service_file(data, f"{source}/{path}", service_name_from_path(path))
         for path, data in files.items()
-        if path != MANIFEST
+        if path != MANIFEST and not _is_index(path)
     ]
     return assemble(manifest, services, source)

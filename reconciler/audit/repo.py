@@ -35,6 +35,7 @@ import errno
 import hashlib
 import logging
 import os
+import random
 import threading
 import time
 from collections import OrderedDict
@@ -48,8 +49,9 @@ import pygit2
 
 from ..gitobjects import blob_data, commit_at, entries_at, tree_at
 from ..snapshot import API_VERSION, KIND, ServiceSnapshot, Snapshot, SnapshotError, schema_errors
+from .index import INDEX_DIR, IndexEntry, buckets_of, mismatches, parse_shard, rebuild, shard_of
 from .errors import AuditCorrupt, AuditError, AuditUnavailable, PushError, describe_fault, is_corruption
-from .layout import MANIFEST, SERVICES_DIR, assemble, config_dir, parse_manifest, parse_service_file, service_schema_errors
+from .layout import MANIFEST, SERVICES_DIR, Manifest, assemble, config_dir, parse_manifest, parse_service_file, service_schema_errors
 from .maintenance import pack_loose_objects, roll_up_packs
 from .message import (
     APPLIED_OUTCOMES,
@@ -106,6 +108,8 @@ _SNAPSHOT_CACHE = 4
 _NAMESPACE_CACHE_LIMIT = 2048
 _RECENT_ENTRIES = 1024  # newest commits' entries kept; older ones are read from the repository when asked
 _VERSION_CACHE = 1024  # (config, version) -> newest record, for the newest versions (~1.5 KB each)
+_SPOT_CHECKS = 32  # Services of an indexed read whose fragment digest is recomputed (~1 ms each)
+_SHARD_CACHE = 4096  # index shards audit verify has checked, by blob id
 
 INTERRUPTED_REASON = (
     "the reconciler stopped before recording an outcome (killed or crashed); "
@@ -180,6 +184,9 @@ class AuditRepo:
         self._services: OrderedDict[pygit2.Oid, ServiceSnapshot] = OrderedDict()  # blob id -> parsed, checked service
         self._largest_snapshot = 0  # services in the largest snapshot seen: sizes the service cache
         self._snapshots: dict[pygit2.Oid, Snapshot] = {}  # config tree id -> snapshot
+        self._from_index: set[pygit2.Oid] = set()  # those of _snapshots rebuilt from the index, not the files
+        self._no_index_noted: set[str] = set()  # configs whose missing index was logged (once each)
+        self._checked_shards: OrderedDict[pygit2.Oid, dict[str, str]] = OrderedDict()  # shard blob -> name -> blob hex
         self._namespaces: OrderedDict[pygit2.Oid, tuple[ServiceSnapshot, ...]] = OrderedDict()  # namespace tree id -> services
         # The branch's history, bounded: the newest _RECENT_ENTRIES entries (newest first), whether
         # they are all of it, the highest version per config, the newest versions' records, and
@@ -442,6 +449,7 @@ class AuditRepo:
             for svc, blob in written:
                 self._remember_service(blob, svc)
             self._snapshots[new_tree] = snapshot
+            self._from_index.discard(new_tree)
             self._trim_snapshots()
             self._note_commit(oid, tip)
             log.info(
@@ -527,6 +535,8 @@ class AuditRepo:
         read = self._snapshots.get(tree_id) if tree_id is not None else None
         if read is not None:  # read by last_applied() after a restart: its objects are the renderer's
             index.services, index.digest = read.services, read.digest
+            index.digests.update((svc.name, svc.fragment_digest) for svc in read.services)
+            index.index_ok = tree_id in self._from_index  # else the next commit writes the whole index
         self._indexes[config] = index
         return index
 
@@ -542,7 +552,9 @@ class AuditRepo:
 
     def _trim_snapshots(self) -> None:
         while len(self._snapshots) > _SNAPSHOT_CACHE:
-            del self._snapshots[next(iter(self._snapshots))]
+            oldest = next(iter(self._snapshots))
+            del self._snapshots[oldest]
+            self._from_index.discard(oldest)
 
     # --- pushing and merging ------------------------------------------------------------------
 
@@ -819,13 +831,16 @@ class AuditRepo:
             raise SnapshotError(f"{where}: no {path}/ in the tree")
         return self.read_config_tree(tree_id, config, f"{where}: {path}")
 
-    def read_config_tree(self, tree_id: pygit2.Oid, config: str, where: str) -> Snapshot:
+    def read_config_tree(self, tree_id: pygit2.Oid, config: str, where: str, *, full: bool = False) -> Snapshot:
+        """The snapshot of a config directory tree: from its index when it has a good one (see
+        _read_indexed), else from every service file; `full`: from the files, always (audit
+        verify)."""
         with self._lock, self._faults(f"read {where}"):
-            return self._read_config_tree(tree_id, config, where)
+            return self._read_config_tree(tree_id, config, where, full)
 
-    def _read_config_tree(self, tree_id: pygit2.Oid, config: str, where: str) -> Snapshot:
+    def _read_config_tree(self, tree_id: pygit2.Oid, config: str, where: str, full: bool = False) -> Snapshot:
         cached = self._snapshots.get(tree_id)
-        if cached is not None:
+        if cached is not None and not (full and tree_id in self._from_index):
             return cached
         manifest_id = entry_id(self.repo, tree_id, MANIFEST)
         if manifest_id is None:
@@ -835,9 +850,15 @@ class AuditRepo:
             raise SnapshotError(f"{where}/{MANIFEST}: holds config {manifest.config!r}, not {config!r}")
         services: list[ServiceSnapshot] = []
         for entry_name, _ in entries_at(self.repo, tree_id):
-            if entry_name not in (MANIFEST, SERVICES_DIR):
+            if entry_name not in (MANIFEST, SERVICES_DIR, INDEX_DIR):
                 raise SnapshotError(f"{where}/{entry_name}: unexpected file in a config directory")
         services_tree = entry_id(self.repo, tree_id, SERVICES_DIR)
+        indexed = None if full else self._read_indexed(manifest, services_tree, entry_id(self.repo, tree_id, INDEX_DIR), where)
+        if indexed is not None:
+            self._snapshots[tree_id] = indexed
+            self._from_index.add(tree_id)
+            self._trim_snapshots()
+            return indexed
         if services_tree is not None:
             for ns_name, ns in entries_at(self.repo, services_tree):
                 if ns.filemode != TREE:
@@ -846,8 +867,122 @@ class AuditRepo:
         snap = assemble(manifest, services, where)
         self._largest_snapshot = max(self._largest_snapshot, len(snap.services))
         self._snapshots[tree_id] = snap
+        self._from_index.discard(tree_id)
         self._trim_snapshots()
         return snap
+
+    def _service_blobs(self, services_tree: pygit2.Oid | None, where: str) -> dict[str, str]:
+        """Service name -> blob id (hex) of every service file under services/ (no blob read)."""
+        out: dict[str, str] = {}
+        if services_tree is None:
+            return out
+        for ns_name, ns in entries_at(self.repo, services_tree):
+            if ns.filemode != TREE:
+                raise SnapshotError(f"{where}/{SERVICES_DIR}/{ns_name}: expected a namespace directory")
+            for f_name, f in entries_at(self.repo, ns.id):
+                if f.filemode != BLOB or not f_name.endswith(".json"):
+                    raise SnapshotError(f"{where}/{SERVICES_DIR}/{ns_name}/{f_name}: expected a service .json file")
+                out[f"{ns_name}/{f_name[:-5]}"] = str(f.id)
+        return out
+
+    def _index_entries(
+        self, index_tree: pygit2.Oid, where: str, skip_checked: bool = False
+    ) -> Iterator[tuple[pygit2.Oid, str, dict[str, IndexEntry] | None]]:
+        """(blob id, path, entries) of each shard of an index tree; SnapshotError for anything
+        that is not a shard in its place. With skip_checked, a shard audit verify has checked
+        before is not read: its entries are None."""
+        for top, t in entries_at(self.repo, index_tree):
+            if t.filemode != TREE:
+                raise SnapshotError(f"{where}/{INDEX_DIR}/{top}: expected a directory of shards")
+            for file, f in entries_at(self.repo, t.id):
+                path = f"{where}/{INDEX_DIR}/{top}/{file}"
+                if skip_checked and f.id in self._checked_shards:
+                    self._checked_shards.move_to_end(f.id)
+                    yield f.id, path, None
+                    continue
+                if f.filemode != BLOB:
+                    raise SnapshotError(f"{path}: expected a shard file")
+                parsed = parse_shard(blob_data(self.repo, f.id), path)
+                misplaced = [name for name in parsed if shard_of(name) != (top, file)]
+                if misplaced:
+                    raise SnapshotError(f"{path}: lists {misplaced[0]}, which belongs in another shard")
+                yield f.id, path, parsed
+
+    def _read_indexed(
+        self, manifest: Manifest, services_tree: pygit2.Oid | None, index_tree: pygit2.Oid | None, where: str
+    ) -> Snapshot | None:
+        """The snapshot rebuilt from the index without reading a service file, or None (logged)
+        when there is none or it is not believed. Believed when its shards list exactly the
+        tree's service files (names and blob ids), every entry rebuilds a Service that
+        serialises back to the entry's object, the fragment digests combine to the manifest's
+        digest (snapshot_of then checks that against the record's trailers, after the trust
+        check), and the sampled Services' digests recompute to the ones listed."""
+        if index_tree is None:
+            if manifest.config not in self._no_index_noted:
+                self._no_index_noted.add(manifest.config)
+                log.warning(
+                    "audit repository %s: %s has no snapshot index (recorded before it existed): reading all %d "
+                    "service files; the next record writes the index", self.location, manifest.config, manifest.service_count,
+                )
+            return None
+        try:
+            files = self._service_blobs(services_tree, where)
+            listed: dict[str, IndexEntry] = {}
+            for _, _, parsed in self._index_entries(index_tree, where):
+                listed.update(parsed or {})
+            wrong = mismatches(listed, files)
+            if wrong:
+                raise SnapshotError(f"{where}/{INDEX_DIR}: does not match the service files: {'; '.join(wrong)}")
+            snap = assemble(manifest, [rebuild(e, f"{where}/{INDEX_DIR}") for e in listed.values()], f"{where}/{INDEX_DIR}")
+            sample = random.sample(snap.services, min(_SPOT_CHECKS, len(snap.services)))
+            for svc in sample:
+                actual = hashlib.sha256(svc.fragment_text().encode()).hexdigest()
+                if actual != svc.fragment_digest:
+                    raise SnapshotError(
+                        f"{where}/{INDEX_DIR}: {svc.name}: listed with fragment digest {svc.fragment_digest[:12]}, "
+                        f"its object hashes to {actual[:12]}"
+                    )
+        except SnapshotError as e:
+            log.warning("audit repository %s: the index is not used: %s; reading every service file instead", self.location, e)
+            return None
+        self._largest_snapshot = max(self._largest_snapshot, len(snap.services))
+        return snap
+
+    def index_problems(self, tree_id: pygit2.Oid, snap: Snapshot, where: str) -> list[str]:
+        """How a config directory's index differs from its service files, `snap` being the
+        snapshot read from those files (read_config_tree(full=True)); [] when it matches or
+        there is none. For audit verify: each shard's entries are checked once (by blob id)."""
+        with self._lock, self._faults(f"check the index of {where}"):
+            index_tree = entry_id(self.repo, tree_id, INDEX_DIR)
+            if index_tree is None:
+                return []
+            try:
+                files = self._service_blobs(entry_id(self.repo, tree_id, SERVICES_DIR), where)
+                listed: dict[str, str] = {}  # name -> blob id the index names
+                problems: list[str] = []
+                for shard_id, path, parsed in self._index_entries(index_tree, where, skip_checked=True):
+                    if parsed is None:
+                        listed.update(self._checked_shards[shard_id])
+                        continue
+                    names = {name: e.blob for name, e in parsed.items()}
+                    listed.update(names)
+                    wrong = [
+                        f"{path}: {name}: the entry is not what its service file holds"
+                        for name, e in sorted(parsed.items())
+                        if files.get(name) == e.blob and not _describes(e, snap.by_name.get(name))
+                    ]
+                    problems += wrong[:3]
+                    if not wrong and all(files.get(name) == blob for name, blob in names.items()):
+                        self._remember_shard(shard_id, names)
+                problems += [f"{where}/{INDEX_DIR}: {m}" for m in mismatches(listed, files)]
+                return problems
+            except SnapshotError as e:
+                return [str(e)]
+
+    def _remember_shard(self, shard_id: pygit2.Oid, names: dict[str, str]) -> None:
+        self._checked_shards[shard_id] = names
+        while len(self._checked_shards) > _SHARD_CACHE:
+            self._checked_shards.popitem(last=False)
 
     def _read_namespace(self, tree_id: pygit2.Oid, ns: str, where: str) -> tuple[ServiceSnapshot, ...]:
         """The services of one namespace directory, cached by its tree id: consecutive
@@ -891,6 +1026,11 @@ class AuditRepo:
             if self.remote is not None:
                 self.remote.repo = self.repo
             return n
+
+
+def _describes(e: IndexEntry, svc: ServiceSnapshot | None) -> bool:
+    """Whether an index entry is exactly the Service its file holds (read and checked)."""
+    return svc is not None and (e.digest, e.service, e.buckets) == (svc.fragment_digest, svc.to_json(), buckets_of(svc))
 
 
 def _aware(t: datetime | None) -> datetime | None:

@@ -22,6 +22,7 @@ import pygit2
 
 from ..gitobjects import entries_at, tree_at
 from ..snapshot import ServiceSnapshot, Snapshot
+from .index import INDEX_DIR, entry_line, shard_bytes, shard_of
 from .layout import CONFIGS_DIR, MANIFEST, SERVICES_DIR, manifest_bytes, service_file_bytes, service_path
 from .message import ChangeSummary
 
@@ -44,6 +45,10 @@ class ConfigIndex:
     # an identity check, without even a dictionary lookup.
     services: tuple[ServiceSnapshot, ...] | None = None
     digest: str | None = None  # the snapshot digest of the services (and routes) it holds
+    index_tree: pygit2.Oid | None = None  # its index/ (index.py)
+    # Whether index/ is known to describe the services exactly (written by this process, or read
+    # and checked by the index reader): else the next commit rewrites every shard.
+    index_ok: bool = False
 
 
 def git_name(name: str) -> str:
@@ -72,6 +77,7 @@ def index_config_tree(
     if tree_id is None:
         return index
     index.manifest = entry_id(repo, tree_id, MANIFEST)
+    index.index_tree = entry_id(repo, tree_id, INDEX_DIR)
     index.services_tree = entry_id(repo, tree_id, SERVICES_DIR)
     if index.services_tree is None:
         return index
@@ -167,19 +173,61 @@ def write_config_tree(
                 sb.remove(ns)
         services_tree = sb.write() if len(sb) else None
 
+    dirty = None if not index.index_ok else {*added, *changed, *removed}
+    index_tree = write_index_tree(repo, index.index_tree, snap, blobs, dirty)
     manifest = repo.create_blob(manifest_bytes(snap))
-    if manifest == index.manifest and services_tree == index.services_tree and index.tree_id is not None:
+    unchanged = (manifest, services_tree, index_tree) == (index.manifest, index.services_tree, index.index_tree)
+    if unchanged and index.tree_id is not None:
         tree_id = index.tree_id
     else:
         cb = repo.TreeBuilder(tree_at(repo, index.tree_id)) if index.tree_id is not None else repo.TreeBuilder()
         cb.insert(MANIFEST, manifest, BLOB)
-        if services_tree is not None:
-            cb.insert(SERVICES_DIR, services_tree, TREE)
-        elif cb.get(SERVICES_DIR) is not None:
-            cb.remove(SERVICES_DIR)
+        for name, sub in ((SERVICES_DIR, services_tree), (INDEX_DIR, index_tree)):
+            if sub is not None:
+                cb.insert(name, sub, TREE)
+            elif cb.get(name) is not None:
+                cb.remove(name)
         tree_id = cb.write()
-    new_index = ConfigIndex(tree_id, services_tree, ns_trees, blobs, digests, manifest, snap.services, snap.digest)
+    new_index = ConfigIndex(
+        tree_id, services_tree, ns_trees, blobs, digests, manifest, snap.services, snap.digest, index_tree, True
+    )
     return tree_id, new_index, ChangeSummary(tuple(added), tuple(changed), tuple(removed), len(written)), written
+
+
+def write_index_tree(
+    repo: pygit2.Repository,
+    old: pygit2.Oid | None,
+    snap: Snapshot,
+    blobs: Mapping[str, pygit2.Oid],
+    dirty: set[str] | None,
+) -> pygit2.Oid | None:
+    """The index/ tree for the snapshot: only the shards holding the `dirty` Services rewritten
+    (the rest reused by id), or every shard when `dirty` is None (the old index is not known to
+    be right: an old repository, or one read without it)."""
+    if dirty is not None and not dirty:
+        return old
+    shards = None if dirty is None else {shard_of(name) for name in dirty}
+    members: dict[tuple[str, str], list[tuple[str, str]]] = {s: [] for s in shards or ()}
+    for svc in snap.services:  # shard_of is cached: a dictionary lookup per Service
+        shard = shard_of(svc.name)
+        if shards is None or shard in shards:
+            members.setdefault(shard, []).append((svc.name, entry_line(svc, str(blobs[svc.name]))))
+    root = repo.TreeBuilder(tree_at(repo, old)) if old is not None and shards is not None else repo.TreeBuilder()
+    for top in sorted({s[0] for s in members}):
+        current = root.get(top)
+        sub = repo.TreeBuilder(tree_at(repo, current.id)) if current is not None else repo.TreeBuilder()
+        for (t, file), lines in members.items():
+            if t != top:
+                continue
+            if lines:
+                sub.insert(file, repo.create_blob(shard_bytes(lines)), BLOB)
+            elif sub.get(file) is not None:
+                sub.remove(file)
+        if len(sub):
+            root.insert(top, sub.write(), TREE)
+        elif current is not None:
+            root.remove(top)
+    return root.write() if len(root) else None
 
 
 def _split(name: str) -> tuple[str, str, str]:

@@ -2,7 +2,8 @@
 
 verify_history walks every commit of the audit branch and checks:
   - each config directory in its tree parses and matches the schema and its digest (each
-    distinct directory, file and blob checked once: unchanged ones are shared by id);
+    distinct directory, file and blob checked once: unchanged ones are shared by id), and its
+    index (index.py), when it has one, describes exactly its service files;
   - a record commit's trailers name a known outcome and the version and digest its tree holds;
   - a commit changes only the config its trailers name (a merge only what its parents held),
     so a snapshot cannot be slipped into the history under another record;
@@ -90,8 +91,10 @@ def verify_history(audit: AuditRepo, trusted: TrustedKeys | None = None) -> Veri
             if tree_id in checked:
                 continue  # reported (if broken) at the newest commit holding it
             try:
-                snap = audit.read_config_tree(tree_id, config, f"configs/{config}")
+                snap = audit.read_config_tree(tree_id, config, f"configs/{config}", full=True)
                 checked[tree_id] = (snap.version, snap.digest, snap.intent_commit, snap.cluster_resource_version)
+                for problem in audit.index_problems(tree_id, snap, f"configs/{config}"):
+                    fail(f"index: {problem}")
             except (SnapshotError, AuditError) as e:
                 checked[tree_id] = str(e)
                 fail(str(e))
