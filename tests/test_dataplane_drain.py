@@ -102,6 +102,7 @@ class Switch:
         out = self.sw.inject(1, CLIENT_PORT, build_tcp(src, VIP, sport, TCP_PORT, flags, payload))
         assert out.egress_port == NODE_PORT, out.trace
         frame = parse_frame(out.data)
+        assert frame.ipv4 is not None and frame.tcp is not None
         node = BY_IP[ip_str(frame.ipv4.dst)]
         assert frame.tcp.dst_port == node.port, out.trace  # the same backend's nodePort
         return node
@@ -110,6 +111,7 @@ class Switch:
         src, sport = flow
         out = self.sw.inject(1, CLIENT_PORT, build_udp(src, VIP, sport, UDP_PORT, b"q"))
         frame = parse_frame(out.data)
+        assert frame.ipv4 is not None and frame.udp is not None
         node = BY_IP[ip_str(frame.ipv4.dst)]
         assert frame.udp.dst_port == node.port
         return node
@@ -331,7 +333,8 @@ def test_false_positive_rate_matches_the_bloom_figure(switch, marked, probes):
     verdicts = [to_new_node(src, sport) for src, sport in established]
     for (src, sport), verdict in zip(established[:PACKET_PROBES], verdicts):
         out = inject(1, CLIENT_PORT, build_tcp(src, VIP, sport, TCP_PORT, ACK))
-        assert (parse_frame(out.data).ipv4.dst == ip(B.ip)) == verdict, out.trace
+        probe = parse_frame(out.data).ipv4
+        assert probe is not None and (probe.dst == ip(B.ip)) == verdict, out.trace
     # Some of the packet probes must be false positives, or the packets proved nothing.
     assert any(verdicts[:PACKET_PROBES]) or marked < 10_000
     to_new = sum(verdicts)
