@@ -23,7 +23,12 @@ It is level-triggered and conservative (DESIGN.md 6.1):
   the switches is refused (Stalled) and so is a mass fallback;
 - failed transactions are retried with backoff (1 s doubling to 5 min, reset on success or new
   input); an attempt that cannot reach the switches is not recorded in the audit repository;
-- time comes from a Clock, so tests run the loop on fake time.
+- time comes from a Clock, so tests run the loop on fake time; the render's wall clock (the
+  epoch seconds drains start and end by) from `wall`, which tests derive from that Clock;
+- a bucket move is two transactions (DESIGN.md 5.1): the one that starts drains, and, at the
+  drains' `until` (a wake-up of the loop, also after a restart: the audit record carries it),
+  the one that writes the plain entries. A failed step 2 is retried with backoff; meanwhile the
+  switches keep the draining entries, which serve every connection.
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ from .apply import ApplyResult, TwoSwitchApplier
 from .audit.errors import AuditError
 from .audit.trust import UntrustedRecord
 from .backoff import Backoff
+from .drain_progress import buckets_of, finished, reason_parts, started
 from .cluster.model import ClusterNotReady, ClusterState, Service
 from .fallback import FALLBACK_REASON_ANNOTATION
 from .guard import fallback_verdict, removal_verdict, unaccounted_message
@@ -47,7 +53,7 @@ from .health import Clock, Endpoint, LoopClock, TargetState, Thresholds, advance
 from .intent.model import IntentSet, LoadBalancerConfig
 from .outcome import Outcome
 from .render import Renderer, RenderIssue
-from .snapshot import Snapshot
+from .snapshot import Snapshot, format_time
 from .switch import SwitchError
 
 log = logging.getLogger("reconciler.controller")
@@ -98,6 +104,12 @@ class TransactionRecord:
     issues: tuple[RenderIssue, ...] = ()
     retry_in: float | None = None  # seconds until the next attempt, when one is scheduled
     switch: str | None = None  # the one switch a health round's record is about
+    draining_until: float | None = None  # epoch seconds: the switches hold drains until then
+
+    @property
+    def draining(self) -> str:
+        """ "draining until 2026-12-06T04:01:00Z" while a drain runs, else "". """
+        return f"draining until {format_time(self.draining_until)}" if self.draining_until is not None else ""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "outcome", Outcome(self.outcome))
@@ -161,6 +173,8 @@ class ConfigWorker:
     on_health: Callable[["ConfigWorker"], Awaitable[None]] | None = None
     renderer: Renderer = field(default_factory=Renderer)
     clock: Clock = field(default_factory=LoopClock)
+    # The render's clock: drains start and end by it (epoch seconds); tests derive it from `clock`.
+    wall: Callable[[], float] = time.time
     last: Snapshot | None = None  # the last applied snapshot: what both switches must hold
     fallen_back: dict[str, str] = field(default_factory=dict)  # Service key -> reason (ours)
     switch_health: dict[str, TargetState] = field(default_factory=dict)
@@ -176,6 +190,9 @@ class ConfigWorker:
     adopted: bool = False  # fallbacks of an earlier run taken over (needs a listed cluster)
     started: bool = False  # start() read the last applied snapshot (or there is no audit repository)
     adopt_switches: bool = False  # no record of the config, switches serving: replace their entries anyway
+    # (digest, until) of the last applied snapshot whose drain end a render has already seen:
+    # its wake-up is spent (a refused or unchanged pass must not wake the loop again and again).
+    _drain_seen: tuple[str, float] | None = None
 
     # -- state ------------------------------------------------------------------------------------
 
@@ -185,6 +202,21 @@ class ConfigWorker:
 
     def retry_due(self, now: float) -> bool:
         return self.retry_at is not None and now >= self.retry_at
+
+    def drain_at(self) -> float | None:
+        """Loop-clock time at which the first drain of the last applied snapshot ends (step 2 is
+        due), or None: nothing drains, a retry is scheduled (it does step 2), or a render has
+        already seen this end. `until` is wall time: converted through the two clocks' offset."""
+        if self.last is None or self.retry_at is not None:
+            return None
+        until = self.last.drain_until()
+        if until is None or self._drain_seen == (self.last.digest, until):
+            return None
+        return self.clock.now() + max(0.0, until - self.wall())
+
+    def drain_due(self, now: float) -> bool:
+        at = self.drain_at()
+        return at is not None and now >= at
 
     def _schedule_retry(self) -> float:
         delay = self.backoff.next()
@@ -206,6 +238,7 @@ class ConfigWorker:
         return Thresholds(check.failure_threshold, check.success_threshold)
 
     def _record(self, outcome: Outcome, version: int | None = None, reason: str = "", **kw: Any) -> TransactionRecord:
+        kw.setdefault("draining_until", self.last.drain_until() if self.last is not None else None)
         return TransactionRecord(self.config.key, self.last.version if version is None and self.last else version,
                                  outcome, reason, **kw)
 
@@ -338,10 +371,15 @@ class ConfigWorker:
         connections = await self.connections()
         if connections is not None:
             changed = None  # the counters move without cluster events: compare every Service's inputs
+        now = self.wall()
         rendered = self.renderer.render(
             self.config, cluster, self.last, p4info_digest=self.p4info_digest, intent_commit=intent_commit,
-            changed=changed, connections=connections,
+            changed=changed, connections=connections, now=now,
         )
+        if self.last is not None:
+            until = self.last.drain_until()
+            if until is not None and now >= until:
+                self._drain_seen = (self.last.digest, until)  # this render ended it: its wake-up is spent
         if not rendered.changed:
             if self.last is not None and not all(self.applier.trusts(sw.name) for sw in self.applier.order):
                 return await self._sync("read back before saying up to date", t0)  # level-triggered
@@ -402,6 +440,7 @@ class ConfigWorker:
         fell_back: tuple[str, ...] = ()
         retry_in: float | None = None
         if result.ok:
+            self._log_drains(self.last, target)
             self.last = target
             self._succeeded()
         else:
@@ -414,17 +453,33 @@ class ConfigWorker:
         record = TransactionRecord(
             self.config.key, target.version, Outcome(result.outcome), reason, writes, fell_back,
             seconds=time.perf_counter() - t0, issues=rendered.issues, retry_in=retry_in,
+            draining_until=self.last.drain_until() if self.last is not None else None,
         )
         return await self._report(record, result, target)
 
+    def _log_drains(self, before: Snapshot | None, target: Snapshot) -> None:
+        """One info line per transaction that starts drains, one per transaction that ends some."""
+        if (before is None or before.drain_until() is None) and target.drain_until() is None:
+            return  # the usual transaction: no drains either side
+        fields = {"config": self.config.key, "version": target.version}
+        begun = started(before, target)
+        if begun is not None:
+            log.info("%s v%d: drain started: %s", self.config.key, target.version, begun.describe(),
+                     extra={**fields, "drainUntil": format_time(begun.until), "generation": begun.generation})
+        ended = finished(before, target)
+        if ended is not None:
+            log.info("%s v%d: drain finished: %s now hold their plain entries", self.config.key, target.version,
+                     buckets_of(ended), extra=fields)
+
     def _why(self, cluster: ClusterState, target: Snapshot) -> str:
-        """The audit Reason of a version that takes Services off the switches for a kube-proxy
-        fallback, or puts them back after one (the cluster change alone would not say why)."""
+        """The audit Reason of a version that starts or finishes connection drains, takes Services
+        off the switches for a kube-proxy fallback, or puts them back after one (the cluster
+        change alone would not say why)."""
+        parts = reason_parts(self.last, target)
         if not self.fallen_back and not self._recovered:
-            return ""  # the usual pass: nothing to explain, no work on the hot path
+            return "; ".join(parts)  # the usual pass: nothing more to explain, no work on the hot path
         before = {s.service_key for s in self.last.services} if self.last is not None else set()
         after = {s.service_key for s in target.services}
-        parts = []
         for key in sorted(before - after):
             svc = cluster.services.get(key)
             if svc is not None and svc.auto_fallback:
@@ -648,13 +703,17 @@ class Controller:
         make_worker: Callable[[LoadBalancerConfig], ConfigWorker],
         update_interval: Callable[[LoadBalancerConfig], float] = lambda c: c.update_interval_s,
         clock: Clock | None = None,
+        wall: Callable[[], float] | None = None,
         history_limit: int = HISTORY_LIMIT,
     ) -> None:
+        """`clock`: the loop's (monotonic) time; `wall`: the renders' epoch seconds, which drains
+        start and end by (None: the workers' own, time.time)."""
         self.intent = intent
         self.cluster = cluster
         self.make_worker = make_worker
         self.update_interval = update_interval
         self.clock: Clock = clock or LoopClock()
+        self.wall = wall
         self.workers: dict[str, ConfigWorker] = {}
         self.refused: dict[str, str] = {}  # config key -> why the operator's settings refuse it
         # The intent commit each worker's config was read at: the newest, unless a change was refused.
@@ -695,6 +754,8 @@ class Controller:
     def _new_worker(self, config: LoadBalancerConfig) -> ConfigWorker:
         w = self.make_worker(config)
         w.clock = self.clock
+        if self.wall is not None:
+            w.wall = self.wall
         return w
 
     async def _sync_workers(self, intent: IntentSet) -> list[ConfigWorker]:
@@ -757,6 +818,7 @@ class Controller:
         self._next_lc = None if lc is None else (self._next_lc or now + lc)
         due = [t for t in (self._next_health, self._next_lc) if t is not None]
         due += [w.retry_at for w in self.workers.values() if w.retry_at is not None]
+        due += [t for w in self.workers.values() if (t := w.drain_at()) is not None]  # step 2 of a move
         return due
 
     async def _sleep_until_due(self, stop: asyncio.Event) -> None:
@@ -795,7 +857,8 @@ class Controller:
                 if self._next_health is not None and now >= self._next_health:
                     self._next_health = None
                     await self._health_tick()  # also under constant churn
-                retry = {k for k, w in self.workers.items() if w.retry_due(now)}
+                # A retry, or step 2 of a move (the drains of the last applied snapshot ended).
+                retry = {k for k, w in self.workers.items() if w.retry_due(now) or w.drain_due(now)}
                 if not self._full and not self._pending_keys and not retry:
                     continue
                 # Coalesce: let the burst finish for the shortest updateInterval of the configs.

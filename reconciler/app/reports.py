@@ -102,6 +102,8 @@ class CRStatus:
                                          else plain_unreachable(r.reason, addresses, details)[:1000]) for r in result.switches)
         reason = plain_unreachable(record.reason, addresses, details)
         message = f"v{record.version} {record.outcome}" + (f": {reason}" if reason else "")
+        if record.draining:  # step 1 of a move is applied; step 2 writes the plain entries then
+            message += f"; {record.draining}"
         outcome = Outcome(
             record.outcome.phase, message[:32000], record.outcome.reason,
             applied_version=held.version if held is not None else None,
