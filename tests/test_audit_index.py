@@ -25,7 +25,8 @@ Files = dict[str, bytes]
 
 
 def _recorded(tmp_path, signer=None) -> tuple[AuditRepo, list[Snapshot]]:
-    """v1 applied, v2 applied, v3 rolled back: the last applied snapshot is v2."""
+    """v1 applied, v2 (one Service scaled) applied, v3 (one removed) rolled back: the last
+    applied snapshot is v2."""
     s = series(services=12)
     audit = AuditRepo.open_or_init(tmp_path / "audit", clock=Clock(), pack_every=0, signer=signer)
     snaps = [s.snap]
@@ -34,7 +35,7 @@ def _recorded(tmp_path, signer=None) -> tuple[AuditRepo, list[Snapshot]]:
     snaps.append(s.scale(s.keys[2]))
     audit.record(snaps[-1], "pending")
     audit.record(snaps[-1], "applied")
-    snaps.append(s.scale(s.keys[5]))
+    snaps.append(s.remove(s.keys[5]))
     audit.record(snaps[-1], "pending")
     audit.record(snaps[-1], "rolled-back", reason="probe failed")
     return audit, snaps

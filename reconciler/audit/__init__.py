@@ -2,6 +2,7 @@
 commits, with history, show, diff and verify; signing; intent verification.
 
     layout.py       snapshot <-> the files of a config directory
+    index.py        the snapshot index: a restart's last applied snapshot without reading every file
     trees.py        incremental Git trees, per-config merge
     message.py      commit messages and trailers, AuditEntry
     repo.py         AuditRepo: record, last_applied, history, snapshot_at

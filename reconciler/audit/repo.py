@@ -79,7 +79,8 @@ README = """\
 
 Written by the p4kube reconciler: every switch snapshot it rendered and the outcome of applying
 it, one commit each. `configs/<namespace>/<name>/manifest.json` holds a snapshot's header and
-routes, `services/<namespace>/<service>.json` one file per Service (one table entry per line).
+routes, `services/<namespace>/<service>.json` one file per Service (one table entry per line),
+`index/` what rebuilds the Services without reading their files (derived from them).
 The commit trailers (`git log --format='%h %(trailers:only,unfold)'`) name the config, the
 snapshot version and digest, the intent commit, the cluster resourceVersion and the outcome.
 `p4kube audit log|show|diff|verify --repo <this repository>` reads it.
