@@ -10,6 +10,7 @@ import argparse
 import contextlib
 import functools
 import sys
+import time
 from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -122,10 +123,14 @@ def _printing_result(cmd: Callable[[argparse.Namespace], int]) -> Callable[[argp
         if args.output == "text":
             return cmd(args)
         args.results = []
+        args.drain = None
         with contextlib.redirect_stdout(sys.stderr):
             code = cmd(args)
         if args.results:
-            emit(result_document(args.results[-1]), args.output)
+            doc = result_document(args.results[-1])
+            if args.drain is not None:
+                doc["drain"] = args.drain
+            emit(doc, args.output)
         return code
 
     return wrapped
@@ -159,6 +164,34 @@ async def _applier(config: LoadBalancerConfig, args: argparse.Namespace, *, prog
         if shown is not None:
             shown.stop()
         await applier.close()
+
+
+# The wall clock drains start and end by (epoch seconds); tests replace it.
+wall_clock = time.time
+
+
+def _drain_lines(previous: Snapshot | None, held: Snapshot, ok: bool, args: argparse.Namespace) -> None:
+    """What a pass did to connection drains (DESIGN.md 5.1), printed and kept for -o json:
+    a drain is finished by the first pass at or after its `until` (`p4kube run` wakes for it)."""
+    from ..drain_progress import buckets_of, draining, finished, started
+    from ..snapshot import format_time
+
+    if (previous is None or previous.drain_until() is None) and held.drain_until() is None:
+        return
+    begun = started(previous, held) if ok and held is not previous else None
+    ended = finished(previous, held) if ok and held is not previous else None
+    still = draining(held if ok else previous)
+    doc: dict[str, Any] = {"started": begun.to_json() if begun else None,
+                           "finished": buckets_of(ended) if ended else None,
+                           "draining": still.to_json() if still else None}
+    if getattr(args, "output", "text") != "text":
+        args.drain = doc
+    if ended is not None:
+        print(f"{held.config}: drain finished: {buckets_of(ended)}; v{held.version} holds their plain entries")
+    if still is not None:
+        what = f"drain started: {begun.describe()}" if begun is not None else (
+            f"drain in progress: {still.buckets} bucket{'s' if still.buckets != 1 else ''} until {format_time(still.until)}")
+        print(f"{held.config}: {what}; run again after {format_time(still.until)} to finish it")
 
 
 def _exit(result: ApplyResult, args: argparse.Namespace | None = None) -> int:
@@ -233,7 +266,7 @@ def _open_audit(
 
 async def _apply_recorded(
     config: LoadBalancerConfig, args: argparse.Namespace, target: Snapshot, audit: AuditRepo, extra: tuple[tuple[str, str], ...] = (),
-    last_good: Snapshot | None = None,
+    last_good: Snapshot | None = None, why: str = "",
 ) -> ApplyResult:
     """The transaction of DESIGN.md 6 with the audit repository: pending, apply, outcome.
     Switches that cannot be reached are found before anything is recorded: an attempt that
@@ -247,9 +280,10 @@ async def _apply_recorded(
         missing = await applier.unreachable()
         if missing:
             raise CommandError(f"{config.key}: {missing}: nothing was written or recorded")
-        audit.record(target, "pending", extra_trailers=extra)
+        audit.record(target, "pending", reason=why, extra_trailers=extra)
         result = await applier.apply(target, last_good)
     outcome, reason = result.audit_record()
+    reason = "; ".join(r for r in (why, reason) if r)
     try:
         audit.record(target, outcome, reason=reason, extra_trailers=extra)
     except AuditError as e:
@@ -266,7 +300,9 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
     from ..app.signing import audit_keys, build_signer, intent_trust
     from ..app.switches import check_switch_settings
     from ..audit.refusals import check_signed_intent, last_applied_trusted, record_refusal, refused_intent_id
-    from ..pipeline_io import load_inputs, render_one
+    from ..drain_progress import reason_parts
+    from ..pipeline_io import config_p4info_digest, load_inputs
+    from ..render import Renderer
     from ..state import StateDir
     from .errors import CommandError
 
@@ -307,7 +343,9 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
 
             raise CommandError((f"{untrusted}. " if untrusted else "") + unaccounted_message(
                 config, held, f"the audit repository {args.audit_repo}" if audit is not None else f"--state {args.state}"))
-    rendered = render_one(intent, config, cluster, previous, pipeline_dir=dirs.pipeline_dir)
+    # Drains start and end by this clock: a pass at or after a drain's `until` finishes it.
+    rendered = Renderer().render(config, cluster, previous, p4info_digest=config_p4info_digest(config, dirs.pipeline_dir),
+                                 intent_commit=intent.commit, now=wall_clock())
     for issue in rendered.issues:
         print(f"{config.key}: {issue.severity}: {issue}", file=sys.stderr)
     if not rendered.changed:
@@ -330,14 +368,18 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
                     r.describe() for r in result.switches if r.writes)[:900])
         else:
             print(result.describe())
+        _drain_lines(snap, snap, True, args)  # mid-drain: nothing to write until its end
         return _exit(result, args)
+    target = rendered.snapshot
     if audit is None:
-        result = asyncio.run(_apply(config, args, rendered.snapshot, state, previous))  # previous: --state's, read above
+        result = asyncio.run(_apply(config, args, target, state, previous))  # previous: --state's, read above
     else:
         # Versions stay unique per config in the audit history, also after a rollback.
-        target = rendered.snapshot.with_version(audit.next_version(config.key))
-        result = asyncio.run(_apply_recorded(config, args, target, audit, last_good=previous))
+        target = target.with_version(audit.next_version(config.key))
+        why = "; ".join(reason_parts(previous, target))[:900]
+        result = asyncio.run(_apply_recorded(config, args, target, audit, last_good=previous, why=why))
     print(result.describe())
+    _drain_lines(previous, target, result.ok, args)
     return _exit(result, args)
 
 
