@@ -306,6 +306,10 @@ def test_plan_shows_drain_start_and_end() -> None:
     v3 = do_render(cfg, c2, v2, now=T0 + 60).snapshot
     step2 = ConfigPlan(cfg.key, v2, v3, diff_snapshots(v2, v3), ())
     assert f"drain of {len(v2.services[0].drains)} buckets finished" in format_text([step2])
+    from reconciler.plan_summary import format_summary
+
+    assert "**Connection draining:** 0 bucket(s) start draining" in format_summary([step2])
+    assert "start draining (established connections kept on their old backend until the drain ends), 0 finish" in format_summary([step1])
     doc = json.loads(format_plan([step2], "json"))
     assert doc["summary"]["drainsFinished"] == len(v2.services[0].drains) and doc["summary"]["drainsStarted"] == 0
 

@@ -60,7 +60,8 @@ def write_intent(tmp_path: Path, *, backend_mode: str = "nodePort", pod_cidrs: l
 
 def service(ns: str, name: str, *, type: str = "LoadBalancer", lb_ip: str | None = None, external_ips: list[str] | None = None,
             annotations: dict[str, str] | None = None, ingress: str | None = None, node_port: int = 30080) -> dict[str, Any]:
-    spec: dict[str, Any] = {"type": type, "ports": [{"port": 443, "protocol": "TCP", "targetPort": 8443, "nodePort": node_port}]}
+    spec: dict[str, Any] = {"type": type, "ports": [{"port": 443, "protocol": "TCP", "targetPort": 8443, "nodePort": node_port}],
+                            "externalTrafficPolicy": "Local"}  # what nodePort mode needs: no policy warning
     if lb_ip:
         spec["loadBalancerIP"] = lb_ip
     if external_ips:
