@@ -135,6 +135,7 @@ class ConfigStatus:
     next_retry: str | None = None  # when the reconciler tries again, when it says
     problems: tuple[str, ...] = ()  # what could not be read (the audit repository, the API)
     expected_counts: Mapping[str, int] | None = None  # entries per table in the applied snapshot
+    draining_until: str | None = None  # RFC 3339: the applied snapshot's drains end then (DESIGN.md 5.1)
 
     @property
     def healthy(self) -> bool:
@@ -154,5 +155,6 @@ class ConfigStatus:
             "switches": [s.to_json() for s in self.switches],
             "fallenBack": [f.to_json() for f in self.fallen_back],
             "nextRetry": self.next_retry,
+            "drainingUntil": self.draining_until,
             "problems": list(self.problems),
         }

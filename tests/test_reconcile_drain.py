@@ -60,6 +60,12 @@ def test_reconcile_once_starts_reports_and_finishes_a_drain(tmp_path, switch_pai
     assert doc["drain"]["started"] is None and doc["drain"]["draining"]["until"] == format_time(until)
     assert doc["drain"]["draining"]["buckets"] == buckets
     assert len(AuditRepo.open_or_init(audit_dir, read_only=True).history(config=CONFIG)) == records
+    # `p4kube status` says so too.
+    status = ["status", "--intent", str(intent), "--pipeline-dir", str(intent), "--audit-repo", str(audit_dir),
+              "--allow-insecure-switches", "--cluster", str(scaled)]
+    code, out, _ = run_cli(capsys, *status, "-o", "json")
+    assert code == 0 and json.loads(out)["configs"][0]["drainingUntil"] == format_time(until)
+    assert f"draining until {format_time(until)}" in run_cli(capsys, *status)[1]
     assert switch_entries(standby) == switch_entries(primary) == entries_of(v2)
 
     # At `until`: step 2, a transaction like any other.
@@ -74,3 +80,4 @@ def test_reconcile_once_starts_reports_and_finishes_a_drain(tmp_path, switch_pai
     assert v3.drain_until() is None and draining(standby) == draining(primary) == 0
     assert switch_entries(standby) == switch_entries(primary) == entries_of(v3)
     assert "drain finished" in audit.history(config=CONFIG)[0].trailers["Reason"]
+    assert json.loads(run_cli(capsys, *status, "-o", "json")[1])["configs"][0]["drainingUntil"] is None

@@ -25,7 +25,7 @@ from ..fallback import FALLBACK_REASON_ANNOTATION, FALLBACK_TIME_ANNOTATION, is_
 from ..intent.files import FileRefError
 from ..intent.model import LoadBalancerConfig, SwitchSpec
 from ..intent.semantic import parse_endpoint
-from ..snapshot import Snapshot, SnapshotError
+from ..snapshot import Snapshot, SnapshotError, format_time
 from ..state import StateDir
 from ..status import ConfigStatus, FallenBack, SwitchStatus, table_drift
 from ..switch.allowlist import refusals
@@ -180,6 +180,7 @@ async def gather_config(
         next_retry=next_retry,
         problems=tuple(p for p in (record.problem, *problems) if p),
         expected_counts=last.table_counts if last is not None else None,
+        draining_until=format_time(until) if last is not None and (until := last.drain_until()) is not None else None,
     )
 
 

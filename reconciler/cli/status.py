@@ -170,6 +170,8 @@ def text(statuses: list[Any]) -> str:
         lines.append(f"  applied:      {applied}  [{s.record_source}]")
         if s.last_outcome is not None:
             lines.append(f"  last record:  {s.last_outcome}" + (f": {s.last_reason}" if s.last_reason else ""))
+        if s.draining_until:  # step 1 of a move is applied; step 2 writes the plain entries then
+            lines.append(f"  drain:        draining until {s.draining_until}")
         if s.expected_counts:
             lines.append("  snapshot:     " + ", ".join(f"{_short(t)} {n}" for t, n in s.expected_counts.items()))
         for sw in s.switches:
