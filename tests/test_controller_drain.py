@@ -15,6 +15,7 @@ import logging
 import random
 
 from test_controller import NODES, endpoints, running
+from test_security_addresses import kube  # noqa: F401 - the test API server fixture, with the CRD
 
 from reconciler import p4names as n
 from reconciler.app import Settings, worker_factory
@@ -281,3 +282,42 @@ def test_a_failed_step_two_keeps_the_draining_entries_and_is_retried_without_new
             assert all("drain finished" in why and "drain started" not in why for _, _, why in tail)
 
     asyncio.run(scenario())
+
+
+def test_cr_status_says_draining_until_while_a_drain_runs(kube) -> None:
+    """The LoadBalancerConfig's Ready condition says "draining until T" (through the test API
+    server, as `p4kube run` writes it), and stops saying it once step 2 is applied."""
+    from kubernetes import client as k8s
+    from test_security_addresses import MULTI, NS, cr, create
+
+    from reconciler.app.reports import CRStatus
+    from reconciler.controller import TransactionRecord
+    from reconciler.intent.files import OperatorDirs
+    from reconciler.kube.client import build_api_client
+    from reconciler.kube.crstatus import ConfigStatusWriter
+    from reconciler.kube.intent_source import GROUP, PLURAL, VERSION, CRIntentSource
+
+    create(kube, cr("edge", NS))
+    api = build_api_client(configuration=kube.client_configuration("sa-token"))
+    admin = build_api_client(configuration=kube.client_configuration("admin-token"))
+    until = EPOCH + 60
+
+    async def go() -> list[str]:
+        messages = []
+        async with CRIntentSource(api, namespaces=[NS], dirs=OperatorDirs(pipeline_dir=MULTI)) as source:
+            await source.wait_synced(timeout=10)
+            status = CRStatus(source, ConfigStatusWriter(api))
+            for version, draining_until in ((2, until), (3, None)):
+                await status.report(TransactionRecord(f"{NS}/edge", version, "applied", draining_until=draining_until), None, None)
+                obj = k8s.CustomObjectsApi(admin).get_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, "edge")
+                ready = next(c for c in obj["status"]["conditions"] if c["type"] == "Ready")
+                messages.append(ready["message"])
+        return messages
+
+    try:
+        during, after = asyncio.run(go())
+    finally:
+        api.close()
+        admin.close()
+    assert during == f"v2 applied; draining until {format_time(until)}"
+    assert after == "v3 applied"
