@@ -215,8 +215,13 @@ class ConfigWorker:
         return self.clock.now() + max(0.0, until - self.wall())
 
     def drain_due(self, now: float) -> bool:
+        # Also by the wall clock: once `until` has passed, drain_at() is the loop clock's "now" at
+        # the call, later than `now`, so on a real clock `now >= at` alone never holds (a busy loop).
         at = self.drain_at()
-        return at is not None and now >= at
+        if at is None:
+            return False
+        until = self.last.drain_until() if self.last is not None else None
+        return now >= at or (until is not None and self.wall() >= until)
 
     def _schedule_retry(self) -> float:
         delay = self.backoff.next()
