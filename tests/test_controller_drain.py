@@ -321,3 +321,29 @@ def test_cr_status_says_draining_until_while_a_drain_runs(kube) -> None:
         admin.close()
     assert during == f"v2 applied; draining until {format_time(until)}"
     assert after == "v3 applied"
+
+
+def test_on_the_real_loop_clock_step_two_follows_a_wall_clock_past_until(loop_world):
+    """The product's clocks (the event loop's monotonic time, a wall clock): when the wall clock
+    passes `until` (here it jumps, as after an NTP step), the next wake-up of the loop (a health
+    round) finishes the drain rather than spinning on a due time that is always 'now'."""
+    sws, config, state, tmp = drain_world(loop_world)
+    cluster = ScriptedCluster(state)
+    offset = [0.0]
+
+    async def scenario():
+        audit = AuditRepo.open_or_init(tmp / "audit.git")
+        settings = Settings(pipeline_dir=str(DEMO_EXAMPLE_DIR), allow_insecure_switches=True, timeout=2.0, election_id=7)
+        make_worker = worker_factory(settings, audit=audit, fallback=cluster, probe_retry_delay=0.01)
+        import time
+
+        ctl = Controller(StaticIntent(IntentSet((config,))), cluster, make_worker=make_worker,
+                         wall=lambda: time.time() + offset[0])
+        async with running(ctl):
+            v2 = await _step_one(ctl, audit, cluster)
+            assert audit.last_applied(KEY).version == v2.version
+            offset[0] = v2.drain_until() - time.time() + 1
+            await ctl.wait_until(lambda: audit.last_applied(KEY).version == v2.version + 1, timeout=20)
+            assert draining_buckets(sws[0]) == draining_buckets(sws[1]) == 0
+
+    asyncio.run(asyncio.wait_for(scenario(), 60))
