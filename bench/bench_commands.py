@@ -265,6 +265,7 @@ def measure_size(services: int, nodes: int, per_service: int, profile_dir: Path 
             commit(intent, INTENT.format(standby=sb_port, primary=pr_port), "bench intent")
             audit = work / "audit.git"
             floor = python_floor()
+            print(f"[{services}] python -c pass: {floor * 1000:.0f} ms (median of 5)", file=sys.stderr, flush=True)
             env = {**os.environ, "P4KUBE_PROGRESS_SECONDS": str(PROGRESS_TICK)}
             common = ["--intent", str(intent), "--pipeline-dir", str(intent)]
             once = ["reconcile", "--once", *common, "--audit-repo", str(audit), "--allow-insecure-switches"]
@@ -287,8 +288,7 @@ def measure_size(services: int, nodes: int, per_service: int, profile_dir: Path 
                 rows.append(Row(services, label, fmt, d.code, d.wall, floor, d.cpu, d.rss_mb,
                                 readback_seconds(d.lines, d.wall) if is_reconcile else None,
                                 d.switch_cpu if is_reconcile else None))
-                print(f"[{services}] {label} ({fmt}): exit {d.code}, {d.wall:.2f} s, cpu {d.cpu:.2f} s, "
-                      f"{d.rss_mb:.0f} MB", file=sys.stderr)
+                print(f"[{services}] {table([rows[-1]], head=False)}", file=sys.stderr, flush=True)
 
             for fmt in ("yaml", "json"):
                 cmd("render", fmt, ["render", *common, "--cluster", str(rec[f"base.{fmt}"]), "--out", str(snap)])
@@ -322,8 +322,7 @@ def measure_size(services: int, nodes: int, per_service: int, profile_dir: Path 
                 d, ready = run_to_ready(argv, cwd=work, port=port, switch_pids=pids, profile=profile_dir is not None)
                 rows.append(Row(services, "run, start to ready (/readyz 200)", fmt, d.code, ready, floor, d.cpu, d.rss_mb,
                                 None, d.switch_cpu))
-                print(f"[{services}] run ({fmt}): ready in {ready:.2f} s, exit {d.code} after SIGTERM, cpu {d.cpu:.2f} s, "
-                      f"{d.rss_mb:.0f} MB", file=sys.stderr)
+                print(f"[{services}] {table([rows[-1]], head=False)}", file=sys.stderr, flush=True)
         finally:
             for p in (sb, pr):
                 if p.poll() is None:
@@ -334,8 +333,8 @@ def measure_size(services: int, nodes: int, per_service: int, profile_dir: Path 
     return rows
 
 
-def table(rows: list[Row]) -> str:
-    out = ["| Services | command | input | exit | wall | x `python -c pass` | client CPU | peak RSS | read-back share "
+def table(rows: list[Row], head: bool = True) -> str:
+    out = [] if not head else ["| Services | command | input | exit | wall | x `python -c pass` | client CPU | peak RSS | read-back share "
            "| switches' CPU | target (5,000) |",
            "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
