@@ -29,6 +29,15 @@ def demo(tmp_path_factory):
     return reports[0], flat, err.getvalue()
 
 
+def versions(report: DemoReport) -> dict[str, int]:
+    """The versions of the demo's transactions by role. Step 3's drains end in one pass per
+    distinct end time (a whole second): the scale-up's, then one or two for the scale-down's and
+    the lost node's, so the later versions follow from the report."""
+    last_churn = report.drains_finished[-1]
+    return {"first": 1, "scale_up": 2, "scale_up_step2": 3, "scale_down": 4, "lost_node": 5, "intent": last_churn + 1,
+            "rolled_back": last_churn + 2, "without_api": last_churn + 3, "recovered": last_churn + 4}
+
+
 def passes(report: DemoReport) -> list[tuple[str, int | None]]:
     """(outcome, version) of every transaction that wrote or tried to write (step 6's refusal
     and repair are checked on their own)."""
@@ -44,7 +53,7 @@ def test_every_step_is_narrated_and_the_summary_names_the_audit_repository(demo)
     assert f"p4kube audit log --repo {report.audit_repo}" in text
     assert f"rm -rf {report.workdir}" in text
     assert "Plan: 4 to add, 0 to change, 0 to remove" in text
-    assert "transactions 7 applied, 1 refused, 1 resynced, 1 rolled-back" in text
+    assert f"transactions {report.final_version - 1} applied, 1 refused, 1 resynced, 1 rolled-back" in text
     # The narrated writes are the transactions' own.
     for r in report.transactions:
         if r.outcome in ("applied", "rolled-back"):
@@ -53,18 +62,46 @@ def test_every_step_is_narrated_and_the_summary_names_the_audit_repository(demo)
 
 def test_transactions_in_order_with_their_outcomes(demo):
     report, _, _ = demo
-    # 1 first apply, 2-4 churn, 5 intent change, 6 rolled back, 7 without web/api, 8 recovered
-    assert passes(report) == [("applied", v) for v in range(1, 6)] + [("rolled-back", 6), ("applied", 7), ("applied", 8)]
+    v = versions(report)
+    # first apply, churn with its drains' step 2, intent change, rolled back, without web/api, recovered
+    assert report.drains_started == (v["scale_up"], v["scale_down"], v["lost_node"])
+    assert report.drains_finished[0] == v["scale_up_step2"] and len(report.drains_finished) in (2, 3)
+    assert list(report.drains_finished[1:]) == list(range(v["lost_node"] + 1, v["intent"]))
+    rolled = v["rolled_back"]
+    assert passes(report) == [("applied", x) for x in range(1, rolled)] + [("rolled-back", rolled),
+                                                                            ("applied", rolled + 1), ("applied", rolled + 2)]
     by_version = {r.version: r for r in report.transactions if r.outcome in ("applied", "rolled-back")}
-    assert by_version[6].fell_back == ("web/api",)
-    assert all(by_version[v].fell_back == () for v in (1, 2, 3, 4, 5, 7, 8))
+    assert by_version[rolled].fell_back == ("web/api",)
+    assert all(r.fell_back == () for x, r in by_version.items() if x != rolled)
     assert all(r.writes > 0 for r in by_version.values())
     # Churn moves a few buckets; the first apply writes everything to both switches.
     first = report.checks[0]
     assert by_version[1].writes == 2 * len(first.expected)
-    assert all(by_version[v].writes < by_version[1].writes // 4 for v in (2, 3, 4))
-    assert by_version[2].writes == by_version[3].writes  # scaling back down moves as few buckets back
-    assert report.final_version == 8
+    assert all(by_version[x].writes < by_version[1].writes // 4 for x in report.drains_started)
+    # Scaling back down moves as few buckets back; step 2 rewrites exactly the drained buckets.
+    assert by_version[v["scale_up"]].writes == by_version[v["scale_down"]].writes == by_version[v["scale_up_step2"]].writes
+    assert report.final_version == v["recovered"]
+
+
+def test_established_connections_keep_their_node_through_the_drain(demo):
+    report, text, _ = demo
+    audit = AuditRepo.open_or_init(report.audit_repo, read_only=True)
+    v = versions(report)
+    step1, step2 = audit.snapshot_at(v["scale_up"], CONFIG), audit.snapshot_at(v["scale_up_step2"], CONFIG)
+    drains = step1.by_name["web/frontend"].drains
+    assert drains and {d.source for d in drains} == {"node-e"}
+    assert all(step1.by_name["web/frontend"].assignment[d.bucket] == "node-c" for d in drains)
+    assert step2.drain_until() is None and step2.by_name["web/frontend"].assignment == step1.by_name["web/frontend"].assignment
+    # One long-lived connection per bucket; those in the draining buckets kept node-e while the
+    # new ones opened in the same buckets went to node-c (the demo fails if one did not).
+    assert report.connections_kept == report.connections_new == len(drains)
+    assert f"{len(drains)} established connections kept their node in the {len(drains)} draining buckets" in text
+    assert f"{len(drains)} new connections from 10.200.2.7" in text
+    assert f"drain finished, v{v['scale_up_step2']}: the plain entries are in place" in text
+    assert f"buckets drain from node-e to node-c until" in text
+    for x in report.drains_finished:
+        assert audit.snapshot_at(x, CONFIG).intent_commit == report.intent_commits[0]
+    assert audit.snapshot_at(report.drains_finished[-1], CONFIG).drain_until() is None
 
 
 def test_audit_repository_holds_every_record_and_the_switches_state(demo):
@@ -72,39 +109,51 @@ def test_audit_repository_holds_every_record_and_the_switches_state(demo):
     audit = AuditRepo.open_or_init(report.audit_repo, read_only=True)
     history = list(reversed(audit.history(config=CONFIG)))  # oldest first
     records = [(e.version, e.outcome) for e in history]
+    v = versions(report)
     expected = []
-    for v in range(1, 9):
-        expected += [(v, "pending"), (v, "rolled-back" if v == 6 else "applied")]
-    expected.append((8, "applied"))  # step 6: the rebooted primary repaired to v8 (no new version)
+    for x in range(1, v["recovered"] + 1):
+        expected += [(x, "pending"), (x, "rolled-back" if x == v["rolled_back"] else "applied")]
+    expected.append((v["recovered"], "applied"))  # step 6: the rebooted primary repaired (no new version)
     assert records == expected
     assert "drift repaired" in history[-1].reason and "sim-primary" in history[-1].reason
     rolled = next(e for e in history if e.outcome == "rolled-back")
     assert "web/api" in rolled.reason and "connection refused" in rolled.reason
     last = audit.last_applied(CONFIG)
-    assert last is not None and last.version == 8
-    # The intent commit each snapshot was rendered for; v5 on is the bucketsPerService change.
+    assert last is not None and last.version == v["recovered"]
+    # The intent commit each snapshot was rendered for; from v["intent"] on, the bucketsPerService change.
     initial, change = report.intent_commits
-    assert [audit.snapshot_at(v, CONFIG).intent_commit for v in range(1, 9)] == [initial] * 4 + [change] * 4
-    assert {s.bucket_count for s in audit.snapshot_at(4, CONFIG).services} == {64}
+    assert [audit.snapshot_at(x, CONFIG).intent_commit for x in range(1, last.version + 1)] == (
+        [initial] * (v["intent"] - 1) + [change] * (last.version - v["intent"] + 1))
+    assert {s.bucket_count for s in audit.snapshot_at(v["intent"] - 1, CONFIG).services} == {64}
     assert {s.bucket_count for s in last.services} == {128}
-    # node-g was lost at v4 and never holds buckets again.
-    for v in (4, 5, 7, 8):
-        assert all(b.node != "node-g" for s in audit.snapshot_at(v, CONFIG).services for b in s.backends)
-    assert "web/api" not in audit.snapshot_at(7, CONFIG).by_name
+    # node-g was lost at v["lost_node"]: its buckets drained from it, then it never appears again.
+    lost = audit.snapshot_at(v["lost_node"], CONFIG)
+    assert all(x != "node-g" for s in lost.services for x in s.assignment)
+    assert {d.source for s in lost.services for d in s.drains if s.name != "web/frontend"} == {"node-g"}
+    for x in range(v["intent"] - 1, last.version + 1):
+        if x != v["rolled_back"]:
+            assert all(b.node != "node-g" for s in audit.snapshot_at(x, CONFIG).services for b in s.backends)
+    assert "web/api" not in audit.snapshot_at(v["without_api"], CONFIG).by_name
     assert "web/api" in last.by_name
 
 
 def test_both_switches_held_exactly_each_snapshot_when_read(demo):
     report, _, _ = demo
-    assert [c.version for c in report.checks] == [1, 4, 5, 5, 7, 8, 8, 8]  # v5 again after the rollback; step 6
+    v = versions(report)
+    intent, without, recovered = v["intent"], v["without_api"], v["recovered"]
+    # step 3: after each drained event's last step 2; then the intent change, again after the
+    # rollback, without web/api, recovered, and step 6's two
+    assert [c.version for c in report.checks] == [1, v["scale_up_step2"], report.drains_finished[-1], intent, intent, without,
+                                                  recovered, recovered, recovered]
     for check in report.checks:
         assert set(check.held) == {"sim-primary", "sim-standby"}
         assert check.held["sim-primary"] == check.held["sim-standby"] == check.expected, check.label
     audit = AuditRepo.open_or_init(report.audit_repo, read_only=True)
-    v7, v8 = audit.snapshot_at(7, CONFIG), audit.snapshot_at(8, CONFIG)
-    vips = {e[1][:2] for e in report.checks[4].expected if e[0] == "MyIngress.vip_table"}
-    assert len(vips) == len(v7.services) == 3  # web/api's VIP left vip_table while it was fallen back
-    assert len({e for e in report.checks[5].expected if e[0] == "MyIngress.vip_table"}) == len(v8.services) == 4
+    snap_without, snap_recovered = audit.snapshot_at(without, CONFIG), audit.snapshot_at(recovered, CONFIG)
+    at = 5  # the index of the check after web/api left
+    vips = {e[1][:2] for e in report.checks[at].expected if e[0] == "MyIngress.vip_table"}
+    assert len(vips) == len(snap_without.services) == 3  # web/api's VIP left vip_table while it was fallen back
+    assert len({e for e in report.checks[at + 1].expected if e[0] == "MyIngress.vip_table"}) == len(snap_recovered.services) == 4
 
 
 def test_fallback_annotations_and_their_removal_on_recovery(demo):
@@ -126,8 +175,8 @@ def test_audit_log_command_lists_the_demo_records(demo, capsys):
     capsys.readouterr()
     assert main(["audit", "log", "--repo", str(report.audit_repo)]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert len(lines) == 17
-    assert "v8" in lines[0] and "applied" in lines[0]  # newest first: step 6's repair
+    assert len(lines) == 2 * report.final_version + 1
+    assert f"v{report.final_version}" in lines[0] and "applied" in lines[0]  # newest first: step 6's repair
     assert sum("rolled-back" in line for line in lines) == 1
 
 
@@ -139,9 +188,10 @@ def test_safety_step_refuses_the_mass_removal_and_repairs_the_rebooted_primary(d
     resynced = [r for r in report.transactions if r.outcome == "resynced" and r.writes]
     (repair,) = resynced
     assert "sim-primary" in repair.reason and repair.writes == len(report.checks[-1].expected)
-    # Both switches were read after each: still v8, exactly.
-    assert [c.version for c in report.checks[-2:]] == [8, 8] and all(c.ok for c in report.checks[-2:])
-    assert "nothing to write, the switches never moved from v8" in text
+    # Both switches were read after each: still the last version, exactly.
+    final = report.final_version
+    assert [c.version for c in report.checks[-2:]] == [final, final] and all(c.ok for c in report.checks[-2:])
+    assert f"nothing to write, the switches never moved from v{final}" in text
 
 
 def test_a_workdir_with_an_earlier_demo_is_refused(tmp_path):

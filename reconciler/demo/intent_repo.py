@@ -15,7 +15,10 @@ from ruamel.yaml import YAML
 
 INTENT_FILE = "lbconfig.yaml"
 # Short timings so the demo takes seconds; the comments in the committed intent say so.
-DEMO_TIMINGS = {"updateInterval": "100ms", "interval": "1s", "timeout": "500ms", "failureThreshold": 2, "successThreshold": 1}
+# A 2s drain: long enough to send packets through it, short enough to watch it end (a drain ends
+# at a whole second, so it lasts 1 to 2 s).
+DEMO_TIMINGS = {"updateInterval": "100ms", "interval": "1s", "timeout": "500ms", "failureThreshold": 2, "successThreshold": 1,
+                "connectionDrainTimeout": "2s"}
 
 _SIGNATURE = ("p4kube demo", "demo@p4kube.invalid")
 
@@ -38,6 +41,7 @@ def demo_intent(text: str, addresses: Mapping[str, str], node_net: str) -> tuple
     doc = y.load(text)
     spec = doc["spec"]
     spec["updateInterval"] = DEMO_TIMINGS["updateInterval"]
+    spec["connectionDrainTimeout"] = DEMO_TIMINGS["connectionDrainTimeout"]
     hc = spec.setdefault("healthCheck", {})
     for k in ("interval", "timeout", "failureThreshold", "successThreshold"):
         hc[k] = DEMO_TIMINGS[k]

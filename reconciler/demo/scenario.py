@@ -30,6 +30,7 @@ from ..paths import DEMO_EXAMPLE_DIR
 from ..sim.server import SoftwareSwitch
 from ..snapshot import Snapshot
 from .checks import SwitchCheck, check_packet, check_switches
+from .connections import Connection, Traffic
 from .errors import DemoFailed
 from .intent_repo import (
     DEMO_TIMINGS,
@@ -49,6 +50,7 @@ WAIT_S = 20.0  # the longest any step waits for the loop; a normal run needs wel
 SCALED = "web/frontend"
 FAILING = "web/api"
 LOST_NODE = "node-g"
+OLD_CLIENTS, NEW_CLIENTS = "10.200.1.7", "10.200.2.7"  # clients of the connections the drain keeps / opens
 
 FALLBACK_PREFIX = "loadbalancer.k8s.io/p4kube-fallback"  # the fallback's own annotations
 
@@ -69,6 +71,12 @@ class DemoReport:
     recovered_annotations: Mapping[str, str]  # ... and once the fallback was lifted
     final_version: int
     elapsed_s: float
+    # Step 3's drains: the versions that started drains and the ones that ended them (step 2),
+    # and the connections of the drained scale event (kept: established ones in moved buckets).
+    drains_started: tuple[int, ...] = ()
+    drains_finished: tuple[int, ...] = ()
+    connections_kept: int = 0
+    connections_new: int = 0
 
 
 @dataclass(frozen=True)
@@ -94,6 +102,35 @@ async def play(work: Path, say: Narrator) -> DemoReport:
         await demo.safety()
         report = demo.summary()
     return report
+
+
+def _starts_drains(seen: _Seen) -> bool:
+    """Whether the pass's snapshot has a drain its previous one did not."""
+    assert seen.snapshot is not None
+    before = {(s.name, d.bucket, d.generation) for s in seen.previous.services for d in s.drains} if seen.previous else set()
+    return any((s.name, d.bucket, d.generation) not in before for s in seen.snapshot.services for d in s.drains)
+
+
+def _ends_drains(seen: _Seen) -> bool:
+    """Whether a drain of the previous snapshot is gone from the pass's snapshot (step 2)."""
+    assert seen.snapshot is not None
+    if seen.previous is None:
+        return False
+    after = {(s.name, d.bucket, d.generation) for s in seen.snapshot.services for d in s.drains}
+    return any((s.name, d.bucket, d.generation) not in after for s in seen.previous.services for d in s.drains)
+
+
+def _expect_assigned(conns: tuple[Connection, ...], assignment: tuple[str | None, ...], version: str,
+                     when: str) -> None:
+    """Every connection reached the node `assignment` names for its bucket, else DemoFailed."""
+    wrong = [f"{c} reached {c.node}, not {assignment[c.bucket]}" for c in conns if c.node != assignment[c.bucket]]
+    if wrong:
+        raise DemoFailed(f"connections {when} did not follow {version}'s buckets: {'; '.join(wrong)}")
+
+
+def _per_node(conns: tuple[Connection, ...] | list[Connection]) -> str:
+    """ "12 on node-e, 3 on node-c" """
+    return ", ".join(f"{c} on {node}" for node, c in sorted(Counter(x.node for x in conns).items()))
 
 
 def _without_node(state: ClusterState, name: str) -> ClusterState:
@@ -123,6 +160,9 @@ class _Demo:
         self.node_ip: dict[str, str] = {}
         self.fallback_annotations: dict[str, str] = {}
         self.recovered_annotations: dict[str, str] = {}
+        self.drains_started: list[int] = []
+        self.drains_finished: list[int] = []
+        self.connections_kept = self.connections_new = 0
         self.t0 = time.perf_counter()
 
     # -- 1 ----------------------------------------------------------------------------------------
@@ -167,7 +207,7 @@ class _Demo:
                f"the switches' addresses, routes {node_net} (the nodes) and {vip_net} (VIPs not on the switches, "
                f"for kube-proxy) to port 1, updateInterval {t['updateInterval']}, health checks every "
                f"{t['interval']} (timeout {t['timeout']}, {t['failureThreshold']} failures to fail, "
-               f"{t['successThreshold']} success to recover)")
+               f"{t['successThreshold']} success to recover), connectionDrainTimeout {t['connectionDrainTimeout']}")
         self.audit = AuditRepo.open_or_init(self.audit_dir)
         n.item("audit", f"{self.audit_dir} (a new bare Git repository)")
 
@@ -224,8 +264,9 @@ class _Demo:
                "Services that changed, and rewrites only the buckets whose backend changed: the fewest "
                "moves the new replica shares allow, so flows on the other buckets keep their node.")
         node = "node-c"
+        await self.scale_with_drain(f"{SCALED} scales up: 2 more ready replicas on {node}",
+                                    lambda s: with_scaled_service(s, SCALED, node, +2))
         changes: list[tuple[str, Callable[[ClusterState], ClusterState]]] = [
-            (f"{SCALED} scales up: 2 more ready replicas on {node}", lambda s: with_scaled_service(s, SCALED, node, +2)),
             (f"{SCALED} scales back down: 2 fewer on {node}", lambda s: with_scaled_service(s, SCALED, node, -2)),
             (f"{LOST_NODE} is lost: its endpoints are gone and its Node is removed", lambda s: _without_node(s, LOST_NODE)),
         ]
@@ -237,11 +278,91 @@ class _Demo:
             seen = await self.transaction("applied", f"the transaction after: {title}")
             n.say(self.plan_lines(seen), indent=4)
             self.narrate(seen)
+        await self.drain_finished("these drains")  # reads both switches back
         assert self.held is not None
         stale = [s.name for s in self.held.services if any(b.node == LOST_NODE for b in s.backends)]
         if stale:
             raise DemoFailed(f"{LOST_NODE} is gone but still holds buckets of {', '.join(stale)}")
-        self.check(self.held)
+
+    async def scale_with_drain(self, title: str, change: Callable[[ClusterState], ClusterState]) -> None:
+        """A scale event with long-lived connections open: established ones keep their node while
+        the moved buckets drain, new ones go to the new assignment, then the drain ends."""
+        n = self.n
+        assert self.held is not None
+        before = self.held.by_name[SCALED]
+        primary = self.primary()
+        traffic = Traffic(self.switches[primary], before.vip, before.port, before.bucket_count,
+                          {v: k for k, v in self.node_ip.items()}, before.backends[0].port)
+        old = traffic.open(OLD_CLIENTS, range(before.bucket_count))
+        _expect_assigned(old, before.assignment, f"v{self.held.version}", "opened")
+        n.item("open", f"{len(old)} long-lived TCP connections from {OLD_CLIENTS} to {SCALED} at {before.vip}:"
+               f"{before.port}, one in each bucket: their SYNs through {primary} reach the nodes "
+               f"v{self.held.version} assigns ({_per_node(old)})")
+        keys = self.cluster.replace(change(self.cluster.snapshot()))
+        if not keys:
+            raise DemoFailed(f"{title}: the cluster did not change")
+        n.item("*", f"{title} (changed: {', '.join(sorted(keys))})", width=1)
+        seen = await self.transaction("applied", f"the transaction after: {title}")
+        assert seen.snapshot is not None
+        n.say(self.plan_lines(seen), indent=4)
+        self.narrate(seen)
+        step1 = seen.snapshot
+        after = step1.by_name[SCALED]
+        draining = {d.bucket for d in after.drains}
+        if not draining:
+            raise DemoFailed(f"v{step1.version} moved buckets of {SCALED} without draining them")
+        # While the drain runs (nothing awaits between these packets, so the loop cannot write).
+        moved = [f"{c} from {c.node} to {node}" for c in old if (node := traffic.data(c)) != c.node]
+        if moved:
+            raise DemoFailed(f"{len(moved)} established connection(s) moved during the drain: {'; '.join(moved)}")
+        kept = [c for c in old if c.bucket in draining]
+        new = traffic.open(NEW_CLIENTS, sorted(draining))
+        _expect_assigned(new, after.assignment, f"v{step1.version}", "opened during the drain")
+        strayed = [f"{c} to {node}" for c in new if (node := traffic.data(c)) != c.node]
+        if strayed:
+            raise DemoFailed(f"new connection(s) left their node during the drain: {'; '.join(strayed)}")
+        n.item("kept", f"{len(kept)} established connections kept their node in the {len(draining)} draining "
+               f"buckets ({_per_node(kept)}), and the other {len(old) - len(kept)} in buckets that did not move: "
+               f"a data packet of each of the {len(old)} reached the node its SYN reached")
+        n.item("new", f"{len(new)} new connections from {NEW_CLIENTS}, one in each draining bucket, went to the new "
+               f"assignment ({_per_node(new)}); their SYNs marked them in the switch's conn_gen register, so "
+               f"their data packets followed them there")
+        n.explain(f"The loop wakes when the drain ends ({DEMO_TIMINGS['connectionDrainTimeout']} after it started, "
+                  f"at a whole second) and writes the plain entries: step 2, an ordinary transaction.", indent=4)
+        step2 = await self.drain_finished(f"the drain of v{step1.version}")
+        plain = step2.by_name[SCALED]
+        _expect_assigned(tuple(Connection(c.src, c.sport, c.bucket, traffic.data(c)) for c in new),
+                         plain.assignment, f"v{step2.version}", "after the drain")
+        followed = sum(1 for c in kept if traffic.data(c) == plain.assignment[c.bucket])
+        n.item("after", f"the {len(new)} new connections stay on their node; the {followed} older ones still open "
+               f"in the moved buckets now follow the plain entries (to live through a move, a connection must end "
+               f"within connectionDrainTimeout)")
+        self.connections_kept, self.connections_new = len(kept), len(new)
+
+    async def drain_finished(self, what: str) -> Snapshot:
+        """Wait for the passes that end every drain (step 2; one per distinct end time), narrating each."""
+        mark = self._mark
+
+        def done() -> bool:
+            return any(s.result is not None and s.snapshot is not None and s.snapshot.drain_until() is None
+                       for s in self.seen[mark:])
+
+        await self.wait(done, f"{what} to finish")
+        for s in self.seen[mark:]:
+            if s.result is None:
+                continue
+            seen = self.consume(s)
+            if seen.record.outcome != "applied" or seen.snapshot is None:
+                raise DemoFailed(f"expected {what} to finish: v{seen.record.version} was {seen.record.outcome}: "
+                                 f"{seen.record.reason}")
+            self.n.item("drain", f"finished, v{seen.snapshot.version}: the plain entries are in place"
+                        if seen.snapshot.drain_until() is None else
+                        f"partly finished, v{seen.snapshot.version}", indent=4)
+            self.narrate(seen)
+            if seen.snapshot.drain_until() is None:
+                self.check(seen.snapshot)  # only now: after a partial end the loop may be writing the next
+                return seen.snapshot
+        raise AssertionError("unreachable: done() found a pass without drains")
 
     # -- 4 ----------------------------------------------------------------------------------------
 
@@ -438,6 +559,8 @@ class _Demo:
             transactions=history, checks=tuple(self.checks), intent_commits=tuple(self.commits),
             failed_service=FAILING, fallback_annotations=self.fallback_annotations,
             recovered_annotations=self.recovered_annotations, final_version=final.version, elapsed_s=elapsed,
+            drains_started=tuple(self.drains_started), drains_finished=tuple(self.drains_finished),
+            connections_kept=self.connections_kept, connections_new=self.connections_new,
         )
 
     # -- helpers ----------------------------------------------------------------------------------
@@ -473,6 +596,10 @@ class _Demo:
         """One transaction in a line or two: version, outcome, time, writes, probe, audit commit."""
         assert seen.result is not None and seen.snapshot is not None
         v = seen.snapshot.version
+        if _starts_drains(seen):
+            self.drains_started.append(v)
+        elif _ends_drains(seen):
+            self.drains_finished.append(v)
         per_switch = {sw.name: sw.writes for sw in seen.result.switches}
         first = next(iter(per_switch.values()))
         if all(w == first for w in per_switch.values()):
@@ -502,9 +629,12 @@ class _Demo:
         self.n.item("check", f"both switches hold exactly {result.label} ({len(result.expected)} entries, read from "
                     f"each switch and compared with the snapshot)")
 
+    def primary(self) -> str:
+        return next(s.name for s in self.config.switch_config.switches if s.role == "primary")
+
     def packet(self, snap: Snapshot, service: str, vip: tuple[str, int] | None = None) -> None:
         """One TCP SYN through the primary's pipeline (checks.check_packet says what must happen)."""
-        primary = next(s.name for s in self.config.switch_config.switches if s.role == "primary")
+        primary = self.primary()
         self.n.item("packet", check_packet(self.switches[primary], primary, snap, service, vip))
 
     def plan_lines(self, seen: _Seen, *, full: bool = False) -> str:
