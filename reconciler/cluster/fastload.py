@@ -202,4 +202,9 @@ _LONG_RUN = b"0" * 19  # 19 digits may already be past 2**63
 def _long_digit_run(text: str) -> bool:
     """Whether the text holds 19 or more digits in a row (anywhere, in strings too: rare in a
     recording, and then it is merely read the slower way). C speed: tens of ms for 35 MB."""
-    return _LONG_RUN in text.encode("utf-8", "surrogatepass").translate(_DIGITS_AS_ZEROS)
+    step, overlap = 1 << 20, len(_LONG_RUN) - 1  # in chunks: no second copy of a big text
+    for start in range(0, len(text), step):
+        chunk = text[start : start + step + overlap].encode("utf-8", "surrogatepass")
+        if _LONG_RUN in chunk.translate(_DIGITS_AS_ZEROS):
+            return True
+    return False
