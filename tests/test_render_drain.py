@@ -103,6 +103,28 @@ def test_source_without_replicas_stays_listed_for_the_drain_then_leaves() -> Non
     assert [b.node for b in step2.backends] == ["node-0"] and step2.drains == ()
 
 
+@pytest.mark.parametrize("loss", ["deleted", "not-ready", "new-address"])
+def test_no_drain_from_a_lost_node(loss: str) -> None:
+    """A node that left the cluster, is NotReady, or no longer has the address the entries name
+    holds no connections worth keeping: its buckets move at once, and it leaves `backends`."""
+    cfg = config()
+    v1 = do_render(cfg, cluster({"node-0": 2, "node-1": 2}), None, now=T0 - 100).snapshot
+    after = cluster({"node-0": 2})
+    nodes = dict(after.nodes)
+    if loss == "deleted":
+        del nodes["node-1"]
+    elif loss == "not-ready":
+        nodes["node-1"] = dataclasses.replace(nodes["node-1"], ready=False)
+    else:
+        nodes["node-1"] = dataclasses.replace(nodes["node-1"], internal_ip="10.99.0.1")
+    v2 = do_render(cfg, dataclasses.replace(after, nodes=nodes), v1, now=T0).snapshot.by_name[NAME]
+    assert v2.drains == () and [b.node for b in v2.backends] == ["node-0"]
+    assert {e.action for e in v2.entries()[n.BACKEND_TABLE]} == {n.DNAT}
+    # The same scale-down with node-1 still up drains (the control case).
+    kept = do_render(cfg, after, v1, now=T0).snapshot.by_name[NAME]
+    assert {d.source for d in kept.drains} == {"node-1"}
+
+
 def test_timeout_zero_means_no_drains() -> None:
     _, v2 = scaled(config(timeout=0), {"node-0": 1, "node-1": 2, "node-2": 3}, {"node-0": 3, "node-1": 2, "node-2": 1})
     assert v2.by_name[NAME].drains == () and v2.drain_until() is None

@@ -737,7 +737,7 @@ def _render_port(
         drains = next_drains(
             same_mode, assignment, timeout_s=drain_timeout_s, now=st.now, generation_floor=st.generation_floor
         )
-        drains = _keep_sources(st, name, proto, old, drains, rows)
+        drains = _keep_sources(st, name, proto, old, _live_sources(cluster, old, drains), rows)
     backends = []
     for k in sorted(rows, key=lambda k: (rows[k][0], rows[k][1])):
         node, address, tport, reps = rows[k]
@@ -791,6 +791,25 @@ _CLUSTER_POLICY = (
     "externalTrafficPolicy Cluster: kube-proxy on the chosen node re-balances over every pod, "
     "so replica weights do not hold; set Local"
 )
+
+
+def _live_sources(cluster: ClusterState, old: ServiceSnapshot | None, drains: tuple[Drain, ...]) -> tuple[Drain, ...]:
+    """The drains whose source can still serve its established connections: its node is in the
+    cluster and Ready (and, in nodePort mode, still has the address the entries name). A drain
+    from a lost node would only keep a dead backend's id and reverse_nat key for the timeout and
+    cost a second transaction, for connections that are gone anyway."""
+    if not drains or old is None:
+        return drains
+    before = {backend_key(b, old.backend_mode): b for b in old.backends}
+
+    def alive(d: Drain) -> bool:
+        b = before.get(d.source)
+        node = cluster.nodes.get(b.node) if b is not None else None
+        if b is None or node is None or not node.ready:
+            return False
+        return old.backend_mode == "podIP" or node.internal_ip == b.address
+
+    return tuple(d for d in drains if alive(d))
 
 
 def _keep_sources(
