@@ -41,12 +41,12 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Iterable, Literal, Mapping
 
-from finsy.proto import p4i
+from finsy.proto import p4i, p4r
 
-from .diff import SnapshotDiff, diff_entries, diff_snapshots
+from .diff import PHASE_NAMES, SnapshotDiff, diff_entries, diff_snapshots
 from .intent.model import LoadBalancerConfig, SwitchSpec
 from .p4info import PipelineInfo
-from .p4names import VIP_TABLE
+from .p4names import TABLE_ORDER, VIP_TABLE
 from .snapshot import Entry, Snapshot
 from .switch import (
     NotPrimaryError,
@@ -59,12 +59,8 @@ from .switch import (
 )
 from .switch.tls import TlsSettings
 from .switch.tls import require_tls as _require_tls  # the factory's keyword has its name
-from .switch.translate import (
-    check_election_base,
-    split_election_id,
-    updates_to_requests,
-    wire_election_id,
-)
+from .switch.translate import check_election_base, split_election_id, wire_election_id
+from .switch.wire import EncodedEntries, Readback, encoded_requests, match_readback, write_requests
 
 log = logging.getLogger("reconciler.apply")
 
@@ -229,12 +225,34 @@ def _entries(snap: Snapshot | None) -> list[Entry]:
     return [e for es in snap.tables().values() for e in es]
 
 
+def _unordered_entries(snap: Snapshot | None) -> list[Entry]:
+    """Every entry of `snap`, in no particular order: what is compared as a set, or grouped by
+    table, need not pay for snapshot.tables()' sorting of ~350,000 entries."""
+    if snap is None:
+        return []
+    out: list[Entry] = []
+    for svc in snap.services:
+        for es in svc.entries().values():
+            out += es
+    out += snap.global_entries
+    return out
+
+
 def _version(snap: Snapshot | None) -> str:
     return f"v{snap.version}" if snap is not None else "empty tables"
 
 
 def _strip_service(entries: Iterable[Entry]) -> list[Entry]:
     return [Entry(e.table, e.key, e.action, e.args) for e in entries]
+
+
+def _log_decoded(switch: str, total: int, read: Readback, config: str) -> None:
+    """Entries whose bytes differ are decoded one by one: say how many, so that a switch that
+    serialises entries differently (and is compared slowly) shows in the debug log."""
+    if read.extra or read.missing:
+        log.debug("switch %s: read back %d entries, %d equal as bytes, %d decoded, %d expected not read as bytes",
+                  switch, total, read.matched, len(read.extra), len(read.missing),
+                  extra={"config": config, "switch": switch})
 
 
 class TwoSwitchApplier:
@@ -280,6 +298,10 @@ class TwoSwitchApplier:
         self._sessions: dict[str, SwitchSession] = {}
         self._held: dict[str, Snapshot | None] = {}  # switch -> snapshot it verifiably holds
         self._held_known: set[str] = set()
+        # The last two snapshots encoded (by identity; the target, and the one before it): a
+        # transaction encodes its target once for both switches, and the periodic full
+        # read-back of the same snapshot encodes nothing.
+        self._encoded: list[tuple[Snapshot | None, EncodedEntries]] = []
         # Told where each transaction is (Progress); set by a face that shows it, None elsewhere.
         self.progress: ProgressCallback | None = None
 
@@ -431,6 +453,16 @@ class TwoSwitchApplier:
             await s.close()
         self._held.clear()
         self._held_known.clear()
+        self._encoded = []
+
+    def _expected(self, snapshot: Snapshot | None) -> EncodedEntries:
+        """`snapshot`'s entries encoded as a switch returns them (switch/wire.py), cached."""
+        for snap, encoded in self._encoded:
+            if snap is snapshot:
+                return encoded
+        encoded = EncodedEntries(self.info, _unordered_entries(snapshot))
+        self._encoded = [(snapshot, encoded)] + self._encoded[:1]
+        return encoded
 
     # -- the transaction -------------------------------------------------------------------------
 
@@ -549,35 +581,83 @@ class TwoSwitchApplier:
         full: bool = False,
         report_drift: bool = True,
     ) -> tuple[dict[str, dict[str, int]], list[str]]:
-        """Make `sw` hold `target`; returns the writes per table and the drift found."""
+        """Make `sw` hold `target`; returns the writes per table and the drift found.
+
+        A full read-back is compared as bytes with the target's encoded entries; only entries
+        whose bytes differ are decoded (switch/wire.py), so a switch that holds the target costs
+        a set lookup per entry, and an empty one costs nothing to compare."""
         drift: list[str] = []
         known = sw.name in self._held_known and not full
+        expected = self._expected(target)
         if known:
             held = self._held.get(sw.name)
             diff: SnapshotDiff = (
                 diff_snapshots(held, target) if target is not None else diff_entries(_entries(held), [])
             )
+            writes = await self._write(sw, session, diff, expected)
         else:
             self._tell(sw.name, "read")
-            actual = await session.read_entries()
-            diff = diff_entries(actual, _strip_service(_entries(target)))
+            blobs = await session.read_encoded()
+            read = match_readback(blobs, expected)
+            extra = session.decode_entries(read.extra) if read.extra else []
+            _log_decoded(sw.name, len(blobs), read, self.config.key)
             if report_drift:
                 # What the switch holds beyond the last good snapshot was changed by someone
                 # else (or left by an interrupted transaction); the same writes repair it.
-                drift = compare_entries(actual, _strip_service(_entries(expected_now)))
-        writes = await self._write(sw, session, diff)
-        await self._verify(sw, session, target, diff, full=not known)
+                drift = self._drift(expected, read, extra, target, expected_now)
+            if not blobs:
+                writes = await self._insert_all(sw, session, expected)
+            elif extra or read.missing:
+                actual = expected.except_at(read.missing) + extra  # what the switch holds, by value
+                writes = await self._write(sw, session, diff_entries(actual, expected.entries), expected)
+            else:
+                writes = {}
+        await self._verify(sw, session, target, expected, None if not known else diff)
         self._held[sw.name] = target
         self._held_known.add(sw.name)
         return writes, drift
 
-    async def _write(self, sw: SwitchSpec, session: SwitchSession, diff: SnapshotDiff) -> dict[str, dict[str, int]]:
+    def _drift(self, expected: EncodedEntries, read: Readback, extra: list[Entry], target: Snapshot | None,
+               expected_now: Snapshot | None) -> list[str]:
+        """compare_entries(what the switch holds, expected_now): from the unmatched entries alone
+        when expected_now is the target (every matched entry is equal on both sides)."""
+        same = expected_now is target or (
+            expected_now is not None and target is not None and expected_now.digest == target.digest
+        )
+        if same:
+            return compare_entries(extra, expected.at(read.missing))
+        return compare_entries(expected.except_at(read.missing) + extra, _entries(expected_now))
+
+    async def _write(self, sw: SwitchSpec, session: SwitchSession, diff: SnapshotDiff, known: EncodedEntries) -> dict[str, dict[str, int]]:
         if diff.empty:
             return {}
-        phases = updates_to_requests(
-            self.info, diff.phases, device_id=sw.device_id, election_id=session.election_id, batch_size=self.batch_size
+        phases = write_requests(
+            self.info, diff.phases, device_id=sw.device_id, election_id=session.election_id,
+            batch_size=self.batch_size, known=known,
         )
-        total, done = len(diff), 0
+        await self._send(sw, session, phases, len(diff))
+        return diff.counts()
+
+    async def _insert_all(self, sw: SwitchSpec, session: SwitchSession, expected: EncodedEntries) -> dict[str, dict[str, int]]:
+        """Fill a switch that holds nothing: every entry INSERTed, in diff.py's phases ("prepare",
+        then VIPs in "publish"), from the bytes already encoded: diff_entries from empty tables
+        would build and sort an Update per entry for the same writes."""
+        by_table: dict[str, list[int]] = {}
+        for i, e in enumerate(expected.entries):
+            by_table.setdefault(e.table, []).append(i)
+        order = {t: k for k, t in enumerate(TABLE_ORDER)}
+        items: list[list[tuple[str, bytes]]] = [[] for _ in PHASE_NAMES]
+        blobs = expected.blobs
+        for table in sorted(by_table, key=lambda t: (order.get(t, len(order)), t)):
+            items[2 if table == VIP_TABLE else 1] += [("INSERT", blobs[i]) for i in by_table[table]]
+        if not expected.entries:
+            return {}
+        phases = encoded_requests(items, device_id=sw.device_id, election_id=session.election_id, batch_size=self.batch_size)
+        await self._send(sw, session, phases, len(expected))
+        return {t: {"INSERT": len(by_table[t])} for t in sorted(by_table)}
+
+    async def _send(self, sw: SwitchSpec, session: SwitchSession, phases: list[list[p4r.WriteRequest]], total: int) -> None:
+        done = 0
         self._tell(sw.name, "write", 0, total)
         for requests in phases:  # each phase completes before the next starts (DESIGN.md 5)
             if not requests:
@@ -592,15 +672,19 @@ class TwoSwitchApplier:
                     raise TransactionFailed(sw.name, f"write refused: {outcome.summary()}")
                 done += sum(len(r.updates) for r in chunk)
                 self._tell(sw.name, "write", done, total)
-        return diff.counts()
 
-    async def _verify(self, sw: SwitchSpec, session: SwitchSession, target: Snapshot | None, diff: SnapshotDiff, *, full: bool) -> None:
-        """Read back and compare: everything after a full read-back, else only the keys just
-        written (a one-Service change must not cost a read of 350,000 entries)."""
+    async def _verify(self, sw: SwitchSpec, session: SwitchSession, target: Snapshot | None, expected: EncodedEntries,
+                      diff: SnapshotDiff | None) -> None:
+        """Read back and compare: everything (as bytes) when `diff` is None, else only the keys
+        just written (a one-Service change must not cost a read of 350,000 entries)."""
         self._tell(sw.name, "verify")
-        if full:
-            actual = await session.read_entries()
-            problems = compare_entries(actual, _strip_service(_entries(target)))
+        if diff is None:
+            blobs = await session.read_encoded()
+            read = match_readback(blobs, expected)
+            if read.exact:
+                return
+            _log_decoded(sw.name, len(blobs), read, self.config.key)
+            problems = compare_entries(session.decode_entries(read.extra), expected.at(read.missing))
         else:
             written = [u.entry for u in diff.updates() if u.kind != "DELETE"]
             deleted = [u.entry for u in diff.updates() if u.kind == "DELETE"]

@@ -11,14 +11,28 @@ from dataclasses import dataclass
 
 import grpc
 from finsy.proto import p4r
+from google.protobuf.message import DecodeError
 
 from reconciler.p4info import PipelineInfo
 from reconciler.snapshot import Entry, Value
 from reconciler.switch.channel import Connection
 from reconciler.switch.errors import ReadError, status_text
 from reconciler.switch.translate import TranslationError, entry_to_proto, proto_to_entry
+from reconciler.switch.wire import split_read_response
 
-__all__ = ["CounterCell", "count_entries", "read", "read_counters", "read_defaults", "read_entries", "read_keys"]
+__all__ = [
+    "CounterCell",
+    "count_entries",
+    "decode_entries",
+    "read",
+    "read_counters",
+    "read_defaults",
+    "read_encoded",
+    "read_entries",
+    "read_keys",
+]
+
+_READ_METHOD = "/p4.v1.P4Runtime/Read"
 
 _READ_KEYS_CHUNK = 5000  # entities per ReadRequest when reading by key
 
@@ -74,17 +88,66 @@ async def read_entries(connection: Connection, info: PipelineInfo, tables: Itera
 
 
 def _decode_entries(connection: Connection, info: PipelineInfo, entities: Iterable[p4r.Entity]) -> list[Entry]:
+    return _decode_tables(connection, info, (e.table_entry for e in entities if e.WhichOneof("entity") == "table_entry"))
+
+
+def _decode_tables(connection: Connection, info: PipelineInfo, entries: Iterable[p4r.TableEntry]) -> list[Entry]:
     out: list[Entry] = []
-    for entity in entities:
-        if entity.WhichOneof("entity") != "table_entry" or entity.table_entry.is_default_action:
+    for te in entries:
+        if te.is_default_action:
             continue
         try:
-            out.append(proto_to_entry(info, entity.table_entry))
+            out.append(proto_to_entry(info, te))
         except TranslationError as exc:
             peer = connection.peer
             raise ReadError(f"{peer.where()}: read-back entry does not fit the P4Info: {exc}",
                             switch=peer.name) from None
     return out
+
+
+async def read_encoded(connection: Connection, info: PipelineInfo, tables: Iterable[str] | None = None) -> list[bytes]:
+    """What read_entries reads, left undecoded: the bytes of every table entry as the switch
+    sent them (default entries included, should a switch send any: decode_entries drops them).
+    The responses arrive as bytes (no protobuf message is built for them) and are split into
+    entries without decoding (wire.split_read_response): a full read-back is compared as bytes."""
+    names = list(info.tables) if tables is None else list(tables)
+    if not names:
+        return []
+    request = _tables_request(connection, info, names)
+    what = f"table entries of {', '.join(names)}"
+    connection.stub_for(f"read {what}")
+    channel = connection.channel
+    assert channel is not None  # stub_for raised otherwise
+    call = channel.unary_stream(_READ_METHOD, request_serializer=p4r.ReadRequest.SerializeToString,
+                                response_deserializer=None)
+    replies: list[bytes] = []
+    try:
+        async for reply in call(request, timeout=connection.rpc_timeout):
+            replies.append(reply)
+    except grpc.aio.AioRpcError as exc:
+        raise _read_error(connection, what, exc) from None
+    out: list[bytes] = []
+    for reply in replies:
+        try:
+            out += split_read_response(reply)
+        except DecodeError as exc:
+            peer = connection.peer
+            raise ReadError(f"{peer.where()}: reading {what}: the response does not parse: {exc}",
+                            switch=peer.name) from None
+    return out
+
+
+def decode_entries(connection: Connection, info: PipelineInfo, blobs: Iterable[bytes]) -> list[Entry]:
+    """The snapshot entries that table entry bytes (from read_encoded) stand for; default
+    entries are dropped, and an entry that does not fit the P4Info is a ReadError."""
+    tables: list[p4r.TableEntry] = []
+    for blob in blobs:
+        try:
+            tables.append(p4r.TableEntry.FromString(blob))
+        except DecodeError as exc:
+            peer = connection.peer
+            raise ReadError(f"{peer.where()}: read-back entry does not parse: {exc}", switch=peer.name) from None
+    return _decode_tables(connection, info, tables)
 
 
 async def read_defaults(connection: Connection, info: PipelineInfo) -> list[p4r.TableEntry]:

@@ -92,6 +92,7 @@ def election_id_proto(election_id: int) -> p4r.Uint128:
 # --- per-P4Info compiled lookups --------------------------------------------------------------
 
 _EXACT, _LPM = 0, 1
+EXACT, LPM = _EXACT, _LPM  # a compiled table's `kinds` (switch/wire.py builds on them)
 
 
 class _ActionCodec:
@@ -181,6 +182,12 @@ class _Codec:
 # PipelineInfo is not hashable (it holds mapping proxies); keep a few codecs by identity, with
 # a strong reference to the info so that its id cannot be reused while the entry lives.
 _CODECS: dict[int, tuple[PipelineInfo, _Codec]] = {}
+
+
+def compiled(info: PipelineInfo) -> _Codec:
+    """The per-P4Info compiled lookups (ids, kinds and value encoders per table and action)
+    that entry_to_proto uses; switch/wire.py encodes bytes with the same encoders."""
+    return _codec(info)
 
 
 def _codec(info: PipelineInfo) -> _Codec:

@@ -1,0 +1,439 @@
+"""Snapshot entries as P4Runtime wire bytes, and read-backs compared as bytes (issue 13).
+
+A full sync writes and reads back ~350,000 entries. Building a protobuf message per entry, and
+decoding every entry read back into an Entry, cost the client far more than the switch spends
+(bench/bench_full_sync.py). Here each entry is encoded once, straight to the bytes of its
+TableEntry as a switch returns it on a wildcard Read, from per-table templates compiled from the
+P4Info (generic over tables and actions); the same bytes go into the WriteRequests and are looked
+up in a set when the read-back arrives, still undecoded. Only entries whose bytes differ are
+decoded, and compared by value, so that a switch serialising differently (another field order,
+padded values, zero fields spelt out, counter data) is slower but never wrong.
+
+The canonical form: fields in field-number order; match fields in P4Info order, LPM /0 omitted;
+params in P4Info order; values as the shortest big-endian bytestring (0 as b"\\x00"); priority,
+metadata and every other zero field absent. It equals entry_to_proto(...).SerializeToString()
+(tested for every table and action), and it is what BMv2 and the software switch return
+(fixtures/p4runtime-bmv2/07-reads.txt; tested against the software switch in BMv2 mode).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+
+from finsy.proto import p4r
+
+from reconciler.diff import Update
+from reconciler.p4info import PipelineInfo
+from reconciler.snapshot import Entry
+from reconciler.switch.codec import Encoder, LpmEncoder
+from reconciler.switch.translate import EXACT, LPM, TranslationError, compiled, election_id_proto, entry_to_proto
+
+__all__ = [
+    "EncodedEntries",
+    "EntryEncoder",
+    "Readback",
+    "encoded_requests",
+    "encoder_for",
+    "match_readback",
+    "split_read_response",
+    "write_requests",
+]
+
+_CACHE_LIMIT = 1 << 17  # values remembered per field or parameter (a long-running process churns)
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while n > 0x7F:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+_SHORT = tuple(_varint(n) for n in range(1 << 14))  # lengths of sub-messages: nearly always short
+
+
+def _length(n: int) -> bytes:
+    return _SHORT[n] if n < 16384 else _varint(n)
+
+
+def _delimited(tag: int, body: bytes) -> bytes:
+    return bytes((tag,)) + _length(len(body)) + body
+
+
+class _Slot(dict[object, bytes]):
+    """One match field or action parameter: value -> its finished chunk (tag, length and
+    sub-message), made by the strict encoder `make` on the first miss and kept. Values are
+    looked up only when of the Python type the first accepted value had (the width's spelling):
+    a bool or float equal to a cached int must not hit the cache; `make` refuses them."""
+
+    __slots__ = ("kind", "make")
+
+    def __init__(self, make: Callable[[object], bytes]) -> None:
+        super().__init__()
+        self.kind: type | None = None
+        self.make = make
+
+    def miss(self, v: object) -> bytes:
+        c = self.make(v)  # ValueError when the value does not fit: the caller explains
+        if self.kind is None and v.__class__ in (int, str):
+            self.kind = v.__class__
+        if v.__class__ is self.kind:
+            if len(self) >= _CACHE_LIMIT:
+                self.clear()
+            self[v] = c
+        return c
+
+
+def _chunks(slots: tuple[_Slot, ...], values: tuple[object, ...]) -> bytes:
+    return b"".join([
+        (s.get(v) or s.miss(v)) if v.__class__ is s.kind else s.miss(v) for s, v in zip(slots, values)
+    ])
+
+
+def _exact_slot(field_id: int, encode: Encoder) -> _Slot:
+    head = b"\x08" + _varint(field_id)
+
+    def make(v: object) -> bytes:
+        value = encode(v)
+        exact = b"\x0a" + _length(len(value)) + value
+        return _delimited(0x12, head + _delimited(0x12, exact))
+
+    return _Slot(make)
+
+
+def _lpm_slot(field_id: int, encode: LpmEncoder) -> _Slot:
+    head = b"\x08" + _varint(field_id)
+
+    def make(v: object) -> bytes:
+        lpm = encode(v)
+        if lpm is None:
+            return b""  # /0: the field is left out (P4Runtime 9.1.1)
+        value, prefix_len = lpm
+        body = b"\x0a" + _length(len(value)) + value + b"\x10" + _varint(prefix_len)
+        return _delimited(0x12, head + _delimited(0x22, body))
+
+    return _Slot(make)
+
+
+def _param_slot(param_id: int, encode: Encoder) -> _Slot:
+    head = b"\x10" + _varint(param_id)
+
+    def make(v: object) -> bytes:
+        value = encode(v)
+        return _delimited(0x22, head + b"\x1a" + _length(len(value)) + value)
+
+    return _Slot(make)
+
+
+class _ActionTemplate:
+    __slots__ = ("head", "slots", "default_only")
+
+    def __init__(self, action_id: int, slots: tuple[_Slot, ...], default_only: bool) -> None:
+        self.head = b"\x08" + _varint(action_id)
+        self.slots = slots
+        self.default_only = default_only
+
+
+class _TableTemplate:
+    __slots__ = ("head", "slots", "actions")
+
+    def __init__(self, table_id: int, slots: tuple[_Slot, ...] | None, actions: dict[str, _ActionTemplate]) -> None:
+        self.head = b"\x08" + _varint(table_id)
+        self.slots = slots  # None: a match kind without a snapshot spelling (refused via the slow path)
+        self.actions = actions
+
+
+class EntryEncoder:
+    """Entry -> the canonical bytes of its p4.v1.TableEntry (see the module docstring), built
+    once per P4Info. An entry that does not fit raises TranslationError naming table and field,
+    exactly as entry_to_proto does (that is the slow path taken then)."""
+
+    def __init__(self, info: PipelineInfo) -> None:
+        self.info = info
+        self._tables: dict[str, _TableTemplate] = {}
+        # The value encoders are translate's own (one spelling of every value, whichever it is).
+        for name, table in compiled(info).tables.items():
+            slots: list[_Slot] | None = []
+            for field_id, kind, exact, lpm in zip(table.field_ids, table.kinds, table.exact, table.lpm):
+                if slots is None or kind not in (EXACT, LPM):
+                    slots = None  # no snapshot spelling: the slow path refuses, naming it
+                elif kind == EXACT:
+                    slots.append(_exact_slot(field_id, exact))
+                else:
+                    slots.append(_lpm_slot(field_id, lpm))
+            actions = {
+                a.name: _ActionTemplate(
+                    a.id, tuple(_param_slot(pid, enc) for pid, enc in zip(a.param_ids, a.encoders)), a.default_only
+                )
+                for a in table.actions.values()
+            }
+            self._tables[name] = _TableTemplate(table.id, tuple(slots) if slots is not None else None, actions)
+
+    def encode(self, e: Entry) -> bytes:
+        """The TableEntry bytes of `e`, with its action (its `service` plays no part)."""
+        try:
+            table = self._tables[e.table]
+            action = table.actions[e.action]
+            slots = table.slots
+            key, args = e.key, e.args
+            if slots is None or action.default_only or len(key) != len(slots) or len(args) != len(action.slots):
+                raise LookupError
+            # the hot loop of a full sync: a cached chunk per value, of the value's own type
+            parts = [table.head]
+            for s, v in zip(slots, key):
+                parts.append(s[v] if v.__class__ is s.kind and v in s else s.miss(v))
+            body = [action.head]
+            for s, v in zip(action.slots, args):
+                body.append(s[v] if v.__class__ is s.kind and v in s else s.miss(v))
+        except (LookupError, ValueError):
+            raise self._explain(e, key_only=False) from None
+        inner = b"".join(body)
+        parts += (b"\x1a", _SHORT[len(inner) + 2], b"\x0a", _SHORT[len(inner)], inner) if len(inner) < 126 else (
+            b"\x1a", _length(len(inner) + 1 + len(_length(len(inner)))), b"\x0a", _length(len(inner)), inner)
+        return b"".join(parts)
+
+    def encode_key(self, e: Entry) -> bytes:
+        """The TableEntry bytes of `e`'s key alone (a DELETE, a read by key)."""
+        try:
+            table = self._tables[e.table]
+            slots = table.slots
+            if slots is None or len(e.key) != len(slots):
+                raise LookupError
+            return table.head + _chunks(slots, e.key)
+        except (LookupError, ValueError):
+            raise self._explain(e, key_only=True) from None
+
+    def _explain(self, e: Entry, *, key_only: bool) -> TranslationError:
+        try:
+            entry_to_proto(self.info, e, key_only=key_only)
+        except TranslationError as exc:
+            return exc
+        return TranslationError(f"{e.table}: cannot encode entry {e!r}")
+
+
+# One encoder per P4Info, by identity (PipelineInfo is not hashable), strongly referenced so
+# that an id is not reused while its encoder is kept.
+_ENCODERS: dict[int, tuple[PipelineInfo, EntryEncoder]] = {}
+
+
+def encoder_for(info: PipelineInfo) -> EntryEncoder:
+    hit = _ENCODERS.get(id(info))
+    if hit is not None and hit[0] is info:
+        return hit[1]
+    encoder = EntryEncoder(info)
+    if len(_ENCODERS) >= 8:
+        _ENCODERS.pop(next(iter(_ENCODERS)))
+    _ENCODERS[id(info)] = (info, encoder)
+    return encoder
+
+
+class EncodedEntries:
+    """Entries and their canonical bytes, encoded once: what a switch must hold, for the write
+    requests and the read-back comparison alike (an entry's `service` plays no part)."""
+
+    __slots__ = ("entries", "blobs", "index", "_by_entry")
+
+    def __init__(self, info: PipelineInfo, entries: Iterable[Entry]) -> None:
+        encode = encoder_for(info).encode
+        self.entries: tuple[Entry, ...] = tuple(entries)
+        self.blobs: tuple[bytes, ...] = tuple([encode(e) for e in self.entries])
+        self.index: dict[bytes, int] = {b: i for i, b in enumerate(self.blobs)}  # blob -> position
+        self._by_entry: dict[int, bytes] | None = None
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def blob_of(self, e: Entry) -> bytes | None:
+        """The bytes of `e` when it is one of these entries (the very object), else None."""
+        if self._by_entry is None:
+            self._by_entry = {id(x): b for x, b in zip(self.entries, self.blobs)}
+        return self._by_entry.get(id(e))
+
+    def at(self, positions: Iterable[int]) -> list[Entry]:
+        entries = self.entries
+        return [entries[i] for i in positions]
+
+    def except_at(self, positions: Iterable[int]) -> list[Entry]:
+        """Every entry but those at `positions`."""
+        skip = set(positions)
+        return [e for i, e in enumerate(self.entries) if i not in skip]
+
+
+@dataclass(frozen=True)
+class Readback:
+    """A read-back matched against EncodedEntries: `extra` are the blobs read that no expected
+    entry encodes to (decode them to know what they are), `missing` the positions of expected
+    entries whose bytes were not read."""
+
+    extra: tuple[bytes, ...]
+    missing: tuple[int, ...]
+    matched: int
+
+    @property
+    def exact(self) -> bool:
+        return not self.extra and not self.missing
+
+
+def match_readback(actual: Iterable[bytes], expected: EncodedEntries) -> Readback:
+    """Compare read-back TableEntry bytes with the expected ones, as bytes (a set lookup each)."""
+    index = expected.index
+    seen = bytearray(len(expected.entries))
+    extra: list[bytes] = []
+    matched = 0
+    for blob in actual:
+        i = index.get(blob)
+        if i is None:
+            extra.append(blob)
+        elif not seen[i]:
+            seen[i] = 1
+            matched += 1
+    missing = tuple(i for i in range(len(seen)) if not seen[i]) if matched != len(seen) else ()
+    return Readback(tuple(extra), missing, matched)
+
+
+# --- ReadResponse bytes -> TableEntry bytes ----------------------------------------------------
+
+
+class _Malformed(Exception):
+    pass
+
+
+def _read_varint(data: bytes, pos: int) -> tuple[int, int]:
+    result = shift = 0
+    while True:
+        if pos >= len(data):
+            raise _Malformed
+        b = data[pos]
+        pos += 1
+        result |= (b & 0x7F) << shift
+        if b < 0x80:
+            return result, pos
+        shift += 7
+        if shift > 63:
+            raise _Malformed
+
+
+def _skip(data: bytes, pos: int, wire_type: int) -> int:
+    if wire_type == 0:
+        return _read_varint(data, pos)[1]
+    if wire_type == 1:
+        return pos + 8
+    if wire_type == 2:
+        n, pos = _read_varint(data, pos)
+        return pos + n
+    if wire_type == 5:
+        return pos + 4
+    raise _Malformed
+
+
+def split_read_response(data: bytes) -> list[bytes]:
+    """The bytes of every table entry in a serialized ReadResponse, as the switch sent them,
+    without decoding them. Entities of other kinds are left out (as read_entries does). An
+    entity that is not a lone table_entry field is decoded and its table entry re-serialized;
+    bytes that do not parse raise google.protobuf's DecodeError."""
+    try:
+        return list(_split(data))
+    except (_Malformed, IndexError):
+        response = p4r.ReadResponse.FromString(data)  # raises DecodeError saying why
+        return [e.table_entry.SerializeToString() for e in response.entities if e.WhichOneof("entity") == "table_entry"]
+
+
+def _split(data: bytes) -> Iterator[bytes]:
+    pos, end = 0, len(data)
+    while pos < end:
+        tag = data[pos]
+        if tag != 0x0A:  # not `entities` (or a multi-byte tag): skip the field
+            key, pos = _read_varint(data, pos)
+            pos = _skip(data, pos, key & 7)
+            continue
+        b = data[pos + 1]
+        if b < 0x80:
+            n, pos = b, pos + 2
+        else:
+            n, pos = _read_varint(data, pos + 1)
+        stop = pos + n
+        if stop > end:
+            raise _Malformed
+        if data[pos] == 0x12:  # Entity.table_entry
+            b = data[pos + 1]
+            if b < 0x80:
+                m, start = b, pos + 2
+            else:
+                m, start = _read_varint(data, pos + 1)
+            if start + m == stop:
+                yield data[start:stop]
+                pos = stop
+                continue
+        entity = p4r.Entity.FromString(data[pos:stop])
+        if entity.WhichOneof("entity") == "table_entry":
+            yield entity.table_entry.SerializeToString()
+        pos = stop
+    if pos != end:
+        raise _Malformed
+
+
+# --- diff -> WriteRequests, from bytes ---------------------------------------------------------
+
+_UPDATE_TYPE = {"INSERT": b"\x08\x01", "MODIFY": b"\x08\x02", "DELETE": b"\x08\x03"}
+
+
+def write_requests(
+    info: PipelineInfo,
+    phases: Sequence[Sequence[Update]],
+    *,
+    device_id: int,
+    election_id: int,
+    batch_size: int,
+    known: EncodedEntries | None = None,
+) -> list[list[p4r.WriteRequest]]:
+    """What translate.updates_to_requests makes (the same messages, byte for byte), built from
+    each entry's encoded bytes: those of `known` where the update's entry is one of its
+    entries, else encoded here."""
+    encoder = encoder_for(info)
+    items: list[list[tuple[str, bytes]]] = []
+    for phase in phases:
+        out: list[tuple[str, bytes]] = []
+        for u in phase:
+            if u.kind == "DELETE":
+                te = encoder.encode_key(u.entry)
+            else:
+                te = (known.blob_of(u.entry) if known is not None else None) or encoder.encode(u.entry)
+            out.append((u.kind, te))
+        items.append(out)
+    return encoded_requests(items, device_id=device_id, election_id=election_id, batch_size=batch_size)
+
+
+def encoded_requests(
+    phases: Sequence[Sequence[tuple[str, bytes]]],
+    *,
+    device_id: int,
+    election_id: int,
+    batch_size: int,
+) -> list[list[p4r.WriteRequest]]:
+    """One list of WriteRequests per phase, each of at most `batch_size` updates (kind, TableEntry
+    bytes: a DELETE's holds only the key), CONTINUE_ON_ERROR, as translate.updates_to_requests."""
+    if batch_size < 1:
+        raise TranslationError(f"batch size must be at least 1, got {batch_size}")
+    if device_id < 0 or device_id >= 1 << 64:
+        raise TranslationError(f"device id {device_id} does not fit in 64 bits")
+    head = (b"\x08" + _varint(device_id) if device_id else b"") + _delimited(
+        0x1A, election_id_proto(election_id).SerializeToString()
+    )
+    out: list[list[p4r.WriteRequest]] = []
+    for phase in phases:
+        requests: list[p4r.WriteRequest] = []
+        for start in range(0, len(phase), batch_size):
+            parts = [head]
+            for kind, te in phase[start : start + batch_size]:
+                update_type = _UPDATE_TYPE.get(kind)
+                if update_type is None:
+                    raise TranslationError(f"unknown update kind {kind!r}")
+                entity = b"\x12" + _length(len(te)) + te
+                update = update_type + b"\x12" + _length(len(entity)) + entity
+                parts.append(b"\x22" + _length(len(update)) + update)
+            requests.append(p4r.WriteRequest.FromString(b"".join(parts)))
+        out.append(requests)
+    return out
