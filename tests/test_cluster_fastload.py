@@ -191,6 +191,7 @@ UNUSUAL_YAML = [
     "kind: List\nitems: [\n",  # syntax error
     "kind: List\nitems:\n- a\n\t- b\n",  # a tab
     LIST + "- x: 2001-13-45\n",  # a timestamp the resolver matches and the constructor refuses
+    "kind: List\nitems: []\nx: \ud800\n",  # a lone surrogate (only text from a str, not from a file)
 ]
 
 

@@ -57,10 +57,13 @@ def yaml_documents(text: str, resolve: Callable[[str], Any], max_depth: int) -> 
     raising Unusual for values that are not plain data (and for the merge key)."""
     if _CParser is None:
         raise Unusual("PyYAML without libyaml")
-    parser = _CParser(text)
+    try:
+        parser = _CParser(text)
+    except ValueError as e:  # text libyaml cannot take (a lone surrogate)
+        raise Unusual(str(e)) from None
     try:
         return _Composer(parser.get_event, resolve, max_depth).documents()
-    except (yaml.YAMLError, ValueError) as e:  # a parse error, or text libyaml cannot take
+    except (yaml.YAMLError, ValueError) as e:  # a parse error; a scalar the constructor refuses
         raise Unusual(str(e)) from None
     finally:
         parser.dispose()
