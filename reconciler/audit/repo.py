@@ -188,6 +188,7 @@ class AuditRepo:
         self._from_index: set[pygit2.Oid] = set()  # those of _snapshots rebuilt from the index, not the files
         self._no_index_noted: set[str] = set()  # configs whose missing index was logged (once each)
         self._checked_shards: OrderedDict[pygit2.Oid, dict[str, str]] = OrderedDict()  # shard blob -> name -> blob hex
+        self._listings: OrderedDict[pygit2.Oid, dict[str, str]] = OrderedDict()  # namespace tree -> name -> blob hex
         self._namespaces: OrderedDict[pygit2.Oid, tuple[ServiceSnapshot, ...]] = OrderedDict()  # namespace tree id -> services
         # The branch's history, bounded: the newest _RECENT_ENTRIES entries (newest first), whether
         # they are all of it, the highest version per config, the newest versions' records, and
@@ -873,17 +874,25 @@ class AuditRepo:
         return snap
 
     def _service_blobs(self, services_tree: pygit2.Oid | None, where: str) -> dict[str, str]:
-        """Service name -> blob id (hex) of every service file under services/ (no blob read)."""
+        """Service name -> blob id (hex) of every service file under services/ (no blob read);
+        each namespace directory listed once (cached by tree id, as _read_namespace)."""
         out: dict[str, str] = {}
         if services_tree is None:
             return out
         for ns_name, ns in entries_at(self.repo, services_tree):
             if ns.filemode != TREE:
                 raise SnapshotError(f"{where}/{SERVICES_DIR}/{ns_name}: expected a namespace directory")
-            for f_name, f in entries_at(self.repo, ns.id):
-                if f.filemode != BLOB or not f_name.endswith(".json"):
-                    raise SnapshotError(f"{where}/{SERVICES_DIR}/{ns_name}/{f_name}: expected a service .json file")
-                out[f"{ns_name}/{f_name[:-5]}"] = str(f.id)
+            listed = self._listings.get(ns.id)
+            if listed is None:
+                listed = {}
+                for f_name, f in entries_at(self.repo, ns.id):
+                    if f.filemode != BLOB or not f_name.endswith(".json"):
+                        raise SnapshotError(f"{where}/{SERVICES_DIR}/{ns_name}/{f_name}: expected a service .json file")
+                    listed[f"{ns_name}/{f_name[:-5]}"] = str(f.id)
+                self._listings[ns.id] = listed
+                while len(self._listings) > _NAMESPACE_CACHE_LIMIT:
+                    self._listings.popitem(last=False)
+            out.update(listed)
         return out
 
     def _index_entries(
