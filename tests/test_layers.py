@@ -39,7 +39,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     )),
     # The values that flow between stages.
     ("model", (
-        "reconciler.snapshot", "reconciler.intent.model", "reconciler.cluster.model", "reconciler.p4names",
+        "reconciler.snapshot", "reconciler.snapshot_schema", "reconciler.intent.model", "reconciler.cluster.model", "reconciler.p4names",
         "reconciler.p4info", "reconciler.outcome", "reconciler.status", "reconciler.drain_progress",
     )),
     # Knows nothing of load balancing.

@@ -131,7 +131,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def cmd_render(args: argparse.Namespace) -> int:
     from ..pipeline_io import load_inputs, render_one
-    from ..snapshot import schema_errors
+    from ..snapshot import snapshot_schema_errors
 
     dirs = OperatorDirs.from_args(args)
     intent, cluster, connections = load_inputs(args.intent, args.cluster, args.connections, dirs)
@@ -139,8 +139,8 @@ def cmd_render(args: argparse.Namespace) -> int:
     previous = _load_previous([args.previous] if args.previous else [], {config.key})
     result = render_one(intent, config, cluster, previous.get(config.key), connections, pipeline_dir=dirs.pipeline_dir)
     text = result.snapshot.to_json_text()
-    doc = json.loads(text)
-    errors = schema_errors(doc)
+    # Incremental: the Services render (or --previous) checked are look-ups by fragment digest.
+    errors = snapshot_schema_errors(result.snapshot)
     if errors:  # a bug, not bad input: never hand out a snapshot that fails its own schema
         raise CommandError("rendered snapshot fails snapshot.schema.json:\n  " + "\n  ".join(errors[:10]))
     for issue in result.issues:
@@ -153,7 +153,7 @@ def cmd_render(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     else:
-        sys.stdout.write(text if args.output == "json" else render_data(doc, "yaml"))
+        sys.stdout.write(text if args.output == "json" else render_data(json.loads(text), "yaml"))
     return EXIT_OK
 
 
