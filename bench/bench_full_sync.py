@@ -69,6 +69,7 @@ async def run(a: argparse.Namespace) -> list[str]:
         snap = Renderer().render(config, cluster, None, p4info_digest=p4info_digest(p4info)).snapshot
         del cluster
         entries = snap.entry_count()
+        assert snap.digest  # computed by render in real use (the result records it): not the sync's cost
         applier = TwoSwitchApplier(
             config, p4info=p4info, info=info, device_config=b"", election_id=1,
             session_factory=default_session_factory(config, info),

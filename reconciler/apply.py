@@ -41,7 +41,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Iterable, Literal, Mapping
 
-from finsy.proto import p4i, p4r
+from finsy.proto import p4i
 
 from .diff import PHASE_NAMES, SnapshotDiff, diff_entries, diff_snapshots
 from .intent.model import LoadBalancerConfig, SwitchSpec
@@ -60,7 +60,7 @@ from .switch import (
 from .switch.tls import TlsSettings
 from .switch.tls import require_tls as _require_tls  # the factory's keyword has its name
 from .switch.translate import check_election_base, split_election_id, wire_election_id
-from .switch.wire import EncodedEntries, Readback, encoded_requests, match_readback, write_requests
+from .switch.wire import EncodedEntries, EncodedWriteRequest, Readback, encoded_requests, match_readback, write_requests
 
 log = logging.getLogger("reconciler.apply")
 
@@ -656,7 +656,7 @@ class TwoSwitchApplier:
         await self._send(sw, session, phases, len(expected))
         return {t: {"INSERT": len(by_table[t])} for t in sorted(by_table)}
 
-    async def _send(self, sw: SwitchSpec, session: SwitchSession, phases: list[list[p4r.WriteRequest]], total: int) -> None:
+    async def _send(self, sw: SwitchSpec, session: SwitchSession, phases: list[list[EncodedWriteRequest]], total: int) -> None:
         done = 0
         self._tell(sw.name, "write", 0, total)
         for requests in phases:  # each phase completes before the next starts (DESIGN.md 5)
@@ -670,7 +670,7 @@ class TwoSwitchApplier:
                 outcome: WriteOutcome = await session.write(chunk)
                 if not outcome.ok:
                     raise TransactionFailed(sw.name, f"write refused: {outcome.summary()}")
-                done += sum(len(r.updates) for r in chunk)
+                done += sum(r.size for r in chunk)
                 self._tell(sw.name, "write", done, total)
 
     async def _verify(self, sw: SwitchSpec, session: SwitchSession, target: Snapshot | None, expected: EncodedEntries,

@@ -135,6 +135,7 @@ def test_write_requests_equal_updates_to_requests_byte_for_byte(multi_render: Re
         ours = write_requests(INFO, phases, device_id=7, election_id=(5 << 64) | 3, batch_size=17, known=known)
         old = updates_to_requests(INFO, phases, device_id=7, election_id=(5 << 64) | 3, batch_size=17)
         assert [[r.SerializeToString() for r in p] for p in ours] == [[r.SerializeToString() for r in p] for p in old]
+        assert all(r.message().SerializeToString() == r.raw and r.size == len(r.updates) for p in ours for r in p)
     with pytest.raises(TranslationError, match="unknown update kind"):
         encoded_requests([[("UPSERT", b"")]], device_id=1, election_id=1, batch_size=1)
     with pytest.raises(TranslationError, match="batch size"):
@@ -210,5 +211,26 @@ def test_what_the_switch_returns_equals_our_bytes(switch: SoftwareSwitch, multi_
             assert read.matched == len(entries) - 1
             assert s.decode_entries(read.extra) == [moved]
             assert expected.at(read.missing) == [bucket]
+
+    run(go())
+
+
+def test_a_refused_update_of_a_request_sent_as_bytes_is_named(switch: SoftwareSwitch) -> None:
+    vip = Entry(n.VIP_TABLE, ("203.0.113.10", 80, 6), n.SET_SERVICE, (3, 63))
+    other = Entry(n.VIP_TABLE, ("203.0.113.11", 80, 6), n.SET_SERVICE, (4, 63))
+
+    async def go() -> None:
+        async with SwitchSession(f"127.0.0.1:{switch.port}", device_id=1, election_id=1 << 64, info=INFO) as s:
+            await s.ensure_pipeline(P4INFO, DEVICE_CONFIG)
+            (first,) = write_requests(INFO, [[Update("INSERT", vip)]], device_id=1, election_id=s.election_id, batch_size=10)
+            assert (await s.write(first)).ok
+            (again,) = write_requests(INFO, [[Update("INSERT", other), Update("INSERT", vip)]], device_id=1,
+                                      election_id=s.election_id, batch_size=10)
+            outcome = await s.write(again)
+            assert not outcome.ok and outcome.updates_sent == 2
+            (error,) = outcome.errors
+            assert error.index == 1 and error.code == "ALREADY_EXISTS"
+            assert error.update == "INSERT MyIngress.vip_table ('203.0.113.10', 80, 6)"
+            assert sorted(s.decode_entries(await s.read_encoded()), key=repr) == [vip, other]
 
     run(go())

@@ -149,7 +149,7 @@ class SwitchSession:
 
     # -- write -------------------------------------------------------------------------------
 
-    async def write(self, requests: Sequence[p4r.WriteRequest], *, stop_on_error: bool = True) -> WriteOutcome:
+    async def write(self, requests: Sequence[writes.Request], *, stop_on_error: bool = True) -> WriteOutcome:
         """Send `requests` in order; per-update errors are in the outcome (see writes.write)."""
         return await writes.write(
             self._arbitration, self.info, requests, stop_on_error=stop_on_error, require_primary=self._require_primary

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from finsy.proto import p4r
 
@@ -31,6 +32,7 @@ from reconciler.switch.translate import EXACT, LPM, TranslationError, compiled, 
 
 __all__ = [
     "EncodedEntries",
+    "EncodedWriteRequest",
     "EntryEncoder",
     "Readback",
     "encoded_requests",
@@ -377,6 +379,33 @@ def _split(data: bytes) -> Iterator[bytes]:
 
 # --- diff -> WriteRequests, from bytes ---------------------------------------------------------
 
+class EncodedWriteRequest:
+    """A WriteRequest kept as its serialized bytes and sent as they are (switch/writes.py): the
+    batches of a full sync never become protobuf messages. The message is parsed only when
+    asked for (an error names one of its updates)."""
+
+    __slots__ = ("raw", "device_id", "election_id", "size", "_message")
+
+    def __init__(self, raw: bytes, device_id: int, election_id: p4r.Uint128, size: int) -> None:
+        self.raw = raw
+        self.device_id = device_id
+        self.election_id = election_id
+        self.size = size  # updates in it
+        self._message: p4r.WriteRequest | None = None
+
+    def message(self) -> p4r.WriteRequest:
+        if self._message is None:
+            self._message = p4r.WriteRequest.FromString(self.raw)
+        return self._message
+
+    @property
+    def updates(self) -> Any:  # the message's repeated `updates` field (protobuf has no public type)
+        return self.message().updates
+
+    def SerializeToString(self) -> bytes:  # noqa: N802 (protobuf's name: it stands in for the message)
+        return self.raw
+
+
 _UPDATE_TYPE = {"INSERT": b"\x08\x01", "MODIFY": b"\x08\x02", "DELETE": b"\x08\x03"}
 
 
@@ -388,7 +417,7 @@ def write_requests(
     election_id: int,
     batch_size: int,
     known: EncodedEntries | None = None,
-) -> list[list[p4r.WriteRequest]]:
+) -> list[list[EncodedWriteRequest]]:
     """What translate.updates_to_requests makes (the same messages, byte for byte), built from
     each entry's encoded bytes: those of `known` where the update's entry is one of its
     entries, else encoded here."""
@@ -412,19 +441,18 @@ def encoded_requests(
     device_id: int,
     election_id: int,
     batch_size: int,
-) -> list[list[p4r.WriteRequest]]:
+) -> list[list[EncodedWriteRequest]]:
     """One list of WriteRequests per phase, each of at most `batch_size` updates (kind, TableEntry
     bytes: a DELETE's holds only the key), CONTINUE_ON_ERROR, as translate.updates_to_requests."""
     if batch_size < 1:
         raise TranslationError(f"batch size must be at least 1, got {batch_size}")
     if device_id < 0 or device_id >= 1 << 64:
         raise TranslationError(f"device id {device_id} does not fit in 64 bits")
-    head = (b"\x08" + _varint(device_id) if device_id else b"") + _delimited(
-        0x1A, election_id_proto(election_id).SerializeToString()
-    )
-    out: list[list[p4r.WriteRequest]] = []
+    eid = election_id_proto(election_id)
+    head = (b"\x08" + _varint(device_id) if device_id else b"") + _delimited(0x1A, eid.SerializeToString())
+    out: list[list[EncodedWriteRequest]] = []
     for phase in phases:
-        requests: list[p4r.WriteRequest] = []
+        requests: list[EncodedWriteRequest] = []
         for start in range(0, len(phase), batch_size):
             parts = [head]
             for kind, te in phase[start : start + batch_size]:
@@ -434,6 +462,6 @@ def encoded_requests(
                 entity = b"\x12" + _length(len(te)) + te
                 update = update_type + b"\x12" + _length(len(entity)) + entity
                 parts.append(b"\x22" + _length(len(update)) + update)
-            requests.append(p4r.WriteRequest.FromString(b"".join(parts)))
+            requests.append(EncodedWriteRequest(b"".join(parts), device_id, eid, len(parts) - 1))
         out.append(requests)
     return out

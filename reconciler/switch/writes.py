@@ -26,8 +26,17 @@ from reconciler.switch.errors import (
     status_text,
 )
 from reconciler.switch.translate import describe_update
+from reconciler.switch.wire import EncodedWriteRequest
 
-__all__ = ["write"]
+__all__ = ["Request", "write"]
+
+# A message, or its bytes (a full sync's batches are built and sent as bytes: switch/wire.py).
+Request = p4r.WriteRequest | EncodedWriteRequest
+_WRITE_METHOD = "/p4.v1.P4Runtime/Write"
+
+
+def _size(request: Request) -> int:
+    return request.size if isinstance(request, EncodedWriteRequest) else len(request.updates)
 
 log = logging.getLogger("reconciler.switch")
 
@@ -35,7 +44,7 @@ log = logging.getLogger("reconciler.switch")
 async def write(
     arbitration: Arbitration,
     info: PipelineInfo,
-    requests: Sequence[p4r.WriteRequest],
+    requests: Sequence[Request],
     *,
     stop_on_error: bool = True,
     require_primary: Callable[[str], None] | None = None,
@@ -70,18 +79,24 @@ async def write(
             ) from None
         stub = connection.stub_for("write")
         try:
-            await stub.Write(request, timeout=connection.rpc_timeout)
+            if isinstance(request, EncodedWriteRequest):
+                assert connection.channel is not None  # stub_for raised otherwise
+                raw = connection.channel.unary_unary(_WRITE_METHOD, request_serializer=None,
+                                                     response_deserializer=p4r.WriteResponse.FromString)
+                await raw(request.raw, timeout=connection.rpc_timeout)
+            else:
+                await stub.Write(request, timeout=connection.rpc_timeout)
         except grpc.aio.AioRpcError as exc:
             per_update = _update_errors(info, peer.where(), i, request, exc)
             if per_update is None:
                 partial = WriteOutcome(sent, updates, tuple(errors), total)
                 raise _write_error(arbitration, i, request, exc, partial) from None
-            sent, updates = sent + 1, updates + len(request.updates)
+            sent, updates = sent + 1, updates + _size(request)
             errors.extend(per_update)
             if stop_on_error:
                 break
             continue
-        sent, updates = sent + 1, updates + len(request.updates)
+        sent, updates = sent + 1, updates + _size(request)
     outcome = WriteOutcome(sent, updates, tuple(errors), total)
     if errors:
         log.warning("%s: %s", peer.where(), outcome.summary())
@@ -89,7 +104,7 @@ async def write(
 
 
 def _update_errors(
-    info: PipelineInfo, where: str, i: int, request: p4r.WriteRequest, exc: grpc.aio.AioRpcError
+    info: PipelineInfo, where: str, i: int, request: Request, exc: grpc.aio.AioRpcError
 ) -> list[UpdateError] | None:
     """The per-update errors of a failed Write, or None when it failed as a whole."""
     try:
@@ -109,7 +124,7 @@ def _update_errors(
 
 
 def _write_error(
-    arbitration: Arbitration, i: int, request: p4r.WriteRequest, exc: grpc.aio.AioRpcError, partial: WriteOutcome
+    arbitration: Arbitration, i: int, request: Request, exc: grpc.aio.AioRpcError, partial: WriteOutcome
 ) -> WriteError:
     connection = arbitration.connection
     peer = connection.peer
