@@ -298,7 +298,7 @@ class TwoSwitchApplier:
         self._sessions: dict[str, SwitchSession] = {}
         self._held: dict[str, Snapshot | None] = {}  # switch -> snapshot it verifiably holds
         self._held_known: set[str] = set()
-        # The last two snapshots encoded (by identity; the target, and the one before it): a
+        # The last target encoded (by identity), its bytes only between transactions: a
         # transaction encodes its target once for both switches, and the periodic full
         # read-back of the same snapshot encodes nothing.
         self._encoded: list[tuple[Snapshot | None, EncodedEntries]] = []
@@ -460,8 +460,8 @@ class TwoSwitchApplier:
         for snap, encoded in self._encoded:
             if snap is snapshot:
                 return encoded
-        encoded = EncodedEntries(self.info, _unordered_entries(snapshot))
-        self._encoded = [(snapshot, encoded)] + self._encoded[:1]
+        encoded = EncodedEntries(self.info, _unordered_entries(snapshot), lambda: _unordered_entries(snapshot))
+        self._encoded = [(snapshot, encoded)]
         return encoded
 
     # -- the transaction -------------------------------------------------------------------------
@@ -615,6 +615,7 @@ class TwoSwitchApplier:
         await self._verify(sw, session, target, expected, None if not known else diff)
         self._held[sw.name] = target
         self._held_known.add(sw.name)
+        expected.release()  # keep the bytes, not ~350,000 Entry objects, until the next use
         return writes, drift
 
     def _drift(self, expected: EncodedEntries, read: Readback, extra: list[Entry], target: Snapshot | None,
@@ -643,14 +644,14 @@ class TwoSwitchApplier:
         then VIPs in "publish"), from the bytes already encoded: diff_entries from empty tables
         would build and sort an Update per entry for the same writes."""
         by_table: dict[str, list[int]] = {}
-        for i, e in enumerate(expected.entries):
-            by_table.setdefault(e.table, []).append(i)
+        for i, table in enumerate(expected.tables):
+            by_table.setdefault(table, []).append(i)
         order = {t: k for k, t in enumerate(TABLE_ORDER)}
         items: list[list[tuple[str, bytes]]] = [[] for _ in PHASE_NAMES]
         blobs = expected.blobs
         for table in sorted(by_table, key=lambda t: (order.get(t, len(order)), t)):
             items[2 if table == VIP_TABLE else 1] += [("INSERT", blobs[i]) for i in by_table[table]]
-        if not expected.entries:
+        if not len(expected):
             return {}
         phases = encoded_requests(items, device_id=sw.device_id, election_id=session.election_id, batch_size=self.batch_size)
         await self._send(sw, session, phases, len(expected))

@@ -172,6 +172,27 @@ def test_match_readback_decodes_nothing_when_bytes_agree_and_reports_only_the_di
     assert expected.except_at(read.missing) == [e for i, e in enumerate(entries) if i not in (2, 5)]
 
 
+def test_released_entries_are_made_again_from_their_source_and_the_bytes_stay() -> None:
+    made: list[int] = []
+
+    def source() -> list[Entry]:
+        made.append(1)
+        return [Entry(n.BACKEND_TABLE, (1, b), n.DNAT, (f"10.0.0.{b}", 8080, b)) for b in range(4)]
+
+    expected = EncodedEntries(INFO, source(), source)
+    first = expected.entries[1]
+    assert expected.blob_of(first) == expected.blobs[1]
+    expected.release()
+    assert match_readback(expected.blobs, expected).exact and len(made) == 1  # bytes only: nothing made
+    assert expected.at(()) == [] and len(made) == 1
+    assert expected.at((1,)) == [first] and len(made) == 2
+    assert expected.blob_of(first) is None  # the old object is not one of the entries any more
+    assert expected.tables == (n.BACKEND_TABLE,) * 4
+    kept = EncodedEntries(INFO, source())  # without a source, release() keeps the entries
+    kept.release()
+    assert len(kept.entries) == 4 and len(made) == 3
+
+
 @pytest.fixture(params=["spec", "bmv2"])
 def switch(request: pytest.FixtureRequest) -> Iterator[SoftwareSwitch]:
     sw = SoftwareSwitch(bmv2=request.param == "bmv2", max_workers=8)

@@ -234,19 +234,41 @@ def encoder_for(info: PipelineInfo) -> EntryEncoder:
 
 class EncodedEntries:
     """Entries and their canonical bytes, encoded once: what a switch must hold, for the write
-    requests and the read-back comparison alike (an entry's `service` plays no part)."""
+    requests and the read-back comparison alike (an entry's `service` plays no part).
 
-    __slots__ = ("entries", "blobs", "index", "_by_entry")
+    `source` gives the same entries again, in the same order: after release() only the bytes
+    are kept (a long-running applier keeps its last target's bytes, ~64 MB at 348,000 entries,
+    not the Entry objects too), and the entries are made again if a read-back differs."""
 
-    def __init__(self, info: PipelineInfo, entries: Iterable[Entry]) -> None:
+    __slots__ = ("blobs", "tables", "index", "_entries", "_source", "_by_entry")
+
+    def __init__(self, info: PipelineInfo, entries: Iterable[Entry],
+                 source: Callable[[], Iterable[Entry]] | None = None) -> None:
         encode = encoder_for(info).encode
-        self.entries: tuple[Entry, ...] = tuple(entries)
-        self.blobs: tuple[bytes, ...] = tuple([encode(e) for e in self.entries])
+        self._entries: tuple[Entry, ...] | None = tuple(entries)
+        self._source = source
+        self.blobs: tuple[bytes, ...] = tuple([encode(e) for e in self._entries])
+        self.tables: tuple[str, ...] = tuple([e.table for e in self._entries])  # each entry's table
         self.index: dict[bytes, int] = {b: i for i, b in enumerate(self.blobs)}  # blob -> position
         self._by_entry: dict[int, bytes] | None = None
 
     def __len__(self) -> int:
-        return len(self.entries)
+        return len(self.blobs)
+
+    @property
+    def entries(self) -> tuple[Entry, ...]:
+        if self._entries is None:
+            assert self._source is not None  # release() keeps nothing without a source
+            self._entries = tuple(self._source())
+            if len(self._entries) != len(self.blobs):
+                raise RuntimeError("the entries' source gave another number of entries than were encoded")
+        return self._entries
+
+    def release(self) -> None:
+        """Drop the Entry objects (kept: the bytes), when they can be made again."""
+        if self._source is not None:
+            self._entries = None
+            self._by_entry = None  # ids of released objects mean nothing
 
     def blob_of(self, e: Entry) -> bytes | None:
         """The bytes of `e` when it is one of these entries (the very object), else None."""
@@ -254,7 +276,9 @@ class EncodedEntries:
             self._by_entry = {id(x): b for x, b in zip(self.entries, self.blobs)}
         return self._by_entry.get(id(e))
 
-    def at(self, positions: Iterable[int]) -> list[Entry]:
+    def at(self, positions: Sequence[int]) -> list[Entry]:
+        if not positions:
+            return []
         entries = self.entries
         return [entries[i] for i in positions]
 
@@ -282,7 +306,7 @@ class Readback:
 def match_readback(actual: Iterable[bytes], expected: EncodedEntries) -> Readback:
     """Compare read-back TableEntry bytes with the expected ones, as bytes (a set lookup each)."""
     index = expected.index
-    seen = bytearray(len(expected.entries))
+    seen = bytearray(len(expected.blobs))
     extra: list[bytes] = []
     matched = 0
     for blob in actual:
