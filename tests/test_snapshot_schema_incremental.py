@@ -36,6 +36,7 @@ from reconciler.snapshot import (
     from_document,
     schema_errors,
     schema_validator,
+    service_schema_errors,
     snapshot_schema_errors,
 )
 
@@ -319,6 +320,9 @@ def test_valid_snapshots_pass_every_check(name: str) -> None:
 
 def test_check_service_schema_raises_with_the_explanation() -> None:
     svc = dataclasses.replace(base("podip").services[0], port=0, vip="10.0.0.256")
+    assert service_schema_errors(svc) == [f"{p}: {m}" for p, m in [(".".join(map(str, e.absolute_path)), e.message) for e in
+                                          schema_validator().evolve(schema=snapshot_schema._part_schema("service")).iter_errors(svc.to_json())]]
+    assert len(service_schema_errors(svc)) == 2
     with pytest.raises(SnapshotError, match=r"rendered service default/pods fails snapshot.schema.json \(a bug\): .*port: 0 is less than the minimum of 1"):
         check_service_schema(svc)
 
