@@ -138,7 +138,7 @@ def commands(sizes: list[int], before: str, after: str) -> str:
             srcs[label] = (sha, src)
         floor = python_floor()
         out.append(f"`python -c pass`: {floor * 1000:.0f} ms; before = {srcs['before'][0]}, after = {srcs['after'][0]}\n")
-        out.append("| Services | command (YAML recording) | before s | after s | after / before | after / python |")
+        out.append("| Services | command (YAML recording) | before s (CPU) | after s (CPU) | after / before (CPU) | after / python |")
         out.append("|---:|---|---:|---:|---:|---:|")
         for n in sizes:
             sub = work / str(n)
@@ -159,7 +159,7 @@ def commands(sizes: list[int], before: str, after: str) -> str:
                 ("plan --previous (one Service changed)", ["plan", *common[:4], "--cluster", str(rec["changed.yaml"]), "--previous", str(snap)], (0, 2)),
             ]
             for label, args, ok in cmds:
-                walls = {}
+                walls, cpus = {}, {}
                 for which in ("before", "after"):
                     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(srcs[which][1]), os.environ.get("PYTHONPATH")) if p)}
                     if label.startswith("render"):  # each side plans from its own render
@@ -169,10 +169,10 @@ def commands(sizes: list[int], before: str, after: str) -> str:
                     d = run_whole([str(P4KUBE), *args], cwd=sub, env=env)
                     if d.code not in ok:
                         raise SystemExit(f"{label} ({which}) exit {d.code}: " + "\n".join(t for _, t in d.lines[-10:]))
-                    walls[which] = d.wall
+                    walls[which], cpus[which] = d.wall, d.cpu
                     print(f"[{n}] {label} {which}: {d.wall:.1f} s (CPU {d.cpu:.1f} s, RSS {d.rss_mb:.0f} MB)", file=sys.stderr, flush=True)
-                out.append(f"| {n:,} | `{label}` | {walls['before']:.1f} | {walls['after']:.1f} | "
-                           f"{walls['after'] / walls['before']:.2f} | {walls['after'] / floor:.0f}x |")
+                out.append(f"| {n:,} | `{label}` | {walls['before']:.1f} ({cpus['before']:.1f}) | {walls['after']:.1f} ({cpus['after']:.1f}) | "
+                           f"{walls['after'] / walls['before']:.2f} ({cpus['after'] / cpus['before']:.2f}) | {walls['after'] / floor:.0f}x |")
     return "\n".join(out)
 
 
