@@ -96,7 +96,8 @@ def test_diff_per_table(p4kube, repo, capsys) -> None:
     assert text.splitlines()[0].startswith(f"{cfg}: version 1 -> 2")
     assert "services: 0 added, 1 changed, 0 removed" in text and f"  ~ {changed}" in text
     assert "MyIngress.backend_table: 0 added, 0 removed, " in text
-    assert "~ meta.service_id=" in text and "dnat(" in text and " -> dnat(" in text
+    # A moved bucket drains (DESIGN.md 5.1): plain dnat before, dnat_draining after.
+    assert "~ meta.service_id=" in text and "dnat(" in text and " -> dnat_draining(" in text
     assert p4kube(["audit", "diff", "1", "3", "--repo", path, "--config", cfg, "--format", "json"]) == 0
     doc = json.loads(capsys.readouterr().out)
     assert doc["from"] == {"version": 1, "digest": snaps[0].digest} and doc["to"]["version"] == 3
