@@ -606,6 +606,11 @@ def from_document(doc: Mapping[str, Any], *, source: str = "snapshot") -> Snapsh
     errors = schema_errors(doc)
     if errors:
         raise SnapshotError(f"{source}: not a valid snapshot:\n  " + "\n  ".join(errors[:20]))
+    fast = _from_canonical_document(doc)
+    if fast is not None:
+        return fast
+    # The reference path: anything the fast path does not take (an error, an unusual document)
+    # is decided and worded here.
     tables: dict[str, list[Entry]] = {
         t: [Entry.from_json(t, e, f"{source}: tables.{t}[{i}]") for i, e in enumerate(es)]
         for t, es in doc["tables"].items()
@@ -647,6 +652,64 @@ def from_document(doc: Mapping[str, Any], *, source: str = "snapshot") -> Snapsh
     if snap.digest != doc["digest"]:
         raise SnapshotError(f"{source}: digest mismatch: document says {doc['digest']}, content hashes to {snap.digest}")
     for svc in services:  # checked with the document: a later check of them is a look-up
+        _note_valid(svc)
+    return snap
+
+
+def _from_canonical_document(doc: Mapping[str, Any]) -> Snapshot | None:
+    """from_document's result for a document in canonical form (what to_document and the file
+    form write), in a third of the time at 5,000 Services; None for anything else, which the
+    reference path then decides (with its wording of any error).
+
+    Instead of parsing every entry and comparing sets, each Service's listed entries must be,
+    byte for byte in canonical JSON, the entries its object implies: that is the fragment whose
+    sha256 the digest is built from, so the hashing reuses it. Equal bytes imply what the
+    reference path checks (same entries, none extra or missing, nothing but known fields), and
+    the objects built are the ones it would build (tested against it)."""
+    try:
+        owned: dict[str, dict[str, list[Any]]] = {}
+        global_docs: list[tuple[str, int, Mapping[str, Any]]] = []
+        for t, es in doc["tables"].items():
+            for i, e in enumerate(es):
+                name = e.get("service")
+                if name is None:
+                    global_docs.append((t, i, e))
+                else:
+                    owned.setdefault(name, {}).setdefault(t, []).append(e)
+        global_entries = [Entry.from_json(t, e, f"tables.{t}[{i}]") for t, i, e in global_docs]
+        services: list[ServiceSnapshot] = []
+        for i, s in enumerate(doc["services"]):
+            listed = owned.pop(s["name"], {})
+            entries = []
+            for t, es in listed.items():
+                fields = TABLE_FIELDS[t]
+                for e in es:
+                    match, params, action = e["match"], e["params"], e["action"]
+                    entries.append(Entry(t, tuple(match[f] for f in fields), action, tuple(params[p] for p in ACTION_PARAMS[action]), e.get("service")))
+            svc = service_from_json(s, entries, f"services[{i}]")
+            text = svc.fragment_text()
+            if canonical_json({"entries": listed, "service": svc.to_json()}) != text.encode():
+                return None
+            svc.__dict__["fragment_digest"] = _sha256_hex(text.encode())
+            services.append(svc)
+        names = [s.name for s in services]
+        if owned or names != sorted(names) or len(set(names)) != len(names):
+            return None
+        snap = Snapshot(
+            config=doc["config"],
+            version=doc["version"],
+            intent_commit=doc["sources"]["intentCommit"],
+            cluster_resource_version=doc["sources"]["clusterResourceVersion"],
+            program=doc["pipeline"]["program"],
+            p4info_digest=doc["pipeline"]["p4infoDigest"],
+            services=tuple(services),
+            global_entries=tuple(sorted(global_entries, key=Entry.sort_key)),
+        )
+        if snap.digest != doc["digest"]:
+            return None
+    except (SnapshotError, KeyError, IndexError, TypeError, ValueError, AttributeError):
+        return None
+    for svc in services:
         _note_valid(svc)
     return snap
 

@@ -395,3 +395,68 @@ def test_the_compiled_validator_never_fetches() -> None:
         import jsonschema_rs
 
         jsonschema_rs.validator_for({"$ref": "https://example.invalid/x.json"}, retriever=snapshot_schema._no_remote)
+
+
+# --- from_document's fast path for canonical documents gives what the reference path gives ----------
+
+
+def _outcome(doc: dict[str, Any], fast: bool, monkeypatch: pytest.MonkeyPatch) -> Any:
+    with monkeypatch.context() as m:
+        if not fast:
+            m.setattr(snapshot_mod, "_from_canonical_document", lambda doc: None)
+        try:
+            snap = from_document(copy.deepcopy(doc), source="s.json")
+        except SnapshotError as e:
+            return str(e)
+        return (snap.digest, snap.services, snap.global_entries, snap.version, snap.config)
+
+
+@st.composite
+def reshaped(draw: Callable[..., Any]) -> dict[str, Any]:
+    """Schema-valid changes: the fast path must take the canonical ones and leave the rest."""
+    doc = json.loads(base(draw(st.sampled_from(BASES))).to_json_text())
+    tables = doc["tables"]
+    for _ in range(draw(st.integers(0, 2))):
+        t = draw(st.sampled_from(sorted(t for t in tables if tables[t])))
+        es = tables[t]
+        j = draw(st.integers(0, len(es) - 1))
+        how = draw(st.sampled_from(["swap", "dup", "drop", "float", "other-backend", "service", "generation", "digest", "order", "extra-service"]))
+        if how == "swap" and len(es) > 1:
+            es[j], es[-1] = es[-1], es[j]
+        elif how == "dup":
+            es.append(copy.deepcopy(es[j]))
+        elif how == "drop":
+            es.pop(j)
+        elif how == "float":
+            k = draw(st.sampled_from(sorted(es[j]["params"]) or ["x"]))
+            if isinstance(es[j]["params"].get(k), int):
+                es[j]["params"][k] = float(es[j]["params"][k])
+        elif how == "other-backend" and t.endswith("backend_table") and len(es) > 1:
+            es[j]["params"] = copy.deepcopy(es[(j + 1) % len(es)]["params"])
+        elif how == "service":
+            es[j]["service"] = draw(st.sampled_from(["", "default/absent"]))
+        elif how == "generation":
+            for s in doc["services"]:
+                for d in s.get("drains", []):
+                    d["generation"] += 1
+        elif how == "digest":
+            doc["digest"] = "sha256:" + "1" * 64
+        elif how == "order" and len(doc["services"]) > 1:
+            doc["services"].reverse()
+        elif how == "extra-service":
+            es[j].pop("service", None)
+    return doc
+
+
+@settings(max_examples=120, derandomize=True, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(reshaped())
+def test_from_document_fast_path_agrees_with_the_reference_path(doc: dict[str, Any]) -> None:
+    with pytest.MonkeyPatch.context() as mp:
+        assert _outcome(doc, True, mp) == _outcome(doc, False, mp)
+
+
+@pytest.mark.parametrize("name", BASES)
+def test_canonical_documents_take_the_fast_path(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    doc = json.loads(base(name).to_json_text())
+    fast = snapshot_mod._from_canonical_document(doc)
+    assert fast is not None and fast.services == base(name).services and fast.digest == base(name).digest
