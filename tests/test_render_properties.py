@@ -32,7 +32,7 @@ from reconciler.cluster.model import OPT_IN_ANNOTATION, ClusterState, Node, Serv
 from reconciler.diff import diff_snapshots
 from reconciler.intent.model import LoadBalancerConfig
 from reconciler.render import Renderer, RenderIssue
-from reconciler.snapshot import Snapshot, from_document, schema_errors
+from reconciler.snapshot import Snapshot, backend_key, from_document, schema_errors
 
 # Examples take milliseconds; no deadline so a loaded CI machine cannot flake them.
 props = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -246,8 +246,11 @@ def check_no_error_removes(model: Model, previous: Snapshot, new: Snapshot) -> N
         assert (s.service_key, s.port, s.protocol) in now, f"{s.name} ({s.port}/{s.protocol}) left the switches: {model.faults}"
 
 
-def check_drains(config: LoadBalancerConfig, previous: Snapshot, new: Snapshot, now: float, issues: Sequence[RenderIssue]) -> None:
-    """Every bucket that moved drains from its previous backend until now + the timeout; no
+def check_drains(
+    config: LoadBalancerConfig, cluster: ClusterState, previous: Snapshot, new: Snapshot, now: float, issues: Sequence[RenderIssue]
+) -> None:
+    """Every bucket that moved drains from its previous backend until now + the timeout, unless
+    that backend's node is lost (gone, NotReady, or another address: nothing left to keep); no
     drain in `new` has ended (but in a Service kept as in v<N> on an error, which keeps its
     drains unchanged); generations are above every generation of `previous`."""
     floor = previous.max_drain_generation()
@@ -260,8 +263,15 @@ def check_drains(config: LoadBalancerConfig, previous: Snapshot, new: Snapshot, 
         if old is None or svc is old or old.bucket_count != svc.bucket_count or svc.assignment[0] is None:
             continue
         started = {d.bucket: d for d in svc.drains if old.drains == () or d not in old.drains}
+        by_key = {backend_key(b, old.backend_mode): b for b in old.backends}
         for bucket, (before, after) in enumerate(zip(old.assignment, svc.assignment)):
             if before is not None and before != after:
+                source = by_key[before]
+                node = cluster.nodes.get(source.node)
+                lost = node is None or not node.ready or (old.backend_mode != "podIP" and node.internal_ip != source.address)
+                if lost:
+                    assert bucket not in started, f"{svc.name}: bucket {bucket} drains from lost node {source.node}"
+                    continue
                 begun = started.get(bucket)
                 assert begun is not None and begun.source == before, f"{svc.name}: bucket {bucket} moved from {before} without a drain"
                 assert begun.until == int(now) + config.connection_drain_timeout_s and begun.generation > floor
@@ -308,7 +318,7 @@ def check_sequence(config: LoadBalancerConfig, model: Model, ops: list[tuple], *
         check_no_error_removes(model, previous, new)
         for name, moved, minimum in moved_buckets(previous, new):
             assert moved == minimum, f"step {step} {op}: {name} moved {moved} buckets, the minimum is {minimum}"
-        check_drains(config, previous, new, now, full.issues)
+        check_drains(config, cluster, previous, new, now, full.issues)
         previous = inc.snapshot
 
 
