@@ -49,9 +49,10 @@ import pygit2
 
 from ..gitobjects import blob_data, commit_at, entries_at, tree_at
 from ..snapshot import API_VERSION, KIND, ServiceSnapshot, Snapshot, SnapshotError, schema_errors
+from ..snapshot import service_schema_errors as snapshot_service_schema_errors
 from .index import INDEX_DIR, IndexEntry, buckets_of, mismatches, parse_shard, rebuild, shard_of
 from .errors import AuditCorrupt, AuditError, AuditUnavailable, PushError, describe_fault, is_corruption
-from .layout import MANIFEST, SERVICES_DIR, Manifest, assemble, config_dir, parse_manifest, parse_service_file, service_schema_errors
+from .layout import MANIFEST, SERVICES_DIR, Manifest, assemble, config_dir, parse_manifest, parse_service_file
 from .maintenance import pack_loose_objects, roll_up_packs
 from .message import (
     APPLIED_OUTCOMES,
@@ -524,7 +525,8 @@ class AuditRepo:
             }
             errors += schema_errors(header)
         for svc in written:
-            errors += [f"service {svc.name}: {m}" for m in service_schema_errors(svc.to_json())]
+            # Cached by fragment digest: render (or the read of the previous record) checked most.
+            errors += [f"service {svc.name}: {m}" for m in snapshot_service_schema_errors(svc)]
         if errors:
             raise SnapshotError(f"{snap.config} v{snap.version}: not recorded, the snapshot fails its schema:\n  " + "\n  ".join(errors[:20]))
 
