@@ -460,7 +460,10 @@ class TwoSwitchApplier:
         for snap, encoded in self._encoded:
             if snap is snapshot:
                 return encoded
-        encoded = EncodedEntries(self.info, _unordered_entries(snapshot), lambda: _unordered_entries(snapshot))
+        previous = self._encoded[0][1] if self._encoded else None
+        encoded = EncodedEntries.of_snapshot(
+            self.info, snapshot.services if snapshot is not None else (),
+            snapshot.global_entries if snapshot is not None else (), lambda: _unordered_entries(snapshot), previous)
         self._encoded = [(snapshot, encoded)]
         return encoded
 

@@ -4,6 +4,7 @@ holds against the software switch in both modes (BMv2's canonical output, fixtur
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 
 import pytest
@@ -16,11 +17,12 @@ from reconciler.diff import Update, diff_entries, diff_snapshots
 from reconciler.p4info import load_p4info, pipeline_info
 from reconciler.render import RenderResult
 from reconciler.sim import SoftwareSwitch
-from reconciler.snapshot import Entry
+from reconciler.snapshot import Backend, Drain, Entry, ServiceSnapshot, Snapshot
 from reconciler.switch import SwitchSession, TranslationError
 from reconciler.switch.translate import entry_to_proto, proto_to_entry, updates_to_requests
 from reconciler.switch.wire import (
     EncodedEntries,
+    EntryEncoder,
     encoded_requests,
     encoder_for,
     match_readback,
@@ -191,6 +193,50 @@ def test_released_entries_are_made_again_from_their_source_and_the_bytes_stay() 
     kept = EncodedEntries(INFO, source())  # without a source, release() keeps the entries
     kept.release()
     assert len(kept.entries) == 4 and len(made) == 3
+
+
+def _varied_services(snap: Snapshot) -> list[ServiceSnapshot]:
+    """The rendered Services, plus the shapes encode_service treats apart: a drain, pod-address
+    backends, no backends, a UDP Service, a bucket value no 16-bit field holds."""
+    base = next(s for s in snap.services if len(s.backends) >= 2)
+    other = next(b for b in base.backends if b.node != base.assignment[0])
+    drained = dataclasses.replace(base, drains=(Drain(0, other.node, 7, 1_900_000_000.0),))
+    pods = dataclasses.replace(base, name=base.name + "-pods", backend_mode="podIP",
+                               assignment=tuple(next(b.address for b in base.backends if b.node == k) for k in base.assignment))
+    empty = dataclasses.replace(base, name=base.name + "-empty", backends=(), assignment=(None,) * base.bucket_count)
+    udp = dataclasses.replace(base, name=base.name + "-udp", protocol="UDP")
+    return [*snap.services, drained, pods, empty, udp]
+
+
+def test_a_snapshot_encoded_per_service_equals_its_entries_encoded_one_by_one(multi_render: RenderResult) -> None:
+    snap = multi_render.snapshot
+    services = _varied_services(snap)
+
+    def source() -> list[Entry]:
+        return [e for s in services for es in s.entries().values() for e in es] + list(snap.global_entries)
+
+    one_by_one = EncodedEntries(INFO, source())
+    fast = EncodedEntries.of_snapshot(INFO, services, snap.global_entries, source)
+    assert fast.blobs == one_by_one.blobs and fast.tables == one_by_one.tables
+    assert fast.entries == one_by_one.entries  # made from the source, in the same order
+    assert len(fast) > len(snap.services) * 3
+    # A changed Service is encoded again; the others are the very bytes of the previous target.
+    changed = [dataclasses.replace(services[0], vip="198.51.100.77"), *services[1:]]
+    again = EncodedEntries.of_snapshot(INFO, changed, snap.global_entries, source, fast)
+    assert again.blobs[0] != fast.blobs[0] and again.blobs[0] == EntryEncoder(INFO).encode(changed[0].entries()[n.VIP_TABLE][0])
+    n0 = 1 + len(services[0].assignment) + len(services[0].backends)
+    end = len(fast) - len(snap.global_entries)  # routes are few and encoded each time
+    assert end > n0 and all(a is b for a, b in zip(again.blobs[n0:end], fast.blobs[n0:end]))
+
+
+def test_a_service_that_does_not_fit_is_refused_as_its_entries_are() -> None:
+    svc = ServiceSnapshot("ns/a:80", 70000, "198.51.100.1", 80, "TCP", "replica-weighted", 2, "nodePort",
+                          (Backend("n1", "10.0.0.1", 30080, 1, 2, 1),), ("n1", "n1"))
+    with pytest.raises(TranslationError) as fast:
+        EntryEncoder(INFO).encode_service(svc)
+    with pytest.raises(TranslationError) as slow:
+        EntryEncoder(INFO).encode(svc.entries()[n.VIP_TABLE][0])
+    assert str(fast.value) == str(slow.value)
 
 
 @pytest.fixture(params=["spec", "bmv2"])

@@ -26,7 +26,8 @@ from finsy.proto import p4r
 
 from reconciler.diff import Update
 from reconciler.p4info import PipelineInfo
-from reconciler.snapshot import Entry
+from reconciler import p4names as n
+from reconciler.snapshot import Entry, ServiceSnapshot, backend_key
 from reconciler.switch.codec import Encoder, LpmEncoder
 from reconciler.switch.translate import EXACT, LPM, TranslationError, compiled, election_id_proto, entry_to_proto
 
@@ -197,6 +198,40 @@ class EntryEncoder:
             b"\x1a", _length(len(inner) + 1 + len(_length(len(inner)))), b"\x0a", _length(len(inner)), inner)
         return b"".join(parts)
 
+    def encode_service(self, svc: ServiceSnapshot) -> tuple[tuple[bytes, ...], tuple[str, ...]]:
+        """The bytes of every entry of `svc.entries()`, in its order (VIP, backend_table by
+        bucket, reverse_nat in key order), and each one's table, without making an Entry per
+        bucket: a Service's buckets differ only in their key's bucket chunk and in which of its
+        few backends they point at, so each backend's action is encoded once. Draining Services
+        (rare) take the generic path. Tests check it equals encode() over svc.entries()."""
+        slots = self._tables[n.BACKEND_TABLE].slots if n.BACKEND_TABLE in self._tables else None
+        if not (svc.drains or not svc.backends or svc.assignment[0] is None or slots is None or len(slots) != 2):
+            try:
+                return self._encode_plain_service(svc, slots)
+            except (LookupError, ValueError):
+                pass  # the generic path below refuses it with the same error as encode()
+        entries = [e for es in svc.entries().values() for e in es]
+        return tuple([self.encode(e) for e in entries]), tuple([e.table for e in entries])
+
+    def _encode_plain_service(self, svc: ServiceSnapshot, slots: tuple[_Slot, ...]
+                              ) -> tuple[tuple[bytes, ...], tuple[str, ...]]:
+        proto = n.IP_PROTOCOLS[svc.protocol]
+        sid = svc.service_id
+        prefix = self._tables[n.BACKEND_TABLE].head + _chunks(slots[:1], (sid,))
+        skip = len(prefix) + len(_chunks(slots[1:], (0,)))  # bucket 0's key ends here
+        tails: dict[str | None, bytes] = {  # backend key -> its dnat action's bytes, the same for every bucket
+            backend_key(b, svc.backend_mode):
+                self.encode(Entry(n.BACKEND_TABLE, (sid, 0), n.DNAT, (b.address, b.port, b.backend_id)))[skip:]
+            for b in svc.backends
+        }
+        bucket_slot = slots[1:]
+        backend = [prefix + _chunks(bucket_slot, (bucket,)) + tails[k] for bucket, k in enumerate(svc.assignment)]
+        vip = Entry(n.VIP_TABLE, (svc.vip, svc.port, proto), n.SET_SERVICE, (sid, svc.bucket_count - 1))
+        reverse = sorted((Entry(n.REVERSE_NAT, (b.address, b.port, proto), n.SNAT, (svc.vip, svc.port)) for b in svc.backends),
+                         key=Entry.sort_key)
+        blobs = (self.encode(vip), *backend, *[self.encode(e) for e in reverse])
+        return blobs, (n.VIP_TABLE,) + (n.BACKEND_TABLE,) * len(backend) + (n.REVERSE_NAT,) * len(reverse)
+
     def encode_key(self, e: Entry) -> bytes:
         """The TableEntry bytes of `e`'s key alone (a DELETE, a read by key)."""
         try:
@@ -240,7 +275,7 @@ class EncodedEntries:
     are kept (a long-running applier keeps its last target's bytes, ~64 MB at 348,000 entries,
     not the Entry objects too), and the entries are made again if a read-back differs."""
 
-    __slots__ = ("blobs", "tables", "index", "_entries", "_source", "_by_entry")
+    __slots__ = ("blobs", "tables", "index", "_entries", "_source", "_by_entry", "_info", "_per_service")
 
     def __init__(self, info: PipelineInfo, entries: Iterable[Entry],
                  source: Callable[[], Iterable[Entry]] | None = None) -> None:
@@ -251,6 +286,41 @@ class EncodedEntries:
         self.tables: tuple[str, ...] = tuple([e.table for e in self._entries])  # each entry's table
         self.index: dict[bytes, int] = {b: i for i, b in enumerate(self.blobs)}  # blob -> position
         self._by_entry: dict[int, bytes] | None = None
+        self._info = info
+        self._per_service: dict[ServiceSnapshot, tuple[tuple[bytes, ...], tuple[str, ...]]] = {}
+
+    @classmethod
+    def of_snapshot(cls, info: PipelineInfo, services: Sequence[ServiceSnapshot], global_entries: Sequence[Entry],
+                    source: Callable[[], Iterable[Entry]], previous: EncodedEntries | None = None) -> EncodedEntries:
+        """The entries of `services` (each Service's entries(), in order) then `global_entries`,
+        encoded without making their Entry objects (`source` makes them, in that order, when a
+        read-back differs). A Service equal to one of `previous` (same P4Info) reuses its bytes:
+        a changed snapshot encodes only the Services that changed."""
+        encode = encoder_for(info)
+        cache = previous._per_service if previous is not None and previous._info is info else {}
+        per_service: dict[ServiceSnapshot, tuple[tuple[bytes, ...], tuple[str, ...]]] = {}
+        blobs: list[bytes] = []
+        tables: list[str] = []
+        for svc in services:
+            hit = cache.get(svc)
+            if hit is None:
+                hit = per_service.get(svc) or encode.encode_service(svc)
+            per_service[svc] = hit
+            blobs += hit[0]
+            tables += hit[1]
+        for e in global_entries:
+            blobs.append(encode.encode(e))
+            tables.append(e.table)
+        self = cls.__new__(cls)
+        self._entries = None
+        self._source = source
+        self.blobs = tuple(blobs)
+        self.tables = tuple(tables)
+        self.index = {b: i for i, b in enumerate(self.blobs)}
+        self._by_entry = None
+        self._info = info
+        self._per_service = per_service
+        return self
 
     def __len__(self) -> int:
         return len(self.blobs)
