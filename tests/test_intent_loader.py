@@ -258,8 +258,9 @@ def test_unknown_field_suggestions(tmp_path: Path) -> None:
             "spec.zzz",
             7,
             3,
-            'unknown field "zzz"; allowed fields: algorithm, audit, backendMode, bucketsPerService, healthCheck, '
-            "podCIDRs, safety, serviceSelector, switchConfig, updateInterval, vipPools",
+            'unknown field "zzz"; allowed fields: algorithm, audit, backendMode, bucketsPerService, '
+            "connectionDrainTimeout, healthCheck, podCIDRs, safety, serviceSelector, switchConfig, trafficPolicy, "
+            "updateInterval, vipPools",
         ),
     ]
 

@@ -174,6 +174,29 @@ def test_bucket_moved_again_mid_drain_drains_from_its_current_backend() -> None:
         assert second[b] == first[b]
 
 
+def test_a_drain_started_while_another_runs_joins_its_generation() -> None:
+    """A rolling update starts a drain at every step, within the timeout of the last one: one
+    generation, so the new drain's marks add to the running one's instead of overwriting them."""
+    web, api = make_service("web"), make_service("api", node_port_base=31000)
+    cfg = config()
+    c1 = make_cluster({web: {"node-0": 1, "node-1": 3}, api: {"node-0": 2, "node-1": 2}}, nodes=3)
+    c2 = make_cluster({web: {"node-0": 3, "node-1": 1}, api: {"node-0": 2, "node-1": 2}}, nodes=3)
+    c3 = make_cluster({web: {"node-0": 3, "node-1": 1}, api: {"node-0": 1, "node-1": 2, "node-2": 3}}, nodes=3)
+    v1 = do_render(cfg, c1, None, now=T0 - 100).snapshot
+    v2 = do_render(cfg, c2, v1, now=T0).snapshot
+    first = {d.generation for d in v2.by_name[NAME].drains}
+    v3 = do_render(cfg, c3, v2, now=T0 + 10).snapshot
+    api_drains = v3.by_name["default/api"].drains
+    assert api_drains and {d.generation for d in api_drains} == first and len(first) == 1
+    assert {d.until for d in api_drains} == {int(T0) + 10 + 60}  # its own timeout, from its own start
+    assert v3.by_name[NAME].drains == v2.by_name[NAME].drains  # the running drain is untouched
+    # Once every drain has ended, the next drain takes a fresh, higher generation.
+    v4 = do_render(cfg, c3, v3, now=T0 + 10 + 60).snapshot
+    assert v4.drain_until() is None
+    v5 = do_render(cfg, c2, v4, now=T0 + 71).snapshot
+    assert min(d.generation for s in v5.services for d in s.drains) > max(first)
+
+
 def test_generations_grow_across_drains_even_after_all_ended() -> None:
     cfg = config(timeout=5)
     v1, v2 = scaled(cfg, {"node-0": 1, "node-1": 3}, {"node-0": 3, "node-1": 1})

@@ -30,7 +30,7 @@ from ..intent.model import LoadBalancerConfig
 from ..p4names import IP_PROTOCOLS, REVERSE_NAT
 from ..snapshot import Backend, Drain, ServiceSnapshot, Snapshot, Value, backend_key, check_service_schema, route_entries
 from . import buckets
-from .drain import drain_timeout, drains_ended, next_drains
+from .drain import drain_timeout, drains_ended, next_drains, running_generation
 from .allocate import Exhausted, IntSpace, Pool, VipSpace
 from .select import entry_name, node_backends, selection, target_port, trusted_pod_backend, untrusted_backends_issue
 
@@ -107,6 +107,7 @@ class _State:
     # This render's clock (epoch seconds) and the lowest generation a drain it starts may carry.
     now: float = 0.0
     generation_floor: int = 1
+    running_generation: int | None = None  # the newest generation still draining in `previous`
 
     def reorder(self) -> None:
         self.order = sorted(self.services)
@@ -157,6 +158,7 @@ class Renderer:
         todo |= {s.service_key for s in st.ordered if s.drains and drains_ended(s, now)}
         st.now = now
         st.generation_floor = 1 + (previous.max_drain_generation() if previous is not None else 0)
+        st.running_generation = running_generation(previous, now)
         for pool in (st.vips, st.service_ids, st.backend_ids):
             pool.begin_render()
         st.reverse_released.clear()
@@ -735,7 +737,8 @@ def _render_port(
     if targets:
         same_mode = old if old is not None and old.backend_mode == mode else None
         drains = next_drains(
-            same_mode, assignment, timeout_s=drain_timeout_s, now=st.now, generation_floor=st.generation_floor
+            same_mode, assignment, timeout_s=drain_timeout_s, now=st.now, generation_floor=st.generation_floor,
+            shared_generation=st.running_generation,
         )
         drains = _keep_sources(st, name, proto, old, _live_sources(cluster, old, drains), rows)
     backends = []
@@ -794,15 +797,21 @@ _CLUSTER_POLICY = (
 
 
 def _live_sources(cluster: ClusterState, old: ServiceSnapshot | None, drains: tuple[Drain, ...]) -> tuple[Drain, ...]:
-    """The drains whose source can still serve its established connections: its node is in the
-    cluster and Ready (and, in nodePort mode, still has the address the entries name). A drain
-    from a lost node would only keep a dead backend's id and reverse_nat key for the timeout and
-    cost a second transaction, for connections that are gone anyway."""
+    """The drains, but those starting now from a source that cannot serve its established
+    connections: its node left the cluster, is not Ready, or (nodePort mode) no longer has the
+    address the entries name. Such a drain would only keep a dead backend's id and reverse_nat
+    key for the timeout and cost a second transaction, for connections that are gone anyway.
+    A drain already running is kept until it ends (a node lost mid-drain does not change the
+    Service's inputs, so an incremental render could not see it: full and incremental renders
+    must agree)."""
     if not drains or old is None:
         return drains
     before = {backend_key(b, old.backend_mode): b for b in old.backends}
+    running = set(old.drains)
 
     def alive(d: Drain) -> bool:
+        if d in running:
+            return True
         b = before.get(d.source)
         node = cluster.nodes.get(b.node) if b is not None else None
         if b is None or node is None or not node.ready:
