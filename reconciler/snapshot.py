@@ -345,7 +345,7 @@ class ServiceSnapshot:
         ]
         proto = n.IP_PROTOCOLS[self.protocol]
         if self.drains:  # rare: the generic form for the draining buckets
-            by_key = {backend_key(b, self.backend_mode): b for b in self.backends}
+            by_key: dict[str | None, Backend] = {backend_key(b, self.backend_mode): b for b in self.backends}
             for d in self.drains:
                 b, o = by_key[self.assignment[d.bucket]], by_key[d.source]
                 args2 = (b.address, b.port, b.backend_id, o.address, o.port, o.backend_id, d.generation)
