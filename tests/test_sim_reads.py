@@ -274,3 +274,38 @@ def test_project_program_reads(tmp_path) -> None:
 
 def test_load_p4info_fixture_is_the_transcript_program() -> None:
     assert [t.preamble.name for t in load_p4info().tables][0] == VIP
+
+
+def _raw_read(session: Session, request: p4r.ReadRequest) -> list[bytes]:
+    """The ReadResponses as the bytes on the wire (no deserializer)."""
+    with grpc.insecure_channel(f"127.0.0.1:{session.switch.port}") as channel:
+        read = channel.unary_stream("/p4.v1.P4Runtime/Read", request_serializer=p4r.ReadRequest.SerializeToString)
+        return list(read(request, timeout=10))
+
+
+@pytest.mark.parametrize("mode", ["spec", "bmv2"])
+def test_reads_served_as_cached_bytes_equal_the_messages_serialized(mode, request) -> None:
+    session: Session = request.getfixturevalue(mode)
+    device = session.switch._devices[1]
+    wildcard = read_request(p4r.TableEntry())
+    with_counters = p4r.TableEntry(table_id=PROGRAM.table_id(BACKEND))
+    with_counters.counter_data.SetInParent()
+    defaults = p4r.TableEntry(table_id=PROGRAM.table_id(LPM), is_default_action=True)
+    every = read_request(p4r.TableEntry(), with_counters, defaults)
+    every.entities.add().counter_entry.counter_id = PROGRAM.counter_id(COUNTER)
+
+    def same(req: p4r.ReadRequest) -> list[bytes]:
+        wire = _raw_read(session, req)
+        assert b"".join(wire) == device.read(req).response.SerializeToString()
+        assert b"".join(wire) == b"".join(r.SerializeToString() for r in session.client.read(req).responses)
+        return wire
+
+    first = same(every)
+    assert same(every) == first  # the second read is served from the cached bytes
+    # A modified entry is a new object: its new bytes are read, not the cached ones.
+    assert session.write(PROGRAM.update("MODIFY", BACKEND, {"m.service_id": 1, "m.bucket": 0}, "MyIngress.dnat",
+                                        {"node_ip": 0xC0A80102, "node_port": 8081})).ok
+    assert same(every) != first
+    assert session.write(PROGRAM.update("DELETE", VIP, vip_match(ip=2))).ok
+    after = same(wildcard)
+    assert len(p4r.ReadResponse.FromString(after[0]).entities) == 4

@@ -281,12 +281,13 @@ class Device:
                 raise RpcError(UNIMPLEMENTED, ATOMICITY_UNSUPPORTED, trailer=self.behavior.bmv2)
             return apply_updates(state, self.behavior, request.updates, limit)
 
-    def read(self, request: p4r.ReadRequest) -> ReadOutcome:
+    def read(self, request: p4r.ReadRequest, encoded: bool = False) -> ReadOutcome:
+        """`encoded`: the entities as serialized bytes (ReadOutcome.encoded), see read_entities."""
         with self.lock:
             state = self.state
             if state is None:
                 raise RpcError(FAILED_PRECONDITION, NO_PIPELINE)
-            return read_entities(state, self.behavior, list(request.entities))
+            return read_entities(state, self.behavior, list(request.entities), encoded)
 
     # -- packet path (TableLookup) -----------------------------------------------------------
 

@@ -42,33 +42,84 @@ Entities = Any  # the `entities` repeated field of a p4r.ReadResponse (protobuf 
 
 @dataclass
 class ReadOutcome:
-    """Entities found, plus one (code, message) per request entity (None where it succeeded)."""
+    """Entities found, plus one (code, message) per request entity (None where it succeeded).
+    Read with `encoded=True`, the entities are in `encoded` instead, each as its serialized
+    Entity (what the ReadResponse's repeated field holds), and `response` stays empty."""
 
     response: p4r.ReadResponse = field(default_factory=p4r.ReadResponse)
     errors: list[tuple[int, str] | None] = field(default_factory=list)
+    encoded: list[bytes] | None = None
 
     @property
     def failed(self) -> bool:
         return any(e is not None for e in self.errors)
 
 
+class EncodedEntities:
+    """Collects entities as a ReadResponse's `entities` field would (add() gives a new message
+    to fill in place), and also as bytes already serialized: a table entry's bytes are cached
+    per entry (TableState.wire), so a large read costs a lookup per entry, not a message."""
+
+    __slots__ = ("items",)
+
+    def __init__(self) -> None:
+        self.items: list[bytes | p4r.Entity] = []
+
+    def add(self) -> p4r.Entity:
+        entity = p4r.Entity()
+        self.items.append(entity)
+        return entity
+
+    def add_table_entry(self, table_entry: bytes) -> None:
+        self.items.append(b"\x12" + _varint(len(table_entry)) + table_entry)  # Entity.table_entry = 2
+
+    def serialized(self) -> list[bytes]:
+        return [i if isinstance(i, bytes) else i.SerializeToString() for i in self.items]
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while n > 0x7F:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def response_bytes(entities: list[bytes]) -> bytes:
+    """A serialized ReadResponse holding `entities` (each a serialized Entity), byte for byte
+    what serializing the message would give (ReadResponse.entities = 1)."""
+    return b"".join([b"\x0a" + _varint(len(e)) + e for e in entities])
+
+
 def read_entities(
-    state: PipelineState, behavior: Behavior, requests: list[p4r.Entity]
+    state: PipelineState, behavior: Behavior, requests: list[p4r.Entity], encoded: bool = False
 ) -> ReadOutcome:
     """Spec mode tries every request (one error per request); BMv2 stops at the first error,
-    keeping what it collected so far (surprise 30)."""
+    keeping what it collected so far (surprise 30). `encoded`: the entities as bytes
+    (ReadOutcome.encoded), the same bytes the message would serialize to."""
     reader = _Reader(state, behavior)
     outcome = ReadOutcome()
+    collected = EncodedEntities() if encoded else None
+    out: Any = collected if collected is not None else outcome.response.entities
+    try:
+        _read_all(reader, behavior, requests, out, outcome)
+    finally:
+        if collected is not None:
+            outcome.encoded = collected.serialized()
+    return outcome
+
+
+def _read_all(reader: _Reader, behavior: Behavior, requests: list[p4r.Entity], out: Any, outcome: ReadOutcome) -> None:
     for request in requests:
         try:
-            reader.read(request, outcome.response.entities)
+            reader.read(request, out)
         except UpdateError as exc:
             outcome.errors.append((exc.code, exc.message))
             if behavior.bmv2:
                 break
         else:
             outcome.errors.append(None)
-    return outcome
 
 
 class _Reader:
@@ -148,6 +199,18 @@ class _Reader:
             if te.metadata:
                 selected = [e for e in selected if e.metadata == te.metadata]
         with_counters = te.HasField("counter_data") and bool(table.info.direct_counter_id)
+        if isinstance(out, EncodedEntities) and not with_counters:
+            wire = table.wire
+            if len(wire) > 2 * len(table.entries) + 1024:  # deleted entries' bytes go
+                table.wire = wire = {k: v for k, v in wire.items() if table.entries.get(k) is v[0]}
+            for entry in selected:
+                cached = wire.get(entry.key)
+                if cached is None or cached[0] is not entry:  # first read of this very entry
+                    message = p4r.TableEntry()
+                    fill_table_entry(message, self.schema, table, entry)
+                    cached = wire[entry.key] = (entry, message.SerializeToString())
+                out.add_table_entry(cached[1])
+            return
         for entry in selected:
             fill_table_entry(out.add().table_entry, self.schema, table, entry, with_counters)
 

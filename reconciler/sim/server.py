@@ -35,12 +35,17 @@ from reconciler.sim.behavior import (
     grpc_code,
 )
 from reconciler.sim.device import Device, EntryView, RpcError
+from reconciler.sim.reads import response_bytes
 from reconciler.sim.faults import Faults
 from reconciler.sim.writes import UpdateResult
 
 log = logging.getLogger("reconciler.sim")
 
 STATUS_DETAILS_KEY = "grpc-status-details-bin"
+def _read_response_bytes(response: bytes) -> bytes:
+    return response
+
+
 READ_CHUNK = 10_000  # spec mode splits large reads; BMv2 always sends one message
 
 
@@ -135,7 +140,14 @@ class SoftwareSwitch:
             ThreadPoolExecutor(max_workers=self.max_workers, thread_name_prefix="p4rt"),
             options=[("grpc.so_reuseport", 0)],  # a port in use must fail, not be shared
         )
-        p4r_grpc.add_P4RuntimeServicer_to_server(_P4RuntimeService(self), server)
+        service = _P4RuntimeService(self)
+        # Read first: its responses are bytes already (the generated handler below would
+        # serialize a message); gRPC asks the handlers in the order they were added.
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("p4.v1.P4Runtime", {
+            "Read": grpc.unary_stream_rpc_method_handler(
+                service.read_bytes, request_deserializer=p4r.ReadRequest.FromString, response_serializer=_read_response_bytes),
+        }),))
+        p4r_grpc.add_P4RuntimeServicer_to_server(service, server)
         try:
             if self.tls is not None:
                 port = server.add_secure_port(address, self.tls.credentials())
@@ -469,21 +481,27 @@ class _P4RuntimeService(p4r_grpc.P4RuntimeServicer):
 
     def Read(self, request: p4r.ReadRequest, context: grpc.ServicerContext
              ) -> Iterator[p4r.ReadResponse]:
+        """The servicer's Read as messages (the server itself serves read_bytes)."""
+        for chunk in self.read_bytes(request, context):
+            yield p4r.ReadResponse.FromString(chunk)
+
+    def read_bytes(self, request: p4r.ReadRequest, context: grpc.ServicerContext) -> Iterator[bytes]:
+        """Read, each ReadResponse as its bytes."""
         self._delay()
         device = self._device(request.device_id, context)
         try:
-            outcome = device.read(request)
+            outcome = device.read(request, encoded=True)
         except RpcError as exc:
             _fail(context, exc)
             return
-        entities = outcome.response.entities
+        # Sent as the bytes of each ReadResponse (the Read handler's serializer passes bytes
+        # through): the entities were serialized once, and their table entries are cached.
+        entities = outcome.encoded or []
         if self.behavior.single_read_response or len(entities) <= READ_CHUNK:
-            yield outcome.response  # BMv2: one message, also before an error (surprise 30)
+            yield response_bytes(entities)  # BMv2: one message, also before an error (surprise 30)
         else:
             for start in range(0, len(entities), READ_CHUNK):
-                response = p4r.ReadResponse()
-                response.entities.extend(entities[start:start + READ_CHUNK])
-                yield response
+                yield response_bytes(entities[start:start + READ_CHUNK])
         if not outcome.failed:
             return
         if self.behavior.read_errors_per_entity:

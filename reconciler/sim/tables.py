@@ -49,7 +49,7 @@ class TableState:
     """The entries of one table. Not thread-safe: the owning device serializes access."""
 
     __slots__ = ("info", "size", "entries", "default", "direct_counts", "_free", "_next", "_lpm",
-                 "_lpm_lengths", "_lpm_masks")
+                 "_lpm_lengths", "_lpm_masks", "wire")
 
     def __init__(self, info: TableInfo) -> None:
         self.info = info
@@ -59,6 +59,10 @@ class TableState:
         self.default = DefaultEntry(action_id, params)
         # direct counter cells, [packets, bytes] per key (only for tables with a direct counter)
         self.direct_counts: dict[tuple, list[int]] = {}
+        # key -> (entry, its TableEntry bytes as a Read returns it): made on the first read of
+        # that very entry object (a modified entry is a new object), so large reads re-send
+        # bytes instead of building a message per entry (sim/reads.py)
+        self.wire: dict[tuple, tuple[Entry, bytes]] = {}
         self._free: list[int] = []
         self._next = 0
         self._lpm: dict[int, dict[int, Entry]] | None = {} if info.single_lpm else None
