@@ -18,7 +18,7 @@ metadata and every other zero field absent. It equals entry_to_proto(...).Serial
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -157,6 +157,7 @@ class EntryEncoder:
     def __init__(self, info: PipelineInfo) -> None:
         self.info = info
         self._tables: dict[str, _TableTemplate] = {}
+        self._buckets: list[bytes] = []  # backend_table's bucket chunks by bucket (encode_service)
         # The value encoders are translate's own (one spelling of every value, whichever it is).
         for name, table in compiled(info).tables.items():
             slots: list[_Slot] | None = []
@@ -224,13 +225,20 @@ class EntryEncoder:
                 self.encode(Entry(n.BACKEND_TABLE, (sid, 0), n.DNAT, (b.address, b.port, b.backend_id)))[skip:]
             for b in svc.backends
         }
-        bucket_slot = slots[1:]
-        backend = [prefix + _chunks(bucket_slot, (bucket,)) + tails[k] for bucket, k in enumerate(svc.assignment)]
+        buckets = self._bucket_chunks(slots[1], len(svc.assignment))
+        backend = [prefix + chunk + tails[k] for chunk, k in zip(buckets, svc.assignment)]
         vip = Entry(n.VIP_TABLE, (svc.vip, svc.port, proto), n.SET_SERVICE, (sid, svc.bucket_count - 1))
         reverse = sorted((Entry(n.REVERSE_NAT, (b.address, b.port, proto), n.SNAT, (svc.vip, svc.port)) for b in svc.backends),
                          key=Entry.sort_key)
         blobs = (self.encode(vip), *backend, *[self.encode(e) for e in reverse])
         return blobs, (n.VIP_TABLE,) + (n.BACKEND_TABLE,) * len(backend) + (n.REVERSE_NAT,) * len(reverse)
+
+    def _bucket_chunks(self, slot: _Slot, count: int) -> list[bytes]:
+        """The key chunks of buckets 0 .. count-1 (the same for every Service)."""
+        chunks = self._buckets
+        if len(chunks) < count:
+            chunks += [_chunks((slot,), (b,)) for b in range(len(chunks), count)]
+        return chunks[:count]
 
     def encode_key(self, e: Entry) -> bytes:
         """The TableEntry bytes of `e`'s key alone (a DELETE, a read by key)."""
@@ -431,13 +439,15 @@ def split_read_response(data: bytes) -> list[bytes]:
     entity that is not a lone table_entry field is decoded and its table entry re-serialized;
     bytes that do not parse raise google.protobuf's DecodeError."""
     try:
-        return list(_split(data))
+        return _split(data)
     except (_Malformed, IndexError):
         response = p4r.ReadResponse.FromString(data)  # raises DecodeError saying why
         return [e.table_entry.SerializeToString() for e in response.entities if e.WhichOneof("entity") == "table_entry"]
 
 
-def _split(data: bytes) -> Iterator[bytes]:
+def _split(data: bytes) -> list[bytes]:
+    out: list[bytes] = []
+    add = out.append
     pos, end = 0, len(data)
     while pos < end:
         tag = data[pos]
@@ -460,15 +470,16 @@ def _split(data: bytes) -> Iterator[bytes]:
             else:
                 m, start = _read_varint(data, pos + 1)
             if start + m == stop:
-                yield data[start:stop]
+                add(data[start:stop])
                 pos = stop
                 continue
         entity = p4r.Entity.FromString(data[pos:stop])
         if entity.WhichOneof("entity") == "table_entry":
-            yield entity.table_entry.SerializeToString()
+            add(entity.table_entry.SerializeToString())
         pos = stop
     if pos != end:
         raise _Malformed
+    return out
 
 
 # --- diff -> WriteRequests, from bytes ---------------------------------------------------------
