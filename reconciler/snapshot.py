@@ -14,9 +14,11 @@ See docs/snapshot.md for the exact algorithm.
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import ipaddress
 import json
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from functools import cached_property, lru_cache
@@ -316,7 +318,9 @@ class ServiceSnapshot:
 
         Specialised for speed (entry texts from entry_texts, no Entry objects for the buckets);
         tests check it is byte-identical to the generic form."""
-        texts = self.entry_texts()
+        return self._fragment_from(self.entry_texts())
+
+    def _fragment_from(self, texts: Mapping[str, list[str]]) -> str:
         body = ",".join(f"{json.dumps(t)}:[{','.join(rows)}]" for t, rows in sorted(texts.items()))
         return f'{{"entries":{{{body}}},"service":{canonical_json(self.to_json()).decode()}}}'
 
@@ -822,11 +826,101 @@ def load_snapshot(path: str | Path) -> Snapshot:
         text = p.read_text()
     except OSError as e:
         raise SnapshotError(f"{p}: cannot read snapshot: {e.strerror}") from e
+    with _gc_paused():  # millions of acyclic containers: the collector's passes find nothing
+        try:
+            doc = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise SnapshotError(f"{p}:{e.lineno}:{e.colno}: not JSON: {e.msg}") from e
+        fast = _from_file_text(doc, text)
+        if fast is not None:
+            return fast
+        return from_document(doc, source=str(p))
+
+
+@contextmanager
+def _gc_paused() -> Iterator[None]:
+    was_enabled = gc.isenabled()
+    gc.disable()
     try:
-        doc = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise SnapshotError(f"{p}:{e.lineno}:{e.colno}: not JSON: {e.msg}") from e
-    return from_document(doc, source=str(p))
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+def _from_file_text(doc: Any, text: str) -> Snapshot | None:
+    """from_document's result for a file written by to_json_text, without parsing its entries; None
+    for anything else, which from_document then decides and words.
+
+    The Services are built from their objects and their backend_table entries (which bucket points
+    where), and the snapshot they make must write exactly `text`: equal text means the listed
+    tables are the implied ones, the digest is theirs and the document is the snapshot's own
+    document, whose schema check is then the incremental one (tested equal to from_document)."""
+    try:
+        by_service: dict[str, list[Mapping[str, Any]]] = {}
+        global_entries: list[Entry] = []
+        for t, es in doc["tables"].items():
+            for i, e in enumerate(es):
+                name = e.get("service")
+                if name is None:
+                    global_entries.append(Entry.from_json(t, e, f"tables.{t}[{i}]"))
+                elif t == n.BACKEND_TABLE:
+                    by_service.setdefault(name, []).append(e)
+        services = [_service_from_bucket_docs(s, by_service.pop(s["name"], [])) for s in doc["services"]]
+        names = [s.name for s in services]
+        if by_service or names != sorted(names) or len(set(names)) != len(names):
+            return None
+        snap = Snapshot(
+            config=doc["config"],
+            version=doc["version"],
+            intent_commit=doc["sources"]["intentCommit"],
+            cluster_resource_version=doc["sources"]["clusterResourceVersion"],
+            program=doc["pipeline"]["program"],
+            p4info_digest=doc["pipeline"]["p4infoDigest"],
+            services=tuple(services),
+            global_entries=tuple(sorted(global_entries, key=Entry.sort_key)),
+        )
+        if snapshot_text(snap) != text or snapshot_schema_errors(snap):
+            return None
+    except (SnapshotError, KeyError, IndexError, TypeError, ValueError, AttributeError):
+        return None
+    return snap
+
+
+_BUCKET_FIELD = n.BACKEND_MATCH[1][0]
+_TARGET_PARAMS = tuple(p for p, _ in n.DNAT_PARAMS)  # dnat_draining's first three too (p4names)
+
+
+def _service_from_bucket_docs(s: Mapping[str, Any], buckets: list[Mapping[str, Any]]) -> ServiceSnapshot:
+    """service_from_json from the Service's backend_table entry documents, reading only which
+    backend each bucket points at. Its checks are service_from_json's (any failure is a
+    SnapshotError; the caller then leaves the wording to the reference path)."""
+    mode = s.get("backendMode", "nodePort")
+    backends = tuple(
+        Backend(b["node"], b["address"], b["port"], b["replicas"], b["buckets"], b.get("backendId", 0), b.get("activeConnections"))
+        for b in s["backends"]
+    )
+    by_target: dict[tuple[Any, ...], str] = {(b.address, b.port, b.backend_id): backend_key(b, mode) for b in backends}
+    drains = _drains_from_json(s, set(by_target.values()), "")
+    draining = {d.bucket: d.source for d in drains}
+    count = s["bucketCount"]
+    ip, port, bid = _TARGET_PARAMS
+    assignment: list[str | None] = [None] * count
+    for e in buckets:
+        bucket, params = e["match"][_BUCKET_FIELD], e["params"]
+        if bucket.__class__ is not int or not 0 <= bucket < count:
+            raise SnapshotError("bucket")
+        target = by_target.get((params[ip], params[port], params[bid]))
+        if target is None or (e["action"] == n.DNAT_DRAINING) != (bucket in draining) or draining.get(bucket) == target:
+            raise SnapshotError("bucket")
+        assignment[bucket] = target
+    if backends and None in assignment:
+        raise SnapshotError("bucket")
+    return ServiceSnapshot(
+        name=s["name"], service_id=s["serviceId"], vip=s["vip"], port=s["port"], protocol=s["protocol"],
+        algorithm=s["algorithm"], bucket_count=count, backend_mode=mode, backends=backends,
+        assignment=tuple(assignment), drains=drains,
+    )
 
 
 def iter_entries(tables: Mapping[str, Sequence[Entry]]) -> Iterator[Entry]:
@@ -835,6 +929,7 @@ def iter_entries(tables: Mapping[str, Sequence[Entry]]) -> Iterator[Entry]:
 
 
 def snapshot_text(snap: Snapshot) -> str:
+    rows = _table_rows(snap)  # first: it also fills the fragment digests the digest needs
     head = {
         "apiVersion": API_VERSION,
         "config": snap.config,
@@ -850,9 +945,9 @@ def snapshot_text(snap: Snapshot) -> str:
     services = ",\n".join("    " + canonical_json(s.to_json()).decode() for s in snap.services)
     items.append(("services", f"[\n{services}\n  ]" if snap.services else "[]"))
     tables = []
-    for t, rows in sorted(_table_rows(snap).items()):
-        body = ",\n".join("      " + r for r in rows)
-        tables.append(f"    {json.dumps(t)}: [\n{body}\n    ]" if rows else f"    {json.dumps(t)}: []")
+    for t, texts in sorted(rows.items()):
+        body = ",\n".join("      " + r for r in texts)
+        tables.append(f"    {json.dumps(t)}: [\n{body}\n    ]" if texts else f"    {json.dumps(t)}: []")
     items.append(("tables", "{\n" + ",\n".join(tables) + "\n  }"))
     items.sort()
     parts.append(",\n".join(f"  {json.dumps(k)}: {v}" for k, v in items))
@@ -875,7 +970,10 @@ def _table_rows(snap: Snapshot) -> dict[str, list[str]]:
     backend: list[str] = []
     # tables() sorts backend_table by (service id, bucket): with unique ids, Service by Service
     for svc in sorted(snap.services, key=lambda s: s.service_id):
-        backend += svc.entry_texts().get(n.BACKEND_TABLE, ())
+        texts = svc.entry_texts()
+        backend += texts.get(n.BACKEND_TABLE, ())
+        if "fragment_digest" not in svc.__dict__:  # the digest's fragment, from the same texts
+            svc.__dict__["fragment_digest"] = _sha256_hex(svc._fragment_from(texts).encode())
     lpm: list[tuple[tuple[tuple[int, int], ...], str]] = []
     for e in snap.global_entries:  # routes (ipv4_lpm); tables() appends them after the Services'
         rows = {n.VIP_TABLE: vips, n.REVERSE_NAT: reverse, n.IPV4_LPM: lpm}.get(e.table)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from typing import Callable
 
 import pytest
 from helpers_render import do_render, make_cluster, make_config, make_service
@@ -18,6 +19,7 @@ from reconciler.snapshot import (
     Drain,
     Entry,
     Snapshot,
+    SnapshotError,
     canonical_json,
     route_entries,
 )
@@ -132,3 +134,82 @@ def test_sort_values_cached_equal_fresh(value: str) -> None:
     from reconciler.snapshot import _sort_str, _sort_value
 
     assert _sort_value(value) == _sort_str.__wrapped__(value)
+
+
+# --- reading the file form: load_snapshot's text path against from_document -------------------
+
+
+def outcome(call: Callable[[], Snapshot]) -> tuple[object, ...]:
+    try:
+        snap = call()
+    except SnapshotError as e:
+        return ("error", str(e))
+    return ("ok", snap.digest, snap.services, snap.global_entries, snap.to_json_text())
+
+
+def test_file_text_path_gives_from_documents_snapshot(tmp_path, multi_render: RenderResult) -> None:  # type: ignore[no-untyped-def]
+    from reconciler import snapshot as S
+
+    for name, snap in cases(multi_render.snapshot).items():
+        if name in ("extra header field",):
+            continue
+        text = snap.to_json_text()
+        doc = json.loads(text)
+        fast = S._from_file_text(doc, text)
+        assert fast is not None, name  # the path is taken for what to_json_text writes
+        ref = S.from_document(json.loads(text))
+        assert (fast.digest, fast.services, fast.global_entries, fast.version, fast.config) == (
+            ref.digest, ref.services, ref.global_entries, ref.version, ref.config), name
+        path = tmp_path / "s.json"
+        path.write_text(text)
+        assert S.load_snapshot(path).to_json_text() == text, name
+
+
+def mutations(text: str) -> list[str]:
+    """File texts that differ from what to_json_text writes: each must be decided by from_document."""
+    doc = json.loads(text)
+    out = [text.replace("\n", "\r\n"), text.replace('"version": ', '"version":  '), json.dumps(doc, indent=2)]
+    lines = text.splitlines(keepends=True)
+    rows = [i for i, line in enumerate(lines) if line.startswith("      {")]
+    for i in rows[:: max(1, len(rows) // 12)]:
+        row = lines[i]
+        for old, new in (('"meta.bucket":', '"meta.bucket": '), ('"MyIngress.dnat"', '"MyIngress.dnat_draining"'),
+                         (':1,', ':2,'), (':0,', ':1,'), ('"node_port":', '"node_port":3'), ('6}', '17}')):
+            if old in row:
+                out.append("".join(lines[:i]) + row.replace(old, new, 1) + "".join(lines[i + 1:]))
+        out.append("".join(lines[:i]) + "".join(lines[i + 1:]))  # an entry missing (and a comma off)
+        if row.endswith(",\n"):
+            out.append("".join(lines[:i]) + "".join(lines[i + 1:]))
+            out.append("".join(lines[: i + 1]) + row + "".join(lines[i + 1:]))  # listed twice
+    d = json.loads(text)
+    d["digest"] = "sha256:" + "1" * 64
+    out.append(json.dumps(d))
+    if d["services"]:
+        d = json.loads(text)
+        d["services"].reverse()
+        out.append(json.dumps(d))
+        d = json.loads(text)
+        d["services"][0]["bucketCount"] += 1
+        out.append(json.dumps(d))
+    return out
+
+
+def test_any_other_text_is_decided_by_from_document(tmp_path, multi_render: RenderResult) -> None:  # type: ignore[no-untyped-def]
+    from reconciler import snapshot as S
+
+    path = tmp_path / "s.json"
+    checked = 0
+    for name in ("nodePort", "drain", "routes"):
+        text = cases(multi_render.snapshot)[name].to_json_text()
+        for bad in mutations(text):
+            try:
+                doc = json.loads(bad)
+            except json.JSONDecodeError:
+                continue
+            path.write_text(bad)
+            fast = S._from_file_text(json.loads(bad), bad)
+            if bad != text:
+                assert fast is None or fast.to_json_text() == bad, name
+            assert outcome(lambda: S.load_snapshot(path)) == outcome(lambda: S.from_document(doc, source=str(path))), name
+            checked += 1
+    assert checked > 30
