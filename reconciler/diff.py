@@ -14,7 +14,9 @@ each other are put in different phases; a phase must be fully written before the
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Iterable, Literal
 
 from . import p4names as n
@@ -72,10 +74,15 @@ class SnapshotDiff:
 
     def counts(self) -> dict[str, dict[str, int]]:
         """Writes per table and kind, e.g. {"MyIngress.backend_table": {"MODIFY": 3}}."""
+        return {t: dict(per) for t, per in self._counts.items()}
+
+    @cached_property
+    def _counts(self) -> dict[str, dict[str, int]]:
+        # Counted once: a plan prints them in every form (350,000 updates at 5,000 new Services).
+        pairs = Counter((u.entry.table, u.kind) for u in self.updates())  # first-seen order, as before
         out: dict[str, dict[str, int]] = {}
-        for u in self.updates():
-            per = out.setdefault(u.entry.table, {})
-            per[u.kind] = per.get(u.kind, 0) + 1
+        for (table, kind), count in pairs.items():
+            out.setdefault(table, {})[kind] = count
         return dict(sorted(out.items()))
 
 

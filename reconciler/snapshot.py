@@ -831,10 +831,12 @@ def load_snapshot(path: str | Path) -> Snapshot:
             doc = json.loads(text)
         except json.JSONDecodeError as e:
             raise SnapshotError(f"{p}:{e.lineno}:{e.colno}: not JSON: {e.msg}") from e
-        fast = _from_file_text(doc, text)
+        holder = [doc]
+        del doc  # the fast path drops the parsed tables once it has read them (peak memory)
+        fast = _from_file_text(holder, text)
         if fast is not None:
             return fast
-        return from_document(doc, source=str(p))
+        return from_document(holder[0] if holder else json.loads(text), source=str(p))
 
 
 @contextmanager
@@ -848,14 +850,17 @@ def _gc_paused() -> Iterator[None]:
             gc.enable()
 
 
-def _from_file_text(doc: Any, text: str) -> Snapshot | None:
+def _from_file_text(holder: list[Any], text: str) -> Snapshot | None:
     """from_document's result for a file written by to_json_text, without parsing its entries; None
     for anything else, which from_document then decides and words.
 
     The Services are built from their objects and their backend_table entries (which bucket points
     where), and the snapshot they make must write exactly `text`: equal text means the listed
     tables are the implied ones, the digest is theirs and the document is the snapshot's own
-    document, whose schema check is then the incremental one (tested equal to from_document)."""
+    document, whose schema check is then the incremental one (tested equal to from_document).
+    `holder` holds the parsed document; it is emptied once the Services are built, so that the
+    ~350,000 parsed entries are freed before the text is written for the comparison."""
+    doc = holder[0]
     try:
         by_service: dict[str, list[Mapping[str, Any]]] = {}
         global_entries: list[Entry] = []
@@ -880,6 +885,7 @@ def _from_file_text(doc: Any, text: str) -> Snapshot | None:
             services=tuple(services),
             global_entries=tuple(sorted(global_entries, key=Entry.sort_key)),
         )
+        del doc, holder[:]
         if snapshot_text(snap) != text or snapshot_schema_errors(snap):
             return None
     except (SnapshotError, KeyError, IndexError, TypeError, ValueError, AttributeError):

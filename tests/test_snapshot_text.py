@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from pathlib import Path
 from typing import Callable
 
 import pytest
@@ -147,7 +148,7 @@ def outcome(call: Callable[[], Snapshot]) -> tuple[object, ...]:
     return ("ok", snap.digest, snap.services, snap.global_entries, snap.to_json_text())
 
 
-def test_file_text_path_gives_from_documents_snapshot(tmp_path, multi_render: RenderResult) -> None:  # type: ignore[no-untyped-def]
+def test_file_text_path_gives_from_documents_snapshot(tmp_path: Path, multi_render: RenderResult) -> None:
     from reconciler import snapshot as S
 
     for name, snap in cases(multi_render.snapshot).items():
@@ -155,7 +156,7 @@ def test_file_text_path_gives_from_documents_snapshot(tmp_path, multi_render: Re
             continue
         text = snap.to_json_text()
         doc = json.loads(text)
-        fast = S._from_file_text(doc, text)
+        fast = S._from_file_text([doc], text)
         assert fast is not None, name  # the path is taken for what to_json_text writes
         ref = S.from_document(json.loads(text))
         assert (fast.digest, fast.services, fast.global_entries, fast.version, fast.config) == (
@@ -194,7 +195,7 @@ def mutations(text: str) -> list[str]:
     return out
 
 
-def test_any_other_text_is_decided_by_from_document(tmp_path, multi_render: RenderResult) -> None:  # type: ignore[no-untyped-def]
+def test_any_other_text_is_decided_by_from_document(tmp_path: Path, multi_render: RenderResult) -> None:
     from reconciler import snapshot as S
 
     path = tmp_path / "s.json"
@@ -207,7 +208,7 @@ def test_any_other_text_is_decided_by_from_document(tmp_path, multi_render: Rend
             except json.JSONDecodeError:
                 continue
             path.write_text(bad)
-            fast = S._from_file_text(json.loads(bad), bad)
+            fast = S._from_file_text([json.loads(bad)], bad)
             if bad != text:
                 assert fast is None or fast.to_json_text() == bad, name
             assert outcome(lambda: S.load_snapshot(path)) == outcome(lambda: S.from_document(doc, source=str(path))), name
