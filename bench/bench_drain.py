@@ -27,7 +27,26 @@ draining mode, an old connection sent to the new backend during the drain is a f
 of the conn_gen Bloom filter (its two cells both hold the drain's generation); the expected count
 is sum over the old connections in draining buckets of (1 - e^(-2N/CONN_CELLS))^2, N the marks.
 
-    .venv/bin/python bench/bench_drain.py [--quick] [--connections N] [--record]
+Overlapping drains (--overlap SECONDS): a real rolling update's steps come every few seconds while
+each drain lasts 60 s, so several drains run at once. The 5 events then come SECONDS apart, and
+the reconciler is rendered as the controller would: once per instant (an event's time, or the
+`until` of a running drain, in time order; `now` = that instant; an event at an `until` is one
+render). Connections live across events: every 60 s / --chunks, the oldest 1/chunks of them end
+and new ones open (SYN) until there are --connections again (broken ones are reset and replaced
+there too). After each write, a data packet of every connection in a bucket whose entry changed or
+that drains; after each round, of every connection in a draining bucket (a plain entry that did not
+change sends a connection where it did before: it does not read conn_gen). A break is counted for
+the event whose drain holds the bucket: at its step 1, at its step 2, as a Bloom false positive (a
+connection older than the bucket's drain sent to the new backend), or as a new connection reset
+(opened during the drain, sent back to the old backend because a cell of its lost the generation:
+another generation's SYN overwrote it). The expected false positives are, per old connection in
+a draining bucket, the highest (cells holding its drain's generation / CONN_CELLS)^2 seen at its
+checks (the register's real fill, so overwrites count).
+It runs twice: with the product's generation policy (a drain started while others run joins the
+newest running generation) and with the earlier policy (every render starts a fresh generation),
+obtained by making reconciler.render's running_generation return None.
+
+    .venv/bin/python bench/bench_drain.py [--quick] [--connections N] [--overlap SECONDS] [--record]
 """
 
 from __future__ import annotations
@@ -41,7 +60,9 @@ import random
 import sys
 import time
 from collections import Counter
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -58,11 +79,13 @@ from reconciler.diff import diff_snapshots  # noqa: E402
 from reconciler.intent.model import LoadBalancerConfig, Route, SwitchConfig, VipPool  # noqa: E402
 from reconciler.p4info import load_p4info, pipeline_info_from_message  # noqa: E402
 from reconciler.render import Renderer  # noqa: E402
+from reconciler.render import drain as render_drain  # noqa: E402
+from reconciler.render import engine as render_engine  # noqa: E402
 from reconciler.sim.behavior import behavior_for  # noqa: E402
 from reconciler.sim.device import Device  # noqa: E402
 from reconciler.sim.packet import ACK, PSH, SYN, build_tcp, ip, ip_str, parse_frame  # noqa: E402
 from reconciler.sim.pipeline import flow_bucket, process_packet  # noqa: E402
-from reconciler.snapshot import ServiceSnapshot, Snapshot  # noqa: E402
+from reconciler.snapshot import Drain, ServiceSnapshot, Snapshot  # noqa: E402
 from reconciler.switch.translate import updates_to_requests  # noqa: E402
 
 RESULTS = ROOT / "bench" / "RESULTS.md"
@@ -88,6 +111,9 @@ class Conn:
     sport: int
     node: str  # where its SYN went
     bucket: int
+    opened: float = 0.0  # clock time of its SYN (overlap mode)
+    fp_generation: int = 0  # overlap mode: the generation its false-positive chance is for ...
+    fp_chance: float = 0.0  # ... and the highest chance seen at its checks
 
 
 @dataclass
@@ -276,6 +302,237 @@ def run(mode: str, connections: int, chunks: int, seed: int, bmv2: bool) -> RunR
     return result
 
 
+POLICIES = {
+    "stateless": "stateless (0s)",
+    "shared": "shared running generation (product)",
+    "fresh": "a fresh generation per render (earlier policy)",
+}
+
+
+@contextmanager
+def generation_policy(policy: str) -> Iterator[None]:
+    """The earlier policy: no drain ever joins a running generation. The engine imported the
+    function by name, so both bindings are replaced (and restored)."""
+    if policy != "fresh":
+        yield
+        return
+    modules = (render_drain, render_engine)
+    saved = [getattr(m, "running_generation") for m in modules]
+
+    def none(previous: Snapshot | None, now: float) -> int | None:
+        return None
+
+    for m in modules:
+        setattr(m, "running_generation", none)
+    try:
+        yield
+    finally:
+        for m, f in zip(modules, saved):
+            setattr(m, "running_generation", f)
+
+
+@dataclass
+class OverlapEvent:
+    what: str
+    at: float  # seconds after the first event
+    moved: int = 0
+    removed_mid_drain: int = 0  # of those, buckets that were draining already
+    in_moved: int = 0
+    generations: set[int] = field(default_factory=set)
+    broken_step1: int = 0  # in buckets that were not draining
+    broken_removed: int = 0  # step 1 of a re-moved bucket: the earlier drain's old connections
+    bloom_fp: int = 0  # old connections of its drain sent to the new backend
+    new_reset: int = 0  # connections opened during its drain sent back to the old backend
+    broken_step2: int = 0
+    new_marked: int = 0  # connections opened in its draining buckets (their SYN marked conn_gen)
+    expected_fp: float = 0.0
+
+    @property
+    def broken(self) -> int:
+        return self.broken_step1 + self.broken_removed + self.bloom_fp + self.new_reset + self.broken_step2
+
+
+@dataclass
+class OverlapResult:
+    policy: str
+    spacing: float
+    events: list[OverlapEvent] = field(default_factory=list)
+    instants: list[str] = field(default_factory=list)  # one line per render
+    max_running: int = 0  # most drains (events) running at once
+    packets: int = 0
+    cells_used: int = 0
+    seconds: float = 0.0
+
+
+def run_overlap(policy: str, connections: int, chunks: int, seed: int, bmv2: bool, spacing: float) -> OverlapResult:
+    with generation_policy(policy):
+        return _run_overlap(policy, connections, chunks, seed, bmv2, spacing)
+
+
+def _run_overlap(policy: str, connections: int, chunks: int, seed: int, bmv2: bool, spacing: float) -> OverlapResult:
+    cfg = config(0.0 if policy == "stateless" else TIMEOUT_S)
+    renderer = Renderer()
+    cluster, key = start_cluster()
+    snap = renderer.render(cfg, cluster, None, p4info_digest=DIGEST, now=T0).snapshot
+    sw = Switch(bmv2)
+    sw.apply(snap)
+    svc = service_of(snap)
+    vip, port = ip(svc.vip), svc.port
+    nodes_by_ip = {node.internal_ip: name for name, node in cluster.nodes.items() if node.internal_ip}
+    rng = random.Random(seed)
+    used: set[tuple[int, int]] = set()
+
+    def open_conn(now: float) -> Conn:
+        while True:
+            src, sport = ip("198.51.0.0") + rng.randrange(1, 1 << 16), rng.randrange(1024, 65536)
+            if (src, sport) not in used:
+                used.add((src, sport))
+                break
+        node = sw.send(src, sport, vip, port, SYN, nodes_by_ip)
+        return Conn(src, sport, node, flow_bucket(src, vip, 6, sport, port, BUCKETS - 1), now)
+
+    first = T0 + 600.0
+    times = [first + k * spacing for k in range(len(EVENTS))]
+    result = OverlapResult(policy, spacing, [OverlapEvent(what, t - first) for (what, _), t in zip(EVENTS, times)])
+    event_of_start = {math.floor(t): k for k, t in enumerate(times)}
+    live = [open_conn(T0) for _ in range(connections)]  # oldest first
+    round_s = TIMEOUT_S / chunks
+    next_round = first + round_s
+    pending = list(zip(times, EVENTS))
+    t_start = time.perf_counter()
+
+    def drains(s: Snapshot) -> dict[int, Drain]:
+        return {d.bucket: d for d in service_of(s).drains}
+
+    def event_of(d: Drain) -> OverlapEvent:
+        return result.events[event_of_start[int(d.until - math.ceil(TIMEOUT_S))]]
+
+    def check(now: float, step1: set[int], removed: set[int], step2: dict[int, Drain], event: OverlapEvent | None) -> None:
+        """A data packet of every connection in a draining bucket or one whose entry changed now;
+        broken ones are reset (dropped from `live`)."""
+        nonlocal live
+        running = drains(snap)
+        fill = Counter(sw.device.registers(n.CONN_GEN).values())
+        keep: list[Conn] = []
+        for c in live:
+            b = c.bucket
+            d = running.get(b)
+            if d is None and b not in step1 and b not in step2:
+                keep.append(c)
+                continue
+            ok = sw.send(c.src, c.sport, vip, port, ACK | PSH, nodes_by_ip) == c.node
+            if d is not None and b not in step1 and c.opened < d.until - math.ceil(TIMEOUT_S):
+                ev = event_of(d)  # an old connection of a running drain: a false positive's chance
+                chance = (fill[d.generation] / n.CONN_CELLS) ** 2
+                if c.fp_generation != d.generation:
+                    c.fp_generation, c.fp_chance = d.generation, 0.0
+                if chance > c.fp_chance:
+                    ev.expected_fp += chance - c.fp_chance
+                    c.fp_chance = chance
+            if ok:
+                keep.append(c)
+            elif b in step1:
+                assert event is not None
+                if b in removed:
+                    event.broken_removed += 1
+                else:
+                    event.broken_step1 += 1
+            elif b in step2:
+                event_of(step2[b]).broken_step2 += 1
+            else:
+                assert d is not None
+                ev = event_of(d)
+                if c.opened < d.until - math.ceil(TIMEOUT_S):
+                    ev.bloom_fp += 1
+                else:
+                    ev.new_reset += 1
+        live = keep
+
+    def refill(now: float) -> None:
+        running = drains(snap)
+        while len(live) < connections:
+            c = open_conn(now)
+            live.append(c)
+            if c.bucket in running:
+                event_of(running[c.bucket]).new_marked += 1
+
+    while pending or snap.drain_until() is not None:
+        until = snap.drain_until()
+        now = min(pending[0][0] if pending else math.inf, until if until is not None else math.inf)
+        while next_round <= now:  # a connection lives at most TIMEOUT_S: it ends before a step 2 then
+            # a round: the oldest 1/chunks end, new ones open until there are `connections` again
+            live = live[math.ceil(connections / chunks):]
+            refill(next_round)
+            check(next_round, set(), set(), {}, None)
+            next_round += round_s
+        event: OverlapEvent | None = None
+        if pending and pending[0][0] == now:
+            event = result.events[len(EVENTS) - len(pending)]
+            _, (_, deltas) = pending.pop(0)
+            for node, delta in deltas:
+                cluster = with_scaled_service(cluster, key, node, delta)
+        before, before_drains = service_of(snap), drains(snap)
+        snap = renderer.render(cfg, cluster, snap, p4info_digest=DIGEST, now=now).snapshot
+        after, after_drains = service_of(snap), drains(snap)
+        moved = {b for b, (x, y) in enumerate(zip(before.assignment, after.assignment)) if x != y}
+        removed: set[int] = set()
+        ended = {b: d for b, d in before_drains.items() if b not in after_drains and b not in moved}
+        if event is not None:
+            event.moved = len(moved)
+            removed = {b for b in moved if b in before_drains and before_drains[b].until > now}
+            event.removed_mid_drain = len(removed)
+            event.in_moved = sum(1 for c in live if c.bucket in moved)
+            event.generations = {after_drains[b].generation for b in moved if b in after_drains}
+            if set(after_drains) - set(before_drains) - moved or (policy != "stateless" and not moved <= set(after_drains)):
+                raise AssertionError(f"{event.what}: the drains do not start on the moved buckets")
+        elif moved:
+            raise AssertionError(f"the render at {now - first:g}s moved buckets {sorted(moved)} without an event")
+        writes = sw.apply(snap)
+        result.max_running = max(result.max_running, len({event_of(d).what for d in after_drains.values()}))
+        label = (f"event {result.events.index(event) + 1}" if event is not None else "") + (
+            f"{' + ' if event is not None and ended else ''}step 2 of {len(ended)} buckets" if ended else "")
+        result.instants.append(
+            f"{now - first:+g}s: {label}; {writes} writes; draining {len(after_drains)} buckets, generations "
+            f"{sorted({d.generation for d in after_drains.values()}) or '-'}"
+        )
+        check(now, moved, removed, ended, event)
+        refill(now)  # the clients of reset connections connect again
+    result.seconds = time.perf_counter() - t_start
+    result.packets = sw.packets
+    result.cells_used = sw.cells_used()
+    return result
+
+
+def overlap_table(stateless: OverlapResult, runs: list[OverlapResult]) -> str:
+    head = ("| event (s after the first) | buckets moved (of which draining already) | connections in moved buckets "
+            "| broken, stateless (0s) |")
+    rule = "|---|---:|---:|---:|"
+    for r in runs:
+        head += (f" {POLICIES[r.policy]}: generation | new connections in its draining buckets "
+                 f"| broken: step 1 / step 1 of re-moved buckets / Bloom FP (expected) / new reset / step 2 |")
+        rule += "---:|---:|---|"
+    rows = [head, rule]
+    for i, ev in enumerate(runs[0].events):
+        st = stateless.events[i].broken
+        row = f"| {ev.what} (+{ev.at:g}) | {ev.moved} ({ev.removed_mid_drain}) | {ev.in_moved:,} | {st:,} |"
+        for r in runs:
+            e = r.events[i]
+            gens = ", ".join(f"T0+{g - int(T0)}" for g in sorted(e.generations))
+            row += (f" {gens} | {e.new_marked:,} | **{e.broken:,}**: {e.broken_step1} / {e.broken_removed:,} / "
+                    f"{e.bloom_fp} ({e.expected_fp:.3f}) / {e.new_reset:,} / {e.broken_step2} |")
+        rows.append(row)
+    total = (f"| **total** | {sum(e.moved for e in runs[0].events)} | {sum(e.in_moved for e in runs[0].events):,} "
+             f"| **{sum(e.broken for e in stateless.events):,}** |")
+    for r in runs:
+        evs = r.events
+        total += (f" | {sum(e.new_marked for e in evs):,} | **{sum(e.broken for e in evs):,}**: "
+                  f"{sum(e.broken_step1 for e in evs)} / {sum(e.broken_removed for e in evs):,} / "
+                  f"{sum(e.bloom_fp for e in evs)} ({sum(e.expected_fp for e in evs):.3f}) / "
+                  f"{sum(e.new_reset for e in evs):,} / {sum(e.broken_step2 for e in evs)} |")
+    rows.append(total)
+    return "\n".join(rows)
+
+
 def table(stateless: RunResult, draining: RunResult, connections: int) -> str:
     rows = [
         "| event | buckets moved | connections in moved buckets | broken, stateless (0s) | broken, draining (60s): "
@@ -307,35 +564,79 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=15)
     ap.add_argument("--bmv2", action="store_true", help="the switch in BMv2 mode (same data plane)")
     ap.add_argument("--quick", action="store_true", help="smoke run: 1,000 connections, 2 rounds (< 30 s)")
-    ap.add_argument("--record", action="store_true", help="append the results to bench/RESULTS.md")
+    ap.add_argument("--overlap", type=float, metavar="SECONDS", default=0.0,
+                    help="also the overlapping run: events SECONDS apart (e.g. 10), drains of 60 s")
+    ap.add_argument("--no-sequential", action="store_true", help="only the overlapping run")
+    ap.add_argument("--record", action="store_true", help="add the results to bench/RESULTS.md")
     a = ap.parse_args(argv)
     if a.quick:
         a.connections, a.chunks = 1_000, 2
+    if a.no_sequential and a.overlap <= 0:
+        ap.error("--no-sequential needs --overlap")
     t0 = time.perf_counter()
-    stateless = run("stateless", a.connections, a.chunks, a.seed, a.bmv2)
-    draining = run("draining", a.connections, a.chunks, a.seed, a.bmv2)
+    parts: list[str] = []
+    failed = 0
+    if not a.no_sequential:
+        stateless = run("stateless", a.connections, a.chunks, a.seed, a.bmv2)
+        draining = run("draining", a.connections, a.chunks, a.seed, a.bmv2)
+        memory = n.CONN_CELLS * n.CONN_GEN_WIDTH // 8
+        text = table(stateless, draining, a.connections)
+        packets = sum(e.packets for e in stateless.events + draining.events)
+        seconds = stateless.seconds + draining.seconds
+        parts.append(
+            f"{a.connections:,} established connections, {BUCKETS} buckets, {len(EVENTS)} events, "
+            f"{a.chunks} rounds per drain, seed {a.seed}\n\n{text}\n\n"
+            f"- conn_gen: {n.CONN_CELLS:,} cells x {n.CONN_GEN_WIDTH} bits = {memory / 2**20:g} MiB of switch register "
+            f"memory; {draining.cells_used:,} cells hold a generation after the run\n"
+            f"- packets through the pipeline: {packets:,} ({packets / seconds:,.0f}/s) in {seconds:.1f} s "
+            f"(stateless {stateless.seconds:.1f} s, draining {draining.seconds:.1f} s)\n"
+            f"- table writes per transaction: stateless {[w for e in stateless.events for w in e.writes]}, "
+            f"draining (step 1, step 2) {[e.writes for e in draining.events]}"
+        )
+        failed += sum(e.broken_event + e.broken_drain + e.broken_step2 + e.new_misrouted for e in draining.events)
+    if a.overlap > 0:
+        every = [run_overlap(p, a.connections, a.chunks, a.seed, a.bmv2, a.overlap) for p in POLICIES]
+        runs = every[1:]
+        lines = "\n".join(f"- {POLICIES[r.policy]}: renders at {'; '.join(r.instants)}" for r in runs)
+        parts.append(
+            f"Overlapping drains: the 5 events {a.overlap:g} s apart, drains of {TIMEOUT_S:g} s (up to "
+            f"{max(r.max_running for r in runs)} events' drains at once), {a.connections:,} connections living "
+            f"{TIMEOUT_S:g} s ({a.chunks} rounds of {TIMEOUT_S / a.chunks:g} s), seed {a.seed}; generations as seconds "
+            f"after T0 (the first event is at T0+600)\n\n{overlap_table(every[0], runs)}\n\n{lines}\n"
+            + "\n".join(
+                f"- {POLICIES[r.policy]}: {r.packets:,} packets ({r.packets / r.seconds:,.0f}/s) in {r.seconds:.1f} s; "
+                f"{r.cells_used:,} conn_gen cells hold a generation after the run" for r in every)
+        )
+        # judged: the product's policy; the earlier one and stateless are shown for comparison
+        failed += sum(e.broken for e in runs[0].events)
     wall = time.perf_counter() - t0
-    memory = n.CONN_CELLS * n.CONN_GEN_WIDTH // 8
-    text = table(stateless, draining, a.connections)
-    packets = sum(e.packets for e in stateless.events + draining.events)
-    summary = (
-        f"{a.connections:,} established connections, {BUCKETS} buckets, {len(EVENTS)} events, "
-        f"{a.chunks} rounds per drain, seed {a.seed}\n\n{text}\n\n"
-        f"- conn_gen: {n.CONN_CELLS:,} cells x {n.CONN_GEN_WIDTH} bits = {memory / 2**20:g} MiB of switch register "
-        f"memory; {draining.cells_used:,} cells hold a generation after the run\n"
-        f"- packets through the pipeline: {packets:,} ({packets / wall:,.0f}/s) in {wall:.1f} s "
-        f"(stateless {stateless.seconds:.1f} s, draining {draining.seconds:.1f} s)\n"
-        f"- table writes per transaction: stateless {[w for e in stateless.events for w in e.writes]}, "
-        f"draining (step 1, step 2) {[e.writes for e in draining.events]}"
-    )
+    summary = "\n\n".join(parts) + f"\n\n(wall {wall:.1f} s)"
     print(summary)
     if a.record:
-        when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-        machine = f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, {platform.system()}"
-        with RESULTS.open("a") as f:
-            f.write(f"\n## Connection draining (issue 15) — `bench/bench_drain.py`\n\n{when}, {machine}.\n\n{summary}\n")
-    failed = sum(e.broken_event + e.broken_drain + e.broken_step2 + e.new_misrouted for e in draining.events)
+        record(summary, a)
     return 1 if failed else 0
+
+
+def record(summary: str, a: argparse.Namespace) -> None:
+    """Append a run to the "Connection draining (issue 15)" section of bench/RESULTS.md (the end
+    of the file when there is none), keeping what is there."""
+    when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    machine = (f"{platform.machine()}, {os.cpu_count()} cores (load average {os.getloadavg()[0]:.1f} at the end), "
+               f"Python {platform.python_version()}, {platform.system()}; software switch in "
+               f"{'BMv2' if a.bmv2 else 'spec'} mode, in process")
+    args = " ".join(x for x in (
+        "--quick" if a.quick else "", f"--connections {a.connections}" if not a.quick else "",
+        f"--overlap {a.overlap:g}" if a.overlap > 0 else "", "--no-sequential" if a.no_sequential else "") if x)
+    block = f"### {'Sequential and overlapping drains' if a.overlap > 0 else 'Sequential drains'}, {when}\n\n{machine}. `.venv/bin/python bench/bench_drain.py {args}`\n\n{summary}\n"
+    text = RESULTS.read_text()
+    heading = "\n## Connection draining (issue 15)"
+    at = text.find(heading)
+    if at < 0:
+        RESULTS.write_text(text + f"{heading} — `bench/bench_drain.py`\n\n{block}")
+        return
+    end = text.find("\n## ", at + len(heading))
+    end = len(text) if end < 0 else end + 1
+    RESULTS.write_text(text[:end].rstrip("\n") + "\n\n" + block + "\n" + text[end:])
 
 
 if __name__ == "__main__":
