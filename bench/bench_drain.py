@@ -111,7 +111,7 @@ class Conn:
     sport: int
     node: str  # where its SYN went
     bucket: int
-    opened: float = 0.0  # clock time of its SYN (overlap mode)
+    serial: int = 0  # overlap mode: its SYN was the serial-th
     fp_generation: int = 0  # overlap mode: the generation its false-positive chance is for ...
     fp_chance: float = 0.0  # ... and the highest chance seen at its checks
 
@@ -382,20 +382,21 @@ def _run_overlap(policy: str, connections: int, chunks: int, seed: int, bmv2: bo
     rng = random.Random(seed)
     used: set[tuple[int, int]] = set()
 
-    def open_conn(now: float) -> Conn:
+    def open_conn() -> Conn:
         while True:
             src, sport = ip("198.51.0.0") + rng.randrange(1, 1 << 16), rng.randrange(1024, 65536)
             if (src, sport) not in used:
                 used.add((src, sport))
                 break
         node = sw.send(src, sport, vip, port, SYN, nodes_by_ip)
-        return Conn(src, sport, node, flow_bucket(src, vip, 6, sport, port, BUCKETS - 1), now)
+        return Conn(src, sport, node, flow_bucket(src, vip, 6, sport, port, BUCKETS - 1), len(used))
 
     first = T0 + 600.0
     times = [first + k * spacing for k in range(len(EVENTS))]
     result = OverlapResult(policy, spacing, [OverlapEvent(what, t - first) for (what, _), t in zip(EVENTS, times)])
     event_of_start = {math.floor(t): k for k, t in enumerate(times)}
-    live = [open_conn(T0) for _ in range(connections)]  # oldest first
+    live = [open_conn() for _ in range(connections)]  # oldest first
+    start_serial: dict[str, int] = {}  # per event: the serial of the first connection opened in its drain
     round_s = TIMEOUT_S / chunks
     next_round = first + round_s
     pending = list(zip(times, EVENTS))
@@ -407,7 +408,7 @@ def _run_overlap(policy: str, connections: int, chunks: int, seed: int, bmv2: bo
     def event_of(d: Drain) -> OverlapEvent:
         return result.events[event_of_start[int(d.until - math.ceil(TIMEOUT_S))]]
 
-    def check(now: float, step1: set[int], removed: set[int], step2: dict[int, Drain], event: OverlapEvent | None) -> None:
+    def check(step1: set[int], removed: set[int], step2: dict[int, Drain], event: OverlapEvent | None) -> None:
         """A data packet of every connection in a draining bucket or one whose entry changed now;
         broken ones are reset (dropped from `live`)."""
         nonlocal live
@@ -421,7 +422,7 @@ def _run_overlap(policy: str, connections: int, chunks: int, seed: int, bmv2: bo
                 keep.append(c)
                 continue
             ok = sw.send(c.src, c.sport, vip, port, ACK | PSH, nodes_by_ip) == c.node
-            if d is not None and b not in step1 and c.opened < d.until - math.ceil(TIMEOUT_S):
+            if d is not None and b not in step1 and c.serial < start_serial[event_of(d).what]:
                 ev = event_of(d)  # an old connection of a running drain: a false positive's chance
                 chance = (fill[d.generation] / n.CONN_CELLS) ** 2
                 if c.fp_generation != d.generation:
@@ -442,16 +443,16 @@ def _run_overlap(policy: str, connections: int, chunks: int, seed: int, bmv2: bo
             else:
                 assert d is not None
                 ev = event_of(d)
-                if c.opened < d.until - math.ceil(TIMEOUT_S):
+                if c.serial < start_serial[ev.what]:
                     ev.bloom_fp += 1
                 else:
                     ev.new_reset += 1
         live = keep
 
-    def refill(now: float) -> None:
+    def refill() -> None:
         running = drains(snap)
         while len(live) < connections:
-            c = open_conn(now)
+            c = open_conn()
             live.append(c)
             if c.bucket in running:
                 event_of(running[c.bucket]).new_marked += 1
@@ -462,8 +463,8 @@ def _run_overlap(policy: str, connections: int, chunks: int, seed: int, bmv2: bo
         while next_round <= now:  # a connection lives at most TIMEOUT_S: it ends before a step 2 then
             # a round: the oldest 1/chunks end, new ones open until there are `connections` again
             live = live[math.ceil(connections / chunks):]
-            refill(next_round)
-            check(next_round, set(), set(), {}, None)
+            refill()
+            check(set(), set(), {}, None)
             next_round += round_s
         event: OverlapEvent | None = None
         if pending and pending[0][0] == now:
@@ -478,6 +479,7 @@ def _run_overlap(policy: str, connections: int, chunks: int, seed: int, bmv2: bo
         removed: set[int] = set()
         ended = {b: d for b, d in before_drains.items() if b not in after_drains and b not in moved}
         if event is not None:
+            start_serial[event.what] = len(used) + 1  # connections opened from now on are its drain's new ones
             event.moved = len(moved)
             removed = {b for b in moved if b in before_drains and before_drains[b].until > now}
             event.removed_mid_drain = len(removed)
@@ -495,8 +497,8 @@ def _run_overlap(policy: str, connections: int, chunks: int, seed: int, bmv2: bo
             f"{now - first:+g}s: {label}; {writes} writes; draining {len(after_drains)} buckets, generations "
             f"{sorted({d.generation for d in after_drains.values()}) or '-'}"
         )
-        check(now, moved, removed, ended, event)
-        refill(now)  # the clients of reset connections connect again
+        check(moved, removed, ended, event)
+        refill()  # the clients of reset connections connect again
     result.seconds = time.perf_counter() - t_start
     result.packets = sw.packets
     result.cells_used = sw.cells_used()
