@@ -238,6 +238,21 @@ def _unordered_entries(snap: Snapshot | None) -> list[Entry]:
     return out
 
 
+def _unmatched(missing: list[Entry], extra: list[Entry], target: Snapshot | None) -> tuple[list[Entry], list[Entry]]:
+    """What diff_entries(what the switch holds, the target) needs, from the entries whose bytes
+    differ (`extra`: read, not expected; `missing`: expected, not read): every matched entry is
+    equal on both sides and writes nothing. The matched VIPs of the service ids among the
+    unmatched VIPs are added to both sides (held ones first, as in a full list), so that a
+    service id taken over by another VIP is seen exactly as from the full lists."""
+    sids = {e.args[0] for e in (*missing, *extra) if e.table == VIP_TABLE}
+    if not sids or target is None:
+        return extra, missing
+    not_read = {e.key for e in missing if e.table == VIP_TABLE}
+    vips = [v for svc in target.services if svc.service_id in sids
+            for v in svc.entries().get(VIP_TABLE, ()) if v.key not in not_read]
+    return vips + extra, missing + vips
+
+
 def _version(snap: Snapshot | None) -> str:
     return f"v{snap.version}" if snap is not None else "empty tables"
 
@@ -607,12 +622,12 @@ class TwoSwitchApplier:
             if report_drift:
                 # What the switch holds beyond the last good snapshot was changed by someone
                 # else (or left by an interrupted transaction); the same writes repair it.
-                drift = self._drift(expected, read, extra, target, expected_now)
+                drift = self._drift(session, blobs, expected, read, extra, target, expected_now)
             if not blobs:
                 writes = await self._insert_all(sw, session, expected)
             elif extra or read.missing:
-                actual = expected.except_at(read.missing) + extra  # what the switch holds, by value
-                writes = await self._write(sw, session, diff_entries(actual, expected.entries), expected)
+                holds, want = _unmatched(expected.at(read.missing), extra, target)
+                writes = await self._write(sw, session, diff_entries(holds, want), expected)
             else:
                 writes = {}
         await self._verify(sw, session, target, expected, None if not known else diff)
@@ -621,16 +636,24 @@ class TwoSwitchApplier:
         expected.release()  # keep the bytes, not ~350,000 Entry objects, until the next use
         return writes, drift
 
-    def _drift(self, expected: EncodedEntries, read: Readback, extra: list[Entry], target: Snapshot | None,
-               expected_now: Snapshot | None) -> list[str]:
-        """compare_entries(what the switch holds, expected_now): from the unmatched entries alone
-        when expected_now is the target (every matched entry is equal on both sides)."""
+    def _drift(self, session: SwitchSession, blobs: list[bytes], expected: EncodedEntries, read: Readback,
+               extra: list[Entry], target: Snapshot | None, expected_now: Snapshot | None) -> list[str]:
+        """compare_entries(what the switch holds, expected_now), from the unmatched entries alone
+        (every matched entry is equal on both sides): against the target's bytes when
+        expected_now is the target, else against expected_now's (its unchanged Services reuse
+        the target's bytes)."""
         same = expected_now is target or (
             expected_now is not None and target is not None and expected_now.digest == target.digest
         )
         if same:
             return compare_entries(extra, expected.at(read.missing))
-        return compare_entries(expected.except_at(read.missing) + extra, _entries(expected_now))
+        now = EncodedEntries.of_snapshot(
+            self.info, expected_now.services if expected_now is not None else (),
+            expected_now.global_entries if expected_now is not None else (), lambda: _unordered_entries(expected_now),
+            expected)
+        read_now = match_readback(blobs, now)
+        extra_now = session.decode_entries(read_now.extra) if read_now.extra else []
+        return compare_entries(extra_now, now.at(read_now.missing))
 
     async def _write(self, sw: SwitchSpec, session: SwitchSession, diff: SnapshotDiff, known: EncodedEntries) -> dict[str, dict[str, int]]:
         if diff.empty:

@@ -338,3 +338,34 @@ def test_a_different_pipeline_on_the_switch_is_replaced(world):
     assert r.outcome == "applied", r.describe()
     assert [s.pipeline_pushed for s in r.switches] == [True, True]
     assert_invariant(world, world.v1)
+
+
+def test_a_diff_from_the_unmatched_entries_equals_the_diff_from_the_full_lists(multi_render) -> None:
+    """_put and _drift diff only the entries whose bytes differ: the same writes, phases and
+    order as diffing what the switch holds in full, also when a service id is taken over."""
+    from reconciler.apply import _unmatched
+    from reconciler.diff import diff_entries
+
+    snap: Snapshot = multi_render.snapshot
+    want = [e for s in snap.services for es in s.entries().values() for e in es] + list(snap.global_entries)
+    vips = [e for e in want if e.table == n.VIP_TABLE]
+    bucket = next(e for e in want if e.table == n.BACKEND_TABLE)
+    cases = {
+        "a changed bucket": [e if e is not bucket else Entry(e.table, e.key, e.action, ("10.9.9.9", 1, 0)) for e in want],
+        "a missing VIP": [e for e in want if e is not vips[0]],
+        "a stale VIP of a live service id": want + [Entry(n.VIP_TABLE, ("203.0.113.9", 80, 6), n.SET_SERVICE, vips[1].args)],
+        "a VIP moved to another service id": [
+            e if e is not vips[0] else Entry(e.table, e.key, e.action, (vips[1].args[0], e.args[1])) for e in want
+        ] + [Entry(n.BACKEND_TABLE, (4000, 0), n.DNAT, ("10.0.0.1", 1, 1))],
+        "nothing": list(want),
+    }
+    for what, holds in cases.items():
+        have, exp = {(e.table, e.key, e.action, e.args) for e in holds}, {(e.table, e.key, e.action, e.args) for e in want}
+        missing = [e for e in want if (e.table, e.key, e.action, e.args) not in have]
+        extra = [e for e in holds if (e.table, e.key, e.action, e.args) not in exp]
+        # the full lists as the read-back made them: the matched entries in snapshot order, then the others
+        full = diff_entries([e for e in want if (e.table, e.key, e.action, e.args) in have] + extra, want)
+        reduced = diff_entries(*_unmatched(missing, extra, snap))
+        assert reduced.phases == full.phases, what
+        assert (not full.empty) == (what != "nothing"), what
+        assert bool(full.phases[0]) == ("service id" in what), what  # the take-over path is taken

@@ -301,3 +301,24 @@ def test_a_refused_update_of_a_request_sent_as_bytes_is_named(switch: SoftwareSw
             assert sorted(s.decode_entries(await s.read_encoded()), key=repr) == [vip, other]
 
     run(go())
+
+
+def test_entries_at_positions_are_made_from_their_services_alone(multi_render: RenderResult) -> None:
+    snap = multi_render.snapshot
+    services = _varied_services(snap)
+    made: list[int] = []
+
+    def source() -> list[Entry]:
+        made.append(1)
+        return [e for s in services for es in s.entries().values() for e in es] + list(snap.global_entries)
+
+    fast = EncodedEntries.of_snapshot(INFO, services, snap.global_entries, source)
+    everything = source()
+    positions = [0, len(everything) - 1, 5, 3, len(everything) // 2, len(everything) - len(snap.global_entries)]
+    positions = [p for p in positions if p < len(everything)]
+    assert fast.at(positions) == [everything[p] for p in positions] and len(made) == 1  # the source was not asked
+    assert fast.blob_of(everything[0]) is None and len(made) == 1  # not one of its (unmade) entries
+    with pytest.raises(IndexError):
+        fast.at([len(everything)])
+    assert fast.entries == tuple(everything) and len(made) == 2
+    assert fast.blob_of(fast.entries[3]) == fast.blobs[3]

@@ -18,6 +18,7 @@ metadata and every other zero field absent. It equals entry_to_proto(...).Serial
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -283,7 +284,8 @@ class EncodedEntries:
     are kept (a long-running applier keeps its last target's bytes, ~64 MB at 348,000 entries,
     not the Entry objects too), and the entries are made again if a read-back differs."""
 
-    __slots__ = ("blobs", "tables", "index", "_entries", "_source", "_by_entry", "_info", "_per_service")
+    __slots__ = ("blobs", "tables", "index", "_entries", "_source", "_by_entry", "_info", "_per_service", "_starts",
+                 "_services", "_global")
 
     def __init__(self, info: PipelineInfo, entries: Iterable[Entry],
                  source: Callable[[], Iterable[Entry]] | None = None) -> None:
@@ -296,6 +298,9 @@ class EncodedEntries:
         self._by_entry: dict[int, bytes] | None = None
         self._info = info
         self._per_service: dict[ServiceSnapshot, tuple[tuple[bytes, ...], tuple[str, ...]]] = {}
+        self._starts: list[int] = []  # of_snapshot: where each Service's entries start
+        self._services: Sequence[ServiceSnapshot] = ()
+        self._global: Sequence[Entry] = ()
 
     @classmethod
     def of_snapshot(cls, info: PipelineInfo, services: Sequence[ServiceSnapshot], global_entries: Sequence[Entry],
@@ -309,13 +314,16 @@ class EncodedEntries:
         per_service: dict[ServiceSnapshot, tuple[tuple[bytes, ...], tuple[str, ...]]] = {}
         blobs: list[bytes] = []
         tables: list[str] = []
+        starts: list[int] = []
         for svc in services:
             hit = cache.get(svc)
             if hit is None:
                 hit = per_service.get(svc) or encode.encode_service(svc)
             per_service[svc] = hit
+            starts.append(len(blobs))
             blobs += hit[0]
             tables += hit[1]
+        starts.append(len(blobs))  # the global entries start here
         for e in global_entries:
             blobs.append(encode.encode(e))
             tables.append(e.table)
@@ -328,6 +336,9 @@ class EncodedEntries:
         self._by_entry = None
         self._info = info
         self._per_service = per_service
+        self._starts = starts
+        self._services = services
+        self._global = global_entries
         return self
 
     def __len__(self) -> int:
@@ -350,15 +361,38 @@ class EncodedEntries:
 
     def blob_of(self, e: Entry) -> bytes | None:
         """The bytes of `e` when it is one of these entries (the very object), else None."""
+        if self._entries is None:
+            return None  # not made (or released): `e` cannot be one of them
         if self._by_entry is None:
             self._by_entry = {id(x): b for x, b in zip(self.entries, self.blobs)}
         return self._by_entry.get(id(e))
 
     def at(self, positions: Sequence[int]) -> list[Entry]:
+        """The entries at `positions`. Made from their Services alone when the entries are not
+        at hand (of_snapshot): a few differences must not make 350,000 Entry objects."""
         if not positions:
             return []
+        if self._entries is None and self._starts:
+            return self._made_at(positions)
         entries = self.entries
         return [entries[i] for i in positions]
+
+    def _made_at(self, positions: Sequence[int]) -> list[Entry]:
+        starts, services = self._starts, self._services
+        made: dict[int, list[Entry]] = {}
+        out: list[Entry] = []
+        for i in positions:
+            if not 0 <= i < len(self.blobs):
+                raise IndexError(i)
+            k = bisect_right(starts, i) - 1
+            if k == len(services):
+                out.append(self._global[i - starts[k]])
+                continue
+            es = made.get(k)
+            if es is None:
+                es = made[k] = [e for group in services[k].entries().values() for e in group]
+            out.append(es[i - starts[k]])
+        return out
 
     def except_at(self, positions: Iterable[int]) -> list[Entry]:
         """Every entry but those at `positions`."""
