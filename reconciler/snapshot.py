@@ -331,22 +331,19 @@ class ServiceSnapshot:
         if not self.backends or self.assignment[0] is None:
             return {}
         name = _enc(self.name)
-        fields, params = TABLE_FIELDS[n.BACKEND_TABLE], ACTION_PARAMS[n.DNAT]
-        key_order = sorted(range(len(fields)), key=lambda i: fields[i])
-        match_fmt = ",".join(json.dumps(fields[i]) + ":%d" for i in key_order)
-        swap = key_order != [0, 1]
-        head = '{"action":' + _enc(n.DNAT) + ',"match":{'
+        first, second, sid_first, par_names = _backend_row_parts()
         tails: dict[str | None, str] = {}
         for b in self.backends:
-            values: tuple[Value, ...] = (b.address, b.port, b.backend_id)
-            args = dict(zip(params, values))
-            par = ",".join(f"{json.dumps(p)}:{_enc(args[p])}" for p in sorted(params))
+            args = dict(zip(ACTION_PARAMS[n.DNAT], (b.address, b.port, b.backend_id)))
+            par = ",".join(f"{enc}:{_enc(args[p])}" for p, enc in par_names)
             tails[backend_key(b, self.backend_mode)] = '},"params":{' + par + '},"service":' + name + "}"
         sid = self.service_id
-        rows = [
-            head + (match_fmt % ((bucket, sid) if swap else (sid, bucket))) + tails[k]
-            for bucket, k in enumerate(self.assignment)
-        ]
+        sid_text = "%d" % sid  # as the bucket: match values are written with %d
+        if sid_first:
+            pre = first + sid_text + second
+            rows = [f"{pre}{bucket:d}{tails[k]}" for bucket, k in enumerate(self.assignment)]
+        else:
+            rows = [f"{first}{bucket:d}{second}{sid_text}{tails[k]}" for bucket, k in enumerate(self.assignment)]
         proto = n.IP_PROTOCOLS[self.protocol]
         if self.drains:  # rare: the generic form for the draining buckets
             by_key: dict[str | None, Backend] = {backend_key(b, self.backend_mode): b for b in self.backends}
@@ -372,6 +369,19 @@ class ServiceSnapshot:
             key=Entry.sort_key,
         )
         return [(vip.sort_key(), vip.canonical())], [(e.sort_key(), e.canonical()) for e in reverse]
+
+
+@lru_cache(maxsize=1)
+def _backend_row_parts() -> tuple[str, str, bool, tuple[tuple[str, str], ...]]:
+    """A dnat backend_table row's constant text, around its two match values: (text before the
+    first value, text between them, whether the service id comes first, the params' (name, encoded
+    name) in sorted order). Canonical key order, as Entry.canonical."""
+    fields = TABLE_FIELDS[n.BACKEND_TABLE]
+    key_order = sorted(range(len(fields)), key=lambda i: fields[i])
+    head = '{"action":' + _enc(n.DNAT) + ',"match":{'
+    a, b = (json.dumps(fields[i]) + ":" for i in key_order)
+    params = tuple((p, json.dumps(p)) for p in sorted(ACTION_PARAMS[n.DNAT]))
+    return head + a, "," + b, key_order == [0, 1], params
 
 
 def _fragment_text(service: dict[str, Any] | None, entries: Mapping[str, list[Entry]]) -> str:
@@ -952,8 +962,8 @@ def snapshot_text(snap: Snapshot) -> str:
     items.append(("services", f"[\n{services}\n  ]" if snap.services else "[]"))
     tables = []
     for t, texts in sorted(rows.items()):
-        body = ",\n".join("      " + r for r in texts)
-        tables.append(f"    {json.dumps(t)}: [\n{body}\n    ]" if texts else f"    {json.dumps(t)}: []")
+        body = ",\n      ".join(texts)
+        tables.append(f"    {json.dumps(t)}: [\n      {body}\n    ]" if texts else f"    {json.dumps(t)}: []")
     items.append(("tables", "{\n" + ",\n".join(tables) + "\n  }"))
     items.sort()
     parts.append(",\n".join(f"  {json.dumps(k)}: {v}" for k, v in items))
