@@ -334,7 +334,7 @@ class ServiceSnapshot:
         first, second, sid_first, par_names = _backend_row_parts()
         tails: dict[str | None, str] = {}
         for b in self.backends:
-            args = dict(zip(ACTION_PARAMS[n.DNAT], (b.address, b.port, b.backend_id)))
+            args: dict[str, Value] = dict(zip(ACTION_PARAMS[n.DNAT], (b.address, b.port, b.backend_id)))
             par = ",".join(f"{enc}:{_enc(args[p])}" for p, enc in par_names)
             tails[backend_key(b, self.backend_mode)] = '},"params":{' + par + '},"service":' + name + "}"
         sid = self.service_id
