@@ -199,10 +199,25 @@ def _phases(
         if k in a or k in withdrawn:
             continue
         phases[3 if e.table == n.VIP_TABLE else 4].append(Update("DELETE", e))
+    return tuple(_in_write_order(p) for p in phases)
+
+
+def _in_write_order(updates: list[Update]) -> tuple[Update, ...]:
+    """sorted(updates, key=(table's place in TABLE_ORDER, else 99; entry.sort_key())), stable, one
+    table at a time: a table whose keys are all integers (backend_table: service id, bucket) is
+    ordered by its keys themselves, which sort_key orders alike, without a key tuple per entry."""
     order = {t: i for i, t in enumerate(n.TABLE_ORDER)}
-    for p in phases:
-        p.sort(key=lambda u: (order.get(u.entry.table, 99), u.entry.sort_key()))
-    return tuple(tuple(p) for p in phases)
+    groups: dict[int, list[Update]] = {}
+    for u in updates:
+        groups.setdefault(order.get(u.entry.table, 99), []).append(u)
+    out: list[Update] = []
+    for _, group in sorted(groups.items()):
+        if all(v.__class__ is int for u in group for v in u.entry.key):
+            group.sort(key=lambda u: u.entry.key)
+        else:
+            group.sort(key=lambda u: u.entry.sort_key())
+        out += group
+    return tuple(out)
 
 
 def _sids_with_changes(b: dict[_Key, Entry], a: dict[_Key, Entry]) -> set[Value]:
