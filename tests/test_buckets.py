@@ -491,3 +491,18 @@ def test_same_output_in_fresh_interpreters_with_different_hash_seeds():
         outputs.append(json.loads(done.stdout))
     assert outputs[0] == outputs[1]
     assert len(outputs[0][0]) == 256 and None not in outputs[0][0]
+
+
+def test_rebalance_moves_draining_buckets_only_when_nothing_else_can() -> None:
+    """An over-quota backend frees its other buckets before those still draining to it; the
+    number moved stays the minimum."""
+    previous = ("a",) * 8 + ("b",) * 8
+    draining = {0, 1, 2}
+    plain = rebalance(previous, {"a": 6, "b": 10})
+    kept = rebalance(previous, {"a": 6, "b": 10}, draining)
+    moved = lambda new: {i for i, (x, y) in enumerate(zip(previous, new)) if x != y}  # noqa: E731
+    assert len(moved(kept)) == len(moved(plain)) == 2
+    assert moved(kept).isdisjoint(draining)
+    # More to free than the backend holds outside its drains: only the shortfall is draining.
+    forced = rebalance(previous, {"a": 1, "b": 15}, draining)
+    assert len(moved(forced)) == 7 and len(moved(forced) & draining) == 2

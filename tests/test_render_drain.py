@@ -205,10 +205,21 @@ def test_generations_grow_across_drains_even_after_all_ended() -> None:
     assert v3.drain_until() is None and v3.max_drain_generation() == 0
     v4 = do_render(cfg, cluster({"node-0": 1, "node-1": 3}), v3, now=T0 + 6).snapshot
     assert v4.by_name[NAME].drains and min(d.generation for d in v4.by_name[NAME].drains) > g1
-    # A longer timeout in the same second cannot reuse a generation either: one per (render, timeout).
+    # Scaled back while v4's drains run: node-1 frees its own buckets before the ones draining
+    # to it (moving those again sends their old connections to the intermediate backend); new
+    # drains join the running generation, re-moved buckets take a fresh one.
     short = dataclasses.replace(cfg, connection_drain_timeout_s=1)
     v5 = do_render(short, cluster({"node-0": 3, "node-1": 1}), v4, now=T0 + 6).snapshot
-    assert min(d.generation for d in v5.by_name[NAME].drains) > v4.max_drain_generation()
+    s4, s5 = v4.by_name[NAME], v5.by_name[NAME]
+    running, g4 = {d.bucket: d for d in s4.drains}, v4.max_drain_generation()
+    begun = [d for d in s5.drains if d not in s4.drains]
+    assert begun
+    for d in begun:
+        assert d.generation > g4 if d.bucket in running else d.generation == g4
+    freed = s4.assignment.count("node-1") - s5.assignment.count("node-1")
+    own = sum(1 for b, k in enumerate(s4.assignment) if k == "node-1" and b not in running)
+    assert sum(1 for d in begun if d.bucket in running) == max(0, freed - own)
+    assert all(s5.assignment[b] != "node-1" for b, k in enumerate(s4.assignment) if k == "node-1" and b not in running)
 
 
 def test_generation_is_shared_by_a_render_and_never_zero() -> None:

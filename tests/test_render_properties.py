@@ -258,7 +258,8 @@ def check_drains(
     floor = previous.max_drain_generation()
     running = [d.generation for s in previous.services for d in s.drains if d.until > now]
     shared = max(running) if running else None
-    failing = {i.service for i in issues if i.severity == "error"}
+    # Kept as in v<N>: an error, or a warning that keeps (an opt-in value that means nothing).
+    failing = {i.service for i in issues if i.severity == "error" or "kept as in v" in i.message}
     for svc in new.services:
         old = previous.by_name.get(svc.name)
         kept = svc.name in failing or svc.service_key in failing

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from fractions import Fraction
 from functools import lru_cache
 from math import lcm
@@ -289,7 +289,9 @@ def maglev_assign(bucket_count: int, quotas: Mapping[str, int]) -> tuple[str, ..
     return _fill([None] * bucket_count, quotas)
 
 
-def rebalance(previous: Sequence[str | None], quotas: Mapping[str, int]) -> tuple[str, ...]:
+def rebalance(
+    previous: Sequence[str | None], quotas: Mapping[str, int], draining: Collection[int] = ()
+) -> tuple[str, ...]:
     """Later assignments: keep every bucket that can stay, move exactly the minimum.
 
     The bucket count is ``sum(quotas)``; if it differs from ``len(previous)`` the old table
@@ -299,6 +301,11 @@ def rebalance(previous: Sequence[str | None], quotas: Mapping[str, int]) -> tupl
     claiming their most preferred free bucket. Buckets moved ==
     sum(max(0, previous_count - quota)) over backends + buckets of removed backends + None
     buckets, which is the least any assignment with these quotas can move.
+
+    A backend above quota frees buckets that are not ``draining`` first: a draining bucket that
+    moved again would send the connections its drain keeps on the old backend to the
+    intermediate one (DESIGN.md 5.1), while another bucket's connections all drain. Which
+    buckets move changes, not how many.
     """
     bucket_count = sum(quotas.values())
     if len(previous) != bucket_count:
@@ -323,7 +330,8 @@ def rebalance(previous: Sequence[str | None], quotas: Mapping[str, int]) -> tupl
         have = len(holdings.get(key, ()))
         if have > quota:
             rank = _preference_rank(key, bucket_count)
-            for bucket in sorted(holdings[key], key=rank)[quota:]:
+            # Kept first: draining buckets, then the most preferred (sorted: False < True).
+            for bucket in sorted(holdings[key], key=lambda b: (b not in draining, rank(b)))[quota:]:
                 slots[bucket] = None
         elif have < quota:
             needs[key] = quota - have
@@ -371,6 +379,7 @@ def assign(
     replicas: Mapping[str, int],
     previous: Sequence[str | None] | None,
     connections: Mapping[str, int] | None = None,
+    draining: Collection[int] = (),
 ) -> tuple[str | None, ...]:
     """The Service's bucket table for ``algorithm``.
 
@@ -379,7 +388,8 @@ def assign(
     - least-connections: the same with ``least_connections_weights`` as the weights.
     - round-robin: the same quotas, placed by ``round_robin``.
     No backend with replicas -> every bucket None. ``previous`` of another length than
-    ``bucket_count`` is treated as absent.
+    ``bucket_count`` is treated as absent. ``draining``: buckets of ``previous`` still draining,
+    which ``rebalance`` moves only when nothing else can.
     """
     if algorithm not in ALGORITHMS:
         raise ValueError(
@@ -408,4 +418,4 @@ def assign(
         return round_robin(bucket_count, quotas)
     if previous is None:
         return maglev_assign(bucket_count, quotas)
-    return rebalance(previous, quotas)
+    return rebalance(previous, quotas, draining)

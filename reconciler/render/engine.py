@@ -725,7 +725,10 @@ def _render_port(
     # Service's output never depends on whether other Services had connection counts.
     conns = dict((connections or {}).get(name, {})) if config.algorithm == "least-connections" else None
     try:
-        assignment = buckets.assign(config.algorithm, bucket_count, replicas, previous_assignment, conns)
+        # Buckets still draining move again only when nothing else can (their drain's old
+        # connections would go to the intermediate backend).
+        draining = {d.bucket for d in old.drains if d.until > st.now} if previous_assignment is not None and old is not None else ()
+        assignment = buckets.assign(config.algorithm, bucket_count, replicas, previous_assignment, conns, draining)
     except ValueError as e:
         issues.append(RenderIssue(name, str(e), "error"))
         return fail()
