@@ -245,8 +245,10 @@ def write_recordings(work: Path, services: int, nodes: int, endpoints: int) -> d
     return out
 
 
-def measure_size(services: int, nodes: int, per_service: int, profile_dir: Path | None, quick: bool = False) -> list[Row]:
-    """Every command at `services`; `quick`: each once (JSON where both exist; render both, one change from YAML)."""
+def measure_size(services: int, nodes: int, per_service: int, profile_dir: Path | None, quick: bool = False,
+                 commands: set[str] | None = None) -> list[Row]:
+    """Every command at `services`; `quick`: each once (JSON where both exist; render both, one change from YAML);
+    `commands`: only these (render, plan, check, reconcile, run; None: all)."""
     rows: list[Row] = []
     with tempfile.TemporaryDirectory(prefix="p4kube-bench-commands-") as tmp:
         work = Path(tmp)
@@ -275,6 +277,8 @@ def measure_size(services: int, nodes: int, per_service: int, profile_dir: Path 
             def cmd(label: str, fmt: str, args: list[str], ok: tuple[int, ...] = (0,)) -> None:
                 if (profile_dir is not None and fmt != "yaml") or (quick and fmt != "json" and (label, fmt) in skip_in_quick):
                     return
+                if commands is not None and label.split(" ", 1)[0] not in commands:
+                    return
                 if profile_dir is not None:
                     prof = profile_dir / f"{services}-{label.replace(' ', '_').replace(',', '')}.prof"
                     argv = [sys.executable, "-m", "cProfile", "-o", str(prof), str(P4KUBE), *args]
@@ -297,6 +301,8 @@ def measure_size(services: int, nodes: int, per_service: int, profile_dir: Path 
             for fmt in ("yaml", "json"):
                 cmd("check", fmt, ["check", *common, "--cluster", str(rec[f"base.{fmt}"]), "--out-dir", str(work / f"check-{fmt}")],
                     ok=(0, 2))
+            if commands is not None and not commands & {"reconcile", "run"}:
+                return rows
             if profile_dir is not None:
                 # the switches are filled without the profiler: the first apply is not what is profiled
                 d = run_whole([str(P4KUBE), *once, "--cluster", str(rec["base.yaml"])], cwd=work, env=env)
@@ -310,7 +316,7 @@ def measure_size(services: int, nodes: int, per_service: int, profile_dir: Path 
             if not quick:
                 cmd("reconcile --once, one Service changed", "json", [*once, "--cluster", str(rec["base.json"])])
             for fmt in ("yaml", "json"):
-                if (profile_dir is not None and fmt != "yaml") or (quick and fmt != "json"):
+                if (profile_dir is not None and fmt != "yaml") or (quick and fmt != "json") or (commands is not None and "run" not in commands):
                     continue
                 port = free_port()
                 args = ["run", *common, "--cluster", str(rec[f"base.{fmt}"]), "--audit-repo", str(audit),
@@ -385,7 +391,19 @@ def main() -> int:
                     "hold half-changed")
     ap.add_argument("--profile", type=Path, metavar="DIR", help="run each command once under cProfile (YAML input), "
                     "writing DIR/<size>-<command>.prof, and print the hot spots")
+    ap.add_argument("--commands", metavar="LIST", help="only these commands, comma-separated: render, plan, check, "
+                    "reconcile, run (default: all; plan needs render's snapshot, so it runs render too)")
     a = ap.parse_args()
+    commands = None
+    if a.commands:
+        commands = {c.strip() for c in a.commands.split(",") if c.strip()}
+        unknown = commands - {"render", "plan", "check", "reconcile", "run"}
+        if unknown:
+            ap.error(f"--commands: unknown {sorted(unknown)}")
+        if "plan" in commands:
+            commands.add("render")
+        if "run" in commands:  # a restart: the switches filled by reconcile first
+            commands.add("reconcile")
     sizes = [200] if a.quick else [int(s) for s in a.sizes.split(",") if s.strip()]
     nodes = min(a.nodes, 100) if a.quick else a.nodes
     if a.profile is not None:
@@ -402,7 +420,7 @@ def main() -> int:
             code = f"commit {rev}"
         print(f"measuring the reconciler of {code}", file=sys.stderr)
         for n in sizes:
-            rows += measure_size(n, nodes, a.endpoints_per_service, a.profile, quick=a.quick)
+            rows += measure_size(n, nodes, a.endpoints_per_service, a.profile, quick=a.quick, commands=commands)
     if a.profile is not None:
         for prof in sorted(a.profile.glob("*.prof")):
             print(hot_spots(prof) + "\n")
