@@ -508,10 +508,11 @@ def _render_key(
     _drop_key(st, key, keep=set(produced))
     for name, s in produced.items():
         old = st.services.get(name)
-        if s is old:
+        if s is old or (old is not None and s == old):
+            # Unchanged: the previous object stays, with its fragment digest (and schema check)
+            # already computed: a render against --previous hashes only what changed.
             continue
-        if s != old:
-            check_service_schema(s)
+        check_service_schema(s)
         if old is not None:
             now = {backend_key(b, s.backend_mode) for b in s.backends}
             for b in old.backends:
