@@ -308,6 +308,14 @@ class ServiceSnapshot:
         vip = Entry(n.VIP_TABLE, (self.vip, self.port, proto), n.SET_SERVICE, (self.service_id, self.bucket_count - 1), self.name)
         return {n.VIP_TABLE: [vip], n.BACKEND_TABLE: backend_entries, n.REVERSE_NAT: reverse}
 
+    def reverse_nat_keys(self) -> list[tuple[Value, ...]]:
+        """The keys of entries()[REVERSE_NAT], in that order, without making the bucket entries
+        (render looks them up for every Service of a --previous snapshot)."""
+        if not self.backends or self.assignment[0] is None:
+            return []
+        proto = n.IP_PROTOCOLS[self.protocol]
+        return sorted(((b.address, b.port, proto) for b in self.backends), key=lambda k: tuple(_sort_value(v) for v in k))
+
     @cached_property
     def fragment_digest(self) -> str:
         """sha256 hex of this Service's fragment (its JSON object and its entries)."""

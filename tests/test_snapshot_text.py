@@ -214,3 +214,9 @@ def test_any_other_text_is_decided_by_from_document(tmp_path: Path, multi_render
             assert outcome(lambda: S.load_snapshot(path)) == outcome(lambda: S.from_document(doc, source=str(path))), name
             checked += 1
     assert checked > 30
+
+
+def test_reverse_nat_keys_are_the_entries_keys(multi_render: RenderResult) -> None:
+    for name, snap in cases(multi_render.snapshot).items():
+        for s in snap.services:
+            assert s.reverse_nat_keys() == [e.key for e in s.entries().get(n.REVERSE_NAT, ())], (name, s.name)

@@ -27,7 +27,7 @@ from typing import Hashable, Iterable, Mapping, cast
 from ..cluster.model import ClusterState, Service, ServicePort
 from ..diagnostics import clip
 from ..intent.model import LoadBalancerConfig
-from ..p4names import IP_PROTOCOLS, REVERSE_NAT
+from ..p4names import IP_PROTOCOLS
 from ..snapshot import Backend, Drain, ServiceSnapshot, Snapshot, Value, backend_key, check_service_schema, route_entries
 from . import buckets
 from .drain import drain_timeout, drains_ended, next_drains, running_generation
@@ -332,8 +332,8 @@ def _fresh_state(config: LoadBalancerConfig, p4info_digest: str, previous: Snaps
             st.service_ids.seed(svc.name, svc.service_id)
             for b in svc.backends:
                 st.backend_ids.seed((svc.name, backend_key(b, svc.backend_mode)), b.backend_id)
-            for e in svc.entries().get(REVERSE_NAT, ()):
-                st.reverse_owner[e.key] = svc.name
+            for rkey in svc.reverse_nat_keys():
+                st.reverse_owner[rkey] = svc.name
             ks = st.keys.setdefault(svc.service_key, _KeyState(None, (), ()))
             ks.names = ks.names + (svc.name,)
         st.reorder()
@@ -417,8 +417,8 @@ def _drop_key(st: _State, key: str, keep: set[str], keep_vip: bool = False) -> N
         if old is not None:
             for b in old.backends:
                 st.backend_ids.release((name, backend_key(b, old.backend_mode)))
-            for e in old.entries().get(REVERSE_NAT, ()):
-                _release_reverse(st, e.key, name)
+            for rkey in old.reverse_nat_keys():
+                _release_reverse(st, rkey, name)
     if not keep and not keep_vip:
         st.vips.release(key)
 
@@ -580,10 +580,10 @@ def _follow_renames(st: _State, key: str, svc: Service, names: list[str]) -> Non
             {(old, backend_key(b, olds[old].backend_mode)): (new, backend_key(b, olds[old].backend_mode)) for old, new in renames.items() for b in olds[old].backends}
         )
         moves = [
-            (e.key, new)
+            (rkey, new)
             for old, new in renames.items()
-            for e in olds[old].entries().get(REVERSE_NAT, ())
-            if st.reverse_owner.get(e.key) == old
+            for rkey in olds[old].reverse_nat_keys()
+            if st.reverse_owner.get(rkey) == old
         ]
         for rkey, new in moves:
             st.reverse_owner[rkey] = new
@@ -786,9 +786,9 @@ def _render_port(
         issues.append(RenderIssue(name, "no ready endpoints: VIP left to kube-proxy until replicas are ready"))
     now = {(address, tport, proto) for _, address, tport, _ in rows.values()}
     if old is not None:
-        for entry in old.entries().get(REVERSE_NAT, ()):
-            if entry.key not in now:
-                _release_reverse(st, entry.key, name)
+        for released_key in old.reverse_nat_keys():
+            if released_key not in now:
+                _release_reverse(st, released_key, name)
     for rkey in now:
         st.reverse_owner[rkey] = name
     return result
