@@ -245,6 +245,17 @@ def write_recordings(work: Path, services: int, nodes: int, endpoints: int) -> d
     return out
 
 
+def write_recordings_apart(work: Path, services: int, nodes: int, endpoints: int) -> dict[str, Path]:
+    """write_recordings in a process of its own. Linux carries a process's peak RSS through fork
+    and exec (ru_maxrss starts at the forking parent's size), so a benchmark that held the
+    synthetic cluster itself (~600 MB at 5,000 Services) would report that as every command's peak."""
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); from pathlib import Path; import bench_commands as b; "
+            "b.write_recordings(Path(sys.argv[2]), *map(int, sys.argv[3:]))")
+    subprocess.run([sys.executable, "-c", code, str(Path(__file__).parent), str(work), str(services), str(nodes), str(endpoints)],
+                   check=True)
+    return {f"{name}.{fmt}": work / f"cluster-{name}.{fmt}" for name in ("base", "changed") for fmt in ("yaml", "json")}
+
+
 def measure_size(services: int, nodes: int, per_service: int, profile_dir: Path | None, quick: bool = False,
                  commands: set[str] | None = None) -> list[Row]:
     """Every command at `services`; `quick`: each once (JSON where both exist; render both, one change from YAML);
@@ -253,7 +264,7 @@ def measure_size(services: int, nodes: int, per_service: int, profile_dir: Path 
     with tempfile.TemporaryDirectory(prefix="p4kube-bench-commands-") as tmp:
         work = Path(tmp)
         t0 = time.perf_counter()
-        rec = write_recordings(work, services, nodes, services * per_service)
+        rec = write_recordings_apart(work, services, nodes, services * per_service)
         print(f"[{services}] recordings: YAML {rec['base.yaml'].stat().st_size / 1e6:.1f} MB, "
               f"JSON {rec['base.json'].stat().st_size / 1e6:.1f} MB, written in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
         intent = work / "intent"
