@@ -43,8 +43,8 @@ Entities = Any  # the `entities` repeated field of a p4r.ReadResponse (protobuf 
 @dataclass
 class ReadOutcome:
     """Entities found, plus one (code, message) per request entity (None where it succeeded).
-    Read with `encoded=True`, the entities are in `encoded` instead, each as its serialized
-    Entity (what the ReadResponse's repeated field holds), and `response` stays empty."""
+    Read with `encoded=True`, the entities are in `encoded` instead, each as its field of a
+    serialized ReadResponse (tag, length, Entity), and `response` stays empty."""
 
     response: p4r.ReadResponse = field(default_factory=p4r.ReadResponse)
     errors: list[tuple[int, str] | None] = field(default_factory=list)
@@ -70,11 +70,22 @@ class EncodedEntities:
         self.items.append(entity)
         return entity
 
-    def add_table_entry(self, table_entry: bytes) -> None:
-        self.items.append(b"\x12" + _varint(len(table_entry)) + table_entry)  # Entity.table_entry = 2
+    def add_field(self, field: bytes) -> None:
+        """An entity already serialized as its ReadResponse field (entity_field())."""
+        self.items.append(field)
 
     def serialized(self) -> list[bytes]:
-        return [i if isinstance(i, bytes) else i.SerializeToString() for i in self.items]
+        return [i if isinstance(i, bytes) else _field(i.SerializeToString()) for i in self.items]
+
+
+def entity_field(table_entry: bytes) -> bytes:
+    """A serialized TableEntry as a ReadResponse's `entities` field (1) holding an Entity whose
+    `table_entry` (2) it is."""
+    return _field(b"\x12" + _varint(len(table_entry)) + table_entry)
+
+
+def _field(entity: bytes) -> bytes:
+    return b"\x0a" + _varint(len(entity)) + entity
 
 
 def _varint(n: int) -> bytes:
@@ -86,10 +97,10 @@ def _varint(n: int) -> bytes:
     return bytes(out)
 
 
-def response_bytes(entities: list[bytes]) -> bytes:
-    """A serialized ReadResponse holding `entities` (each a serialized Entity), byte for byte
-    what serializing the message would give (ReadResponse.entities = 1)."""
-    return b"".join([b"\x0a" + _varint(len(e)) + e for e in entities])
+def response_bytes(fields: list[bytes]) -> bytes:
+    """A serialized ReadResponse holding `fields` (ReadOutcome.encoded), byte for byte what
+    serializing the message would give."""
+    return b"".join(fields)
 
 
 def read_entities(
@@ -208,8 +219,8 @@ class _Reader:
                 if cached is None or cached[0] is not entry:  # first read of this very entry
                     message = p4r.TableEntry()
                     fill_table_entry(message, self.schema, table, entry)
-                    cached = wire[entry.key] = (entry, message.SerializeToString())
-                out.add_table_entry(cached[1])
+                    cached = wire[entry.key] = (entry, entity_field(message.SerializeToString()))
+                out.add_field(cached[1])
             return
         for entry in selected:
             fill_table_entry(out.add().table_entry, self.schema, table, entry, with_counters)

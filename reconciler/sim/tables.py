@@ -59,7 +59,7 @@ class TableState:
         self.default = DefaultEntry(action_id, params)
         # direct counter cells, [packets, bytes] per key (only for tables with a direct counter)
         self.direct_counts: dict[tuple, list[int]] = {}
-        # key -> (entry, its TableEntry bytes as a Read returns it): made on the first read of
+        # key -> (entry, its bytes as a Read returns them: a ReadResponse field), made on the first read of
         # that very entry object (a modified entry is a new object), so large reads re-send
         # bytes instead of building a message per entry (sim/reads.py)
         self.wire: dict[tuple, tuple[Entry, bytes]] = {}
