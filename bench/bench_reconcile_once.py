@@ -2,8 +2,9 @@
 
 Two `p4kube sim` processes, a Git intent repository, a kubectl-style recording of a synthetic
 cluster (5,000 Services, 1,000 nodes, 50,000 endpoints by default) and an audit repository; every
-step is the real command in its own process, timed whole, and followed by reading both switches
-(entry counts per table over P4Runtime):
+step is the real command in its own process, timed whole (wall; its own CPU and peak RSS from
+/usr/bin/time; the software switches' CPU meanwhile from /proc, so the client's share can be told from
+the switches'), and followed by reading both switches (entry counts per table over P4Runtime):
 
     1. first apply to empty switches
     2. nothing changed: the command reads both switches back before it says "up to date"
@@ -25,7 +26,7 @@ from pathlib import Path
 
 import grpc
 import pygit2
-from benchlib import start_switch
+from benchlib import cpu_seconds_of, start_switch
 from finsy.proto import p4r, p4r_grpc
 
 from reconciler.cluster.synthetic import cluster_to_list_yaml, synthetic_cluster
@@ -78,10 +79,23 @@ def commit(repo_dir: Path, text: str, message: str) -> None:
     repo.create_commit("HEAD", sig, sig, message, repo.index.write_tree(), parents)
 
 
-def run(args: list[str], cwd: Path) -> tuple[int, float, str]:
+def run(args: list[str], cwd: Path, switch_pids: tuple[int, ...] = ()) -> tuple[int, float, str, float, float, float]:
+    """exit code, wall seconds, output, the command's own CPU seconds (user + sys),
+    its peak RSS in MB, and the CPU seconds the switch processes spent meanwhile."""
+    before = sum(cpu_seconds_of(p) for p in switch_pids)
     t0 = time.perf_counter()
-    done = subprocess.run([str(P4KUBE), *args], cwd=cwd, capture_output=True, text=True, timeout=1800)
-    return done.returncode, time.perf_counter() - t0, (done.stdout + done.stderr).strip()
+    with tempfile.TemporaryFile() as out, tempfile.NamedTemporaryFile("r") as usage:
+        # Through /usr/bin/time, a small process: Linux keeps ru_maxrss across execve, so a
+        # command forked straight from this (large) process would report this one's peak RSS.
+        proc = subprocess.Popen(["/usr/bin/time", "-o", usage.name, "-f", "%U %S %M", str(P4KUBE), *args], cwd=cwd,
+                                stdout=out, stderr=subprocess.STDOUT)
+        proc.wait()
+        wall = time.perf_counter() - t0
+        out.seek(0)
+        text = out.read().decode(errors="replace").strip()
+        fields = usage.read().split()[-3:]  # a signal adds a line before them
+    switch_cpu = sum(cpu_seconds_of(p) for p in switch_pids) - before
+    return proc.returncode, wall, text, float(fields[0]) + float(fields[1]), int(fields[2]) / 1024, switch_cpu
 
 
 def main() -> int:
@@ -90,7 +104,7 @@ def main() -> int:
     ap.add_argument("--nodes", type=int, default=1000)
     ap.add_argument("--endpoints", type=int, default=50000)
     a = ap.parse_args()
-    rows: list[tuple[str, int, float, str]] = []
+    rows: list[tuple[str, int, float, float, float, float, str]] = []
     with tempfile.TemporaryDirectory(prefix="p4kube-bench-once-") as tmp:
         work = Path(tmp)
         (sb, sb_port), (pr, pr_port) = start_switch(), start_switch()
@@ -112,10 +126,11 @@ def main() -> int:
                     "--pipeline-dir", str(intent)]  # where the intent's deviceConfig is found by name
 
             def step(what: str, args: list[str]) -> tuple[int, str]:
-                code, secs, out = run(args, work)
+                code, secs, out, cpu, rss, switch_cpu = run(args, work, tuple(p.pid for p in procs if p.poll() is None))
                 held = f"standby {counts(sb_port)} / primary {counts(pr_port)}"
-                rows.append((what, code, secs, held))
-                print(f"{what}: exit {code} in {secs:.1f} s; {held}\n  {out.splitlines()[-1] if out else ''}", file=sys.stderr)
+                rows.append((what, code, secs, cpu, rss, switch_cpu, held))
+                print(f"{what}: exit {code} in {secs:.1f} s (client CPU {cpu:.1f} s, {rss:.0f} MB; switches' CPU "
+                      f"{switch_cpu:.1f} s); {held}\n  {out.splitlines()[-1] if out else ''}", file=sys.stderr)
                 return code, out
 
             step("1. first apply to empty switches", once)
@@ -147,10 +162,11 @@ def main() -> int:
                     p.wait(timeout=10)
     print(f"\n### `p4kube reconcile --once` at {a.services} Services, {a.nodes} nodes, {a.endpoints} endpoints "
           f"({time.strftime('%Y-%m-%d')}, two `p4kube sim` processes)\n")
-    print("| step | exit | whole command | what the switches hold after (entries per table, read over P4Runtime) |")
-    print("|---|---|---|---|")
-    for what, code, secs, held in rows:
-        print(f"| {what} | {code} | {secs:.1f} s | {held.replace('MyIngress.', '')} |")
+    print("| step | exit | whole command | client CPU | client peak RSS | both switches' CPU | what the switches hold after "
+          "(entries per table, read over P4Runtime) |")
+    print("|---|---|---|---|---|---|---|")
+    for what, code, secs, cpu, rss, switch_cpu, held in rows:
+        print(f"| {what} | {code} | {secs:.1f} s | {cpu:.1f} s | {rss:.0f} MB | {switch_cpu:.1f} s | {held.replace('MyIngress.', '')} |")
     return 0
 
 
