@@ -161,12 +161,18 @@ def test_loop_applies_rolls_back_falls_back_recovers_and_restarts_quietly(loop_w
             rec = next(r for r in ctl.history[n:] if r.outcome == "applied")
             assert 0 < rec.writes < 2 * 64
 
-            # api's backends die; the next change to api is rolled back and api falls back.
+            # api's backends die; the next change to api is rolled back and api falls back. The
+            # periodic health round (every 50 ms here) would see the dead backends too and fall api
+            # back on its own (test_periodic_health_... covers that path): it is held off until the
+            # transaction's probe has decided, so this test always sees the rollback path. Nothing
+            # awaits between these lines, so the loop cannot run in between.
+            ctl._next_health = float("inf")
             for ip in NODES.values():
                 backends.down(ip, ports["api"])
             n = len(ctl.history)
             cluster.replace(with_scaled_service(cluster.snapshot(), "apps/api", "node-a", +1))
             await ctl.wait_until(lambda: any(r.fell_back for r in ctl.history[n:]))
+            ctl._next_health = None  # health rounds resume (the recovery below needs them)
             rolled = next(r for r in ctl.history[n:] if r.fell_back)
             assert rolled.outcome == "rolled-back" and rolled.fell_back == ("apps/api",)
             assert cluster.snapshot().services["apps/api"].opt_in == "disabled"
