@@ -12,6 +12,7 @@ from typing import Any
 
 from finsy.proto import p4r
 
+from reconciler.protowire import length_delimited, varint
 from reconciler.sim.behavior import (
     INCORRECT_ENTITY,
     INVALID_ARGUMENT,
@@ -81,20 +82,11 @@ class EncodedEntities:
 def entity_field(table_entry: bytes) -> bytes:
     """A serialized TableEntry as a ReadResponse's `entities` field (1) holding an Entity whose
     `table_entry` (2) it is."""
-    return _field(b"\x12" + _varint(len(table_entry)) + table_entry)
+    return _field(b"\x12" + varint(len(table_entry)) + table_entry)
 
 
 def _field(entity: bytes) -> bytes:
-    return b"\x0a" + _varint(len(entity)) + entity
-
-
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while n > 0x7F:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
+    return length_delimited(0x0A, entity)
 
 
 def response_bytes(fields: list[bytes]) -> bytes:

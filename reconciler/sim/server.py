@@ -23,6 +23,7 @@ from pathlib import Path
 import grpc
 from finsy.proto import U128, p4r, p4r_grpc
 
+from reconciler.protowire import length_delimited, varint
 from reconciler.sim.arbitration import ArbitrationError, Arbitrator, Controller
 from reconciler.sim.behavior import (
     CANCELLED,
@@ -319,19 +320,6 @@ class SoftwareSwitch:
 # -- status trailers ---------------------------------------------------------------------------
 
 
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while n > 0x7F:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
-
-
-def _field(tag: int, payload: bytes) -> bytes:
-    return bytes((tag,)) + _varint(len(payload)) + payload
-
-
 _ERROR_TYPE_URL = b"type.googleapis.com/p4.v1.Error"
 _detail_cache: dict[UpdateResult, bytes] = {}
 
@@ -345,10 +333,10 @@ def _detail(result: UpdateResult) -> bytes:
         if code != OK:
             error.message = message
             error.space = ERROR_SPACE
-        any_bytes = _field(0x0A, _ERROR_TYPE_URL) + (
-            _field(0x12, error.SerializeToString()) if code != OK else b""
+        any_bytes = length_delimited(0x0A, _ERROR_TYPE_URL) + (
+            length_delimited(0x12, error.SerializeToString()) if code != OK else b""
         )
-        cached = _field(0x1A, any_bytes)
+        cached = length_delimited(0x1A, any_bytes)
         if len(_detail_cache) < 4096:
             _detail_cache[result] = cached
     return cached
@@ -357,9 +345,9 @@ def _detail(result: UpdateResult) -> bytes:
 def status_bytes(code: int, message: str, details: Sequence[UpdateResult] = ()) -> bytes:
     """A serialized google.rpc.Status (built by hand: a failing batch of thousands of updates
     must not cost thousands of message constructions)."""
-    parts = [b"\x08" + _varint(code)] if code else []
+    parts = [b"\x08" + varint(code)] if code else []
     if message:
-        parts.append(_field(0x12, message.encode()))
+        parts.append(length_delimited(0x12, message.encode()))
     parts.extend(_detail(r) for r in details)
     return b"".join(parts)
 

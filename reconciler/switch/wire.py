@@ -25,6 +25,7 @@ from typing import Any
 
 from finsy.proto import p4r
 
+from reconciler.protowire import varint
 from reconciler.diff import Update
 from reconciler.p4info import PipelineInfo
 from reconciler import p4names as n
@@ -47,20 +48,11 @@ __all__ = [
 _CACHE_LIMIT = 1 << 17  # values remembered per field or parameter (a long-running process churns)
 
 
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while n > 0x7F:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
-
-
-_SHORT = tuple(_varint(n) for n in range(1 << 14))  # lengths of sub-messages: nearly always short
+_SHORT = tuple(varint(n) for n in range(1 << 14))  # lengths of sub-messages: nearly always short
 
 
 def _length(n: int) -> bytes:
-    return _SHORT[n] if n < 16384 else _varint(n)
+    return _SHORT[n] if n < 16384 else varint(n)
 
 
 def _delimited(tag: int, body: bytes) -> bytes:
@@ -98,7 +90,7 @@ def _chunks(slots: tuple[_Slot, ...], values: tuple[object, ...]) -> bytes:
 
 
 def _exact_slot(field_id: int, encode: Encoder) -> _Slot:
-    head = b"\x08" + _varint(field_id)
+    head = b"\x08" + varint(field_id)
 
     def make(v: object) -> bytes:
         value = encode(v)
@@ -109,21 +101,21 @@ def _exact_slot(field_id: int, encode: Encoder) -> _Slot:
 
 
 def _lpm_slot(field_id: int, encode: LpmEncoder) -> _Slot:
-    head = b"\x08" + _varint(field_id)
+    head = b"\x08" + varint(field_id)
 
     def make(v: object) -> bytes:
         lpm = encode(v)
         if lpm is None:
             return b""  # /0: the field is left out (P4Runtime 9.1.1)
         value, prefix_len = lpm
-        body = b"\x0a" + _length(len(value)) + value + b"\x10" + _varint(prefix_len)
+        body = b"\x0a" + _length(len(value)) + value + b"\x10" + varint(prefix_len)
         return _delimited(0x12, head + _delimited(0x22, body))
 
     return _Slot(make)
 
 
 def _param_slot(param_id: int, encode: Encoder) -> _Slot:
-    head = b"\x10" + _varint(param_id)
+    head = b"\x10" + varint(param_id)
 
     def make(v: object) -> bytes:
         value = encode(v)
@@ -136,7 +128,7 @@ class _ActionTemplate:
     __slots__ = ("head", "slots", "default_only")
 
     def __init__(self, action_id: int, slots: tuple[_Slot, ...], default_only: bool) -> None:
-        self.head = b"\x08" + _varint(action_id)
+        self.head = b"\x08" + varint(action_id)
         self.slots = slots
         self.default_only = default_only
 
@@ -145,7 +137,7 @@ class _TableTemplate:
     __slots__ = ("head", "slots", "actions")
 
     def __init__(self, table_id: int, slots: tuple[_Slot, ...] | None, actions: dict[str, _ActionTemplate]) -> None:
-        self.head = b"\x08" + _varint(table_id)
+        self.head = b"\x08" + varint(table_id)
         self.slots = slots  # None: a match kind without a snapshot spelling (refused via the slow path)
         self.actions = actions
 
@@ -439,7 +431,7 @@ class _Malformed(Exception):
     pass
 
 
-def _read_varint(data: bytes, pos: int) -> tuple[int, int]:
+def _readvarint(data: bytes, pos: int) -> tuple[int, int]:
     result = shift = 0
     while True:
         if pos >= len(data):
@@ -456,11 +448,11 @@ def _read_varint(data: bytes, pos: int) -> tuple[int, int]:
 
 def _skip(data: bytes, pos: int, wire_type: int) -> int:
     if wire_type == 0:
-        return _read_varint(data, pos)[1]
+        return _readvarint(data, pos)[1]
     if wire_type == 1:
         return pos + 8
     if wire_type == 2:
-        n, pos = _read_varint(data, pos)
+        n, pos = _readvarint(data, pos)
         return pos + n
     if wire_type == 5:
         return pos + 4
@@ -486,14 +478,14 @@ def _split(data: bytes) -> list[bytes]:
     while pos < end:
         tag = data[pos]
         if tag != 0x0A:  # not `entities` (or a multi-byte tag): skip the field
-            key, pos = _read_varint(data, pos)
+            key, pos = _readvarint(data, pos)
             pos = _skip(data, pos, key & 7)
             continue
         b = data[pos + 1]
         if b < 0x80:
             n, pos = b, pos + 2
         else:
-            n, pos = _read_varint(data, pos + 1)
+            n, pos = _readvarint(data, pos + 1)
         stop = pos + n
         if stop > end:
             raise _Malformed
@@ -502,7 +494,7 @@ def _split(data: bytes) -> list[bytes]:
             if b < 0x80:
                 m, start = b, pos + 2
             else:
-                m, start = _read_varint(data, pos + 1)
+                m, start = _readvarint(data, pos + 1)
             if start + m == stop:
                 add(data[start:stop])
                 pos = stop
@@ -588,7 +580,7 @@ def encoded_requests(
     if device_id < 0 or device_id >= 1 << 64:
         raise TranslationError(f"device id {device_id} does not fit in 64 bits")
     eid = election_id_proto(election_id)
-    head = (b"\x08" + _varint(device_id) if device_id else b"") + _delimited(0x1A, eid.SerializeToString())
+    head = (b"\x08" + varint(device_id) if device_id else b"") + _delimited(0x1A, eid.SerializeToString())
     out: list[list[EncodedWriteRequest]] = []
     for phase in phases:
         requests: list[EncodedWriteRequest] = []
