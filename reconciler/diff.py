@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Iterable, Literal
+from typing import Callable, Iterable, Literal, Mapping, Sequence
 
 from . import p4names as n
 from .snapshot import Entry, ServiceSnapshot, Snapshot, Value
@@ -56,21 +56,35 @@ def port_identity(s: ServiceSnapshot) -> tuple[str, int, str]:
     return (s.service_key, s.port, s.protocol)
 
 
-@dataclass(frozen=True)
+Phases = tuple[tuple[Update, ...], ...]  # len(PHASE_NAMES)
+
+
+@dataclass(frozen=True, eq=False)
 class SnapshotDiff:
-    phases: tuple[tuple[Update, ...], ...]  # len(PHASE_NAMES)
+    """The writes, in phases, and the Services they come from.
+
+    `make_phases` builds the phases on first use: a plan needs only the counts per table and kind,
+    and for writes onto empty tables (`known_counts`) those are counted from the Services without
+    an Entry and an Update per write (348,137 of them for 5,000 new Services)."""
+
+    make_phases: Callable[[], Phases]
     services: tuple[ServiceChange, ...] = field(default=())
+    known_counts: Mapping[str, Mapping[str, int]] | None = None  # exactly what the phases count
+
+    @cached_property
+    def phases(self) -> Phases:
+        return self.make_phases()
 
     @property
     def empty(self) -> bool:
-        return not any(self.phases)
+        return not self._counts
 
     def updates(self) -> Iterable[Update]:
         for phase in self.phases:
             yield from phase
 
     def __len__(self) -> int:
-        return sum(len(p) for p in self.phases)
+        return sum(sum(per.values()) for per in self._counts.values())
 
     def counts(self) -> dict[str, dict[str, int]]:
         """Writes per table and kind, e.g. {"MyIngress.backend_table": {"MODIFY": 3}}."""
@@ -79,6 +93,8 @@ class SnapshotDiff:
     @cached_property
     def _counts(self) -> dict[str, dict[str, int]]:
         # Counted once: a plan prints them in every form (350,000 updates at 5,000 new Services).
+        if self.known_counts is not None:
+            return {t: dict(per) for t, per in sorted(self.known_counts.items())}
         pairs = Counter((u.entry.table, u.kind) for u in self.updates())  # first-seen order, as before
         out: dict[str, dict[str, int]] = {}
         for (table, kind), count in pairs.items():
@@ -102,7 +118,7 @@ def diff_entries(before: Iterable[Entry], after: Iterable[Entry]) -> SnapshotDif
     old_vip = {e.args[0]: k for k, e in b.items() if e.table == n.VIP_TABLE}
     new_vip = {e.args[0]: k for k, e in a.items() if e.table == n.VIP_TABLE}
     taken_over = {sid for sid, k in new_vip.items() if sid in old_vip and old_vip[sid] != k}
-    return SnapshotDiff(_phases(b, a, taken_over))
+    return SnapshotDiff(lambda: _phases(b, a, taken_over))
 
 
 def diff_snapshots(old: Snapshot | None, new: Snapshot) -> SnapshotDiff:
@@ -115,8 +131,8 @@ def diff_snapshots(old: Snapshot | None, new: Snapshot) -> SnapshotDiff:
     old_services = old.by_name if old is not None else {}
     new_services = new.by_name
     changes: list[ServiceChange] = []
-    before: list[Entry] = []
-    after: list[Entry] = []
+    olds: list[ServiceSnapshot] = []  # whose entries are the writes' `before`, in name order
+    news: list[ServiceSnapshot] = []  # and `after`
     gone: list[ServiceSnapshot] = []
     for name in sorted(old_services.keys() | new_services.keys()):
         o, nw = old_services.get(name), new_services.get(name)
@@ -130,11 +146,9 @@ def diff_snapshots(old: Snapshot | None, new: Snapshot) -> SnapshotDiff:
             assert o is not None  # the name came from old or new
             gone.append(o)
         if o is not None:
-            for es in o.entries().values():
-                before.extend(es)
+            olds.append(o)
         if nw is not None:
-            for es in nw.entries().values():
-                after.extend(es)
+            news.append(nw)
     if gone:
         # A Service port whose snapshot name changed (its Service gained or lost a port) is the
         # same port: pair it with its new name. Its entries are compared like any others.
@@ -147,10 +161,10 @@ def diff_snapshots(old: Snapshot | None, new: Snapshot) -> SnapshotDiff:
                 changes[i] = ServiceChange(c.name, "changed", o, c.new, renamed_from=o.name)
         changes += [ServiceChange(o.name, "removed", o, None) for os in renamed.values() for o in os]
         changes.sort(key=lambda c: c.name)
-    old_globals = old.global_entries if old is not None else ()
-    if tuple(old_globals) != tuple(new.global_entries):
-        before.extend(old_globals)
-        after.extend(new.global_entries)
+    old_globals: tuple[Entry, ...] = tuple(old.global_entries) if old is not None else ()
+    new_globals: tuple[Entry, ...] = tuple(new.global_entries)
+    if old_globals == new_globals:
+        old_globals = new_globals = ()
     # A service id that changes hands (unrelated snapshots, e.g. a rollback to other history):
     # only changed Services can give or take one, so only they are looked at.
     # A renamed Service port is the same owner (port_identity), not a takeover.
@@ -163,7 +177,45 @@ def diff_snapshots(old: Snapshot | None, new: Snapshot) -> SnapshotDiff:
         and o.name != c.new.name
         and port_identity(o) != port_identity(c.new)
     }
-    return SnapshotDiff(_phases(_keyed(before), _keyed(after), taken_over), tuple(changes))
+
+    def make_phases() -> Phases:
+        before = [e for o in olds for es in o.entries().values() for e in es] + list(old_globals)
+        after = [e for nw in news for es in nw.entries().values() for e in es] + list(new_globals)
+        return _phases(_keyed(before), _keyed(after), taken_over)
+
+    onto_empty = not old_globals and not any(_has_entries(o) for o in olds)
+    return SnapshotDiff(make_phases, tuple(changes), _insert_counts(news, new_globals) if onto_empty else None)
+
+
+_SERVICE_TABLES = (n.VIP_TABLE, n.BACKEND_TABLE, n.REVERSE_NAT)
+
+
+def _has_entries(s: ServiceSnapshot) -> bool:
+    return bool(s.backends) and s.assignment[0] is not None  # as ServiceSnapshot.entries()
+
+
+def _insert_counts(news: Iterable[ServiceSnapshot], globals_: Sequence[Entry]) -> dict[str, dict[str, int]] | None:
+    """What _phases counts when nothing is held (every distinct key an INSERT), from the keys
+    ServiceSnapshot.entries() would give, without making the entries: the vip_table and
+    reverse_nat keys as entries() writes them, the buckets as (service id, 0..len(assignment)-1);
+    Services sharing a service id or a reverse_nat key write one entry per key, as in _keyed."""
+    if any(e.table in _SERVICE_TABLES for e in globals_):
+        return None  # config-owned entries are routes; anything else: count from the phases
+    vips: set[tuple[Value, ...]] = set()
+    reverse: set[tuple[Value, ...]] = set()
+    buckets: dict[Value, int] = {}  # service id -> how many buckets (keys 0..n-1)
+    for s in news:
+        if not _has_entries(s):
+            continue
+        proto = n.IP_PROTOCOLS[s.protocol]
+        vips.add((s.vip, s.port, proto))
+        reverse.update((b.address, b.port, proto) for b in s.backends)
+        buckets[s.service_id] = max(buckets.get(s.service_id, 0), len(s.assignment))
+    per_table: dict[str, int] = {n.VIP_TABLE: len(vips), n.BACKEND_TABLE: sum(buckets.values()), n.REVERSE_NAT: len(reverse)}
+    others = Counter(t for t, _ in {(e.table, e.key) for e in globals_})
+    for t, c in others.items():
+        per_table[t] = per_table.get(t, 0) + c
+    return {t: {"INSERT": c} for t, c in per_table.items() if c}
 
 
 def _phases(
