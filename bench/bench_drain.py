@@ -42,9 +42,7 @@ connection older than the bucket's drain sent to the new backend), or as a new c
 another generation's SYN overwrote it). The expected false positives are, per old connection in
 a draining bucket, the highest (cells holding its drain's generation / CONN_CELLS)^2 seen at its
 checks (the register's real fill, so overwrites count).
-It runs twice: with the product's generation policy (a drain started while others run joins the
-newest running generation) and with the earlier policy (every render starts a fresh generation),
-obtained by making reconciler.render's running_generation return None.
+It runs stateless and with the product's draining (every render's drains in a fresh generation).
 
     .venv/bin/python bench/bench_drain.py [--quick] [--connections N] [--overlap SECONDS] [--record]
 """
@@ -60,9 +58,7 @@ import random
 import sys
 import time
 from collections import Counter
-from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -79,8 +75,6 @@ from reconciler.diff import diff_snapshots  # noqa: E402
 from reconciler.intent.model import LoadBalancerConfig, Route, SwitchConfig, VipPool  # noqa: E402
 from reconciler.p4info import load_p4info, pipeline_info_from_message  # noqa: E402
 from reconciler.render import Renderer  # noqa: E402
-from reconciler.render import drain as render_drain  # noqa: E402
-from reconciler.render import engine as render_engine  # noqa: E402
 from reconciler.sim.behavior import behavior_for  # noqa: E402
 from reconciler.sim.device import Device  # noqa: E402
 from reconciler.sim.packet import ACK, PSH, SYN, build_tcp, ip, ip_str, parse_frame  # noqa: E402
@@ -304,31 +298,8 @@ def run(mode: str, connections: int, chunks: int, seed: int, bmv2: bool) -> RunR
 
 POLICIES = {
     "stateless": "stateless (0s)",
-    "shared": "shared running generation (product)",
-    "fresh": "a fresh generation per render (earlier policy)",
+    "fresh": "draining (60s), a fresh generation per render",
 }
-
-
-@contextmanager
-def generation_policy(policy: str) -> Iterator[None]:
-    """The earlier policy: no drain ever joins a running generation. The engine imported the
-    function by name, so both bindings are replaced (and restored)."""
-    if policy != "fresh":
-        yield
-        return
-    modules = (render_drain, render_engine)
-    saved = [getattr(m, "running_generation") for m in modules]
-
-    def none(previous: Snapshot | None, now: float) -> int | None:
-        return None
-
-    for m in modules:
-        setattr(m, "running_generation", none)
-    try:
-        yield
-    finally:
-        for m, f in zip(modules, saved):
-            setattr(m, "running_generation", f)
 
 
 @dataclass
@@ -365,8 +336,7 @@ class OverlapResult:
 
 
 def run_overlap(policy: str, connections: int, chunks: int, seed: int, bmv2: bool, spacing: float) -> OverlapResult:
-    with generation_policy(policy):
-        return _run_overlap(policy, connections, chunks, seed, bmv2, spacing)
+    return _run_overlap(policy, connections, chunks, seed, bmv2, spacing)
 
 
 def _run_overlap(policy: str, connections: int, chunks: int, seed: int, bmv2: bool, spacing: float) -> OverlapResult:

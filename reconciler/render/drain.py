@@ -5,15 +5,14 @@ and the old backend (dnat_draining), so established connections stay where they 
 render, once `until` has passed, writes the plain entry. Pure functions of the previous
 service, the new assignment, the timeout and the time.
 
-Generations: while drains of the previous snapshot still run, a new drain joins the newest
-running generation (a rolling update starts a drain at every step, well within the timeout of the
-last one: in one generation their marks add up in the Bloom filter instead of overwriting each
-other, which would reset connections opened during the earlier drains). Otherwise, and for a
-bucket re-moved mid-drain (whose connections marked by the running drain must now count as old),
-a drain gets a fresh generation: max(until, 1 + the highest generation in the previous
-snapshot). Fresh generations only grow (until grows with the clock, and the floor with every drain
-still listed), so cells marked by drains that have ended never match a later drain, and they are
-never 0 (the cells' initial value).
+Generations: every drain started in one render with one timeout carries a fresh generation,
+max(until, 1 + the highest generation in the previous snapshot). They only grow (until grows
+with the clock, and the floor with every drain still listed), so data-plane cells marked by an
+older drain never match a newer one, and they are never 0 (the cells' initial value). Drains
+that overlap in time therefore overwrite some of each other's marks (docs/dataplane.md
+"Limits"). Sharing a running generation would avoid that but is unsafe: a bucket whose drain in
+that generation has ended would, moved again, find its connections marked as new and send them
+to the next backend, and a generation kept alive by overlapping drains would fill the filter.
 """
 
 from __future__ import annotations
@@ -23,7 +22,7 @@ from typing import Sequence
 
 from ..cluster.model import DRAIN_TIMEOUT_ANNOTATION, Service
 from ..intent.semantic import parse_duration
-from ..snapshot import MAX_GENERATION, Drain, ServiceSnapshot, Snapshot
+from ..snapshot import MAX_GENERATION, Drain, ServiceSnapshot
 
 
 def drain_timeout(config_timeout_s: float, svc: Service) -> tuple[float, str | None]:
@@ -48,17 +47,6 @@ def generation_for(until: float, floor: int) -> int:
     return min(max(int(until), floor, 1), MAX_GENERATION)
 
 
-def running_generation(previous: Snapshot | None, now: float) -> int | None:
-    """The newest generation of the drains of `previous` still running at `now`, None if none."""
-    if previous is None:
-        return None
-    until = previous.drain_until()
-    if until is None:
-        return None
-    running = [d.generation for s in previous.services for d in s.drains if d.until > now]
-    return max(running, default=None)
-
-
 def next_drains(
     old: ServiceSnapshot | None,
     assignment: Sequence[str | None],
@@ -66,21 +54,20 @@ def next_drains(
     timeout_s: float,
     now: float,
     generation_floor: int,
-    shared_generation: int | None = None,
 ) -> tuple[Drain, ...]:
     """The drains of a Service port whose buckets now point at `assignment`.
 
-    - a bucket whose backend differs from `old`'s starts a drain from `old`'s backend, in the
-      `shared_generation` (the running one) when there is one, else a fresh one; also when it was draining
-      (connections older than that first drain then go to the intermediate one), then always in
-      a fresh generation, so that the connections the running drain sent to it count as old;
-    - a drain of `old` that is still running, on a bucket whose target is unchanged, is kept;
+    - a bucket whose backend differs from `old`'s starts a drain from `old`'s backend, in a fresh
+      generation (also when it was draining: connections older than that first drain then go to
+      the intermediate one), unless the timeout is 0;
+    - a drain of `old` that is still running, on a bucket whose target is unchanged, is kept,
+      whatever the timeout is now (a timeout changed to 0 mid-drain starts no new drains but
+      does not cut the running ones short);
     - a drain whose `until` is at or before `now` has ended.
-    No previous service (or one with another bucket count or backend mode), a timeout of 0,
-    or no backends: no drains."""
+    No previous service (or one with another bucket count or backend mode), or no backends: no
+    drains."""
     if (
         old is None
-        or timeout_s <= 0
         or not assignment
         or assignment[0] is None
         or old.bucket_count != len(assignment)
@@ -90,12 +77,12 @@ def next_drains(
         return ()
     running = {d.bucket: d for d in old.drains if d.until > now}
     until = float(math.floor(now) + math.ceil(timeout_s))
-    fresh = generation_for(until, generation_floor)
-    shared = shared_generation if shared_generation is not None else fresh
+    generation = generation_for(until, generation_floor)
     out: list[Drain] = []
     for bucket, (before, after) in enumerate(zip(old.assignment, assignment)):
         if before != after and before is not None:
-            out.append(Drain(bucket, before, fresh if bucket in running else shared, until))
+            if timeout_s > 0:
+                out.append(Drain(bucket, before, generation, until))
         elif bucket in running:
             out.append(running[bucket])
     return tuple(out)

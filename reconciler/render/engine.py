@@ -30,7 +30,7 @@ from ..intent.model import LoadBalancerConfig
 from ..p4names import IP_PROTOCOLS
 from ..snapshot import Backend, Drain, ServiceSnapshot, Snapshot, Value, backend_key, check_service_schema, route_entries
 from . import buckets
-from .drain import drain_timeout, drains_ended, next_drains, running_generation
+from .drain import drain_timeout, drains_ended, next_drains
 from .allocate import Exhausted, IntSpace, Pool, VipSpace
 from .select import entry_name, node_backends, selection, target_port, trusted_pod_backend, untrusted_backends_issue
 
@@ -107,7 +107,6 @@ class _State:
     # This render's clock (epoch seconds) and the lowest generation a drain it starts may carry.
     now: float = 0.0
     generation_floor: int = 1
-    running_generation: int | None = None  # the newest generation still draining in `previous`
 
     def reorder(self) -> None:
         self.order = sorted(self.services)
@@ -158,7 +157,6 @@ class Renderer:
         todo |= {s.service_key for s in st.ordered if s.drains and drains_ended(s, now)}
         st.now = now
         st.generation_floor = 1 + (previous.max_drain_generation() if previous is not None else 0)
-        st.running_generation = running_generation(previous, now)
         for pool in (st.vips, st.service_ids, st.backend_ids):
             pool.begin_render()
         st.reverse_released.clear()
@@ -741,8 +739,7 @@ def _render_port(
     if targets:
         same_mode = old if old is not None and old.backend_mode == mode else None
         drains = next_drains(
-            same_mode, assignment, timeout_s=drain_timeout_s, now=st.now, generation_floor=st.generation_floor,
-            shared_generation=st.running_generation,
+            same_mode, assignment, timeout_s=drain_timeout_s, now=st.now, generation_floor=st.generation_floor
         )
         drains = _keep_sources(st, name, proto, old, _live_sources(cluster, old, drains), rows)
     backends = []
