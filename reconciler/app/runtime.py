@@ -14,13 +14,15 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from ..apply import ApplyResult
 from ..audit.repo import AuditRepo
 from ..audit.reopening import ReopeningAudit
+from ..cluster.model import ClusterNotReady, ClusterState
 from ..controller import ClusterSource, ConfigWorker, Controller, FallbackWriter, IntentProvider, TransactionRecord
 from ..httpserver import ALL_PATHS, METRICS_PATHS, PROBE_PATHS, Heartbeat, HttpEndpoint, decide_ready, parse_listen_address
 from ..intent.model import LoadBalancerConfig
@@ -37,11 +39,80 @@ from .workers import worker_factory
 if TYPE_CHECKING:
     from kubernetes.client import ApiClient
 
+    from ..cluster.followed import FollowedRecording
+
     from ..kube.status import ServiceStatusWriter
 
 log = logging.getLogger("reconciler.run")
 
 Closer = Callable[[], object]  # a stop()/aclose(): called at the end, awaited when it returns a coroutine
+
+
+class LoadingRecording:
+    """`--cluster FILE` read in a worker thread while the workers start (audit record, switch
+    read-back), which need no cluster: ClusterNotReady until the whole file is loaded, so nothing
+    is rendered or written from it before (DESIGN.md 6.1). Then it is the FollowedRecording.
+
+        cluster = LoadingRecording(path)
+        cluster.begin()          # in the running loop
+        await cluster.wait()     # the FollowedRecording; its InputError when the file is not whole
+
+    The thread only builds the FollowedRecording (reads, parses, converts: no asyncio object is
+    touched there); following it (start(): the watchdog observer, the loop's timers) and every
+    use happen on the loop."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = path
+        self.loaded: FollowedRecording | None = None
+        self._task: asyncio.Task[FollowedRecording] | None = None
+        self._ready = asyncio.Event()
+
+    def begin(self) -> None:
+        self._task = asyncio.create_task(self._load(), name="load-cluster-recording")
+
+    async def _load(self) -> FollowedRecording:
+        from ..cluster.followed import FollowedRecording
+
+        followed = await asyncio.to_thread(FollowedRecording, self.path)  # InputError when not whole
+        followed.start()
+        self.loaded = followed
+        self._ready.set()
+        gc.collect()
+        gc.freeze()  # the loaded state is long-lived: keep it out of the cyclic collector's scans
+        return followed
+
+    async def wait(self) -> FollowedRecording:
+        assert self._task is not None, "begin() first"
+        return await asyncio.shield(self._task)
+
+    def snapshot(self) -> ClusterState:
+        if self.loaded is None:
+            raise ClusterNotReady(f"cluster recording {self.path} is still being read")
+        return self.loaded.snapshot()
+
+    async def changes(self) -> AsyncIterator[frozenset[str]]:
+        await self._ready.wait()
+        assert self.loaded is not None
+        # Every Service appeared; subscribed to the recording right after (no await in between).
+        yield frozenset(self.loaded.snapshot().services)
+        async for keys in self.loaded.changes():
+            yield keys
+
+    # FallbackWriter: only called from a pass or health round, which need the loaded cluster
+    async def fall_back(self, service: str, reason: str) -> bool:
+        assert self.loaded is not None
+        return await self.loaded.fall_back(service, reason)
+
+    async def recover(self, service: str) -> bool:
+        assert self.loaded is not None
+        return await self.loaded.recover(service)
+
+    async def aclose(self) -> None:
+        if self._task is not None and not self._task.done():
+            self._task.cancel()  # the thread's parse runs to its end; its result is dropped
+            await asyncio.gather(self._task, return_exceptions=True)
+        if self.loaded is not None:
+            self.loaded.stop()
 
 
 @dataclass
@@ -59,6 +130,7 @@ class Runtime:
     audit: ReopeningAudit | None = None
     closers: list[Closer] = field(default_factory=list)
     refusals: IntentRefusals | None = None  # with --verify-intent-signers
+    loading: LoadingRecording | None = None  # --cluster FILE, read while the workers start
 
     async def aclose(self) -> None:
         for close in reversed(self.closers):
@@ -130,16 +202,16 @@ async def build_runtime(settings: Settings, api: ApiClient | None = None) -> Run
 
     fallback: FallbackWriter | None = None
     status_writer: ServiceStatusWriter | None = None
+    loading = None
     if settings.cluster:
-        from ..cluster.followed import FollowedRecording
-
         # Re-read only once the file parses as a whole cluster and has stopped changing:
-        # `kubectl get ... > FILE` rewrites it in pieces.
-        followed = FollowedRecording(settings.cluster)
-        followed.start()
-        closers.append(followed.stop)
-        cluster: ClusterSource = followed
-        fallback = followed
+        # `kubectl get ... > FILE` rewrites it in pieces. Its first read (seconds of parsing at
+        # 5,000 Services) runs while the workers read their switches back (issue 13).
+        loading = LoadingRecording(settings.cluster)
+        loading.begin()
+        closers.append(loading.aclose)
+        cluster: ClusterSource = loading
+        fallback = loading
     else:
         from ..cluster.live import LiveClusterSource
         from ..kube.events import EventRecorder
@@ -215,7 +287,7 @@ async def build_runtime(settings: Settings, api: ApiClient | None = None) -> Run
                               on_health=on_health, last_applied=state_dir.last_applied, warned_plaintext=warned_plaintext)
 
     return Runtime(intent_provider, cluster, make_worker_for, metrics, heartbeat, status, current, api, audit, closers,
-                   refusals)
+                   refusals, loading)
 
 
 async def run(settings: Settings, stop: asyncio.Event) -> int:
@@ -223,6 +295,11 @@ async def run(settings: Settings, stop: asyncio.Event) -> int:
     listen = http_listen(settings)  # a bad address: one clear error before anything starts
     rt = await build_runtime(settings)
     endpoints: list[HttpEndpoint] = []
+    # `stop`, or the cluster recording refused at launch: the loop ends the same way (a
+    # transaction in flight is finished), then the recording's error is raised as it was before.
+    halt = asyncio.Event()
+    relay = asyncio.create_task(_relay_stop(stop, halt))
+    started = asyncio.create_task(_started_once_loaded(rt, halt))
     try:
         for endpoint in http_endpoints(listen, settings, rt):
             await endpoint.start()
@@ -231,21 +308,43 @@ async def run(settings: Settings, stop: asyncio.Event) -> int:
         gc.freeze()  # the loaded state is long-lived: keep it out of the cyclic collector's scans
         if not settings.leader_elect:
             rt.current["controller"] = Controller(rt.intent, rt.cluster, make_worker=rt.make_worker_for(settings.election_id))
-            rt.status["started"] = True
             # The only replica writes from now on: sum(p4kube_leader) == 1 holds without --leader-elect too.
             rt.metrics.set_leader(True)
             try:
-                await rt.current["controller"].run(stop)
+                await rt.current["controller"].run(halt)
             finally:
                 rt.metrics.set_leader(False)
         else:
-            await _run_as_leader(settings, rt, stop)
+            await _run_as_leader(settings, rt, halt)
+        refused = started.exception() if started.done() and not started.cancelled() else None
+        if refused is not None:
+            raise refused  # the recording's InputError, reported as before
     finally:
+        for task in (relay, started):
+            task.cancel()
+        await asyncio.gather(relay, started, return_exceptions=True)
         await rt.aclose()
         for endpoint in reversed(endpoints):
             await endpoint.stop()
     log.info("stopped")
     return 0
+
+
+async def _relay_stop(stop: asyncio.Event, halt: asyncio.Event) -> None:
+    await stop.wait()
+    halt.set()
+
+
+async def _started_once_loaded(rt: Runtime, halt: asyncio.Event) -> None:
+    """"started" (what /readyz requires first) once the cluster recording is loaded, as when it
+    was read before the loop: ready still means the cluster is in, not only the switches."""
+    if rt.loading is not None:
+        try:
+            await rt.loading.wait()
+        except BaseException:
+            halt.set()
+            raise
+    rt.status["started"] = True
 
 
 def http_listen(settings: Settings) -> list[tuple[str, int, frozenset[str]]]:
@@ -291,8 +390,7 @@ async def _run_as_leader(settings: Settings, rt: Runtime, stop: asyncio.Event) -
         rt.api, namespace=settings.leader_elect_namespace, name=settings.leader_elect_lease_name,
         identity=settings.leader_elect_identity,
     )
-    election = asyncio.create_task(elector.run())
-    rt.status["started"] = True
+    election = asyncio.create_task(elector.run())  # "started": run() sets it once the cluster is loaded
     try:
         while not stop.is_set():
             acquired = asyncio.create_task(elector.acquired())
