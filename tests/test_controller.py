@@ -148,6 +148,20 @@ def test_loop_applies_rolls_back_falls_back_recovers_and_restarts_quietly(loop_w
 
     async def scenario():
         ctl, audit = make_controller(config, cluster, tmp / "audit.git")
+        # Health rounds that the test can hold off (`hold`) and tell finished (`idle`).
+        hold, idle, tick = asyncio.Event(), asyncio.Event(), ctl._health_tick
+        idle.set()
+
+        async def held_tick() -> None:
+            if hold.is_set():
+                return
+            idle.clear()
+            try:
+                await tick()
+            finally:
+                idle.set()
+
+        ctl._health_tick = held_tick  # type: ignore[method-assign]
         async with running(ctl):
             await ctl.wait_until(lambda: any(r.outcome == "applied" for r in ctl.history))
             v1 = audit.last_applied("p4kube-system/loop")
@@ -163,16 +177,17 @@ def test_loop_applies_rolls_back_falls_back_recovers_and_restarts_quietly(loop_w
 
             # api's backends die; the next change to api is rolled back and api falls back. The
             # periodic health round (every 50 ms here) would see the dead backends too and fall api
-            # back on its own (test_periodic_health_... covers that path): it is held off until the
-            # transaction's probe has decided, so this test always sees the rollback path. Nothing
-            # awaits between these lines, so the loop cannot run in between.
-            ctl._next_health = float("inf")
+            # back on its own (test_periodic_health_... covers that path): it is held off, and a
+            # round in flight is let finish, before the backends die, so this test always sees the
+            # rollback path. Nothing awaits between the wait and the change.
+            hold.set()
+            await asyncio.wait_for(idle.wait(), 10)
             for ip in NODES.values():
                 backends.down(ip, ports["api"])
             n = len(ctl.history)
             cluster.replace(with_scaled_service(cluster.snapshot(), "apps/api", "node-a", +1))
             await ctl.wait_until(lambda: any(r.fell_back for r in ctl.history[n:]))
-            ctl._next_health = None  # health rounds resume (the recovery below needs them)
+            hold.clear()  # health rounds resume (the recovery below needs them)
             rolled = next(r for r in ctl.history[n:] if r.fell_back)
             assert rolled.outcome == "rolled-back" and rolled.fell_back == ("apps/api",)
             assert cluster.snapshot().services["apps/api"].opt_in == "disabled"
