@@ -100,7 +100,9 @@ def render_one(
     connections: Mapping[str, Mapping[str, int]] | None = None,
     renderer: Renderer | None = None,
     pipeline_dir: Path | None = None,
+    now: float | None = None,
 ) -> RenderResult:
+    """`now`: the wall clock drains start and end by (epoch seconds; None: the current time)."""
     return (renderer or Renderer()).render(
         config,
         cluster,
@@ -108,6 +110,7 @@ def render_one(
         p4info_digest=config_p4info_digest(config, pipeline_dir),
         intent_commit=intent.commit,
         connections=connections,
+        now=now,
     )
 
 
@@ -118,11 +121,12 @@ def make_plans(
     previous: Mapping[str, Snapshot],
     connections: Mapping[str, Mapping[str, int]] | None = None,
     pipeline_dir: Path | None = None,
+    now: float | None = None,
 ) -> list[ConfigPlan]:
     plans = []
     for config in configs:
         old = previous.get(config.key)
-        result = render_one(intent, config, cluster, old, connections, pipeline_dir=pipeline_dir)
+        result = render_one(intent, config, cluster, old, connections, pipeline_dir=pipeline_dir, now=now)
         issues = result.issues
         verdict = removal_verdict(old, result.snapshot, config.safety.max_removal_percent)
         if not verdict.allowed:  # say so in the pull request, before the reconciler refuses it
