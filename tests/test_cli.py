@@ -203,3 +203,27 @@ def test_plan_and_check_refuse_an_unknown_algorithm_and_write_nothing(capsys, tm
     assert sorted(p.name for p in out_dir.iterdir()) == ["plan.md"]
     comment = (out_dir / "plan.md").read_text()
     assert "invalid intent" in comment and at + 'unknown algorithm "round-robn"' in comment
+
+
+def test_render_and_plan_pin_the_drain_clock_with_now(capsys, tmp_path):
+    """A moved bucket drains until --now + connectionDrainTimeout (60s here): with --now pinned
+    the output is the same byte for byte whenever it runs; a time without a zone is refused."""
+    from helpers import scale_recording
+
+    cluster = tmp_path / "cluster.yaml"
+    shutil.copy(CLUSTER, cluster)
+    v1 = tmp_path / "v1.json"
+    assert run_cli(capsys, "render", "--intent", str(MULTI), "--cluster", str(cluster), "--out", str(v1))[0] == 0
+    scale_recording(cluster, "web/frontend", "node-c", +2)
+    args = ("--intent", str(MULTI), "--cluster", str(cluster), "--previous", str(v1), "--now", "2026-12-06T04:00:00Z")
+    code, out1, _ = run_cli(capsys, "render", *args)
+    assert code == 0
+    _, out2, _ = run_cli(capsys, "render", *args)
+    assert out1 == out2
+    drains = [d for s in json.loads(out1)["services"] for d in s.get("drains", ())]
+    assert drains and {d["until"] for d in drains} == {"2026-12-06T04:01:00Z"}
+    code, plan, _ = run_cli(capsys, "plan", *args[:6], "--now", "1796529600")  # the same instant, epoch seconds
+    assert code == 2 and "until 2026-12-06T04:01:00Z" in plan
+    with pytest.raises(SystemExit) as usage:
+        main(["render", *args[:6], "--now", "2026-12-06T04:00:00"])
+    assert usage.value.code == 64 and "RFC 3339 with a zone" in capsys.readouterr().err

@@ -111,7 +111,29 @@ def _add_render_inputs(p: argparse.ArgumentParser) -> None:
         metavar="FILE",
         help="least-connections only: JSON {\"ns/svc\": {\"node\": activeConnections}} read from the switch counters",
     )
+    p.add_argument(
+        "--now",
+        type=_instant,
+        metavar="TIME",
+        help="the clock connection drains start and end by (DESIGN.md 5.1): RFC 3339 UTC "
+        "(2026-12-06T04:00:00Z) or epoch seconds (default: the current time). Pin it to reproduce "
+        "an output byte for byte.",
+    )
     file_options(p, tls=False)
+
+
+def _instant(text: str) -> float:
+    from datetime import datetime
+
+    if text.replace(".", "", 1).isdigit():
+        return float(text)
+    try:
+        when = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        when = None
+    if when is None or when.tzinfo is None:  # a time without a zone would be read as local time
+        raise argparse.ArgumentTypeError(f"{text!r} is neither RFC 3339 with a zone (2026-12-06T04:00:00Z) nor epoch seconds")
+    return when.timestamp()
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -159,7 +181,7 @@ def cmd_render(args: argparse.Namespace) -> int:
     intent, cluster, connections = load_inputs(args.intent, args.cluster, args.connections, dirs)
     config = intent.pick_config(args.config)
     previous = _load_previous([args.previous] if args.previous else [], {config.key})
-    result = render_one(intent, config, cluster, previous.get(config.key), connections, pipeline_dir=dirs.pipeline_dir)
+    result = render_one(intent, config, cluster, previous.get(config.key), connections, pipeline_dir=dirs.pipeline_dir, now=args.now)
     text = result.snapshot.to_json_text()
     # Incremental: the Services render (or --previous) checked are look-ups by fragment digest.
     errors = snapshot_schema_errors(result.snapshot)
@@ -199,7 +221,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     intent, cluster, connections = load_inputs(args.intent, args.cluster, args.connections, dirs)
     configs = [intent.pick_config(args.config)] if args.config else list(intent.configs)
     previous = _load_previous(args.previous, {c.key for c in configs})
-    plans = make_plans(intent, configs, cluster, previous, connections, pipeline_dir=dirs.pipeline_dir)
+    plans = make_plans(intent, configs, cluster, previous, connections, pipeline_dir=dirs.pipeline_dir, now=args.now)
     text = _plan_as(plans, args.output)
     sys.stdout.write(text)
     if args.out:
@@ -238,7 +260,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     configs = [intent.pick_config(args.config)] if args.config else list(intent.configs)
     keys = {c.key for c in configs}
     previous = _previous_from_audit(args, keys) if args.previous_from_audit else _load_previous(args.previous, keys)
-    plans = make_plans(intent, configs, cluster, previous, connections, pipeline_dir=dirs.pipeline_dir)
+    plans = make_plans(intent, configs, cluster, previous, connections, pipeline_dir=dirs.pipeline_dir, now=args.now)
     forms = {fmt: format_plan(plans, fmt) for fmt in ("markdown", "json", "text")}  # each once, printed from these
     full = forms["markdown"]
     out.mkdir(parents=True, exist_ok=True)
