@@ -653,6 +653,20 @@ def snapshot_schema_errors(snap: Snapshot) -> list[str]:
     return []
 
 
+def _from_header(doc: Mapping[str, Any], services: Sequence[ServiceSnapshot], global_entries: Iterable[Entry]) -> Snapshot:
+    """A snapshot from a document's header fields and the services and routes parsed from it."""
+    return Snapshot(
+        config=doc["config"],
+        version=doc["version"],
+        intent_commit=doc["sources"]["intentCommit"],
+        cluster_resource_version=doc["sources"]["clusterResourceVersion"],
+        program=doc["pipeline"]["program"],
+        p4info_digest=doc["pipeline"]["p4infoDigest"],
+        services=tuple(services),
+        global_entries=tuple(sorted(global_entries, key=Entry.sort_key)),
+    )
+
+
 def from_document(doc: Mapping[str, Any], *, source: str = "snapshot") -> Snapshot:
     """Parse and check a snapshot document: schema, table/service agreement, and digest."""
     errors = schema_errors(doc)
@@ -681,16 +695,7 @@ def from_document(doc: Mapping[str, Any], *, source: str = "snapshot") -> Snapsh
     unknown = set(owned) - set(names)
     if unknown:
         raise SnapshotError(f"{source}: entries name services that are not listed: {sorted(unknown)}")
-    snap = Snapshot(
-        config=doc["config"],
-        version=doc["version"],
-        intent_commit=doc["sources"]["intentCommit"],
-        cluster_resource_version=doc["sources"]["clusterResourceVersion"],
-        program=doc["pipeline"]["program"],
-        p4info_digest=doc["pipeline"]["p4infoDigest"],
-        services=tuple(services),
-        global_entries=tuple(sorted(global_entries, key=Entry.sort_key)),
-    )
+    snap = _from_header(doc, services, global_entries)
     # Entries are regenerated from services: they must be exactly what the document lists.
     regenerated = {(e.table, e.key, e.action, e.args, e.service) for es in snap.tables().values() for e in es}
     listed = {(e.table, e.key, e.action, e.args, e.service) for es in tables.values() for e in es}
@@ -747,16 +752,7 @@ def _from_canonical_document(doc: Mapping[str, Any]) -> Snapshot | None:
         names = [s.name for s in services]
         if owned or names != sorted(names) or len(set(names)) != len(names):
             return None
-        snap = Snapshot(
-            config=doc["config"],
-            version=doc["version"],
-            intent_commit=doc["sources"]["intentCommit"],
-            cluster_resource_version=doc["sources"]["clusterResourceVersion"],
-            program=doc["pipeline"]["program"],
-            p4info_digest=doc["pipeline"]["p4infoDigest"],
-            services=tuple(services),
-            global_entries=tuple(sorted(global_entries, key=Entry.sort_key)),
-        )
+        snap = _from_header(doc, services, global_entries)
         if snap.digest != doc["digest"]:
             return None
     except (SnapshotError, KeyError, IndexError, TypeError, ValueError, AttributeError):
@@ -893,16 +889,7 @@ def _from_file_text(holder: list[Any], text: str) -> Snapshot | None:
         names = [s.name for s in services]
         if by_service or names != sorted(names) or len(set(names)) != len(names):
             return None
-        snap = Snapshot(
-            config=doc["config"],
-            version=doc["version"],
-            intent_commit=doc["sources"]["intentCommit"],
-            cluster_resource_version=doc["sources"]["clusterResourceVersion"],
-            program=doc["pipeline"]["program"],
-            p4info_digest=doc["pipeline"]["p4infoDigest"],
-            services=tuple(services),
-            global_entries=tuple(sorted(global_entries, key=Entry.sort_key)),
-        )
+        snap = _from_header(doc, services, global_entries)
         del doc, holder[:]
         if snapshot_text(snap) != text or snapshot_schema_errors(snap):
             return None
