@@ -14,11 +14,9 @@ See docs/snapshot.md for the exact algorithm.
 
 from __future__ import annotations
 
-import gc
 import hashlib
 import ipaddress
 import json
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from functools import cached_property, lru_cache
@@ -27,6 +25,7 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import jsonschema
 
+from .gcpause import gc_paused
 from . import p4names as n
 from . import snapshot_schema
 from .paths import SNAPSHOT_SCHEMA_PATH
@@ -840,7 +839,7 @@ def load_snapshot(path: str | Path) -> Snapshot:
         text = p.read_text()
     except OSError as e:
         raise SnapshotError(f"{p}: cannot read snapshot: {e.strerror}") from e
-    with _gc_paused():  # millions of acyclic containers: the collector's passes find nothing
+    with gc_paused():  # millions of acyclic containers: the collector's passes find nothing
         try:
             doc = json.loads(text)
         except json.JSONDecodeError as e:
@@ -851,17 +850,6 @@ def load_snapshot(path: str | Path) -> Snapshot:
         if fast is not None:
             return fast
         return from_document(holder[0] if holder else json.loads(text), source=str(p))
-
-
-@contextmanager
-def _gc_paused() -> Iterator[None]:
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
 
 
 def _from_file_text(holder: list[Any], text: str) -> Snapshot | None:

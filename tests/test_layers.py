@@ -47,7 +47,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
         ROOT, "reconciler.diagnostics", "reconciler.paths", "reconciler.backoff", "reconciler.changes",
         "reconciler.watching", "reconciler.inputlimits", "reconciler.k8snames", "reconciler.mdsafe",
         "reconciler.ghactions", "reconciler.logsetup", "reconciler.algorithms", "reconciler.gitobjects",
-        "reconciler.buildinfo", "reconciler.protowire",
+        "reconciler.buildinfo", "reconciler.protowire", "reconciler.gcpause",
     )),
 )
 

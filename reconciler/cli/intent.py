@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import gc
 import json
 import os
 import sys
@@ -12,6 +11,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, cast
 
+from ..gcpause import gc_paused
 from ..ghactions import command, stop_commands
 from ..intent.files import OperatorDirs
 from .errors import EXIT_ERROR, EXIT_OK, CommandError
@@ -161,13 +161,8 @@ def _gc_paused(cmd: Callable[[argparse.Namespace], int]) -> Callable[[argparse.N
 
     @functools.wraps(cmd)
     def run(args: argparse.Namespace) -> int:
-        was_enabled = gc.isenabled()
-        gc.disable()
-        try:
+        with gc_paused():
             return cmd(args)
-        finally:
-            if was_enabled:
-                gc.enable()
 
     return run
 

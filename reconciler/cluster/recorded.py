@@ -25,11 +25,9 @@ against 6.1 s with the full loader, JSON 0.54 s against 0.83 s.
 
 from __future__ import annotations
 
-import gc
 import json
 import os
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,6 +47,7 @@ from ruamel.yaml.nodes import MappingNode, ScalarNode, SequenceNode
 from ruamel.yaml.nodes import Node as YamlNode
 from ruamel.yaml.resolver import VersionedResolver
 
+from reconciler.gcpause import gc_paused
 from reconciler.cluster import fastload
 from reconciler.cluster.fastload import Unusual
 from reconciler.cluster.convert import (
@@ -117,22 +116,8 @@ def load_cluster_text(text: str, file: str = "<string>", *, fast: bool = True) -
     fast paths are tested and measured against. Both give the same state and the same errors."""
     if not fast:
         return _load(text, file, fast=False)
-    with _collector_paused():
+    with gc_paused():  # see reconciler.gcpause
         return _load(text, file, fast=True)
-
-
-@contextmanager
-def _collector_paused() -> Iterator[None]:
-    # Parsing and converting a big recording allocates millions of containers and objects, none
-    # of them in a reference cycle: the cyclic collector's passes while they pile up find nothing
-    # and cost about half the parse time. Reference counting still frees everything as usual.
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
 
 
 def _load(text: str, file: str, *, fast: bool) -> ClusterState:
