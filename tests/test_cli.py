@@ -227,3 +227,27 @@ def test_render_and_plan_pin_the_drain_clock_with_now(capsys, tmp_path):
     with pytest.raises(SystemExit) as usage:
         main(["render", *args[:6], "--now", "2026-12-06T04:00:00"])
     assert usage.value.code == 64 and "RFC 3339 with a zone" in capsys.readouterr().err
+
+
+def test_render_out_writes_into_special_files_and_symlink_targets(capsys, tmp_path):
+    """--out renames a temporary file over a regular file only: a FIFO (like /dev/null, a
+    device) keeps being what it is and receives the text, and a symlink keeps pointing at its
+    target, which gets the new text. (Renaming over /dev/null once made it a regular file.)"""
+    import os
+    import stat
+    import threading
+
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    got: list[str] = []
+    reader = threading.Thread(target=lambda: got.append(fifo.read_text()))
+    reader.start()
+    code, _, _ = run_cli(capsys, "render", "--intent", str(MULTI), "--cluster", str(CLUSTER), "--out", str(fifo))
+    reader.join(timeout=30)
+    assert code == 0 and not reader.is_alive()
+    assert stat.S_ISFIFO(fifo.lstat().st_mode) and json.loads(got[0])["kind"] == "SwitchSnapshot"
+    target, link = tmp_path / "real.json", tmp_path / "link.json"
+    target.write_text("old")
+    link.symlink_to(target)
+    assert run_cli(capsys, "render", "--intent", str(MULTI), "--cluster", str(CLUSTER), "--out", str(link))[0] == 0
+    assert link.is_symlink() and json.loads(target.read_text())["kind"] == "SwitchSnapshot"

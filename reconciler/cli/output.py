@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import stat
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -11,10 +13,23 @@ from typing import Any, TextIO
 
 
 def write_atomic(path: Path, text: str) -> None:
-    """Write via a temporary file and rename, so a crash never leaves half a snapshot."""
-    tmp = path.with_name(f".{path.name}.tmp")
+    """Write via a temporary file and rename, so a crash never leaves half a snapshot.
+
+    Only a regular file (or none) is replaced: `--out /dev/null` or a FIFO is written to as it
+    is (renaming over it would put a regular file in its place), and a symlink's target is
+    replaced, not the link."""
+    target = Path(os.path.realpath(path))
+    try:
+        mode = target.stat().st_mode
+    except FileNotFoundError:
+        mode = None
+    if mode is not None and not stat.S_ISREG(mode):
+        with open(target, "w") as f:
+            f.write(text)
+        return
+    tmp = target.with_name(f".{target.name}.tmp")
     tmp.write_text(text)
-    tmp.replace(path)
+    tmp.replace(target)
 
 
 def render_data(data: Any, fmt: str, text: Callable[[], str] | None = None) -> str:
