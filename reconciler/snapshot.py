@@ -479,21 +479,12 @@ class Snapshot:
         return sum(len(es) for es in self.tables().values())
 
     def to_document(self) -> dict[str, Any]:
-        doc: dict[str, Any] = dict(self.extra)
-        doc.update(
-            {
-                "apiVersion": API_VERSION,
-                "kind": KIND,
-                "config": self.config,
-                "version": self.version,
-                "sources": {"intentCommit": self.intent_commit, "clusterResourceVersion": self.cluster_resource_version},
-                "pipeline": {"program": self.program, "p4infoDigest": self.p4info_digest},
-                "services": [s.to_json() for s in self.services],
-                "tables": {t: [e.to_json() for e in es] for t, es in self.tables().items()},
-                "digest": self.digest,
-            }
+        return header_document(
+            self,
+            [s.to_json() for s in self.services],
+            {t: [e.to_json() for e in es] for t, es in self.tables().items()},
+            self.digest,
         )
-        return doc
 
     def to_json_text(self) -> str:
         """The file form: indented JSON with sorted keys, one table entry per line, so that a
@@ -618,15 +609,11 @@ def _digest_or_placeholder(snap: Snapshot) -> str:
         return "sha256:" + "0" * 64
 
 
-def snapshot_schema_errors(snap: Snapshot) -> list[str]:
-    """schema_errors(snap.to_document()), incrementally: the header and the config's own entries,
-    then only the Services not checked before in this process (by fragment digest). Same
-    strings as the full check, without building 348,000 entry objects at 5,000 Services."""
-    tables: dict[str, list[Any]] = {t: [] for t in n.TABLE_ORDER}
-    for e in snap.global_entries:
-        tables.setdefault(e.table, []).append(e.to_json())
-    head: dict[str, Any] = dict(snap.extra)
-    head.update(
+def header_document(snap: Snapshot, services: list[Any], tables: Mapping[str, list[Any]], digest: str) -> dict[str, Any]:
+    """The snapshot's document with these services, tables and digest: its extra fields, then
+    the fixed header (DESIGN.md 4). Whole (to_document) or with parts left out for a check."""
+    doc: dict[str, Any] = dict(snap.extra)
+    doc.update(
         {
             "apiVersion": API_VERSION,
             "kind": KIND,
@@ -634,11 +621,29 @@ def snapshot_schema_errors(snap: Snapshot) -> list[str]:
             "version": snap.version,
             "sources": {"intentCommit": snap.intent_commit, "clusterResourceVersion": snap.cluster_resource_version},
             "pipeline": {"program": snap.program, "p4infoDigest": snap.p4info_digest},
-            "services": [],
-            "tables": tables,
-            "digest": _digest_or_placeholder(snap),
+            "services": services,
+            "tables": dict(tables),
+            "digest": digest,
         }
     )
+    return doc
+
+
+def global_tables(snap: Snapshot) -> dict[str, list[Any]]:
+    """The config's own entries (routes) as JSON, by table."""
+    tables: dict[str, list[Any]] = {}
+    for e in snap.global_entries:
+        tables.setdefault(e.table, []).append(e.to_json())
+    return tables
+
+
+def snapshot_schema_errors(snap: Snapshot) -> list[str]:
+    """schema_errors(snap.to_document()), incrementally: the header and the config's own entries,
+    then only the Services not checked before in this process (by fragment digest). Same
+    strings as the full check, without building 348,000 entry objects at 5,000 Services."""
+    tables: dict[str, list[Any]] = {t: [] for t in n.TABLE_ORDER}
+    tables.update(global_tables(snap))
+    head = header_document(snap, [], tables, _digest_or_placeholder(snap))
     found = [] if snapshot_schema.is_valid(head) else snapshot_schema.document_violations(head)
     for i, svc in enumerate(snap.services):
         found += _service_violations(svc, ("services", i))

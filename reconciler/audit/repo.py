@@ -48,7 +48,7 @@ from typing import Callable, Iterable, Iterator, Sequence, TypedDict, cast
 import pygit2
 
 from ..gitobjects import blob_data, commit_at, entries_at, tree_at
-from ..snapshot import API_VERSION, KIND, ServiceSnapshot, Snapshot, SnapshotError, schema_errors
+from ..snapshot import ServiceSnapshot, Snapshot, SnapshotError, global_tables, header_document, schema_errors
 from ..snapshot import service_schema_errors as snapshot_service_schema_errors
 from .index import INDEX_DIR, IndexEntry, buckets_of, mismatches, parse_shard, rebuild, shard_of
 from .errors import AuditCorrupt, AuditError, AuditUnavailable, PushError, describe_fault, is_corruption
@@ -509,21 +509,7 @@ class AuditRepo:
         objects, and the render's encodings are tested against the schema)."""
         errors: list[str] = []
         if new_manifest:
-            tables: dict[str, list[object]] = {}
-            for e in snap.global_entries:
-                tables.setdefault(e.table, []).append(e.to_json())
-            header = {
-                "apiVersion": API_VERSION,
-                "kind": KIND,
-                "config": snap.config,
-                "version": snap.version,
-                "sources": {"intentCommit": snap.intent_commit, "clusterResourceVersion": snap.cluster_resource_version},
-                "pipeline": {"program": snap.program, "p4infoDigest": snap.p4info_digest},
-                "services": [],
-                "tables": tables,
-                "digest": snap.digest,
-            }
-            errors += schema_errors(header)
+            errors += schema_errors(header_document(snap, [], global_tables(snap), snap.digest))
         for svc in written:
             # Cached by fragment digest: render (or the read of the previous record) checked most.
             errors += [f"service {svc.name}: {m}" for m in snapshot_service_schema_errors(svc)]
