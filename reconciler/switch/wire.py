@@ -25,7 +25,7 @@ from typing import Any
 
 from finsy.proto import p4r
 
-from reconciler.protowire import varint
+from reconciler.protowire import length_delimited, varint
 from reconciler.diff import Update
 from reconciler.p4info import PipelineInfo
 from reconciler import p4names as n
@@ -46,17 +46,6 @@ __all__ = [
 ]
 
 _CACHE_LIMIT = 1 << 17  # values remembered per field or parameter (a long-running process churns)
-
-
-_SHORT = tuple(varint(n) for n in range(1 << 14))  # lengths of sub-messages: nearly always short
-
-
-def _length(n: int) -> bytes:
-    return _SHORT[n] if n < 16384 else varint(n)
-
-
-def _delimited(tag: int, body: bytes) -> bytes:
-    return bytes((tag,)) + _length(len(body)) + body
 
 
 class _Slot(dict[object, bytes]):
@@ -94,8 +83,8 @@ def _exact_slot(field_id: int, encode: Encoder) -> _Slot:
 
     def make(v: object) -> bytes:
         value = encode(v)
-        exact = b"\x0a" + _length(len(value)) + value
-        return _delimited(0x12, head + _delimited(0x12, exact))
+        exact = b"\x0a" + varint(len(value)) + value
+        return length_delimited(0x12, head + length_delimited(0x12, exact))
 
     return _Slot(make)
 
@@ -108,8 +97,8 @@ def _lpm_slot(field_id: int, encode: LpmEncoder) -> _Slot:
         if lpm is None:
             return b""  # /0: the field is left out (P4Runtime 9.1.1)
         value, prefix_len = lpm
-        body = b"\x0a" + _length(len(value)) + value + b"\x10" + varint(prefix_len)
-        return _delimited(0x12, head + _delimited(0x22, body))
+        body = b"\x0a" + varint(len(value)) + value + b"\x10" + varint(prefix_len)
+        return length_delimited(0x12, head + length_delimited(0x22, body))
 
     return _Slot(make)
 
@@ -119,7 +108,7 @@ def _param_slot(param_id: int, encode: Encoder) -> _Slot:
 
     def make(v: object) -> bytes:
         value = encode(v)
-        return _delimited(0x22, head + b"\x1a" + _length(len(value)) + value)
+        return length_delimited(0x22, head + b"\x1a" + varint(len(value)) + value)
 
     return _Slot(make)
 
@@ -188,8 +177,8 @@ class EntryEncoder:
         except (LookupError, ValueError):
             raise self._explain(e, key_only=False) from None
         inner = b"".join(body)
-        parts += (b"\x1a", _SHORT[len(inner) + 2], b"\x0a", _SHORT[len(inner)], inner) if len(inner) < 126 else (
-            b"\x1a", _length(len(inner) + 1 + len(_length(len(inner)))), b"\x0a", _length(len(inner)), inner)
+        size = varint(len(inner))
+        parts += (b"\x1a", varint(1 + len(size) + len(inner)), b"\x0a", size, inner)
         return b"".join(parts)
 
     def encode_service(self, svc: ServiceSnapshot) -> tuple[tuple[bytes, ...], tuple[str, ...]]:
@@ -580,7 +569,7 @@ def encoded_requests(
     if device_id < 0 or device_id >= 1 << 64:
         raise TranslationError(f"device id {device_id} does not fit in 64 bits")
     eid = election_id_proto(election_id)
-    head = (b"\x08" + varint(device_id) if device_id else b"") + _delimited(0x1A, eid.SerializeToString())
+    head = (b"\x08" + varint(device_id) if device_id else b"") + length_delimited(0x1A, eid.SerializeToString())
     out: list[list[EncodedWriteRequest]] = []
     for phase in phases:
         requests: list[EncodedWriteRequest] = []
@@ -590,9 +579,9 @@ def encoded_requests(
                 update_type = _UPDATE_TYPE.get(kind)
                 if update_type is None:
                     raise TranslationError(f"unknown update kind {kind!r}")
-                entity = b"\x12" + _length(len(te)) + te
-                update = update_type + b"\x12" + _length(len(entity)) + entity
-                parts.append(b"\x22" + _length(len(update)) + update)
+                entity = b"\x12" + varint(len(te)) + te
+                update = update_type + b"\x12" + varint(len(entity)) + entity
+                parts.append(b"\x22" + varint(len(update)) + update)
             requests.append(EncodedWriteRequest(b"".join(parts), device_id, eid, len(parts) - 1))
         out.append(requests)
     return out
