@@ -23,29 +23,16 @@ import asyncio
 import gc
 import ipaddress
 import os
-import re
-import subprocess
 import sys
 import time
 from pathlib import Path
 
+from benchlib import start_switch
 from reconciler.apply import TwoSwitchApplier, default_session_factory
 from reconciler.cluster.synthetic import synthetic_cluster
 from reconciler.intent.model import LoadBalancerConfig, SwitchConfig, SwitchSpec, VipPool
 from reconciler.p4info import load_p4info, p4info_digest, pipeline_info_from_message
 from reconciler.render import Renderer
-
-
-def start_switch(bmv2: bool) -> tuple[subprocess.Popen, int]:
-    exe = Path(sys.executable).with_name("p4kube")
-    cmd = [str(exe), "sim", "--listen", "127.0.0.1:0"] + (["--bmv2"] if bmv2 else [])
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        m = re.search(r"\(port (\d+)\)", line)
-        if m:
-            return proc, int(m.group(1))
-    raise RuntimeError("software switch did not start")
 
 
 def cpu_of(pid: int) -> float:
@@ -57,7 +44,7 @@ def cpu_of(pid: int) -> float:
 async def run(a: argparse.Namespace) -> list[str]:
     p4info = load_p4info()
     info = pipeline_info_from_message(p4info)
-    proc, port = start_switch(a.bmv2)
+    proc, port = start_switch(bmv2=a.bmv2)
     try:
         config = LoadBalancerConfig(
             namespace="p4kube-system",

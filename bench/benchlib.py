@@ -10,11 +10,12 @@ from pathlib import Path
 from typing import Iterator
 
 
-def start_switch(listen: str = "127.0.0.1:0") -> tuple[subprocess.Popen, int]:
-    """`p4kube sim` on `listen` (default an ephemeral loopback port), in its own process;
-    returns it and the port once it listens."""
+def start_switch(listen: str = "127.0.0.1:0", *, bmv2: bool = False) -> tuple[subprocess.Popen, int]:
+    """`p4kube sim` on `listen` (default an ephemeral loopback port; `bmv2`: in BMv2 mode), in
+    its own process; returns it and the port once it listens."""
     exe = Path(sys.executable).with_name("p4kube")
-    proc = subprocess.Popen([str(exe), "sim", "--listen", listen], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    cmd = [str(exe), "sim", "--listen", listen] + (["--bmv2"] if bmv2 else [])
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     assert proc.stdout is not None
     for line in proc.stdout:
         m = re.search(r"\(port (\d+)\)", line)
