@@ -81,3 +81,57 @@ def test_reconcile_once_starts_reports_and_finishes_a_drain(tmp_path, switch_pai
     assert switch_entries(standby) == switch_entries(primary) == entries_of(v3)
     assert "drain finished" in audit.history(config=CONFIG)[0].trailers["Reason"]
     assert json.loads(run_cli(capsys, *status, "-o", "json")[1])["configs"][0]["drainingUntil"] is None
+
+
+def held(sw) -> set[tuple]:
+    """What a software switch's device holds, read in process (also once its server is stopped)."""
+    return {(t, e.key, e.action, tuple(e.params.values())) for t in n.TABLE_ORDER for e in sw.entries(1, t)}
+
+
+def test_errors_and_a_dead_switch_mid_drain_remove_nothing_and_end_no_drain(tmp_path, switch_pair, capsys, monkeypatch):
+    """DESIGN.md 6.1 while the switches hold a drain (step 1): a typo in the intent, an empty
+    recording and a dead primary, before and after `until`, each refuse and write nothing; both
+    switches keep the draining snapshot, exactly (an error is never a removal, nor a step 2)."""
+    from helpers import commit_all
+
+    standby, primary = switch_pair
+    intent = intent_repo(tmp_path / "intent", (standby.port, primary.port))
+    audit_dir = tmp_path / "audit.git"
+    scaled = tmp_path / "cluster2.yaml"
+    scaled.write_text(cluster_to_list_yaml(with_scaled_service(load_cluster_file(MULTI / "cluster.yaml"), "web/frontend", "node-c", +2)))
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("")
+    base = ["reconcile", "--once", "--allow-insecure-switches", "--intent", str(intent), "--pipeline-dir", str(intent),
+            "--audit-repo", str(audit_dir)]
+    clock = [NOW]
+    monkeypatch.setattr(apply_cli, "wall_clock", lambda: clock[0])
+    assert run_cli(capsys, *base, "--cluster", str(MULTI / "cluster.yaml"))[0] == 0
+    assert run_cli(capsys, *base, "--cluster", str(scaled))[0] == 0
+    v2 = AuditRepo.open_or_init(audit_dir, read_only=True).last_applied(CONFIG)
+    until = v2.drain_until()
+    assert until is not None and draining(standby) == draining(primary) > 0
+    step1 = (held(standby), held(primary))
+    assert switch_entries(standby) == switch_entries(primary) == entries_of(v2)
+    records = len(AuditRepo.open_or_init(audit_dir, read_only=True).history(config=CONFIG))
+
+    def unchanged() -> None:
+        assert (held(standby), held(primary)) == step1
+        audit = AuditRepo.open_or_init(audit_dir, read_only=True)
+        assert audit.last_applied(CONFIG).digest == v2.digest and len(audit.history(config=CONFIG)) == records
+
+    good = (intent / "lbconfig.yaml").read_text()
+    for clock[0] in (until - 1, until + 1):  # mid-drain, and when step 2 would be due
+        (intent / "lbconfig.yaml").write_text(good.replace("algorithm: replica-weighted", "algorithm: replica-weigthed"))
+        commit_all(intent, "typo")
+        code, out, err = run_cli(capsys, *base, "--cluster", str(scaled))
+        assert code == 1 and "replica-weigthed" in out + err
+        unchanged()
+        (intent / "lbconfig.yaml").write_text(good)
+        commit_all(intent, "fixed")
+        code, out, err = run_cli(capsys, *base, "--cluster", str(empty))
+        assert code == 1 and "empty" in (out + err).lower()
+        unchanged()
+    primary.stop(0)
+    code, out, err = run_cli(capsys, *base, "--cluster", str(scaled))  # step 2 due, the primary dead
+    assert code != 0 and "nothing" in (out + err).lower()
+    unchanged()
