@@ -131,7 +131,9 @@ def test_a_taken_or_foreign_requested_ip_gets_a_warning_event_and_nothing_else(s
             "apiVersion": "v1",
             "kind": "Service",
             "metadata": {"name": name, "namespace": "web", "annotations": {"loadbalancer.k8s.io/p4kube": "enabled"}},
-            "spec": {"type": "LoadBalancer", "loadBalancerIP": ip, "selector": {"app": name}, "ports": [{"port": 80, "protocol": "TCP"}]},
+            # Local: nodePort mode warns of Cluster (another Event); this test is about the IP.
+            "spec": {"type": "LoadBalancer", "loadBalancerIP": ip, "externalTrafficPolicy": "Local", "selector": {"app": name},
+                     "ports": [{"port": 80, "protocol": "TCP"}]},
         }
 
     async def go() -> None:
@@ -261,6 +263,29 @@ def test_an_opt_in_value_that_means_nothing_gets_a_warning_event_once(server: Ku
         (event,) = [e for e in events_about(api, "web", name) if e["type"] == "Warning"]
         assert event["reason"] == "InvalidOptIn" and f"'{value}' {accepted}" in event["note"]
         assert event["regarding"]["kind"] == "Service"
+
+
+def test_external_traffic_policy_cluster_gets_a_warning_event_once(server: KubeApiServer, api: k8s.ApiClient) -> None:
+    """nodePort mode: a Service switched to externalTrafficPolicy Cluster stays served but its
+    replica weights no longer hold (kube-proxy re-balances): a Warning Event says so, once."""
+    core = k8s.CoreV1Api(api)
+
+    async def go() -> None:
+        async with Harness(api) as h:
+            await h.reconcile()
+            await h.until(SERVED)
+            await asyncio.to_thread(
+                core.patch_namespaced_service, "api", "web", {"spec": {"externalTrafficPolicy": "Cluster"}}, _content_type=MERGE
+            )
+            await h.until({"web/api"})
+            report = await h.reconcile()
+            assert [k for k, m in report.warned if m.startswith("externalTrafficPolicy Cluster:")] == ["web/api"]
+            assert "web/api" in {s.service_key for s in h.previous.services}  # still served
+            assert (await h.reconcile()).warned == []  # once per distinct problem
+
+    run(go())
+    (event,) = [e for e in events_about(api, "web", "api") if e["type"] == "Warning"]
+    assert event["reason"] == "ExternalTrafficPolicyCluster" and "set Local" in event["note"]
 
 
 def test_a_kept_service_is_announced_once_across_versions() -> None:

@@ -35,7 +35,7 @@ from reconciler.fallback import is_auto_fallback
 from reconciler.kube.client import FIELD_MANAGER, MERGE_PATCH, KubeError, call_json
 from reconciler.kube.events import EventRecorder, ObjectRef
 from reconciler.render.engine import RenderIssue
-from reconciler.render.select import INVALID_OPT_IN
+from reconciler.render.select import CLUSTER_TRAFFIC_POLICY, INVALID_OPT_IN
 from reconciler.snapshot import Snapshot
 
 log = logging.getLogger(__name__)
@@ -93,9 +93,10 @@ def status_patch(ingress: Ingress) -> dict[str, object]:
 
 
 def warns(issue: RenderIssue) -> bool:
-    """Whether a render issue is sent as a Warning Event on its Service: every error, and an
-    opt-in annotation value that means nothing (a typo that would otherwise go unseen)."""
-    return issue.severity == "error" or issue.message.startswith(INVALID_OPT_IN)
+    """Whether a render issue is sent as a Warning Event on its Service: every error, an opt-in
+    annotation value that means nothing (a typo that would otherwise go unseen), and a
+    nodePort-mode Service whose externalTrafficPolicy is Cluster (served, but not as weighted)."""
+    return issue.severity == "error" or issue.message.startswith((INVALID_OPT_IN, CLUSTER_TRAFFIC_POLICY))
 
 
 _KEPT_VERSION = re.compile(r"kept as in v\d+ ")
@@ -118,6 +119,8 @@ def issue_reason(issue: RenderIssue) -> str:
     """The Event reason for a refused Service."""
     if issue.message.startswith(INVALID_OPT_IN):
         return "InvalidOptIn"
+    if issue.message.startswith(CLUSTER_TRAFFIC_POLICY):
+        return "ExternalTrafficPolicyCluster"
     if issue.message.startswith("requested IP"):
         return "LoadBalancerIPUnavailable"
     if "VIP pool" in issue.message or "auto-assign" in issue.message:
@@ -215,7 +218,7 @@ class ServiceStatusWriter:
                 if event_identity(issue) in sent:
                     continue
                 reason = issue_reason(issue)
-                action = "SelectService" if reason == "InvalidOptIn" else "AssignVIP"
+                action = {"InvalidOptIn": "SelectService", "ExternalTrafficPolicyCluster": "BalanceTraffic"}.get(reason, "AssignVIP")
                 await self._events.emit(ObjectRef.service(key), "Warning", reason, action, str(issue))
                 report.warned.append((key, issue.message))
         # Problems that went away may warn again if they come back.

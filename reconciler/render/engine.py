@@ -32,7 +32,7 @@ from ..snapshot import Backend, Drain, ServiceSnapshot, Snapshot, Value, backend
 from . import buckets
 from .drain import drain_timeout, drains_ended, next_drains
 from .allocate import Exhausted, IntSpace, Pool, VipSpace
-from .select import entry_name, node_backends, selection, target_port, trusted_pod_backend, untrusted_backends_issue
+from .select import CLUSTER_TRAFFIC_POLICY, entry_name, node_backends, selection, target_port, trusted_pod_backend, untrusted_backends_issue
 
 log = logging.getLogger(__name__)
 
@@ -792,7 +792,7 @@ def _render_port(
 
 
 _CLUSTER_POLICY = (
-    "externalTrafficPolicy Cluster: kube-proxy on the chosen node re-balances over every pod, "
+    f"{CLUSTER_TRAFFIC_POLICY} kube-proxy on the chosen node re-balances over every pod, "
     "so replica weights do not hold; set Local"
 )
 

@@ -11,6 +11,9 @@ from ..intent.model import LoadBalancerConfig
 OPT_IN_VALUES = ("enabled", "disabled")
 # Start of the issue for an opt-in annotation value that is neither: status.py sends an Event for it.
 INVALID_OPT_IN = f"annotation {OPT_IN_ANNOTATION}:"
+# Start of the issue for a nodePort-mode Service whose externalTrafficPolicy is not Local (the
+# replica weights do not hold): status.py sends an Event for it too.
+CLUSTER_TRAFFIC_POLICY = "externalTrafficPolicy Cluster:"
 
 
 @dataclass(frozen=True)
