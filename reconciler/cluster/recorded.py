@@ -84,14 +84,19 @@ _CUT_SHORT = "no kind after the items: a recording cut short? (kubectl prints `k
 
 def load_cluster_file(path: str | os.PathLike[str]) -> ClusterState:
     """Read a recorded cluster; raise InputError with file:line:column for anything malformed."""
+    return load_cluster_bytes(read_cluster_file(path), os.fspath(path))
+
+
+def read_cluster_file(path: str | os.PathLike[str]) -> bytes:
+    """A recording's bytes, unparsed (load_cluster_bytes reads them); InputError naming the file
+    when it cannot be read or is larger than the limit."""
     file = os.fspath(path)
     try:
-        raw = read_bounded(file, recording_max_bytes())
+        return read_bounded(file, recording_max_bytes())
     except TooLarge as e:
         raise InputError([Diagnostic(file, 1, 1, e.message(RECORDING_MAX_BYTES_ENV))]) from None
     except OSError as e:
         raise InputError([Diagnostic(file, 1, 1, f"cannot read the file: {e.strerror or e}")]) from e
-    return load_cluster_bytes(raw, file)
 
 
 def load_cluster_bytes(raw: bytes, file: str = "<bytes>") -> ClusterState:
