@@ -34,6 +34,7 @@ API_VERSION = "snapshot.p4kube.io/v1"
 KIND = "SwitchSnapshot"
 
 Value = int | str  # IPv4 as dotted quad, LPM as "a.b.c.d/len", MAC as "aa:bb:..", others int
+_SortKey = tuple[tuple[int, int], ...]  # Entry.sort_key
 
 
 class SnapshotError(ValueError):
@@ -318,25 +319,36 @@ class ServiceSnapshot:
     @cached_property
     def fragment_digest(self) -> str:
         """sha256 hex of this Service's fragment (its JSON object and its entries)."""
-        return _sha256_hex(self.fragment_text().encode())
+        digest = _sha256_hex(self.fragment_text().encode())
+        _known_by_digest(self, digest)
+        return digest
 
     def fragment_text(self) -> str:
         """Canonical JSON of this Service's fragment: _fragment_text(self.to_json(), self.entries()).
 
         Specialised for speed (entry texts from entry_texts, no Entry objects for the buckets);
         tests check it is byte-identical to the generic form."""
-        return self._fragment_from(self.entry_texts())
+        return self._fragment_from(self.entry_texts(), self.service_text())
 
-    def _fragment_from(self, texts: Mapping[str, list[str]]) -> str:
+    def service_text(self) -> str:
+        """canonical_json(self.to_json()) as text: the fragment's and the file form's "service"."""
+        return canonical_json(self.to_json()).decode()
+
+    def _fragment_from(self, texts: Mapping[str, list[str]], service_text: str) -> str:
         body = ",".join(f"{json.dumps(t)}:[{','.join(rows)}]" for t, rows in sorted(texts.items()))
-        return f'{{"entries":{{{body}}},"service":{canonical_json(self.to_json()).decode()}}}'
+        return f'{{"entries":{{{body}}},"service":{service_text}}}'
 
     def entry_texts(self) -> dict[str, list[str]]:
         """Each entry's canonical JSON (Entry.canonical), per table in entries() order, without
         making the bucket entries: one format per bucket, each backend's part encoded once. The
         digest's fragments and the file form are written from these (tested equal)."""
+        return self._rows()[0]
+
+    def _rows(self) -> tuple[dict[str, list[str]], list[_SortKey], list[_SortKey]]:
+        """entry_texts(), and the sort keys (Entry.sort_key) of its vip_table and reverse_nat
+        rows, in their order: the file form merges those tables over Services by these keys."""
         if not self.backends or self.assignment[0] is None:
-            return {}
+            return {}, [], []
         name = _enc(self.name)
         first, second, sid_first, par_names = _backend_row_parts()
         tails: dict[str | None, str] = {}
@@ -358,24 +370,19 @@ class ServiceSnapshot:
                 b, o = by_key[self.assignment[d.bucket]], by_key[d.source]
                 args2 = (b.address, b.port, b.backend_id, o.address, o.port, o.backend_id, d.generation)
                 rows[d.bucket] = Entry(n.BACKEND_TABLE, (sid, d.bucket), n.DNAT_DRAINING, args2, self.name).canonical()
-        reverse = sorted(
-            (Entry(n.REVERSE_NAT, (b.address, b.port, proto), n.SNAT, (self.vip, self.port), self.name) for b in self.backends),
-            key=Entry.sort_key,
-        )
+        # reverse_nat: one key per backend, sorted (stably, as entries() does) by its sort key;
+        # the action's part and the service name are the same in every row.
+        key_order, arg_order, fmt = _template(n.REVERSE_NAT, n.SNAT)
+        snat_args = (self.vip, self.port)
+        arg_vals = [_enc(snat_args[i]) for i in arg_order]
+        tail = f',"service":{name}}}'
+        keys = [(b.address, b.port, proto) for b in self.backends]
+        sort_keys = [(_sort_value(a), _sort_value(p), _sort_value(q)) for a, p, q in keys]
+        order = sorted(range(len(keys)), key=sort_keys.__getitem__)
+        reverse = [fmt.format(*[_enc(keys[i][j]) for j in key_order], *arg_vals) + tail for i in order]
         vip = Entry(n.VIP_TABLE, (self.vip, self.port, proto), n.SET_SERVICE, (sid, self.bucket_count - 1), self.name)
-        return {n.VIP_TABLE: [vip.canonical()], n.BACKEND_TABLE: rows, n.REVERSE_NAT: [e.canonical() for e in reverse]}
-
-    def _sorted_rows(self) -> tuple[list[tuple[tuple[tuple[int, int], ...], str]], list[tuple[tuple[tuple[int, int], ...], str]]]:
-        """(sort key, canonical text) of the vip_table and reverse_nat entries, for the file form."""
-        if not self.backends or self.assignment[0] is None:
-            return [], []
-        proto = n.IP_PROTOCOLS[self.protocol]
-        vip = Entry(n.VIP_TABLE, (self.vip, self.port, proto), n.SET_SERVICE, (self.service_id, self.bucket_count - 1), self.name)
-        reverse = sorted(
-            (Entry(n.REVERSE_NAT, (b.address, b.port, proto), n.SNAT, (self.vip, self.port), self.name) for b in self.backends),
-            key=Entry.sort_key,
-        )
-        return [(vip.sort_key(), vip.canonical())], [(e.sort_key(), e.canonical()) for e in reverse]
+        texts = {n.VIP_TABLE: [vip.canonical()], n.BACKEND_TABLE: rows, n.REVERSE_NAT: reverse}
+        return texts, [vip.sort_key()], [sort_keys[i] for i in order]
 
 
 @lru_cache(maxsize=1)
@@ -556,15 +563,35 @@ def schema_errors(doc: Any, *, subschema: str | None = None) -> list[str]:
 # costs ~40 us per Service).
 _VALID_FRAGMENTS: set[str] = set()
 _VALID_FRAGMENTS_LIMIT = 1 << 16
+# Set in a Service object's __dict__ when the object itself was checked before its fragment digest
+# was computed (render checks each Service it makes; the digest comes later, from the texts the
+# file form writes, so the entries' texts are made once). The object is immutable: it stays valid.
+_CHECKED = "_schema_checked"
 
 
 def _note_valid(svc: "ServiceSnapshot") -> None:
+    digest = svc.__dict__.get("fragment_digest")
+    if digest is None:
+        svc.__dict__[_CHECKED] = True  # known by its digest too once that is computed
+        return
+    _remember_valid(digest)
+
+
+def _remember_valid(digest: str) -> None:
     if len(_VALID_FRAGMENTS) >= _VALID_FRAGMENTS_LIMIT:
         _VALID_FRAGMENTS.clear()
-    _VALID_FRAGMENTS.add(svc.fragment_digest)
+    _VALID_FRAGMENTS.add(digest)
+
+
+def _known_by_digest(svc: "ServiceSnapshot", digest: str) -> None:
+    """The fragment digest was just computed: an object checked before is now known by it."""
+    if svc.__dict__.get(_CHECKED):
+        _remember_valid(digest)
 
 
 def _known_valid(svc: "ServiceSnapshot") -> bool:
+    if svc.__dict__.get(_CHECKED):
+        return True
     # Only a digest already computed is looked up: computing one for an invalid object may fail.
     digest = svc.__dict__.get("fragment_digest")
     return digest is not None and digest in _VALID_FRAGMENTS
@@ -933,7 +960,7 @@ def iter_entries(tables: Mapping[str, Sequence[Entry]]) -> Iterator[Entry]:
 
 
 def snapshot_text(snap: Snapshot) -> str:
-    rows = _table_rows(snap)  # first: it also fills the fragment digests the digest needs
+    rows, service_texts = _table_rows(snap)  # first: it also fills the fragment digests the digest needs
     head = {
         "apiVersion": API_VERSION,
         "config": snap.config,
@@ -946,7 +973,7 @@ def snapshot_text(snap: Snapshot) -> str:
     head.update(snap.extra)
     parts = ["{"]
     items: list[tuple[str, str]] = [(k, json.dumps(v, sort_keys=True, ensure_ascii=False)) for k, v in head.items()]
-    services = ",\n".join("    " + canonical_json(s.to_json()).decode() for s in snap.services)
+    services = ",\n".join("    " + text for text in service_texts)
     items.append(("services", f"[\n{services}\n  ]" if snap.services else "[]"))
     tables = []
     for t, texts in sorted(rows.items()):
@@ -959,30 +986,36 @@ def snapshot_text(snap: Snapshot) -> str:
     return "\n".join(parts)
 
 
-def _table_rows(snap: Snapshot) -> dict[str, list[str]]:
-    """[e.canonical() for e in es] for each table of snap.tables(), in the same order, built from
-    the Services' entry texts: no Entry object per bucket (348,137 entries at 5,000 Services)."""
+def _table_rows(snap: Snapshot) -> tuple[dict[str, list[str]], list[str]]:
+    """([e.canonical() for e in es] for each table of snap.tables(), in the same order, and each
+    Service's service_text()), built from the Services' entry texts, each made once: no Entry
+    object per bucket (348,137 entries at 5,000 Services). Fills the fragment digests not yet
+    computed from the same texts."""
+    service_texts = [s.service_text() for s in snap.services]
     ids = [s.service_id for s in snap.services]
     if len(set(ids)) != len(ids):  # not a valid snapshot; tables()' interleaving order, the slow way
-        return {t: [e.canonical() for e in es] for t, es in snap.tables().items()}
-    vips: list[tuple[tuple[tuple[int, int], ...], str]] = []
-    reverse: list[tuple[tuple[tuple[int, int], ...], str]] = []
-    for svc in snap.services:
-        v, r = svc._sorted_rows()
-        vips += v
-        reverse += r
+        return {t: [e.canonical() for e in es] for t, es in snap.tables().items()}, service_texts
+    vips: list[tuple[_SortKey, str]] = []
+    reverse: list[tuple[_SortKey, str]] = []
+    backend_of: list[list[str]] = []
+    for svc, service_text in zip(snap.services, service_texts):
+        texts, vip_keys, reverse_keys = svc._rows()
+        vips += zip(vip_keys, texts.get(n.VIP_TABLE, ()))
+        reverse += zip(reverse_keys, texts.get(n.REVERSE_NAT, ()))
+        backend_of.append(texts.get(n.BACKEND_TABLE, []))
+        if "fragment_digest" not in svc.__dict__:  # the digest's fragment, from the same texts
+            digest = _sha256_hex(svc._fragment_from(texts, service_text).encode())
+            svc.__dict__["fragment_digest"] = digest
+            _known_by_digest(svc, digest)
     backend: list[str] = []
     # tables() sorts backend_table by (service id, bucket): with unique ids, Service by Service
-    for svc in sorted(snap.services, key=lambda s: s.service_id):
-        texts = svc.entry_texts()
-        backend += texts.get(n.BACKEND_TABLE, ())
-        if "fragment_digest" not in svc.__dict__:  # the digest's fragment, from the same texts
-            svc.__dict__["fragment_digest"] = _sha256_hex(svc._fragment_from(texts).encode())
-    lpm: list[tuple[tuple[tuple[int, int], ...], str]] = []
+    for i in sorted(range(len(ids)), key=ids.__getitem__):
+        backend += backend_of[i]
+    lpm: list[tuple[_SortKey, str]] = []
     for e in snap.global_entries:  # routes (ipv4_lpm); tables() appends them after the Services'
         rows = {n.VIP_TABLE: vips, n.REVERSE_NAT: reverse, n.IPV4_LPM: lpm}.get(e.table)
         if rows is None:  # backend_table or unknown: tables()' own way (and its errors)
-            return {t: [x.canonical() for x in es] for t, es in snap.tables().items()}
+            return {t: [x.canonical() for x in es] for t, es in snap.tables().items()}, service_texts
         rows.append((e.sort_key(), e.canonical()))
     out: dict[str, list[str]] = {}
     # stable sorts by the same keys as tables(): ties keep the Services' order, as there
@@ -990,4 +1023,4 @@ def _table_rows(snap: Snapshot) -> dict[str, list[str]]:
         rows.sort(key=lambda r: r[0])
         out[table] = [text for _, text in rows]
     out[n.BACKEND_TABLE] = backend
-    return {t: out[t] for t in n.TABLE_ORDER}
+    return {t: out[t] for t in n.TABLE_ORDER}, service_texts
