@@ -34,7 +34,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
         "reconciler.intent", "reconciler.cluster", "reconciler.render", "reconciler.plan", "reconciler.plan_summary",
         "reconciler.diff",
         "reconciler.guard", "reconciler.apply", "reconciler.switch", "reconciler.audit", "reconciler.kube",
-        "reconciler.fallback", "reconciler.pipeline_io", "reconciler.state", "reconciler.crd",
+        "reconciler.fallback", "reconciler.pipeline_io", "reconciler.state", "reconciler.crd", "reconciler.rendered_from",
         "reconciler.generated", "reconciler.sim",
     )),
     # The values that flow between stages.

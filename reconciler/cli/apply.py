@@ -301,8 +301,11 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
     from ..app.switches import check_switch_settings
     from ..audit.refusals import check_signed_intent, last_applied_trusted, record_refusal, refused_intent_id
     from ..drain_progress import reason_parts
-    from ..pipeline_io import config_p4info_digest, load_inputs
+    from ..cluster.recorded import load_cluster_bytes, read_cluster_file
+    from ..intent.loader import load_intent
+    from ..pipeline_io import config_p4info_digest
     from ..render import Renderer
+    from ..rendered_from import TRAILER, inputs_digest, unchanged
     from ..state import StateDir
     from .errors import CommandError
 
@@ -311,7 +314,8 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
     trusted = intent_trust(settings)
     keys = audit_keys(settings, signer)
     dirs = OperatorDirs.from_args(args)
-    intent, cluster, _ = load_inputs(args.intent, args.cluster, dirs=dirs)
+    intent = load_intent([args.intent], dirs=dirs)
+    recording = read_cluster_file(args.cluster)  # parsed below, unless the last apply was rendered from it
     message = check_signed_intent(intent, args.intent, trusted) if trusted is not None else ""
     if trusted is not None and not message:
         # Render what was signed: the verified commit's blobs, not the working tree.
@@ -323,10 +327,22 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
     check_switch_settings(config, settings)
     audit = _open_audit(config, args, signer, keys) if args.audit_repo else None
     state = StateDir(args.state)
+    previous, untrusted = last_applied_trusted(audit, config.key) if audit is not None else (state.last_applied(config.key), "")
+    p4info_digest = config_p4info_digest(config, dirs.pipeline_dir)
+    # Rendered from exactly these inputs before (rendered_from.py): the last applied snapshot is
+    # what render would make of them, so neither the recording nor render is needed again. Only
+    # with the audit repository, whose signed records say what each snapshot was rendered from.
+    rendered_from = inputs_digest(config, recording, p4info_digest=p4info_digest, intent_commit=intent.commit) if audit else None
+    entry = audit.last_applied_entry(config.key) if audit is not None and previous is not None else None
+    memo = unchanged(previous, entry.trailers.get(TRAILER) if entry is not None else None, rendered_from) and not message
+    # Bad input is refused here, before anything is recorded (closing an interrupted record included).
+    cluster = None if memo else load_cluster_bytes(recording, args.cluster)
+    for problem in cluster.issues if cluster is not None else ():  # what render cannot use is said, not dropped
+        print(f"{args.cluster}: warning: {problem.object}: {problem.message}", file=sys.stderr)
+    del recording
     if audit is not None and audit.close_interrupted(config.key) is not None:
         print(f"{config.key}: the last transaction was interrupted before its outcome was recorded; "
               f"recorded as interrupted, the switches are read back now", file=sys.stderr)
-    previous, untrusted = last_applied_trusted(audit, config.key) if audit is not None else (state.last_applied(config.key), "")
     if untrusted:
         print(f"{config.key}: {untrusted}; the switches are read back and their content treated as unaccounted for",
               file=sys.stderr)
@@ -343,15 +359,23 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
 
             raise CommandError((f"{untrusted}. " if untrusted else "") + unaccounted_message(
                 config, held, f"the audit repository {args.audit_repo}" if audit is not None else f"--state {args.state}"))
-    # Drains start and end by this clock: a pass at or after a drain's `until` finishes it.
-    rendered = Renderer().render(config, cluster, previous, p4info_digest=config_p4info_digest(config, dirs.pipeline_dir),
-                                 intent_commit=intent.commit, now=wall_clock())
-    for issue in rendered.issues:
-        print(f"{config.key}: {issue.severity}: {issue}", file=sys.stderr)
-    if not rendered.changed:
+    extra = ((TRAILER, rendered_from),) if rendered_from else ()
+    rendered = None
+    if cluster is None:
+        assert previous is not None  # memo: unchanged() holds only with a previous snapshot
+        print(f"{config.key}: the intent, the recording and the reconciler are those v{previous.version} was rendered "
+              f"from: not rendered again", file=sys.stderr)
+    else:
+        # Drains start and end by this clock: a pass at or after a drain's `until` finishes it.
+        rendered = Renderer().render(config, cluster, previous, p4info_digest=p4info_digest,
+                                     intent_commit=intent.commit, now=wall_clock())
+        for issue in rendered.issues:
+            print(f"{config.key}: {issue.severity}: {issue}", file=sys.stderr)
+    if rendered is None or not rendered.changed:
         # Level-triggered: the switches' own state decides. Read both back (a switch may have
         # restarted empty, a write may have been lost) and repair what differs.
-        snap = rendered.snapshot
+        snap = previous if rendered is None else rendered.snapshot
+        assert snap is not None
         result = asyncio.run(_sync(config, args, snap))
         writes = sum(sum(k.values()) for k in result.writes().values())
         if result.outcome == "unchanged":
@@ -365,7 +389,7 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
             print(result.describe())
             if audit is not None:
                 audit.record(snap, "applied", reason="repaired after read-back: " + "; ".join(
-                    r.describe() for r in result.switches if r.writes)[:900])
+                    r.describe() for r in result.switches if r.writes)[:900], extra_trailers=extra)
         else:
             print(result.describe())
         _drain_lines(snap, snap, True, args)  # mid-drain: nothing to write until its end
@@ -377,7 +401,7 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
         # Versions stay unique per config in the audit history, also after a rollback.
         target = target.with_version(audit.next_version(config.key))
         why = "; ".join(reason_parts(previous, target))[:900]
-        result = asyncio.run(_apply_recorded(config, args, target, audit, last_good=previous, why=why))
+        result = asyncio.run(_apply_recorded(config, args, target, audit, extra, last_good=previous, why=why))
     print(result.describe())
     _drain_lines(previous, target, result.ok, args)
     return _exit(result, args)
