@@ -253,12 +253,45 @@ def _unmatched(missing: list[Entry], extra: list[Entry], target: Snapshot | None
     return vips + extra, missing + vips
 
 
+_NO_CHANGE = diff_entries([], [])
+
+# After a full read-back, a diff of at most this many updates (and at most a tenth of the
+# entries) is verified by reading its keys; a larger one by a second full read. See
+# _verify_by_keys.
+KEYS_VERIFY_LIMIT = 10_000
+
+
+def _verify_by_keys(diff: SnapshotDiff, entries: int) -> bool:
+    """Whether the writes of `diff`, made right after a full read-back of the switch compared
+    equal everywhere else, are verified by reading back only the keys written and deleted.
+
+    Why that is enough (DESIGN.md 6.1, "the switches' own state decides"): the whole switch was
+    read moments before, over the same session, which is primary (arbitration fences every
+    other controller's writes), and compared with the target; the writes touched only these
+    keys. A second full read would re-confirm entries nobody could have written. What it alone
+    would see (an entry changed by something other than a P4Runtime controller, a switch that
+    writes elsewhere than asked) is drift, found by the periodic full read-back, while a write
+    dropped, altered, or a delete not done is at the keys read here. Large diffs are read in
+    full: by key, each costs an encoded key and a decoded entry, several times a full read's
+    cost per entry, and a full read also re-confirms a switch that changed that much."""
+    return len(diff) <= min(KEYS_VERIFY_LIMIT, entries // 10)
+
+
 def _version(snap: Snapshot | None) -> str:
     return f"v{snap.version}" if snap is not None else "empty tables"
 
 
 def _strip_service(entries: Iterable[Entry]) -> list[Entry]:
     return [Entry(e.table, e.key, e.action, e.args) for e in entries]
+
+
+async def _settle(reads: Iterable[asyncio.Future[list[bytes]]]) -> None:
+    """Cancel the reads not used (a switch whose step was never reached) and collect every
+    outcome, so that none is left running or with an exception never retrieved."""
+    pending = list(reads)
+    for r in pending:
+        r.cancel()
+    await asyncio.gather(*pending, return_exceptions=True)
 
 
 def _log_decoded(switch: str, total: int, read: Readback, config: str) -> None:
@@ -484,6 +517,18 @@ class TwoSwitchApplier:
 
     # -- the transaction -------------------------------------------------------------------------
 
+    async def _prefetch(self, reachable: Iterable[tuple[SwitchSpec, SwitchSession, bool]]
+                        ) -> dict[str, asyncio.Future[list[bytes]]]:
+        """The full read-back of every switch in `reachable` that is not trusted, started at once
+        over its session, each sent before this returns."""
+        reads: dict[str, asyncio.Future[list[bytes]]] = {
+            sw.name: asyncio.ensure_future(session.read_encoded())
+            for sw, session, _ in reachable if sw.name not in self._held_known
+        }
+        if reads:
+            await asyncio.sleep(0)  # let each Read go out before the CPU-bound encoding
+        return reads
+
     async def apply(self, target: Snapshot, last_good: Snapshot | None, probe: Probe | None = None) -> ApplyResult:
         """Put `target` on both switches, or leave both on `last_good`."""
         reports: dict[str, SwitchReport] = {}
@@ -513,21 +558,34 @@ class TwoSwitchApplier:
 
         touched: list[SwitchSpec] = []
         failure: TransactionFailed | None = None
-        for sw, session, pushed in reachable:
-            touched.append(sw)
-            t0 = time.perf_counter()
-            try:
-                writes, drift = await self._guarded_put(sw, session, target, expected_now=last_good, report_drift=not pushed)
-                reports[sw.name] = SwitchReport(
-                    sw.name, sw.role, "applied" if writes else "unchanged", writes, drift=tuple(drift),
-                    pipeline_pushed=pushed, seconds=time.perf_counter() - t0,
-                )
-            except (SwitchError, TransactionFailed) as e:
-                # _guarded_put closed the session: the rollback below opens a new one with a
-                # higher election id (the fence) before it reads the switch back in full.
-                failure = e if isinstance(e, TransactionFailed) else TransactionFailed(sw.name, str(e))
-                reports[sw.name] = SwitchReport(sw.name, sw.role, "failed", reason=failure.reason, seconds=time.perf_counter() - t0)
-                break
+        # The full read-backs of the untrusted switches go out together, before anything is
+        # written (a switch's read does not depend on the other's writes); each switch's step
+        # takes its own when its turn comes, and the writes stay in order, standby first.
+        prefetched = await self._prefetch(reachable)
+        try:
+            for sw, session, pushed in reachable:
+                touched.append(sw)
+                t0 = time.perf_counter()
+                mine = prefetched.pop(sw.name, None)  # settled below once used: its bytes are not kept
+                try:
+                    writes, drift = await self._guarded_put(sw, session, target, expected_now=last_good,
+                                                            report_drift=not pushed, prefetched=mine)
+                    reports[sw.name] = SwitchReport(
+                        sw.name, sw.role, "applied" if writes else "unchanged", writes, drift=tuple(drift),
+                        pipeline_pushed=pushed, seconds=time.perf_counter() - t0,
+                    )
+                except (SwitchError, TransactionFailed) as e:
+                    # _guarded_put closed the session: the rollback below opens a new one with a
+                    # higher election id (the fence) before it reads the switch back in full.
+                    failure = e if isinstance(e, TransactionFailed) else TransactionFailed(sw.name, str(e))
+                    reports[sw.name] = SwitchReport(sw.name, sw.role, "failed", reason=failure.reason,
+                                                    seconds=time.perf_counter() - t0)
+                    break
+                finally:
+                    if mine is not None:
+                        await _settle([mine])
+        finally:
+            await _settle(prefetched.values())  # a switch never reached: its read is not used
         if failure is None and probe is not None:
             reason = await probe(target)
             if reason:
@@ -551,7 +609,10 @@ class TwoSwitchApplier:
             prior = reports.get(sw.name)
             try:
                 session, _ = await self._session(sw, check_pipeline=True)
-                writes, _ = await self._guarded_put(sw, session, last_good, expected_now=None, full=True, report_drift=False)
+                # A fresh full read (the switch was written since any earlier one), and a full
+                # verify: after a failure, the slow and proven path.
+                writes, _ = await self._guarded_put(sw, session, last_good, expected_now=None, full=True,
+                                                    report_drift=False, verify_all=True)
                 reports[sw.name] = SwitchReport(
                     sw.name, sw.role, "rolled-back", writes,
                     reason=prior.reason if prior and prior.state == "failed" else "",
@@ -578,13 +639,16 @@ class TwoSwitchApplier:
         expected_now: Snapshot | None,
         full: bool = False,
         report_drift: bool = True,
+        verify_all: bool = False,
+        prefetched: asyncio.Future[list[bytes]] | None = None,
     ) -> tuple[dict[str, dict[str, int]], list[str]]:
         """_put, and on any failure (a refused or timed-out write, a read error, a lost stream,
         cancellation) close the session at once and stop trusting the switch: what it holds is
         unknown, and a Write of ours may still be queued in it. The next session to it has a
         higher election id, which fences that Write."""
         try:
-            return await self._put(sw, session, target, expected_now=expected_now, full=full, report_drift=report_drift)
+            return await self._put(sw, session, target, expected_now=expected_now, full=full, report_drift=report_drift,
+                                   verify_all=verify_all, prefetched=prefetched)
         except BaseException:
             await asyncio.shield(self._drop(sw.name))
             raise
@@ -598,12 +662,16 @@ class TwoSwitchApplier:
         expected_now: Snapshot | None,
         full: bool = False,
         report_drift: bool = True,
+        verify_all: bool = False,
+        prefetched: asyncio.Future[list[bytes]] | None = None,
     ) -> tuple[dict[str, dict[str, int]], list[str]]:
         """Make `sw` hold `target`; returns the writes per table and the drift found.
 
         A full read-back is compared as bytes with the target's encoded entries; only entries
         whose bytes differ are decoded (switch/wire.py), so a switch that holds the target costs
-        a set lookup per entry, and an empty one costs nothing to compare."""
+        a set lookup per entry, and an empty one costs nothing to compare. `prefetched`: that
+        read, already started over this session (apply()); `verify_all`: verify by a full read
+        whatever was written (see _verify_by_keys)."""
         drift: list[str] = []
         known = sw.name in self._held_known and not full
         expected = self._expected(target)
@@ -613,9 +681,13 @@ class TwoSwitchApplier:
                 diff_snapshots(held, target) if target is not None else diff_entries(_entries(held), [])
             )
             writes = await self._write(sw, session, diff, expected)
+            verify: SnapshotDiff | None = diff
         else:
             self._tell(sw.name, "read")
-            blobs = await session.read_encoded()
+            if prefetched is not None and session.is_open:
+                blobs = await prefetched
+            else:  # a session lost since the read went out reads again, failing as it always did
+                blobs = await session.read_encoded()
             read = match_readback(blobs, expected)
             extra = session.decode_entries(read.extra) if read.extra else []
             _log_decoded(sw.name, len(blobs), read, self.config.key)
@@ -625,12 +697,13 @@ class TwoSwitchApplier:
                 drift = self._drift(session, blobs, expected, read, extra, target, expected_now)
             if not blobs:
                 writes = await self._insert_all(sw, session, expected)
-            elif extra or read.missing:
-                holds, want = _unmatched(expected.at(read.missing), extra, target)
-                writes = await self._write(sw, session, diff_entries(holds, want), expected)
+                verify = None  # everything was written: read everything back
             else:
-                writes = {}
-        await self._verify(sw, session, target, expected, None if not known else diff)
+                diff = diff_entries(*_unmatched(expected.at(read.missing), extra, target)) if extra or read.missing \
+                    else _NO_CHANGE
+                writes = await self._write(sw, session, diff, expected)
+                verify = diff if not verify_all and _verify_by_keys(diff, len(expected)) else None
+        await self._verify(sw, session, target, expected, verify)
         self._held[sw.name] = target
         self._held_known.add(sw.name)
         expected.release()  # keep the bytes, not ~350,000 Entry objects, until the next use

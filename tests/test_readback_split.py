@@ -5,8 +5,6 @@ bytes), which the walk still decides."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import grpc
 import pytest
 from finsy.proto import p4r
@@ -14,10 +12,10 @@ from google.protobuf.message import DecodeError
 from helpers import run
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from test_switch_wire import DEVICE_CONFIG, INFO, P4INFO, switch  # noqa: F401 (switch: the fixture)
 
 from reconciler import p4names as n
 from reconciler.diff import diff_snapshots
-from reconciler.p4info import load_p4info, pipeline_info
 from reconciler.protowire import varint
 from reconciler.render import RenderResult
 from reconciler.snapshot import Entry
@@ -25,10 +23,6 @@ from reconciler.sim import SoftwareSwitch
 from reconciler.switch import SwitchSession
 from reconciler.switch import wire
 from reconciler.switch.wire import EncodedEntries, split_read_response, write_requests
-
-INFO = pipeline_info()
-P4INFO = load_p4info()
-DEVICE_CONFIG = b'{"program": "load_balancer.p4 (opaque to the software switch)"}'
 
 
 def walked(data: bytes) -> list[bytes] | type[DecodeError]:
@@ -51,16 +45,6 @@ def split(data: bytes) -> list[bytes] | type[DecodeError]:
         return DecodeError
 
 
-@pytest.fixture(params=["spec", "bmv2"])
-def switch(request: pytest.FixtureRequest) -> Iterator[SoftwareSwitch]:
-    sw = SoftwareSwitch(bmv2=request.param == "bmv2", max_workers=8)
-    sw.start("127.0.0.1:0")
-    try:
-        yield sw
-    finally:
-        sw.stop(0)
-
-
 def _raw_replies(port: int) -> list[bytes]:
     """A wildcard Read of every table, the replies left as the bytes the switch sent."""
     request = p4r.ReadRequest(device_id=1)
@@ -77,11 +61,11 @@ def test_real_read_responses_split_as_the_walk_splits_them(switch: SoftwareSwitc
     expected = EncodedEntries(INFO, [e for es in snap.tables().values() for e in es])
 
     async def fill() -> None:
+        """Every entry, in the order the transaction writes them (buckets before their VIP)."""
+        phases = write_requests(INFO, diff_snapshots(None, snap).phases, device_id=1, election_id=1 << 64, batch_size=100)
         async with SwitchSession(f"127.0.0.1:{switch.port}", device_id=1, election_id=1 << 64, info=INFO) as s:
             await s.ensure_pipeline(P4INFO, DEVICE_CONFIG)
-            for phase in write_requests(INFO, diff_snapshots(None, snap).phases, device_id=1,
-                                        election_id=s.election_id, batch_size=100, known=expected):
-                assert (await s.write(phase)).ok
+            assert all([(await s.write(requests)).ok for requests in phases])
 
     run(fill())
     replies = _raw_replies(switch.port)
