@@ -802,8 +802,9 @@ class TwoSwitchApplier:
         the other switch.
 
         Connects if needed (arbitration, pipeline check and push); reads the switch back in
-        full unless it is trusted; writes the difference in dependency order; reads back (in
-        full, unless the switch was trusted) and compares; trusts it afterwards. Returns its
+        full unless it is trusted; writes the difference in dependency order; reads back the
+        keys written (in full after filling it from empty or a large diff: _verify_by_keys)
+        and compares; trusts it afterwards. Returns its
         report: "applied" (writes made), "unchanged", "unreachable" or "failed" (the reason
         says why; the session is closed and the switch untrusted, so the next sync fences,
         reads back and repairs). Differences found by the read-back beyond `snapshot` are in
