@@ -170,6 +170,17 @@ class _Composer:
                 append(self._node(ev, depth + 1))
 
 
+def implicit_first_chars(resolver: Any) -> frozenset[str] | None:
+    """The first characters under which `resolver` (ruamel's VersionedResolver, its version
+    fixed) lists implicit patterns. ruamel tries only the patterns listed under a plain scalar's
+    first character and otherwise gives str: a scalar starting with any other character is a
+    string. None when that cannot be said (path resolvers, or patterns for every character)."""
+    table = resolver.versioned_resolver
+    if None in table or resolver.yaml_path_resolvers:
+        return None
+    return frozenset(k for k in table if k)
+
+
 # orjson refuses nesting deeper than this (its documented recursion limit; a test pins it).
 ORJSON_MAX_DEPTH = 1024
 

@@ -48,7 +48,7 @@ from ruamel.yaml.nodes import Node as YamlNode
 from ruamel.yaml.resolver import VersionedResolver
 
 from reconciler.gcpause import gc_paused
-from reconciler.cluster import fastload
+from reconciler.cluster import blockyaml, fastload
 from reconciler.cluster.fastload import Unusual
 from reconciler.cluster.convert import (
     ConversionError,
@@ -198,6 +198,11 @@ def _parse(text: str, file: str, *, fast: bool = True) -> list[Any]:
             raise InputError([Diagnostic(file, e.lineno, e.colno, f"JSON syntax error: {e.msg}")]) from e
     builder = _EventBuilder()
     try:
+        if fast:
+            try:  # the line reader first: kubectl's block YAML, without an object per event
+                return blockyaml.yaml_documents(text, builder.plain_data, RECORDING_MAX_DEPTH)
+            except Unusual:
+                pass
         if fast and fastload.available():
             try:
                 return fastload.yaml_documents(text, builder.plain_data, RECORDING_MAX_DEPTH)
@@ -246,6 +251,7 @@ class _EventBuilder:
         self._yaml = YAML(typ="safe", pure=False)
         self._yaml.Resolver = _FixedVersionResolver
         self._cache: dict[str, Any] = {}
+        self._implicit_first = fastload.implicit_first_chars(self._yaml.resolver)
 
     def _plain(self, value: str, mark: Any) -> Any:
         try:
@@ -260,6 +266,10 @@ class _EventBuilder:
     def plain_data(self, value: str) -> Any:
         """A plain scalar's value for fastload: Unusual where it is not plain data (a merge key,
         a tag other than the standard scalar ones), for the full loader to refuse in its words."""
+        # Most scalars (names, uids, addresses) start with a character no implicit pattern of the
+        # resolver starts with: those are strings, without the resolver's regular expressions.
+        if value and self._implicit_first is not None and value[0] not in self._implicit_first:
+            return value
         try:
             out = self._plain(value, _NO_MARK)
         except _DataError:
