@@ -517,17 +517,14 @@ class TwoSwitchApplier:
 
     # -- the transaction -------------------------------------------------------------------------
 
-    async def _prefetch(self, reachable: Iterable[tuple[SwitchSpec, SwitchSession, bool]]
-                        ) -> dict[str, asyncio.Future[list[bytes]]]:
-        """The full read-back of every switch in `reachable` that is not trusted, started at once
-        over its session, each sent before this returns."""
-        reads: dict[str, asyncio.Future[list[bytes]]] = {
+    def _prefetch(self, reachable: Iterable[tuple[SwitchSpec, SwitchSession, bool]]
+                  ) -> dict[str, asyncio.Future[list[bytes]]]:
+        """The full read-back of every switch in `reachable` that is not trusted, each started
+        over its session as a task (the caller settles every one)."""
+        return {
             sw.name: asyncio.ensure_future(session.read_encoded())
             for sw, session, _ in reachable if sw.name not in self._held_known
         }
-        if reads:
-            await asyncio.sleep(0)  # let each Read go out before the CPU-bound encoding
-        return reads
 
     async def apply(self, target: Snapshot, last_good: Snapshot | None, probe: Probe | None = None) -> ApplyResult:
         """Put `target` on both switches, or leave both on `last_good`."""
@@ -561,8 +558,10 @@ class TwoSwitchApplier:
         # The full read-backs of the untrusted switches go out together, before anything is
         # written (a switch's read does not depend on the other's writes); each switch's step
         # takes its own when its turn comes, and the writes stay in order, standby first.
-        prefetched = await self._prefetch(reachable)
+        prefetched = self._prefetch(reachable)
         try:
+            if prefetched:
+                await asyncio.sleep(0)  # let each Read go out before the CPU-bound encoding
             for sw, session, pushed in reachable:
                 touched.append(sw)
                 t0 = time.perf_counter()

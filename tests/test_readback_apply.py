@@ -245,3 +245,34 @@ def test_a_write_the_switch_did_not_take_is_caught_by_the_keys_verify(world, dir
     # one full read and the keys verify, then the rollback's full read and full verify
     assert (log.count("keys", PRIMARY), log.count("read", PRIMARY)) == (1, 3)
     assert_invariant(world, old)
+
+
+def test_a_cancelled_transaction_leaves_no_read_running_or_unretrieved(world):
+    """apply() cancelled while the standby's read is held up: every read it started ends with
+    it (nothing left running, no exception never retrieved); a new applier then finds v1."""
+    assert run(apply(world, world.v1, None)).ok
+    log = Log()
+
+    async def go():
+        primary_reading, never = asyncio.Event(), asyncio.Event()
+
+        async def before_read(session):
+            if session.name == PRIMARY:
+                primary_reading.set()
+                raise ReadError("reading table entries failed: injected", switch=PRIMARY)
+            await never.wait()
+
+        seen = unretrieved(asyncio.get_running_loop())
+        task = asyncio.ensure_future(apply(world, world.v2, world.v1, session_factory=factory(world, log, before_read=before_read)))
+        await asyncio.wait_for(primary_reading.wait(), 10)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        left = [t for t in asyncio.all_tasks() if "read_encoded" in t.get_coro().__qualname__]
+        gc.collect()
+        return left, seen
+
+    left, seen = run(go())
+    assert left == [] and seen == []
+    assert not any(what == "write" for what, _ in log.events)
+    assert read_back(world.standby) == read_back(world.primary) == entries_of(world.v1)
