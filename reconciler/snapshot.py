@@ -18,6 +18,7 @@ import hashlib
 import ipaddress
 import itertools
 import json
+import operator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from functools import cached_property, lru_cache
@@ -956,12 +957,16 @@ def _from_file_text(holder: list[Any], text: str) -> Snapshot | None:
         by_service: dict[str, list[Mapping[str, Any]]] = {}
         global_entries: list[Entry] = []
         for t, es in doc["tables"].items():
+            if t == n.BACKEND_TABLE:
+                # A Service's rows are consecutive in the file form: grouped in C, not row by row.
+                for name, group in itertools.groupby(es, _SERVICE_OF):
+                    if name is None:  # not what to_json_text writes: from_document decides it
+                        return None
+                    by_service.setdefault(name, []).extend(group)
+                continue
             for i, e in enumerate(es):
-                name = e.get("service")
-                if name is None:
+                if e.get("service") is None:
                     global_entries.append(Entry.from_json(t, e, f"tables.{t}[{i}]"))
-                elif t == n.BACKEND_TABLE:
-                    by_service.setdefault(name, []).append(e)
         services = [_service_from_bucket_docs(s, by_service.pop(s["name"], [])) for s in doc["services"]]
         names = [s.name for s in services]
         if by_service or names != sorted(names) or len(set(names)) != len(names):
@@ -975,6 +980,7 @@ def _from_file_text(holder: list[Any], text: str) -> Snapshot | None:
     return snap
 
 
+_SERVICE_OF = operator.methodcaller("get", "service")
 _BUCKET_FIELD = n.BACKEND_MATCH[1][0]
 _TARGET_PARAMS = tuple(p for p, _ in n.DNAT_PARAMS)  # dnat_draining's first three too (p4names)
 
