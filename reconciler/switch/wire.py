@@ -124,6 +124,16 @@ class _ActionTemplate:
         self.default_only = default_only
 
 
+def _action_chunk(action: _ActionTemplate, args: tuple[object, ...]) -> bytes:
+    """TableEntry.action (field 3) holding Action `action` with `args`: LookupError or
+    ValueError when they do not fit (the caller explains)."""
+    if action.default_only or len(args) != len(action.slots):
+        raise LookupError
+    inner = action.head + _chunks(action.slots, args)
+    size = varint(len(inner))
+    return b"\x1a" + varint(1 + len(size) + len(inner)) + b"\x0a" + size + inner
+
+
 class _TableTemplate:
     __slots__ = ("head", "slots", "actions")
 
@@ -167,20 +177,15 @@ class EntryEncoder:
             action = table.actions[e.action]
             slots = table.slots
             key, args = e.key, e.args
-            if slots is None or action.default_only or len(key) != len(slots) or len(args) != len(action.slots):
+            if slots is None or len(key) != len(slots):
                 raise LookupError
             # the hot loop of a full sync: a cached chunk per value, of the value's own type
             parts = [table.head]
             for s, v in zip(slots, key):
                 parts.append(s[v] if v.__class__ is s.kind and v in s else s.miss(v))
-            body = [action.head]
-            for s, v in zip(action.slots, args):
-                body.append(s[v] if v.__class__ is s.kind and v in s else s.miss(v))
+            parts.append(_action_chunk(action, args))
         except (LookupError, ValueError):
             raise self._explain(e, key_only=False) from None
-        inner = b"".join(body)
-        size = varint(len(inner))
-        parts += (b"\x1a", varint(1 + len(size) + len(inner)), b"\x0a", size, inner)
         return b"".join(parts)
 
     def encode_service(self, svc: ServiceSnapshot) -> tuple[tuple[bytes, ...], tuple[str, ...]]:
@@ -203,10 +208,9 @@ class EntryEncoder:
         proto = n.IP_PROTOCOLS[svc.protocol]
         sid = svc.service_id
         prefix = self._tables[n.BACKEND_TABLE].head + _chunks(slots[:1], (sid,))
-        skip = len(prefix) + len(_chunks(slots[1:], (0,)))  # bucket 0's key ends here
+        dnat = self._tables[n.BACKEND_TABLE].actions[n.DNAT]
         tails: dict[str | None, bytes] = {  # backend key -> its dnat action's bytes, the same for every bucket
-            backend_key(b, svc.backend_mode):
-                self.encode(Entry(n.BACKEND_TABLE, (sid, 0), n.DNAT, (b.address, b.port, b.backend_id)))[skip:]
+            backend_key(b, svc.backend_mode): _action_chunk(dnat, (b.address, b.port, b.backend_id))
             for b in svc.backends
         }
         buckets = self._bucket_chunks(slots[1], len(svc.assignment))
