@@ -9,7 +9,12 @@ the process, gRPC's included); the switch's CPU time is read from /proc for comp
 
 1. full apply to an empty switch: encode, write in batches, read back in full, compare;
 2. the periodic full read-back of a switch that holds the snapshot (forget + sync_switch:
-   read everything back, compare, nothing to write), as the health round does.
+   read everything back, compare, nothing to write), as the health round does;
+3. the two steps of the client's read-back on their own, per entry (CPU, best of 5): cutting the
+   ReadResponses into entry bytes (wire.split_read_response) and comparing them with the
+   expected bytes (wire.match_readback), on the responses of one Read of the whole switch.
+
+Run with PYTHONPATH=<an older tree> to measure that tree's reconciler with this script.
 
 Target: >= 100,000 entries/s of client CPU for step 1 (write + read-back comparison).
 
@@ -25,14 +30,19 @@ import ipaddress
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+
+import grpc
+from finsy.proto import p4r
 
 from benchlib import start_switch
 from reconciler.apply import TwoSwitchApplier, default_session_factory
 from reconciler.cluster.synthetic import synthetic_cluster
 from reconciler.intent.model import LoadBalancerConfig, SwitchConfig, SwitchSpec, VipPool
-from reconciler.p4info import load_p4info, p4info_digest, pipeline_info_from_message
+from reconciler.p4info import PipelineInfo, load_p4info, p4info_digest, pipeline_info_from_message
 from reconciler.render import Renderer
+from reconciler.switch.wire import match_readback, split_read_response
 
 
 def cpu_of(pid: int) -> float:
@@ -80,6 +90,14 @@ async def run(a: argparse.Namespace) -> list[str]:
                 assert report.state == "unchanged", report.describe()
             client, wall, switch = time.process_time() - c0, time.perf_counter() - w0, cpu_of(proc.pid) - sw0
             rows.append(f"| {label} | {client:.2f} s = {entries / client:,.0f} entries/s | {switch:.2f} s | {wall:.2f} s |")
+        replies = await raw_read(f"127.0.0.1:{port}", config.switch_config.switches[0].device_id, info)
+        expected = applier._expected(snap)
+        blobs = [b for r in replies for b in split_read_response(r)]
+        split_cpu = best_cpu(lambda: [split_read_response(r) for r in replies])
+        match_cpu = best_cpu(lambda: match_readback(blobs, expected))
+        assert match_readback(blobs, expected).exact
+        micro = [f"| {what} | {cpu / entries * 1e9:,.0f} ns/entry ({cpu * 1000:.0f} ms) |"
+                 for what, cpu in (("split_read_response", split_cpu), ("match_readback (exact)", match_cpu))]
         await applier.close()
     finally:
         proc.terminate()
@@ -95,7 +113,33 @@ async def run(a: argparse.Namespace) -> list[str]:
         "|---|---|---|---|",
         *rows,
         "",
+        f"The read-back's client steps on their own ({len(replies)} ReadResponses, CPU, best of 5):",
+        "",
+        "| step | client CPU |",
+        "|---|---|",
+        *micro,
+        "",
     ]
+
+
+async def raw_read(address: str, device_id: int, info: PipelineInfo) -> list[bytes]:
+    """One wildcard Read of every table, the replies as the bytes the switch sent."""
+    request = p4r.ReadRequest(device_id=device_id)
+    for table in info.tables.values():
+        request.entities.add().table_entry.table_id = table.id
+    async with grpc.aio.insecure_channel(address, options=[("grpc.max_receive_message_length", -1)]) as channel:
+        call = channel.unary_stream("/p4.v1.P4Runtime/Read", request_serializer=p4r.ReadRequest.SerializeToString,
+                                    response_deserializer=None)
+        return [reply async for reply in call(request, timeout=120)]
+
+
+def best_cpu(step: Callable[[], object], repeat: int = 5) -> float:
+    best = float("inf")
+    for _ in range(repeat):
+        c0 = time.process_time()
+        step()
+        best = min(best, time.process_time() - c0)
+    return best
 
 
 def main() -> int:
