@@ -82,14 +82,14 @@ def _printable(text: str) -> bool:
 
 _ASCII_ALLOWED = bytes([0x0A, *range(0x20, 0x7F)])
 
-# What a line is, as _Reader._line reads it: (column, op, key or _NO_KEY, value, number of
+# What a line is, as _Reader._line reads it: (place (see _Reader.documents), op, key or _NO_KEY, value, number of
 # leading "- " entries, kind of value). The kinds of value:
 _SCALAR, _PENDING, _MAP, _SEQ, _CLIP, _STRIP = range(6)  # a value; on the next lines; {}; []; | ; |-
 # The op names the two lines most of a recording is (`key: value`, `- value`), for a short way.
 _KEY_SCALAR, _ITEM_SCALAR, _OTHER = range(3)
 _NO_KEY = object()  # a sequence entry's scalar (no key)
 _ITEM = object()  # the pending value is a sequence entry's
-_DOC = (-1, _OTHER, _NO_KEY, None, 0, _SCALAR)  # a `---` line
+_DOC = (-2, _OTHER, _NO_KEY, None, 0, _SCALAR)  # a `---` line
 
 
 class _Reader:
@@ -107,10 +107,13 @@ class _Reader:
         NONE, NO_KEY = _NONE, _NO_KEY  # noqa: N806 - locals: this loop runs per line
         docs: list[Any] = []
         root: Any = None
+        # Columns are kept doubled, plus one for a sequence and for a line that is a sequence
+        # entry: a line is the next entry of the innermost container when its place equals the
+        # container's, and a sequence under a key at the key's own column (`key:` then `- x`)
+        # ends at the next key by the same comparison as every container to the right of a line.
         top: Any = None  # the innermost open container (None before a document's first line)
-        is_map = False  # whether top is a mapping
-        ind = -2  # top's column
-        indents: list[int] = []  # per open container: its column
+        place = -9  # its doubled column, odd for a sequence
+        places: list[int] = []  # per open container
         conts: list[Any] = []  # open containers, innermost last
         pending: Any = NONE  # a key (or _ITEM) whose value starts on the next line
         block: list[Any] | None = None  # in a literal block scalar: see _block_line
@@ -123,72 +126,66 @@ class _Reader:
             if p is None:
                 p = parsed[line] = read(line)
             n, op, key, value, dashes, kind = p
-            if n == ind and pending is NONE:  # the next entry of the open container
-                if op == _KEY_SCALAR:
-                    if is_map:
-                        if key in top:
-                            raise Unusual("a duplicate key")
-                        top[key] = value
-                        continue
-                elif op == _ITEM_SCALAR and not is_map:
+            if n == place and pending is NONE:  # the next entry of the open container
+                if op == 0:  # _KEY_SCALAR
+                    if key in top:
+                        raise Unusual("a duplicate key")
+                    top[key] = value
+                    continue
+                if op == 1:  # _ITEM_SCALAR
                     top.append(value)
                     continue
             if pending is not NONE:
-                if n > ind or (n == ind and dashes and is_map):
-                    new: Any = [] if dashes else {}
-                    if is_map:
-                        top[pending] = new
-                    else:
+                if n > place:  # the pending value is a container that starts on this line
+                    new: Any = [] if n & 1 else {}
+                    if place & 1:
                         top.append(new)
+                    else:
+                        top[pending] = new
                     if len(conts) >= max_depth:
                         raise Unusual("too deep")
-                    indents.append(n)
+                    places.append(n)
                     conts.append(new)
-                    top, ind, is_map = new, n, not dashes
-                elif is_map:
-                    top[pending] = resolve("")
-                else:
+                    top, place = new, n
+                elif place & 1:
                     top.append(resolve(""))
+                else:
+                    top[pending] = resolve("")
                 pending = NONE
-            if n != ind or (not dashes and not is_map):
+            if n != place:
                 if n < 0:  # `---`: the next document
                     if top is None:
                         raise Unusual("an empty document")
                     docs.append(root)
                     root = top = None
-                    ind = -2
-                    indents, conts = [], []
+                    place = -9
+                    places, conts = [], []
                     continue
                 if top is None:  # a document's first line
-                    if n:
+                    if n > 1:
                         raise Unusual("a document that starts indented")
-                    root = top = [] if dashes else {}
-                    ind, is_map = 0, not dashes
-                    indents, conts = [0], [root]
+                    root = top = [] if n else {}
+                    place = n
+                    places, conts = [n], [root]
                 else:
-                    # Close the containers this line is left of (and a sequence at its key's
-                    # column, when the line is the key after it).
-                    while ind > n or (ind == n and not dashes and not is_map):
-                        indents.pop()
+                    while place > n:  # close the containers right of this line
+                        places.pop()
                         conts.pop()
                         if not conts:
                             raise Unusual("a line left of the document")
-                        ind, top = indents[-1], conts[-1]
-                        is_map = type(top) is dict
-                    if ind != n:
+                        place, top = places[-1], conts[-1]
+                    if place != n:
                         raise Unusual("indentation")
             if dashes:
-                if is_map:
-                    raise Unusual("a sequence entry in a mapping")
                 for _ in range(dashes - 1):  # `- - x`: entries that open sequences
                     new = []
                     top.append(new)
-                    n += 2
+                    n += 4  # two columns to the right
                     if len(conts) >= max_depth:
                         raise Unusual("too deep")
-                    indents.append(n)
+                    places.append(n)
                     conts.append(new)
-                    top, ind = new, n
+                    top, place = new, n
                 if key is NO_KEY:
                     if kind == _SCALAR:
                         top.append(value)
@@ -198,18 +195,16 @@ class _Reader:
                         top.append({} if kind == _MAP else [])
                     else:
                         top.append(None)
-                        block = [top, len(top) - 1, kind == _CLIP, ind]
+                        block = [top, len(top) - 1, kind == _CLIP, place // 2]
                     continue
-                new = {}  # `- key: ...`: an entry that opens a mapping
+                new = {}  # `- key: ...`: an entry that opens a mapping, two columns right
                 top.append(new)
-                n += 2
+                n += 3
                 if len(conts) >= max_depth:
                     raise Unusual("too deep")
-                indents.append(n)
+                places.append(n)
                 conts.append(new)
-                top, ind, is_map = new, n, True
-            elif not is_map:
-                raise Unusual("a mapping entry in a sequence")
+                top, place = new, n
             if key in top:
                 raise Unusual("a duplicate key")
             if kind == _SCALAR:
@@ -220,14 +215,14 @@ class _Reader:
                 top[key] = {} if kind == _MAP else []
             else:
                 top[key] = None
-                block = [top, key, kind == _CLIP, ind]
+                block = [top, key, kind == _CLIP, place // 2]
         if block is not None:
             self._block_end(block)
         if pending is not NONE:
-            if is_map:
-                top[pending] = resolve("")
-            else:
+            if place & 1:
                 top.append(resolve(""))
+            else:
+                top[pending] = resolve("")
         if top is None:
             raise Unusual("an empty document")
         docs.append(root)
@@ -239,7 +234,7 @@ class _Reader:
         if m is None:
             return self._any_line(line)
         indent, dashes, key, plain_value, dq_value, sq_value, item, dq_item = m.groups()
-        n, d = len(indent), len(dashes) // 2
+        n, d = 2 * len(indent) + (1 if dashes else 0), len(dashes) // 2
         plain = self._plain
         if key is not None:
             k = plain[key] if key in plain else self._resolved(key)
@@ -276,10 +271,14 @@ class _Reader:
             raise Unusual("a document marker")
         dashes = 0
         while content[0] == "-" and (content == "-" or content[1] == " "):
+            if not dashes:
+                n = 2 * n + 1  # see _Reader.documents
             dashes += 1
             if content == "-":
                 return n, _OTHER, _NO_KEY, None, dashes, _PENDING
             content = content[2:]
+        if not dashes:
+            n *= 2
         k = self._key(content)
         if k is None:
             if not dashes:

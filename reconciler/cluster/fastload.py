@@ -170,15 +170,32 @@ class _Composer:
                 append(self._node(ev, depth + 1))
 
 
-def implicit_first_chars(resolver: Any) -> frozenset[str] | None:
-    """The first characters under which `resolver` (ruamel's VersionedResolver, its version
-    fixed) lists implicit patterns. ruamel tries only the patterns listed under a plain scalar's
-    first character and otherwise gives str: a scalar starting with any other character is a
-    string. None when that cannot be said (path resolvers, or patterns for every character)."""
+Matchers = dict[str, tuple[Callable[[str], Any], ...]]
+
+
+def implicit_matchers(resolver: Any) -> Matchers | None:
+    """Per first character, the match functions of the implicit patterns that `resolver`
+    (ruamel's VersionedResolver, its version fixed) tries on a plain scalar starting with it, for
+    plainly_str; None when plainly_str could not answer for it (path resolvers, or patterns
+    tried on every scalar)."""
     table = resolver.versioned_resolver
     if None in table or resolver.yaml_path_resolvers:
         return None
-    return frozenset(k for k in table if k)
+    return {first: tuple(regexp.match for _tag, regexp in patterns) for first, patterns in table.items()}
+
+
+def plainly_str(matchers: Matchers, value: str) -> bool:
+    """Whether the resolver of `matchers` resolves the plain scalar `value` to str, as ruamel
+    does it: no pattern listed under its first character matches, so it falls back to str. Most
+    scalars of a recording (names, uids, addresses) are answered here at the cost of a regular
+    expression or none, against several times that through ruamel's resolve."""
+    tried = matchers.get(value[:1])  # "" for the empty scalar, as ruamel looks it up
+    if tried is None:
+        return True
+    for match in tried:
+        if match(value):
+            return False
+    return True
 
 
 # orjson refuses nesting deeper than this (its documented recursion limit; a test pins it).

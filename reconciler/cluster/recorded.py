@@ -251,7 +251,7 @@ class _EventBuilder:
         self._yaml = YAML(typ="safe", pure=False)
         self._yaml.Resolver = _FixedVersionResolver
         self._cache: dict[str, Any] = {}
-        self._implicit_first = fastload.implicit_first_chars(self._yaml.resolver)
+        self._implicit = fastload.implicit_matchers(self._yaml.resolver)
 
     def _plain(self, value: str, mark: Any) -> Any:
         try:
@@ -266,10 +266,8 @@ class _EventBuilder:
     def plain_data(self, value: str) -> Any:
         """A plain scalar's value for fastload: Unusual where it is not plain data (a merge key,
         a tag other than the standard scalar ones), for the full loader to refuse in its words."""
-        # Most scalars (names, uids, addresses) start with a character no implicit pattern of the
-        # resolver starts with: those are strings, without the resolver's regular expressions.
-        if value and self._implicit_first is not None and value[0] not in self._implicit_first:
-            return value
+        if self._implicit is not None and fastload.plainly_str(self._implicit, value):
+            return value  # most are (names, uids, addresses): without the resolver's overhead
         try:
             out = self._plain(value, _NO_MARK)
         except _DataError:
