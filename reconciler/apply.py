@@ -350,6 +350,8 @@ class TwoSwitchApplier:
         # transaction encodes its target once for both switches, and the periodic full
         # read-back of the same snapshot encodes nothing.
         self._encoded: list[tuple[Snapshot | None, EncodedEntries]] = []
+        # Within one apply(): expected_now's bytes for the drift of both switches (_drift).
+        self._encoded_now: tuple[Snapshot | None, EncodedEntries, EncodedEntries] | None = None
         # Told where each transaction is (Progress); set by a face that shows it, None elsewhere.
         self.progress: ProgressCallback | None = None
 
@@ -585,6 +587,7 @@ class TwoSwitchApplier:
                         await _settle([mine])
         finally:
             await _settle(prefetched.values())  # a switch never reached: its read is not used
+            self._encoded_now = None
         if failure is None and probe is not None:
             reason = await probe(target)
             if reason:
@@ -719,10 +722,15 @@ class TwoSwitchApplier:
         )
         if same:
             return compare_entries(extra, expected.at(read.missing))
-        now = EncodedEntries.of_snapshot(
-            self.info, expected_now.services if expected_now is not None else (),
-            expected_now.global_entries if expected_now is not None else (), lambda: _unordered_entries(expected_now),
-            expected)
+        cached = self._encoded_now
+        if cached is not None and cached[0] is expected_now and cached[1] is expected:
+            now = cached[2]
+        else:
+            now = EncodedEntries.of_snapshot(
+                self.info, expected_now.services if expected_now is not None else (),
+                expected_now.global_entries if expected_now is not None else (), lambda: _unordered_entries(expected_now),
+                expected)
+            self._encoded_now = (expected_now, expected, now)
         read_now = match_readback(blobs, now)
         extra_now = session.decode_entries(read_now.extra) if read_now.extra else []
         return compare_entries(extra_now, now.at(read_now.missing))

@@ -406,23 +406,28 @@ def match_readback(actual: Iterable[bytes], expected: EncodedEntries) -> Readbac
     """Compare read-back TableEntry bytes with the expected ones, as bytes (a set lookup each)."""
     index = expected.index
     blobs = actual if isinstance(actual, (list, tuple)) else list(actual)
-    # The common case, a switch holding exactly what is expected, compared as two sets at C
-    # speed: as many blobs as expected (each expected blob distinct), and the same set, means
-    # each was read once and nothing else was. Anything else takes the loop below.
-    if len(blobs) == len(expected.blobs) == len(index) and index.keys() == set(blobs):
-        return Readback((), (), len(blobs))
+    read = set(blobs)
+    # With no blob read twice and every expected blob distinct (always, unless two entries
+    # encode alike), the comparison is two set differences at C speed: each blob read is either
+    # expected (matched once) or extra, and what is expected but not read is missing. Anything
+    # else takes the loop below.
+    if len(read) == len(blobs) and len(index) == len(expected.blobs):
+        unexpected = read - index.keys()
+        extra = tuple([b for b in blobs if b in unexpected]) if unexpected else ()  # in the order read
+        missing = tuple(sorted([index[b] for b in index.keys() - read])) if len(read) - len(extra) != len(index) else ()
+        return Readback(extra, missing, len(blobs) - len(extra))
     seen = bytearray(len(expected.blobs))
-    extra: list[bytes] = []
+    extra_read: list[bytes] = []
     matched = 0
     for blob in blobs:
         i = index.get(blob)
         if i is None:
-            extra.append(blob)
+            extra_read.append(blob)
         elif not seen[i]:
             seen[i] = 1
             matched += 1
     missing = tuple(i for i in range(len(seen)) if not seen[i]) if matched != len(seen) else ()
-    return Readback(tuple(extra), missing, matched)
+    return Readback(tuple(extra_read), missing, matched)
 
 
 # --- ReadResponse bytes -> TableEntry bytes ----------------------------------------------------
