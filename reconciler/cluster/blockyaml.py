@@ -46,10 +46,11 @@ _NONE = object()  # no pending key
 # `key: 'value'`, `key:`, `- value`, `- "value"`, each after any number of `- `, where the key
 # and the plain value are simple enough to need no further check (no space, no indicator first,
 # no `:` last); _Reader._any_line reads every other line (and these the same way).
-_PLAIN_VALUE = r"[\w./](?:[^ ]*[^ :])?"
+# Possessive (`*+`): nothing to try again when a line is not one of these.
+_PLAIN_VALUE = r"[\w./][^ ]*+(?<!:)"
 _COMMON = re.compile(
-    rf"( *)((?:- )*)(?:(\w[\w./-]{{0,{_MAX_KEY_CHARS - 1}}}):"
-    rf"""(?: (?:({_PLAIN_VALUE})|"([^"\\]*)"|'([^']*)'))?|({_PLAIN_VALUE})|"([^"\\]*)")"""
+    rf"( *+)((?:- )*+)(?:(\w[\w./-]{{0,{_MAX_KEY_CHARS - 1}}}+):"
+    rf"""(?: (?:({_PLAIN_VALUE})|"([^"\\]*+)"|'([^']*+)'))?|({_PLAIN_VALUE})|"([^"\\]*+)")"""
 )
 
 
@@ -82,8 +83,8 @@ def _printable(text: str) -> bool:
 
 _ASCII_ALLOWED = bytes([0x0A, *range(0x20, 0x7F)])
 
-# What a line is, as _Reader._line reads it: (place (see _Reader.documents), op, key or _NO_KEY, value, number of
-# leading "- " entries, kind of value). The kinds of value:
+# What a line is, as _Reader._line reads it: (place (see _Reader.documents), op, key or _NO_KEY,
+# value, number of leading "- " entries, kind of value). The kinds of value:
 _SCALAR, _PENDING, _MAP, _SEQ, _CLIP, _STRIP = range(6)  # a value; on the next lines; {}; []; | ; |-
 # The op names the two lines most of a recording is (`key: value`, `- value`), for a short way.
 _KEY_SCALAR, _ITEM_SCALAR, _OTHER = range(3)
@@ -373,7 +374,7 @@ class _Reader:
         return self._plain[text] if text in self._plain else self._resolved(text), rest
 
     def _scalar(self, text: str) -> Any:
-        """The value of a scalar written on one line (not a block scalar, not `-`)."""
+        """The value of a scalar written on one line (not a block scalar, `{}`, `[]` or `-`)."""
         c = text[0]
         if c in _NOT_PLAIN_START:
             if c == "'" or c == '"':
@@ -381,10 +382,6 @@ class _Reader:
                 if m is None:
                     raise Unusual("a quoted scalar over several lines, or text after it")
                 return self._quoted(c, m.group(1))
-            if text == "{}":
-                return {}
-            if text == "[]":
-                return []
             if c != "-" or len(text) == 1 or text[1] == " ":
                 raise Unusual("an indicator")
         if ": " in text or text[-1] == ":" or " #" in text:
@@ -400,30 +397,6 @@ class _Reader:
         if _ESCAPED_BODY.fullmatch(body) is None:
             raise Unusual("an escape this reader does not decode")
         return _ESCAPE.sub(_unescape, body)
-
-    def _block(self, i: int, parent: int, clip: bool) -> tuple[str, int]:
-        """A literal block scalar (`|` clip, `|-` strip) whose lines start at i, inside a
-        container at column `parent`; and the index of the first line after it."""
-        lines = self._lines
-        end = len(lines)
-        if i == end:
-            raise Unusual("an empty block scalar")
-        first = lines[i]
-        text = first.lstrip(" ")
-        indent = len(first) - len(text)
-        if not text or indent <= parent:
-            raise Unusual("a block scalar without a first line")
-        out = [text]
-        i += 1
-        while i < end:
-            line = lines[i]
-            if line and (len(line) - len(line.lstrip(" "))) < indent:
-                break
-            out.append(line[indent:])
-            i += 1
-        while not out[-1]:  # blank lines at the end belong to the scalar, chomped
-            out.pop()
-        return "\n".join(out) + ("\n" if clip else ""), i
 
 
 def _unescape(m: re.Match[str]) -> str:
