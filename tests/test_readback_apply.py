@@ -268,7 +268,7 @@ def test_a_cancelled_transaction_leaves_no_read_running_or_unretrieved(world):
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
-        left = [t for t in asyncio.all_tasks() if "read_encoded" in t.get_coro().__qualname__]
+        left = [t for t in asyncio.all_tasks() if "read_encoded" in repr(t.get_coro())]
         gc.collect()
         return left, seen
 

@@ -68,6 +68,7 @@ def test_real_read_responses_split_as_the_walk_splits_them(switch: SoftwareSwitc
             assert all([(await s.write(requests)).ok for requests in phases])
 
     run(fill())
+    assert switch.port is not None
     replies = _raw_replies(switch.port)
     got = [b for r in replies for b in split_read_response(r)]
     assert got == [b for r in replies for b in wire._split(r)]
@@ -164,7 +165,7 @@ def test_match_readback_equals_its_loop_whatever_was_read(data: st.DataObject) -
     """Any read-back (the expected set in any order, entries left out, read twice, unexpected
     ones), against expected entries that may encode alike: the same Readback as the loop."""
     entries = [Entry(n.BACKEND_TABLE, (1, b), n.DNAT, (f"10.0.0.{b % 250}", 8080, b)) for b in range(data.draw(st.integers(0, 12)))]
-    if entries and data.draw(st.booleans()):
+    if data.draw(st.booleans()) and entries:
         entries.append(entries[data.draw(st.integers(0, len(entries) - 1))])  # two entries, one encoding
     expected = EncodedEntries(INFO, entries)
     pool = [*expected.blobs, b"\x08\x01", b"\x08\x02" + bytes(3)] + ([expected.blobs[0] + b"\x00"] if entries else [])
