@@ -351,17 +351,17 @@ class ServiceSnapshot:
         if not self.backends or self.assignment[0] is None:
             return _EntryParts(None, None, "", (), None, [], [])
         name = _enc(self.name)
-        first, second, sid_first, par_names = _backend_row_parts()
+        first, second, sid_first, par_order, par_format = _backend_row_parts()
         sid = self.service_id
         sid_text = "%d" % sid  # as the bucket: match values are written with %d
         # Row b is lead + "b" + its backend's tail (match keys in canonical order): with the
         # bucket first (load_balancer.p4's field names), lead is the same for every Service.
         lead, mid = (first + sid_text + second, "") if sid_first else (first, second + sid_text)
         tails: dict[str | None, str] = {}
+        end = name + "}"
         for b in self.backends:
-            args: dict[str, Value] = dict(zip(ACTION_PARAMS[n.DNAT], (b.address, b.port, b.backend_id)))
-            par = ",".join(f"{enc}:{_enc(args[p])}" for p, enc in par_names)
-            tails[backend_key(b, self.backend_mode)] = mid + '},"params":{' + par + '},"service":' + name + "}"
+            args: tuple[Value, ...] = (b.address, b.port, b.backend_id)  # DNAT's params, in order
+            tails[backend_key(b, self.backend_mode)] = mid + par_format % tuple([_enc(args[i]) for i in par_order]) + end
         proto = n.IP_PROTOCOLS[self.protocol]
         row_tails = list(map(tails.__getitem__, self.assignment))
         rows: list[str] | None = None
@@ -436,16 +436,20 @@ def _heads(lead: str, count: int, sep: str) -> tuple[str, ...]:
 
 
 @lru_cache(maxsize=1)
-def _backend_row_parts() -> tuple[str, str, bool, tuple[tuple[str, str], ...]]:
+def _backend_row_parts() -> tuple[str, str, bool, tuple[int, ...], str]:
     """A dnat backend_table row's constant text, around its two match values: (text before the
-    first value, text between them, whether the service id comes first, the params' (name, encoded
-    name) in sorted order). Canonical key order, as Entry.canonical."""
+    first value, text between them, whether the service id comes first, the order of the dnat
+    params (indices into DNAT's) by name, and a %-format of the text from the match's closing
+    brace to the service name, taking the encoded params in that order). Canonical key order,
+    as Entry.canonical."""
     fields = TABLE_FIELDS[n.BACKEND_TABLE]
     key_order = sorted(range(len(fields)), key=lambda i: fields[i])
     head = '{"action":' + _enc(n.DNAT) + ',"match":{'
     a, b = (json.dumps(fields[i]) + ":" for i in key_order)
-    params = tuple((p, json.dumps(p)) for p in sorted(ACTION_PARAMS[n.DNAT]))
-    return head + a, "," + b, key_order == [0, 1], params
+    names = ACTION_PARAMS[n.DNAT]
+    order = tuple(sorted(range(len(names)), key=lambda i: names[i]))
+    params = ",".join(json.dumps(names[i]).replace("%", "%%") + ":%s" for i in order)
+    return head + a, "," + b, key_order == [0, 1], order, '},"params":{' + params + '},"service":'
 
 
 def _fragment_text(service: dict[str, Any] | None, entries: Mapping[str, list[Entry]]) -> str:
