@@ -7,7 +7,6 @@ strings) answers what the resolver answers."""
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import zlib
 from pathlib import Path
@@ -18,30 +17,15 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from ruamel.yaml.nodes import ScalarNode
-from shared_fixtures import RECORDED_CLUSTER, SHARED_FIXTURES
+from shared_fixtures import RECORDED_CLUSTER
+from test_cluster_fastload import BENCH_CONFIG, MULTI, RECORDINGS, _full_docs, _outcome, _snapshot_bytes, _typed
 
 from reconciler.cluster import blockyaml, fastload
 from reconciler.cluster.model import ClusterState
 from reconciler.cluster.recorded import _EventBuilder, load_cluster_text
 from reconciler.cluster.synthetic import cluster_to_list, synthetic_cluster
-from reconciler.diagnostics import InputError
 from reconciler.inputlimits import RECORDING_MAX_DEPTH
 from reconciler.intent.loader import load_intent
-from reconciler.intent.model import LoadBalancerConfig, VipPool
-from reconciler.render import render
-
-REPO = Path(__file__).resolve().parents[1]
-MULTI = REPO / "intent-examples" / "multi-service"
-DIGEST = "sha256:" + "0" * 64
-RECORDINGS = [RECORDED_CLUSTER / "cluster.yaml", MULTI / "cluster.yaml"]
-if (SHARED_FIXTURES / "recorded-cluster" / "cluster.yaml").is_file():
-    RECORDINGS.append(SHARED_FIXTURES / "recorded-cluster" / "cluster.yaml")
-BENCH_CONFIG = LoadBalancerConfig(
-    namespace="p4kube-system",
-    name="bench",
-    buckets_per_service=64,
-    vip_pools=(VipPool("bench", ((ipaddress.IPv4Address("198.18.0.1"), ipaddress.IPv4Address("198.19.255.254")),)),),
-)
 
 
 def _block(text: str) -> list[Any]:
@@ -52,19 +36,7 @@ def _fast(text: str) -> list[Any]:
     return fastload.yaml_documents(text, _EventBuilder().plain_data, RECORDING_MAX_DEPTH)
 
 
-def _full(text: str) -> list[Any]:
-    return _EventBuilder().documents(text)
-
-
-def _typed(value: Any) -> str:
-    return repr(value)  # repr tells True from 1 from 1.0, and NaN from a failed comparison
-
-
-def _outcome(text: str, fast: bool) -> ClusterState | str:
-    try:
-        return load_cluster_text(text, "rec.yaml", fast=fast)
-    except InputError as e:
-        return str(e)
+_full = _full_docs
 
 
 def _same_or_unusual(text: str) -> bool:
@@ -79,12 +51,6 @@ def _same_or_unusual(text: str) -> bool:
     except fastload.Unusual:
         pass  # fastload gave up where the line reader did not: the full loader agreed above
     return True
-
-
-def _snapshot_bytes(config: LoadBalancerConfig, cluster: ClusterState) -> bytes:
-    result = render(config, cluster, None, p4info_digest=DIGEST, now=0.0)
-    assert result.snapshot.entry_count() > 0
-    return result.snapshot.to_json_text().encode()
 
 
 def _kubectl_yaml(data: Any) -> str:
@@ -373,15 +339,14 @@ UNUSUAL = {
 def test_unusual_text_is_left_to_the_others_with_the_same_outcome(text: str) -> None:
     with pytest.raises(fastload.Unusual):
         _block(text)
-    try:
-        fast: Any = _outcome(text, True)
-    except Exception as e:  # noqa: BLE001 - whatever the full loader does, both do
-        fast = type(e)
-    try:
-        full: Any = _outcome(text, False)
-    except Exception as e:  # noqa: BLE001
-        full = type(e)
-    assert fast == full
+
+    def either(fast: bool) -> Any:
+        try:
+            return _outcome(text, fast)
+        except Exception as e:  # noqa: BLE001 - whatever the full loader does, both do
+            return type(e)
+
+    assert either(True) == either(False)
 
 
 def test_depth_up_to_the_limit_is_read() -> None:

@@ -19,7 +19,7 @@ once per distinct value, as fastload does.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from reconciler.cluster.fastload import Unusual
@@ -63,16 +63,23 @@ def yaml_documents(text: str, resolve: Callable[[str], Any], max_depth: int) -> 
     # printed by kubectl, so neither is handled.
     if not text.endswith("\n") or " \n" in text or not _printable(text):
         raise Unusual("text outside the block subset")
-    lines = text.split("\n")
-    lines.pop()  # after the final line break
-    if lines and lines[0] == "---":
-        del lines[0]
     try:
-        return _Reader(resolve, max_depth).documents(lines)
+        return _Reader(resolve, max_depth).documents(_lines(text, 4 if text.startswith("---\n") else 0))
     except Unusual:
         raise
     except Exception as e:  # noqa: BLE001 - a scalar the constructor refuses (2001-13-45): the others word it
         raise Unusual(f"{type(e).__name__}: {e}") from None
+
+
+def _lines(text: str, start: int, chunk: int = 1 << 20) -> Iterator[list[str]]:
+    """The lines of `text` from `start` (each without its line break), a chunk at a time: a
+    list of all at once would hold a string object per line (about 50 MB for 14 MB of YAML)."""
+    while start < len(text):
+        end = text.find("\n", start + chunk)
+        if end < 0:
+            end = len(text) - 1  # the final line break
+        yield text[start:end].split("\n")
+        start = end + 1
 
 
 def _printable(text: str) -> bool:
@@ -99,8 +106,8 @@ class _Reader:
         self._max_depth = max_depth
         self._plain: dict[str, Any] = {}  # resolved plain scalars: keys and values repeat
 
-    def documents(self, lines: list[str]) -> list[Any]:
-        """The documents of the lines (a leading `---` taken off)."""
+    def documents(self, chunks: Iterable[list[str]]) -> list[Any]:
+        """The documents of the lines, given a chunk at a time (a leading `---` taken off)."""
         # Most lines repeat (`protocol: TCP`, `- addresses:`): each distinct one is read once.
         parsed: dict[str, tuple[int, int, Any, Any, int, int]] = {}
         get, read = parsed.get, self._line
@@ -118,105 +125,104 @@ class _Reader:
         conts: list[Any] = []  # open containers, innermost last
         pending: Any = NONE  # a key (or _ITEM) whose value starts on the next line
         block: list[Any] | None = None  # in a literal block scalar: see _block_line
-        for line in lines:
-            if block is not None:
-                block = self._block_line(block, line)
+
+        def push(new: Any, n: int) -> None:  # a container opened as the value just read
+            if len(conts) >= max_depth:
+                raise Unusual("too deep")
+            places.append(n)
+            conts.append(new)
+
+        for lines in chunks:
+            for line in lines:
                 if block is not None:
-                    continue
-            p = get(line)
-            if p is None:
-                p = parsed[line] = read(line)
-            n, op, key, value, dashes, kind = p
-            if n == place and pending is NONE:  # the next entry of the open container
-                if op == 0:  # _KEY_SCALAR
-                    if key in top:
-                        raise Unusual("a duplicate key")
-                    top[key] = value
-                    continue
-                if op == 1:  # _ITEM_SCALAR
-                    top.append(value)
-                    continue
-            if pending is not NONE:
-                if n > place:  # the pending value is a container that starts on this line
-                    new: Any = [] if n & 1 else {}
-                    if place & 1:
-                        top.append(new)
-                    else:
-                        top[pending] = new
-                    if len(conts) >= max_depth:
-                        raise Unusual("too deep")
-                    places.append(n)
-                    conts.append(new)
-                    top, place = new, n
-                elif place & 1:
-                    top.append(resolve(""))
-                else:
-                    top[pending] = resolve("")
-                pending = NONE
-            if n != place:
-                if n < 0:  # `---`: the next document
-                    if top is None:
-                        raise Unusual("an empty document")
-                    docs.append(root)
-                    root = top = None
-                    place = -9
-                    places, conts = [], []
-                    continue
-                if top is None:  # a document's first line
-                    if n > 1:
-                        raise Unusual("a document that starts indented")
-                    root = top = [] if n else {}
-                    place = n
-                    places, conts = [n], [root]
-                else:
-                    while place > n:  # close the containers right of this line
-                        places.pop()
-                        conts.pop()
-                        if not conts:
-                            raise Unusual("a line left of the document")
-                        place, top = places[-1], conts[-1]
-                    if place != n:
-                        raise Unusual("indentation")
-            if dashes:
-                for _ in range(dashes - 1):  # `- - x`: entries that open sequences
-                    new = []
-                    top.append(new)
-                    n += 4  # two columns to the right
-                    if len(conts) >= max_depth:
-                        raise Unusual("too deep")
-                    places.append(n)
-                    conts.append(new)
-                    top, place = new, n
-                if key is NO_KEY:
-                    if kind == _SCALAR:
+                    block = self._block_line(block, line)
+                    if block is not None:
+                        continue
+                p = get(line)
+                if p is None:
+                    p = parsed[line] = read(line)
+                n, op, key, value, dashes, kind = p
+                if n == place and pending is NONE:  # the next entry of the open container
+                    if op == 0:  # _KEY_SCALAR
+                        if key in top:
+                            raise Unusual("a duplicate key")
+                        top[key] = value
+                        continue
+                    if op == 1:  # _ITEM_SCALAR
                         top.append(value)
-                    elif kind == _PENDING:
-                        pending = _ITEM
-                    elif kind == _MAP or kind == _SEQ:
-                        top.append({} if kind == _MAP else [])
+                        continue
+                if pending is not NONE:
+                    if n > place:  # the pending value is a container that starts on this line
+                        new: Any = [] if n & 1 else {}
+                        if place & 1:
+                            top.append(new)
+                        else:
+                            top[pending] = new
+                        push(new, n)
+                        top, place = new, n
+                    elif place & 1:
+                        top.append(resolve(""))
                     else:
-                        top.append(None)
-                        block = [top, len(top) - 1, kind == _CLIP, place // 2]
-                    continue
-                new = {}  # `- key: ...`: an entry that opens a mapping, two columns right
-                top.append(new)
-                n += 3
-                if len(conts) >= max_depth:
-                    raise Unusual("too deep")
-                places.append(n)
-                conts.append(new)
-                top, place = new, n
-            if key in top:
-                raise Unusual("a duplicate key")
-            if kind == _SCALAR:
-                top[key] = value
-            elif kind == _PENDING:
-                pending = key
-            elif kind == _MAP or kind == _SEQ:
-                top[key] = {} if kind == _MAP else []
-            else:
-                top[key] = None
-                block = [top, key, kind == _CLIP, place // 2]
+                        top[pending] = resolve("")
+                    pending = NONE
+                if n != place:
+                    if n < 0:  # `---`: the next document
+                        if top is None:
+                            raise Unusual("an empty document")
+                        docs.append(root)
+                        root = top = None
+                        place = -9
+                        places, conts = [], []
+                        continue
+                    if top is None:  # a document's first line
+                        if n > 1:
+                            raise Unusual("a document that starts indented")
+                        root = top = [] if n else {}
+                        place = n
+                        places, conts = [n], [root]
+                    else:
+                        while place > n:  # close the containers right of this line
+                            places.pop()
+                            conts.pop()
+                            if not conts:
+                                raise Unusual("a line left of the document")
+                            place, top = places[-1], conts[-1]
+                        if place != n:
+                            raise Unusual("indentation")
+                if dashes:
+                    for _ in range(dashes - 1):  # `- - x`: entries that open sequences
+                        new = []
+                        top.append(new)
+                        n += 4  # two columns to the right
+                        push(new, n)
+                        top, place = new, n
+                    if key is NO_KEY:
+                        if kind == _SCALAR:
+                            top.append(value)
+                        elif kind == _PENDING:
+                            pending = _ITEM
+                        elif kind == _MAP or kind == _SEQ:
+                            top.append({} if kind == _MAP else [])
+                        else:
+                            top.append(None)
+                            block = [top, len(top) - 1, kind == _CLIP, place // 2]
+                        continue
+                    new = {}  # `- key: ...`: an entry that opens a mapping, two columns right
+                    top.append(new)
+                    n += 3
+                    push(new, n)
+                    top, place = new, n
+                if key in top:
+                    raise Unusual("a duplicate key")
+                if kind == _SCALAR:
+                    top[key] = value
+                elif kind == _PENDING:
+                    pending = key
+                elif kind == _MAP or kind == _SEQ:
+                    top[key] = {} if kind == _MAP else []
+                else:
+                    top[key] = None
+                    block = [top, key, kind == _CLIP, place // 2]
         if block is not None:
             self._block_end(block)
         if pending is not NONE:
