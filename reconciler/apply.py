@@ -285,6 +285,12 @@ def _strip_service(entries: Iterable[Entry]) -> list[Entry]:
     return [Entry(e.table, e.key, e.action, e.args) for e in entries]
 
 
+def _collect(read: asyncio.Future[list[bytes]]) -> None:
+    """Done callback of a read not used: its outcome is retrieved (no "exception never retrieved")."""
+    if not read.cancelled():
+        read.exception()
+
+
 async def _settle(reads: Iterable[asyncio.Future[list[bytes]]]) -> None:
     """Cancel the reads not used (a switch whose step was never reached) and collect every
     outcome, so that none is left running or with an exception never retrieved."""
@@ -354,6 +360,8 @@ class TwoSwitchApplier:
         self._encoded_now: tuple[Snapshot | None, EncodedEntries, EncodedEntries] | None = None
         # Told where each transaction is (Progress); set by a face that shows it, None elsewhere.
         self.progress: ProgressCallback | None = None
+        # read_ahead(): switch -> (the session it went out on, the full read), for the next step.
+        self._ahead: dict[str, tuple[SwitchSession, asyncio.Future[list[bytes]]]] = {}
 
     def _tell(self, switch: str, step: Literal["read", "write", "verify"], done: int = 0, total: int = 0) -> None:
         if self.progress is not None:
@@ -498,6 +506,8 @@ class TwoSwitchApplier:
 
     async def close(self) -> None:
         """Close every stream at once (also what a deposed leader must do: fencing)."""
+        ahead, self._ahead = [read for _, read in self._ahead.values()], {}
+        await _settle(ahead)
         sessions, self._sessions = list(self._sessions.values()), {}
         for s in sessions:
             await s.close()
@@ -519,14 +529,61 @@ class TwoSwitchApplier:
 
     # -- the transaction -------------------------------------------------------------------------
 
+    async def read_ahead(self) -> None:
+        """Start now the full read-back that the next apply() or sync() makes of each switch not
+        trusted, so that the switches answer while the caller renders (reconcile --once).
+
+        Nothing is written: a switch is read ahead only when it answers, takes us as primary
+        (arbitration, as any connection) and already runs our pipeline. One that cannot be
+        reached or needs its pipeline pushed is left to apply()/sync(), which connect, push and
+        report as always. A read is used only over the session it went out on, with no pipeline
+        pushed since (then the tables it saw are the ones written to); else it is read again."""
+        for sw in self.order:
+            if sw.name in self._ahead or self.trusts(sw.name):
+                continue
+            s = self._sessions.get(sw.name)
+            if s is None or not s.is_open or not s.is_primary:
+                if s is not None:
+                    await self._drop(sw.name)
+                try:
+                    s = await self._open(sw)
+                except SwitchError:
+                    continue
+                try:
+                    problem = await self._pipeline_problem(sw.name, s)
+                except SwitchError:
+                    problem = "no answer"
+                if problem:
+                    await s.close()
+                    continue
+                self._sessions[sw.name] = s
+                log.info("switch %s (%s) connected", sw.name, sw.role, extra={"config": self.config.key, "switch": sw.name})
+            self._ahead[sw.name] = (s, asyncio.ensure_future(s.read_encoded()))
+        if self._ahead:
+            await asyncio.sleep(0)  # let each Read start before the caller's CPU-bound work
+
+    def _read_ahead_for(self, name: str, session: SwitchSession, pushed: bool) -> asyncio.Future[list[bytes]] | None:
+        """read_ahead()'s read of `name` when it went out over `session` and no pipeline was pushed
+        since; a read that cannot be used is cancelled (and collected)."""
+        ahead = self._ahead.pop(name, None)
+        if ahead is None:
+            return None
+        s, read = ahead
+        if s is session and session.is_open and not pushed:
+            return read
+        read.cancel()
+        read.add_done_callback(_collect)
+        return None
+
     def _prefetch(self, reachable: Iterable[tuple[SwitchSpec, SwitchSession, bool]]
                   ) -> dict[str, asyncio.Future[list[bytes]]]:
         """The full read-back of every switch in `reachable` that is not trusted, each started
-        over its session as a task (the caller settles every one)."""
-        return {
-            sw.name: asyncio.ensure_future(session.read_encoded())
-            for sw, session, _ in reachable if sw.name not in self._held_known
-        }
+        over its session as a task (the caller settles every one), or taken from read_ahead()."""
+        reads: dict[str, asyncio.Future[list[bytes]]] = {}
+        for sw, session, pushed in reachable:
+            if sw.name not in self._held_known:
+                reads[sw.name] = self._read_ahead_for(sw.name, session, pushed) or asyncio.ensure_future(session.read_encoded())
+        return reads
 
     async def apply(self, target: Snapshot, last_good: Snapshot | None, probe: Probe | None = None) -> ApplyResult:
         """Put `target` on both switches, or leave both on `last_good`."""
@@ -825,9 +882,11 @@ class TwoSwitchApplier:
             self._forget(name)
             state: SwitchState = "failed" if isinstance(e, NotPrimaryError) else "unreachable"
             return SwitchReport(name, sw.role, state, reason=str(e), seconds=time.perf_counter() - t0)
+        ahead = self._read_ahead_for(name, session, pushed)
         try:
             writes, drift = await self._guarded_put(
-                sw, session, snapshot, expected_now=snapshot, full=not self.trusts(name), report_drift=not pushed
+                sw, session, snapshot, expected_now=snapshot, full=not self.trusts(name), report_drift=not pushed,
+                prefetched=ahead,
             )
         except (SwitchError, TransactionFailed) as e:
             reason = e.reason if isinstance(e, TransactionFailed) else str(e)
@@ -835,6 +894,9 @@ class TwoSwitchApplier:
                       extra={"config": self.config.key, "version": snapshot.version if snapshot else None, "switch": name})
             return SwitchReport(name, sw.role, "failed", reason=reason, pipeline_pushed=pushed,
                                 seconds=time.perf_counter() - t0)
+        finally:
+            if ahead is not None:
+                await _settle([ahead])
         report = SwitchReport(name, sw.role, "applied" if writes else "unchanged", writes, drift=tuple(drift),
                               pipeline_pushed=pushed, seconds=time.perf_counter() - t0)
         log.debug("sync to %s: %s", _version(snapshot), report.describe(),

@@ -33,7 +33,9 @@ if TYPE_CHECKING:  # the library (finsy, grpc, pygit2, kubernetes) is imported w
     from ..apply import ApplyResult, TwoSwitchApplier
     from ..audit.repo import AuditRepo
     from ..audit.signing import Signer, TrustedKeys
+    from ..cluster.model import ClusterState
     from ..intent.model import LoadBalancerConfig
+    from ..render import RenderResult
     from ..snapshot import Snapshot
     from ..state import StateDir
 
@@ -218,19 +220,32 @@ async def _unaccounted(config: LoadBalancerConfig, args: argparse.Namespace) -> 
         return await applier.unaccounted()
 
 
-async def _sync(config: LoadBalancerConfig, args: argparse.Namespace, last: Snapshot) -> ApplyResult:
+@contextlib.asynccontextmanager
+async def _using(config: LoadBalancerConfig, args: argparse.Namespace, applier: TwoSwitchApplier | None
+                 ) -> AsyncIterator[TwoSwitchApplier]:
+    """`applier` when the caller has one open (and closes it), else a new one for this block."""
+    if applier is not None:
+        yield applier
+        return
+    async with _applier(config, args) as new:
+        yield new
+
+
+async def _sync(config: LoadBalancerConfig, args: argparse.Namespace, last: Snapshot,
+                applier: TwoSwitchApplier | None = None) -> ApplyResult:
     """Read both switches back and repair what differs from `last` (each switch on its own)."""
-    async with _applier(config, args) as applier:
-        return await applier.sync(last)
+    async with _using(config, args, applier) as used:
+        return await used.sync(last)
 
 
 async def _apply(
-    config: LoadBalancerConfig, args: argparse.Namespace, target: Snapshot, state: StateDir, last_good: Snapshot | None
+    config: LoadBalancerConfig, args: argparse.Namespace, target: Snapshot, state: StateDir, last_good: Snapshot | None,
+    applier: TwoSwitchApplier | None = None,
 ) -> ApplyResult:
     """Apply `target` over `last_good` (what --state holds, read once by the caller); record it there when applied."""
     _guard(config, last_good, target)
-    async with _applier(config, args) as applier:
-        result = await applier.apply(target, last_good)
+    async with _using(config, args, applier) as used:
+        result = await used.apply(target, last_good)
     if result.ok:
         state.record_applied(target)
     return result
@@ -266,7 +281,7 @@ def _open_audit(
 
 async def _apply_recorded(
     config: LoadBalancerConfig, args: argparse.Namespace, target: Snapshot, audit: AuditRepo, extra: tuple[tuple[str, str], ...] = (),
-    last_good: Snapshot | None = None, why: str = "",
+    last_good: Snapshot | None = None, why: str = "", applier: TwoSwitchApplier | None = None,
 ) -> ApplyResult:
     """The transaction of DESIGN.md 6 with the audit repository: pending, apply, outcome.
     Switches that cannot be reached are found before anything is recorded: an attempt that
@@ -276,12 +291,12 @@ async def _apply_recorded(
 
     # last_good: what the caller read (and trusted) as the switches' content; never re-read here.
     _guard(config, last_good, target)
-    async with _applier(config, args) as applier:
-        missing = await applier.unreachable()
+    async with _using(config, args, applier) as used:
+        missing = await used.unreachable()
         if missing:
             raise CommandError(f"{config.key}: {missing}: nothing was written or recorded")
         audit.record(target, "pending", reason=why, extra_trailers=extra)
-        result = await applier.apply(target, last_good)
+        result = await used.apply(target, last_good)
     outcome, reason = result.audit_record()
     reason = "; ".join(r for r in (why, reason) if r)
     try:
@@ -301,7 +316,7 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
     from ..app.switches import check_switch_settings
     from ..audit.refusals import check_signed_intent, last_applied_trusted, record_refusal, refused_intent_id
     from ..drain_progress import reason_parts
-    from ..cluster.recorded import load_cluster_bytes, read_cluster_file
+    from ..cluster.recorded import read_cluster_file
     from ..intent.loader import load_intent
     from ..pipeline_io import config_p4info_digest
     from ..render import Renderer
@@ -335,14 +350,15 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
     rendered_from = inputs_digest(config, recording, p4info_digest=p4info_digest, intent_commit=intent.commit) if audit else None
     entry = audit.last_applied_entry(config.key) if audit is not None and previous is not None else None
     memo = unchanged(previous, entry.trailers.get(TRAILER) if entry is not None else None, rendered_from) and not message
-    # Bad input is refused here, before anything is recorded (closing an interrupted record included).
-    cluster = None if memo else load_cluster_bytes(recording, args.cluster)
-    for problem in cluster.issues if cluster is not None else ():  # what render cannot use is said, not dropped
-        print(f"{args.cluster}: warning: {problem.object}: {problem.message}", file=sys.stderr)
-    del recording
-    if audit is not None and audit.close_interrupted(config.key) is not None:
-        print(f"{config.key}: the last transaction was interrupted before its outcome was recorded; "
-              f"recorded as interrupted, the switches are read back now", file=sys.stderr)
+    # The usual pass (a previous snapshot, the intent accepted) reads both switches back while the
+    # recording is parsed and rendered: they answer on their own while this process computes
+    # (TwoSwitchApplier.read_ahead; nothing is written before render has finished). Otherwise
+    # the recording is read first, so that bad input is refused before anything else happens.
+    ahead = not memo and previous is not None and not message
+    cluster = None if memo or ahead else _read_cluster(recording, args.cluster)
+    if not ahead:
+        del recording
+        _close_interrupted(audit, config)
     if untrusted:
         print(f"{config.key}: {untrusted}; the switches are read back and their content treated as unaccounted for",
               file=sys.stderr)
@@ -360,23 +376,46 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
             raise CommandError((f"{untrusted}. " if untrusted else "") + unaccounted_message(
                 config, held, f"the audit repository {args.audit_repo}" if audit is not None else f"--state {args.state}"))
     extra = ((TRAILER, rendered_from),) if rendered_from else ()
-    rendered = None
-    if cluster is None:
-        assert previous is not None  # memo: unchanged() holds only with a previous snapshot
-        print(f"{config.key}: the intent, the recording and the reconciler are those v{previous.version} was rendered "
-              f"from: not rendered again", file=sys.stderr)
-    else:
+
+    def render(cluster: ClusterState) -> RenderResult:
         # Drains start and end by this clock: a pass at or after a drain's `until` finishes it.
-        rendered = Renderer().render(config, cluster, previous, p4info_digest=p4info_digest,
-                                     intent_commit=intent.commit, now=wall_clock())
-        for issue in rendered.issues:
-            print(f"{config.key}: {issue.severity}: {issue}", file=sys.stderr)
-    if rendered is None or not rendered.changed:
-        # Level-triggered: the switches' own state decides. Read both back (a switch may have
-        # restarted empty, a write may have been lost) and repair what differs.
-        snap = previous if rendered is None else rendered.snapshot
-        assert snap is not None
-        result = asyncio.run(_sync(config, args, snap))
+        return Renderer().render(config, cluster, previous, p4info_digest=p4info_digest, intent_commit=intent.commit,
+                                 now=wall_clock())
+
+    async def transaction() -> tuple[Snapshot, bool, ApplyResult]:
+        """(the snapshot held or applied, whether it was new, the outcome)."""
+        async with _applier(config, args) as applier:
+            if memo:
+                assert previous is not None  # unchanged() holds only with a previous snapshot
+                print(f"{config.key}: the intent, the recording and the reconciler are those v{previous.version} was "
+                      f"rendered from: not rendered again", file=sys.stderr)
+                rendered = None
+            elif ahead:
+                await applier.read_ahead()
+                rendered = await asyncio.to_thread(lambda: render(_read_cluster(recording, args.cluster)))
+                _close_interrupted(audit, config)
+            else:
+                assert cluster is not None
+                rendered = render(cluster)
+            for issue in rendered.issues if rendered is not None else ():
+                print(f"{config.key}: {issue.severity}: {issue}", file=sys.stderr)
+            if rendered is None or not rendered.changed:
+                # Level-triggered: the switches' own state decides. Read both back (a switch may
+                # have restarted empty, a write may have been lost) and repair what differs.
+                snap = previous if rendered is None else rendered.snapshot
+                assert snap is not None
+                return snap, False, await _sync(config, args, snap, applier)
+            target = rendered.snapshot
+            if audit is None:  # previous: --state's, read above
+                return target, True, await _apply(config, args, target, state, previous, applier)
+            # Versions stay unique per config in the audit history, also after a rollback.
+            target = target.with_version(audit.next_version(config.key))
+            why = "; ".join(reason_parts(previous, target))[:900]
+            return target, True, await _apply_recorded(config, args, target, audit, extra, last_good=previous, why=why,
+                                                       applier=applier)
+
+    snap, new, result = asyncio.run(transaction())
+    if not new:
         writes = sum(sum(k.values()) for k in result.writes().values())
         if result.outcome == "unchanged":
             print(f"{config.key}: up to date at v{snap.version} ({snap.digest}): both switches read back and hold it")
@@ -394,17 +433,26 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
             print(result.describe())
         _drain_lines(snap, snap, True, args)  # mid-drain: nothing to write until its end
         return _exit(result, args)
-    target = rendered.snapshot
-    if audit is None:
-        result = asyncio.run(_apply(config, args, target, state, previous))  # previous: --state's, read above
-    else:
-        # Versions stay unique per config in the audit history, also after a rollback.
-        target = target.with_version(audit.next_version(config.key))
-        why = "; ".join(reason_parts(previous, target))[:900]
-        result = asyncio.run(_apply_recorded(config, args, target, audit, extra, last_good=previous, why=why))
     print(result.describe())
-    _drain_lines(previous, target, result.ok, args)
+    _drain_lines(previous, snap, result.ok, args)
     return _exit(result, args)
+
+
+def _read_cluster(recording: bytes, file: str) -> ClusterState:
+    """The recording parsed (InputError naming file, line and field when it is not a whole
+    cluster), with what render cannot use said on stderr, not dropped."""
+    from ..cluster.recorded import load_cluster_bytes
+
+    cluster = load_cluster_bytes(recording, file)
+    for problem in cluster.issues:
+        print(f"{file}: warning: {problem.object}: {problem.message}", file=sys.stderr)
+    return cluster
+
+
+def _close_interrupted(audit: AuditRepo | None, config: LoadBalancerConfig) -> None:
+    if audit is not None and audit.close_interrupted(config.key) is not None:
+        print(f"{config.key}: the last transaction was interrupted before its outcome was recorded; "
+              f"recorded as interrupted, the switches are read back now", file=sys.stderr)
 
 
 @_printing_result

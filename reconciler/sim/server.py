@@ -130,6 +130,7 @@ class SoftwareSwitch:
         self._writes: collections.deque[WriteRecord] = collections.deque(maxlen=1000)
         self._writes_done = 0
         self._writes_cond = threading.Condition()
+        self._reads_seen = 0  # Read RPCs received (tests: what was asked, and when)
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -263,6 +264,22 @@ class SoftwareSwitch:
         """Block until at least `count` Write RPCs have been processed in total."""
         with self._writes_cond:
             return self._writes_cond.wait_for(lambda: self._writes_done >= count, timeout)
+
+    @property
+    def reads_processed(self) -> int:
+        """How many Read RPCs the handlers have received (whatever their outcome)."""
+        with self._writes_cond:
+            return self._reads_seen
+
+    def wait_reads(self, count: int, timeout: float = 5.0) -> bool:
+        """Block until at least `count` Read RPCs have been received in total."""
+        with self._writes_cond:
+            return self._writes_cond.wait_for(lambda: self._reads_seen >= count, timeout)
+
+    def _record_read(self) -> None:
+        with self._writes_cond:
+            self._reads_seen += 1
+            self._writes_cond.notify_all()
 
     def _record_write(self, record: WriteRecord) -> None:
         with self._writes_cond:
@@ -475,6 +492,7 @@ class _P4RuntimeService(p4r_grpc.P4RuntimeServicer):
 
     def read_bytes(self, request: p4r.ReadRequest, context: grpc.ServicerContext) -> Iterator[bytes]:
         """Read, each ReadResponse as its bytes."""
+        self.switch._record_read()
         self._delay()
         device = self._device(request.device_id, context)
         try:
