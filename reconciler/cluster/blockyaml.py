@@ -93,8 +93,9 @@ _ASCII_ALLOWED = bytes([0x0A, *range(0x20, 0x7F)])
 # What a line is, as _Reader._line reads it: (place (see _Reader.documents), op, key or _NO_KEY,
 # value, number of leading "- " entries, kind of value). The kinds of value:
 _SCALAR, _PENDING, _MAP, _SEQ, _CLIP, _STRIP = range(6)  # a value; on the next lines; {}; []; | ; |-
-# The op names the two lines most of a recording is (`key: value`, `- value`), for a short way.
-_KEY_SCALAR, _ITEM_SCALAR, _OTHER = range(3)
+# The op names the three lines most of a recording is (`key: value`, `- value`, `key:`), for a
+# short way.
+_KEY_SCALAR, _ITEM_SCALAR, _OTHER, _KEY_PENDING = range(4)
 _NO_KEY = object()  # a sequence entry's scalar (no key)
 _ITEM = object()  # the pending value is a sequence entry's
 _DOC = (-2, _OTHER, _NO_KEY, None, 0, _SCALAR)  # a `---` line
@@ -150,6 +151,11 @@ class _Reader:
                         continue
                     if op == 1:  # _ITEM_SCALAR
                         top.append(value)
+                        continue
+                    if op == 3:  # _KEY_PENDING
+                        if key in top:
+                            raise Unusual("a duplicate key")
+                        pending = key
                         continue
                 if pending is not NONE:
                     if n > place:  # the pending value is a container that starts on this line
@@ -252,7 +258,7 @@ class _Reader:
             elif sq_value is not None:
                 value = sq_value
             else:
-                return n, _OTHER, k, None, d, _PENDING
+                return n, _KEY_PENDING if d == 0 else _OTHER, k, None, d, _PENDING
             return n, _KEY_SCALAR if d == 0 else _OTHER, k, value, d, _SCALAR
         if not d:
             return self._any_line(line)  # a scalar alone: refused there
@@ -294,7 +300,7 @@ class _Reader:
         else:
             key, rest = k
             if not rest:
-                return n, _OTHER, key, None, dashes, _PENDING
+                return n, _KEY_PENDING if dashes == 0 else _OTHER, key, None, dashes, _PENDING
         kind, value = self._value(rest)
         if kind != _SCALAR:
             op = _OTHER
