@@ -515,6 +515,12 @@ class TwoSwitchApplier:
         self._held_known.clear()
         self._encoded = []
 
+    def prepare(self, snapshot: Snapshot | None) -> None:
+        """Encode `snapshot`'s entries now, so that the next apply() or sync() to it compares the
+        read-backs at once. CPU-bound: reconcile --once calls it in a worker thread while the
+        reads of read_ahead() stream in on the event loop (which touches nothing it sets)."""
+        self._expected(snapshot)
+
     def _expected(self, snapshot: Snapshot | None) -> EncodedEntries:
         """`snapshot`'s entries encoded as a switch returns them (switch/wire.py), cached."""
         for snap, encoded in self._encoded:

@@ -4,11 +4,14 @@ the recording and rendering when nothing that render reads has changed since the
 render is a pure function of the config, the cluster state, the previous snapshot, the P4Info
 digest, the intent commit, the clock (drains only) and the reconciler's own code. The audit
 record of an applied snapshot S carries `Rendered-From: K`, the digest of those inputs but the
-previous snapshot and the clock. When the last applied snapshot is S, its record carries K, and
-this run's inputs digest to K again, then render(inputs, previous=S) is S: render is
-level-triggered, so applied to its own output with the same inputs it changes nothing
-(tests/test_rendered_from.py holds it to that). Not used when S has drains (their end depends on
-the clock) or the config's algorithm is a plugin (code outside this package).
+previous snapshot and the clock, only when render(inputs, previous=S) was found to be S itself:
+the command renders once more over its own output, incrementally, which re-renders only the
+Services waiting for a value the first render released (render converges in two steps then: a
+released VIP or id is free from the next version) and which equals a full render
+(tests/test_render_properties.py). So when the last applied snapshot is S, its record carries K,
+and this run's inputs digest to K again, rendering would give S: it is skipped. Not used when S
+has drains (their end depends on the clock) or the config's algorithm is a plugin (code outside
+this package). `Render-Issues` beside it counts what that render reported, said again when skipped.
 
 Only rendering is skipped: the switches are still read back in full and repaired (DESIGN.md
 6.1, "the switches' own state decides"). Anything that does not match renders as before, so the
@@ -19,24 +22,29 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import os
 import sys
+from collections.abc import Iterable
 from importlib import metadata
 from pathlib import Path
 
 from .intent.model import BUILTIN_ALGORITHMS, LoadBalancerConfig
+from .render import RenderIssue
 from .snapshot import Snapshot
 
 TRAILER = "Rendered-From"
+ISSUES_TRAILER = "Render-Issues"
 _FORMAT = b"p4kube rendered-from 1\n"
 _PACKAGE = Path(__file__).resolve().parent
-# The libraries whose behaviour shapes what a recording reads as (the rest is our own code).
-_READERS = ("orjson", "PyYAML", "ruamel.yaml")
+# The libraries whose behaviour shapes what a recording reads as (the rest is our own code;
+# PyYAML's wheels carry their libyaml).
+_READERS = ("orjson", "PyYAML", "ruamel.yaml", "ruamel.yaml.clib")
 
 
 @functools.cache
 def code_digest() -> str:
-    """sha256 of every file of this package (code, schemas, P4Info) and the readers' versions:
-    an upgrade, or a local edit, renders again."""
+    """sha256 of every file of this package (code, schemas, P4Info), of the data directory when
+    P4KUBE_HOME moves it, and the readers' versions: an upgrade, or a local edit, renders again."""
     h = hashlib.sha256(_FORMAT)
     h.update(f"python {sys.version_info[0]}.{sys.version_info[1]}\n".encode())
     for name in _READERS:
@@ -45,10 +53,12 @@ def code_digest() -> str:
         except metadata.PackageNotFoundError:
             version = "-"
         h.update(f"{name} {version}\n".encode())
-    for path in sorted(p for p in _PACKAGE.rglob("*") if p.is_file() and "__pycache__" not in p.parts):
-        data = path.read_bytes()
-        h.update(f"{path.relative_to(_PACKAGE).as_posix()} {len(data)}\n".encode())
-        h.update(data)
+    roots = [_PACKAGE] + ([Path(os.environ["P4KUBE_HOME"])] if os.environ.get("P4KUBE_HOME") else [])
+    for n, root in enumerate(roots):
+        for path in sorted(p for p in root.rglob("*") if p.is_file() and "__pycache__" not in p.parts):
+            data = path.read_bytes()
+            h.update(f"{n} {path.relative_to(root).as_posix()} {len(data)}\n".encode())
+            h.update(data)
     return h.hexdigest()
 
 
@@ -64,6 +74,14 @@ def inputs_digest(config: LoadBalancerConfig, recording: bytes, *, p4info_digest
     return "sha256:" + h.hexdigest()
 
 
+def issues_summary(issues: Iterable[RenderIssue]) -> str:
+    """The Render-Issues trailer's value: "none", or counts by severity ("2 errors, 49 warnings")."""
+    counts: dict[str, int] = {}
+    for issue in issues:
+        counts[issue.severity] = counts.get(issue.severity, 0) + 1
+    return ", ".join(f"{n} {sev}{'s' if n != 1 else ''}" for sev, n in sorted(counts.items())) or "none"
+
+
 def unchanged(previous: Snapshot | None, recorded: str | None, digest: str | None) -> bool:
     """Whether `previous` (the last applied snapshot, whose record says `recorded`) is what render
     would make of inputs digesting to `digest`."""
@@ -74,4 +92,4 @@ def _draining(snap: Snapshot) -> bool:
     return any(svc.drains for svc in snap.services)
 
 
-__all__ = ["TRAILER", "code_digest", "inputs_digest", "unchanged"]
+__all__ = ["ISSUES_TRAILER", "TRAILER", "code_digest", "inputs_digest", "issues_summary", "unchanged"]

@@ -209,3 +209,63 @@ def test_a_bad_recording_is_refused_before_anything_is_recorded(tmp_path, switch
     assert main(once) != 0
     assert "the file is empty" in capsys.readouterr().err
     assert (_trailers(audit_dir), switch_entries(standby), switch_entries(primary)) == before
+
+
+def test_a_render_that_released_a_value_is_rendered_again_until_it_settles(tmp_path, switch_pair, capsys):
+    """Three VIPs: web/api leaves and web/frontend comes in the same change. The VIP web/api held
+    is quarantined for one version, so the first render leaves web/frontend without one (an
+    issue), and the same inputs rendered again give it that VIP: the first record must not say
+    what it was rendered from, or the second render would be skipped for good."""
+    from test_fault_matrix import delete_services, dump, recording
+
+    standby, primary = switch_pair
+    intent = intent_repo(tmp_path / "intent", (standby.port, primary.port))
+    lbconfig = intent / "lbconfig.yaml"
+    lbconfig.write_text(lbconfig.read_text().replace("198.51.100.10-198.51.100.19", "198.51.100.10-198.51.100.12"))
+    commit_all(intent)
+    audit_dir = tmp_path / "audit.git"
+    cluster = tmp_path / "cluster.yaml"
+    cluster.write_text(dump(delete_services(recording(), "web/frontend")))
+    once = ["reconcile", "--once", "--allow-insecure-switches", "--intent", str(intent), "--pipeline-dir", str(intent),
+            "--audit-repo", str(audit_dir), "--cluster", str(cluster)]
+
+    assert main(once) == 0
+    assert _trailers(audit_dir)[0][1:] == ("applied", _trailers(audit_dir)[0][2]) and _trailers(audit_dir)[0][2]
+    cluster.write_text(dump(delete_services(recording(), "web/api")))
+    assert main(once) == 0
+    err = capsys.readouterr().err
+    assert "web/frontend" in err  # no VIP free this version
+    v2 = AuditRepo.open_or_init(audit_dir, read_only=True).last_applied(CONFIG)
+    assert "web/frontend" not in {s.service_key for s in v2.services}
+    assert _trailers(audit_dir)[0][:2] == (v2.version, "applied") and _trailers(audit_dir)[0][2] is None
+
+    # The same inputs: rendered again (not skipped), and now web/frontend has a VIP.
+    assert main(once) == 0
+    out, err = capsys.readouterr()
+    assert SKIPPED not in err
+    v3 = AuditRepo.open_or_init(audit_dir, read_only=True).last_applied(CONFIG)
+    assert v3.version == v2.version + 1 and "web/frontend" in {s.service_key for s in v3.services}
+    assert _trailers(audit_dir)[0][2]  # settled: says what it was rendered from
+    assert switch_entries(standby) == switch_entries(primary) == entries_of(v3)
+    assert main(once) == 0
+    out, err = capsys.readouterr()
+    assert SKIPPED in err and f"up to date at v{v3.version}" in out
+
+
+def test_a_skipped_render_still_reports_its_issues(tmp_path, switch_pair, capsys):
+    standby, primary = switch_pair
+    intent = intent_repo(tmp_path / "intent", (standby.port, primary.port))
+    lbconfig = intent / "lbconfig.yaml"
+    lbconfig.write_text(lbconfig.read_text().replace("198.51.100.10-198.51.100.19", "198.51.100.10-198.51.100.12"))
+    commit_all(intent)  # three VIPs for four Services: one is left out, every time
+    audit_dir = tmp_path / "audit.git"
+    once = ["reconcile", "--once", "--allow-insecure-switches", "--intent", str(intent), "--pipeline-dir", str(intent),
+            "--audit-repo", str(audit_dir), "--cluster", str(MULTI / "cluster.yaml")]
+    assert main(once) == 0
+    err = capsys.readouterr().err
+    assert "error:" in err
+    audit = AuditRepo.open_or_init(audit_dir, read_only=True)
+    assert audit.history(config=CONFIG)[0].trailers.get("Render-Issues") == "1 error"
+    assert main(once) == 0
+    out, err = capsys.readouterr()
+    assert SKIPPED in err and "1 error when v1 was rendered" in err and "up to date at v1" in out

@@ -320,7 +320,7 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
     from ..intent.loader import load_intent
     from ..pipeline_io import config_p4info_digest
     from ..render import Renderer
-    from ..rendered_from import TRAILER, inputs_digest, unchanged
+    from ..rendered_from import ISSUES_TRAILER, TRAILER, inputs_digest, issues_summary, unchanged
     from ..state import StateDir
     from .errors import CommandError
 
@@ -350,14 +350,14 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
     rendered_from = inputs_digest(config, recording, p4info_digest=p4info_digest, intent_commit=intent.commit) if audit else None
     entry = audit.last_applied_entry(config.key) if audit is not None and previous is not None else None
     memo = unchanged(previous, entry.trailers.get(TRAILER) if entry is not None else None, rendered_from) and not message
-    # The usual pass (a previous snapshot, the intent accepted) reads both switches back while the
-    # recording is parsed and rendered: they answer on their own while this process computes
-    # (TwoSwitchApplier.read_ahead; nothing is written before render has finished). Otherwise
-    # the recording is read first, so that bad input is refused before anything else happens.
+    # Bad input is refused here, before anything is recorded or any switch is asked anything.
+    cluster = None if memo else _read_cluster(recording, args.cluster)
+    del recording
+    # The usual pass (a previous snapshot, the intent accepted) reads both switches back while it
+    # renders: they answer on their own while this process computes (TwoSwitchApplier.read_ahead;
+    # nothing is written before render has finished).
     ahead = not memo and previous is not None and not message
-    cluster = None if memo or ahead else _read_cluster(recording, args.cluster)
     if not ahead:
-        del recording
         _close_interrupted(audit, config)
     if untrusted:
         print(f"{config.key}: {untrusted}; the switches are read back and their content treated as unaccounted for",
@@ -375,24 +375,48 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
 
             raise CommandError((f"{untrusted}. " if untrusted else "") + unaccounted_message(
                 config, held, f"the audit repository {args.audit_repo}" if audit is not None else f"--state {args.state}"))
-    extra = ((TRAILER, rendered_from),) if rendered_from else ()
+    extra: tuple[tuple[str, str], ...] = ()
 
     def render(cluster: ClusterState) -> RenderResult:
+        """Render, and say in `extra` what the result was rendered from when rendering it again
+        with the same inputs gives it back (rendered_from.py: not so while values it released
+        wait for the next version)."""
+        nonlocal extra
         # Drains start and end by this clock: a pass at or after a drain's `until` finishes it.
-        return Renderer().render(config, cluster, previous, p4info_digest=p4info_digest, intent_commit=intent.commit,
-                                 now=wall_clock())
+        now = wall_clock()
+        renderer = Renderer()
+        rendered = renderer.render(config, cluster, previous, p4info_digest=p4info_digest, intent_commit=intent.commit,
+                                   now=now)
+        if rendered_from:
+            again = renderer.render(config, cluster, rendered.snapshot, p4info_digest=p4info_digest,
+                                    intent_commit=intent.commit, now=now)
+            if again.snapshot.digest == rendered.snapshot.digest:
+                extra = ((TRAILER, rendered_from), (ISSUES_TRAILER, issues_summary(rendered.issues)))
+        return rendered
 
     async def transaction() -> tuple[Snapshot, bool, ApplyResult]:
         """(the snapshot held or applied, whether it was new, the outcome)."""
+        nonlocal extra
         async with _applier(config, args) as applier:
             if memo:
                 assert previous is not None  # unchanged() holds only with a previous snapshot
                 print(f"{config.key}: the intent, the recording and the reconciler are those v{previous.version} was "
                       f"rendered from: not rendered again", file=sys.stderr)
+                reported = entry.trailers.get(ISSUES_TRAILER, "none") if entry is not None else "none"
+                if reported != "none":
+                    print(f"{config.key}: {reported} when v{previous.version} was rendered (the same inputs: "
+                          f"`p4kube plan` lists them)", file=sys.stderr)
+                # A repair record says again what this snapshot was rendered from.
+                extra = tuple((k, entry.trailers[k]) for k in (TRAILER, ISSUES_TRAILER) if entry is not None and k in entry.trailers)
                 rendered = None
-            elif ahead:
+                # The switches answer while its entries are encoded for the comparison.
                 await applier.read_ahead()
-                rendered = await asyncio.to_thread(lambda: render(_read_cluster(recording, args.cluster)))
+                await asyncio.to_thread(applier.prepare, previous)
+            elif ahead:
+                assert cluster is not None
+                await applier.read_ahead()
+                rendered = await asyncio.to_thread(render, cluster)
+                await asyncio.to_thread(applier.prepare, rendered.snapshot)
                 _close_interrupted(audit, config)
             else:
                 assert cluster is not None
