@@ -155,19 +155,14 @@ def test_an_unreachable_switch_is_left_to_apply(world):
 def test_reconcile_once_reads_both_switches_while_it_renders(tmp_path, switch_pair, monkeypatch, capsys):
     """Through the command: render waits until both switches have been asked for their tables
     (their Read RPCs seen by the switches), which only happens when the reads go out first."""
-    from test_reconcile_audit import MULTI, entries_of, intent_repo, switch_entries
+    from test_reconcile_audit import entries_of, switch_entries
+    from test_rendered_from import once_world
 
     from reconciler.audit.repo import AuditRepo
     from reconciler.cluster.recorded import load_cluster_file
     from reconciler.cluster.synthetic import cluster_to_list_yaml, with_scaled_service
 
-    standby, primary = switch_pair
-    intent = intent_repo(tmp_path / "intent", (standby.port, primary.port))
-    audit_dir = tmp_path / "audit.git"
-    cluster = tmp_path / "cluster.yaml"
-    cluster.write_bytes((MULTI / "cluster.yaml").read_bytes())
-    once = ["reconcile", "--once", "--allow-insecure-switches", "--intent", str(intent), "--pipeline-dir", str(intent),
-            "--audit-repo", str(audit_dir), "--cluster", str(cluster)]
+    standby, primary, _, audit_dir, cluster, once = once_world(tmp_path, switch_pair)
     assert main(once) == 0
     cluster.write_text(cluster_to_list_yaml(with_scaled_service(load_cluster_file(cluster), "web/frontend", "node-c", +2)))
 

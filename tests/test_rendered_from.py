@@ -137,7 +137,9 @@ def _trailers(audit_dir) -> list[tuple[int | None, str | None, str | None]]:
     return [(e.version, e.outcome, e.trailers.get(TRAILER)) for e in audit.history(config=CONFIG)]
 
 
-def test_reconcile_once_skips_render_and_still_reads_both_switches_back(tmp_path, switch_pair, capsys):
+def once_world(tmp_path, switch_pair):
+    """(standby, primary, intent dir, audit dir, recording, the `reconcile --once` arguments): the
+    multi-service example in a Git repository pointed at the switches, its recording copied."""
     standby, primary = switch_pair
     intent = intent_repo(tmp_path / "intent", (standby.port, primary.port))
     audit_dir = tmp_path / "audit.git"
@@ -145,6 +147,11 @@ def test_reconcile_once_skips_render_and_still_reads_both_switches_back(tmp_path
     cluster.write_bytes((MULTI / "cluster.yaml").read_bytes())
     once = ["reconcile", "--once", "--allow-insecure-switches", "--intent", str(intent), "--pipeline-dir", str(intent),
             "--audit-repo", str(audit_dir), "--cluster", str(cluster)]
+    return standby, primary, intent, audit_dir, cluster, once
+
+
+def test_reconcile_once_skips_render_and_still_reads_both_switches_back(tmp_path, switch_pair, capsys):
+    standby, primary, intent, audit_dir, cluster, once = once_world(tmp_path, switch_pair)
 
     assert main(once) == 0
     capsys.readouterr()
@@ -196,13 +203,7 @@ def test_reconcile_once_skips_render_and_still_reads_both_switches_back(tmp_path
 
 
 def test_a_bad_recording_is_refused_before_anything_is_recorded(tmp_path, switch_pair, capsys):
-    standby, primary = switch_pair
-    intent = intent_repo(tmp_path / "intent", (standby.port, primary.port))
-    audit_dir = tmp_path / "audit.git"
-    cluster = tmp_path / "cluster.yaml"
-    cluster.write_bytes((MULTI / "cluster.yaml").read_bytes())
-    once = ["reconcile", "--once", "--allow-insecure-switches", "--intent", str(intent), "--pipeline-dir", str(intent),
-            "--audit-repo", str(audit_dir), "--cluster", str(cluster)]
+    standby, primary, intent, audit_dir, cluster, once = once_world(tmp_path, switch_pair)
     assert main(once) == 0
     before = _trailers(audit_dir), switch_entries(standby), switch_entries(primary)
     cluster.write_text("")
