@@ -11,7 +11,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, cast
 
-from ..gcpause import gc_paused
+from ..gcpause import with_gc_paused
 from ..ghactions import command, stop_commands
 from ..intent.files import OperatorDirs
 from .errors import EXIT_ERROR, EXIT_OK, CommandError
@@ -153,21 +153,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return EXIT_ERROR if errors else EXIT_OK
 
 
-def _gc_paused(cmd: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
-    """Runs a one-shot command with the cyclic GC paused: render, plan and check hold millions of
-    objects (the recording, ~350,000 entries and updates at 5,000 Services) and make almost no
-    reference cycles, so the collector's passes over them found nothing and cost a third of the
-    time. Re-enabled afterwards as it was (tests run commands in process)."""
-
-    @functools.wraps(cmd)
-    def run(args: argparse.Namespace) -> int:
-        with gc_paused():
-            return cmd(args)
-
-    return run
-
-
-@_gc_paused
+@with_gc_paused
 def cmd_render(args: argparse.Namespace) -> int:
     from ..pipeline_io import load_inputs, render_one
     from ..snapshot import snapshot_schema_errors
@@ -207,7 +193,7 @@ def _plan_as(plans: Sequence[ConfigPlan], fmt: str, done: Mapping[str, str] | No
     return done.get(fmt) or format_plan(plans, cast(Format, fmt))
 
 
-@_gc_paused
+@with_gc_paused
 def cmd_plan(args: argparse.Namespace) -> int:
     from ..pipeline_io import load_inputs, make_plans
     from ..plan import exit_code, format_plan
@@ -224,7 +210,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     return exit_code(plans)
 
 
-@_gc_paused
+@with_gc_paused
 def cmd_check(args: argparse.Namespace) -> int:
     from ..intent.loader import validate_paths
     from ..pipeline_io import load_inputs, make_plans
