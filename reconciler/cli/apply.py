@@ -412,34 +412,36 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
                 # A repair record says again what this snapshot was rendered from.
                 extra = tuple((k, entry.trailers[k]) for k in (TRAILER, ISSUES_TRAILER) if entry is not None and k in entry.trailers)
                 rendered = None
-                # The switches answer while its entries are encoded for the comparison.
                 await applier.read_ahead()
-                await asyncio.to_thread(applier.prepare, previous)
             elif ahead:
                 assert cluster is not None
                 await applier.read_ahead()
                 rendered = await asyncio.to_thread(render, cluster)
-                await asyncio.to_thread(applier.prepare, rendered.snapshot)
                 _close_interrupted(audit, config)
             else:
                 assert cluster is not None
                 rendered = render(cluster)
             for issue in rendered.issues if rendered is not None else ():
                 print(f"{config.key}: {issue.severity}: {issue}", file=sys.stderr)
-            if rendered is None or not rendered.changed:
+            new = rendered is not None and rendered.changed
+            snap = previous if rendered is None else rendered.snapshot
+            assert snap is not None
+            if new and audit is not None:
+                # Versions stay unique per config in the audit history, also after a rollback.
+                snap = snap.with_version(audit.next_version(config.key))
+            if memo or ahead:
+                # Its entries are encoded while the switches answer the reads (the same object is
+                # applied or synced below: the encoding is found by identity).
+                await asyncio.to_thread(applier.prepare, snap)
+            if not new:
                 # Level-triggered: the switches' own state decides. Read both back (a switch may
                 # have restarted empty, a write may have been lost) and repair what differs.
-                snap = previous if rendered is None else rendered.snapshot
-                assert snap is not None
                 return snap, False, await _sync(config, args, snap, applier)
-            target = rendered.snapshot
             if audit is None:  # previous: --state's, read above
-                return target, True, await _apply(config, args, target, state, previous, applier)
-            # Versions stay unique per config in the audit history, also after a rollback.
-            target = target.with_version(audit.next_version(config.key))
-            why = "; ".join(reason_parts(previous, target))[:900]
-            return target, True, await _apply_recorded(config, args, target, audit, extra, last_good=previous, why=why,
-                                                       applier=applier)
+                return snap, True, await _apply(config, args, snap, state, previous, applier)
+            why = "; ".join(reason_parts(previous, snap))[:900]
+            return snap, True, await _apply_recorded(config, args, snap, audit, extra, last_good=previous, why=why,
+                                                     applier=applier)
 
     snap, new, result = asyncio.run(transaction())
     if not new:
