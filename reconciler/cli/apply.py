@@ -59,7 +59,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         "reconcile",
         help="render from intent + cluster and apply, once",
         description="Render the intent against the cluster state, starting from the last applied "
-        "snapshot in --state; when the digest differs, apply it to the switches and record it. "
+        "snapshot (--audit-repo, or --state); when the digest differs, apply it to the switches and record it; "
+        "either way both switches are read back and what differs is repaired. With --audit-repo, a recording, "
+        "intent and reconciler identical to those the last applied snapshot was rendered from are not parsed "
+        "or rendered again (its record's Rendered-From trailer). "
         "Exit 0: switches up to date; 3: degraded; 1: failed or rolled back.",
     )
     p.add_argument("--once", action="store_true", required=True, help="one pass (the loop is `p4kube run`)")
