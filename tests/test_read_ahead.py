@@ -180,3 +180,32 @@ def test_reconcile_once_reads_both_switches_while_it_renders(tmp_path, switch_pa
     held = AuditRepo.open_or_init(audit_dir, read_only=True).last_applied("p4kube-system/p4kube-config")
     assert held.version == 2
     assert switch_entries(standby) == switch_entries(primary) == entries_of(held)
+
+
+def test_a_skipped_render_reads_both_switches_while_the_audit_is_read(tmp_path, switch_pair, monkeypatch, capsys):
+    """Inputs as recorded (Rendered-From): the last applied snapshot is read from the audit
+    repository only once both switches have been asked for their tables."""
+    from test_reconcile_audit import entries_of, switch_entries
+    from test_rendered_from import SKIPPED, once_world
+
+    import reconciler.audit.refusals
+    from reconciler.audit.repo import AuditRepo
+
+    standby, primary, _, audit_dir, _, once = once_world(tmp_path, switch_pair)
+    assert main(once) == 0
+    capsys.readouterr()
+    reads = {sw.port: sw.reads_processed for sw in (standby, primary)}
+    original = reconciler.audit.refusals.last_applied_trusted
+    asked: list[bool] = []
+
+    def last_applied_trusted(audit, config):
+        asked.append(all(sw.wait_reads(reads[sw.port] + 1, timeout=10) for sw in (standby, primary)))
+        return original(audit, config)
+
+    monkeypatch.setattr(reconciler.audit.refusals, "last_applied_trusted", last_applied_trusted)
+    assert main(once) == 0
+    out, err = capsys.readouterr()
+    assert SKIPPED in err and "up to date at v1" in out
+    assert asked == [True]
+    held = AuditRepo.open_or_init(audit_dir, read_only=True).last_applied("p4kube-system/p4kube-config")
+    assert switch_entries(standby) == switch_entries(primary) == entries_of(held)

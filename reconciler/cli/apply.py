@@ -32,6 +32,7 @@ from .options import (
 
 if TYPE_CHECKING:  # the library (finsy, grpc, pygit2, kubernetes) is imported when a command runs, not for --help
     from ..apply import ApplyResult, TwoSwitchApplier
+    from ..audit.message import AuditEntry
     from ..audit.repo import AuditRepo
     from ..audit.signing import Signer, TrustedKeys
     from ..cluster.model import ClusterState
@@ -326,7 +327,7 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
     from ..intent.loader import load_intent
     from ..pipeline_io import config_p4info_digest
     from ..render import Renderer
-    from ..rendered_from import ISSUES_TRAILER, TRAILER, inputs_digest, issues_summary, unchanged
+    from ..rendered_from import ISSUES_TRAILER, TRAILER, inputs_digest, issues_summary
     from ..state import StateDir
     from .errors import CommandError
 
@@ -348,21 +349,31 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
     check_switch_settings(config, settings)
     audit = _open_audit(config, args, signer, keys) if args.audit_repo else None
     state = StateDir(args.state)
-    previous, untrusted = last_applied_trusted(audit, config.key) if audit is not None else (state.last_applied(config.key), "")
     p4info_digest = config_p4info_digest(config, dirs.pipeline_dir)
     # Rendered from exactly these inputs before (rendered_from.py): the last applied snapshot is
     # what render would make of them, so neither the recording nor render is needed again. Only
     # with the audit repository, whose signed records say what each snapshot was rendered from.
     rendered_from = inputs_digest(config, recording, p4info_digest=p4info_digest, intent_commit=intent.commit) if audit else None
-    entry = audit.last_applied_entry(config.key) if audit is not None and previous is not None else None
-    memo = unchanged(previous, entry.trailers.get(TRAILER) if entry is not None else None, rendered_from) and not message
+    entry = audit.last_applied_entry(config.key) if audit is not None else None
+    skipped: tuple[Snapshot, bool, ApplyResult] | None = None
+    extra: tuple[tuple[str, str], ...] = ()
+    if audit is not None and entry is not None and rendered_from and entry.trailers.get(TRAILER) == rendered_from \
+            and not message:
+        skipped, previous, untrusted = asyncio.run(_without_render(config, args, audit, entry, rendered_from))
+    else:
+        previous, untrusted = last_applied_trusted(audit, config.key) if audit is not None else (state.last_applied(config.key), "")
+    if skipped is not None:
+        assert entry is not None
+        # A repair record says again what this snapshot was rendered from.
+        extra = tuple((k, entry.trailers[k]) for k in (TRAILER, ISSUES_TRAILER) if k in entry.trailers)
+        return _report(config, args, audit, skipped, previous, extra)
     # Bad input is refused here, before anything is recorded or any switch is asked anything.
-    cluster = None if memo else _read_cluster(recording, args.cluster)
+    cluster = _read_cluster(recording, args.cluster)
     del recording
     # The usual pass (a previous snapshot, the intent accepted) reads both switches back while it
     # renders: they answer on their own while this process computes (TwoSwitchApplier.read_ahead;
     # nothing is written before render has finished).
-    ahead = not memo and previous is not None and not message
+    ahead = previous is not None and not message
     if not ahead:
         _close_interrupted(audit, config)
     if untrusted:
@@ -381,7 +392,6 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
 
             raise CommandError((f"{untrusted}. " if untrusted else "") + unaccounted_message(
                 config, held, f"the audit repository {args.audit_repo}" if audit is not None else f"--state {args.state}"))
-    extra: tuple[tuple[str, str], ...] = ()
 
     def render(cluster: ClusterState) -> RenderResult:
         """Render, and say in `extra` what the result was rendered from when rendering it again
@@ -402,37 +412,21 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
 
     async def transaction() -> tuple[Snapshot, bool, ApplyResult]:
         """(the snapshot held or applied, whether it was new, the outcome)."""
-        nonlocal extra
         async with _applier(config, args) as applier:
-            if memo:
-                assert previous is not None  # unchanged() holds only with a previous snapshot
-                print(f"{config.key}: the intent, the recording and the reconciler are those v{previous.version} was "
-                      f"rendered from: not rendered again", file=sys.stderr)
-                reported = entry.trailers.get(ISSUES_TRAILER, "none") if entry is not None else "none"
-                if reported != "none":
-                    print(f"{config.key}: {reported} when v{previous.version} was rendered (the same inputs: "
-                          f"`p4kube plan` lists them)", file=sys.stderr)
-                # A repair record says again what this snapshot was rendered from.
-                extra = tuple((k, entry.trailers[k]) for k in (TRAILER, ISSUES_TRAILER) if entry is not None and k in entry.trailers)
-                rendered = None
-                await applier.read_ahead()
-            elif ahead:
-                assert cluster is not None
+            if ahead:
                 await applier.read_ahead()
                 rendered = await asyncio.to_thread(render, cluster)
                 _close_interrupted(audit, config)
             else:
-                assert cluster is not None
                 rendered = render(cluster)
-            for issue in rendered.issues if rendered is not None else ():
+            for issue in rendered.issues:
                 print(f"{config.key}: {issue.severity}: {issue}", file=sys.stderr)
-            new = rendered is not None and rendered.changed
-            snap = previous if rendered is None else rendered.snapshot
-            assert snap is not None
+            new = rendered.changed
+            snap = rendered.snapshot
             if new and audit is not None:
                 # Versions stay unique per config in the audit history, also after a rollback.
                 snap = snap.with_version(audit.next_version(config.key))
-            if memo or ahead:
+            if ahead:
                 # Its entries are encoded while the switches answer the reads (the same object is
                 # applied or synced below: the encoding is found by identity).
                 await asyncio.to_thread(applier.prepare, snap)
@@ -446,7 +440,14 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
             return snap, True, await _apply_recorded(config, args, snap, audit, extra, last_good=previous, why=why,
                                                      applier=applier)
 
-    snap, new, result = asyncio.run(transaction())
+    outcome = asyncio.run(transaction())
+    return _report(config, args, audit, outcome, previous, extra)  # extra: set by render()
+
+
+def _report(config: LoadBalancerConfig, args: argparse.Namespace, audit: AuditRepo | None,
+            outcome: tuple[Snapshot, bool, ApplyResult], previous: Snapshot | None, extra: tuple[tuple[str, str], ...]) -> int:
+    """What a pass did, said; a repair of an unchanged snapshot recorded (with `extra`)."""
+    snap, new, result = outcome
     if not new:
         writes = sum(sum(k.values()) for k in result.writes().values())
         if result.outcome == "unchanged":
@@ -468,6 +469,34 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
     print(result.describe())
     _drain_lines(previous, snap, result.ok, args)
     return _exit(result, args)
+
+
+async def _without_render(config: LoadBalancerConfig, args: argparse.Namespace, audit: AuditRepo, entry: AuditEntry,
+                          rendered_from: str) -> tuple[tuple[Snapshot, bool, ApplyResult] | None, Snapshot | None, str]:
+    """The pass when this run's inputs digest to the last applied record's Rendered-From: both
+    switches are read (read_ahead) while the last applied snapshot is read from the audit
+    repository and encoded, then synced. (None, previous, untrusted) when the snapshot after all
+    may not be taken as rendered (untrusted, or draining: rendered_from.unchanged), for the usual
+    pass to go on with what was read; the reads are cancelled then."""
+    import asyncio
+
+    from ..audit.refusals import last_applied_trusted
+    from ..rendered_from import ISSUES_TRAILER, TRAILER, unchanged
+
+    async with _applier(config, args) as applier:
+        await applier.read_ahead()
+        previous, untrusted = await asyncio.to_thread(last_applied_trusted, audit, config.key)
+        if previous is None or not unchanged(previous, entry.trailers.get(TRAILER), rendered_from):
+            return None, previous, untrusted
+        _close_interrupted(audit, config)
+        print(f"{config.key}: the intent, the recording and the reconciler are those v{previous.version} was "
+              f"rendered from: not rendered again", file=sys.stderr)
+        reported = entry.trailers.get(ISSUES_TRAILER, "none")
+        if reported != "none":
+            print(f"{config.key}: {reported} when v{previous.version} was rendered (the same inputs: "
+                  f"`p4kube plan` lists them)", file=sys.stderr)
+        await asyncio.to_thread(applier.prepare, previous)  # while the switches answer
+        return (previous, False, await _sync(config, args, previous, applier)), previous, untrusted
 
 
 def _read_cluster(recording: bytes, file: str) -> ClusterState:
