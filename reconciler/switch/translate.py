@@ -15,7 +15,7 @@ parsed once (IPv4, MAC and prefix strings repeat across entries).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from typing import Never, cast
+from typing import Never, TypeVar, cast
 
 from finsy.proto import p4r
 
@@ -179,8 +179,23 @@ class _Codec:
             raise TranslationError(f"table {name!r} is not in the P4Info (tables: {', '.join(self.tables)})") from None
 
 
-# PipelineInfo is not hashable (it holds mapping proxies); keep a few codecs by identity, with
-# a strong reference to the info so that its id cannot be reused while the entry lives.
+T = TypeVar("T")
+
+
+def per_info(cache: dict[int, tuple[PipelineInfo, T]], info: PipelineInfo, make: Callable[[PipelineInfo], T]) -> T:
+    """make(info), kept in `cache` for the next call with the same P4Info. PipelineInfo is not
+    hashable (it holds mapping proxies): a few are kept by identity, each with a strong reference
+    to its info so that its id cannot be reused while the entry lives."""
+    hit = cache.get(id(info))
+    if hit is not None and hit[0] is info:
+        return hit[1]
+    made = make(info)
+    if len(cache) >= 8:
+        cache.pop(next(iter(cache)))
+    cache[id(info)] = (info, made)
+    return made
+
+
 _CODECS: dict[int, tuple[PipelineInfo, _Codec]] = {}
 
 
@@ -191,14 +206,7 @@ def compiled(info: PipelineInfo) -> _Codec:
 
 
 def _codec(info: PipelineInfo) -> _Codec:
-    hit = _CODECS.get(id(info))
-    if hit is not None and hit[0] is info:
-        return hit[1]
-    codec = _Codec(info)
-    if len(_CODECS) >= 8:
-        _CODECS.pop(next(iter(_CODECS)))
-    _CODECS[id(info)] = (info, codec)
-    return codec
+    return per_info(_CODECS, info, _Codec)
 
 
 # --- entry -> proto ---------------------------------------------------------------------------

@@ -33,7 +33,7 @@ from reconciler.p4info import PipelineInfo
 from reconciler import p4names as n
 from reconciler.snapshot import Entry, ServiceSnapshot, backend_key
 from reconciler.switch.codec import Encoder, LpmEncoder
-from reconciler.switch.translate import EXACT, LPM, TranslationError, compiled, election_id_proto, entry_to_proto
+from reconciler.switch.translate import EXACT, LPM, TranslationError, compiled, election_id_proto, entry_to_proto, per_info
 
 __all__ = [
     "EncodedEntries",
@@ -247,20 +247,11 @@ class EntryEncoder:
         return TranslationError(f"{e.table}: cannot encode entry {e!r}")
 
 
-# One encoder per P4Info, by identity (PipelineInfo is not hashable), strongly referenced so
-# that an id is not reused while its encoder is kept.
-_ENCODERS: dict[int, tuple[PipelineInfo, EntryEncoder]] = {}
+_ENCODERS: dict[int, tuple[PipelineInfo, EntryEncoder]] = {}  # one per P4Info (translate.per_info)
 
 
 def encoder_for(info: PipelineInfo) -> EntryEncoder:
-    hit = _ENCODERS.get(id(info))
-    if hit is not None and hit[0] is info:
-        return hit[1]
-    encoder = EntryEncoder(info)
-    if len(_ENCODERS) >= 8:
-        _ENCODERS.pop(next(iter(_ENCODERS)))
-    _ENCODERS[id(info)] = (info, encoder)
-    return encoder
+    return per_info(_ENCODERS, info, EntryEncoder)
 
 
 class EncodedEntries:
