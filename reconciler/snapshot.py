@@ -1026,16 +1026,8 @@ _ROW_SEP = ",\n      "  # between two table entries in the file form
 
 def snapshot_text(snap: Snapshot) -> str:
     rows, service_texts = _table_rows(snap)  # first: it also fills the fragment digests the digest needs
-    head = {
-        "apiVersion": API_VERSION,
-        "config": snap.config,
-        "digest": snap.digest,
-        "kind": KIND,
-        "pipeline": {"program": snap.program, "p4infoDigest": snap.p4info_digest},
-        "sources": {"intentCommit": snap.intent_commit, "clusterResourceVersion": snap.cluster_resource_version},
-        "version": snap.version,
-    }
-    head.update(snap.extra)
+    head = header_document(snap, [], {}, snap.digest)
+    del head["services"], head["tables"]  # made below from the texts
     # Each top-level value as a list of pieces, joined once at the end: the tables are ~60 MB at
     # 5,000 Services, and every intermediate string would copy them again.
     items: list[tuple[str, list[str]]] = [(k, [json.dumps(v, sort_keys=True, ensure_ascii=False)]) for k, v in head.items()]
