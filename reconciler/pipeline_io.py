@@ -11,7 +11,7 @@ from typing import Mapping, Sequence
 from finsy.proto import p4i
 
 from .cluster.model import ClusterState
-from .cluster.recorded import load_cluster_file
+from .cluster.recorded import load_cluster_bytes, read_cluster_file
 from .diff import diff_snapshots
 from .guard import removal_verdict
 from .intent.files import P4INFO, FileRefError, OperatorDirs, resolve
@@ -33,11 +33,18 @@ def load_inputs(
     intent_path: str, cluster_path: str, connections_path: str | None = None, dirs: OperatorDirs | None = None
 ) -> tuple[IntentSet, ClusterState, dict[str, dict[str, int]] | None]:
     intent = load_intent([intent_path], dirs=dirs)
-    cluster = load_cluster_file(cluster_path)
-    for issue in cluster.issues:  # what render cannot use is said, not silently dropped
-        print(f"{cluster_path}: warning: {issue.object}: {issue.message}", file=sys.stderr)
+    cluster = cluster_from(read_cluster_file(cluster_path), cluster_path)
     connections = load_connections(connections_path) if connections_path else None
     return intent, cluster, connections
+
+
+def cluster_from(recording: bytes, path: str) -> ClusterState:
+    """A recording's bytes parsed (InputError naming file, line and field when they are not a
+    whole cluster), with what render cannot use said on stderr, not silently dropped."""
+    cluster = load_cluster_bytes(recording, path)
+    for issue in cluster.issues:
+        print(f"{path}: warning: {issue.object}: {issue.message}", file=sys.stderr)
+    return cluster
 
 
 def load_connections(path: str) -> dict[str, dict[str, int]]:

@@ -325,7 +325,7 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
     from ..drain_progress import reason_parts
     from ..cluster.recorded import read_cluster_file
     from ..intent.loader import load_intent
-    from ..pipeline_io import config_p4info_digest
+    from ..pipeline_io import cluster_from, config_p4info_digest
     from ..render import Renderer
     from ..rendered_from import ISSUES_TRAILER, TRAILER, inputs_digest, issues_summary
     from ..state import StateDir
@@ -368,7 +368,7 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
         extra = tuple((k, entry.trailers[k]) for k in (TRAILER, ISSUES_TRAILER) if k in entry.trailers)
         return _report(config, args, audit, skipped, previous, extra)
     # Bad input is refused here, before anything is recorded or any switch is asked anything.
-    cluster = _read_cluster(recording, args.cluster)
+    cluster = cluster_from(recording, args.cluster)
     del recording
     # The usual pass (a previous snapshot, the intent accepted) reads both switches back while it
     # renders: they answer on their own while this process computes (TwoSwitchApplier.read_ahead;
@@ -497,17 +497,6 @@ async def _without_render(config: LoadBalancerConfig, args: argparse.Namespace, 
                   f"`p4kube plan` lists them)", file=sys.stderr)
         await asyncio.to_thread(applier.prepare, previous)  # while the switches answer
         return (previous, False, await _sync(config, args, previous, applier)), previous, untrusted
-
-
-def _read_cluster(recording: bytes, file: str) -> ClusterState:
-    """The recording parsed (InputError naming file, line and field when it is not a whole
-    cluster), with what render cannot use said on stderr, not dropped."""
-    from ..cluster.recorded import load_cluster_bytes
-
-    cluster = load_cluster_bytes(recording, file)
-    for problem in cluster.issues:
-        print(f"{file}: warning: {problem.object}: {problem.message}", file=sys.stderr)
-    return cluster
 
 
 def _close_interrupted(audit: AuditRepo | None, config: LoadBalancerConfig) -> None:
