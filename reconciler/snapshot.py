@@ -30,7 +30,6 @@ import jsonschema
 from .gcpause import gc_paused
 from . import p4names as n
 from . import snapshot_schema
-from .paths import SNAPSHOT_SCHEMA_PATH
 
 API_VERSION = "snapshot.p4kube.io/v1"
 KIND = "SwitchSnapshot"

@@ -14,7 +14,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any
 
-from ..gcpause import with_gc_paused
+from ..gcpause import gc_paused
 from ..intent.files import OperatorDirs
 from .errors import EXIT_DEGRADED
 from .output import emit
@@ -257,7 +257,7 @@ async def _apply(
 
 
 @_printing_result
-@with_gc_paused
+@gc_paused()
 def cmd_apply(args: argparse.Namespace) -> int:
     import asyncio  # not at the top: `p4kube --help` must not pay for it
     from ..intent.loader import load_intent
@@ -316,7 +316,7 @@ async def _apply_recorded(
 
 
 @_printing_result
-@with_gc_paused
+@gc_paused()
 def cmd_reconcile(args: argparse.Namespace) -> int:
     import asyncio  # not at the top: `p4kube --help` must not pay for it
     from ..app.signing import audit_keys, build_signer, intent_trust
@@ -506,7 +506,7 @@ def _close_interrupted(audit: AuditRepo | None, config: LoadBalancerConfig) -> N
 
 
 @_printing_result
-@with_gc_paused
+@gc_paused()
 def cmd_rollback(args: argparse.Namespace) -> int:
     import asyncio  # not at the top: `p4kube --help` must not pay for it
     from ..app.signing import audit_keys, build_signer

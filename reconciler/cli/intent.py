@@ -11,7 +11,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, cast
 
-from ..gcpause import with_gc_paused
+from ..gcpause import gc_paused
 from ..ghactions import command, stop_commands
 from ..intent.files import OperatorDirs
 from .errors import EXIT_ERROR, EXIT_OK, CommandError
@@ -153,7 +153,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return EXIT_ERROR if errors else EXIT_OK
 
 
-@with_gc_paused
+@gc_paused()
 def cmd_render(args: argparse.Namespace) -> int:
     from ..pipeline_io import load_inputs, render_one
     from ..snapshot import snapshot_schema_errors
@@ -193,7 +193,7 @@ def _plan_as(plans: Sequence[ConfigPlan], fmt: str, done: Mapping[str, str] | No
     return done.get(fmt) or format_plan(plans, cast(Format, fmt))
 
 
-@with_gc_paused
+@gc_paused()
 def cmd_plan(args: argparse.Namespace) -> int:
     from ..pipeline_io import load_inputs, make_plans
     from ..plan import exit_code, format_plan
@@ -210,7 +210,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     return exit_code(plans)
 
 
-@with_gc_paused
+@gc_paused()
 def cmd_check(args: argparse.Namespace) -> int:
     from ..intent.loader import validate_paths
     from ..pipeline_io import load_inputs, make_plans
