@@ -225,19 +225,6 @@ def _entries(snap: Snapshot | None) -> list[Entry]:
     return [e for es in snap.tables().values() for e in es]
 
 
-def _unordered_entries(snap: Snapshot | None) -> list[Entry]:
-    """Every entry of `snap`, in no particular order: what is compared as a set, or grouped by
-    table, need not pay for snapshot.tables()' sorting of ~350,000 entries."""
-    if snap is None:
-        return []
-    out: list[Entry] = []
-    for svc in snap.services:
-        for es in svc.entries().values():
-            out += es
-    out += snap.global_entries
-    return out
-
-
 def _unmatched(missing: list[Entry], extra: list[Entry], target: Snapshot | None) -> tuple[list[Entry], list[Entry]]:
     """What diff_entries(what the switch holds, the target) needs, from the entries whose bytes
     differ (`extra`: read, not expected; `missing`: expected, not read): every matched entry is
@@ -527,9 +514,7 @@ class TwoSwitchApplier:
             if snap is snapshot:
                 return encoded
         previous = self._encoded[0][1] if self._encoded else None
-        encoded = EncodedEntries.of_snapshot(
-            self.info, snapshot.services if snapshot is not None else (),
-            snapshot.global_entries if snapshot is not None else (), lambda: _unordered_entries(snapshot), previous)
+        encoded = EncodedEntries.of(self.info, snapshot, previous)
         self._encoded = [(snapshot, encoded)]
         return encoded
 
@@ -789,10 +774,7 @@ class TwoSwitchApplier:
         if cached is not None and cached[0] is expected_now and cached[1] is expected:
             now = cached[2]
         else:
-            now = EncodedEntries.of_snapshot(
-                self.info, expected_now.services if expected_now is not None else (),
-                expected_now.global_entries if expected_now is not None else (), lambda: _unordered_entries(expected_now),
-                expected)
+            now = EncodedEntries.of(self.info, expected_now, expected)
             self._encoded_now = (expected_now, expected, now)
         read_now = match_readback(blobs, now)
         extra_now = session.decode_entries(read_now.extra) if read_now.extra else []

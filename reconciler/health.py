@@ -31,7 +31,7 @@ from typing import Any, Literal, Protocol
 
 from .apply import compare_entries
 from .intent.model import HealthCheck
-from .snapshot import Entry, ServiceSnapshot, Snapshot
+from .snapshot import ServiceSnapshot, Snapshot
 from .switch import SwitchError, SwitchSession, cookie_problem
 from .switch.wire import EncodedEntries, match_readback
 
@@ -258,22 +258,13 @@ async def check_drift(
     # compared by value. Every matched entry is equal on both sides, so the differences of the
     # unmatched ones are all the differences (keys are unique on a switch and in a snapshot).
     blobs = await session.read_encoded()
-    expected = EncodedEntries.of_snapshot(
-        session.info, snapshot.services if snapshot is not None else (),
-        snapshot.global_entries if snapshot is not None else (), lambda: _entries_of(snapshot))
+    expected = EncodedEntries.of(session.info, snapshot)
     read = match_readback(blobs, expected)
     extra = session.decode_entries(read.extra) if read.extra else []  # default entries dropped
     diffs = compare_entries(extra, expected.at(read.missing), limit=limit)
     if defaults:
         diffs += await _default_drift(session)
     return DriftReport(session.name, tuple(diffs), len(blobs) - len(read.extra) + len(extra))
-
-
-def _entries_of(snapshot: Snapshot | None) -> list[Entry]:
-    """`snapshot`'s entries in the order EncodedEntries.of_snapshot encodes them."""
-    if snapshot is None:
-        return []
-    return [e for svc in snapshot.services for es in svc.entries().values() for e in es] + list(snapshot.global_entries)
 
 
 async def _default_drift(session: SwitchSession) -> list[str]:

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import os
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, cast
 
@@ -196,7 +195,7 @@ def _plan_as(plans: Sequence[ConfigPlan], fmt: str, done: Mapping[str, str] | No
 @gc_paused()
 def cmd_plan(args: argparse.Namespace) -> int:
     from ..pipeline_io import load_inputs, make_plans
-    from ..plan import exit_code, format_plan
+    from ..plan import exit_code
 
     dirs = OperatorDirs.from_args(args)
     intent, cluster, connections = load_inputs(args.intent, args.cluster, args.connections, dirs)

@@ -31,7 +31,7 @@ from reconciler.protowire import length_delimited, varint
 from reconciler.diff import Update
 from reconciler.p4info import PipelineInfo
 from reconciler import p4names as n
-from reconciler.snapshot import Entry, ServiceSnapshot, backend_key
+from reconciler.snapshot import Entry, ServiceSnapshot, Snapshot, backend_key
 from reconciler.switch.codec import Encoder, LpmEncoder
 from reconciler.switch.translate import EXACT, LPM, TranslationError, compiled, election_id_proto, entry_to_proto, per_info
 
@@ -318,6 +318,18 @@ class EncodedEntries:
         self._services = services
         self._global = global_entries
         return self
+
+    @classmethod
+    def of(cls, info: PipelineInfo, snap: Snapshot | None, previous: EncodedEntries | None = None) -> EncodedEntries:
+        """of_snapshot() for a whole snapshot (None: empty tables), its entries made again from it
+        in the same order when a read-back differs."""
+        if snap is None:
+            return cls.of_snapshot(info, (), (), list, previous)
+
+        def source() -> list[Entry]:
+            return [e for svc in snap.services for es in svc.entries().values() for e in es] + list(snap.global_entries)
+
+        return cls.of_snapshot(info, snap.services, snap.global_entries, source, previous)
 
     def __len__(self) -> int:
         return len(self.blobs)
