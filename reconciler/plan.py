@@ -140,7 +140,7 @@ def summary_counts(plans: Sequence[ConfigPlan]) -> dict[str, int]:
     for p in plans:
         for c in p.diff.services:
             out[c.change] += 1
-            if c.change == "changed" or c.old is not None and c.old.drains:
+            if c.change == "changed":  # an added or removed Service has no drain to start or finish
                 r = drain_report(c)
                 out["drainsStarted"] += r.started_buckets
                 out["drainsFinished"] += r.finished

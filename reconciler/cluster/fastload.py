@@ -46,11 +46,6 @@ class Unusual(Exception):
     """The text is not plain kubectl-shaped data (or does not parse): read it the full way."""
 
 
-def available() -> bool:
-    """Whether PyYAML has its libyaml parser (without it the fast path would be slower)."""
-    return _CParser is not None
-
-
 def yaml_documents(text: str, resolve: Callable[[str], Any], max_depth: int) -> list[Any]:
     """The documents of `text`; Unusual when it holds anything but plain data, nests deeper than
     `max_depth`, repeats a key or does not parse. `resolve` turns a plain scalar into its value,

@@ -200,16 +200,13 @@ def _parse(text: str, file: str, *, fast: bool = True) -> list[Any]:
             raise InputError([Diagnostic(file, e.lineno, e.colno, f"JSON syntax error: {e.msg}")]) from e
     builder = _EventBuilder()
     try:
-        if fast:
-            try:  # the line reader first: kubectl's block YAML, without an object per event
-                return blockyaml.yaml_documents(text, builder.plain_data, RECORDING_MAX_DEPTH)
+        # The line reader first (kubectl's block YAML, without an object per event), then
+        # libyaml's events; text neither takes goes to the full loader, which words the errors.
+        for fast_path in (blockyaml.yaml_documents, fastload.yaml_documents) if fast else ():
+            try:
+                return fast_path(text, builder.plain_data, RECORDING_MAX_DEPTH)
             except Unusual:
                 pass
-        if fast and fastload.available():
-            try:
-                return fastload.yaml_documents(text, builder.plain_data, RECORDING_MAX_DEPTH)
-            except Unusual:
-                pass  # not plain kubectl-shaped data: the full loader reads it (and words the errors)
         return builder.documents(text)
     except _DataError as e:
         raise InputError([Diagnostic(file, e.line, e.column, f"invalid YAML: {e.message}")]) from e
