@@ -216,8 +216,7 @@ class EntryEncoder:
         buckets = self._bucket_chunks(slots[1], len(svc.assignment))
         backend = [prefix + chunk + tails[k] for chunk, k in zip(buckets, svc.assignment)]
         vip = Entry(n.VIP_TABLE, (svc.vip, svc.port, proto), n.SET_SERVICE, (sid, svc.bucket_count - 1))
-        reverse = sorted((Entry(n.REVERSE_NAT, (b.address, b.port, proto), n.SNAT, (svc.vip, svc.port)) for b in svc.backends),
-                         key=Entry.sort_key)
+        reverse = [Entry(n.REVERSE_NAT, k, n.SNAT, (svc.vip, svc.port)) for k in svc.reverse_nat_keys()]
         blobs = (self.encode(vip), *backend, *[self.encode(e) for e in reverse])
         return blobs, (n.VIP_TABLE,) + (n.BACKEND_TABLE,) * len(backend) + (n.REVERSE_NAT,) * len(reverse)
 
