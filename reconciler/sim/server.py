@@ -43,10 +43,6 @@ from reconciler.sim.writes import UpdateResult
 log = logging.getLogger("reconciler.sim")
 
 STATUS_DETAILS_KEY = "grpc-status-details-bin"
-def _read_response_bytes(response: bytes) -> bytes:
-    return response
-
-
 READ_CHUNK = 10_000  # spec mode splits large reads; BMv2 always sends one message
 
 
@@ -143,13 +139,13 @@ class SoftwareSwitch:
             options=[("grpc.so_reuseport", 0)],  # a port in use must fail, not be shared
         )
         service = _P4RuntimeService(self)
-        # Read first: its responses are bytes already (the generated handler below would
-        # serialize a message); gRPC asks the handlers in the order they were added.
-        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("p4.v1.P4Runtime", {
-            "Read": grpc.unary_stream_rpc_method_handler(
-                service.read_bytes, request_deserializer=p4r.ReadRequest.FromString, response_serializer=_read_response_bytes),
-        }),))
         p4r_grpc.add_P4RuntimeServicer_to_server(service, server)
+        # Read answers with bytes already serialized (the entities' read bytes are cached): it
+        # replaces the generated handler, which would parse them into a message and serialize
+        # it again. Registered method handlers are asked before generic ones, so it must be one.
+        server.add_registered_method_handlers("p4.v1.P4Runtime", {
+            "Read": grpc.unary_stream_rpc_method_handler(service.read_bytes, request_deserializer=p4r.ReadRequest.FromString),
+        })
         try:
             if self.tls is not None:
                 port = server.add_secure_port(address, self.tls.credentials())
@@ -486,7 +482,8 @@ class _P4RuntimeService(p4r_grpc.P4RuntimeServicer):
 
     def Read(self, request: p4r.ReadRequest, context: grpc.ServicerContext
              ) -> Iterator[p4r.ReadResponse]:
-        """The servicer's Read as messages (the server itself serves read_bytes)."""
+        """The servicer interface's Read, as messages. Not what is served: start() registers
+        read_bytes in its place."""
         for chunk in self.read_bytes(request, context):
             yield p4r.ReadResponse.FromString(chunk)
 
