@@ -35,6 +35,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
         "reconciler.diff",
         "reconciler.guard", "reconciler.apply", "reconciler.switch", "reconciler.audit", "reconciler.kube",
         "reconciler.fallback", "reconciler.pipeline_io", "reconciler.state", "reconciler.crd", "reconciler.rendered_from",
+        "reconciler.pass_cache",
         "reconciler.generated", "reconciler.sim",
     )),
     # The values that flow between stages.
