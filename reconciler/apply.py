@@ -57,6 +57,7 @@ from .switch import (
     cookie_problem,
     pipeline_cookie,
 )
+from .switch.encoded_memo import KnownEncodings
 from .switch.tls import TlsSettings
 from .switch.tls import require_tls as _require_tls  # the factory's keyword has its name
 from .switch.translate import check_election_base, split_election_id, wire_election_id
@@ -345,6 +346,8 @@ class TwoSwitchApplier:
         self._encoded: list[tuple[Snapshot | None, EncodedEntries]] = []
         # Within one apply(): expected_now's bytes for the drift of both switches (_drift).
         self._encoded_now: tuple[Snapshot | None, EncodedEntries, EncodedEntries] | None = None
+        # Services' bytes stored by an earlier process (know()), by fragment digest.
+        self._known: KnownEncodings | None = None
         # Told where each transaction is (Progress); set by a face that shows it, None elsewhere.
         self.progress: ProgressCallback | None = None
         # read_ahead(): switch -> (the session it went out on, the full read), for the next step.
@@ -502,6 +505,21 @@ class TwoSwitchApplier:
         self._held_known.clear()
         self._encoded = []
 
+    def know(self, known: KnownEncodings | None) -> None:
+        """Encoded entries stored by an earlier process (encoded_memo.load_encodings), or None:
+        every later encoding of a snapshot (the target's, the last good one's) takes the bytes
+        of a Service whose fragment digest is in `known` instead of encoding it."""
+        self._known = known
+
+    def encoded_for(self, snapshot: Snapshot | None) -> EncodedEntries | None:
+        """The encoded entries of `snapshot` (the very object) kept since the last apply(),
+        sync() or prepare(), for encoded_memo.dump_encodings; None when not kept (or after
+        close())."""
+        for snap, encoded in self._encoded:
+            if snap is snapshot:
+                return encoded
+        return None
+
     def prepare(self, snapshot: Snapshot | None) -> None:
         """Encode `snapshot`'s entries now, so that the next apply() or sync() to it compares the
         read-backs at once. CPU-bound: reconcile --once calls it in a worker thread while the
@@ -510,11 +528,11 @@ class TwoSwitchApplier:
 
     def _expected(self, snapshot: Snapshot | None) -> EncodedEntries:
         """`snapshot`'s entries encoded as a switch returns them (switch/wire.py), cached."""
-        for snap, encoded in self._encoded:
-            if snap is snapshot:
-                return encoded
+        cached = self.encoded_for(snapshot)
+        if cached is not None:
+            return cached
         previous = self._encoded[0][1] if self._encoded else None
-        encoded = EncodedEntries.of(self.info, snapshot, previous)
+        encoded = EncodedEntries.of(self.info, snapshot, previous, self._known)
         self._encoded = [(snapshot, encoded)]
         return encoded
 
@@ -774,7 +792,7 @@ class TwoSwitchApplier:
         if cached is not None and cached[0] is expected_now and cached[1] is expected:
             now = cached[2]
         else:
-            now = EncodedEntries.of(self.info, expected_now, expected)
+            now = EncodedEntries.of(self.info, expected_now, expected, self._known)
             self._encoded_now = (expected_now, expected, now)
         read_now = match_readback(blobs, now)
         extra_now = session.decode_entries(read_now.extra) if read_now.extra else []

@@ -18,8 +18,9 @@ metadata and every other zero field absent. It equals entry_to_proto(...).Serial
 
 from __future__ import annotations
 
+import logging
 from bisect import bisect_right
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,6 +34,7 @@ from reconciler.p4info import PipelineInfo
 from reconciler import p4names as n
 from reconciler.snapshot import Entry, ServiceSnapshot, Snapshot, backend_key
 from reconciler.switch.codec import Encoder, LpmEncoder
+from reconciler.switch.encoded_memo import KnownEncodings
 from reconciler.switch.translate import EXACT, LPM, TranslationError, compiled, election_id_proto, entry_to_proto, per_info
 
 __all__ = [
@@ -47,7 +49,10 @@ __all__ = [
     "write_requests",
 ]
 
+log = logging.getLogger("reconciler.switch.wire")
+
 _CACHE_LIMIT = 1 << 17  # values remembered per field or parameter (a long-running process churns)
+_KNOWN_SAMPLE = 8  # Services taken from KnownEncodings that of_snapshot encodes again to compare
 
 
 class _Slot(dict[object, bytes]):
@@ -281,25 +286,39 @@ class EncodedEntries:
 
     @classmethod
     def of_snapshot(cls, info: PipelineInfo, services: Sequence[ServiceSnapshot], global_entries: Sequence[Entry],
-                    source: Callable[[], Iterable[Entry]], previous: EncodedEntries | None = None) -> EncodedEntries:
+                    source: Callable[[], Iterable[Entry]], previous: EncodedEntries | None = None,
+                    known: KnownEncodings | None = None) -> EncodedEntries:
         """The entries of `services` (each Service's entries(), in order) then `global_entries`,
         encoded without making their Entry objects (`source` makes them, in that order, when a
         read-back differs). A Service equal to one of `previous` (same P4Info) reuses its bytes:
-        a changed snapshot encodes only the Services that changed."""
+        a changed snapshot encodes only the Services that changed. Else a Service whose fragment
+        digest is in `known` (stored by an earlier process, for this P4Info) takes its bytes
+        from there; a sample of those is encoded again, and on any difference `known` is not
+        used at all."""
         encode = encoder_for(info)
         cache = previous._per_service if previous is not None and previous._info is info else {}
+        stored = known.services if known is not None and known.for_info(info) else None
+        taken: list[ServiceSnapshot] = []  # the Services whose bytes came from `known`
         per_service: dict[ServiceSnapshot, tuple[tuple[bytes, ...], tuple[str, ...]]] = {}
         blobs: list[bytes] = []
         tables: list[str] = []
         starts: list[int] = []
         for svc in services:
-            hit = cache.get(svc)
+            hit = cache.get(svc) or per_service.get(svc)
+            if hit is None and stored is not None:
+                digest = _digest_of(svc)
+                hit = stored.get(digest) if digest else None
+                if hit is not None:
+                    taken.append(svc)
             if hit is None:
-                hit = per_service.get(svc) or encode.encode_service(svc)
+                hit = encode.encode_service(svc)
             per_service[svc] = hit
             starts.append(len(blobs))
             blobs += hit[0]
             tables += hit[1]
+        if taken and not _agree(encode, taken, per_service):
+            log.warning("stored encoded entries differ from this reconciler's encoding: every Service is encoded")
+            return cls.of_snapshot(info, services, global_entries, source, previous)  # as if nothing were known
         starts.append(len(blobs))  # the global entries start here
         for e in global_entries:
             blobs.append(encode.encode(e))
@@ -319,7 +338,8 @@ class EncodedEntries:
         return self
 
     @classmethod
-    def of(cls, info: PipelineInfo, snap: Snapshot | None, previous: EncodedEntries | None = None) -> EncodedEntries:
+    def of(cls, info: PipelineInfo, snap: Snapshot | None, previous: EncodedEntries | None = None,
+           known: KnownEncodings | None = None) -> EncodedEntries:
         """of_snapshot() for a whole snapshot (None: empty tables), its entries made again from it
         in the same order when a read-back differs."""
         if snap is None:
@@ -328,7 +348,14 @@ class EncodedEntries:
         def source() -> list[Entry]:
             return [e for svc in snap.services for es in svc.entries().values() for e in es] + list(snap.global_entries)
 
-        return cls.of_snapshot(info, snap.services, snap.global_entries, source, previous)
+        return cls.of_snapshot(info, snap.services, snap.global_entries, source, previous, known)
+
+    def service_layout(self) -> tuple[PipelineInfo, Sequence[ServiceSnapshot], Sequence[int]] | None:
+        """(P4Info, Services, where each Service's entries start, then where the global entries
+        start) when made by of_snapshot, else None: what encoded_memo.dump_encodings stores."""
+        if not self._starts:
+            return None
+        return self._info, self._services, self._starts
 
     def __len__(self) -> int:
         return len(self.blobs)
@@ -387,6 +414,28 @@ class EncodedEntries:
         """Every entry but those at `positions`."""
         skip = set(positions)
         return [e for i, e in enumerate(self.entries) if i not in skip]
+
+
+def _digest_of(svc: ServiceSnapshot) -> str:
+    """The Service's fragment digest (cached on it; the snapshot's digest is made of them), or ""
+    (never stored) when it cannot be made: encode_service then refuses the Service as always."""
+    try:
+        return svc.fragment_digest
+    except Exception:  # noqa: BLE001 (whatever it is, the old path decides)
+        return ""
+
+
+def _agree(encode: EntryEncoder, taken: Sequence[ServiceSnapshot],
+           got: Mapping[ServiceSnapshot, tuple[tuple[bytes, ...], tuple[str, ...]]]) -> bool:
+    """Whether a spread of the Services whose bytes were stored encodes to those bytes now: a
+    change of the encoding that was not given a new version (encoded_memo._ENCODING) must not
+    put stale bytes on a switch."""
+    step = max(1, len(taken) // _KNOWN_SAMPLE)
+    sample = {id(svc): svc for svc in [*taken[::step][:_KNOWN_SAMPLE], taken[-1]]}
+    try:
+        return all(encode.encode_service(svc) == got[svc] for svc in sample.values())
+    except (TranslationError, LookupError, ValueError):
+        return False  # the Service does not encode: the old path says why
 
 
 @dataclass(frozen=True)

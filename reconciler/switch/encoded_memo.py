@@ -1,0 +1,215 @@
+"""A snapshot's encoded entries, stored so that a fresh process reuses them (issue 13).
+
+`reconcile --once` is a new process each run; encoding every entry of the last applied
+snapshot and of the target (switch/wire.py) costs it more than anything else once the switches
+answer. The bytes of a Service's entries depend only on its fragment (ServiceSnapshot
+.fragment_digest: same digest, same entries) and on the P4Info, so the last run's bytes are
+stored by fragment digest, and the next run encodes only the Services whose fragment is new.
+
+The stored form is one protobuf message (a type built here from a descriptor, parsed by
+protobuf's C parser: 350,000 entries load in milliseconds, where a loop per entry would cost
+what it saves), behind a header with the format version and a sha256 of the message: a stored
+byte that changed would otherwise be written to a switch as it is and then read back as
+"equal". Anything that does not check out raises ValueError; the caller then encodes as before.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from itertools import groupby
+from types import MappingProxyType
+from typing import Any, Protocol
+
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+from google.protobuf.message import DecodeError
+
+from reconciler.p4info import PipelineInfo
+from reconciler.protowire import varint
+from reconciler.snapshot import ServiceSnapshot
+from reconciler.switch.translate import per_info
+
+__all__ = ["FORMAT_VERSION", "EncodedLayout", "KnownEncodings", "dump_encodings", "info_key", "load_encodings"]
+
+FORMAT_VERSION = 1
+_MAGIC = b"p4kube-encoded-entries\x00"
+_HEAD = len(_MAGIC) + 2 + 32  # magic, version (2 bytes, big-endian), sha256 of the message
+_DIGEST = re.compile(r"[0-9a-f]{64}")
+# What the bytes mean: bump it with any change to switch/wire.py's canonical form, so that bytes
+# stored by another version are not taken for ours (of_snapshot also re-encodes a sample).
+_ENCODING = "p4runtime-canonical-table-entry/1"
+
+Encoded = tuple[tuple[bytes, ...], tuple[str, ...]]  # a Service's entries' bytes, and each one's table
+
+
+@dataclass(frozen=True)
+class KnownEncodings:
+    """Fragment digest -> that Service's entries as EncodedEntries.of_snapshot lays them out
+    (encode_service: the bytes, and each one's table), valid for the P4Info whose info_key()
+    is `info_key` alone."""
+
+    info_key: str
+    services: Mapping[str, Encoded]
+
+    def __len__(self) -> int:
+        return len(self.services)
+
+    def for_info(self, info: PipelineInfo) -> bool:
+        """Whether these bytes were encoded for `info` (same tables, actions, ids and widths)."""
+        return self.info_key == info_key(info)
+
+
+class EncodedLayout(Protocol):
+    """What dump_encodings needs of an EncodedEntries (switch/wire.py, which imports this module)."""
+
+    @property
+    def blobs(self) -> Sequence[bytes]: ...
+
+    @property
+    def tables(self) -> Sequence[str]: ...
+
+    def service_layout(self) -> tuple[PipelineInfo, Sequence[ServiceSnapshot], Sequence[int]] | None: ...
+
+
+_KEYS: dict[int, tuple[PipelineInfo, str]] = {}
+
+
+def info_key(info: PipelineInfo) -> str:
+    """sha256 of what the encoding depends on in `info` (every table's and action's id, match
+    fields, params and widths), and of the encoding's own version."""
+    return per_info(_KEYS, info, _info_key)
+
+
+def _info_key(info: PipelineInfo) -> str:
+    tables = [
+        [t.name, t.id, [[f.name, f.id, f.bitwidth, f.match_type] for f in t.match_fields], list(t.action_ids),
+         sorted(t.default_only_action_ids)]
+        for t in sorted(info.tables.values(), key=lambda t: t.name)
+    ]
+    actions = [[a.name, a.id, [[p.name, p.id, p.bitwidth] for p in a.params]]
+               for a in sorted(info.actions.values(), key=lambda a: a.name)]
+    text = json.dumps([_ENCODING, tables, actions], separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _message_type() -> Any:
+    """The stored message, built from a descriptor (no .proto of our own to compile). Per Service
+    (in `digests` order): its entry count and its number of table runs; per run (a table's
+    consecutive entries): the table (index into table_names and table_ids) and its length; then
+    every entry's bytes, Service after Service."""
+    proto = descriptor_pb2.FileDescriptorProto(name="p4kube/encoded_memo.proto", package="p4kube.memo", syntax="proto3")
+    msg = proto.message_type.add(name="Encodings")
+    f = descriptor_pb2.FieldDescriptorProto
+    fields = [("info_key", f.TYPE_STRING, f.LABEL_OPTIONAL), ("digests", f.TYPE_STRING, f.LABEL_REPEATED),
+              ("counts", f.TYPE_UINT32, f.LABEL_REPEATED), ("runs", f.TYPE_UINT32, f.LABEL_REPEATED),
+              ("run_tables", f.TYPE_UINT32, f.LABEL_REPEATED), ("run_lengths", f.TYPE_UINT32, f.LABEL_REPEATED),
+              ("table_names", f.TYPE_STRING, f.LABEL_REPEATED), ("blobs", f.TYPE_BYTES, f.LABEL_REPEATED),
+              ("table_ids", f.TYPE_UINT32, f.LABEL_REPEATED)]
+    for number, (name, kind, label) in enumerate(fields, 1):
+        msg.field.add(name=name, number=number, type=kind, label=label)
+    pool = descriptor_pool.DescriptorPool()
+    pool.Add(proto)
+    return message_factory.GetMessageClass(pool.FindMessageTypeByName("p4kube.memo.Encodings"))
+
+
+_ENCODINGS = _message_type()
+
+
+def dump_encodings(encoded: EncodedLayout) -> bytes:
+    """The Services' entries of `encoded` (made by EncodedEntries.of_snapshot or .of), by
+    fragment digest, as load_encodings reads them. The global entries are left out (they are
+    few, and no digest names them). ValueError for entries not laid out per Service."""
+    layout = encoded.service_layout()
+    if layout is None:
+        raise ValueError("these encoded entries were not made per Service (EncodedEntries.of_snapshot)")
+    info, services, starts = layout
+    blobs, tables = encoded.blobs, encoded.tables
+    msg = _ENCODINGS(info_key=info_key(info))
+    names: dict[str, int] = {}
+    seen: set[str] = set()
+    for k, svc in enumerate(services):
+        digest = svc.fragment_digest
+        if digest in seen:
+            continue  # the same fragment twice: the same entries, stored once
+        seen.add(digest)
+        start, stop = starts[k], starts[k + 1]
+        runs = [(t, len(list(group))) for t, group in groupby(tables[start:stop])]
+        msg.digests.append(digest)
+        msg.counts.append(stop - start)
+        msg.runs.append(len(runs))
+        msg.run_tables.extend([names.setdefault(t, len(names)) for t, _ in runs])
+        msg.run_lengths.extend([length for _, length in runs])
+        msg.blobs.extend(blobs[start:stop])
+    msg.table_names.extend(names)
+    msg.table_ids.extend([info.table(t).id for t in names])
+    body: bytes = msg.SerializeToString()
+    return _MAGIC + FORMAT_VERSION.to_bytes(2, "big") + hashlib.sha256(body).digest() + body
+
+
+def load_encodings(data: bytes) -> KnownEncodings:
+    """What dump_encodings wrote; ValueError saying why for anything else (another format
+    version, a damaged or truncated file, counts that do not add up)."""
+    if not data.startswith(_MAGIC):
+        raise ValueError("not stored encoded entries: the p4kube-encoded-entries header is missing")
+    if len(data) < _HEAD:
+        raise ValueError("stored encoded entries: truncated header")
+    version = int.from_bytes(data[len(_MAGIC):len(_MAGIC) + 2], "big")
+    if version != FORMAT_VERSION:
+        raise ValueError(f"stored encoded entries: format version {version}, this reconciler reads version {FORMAT_VERSION}")
+    body = memoryview(data)[_HEAD:]
+    if hashlib.sha256(body).digest() != data[_HEAD - 32:_HEAD]:
+        raise ValueError("stored encoded entries: checksum mismatch (the file is damaged or truncated)")
+    try:
+        msg = _ENCODINGS.FromString(body)
+    except DecodeError as e:
+        raise ValueError(f"stored encoded entries: the message does not parse: {e}") from None
+    return KnownEncodings(msg.info_key, MappingProxyType(_services(msg)))
+
+
+def _bad(why: str) -> ValueError:
+    return ValueError(f"stored encoded entries: {why}")
+
+
+def _services(msg: Any) -> dict[str, Encoded]:
+    """The message's Services, checked: every count adds up before anything is sliced."""
+    digests, counts, runs = list(msg.digests), list(msg.counts), list(msg.runs)
+    run_tables, run_lengths, names = list(msg.run_tables), list(msg.run_lengths), tuple(msg.table_names)
+    heads = [b"\x08" + varint(i) for i in msg.table_ids]  # how a TableEntry of each table starts
+    blobs = tuple(msg.blobs)
+    if not _DIGEST.fullmatch(msg.info_key):
+        raise _bad("no P4Info key")
+    if not len(digests) == len(counts) == len(runs):
+        raise _bad(f"{len(digests)} Services but {len(counts)} entry counts and {len(runs)} run counts")
+    if sum(counts) != len(blobs):
+        raise _bad(f"the Services' entry counts add up to {sum(counts)}, but {len(blobs)} entries are stored")
+    if not sum(runs) == len(run_tables) == len(run_lengths):
+        raise _bad(f"the Services' run counts add up to {sum(runs)}, but {len(run_tables)} tables "
+                   f"and {len(run_lengths)} lengths of runs are stored")
+    if len(set(names)) != len(names) or not all(names) or len(heads) != len(names) or len(set(heads)) != len(heads):
+        raise _bad("table names or ids missing, empty or repeated")
+    if run_tables and max(run_tables) >= len(names):
+        raise _bad(f"a run names table {max(run_tables)} of {len(names)}")
+    if run_lengths and min(run_lengths) == 0:
+        raise _bad("an empty run")
+    if len(set(digests)) != len(digests) or not all(_DIGEST.fullmatch(d) for d in digests):
+        raise _bad("fragment digests malformed or repeated")
+    shapes: dict[tuple[int, ...], tuple[str, ...]] = {}  # Services of one shape share their tables tuple
+    out: dict[str, Encoded] = {}
+    e = r = 0
+    for digest, count, nruns in zip(digests, counts, runs):
+        shape = tuple(run_tables[r:r + nruns] + run_lengths[r:r + nruns])
+        tables = shapes.get(shape)
+        if tables is None:
+            tables = shapes[shape] = sum(((names[t],) * n for t, n in zip(shape[:nruns], shape[nruns:])), ())
+        if len(tables) != count:
+            raise _bad(f"Service {digest[:12]}: {count} entries, but its runs hold {len(tables)}")
+        out[digest] = (blobs[e:e + count], tables)
+        for t, length in zip(shape[:nruns], shape[nruns:]):  # each run's ends are of its table
+            if not (blobs[e].startswith(heads[t]) and blobs[e + length - 1].startswith(heads[t])):
+                raise _bad(f"Service {digest[:12]}: entries {e}..{e + length - 1} are not all of table {names[t]}")
+            e += length
+        r += nruns
+    return out
