@@ -17,14 +17,17 @@ when its snapshot name changes because its Service gained, lost or renamed a por
 
 from __future__ import annotations
 
+import hashlib
 import heapq
 import itertools
 import logging
 import time
-from dataclasses import dataclass, field, replace
-from typing import Hashable, Iterable, Mapping, cast
+from dataclasses import dataclass, field, fields, replace
+from typing import Any, Hashable, Iterable, Mapping, cast
 
-from ..cluster.model import ClusterState, Service, ServicePort
+import orjson
+
+from ..cluster.model import ClusterState, Endpoint, Node, Service, ServicePort
 from ..diagnostics import clip
 from ..intent.model import LoadBalancerConfig
 from ..p4names import IP_PROTOCOLS
@@ -32,6 +35,7 @@ from ..snapshot import Backend, Drain, ServiceSnapshot, Snapshot, Value, backend
 from . import buckets
 from .drain import drain_timeout, drains_ended, next_drains
 from .allocate import Exhausted, IntSpace, Pool, VipSpace
+from .memo import Holdings, KeyMemo, RenderMemo, config_digest, sort_key
 from .select import CLUSTER_TRAFFIC_POLICY, entry_name, node_backends, selection, target_port, trusted_pod_backend, untrusted_backends_issue
 
 log = logging.getLogger(__name__)
@@ -149,7 +153,7 @@ class Renderer:
             todo = set(changed)
         else:
             assert st is not None  # reuse says so
-            todo = {k for k in st.keys.keys() | cluster.services.keys() if _fingerprint(cluster, k, connections) != _cached_fp(st, k)}
+            todo = {k for k in st.keys.keys() | cluster.services.keys() if not _same_inputs(_fingerprint(cluster, k, connections), _cached_fp(st, k))}
         assert st is not None
         if st.freed:
             todo |= {k for k, wants in st.retry_keys.items() if wants & st.freed}
@@ -241,6 +245,57 @@ class Renderer:
         return RenderResult(snap, issues, frozenset(done), is_changed)
 
 
+    def memo(self) -> RenderMemo:
+        """What the next render needs beyond its previous snapshot (the last result's), for
+        `resume` in another process. Raises RuntimeError before the first render."""
+        st = self._state
+        if st is None or st.base is None:
+            raise RuntimeError("Renderer.memo(): nothing rendered yet")
+        seeded = _fresh_state(st.config, st.p4info_digest, st.base, finish=False)
+        return RenderMemo(
+            config_digest=config_digest(st.config),
+            p4info_digest=st.p4info_digest,
+            base_digest=st.base.digest,
+            keys=tuple(
+                KeyMemo(
+                    key=k,
+                    fingerprint=_digest_of(ks.fingerprint),
+                    names=ks.names,
+                    issues=tuple((i.service, i.message, i.severity) for i in ks.issues),
+                    kept=tuple(sorted(ks.kept)),
+                )
+                for k, ks in sorted(st.keys.items())
+            ),
+            retry_keys=tuple((k, tuple(sorted(marks, key=sort_key))) for k, marks in sorted(st.retry_keys.items())),
+            freed=tuple(sorted(st.freed, key=sort_key)),
+            vips=_holdings(st.vips.value_of, seeded.vips.value_of),
+            service_ids=_holdings(st.service_ids.value_of, seeded.service_ids.value_of),
+            backend_ids=_holdings(st.backend_ids.value_of, seeded.backend_ids.value_of),
+            reverse_owner=_holdings(st.reverse_owner, seeded.reverse_owner),
+        )
+
+    def resume(self, memo: RenderMemo, config: LoadBalancerConfig, previous: Snapshot | None, *, p4info_digest: str) -> bool:
+        """Take up the state `memo` describes, so that the next render(config, ..., previous)
+        redoes only the Services whose inputs differ from the memo's. False (and a fresh
+        renderer: the next render is a full one) when the memo is not of this config, P4Info
+        and previous snapshot, or does not fit that snapshot."""
+        self._state = None
+        if (
+            previous is None
+            or memo.config_digest != config_digest(config)
+            or memo.p4info_digest != p4info_digest
+            or memo.base_digest != previous.digest
+            or previous.config != config.key
+        ):
+            return False
+        st = _resumed_state(memo, config, p4info_digest, previous)
+        if st is None:
+            log.warning("render memo does not fit the last applied snapshot v%s; rendering every Service", previous.version)
+            return False
+        self._state = st
+        return True
+
+
 def render(
     config: LoadBalancerConfig,
     cluster: ClusterState,
@@ -314,7 +369,9 @@ def kept_suffix(version: int) -> str:
     return f"; kept as in v{version} (last applied) until fixed"
 
 
-def _fresh_state(config: LoadBalancerConfig, p4info_digest: str, previous: Snapshot | None) -> _State:
+def _fresh_state(config: LoadBalancerConfig, p4info_digest: str, previous: Snapshot | None, finish: bool = True) -> _State:
+    """The state of a full render from `previous` (`finish`=False: pools seeded, not yet ready
+    to allocate, as memo() and resume compare and amend them)."""
     st = _State(
         config=config,
         p4info_digest=p4info_digest,
@@ -335,9 +392,103 @@ def _fresh_state(config: LoadBalancerConfig, p4info_digest: str, previous: Snaps
             ks = st.keys.setdefault(svc.service_key, _KeyState(None, (), ()))
             ks.names = ks.names + (svc.name,)
         st.reorder()
-    for pool in (st.vips, st.service_ids, st.backend_ids):
-        pool.finish_seed()
+    if finish:
+        for pool in (st.vips, st.service_ids, st.backend_ids):
+            pool.finish_seed()
     return st
+
+
+def _resumed_state(memo: RenderMemo, config: LoadBalancerConfig, p4info_digest: str, previous: Snapshot) -> _State | None:
+    """The state `previous` seeds, amended by `memo`; None when the memo does not fit it (a
+    Service's names, a value held twice): then only a full render is sure."""
+    st = _fresh_state(config, p4info_digest, previous, finish=False)
+    seeded = st.keys
+    st.keys = {}
+    for km in memo.keys:
+        ks = seeded.pop(km.key, None)
+        if sorted(km.names) != sorted(ks.names if ks is not None else ()):
+            return None
+        fp = _Digest(km.fingerprint) if km.fingerprint is not None else None
+        issues = tuple(RenderIssue(*i) for i in km.issues)
+        st.keys[km.key] = _KeyState(fp, km.names, issues, frozenset(km.kept))
+        if issues:
+            st.issue_keys.add(km.key)
+    if seeded:  # Services of the snapshot the memo knows nothing of
+        return None
+    st.retry_keys = {k: frozenset(marks) for k, marks in memo.retry_keys}
+    if not st.retry_keys.keys() <= st.keys.keys():
+        return None
+    st.freed = frozenset(memo.freed)
+    for pool, held in ((st.vips, memo.vips), (st.service_ids, memo.service_ids), (st.backend_ids, memo.backend_ids)):
+        if not _amend(pool.value_of, held) or not _amend_pool(pool, held):
+            return None
+        pool.finish_seed()
+    if not _amend(st.reverse_owner, memo.reverse_owner):
+        return None
+    return st
+
+
+def _holdings(actual: Mapping[Any, Any], seeded: Mapping[Any, Any]) -> Holdings:
+    """How `actual` differs from what the base snapshot seeds."""
+    missing = object()
+    held = [(k, v) for k, v in actual.items() if seeded.get(k, missing) != v]
+    dropped = [k for k in seeded if k not in actual]
+    return Holdings(tuple(sorted(held, key=sort_key)), tuple(sorted(dropped, key=sort_key)))
+
+
+def _amend(mapping: dict[Any, Any], h: Holdings) -> bool:
+    """Apply Holdings to a mapping seeded from the base snapshot; False if they do not fit it."""
+    missing = object()
+    for k in h.dropped:
+        if mapping.pop(k, missing) is missing:
+            return False
+    mapping.update(h.held)
+    return True
+
+
+def _amend_pool(pool: Pool[Any], h: Holdings) -> bool:
+    """Make the pool's value -> owner map the inverse of its (amended) owner -> value map."""
+    pool.owner_of = {v: o for o, v in pool.value_of.items()}
+    return len(pool.owner_of) == len(pool.value_of)  # else a value is held twice
+
+
+@dataclass(frozen=True)
+class _Digest:
+    """A fingerprint known by its digest only (a state resumed from a RenderMemo)."""
+
+    value: str
+
+
+# orjson writes a dataclass's fields except those named _x: exact only while the inputs have none.
+_ORJSON_EXACT = not any(f.name.startswith("_") for cls in (Service, ServicePort, Endpoint, Node) for f in fields(cls))
+
+
+def fingerprint_digest(fingerprint: object) -> str:
+    """A digest of a Service's render inputs that is the same in every process (no hash seed, no
+    object identity) and differs whenever the inputs differ: the inputs are frozen dataclasses of
+    str, int, bool, None and tuples, which orjson writes field by field (a type it cannot write
+    falls back to repr). A spurious difference costs a render; a false equality would not."""
+    try:
+        if not _ORJSON_EXACT:
+            raise TypeError("a model field orjson leaves out")
+        data = b"j" + orjson.dumps(fingerprint)
+    except TypeError:
+        data = b"r" + repr(fingerprint).encode("utf-8", "surrogatepass")
+    return hashlib.blake2b(data, digest_size=32).hexdigest()
+
+
+def _digest_of(fingerprint: object) -> str | None:
+    if fingerprint is None:
+        return None
+    if isinstance(fingerprint, _Digest):
+        return fingerprint.value
+    return fingerprint_digest(fingerprint)
+
+
+def _same_inputs(fresh: object, cached: object) -> bool:
+    if isinstance(cached, _Digest):
+        return fresh is not None and fingerprint_digest(fresh) == cached.value
+    return fresh == cached
 
 
 def _fingerprint(cluster: ClusterState, key: str, connections: Connections | None) -> object:
@@ -348,7 +499,8 @@ def _fingerprint(cluster: ClusterState, key: str, connections: Connections | Non
     nodes = tuple(sorted({(ep.node, getattr(cluster.nodes.get(ep.node), "internal_ip", None)) for ep in eps}))
     conns = None
     if connections:
-        conns = tuple(sorted((n, tuple(sorted(c.items()))) for n, c in connections.items() if n.split(":", 1)[0] == key))
+        # None when no count is this Service's, as without counts at all: its inputs are the same
+        conns = tuple(sorted((n, tuple(sorted(c.items()))) for n, c in connections.items() if n.split(":", 1)[0] == key)) or None
     return (svc, eps, nodes, conns)
 
 
