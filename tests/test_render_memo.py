@@ -415,3 +415,43 @@ def test_fingerprint_digest_covers_every_field() -> None:
     assert fingerprint_digest((svc, {1, 2})) == fingerprint_digest((svc, {2, 1}))
     for cls in (Service, ServicePort, Endpoint, Node):
         assert all(not f.name.startswith("_") for f in dataclasses.fields(cls))
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-3, 70000) | st.text(max_size=12),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
+    max_leaves=8,
+)
+
+
+@props
+@given(st.lists(st.tuples(st.integers(0, 10_000), json_values), min_size=1, max_size=3))
+def test_any_damage_is_a_value_error_or_a_memo_resume_takes_safely(damage: list[tuple[int, Any]]) -> None:
+    # Each change replaces one node of the memo's JSON tree (picked by index) with any JSON value.
+    config = make_config(buckets=4, pool_size=2)
+    services = {make_service(f"svc-{i}", node_port_base=30000 + 10 * i): {"node-0": 1} for i in range(3)}
+    cluster = make_cluster(services, nodes=1)
+    renderer = Renderer()
+    previous = renderer.render(config, cluster, None, p4info_digest=P4INFO_DIGEST, now=CLOCK_START).snapshot
+    doc = orjson.loads(renderer.memo().to_bytes())
+    for index, value in damage:
+        nodes: list[tuple[Any, Any]] = []
+
+        def walk(parent: Any) -> None:
+            for k in range(len(parent)) if isinstance(parent, list) else list(parent):
+                nodes.append((parent, k))
+                if isinstance(parent[k], (list, dict)):
+                    walk(parent[k])
+
+        walk(doc)
+        parent, k = nodes[index % len(nodes)]
+        parent[k] = value
+    try:
+        memo = RenderMemo.from_bytes(orjson.dumps(doc))
+    except ValueError:
+        return
+    r = Renderer()
+    taken = r.resume(memo, config, previous, p4info_digest=P4INFO_DIGEST)  # True or False, never a crash
+    result = r.render(config, cluster, previous, p4info_digest=P4INFO_DIGEST, now=CLOCK_START)
+    if not taken:
+        assert r._state is not None and len(result.rendered) == 3

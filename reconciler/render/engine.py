@@ -3,7 +3,8 @@
 `Renderer` keeps what the last render produced (allocations, per-Service inputs) so that the
 next render redoes only the Services whose inputs changed: the controller tells which ones
 (`changed=`), or the renderer compares each Service's inputs itself. Either way the output is
-byte-identical to a full render from the same previous snapshot; tests hold it to that.
+byte-identical to a full render from the same previous snapshot; tests hold it to that. A new
+process takes that state up from a RenderMemo (memo.py) of the last render: `memo()`, `resume()`.
 
 An error is never a removal (DESIGN.md 6.1): a Service (port) that the previous snapshot has and
 that now hits an error (its VIP, a nodePort, a reverse_nat key, an id space, its algorithm, a
