@@ -27,7 +27,7 @@ from reconciler.intent.model import LoadBalancerConfig
 from reconciler.render import Renderer, RenderResult
 from reconciler.render.allocate import Exhausted, Pool
 from reconciler.render.engine import _ORJSON_EXACT, _digest_of, _State, fingerprint_digest
-from reconciler.render.memo import MEMO_FORMAT, RenderMemo, config_digest
+from reconciler.render.memo import MEMO_FORMAT, RenderMemo, code_digest, config_digest
 from reconciler.snapshot import Snapshot, from_document
 
 TESTS = Path(__file__).resolve().parent
@@ -250,6 +250,7 @@ def test_a_mismatched_memo_is_refused_and_the_next_render_is_full() -> None:
     other_config = make_config(buckets=4)
     named = dataclasses.replace(config, name="other")
     cases = {
+        "another version's code": (dataclasses.replace(memo, code_digest="0" * 64), config, previous, P4INFO_DIGEST),
         "config": (memo, other_config, previous, P4INFO_DIGEST),
         "p4info": (memo, config, previous, "sha256:" + "0" * 64),
         "previous": (memo, config, other_prev, P4INFO_DIGEST),
@@ -314,6 +315,7 @@ def _set(doc: dict[str, Any], path: tuple[Any, ...], value: Any) -> dict[str, An
         ("format", "1"),
         ("format", None),
         ("configDigest", 5),
+        ("codeDigest", None),
         ("keys", {}),
         ("keys", [["default/svc-0"]]),
         (("keys", 0, 1), 7),
@@ -388,7 +390,9 @@ def test_memo_bytes_are_the_same_in_any_process() -> None:
     for seed in ("0", "4242"):
         env = {**os.environ, "PYTHONHASHSEED": seed}
         out = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True, check=True, timeout=120)
-        assert bytes.fromhex(out.stdout) == mine, f"PYTHONHASHSEED={seed} gives other memo bytes"
+        theirs = bytes.fromhex(out.stdout)
+        # The code digest aside: a source file edited meanwhile (in a shared work tree) changes it.
+        assert dataclasses.replace(RenderMemo.from_bytes(theirs), code_digest=memo.code_digest).to_bytes() == mine, f"PYTHONHASHSEED={seed} gives other memo bytes"
 
 
 def test_fingerprint_digest_covers_every_field() -> None:
@@ -455,3 +459,9 @@ def test_any_damage_is_a_value_error_or_a_memo_resume_takes_safely(damage: list[
     result = r.render(config, cluster, previous, p4info_digest=P4INFO_DIGEST, now=CLOCK_START)
     if not taken:
         assert r._state is not None and len(result.rendered) == 3
+
+
+def test_code_digest_is_of_the_package_sources() -> None:
+    # The same sources give the same digest in any process; the memo names the writer's.
+    assert RenderMemo.from_bytes(memo_of_fixed_sequence()).code_digest == code_digest()
+    assert len(code_digest()) == 64

@@ -36,7 +36,7 @@ from ..snapshot import Backend, Drain, ServiceSnapshot, Snapshot, Value, backend
 from . import buckets
 from .drain import drain_timeout, drains_ended, next_drains
 from .allocate import Exhausted, IntSpace, Pool, VipSpace
-from .memo import Holdings, KeyMemo, RenderMemo, config_digest, sort_key
+from .memo import Holdings, KeyMemo, RenderMemo, code_digest, config_digest, sort_key
 from .select import CLUSTER_TRAFFIC_POLICY, entry_name, node_backends, selection, target_port, trusted_pod_backend, untrusted_backends_issue
 
 log = logging.getLogger(__name__)
@@ -254,6 +254,7 @@ class Renderer:
             raise RuntimeError("Renderer.memo(): nothing rendered yet")
         seeded = _fresh_state(st.config, st.p4info_digest, st.base, finish=False)
         return RenderMemo(
+            code_digest=code_digest(),
             config_digest=config_digest(st.config),
             p4info_digest=st.p4info_digest,
             base_digest=st.base.digest,
@@ -278,11 +279,12 @@ class Renderer:
     def resume(self, memo: RenderMemo, config: LoadBalancerConfig, previous: Snapshot | None, *, p4info_digest: str) -> bool:
         """Take up the state `memo` describes, so that the next render(config, ..., previous)
         redoes only the Services whose inputs differ from the memo's. False (and a fresh
-        renderer: the next render is a full one) when the memo is not of this config, P4Info
-        and previous snapshot, or does not fit that snapshot."""
+        renderer: the next render is a full one) when the memo is not of this code, config,
+        P4Info and previous snapshot, or does not fit that snapshot."""
         self._state = None
         if (
             previous is None
+            or memo.code_digest != code_digest()
             or memo.config_digest != config_digest(config)
             or memo.p4info_digest != p4info_digest
             or memo.base_digest != previous.digest

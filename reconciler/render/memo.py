@@ -13,8 +13,11 @@ input, and input is checked).
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import os
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any, Callable, Hashable
 
 import orjson
@@ -51,6 +54,7 @@ class Holdings:
 
 @dataclass(frozen=True)
 class RenderMemo:
+    code_digest: str  # code_digest() of the process that wrote it: another version renders otherwise
     config_digest: str
     p4info_digest: str
     base_digest: str  # digest of the snapshot the state rendered (the next render's previous)
@@ -66,6 +70,7 @@ class RenderMemo:
     def to_bytes(self) -> bytes:
         doc = {
             "format": self.format,
+            "codeDigest": self.code_digest,
             "configDigest": self.config_digest,
             "p4infoDigest": self.p4info_digest,
             "baseDigest": self.base_digest,
@@ -90,10 +95,11 @@ class RenderMemo:
             raise ValueError("render memo: not a JSON object")
         if doc.get("format") != MEMO_FORMAT:
             raise ValueError(f"render memo: format {clip(repr(doc.get('format')), 40, fit=True)}, this version reads format {MEMO_FORMAT} only")
-        expected = {"format", "configDigest", "p4infoDigest", "baseDigest", "keys", "retryKeys", "freed", "vips", "serviceIds", "backendIds", "reverseOwner"}
+        expected = {"format", "codeDigest", "configDigest", "p4infoDigest", "baseDigest", "keys", "retryKeys", "freed", "vips", "serviceIds", "backendIds", "reverseOwner"}
         if set(doc) != expected:
             raise ValueError(f"render memo: fields {sorted(set(doc) ^ expected)} missing or unknown")
         return cls(
+            code_digest=_str(doc["codeDigest"], "codeDigest"),
             config_digest=_str(doc["configDigest"], "configDigest"),
             p4info_digest=_str(doc["p4infoDigest"], "p4infoDigest"),
             base_digest=_str(doc["baseDigest"], "baseDigest"),
@@ -114,6 +120,23 @@ def config_digest(config: LoadBalancerConfig) -> str:
     """sha256 of the config's repr, without `source` (where it was read from), which equality
     ignores too: the renderer's state depends on what the config says, not on its file."""
     return hashlib.sha256(repr(replace(config, source=None)).encode()).hexdigest()
+
+
+@functools.cache
+def code_digest() -> str:
+    """sha256 over the reconciler package's Python sources. A memo is taken up only by the code
+    that wrote it: a renderer of another version may render the same inputs otherwise, and only a
+    full render applies its rules to every Service. Without sources (an install of bytecode only)
+    a value no other process has: every memo is refused, every render is full."""
+    package = Path(__file__).resolve().parent.parent
+    h = hashlib.sha256()
+    files = sorted(package.rglob("*.py"))
+    for path in files:
+        h.update(path.relative_to(package).as_posix().encode() + b"\0")
+        h.update(path.read_bytes() + b"\0")
+    if not files:
+        h.update(os.urandom(16))
+    return h.hexdigest()
 
 
 def sort_key(value: object) -> bytes:
@@ -215,4 +238,4 @@ def _holdings(value: object, what: str, key: Callable[[object, str], Hashable], 
     return Holdings(held=held, dropped=tuple(key(k, what) for k in _list(value["dropped"], what)))
 
 
-__all__ = ["RenderMemo", "KeyMemo", "Holdings", "MEMO_FORMAT", "config_digest"]
+__all__ = ["RenderMemo", "KeyMemo", "Holdings", "MEMO_FORMAT", "code_digest", "config_digest"]
