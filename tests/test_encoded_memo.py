@@ -184,7 +184,15 @@ def test_counts_that_do_not_add_up_are_refused_even_with_a_good_checksum(stored:
         load_encodings(_wrapped(msg.SerializeToString()))
 
 
-def test_a_service_without_entries_and_a_snapshot_without_services_round_trip() -> None:
+def test_a_fragment_twice_is_stored_once_and_both_take_its_bytes(snap: Snapshot) -> None:
+    twice = dataclasses.replace(snap, services=(*snap.services, snap.services[0]))
+    fresh = EncodedEntries.of(INFO, twice)
+    known = load_encodings(dump_encodings(fresh))
+    assert len(known) == len(snap.services)
+    _same(EncodedEntries.of(INFO, twice, None, known), fresh)
+
+
+def test_a_snapshot_without_services_round_trips() -> None:
     empty = EncodedEntries.of(INFO, None)
     known = load_encodings(dump_encodings(empty))
     assert len(known) == 0 and known.for_info(INFO)

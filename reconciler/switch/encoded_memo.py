@@ -20,7 +20,7 @@ import json
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from itertools import groupby
+from itertools import accumulate, chain, groupby, repeat
 from types import MappingProxyType
 from typing import Any, Protocol
 
@@ -38,6 +38,7 @@ FORMAT_VERSION = 1
 _MAGIC = b"p4kube-encoded-entries\x00"
 _HEAD = len(_MAGIC) + 2 + 32  # magic, version (2 bytes, big-endian), sha256 of the message
 _DIGEST = re.compile(r"[0-9a-f]{64}")
+_DIGESTS = re.compile(r"(?:[0-9a-f]{64})*")
 # What the bytes mean: bump it with any change to switch/wire.py's canonical form, so that bytes
 # stored by another version are not taken for ours (of_snapshot also re-encodes a sample).
 _ENCODING = "p4runtime-canonical-table-entry/1"
@@ -127,8 +128,14 @@ def dump_encodings(encoded: EncodedLayout) -> bytes:
         raise ValueError("these encoded entries were not made per Service (EncodedEntries.of_snapshot)")
     info, services, starts = layout
     blobs, tables = encoded.blobs, encoded.tables
-    msg = _ENCODINGS(info_key=info_key(info))
     names: dict[str, int] = {}
+    shapes: dict[tuple[str, ...], tuple[list[int], list[int]]] = {}  # a Service's tables -> its runs
+    digests: list[str] = []
+    counts: list[int] = []
+    runs: list[int] = []
+    run_tables: list[int] = []
+    run_lengths: list[int] = []
+    kept: list[bytes] = []
     seen: set[str] = set()
     for k, svc in enumerate(services):
         digest = svc.fragment_digest
@@ -136,13 +143,19 @@ def dump_encodings(encoded: EncodedLayout) -> bytes:
             continue  # the same fragment twice: the same entries, stored once
         seen.add(digest)
         start, stop = starts[k], starts[k + 1]
-        runs = [(t, len(list(group))) for t, group in groupby(tables[start:stop])]
-        msg.digests.append(digest)
-        msg.counts.append(stop - start)
-        msg.runs.append(len(runs))
-        msg.run_tables.extend([names.setdefault(t, len(names)) for t, _ in runs])
-        msg.run_lengths.extend([length for _, length in runs])
-        msg.blobs.extend(blobs[start:stop])
+        own = tuple(tables[start:stop])
+        shape = shapes.get(own)
+        if shape is None:
+            grouped = [(t, len(list(group))) for t, group in groupby(own)]
+            shape = shapes[own] = ([names.setdefault(t, len(names)) for t, _ in grouped], [n for _, n in grouped])
+        digests.append(digest)
+        counts.append(stop - start)
+        runs.append(len(shape[0]))
+        run_tables += shape[0]
+        run_lengths += shape[1]
+        kept += blobs[start:stop]
+    msg = _ENCODINGS(info_key=info_key(info), digests=digests, counts=counts, runs=runs, run_tables=run_tables,
+                     run_lengths=run_lengths, blobs=kept)
     msg.table_names.extend(names)
     msg.table_ids.extend([info.table(t).id for t in names])
     body: bytes = msg.SerializeToString()
@@ -194,22 +207,31 @@ def _services(msg: Any) -> dict[str, Encoded]:
         raise _bad(f"a run names table {max(run_tables)} of {len(names)}")
     if run_lengths and min(run_lengths) == 0:
         raise _bad("an empty run")
-    if len(set(digests)) != len(digests) or not all(_DIGEST.fullmatch(d) for d in digests):
+    if len(set(digests)) != len(digests) or set(map(len, digests)) - {64} or not _DIGESTS.fullmatch("".join(digests)):
         raise _bad("fragment digests malformed or repeated")
-    shapes: dict[tuple[int, ...], tuple[str, ...]] = {}  # Services of one shape share their tables tuple
-    out: dict[str, Encoded] = {}
-    e = r = 0
-    for digest, count, nruns in zip(digests, counts, runs):
-        shape = tuple(run_tables[r:r + nruns] + run_lengths[r:r + nruns])
-        tables = shapes.get(shape)
-        if tables is None:
-            tables = shapes[shape] = sum(((names[t],) * n for t, n in zip(shape[:nruns], shape[nruns:])), ())
-        if len(tables) != count:
-            raise _bad(f"Service {digest[:12]}: {count} entries, but its runs hold {len(tables)}")
-        out[digest] = (blobs[e:e + count], tables)
-        for t, length in zip(shape[:nruns], shape[nruns:]):  # each run's ends are of its table
-            if not (blobs[e].startswith(heads[t]) and blobs[e + length - 1].startswith(heads[t])):
-                raise _bad(f"Service {digest[:12]}: entries {e}..{e + length - 1} are not all of table {names[t]}")
-            e += length
-        r += nruns
-    return out
+    # Loops over Services and runs only (C-level where they touch entries): a loop per entry
+    # would cost what storing the bytes saves.
+    run_ends = list(accumulate(run_lengths, initial=0))  # run k: entries run_ends[k] .. run_ends[k + 1] - 1
+    svc_ends = list(accumulate(counts, initial=0))
+    svc_runs = list(accumulate(runs, initial=0))
+    held = [run_ends[j] for j in svc_runs]
+    if held != svc_ends:
+        k = next(k for k in range(1, len(held)) if held[k] != svc_ends[k]) - 1
+        raise _bad(f"Service {digests[k][:12]}: {counts[k]} entries, but its runs hold {held[k + 1] - held[k]}")
+    run_heads = [heads[t] for t in run_tables]
+    firsts = [blobs[i] for i in run_ends[:-1]]
+    lasts = [blobs[i - 1] for i in run_ends[1:]]
+    if not (all(map(bytes.startswith, firsts, run_heads)) and all(map(bytes.startswith, lasts, run_heads))):
+        k = next(k for k, h in enumerate(run_heads) if not (firsts[k].startswith(h) and lasts[k].startswith(h)))
+        raise _bad(f"entries {run_ends[k]}..{run_ends[k + 1] - 1} are not all of table {names[run_tables[k]]}")
+    # Services of one shape (the same runs) share one tables tuple: a few shapes, 5,000 Services.
+    run_spans = list(map(slice, svc_runs, svc_runs[1:]))
+    shapes = zip(map(tuple, map(run_tables.__getitem__, run_spans)), map(tuple, map(run_lengths.__getitem__, run_spans)))
+    by_shape: dict[tuple[tuple[int, ...], tuple[int, ...]], tuple[str, ...]] = {}
+    tables: list[tuple[str, ...]] = []
+    for shape in shapes:
+        made = by_shape.get(shape)
+        if made is None:
+            made = by_shape[shape] = tuple(chain.from_iterable(map(repeat, [names[t] for t in shape[0]], shape[1])))
+        tables.append(made)
+    return dict(zip(digests, zip(map(blobs.__getitem__, map(slice, svc_ends, svc_ends[1:])), tables)))

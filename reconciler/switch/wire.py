@@ -279,7 +279,7 @@ class EncodedEntries:
         self.index: dict[bytes, int] = {b: i for i, b in enumerate(self.blobs)}  # blob -> position
         self._by_entry: dict[int, bytes] | None = None
         self._info = info
-        self._per_service: dict[ServiceSnapshot, tuple[tuple[bytes, ...], tuple[str, ...]]] = {}
+        self._per_service: dict[object, tuple[tuple[bytes, ...], tuple[str, ...]]] = {}  # see of_snapshot
         self._starts: list[int] = []  # of_snapshot: where each Service's entries start
         self._services: Sequence[ServiceSnapshot] = ()
         self._global: Sequence[Entry] = ()
@@ -298,21 +298,24 @@ class EncodedEntries:
         encode = encoder_for(info)
         cache = previous._per_service if previous is not None and previous._info is info else {}
         stored = known.services if known is not None and known.for_info(info) else None
-        taken: list[ServiceSnapshot] = []  # the Services whose bytes came from `known`
-        per_service: dict[ServiceSnapshot, tuple[tuple[bytes, ...], tuple[str, ...]]] = {}
+        taken: list[tuple[ServiceSnapshot, object]] = []  # the Services whose bytes came from `known`
+        per_service: dict[object, tuple[tuple[bytes, ...], tuple[str, ...]]] = {}
         blobs: list[bytes] = []
         tables: list[str] = []
         starts: list[int] = []
         for svc in services:
-            hit = cache.get(svc) or per_service.get(svc)
-            if hit is None and stored is not None:
-                digest = _digest_of(svc)
-                hit = stored.get(digest) if digest else None
+            # The cache key: the fragment digest when made (a str hashes once; a dataclass holding
+            # tuples of dataclasses hashes in microseconds, every lookup), else the object itself.
+            digest: str = _digest_of(svc) if stored is not None else svc.__dict__.get("fragment_digest", "")
+            key: object = digest or svc
+            hit = cache.get(key) or per_service.get(key)
+            if hit is None and stored is not None and digest:
+                hit = stored.get(digest)
                 if hit is not None:
-                    taken.append(svc)
+                    taken.append((svc, key))
             if hit is None:
                 hit = encode.encode_service(svc)
-            per_service[svc] = hit
+            per_service[key] = hit
             starts.append(len(blobs))
             blobs += hit[0]
             tables += hit[1]
@@ -425,15 +428,15 @@ def _digest_of(svc: ServiceSnapshot) -> str:
         return ""
 
 
-def _agree(encode: EntryEncoder, taken: Sequence[ServiceSnapshot],
-           got: Mapping[ServiceSnapshot, tuple[tuple[bytes, ...], tuple[str, ...]]]) -> bool:
-    """Whether a spread of the Services whose bytes were stored encodes to those bytes now: a
-    change of the encoding that was not given a new version (encoded_memo._ENCODING) must not
-    put stale bytes on a switch."""
+def _agree(encode: EntryEncoder, taken: Sequence[tuple[ServiceSnapshot, object]],
+           got: Mapping[object, tuple[tuple[bytes, ...], tuple[str, ...]]]) -> bool:
+    """Whether a spread of the Services whose bytes were stored (with their cache keys) encodes
+    to those bytes now: a change of the encoding that was not given a new version
+    (encoded_memo._ENCODING) must not put stale bytes on a switch."""
     step = max(1, len(taken) // _KNOWN_SAMPLE)
-    sample = {id(svc): svc for svc in [*taken[::step][:_KNOWN_SAMPLE], taken[-1]]}
+    sample = dict([*taken[::step][:_KNOWN_SAMPLE], taken[-1]])
     try:
-        return all(encode.encode_service(svc) == got[svc] for svc in sample.values())
+        return all(encode.encode_service(svc) == got[key] for svc, key in sample.items())
     except (TranslationError, LookupError, ValueError):
         return False  # the Service does not encode: the old path says why
 
