@@ -7,10 +7,12 @@ answer. The bytes of a Service's entries depend only on its fragment (ServiceSna
 stored by fragment digest, and the next run encodes only the Services whose fragment is new.
 
 The stored form is one protobuf message (a type built here from a descriptor, parsed by
-protobuf's C parser: 350,000 entries load in milliseconds, where a loop per entry would cost
-what it saves), behind a header with the format version and a sha256 of the message: a stored
-byte that changed would otherwise be written to a switch as it is and then read back as
+protobuf's C parser: 350,000 entries load in tens of milliseconds, where a loop per entry would
+cost what it saves), behind a header with the format version and a sha256 of the message: a
+stored byte that changed would otherwise be written to a switch as it is and then read back as
 "equal". Anything that does not check out raises ValueError; the caller then encodes as before.
+The sha256 finds damage, not intent (it has no key): the file belongs where only the writers of
+the audit repository can write.
 """
 
 from __future__ import annotations
