@@ -78,6 +78,11 @@ def main() -> int:
         assert result.rendered == {key}, sorted(result.rendered)[:5]
         assert result.snapshot.to_json_text() == full.snapshot.to_json_text()
         timed(results, "memo() after the incremental render", lambda: resumed.memo().to_bytes())
+        same, previous = cluster_state(), from_document(json.loads(snap.to_json_text()))
+        unchanged = Renderer()
+        assert unchanged.resume(RenderMemo.from_bytes(data), config, previous, p4info_digest=DIGEST)
+        result = timed(results, "render after resume, nothing changed", lambda: unchanged.render(config, same, previous, p4info_digest=DIGEST))
+        assert not result.rendered and not result.changed
     print(f"{a.services} Services, {a.nodes} nodes, {a.endpoints} endpoints, {config.buckets_per_service} buckets; memo {size:,} bytes")
     print(f"{'step':58} {'wall s':>8} {'cpu s':>8}   (median of {a.repeat})")
     for name, xs in results.items():
