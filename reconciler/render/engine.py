@@ -245,7 +245,6 @@ class Renderer:
         issues = tuple(_issues(st, previous))
         return RenderResult(snap, issues, frozenset(done), is_changed)
 
-
     def memo(self) -> RenderMemo:
         """What the next render needs beyond its previous snapshot (the last result's), for
         `resume` in another process. Raises RuntimeError before the first render."""
@@ -423,7 +422,7 @@ def _resumed_state(memo: RenderMemo, config: LoadBalancerConfig, p4info_digest: 
         return None
     st.freed = frozenset(memo.freed)
     for pool, held in ((st.vips, memo.vips), (st.service_ids, memo.service_ids), (st.backend_ids, memo.backend_ids)):
-        if not _amend(pool.value_of, held) or not _amend_pool(pool, held):
+        if not _amend(pool.value_of, held) or not _owners_again(pool):
             return None
         pool.finish_seed()
     if not _amend(st.reverse_owner, memo.reverse_owner):
@@ -449,7 +448,7 @@ def _amend(mapping: dict[Any, Any], h: Holdings) -> bool:
     return True
 
 
-def _amend_pool(pool: Pool[Any], h: Holdings) -> bool:
+def _owners_again(pool: Pool[Any]) -> bool:
     """Make the pool's value -> owner map the inverse of its (amended) owner -> value map."""
     pool.owner_of = {v: o for o, v in pool.value_of.items()}
     return len(pool.owner_of) == len(pool.value_of)  # else a value is held twice
@@ -470,7 +469,8 @@ def fingerprint_digest(fingerprint: object) -> str:
     """A digest of a Service's render inputs that is the same in every process (no hash seed, no
     object identity) and differs whenever the inputs differ: the inputs are frozen dataclasses of
     str, int, bool, None and tuples, which orjson writes field by field (a type it cannot write
-    falls back to repr). A spurious difference costs a render; a false equality would not."""
+    falls back to repr). A spurious difference costs a render; a false equality would leave a
+    changed Service as it was, so the encoding must tell apart whatever == tells apart."""
     try:
         if not _ORJSON_EXACT:
             raise TypeError("a model field orjson leaves out")
