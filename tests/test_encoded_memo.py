@@ -86,6 +86,24 @@ def test_a_service_whose_fragment_is_not_known_is_encoded(snap: Snapshot) -> Non
     _same(EncodedEntries.of(INFO, changed, None, known), EncodedEntries.of(INFO, changed))
 
 
+@pytest.mark.parametrize("digests_before, digests_after", [(False, True), (True, False), (True, True)])
+def test_a_previous_encoding_is_reused_whether_or_not_the_digests_were_made(
+        snap: Snapshot, digests_before: bool, digests_after: bool) -> None:
+    """The per-Service cache of `previous` is found by equal objects, digests made or not."""
+    def copies(with_digests: bool) -> list:
+        made = [dataclasses.replace(s) for s in snap.services]  # equal objects, no digest cached
+        if with_digests:
+            assert all(s.fragment_digest for s in made)
+        return made
+
+    before, after = copies(digests_before), copies(digests_after)
+    prev = EncodedEntries.of_snapshot(INFO, before, snap.global_entries, list)
+    again = EncodedEntries.of_snapshot(INFO, after, snap.global_entries, list, prev)
+    _same(again, prev)
+    end = len(prev) - len(snap.global_entries)
+    assert all(a is b for a, b in zip(again.blobs[:end], prev.blobs[:end]))  # not encoded again
+
+
 def test_bytes_for_another_p4info_are_not_used(snap: Snapshot) -> None:
     """A P4Info whose VIP table numbers a match field otherwise: the stored bytes name the old id."""
     from reconciler.p4info import load_p4info

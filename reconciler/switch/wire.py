@@ -304,18 +304,24 @@ class EncodedEntries:
         tables: list[str] = []
         starts: list[int] = []
         for svc in services:
-            # The cache key: the fragment digest when made (a str hashes once; a dataclass holding
-            # tuples of dataclasses hashes in microseconds, every lookup), else the object itself.
+            # Each Service's bytes are kept under the object (equal objects hit, as always) and,
+            # when made, under its fragment digest: a str hashes once, where a dataclass holding
+            # tuples of dataclasses hashes in microseconds on every lookup.
             digest: str = _digest_of(svc) if stored is not None else svc.__dict__.get("fragment_digest", "")
-            key: object = digest or svc
-            hit = cache.get(key) or per_service.get(key)
+            hit = (cache.get(digest) or per_service.get(digest)) if digest else None
+            if hit is None and cache:
+                hit = cache.get(svc)  # kept before its digest was made
+            if hit is None and not digest:
+                hit = per_service.get(svc)
             if hit is None and stored is not None and digest:
                 hit = stored.get(digest)
                 if hit is not None:
-                    taken.append((svc, key))
+                    taken.append((svc, digest))
             if hit is None:
                 hit = encode.encode_service(svc)
-            per_service[key] = hit
+            per_service[svc] = hit
+            if digest:
+                per_service[digest] = hit
             starts.append(len(blobs))
             blobs += hit[0]
             tables += hit[1]
