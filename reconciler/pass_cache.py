@@ -44,7 +44,7 @@ _DIGEST_LINE = 65  # 64 hex digits and a newline
 @dataclass(frozen=True)
 class CacheKey:
     """What every part of the file depends on: another value of any of these, and nothing in it
-    is used. `code`: rendered_from.code_digest() (the reconciler's own files and its readers)."""
+    is used. `code`: sources.code_digest() (the reconciler's own files and its readers)."""
 
     config: str
     p4info: str

@@ -20,58 +20,35 @@ memo can make a run faster, never different.
 
 from __future__ import annotations
 
-import functools
 import hashlib
-import os
-import sys
 from collections.abc import Iterable
-from importlib import metadata
-from pathlib import Path
 
 from .intent.model import BUILTIN_ALGORITHMS, LoadBalancerConfig
 from .render import RenderIssue
 from .snapshot import Snapshot
+from .sources import code_digest
 
 TRAILER = "Rendered-From"
 ISSUES_TRAILER = "Render-Issues"
 _FORMAT = b"p4kube rendered-from 1\n"
-_PACKAGE = Path(__file__).resolve().parent
-# The libraries whose behaviour shapes what a recording reads as (the rest is our own code;
-# PyYAML's wheels carry their libyaml).
-_READERS = ("orjson", "PyYAML", "ruamel.yaml", "ruamel.yaml.clib")
-
-
-@functools.cache
-def code_digest() -> str:
-    """sha256 of every file of this package (code, schemas, P4Info), of the data directory when
-    P4KUBE_HOME moves it, and the readers' versions: an upgrade, or a local edit, renders again."""
-    h = hashlib.sha256(_FORMAT)
-    h.update(f"python {sys.version_info[0]}.{sys.version_info[1]}\n".encode())
-    for name in _READERS:
-        try:
-            version = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            version = "-"
-        h.update(f"{name} {version}\n".encode())
-    roots = [_PACKAGE] + ([Path(os.environ["P4KUBE_HOME"])] if os.environ.get("P4KUBE_HOME") else [])
-    for n, root in enumerate(roots):
-        for path in sorted(p for p in root.rglob("*") if p.is_file() and "__pycache__" not in p.parts):
-            data = path.read_bytes()
-            h.update(f"{n} {path.relative_to(root).as_posix()} {len(data)}\n".encode())
-            h.update(data)
-    return h.hexdigest()
 
 
 def inputs_digest(config: LoadBalancerConfig, recording: bytes, *, p4info_digest: str, intent_commit: str | None) -> str | None:
     """The digest of what render reads for `config` from a recorded cluster (its bytes as read),
     or None when the memo must not be used (a plugin algorithm)."""
-    if config.algorithm not in BUILTIN_ALGORITHMS:
+    if not cacheable(config):
         return None
     h = hashlib.sha256(_FORMAT)
     for part in (code_digest(), repr(config), p4info_digest, intent_commit or "-", hashlib.sha256(recording).hexdigest()):
         h.update(part.encode())
         h.update(b"\n")
     return "sha256:" + h.hexdigest()
+
+
+def cacheable(config: LoadBalancerConfig) -> bool:
+    """Whether what render makes of `config` depends on this package's code alone (code_digest
+    covers it): not so for a plugin algorithm, whose code lives elsewhere."""
+    return config.algorithm in BUILTIN_ALGORITHMS
 
 
 def issues_summary(issues: Iterable[RenderIssue]) -> str:
@@ -92,4 +69,4 @@ def _draining(snap: Snapshot) -> bool:
     return any(svc.drains for svc in snap.services)
 
 
-__all__ = ["ISSUES_TRAILER", "TRAILER", "code_digest", "inputs_digest", "issues_summary", "unchanged"]
+__all__ = ["ISSUES_TRAILER", "TRAILER", "cacheable", "inputs_digest", "issues_summary", "unchanged"]

@@ -48,7 +48,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
         ROOT, "reconciler.diagnostics", "reconciler.paths", "reconciler.backoff", "reconciler.changes",
         "reconciler.watching", "reconciler.inputlimits", "reconciler.k8snames", "reconciler.mdsafe",
         "reconciler.ghactions", "reconciler.logsetup", "reconciler.algorithms", "reconciler.gitobjects",
-        "reconciler.buildinfo", "reconciler.protowire", "reconciler.gcpause",
+        "reconciler.buildinfo", "reconciler.protowire", "reconciler.gcpause", "reconciler.sources",
     )),
 )
 

@@ -31,6 +31,7 @@ from .options import (
 )
 
 if TYPE_CHECKING:  # the library (finsy, grpc, pygit2, kubernetes) is imported when a command runs, not for --help
+    from ..app.pass_memo import PassMemo
     from ..apply import ApplyResult, TwoSwitchApplier
     from ..audit.message import AuditEntry
     from ..audit.repo import AuditRepo
@@ -63,12 +64,16 @@ def register(sub: argparse._SubParsersAction) -> None:
         "snapshot (--audit-repo, or --state); when the digest differs, apply it to the switches and record it; "
         "either way both switches are read back and what differs is repaired. With --audit-repo, a recording, "
         "intent and reconciler identical to those the last applied snapshot was rendered from are not parsed "
-        "or rendered again (its record's Rendered-From trailer). "
+        "or rendered again (its record's Rendered-From trailer); otherwise only the Services whose inputs changed since "
+        "the last run are rendered, from the pass cache that run left (--no-cache: all). "
         "Exit 0: switches up to date; 3: degraded; 1: failed or rolled back.",
     )
     p.add_argument("--once", action="store_true", required=True, help="one pass (the loop is `p4kube run`)")
     p.add_argument("--intent", required=True, metavar="DIR")
     p.add_argument("--cluster", required=True, metavar="FILE", help="kubectl get services,endpointslices,nodes -A -o yaml")
+    p.add_argument("--no-cache", action="store_true",
+                   help="render every Service and encode every entry, without reading the pass cache that the last "
+                   "run left beside the audit repository (or in --state); it is written afresh (docs/apply.md)")
     _common(p)
     _audit_options(p)
     signing_options(p)
@@ -327,7 +332,10 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
     from ..intent.loader import load_intent
     from ..pipeline_io import cluster_from, config_p4info_digest
     from ..render import Renderer
-    from ..rendered_from import ISSUES_TRAILER, TRAILER, inputs_digest, issues_summary
+    from ..app.pass_memo import Left, PassMemo
+    from ..pass_cache import CacheKey
+    from ..rendered_from import ISSUES_TRAILER, TRAILER, cacheable, inputs_digest, issues_summary
+    from ..sources import code_digest
     from ..state import StateDir
     from .errors import CommandError
 
@@ -354,12 +362,16 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
     # what render would make of them, so neither the recording nor render is needed again. Only
     # with the audit repository, whose signed records say what each snapshot was rendered from.
     rendered_from = inputs_digest(config, recording, p4info_digest=p4info_digest, intent_commit=intent.commit) if audit else None
+    # What the last run left (pass_cache.py): render only what changed, encode only what is new.
+    memo = PassMemo(audit.repo.path if audit is not None else args.state, CacheKey(config.key, p4info_digest, code_digest()),
+                    read=not args.no_cache) if cacheable(config) else None
+    left: list[Left] = []  # what this pass leaves for the next, once the switches hold it
     entry = audit.last_applied_entry(config.key) if audit is not None else None
     skipped: tuple[Snapshot, bool, ApplyResult] | None = None
     extra: tuple[tuple[str, str], ...] = ()
     if audit is not None and entry is not None and rendered_from and entry.trailers.get(TRAILER) == rendered_from \
             and not message:
-        skipped, previous, untrusted = asyncio.run(_without_render(config, args, audit, entry, rendered_from))
+        skipped, previous, untrusted = asyncio.run(_without_render(config, args, audit, entry, rendered_from, memo))
     else:
         previous, untrusted = last_applied_trusted(audit, config.key) if audit is not None else (state.last_applied(config.key), "")
     if skipped is not None:
@@ -401,8 +413,15 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
         # Drains start and end by this clock: a pass at or after a drain's `until` finishes it.
         now = wall_clock()
         renderer = Renderer()
+        resumed = memo is not None and memo.resume(renderer, config, previous, p4info_digest=p4info_digest)
         rendered = renderer.render(config, cluster, previous, p4info_digest=p4info_digest, intent_commit=intent.commit,
                                    now=now)
+        if resumed:
+            assert previous is not None  # resume() needs it
+            print(f"{config.key}: {len(rendered.rendered)} of {len(cluster.services)} Services rendered, the others' "
+                  f"inputs unchanged since v{previous.version} (pass cache)", file=sys.stderr)
+        if memo is not None:  # before the render below moves the renderer on
+            left.append(Left(rendered.snapshot, renderer.memo()))
         if rendered_from:
             again = renderer.render(config, cluster, rendered.snapshot, p4info_digest=p4info_digest,
                                     intent_commit=intent.commit, now=now)
@@ -413,6 +432,8 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
     async def transaction() -> tuple[Snapshot, bool, ApplyResult]:
         """(the snapshot held or applied, whether it was new, the outcome)."""
         async with _applier(config, args) as applier:
+            if memo is not None:
+                memo.tell(applier)
             if ahead:
                 await applier.read_ahead()
                 rendered = await asyncio.to_thread(render, cluster)
@@ -433,14 +454,20 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
             if not new:
                 # Level-triggered: the switches' own state decides. Read both back (a switch may
                 # have restarted empty, a write may have been lost) and repair what differs.
-                return snap, False, await _sync(config, args, snap, applier)
-            if audit is None:  # previous: --state's, read above
-                return snap, True, await _apply(config, args, snap, state, previous, applier)
-            why = "; ".join(reason_parts(previous, snap))[:900]
-            return snap, True, await _apply_recorded(config, args, snap, audit, extra, last_good=previous, why=why,
-                                                     applier=applier)
+                result = await _sync(config, args, snap, applier)
+            elif audit is None:  # previous: --state's, read above
+                result = await _apply(config, args, snap, state, previous, applier)
+            else:
+                why = "; ".join(reason_parts(previous, snap))[:900]
+                result = await _apply_recorded(config, args, snap, audit, extra, last_good=previous, why=why,
+                                               applier=applier)
+            if left:
+                left[0].encoded = applier.encoded_for(snap)
+            return snap, new, result
 
     outcome = asyncio.run(transaction())
+    if memo is not None and left and outcome[2].ok:
+        memo.leave(left[0])
     return _report(config, args, audit, outcome, previous, extra)  # extra: set by render()
 
 
@@ -472,7 +499,8 @@ def _report(config: LoadBalancerConfig, args: argparse.Namespace, audit: AuditRe
 
 
 async def _without_render(config: LoadBalancerConfig, args: argparse.Namespace, audit: AuditRepo, entry: AuditEntry,
-                          rendered_from: str) -> tuple[tuple[Snapshot, bool, ApplyResult] | None, Snapshot | None, str]:
+                          rendered_from: str, memo: PassMemo | None
+                          ) -> tuple[tuple[Snapshot, bool, ApplyResult] | None, Snapshot | None, str]:
     """The pass when this run's inputs digest to the last applied record's Rendered-From: both
     switches are read (read_ahead) while the last applied snapshot is read from the audit
     repository and encoded, then synced. (None, previous, untrusted) when the snapshot after all
@@ -480,6 +508,7 @@ async def _without_render(config: LoadBalancerConfig, args: argparse.Namespace, 
     pass to go on with what was read; the reads are cancelled then."""
     import asyncio
 
+    from ..app.pass_memo import Left
     from ..audit.refusals import last_applied_trusted
     from ..rendered_from import ISSUES_TRAILER, TRAILER, unchanged
 
@@ -495,8 +524,13 @@ async def _without_render(config: LoadBalancerConfig, args: argparse.Namespace, 
         if reported != "none":
             print(f"{config.key}: {reported} when v{previous.version} was rendered (the same inputs: "
                   f"`p4kube plan` lists them)", file=sys.stderr)
+        if memo is not None:
+            memo.tell(applier)
         await asyncio.to_thread(applier.prepare, previous)  # while the switches answer
-        return (previous, False, await _sync(config, args, previous, applier)), previous, untrusted
+        result = await _sync(config, args, previous, applier)
+        if memo is not None and result.ok:
+            memo.leave(Left(previous, None, applier.encoded_for(previous)))
+        return (previous, False, result), previous, untrusted
 
 
 def _close_interrupted(audit: AuditRepo | None, config: LoadBalancerConfig) -> None:

@@ -13,17 +13,15 @@ input, and input is checked).
 
 from __future__ import annotations
 
-import functools
 import hashlib
-import os
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Any, Callable, Hashable
 
 import orjson
 
 from ..diagnostics import clip
 from ..intent.model import LoadBalancerConfig
+from ..sources import code_digest
 
 # Bumped whenever the meaning of a field changes: an older memo is then refused (a full render).
 MEMO_FORMAT = 1
@@ -120,23 +118,6 @@ def config_digest(config: LoadBalancerConfig) -> str:
     """sha256 of the config's repr, without `source` (where it was read from), which equality
     ignores too: the renderer's state depends on what the config says, not on its file."""
     return hashlib.sha256(repr(replace(config, source=None)).encode()).hexdigest()
-
-
-@functools.cache
-def code_digest() -> str:
-    """sha256 over the reconciler package's Python sources. A memo is taken up only by the code
-    that wrote it: a renderer of another version may render the same inputs otherwise, and only a
-    full render applies its rules to every Service. Without sources (an install of bytecode only)
-    a value no other process has: every memo is refused, every render is full."""
-    package = Path(__file__).resolve().parent.parent
-    h = hashlib.sha256()
-    files = sorted(package.rglob("*.py"))
-    for path in files:
-        h.update(path.relative_to(package).as_posix().encode() + b"\0")
-        h.update(path.read_bytes() + b"\0")
-    if not files:
-        h.update(os.urandom(16))
-    return h.hexdigest()
 
 
 def sort_key(value: object) -> bytes:

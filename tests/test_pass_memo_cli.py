@@ -1,0 +1,185 @@
+"""`reconcile --once` with the pass cache (reconciler/pass_cache.py, app/pass_memo.py): a run
+renders only the Services whose inputs changed and encodes only what it has not encoded before,
+and the result is exactly that of a run without it. Through the real command, two pairs of
+software switches on loopback, real Git intent and audit repositories."""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+from pathlib import Path
+
+import pytest
+from helpers import commit_all
+from test_reconcile_audit import MULTI, entries_of, switch_entries
+
+from reconciler.audit.repo import AuditRepo
+from reconciler.cli import main
+from reconciler.cluster.model import ClusterState
+from reconciler.cluster.synthetic import cluster_to_list_yaml, synthetic_cluster, with_scaled_service
+from reconciler.pass_cache import cache_file
+from reconciler.sim.server import SoftwareSwitch
+
+CONFIG = "p4kube-system/synthetic"
+INTENT = """\
+apiVersion: networking.p4kube.io/v1alpha1
+kind: LoadBalancerConfig
+metadata: {{name: synthetic, namespace: p4kube-system}}
+spec:
+  connectionDrainTimeout: 0s
+  vipPools:
+    - name: all
+      addresses: ["198.18.0.1-198.18.0.{last}"]
+  switchConfig:
+    deviceConfig: sim-device-config.json
+    switches:
+      - {{name: standby, role: standby, address: "127.0.0.1:{standby}"}}
+      - {{name: primary, role: primary, address: "127.0.0.1:{primary}"}}
+"""
+RESUMED = "Services rendered, the others' inputs unchanged"
+
+
+@dataclasses.dataclass
+class World:
+    standby: SoftwareSwitch
+    primary: SoftwareSwitch
+    intent: Path
+    audit: Path
+    cluster: Path
+    flags: tuple[str, ...] = ()
+
+    def once(self, state: ClusterState) -> int:
+        self.cluster.write_text(cluster_to_list_yaml(state))
+        return main(["reconcile", "--once", "--allow-insecure-switches", "--intent", str(self.intent), "--pipeline-dir",
+                     str(self.intent), "--audit-repo", str(self.audit), "--cluster", str(self.cluster), *self.flags])
+
+    def held(self):
+        return AuditRepo.open_or_init(self.audit, read_only=True).last_applied(CONFIG)
+
+    def cache(self) -> Path:
+        return cache_file(AuditRepo.open_or_init(self.audit, read_only=True).repo.path, CONFIG)
+
+
+@pytest.fixture
+def worlds(tmp_path):
+    """Two identical worlds, each its own switches and repositories: one with the pass cache, one
+    with --no-cache."""
+    switches = [SoftwareSwitch() for _ in range(4)]
+    try:
+        for sw in switches:
+            sw.start()
+        out = []
+        for name, pair, flags in (("cached", switches[:2], ()), ("plain", switches[2:], ("--no-cache",))):
+            root = tmp_path / name
+            intent = root / "intent"
+            intent.mkdir(parents=True)
+            (intent / "lbconfig.yaml").write_text(INTENT.format(last=40, standby=pair[0].port, primary=pair[1].port))
+            shutil.copy(MULTI / "sim-device-config.json", intent)
+            commit_all(intent)
+            out.append(World(pair[0], pair[1], intent, root / "audit.git", root / "cluster.yaml", flags))
+        yield out
+    finally:
+        for sw in switches:
+            sw.stop(0)
+
+
+def _same_snapshot(a, b) -> None:
+    """The same Services and entries (the intent commits differ: two repositories)."""
+    assert [s.to_json() for s in a.services] == [s.to_json() for s in b.services]
+    assert entries_of(a) == entries_of(b)
+    assert a.version == b.version
+
+
+def _steps(base: ClusterState) -> list[ClusterState]:
+    keys = sorted(base.services)
+    node = next(ep.node for ep in base.endpoints[keys[0]])
+    one = with_scaled_service(base, keys[0], node, +2)
+    fewer = dataclasses.replace(one, services={k: v for k, v in one.services.items() if k != keys[-1]},
+                                endpoints={k: v for k, v in one.endpoints.items() if k != keys[-1]})
+    no_node = dataclasses.replace(fewer, nodes={k: v for k, v in fewer.nodes.items() if k != node})
+    return [base, base, one, one, fewer, no_node, fewer, base, with_scaled_service(base, keys[3], "node-2", +1)]
+
+
+def test_the_cache_renders_what_changed_and_gives_what_a_full_render_gives(worlds, capsys):
+    cached, plain = worlds
+    base = synthetic_cluster(services=30, nodes=8, endpoints=150, seed=5)
+    for n, state in enumerate(_steps(base)):
+        assert cached.once(state) == 0, n
+        err_cached = capsys.readouterr().err
+        assert plain.once(state) == 0, n
+        err_plain = capsys.readouterr().err
+        assert RESUMED not in err_plain
+        if n == 2:  # one Service scaled: only it is rendered
+            assert f"1 of {len(state.services)} {RESUMED}" in err_cached
+        _same_snapshot(cached.held(), plain.held())
+        want = entries_of(cached.held())
+        assert switch_entries(cached.standby) == switch_entries(cached.primary) == want
+    assert cached.cache().is_file() and plain.cache().is_file()
+
+
+def test_a_switch_emptied_behind_the_cache_is_still_repaired(worlds, capsys):
+    """The cache says which Services changed, never what the switches hold: they are read back."""
+    cached, _ = worlds
+    base = synthetic_cluster(services=20, nodes=6, endpoints=80, seed=2)
+    assert cached.once(base) == 0
+    cached.standby.reset()
+    keys = sorted(base.services)
+    assert cached.once(with_scaled_service(base, keys[1], next(ep.node for ep in base.endpoints[keys[1]]), +1)) == 0
+    assert RESUMED in capsys.readouterr().err
+    assert switch_entries(cached.standby) == switch_entries(cached.primary) == entries_of(cached.held())
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate", "garbage"])
+def test_a_damaged_cache_is_said_and_passed_over(worlds, capsys, damage):
+    cached, plain = worlds
+    base = synthetic_cluster(services=20, nodes=6, endpoints=80, seed=2)
+    assert cached.once(base) == 0 and plain.once(base) == 0
+    path = cached.cache()
+    data = bytearray(path.read_bytes())
+    if damage == "flip":
+        data[len(data) // 2] ^= 1
+    elif damage == "truncate":
+        del data[len(data) // 3:]
+    else:
+        data = bytearray(b"not a cache at all\n")
+    path.write_bytes(bytes(data))
+    changed = with_scaled_service(base, sorted(base.services)[0], "node-1", +1)
+    capsys.readouterr()
+    assert cached.once(changed) == 0
+    err = capsys.readouterr().err
+    assert "warning: pass cache" in err and RESUMED not in err
+    assert plain.once(changed) == 0
+    _same_snapshot(cached.held(), plain.held())
+    # written afresh: the next run uses it again
+    capsys.readouterr()
+    assert cached.once(base) == 0
+    assert RESUMED in capsys.readouterr().err
+
+
+def test_a_cache_of_another_snapshot_is_not_resumed(worlds, capsys):
+    """The render memo is used only over the snapshot it was made for (here the cache of v1 is put
+    back after v2 was applied: a run must not resume from it)."""
+    cached, plain = worlds
+    base = synthetic_cluster(services=20, nodes=6, endpoints=80, seed=2)
+    assert cached.once(base) == 0 and plain.once(base) == 0
+    old = cached.cache().read_bytes()
+    keys = sorted(base.services)
+    two = with_scaled_service(base, keys[0], "node-1", +1)
+    assert cached.once(two) == 0 and plain.once(two) == 0
+    cached.cache().write_bytes(old)
+    three = with_scaled_service(two, keys[2], "node-3", +2)
+    capsys.readouterr()
+    assert cached.once(three) == 0
+    assert RESUMED not in capsys.readouterr().err
+    assert plain.once(three) == 0
+    _same_snapshot(cached.held(), plain.held())
+
+
+def test_no_cache_reads_none_and_writes_it_afresh(worlds, capsys):
+    _, plain = worlds
+    base = synthetic_cluster(services=10, nodes=4, endpoints=40, seed=2)
+    assert plain.once(base) == 0
+    first = plain.cache().read_bytes()
+    assert plain.once(with_scaled_service(base, sorted(base.services)[0], "node-1", +1)) == 0
+    assert RESUMED not in capsys.readouterr().err
+    assert plain.cache().read_bytes() != first
