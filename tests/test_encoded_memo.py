@@ -135,6 +135,19 @@ def test_stale_bytes_under_the_right_key_are_caught_by_the_sample_and_not_used(s
     _same(EncodedEntries.of(INFO, snap, None, stale), fresh)
 
 
+@pytest.mark.parametrize("cut", ["one entry less", "tables out of order"])
+def test_bytes_not_laid_out_as_the_service_is_are_not_used(snap: Snapshot, cut: str) -> None:
+    """Stored bytes of one Service that are not its layout (one entry fewer, the tables in
+    another order) would make positions name the wrong entries: nothing stored is used."""
+    fresh = EncodedEntries.of(INFO, snap)
+    known = load_encodings(dump_encodings(fresh))
+    last = snap.services[-3]
+    blobs, tables = known.services[last.fragment_digest]
+    bad = (blobs[:-1], tables[:-1]) if cut == "one entry less" else (blobs, tables[::-1])
+    damaged = KnownEncodings(known.info_key, MappingProxyType({**known.services, last.fragment_digest: bad}))
+    _same(EncodedEntries.of(INFO, snap, None, damaged), fresh)
+
+
 def test_entries_not_laid_out_per_service_are_not_dumped(snap: Snapshot) -> None:
     with pytest.raises(ValueError, match="not made per Service"):
         dump_encodings(EncodedEntries(INFO, [e for es in snap.tables().values() for e in es]))

@@ -317,6 +317,8 @@ class EncodedEntries:
                 hit = stored.get(digest)
                 if hit is not None:
                     taken.append((svc, digest))
+                    if hit[1] != _tables_of(svc) or len(hit[0]) != len(hit[1]):
+                        stored = None  # not this Service's layout: nothing stored is to be trusted
             if hit is None:
                 hit = encode.encode_service(svc)
             per_service[svc] = hit
@@ -325,7 +327,7 @@ class EncodedEntries:
             starts.append(len(blobs))
             blobs += hit[0]
             tables += hit[1]
-        if taken and not _agree(encode, taken, per_service):
+        if taken and (stored is None or not _agree(encode, taken, per_service)):
             log.warning("stored encoded entries differ from this reconciler's encoding: every Service is encoded")
             return cls.of_snapshot(info, services, global_entries, source, previous)  # as if nothing were known
         starts.append(len(blobs))  # the global entries start here
@@ -432,6 +434,24 @@ def _digest_of(svc: ServiceSnapshot) -> str:
         return svc.fragment_digest
     except Exception:  # noqa: BLE001 (whatever it is, the old path decides)
         return ""
+
+
+_LAYOUTS: dict[tuple[int, int], tuple[str, ...]] = {}
+
+
+def _tables_of(svc: ServiceSnapshot) -> tuple[str, ...]:
+    """The table of each entry of `svc.entries()`, in its order (encode_service's layout), from
+    its counts alone: stored bytes are taken only when they are laid out so, or `at()` would
+    name the wrong entries."""
+    if not svc.backends or svc.assignment[0] is None:
+        return ()
+    counts = (len(svc.assignment), len(svc.backends))
+    made = _LAYOUTS.get(counts)
+    if made is None:
+        if len(_LAYOUTS) >= 1024:
+            _LAYOUTS.clear()
+        made = _LAYOUTS[counts] = (n.VIP_TABLE,) + (n.BACKEND_TABLE,) * counts[0] + (n.REVERSE_NAT,) * counts[1]
+    return made
 
 
 def _agree(encode: EntryEncoder, taken: Sequence[tuple[ServiceSnapshot, object]],
