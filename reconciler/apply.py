@@ -508,7 +508,8 @@ class TwoSwitchApplier:
     def know(self, known: KnownEncodings | None) -> None:
         """Encoded entries stored by an earlier process (encoded_memo.load_encodings), or None:
         every later encoding of a snapshot (the target's, the last good one's) takes the bytes
-        of a Service whose fragment digest is in `known` instead of encoding it."""
+        of a Service whose fragment digest is in `known` instead of encoding it (the digests
+        are made then if they were not: a transaction needs its snapshots' digests anyway)."""
         self._known = known
 
     def encoded_for(self, snapshot: Snapshot | None) -> EncodedEntries | None:

@@ -298,7 +298,7 @@ class EncodedEntries:
         encode = encoder_for(info)
         cache = previous._per_service if previous is not None and previous._info is info else {}
         stored = known.services if known is not None and known.for_info(info) else None
-        taken: list[tuple[ServiceSnapshot, object]] = []  # the Services whose bytes came from `known`
+        taken: list[tuple[ServiceSnapshot, str]] = []  # the Services whose bytes came from `known`, by digest
         per_service: dict[object, tuple[tuple[bytes, ...], tuple[str, ...]]] = {}
         blobs: list[bytes] = []
         tables: list[str] = []
@@ -454,9 +454,9 @@ def _tables_of(svc: ServiceSnapshot) -> tuple[str, ...]:
     return made
 
 
-def _agree(encode: EntryEncoder, taken: Sequence[tuple[ServiceSnapshot, object]],
+def _agree(encode: EntryEncoder, taken: Sequence[tuple[ServiceSnapshot, str]],
            got: Mapping[object, tuple[tuple[bytes, ...], tuple[str, ...]]]) -> bool:
-    """Whether a spread of the Services whose bytes were stored (with their cache keys) encodes
+    """Whether a spread of the Services whose bytes were stored (with their digests) encodes
     to those bytes now: a change of the encoding that was not given a new version
     (encoded_memo._ENCODING) must not put stale bytes on a switch."""
     step = max(1, len(taken) // _KNOWN_SAMPLE)
