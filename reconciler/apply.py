@@ -757,13 +757,15 @@ class TwoSwitchApplier:
                 blobs = await prefetched
             else:  # a session lost since the read went out reads again, failing as it always did
                 blobs = await session.read_encoded()
-            read = match_readback(blobs, expected)
+            read_set = set(blobs)  # matched once or twice (the drift below)
+            read = match_readback(blobs, expected, read_set)
             extra = session.decode_entries(read.extra) if read.extra else []
             _log_decoded(sw.name, len(blobs), read, self.config.key)
             if report_drift:
                 # What the switch holds beyond the last good snapshot was changed by someone
                 # else (or left by an interrupted transaction); the same writes repair it.
-                drift = self._drift(session, blobs, expected, read, extra, target, expected_now)
+                drift = self._drift(session, blobs, read_set, expected, read, extra, target, expected_now)
+            del read_set
             if not blobs:
                 writes = await self._insert_all(sw, session, expected)
                 verify = None  # everything was written: read everything back
@@ -778,8 +780,8 @@ class TwoSwitchApplier:
         expected.release()  # keep the bytes, not ~350,000 Entry objects, until the next use
         return writes, drift
 
-    def _drift(self, session: SwitchSession, blobs: list[bytes], expected: EncodedEntries, read: Readback,
-               extra: list[Entry], target: Snapshot | None, expected_now: Snapshot | None) -> list[str]:
+    def _drift(self, session: SwitchSession, blobs: list[bytes], read_set: set[bytes], expected: EncodedEntries,
+               read: Readback, extra: list[Entry], target: Snapshot | None, expected_now: Snapshot | None) -> list[str]:
         """compare_entries(what the switch holds, expected_now), from the unmatched entries alone
         (every matched entry is equal on both sides): against the target's bytes when
         expected_now is the target, else against expected_now's (its unchanged Services reuse
@@ -795,7 +797,7 @@ class TwoSwitchApplier:
         else:
             now = EncodedEntries.of(self.info, expected_now, expected, self._known)
             self._encoded_now = (expected_now, expected, now)
-        read_now = match_readback(blobs, now)
+        read_now = match_readback(blobs, now, read_set)
         extra_now = session.decode_entries(read_now.extra) if read_now.extra else []
         return compare_entries(extra_now, now.at(read_now.missing))
 

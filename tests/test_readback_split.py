@@ -114,6 +114,13 @@ def _shapes() -> dict[str, bytes]:
         "length past the end": b"\x0a\x50\x12",
         "field number 0": b"\x00\x00" + plain,
         "group": b"\x0b\x0c" + plain,
+        # Entity and item boundaries that could be confused when only totals are compared:
+        "two table entries in one entity, then an empty one": b"\x0a" + bytes([len(_entity(blobs[0])[2:]) + len(_entity(blobs[1])[2:])])
+        + _entity(blobs[0])[2:] + _entity(blobs[1])[2:] + b"\x0a\x00" + plain,
+        "a table entry and an unknown field in one entity": b"\x0a" + bytes([len(blobs[0]) + 4]) + b"\x12"
+        + bytes([len(blobs[0])]) + blobs[0] + b"\x18\x01" + plain,
+        "a table entry's length in two bytes": b"\x0a" + bytes([len(blobs[0]) + 3]) + b"\x12" + bytes([0x80 | len(blobs[0]), 0])
+        + blobs[0] + plain,
     }
 
 

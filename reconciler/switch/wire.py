@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 from bisect import bisect_right
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence, Set as AbstractSet
 from dataclasses import dataclass
 from typing import Any
 
@@ -266,7 +266,7 @@ class EncodedEntries:
     are kept (a long-running applier keeps its last target's bytes, ~64 MB at 348,000 entries,
     not the Entry objects too), and the entries are made again if a read-back differs."""
 
-    __slots__ = ("blobs", "tables", "index", "_entries", "_source", "_by_entry", "_info", "_per_service", "_starts",
+    __slots__ = ("blobs", "tables", "keys", "_index", "_entries", "_source", "_by_entry", "_info", "_per_service", "_starts",
                  "_services", "_global")
 
     def __init__(self, info: PipelineInfo, entries: Iterable[Entry],
@@ -276,7 +276,8 @@ class EncodedEntries:
         self._source = source
         self.blobs: tuple[bytes, ...] = tuple([encode(e) for e in self._entries])
         self.tables: tuple[str, ...] = tuple([e.table for e in self._entries])  # each entry's table
-        self.index: dict[bytes, int] = {b: i for i, b in enumerate(self.blobs)}  # blob -> position
+        self.keys: frozenset[bytes] = frozenset(self.blobs)  # the blobs, for matching a read-back
+        self._index: dict[bytes, int] | None = None
         self._by_entry: dict[int, bytes] | None = None
         self._info = info
         self._per_service: dict[object, tuple[tuple[bytes, ...], tuple[str, ...]]] = {}  # see of_snapshot
@@ -339,7 +340,8 @@ class EncodedEntries:
         self._source = source
         self.blobs = tuple(blobs)
         self.tables = tuple(tables)
-        self.index = {b: i for i, b in enumerate(self.blobs)}
+        self.keys = frozenset(self.blobs)
+        self._index = None
         self._by_entry = None
         self._info = info
         self._per_service = per_service
@@ -370,6 +372,14 @@ class EncodedEntries:
 
     def __len__(self) -> int:
         return len(self.blobs)
+
+    @property
+    def index(self) -> dict[bytes, int]:
+        """blob -> position (the last, if two entries encode alike), made when first asked: a
+        read-back matched as sets needs only `keys`, which costs a third as much to make."""
+        if self._index is None:
+            self._index = {b: i for i, b in enumerate(self.blobs)}
+        return self._index
 
     @property
     def entries(self) -> tuple[Entry, ...]:
@@ -482,20 +492,28 @@ class Readback:
         return not self.extra and not self.missing
 
 
-def match_readback(actual: Iterable[bytes], expected: EncodedEntries) -> Readback:
-    """Compare read-back TableEntry bytes with the expected ones, as bytes (a set lookup each)."""
-    index = expected.index
+def match_readback(actual: Iterable[bytes], expected: EncodedEntries, read: AbstractSet[bytes] | None = None) -> Readback:
+    """Compare read-back TableEntry bytes with the expected ones, as bytes (a set lookup each).
+    `read`: set(actual), when the caller has it already (one read-back matched twice)."""
+    keys = expected.keys
     blobs = actual if isinstance(actual, (list, tuple)) else list(actual)
-    read = set(blobs)
+    if read is None:
+        read = set(blobs)
     # With no blob read twice and every expected blob distinct (always, unless two entries
-    # encode alike), the comparison is two set differences at C speed: each blob read is either
+    # encode alike), the comparison is set operations at C speed: each blob read is either
     # expected (matched once) or extra, and what is expected but not read is missing. Anything
     # else takes the loop below.
-    if len(read) == len(blobs) and len(index) == len(expected.blobs):
-        unexpected = read - index.keys()
+    if len(read) == len(blobs) and len(keys) == len(expected.blobs):
+        if len(read) == len(keys) and read == keys:  # what a switch in step returns: one pass
+            return Readback((), (), len(blobs))
+        unexpected = read - keys
         extra = tuple([b for b in blobs if b in unexpected]) if unexpected else ()  # in the order read
-        missing = tuple(sorted([index[b] for b in index.keys() - read])) if len(read) - len(extra) != len(index) else ()
+        if len(read) - len(extra) == len(keys):
+            return Readback(extra, (), len(blobs) - len(extra))
+        absent = keys - read
+        missing = tuple([i for i, b in enumerate(expected.blobs) if b in absent])  # positions, ascending
         return Readback(extra, missing, len(blobs) - len(extra))
+    index = expected.index
     seen = bytearray(len(expected.blobs))
     extra_read: list[bytes] = []
     matched = 0
@@ -545,20 +563,23 @@ def _skip(data: bytes, pos: int, wire_type: int) -> int:
     raise _Malformed
 
 
-def _framing_message() -> Any:
-    """A message type with one field, `repeated bytes entities = 1`: ReadResponse's framing
-    alone, so that protobuf's C parser cuts a response into its Entity bytes (built here from a
-    descriptor: no .proto of our own to compile)."""
+def _framing_messages() -> tuple[Any, Any]:
+    """Two message types of one field each: `Entities` (`repeated bytes entities = 1`,
+    ReadResponse's framing alone) and `TableEntries` (`repeated bytes table_entries = 2`, an
+    Entity's table_entry field, repeated), so that protobuf's C parser cuts a response into its
+    TableEntry bytes (built here from a descriptor: no .proto of our own to compile)."""
     proto = descriptor_pb2.FileDescriptorProto(name="p4kube/read_framing.proto", package="p4kube.framing", syntax="proto3")
-    proto.message_type.add(name="Entities").field.add(
-        name="entities", number=1, type=descriptor_pb2.FieldDescriptorProto.TYPE_BYTES,
-        label=descriptor_pb2.FieldDescriptorProto.LABEL_REPEATED)
+    for name, field, number in (("Entities", "entities", 1), ("TableEntries", "table_entries", 2)):
+        proto.message_type.add(name=name).field.add(
+            name=field, number=number, type=descriptor_pb2.FieldDescriptorProto.TYPE_BYTES,
+            label=descriptor_pb2.FieldDescriptorProto.LABEL_REPEATED)
     pool = descriptor_pool.DescriptorPool()
     pool.Add(proto)
-    return message_factory.GetMessageClass(pool.FindMessageTypeByName("p4kube.framing.Entities"))
+    return (message_factory.GetMessageClass(pool.FindMessageTypeByName("p4kube.framing.Entities")),
+            message_factory.GetMessageClass(pool.FindMessageTypeByName("p4kube.framing.TableEntries")))
 
 
-_ENTITIES = _framing_message()
+_ENTITIES, _TABLE_ENTRIES = _framing_messages()
 
 
 def split_read_response(data: bytes) -> list[bytes]:
@@ -580,15 +601,27 @@ def _split_short(data: bytes) -> list[bytes] | None:
     """_split's answer, cut by protobuf's C parser, when the response is nothing but entities
     of the form every switch sends for entries under 126 bytes: b"\x0a" len b"\x12" len
     TableEntry, each length one byte. None for anything else (longer entries, other entities,
-    other fields, bytes that do not parse): _split decides then. The lengths prove the form:
-    entities that sum with their two framing bytes each to the whole response left no room for
-    another field or a longer length."""
+    other fields, bytes that do not parse): _split decides then.
+
+    No loop over the entities in Python: the entities' lengths summing with two framing bytes
+    each to the whole response leave no room for another field or a longer length; then their
+    concatenation, parsed as `repeated bytes table_entries = 2`, gives one item per entity, each
+    two bytes shorter than its entity. Each item's framing takes at least two bytes, so they take
+    exactly two and item and entity boundaries coincide: every entity is b"\x12" len TableEntry
+    and nothing else (an unknown field, a longer length, a missing or second table_entry would
+    change the count or a length)."""
     try:
-        entities = _ENTITIES.FromString(data).entities
+        entities = list(_ENTITIES.FromString(data).entities)
     except DecodeError:
         return None
-    out = [e[2:] for e in entities if 1 < len(e) < 0x80 and e[0] == 0x12 and e[1] == len(e) - 2]
-    if len(out) != len(entities) or sum(map(len, out)) + 4 * len(out) != len(data):
+    sizes = list(map(len, entities))
+    if sum(sizes) + 2 * len(sizes) != len(data):
+        return None
+    try:
+        out = list(_TABLE_ENTRIES.FromString(b"".join(entities)).table_entries)
+    except DecodeError:
+        return None
+    if len(out) != len(sizes) or list(map(len, out)) != [n - 2 for n in sizes]:
         return None
     return out
 
