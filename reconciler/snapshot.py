@@ -309,13 +309,18 @@ class ServiceSnapshot:
         vip = Entry(n.VIP_TABLE, (self.vip, self.port, proto), n.SET_SERVICE, (self.service_id, self.bucket_count - 1), self.name)
         return {n.VIP_TABLE: [vip], n.BACKEND_TABLE: backend_entries, n.REVERSE_NAT: reverse}
 
-    def reverse_nat_keys(self) -> list[tuple[Value, ...]]:
+    def reverse_nat_keys(self) -> tuple[tuple[Value, ...], ...]:
         """The keys of entries()[REVERSE_NAT], in that order, without making the bucket entries
-        (render looks them up for every Service of a --previous snapshot)."""
+        (render looks them up for every Service of a --previous snapshot). Made once per object:
+        a resumed render and its memo both seed from the same 5,000 Services."""
+        return self._reverse_nat_keys
+
+    @cached_property
+    def _reverse_nat_keys(self) -> tuple[tuple[Value, ...], ...]:
         if not self.backends or self.assignment[0] is None:
-            return []
+            return ()
         proto = n.IP_PROTOCOLS[self.protocol]
-        return sorted(((b.address, b.port, proto) for b in self.backends), key=lambda k: tuple(_sort_value(v) for v in k))
+        return tuple(sorted(((b.address, b.port, proto) for b in self.backends), key=lambda k: tuple(_sort_value(v) for v in k)))
 
     @cached_property
     def fragment_digest(self) -> str:
@@ -468,7 +473,7 @@ def route_entries(routes: Iterable[tuple[str, int, str]]) -> tuple[Entry, ...]:
 # --- the snapshot -----------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class Snapshot:
     config: str
     version: int
@@ -479,6 +484,12 @@ class Snapshot:
     services: tuple[ServiceSnapshot, ...]  # sorted by name
     global_entries: tuple[Entry, ...] = ()  # entries owned by the config (routes), key order
     extra: Mapping[str, Any] = field(default_factory=dict, compare=False)
+
+    def __repr__(self) -> str:
+        # Short: a 5,000-Service snapshot's full repr is megabytes and takes 0.2 s, and asyncio
+        # makes one of a finished task's result when asyncio.run() restores its SIGINT handler.
+        return (f"Snapshot(config={self.config!r}, version={self.version}, services={len(self.services)}, "
+                f"global_entries={len(self.global_entries)}, intent_commit={self.intent_commit!r})")
 
     @cached_property
     def digest(self) -> str:

@@ -219,4 +219,4 @@ def test_any_other_text_is_decided_by_from_document(tmp_path: Path, multi_render
 def test_reverse_nat_keys_are_the_entries_keys(multi_render: RenderResult) -> None:
     for name, snap in cases(multi_render.snapshot).items():
         for s in snap.services:
-            assert s.reverse_nat_keys() == [e.key for e in s.entries().get(n.REVERSE_NAT, ())], (name, s.name)
+            assert list(s.reverse_nat_keys()) == [e.key for e in s.entries().get(n.REVERSE_NAT, ())], (name, s.name)
