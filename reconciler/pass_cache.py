@@ -1,5 +1,5 @@
 """What one `p4kube reconcile --once` leaves for the next: the render memo and the encoded
-entries of the snapshot it left on the switches, in one file beside the audit repository.
+entries of the snapshot it left on the switches, in files beside the audit repository.
 
 A fresh process would otherwise render all Services and encode all their entries again (at
 5,000 Services, 348,137 entries per switch: two of a run's five seconds) to learn that one
@@ -10,7 +10,7 @@ Service changed. With this file it renders only the Services whose inputs change
 A shortcut, never a source of truth (DESIGN.md 6.1):
 - the snapshot still comes from the audit repository (or --state), and both switches are still
   read back in full and compared byte for byte with what that snapshot encodes to;
-- the file is used only by the same reconciler code, P4Info and config it was made with, and
+- a file is used only by the same reconciler code, P4Info and config it was made with, and
   the render memo only when its snapshot is the one last applied; a sha256 of the whole file is
   checked before any of it is used. Anything that does not match is said in one log line and the run
   renders and encodes everything, as without the file;
@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 
 _MAGIC = b"p4kube pass cache 1\n"
 DIR_NAME = "p4kube-cache"
-_PARTS = ("render", "encoded")
+PARTS = ("render", "encoded")
 # A header is a few hundred bytes; anything longer is not one of ours.
 _MAX_HEADER = 64 * 1024
 _DIGEST_LINE = 65  # 64 hex digits and a newline
@@ -52,85 +52,75 @@ class CacheKey:
 
 
 @dataclass(frozen=True)
-class PassCache:
-    """`snapshot`: the digest of the snapshot the parts were made for (the render memo's base,
-    the snapshot whose entries `encoded` holds). A part is None when that run had none to leave."""
+class Stored:
+    """One part as read back: the digest of the snapshot it was made for (the render memo's
+    base; the snapshot whose entries were encoded), and its bytes."""
 
-    key: CacheKey
     snapshot: str
-    render: bytes | None = None
-    encoded: bytes | None = None
+    data: bytes
 
 
 class CacheUnusable(Exception):
-    """The file is missing, damaged, or made by other code, P4Info or config; the message says which."""
+    """The file is missing, damaged, or made by other code, P4Info, config or format; the message
+    says which; `warn`: worth a warning (damaged, unreadable), not a normal miss."""
+
+    def __init__(self, message: str, *, warn: bool = False) -> None:
+        super().__init__(message)
+        self.warn = warn
 
 
-def cache_file(directory: str | Path, config: str) -> Path:
-    """The file of `config` (namespace/name) under `directory` (the audit repository's git
-    directory, or --state's)."""
-    return Path(directory) / DIR_NAME / (config.replace("/", "__") + ".cache")
+def cache_file(directory: str | Path, config: str, part: str) -> Path:
+    """The file of `part` ("render" or "encoded") of `config` (namespace/name) under `directory`
+    (the audit repository's git directory, or --state's). Two files: the small render memo is
+    written by every pass that renders, the encoded entries (tens of MB) only when they no
+    longer cover the snapshot."""
+    if part not in PARTS:
+        raise ValueError(f"unknown pass cache part {part!r}")
+    return Path(directory) / DIR_NAME / f"{config.replace('/', '__')}.{part}"
 
 
-def load(path: Path, key: CacheKey) -> PassCache:
-    """The cache at `path` when it was made for `key` and is whole. Raises CacheUnusable."""
+def load(path: Path, key: CacheKey) -> Stored:
+    """The part at `path` when it was made for `key` and is whole. Raises CacheUnusable."""
     try:
         data = path.read_bytes()
     except FileNotFoundError:
         raise CacheUnusable(f"{path}: none yet") from None
     except OSError as e:
-        raise CacheUnusable(f"{path}: cannot read: {e.strerror}") from None
+        raise CacheUnusable(f"{path}: cannot read: {e.strerror}", warn=True) from None
     if not data.startswith(_MAGIC):
         raise CacheUnusable(f"{path}: not a p4kube pass cache of this format")
     # Line 2: the sha256 of all that follows, so that no byte of it is taken unchecked.
     body_at = len(_MAGIC) + _DIGEST_LINE
     if len(data) < body_at or data[body_at - 1:body_at] != b"\n" or \
             hashlib.sha256(memoryview(data)[body_at:]).hexdigest().encode() != data[len(_MAGIC):body_at - 1]:
-        raise CacheUnusable(f"{path}: damaged (checksum)")
+        raise CacheUnusable(f"{path}: damaged (checksum)", warn=True)
     end = data.find(b"\n", body_at, body_at + _MAX_HEADER)
     if end < 0:
-        raise CacheUnusable(f"{path}: damaged (no header)")
+        raise CacheUnusable(f"{path}: damaged (no header)", warn=True)
     try:
         header = orjson.loads(data[body_at:end])
         made_for = CacheKey(str(header["config"]), str(header["p4info"]), str(header["code"]))
         snapshot = str(header["snapshot"])
-        sizes = [(name, int(header["parts"][name])) for name in _PARTS if name in header["parts"]]
     except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
-        raise CacheUnusable(f"{path}: damaged (header)") from None
+        raise CacheUnusable(f"{path}: damaged (header)", warn=True) from None
     for field, why in (("config", "another config"), ("p4info", "another P4Info"), ("code", "another version of the reconciler")):
         if getattr(made_for, field) != getattr(key, field):
             raise CacheUnusable(f"{path}: made for {why}")
-    parts: dict[str, bytes] = {}
-    at = end + 1
-    for name, size in sizes:
-        if size < 0 or at + size > len(data):
-            raise CacheUnusable(f"{path}: damaged ({name} part)")
-        parts[name] = data[at:at + size]
-        at += size
-    if at != len(data):
-        raise CacheUnusable(f"{path}: damaged (trailing bytes)")
-    return PassCache(key, snapshot, parts.get("render"), parts.get("encoded"))
+    return Stored(snapshot, data[end + 1:])
 
 
-def store(path: Path, cache: PassCache) -> None:
-    """Write `cache` to `path` atomically (temporary file, rename). Raises OSError. Not fsynced:
+def store(path: Path, key: CacheKey, part: Stored) -> None:
+    """Write `part` to `path` atomically (temporary file, rename). Raises OSError. Not fsynced:
     a file torn by a crash fails its checksum and costs one full render, never a wrong one."""
-    parts = [(name, part) for name, part in (("render", cache.render), ("encoded", cache.encoded)) if part is not None]
-    header = {
-        "config": cache.key.config, "p4info": cache.key.p4info, "code": cache.key.code, "snapshot": cache.snapshot,
-        "parts": {name: len(part) for name, part in parts},
-    }
-    body = [orjson.dumps(header) + b"\n", *(part for _, part in parts)]
-    h = hashlib.sha256()
-    for chunk in body:
-        h.update(chunk)
+    header = orjson.dumps({"config": key.config, "p4info": key.p4info, "code": key.code, "snapshot": part.snapshot}) + b"\n"
+    h = hashlib.sha256(header)
+    h.update(part.data)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(_MAGIC + h.hexdigest().encode() + b"\n")
-            for chunk in body:
-                f.write(chunk)
+            f.write(_MAGIC + h.hexdigest().encode() + b"\n" + header)
+            f.write(part.data)
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -141,11 +131,11 @@ def store(path: Path, cache: PassCache) -> None:
 
 
 def forget(path: Path) -> None:
-    """Remove the cache (a run that cannot vouch for it), if there is one."""
+    """Remove a part (a run that cannot vouch for it), if there is one."""
     try:
         path.unlink()
     except FileNotFoundError:
         pass
 
 
-__all__ = ["DIR_NAME", "CacheKey", "CacheUnusable", "PassCache", "cache_file", "forget", "load", "store"]
+__all__ = ["DIR_NAME", "PARTS", "CacheKey", "CacheUnusable", "Stored", "cache_file", "forget", "load", "store"]

@@ -1,6 +1,6 @@
 """The pass cache (reconciler/pass_cache.py) as one `p4kube reconcile --once` uses it: read once,
 a Renderer resumed from its render memo, an applier told its encoded entries, and what the run
-leaves (the snapshot the switches were left holding) written back for the next run.
+leaves (for the snapshot the switches were left holding) written back for the next run.
 
 Never a reason for a run to fail or to differ: an unusable file is said and passed over, a file
 that cannot be written is said and the run's outcome stands.
@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..pass_cache import CacheKey, CacheUnusable, PassCache, cache_file, load, store
+from ..pass_cache import PARTS, CacheKey, CacheUnusable, Stored, cache_file, load, store
 
 if TYPE_CHECKING:
     from ..apply import TwoSwitchApplier
@@ -38,94 +38,99 @@ class Left:
     encoded: EncodedEntries | None = None
 
 
+# The encoded entries are written again when fewer of the snapshot's Services than this are in
+# them: until then a pass encodes its few new Services itself and leaves the file (tens of MB,
+# ~0.15 s to write) as it is.
+REWRITE_BELOW = 0.9
+
+
 class PassMemo:
-    """One config's pass cache for one run. `read=False` (--no-cache): nothing is read, the file
-    is still written afresh at the end."""
+    """One config's pass cache for one run. `read=False` (--no-cache): nothing is read, the files
+    are still written afresh at the end."""
 
     def __init__(self, directory: str | Path, key: CacheKey, *, read: bool = True) -> None:
-        self.path = cache_file(directory, key.config)
         self.key = key
-        self.cache: PassCache | None = None
+        self.paths = {part: cache_file(directory, key.config, part) for part in PARTS}
+        self.stored: dict[str, Stored] = {}
         self._known: KnownEncodings | None = None
-        self.resumed_from: str | None = None  # the snapshot digest a render was resumed from
         if not read:
             return
-        try:
-            self.cache = load(self.path, key)
-        except CacheUnusable as e:
-            if "damaged" in str(e):
-                print(f"{key.config}: warning: pass cache {e}; everything is rendered and encoded", file=sys.stderr)
-            else:
-                log.info("pass cache not used: %s", e)
+        for part, path in self.paths.items():
+            try:
+                self.stored[part] = load(path, key)
+            except CacheUnusable as e:
+                if e.warn:
+                    print(f"{key.config}: warning: pass cache {e}; it is not used", file=sys.stderr)
+                else:
+                    log.info("pass cache not used: %s", e)
 
     def resume(self, renderer: Renderer, config: LoadBalancerConfig, previous: Snapshot | None, *, p4info_digest: str) -> bool:
         """Resume `renderer` from the render memo when it was made for `previous` (the snapshot
         the switches hold); else it stays fresh and renders every Service."""
         from ..render.memo import RenderMemo
 
-        if self.cache is None or self.cache.render is None or previous is None:
+        stored = self.stored.get("render")
+        if stored is None or previous is None:
             return False
         try:
-            memo = RenderMemo.from_bytes(self.cache.render)
+            memo = RenderMemo.from_bytes(stored.data)
         except ValueError as e:
-            print(f"{self.key.config}: warning: pass cache {self.path}: render memo: {e}; every Service is rendered",
+            print(f"{self.key.config}: warning: pass cache {self.paths['render']}: {e}; every Service is rendered",
                   file=sys.stderr)
             return False
         if not renderer.resume(memo, config, previous, p4info_digest=p4info_digest):
-            log.info("pass cache: its render memo is not of v%s (the last applied snapshot): every Service is rendered",
+            log.info("pass cache: the render memo is not of v%s (the last applied snapshot): every Service is rendered",
                      previous.version)
             return False
-        self.resumed_from = previous.digest
         return True
 
     def known(self) -> KnownEncodings | None:
-        """The encoded entries the cache holds, by Service fragment digest (parsed once)."""
+        """The encoded entries stored, by Service fragment digest (parsed once)."""
         from ..switch.encoded_memo import load_encodings
 
-        if self._known is None and self.cache is not None and self.cache.encoded is not None:
+        stored = self.stored.get("encoded")
+        if self._known is None and stored is not None:
             try:
-                self._known = load_encodings(self.cache.encoded)
+                self._known = load_encodings(stored.data)
             except ValueError as e:
-                print(f"{self.key.config}: warning: pass cache {self.path}: encoded entries: {e}; every entry is encoded",
+                print(f"{self.key.config}: warning: pass cache {self.paths['encoded']}: {e}; every entry is encoded",
                       file=sys.stderr)
-                self.cache = PassCache(self.key, self.cache.snapshot, self.cache.render, None)
+                del self.stored["encoded"]
         return self._known
 
     def tell(self, applier: TwoSwitchApplier) -> None:
-        """Give `applier` the cache's encoded entries, for the snapshots it is about to encode."""
+        """Give `applier` the stored encoded entries, for the snapshots it is about to encode."""
         known = self.known()
         if known is not None:
             applier.know(known)
 
     def leave(self, left: Left) -> None:
-        """Write what this pass leaves, unless the file already holds exactly that."""
-        from ..switch.encoded_memo import dump_encodings
-
+        """Write what this pass leaves that the files do not hold yet."""
         digest = left.snapshot.digest
-        render: bytes | None
         if left.render is not None:
-            render = left.render.to_bytes()
-        elif self.cache is not None and self.cache.snapshot == digest:
-            render = self.cache.render  # not rendered this pass: the memo of the same snapshot stands
-        else:
-            render = None
-        same = self.cache is not None and self.cache.snapshot == digest
-        if same and self.cache is not None and self.cache.encoded is not None:
-            encoded: bytes | None = self.cache.encoded  # the same snapshot's entries, encoded alike
-        elif left.encoded is not None:
-            encoded = dump_encodings(left.encoded)
-        else:
-            encoded = None
-        new = PassCache(self.key, digest, render, encoded)
-        if new == self.cache or (render is None and encoded is None):
+            self._write("render", Stored(digest, left.render.to_bytes()))
+        if left.encoded is not None and self._coverage(left.snapshot) < REWRITE_BELOW:
+            from ..switch.encoded_memo import dump_encodings
+
+            self._write("encoded", Stored(digest, dump_encodings(left.encoded)))
+
+    def _coverage(self, snapshot: Snapshot) -> float:
+        """The share of `snapshot`'s Services whose entries the stored file holds (0: none stored)."""
+        known = self.known()
+        if known is None or not snapshot.services:
+            return 0.0
+        return sum(svc.fragment_digest in known.services for svc in snapshot.services) / len(snapshot.services)
+
+    def _write(self, part: str, new: Stored) -> None:
+        if self.stored.get(part) == new:
             return
         try:
-            store(self.path, new)
+            store(self.paths[part], self.key, new)
         except OSError as e:
-            print(f"{self.key.config}: warning: pass cache {self.path} not written ({e.strerror or e}); "
-                  f"the next run renders and encodes everything", file=sys.stderr)
+            print(f"{self.key.config}: warning: pass cache {self.paths[part]} not written ({e.strerror or e}); "
+                  f"the next run does without it", file=sys.stderr)
             return
-        self.cache = new
+        self.stored[part] = new
 
 
 __all__ = ["Left", "PassMemo"]

@@ -423,8 +423,10 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
         if memo is not None:  # before the render below moves the renderer on
             left.append(Left(rendered.snapshot, renderer.memo()))
         if rendered_from:
+            # The same cluster object: no Service's inputs changed (changed=() says so rather than
+            # comparing 5,000 fingerprints); what waits for a released value is rendered again.
             again = renderer.render(config, cluster, rendered.snapshot, p4info_digest=p4info_digest,
-                                    intent_commit=intent.commit, now=now)
+                                    intent_commit=intent.commit, changed=(), now=now)
             if again.snapshot.digest == rendered.snapshot.digest:
                 extra = ((TRAILER, rendered_from), (ISSUES_TRAILER, issues_summary(rendered.issues)))
         return rendered
