@@ -23,15 +23,14 @@ sends), or in the --state directory without one. Its trust is that of that direc
 from __future__ import annotations
 
 import hashlib
-import logging
 import os
-import tempfile
+import secrets
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import orjson
 
-log = logging.getLogger(__name__)
 
 _MAGIC = b"p4kube pass cache 1\n"
 DIR_NAME = "p4kube-cache"
@@ -39,6 +38,9 @@ PARTS = ("render", "encoded")
 # A header is a few hundred bytes; anything longer is not one of ours.
 _MAX_HEADER = 64 * 1024
 _DIGEST_LINE = 65  # 64 hex digits and a newline
+# Far above what 5,000 Services need (~22 MB): a larger file is refused unread.
+MAX_BYTES = 1 << 30
+STALE_SECONDS = 3600
 
 
 @dataclass(frozen=True)
@@ -82,7 +84,10 @@ def cache_file(directory: str | Path, config: str, part: str) -> Path:
 def load(path: Path, key: CacheKey) -> Stored:
     """The part at `path` when it was made for `key` and is whole. Raises CacheUnusable."""
     try:
-        data = path.read_bytes()
+        with path.open("rb") as f:
+            if os.fstat(f.fileno()).st_size > MAX_BYTES:
+                raise CacheUnusable(f"{path}: over {MAX_BYTES >> 20} MiB: not one of ours", warn=True)
+            data = f.read()
     except FileNotFoundError:
         raise CacheUnusable(f"{path}: none yet") from None
     except OSError as e:
@@ -116,7 +121,11 @@ def store(path: Path, key: CacheKey, part: Stored) -> None:
     h = hashlib.sha256(header)
     h.update(part.data)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    _remove_stale(path)
+    # Created as the umask says (mkstemp's 0600 would lock out the other writers of a shared
+    # audit repository), under a name no other writer picks.
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(_MAGIC + h.hexdigest().encode() + b"\n" + header)
@@ -128,6 +137,18 @@ def store(path: Path, key: CacheKey, part: Stored) -> None:
         except FileNotFoundError:
             pass
         raise
+
+
+def _remove_stale(path: Path) -> None:
+    """Temporary files of `path` left by a writer that died before its rename (an hour old: a
+    live writer takes seconds)."""
+    horizon = time.time() - STALE_SECONDS
+    for tmp in path.parent.glob(f".{path.name}.*"):
+        try:
+            if tmp.stat().st_mtime < horizon:
+                tmp.unlink()
+        except OSError:
+            pass  # another writer's, or gone already
 
 
 def forget(path: Path) -> None:

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import stat
+import time
 from pathlib import Path
 
 import pytest
 
+from reconciler import pass_cache
 from reconciler.pass_cache import CacheKey, CacheUnusable, Stored, cache_file, forget, load, store
 
 KEY = CacheKey("p4kube-system/lb", "sha256:p4info", "code-1")
@@ -84,3 +88,32 @@ def test_forget_removes_it_and_tolerates_none(tmp_path: Path) -> None:
     forget(path)
     assert not path.exists()
     forget(path)
+
+
+def test_a_file_is_made_as_the_umask_says(tmp_path: Path) -> None:
+    """Not mkstemp's 0600: the other writers of a shared audit repository read it too."""
+    old = os.umask(0o002)
+    try:
+        path = _stored(tmp_path)
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o664
+
+
+def test_temporary_files_of_a_dead_writer_are_removed_and_a_live_ones_kept(tmp_path: Path) -> None:
+    path = _stored(tmp_path)
+    dead, live = path.with_name(f".{path.name}.1.dead"), path.with_name(f".{path.name}.2.live")
+    for tmp in (dead, live):
+        tmp.write_bytes(b"half written")
+    old = time.time() - 2 * 3600
+    os.utime(dead, (old, old))
+    store(path, KEY, PART)
+    assert not dead.exists() and live.exists()
+
+
+def test_a_file_over_the_limit_is_refused_unread(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = _stored(tmp_path)
+    monkeypatch.setattr(pass_cache, "MAX_BYTES", 100)
+    with pytest.raises(CacheUnusable, match="over") as e:
+        load(path, KEY)
+    assert e.value.warn

@@ -36,7 +36,7 @@ spec:
       - {{name: standby, role: standby, address: "127.0.0.1:{standby}"}}
       - {{name: primary, role: primary, address: "127.0.0.1:{primary}"}}
 """
-RESUMED = "Services rendered, the others' inputs unchanged"
+RESUMED = "Services rendered again, the others' inputs unchanged"
 
 
 @dataclasses.dataclass
@@ -110,7 +110,7 @@ def test_the_cache_renders_what_changed_and_gives_what_a_full_render_gives(world
         err_plain = capsys.readouterr().err
         assert RESUMED not in err_plain
         if n == 2:  # one Service scaled: only it is rendered
-            assert f"1 of {len(state.services)} {RESUMED}" in err_cached
+            assert f": 1 {RESUMED}" in err_cached
         _same_snapshot(cached.held(), plain.held())
         want = entries_of(cached.held())
         assert switch_entries(cached.standby) == switch_entries(cached.primary) == want
@@ -206,5 +206,52 @@ def test_the_encoded_entries_are_written_again_only_when_they_cover_too_little(w
     for k in keys[1:3]:
         three = with_scaled_service(three, k, next(ep.node for ep in base.endpoints[k]), +1)
     assert cached.once(three) == 0  # 17 of 20: written again
+    assert cached.cache("encoded").read_bytes() != first
+    assert switch_entries(cached.standby) == switch_entries(cached.primary) == entries_of(cached.held())
+
+
+def test_not_used_with_signed_audit_records(worlds, tmp_path, capsys):
+    """What is applied must follow from what signatures vouch for: the files carry none."""
+    from test_signing_flags import ssh_key
+
+    cached, _ = worlds
+    key, _signers = ssh_key(tmp_path, "audit")
+    cached.flags = ("--sign-commits", "ssh", "--signing-key", str(key))
+    base = synthetic_cluster(services=10, nodes=4, endpoints=40, seed=2)
+    assert cached.once(base) == 0
+    assert cached.once(with_scaled_service(base, sorted(base.services)[0], "node-1", +1)) == 0
+    assert RESUMED not in capsys.readouterr().err
+    assert not cached.cache("render").exists() and not cached.cache("encoded").exists()
+    assert switch_entries(cached.standby) == switch_entries(cached.primary) == entries_of(cached.held())
+
+
+def test_a_cache_that_cannot_be_written_leaves_the_pass_as_it_was(worlds, capsys, monkeypatch):
+    from reconciler.switch import encoded_memo
+
+    cached, _ = worlds
+    base = synthetic_cluster(services=10, nodes=4, endpoints=40, seed=2)
+
+    def broken(_encoded):
+        raise ValueError("no room")
+
+    monkeypatch.setattr(encoded_memo, "dump_encodings", broken)
+    assert cached.once(base) == 0
+    out, err = capsys.readouterr()
+    assert "warning: pass cache not written (ValueError: no room)" in err and "snapshot v1 applied" in out
+    assert cached.held().version == 1
+    assert switch_entries(cached.standby) == switch_entries(cached.primary) == entries_of(cached.held())
+
+
+def test_stored_bytes_refused_as_not_ours_are_written_again(worlds, capsys, monkeypatch):
+    """Bytes that do not agree with this reconciler's encoding are not used (every entry is
+    encoded), and the file is written afresh even though its digests cover the snapshot."""
+    from reconciler.switch import wire
+
+    cached, _ = worlds
+    base = synthetic_cluster(services=10, nodes=4, endpoints=40, seed=2)
+    assert cached.once(base) == 0
+    first = cached.cache("encoded").read_bytes()
+    monkeypatch.setattr(wire, "_agree", lambda *a: False)  # as if another encoding had made them
+    assert cached.once(with_scaled_service(base, sorted(base.services)[0], "node-1", +1)) == 0
     assert cached.cache("encoded").read_bytes() != first
     assert switch_entries(cached.standby) == switch_entries(cached.primary) == entries_of(cached.held())

@@ -105,11 +105,23 @@ class PassMemo:
             applier.know(known)
 
     def leave(self, left: Left) -> None:
-        """Write what this pass leaves that the files do not hold yet."""
+        """Write what this pass leaves that the files do not hold yet. Never raises: the pass's
+        outcome stands whatever happens here (a warning says what did)."""
+        try:
+            self._leave(left)
+        except Exception as e:  # noqa: BLE001 - a cache must not turn a done pass into a failure
+            log.debug("pass cache not written", exc_info=True)
+            print(f"{self.key.config}: warning: pass cache not written ({type(e).__name__}: {e}); "
+                  f"the next run does without it", file=sys.stderr)
+
+    def _leave(self, left: Left) -> None:
         digest = left.snapshot.digest
         if left.render is not None:
             self._write("render", Stored(digest, left.render.to_bytes()))
-        if left.encoded is not None and self._coverage(left.snapshot) < REWRITE_BELOW:
+        # Written again when it covers too little of this snapshot, or when its bytes were
+        # refused (not this reconciler's encoding: taking none of them, the pass encoded all).
+        if left.encoded is not None and (self._coverage(left.snapshot) < REWRITE_BELOW
+                                         or (self.known() is not None and not left.encoded.stored_taken)):
             from ..switch.encoded_memo import dump_encodings
 
             self._write("encoded", Stored(digest, dump_encodings(left.encoded)))

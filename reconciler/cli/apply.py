@@ -41,6 +41,7 @@ if TYPE_CHECKING:  # the library (finsy, grpc, pygit2, kubernetes) is imported w
     from ..render import RenderResult
     from ..snapshot import Snapshot
     from ..state import StateDir
+    from ..switch.wire import EncodedEntries
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -363,22 +364,29 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
     # with the audit repository, whose signed records say what each snapshot was rendered from.
     rendered_from = inputs_digest(config, recording, p4info_digest=p4info_digest, intent_commit=intent.commit) if audit else None
     # What the last run left (pass_cache.py): render only what changed, encode only what is new.
+    # Not with signed audit records: the files carry no signature, and what is applied must
+    # follow from what signatures vouch for (docs/apply.md).
     memo = PassMemo(audit.repo.path if audit is not None else args.state, CacheKey(config.key, p4info_digest, code_digest()),
-                    read=not args.no_cache) if cacheable(config) else None
+                    read=not args.no_cache) if cacheable(config) and keys is None else None
     left: list[Left] = []  # what this pass leaves for the next, once the switches hold it
     entry = audit.last_applied_entry(config.key) if audit is not None else None
     skipped: tuple[Snapshot, bool, ApplyResult] | None = None
     extra: tuple[tuple[str, str], ...] = ()
     if audit is not None and entry is not None and rendered_from and entry.trailers.get(TRAILER) == rendered_from \
             and not message:
-        skipped, previous, untrusted = asyncio.run(_without_render(config, args, audit, entry, rendered_from, memo))
+        skipped_encoded: list[EncodedEntries | None] = []
+        skipped, previous, untrusted = asyncio.run(_without_render(config, args, audit, entry, rendered_from, memo,
+                                                                   skipped_encoded))
     else:
         previous, untrusted = last_applied_trusted(audit, config.key) if audit is not None else (state.last_applied(config.key), "")
     if skipped is not None:
         assert entry is not None
         # A repair record says again what this snapshot was rendered from.
         extra = tuple((k, entry.trailers[k]) for k in (TRAILER, ISSUES_TRAILER) if k in entry.trailers)
-        return _report(config, args, audit, skipped, previous, extra)
+        code = _report(config, args, audit, skipped, previous, extra)
+        if memo is not None and skipped[2].ok:
+            memo.leave(Left(skipped[0], None, skipped_encoded[0] if skipped_encoded else None))
+        return code
     # Bad input is refused here, before anything is recorded or any switch is asked anything.
     cluster = cluster_from(recording, args.cluster)
     del recording
@@ -418,8 +426,8 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
                                    now=now)
         if resumed:
             assert previous is not None  # resume() needs it
-            print(f"{config.key}: {len(rendered.rendered)} of {len(cluster.services)} Services rendered, the others' "
-                  f"inputs unchanged since v{previous.version} (pass cache)", file=sys.stderr)
+            print(f"{config.key}: {len(rendered.rendered)} Services rendered again, the others' inputs unchanged since "
+                  f"v{previous.version} (pass cache)", file=sys.stderr)
         if memo is not None:  # before the render below moves the renderer on
             left.append(Left(rendered.snapshot, renderer.memo()))
         if rendered_from:
@@ -468,9 +476,10 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
             return snap, new, result
 
     outcome = asyncio.run(transaction())
+    code = _report(config, args, audit, outcome, previous, extra)  # extra: set by render()
     if memo is not None and left and outcome[2].ok:
         memo.leave(left[0])
-    return _report(config, args, audit, outcome, previous, extra)  # extra: set by render()
+    return code
 
 
 def _report(config: LoadBalancerConfig, args: argparse.Namespace, audit: AuditRepo | None,
@@ -501,7 +510,7 @@ def _report(config: LoadBalancerConfig, args: argparse.Namespace, audit: AuditRe
 
 
 async def _without_render(config: LoadBalancerConfig, args: argparse.Namespace, audit: AuditRepo, entry: AuditEntry,
-                          rendered_from: str, memo: PassMemo | None
+                          rendered_from: str, memo: PassMemo | None, encoded: list[EncodedEntries | None]
                           ) -> tuple[tuple[Snapshot, bool, ApplyResult] | None, Snapshot | None, str]:
     """The pass when this run's inputs digest to the last applied record's Rendered-From: both
     switches are read (read_ahead) while the last applied snapshot is read from the audit
@@ -510,7 +519,6 @@ async def _without_render(config: LoadBalancerConfig, args: argparse.Namespace, 
     pass to go on with what was read; the reads are cancelled then."""
     import asyncio
 
-    from ..app.pass_memo import Left
     from ..audit.refusals import last_applied_trusted
     from ..rendered_from import ISSUES_TRAILER, TRAILER, unchanged
 
@@ -530,8 +538,7 @@ async def _without_render(config: LoadBalancerConfig, args: argparse.Namespace, 
             memo.tell(applier)
         await asyncio.to_thread(applier.prepare, previous)  # while the switches answer
         result = await _sync(config, args, previous, applier)
-        if memo is not None and result.ok:
-            memo.leave(Left(previous, None, applier.encoded_for(previous)))
+        encoded.append(applier.encoded_for(previous))  # for the pass cache, once reported
         return (previous, False, result), previous, untrusted
 
 

@@ -266,7 +266,7 @@ class EncodedEntries:
     are kept (a long-running applier keeps its last target's bytes, ~64 MB at 348,000 entries,
     not the Entry objects too), and the entries are made again if a read-back differs."""
 
-    __slots__ = ("blobs", "tables", "keys", "_index", "_entries", "_source", "_by_entry", "_info", "_per_service", "_starts",
+    __slots__ = ("blobs", "tables", "keys", "stored_taken", "_index", "_entries", "_source", "_by_entry", "_info", "_per_service", "_starts",
                  "_services", "_global")
 
     def __init__(self, info: PipelineInfo, entries: Iterable[Entry],
@@ -277,6 +277,7 @@ class EncodedEntries:
         self.blobs: tuple[bytes, ...] = tuple([encode(e) for e in self._entries])
         self.tables: tuple[str, ...] = tuple([e.table for e in self._entries])  # each entry's table
         self.keys: frozenset[bytes] = frozenset(self.blobs)  # the blobs, for matching a read-back
+        self.stored_taken = 0  # of_snapshot: how many Services took their bytes from `known`
         self._index: dict[bytes, int] | None = None
         self._by_entry: dict[int, bytes] | None = None
         self._info = info
@@ -341,6 +342,7 @@ class EncodedEntries:
         self.blobs = tuple(blobs)
         self.tables = tuple(tables)
         self.keys = frozenset(self.blobs)
+        self.stored_taken = len(taken)
         self._index = None
         self._by_entry = None
         self._info = info
