@@ -12,9 +12,12 @@ repository and a local audit repository:
     reconcile (same)   p4kube reconcile --once, nothing changed (it reads both switches back). From
                        YAML the recording is the very file the first apply was rendered from, so
                        it is neither parsed nor rendered (`Rendered-From`, docs/audit.md); from
-                       JSON it is the same cluster in other bytes: parsed and rendered again. The
+                       JSON it is the same cluster in other bytes: parsed and rendered again
+                       (from the pass cache: only Services whose inputs changed, none here). The
                        row says which ("not rendered again" / "rendered").
-    reconcile (one)    p4kube reconcile --once, one Service scaled by one endpoint
+    reconcile (one)    p4kube reconcile --once, one Service scaled by one endpoint; then the same two
+                       changes with --no-cache (no pass cache: every Service rendered, every entry
+                       encoded). Every other reconcile row uses the pass cache the last run left.
     run                p4kube run, start to /readyz answering 200 (switches connected and read
                        back), the switches already holding the last applied snapshot: a restart
 
@@ -333,6 +336,12 @@ def measure_size(services: int, nodes: int, per_service: int, profile_dir: Path 
             cmd("reconcile --once, one Service changed", "yaml", [*once, "--cluster", str(rec["changed.yaml"])])
             if not quick:
                 cmd("reconcile --once, one Service changed", "json", [*once, "--cluster", str(rec["base.json"])])
+                # The same changes without the pass cache (docs/apply.md): every Service rendered
+                # and every entry encoded, as before it.
+                cmd("reconcile --once, one Service changed, --no-cache", "yaml",
+                    [*once, "--cluster", str(rec["changed.yaml"]), "--no-cache"])
+                cmd("reconcile --once, one Service changed, --no-cache", "json",
+                    [*once, "--cluster", str(rec["base.json"]), "--no-cache"])
             for fmt in ("yaml", "json"):
                 if (profile_dir is not None and fmt != "yaml") or (quick and fmt != "json") or (commands is not None and "run" not in commands):
                     continue
