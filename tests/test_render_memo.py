@@ -26,7 +26,7 @@ from reconciler.cluster.model import FALLBACK_BY_ANNOTATION, OPT_IN_ANNOTATION, 
 from reconciler.intent.model import LoadBalancerConfig
 from reconciler.render import Renderer, RenderResult
 from reconciler.render.allocate import Exhausted, Pool
-from reconciler.render.engine import _ORJSON_EXACT, _digest_of, _State, fingerprint_digest
+from reconciler.render.engine import _ORJSON_EXACT, _digest_of, _fresh_state, _reverse_keys, _seeds, _State, fingerprint_digest
 from reconciler.render.memo import MEMO_FORMAT, RenderMemo, code_digest, config_digest
 from reconciler.snapshot import Snapshot, from_document
 
@@ -119,6 +119,19 @@ def assert_same_state(resumed: _State, live: _State) -> None:
         assert first_free(a) == first_free(b)
 
 
+def assert_seeds_as_a_full_render(config: LoadBalancerConfig, snap: Snapshot) -> None:
+    """_seeds (what resume amends and memo() compares) holds what a full render from `snap` seeds."""
+    full = _fresh_state(config, P4INFO_DIGEST, snap)
+    seeds = _seeds(snap)
+    assert seeds.vips == full.vips.value_of
+    assert seeds.service_ids == full.service_ids.value_of
+    assert seeds.backend_ids == full.backend_ids.value_of
+    assert seeds.reverse_owner == full.reverse_owner
+    assert seeds.names == {k: ks.names for k, ks in full.keys.items()}
+    for s in snap.services:
+        assert sorted(_reverse_keys(s)) == sorted(s.reverse_nat_keys()), s.name
+
+
 def check_resumed_sequence(config: LoadBalancerConfig, model: Model, ops: list[tuple], *, told: bool = True) -> int:
     """Returns how many steps resumed with fewer Services rendered than the full render."""
     model = StatusModel(**{f.name: copy.deepcopy(getattr(model, f.name)) for f in dataclasses.fields(Model)})
@@ -153,6 +166,7 @@ def check_resumed_sequence(config: LoadBalancerConfig, model: Model, ops: list[t
             assert issues_of(r) == issues_of(c), f"step {step} {op}: {name} issues differ"
             assert r.changed == c.changed, f"step {step} {op}: {name} changed differs"
         saved += len(b.rendered) < len(c.rendered)
+        assert_seeds_as_a_full_render(config, a.snapshot)
         # After the render, both renderers hold the same state: their memos are the same bytes.
         memo = live.memo().to_bytes()
         assert resumed.memo().to_bytes() == memo, f"step {step} {op}: resumed state differs after render"

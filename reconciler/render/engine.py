@@ -112,6 +112,8 @@ class _State:
     # This render's clock (epoch seconds) and the lowest generation a drain it starts may carry.
     now: float = 0.0
     generation_floor: int = 1
+    # What the snapshot resume() seeded from holds (memo() compares with it while base is that snapshot).
+    seeds: _Seeds | None = None
 
     def reorder(self) -> None:
         self.order = sorted(self.services)
@@ -251,7 +253,7 @@ class Renderer:
         st = self._state
         if st is None or st.base is None:
             raise RuntimeError("Renderer.memo(): nothing rendered yet")
-        seeded = _fresh_state(st.config, st.p4info_digest, st.base, finish=False)
+        seeded = st.seeds if st.seeds is not None and st.seeds.base is st.base else _seeds(st.base)
         return RenderMemo(
             code_digest=code_digest(),
             config_digest=config_digest(st.config),
@@ -269,9 +271,9 @@ class Renderer:
             ),
             retry_keys=tuple((k, tuple(sorted(marks, key=sort_key))) for k, marks in sorted(st.retry_keys.items())),
             freed=tuple(sorted(st.freed, key=sort_key)),
-            vips=_holdings(st.vips.value_of, seeded.vips.value_of),
-            service_ids=_holdings(st.service_ids.value_of, seeded.service_ids.value_of),
-            backend_ids=_holdings(st.backend_ids.value_of, seeded.backend_ids.value_of),
+            vips=_holdings(st.vips.value_of, seeded.vips),
+            service_ids=_holdings(st.service_ids.value_of, seeded.service_ids),
+            backend_ids=_holdings(st.backend_ids.value_of, seeded.backend_ids),
             reverse_owner=_holdings(st.reverse_owner, seeded.reverse_owner),
         )
 
@@ -371,17 +373,9 @@ def kept_suffix(version: int) -> str:
     return f"; kept as in v{version} (last applied) until fixed"
 
 
-def _fresh_state(config: LoadBalancerConfig, p4info_digest: str, previous: Snapshot | None, finish: bool = True) -> _State:
-    """The state of a full render from `previous` (`finish`=False: pools seeded, not yet ready
-    to allocate, as memo() and resume compare and amend them)."""
-    st = _State(
-        config=config,
-        p4info_digest=p4info_digest,
-        base=previous,
-        vips=Pool(VipSpace(config.vip_pools)),
-        service_ids=Pool(IntSpace(1, MAX_SERVICE_ID, "service ids")),
-        backend_ids=Pool(IntSpace(0, MAX_BACKEND_ID, "backend ids (counter indices)")),
-    )
+def _fresh_state(config: LoadBalancerConfig, p4info_digest: str, previous: Snapshot | None) -> _State:
+    """The state of a full render from `previous`."""
+    st = _empty_state(config, p4info_digest, previous)
     if previous is not None and previous.config == config.key:
         for svc in previous.services:
             st.services[svc.name] = svc
@@ -394,21 +388,76 @@ def _fresh_state(config: LoadBalancerConfig, p4info_digest: str, previous: Snaps
             ks = st.keys.setdefault(svc.service_key, _KeyState(None, (), ()))
             ks.names = ks.names + (svc.name,)
         st.reorder()
-    if finish:
-        for pool in (st.vips, st.service_ids, st.backend_ids):
-            pool.finish_seed()
+    for pool in (st.vips, st.service_ids, st.backend_ids):
+        pool.finish_seed()
     return st
+
+
+def _empty_state(config: LoadBalancerConfig, p4info_digest: str, base: Snapshot | None) -> _State:
+    return _State(
+        config=config,
+        p4info_digest=p4info_digest,
+        base=base,
+        vips=Pool(VipSpace(config.vip_pools)),
+        service_ids=Pool(IntSpace(1, MAX_SERVICE_ID, "service ids")),
+        backend_ids=Pool(IntSpace(0, MAX_BACKEND_ID, "backend ids (counter indices)")),
+    )
+
+
+@dataclass(frozen=True)
+class _Seeds:
+    """What `base` seeds (as _fresh_state does): each pool's owner -> value, reverse_nat key ->
+    owner, each Service key's snapshot names. What memo() compares and resume amends, without
+    the rest of a state; not to be changed (memo() reuses resume's while the base is the same)."""
+
+    base: Snapshot
+    vips: dict[Hashable, str]
+    service_ids: dict[Hashable, int]
+    backend_ids: dict[Hashable, int]
+    reverse_owner: dict[_ReverseKey, str]
+    names: dict[str, tuple[str, ...]]
+
+
+def _seeds(base: Snapshot) -> _Seeds:
+    """The seeds of `base`, a snapshot of the state's config (as resume checks, and render makes)."""
+    vips: dict[Hashable, str] = {}
+    service_ids: dict[Hashable, int] = {}
+    backend_ids: dict[Hashable, int] = {}
+    reverse_owner: dict[_ReverseKey, str] = {}
+    names: dict[str, tuple[str, ...]] = {}
+    for svc in base.services:
+        name, key, mode = svc.name, svc.service_key, svc.backend_mode
+        vips[key] = svc.vip
+        service_ids[name] = svc.service_id
+        for b in svc.backends:
+            backend_ids[(name, backend_key(b, mode))] = b.backend_id
+        for rkey in _reverse_keys(svc):
+            reverse_owner[rkey] = name
+        names[key] = names.get(key, ()) + (name,)
+    return _Seeds(base, vips, service_ids, backend_ids, reverse_owner, names)
+
+
+def _reverse_keys(svc: ServiceSnapshot) -> list[_ReverseKey]:
+    """svc.reverse_nat_keys(), unsorted: seeding needs no order, and sorting every Service's
+    keys (addresses parsed to compare) was most of what resume cost."""
+    if not svc.backends or svc.assignment[0] is None:
+        return []
+    proto = IP_PROTOCOLS[svc.protocol]
+    return [(b.address, b.port, proto) for b in svc.backends]
 
 
 def _resumed_state(memo: RenderMemo, config: LoadBalancerConfig, p4info_digest: str, previous: Snapshot) -> _State | None:
     """The state `previous` seeds, amended by `memo`; None when the memo does not fit it (a
     Service's names, a value held twice): then only a full render is sure."""
-    st = _fresh_state(config, p4info_digest, previous, finish=False)
-    seeded = st.keys
-    st.keys = {}
+    seeds = _seeds(previous)
+    st = _empty_state(config, p4info_digest, previous)
+    st.seeds = seeds
+    st.services = {svc.name: svc for svc in previous.services}
+    st.reorder()
+    seeded = dict(seeds.names)
     for km in memo.keys:
-        ks = seeded.pop(km.key, None)
-        if sorted(km.names) != sorted(ks.names if ks is not None else ()):
+        names = seeded.pop(km.key, ())
+        if sorted(km.names) != sorted(names):
             return None
         fp = _Digest(km.fingerprint) if km.fingerprint is not None else None
         issues = tuple(RenderIssue(*i) for i in km.issues)
@@ -421,10 +470,17 @@ def _resumed_state(memo: RenderMemo, config: LoadBalancerConfig, p4info_digest: 
     if not st.retry_keys.keys() <= st.keys.keys():
         return None
     st.freed = frozenset(memo.freed)
-    for pool, held in ((st.vips, memo.vips), (st.service_ids, memo.service_ids), (st.backend_ids, memo.backend_ids)):
+    pools: tuple[tuple[Pool[Any], dict[Hashable, Any], Holdings], ...] = (
+        (st.vips, seeds.vips, memo.vips),
+        (st.service_ids, seeds.service_ids, memo.service_ids),
+        (st.backend_ids, seeds.backend_ids, memo.backend_ids),
+    )
+    for pool, seed, held in pools:
+        pool.value_of = dict(seed)
         if not _amend(pool.value_of, held) or not _owners_again(pool):
             return None
         pool.finish_seed()
+    st.reverse_owner = dict(seeds.reverse_owner)
     if not _amend(st.reverse_owner, memo.reverse_owner):
         return None
     return st
