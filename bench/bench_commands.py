@@ -44,6 +44,7 @@ buckets only; drains (issue 15) add entries of their own and are not measured he
 from __future__ import annotations
 
 import argparse
+import compileall
 import json
 import os
 import platform
@@ -445,6 +446,9 @@ def main() -> int:
             # the editable install's finder comes after PYTHONPATH: every p4kube child runs this copy
             os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (src, os.environ.get("PYTHONPATH")) if p)
             code = f"commit {rev}"
+        # Bytecode as an installed package has it (pip compiles at install; an editable install
+        # under PYTHONDONTWRITEBYTECODE=1 would compile every changed module in every process).
+        compileall.compile_dir(src if a.at else str(REPO / "reconciler"), quiet=1)
         print(f"measuring the reconciler of {code}", file=sys.stderr)
         for n in sizes:
             rows += measure_size(n, nodes, a.endpoints_per_service, a.profile, quick=a.quick, commands=commands)
