@@ -61,7 +61,7 @@ from .switch.encoded_memo import KnownEncodings
 from .switch.tls import TlsSettings
 from .switch.tls import require_tls as _require_tls  # the factory's keyword has its name
 from .switch.translate import check_election_base, split_election_id, wire_election_id
-from .switch.wire import EncodedEntries, EncodedWriteRequest, Readback, encoded_requests, match_readback, write_requests
+from .switch.wire import EncodedEntries, EncodedWriteRequest, Readback, encoded_requests, match_readback, readback_from_held, write_requests
 
 log = logging.getLogger("reconciler.apply")
 
@@ -758,10 +758,15 @@ class TwoSwitchApplier:
             else:  # a session lost since the read went out reads again, failing as it always did
                 blobs = await session.read_encoded()
             read_set = set(blobs)  # matched once or twice (the drift below)
-            read = match_readback(blobs, expected, read_set)
+            # Usually the switch holds exactly the last good snapshot: then that is one set
+            # comparison, no drift, and what the target adds or removes follows from the
+            # Services that differ (switch/wire.py readback_from_held).
+            held_bytes = self._now_encoding(expected_now, expected, target) if report_drift else None
+            in_step = readback_from_held(blobs, read_set, held_bytes, expected) if held_bytes is not None else None
+            read = in_step if in_step is not None else match_readback(blobs, expected, read_set)
             extra = session.decode_entries(read.extra) if read.extra else []
             _log_decoded(sw.name, len(blobs), read, self.config.key)
-            if report_drift:
+            if report_drift and in_step is None:
                 # What the switch holds beyond the last good snapshot was changed by someone
                 # else (or left by an interrupted transaction); the same writes repair it.
                 drift = self._drift(session, blobs, read_set, expected, read, extra, target, expected_now)
@@ -786,20 +791,25 @@ class TwoSwitchApplier:
         (every matched entry is equal on both sides): against the target's bytes when
         expected_now is the target, else against expected_now's (its unchanged Services reuse
         the target's bytes)."""
-        same = expected_now is target or (
-            expected_now is not None and target is not None and expected_now.digest == target.digest
-        )
-        if same:
+        now = self._now_encoding(expected_now, expected, target)
+        if now is None:
             return compare_entries(extra, expected.at(read.missing))
-        cached = self._encoded_now
-        if cached is not None and cached[0] is expected_now and cached[1] is expected:
-            now = cached[2]
-        else:
-            now = EncodedEntries.of(self.info, expected_now, expected, self._known)
-            self._encoded_now = (expected_now, expected, now)
         read_now = match_readback(blobs, now, read_set)
         extra_now = session.decode_entries(read_now.extra) if read_now.extra else []
         return compare_entries(extra_now, now.at(read_now.missing))
+
+    def _now_encoding(self, expected_now: Snapshot | None, expected: EncodedEntries, target: Snapshot | None
+                      ) -> EncodedEntries | None:
+        """expected_now's entries encoded (its unchanged Services reuse the target's bytes), kept
+        for the other switch; None when expected_now is the target (`expected` itself)."""
+        if expected_now is target or (expected_now is not None and target is not None and expected_now.digest == target.digest):
+            return None
+        cached = self._encoded_now
+        if cached is not None and cached[0] is expected_now and cached[1] is expected:
+            return cached[2]
+        now = EncodedEntries.of(self.info, expected_now, expected, self._known)
+        self._encoded_now = (expected_now, expected, now)
+        return now
 
     async def _write(self, sw: SwitchSpec, session: SwitchSession, diff: SnapshotDiff, known: EncodedEntries) -> dict[str, dict[str, int]]:
         if diff.empty:

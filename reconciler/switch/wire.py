@@ -530,6 +530,61 @@ def match_readback(actual: Iterable[bytes], expected: EncodedEntries, read: Abst
     return Readback(tuple(extra_read), missing, matched)
 
 
+def readback_from_held(blobs: Sequence[bytes], read: AbstractSet[bytes], held: EncodedEntries,
+                       target: EncodedEntries) -> Readback | None:
+    """match_readback(blobs, target) for a switch that holds exactly `held` (read == held.keys,
+    no blob twice on either side), computed from the Services whose bytes differ between the
+    two encodings instead of from every entry; None when that is not the case (or either side
+    is not a per-Service encoding): the caller matches as usual then.
+
+    A transaction's usual read-back: the switch holds the last good snapshot, and the target
+    differs from it in a few Services. Every blob of a Service whose bytes are the same object
+    (or equal) on both sides is on both sides, so what differs can only come from the others."""
+    if not (len(read) == len(blobs) == len(held.keys) == len(held.blobs) and len(target.keys) == len(target.blobs)):
+        return None
+    pairs = _differing_parts(held, target)
+    if pairs is None or read != held.keys:
+        return None
+    held_only = {b for part in pairs[0] for b in part if b not in target.keys}
+    target_only = {b for part in pairs[1] for b in part if b not in held.keys}
+    extra = tuple([b for b in blobs if b in held_only]) if held_only else ()  # in the order read
+    missing = tuple([i for i, b in enumerate(target.blobs) if b in target_only]) if target_only else ()
+    return Readback(extra, missing, len(blobs) - len(extra))
+
+
+def _differing_parts(a: EncodedEntries, b: EncodedEntries) -> tuple[list[Sequence[bytes]], list[Sequence[bytes]]] | None:
+    """The byte slices of `a` and of `b` that may differ: each Service (by name) whose bytes are
+    not the same on both sides, on its side, and the global entries when they differ; None when
+    either is not laid out by Service (of_snapshot)."""
+    if not a._starts or not b._starts or len(a._starts) != len(a._services) + 1 or len(b._starts) != len(b._services) + 1:
+        return None
+    sa = {svc.name: i for i, svc in enumerate(a._services)}
+    sb = {svc.name: i for i, svc in enumerate(b._services)}
+    if len(sa) != len(a._services) or len(sb) != len(b._services):
+        return None  # a name twice: not a snapshot's layout
+
+    def part(e: EncodedEntries, i: int) -> Sequence[bytes]:
+        return e.blobs[e._starts[i]:e._starts[i + 1]]
+
+    only_a: list[Sequence[bytes]] = []
+    only_b: list[Sequence[bytes]] = []
+    for name, i in sa.items():
+        j = sb.get(name)
+        if j is None:
+            only_a.append(part(a, i))
+            continue
+        pa, pb = part(a, i), part(b, j)
+        if pa != pb:
+            only_a.append(pa)
+            only_b.append(pb)
+    only_b.extend(part(b, j) for name, j in sb.items() if name not in sa)
+    ga, gb = a.blobs[a._starts[-1]:], b.blobs[b._starts[-1]:]
+    if ga != gb:
+        only_a.append(ga)
+        only_b.append(gb)
+    return only_a, only_b
+
+
 # --- ReadResponse bytes -> TableEntry bytes ----------------------------------------------------
 
 
