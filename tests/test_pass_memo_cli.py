@@ -255,3 +255,30 @@ def test_stored_bytes_refused_as_not_ours_are_written_again(worlds, capsys, monk
     assert cached.once(with_scaled_service(base, sorted(base.services)[0], "node-1", +1)) == 0
     assert cached.cache("encoded").read_bytes() != first
     assert switch_entries(cached.standby) == switch_entries(cached.primary) == entries_of(cached.held())
+
+
+@pytest.mark.parametrize("broken", ["resume", "memo", "load_encodings"])
+def test_a_cache_that_breaks_never_stops_the_pass(worlds, capsys, monkeypatch, broken):
+    """A bug in the cache's code (not only damage in its files) is said, and the pass renders,
+    encodes and applies everything as without it."""
+    from reconciler.render import engine
+    from reconciler.switch import encoded_memo
+
+    cached, plain = worlds
+    base = synthetic_cluster(services=10, nodes=4, endpoints=40, seed=2)
+    assert cached.once(base) == 0 and plain.once(base) == 0
+
+    def boom(*_a, **_k):
+        raise RuntimeError("a bug")
+
+    target = {"resume": (engine.Renderer, "resume"), "memo": (engine.Renderer, "memo"),
+              "load_encodings": (encoded_memo, "load_encodings")}[broken]
+    monkeypatch.setattr(*target, boom)
+    changed = with_scaled_service(base, sorted(base.services)[0], "node-1", +1)
+    capsys.readouterr()
+    assert cached.once(changed) == 0
+    err = capsys.readouterr().err
+    assert "warning: pass cache" in err and "RuntimeError: a bug" in err
+    assert plain.once(changed) == 0
+    _same_snapshot(cached.held(), plain.held())
+    assert switch_entries(cached.standby) == switch_entries(cached.primary) == entries_of(cached.held())

@@ -78,7 +78,14 @@ class PassMemo:
             print(f"{self.key.config}: warning: pass cache {self.paths['render']}: {e}; every Service is rendered",
                   file=sys.stderr)
             return False
-        if not renderer.resume(memo, config, previous, p4info_digest=p4info_digest):
+        try:
+            resumed = renderer.resume(memo, config, previous, p4info_digest=p4info_digest)
+        except Exception as e:  # noqa: BLE001 - a cache must not stop a pass: render everything instead
+            log.debug("render memo not taken up", exc_info=True)
+            print(f"{self.key.config}: warning: pass cache {self.paths['render']}: not taken up ({type(e).__name__}: {e}); "
+                  f"every Service is rendered", file=sys.stderr)
+            return False  # resume() leaves the renderer fresh until it has a whole state
+        if not resumed:
             log.info("pass cache: the render memo is not of v%s (the last applied snapshot): every Service is rendered",
                      previous.version)
             return False
@@ -100,9 +107,25 @@ class PassMemo:
 
     def tell(self, applier: TwoSwitchApplier) -> None:
         """Give `applier` the stored encoded entries, for the snapshots it is about to encode."""
-        known = self.known()
+        try:
+            known = self.known()
+        except Exception as e:  # noqa: BLE001 - a cache must not stop a pass: encode everything instead
+            log.debug("encoded entries not read", exc_info=True)
+            print(f"{self.key.config}: warning: pass cache {self.paths['encoded']}: not read ({type(e).__name__}: {e}); "
+                  f"every entry is encoded", file=sys.stderr)
+            self.stored.pop("encoded", None)
+            return
         if known is not None:
             applier.know(known)
+
+    def remember(self, renderer: Renderer) -> RenderMemo | None:
+        """renderer.memo() for the next run; None (said) if it cannot be made: the pass goes on."""
+        try:
+            return renderer.memo()
+        except Exception as e:  # noqa: BLE001 - a cache must not stop a pass
+            log.debug("render memo not made", exc_info=True)
+            print(f"{self.key.config}: warning: pass cache: render memo not made ({type(e).__name__}: {e})", file=sys.stderr)
+            return None
 
     def leave(self, left: Left) -> None:
         """Write what this pass leaves that the files do not hold yet. Never raises: the pass's

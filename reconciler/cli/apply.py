@@ -429,7 +429,7 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
             print(f"{config.key}: {len(rendered.rendered)} Services rendered again, the others' inputs unchanged since "
                   f"v{previous.version} (pass cache)", file=sys.stderr)
         if memo is not None:  # before the render below moves the renderer on
-            left.append(Left(rendered.snapshot, renderer.memo()))
+            left.append(Left(rendered.snapshot, memo.remember(renderer)))
         if rendered_from:
             # The same cluster object: no Service's inputs changed (changed=() says so rather than
             # comparing 5,000 fingerprints); what waits for a released value is rendered again.
