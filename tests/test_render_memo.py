@@ -35,7 +35,7 @@ ROOT = TESTS.parent
 
 # Beyond test_render_properties' faults: p4kube's automatic fallback (the Service keeps its VIP,
 # held without a snapshot entry) and a person's "disabled" (it releases the VIP).
-MORE_FAULTS = FAULTS + ("fallback", "fallback", "disabled")
+MORE_FAULTS = FAULTS + ("fallback", "fallback", "disabled", "plain")
 
 
 @dataclasses.dataclass
@@ -52,6 +52,8 @@ class StatusModel(Model):
             svc = dataclasses.replace(svc, annotations=((FALLBACK_BY_ANNOTATION, "p4kube"), (OPT_IN_ANNOTATION, "disabled")))
         elif fault == "disabled":
             svc = dataclasses.replace(svc, annotations=((OPT_IN_ANNOTATION, "disabled"),))
+        elif fault == "plain":  # never opted in (or its annotation removed): not p4kube's
+            svc = dataclasses.replace(svc, annotations=())
         if name in self.status:
             svc = dataclasses.replace(svc, ingress_ips=(self.status[name],))
         return svc

@@ -156,7 +156,11 @@ class Renderer:
             todo = set(changed)
         else:
             assert st is not None  # reuse says so
-            todo = {k for k in st.keys.keys() | cluster.services.keys() if not _same_inputs(_fingerprint(cluster, k, connections), _cached_fp(st, k))}
+            # The candidates of a full render: the keys it knows and the opted-in Services. A
+            # Service that never opted in is not looked at (most of a real cluster's Services:
+            # their fingerprints would cost what the render saves).
+            candidates = st.keys.keys() | {k for k, s in cluster.services.items() if s.opt_in is not None}
+            todo = {k for k in candidates if not _same_inputs(_fingerprint(cluster, k, connections), _cached_fp(st, k))}
         assert st is not None
         if st.freed:
             todo |= {k for k, wants in st.retry_keys.items() if wants & st.freed}
