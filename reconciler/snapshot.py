@@ -312,15 +312,20 @@ class ServiceSnapshot:
     def reverse_nat_keys(self) -> tuple[tuple[Value, ...], ...]:
         """The keys of entries()[REVERSE_NAT], in that order, without making the bucket entries
         (render looks them up for every Service of a --previous snapshot). Made once per object:
-        a resumed render and its memo both seed from the same 5,000 Services."""
+        a render from --previous and the encoding of the same snapshot both ask."""
         return self._reverse_nat_keys
+
+    def reverse_nat_keys_unordered(self) -> list[tuple[Value, ...]]:
+        """reverse_nat_keys() in backend order, unsorted: for seeding a map, which needs no order
+        (the sort, addresses parsed to compare, is most of what seeding 5,000 Services costs)."""
+        if not self.backends or self.assignment[0] is None:
+            return []
+        proto = n.IP_PROTOCOLS[self.protocol]
+        return [(b.address, b.port, proto) for b in self.backends]
 
     @cached_property
     def _reverse_nat_keys(self) -> tuple[tuple[Value, ...], ...]:
-        if not self.backends or self.assignment[0] is None:
-            return ()
-        proto = n.IP_PROTOCOLS[self.protocol]
-        return tuple(sorted(((b.address, b.port, proto) for b in self.backends), key=lambda k: tuple(_sort_value(v) for v in k)))
+        return tuple(sorted(self.reverse_nat_keys_unordered(), key=lambda k: tuple(_sort_value(v) for v in k)))
 
     @cached_property
     def fragment_digest(self) -> str:

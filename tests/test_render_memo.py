@@ -26,8 +26,9 @@ from reconciler.cluster.model import FALLBACK_BY_ANNOTATION, OPT_IN_ANNOTATION, 
 from reconciler.intent.model import LoadBalancerConfig
 from reconciler.render import Renderer, RenderResult
 from reconciler.render.allocate import Exhausted, Pool
-from reconciler.render.engine import _ORJSON_EXACT, _digest_of, _fresh_state, _reverse_keys, _seeds, _State, fingerprint_digest
-from reconciler.render.memo import MEMO_FORMAT, RenderMemo, code_digest, config_digest
+from reconciler.render.engine import _ORJSON_EXACT, _digest_of, _fresh_state, _seeds, _State, fingerprint_digest
+from reconciler.render.memo import MEMO_FORMAT, RenderMemo, config_digest
+from reconciler.sources import code_digest
 from reconciler.snapshot import Snapshot, from_document
 
 TESTS = Path(__file__).resolve().parent
@@ -131,7 +132,7 @@ def assert_seeds_as_a_full_render(config: LoadBalancerConfig, snap: Snapshot) ->
     assert seeds.reverse_owner == full.reverse_owner
     assert seeds.names == {k: ks.names for k, ks in full.keys.items()}
     for s in snap.services:
-        assert sorted(_reverse_keys(s)) == sorted(s.reverse_nat_keys()), s.name
+        assert sorted(s.reverse_nat_keys_unordered()) == sorted(s.reverse_nat_keys()), s.name
 
 
 def check_resumed_sequence(config: LoadBalancerConfig, model: Model, ops: list[tuple], *, told: bool = True) -> int:

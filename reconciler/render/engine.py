@@ -36,7 +36,8 @@ from ..snapshot import Backend, Drain, ServiceSnapshot, Snapshot, Value, backend
 from . import buckets
 from .drain import drain_timeout, drains_ended, next_drains
 from .allocate import Exhausted, IntSpace, Pool, VipSpace
-from .memo import Holdings, KeyMemo, RenderMemo, code_digest, config_digest, sort_key
+from ..sources import code_digest
+from .memo import Holdings, KeyMemo, RenderMemo, config_digest, sort_key
 from .select import CLUSTER_TRAFFIC_POLICY, entry_name, node_backends, selection, target_port, trusted_pod_backend, untrusted_backends_issue
 
 log = logging.getLogger(__name__)
@@ -151,16 +152,12 @@ class Renderer:
         )
         if not reuse:
             st = self._state = _fresh_state(config, p4info_digest, previous)
-            todo = set(st.keys) | {k for k, s in cluster.services.items() if s.opt_in is not None}
+            todo = set(_candidates(st, cluster))
         elif changed is not None:
             todo = set(changed)
         else:
             assert st is not None  # reuse says so
-            # The candidates of a full render: the keys it knows and the opted-in Services. A
-            # Service that never opted in is not looked at (most of a real cluster's Services:
-            # their fingerprints would cost what the render saves).
-            candidates = st.keys.keys() | {k for k, s in cluster.services.items() if s.opt_in is not None}
-            todo = {k for k in candidates if not _same_inputs(_fingerprint(cluster, k, connections), _cached_fp(st, k))}
+            todo = {k for k in _candidates(st, cluster) if not _same_inputs(_fingerprint(cluster, k, connections), _cached_fp(st, k))}
         assert st is not None
         if st.freed:
             todo |= {k for k, wants in st.retry_keys.items() if wants & st.freed}
@@ -359,6 +356,13 @@ class _Releases:
         return marks
 
 
+def _candidates(st: _State, cluster: ClusterState) -> set[str]:
+    """What a render looks at: the keys the state knows and the opted-in Services. A Service that
+    never opted in is not looked at (most of a real cluster's Services: comparing their
+    fingerprints on every incremental render would cost what it saves)."""
+    return st.keys.keys() | {k for k, s in cluster.services.items() if s.opt_in is not None}
+
+
 def _issues(st: _State, previous: Snapshot | None) -> Iterable[RenderIssue]:
     for k in sorted(st.issue_keys):
         ks = st.keys[k]
@@ -435,19 +439,10 @@ def _seeds(base: Snapshot) -> _Seeds:
         service_ids[name] = svc.service_id
         for b in svc.backends:
             backend_ids[(name, backend_key(b, mode))] = b.backend_id
-        for rkey in _reverse_keys(svc):
+        for rkey in svc.reverse_nat_keys_unordered():
             reverse_owner[rkey] = name
         names[key] = names.get(key, ()) + (name,)
     return _Seeds(base, vips, service_ids, backend_ids, reverse_owner, names)
-
-
-def _reverse_keys(svc: ServiceSnapshot) -> list[_ReverseKey]:
-    """svc.reverse_nat_keys(), unsorted: seeding needs no order, and sorting every Service's
-    keys (addresses parsed to compare) was most of what resume cost."""
-    if not svc.backends or svc.assignment[0] is None:
-        return []
-    proto = IP_PROTOCOLS[svc.protocol]
-    return [(b.address, b.port, proto) for b in svc.backends]
 
 
 def _resumed_state(memo: RenderMemo, config: LoadBalancerConfig, p4info_digest: str, previous: Snapshot) -> _State | None:

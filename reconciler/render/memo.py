@@ -21,7 +21,6 @@ import orjson
 
 from ..diagnostics import clip
 from ..intent.model import LoadBalancerConfig
-from ..sources import code_digest
 
 # Bumped whenever the meaning of a field changes: an older memo is then refused (a full render).
 MEMO_FORMAT = 1
@@ -63,11 +62,10 @@ class RenderMemo:
     service_ids: Holdings = Holdings()
     backend_ids: Holdings = Holdings()
     reverse_owner: Holdings = Holdings()
-    format: int = MEMO_FORMAT
 
     def to_bytes(self) -> bytes:
         doc = {
-            "format": self.format,
+            "format": MEMO_FORMAT,
             "codeDigest": self.code_digest,
             "configDigest": self.config_digest,
             "p4infoDigest": self.p4info_digest,
@@ -219,4 +217,4 @@ def _holdings(value: object, what: str, key: Callable[[object, str], Hashable], 
     return Holdings(held=held, dropped=tuple(key(k, what) for k in _list(value["dropped"], what)))
 
 
-__all__ = ["RenderMemo", "KeyMemo", "Holdings", "MEMO_FORMAT", "code_digest", "config_digest"]
+__all__ = ["RenderMemo", "KeyMemo", "Holdings", "MEMO_FORMAT", "config_digest"]
