@@ -151,12 +151,4 @@ def _remove_stale(path: Path) -> None:
             pass  # another writer's, or gone already
 
 
-def forget(path: Path) -> None:
-    """Remove a part (a run that cannot vouch for it), if there is one."""
-    try:
-        path.unlink()
-    except FileNotFoundError:
-        pass
-
-
-__all__ = ["DIR_NAME", "PARTS", "CacheKey", "CacheUnusable", "Stored", "cache_file", "forget", "load", "store"]
+__all__ = ["DIR_NAME", "PARTS", "CacheKey", "CacheUnusable", "Stored", "cache_file", "load", "store"]

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from reconciler import pass_cache
-from reconciler.pass_cache import CacheKey, CacheUnusable, Stored, cache_file, forget, load, store
+from reconciler.pass_cache import CacheKey, CacheUnusable, Stored, cache_file, load, store
 
 KEY = CacheKey("p4kube-system/lb", "sha256:p4info", "code-1")
 PART = Stored("sha256:snap", b"\x00\x01" * 500)
@@ -81,13 +81,6 @@ def test_a_rewrite_replaces_the_file_whole(tmp_path: Path) -> None:
     store(path, KEY, Stored("sha256:next", b"new"))
     assert load(path, KEY) == Stored("sha256:next", b"new")
     assert len(list(path.parent.iterdir())) == 1
-
-
-def test_forget_removes_it_and_tolerates_none(tmp_path: Path) -> None:
-    path = _stored(tmp_path)
-    forget(path)
-    assert not path.exists()
-    forget(path)
 
 
 def test_a_file_is_made_as_the_umask_says(tmp_path: Path) -> None:

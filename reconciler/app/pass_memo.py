@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-@dataclass
+@dataclass(frozen=True)
 class Left:
     """What a pass leaves: the snapshot the switches hold, its render memo (None: not rendered
     this pass) and its entries as encoded for the read-backs (None: not encoded)."""
@@ -60,7 +60,7 @@ class PassMemo:
                 self.stored[part] = load(path, key)
             except CacheUnusable as e:
                 if e.warn:
-                    print(f"{key.config}: warning: pass cache {e}; it is not used", file=sys.stderr)
+                    self._warn(f"pass cache {e}; it is not used")
                 else:
                     log.info("pass cache not used: %s", e)
 
@@ -75,15 +75,14 @@ class PassMemo:
         try:
             memo = RenderMemo.from_bytes(stored.data)
         except ValueError as e:
-            print(f"{self.key.config}: warning: pass cache {self.paths['render']}: {e}; every Service is rendered",
-                  file=sys.stderr)
+            self._warn(f"pass cache {self.paths['render']}: {e}; every Service is rendered")
             return False
         try:
             resumed = renderer.resume(memo, config, previous, p4info_digest=p4info_digest)
         except Exception as e:  # noqa: BLE001 - a cache must not stop a pass: render everything instead
             log.debug("render memo not taken up", exc_info=True)
-            print(f"{self.key.config}: warning: pass cache {self.paths['render']}: not taken up ({type(e).__name__}: {e}); "
-                  f"every Service is rendered", file=sys.stderr)
+            self._warn(f"pass cache {self.paths['render']}: not taken up ({type(e).__name__}: {e}); "
+                       f"every Service is rendered")
             return False  # resume() leaves the renderer fresh until it has a whole state
         if not resumed:
             log.info("pass cache: the render memo is not of v%s (the last applied snapshot): every Service is rendered",
@@ -100,23 +99,23 @@ class PassMemo:
             try:
                 self._known = load_encodings(stored.data)
             except ValueError as e:
-                print(f"{self.key.config}: warning: pass cache {self.paths['encoded']}: {e}; every entry is encoded",
-                      file=sys.stderr)
+                self._warn(f"pass cache {self.paths['encoded']}: {e}; every entry is encoded")
+                del self.stored["encoded"]
+            except Exception as e:  # noqa: BLE001 - a cache must not stop a pass: encode everything instead
+                log.debug("encoded entries not read", exc_info=True)
+                self._warn(f"pass cache {self.paths['encoded']}: not read ({type(e).__name__}: {e}); every entry is encoded")
                 del self.stored["encoded"]
         return self._known
 
     def tell(self, applier: TwoSwitchApplier) -> None:
-        """Give `applier` the stored encoded entries, for the snapshots it is about to encode."""
-        try:
-            known = self.known()
-        except Exception as e:  # noqa: BLE001 - a cache must not stop a pass: encode everything instead
-            log.debug("encoded entries not read", exc_info=True)
-            print(f"{self.key.config}: warning: pass cache {self.paths['encoded']}: not read ({type(e).__name__}: {e}); "
-                  f"every entry is encoded", file=sys.stderr)
-            self.stored.pop("encoded", None)
-            return
+        """Give `applier` the stored encoded entries, for the snapshots it is about to encode
+        (CPU-bound: the caller runs it while the switches answer their reads)."""
+        known = self.known()
         if known is not None:
             applier.know(known)
+
+    def _warn(self, what: str) -> None:
+        print(f"{self.key.config}: warning: {what}", file=sys.stderr)
 
     def remember(self, renderer: Renderer) -> RenderMemo | None:
         """renderer.memo() for the next run; None (said) if it cannot be made: the pass goes on."""
@@ -124,7 +123,7 @@ class PassMemo:
             return renderer.memo()
         except Exception as e:  # noqa: BLE001 - a cache must not stop a pass
             log.debug("render memo not made", exc_info=True)
-            print(f"{self.key.config}: warning: pass cache: render memo not made ({type(e).__name__}: {e})", file=sys.stderr)
+            self._warn(f"pass cache: render memo not made ({type(e).__name__}: {e})")
             return None
 
     def leave(self, left: Left) -> None:
@@ -134,8 +133,7 @@ class PassMemo:
             self._leave(left)
         except Exception as e:  # noqa: BLE001 - a cache must not turn a done pass into a failure
             log.debug("pass cache not written", exc_info=True)
-            print(f"{self.key.config}: warning: pass cache not written ({type(e).__name__}: {e}); "
-                  f"the next run does without it", file=sys.stderr)
+            self._warn(f"pass cache not written ({type(e).__name__}: {e}); the next run does without it")
 
     def _leave(self, left: Left) -> None:
         digest = left.snapshot.digest
@@ -162,8 +160,7 @@ class PassMemo:
         try:
             store(self.paths[part], self.key, new)
         except OSError as e:
-            print(f"{self.key.config}: warning: pass cache {self.paths[part]} not written ({e.strerror or e}); "
-                  f"the next run does without it", file=sys.stderr)
+            self._warn(f"pass cache {self.paths[part]} not written ({e.strerror or e}); the next run does without it")
             return
         self.stored[part] = new
 

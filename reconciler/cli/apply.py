@@ -33,6 +33,7 @@ from .options import (
 if TYPE_CHECKING:  # the library (finsy, grpc, pygit2, kubernetes) is imported when a command runs, not for --help
     from ..app.pass_memo import PassMemo
     from ..apply import ApplyResult, TwoSwitchApplier
+    from ..render.memo import RenderMemo
     from ..audit.message import AuditEntry
     from ..audit.repo import AuditRepo
     from ..audit.signing import Signer, TrustedKeys
@@ -368,24 +369,23 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
     # follow from what signatures vouch for (docs/apply.md).
     memo = PassMemo(audit.repo.path if audit is not None else args.state, CacheKey(config.key, p4info_digest, code_digest()),
                     read=not args.no_cache) if cacheable(config) and keys is None else None
-    left: list[Left] = []  # what this pass leaves for the next, once the switches hold it
+    rendered_memo: RenderMemo | None = None  # render()'s, for the next run
     entry = audit.last_applied_entry(config.key) if audit is not None else None
-    skipped: tuple[Snapshot, bool, ApplyResult] | None = None
+    skipped: tuple[Snapshot, bool, ApplyResult, EncodedEntries | None] | None = None
     extra: tuple[tuple[str, str], ...] = ()
     if audit is not None and entry is not None and rendered_from and entry.trailers.get(TRAILER) == rendered_from \
             and not message:
-        skipped_encoded: list[EncodedEntries | None] = []
-        skipped, previous, untrusted = asyncio.run(_without_render(config, args, audit, entry, rendered_from, memo,
-                                                                   skipped_encoded))
+        skipped, previous, untrusted = asyncio.run(_without_render(config, args, audit, entry, rendered_from, memo))
     else:
         previous, untrusted = last_applied_trusted(audit, config.key) if audit is not None else (state.last_applied(config.key), "")
     if skipped is not None:
         assert entry is not None
         # A repair record says again what this snapshot was rendered from.
         extra = tuple((k, entry.trailers[k]) for k in (TRAILER, ISSUES_TRAILER) if k in entry.trailers)
-        code = _report(config, args, audit, skipped, previous, extra)
-        if memo is not None and skipped[2].ok:
-            memo.leave(Left(skipped[0], None, skipped_encoded[0] if skipped_encoded else None))
+        snap, _, result, encoded = skipped
+        code = _report(config, args, audit, (snap, False, result), previous, extra)
+        if memo is not None and result.ok:
+            memo.leave(Left(snap, None, encoded))
         return code
     # Bad input is refused here, before anything is recorded or any switch is asked anything.
     cluster = cluster_from(recording, args.cluster)
@@ -417,7 +417,7 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
         """Render, and say in `extra` what the result was rendered from when rendering it again
         with the same inputs gives it back (rendered_from.py: not so while values it released
         wait for the next version)."""
-        nonlocal extra
+        nonlocal extra, rendered_memo
         # Drains start and end by this clock: a pass at or after a drain's `until` finishes it.
         now = wall_clock()
         renderer = Renderer()
@@ -429,7 +429,7 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
             print(f"{config.key}: {len(rendered.rendered)} Services rendered again, the others' inputs unchanged since "
                   f"v{previous.version} (pass cache)", file=sys.stderr)
         if memo is not None:  # before the render below moves the renderer on
-            left.append(Left(rendered.snapshot, memo.remember(renderer)))
+            rendered_memo = memo.remember(renderer)
         if rendered_from:
             # The same cluster object: no Service's inputs changed (changed=() says so rather than
             # comparing 5,000 fingerprints); what waits for a released value is rendered again.
@@ -439,16 +439,18 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
                 extra = ((TRAILER, rendered_from), (ISSUES_TRAILER, issues_summary(rendered.issues)))
         return rendered
 
-    async def transaction() -> tuple[Snapshot, bool, ApplyResult]:
-        """(the snapshot held or applied, whether it was new, the outcome)."""
+    async def transaction() -> tuple[Snapshot, bool, ApplyResult, EncodedEntries | None]:
+        """(the snapshot held or applied, whether it was new, the outcome, its entries as encoded)."""
         async with _applier(config, args) as applier:
-            if memo is not None:
-                memo.tell(applier)
             if ahead:
                 await applier.read_ahead()
+                if memo is not None:  # parsed while the switches answer
+                    await asyncio.to_thread(memo.tell, applier)
                 rendered = await asyncio.to_thread(render, cluster)
                 _close_interrupted(audit, config)
             else:
+                if memo is not None:
+                    memo.tell(applier)
                 rendered = render(cluster)
             for issue in rendered.issues:
                 print(f"{config.key}: {issue.severity}: {issue}", file=sys.stderr)
@@ -471,14 +473,13 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
                 why = "; ".join(reason_parts(previous, snap))[:900]
                 result = await _apply_recorded(config, args, snap, audit, extra, last_good=previous, why=why,
                                                applier=applier)
-            if left:
-                left[0].encoded = applier.encoded_for(snap)
-            return snap, new, result
+            return snap, new, result, applier.encoded_for(snap)
 
-    outcome = asyncio.run(transaction())
-    code = _report(config, args, audit, outcome, previous, extra)  # extra: set by render()
-    if memo is not None and left and outcome[2].ok:
-        memo.leave(left[0])
+    snap, new, result, encoded = asyncio.run(transaction())
+    code = _report(config, args, audit, (snap, new, result), previous, extra)  # extra: set by render()
+    if memo is not None and result.ok:
+        # The memo's snapshot is render's, the same digest as `snap` (only its version may differ).
+        memo.leave(Left(snap, rendered_memo, encoded))
     return code
 
 
@@ -510,8 +511,8 @@ def _report(config: LoadBalancerConfig, args: argparse.Namespace, audit: AuditRe
 
 
 async def _without_render(config: LoadBalancerConfig, args: argparse.Namespace, audit: AuditRepo, entry: AuditEntry,
-                          rendered_from: str, memo: PassMemo | None, encoded: list[EncodedEntries | None]
-                          ) -> tuple[tuple[Snapshot, bool, ApplyResult] | None, Snapshot | None, str]:
+                          rendered_from: str, memo: PassMemo | None
+                          ) -> tuple[tuple[Snapshot, bool, ApplyResult, EncodedEntries | None] | None, Snapshot | None, str]:
     """The pass when this run's inputs digest to the last applied record's Rendered-From: both
     switches are read (read_ahead) while the last applied snapshot is read from the audit
     repository and encoded, then synced. (None, previous, untrusted) when the snapshot after all
@@ -534,12 +535,15 @@ async def _without_render(config: LoadBalancerConfig, args: argparse.Namespace, 
         if reported != "none":
             print(f"{config.key}: {reported} when v{previous.version} was rendered (the same inputs: "
                   f"`p4kube plan` lists them)", file=sys.stderr)
-        if memo is not None:
-            memo.tell(applier)
-        await asyncio.to_thread(applier.prepare, previous)  # while the switches answer
+
+        def prepare() -> None:  # while the switches answer
+            if memo is not None:
+                memo.tell(applier)
+            applier.prepare(previous)
+
+        await asyncio.to_thread(prepare)
         result = await _sync(config, args, previous, applier)
-        encoded.append(applier.encoded_for(previous))  # for the pass cache, once reported
-        return (previous, False, result), previous, untrusted
+        return (previous, False, result, applier.encoded_for(previous)), previous, untrusted
 
 
 def _close_interrupted(audit: AuditRepo | None, config: LoadBalancerConfig) -> None:
