@@ -769,7 +769,7 @@ class TwoSwitchApplier:
             if report_drift and in_step is None:
                 # What the switch holds beyond the last good snapshot was changed by someone
                 # else (or left by an interrupted transaction); the same writes repair it.
-                drift = self._drift(session, blobs, read_set, expected, read, extra, target, expected_now)
+                drift = self._drift(session, blobs, read_set, expected, read, extra, held_bytes)
             del read_set
             if not blobs:
                 writes = await self._insert_all(sw, session, expected)
@@ -786,12 +786,11 @@ class TwoSwitchApplier:
         return writes, drift
 
     def _drift(self, session: SwitchSession, blobs: list[bytes], read_set: set[bytes], expected: EncodedEntries,
-               read: Readback, extra: list[Entry], target: Snapshot | None, expected_now: Snapshot | None) -> list[str]:
+               read: Readback, extra: list[Entry], now: EncodedEntries | None) -> list[str]:
         """compare_entries(what the switch holds, expected_now), from the unmatched entries alone
-        (every matched entry is equal on both sides): against the target's bytes when
-        expected_now is the target, else against expected_now's (its unchanged Services reuse
-        the target's bytes)."""
-        now = self._now_encoding(expected_now, expected, target)
+        (every matched entry is equal on both sides): against the target's bytes (`expected`,
+        `read`) when expected_now is the target (`now` None), else against expected_now's
+        (`now`, _now_encoding's)."""
         if now is None:
             return compare_entries(extra, expected.at(read.missing))
         read_now = match_readback(blobs, now, read_set)

@@ -545,17 +545,20 @@ def readback_from_held(blobs: Sequence[bytes], read: AbstractSet[bytes], held: E
     pairs = _differing_parts(held, target)
     if pairs is None or read != held.keys:
         return None
-    held_only = {b for part in pairs[0] for b in part if b not in target.keys}
-    target_only = {b for part in pairs[1] for b in part if b not in held.keys}
+    held_only = {b for _, part in pairs[0] for b in part if b not in target.keys}
     extra = tuple([b for b in blobs if b in held_only]) if held_only else ()  # in the order read
-    missing = tuple([i for i, b in enumerate(target.blobs) if b in target_only]) if target_only else ()
+    # Positions in the target, from where each differing part starts (blobs are unique there).
+    missing = tuple(sorted(at + k for at, part in pairs[1] for k, b in enumerate(part) if b not in held.keys))
     return Readback(extra, missing, len(blobs) - len(extra))
 
 
-def _differing_parts(a: EncodedEntries, b: EncodedEntries) -> tuple[list[Sequence[bytes]], list[Sequence[bytes]]] | None:
-    """The byte slices of `a` and of `b` that may differ: each Service (by name) whose bytes are
-    not the same on both sides, on its side, and the global entries when they differ; None when
-    either is not laid out by Service (of_snapshot)."""
+_Part = tuple[int, Sequence[bytes]]  # where a slice of an encoding starts, and its bytes
+
+
+def _differing_parts(a: EncodedEntries, b: EncodedEntries) -> tuple[list[_Part], list[_Part]] | None:
+    """The slices of `a` and of `b` that may differ, each with where it starts: each Service (by
+    name) whose bytes are not the same on both sides, on its side, and the global entries when
+    they differ; None when either is not laid out by Service (of_snapshot)."""
     if not a._starts or not b._starts or len(a._starts) != len(a._services) + 1 or len(b._starts) != len(b._services) + 1:
         return None
     sa = {svc.name: i for i, svc in enumerate(a._services)}
@@ -563,25 +566,25 @@ def _differing_parts(a: EncodedEntries, b: EncodedEntries) -> tuple[list[Sequenc
     if len(sa) != len(a._services) or len(sb) != len(b._services):
         return None  # a name twice: not a snapshot's layout
 
-    def part(e: EncodedEntries, i: int) -> Sequence[bytes]:
-        return e.blobs[e._starts[i]:e._starts[i + 1]]
+    def part(e: EncodedEntries, i: int) -> _Part:
+        return e._starts[i], e.blobs[e._starts[i]:e._starts[i + 1]]
 
-    only_a: list[Sequence[bytes]] = []
-    only_b: list[Sequence[bytes]] = []
+    only_a: list[_Part] = []
+    only_b: list[_Part] = []
     for name, i in sa.items():
         j = sb.get(name)
         if j is None:
             only_a.append(part(a, i))
             continue
         pa, pb = part(a, i), part(b, j)
-        if pa != pb:
+        if pa[1] != pb[1]:
             only_a.append(pa)
             only_b.append(pb)
     only_b.extend(part(b, j) for name, j in sb.items() if name not in sa)
     ga, gb = a.blobs[a._starts[-1]:], b.blobs[b._starts[-1]:]
     if ga != gb:
-        only_a.append(ga)
-        only_b.append(gb)
+        only_a.append((a._starts[-1], ga))
+        only_b.append((b._starts[-1], gb))
     return only_a, only_b
 
 
