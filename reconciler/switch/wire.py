@@ -18,6 +18,7 @@ metadata and every other zero field absent. It equals entry_to_proto(...).Serial
 
 from __future__ import annotations
 
+import functools
 import logging
 from bisect import bisect_right
 from collections.abc import Callable, Iterable, Mapping, Sequence, Set as AbstractSet
@@ -223,7 +224,7 @@ class EntryEncoder:
         vip = Entry(n.VIP_TABLE, (svc.vip, svc.port, proto), n.SET_SERVICE, (sid, svc.bucket_count - 1))
         reverse = [Entry(n.REVERSE_NAT, k, n.SNAT, (svc.vip, svc.port)) for k in svc.reverse_nat_keys()]
         blobs = (self.encode(vip), *backend, *[self.encode(e) for e in reverse])
-        return blobs, (n.VIP_TABLE,) + (n.BACKEND_TABLE,) * len(backend) + (n.REVERSE_NAT,) * len(reverse)
+        return blobs, _tables_of(svc)
 
     def _bucket_chunks(self, slot: _Slot, count: int) -> list[bytes]:
         """The key chunks of buckets 0 .. count-1 (the same for every Service)."""
@@ -448,22 +449,19 @@ def _digest_of(svc: ServiceSnapshot) -> str:
         return ""
 
 
-_LAYOUTS: dict[tuple[int, int], tuple[str, ...]] = {}
-
-
 def _tables_of(svc: ServiceSnapshot) -> tuple[str, ...]:
     """The table of each entry of `svc.entries()`, in its order (encode_service's layout), from
     its counts alone: stored bytes are taken only when they are laid out so, or `at()` would
     name the wrong entries."""
     if not svc.backends or svc.assignment[0] is None:
         return ()
-    counts = (len(svc.assignment), len(svc.backends))
-    made = _LAYOUTS.get(counts)
-    if made is None:
-        if len(_LAYOUTS) >= 1024:
-            _LAYOUTS.clear()
-        made = _LAYOUTS[counts] = (n.VIP_TABLE,) + (n.BACKEND_TABLE,) * counts[0] + (n.REVERSE_NAT,) * counts[1]
-    return made
+    return _layout(len(svc.assignment), len(svc.backends))
+
+
+@functools.lru_cache(maxsize=1024)
+def _layout(buckets: int, backends: int) -> tuple[str, ...]:
+    """One tuple per shape, shared by every Service of that shape (5,000 share a few)."""
+    return (n.VIP_TABLE,) + (n.BACKEND_TABLE,) * buckets + (n.REVERSE_NAT,) * backends
 
 
 def _agree(encode: EntryEncoder, taken: Sequence[tuple[ServiceSnapshot, str]],
