@@ -26,11 +26,11 @@ from itertools import accumulate, chain, groupby, repeat
 from types import MappingProxyType
 from typing import Any, Protocol
 
-from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+from google.protobuf import descriptor_pb2
 from google.protobuf.message import DecodeError
 
 from reconciler.p4info import PipelineInfo
-from reconciler.protowire import varint
+from reconciler.protowire import message_classes, varint
 from reconciler.snapshot import ServiceSnapshot
 from reconciler.switch.translate import per_info
 
@@ -103,19 +103,14 @@ def _message_type() -> Any:
     (in `digests` order): its entry count and its number of table runs; per run (a table's
     consecutive entries): the table (index into table_names and table_ids) and its length; then
     every entry's bytes, Service after Service."""
-    proto = descriptor_pb2.FileDescriptorProto(name="p4kube/encoded_memo.proto", package="p4kube.memo", syntax="proto3")
-    msg = proto.message_type.add(name="Encodings")
     f = descriptor_pb2.FieldDescriptorProto
     fields = [("info_key", f.TYPE_STRING, f.LABEL_OPTIONAL), ("digests", f.TYPE_STRING, f.LABEL_REPEATED),
               ("counts", f.TYPE_UINT32, f.LABEL_REPEATED), ("runs", f.TYPE_UINT32, f.LABEL_REPEATED),
               ("run_tables", f.TYPE_UINT32, f.LABEL_REPEATED), ("run_lengths", f.TYPE_UINT32, f.LABEL_REPEATED),
               ("table_names", f.TYPE_STRING, f.LABEL_REPEATED), ("blobs", f.TYPE_BYTES, f.LABEL_REPEATED),
               ("table_ids", f.TYPE_UINT32, f.LABEL_REPEATED)]
-    for number, (name, kind, label) in enumerate(fields, 1):
-        msg.field.add(name=name, number=number, type=kind, label=label)
-    pool = descriptor_pool.DescriptorPool()
-    pool.Add(proto)
-    return message_factory.GetMessageClass(pool.FindMessageTypeByName("p4kube.memo.Encodings"))
+    numbered = [(name, number, kind, label) for number, (name, kind, label) in enumerate(fields, 1)]
+    return message_classes("p4kube/encoded_memo.proto", "p4kube.memo", {"Encodings": numbered})[0]
 
 
 _ENCODINGS = _message_type()

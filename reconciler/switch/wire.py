@@ -26,10 +26,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from finsy.proto import p4r
-from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+from google.protobuf import descriptor_pb2
 from google.protobuf.message import DecodeError
 
-from reconciler.protowire import length_delimited, varint
+from reconciler.protowire import length_delimited, message_classes, varint
 from reconciler.diff import Update
 from reconciler.p4info import PipelineInfo
 from reconciler import p4names as n
@@ -621,23 +621,12 @@ def _skip(data: bytes, pos: int, wire_type: int) -> int:
     raise _Malformed
 
 
-def _framing_messages() -> tuple[Any, Any]:
-    """Two message types of one field each: `Entities` (`repeated bytes entities = 1`,
-    ReadResponse's framing alone) and `TableEntries` (`repeated bytes table_entries = 2`, an
-    Entity's table_entry field, repeated), so that protobuf's C parser cuts a response into its
-    TableEntry bytes (built here from a descriptor: no .proto of our own to compile)."""
-    proto = descriptor_pb2.FileDescriptorProto(name="p4kube/read_framing.proto", package="p4kube.framing", syntax="proto3")
-    for name, field, number in (("Entities", "entities", 1), ("TableEntries", "table_entries", 2)):
-        proto.message_type.add(name=name).field.add(
-            name=field, number=number, type=descriptor_pb2.FieldDescriptorProto.TYPE_BYTES,
-            label=descriptor_pb2.FieldDescriptorProto.LABEL_REPEATED)
-    pool = descriptor_pool.DescriptorPool()
-    pool.Add(proto)
-    return (message_factory.GetMessageClass(pool.FindMessageTypeByName("p4kube.framing.Entities")),
-            message_factory.GetMessageClass(pool.FindMessageTypeByName("p4kube.framing.TableEntries")))
-
-
-_ENTITIES, _TABLE_ENTRIES = _framing_messages()
+# Two message types of one field each: `Entities` (`repeated bytes entities = 1`, ReadResponse's
+# framing alone) and `TableEntries` (`repeated bytes table_entries = 2`, an Entity's table_entry
+# field, repeated), so that protobuf's C parser cuts a response into its TableEntry bytes.
+_BYTES = (descriptor_pb2.FieldDescriptorProto.TYPE_BYTES, descriptor_pb2.FieldDescriptorProto.LABEL_REPEATED)
+_ENTITIES, _TABLE_ENTRIES = message_classes("p4kube/read_framing.proto", "p4kube.framing", {
+    "Entities": [("entities", 1, *_BYTES)], "TableEntries": [("table_entries", 2, *_BYTES)]})
 
 
 def split_read_response(data: bytes) -> list[bytes]:
