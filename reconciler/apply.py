@@ -58,6 +58,7 @@ from .switch import (
     pipeline_cookie,
 )
 from .switch.encoded_memo import KnownEncodings
+from .switch.reads import SameReads
 from .switch.tls import TlsSettings
 from .switch.tls import require_tls as _require_tls  # the factory's keyword has its name
 from .switch.translate import check_election_base, split_election_id, wire_election_id
@@ -346,6 +347,11 @@ class TwoSwitchApplier:
         self._encoded: list[tuple[Snapshot | None, EncodedEntries]] = []
         # Within one apply(): expected_now's bytes for the drift of both switches (_drift).
         self._encoded_now: tuple[Snapshot | None, EncodedEntries, EncodedEntries] | None = None
+        # Within one apply() or sync(): the last full read, and its comparison (_match). Both
+        # switches usually answer the same bytes: the second is then neither cut nor compared
+        # again (the same answer, by identity). Cleared at the end (_end_pass): ~60 MB.
+        self._same_reads = SameReads()
+        self._matched: tuple[list[bytes], EncodedEntries, EncodedEntries | None, set[bytes], Readback | None, Readback] | None = None
         # Services' bytes stored by an earlier process (know()), by fragment digest.
         self._known: KnownEncodings | None = None
         # Told where each transaction is (Progress); set by a face that shows it, None elsewhere.
@@ -504,6 +510,7 @@ class TwoSwitchApplier:
         self._held.clear()
         self._held_known.clear()
         self._encoded = []
+        self._end_pass()
 
     def know(self, known: KnownEncodings | None) -> None:
         """Encoded entries stored by an earlier process (encoded_memo.load_encodings), or None:
@@ -568,7 +575,7 @@ class TwoSwitchApplier:
                     continue
                 self._sessions[sw.name] = s
                 log.info("switch %s (%s) connected", sw.name, sw.role, extra={"config": self.config.key, "switch": sw.name})
-            self._ahead[sw.name] = (s, asyncio.ensure_future(s.read_encoded()))
+            self._ahead[sw.name] = (s, asyncio.ensure_future(s.read_encoded(same=self._same_reads)))
         if self._ahead:
             await asyncio.sleep(0)  # let each Read start before the caller's CPU-bound work
 
@@ -592,7 +599,8 @@ class TwoSwitchApplier:
         reads: dict[str, asyncio.Future[list[bytes]]] = {}
         for sw, session, pushed in reachable:
             if sw.name not in self._held_known:
-                reads[sw.name] = self._read_ahead_for(sw.name, session, pushed) or asyncio.ensure_future(session.read_encoded())
+                reads[sw.name] = self._read_ahead_for(sw.name, session, pushed) or asyncio.ensure_future(
+                    session.read_encoded(same=self._same_reads))
         return reads
 
     async def apply(self, target: Snapshot, last_good: Snapshot | None, probe: Probe | None = None) -> ApplyResult:
@@ -654,7 +662,7 @@ class TwoSwitchApplier:
                         await _settle([mine])
         finally:
             await _settle(prefetched.values())  # a switch never reached: its read is not used
-            self._encoded_now = None
+            self._end_pass()
         if failure is None and probe is not None:
             reason = await probe(target)
             if reason:
@@ -756,14 +764,9 @@ class TwoSwitchApplier:
             if prefetched is not None and session.is_open:
                 blobs = await prefetched
             else:  # a session lost since the read went out reads again, failing as it always did
-                blobs = await session.read_encoded()
-            read_set = set(blobs)  # matched once or twice (the drift below)
-            # Usually the switch holds exactly the last good snapshot: then that is one set
-            # comparison, no drift, and what the target adds or removes follows from the
-            # Services that differ (switch/wire.py readback_from_held).
+                blobs = await session.read_encoded(same=self._same_reads)
             held_bytes = self._now_encoding(expected_now, expected, target) if report_drift else None
-            in_step = readback_from_held(blobs, read_set, held_bytes, expected) if held_bytes is not None else None
-            read = in_step if in_step is not None else match_readback(blobs, expected, read_set)
+            read_set, in_step, read = self._match(blobs, expected, held_bytes)
             extra = session.decode_entries(read.extra) if read.extra else []
             _log_decoded(sw.name, len(blobs), read, self.config.key)
             if report_drift and in_step is None:
@@ -784,6 +787,29 @@ class TwoSwitchApplier:
         self._held_known.add(sw.name)
         expected.release()  # keep the bytes, not ~350,000 Entry objects, until the next use
         return writes, drift
+
+    def _match(self, blobs: list[bytes], expected: EncodedEntries, held: EncodedEntries | None
+               ) -> tuple[set[bytes], Readback | None, Readback]:
+        """(set(blobs), readback_from_held's answer (None: not in step with `held`), the read-back
+        compared with `expected`). Usually the switch holds exactly the last good snapshot
+        (`held`): then that is one set comparison, no drift, and what the target adds or removes
+        follows from the Services that differ (switch/wire.py readback_from_held). The same
+        read (the very list: SameReads) against the same encodings gets the same answer again,
+        without the work: the other switch of a pair answering the same bytes."""
+        m = self._matched
+        if m is not None and m[0] is blobs and m[1] is expected and m[2] is held:
+            return m[3], m[4], m[5]
+        read_set = set(blobs)  # matched once or twice (the drift)
+        in_step = readback_from_held(blobs, read_set, held, expected) if held is not None else None
+        read = in_step if in_step is not None else match_readback(blobs, expected, read_set)
+        self._matched = (blobs, expected, held, read_set, in_step, read)
+        return read_set, in_step, read
+
+    def _end_pass(self) -> None:
+        """Drop what one apply() or sync() kept for both switches."""
+        self._encoded_now = None
+        self._same_reads.clear()
+        self._matched = None
 
     def _drift(self, session: SwitchSession, blobs: list[bytes], read_set: set[bytes], expected: EncodedEntries,
                read: Readback, extra: list[Entry], now: EncodedEntries | None) -> list[str]:
@@ -861,7 +887,7 @@ class TwoSwitchApplier:
         just written (a one-Service change must not cost a read of 350,000 entries)."""
         self._tell(sw.name, "verify")
         if diff is None:
-            blobs = await session.read_encoded()
+            blobs = await session.read_encoded(same=self._same_reads)
             read = match_readback(blobs, expected)
             if read.exact:
                 return
@@ -891,6 +917,12 @@ class TwoSwitchApplier:
         says why; the session is closed and the switch untrusted, so the next sync fences,
         reads back and repairs). Differences found by the read-back beyond `snapshot` are in
         `drift` (not reported after a pipeline push: those tables were empty)."""
+        try:
+            return await self._sync_switch(name, snapshot)
+        finally:
+            self._end_pass()
+
+    async def _sync_switch(self, name: str, snapshot: Snapshot | None) -> SwitchReport:
         sw = self._spec(name)
         t0 = time.perf_counter()
         trusted = self.trusts(name)
@@ -942,9 +974,12 @@ class TwoSwitchApplier:
         async def one(sw: SwitchSpec) -> SwitchReport:
             if self.holds(sw.name, snapshot):
                 return SwitchReport(sw.name, sw.role, "unchanged", reason="trusted: read back earlier, session still primary")
-            return await self.sync_switch(sw.name, snapshot)
+            return await self._sync_switch(sw.name, snapshot)
 
-        reports = await asyncio.gather(*(one(sw) for sw in self.order))
+        try:
+            reports = await asyncio.gather(*(one(sw) for sw in self.order))
+        finally:
+            self._end_pass()
         failed = [r for r in reports if r.state == "failed"]
         unreachable = [r for r in reports if r.state == "unreachable"]
         outcome: Outcome

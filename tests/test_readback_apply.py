@@ -49,11 +49,11 @@ def factory(world: World, log: Log, *, before_read: Callable[[SwitchSession], An
     base = default_session_factory(world.config, INFO, connect_timeout=2.0, arbitration_timeout=2.0)
 
     class Logged(SwitchSession):
-        async def read_encoded(self, tables=None):
+        async def read_encoded(self, tables=None, same=None):
             log.events.append(("read", self.name))
             if before_read is not None:
                 await before_read(self)
-            blobs = await super().read_encoded(tables)
+            blobs = await super().read_encoded(tables, same)
             log.events.append(("read done", self.name))
             return blobs
 

@@ -165,10 +165,11 @@ class SwitchSession:
         """Every (non-default) entry of `tables` (default: all tables of the P4Info)."""
         return await reads.read_entries(self._connection, self.info, tables)
 
-    async def read_encoded(self, tables: Iterable[str] | None = None) -> list[bytes]:
+    async def read_encoded(self, tables: Iterable[str] | None = None, same: reads.SameReads | None = None) -> list[bytes]:
         """read_entries left undecoded: the canonical-or-not bytes of each TableEntry as the
-        switch sent it (reads.read_encoded); decode_entries() turns any of them into entries."""
-        return await reads.read_encoded(self._connection, self.info, tables)
+        switch sent it (reads.read_encoded; `same`: see reads.SameReads); decode_entries()
+        turns any of them into entries."""
+        return await reads.read_encoded(self._connection, self.info, tables, same)
 
     def decode_entries(self, blobs: Iterable[bytes]) -> list[Entry]:
         """The entries that TableEntry bytes from read_encoded() stand for (defaults dropped);
