@@ -189,6 +189,20 @@ def test_empty_truncated_or_foreign_data_is_refused(stored: bytes) -> None:
             load_encodings(data)
 
 
+def test_bytes_checked_by_the_caller_load_alike_without_the_second_checksum(stored: bytes) -> None:
+    """checked=True (pass_cache checked the whole file): the same entries; the body's own
+    checksum is then not what refuses a damaged file (the caller's digest is), so a wrong one
+    alone is passed over while every other check still holds."""
+    plain, checked = load_encodings(stored), load_encodings(stored, checked=True)
+    assert (checked.info_key, dict(checked.services)) == (plain.info_key, dict(plain.services))
+    wrong_sum = stored[:encoded_memo._HEAD - 32] + b"\x00" * 32 + _body(stored)
+    with pytest.raises(ValueError, match="checksum mismatch"):
+        load_encodings(wrong_sum)
+    assert dict(load_encodings(wrong_sum, checked=True).services) == dict(plain.services)
+    with pytest.raises(ValueError, match="format version"):
+        load_encodings(_wrapped(_body(stored), FORMAT_VERSION + 1), checked=True)
+
+
 def test_every_bit_flip_is_refused(stored: bytes) -> None:
     """A flipped bit anywhere (header, checksum, counts, entry bytes) is refused, never loaded."""
     step = max(1, len(stored) // 400)

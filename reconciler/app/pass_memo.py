@@ -97,7 +97,7 @@ class PassMemo:
         stored = self.stored.get("encoded")
         if self._known is None and stored is not None:
             try:
-                self._known = load_encodings(stored.data)
+                self._known = load_encodings(stored.data, checked=True)  # pass_cache.load checked the file
             except ValueError as e:
                 self._warn(f"pass cache {self.paths['encoded']}: {e}; every entry is encoded")
                 del self.stored["encoded"]
