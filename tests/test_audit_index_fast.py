@@ -166,42 +166,26 @@ def _mutations() -> list[tuple[str, Callable[[dict[str, Any]], Any]]]:
         def f(d: dict[str, Any]) -> Any:
             if not path:
                 return value
-            *head, last = path
-            target = d
-            for k in head:
-                target = target[k]
-            target[last] = value
+            _get(d, path[:-1])[path[-1]] = value
             return d
         return f
 
     def deleter(path: tuple[Any, ...]) -> Callable[[dict[str, Any]], Any]:
         def f(d: dict[str, Any]) -> Any:
-            *head, last = path
-            target = d
-            for k in head:
-                target = target[k]
-            del target[last]
+            del _get(d, path[:-1])[path[-1]]
             return d
         return f
 
     def adder(path: tuple[Any, ...], key: str, value: Any) -> Callable[[dict[str, Any]], Any]:
         def f(d: dict[str, Any]) -> Any:
-            target = d
-            for k in path:
-                target = target[k]
-            target[key] = value
+            _get(d, path)[key] = value
             return d
         return f
 
     def duplicate(path: tuple[Any, ...], key: str, value: Any, first: bool) -> Callable[[dict[str, Any]], Any]:
         def f(d: dict[str, Any]) -> Any:
-            *head, last = path
-            target = d
-            for k in head:
-                target = target[k]
-            obj = target[last]
-            pairs = [(key, value), *obj.items()] if first else [*obj.items(), (key, value)]
-            target[last] = Dup(pairs)
+            parent, obj = _get(d, path[:-1]), _get(d, path)
+            parent[path[-1]] = Dup([(key, value), *obj.items()] if first else [*obj.items(), (key, value)])
             return d
         return f
 
