@@ -26,7 +26,7 @@ from reconciler.cluster.model import FALLBACK_BY_ANNOTATION, OPT_IN_ANNOTATION, 
 from reconciler.intent.model import LoadBalancerConfig
 from reconciler.render import Renderer, RenderResult
 from reconciler.render.allocate import Exhausted, Pool
-from reconciler.render.engine import _ORJSON_EXACT, _digest_of, _fresh_state, _seeds, _State, fingerprint_digest
+from reconciler.render.engine import _ORJSON_EXACT, _digest_of, _fresh_state, _seeds, _seeds_after, _State, fingerprint_digest
 from reconciler.render.memo import MEMO_FORMAT, RenderMemo, config_digest
 from reconciler.sources import code_digest
 from reconciler.snapshot import Snapshot, from_document
@@ -122,10 +122,13 @@ def assert_same_state(resumed: _State, live: _State) -> None:
         assert first_free(a) == first_free(b)
 
 
-def assert_seeds_as_a_full_render(config: LoadBalancerConfig, snap: Snapshot) -> None:
-    """_seeds (what resume amends and memo() compares) holds what a full render from `snap` seeds."""
+def assert_seeds_as_a_full_render(config: LoadBalancerConfig, snap: Snapshot, before: Snapshot | None = None) -> None:
+    """_seeds (what resume amends and memo() compares) holds what a full render from `snap` seeds;
+    so does _seeds_after from the seeds of the snapshot `before` it."""
     full = _fresh_state(config, P4INFO_DIGEST, snap)
     seeds = _seeds(snap)
+    if before is not None:
+        assert_same_seeds(_seeds_after(_seeds(before), snap), seeds)
     assert seeds.vips == full.vips.value_of
     assert seeds.service_ids == full.service_ids.value_of
     assert seeds.backend_ids == full.backend_ids.value_of
@@ -133,6 +136,12 @@ def assert_seeds_as_a_full_render(config: LoadBalancerConfig, snap: Snapshot) ->
     assert seeds.names == {k: ks.names for k, ks in full.keys.items()}
     for s in snap.services:
         assert sorted(s.reverse_nat_keys_unordered()) == sorted(s.reverse_nat_keys()), s.name
+
+
+def assert_same_seeds(got: Any, want: Any, what: object = "") -> None:
+    assert got.base is want.base or got.base.digest == want.base.digest, what
+    for f in ("vips", "service_ids", "backend_ids", "reverse_owner", "names", "reverse_listed"):
+        assert getattr(got, f) == getattr(want, f), (f, what)
 
 
 def check_resumed_sequence(config: LoadBalancerConfig, model: Model, ops: list[tuple], *, told: bool = True) -> int:
@@ -169,7 +178,8 @@ def check_resumed_sequence(config: LoadBalancerConfig, model: Model, ops: list[t
             assert issues_of(r) == issues_of(c), f"step {step} {op}: {name} issues differ"
             assert r.changed == c.changed, f"step {step} {op}: {name} changed differs"
         saved += len(b.rendered) < len(c.rendered)
-        assert_seeds_as_a_full_render(config, a.snapshot)
+        assert_seeds_as_a_full_render(config, a.snapshot, previous)
+        assert_same_seeds(_seeds_after(_seeds(prev_file), b.snapshot), _seeds(b.snapshot))
         # After the render, both renderers hold the same state: their memos are the same bytes.
         memo = live.memo().to_bytes()
         assert resumed.memo().to_bytes() == memo, f"step {step} {op}: resumed state differs after render"

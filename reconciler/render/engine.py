@@ -85,6 +85,21 @@ class _KeyState:
     # Indices of `issues` whose Service (port) keeps its entries from the last snapshot; their
     # message names that snapshot's version, which only the render's `previous` knows.
     kept: frozenset[int] = frozenset()
+    # The KeyMemo this state was resumed from, with the fields made of it: memo() gives it
+    # again while this state's fields are still those objects, instead of building it anew.
+    resumed: tuple[KeyMemo, object, tuple[str, ...], tuple[RenderIssue, ...], frozenset[int]] | None = None
+
+    def memo(self, key: str) -> KeyMemo:
+        r = self.resumed
+        if r is not None and r[1] is self.fingerprint and r[2] is self.names and r[3] is self.issues and r[4] is self.kept:
+            return r[0]
+        return KeyMemo(
+            key=key,
+            fingerprint=_digest_of(self.fingerprint),
+            names=self.names,
+            issues=tuple((i.service, i.message, i.severity) for i in self.issues),
+            kept=tuple(sorted(self.kept)),
+        )
 
 
 @dataclass
@@ -254,22 +269,13 @@ class Renderer:
         st = self._state
         if st is None or st.base is None:
             raise RuntimeError("Renderer.memo(): nothing rendered yet")
-        seeded = st.seeds if st.seeds is not None and st.seeds.base is st.base else _seeds(st.base)
+        seeded = _seeds_after(st.seeds, st.base) if st.seeds is not None else _seeds(st.base)
         return RenderMemo(
             code_digest=code_digest(),
             config_digest=config_digest(st.config),
             p4info_digest=st.p4info_digest,
             base_digest=st.base.digest,
-            keys=tuple(
-                KeyMemo(
-                    key=k,
-                    fingerprint=_digest_of(ks.fingerprint),
-                    names=ks.names,
-                    issues=tuple((i.service, i.message, i.severity) for i in ks.issues),
-                    kept=tuple(sorted(ks.kept)),
-                )
-                for k, ks in sorted(st.keys.items())
-            ),
+            keys=tuple(ks.memo(k) for k, ks in sorted(st.keys.items())),
             retry_keys=tuple((k, tuple(sorted(marks, key=sort_key))) for k, marks in sorted(st.retry_keys.items())),
             freed=tuple(sorted(st.freed, key=sort_key)),
             vips=_holdings(st.vips.value_of, seeded.vips),
@@ -424,6 +430,9 @@ class _Seeds:
     backend_ids: dict[Hashable, int]
     reverse_owner: dict[_ReverseKey, str]
     names: dict[str, tuple[str, ...]]
+    # How many reverse_nat keys base's Services list: len(reverse_owner) unless one is listed
+    # twice, which only the full walk orders as it must (_seeds_after takes it then).
+    reverse_listed: int
 
 
 def _seeds(base: Snapshot) -> _Seeds:
@@ -433,16 +442,82 @@ def _seeds(base: Snapshot) -> _Seeds:
     backend_ids: dict[Hashable, int] = {}
     reverse_owner: dict[_ReverseKey, str] = {}
     names: dict[str, tuple[str, ...]] = {}
+    listed = 0
     for svc in base.services:
         name, key, mode = svc.name, svc.service_key, svc.backend_mode
         vips[key] = svc.vip
         service_ids[name] = svc.service_id
         for b in svc.backends:
             backend_ids[(name, backend_key(b, mode))] = b.backend_id
-        for rkey in svc.reverse_nat_keys_unordered():
+        rkeys = svc.reverse_nat_keys_unordered()
+        listed += len(rkeys)
+        for rkey in rkeys:
             reverse_owner[rkey] = name
         names[key] = names.get(key, ()) + (name,)
-    return _Seeds(base, vips, service_ids, backend_ids, reverse_owner, names)
+    return _Seeds(base, vips, service_ids, backend_ids, reverse_owner, names, listed)
+
+
+def _seeds_after(seeds: _Seeds, base: Snapshot) -> _Seeds:
+    """_seeds(base), from the seeds of an earlier snapshot whose Services `base` mostly shares
+    (the same objects: a render keeps those it did not redo). Only the Service keys with a
+    Service not shared in the same order are walked again, in base's order; anything unusual (a
+    name listed twice before, a reverse_nat key held twice) takes the full walk, whose result
+    this must equal (tests/test_render_memo_reuse.py)."""
+    before = seeds.base
+    if before is base:
+        return seeds
+    if seeds.reverse_listed != len(seeds.reverse_owner):
+        return _seeds(base)
+    index = {svc.name: i for i, svc in enumerate(before.services)}
+    if len(index) != len(before.services):
+        return _seeds(base)
+    old = before.services
+    redo: set[str] = set()  # Service keys walked again
+    shared = 0
+    last = -1
+    for svc in base.services:
+        i = index.get(svc.name)
+        if i is not None and i > last and old[i] is svc:
+            shared += 1
+            last = i
+        else:  # not shared, or out of `before`'s order
+            redo.add(svc.service_key)
+    if shared != len(old):  # Services of `before` that `base` does not have
+        present = {svc.name for svc in base.services}
+        redo.update(svc.service_key for svc in old if svc.name not in present)
+    if not redo:
+        return replace(seeds, base=base)
+    vips, service_ids = dict(seeds.vips), dict(seeds.service_ids)
+    backend_ids, reverse_owner, names = dict(seeds.backend_ids), dict(seeds.reverse_owner), dict(seeds.names)
+    listed = seeds.reverse_listed
+    for key in redo:
+        vips.pop(key, None)
+        for name in names.pop(key, ()):
+            svc = old[index[name]]
+            del service_ids[name]
+            for b in svc.backends:
+                backend_ids.pop((name, backend_key(b, svc.backend_mode)), None)
+            rkeys = svc.reverse_nat_keys_unordered()
+            listed -= len(rkeys)
+            for rkey in rkeys:
+                del reverse_owner[rkey]  # each held once (reverse_listed), by this name
+    for svc in base.services:
+        key = svc.service_key
+        if key not in redo:
+            continue
+        name, mode = svc.name, svc.backend_mode
+        vips[key] = svc.vip
+        service_ids[name] = svc.service_id
+        for b in svc.backends:
+            backend_ids[(name, backend_key(b, mode))] = b.backend_id
+        rkeys = svc.reverse_nat_keys_unordered()
+        listed += len(rkeys)
+        for rkey in rkeys:
+            if rkey in reverse_owner:
+                return _seeds(base)  # held twice: which holder wins depends on the order
+            reverse_owner[rkey] = name
+        names[key] = names.get(key, ()) + (name,)
+    return _Seeds(base, vips, service_ids, backend_ids, reverse_owner, names, listed)
 
 
 def _resumed_state(memo: RenderMemo, config: LoadBalancerConfig, p4info_digest: str, previous: Snapshot) -> _State | None:
@@ -460,7 +535,10 @@ def _resumed_state(memo: RenderMemo, config: LoadBalancerConfig, p4info_digest: 
             return None
         fp = _Digest(km.fingerprint) if km.fingerprint is not None else None
         issues = tuple(RenderIssue(*i) for i in km.issues)
-        st.keys[km.key] = _KeyState(fp, km.names, issues, frozenset(km.kept))
+        kept = frozenset(km.kept)
+        # Given again by memo() only if it is what memo() would build (kept sorted, once each).
+        again = not km.kept or km.kept == tuple(sorted(kept))
+        st.keys[km.key] = _KeyState(fp, km.names, issues, kept, (km, fp, km.names, issues, kept) if again else None)
         if issues:
             st.issue_keys.add(km.key)
     if seeded:  # Services of the snapshot the memo knows nothing of
@@ -487,6 +565,8 @@ def _resumed_state(memo: RenderMemo, config: LoadBalancerConfig, p4info_digest: 
 
 def _holdings(actual: Mapping[Any, Any], seeded: Mapping[Any, Any]) -> Holdings:
     """How `actual` differs from what the base snapshot seeds."""
+    if actual == seeded:  # the usual case, checked in C
+        return Holdings()
     missing = object()
     held = [(k, v) for k, v in actual.items() if seeded.get(k, missing) != v]
     dropped = [k for k in seeded if k not in actual]
