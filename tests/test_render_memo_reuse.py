@@ -8,7 +8,10 @@ only while its key's state is still what it was read into.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from typing import Any
+
+import orjson
 
 from helpers_render import P4INFO_DIGEST, do_render, make_cluster, make_config, make_service, with_service, without_service
 from hypothesis import given, settings
@@ -16,8 +19,9 @@ from hypothesis import strategies as st
 from test_render_memo import assert_same_seeds, loaded
 from test_render_properties import CLOCK_START
 
+from reconciler.cluster.model import ClusterState, Endpoint, Node
 from reconciler.render import Renderer
-from reconciler.render.engine import _holdings, _seeds, _seeds_after
+from reconciler.render.engine import _fingerprint, _holdings, _seeds, _seeds_after, fingerprint_digest
 from reconciler.render.memo import Holdings, RenderMemo, sort_key
 from reconciler.snapshot import Backend, ServiceSnapshot, Snapshot
 
@@ -178,3 +182,39 @@ _owners = st.sampled_from(["a", "b", "c", "d"])
 def test_holdings_as_before(actual: dict[str, int], seeded: dict[str, int]) -> None:
     assert _holdings(actual, seeded) == _holdings_as_before(actual, seeded)
     assert _holdings(actual, dict(actual)) == Holdings() == _holdings_as_before(actual, dict(actual))
+
+
+# --- the fingerprint and its digest, as the memos already written have them ---------------------
+
+
+def _fingerprint_as_before(cluster: ClusterState, key: str) -> object:
+    svc = cluster.services.get(key)
+    if svc is None:
+        return None
+    eps = cluster.endpoints.get(key, ())
+    nodes = tuple(sorted({(ep.node, getattr(cluster.nodes.get(ep.node), "internal_ip", None)) for ep in eps}))
+    return (svc, eps, nodes, None)
+
+
+def _digest_as_before(fingerprint: object) -> str:
+    return hashlib.blake2b(b"j" + orjson.dumps(fingerprint), digest_size=32).hexdigest()
+
+
+_node_names = st.sampled_from(["node-0", "node-1", "node-2", "gone"])
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.tuples(st.integers(0, 40), _node_names), max_size=8),
+    st.dictionaries(_node_names, st.one_of(st.none(), st.sampled_from(["10.1.0.1", "10.1.0.2"])), max_size=4),
+)
+def test_fingerprint_and_digest_as_before(eps: list[tuple[int, str]], ips: dict[str, str | None]) -> None:
+    svc = make_service("web")
+    endpoints = tuple(Endpoint(f"100.64.0.{i}", node, (("", 8080),)) for i, node in eps)
+    cluster = ClusterState(services={svc.key: svc}, endpoints={svc.key: endpoints} if endpoints else {},
+                           nodes={n: Node(n, ip) for n, ip in ips.items()})
+    for key in (svc.key, "default/none"):
+        fp = _fingerprint(cluster, key, None)
+        assert fp == _fingerprint_as_before(cluster, key)
+        if fp is not None:
+            assert fingerprint_digest(fp) == _digest_as_before(fp)

@@ -606,13 +606,16 @@ def fingerprint_digest(fingerprint: object) -> str:
     str, int, bool, None and tuples, which orjson writes field by field (a type it cannot write
     falls back to repr). A spurious difference costs a render; a false equality would leave a
     changed Service as it was, so the encoding must tell apart whatever == tells apart."""
+    h = hashlib.blake2b(digest_size=32)
     try:
         if not _ORJSON_EXACT:
             raise TypeError("a model field orjson leaves out")
-        data = b"j" + orjson.dumps(fingerprint)
+        data = orjson.dumps(fingerprint)
+        h.update(b"j")  # fed in two parts: the digest of b"j" + data, without copying data
     except TypeError:
         data = b"r" + repr(fingerprint).encode("utf-8", "surrogatepass")
-    return hashlib.blake2b(data, digest_size=32).hexdigest()
+    h.update(data)
+    return h.hexdigest()
 
 
 def _digest_of(fingerprint: object) -> str | None:
@@ -634,7 +637,9 @@ def _fingerprint(cluster: ClusterState, key: str, connections: Connections | Non
     if svc is None:
         return None
     eps = cluster.endpoints.get(key, ())
-    nodes = tuple(sorted({(ep.node, getattr(cluster.nodes.get(ep.node), "internal_ip", None)) for ep in eps}))
+    # (node, its InternalIP) once per node, sorted: by name, as no two pairs share one.
+    node = cluster.nodes.get
+    nodes = tuple([(n, getattr(node(n), "internal_ip", None)) for n in sorted({ep.node for ep in eps})])
     conns = None
     if connections:
         # None when no count is this Service's, as without counts at all: its inputs are the same
