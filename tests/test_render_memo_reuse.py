@@ -14,7 +14,7 @@ from typing import Any
 import orjson
 
 from helpers_render import P4INFO_DIGEST, do_render, make_cluster, make_config, make_service, with_service, without_service
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from test_render_memo import assert_same_seeds, loaded
 from test_render_properties import CLOCK_START
@@ -22,7 +22,7 @@ from test_render_properties import CLOCK_START
 from reconciler.cluster.model import ClusterState, Endpoint, Node
 from reconciler.render import Renderer
 from reconciler.render.engine import _fingerprint, _holdings, _seeds, _seeds_after, fingerprint_digest
-from reconciler.render.memo import Holdings, RenderMemo, sort_key
+from reconciler.render.memo import Holdings, RenderMemo, _key_memo, _key_memo_checked, sort_key
 from reconciler.snapshot import Backend, ServiceSnapshot, Snapshot
 
 
@@ -218,3 +218,60 @@ def test_fingerprint_and_digest_as_before(eps: list[tuple[int, str]], ips: dict[
         assert fp == _fingerprint_as_before(cluster, key)
         if fp is not None:
             assert fingerprint_digest(fp) == _digest_as_before(fp)
+
+
+# --- RenderMemo.from_bytes: a Service's entry without issues checked inline -----------------------
+
+
+def _outcome(fn: Any, value: object) -> object:
+    try:
+        return fn(value)
+    except ValueError as e:
+        return ("ValueError", str(e))
+
+
+_entry_parts = st.one_of(
+    st.none(), st.booleans(), st.integers(-2, 3), st.text(max_size=4), st.just([]), st.just({}),
+    st.lists(st.one_of(st.text(max_size=4), st.none(), st.integers(0, 2)), max_size=3),
+    st.lists(st.lists(st.one_of(st.text(max_size=3), st.none()), max_size=4), max_size=2),
+)
+
+
+_good_entry = st.tuples(
+    st.text(max_size=4), st.one_of(st.none(), st.text(max_size=4)), st.lists(st.text(max_size=4), max_size=3), st.just([]), st.just([])
+).map(list)
+
+
+def _spoilt(entry: list[Any], where: int, part: object) -> list[Any]:
+    """`entry` with one part replaced (or, past its end, one part more)."""
+    return entry[:where] + [part] + entry[where + 1:]
+
+
+@settings(max_examples=600, deadline=None)
+@given(st.one_of(
+    st.lists(_entry_parts, min_size=4, max_size=6),
+    _entry_parts,
+    _good_entry,
+    st.builds(_spoilt, _good_entry, st.integers(0, 5), _entry_parts),
+))
+@example(["k", None, ["a", 1], [], []])  # a name not a string
+@example(["k", None, ["a", None], [], []])
+@example(["k", 3, ["a"], [], []])  # the fingerprint
+@example(["k", None, "ab", [], []])  # names not a list
+@example([1, None, [], [], []])  # the key
+@example(["k", None, [], [], [0]])  # a kept index without its issue
+@example(["k", None, [], {}, []])
+@example(["k", None, [], [], [], []])  # one part too many
+def test_key_memo_reads_as_the_checked_reading(value: object) -> None:
+    assert _outcome(_key_memo, orjson.loads(orjson.dumps(value))) == _outcome(_key_memo_checked, orjson.loads(orjson.dumps(value)))
+
+
+def test_key_memo_fast_and_checked_readings_of_a_real_memo() -> None:
+    config = make_config(buckets=4, pool_size=2)
+    services = {make_service(f"svc-{i}", node_port_base=30000 + 10 * i): {"node-0": 1} for i in range(4)}
+    renderer = Renderer()
+    renderer.render(config, make_cluster(services, nodes=1), None, p4info_digest=P4INFO_DIGEST, now=CLOCK_START)
+    entries = orjson.loads(renderer.memo().to_bytes())["keys"]
+    assert any(not e[3] for e in entries) and any(e[3] for e in entries)  # with and without issues
+    for e in entries:
+        assert _key_memo(e) == _key_memo_checked(e)

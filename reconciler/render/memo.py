@@ -188,6 +188,21 @@ def _mark(value: object) -> Mark:
 
 
 def _key_memo(value: object) -> KeyMemo:
+    """One entry of "keys"; that of a Service without issues (most) checked inline, as
+    _key_memo_checked would find it (which checks, and says what is wrong, for any other)."""
+    if type(value) is list and len(value) == 5:
+        key, fp, names, issues, kept = value
+        if type(key) is str and (fp is None or type(fp) is str) and type(names) is list and issues == [] == kept:
+            as_tuple = tuple(names)
+            for name in as_tuple:
+                if type(name) is not str:
+                    break
+            else:
+                return KeyMemo(key=key, fingerprint=fp, names=as_tuple, issues=(), kept=())
+    return _key_memo_checked(value)
+
+
+def _key_memo_checked(value: object) -> KeyMemo:
     items = _list(value, "key")
     if len(items) != 5:
         raise _fail("key", value)
