@@ -529,16 +529,17 @@ def _resumed_state(memo: RenderMemo, config: LoadBalancerConfig, p4info_digest: 
     st.services = {svc.name: svc for svc in previous.services}
     st.reorder()
     seeded = dict(seeds.names)
+    keys, none_kept = st.keys, frozenset[int]()
     for km in memo.keys:
         names = seeded.pop(km.key, ())
-        if sorted(km.names) != sorted(names):
+        if km.names != names and sorted(km.names) != sorted(names):
             return None
         fp = _Digest(km.fingerprint) if km.fingerprint is not None else None
-        issues = tuple(RenderIssue(*i) for i in km.issues)
-        kept = frozenset(km.kept)
+        issues = tuple([RenderIssue(*i) for i in km.issues]) if km.issues else ()
+        kept = frozenset(km.kept) if km.kept else none_kept
         # Given again by memo() only if it is what memo() would build (kept sorted, once each).
         again = not km.kept or km.kept == tuple(sorted(kept))
-        st.keys[km.key] = _KeyState(fp, km.names, issues, kept, (km, fp, km.names, issues, kept) if again else None)
+        keys[km.key] = _KeyState(fp, km.names, issues, kept, (km, fp, km.names, issues, kept) if again else None)
         if issues:
             st.issue_keys.add(km.key)
     if seeded:  # Services of the snapshot the memo knows nothing of
