@@ -437,13 +437,18 @@ class _Seeds:
 
 def _seeds(base: Snapshot) -> _Seeds:
     """The seeds of `base`, a snapshot of the state's config (as resume checks, and render makes)."""
-    vips: dict[Hashable, str] = {}
-    service_ids: dict[Hashable, int] = {}
-    backend_ids: dict[Hashable, int] = {}
-    reverse_owner: dict[_ReverseKey, str] = {}
-    names: dict[str, tuple[str, ...]] = {}
+    seeds = _Seeds(base, {}, {}, {}, {}, {}, 0)
+    listed = _seed(seeds, base.services, once=False)
+    assert listed is not None  # once=False
+    return replace(seeds, reverse_listed=listed)
+
+
+def _seed(seeds: _Seeds, services: Iterable[ServiceSnapshot], *, once: bool) -> int | None:
+    """Add what `services` seed to the maps of `seeds` (one being built) in their order; the
+    number of reverse_nat keys they list, or None when `once` and one of them is held already."""
+    vips, service_ids, backend_ids, reverse_owner, names = seeds.vips, seeds.service_ids, seeds.backend_ids, seeds.reverse_owner, seeds.names
     listed = 0
-    for svc in base.services:
+    for svc in services:
         name, key, mode = svc.name, svc.service_key, svc.backend_mode
         vips[key] = svc.vip
         service_ids[name] = svc.service_id
@@ -451,10 +456,12 @@ def _seeds(base: Snapshot) -> _Seeds:
             backend_ids[(name, backend_key(b, mode))] = b.backend_id
         rkeys = svc.reverse_nat_keys_unordered()
         listed += len(rkeys)
+        if once and not reverse_owner.keys().isdisjoint(rkeys):
+            return None
         for rkey in rkeys:
             reverse_owner[rkey] = name
         names[key] = names.get(key, ()) + (name,)
-    return _Seeds(base, vips, service_ids, backend_ids, reverse_owner, names, listed)
+    return listed
 
 
 def _seeds_after(seeds: _Seeds, base: Snapshot) -> _Seeds:
@@ -487,8 +494,8 @@ def _seeds_after(seeds: _Seeds, base: Snapshot) -> _Seeds:
         redo.update(svc.service_key for svc in old if svc.name not in present)
     if not redo:
         return replace(seeds, base=base)
-    vips, service_ids = dict(seeds.vips), dict(seeds.service_ids)
-    backend_ids, reverse_owner, names = dict(seeds.backend_ids), dict(seeds.reverse_owner), dict(seeds.names)
+    after = _Seeds(base, dict(seeds.vips), dict(seeds.service_ids), dict(seeds.backend_ids), dict(seeds.reverse_owner), dict(seeds.names), 0)
+    vips, service_ids, backend_ids, reverse_owner, names = after.vips, after.service_ids, after.backend_ids, after.reverse_owner, after.names
     listed = seeds.reverse_listed
     for key in redo:
         vips.pop(key, None)
@@ -501,23 +508,10 @@ def _seeds_after(seeds: _Seeds, base: Snapshot) -> _Seeds:
             listed -= len(rkeys)
             for rkey in rkeys:
                 del reverse_owner[rkey]  # each held once (reverse_listed), by this name
-    for svc in base.services:
-        key = svc.service_key
-        if key not in redo:
-            continue
-        name, mode = svc.name, svc.backend_mode
-        vips[key] = svc.vip
-        service_ids[name] = svc.service_id
-        for b in svc.backends:
-            backend_ids[(name, backend_key(b, mode))] = b.backend_id
-        rkeys = svc.reverse_nat_keys_unordered()
-        listed += len(rkeys)
-        for rkey in rkeys:
-            if rkey in reverse_owner:
-                return _seeds(base)  # held twice: which holder wins depends on the order
-            reverse_owner[rkey] = name
-        names[key] = names.get(key, ()) + (name,)
-    return _Seeds(base, vips, service_ids, backend_ids, reverse_owner, names, listed)
+    added = _seed(after, (svc for svc in base.services if svc.service_key in redo), once=True)
+    if added is None:  # a reverse_nat key held twice: which holder wins depends on the order
+        return _seeds(base)
+    return replace(after, reverse_listed=listed + added)
 
 
 def _resumed_state(memo: RenderMemo, config: LoadBalancerConfig, p4info_digest: str, previous: Snapshot) -> _State | None:
