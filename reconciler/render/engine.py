@@ -638,7 +638,9 @@ def _fingerprint(cluster: ClusterState, key: str, connections: Connections | Non
     conns = None
     if connections:
         # None when no count is this Service's, as without counts at all: its inputs are the same
-        conns = tuple(sorted((n, tuple(sorted(c.items()))) for n, c in connections.items() if n.split(":", 1)[0] == key)) or None
+        # (an empty count dict is no count: render reads both as {}).
+        conns = tuple(sorted((n, tuple(sorted(c.items()))) for n, c in connections.items()
+                             if c and n.split(":", 1)[0] == key)) or None
     return (svc, eps, nodes, conns)
 
 
