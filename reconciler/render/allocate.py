@@ -15,6 +15,7 @@ from __future__ import annotations
 import bisect
 import heapq
 import ipaddress
+import socket
 from dataclasses import dataclass
 from collections.abc import Mapping
 from typing import Generic, Hashable, TypeVar
@@ -66,6 +67,19 @@ class IntSpace(Space[int]):
         return f"all {self.size} {self.what} are in use"
 
 
+def ipv4_int(v: str) -> int:
+    """int(ipaddress.IPv4Address(v)), at a quarter of its cost for an address in canonical dotted
+    form (every address a snapshot holds: resume seeds 5,000 of them); anything else is read by
+    ipaddress, which answers or raises as it always did."""
+    try:
+        packed = socket.inet_pton(socket.AF_INET, v)
+    except (OSError, TypeError, ValueError):
+        return int(ipaddress.IPv4Address(v))
+    if socket.inet_ntop(socket.AF_INET, packed) != v:  # a C library reading "01" (glibc refuses it)
+        return int(ipaddress.IPv4Address(v))
+    return int.from_bytes(packed, "big")
+
+
 class VipSpace(Space[str]):
     """The auto-assign pools' addresses, in pool order, then range order."""
 
@@ -94,7 +108,7 @@ class VipSpace(Space[str]):
         return str(ipaddress.IPv4Address(self._ranges[r][0] + i - self._starts[r]))
 
     def index_of(self, v: str) -> int | None:
-        a = int(ipaddress.IPv4Address(v))
+        a = ipv4_int(v)
         for start, (lo, hi) in zip(self._starts, self._ranges):
             if lo <= a <= hi:
                 return start + a - lo
