@@ -26,6 +26,7 @@ from reconciler.cluster.model import (
     Node,
     Service,
     ServicePort,
+    endpoint,
 )
 
 ENDPOINTSLICE_API_VERSION = "discovery.k8s.io/v1"
@@ -379,7 +380,7 @@ def endpoint_slice_from_dict(obj: Mapping[str, Any]) -> SliceEndpoints:
         fast = _plain_endpoint(ep)
         if fast is not None:  # the usual shape, every type as the checks below require
             if fast:  # () when not ready or terminating
-                endpoints.append(Endpoint(address=fast[0], node=fast[1], ports=slice_ports, pod=fast[2], managed=managed and fast[2] is not None))
+                endpoints.append(endpoint(fast[0], fast[1], slice_ports, fast[2], managed and fast[2] is not None))
             continue
         at = ("endpoints", i)
         if not isinstance(ep, Mapping):
