@@ -5,6 +5,11 @@ next render redoes only the Services whose inputs changed: the controller tells 
 (`changed=`), or the renderer compares each Service's inputs itself. Either way the output is
 byte-identical to a full render from the same previous snapshot; tests hold it to that. A new
 process takes that state up from a RenderMemo (memo.py) of the last render: `memo()`, `resume()`.
+One known exception, a design question left open: a VIP held for a Service in automatic
+fallback (no snapshot entry says so) is released when that Service leaves p4kube's care, and
+quarantined for one version as every released value is; a full render, which never knew it was
+held, gives it to another Service asking for it one version sooner. Nothing is removed either
+way, and both converge on the next pass.
 
 An error is never a removal (DESIGN.md 6.1): a Service (port) that the previous snapshot has and
 that now hits an error (its VIP, a nodePort, a reverse_nat key, an id space, its algorithm, a
