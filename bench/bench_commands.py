@@ -23,6 +23,10 @@ repository and a local audit repository:
 
 Each is timed whole (wall), with the child's peak RSS and CPU time from os.wait4 (its own rusage,
 not the switches'), and the ratio to `python -c pass` measured in the same run (median of 5).
+Right before each row the machine's speed is measured too (a fixed 10M-step Python loop in a
+child, median of 3: it moves by half within minutes here), and the row's wall is also given at
+the reference speed (the loop taking REFERENCE_S), so that rows taken in a slow minute and in a
+quiet one can be compared.
 For reconcile, the read-back share comes from the command's own progress lines
 (P4KUBE_PROGRESS_SECONDS=0.05: the time its progress says "reading back"/"verifying", which
 includes the client's decoding and comparison of what it read), and the software switches' own
@@ -181,6 +185,22 @@ def python_floor(runs: int = 5) -> float:
     return statistics.median(times)
 
 
+# The machine's speed right before each row: a fixed pure-Python loop in a child process (its own
+# timing, not the start-up), median of 3. This machine's speed moves by half within minutes (other
+# tenants), which `python -c pass` (start-up, mostly I/O) hardly shows; the loop moves as the
+# commands do. REFERENCE_S is the loop in a quiet minute here: a row's wall x REFERENCE_S / loop
+# is what it would have taken at that speed.
+_LOOP = "import time\nt = time.perf_counter()\nx = 0\nfor i in range(10_000_000):\n    x += i\nprint(time.perf_counter() - t)"
+REFERENCE_S = 1.0
+
+
+def machine_speed(runs: int = 3) -> float:
+    """Median seconds of the calibration loop (_LOOP), now."""
+    return statistics.median(
+        float(subprocess.run([sys.executable, "-c", _LOOP], check=True, capture_output=True, text=True).stdout)
+        for _ in range(runs))
+
+
 def run_to_ready(argv: list[str], *, cwd: Path, port: int, switch_pids: tuple[int, ...], timeout: float = 1800,
                  profile: bool = False) -> tuple[Done, float]:
     """`p4kube run` until /readyz answers 200; returns the whole process (stopped by SIGTERM
@@ -236,6 +256,12 @@ class Row:
     rss_mb: float
     readback: float | None  # seconds, reconcile only
     switch_cpu: float | None
+    loop: float = REFERENCE_S  # machine_speed() right before the row
+
+    @property
+    def at_reference(self) -> float:
+        """The wall at the reference speed (REFERENCE_S)."""
+        return self.wall * REFERENCE_S / self.loop
 
 
 def write_recordings(work: Path, services: int, nodes: int, endpoints: int) -> dict[str, Path]:
@@ -303,6 +329,7 @@ def measure_size(services: int, nodes: int, per_service: int, profile_dir: Path 
                     argv = [sys.executable, "-m", "cProfile", "-o", str(prof), str(P4KUBE), *args]
                 else:
                     argv = [str(P4KUBE), *args]
+                loop = machine_speed()
                 d = run_whole(argv, cwd=work, env=env, switch_pids=pids)
                 if d.code not in ok:  # recorded with its exit code; the next steps still run
                     print(f"[{services}] {label} ({fmt}) FAILED, exit {d.code}:\n" + "\n".join(t for _, t in d.lines[-15:]),
@@ -313,7 +340,7 @@ def measure_size(services: int, nodes: int, per_service: int, profile_dir: Path 
                     label += " [not rendered again]" if skipped else " [rendered]"
                 rows.append(Row(services, label, fmt, d.code, d.wall, floor, d.cpu, d.rss_mb,
                                 readback_seconds(d.lines, d.wall) if is_reconcile else None,
-                                d.switch_cpu if is_reconcile else None))
+                                d.switch_cpu if is_reconcile else None, loop))
                 print(f"[{services}] {table([rows[-1]], head=False)}", file=sys.stderr, flush=True)
 
             for fmt in ("yaml", "json"):
@@ -353,9 +380,10 @@ def measure_size(services: int, nodes: int, per_service: int, profile_dir: Path 
                     argv = [sys.executable, "-m", "cProfile", "-o", str(profile_dir / f"{services}-run.prof"), str(P4KUBE), *args]
                 else:
                     argv = [str(P4KUBE), *args]
+                loop = machine_speed()
                 d, ready = run_to_ready(argv, cwd=work, port=port, switch_pids=pids, profile=profile_dir is not None)
                 rows.append(Row(services, "run, start to ready (/readyz 200)", fmt, d.code, ready, floor, d.cpu, d.rss_mb,
-                                None, d.switch_cpu))
+                                None, d.switch_cpu, loop))
                 print(f"[{services}] {table([rows[-1]], head=False)}", file=sys.stderr, flush=True)
         finally:
             for p in (sb, pr):
@@ -369,8 +397,8 @@ def measure_size(services: int, nodes: int, per_service: int, profile_dir: Path 
 
 def table(rows: list[Row], head: bool = True) -> str:
     out = [] if not head else ["| Services | command | input | exit | wall | x `python -c pass` | client CPU | peak RSS | read-back share "
-           "| switches' CPU | target (5,000) |",
-           "|---|---|---|---|---|---|---|---|---|---|---|"]
+           f"| switches' CPU | loop (speed) | wall at the reference speed | target (5,000) |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         target = TARGETS.get((r.command.split(" [", 1)[0], r.fmt))
         if r.command.startswith("run"):
@@ -379,11 +407,12 @@ def table(rows: list[Row], head: bool = True) -> str:
             target_text = f"< {target:g} s" if target is not None else "-"
         if target is not None and r.services == 5000:
             target_text += " (met)" if r.wall < target else " (MISSED)"
+            target_text += "; at the reference speed " + ("met" if r.at_reference < target else "MISSED")
         rss = f"{r.rss_mb:.0f} MB" + (" (MISSED)" if r.services == 5000 and r.rss_mb >= RSS_TARGET_MB else "")
         share = f"{r.readback:.1f} s = {100 * r.readback / r.wall:.0f}%" if r.readback is not None else "-"
         sw = f"{r.switch_cpu:.1f} s" if r.switch_cpu is not None else "-"
         out.append(f"| {r.services:,} | `{r.command}` | {r.fmt.upper()} | {r.code} | {r.wall:.2f} s | {r.wall / r.floor:.0f}x "
-                   f"| {r.cpu:.2f} s | {rss} | {share} | {sw} | {target_text} |")
+                   f"| {r.cpu:.2f} s | {rss} | {share} | {sw} | {r.loop:.2f} s | {r.at_reference:.2f} s | {target_text} |")
     return "\n".join(out)
 
 
@@ -461,7 +490,9 @@ def main() -> int:
             f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, CPython {platform.python_version()}, "
             f"{platform.machine()}, {os.cpu_count()} cores, two `p4kube sim` processes)")
     floors = sorted({f"{r.floor * 1000:.0f} ms" for r in rows})
-    text = (f"{head}\n\n`python -c pass` in the same run (median of 5, per size): {', '.join(floors)}\n\n{table(rows)}\n")
+    text = (f"{head}\n\n`python -c pass` in the same run (median of 5, per size): {', '.join(floors)}. The machine's "
+            f"speed before each row: a 10M-step Python loop (median of 3 child processes; {REFERENCE_S:g} s is the reference "
+            f"speed, a quiet minute here).\n\n{table(rows)}\n")
     print(text)
     if a.record:
         body = RESULTS.read_text()
