@@ -5,14 +5,19 @@ found on the switch that differs. Two software switches over real gRPC on 127.0.
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 from finsy.proto import p4r
 from helpers import run
-from test_apply import INFO, World, apply, assert_invariant, build_world, entries_of, read_back
+from test_apply import INFO, MULTI, World, apply, assert_invariant, build_world, entries_of, read_back
 
 from reconciler import p4names as n
+from reconciler.cluster.model import OPT_IN_ANNOTATION
+from reconciler.cluster.recorded import load_cluster_file
+from reconciler.render import Renderer
 from reconciler.sim.writes import SUCCESS
-from reconciler.snapshot import Entry
+from reconciler.snapshot import Entry, Snapshot
 from reconciler.switch import reads
 from reconciler.switch.reads import SameReads
 from reconciler.switch.translate import entry_to_proto
@@ -129,3 +134,41 @@ def test_the_switch_that_differs_gets_its_own_comparison_and_drift(world, monkey
     assert len(standby.drift) == 1 and standby.drift[0].startswith("missing MyIngress.vip_table"), standby.drift
     assert primary.drift == ()
     assert_invariant(world, world.v2)
+
+
+def test_nothing_of_a_pass_is_kept_after_it_even_after_a_rollback(world):
+    """The full reads of a pass (~60 MB at 5,000 Services) are dropped at its end: after an
+    apply, a sync, and an apply that rolled back (whose rollback reads both switches in full)."""
+    more = _one_more_service(world)
+
+    async def go() -> list[tuple[str, tuple[bool, bool]]]:
+        applier = world.applier()
+
+        def kept() -> tuple[bool, bool]:
+            return applier._same_reads._replies is not None, applier._matched is not None
+
+        seen = []
+        try:
+            seen.append(((await applier.apply(world.v1, None)).outcome, kept()))
+            applier.forget()
+            seen.append(((await applier.sync(world.v1)).outcome, kept()))
+            applier.forget()
+            # the primary's VIP table holds no more than v1 has: one more Service is refused there
+            world.primary.shrink_table(1, n.VIP_TABLE, len(world.v1.services))
+            seen.append(((await applier.apply(more, world.v1)).outcome, kept()))
+        finally:
+            await applier.close()
+        return seen
+
+    assert run(go()) == [("applied", (False, False)), ("unchanged", (False, False)), ("rolled-back", (False, False))]
+    assert_invariant(world, world.v1)
+
+
+def _one_more_service(world: World) -> Snapshot:
+    """v1 and one more Service (web/admin opted in), as test_apply's rollback test makes it."""
+    cluster = load_cluster_file(MULTI / "cluster.yaml")
+    admin = dataclasses.replace(cluster.services["web/admin"], annotations=((OPT_IN_ANNOTATION, "enabled"),))
+    more = dataclasses.replace(cluster, services={**cluster.services, "web/admin": admin})
+    snap = Renderer().render(world.config, more, world.v1, p4info_digest=world.v1.p4info_digest).snapshot
+    assert "web/admin" in snap.by_name
+    return snap
