@@ -10,6 +10,7 @@ replica-weighted assignments must move only the buckets the new shares force to 
 from __future__ import annotations
 
 import copy
+import os
 from collections.abc import Sequence
 from collections import Counter
 from dataclasses import dataclass, field, replace
@@ -35,7 +36,8 @@ from reconciler.render import Renderer, RenderIssue
 from reconciler.snapshot import Snapshot, backend_key, from_document, schema_errors
 
 # Examples take milliseconds; no deadline so a loaded CI machine cannot flake them.
-props = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# P4KUBE_PROPS_EXAMPLES=1500 for a longer search than every run's.
+props = settings(max_examples=int(os.environ.get("P4KUBE_PROPS_EXAMPLES", "150")), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 replicas_st = st.dictionaries(st.integers(0, 5), st.integers(0, 3), max_size=4)  # node index -> replicas
 topology_ops = [

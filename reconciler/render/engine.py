@@ -799,8 +799,12 @@ def _render_key(
             snap_svc = _render_port(st, config, cluster, svc, port, name, vip, connections, issues, kept, timeout_s)
             if snap_svc is not None:
                 produced[snap_svc.name] = snap_svc
-    # Release what this Service no longer uses, then record what it produces now.
-    _drop_key(st, key, keep=set(produced))
+    # Release what this Service no longer uses, then record what it produces now. One that
+    # produces nothing and had nothing before (every port refused, or back from a fallback into
+    # an error) keeps the VIP it was given, as a full render does (it never knew the key, so
+    # released nothing): the address its status may still show is not handed to another
+    # Service meanwhile, and a fix brings it back on it.
+    _drop_key(st, key, keep=set(produced), keep_vip=not produced and not _previous_names(st, key))
     for name, s in produced.items():
         old = st.services.get(name)
         if s is old or (old is not None and s == old):
