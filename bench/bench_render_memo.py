@@ -18,6 +18,8 @@ Service scaled, memo() after it, to_bytes; CPU seconds, the cyclic collector off
 memo bytes are checked equal.
 
     .venv/bin/python bench/bench_render_memo.py [--intent DIR] [--services N] [--repeat N] [--against REV]
+
+Without --intent, bench_commands.py's intent is written to a temporary directory.
 """
 
 from __future__ import annotations
@@ -27,8 +29,10 @@ import gc
 import importlib.util
 import json
 import statistics
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -59,7 +63,8 @@ def timed(results: dict[str, list[tuple[float, float]]], name: str, fn: Callable
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--intent", default="/tmp/pw/intent", help="a directory with bench_commands.py's INTENT")
+    ap.add_argument("--intent", metavar="DIR", help="an intent directory (default: bench_commands.py's INTENT, written "
+                    "to a temporary directory)")
     ap.add_argument("--services", type=int, default=5000)
     ap.add_argument("--nodes", type=int, default=1000)
     ap.add_argument("--endpoints", type=int, default=50000)
@@ -67,7 +72,11 @@ def main() -> int:
     ap.add_argument("--against", metavar="REV", help="compare with the render memo and engine of this git revision")
     a = ap.parse_args()
 
-    config = load_intent([a.intent]).pick_config(None)
+    if a.intent:
+        config = load_intent([a.intent]).pick_config(None)
+    else:
+        with tempfile.TemporaryDirectory(prefix="p4kube-bench-render-memo-") as tmp:
+            config = load_intent([_bench_intent(Path(tmp))]).pick_config(None)
 
     def cluster_state() -> ClusterState:
         return synthetic_cluster(services=a.services, nodes=a.nodes, endpoints=a.endpoints, seed=1)
@@ -107,6 +116,15 @@ def main() -> int:
     for name, xs in results.items():
         print(f"{name:58} {statistics.median(x[0] for x in xs):8.3f} {statistics.median(x[1] for x in xs):8.3f}")
     return 0
+
+
+def _bench_intent(directory: Path) -> Path:
+    """bench_commands.py's intent written to `directory` (its switch ports are never dialled here)."""
+    from bench_commands import INTENT  # a sibling script: bench/ is on sys.path when run
+
+    (directory / "lb.yaml").write_text(INTENT.format(standby=9560, primary=9559))
+    shutil.copy(ROOT / "intent-examples" / "multi-service" / "sim-device-config.json", directory)
+    return directory
 
 
 def _module_at(rev: str, path: str, name: str, replace: dict[str, str]) -> ModuleType:
