@@ -787,8 +787,9 @@ def _render_key(
     if warning is not None:
         issues.append(RenderIssue(key, warning))
     vip = _choose_vip(st, svc, issues)
+    had = _previous_names(st, key)  # before _follow_renames renames them
     if vip is None:
-        if _previous_names(st, key):  # every port keeps its last applied entries, on its VIP
+        if had:  # every port keeps its last applied entries, on its VIP
             return _keep_key(st, key, fingerprint, issues, set(range(len(issues))))
         st.vips.release(key)
     produced: dict[str, ServiceSnapshot] = {}
@@ -804,7 +805,7 @@ def _render_key(
     # an error) keeps the VIP it was given, as a full render does (it never knew the key, so
     # released nothing): the address its status may still show is not handed to another
     # Service meanwhile, and a fix brings it back on it.
-    _drop_key(st, key, keep=set(produced), keep_vip=not produced and not _previous_names(st, key))
+    _drop_key(st, key, keep=set(produced), keep_vip=not produced and not had)
     for name, s in produced.items():
         old = st.services.get(name)
         if s is old or (old is not None and s == old):
